@@ -1,0 +1,53 @@
+from dataclasses import dataclass
+
+
+@dataclass
+class CaptureConfig:
+    """Which cross-attention maps are captured and how they are combined.
+
+    Resolutions are named by their down-sampling factor relative to the latent, so one default fits
+    every UNet: factors 2 and 4 are the 32×32 and 16×16 layers of SD 1.x/2.x at 512 px and the 64×64 and
+    32×32 layers of SDXL at 1024 px. The literature (DAAM, Free-ATM, P2P) finds these localise best; the
+    finest layers are noisy and the coarsest too blurry.
+
+    Args:
+        down_factors (`tuple[int]`, *optional*, defaults to `(2, 4)`): layer resolutions to capture.
+        include_mid (`bool`, *optional*, defaults to `False`): also capture the mid block.
+        step_window (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`): fraction of the
+            denoising steps `[start, end)` whose maps are summed.
+        factor_weights (`dict[int, float]`, *optional*): weight of each factor when resolutions are
+            averaged (default: equal).
+        map_size (`tuple[int, int]`, *optional*): (height, width) of the aggregated maps; defaults to
+            the latent size.
+    """
+
+    down_factors: tuple[int, ...] = (2, 4)
+    include_mid: bool = False
+    step_window: tuple[float, float] = (0.0, 1.0)
+    factor_weights: dict[int, float] | None = None
+    map_size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        self.down_factors = tuple(int(f) for f in self.down_factors)
+        self.step_window = tuple(float(s) for s in self.step_window)
+        start, end = self.step_window
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"step_window must satisfy 0 <= start < end <= 1, got {self.step_window}")
+        if not self.down_factors or any(f < 1 or f & (f - 1) for f in self.down_factors):
+            raise ValueError(f"down_factors must be powers of two, got {self.down_factors}")
+        if self.factor_weights is not None:
+            self.factor_weights = {int(k): float(v) for k, v in self.factor_weights.items()}
+            missing = set(self.down_factors) - set(self.factor_weights)
+            if missing:
+                raise ValueError(f"factor_weights has no weight for factors {sorted(missing)}")
+
+    def weight(self, factor: int) -> float:
+        return 1.0 if self.factor_weights is None else self.factor_weights[factor]
+
+    def to_dict(self) -> dict:
+        return {
+            "down_factors": list(self.down_factors), "include_mid": self.include_mid,
+            "step_window": list(self.step_window),
+            "factor_weights": None if self.factor_weights is None else {str(k): v for k, v in self.factor_weights.items()},
+            "map_size": None if self.map_size is None else list(self.map_size),
+        }

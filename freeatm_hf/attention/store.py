@@ -1,0 +1,117 @@
+"""Device-side accumulators for the captured maps: one fp32 buffer per resolution, fixed size.
+
+Memory does not grow with the number of steps or layers: every call adds into the same
+`(batch, tokens, h*w)` buffer, and only a Python counter records how many maps went in.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import CaptureConfig
+
+
+def grid_size(latent_hw: tuple[int, int], factor: int) -> tuple[int, int]:
+    """Feature-map size of a UNet level: stride-2 convs with padding 1 round up."""
+    h, w = latent_hw
+    for _ in range(int(math.log2(factor))):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+class AttentionStore:
+    """Sums head-averaged cross-attention probabilities of selected token columns.
+
+    Call `begin(...)` before a generation; the processors call `add(...)`; `token_maps()` /
+    `object_maps()` read the result.
+    """
+
+    def __init__(self, config: CaptureConfig | None = None):
+        self.config = config or CaptureConfig()
+        self.buffers: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+        self.step = -1
+        self.num_steps = 0
+        self.active = False
+        self.token_index: torch.Tensor | None = None
+
+    def begin(self, token_index: torch.Tensor, latent_hw: tuple[int, int], num_steps: int, device=None):
+        """Reset for a batch. `token_index` is `(batch, tokens)`: the key columns to keep per sample."""
+        device = device or token_index.device
+        self.token_index = token_index.to(device)
+        self.batch_size, self.num_tokens = token_index.shape
+        self.latent_hw = tuple(latent_hw)
+        self.num_steps = num_steps
+        self.step = -1
+        self.active = False
+        self.buffers = {
+            f: torch.zeros(self.batch_size, self.num_tokens, math.prod(grid_size(self.latent_hw, f)),
+                           dtype=torch.float32, device=device)
+            for f in self.config.down_factors
+        }
+        self.counts = dict.fromkeys(self.config.down_factors, 0)
+
+    def next_step(self):
+        """Called once per denoiser forward; decides whether this step is inside the window."""
+        self.step += 1
+        if self.num_steps <= 0:
+            self.active = True
+            return
+        start, end = self.config.step_window
+        self.active = start <= self.step / self.num_steps < end
+
+    def add(self, factor: int, attn, query: torch.Tensor, key: torch.Tensor, attention_mask=None):
+        """Add softmax(q kᵀ·scale) of the conditional half, head-mean, selected columns.
+
+        `query`/`key` are the projections `(n, N, heads·d)` / `(n, L, heads·d)` of the layer, where the
+        batch `n` is `[unconditional, conditional]` under classifier-free guidance (diffusers' order) or
+        conditional only.
+        """
+        b = self.batch_size
+        n, length = query.shape[0], query.shape[1]
+        if n not in (b, 2 * b):
+            raise RuntimeError(f"attention batch {n} is neither the image batch {b} nor twice it (CFG)")
+        expected = math.prod(grid_size(self.latent_hw, factor))
+        if length != expected:
+            raise RuntimeError(f"layer at factor {factor} has {length} queries, expected {expected}")
+        heads = attn.heads
+        d = query.shape[-1] // heads
+        q = query[n - b :].view(b, length, heads, d).transpose(1, 2)
+        k = key[n - b :].view(b, key.shape[1], heads, d).transpose(1, 2)
+        # The matmul runs in the model's dtype (tensor cores); softmax and sums are fp32.
+        logits = (q @ k.transpose(-1, -2)).float() * attn.scale
+        if attention_mask is not None:
+            logits = logits + attention_mask[n - b :].view(b, 1, -1, key.shape[1]).float()
+        probs = logits.softmax(-1).mean(1)  # (b, N, L)
+        selected = probs.gather(-1, self.token_index[:, None, :].expand(b, length, self.num_tokens))
+        self.buffers[factor].add_(selected.transpose(1, 2))
+        self.counts[factor] += 1
+
+    def token_maps(self) -> dict[int, torch.Tensor]:
+        """Mean map per factor, `(batch, tokens, h, w)`, over every layer call inside the window."""
+        out = {}
+        for f, buf in self.buffers.items():
+            if self.counts[f] == 0:
+                raise RuntimeError(f"no attention was captured at factor {f}: no such layer, or no step in the window")
+            out[f] = (buf / self.counts[f]).view(self.batch_size, self.num_tokens, *grid_size(self.latent_hw, f))
+        return out
+
+    def aggregate(self, map_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Token maps resized to one size and averaged over resolutions with the configured weights."""
+        size = tuple(map_size or self.config.map_size or self.latent_hw)
+        total, weight = None, 0.0
+        for f, m in self.token_maps().items():
+            m = m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            w = self.config.weight(f)
+            total = m * w if total is None else total + m * w
+            weight += w
+        return total / weight
+
+    def object_maps(self, groups: list[list[list[int]]], map_size=None) -> list[list[torch.Tensor]]:
+        """Per sample, per object: the mean of its tokens' aggregated maps.
+
+        `groups[b][o]` lists the columns of `token_index[b]` that belong to object `o` of sample `b`.
+        """
+        agg = self.aggregate(map_size)
+        return [[agg[b, cols].mean(0) for cols in objs] for b, objs in enumerate(groups)]

@@ -1,0 +1,31 @@
+"""`freeatm` console script: one subcommand per job, each a module with `make_parser()` and `main(argv)`.
+
+    freeatm generate --output_dir outputs/scenes --num_images 64
+    freeatm push outputs/scenes user/scenes
+"""
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "generate": ("freeatm_hf.generate.cli", "Generate images with per-object attention masks into a dataset folder."),
+    "push": ("freeatm_hf.hub.cli", "Upload a finished dataset or model folder to the Hub."),
+}
+
+
+def main(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="freeatm", description=__doc__.splitlines()[0])
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        for name, (_, help_) in COMMANDS.items():
+            sub.add_parser(name, help=help_)
+        parser.parse_args(argv[:1] or ["--help"])
+        return
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""A small CLIP-style BPE vocabulary made offline, so tiny pipelines need no download.
+
+    python -m freeatm_hf.generate.clip_vocab   # rebuilds assets/clip_tokenizer/{vocab.json,merges.txt}
+
+It is trained with `tokenizers` on text from the label space and the scene templates, using the same
+normalizer and pre-tokenizer as `transformers.CLIPTokenizer`, so it exercises real sub-word splits
+("golden retriever" → several tokens) while staying a few thousand entries.
+"""
+
+import json
+from pathlib import Path
+
+ASSET_DIR = Path(__file__).parent / "assets" / "clip_tokenizer"
+SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def corpus() -> list[str]:
+    from ..prompts import LabelSpace, ScenePrompts
+    from ..prompts.scenes import ACTIVITIES, PLACES
+
+    lines = [", ".join([c.name, *c.synonyms]) for c in LabelSpace.imagenet().classes]
+    lines += [" ".join(v) for v in ACTIVITIES.values()] + [" ".join(v) for v in PLACES.values()]
+    lines += [p.text for p in ScenePrompts(seed=0).take(2000)]
+    return lines
+
+
+def build(vocab_size: int = 4096) -> tuple[dict[str, int], list[str]]:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    template = CLIPTokenizer()._tokenizer  # CLIP's normalizer and pre-tokenizer
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok.normalizer = template.normalizer
+    tok.pre_tokenizer = template.pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, end_of_word_suffix="</w>",
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    state = json.loads(tok.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    return state["vocab"], merges
+
+
+def load_tokenizer(model_max_length: int = 77):
+    from transformers import CLIPTokenizer
+
+    vocab = json.loads((ASSET_DIR / "vocab.json").read_text())
+    merges = [tuple(m.split(" ")) for m in (ASSET_DIR / "merges.txt").read_text().splitlines() if m]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+if __name__ == "__main__":
+    vocab, merges = build()
+    ASSET_DIR.mkdir(parents=True, exist_ok=True)
+    (ASSET_DIR / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (ASSET_DIR / "merges.txt").write_text("\n".join(merges) + "\n")
+    print(f"wrote {len(vocab)} tokens, {len(merges)} merges to {ASSET_DIR}")

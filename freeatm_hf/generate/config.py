@@ -1,0 +1,56 @@
+"""Arguments of `freeatm generate` (also a YAML recipe: every key is a field below)."""
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GenerateConfig:
+    output_dir: str = field(metadata={"help": "Dataset folder to write (Hub layout)."})
+    pipeline: str = field(default="tiny", metadata={
+        "help": "A diffusers pipeline id or folder, or 'tiny' (random tiny SD built in code, offline)."})
+    num_images: int = field(default=64, metadata={"help": "Number of images (rows) to generate."})
+    batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
+    rows_per_shard: int = field(default=1024, metadata={"help": "Rows per Parquet shard (the unit of resume)."})
+    num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps."})
+    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale (<=1 disables)."})
+    height: int | None = field(default=None, metadata={"help": "Image height (default: the pipeline's)."})
+    width: int | None = field(default=None, metadata={"help": "Image width (default: the pipeline's)."})
+    seed: int = field(default=0, metadata={"help": "Image i uses seed + i; prompts are drawn with this seed too."})
+    prompt_mode: str = field(default="scene", metadata={
+        "help": "'scene' (multi-object scene prompts over the label space), 'photo' ('a photo of a [class]'), "
+                "or 'file' (--prompts_file)."})
+    num_objects: int = field(default=2, metadata={"help": "Objects per scene prompt (1-3)."})
+    prompts_file: str | None = field(default=None, metadata={
+        "help": "JSONL with {'text': ..., 'nouns': [...]} per line, or a .txt of prompts (no tracked nouns)."})
+    augmenter: str | None = field(default=None, metadata={
+        "help": "Optional LLM rewrite of prompts: a transformers model id/folder, or URL#MODEL of an "
+                "OpenAI-compatible server."})
+    down_factors: list[int] = field(default_factory=lambda: [2, 4], metadata={
+        "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px)."})
+    include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block."})
+    step_window: list[float] = field(default_factory=lambda: [0.0, 1.0], metadata={
+        "help": "Fraction [start, end) of the denoising steps whose maps are averaged."})
+    threshold: str = field(default="0.4", metadata={"help": "Mask threshold on normalized maps, or 'otsu'."})
+    torch_dtype: str = field(default="auto", metadata={"help": "float16, bfloat16, float32 or auto (fp16 on GPU)."})
+    device: str | None = field(default=None, metadata={"help": "Device (default: the accelerate process's)."})
+    cpu_offload: bool = field(default=False, metadata={"help": "enable_model_cpu_offload() on the pipeline."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (capture compiles with it)."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Upload the finished folder to this repo id."})
+    private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
+
+    def __post_init__(self):
+        if self.prompt_mode not in ("scene", "photo", "file"):
+            raise ValueError(f"prompt_mode must be scene, photo or file, got {self.prompt_mode!r}")
+        if self.prompt_mode == "file" and not self.prompts_file:
+            raise ValueError("prompt_mode 'file' needs --prompts_file")
+        if self.batch_size <= 0 or self.num_images <= 0:
+            raise ValueError("num_images and batch_size must be positive")
+
+    @property
+    def threshold_value(self) -> float | str:
+        return "otsu" if self.threshold == "otsu" else float(self.threshold)
+
+    def settings(self) -> dict:
+        """Everything the rows depend on (compared on resume). Device, offload and pushing are not."""
+        skip = {"output_dir", "device", "cpu_offload", "push_to_hub", "private"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}

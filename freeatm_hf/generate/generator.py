@@ -1,0 +1,121 @@
+"""`FreeATMGenerator`: a diffusers text-to-image pipeline that also returns one mask per object noun."""
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
+from ..masks import DEFAULT_THRESHOLD, MaskResult, mask_from_map
+from ..prompts import Prompt, as_prompt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratedObject:
+    name: str
+    label: int
+    token_indices: tuple[int, ...]
+    soft_map: np.ndarray  # float32, mean attention probability at map resolution (not normalized)
+    mask: MaskResult
+
+    @property
+    def attention_uint8(self) -> np.ndarray:
+        """The normalized map as 8-bit (how datasets store it); zeros when the map is flat."""
+        if self.mask.normalized is None:
+            return np.zeros(self.soft_map.shape, np.uint8)
+        return np.round(self.mask.normalized * 255).astype(np.uint8)
+
+
+@dataclass
+class GenerationOutput:
+    images: list  # PIL images
+    prompts: list[Prompt]
+    seeds: list[int]
+    objects: list[list[GeneratedObject]]
+    truncated: list[list[str]] = field(default_factory=list)  # nouns cut off by the text encoder's limit
+
+
+class FreeATMGenerator:
+    """Wraps a `StableDiffusionPipeline` / `StableDiffusionXLPipeline` (or any pipeline with a
+    `UNet2DConditionModel` and a CLIP tokenizer).
+
+    Args:
+        pipe: the diffusers pipeline; moved, offloaded and compiled as the user likes.
+        capture (`CaptureConfig`, *optional*): which layers and steps make the maps.
+        threshold (`float` or `"otsu"`, *optional*, defaults to 0.4): binarization of the normalized maps.
+
+    Example:
+        >>> gen = FreeATMGenerator(pipe)
+        >>> out = gen([Prompt.from_nouns("a dog with a ball on a lawn", ["dog", "ball"])], seeds=[0])
+        >>> out.objects[0][0].mask.bbox
+    """
+
+    def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str = DEFAULT_THRESHOLD):
+        if getattr(pipe, "unet", None) is None:
+            raise TypeError(f"{type(pipe).__name__} has no `unet`: only UNet pipelines (SD 1.x/2.x, SDXL) are supported")
+        self.pipe = pipe
+        self.capture = capture or CaptureConfig()
+        self.threshold = threshold
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        cfg = self.pipe.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return size * self.pipe.vae_scale_factor, size * self.pipe.vae_scale_factor
+
+    def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float = 7.5,
+                 height: int | None = None, width: int | None = None, **pipe_kwargs) -> GenerationOutput:
+        prompts = [as_prompt(p) for p in prompts]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
+        height = height or self.default_size[0]
+        width = width or self.default_size[1]
+        factor = self.pipe.vae_scale_factor
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be multiples of {factor}, got {height}x{width}")
+        latent_hw = (height // factor, width // factor)
+
+        tokens = [object_token_indices(self.pipe.tokenizer, p) for p in prompts]
+        token_index, groups = _token_columns(tokens)
+        device = self.pipe._execution_device
+        store = AttentionStore(self.capture)
+        store.begin(token_index, latent_hw, num_inference_steps, device=device)
+        generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        with capture_unet(self.pipe.unet, store):
+            images = self.pipe(
+                prompt=[p.text for p in prompts], generator=generators, num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale, height=height, width=width, **pipe_kwargs,
+            ).images
+        maps = store.object_maps(groups)
+
+        objects, truncated = [], []
+        for b, (prompt, toks) in enumerate(zip(prompts, tokens)):
+            kept = [(o, t) for o, t in zip(prompt.objects, toks) if not t.truncated]
+            cut = [t.name for t in toks if t.truncated]
+            if cut:
+                logger.warning("prompt %d: %s cut off by the %d-token limit; no mask for them", b, cut,
+                               self.pipe.tokenizer.model_max_length)
+            truncated.append(cut)
+            objects.append([
+                GeneratedObject(o.name, o.label, t.token_indices, m.float().cpu().numpy(),
+                                mask_from_map(m, self.threshold, image_size=(height, width)))
+                for (o, t), m in zip(kept, maps[b])
+            ])
+        return GenerationOutput(list(images), prompts, [int(s) for s in seeds], objects, truncated)
+
+
+def _token_columns(tokens) -> tuple[torch.Tensor, list[list[list[int]]]]:
+    """Union of the token positions each sample needs, padded to a rectangle, and per object the
+    columns of that rectangle it owns. Padding repeats position 0 and is never read."""
+    per_sample = [sorted({i for t in objs if not t.truncated for i in t.token_indices}) or [0] for objs in tokens]
+    width = max(len(p) for p in per_sample)
+    index = torch.zeros(len(tokens), width, dtype=torch.long)
+    groups = []
+    for b, (cols, objs) in enumerate(zip(per_sample, tokens)):
+        index[b, : len(cols)] = torch.tensor(cols)
+        where = {tok: j for j, tok in enumerate(cols)}
+        groups.append([[where[i] for i in t.token_indices] for t in objs if not t.truncated])
+    return index, groups

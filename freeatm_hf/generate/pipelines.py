@@ -1,0 +1,35 @@
+"""Loading a pipeline by name, id or folder."""
+
+import torch
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float32": torch.float32, "fp32": torch.float32}[name]
+    except KeyError:
+        raise ValueError(f"unknown torch_dtype {name!r}") from None
+
+
+def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False):
+    """'tiny' → the random tiny SD built in code; anything else → `DiffusionPipeline.from_pretrained`."""
+    dtype = resolve_dtype(torch_dtype, device)
+    if spec == "tiny":
+        from .tiny import tiny_pipeline
+
+        pipe = tiny_pipeline().to(dtype=dtype)
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype)
+        if getattr(pipe, "safety_checker", None) is not None:
+            # The checker blacks out images; masks of black images are meaningless.
+            pipe.safety_checker = None
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,136 @@
+"""The generation job: prompts → pipeline with capture → Parquet shards → dataset card.
+
+    freeatm generate --output_dir outputs/scenes --num_images 64
+    accelerate launch -m freeatm_hf.generate --output_dir outputs/scenes --pipeline <id> --num_images 100000
+
+Each process takes every `world_size`-th shard; re-running the same command resumes.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..attention import CaptureConfig
+from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmenter
+from .config import GenerateConfig
+from .generator import FreeATMGenerator
+from .pipelines import load_pipeline
+from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
+from .writer import DatasetWriter
+
+logger = logging.getLogger(__name__)
+
+
+class PromptSource:
+    """Prompt `i` of the run, deterministic in `(config, i)`."""
+
+    def __init__(self, cfg: GenerateConfig):
+        self.augmenter = load_augmenter(cfg.augmenter)
+        if cfg.prompt_mode == "file":
+            self.items = _read_prompts_file(cfg.prompts_file)
+            self.label_names = None
+        else:
+            space = LabelSpace.imagenet()
+            self.items = ScenePrompts(space, mode=cfg.prompt_mode, num_objects=cfg.num_objects, seed=cfg.seed)
+            self.label_names = space.names
+
+    def __getitem__(self, i: int) -> Prompt:
+        p = self.items[i % len(self.items)]
+        return self.augmenter(p) if self.augmenter else p
+
+
+def _read_prompts_file(path: str) -> list[Prompt]:
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no prompts")
+    if path.endswith((".jsonl", ".json")):
+        return [as_prompt(json.loads(line)) for line in lines]
+    return [Prompt(line.strip()) for line in lines]
+
+
+def generate_dataset(cfg: GenerateConfig) -> Path:
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cfg.device == "cpu")
+    device = torch.device(cfg.device) if cfg.device else state.device
+    source = PromptSource(cfg)
+    features = dataset_features(source.label_names)
+    writer = DatasetWriter(cfg.output_dir, features, cfg.settings(), cfg.num_images, cfg.rows_per_shard,
+                           is_main_process=state.is_main_process)
+    if state.is_main_process:
+        writer.clean_tmp()
+    state.wait_for_everyone()
+
+    todo = writer.pending(state.process_index, state.num_processes)
+    if todo:
+        pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload)
+        if cfg.compile:
+            pipe.unet = torch.compile(pipe.unet)
+        capture = CaptureConfig(tuple(cfg.down_factors), cfg.include_mid, tuple(cfg.step_window))
+        gen = FreeATMGenerator(pipe, capture, threshold=cfg.threshold_value)
+        rows_todo = sum(s.stop - s.start for s in todo)
+        bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
+                   disable=not state.is_local_main_process and state.num_processes > 1)
+        for shard in todo:
+            rows = []
+            for start in range(shard.start, shard.stop, cfg.batch_size):
+                ids = range(start, min(start + cfg.batch_size, shard.stop))
+                out = gen([source[i] for i in ids], seeds=[cfg.seed + i for i in ids],
+                          num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                          height=cfg.height, width=cfg.width)
+                rows += output_to_rows(out)
+                bar.update(len(ids))
+            writer.write(shard, rows)
+        bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_card(writer, cfg, features)
+        if cfg.push_to_hub:
+            from ..hub.push import push_folder
+
+            push_folder(cfg.output_dir, cfg.push_to_hub, repo_type="dataset", private=cfg.private)
+    state.wait_for_everyone()
+    return Path(cfg.output_dir)
+
+
+def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
+    """Dataset card from the finished shards: counts are read back from the Parquet files."""
+    import pyarrow.parquet as pq
+
+    from ..hub.cards import render_dataset_card
+
+    if not writer.is_complete():
+        raise RuntimeError(f"{writer.root} is missing shards; re-run the same command to finish it")
+    num_objects = num_empty = num_truncated = 0
+    for i in range(writer.num_shards):
+        table = pq.read_table(writer.shard_path(i), columns=[OBJECTS, TRUNCATED])
+        for objs, cut in zip(table.column(OBJECTS).to_pylist(), table.column(TRUNCATED).to_pylist()):
+            num_objects += len(objs)
+            num_empty += sum(o["bbox"] is None for o in objs)
+            num_truncated += len(cut)
+    (height, width), map_hw = _sizes(writer.shard_path(0))
+    generation = {**cfg.settings(), "pipeline": cfg.pipeline, "height": height, "width": width}
+    card = render_dataset_card(
+        features, generation,
+        counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
+                    num_truncated=num_truncated, num_shards=writer.num_shards),
+        repo_id=cfg.push_to_hub or "<user>/<dataset>", height=height, width=width,
+        map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold,
+    )
+    card.save(str(Path(writer.root) / "README.md"))
+
+
+def _sizes(shard: Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height, width) of the first image and of its first attention map."""
+    from io import BytesIO
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    row = pq.read_table(shard, columns=["image", OBJECTS]).slice(0, 1).to_pylist()[0]
+    w, h = Image.open(BytesIO(row["image"]["bytes"])).size
+    maps = [Image.open(BytesIO(o["attention"]["bytes"])).size for o in row[OBJECTS]]
+    return (h, w), (maps[0][1], maps[0][0]) if maps else (h, w)

@@ -1,0 +1,111 @@
+"""Hub-layout dataset folder written shard by shard, safe to resume.
+
+Layout (exactly what the Hub repo holds):
+
+    README.md                               dataset card (written last, by the main process)
+    data/train-00000-of-00012.parquet       shard i holds rows [i·rows_per_shard, (i+1)·rows_per_shard)
+    .freeatm/settings.json                  what the rows depend on; a different run is refused
+    .freeatm/tmp/                           shards being written (renamed into data/ when complete)
+
+A shard is written to a temporary file and renamed into place, so a shard file that exists is complete:
+its existence is the resume manifest. Shard ranges depend only on the settings, never on the number of
+processes, so a crashed run can be resumed with a different world size and produce the same rows.
+"""
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR = ".freeatm"
+SETTINGS_FILE = "settings.json"
+
+
+class SettingsMismatchError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int
+    stop: int
+
+
+class DatasetWriter:
+    def __init__(self, out_dir: str | os.PathLike, features, settings: dict, num_rows: int, rows_per_shard: int,
+                 split: str = "train", is_main_process: bool = True):
+        if num_rows <= 0 or rows_per_shard <= 0:
+            raise ValueError(f"num_rows and rows_per_shard must be positive, got {num_rows}, {rows_per_shard}")
+        self.root = Path(out_dir)
+        self.features = features
+        self.split = split
+        self.num_rows = num_rows
+        self.rows_per_shard = rows_per_shard
+        self.num_shards = math.ceil(num_rows / rows_per_shard)
+        self.settings = json.loads(json.dumps(settings))  # normalized: tuples → lists
+        self._check_settings(is_main_process)
+
+    # -- layout ---------------------------------------------------------------------------------------------
+    def shard_path(self, index: int) -> Path:
+        return self.root / "data" / f"{self.split}-{index:05d}-of-{self.num_shards:05d}.parquet"
+
+    @property
+    def shards(self) -> list[Shard]:
+        s = self.rows_per_shard
+        return [Shard(i, i * s, min((i + 1) * s, self.num_rows)) for i in range(self.num_shards)]
+
+    def pending(self, rank: int = 0, world_size: int = 1) -> list[Shard]:
+        """Shards not yet written that belong to `rank` (round-robin, so ranks finish together)."""
+        return [sh for sh in self.shards if sh.index % world_size == rank and not self.shard_path(sh.index).exists()]
+
+    def is_complete(self) -> bool:
+        return all(self.shard_path(i).exists() for i in range(self.num_shards))
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def write(self, shard: Shard, rows: list[dict]):
+        from datasets import Dataset
+
+        if len(rows) != shard.stop - shard.start:
+            raise ValueError(f"shard {shard.index} expects {shard.stop - shard.start} rows, got {len(rows)}")
+        tmp_dir = self.root / STATE_DIR / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"{shard.index:05d}-{uuid.uuid4().hex}.parquet"
+        Dataset.from_list(rows, features=self.features).to_parquet(str(tmp))
+        _fsync(tmp)
+        final = self.shard_path(shard.index)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+
+    def _check_settings(self, is_main_process: bool):
+        path = self.root / STATE_DIR / SETTINGS_FILE
+        if path.exists():
+            old = json.loads(path.read_text())
+            diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+            if diff:
+                detail = ", ".join(f"{k}: {old.get(k)!r} → {self.settings.get(k)!r}" for k in diff)
+                raise SettingsMismatchError(
+                    f"{self.root} holds a generation with other settings ({detail}). Use another output "
+                    f"directory, or the original settings to resume it."
+                )
+            return
+        if any((self.root / "data").glob("*.parquet")):
+            raise SettingsMismatchError(f"{self.root}/data has Parquet files but no {STATE_DIR}/{SETTINGS_FILE}: "
+                                        "not a freeatm generation to resume")
+        if is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True))
+            os.replace(tmp, path)
+
+    def clean_tmp(self):
+        """Remove partial shards left by a crash (call on the main process before starting)."""
+        for p in (self.root / STATE_DIR / "tmp").glob("*.parquet"):
+            p.unlink(missing_ok=True)
+
+
+def _fsync(path: Path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

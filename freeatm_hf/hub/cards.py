@@ -1,0 +1,41 @@
+"""Cards rendered from the Jinja templates in `model_cards/` (shipped in the wheel as `_model_cards`)."""
+
+from importlib import resources
+from pathlib import Path
+
+
+def template_path(name: str) -> Path:
+    """Path of `model_cards/<name>`, from the installed package or, in a source checkout, the repo root."""
+    packaged = resources.files("freeatm_hf") / "_model_cards" / name
+    if packaged.is_file():
+        return Path(str(packaged))
+    source = Path(__file__).resolve().parents[2] / "model_cards" / name
+    if source.is_file():
+        return source
+    raise FileNotFoundError(f"card template {name!r} not found in the package or in {source.parent}")
+
+
+def render_dataset_card(features, generation: dict, counts: dict, repo_id: str = "<user>/<dataset>",
+                        pretty_name: str = "freeatm generated dataset", examples: list[dict] | None = None,
+                        extra_tags: list[str] | None = None, **template_vars):
+    """A `DatasetCard` with YAML `configs`, `dataset_info`, task categories, license and size category."""
+    from datasets import DatasetInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    n = counts.get("num_rows", 0)
+    size = next(s for limit, s in [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
+                                   (1e7, "1M<n<10M"), (float("inf"), "n>10M")] if n < limit)
+    data = DatasetCardData(
+        pretty_name=pretty_name,
+        license=generation.get("license", "other"),
+        task_categories=["image-segmentation", "text-to-image", "image-classification"],
+        size_categories=[size],
+        tags=["freeatm", "synthetic", "attention-masks", *(extra_tags or [])],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    )
+    DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)
+    return DatasetCard.from_template(
+        data, template_path=str(template_path("dataset_card.md")), pretty_name=pretty_name, repo_id=repo_id,
+        generation=generation, examples=examples or [], **counts, **template_vars,
+    )

@@ -1,0 +1,32 @@
+"""freeatm push: upload a finished dataset or model folder to the Hub.
+
+    freeatm push outputs/scenes user/scenes                 # a dataset folder
+    freeatm push outputs/simclr user/simclr-atm --repo_type model --private
+"""
+
+import argparse
+
+
+def make_parser():
+    p = argparse.ArgumentParser(prog="freeatm push", description=__doc__.splitlines()[0])
+    p.add_argument("folder", help="the folder to upload (it must hold its README.md card)")
+    p.add_argument("repo_id", help="user/name on the Hub")
+    p.add_argument("--repo_type", default="dataset", choices=["dataset", "model", "space"])
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", default=None, help="branch to push to")
+    p.add_argument("--commit_message", default=None)
+    return p
+
+
+def main(argv=None):
+    from .push import push_folder
+
+    args = make_parser().parse_args(argv)
+    url = push_folder(args.folder, args.repo_id, repo_type=args.repo_type, private=args.private,
+                      revision=args.revision, commit_message=args.commit_message)
+    print(url)
+    return url
+
+
+if __name__ == "__main__":
+    main()

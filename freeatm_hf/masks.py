@@ -1,0 +1,121 @@
+"""Soft attention maps → normalized maps → binary masks → connected components → boxes.
+
+All functions take NumPy or torch 2-D maps and return NumPy. A map with no contrast (all equal, or all
+zero) has no object in it: it yields `MaskResult(empty=True)` with an empty mask and no box, never NaN.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.4
+_EPS = 1e-12
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def normalize(soft_map) -> np.ndarray | None:
+    """Min-max scale to [0, 1]; `None` for a flat map (nothing stands out) or a non-finite one."""
+    m = _np(soft_map)
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("attention map contains NaN or inf")
+    lo, hi = m.min(), m.max()
+    if hi - lo <= _EPS * max(1.0, abs(hi)):
+        return None
+    return (m - lo) / (hi - lo)
+
+
+def otsu_threshold(values, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]: maximizes the between-class variance of the histogram."""
+    hist, edges = np.histogram(_np(values).ravel(), bins=bins, range=(0.0, 1.0))
+    p = hist / max(hist.sum(), 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * centers)
+    w1 = 1 - w0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
+    between[~np.isfinite(between)] = -1
+    # Pixels strictly above the upper edge of the best bin are foreground.
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def binarize(normalized, threshold: float | str = DEFAULT_THRESHOLD) -> np.ndarray:
+    """`normalized > threshold`; `threshold="otsu"` picks it per map."""
+    m = _np(normalized)
+    t = otsu_threshold(m) if threshold == "otsu" else float(threshold)
+    if not 0.0 <= t < 1.0:
+        raise ValueError(f"threshold must be in [0, 1) or 'otsu', got {threshold!r}")
+    return m > t
+
+
+def connected_components(mask) -> tuple[np.ndarray, int]:
+    """8-connected labelling: `(labels, count)`, labels 1..count, 0 for background."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
+    return labels, int(n)
+
+
+def bbox(mask, image_size: tuple[int, int] | None = None) -> tuple[float, float, float, float] | None:
+    """Box `(x0, y0, x1, y1)` around the mask's pixels, scaled to `image_size=(height, width)`.
+
+    Edges are pixel borders: a mask cell `(r, c)` of an `h×w` grid covers
+    `[c·W/w, (c+1)·W/w) × [r·H/h, (r+1)·H/h)` of the image.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return None
+    rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+    h, w = m.shape
+    height, width = image_size or (h, w)
+    sy, sx = height / h, width / w
+    return (float(cols[0] * sx), float(rows[0] * sy), float((cols[-1] + 1) * sx), float((rows[-1] + 1) * sy))
+
+
+@dataclass
+class MaskResult:
+    mask: np.ndarray  # bool, map resolution
+    bbox: tuple[float, float, float, float] | None  # image pixels
+    area: float  # fraction of the map above threshold
+    num_components: int
+    empty: bool
+    normalized: np.ndarray | None  # the [0, 1] map, None when flat
+
+
+def mask_from_map(soft_map, threshold: float | str = DEFAULT_THRESHOLD, image_size=None,
+                  largest_component: bool = False) -> MaskResult:
+    """The full chain for one object. `largest_component` keeps only the biggest blob (and its box)."""
+    norm = normalize(soft_map)
+    shape = _np(soft_map).shape
+    if norm is None:
+        return MaskResult(np.zeros(shape, bool), None, 0.0, 0, True, None)
+    mask = binarize(norm, threshold)
+    labels, n = connected_components(mask)
+    if largest_component and n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    empty = not mask.any()
+    return MaskResult(mask, bbox(mask, image_size), float(mask.mean()), n, empty, norm)
+
+
+def resize_map(soft_map, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to `size=(height, width)` (e.g. a stored 64×64 map to the image)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(_np(soft_map), dtype=torch.float32)[None, None]
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def full_resolution_mask(attention, image_size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD):
+    """Mask at image resolution from a stored attention map (8-bit image, array or tensor)."""
+    m = resize_map(np.asarray(attention, dtype=np.float64) / (255.0 if np.asarray(attention).dtype == np.uint8 else 1.0),
+                   image_size)
+    return mask_from_map(m, threshold, image_size)

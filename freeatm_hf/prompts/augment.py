@@ -1,0 +1,87 @@
+"""Optional LLM rewriting of template prompts into more natural scene descriptions.
+
+An augmenter maps a `Prompt` to a `Prompt`. The rewrite must keep every tracked noun verbatim (we need
+their positions for the attention masks); a rewrite that drops or alters one is rejected and the
+template prompt is kept, with a warning, so a bad LLM answer can never corrupt the objects of a row.
+"""
+
+import logging
+import os
+
+from .prompt import Prompt
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTION = (
+    "Rewrite this image description as one natural, concrete sentence of at most 30 words. Keep each of "
+    "these phrases exactly as written: {nouns}. Answer with the sentence only.\nDescription: {text}"
+)
+
+
+class PromptAugmenter:
+    """Base class: subclasses implement `complete(instruction) -> str`."""
+
+    def complete(self, instruction: str) -> str:
+        raise NotImplementedError
+
+    def __call__(self, prompt: Prompt) -> Prompt:
+        if not prompt.objects:
+            return prompt
+        nouns = prompt.nouns
+        answer = self.complete(INSTRUCTION.format(nouns=", ".join(f'"{n}"' for n in nouns), text=prompt.text))
+        text = answer.strip().splitlines()[0].strip().strip('"') if answer.strip() else ""
+        try:
+            return Prompt.from_nouns(text, nouns, label=prompt.label, labels=[o.label for o in prompt.objects])
+        except ValueError:
+            logger.warning("augmenter dropped a tracked noun; keeping the template prompt %r", prompt.text)
+            return prompt
+
+
+class TransformersAugmenter(PromptAugmenter):
+    """A local `transformers` text-generation pipeline (model id or folder), greedy decoding."""
+
+    def __init__(self, model: str, max_new_tokens: int = 60, **pipeline_kwargs):
+        from transformers import pipeline
+
+        self.pipe = pipeline("text-generation", model=model, **pipeline_kwargs)
+        self.max_new_tokens = max_new_tokens
+
+    def complete(self, instruction: str) -> str:
+        messages = [{"role": "user", "content": instruction}]
+        out = self.pipe(messages, max_new_tokens=self.max_new_tokens, do_sample=False)
+        generated = out[0]["generated_text"]
+        return generated[-1]["content"] if isinstance(generated, list) else str(generated)
+
+
+class OpenAIAugmenter(PromptAugmenter):
+    """Any OpenAI-compatible `/chat/completions` server (vLLM, TGI, llama.cpp, ...).
+
+    The API key is read from `api_key` or the `OPENAI_API_KEY` environment variable and is never logged.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self.timeout = timeout
+
+    def complete(self, instruction: str) -> str:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        body = {"model": self.model, "messages": [{"role": "user", "content": instruction}], "temperature": 0}
+        r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"]
+
+
+def load_augmenter(spec: str | None) -> PromptAugmenter | None:
+    """`None`/"" → no augmenter; "http(s)://host/v1#model" → OpenAI-compatible; else a transformers model."""
+    if not spec:
+        return None
+    if spec.startswith(("http://", "https://")):
+        url, _, model = spec.partition("#")
+        if not model:
+            raise ValueError("an OpenAI-compatible augmenter is given as URL#MODEL, e.g. http://localhost:8000/v1#qwen")
+        return OpenAIAugmenter(url, model)
+    return TransformersAugmenter(spec)

@@ -1,0 +1,65 @@
+"""The ImageNet-1k label space with a coarse hierarchy (group → subgroup), shipped as data."""
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+LABEL_SPACE_FILE = Path(__file__).with_name("imagenet_label_space.json")
+GROUPS = ("animal", "person", "vehicle", "object", "food", "plant", "scene")
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    id: int
+    name: str
+    group: str
+    subgroup: str
+    synset: str = ""
+    synonyms: tuple[str, ...] = ()
+
+
+class LabelSpace:
+    """An ordered list of classes; `label_space.names` is what a `ClassLabel` feature takes."""
+
+    def __init__(self, classes: list[LabelClass]):
+        if [c.id for c in classes] != list(range(len(classes))):
+            raise ValueError("label space ids must be 0..N-1 in order")
+        unknown = {c.group for c in classes} - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown groups {sorted(unknown)}; expected a subset of {GROUPS}")
+        self.classes = classes
+
+    @classmethod
+    def imagenet(cls) -> "LabelSpace":
+        return _imagenet()
+
+    @classmethod
+    def from_names(cls, names: list[str], group: str = "object") -> "LabelSpace":
+        """A flat label space (every class in one group), e.g. for a custom list of nouns."""
+        return cls([LabelClass(i, n, group, group) for i, n in enumerate(names)])
+
+    @property
+    def names(self) -> list[str]:
+        """Unique class names (what a `ClassLabel` needs): a name used twice gets its synset appended,
+        e.g. ImageNet's two "crane"s (bird, machine) become "crane (n02012849)" and "crane (n03126707)"."""
+        counts: dict[str, int] = {}
+        for c in self.classes:
+            counts[c.name] = counts.get(c.name, 0) + 1
+        return [f"{c.name} ({c.synset or c.id})" if counts[c.name] > 1 else c.name for c in self.classes]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, i: int) -> LabelClass:
+        return self.classes[i]
+
+    def in_group(self, group: str) -> list[LabelClass]:
+        return [c for c in self.classes if c.group == group]
+
+
+@cache
+def _imagenet() -> LabelSpace:
+    rows = json.loads(LABEL_SPACE_FILE.read_text())
+    return LabelSpace([LabelClass(r["id"], r["name"], r["group"], r["subgroup"], r["synset"],
+                                  tuple(r["synonyms"])) for r in rows])

@@ -1,0 +1,59 @@
+"""A prompt is its text plus the character spans of the object nouns whose masks we want."""
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PromptObject:
+    """One tracked noun: `text[start:end] == name` (case-insensitive)."""
+
+    name: str
+    start: int
+    end: int
+    label: int = -1
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    objects: tuple[PromptObject, ...] = field(default_factory=tuple)
+    label: int = -1
+
+    def __post_init__(self):
+        for o in self.objects:
+            if self.text[o.start : o.end].lower() != o.name.lower():
+                raise ValueError(f"object {o.name!r} does not match text[{o.start}:{o.end}] of {self.text!r}")
+
+    @classmethod
+    def from_nouns(cls, text: str, nouns: list[str], label: int = -1, labels: list[int] | None = None) -> "Prompt":
+        """Locate each noun in `text` as a whole-word, case-insensitive match.
+
+        A noun listed k times takes its first k occurrences, in order, so "a dog chasing a dog" with
+        nouns ["dog", "dog"] tracks both dogs separately. A noun that is not in the text is an error.
+        """
+        used: dict[str, int] = {}
+        objects = []
+        for j, noun in enumerate(nouns):
+            spans = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", text, flags=re.IGNORECASE)]
+            k = used.get(noun.lower(), 0)
+            if k >= len(spans):
+                raise ValueError(f"noun {noun!r} (occurrence {k + 1}) not found in prompt {text!r}")
+            used[noun.lower()] = k + 1
+            objects.append(PromptObject(noun, *spans[k], label=labels[j] if labels else -1))
+        return cls(text, tuple(objects), label)
+
+    @property
+    def nouns(self) -> list[str]:
+        return [o.name for o in self.objects]
+
+
+def as_prompt(p: "Prompt | str | dict") -> Prompt:
+    """Accept a Prompt, a plain string (no tracked objects) or {"text": ..., "nouns": [...]}."""
+    if isinstance(p, Prompt):
+        return p
+    if isinstance(p, str):
+        return Prompt(p)
+    if isinstance(p, dict) and "text" in p:
+        return Prompt.from_nouns(p["text"], list(p.get("nouns", [])), label=int(p.get("label", -1)))
+    raise TypeError(f"cannot make a Prompt from {type(p).__name__}")
