@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None):
         parser.parse_args(argv[:1] or ["--help"])
         return
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:])
+    module.main(argv[1:])  # the console script's exit code is 0 unless this raises
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ def otsu_threshold(values, bins: int = 256) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
     between[~np.isfinite(between)] = -1
-    # Pixels strictly above the upper edge of the best bin are foreground.
-    return float(edges[int(np.argmax(between)) + 1])
+    # Every cut inside an empty gap between the modes scores the same; take the middle of that plateau
+    # rather than its first bin, which would hug the lower mode.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    run = best[: 1 + int(np.argmax(np.diff(best) > 1)) if (np.diff(best) > 1).any() else len(best)]
+    # Pixels strictly above the upper edge of the chosen bin are foreground.
+    return float(edges[int(run[len(run) // 2]) + 1])
 
 
 def binarize(normalized, threshold: float | str = DEFAULT_THRESHOLD) -> np.ndarray:

@@ -37,19 +37,28 @@ class AttentionStore:
         self.token_index: torch.Tensor | None = None
 
     def begin(self, token_index: torch.Tensor, latent_hw: tuple[int, int], num_steps: int, device=None):
-        """Reset for a batch. `token_index` is `(batch, tokens)`: the key columns to keep per sample."""
-        device = device or token_index.device
-        self.token_index = token_index.to(device)
+        """Reset for a batch. `token_index` is `(batch, tokens)`: the key columns to keep per sample.
+
+        Buffers of the same shape are zeroed in place rather than reallocated, so a compiled denoiser
+        sees the same tensors batch after batch and nothing is allocated per batch.
+        """
+        device = torch.device(device) if device is not None else token_index.device
+        shapes = {f: (*token_index.shape, math.prod(grid_size(tuple(latent_hw), f))) for f in self.config.down_factors}
+        if self.token_index is not None and self.token_index.shape == token_index.shape and self.token_index.device == device:
+            self.token_index.copy_(token_index)
+        else:
+            self.token_index = token_index.to(device)
+        for f, shape in shapes.items():
+            buf = self.buffers.get(f)
+            if buf is not None and buf.shape == shape and buf.device == device:
+                buf.zero_()
+            else:
+                self.buffers[f] = torch.zeros(shape, dtype=torch.float32, device=device)
         self.batch_size, self.num_tokens = token_index.shape
         self.latent_hw = tuple(latent_hw)
         self.num_steps = num_steps
         self.step = -1
         self.active = False
-        self.buffers = {
-            f: torch.zeros(self.batch_size, self.num_tokens, math.prod(grid_size(self.latent_hw, f)),
-                           dtype=torch.float32, device=device)
-            for f in self.config.down_factors
-        }
         self.counts = dict.fromkeys(self.config.down_factors, 0)
 
     def next_step(self):

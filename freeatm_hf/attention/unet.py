@@ -68,10 +68,16 @@ def cross_attention_factors(unet) -> dict[str, int]:
 
 
 @contextmanager
-def capture_unet(unet, store: AttentionStore):
-    """Install capture on the chosen `attn2` layers of `unet`; always restore the originals on exit."""
+def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
+    """Install capture on the chosen `attn2` layers of `unet`; always restore the originals on exit.
+
+    `unet` may be a `torch.compile`d module. Pass the same `processors` dict on every call to reuse the
+    wrapper objects: a compiled UNet then keeps its graph (it is guarded on the processor objects)
+    instead of recompiling each batch.
+    """
     config: CaptureConfig = store.config
-    factors = cross_attention_factors(unet)
+    inner = getattr(unet, "_orig_mod", unet)
+    factors = cross_attention_factors(inner)
     chosen = {
         name: f for name, f in factors.items()
         if f in config.down_factors and (config.include_mid or not name.startswith("mid_block"))
@@ -80,16 +86,20 @@ def capture_unet(unet, store: AttentionStore):
     if missing:
         available = sorted({f for n, f in factors.items() if config.include_mid or not n.startswith("mid_block")})
         raise ValueError(f"this UNet has no cross-attention at down factors {sorted(missing)}; available: {available}")
-    modules = dict(unet.named_modules())
+    processors = {} if processors is None else processors
+    modules = dict(inner.named_modules())
     originals, handles = {}, []
     try:
         for name, f in chosen.items():
             attn = modules[name]
+            proc = processors.get(name)
+            if proc is None or proc.original is not attn.processor or proc.store is not store:
+                proc = processors[name] = CaptureProcessor(attn.processor, store, f)
             originals[name] = attn.processor
-            proc = CaptureProcessor(attn.processor, store, f)
             handles.append(attn.to_q.register_forward_hook(proc._hook_query))
             handles.append(attn.to_k.register_forward_hook(proc._hook_key))
             attn.processor = proc
+        # On the outer module: for a compiled UNet the step counter stays in eager Python.
         handles.append(unet.register_forward_pre_hook(lambda module, args: store.next_step()))
         yield store
     finally:

@@ -59,6 +59,8 @@ class FreeATMGenerator:
         self.pipe = pipe
         self.capture = capture or CaptureConfig()
         self.threshold = threshold
+        self.store = AttentionStore(self.capture)
+        self._processors: dict = {}  # reused across calls (see capture_unet)
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -81,10 +83,10 @@ class FreeATMGenerator:
         tokens = [object_token_indices(self.pipe.tokenizer, p) for p in prompts]
         token_index, groups = _token_columns(tokens)
         device = self.pipe._execution_device
-        store = AttentionStore(self.capture)
+        store = self.store
         store.begin(token_index, latent_hw, num_inference_steps, device=device)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        with capture_unet(self.pipe.unet, store):
+        with capture_unet(self.pipe.unet, store, self._processors):
             images = self.pipe(
                 prompt=[p.text for p in prompts], generator=generators, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale, height=height, width=width, **pipe_kwargs,
@@ -107,11 +109,12 @@ class FreeATMGenerator:
         return GenerationOutput(list(images), prompts, [int(s) for s in seeds], objects, truncated)
 
 
-def _token_columns(tokens) -> tuple[torch.Tensor, list[list[list[int]]]]:
+def _token_columns(tokens, multiple: int = 8) -> tuple[torch.Tensor, list[list[list[int]]]]:
     """Union of the token positions each sample needs, padded to a rectangle, and per object the
-    columns of that rectangle it owns. Padding repeats position 0 and is never read."""
+    columns of that rectangle it owns. Padding repeats position 0 and is never read; the width is
+    rounded up to a multiple of 8 so a compiled denoiser sees few distinct shapes."""
     per_sample = [sorted({i for t in objs if not t.truncated for i in t.token_indices}) or [0] for objs in tokens]
-    width = max(len(p) for p in per_sample)
+    width = -(-max(len(p) for p in per_sample) // multiple) * multiple
     index = torch.zeros(len(tokens), width, dtype=torch.long)
     groups = []
     for b, (cols, objs) in enumerate(zip(per_sample, tokens)):

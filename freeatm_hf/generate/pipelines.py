@@ -19,7 +19,9 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
     if spec == "tiny":
         from .tiny import tiny_pipeline
 
-        pipe = tiny_pipeline().to(dtype=dtype)
+        pipe = tiny_pipeline()
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
     else:
         from diffusers import DiffusionPipeline
 

@@ -1,0 +1,126 @@
+"""Throughput and memory of generation with attention capture ÷ the same plain diffusers pipeline.
+
+    python bench/generate_overhead.py                         # H100: SD1.5-sized, 512 px, 25 steps, batch 16
+    python bench/generate_overhead.py --compile               # + torch.compile of the UNet with capture inside
+    python bench/generate_overhead.py --preset tiny --device cpu --batch_size 4 --steps 10   # smoke run on CPU
+
+The SD1.5-sized pipeline has random weights (the compute is that of the trained model). Plain and
+capture runs alternate (ABAB…) so drift hits both equally; the ratio is of medians.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def build(preset: str, device: str, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    if preset == "sd15":
+        from freeatm_hf.generate.tiny import sd15_sized_components
+
+        comps = sd15_sized_components(dtype=dtype)
+        pipe = StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    else:
+        from freeatm_hf.generate.tiny import tiny_pipeline
+
+        pipe = tiny_pipeline()
+        pipe.to(dtype=dtype) if dtype != torch.float32 else None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=["sd15", "tiny"], default="sd15")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float16 (default on GPU) / float32")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3, help="timed batches per variant")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(unet) with capture inside")
+    args = p.parse_args()
+
+    from freeatm_hf.generate import FreeATMGenerator
+    from freeatm_hf.prompts import ScenePrompts
+
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device.startswith("cuda") else torch.float32)
+    pipe = build(args.preset, args.device, dtype)
+    gen = FreeATMGenerator(pipe)
+    prompts = ScenePrompts(seed=0).take(args.batch_size)
+    seeds = list(range(args.batch_size))
+    kw = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width,
+              output_type="np")
+    cuda = args.device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def plain():
+        g = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        return np.asarray(pipe([q.text for q in prompts], generator=g, **kw).images)
+
+    def captured():
+        return np.asarray(gen(prompts, seeds, **kw).images)
+
+    def timed(fn):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t, out
+
+    def peak(fn):
+        if not cuda:
+            return float("nan"), fn()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        return torch.cuda.max_memory_allocated() / 2**20, out
+
+    # Warm-up, memory and identity checks.
+    mem_plain, img_plain = peak(plain)
+    mem_capture, img_capture = peak(captured)
+    identical = np.array_equal(img_plain, img_capture)
+    times = {"plain": [], "capture": []}
+    for _ in range(args.repeats):
+        times["plain"].append(timed(plain)[0])
+        times["capture"].append(timed(captured)[0])
+    ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
+
+    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {dev}; preset {args.preset}, {dtype}, batch {args.batch_size}, {args.steps} steps, "
+          f"CFG {args.guidance}, repeats {args.repeats}")
+    print(f"plain diffusers      : {ips['plain']:.3f} img/s, peak {mem_plain:.0f} MiB")
+    print(f"with capture         : {ips['capture']:.3f} img/s, peak {mem_capture:.0f} MiB")
+    print(f"ratio capture/plain  : {ips['capture'] / ips['plain']:.4f}x   images bit-identical: {identical}")
+    if cuda:
+        print(f"extra peak memory    : {mem_capture - mem_plain:+.0f} MiB ({(mem_capture / mem_plain - 1) * 100:+.2f} %)")
+
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet)
+        t = time.perf_counter()
+        captured()
+        plain()
+        print(f"compile warm-up      : {time.perf_counter() - t:.0f} s")
+        ct = {"plain": [], "capture": []}
+        for _ in range(args.repeats):
+            ct["plain"].append(timed(plain)[0])
+            ct["capture"].append(timed(captured)[0])
+        cips = {k: args.batch_size / statistics.median(v) for k, v in ct.items()}
+        print(f"compiled plain       : {cips['plain']:.3f} img/s ({cips['plain'] / ips['plain']:.3f}x eager plain)")
+        print(f"compiled + capture   : {cips['capture']:.3f} img/s ({cips['capture'] / ips['plain']:.3f}x eager plain, "
+              f"{cips['capture'] / cips['plain']:.4f}x compiled plain)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The captured maps against probabilities computed explicitly by an independent reference path."""
+
+import numpy as np
+import pytest
+import torch
+
+from freeatm_hf.attention import AttentionStore, CaptureConfig, capture_unet, cross_attention_factors
+from freeatm_hf.generate import FreeATMGenerator
+from freeatm_hf.prompts import Prompt
+
+PROMPTS = [
+    Prompt.from_nouns("a golden retriever with a tennis ball is playing in a park", ["golden retriever", "tennis ball"]),
+    Prompt.from_nouns("a red car parked on a city street", ["car", "street"]),
+]
+
+
+class Reference:
+    """Records explicit softmax(QKᵀ·scale) of every cross-attention layer, per UNet call.
+
+    The output is still the layer's own processor (so the denoising trajectory is the one the capture
+    sees); the probabilities come from `attn.get_attention_scores` in float64, and each layer's grid
+    (h, w) is read from the 4-D input of its `Transformer2DModel`, not derived from the latent size.
+    """
+
+    def __init__(self, unet):
+        self.records, self.step, self.hw = [], -1, {}
+        self.handles = [unet.register_forward_pre_hook(self._next_step)]
+        self.originals = {}
+        factors = cross_attention_factors(unet)
+        for name, module in unet.named_modules():
+            if module.__class__.__name__ == "Transformer2DModel":
+                self.handles.append(module.register_forward_pre_hook(self._grid(name)))
+        modules = dict(unet.named_modules())
+        for name, f in factors.items():
+            attn = modules[name]
+            self.originals[name] = attn.processor
+            attn.processor = self._recorder(name, f, attn.processor)
+
+    def _next_step(self, module, args):
+        self.step += 1
+
+    def _grid(self, name):
+        def hook(module, args):
+            self.hw[name] = tuple(args[0].shape[-2:])
+
+        return hook
+
+    def _recorder(self, name, factor, original):
+        parent = name.split(".transformer_blocks")[0]
+
+        def proc(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+            out = original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+            q = attn.head_to_batch_dim(attn.to_q(hidden_states)).double()
+            k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states)).double()
+            probs = (q @ k.transpose(1, 2) * attn.scale).softmax(-1)
+            assert torch.allclose(probs.sum(-1), torch.ones((), dtype=probs.dtype))  # rows over all keys
+            probs = probs.view(-1, attn.heads, *probs.shape[1:])
+            self.records.append((self.step, name, factor, self.hw[parent], probs))
+            return out
+
+        return proc
+
+    def remove(self, unet):
+        for h in self.handles:
+            h.remove()
+        modules = dict(unet.named_modules())
+        for name, p in self.originals.items():
+            modules[name].processor = p
+
+    def token_maps(self, batch, token_index, num_steps, config: CaptureConfig):
+        sums, counts, grids = {}, {}, {}
+        start, end = config.step_window
+        for step, name, factor, hw, probs in self.records:
+            if factor not in config.down_factors or (name.startswith("mid_block") and not config.include_mid):
+                continue
+            if not start <= step / num_steps < end:
+                continue
+            cond = probs[-batch:].mean(1)  # (b, N, L), conditional half is last under CFG
+            sel = torch.stack([cond[b][:, token_index[b]] for b in range(batch)])  # (b, N, T)
+            m = sel.transpose(1, 2).reshape(batch, token_index.shape[1], *hw)
+            sums[factor] = sums.get(factor, 0) + m
+            counts[factor] = counts.get(factor, 0) + 1
+            grids[factor] = hw
+        return {f: sums[f] / counts[f] for f in sums}
+
+
+def run_with_reference(pipe, prompts, config, steps=4, guidance=7.5, height=None, width=None):
+    gen = FreeATMGenerator(pipe, config)
+    stores = []
+    original_begin = AttentionStore.begin
+
+    def spy(self, *a, **kw):
+        stores.append(self)
+        return original_begin(self, *a, **kw)
+
+    ref = Reference(pipe.unet)
+    try:
+        AttentionStore.begin = spy
+        out = gen(prompts, seeds=list(range(len(prompts))), num_inference_steps=steps, guidance_scale=guidance,
+                  height=height, width=width, output_type="np")
+    finally:
+        AttentionStore.begin = original_begin
+        ref.remove(pipe.unet)
+    return out, stores[0], ref
+
+
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+def test_captured_maps_equal_explicit_probabilities(tiny_pipe, guidance):
+    config = CaptureConfig()
+    out, store, ref = run_with_reference(tiny_pipe, PROMPTS, config, guidance=guidance)
+    expected = ref.token_maps(len(PROMPTS), store.token_index, 4, config)
+    got = store.token_maps()
+    assert set(got) == {2, 4}
+    for f in got:
+        assert got[f].shape == expected[f].shape
+        torch.testing.assert_close(got[f].double(), expected[f], rtol=1e-5, atol=1e-7)
+    # The token columns are the objects' tokens, and each object's map is the mean of its columns.
+    assert store.token_index[0].tolist() == [2, 3, 6, 7, 0, 0, 0, 0]  # padded to a multiple of 8
+
+
+def test_step_window_and_mid_block_and_factor_choice(tiny_pipe):
+    config = CaptureConfig(down_factors=(4,), include_mid=True, step_window=(0.5, 1.0))
+    out, store, ref = run_with_reference(tiny_pipe, PROMPTS, config)
+    expected = ref.token_maps(len(PROMPTS), store.token_index, 4, config)
+    # steps 2 and 3 of 4, each with the four factor-4 layers: down_blocks.2, mid_block, up_blocks.0 (×2)
+    assert store.counts == {4: 2 * 4}
+    torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
+
+
+def test_non_square_maps_keep_height_and_width(tiny_pipe):
+    config = CaptureConfig()
+    out, store, ref = run_with_reference(tiny_pipe, PROMPTS[:1], config, height=64, width=32)
+    got = store.token_maps()
+    assert out.images[0].shape == (64, 32, 3)
+    assert got[2].shape[-2:] == (16, 8) and got[4].shape[-2:] == (8, 4)
+    expected = ref.token_maps(1, store.token_index, 4, config)
+    for f in got:
+        torch.testing.assert_close(got[f].double(), expected[f], rtol=1e-5, atol=1e-7)
+    assert out.objects[0][0].soft_map.shape == (32, 16)  # latent size, rows = height
+
+
+def test_images_bit_identical_with_and_without_capture(tiny_pipe):
+    gen = FreeATMGenerator(tiny_pipe)
+    out = gen(PROMPTS, seeds=[5, 6], num_inference_steps=4, output_type="np")
+    plain = tiny_pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
+                      num_inference_steps=4, guidance_scale=7.5, output_type="np").images
+    assert np.array_equal(np.stack(out.images), plain)
+
+
+def test_batching_does_not_change_an_image_or_its_maps(tiny_pipe):
+    gen = FreeATMGenerator(tiny_pipe)
+    both = gen(PROMPTS, seeds=[5, 6], num_inference_steps=3, output_type="np")
+    alone = gen(PROMPTS[1:], seeds=[6], num_inference_steps=3, output_type="np")
+    np.testing.assert_allclose(both.images[1], alone.images[0], atol=1e-5)
+    np.testing.assert_allclose(both.objects[1][0].soft_map, alone.objects[0][0].soft_map, rtol=1e-4, atol=1e-6)
+
+
+def test_processors_and_hooks_restored_after_an_exception(tiny_pipe):
+    unet = tiny_pipe.unet
+    before = dict(unet.attn_processors)
+    store = AttentionStore()
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_unet(unet, store):
+            assert any(type(p).__name__ == "CaptureProcessor" for p in unet.attn_processors.values())
+            raise RuntimeError("boom")
+    assert unet.attn_processors == before
+    assert not unet._forward_pre_hooks
+    assert all(not m._forward_hooks for m in unet.modules())
+
+
+def test_missing_resolution_is_a_clear_error(tiny_pipe):
+    with pytest.raises(ValueError, match=r"no cross-attention at down factors \[8\]"):
+        with capture_unet(tiny_pipe.unet, AttentionStore(CaptureConfig(down_factors=(8,)))):
+            pass
+
+
+def test_memory_is_constant_in_the_number_of_steps(tiny_pipe):
+    gen = FreeATMGenerator(tiny_pipe)
+    sizes = []
+    for steps in (2, 6):
+        store = AttentionStore(CaptureConfig())
+        store.begin(torch.zeros(2, 3, dtype=torch.long), (32, 32), steps)
+        sizes.append(sum(b.numel() for b in store.buffers.values()))
+    assert sizes[0] == sizes[1] == 2 * 3 * (16 * 16 + 8 * 8)
+    assert gen.capture.down_factors == (2, 4)
+
+
+def test_sdxl_pipeline_capture_and_bit_identical_images():
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(sdxl=True)
+    config = CaptureConfig()
+    out, store, ref = run_with_reference(pipe, PROMPTS, config, steps=3)
+    expected = ref.token_maps(len(PROMPTS), store.token_index, 3, config)
+    for f, m in store.token_maps().items():
+        torch.testing.assert_close(m.double(), expected[f], rtol=1e-5, atol=1e-7)
+    plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                 num_inference_steps=3, guidance_scale=7.5, output_type="np").images
+    assert np.array_equal(np.stack(out.images), plain)
+
+
+@pytest.mark.slow
+def test_capture_compiles_with_the_unet_without_recompiling_per_batch():
+    """torch.compile(unet) with capture inside: same maps as eager, and later batches reuse the graph."""
+    from torch._dynamo.utils import counters
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    gen = FreeATMGenerator(pipe)
+    eager = [gen([p], [i], num_inference_steps=2, output_type="np") for i, p in enumerate(PROMPTS)]
+    pipe.unet = torch.compile(pipe.unet)
+    compiled = gen([PROMPTS[0]], [0], num_inference_steps=2, output_type="np")
+    graphs = counters["stats"]["unique_graphs"]
+    again = gen([PROMPTS[1]], [1], num_inference_steps=2, output_type="np")
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation for a new batch
+    for out, ref in ((compiled, eager[0]), (again, eager[1])):
+        np.testing.assert_allclose(out.images[0], ref.images[0], atol=1e-4)
+        for a, b in zip(out.objects[0], ref.objects[0]):
+            np.testing.assert_allclose(a.soft_map, b.soft_map, rtol=1e-4, atol=1e-7)

@@ -1,0 +1,48 @@
+import subprocess
+import sys
+
+import pytest
+
+from freeatm_hf import cli
+from freeatm_hf.generate import SettingsMismatchError
+from freeatm_hf.generate.cli import parse
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["push", "--help"]])
+def test_help_exits_zero(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0
+    assert "freeatm" in capsys.readouterr().out
+
+
+def test_python_dash_m_takes_the_same_arguments():
+    res = subprocess.run([sys.executable, "-m", "freeatm_hf.generate", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--num_inference_steps" in res.stdout and "--down_factors" in res.stdout
+
+
+def test_yaml_recipe_with_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("output_dir: out\nnum_images: 12\ndown_factors: [4]\ninclude_mid: true\nstep_window: [0.2, 0.8]\n")
+    cfg = parse([str(recipe), "--num_images", "3"])
+    assert (cfg.output_dir, cfg.num_images, cfg.down_factors, cfg.include_mid, cfg.step_window) == (
+        "out", 3, [4], True, [0.2, 0.8])
+
+
+def test_generate_then_resume_then_refuse_other_settings(tmp_path, capsys):
+    out = tmp_path / "ds"
+    args = ["generate", "--output_dir", str(out), "--num_images", "3", "--batch_size", "2", "--rows_per_shard", "2",
+            "--num_inference_steps", "2", "--device", "cpu"]
+    cli.main(args)
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+    cli.main(args)  # everything done: nothing is regenerated
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == first
+    with pytest.raises(SettingsMismatchError, match="num_inference_steps: 2 → 3"):
+        cli.main(args[:-4] + ["--num_inference_steps", "3", "--device", "cpu"])
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="prompt_mode"):
+        parse(["--output_dir", "x", "--prompt_mode", "poems"])
+    with pytest.raises(ValueError, match="prompts_file"):
+        parse(["--output_dir", "x", "--prompt_mode", "file"])

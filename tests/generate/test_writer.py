@@ -1,0 +1,44 @@
+import pytest
+
+from freeatm_hf.generate import DatasetWriter, SettingsMismatchError, dataset_features
+
+
+def rows(n):
+    from PIL import Image
+
+    return [{"image": Image.new("RGB", (4, 4)), "prompt": f"p{i}", "label": -1, "objects": [],
+             "truncated_objects": [], "seed": i} for i in range(n)]
+
+
+def test_shards_cover_every_row_once_and_split_round_robin(tmp_path):
+    w = DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=10, rows_per_shard=3)
+    assert [(s.start, s.stop) for s in w.shards] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    ranks = [w.pending(r, 3) for r in range(3)]
+    assert [[s.index for s in p] for p in ranks] == [[0, 3], [1], [2]]
+
+
+def test_a_written_shard_is_no_longer_pending_and_tmp_files_never_count(tmp_path):
+    w = DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[1], rows(2))
+    assert [s.index for s in w.pending()] == [0]
+    assert w.shard_path(1).name == "train-00001-of-00002.parquet"
+    (tmp_path / ".freeatm" / "tmp" / "00000-dead.parquet").write_bytes(b"partial")
+    assert [s.index for s in w.pending()] == [0] and not w.is_complete()
+    w.clean_tmp()
+    assert not list((tmp_path / ".freeatm" / "tmp").iterdir())
+    with pytest.raises(ValueError, match="expects 2 rows"):
+        w.write(w.shards[0], rows(1))
+
+
+def test_other_settings_on_an_existing_folder_are_refused(tmp_path):
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "seed": 0}, num_rows=4, rows_per_shard=2)
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "seed": 0}, num_rows=4, rows_per_shard=2)  # resume: fine
+    with pytest.raises(SettingsMismatchError, match=r"steps: 25 → 50"):
+        DatasetWriter(tmp_path, dataset_features(), {"steps": 50, "seed": 0}, num_rows=4, rows_per_shard=2)
+
+
+def test_foreign_parquet_folder_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-0.parquet").write_bytes(b"x")
+    with pytest.raises(SettingsMismatchError, match="not a freeatm generation"):
+        DatasetWriter(tmp_path, dataset_features(), {}, num_rows=1, rows_per_shard=1)

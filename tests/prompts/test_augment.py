@@ -1,0 +1,74 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from freeatm_hf.prompts import OpenAIAugmenter, Prompt, PromptAugmenter, load_augmenter
+
+
+class Fixed(PromptAugmenter):
+    def __init__(self, answer):
+        self.answer, self.seen = answer, []
+
+    def complete(self, instruction):
+        self.seen.append(instruction)
+        return self.answer
+
+
+def test_rewrite_keeps_nouns_and_relocates_their_spans():
+    p = Prompt.from_nouns("a dog with a ball is playing in a park", ["dog", "ball"], labels=[1, 2])
+    out = Fixed("A happy dog chases a red ball across the sunny park.")(p)
+    assert out.text == "A happy dog chases a red ball across the sunny park."
+    assert [(o.name, out.text[o.start : o.end], o.label) for o in out.objects] == [("dog", "dog", 1), ("ball", "ball", 2)]
+
+
+def test_rewrite_that_drops_a_noun_keeps_the_template(caplog):
+    p = Prompt.from_nouns("a dog with a ball", ["dog", "ball"])
+    assert Fixed("A puppy plays outside.")(p) == p
+    assert "dropped a tracked noun" in caplog.text
+
+
+@pytest.fixture
+def chat_server():
+    requests = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append((self.path, dict(self.headers), body))
+            reply = {"choices": [{"message": {"role": "assistant", "content": "A tabby cat naps on a sofa."}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", requests
+    server.shutdown()
+
+
+def test_openai_compatible_augmenter_over_loopback(chat_server):
+    url, requests = chat_server
+    aug = load_augmenter(f"{url}#tiny-llm")
+    assert isinstance(aug, OpenAIAugmenter)
+    aug._api_key = "sk-test"
+    out = aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+    assert out.text == "A tabby cat naps on a sofa." and out.nouns == ["tabby cat", "sofa"]
+    path, headers, body = requests[0]
+    assert path == "/v1/chat/completions" and body["model"] == "tiny-llm" and body["temperature"] == 0
+    assert headers["Authorization"] == "Bearer sk-test"
+    assert '"tabby cat"' in body["messages"][0]["content"]
+
+
+def test_augmenter_spec_errors():
+    assert load_augmenter(None) is None
+    with pytest.raises(ValueError, match="URL#MODEL"):
+        load_augmenter("http://localhost:8000/v1")

@@ -1,0 +1,65 @@
+import pytest
+
+from freeatm_hf.prompts import LabelSpace, Prompt, ScenePrompts
+
+
+def test_imagenet_label_space_has_1000_classes_with_unique_names_and_all_groups():
+    space = LabelSpace.imagenet()
+    assert len(space) == 1000
+    assert len(set(space.names)) == 1000
+    assert {c.group for c in space.classes} == {"animal", "person", "vehicle", "object", "food", "plant", "scene"}
+    assert space[207].name == "golden retriever" and space[207].subgroup == "dog"
+    assert space[817].name == "sports car" and space[817].group == "vehicle"
+    assert space[963].name == "pizza" and space[963].group == "food"
+
+
+def test_prompt_i_depends_only_on_seed_and_index():
+    a, b = ScenePrompts(seed=3), ScenePrompts(seed=3)
+    assert a.take(5, start=100) == [b[i] for i in range(100, 105)]
+    assert a.take(20) != ScenePrompts(seed=4).take(20)
+
+
+def test_one_pass_covers_every_class_once():
+    prompts = ScenePrompts(seed=0).take(1000)
+    assert sorted(p.label for p in prompts) == list(range(1000))
+
+
+@pytest.mark.parametrize("num_objects", [1, 2, 3])
+def test_scene_prompts_track_every_class_noun_at_its_span(num_objects):
+    for p in ScenePrompts(seed=1, num_objects=num_objects).take(200):
+        assert 1 <= len(p.objects) <= num_objects
+        assert p.objects[0].label == p.label or LabelSpace.imagenet()[p.label].group == "scene"
+        for o in p.objects:
+            assert p.text[o.start : o.end] == o.name
+            assert LabelSpace.imagenet()[o.label].name == o.name
+
+
+def test_templates_depend_on_the_hierarchy():
+    space = LabelSpace.imagenet()
+    texts = {space[p.label].subgroup: p.text for p in ScenePrompts(seed=0).take(1000)}
+    assert any(w in texts["fish"] for w in ("swimming",))
+    assert any(w in texts["aircraft"] for w in ("flying",))
+    assert " with " in texts["dog"] and " is " in texts["dog"]
+
+
+def test_photo_mode_is_the_papers_base_prompt():
+    p = ScenePrompts(mode="photo", seed=0)[0]
+    name = LabelSpace.imagenet()[p.label].name
+    assert p.text in (f"a photo of a {name}", f"a photo of an {name}")
+    assert p.nouns == [name]
+
+
+def test_from_nouns_handles_repeats_multiword_and_case():
+    p = Prompt.from_nouns("A Golden Retriever chasing a dog and another dog", ["golden retriever", "dog", "dog"])
+    assert [(o.start, o.end) for o in p.objects] == [(2, 18), (29, 32), (45, 48)]
+    with pytest.raises(ValueError, match="occurrence 2"):
+        Prompt.from_nouns("a cat", ["cat", "cat"])
+    with pytest.raises(ValueError, match="not found"):
+        Prompt.from_nouns("a category", ["cat"])  # whole words only
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="mode"):
+        ScenePrompts(mode="poem")
+    with pytest.raises(ValueError, match="num_objects"):
+        ScenePrompts(num_objects=5)
