@@ -8,6 +8,7 @@ Each process takes every `world_size`-th shard; re-running the same command resu
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -65,6 +66,8 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     state.wait_for_everyone()
 
     todo = writer.pending(state.process_index, state.num_processes)
+    logger.info("rank %d/%d: %d shards to write (%d of %d in total done)", state.process_index, state.num_processes,
+                len(todo), writer.num_shards - len(writer.pending()), writer.num_shards)
     if todo:
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload)
         if cfg.compile:
@@ -74,16 +77,24 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)
-        for shard in todo:
-            rows = []
-            for start in range(shard.start, shard.stop, cfg.batch_size):
-                ids = range(start, min(start + cfg.batch_size, shard.stop))
-                out = gen([source[i] for i in ids], seeds=[cfg.seed + i for i in ids],
-                          num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                          height=cfg.height, width=cfg.width)
-                rows += output_to_rows(out)
-                bar.update(len(ids))
-            writer.write(shard, rows)
+        # PNG encoding and Parquet writing of shard k overlap the generation of shard k+1 (one shard in
+        # flight at most, so memory stays bounded); the rename into data/ still happens only when complete.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for shard in todo:
+                rows = []
+                for start in range(shard.start, shard.stop, cfg.batch_size):
+                    ids = range(start, min(start + cfg.batch_size, shard.stop))
+                    out = gen([source[i] for i in ids], seeds=[cfg.seed + i for i in ids],
+                              num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                              height=cfg.height, width=cfg.width)
+                    rows += output_to_rows(out)
+                    bar.update(len(ids))
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write, shard, rows)
+            if pending is not None:
+                pending.result()
         bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
@@ -112,15 +123,37 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
             num_empty += sum(o["bbox"] is None for o in objs)
             num_truncated += len(cut)
     (height, width), map_hw = _sizes(writer.shard_path(0))
+    examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     generation = {**cfg.settings(), "pipeline": cfg.pipeline, "height": height, "width": width}
     card = render_dataset_card(
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
                     num_truncated=num_truncated, num_shards=writer.num_shards),
         repo_id=cfg.push_to_hub or "<user>/<dataset>", height=height, width=width,
-        map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold,
+        map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold, examples=examples,
     )
     card.save(str(Path(writer.root) / "README.md"))
+
+
+def write_examples(shard: Path, folder: Path, n: int = 4, threshold=0.4, min_side: int = 256) -> list[dict]:
+    """Mask overlays of the first rows as PNGs in the repo (shown by the card)."""
+    from io import BytesIO
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from ..viz import overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for i, row in enumerate(pq.read_table(shard, columns=["image", "prompt", OBJECTS]).slice(0, n).to_pylist()):
+        image = Image.open(BytesIO(row["image"]["bytes"]))
+        objects = [{"name": o["name"], "attention": Image.open(BytesIO(o["attention"]["bytes"]))} for o in row[OBJECTS]]
+        scale = max(1, -(-min_side // min(image.size)))
+        path = folder / f"example_{i}.png"
+        overlay(image, objects, threshold=threshold, scale=scale).save(path)
+        examples.append({"path": f"{folder.name}/{path.name}", "prompt": row["prompt"]})
+    return examples
 
 
 def _sizes(shard: Path) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -66,6 +66,7 @@ class DatasetWriter:
 
     # -- writing --------------------------------------------------------------------------------------------
     def write(self, shard: Shard, rows: list[dict]):
+        import pyarrow.parquet as pq
         from datasets import Dataset
 
         if len(rows) != shard.stop - shard.start:
@@ -73,7 +74,10 @@ class DatasetWriter:
         tmp_dir = self.root / STATE_DIR / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / f"{shard.index:05d}-{uuid.uuid4().hex}.parquet"
-        Dataset.from_list(rows, features=self.features).to_parquet(str(tmp))
+        # The Arrow table carries the Features in its schema metadata, which `load_dataset` restores. Row groups
+        # of 100 rows, as `datasets` uses for image data, keep streaming reads small.
+        table = Dataset.from_list(rows, features=self.features).data.table
+        pq.write_table(table, tmp, row_group_size=100)
         _fsync(tmp)
         final = self.shard_path(shard.index)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,73 @@
+"""Pushing a dataset folder against a loopback Hub (HF_ENDPOINT): the committed files equal the folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freeatm_hf.generate import GenerateConfig
+from freeatm_hf.generate.run import generate_dataset
+
+from .fake_hub import FakeHub
+
+TOKEN = "hf_SECRETtoken1234567890"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("push") / "ds"
+    generate_dataset(GenerateConfig(output_dir=str(out), num_images=3, batch_size=3, rows_per_shard=2,
+                                    num_inference_steps=2, device="cpu"))
+    return out
+
+
+def local_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and ".freeatm" not in p.parts}
+
+
+def run_cli(args, endpoint, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
+           "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    return subprocess.run([sys.executable, "-m", "freeatm_hf.cli", *args], env=env, capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+def test_freeatm_push_uploads_exactly_the_folder_without_leaking_the_token(dataset_dir, tmp_path):
+    with FakeHub() as hub:
+        res = run_cli(["push", str(dataset_dir), "me/scenes", "--private"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        repo = hub.repos[("dataset", "me/scenes")]
+        assert repo["private"] is True
+        assert repo["files"] == local_files(dataset_dir)
+        assert {"README.md", "examples/example_0.png"} <= set(repo["files"])
+        assert not any(p.startswith(".freeatm") for p in repo["files"])
+        assert hub.auth_headers and all(h == f"Bearer {TOKEN}" for h in hub.auth_headers)
+        assert not hub.unknown
+        assert hub.validated and set(hub.validated) == {"dataset"}  # the card YAML passed the Hub-side check
+    assert TOKEN not in res.stdout + res.stderr
+    assert all(TOKEN.encode() not in data for data in repo["files"].values())
+
+
+def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
+    out = tmp_path / "ds2"
+    with FakeHub() as hub:
+        res = run_cli(["generate", "--output_dir", str(out), "--num_images", "2", "--batch_size", "2",
+                       "--num_inference_steps", "2", "--device", "cpu", "--push_to_hub", "me/gen"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        repo = hub.repos[("dataset", "me/gen")]
+        assert repo["private"] is False
+        assert repo["files"] == local_files(out)
+        assert 'load_dataset("me/gen"' in repo["files"]["README.md"].decode()
+    assert TOKEN not in res.stdout + res.stderr
+
+
+def test_push_refuses_an_unfinished_folder(tmp_path):
+    from freeatm_hf.hub.push import push_folder
+
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match="no README.md"):
+        push_folder(tmp_path, "me/x")
