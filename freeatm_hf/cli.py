@@ -11,6 +11,8 @@ import sys
 COMMANDS = {
     "generate": ("freeatm_hf.generate.cli", "Generate images with per-object attention masks into a dataset folder."),
     "push": ("freeatm_hf.hub.cli", "Upload a finished dataset or model folder to the Hub."),
+    "space": ("freeatm_hf.spaces_cli", "Launch the mask viewer (Gradio) locally."),
+    "push-space": ("freeatm_hf.spaces_cli:push_main", "Create or update the mask viewer Space on the Hub."),
 }
 
 
@@ -23,8 +25,8 @@ def main(argv: list[str] | None = None):
             sub.add_parser(name, help=help_)
         parser.parse_args(argv[:1] or ["--help"])
         return
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    module.main(argv[1:])  # the console script's exit code is 0 unless this raises
+    module_name, _, func = COMMANDS[argv[0]][0].partition(":")
+    getattr(importlib.import_module(module_name), func or "main")(argv[1:])  # the console script's exit code is 0 unless this raises
 
 
 if __name__ == "__main__":

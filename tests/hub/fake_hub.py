@@ -39,7 +39,7 @@ class FakeHub:
                     repo_type = req.get("type") or "model"
                     repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
                     private = req.get("visibility") == "private" or bool(req.get("private"))
-                    hub.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}})
+                    hub.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}, "request": req})
                     return self._json(200, {"url": f"{hub.url}/{repo_type}s/{repo_id}", "name": repo_id})
                 if path == "/api/validate-yaml":
                     # The real Hub checks the card's metadata; we check that it is a YAML mapping.

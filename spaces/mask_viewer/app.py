@@ -1,0 +1,220 @@
+"""Free attention masks, looked at: browse a freeatm dataset, or generate with masks live.
+
+    python app.py                                   # the example dataset next to this file + the tiny pipeline
+    python app.py --dataset user/scenes --pipeline path/to/pipeline
+    freeatm space --dataset outputs/scenes          # the same, from the installed package
+
+Environment variables FREEATM_DATASET and FREEATM_PIPELINE set the same as the flags (for a Hub Space).
+"""
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
+from freeatm_hf.viz import color, heatmap, overlay
+
+HERE = Path(__file__).resolve().parent
+EXAMPLE_DATASET = HERE / "example_dataset"
+VIEW_SIDE = 384  # small generated images are enlarged (nearest) to at least this side for display
+
+
+class RowCache:
+    """Rows of a (possibly huge, possibly remote) dataset, streamed in order and kept once read."""
+
+    def __init__(self, source: str):
+        from datasets import load_dataset
+
+        self.source = source
+        self._iter = iter(load_dataset(source, split="train", streaming=True))
+        self.rows: list[dict] = []
+        self.exhausted = False
+
+    def get(self, index: int) -> dict:
+        while len(self.rows) <= index and not self.exhausted:
+            try:
+                self.rows.append(next(self._iter))
+            except StopIteration:
+                self.exhausted = True
+        if not self.rows:
+            raise gr.Error(f"dataset {self.source} has no rows")
+        return self.rows[min(index, len(self.rows) - 1)]
+
+
+def _scale(image: Image.Image) -> int:
+    return max(1, -(-VIEW_SIDE // min(image.size)))
+
+
+def render(image: Image.Image, prompt: str, objects: list[dict], threshold: float):
+    """Overlay, highlighted prompt, per-object soft maps, per-object masks and a summary of boxes."""
+    scale = _scale(image)
+    size = (image.height, image.width)
+    view = overlay(image, objects, threshold=threshold, scale=scale)
+    soft = [(heatmap(np.asarray(o["attention"]), (image.height * scale, image.width * scale)), o["name"])
+            for o in objects]
+    masks, summary = [], []
+    for o in objects:
+        r = full_resolution_mask(np.asarray(o["attention"]), size, threshold)
+        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8), mode="L"), o["name"]))
+        summary.append({"name": o["name"], "bbox": [round(v, 1) for v in r.bbox] if r.bbox else None,
+                        "area": round(r.area, 4), "empty": r.empty})
+    names = [o["name"] for o in objects]
+    # The prompt's nouns in the same colours as their masks.
+    text = gr.HighlightedText(value=highlight(prompt, names),
+                              color_map={n: "#%02x%02x%02x" % color(i) for i, n in enumerate(names)})
+    return view, text, soft, masks, summary
+
+
+def highlight(prompt: str, nouns: list[str]) -> list[tuple[str, str | None]]:
+    """The prompt split into (text, label) pieces, each tracked noun labelled with its own name."""
+    spans, used = [], set()
+    for noun in nouns:
+        for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", prompt, flags=re.IGNORECASE):
+            if not any(m.start() < e and s < m.end() for s, e in used):
+                spans.append((m.start(), m.end(), noun))
+                used.add((m.start(), m.end()))
+                break
+    pieces, pos = [], 0
+    for s, e, noun in sorted(spans):
+        if s > pos:
+            pieces.append((prompt[pos:s], None))
+        pieces.append((prompt[s:e], noun))
+        pos = e
+    if pos < len(prompt):
+        pieces.append((prompt[pos:], None))
+    return pieces
+
+
+def detect_nouns(prompt: str, vocabulary: list[str]) -> list[str]:
+    """Known object names in the prompt, longest first, without overlaps, in prompt order."""
+    found = []
+    for name in sorted(set(vocabulary), key=len, reverse=True):
+        for m in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", prompt, flags=re.IGNORECASE):
+            if not any(m.start() < e and s < m.end() for s, e, _ in found):
+                found.append((m.start(), m.end(), prompt[m.start() : m.end()]))
+    return [n for _, _, n in sorted(found)]
+
+
+def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Blocks:
+    dataset = dataset or os.environ.get("FREEATM_DATASET") or str(EXAMPLE_DATASET)
+    pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "tiny"
+    cache = RowCache(dataset)
+    state: dict = {}
+
+    def generator():
+        if "gen" not in state:
+            import torch
+
+            from freeatm_hf.generate import FreeATMGenerator
+            from freeatm_hf.generate.pipelines import load_pipeline
+            from freeatm_hf.prompts import LabelSpace
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            state["gen"] = FreeATMGenerator(load_pipeline(pipeline, device))
+            state["vocab"] = [n for c in LabelSpace.imagenet().classes for n in (c.name, *c.synonyms)]
+        return state["gen"], state["vocab"]
+
+    def browse(index: float, threshold: float):
+        row = cache.get(int(index))
+        objects = [{"name": o["name"], "attention": o["attention"]} for o in row["objects"]]
+        view, text, soft, masks, summary = render(row["image"], row["prompt"], objects, threshold)
+        info = f"row {min(int(index), len(cache.rows) - 1)} · seed {row.get('seed')} · {len(objects)} objects"
+        return view, text, soft, masks, summary, info
+
+    def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float):
+        from freeatm_hf.prompts import Prompt
+
+        if not prompt.strip():
+            raise gr.Error("type a prompt")
+        gen, vocab = generator()
+        names = [n.strip() for n in nouns.split(",") if n.strip()] or detect_nouns(prompt, vocab)
+        if not names:
+            raise gr.Error("no known object noun found in the prompt: list the nouns to track")
+        try:
+            p = Prompt.from_nouns(prompt, names)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps))
+        objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L")} for o in out.objects[0]]
+        state["last"] = (out.images[0], prompt, objects)
+        view, text, soft, masks, summary = render(out.images[0], prompt, objects, threshold)
+        return view, text, soft, masks, summary
+
+    def regenerate_view(threshold: float):
+        if "last" not in state:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        image, prompt, objects = state["last"]
+        return render(image, prompt, objects, threshold)
+
+    with gr.Blocks(title="freeatm mask viewer") as demo:
+        gr.Markdown("# Free attention masks\nEach object noun of a prompt gets the map its cross-attention drew "
+                    "while the image was generated. Coloured regions are the masks at the threshold; boxes "
+                    "surround them.")
+        with gr.Tab("Browse", id="browse"):
+            gr.Markdown(f"Dataset: `{dataset}`")
+            with gr.Row():
+                index = gr.Number(value=0, precision=0, minimum=0, label="row", elem_id="row-index")
+                prev_btn = gr.Button("◀ previous", elem_id="prev")
+                next_btn = gr.Button("next ▶", elem_id="next")
+            b_threshold = gr.Slider(0.0, 0.95, value=DEFAULT_THRESHOLD, step=0.05, label="threshold",
+                                    elem_id="browse-threshold")
+            with gr.Row():
+                b_view = gr.Image(label="masks", type="pil", elem_id="browse-overlay", format="png")
+                with gr.Column():
+                    b_info = gr.Markdown(elem_id="browse-info")
+                    b_text = gr.HighlightedText(label="prompt", elem_id="browse-prompt")
+                    b_summary = gr.JSON(label="objects")
+            b_soft = gr.Gallery(label="soft maps", columns=4, height=220, elem_id="browse-soft", format="png",
+                                object_fit="contain")
+            b_masks = gr.Gallery(label="masks", columns=4, height=220, elem_id="browse-masks", format="png",
+                                 object_fit="contain")
+            outputs = [b_view, b_text, b_soft, b_masks, b_summary, b_info]
+            index.change(browse, [index, b_threshold], outputs, api_name="browse")
+            b_threshold.change(browse, [index, b_threshold], outputs, api_name=False)
+            prev_btn.click(lambda i: max(0, int(i) - 1), index, index, api_name=False)
+            next_btn.click(lambda i: int(i) + 1, index, index, api_name=False)
+            demo.load(browse, [index, b_threshold], outputs, api_name=False)
+        with gr.Tab("Generate", id="generate"):
+            gr.Markdown(f"Pipeline: `{pipeline}`")
+            with gr.Row():
+                prompt = gr.Textbox(label="prompt", value="a golden retriever with a tennis ball is playing in a park",
+                                    elem_id="gen-prompt", scale=3)
+                nouns = gr.Textbox(label="nouns to track (comma-separated; empty = detect)", elem_id="gen-nouns")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="seed")
+                steps = gr.Slider(2, 50, value=20, step=1, label="steps")
+                g_threshold = gr.Slider(0.0, 0.95, value=DEFAULT_THRESHOLD, step=0.05, label="threshold",
+                                        elem_id="gen-threshold")
+            go = gr.Button("Generate", variant="primary", elem_id="gen-button")
+            with gr.Row():
+                g_view = gr.Image(label="masks", type="pil", elem_id="gen-overlay", format="png")
+                with gr.Column():
+                    g_text = gr.HighlightedText(label="prompt", elem_id="gen-prompt-highlight")
+                    g_summary = gr.JSON(label="objects")
+            g_soft = gr.Gallery(label="soft maps", columns=4, height=220, format="png", object_fit="contain")
+            g_masks = gr.Gallery(label="masks", columns=4, height=220, elem_id="gen-masks", format="png",
+                                 object_fit="contain")
+            g_outputs = [g_view, g_text, g_soft, g_masks, g_summary]
+            go.click(generate, [prompt, nouns, seed, steps, g_threshold], g_outputs, api_name="generate")
+            g_threshold.change(regenerate_view, g_threshold, g_outputs, api_name=False)
+    return demo
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default=None, help="dataset folder or Hub id (default: the bundled example)")
+    p.add_argument("--pipeline", default=None, help="diffusers pipeline id or folder for live generation")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true")
+    args = p.parse_args(argv)
+    build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The mask viewer Space: API endpoints via gradio_client, file serving, publishing, and a real browser."""
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from freeatm_hf.spaces import load_app, space_dir
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app():
+    demo = load_app().build_demo()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.local_url, verbose=False)
+
+
+def test_space_folder_is_a_valid_gradio_space():
+    from huggingface_hub import SpaceCard
+
+    folder = space_dir()
+    card = SpaceCard.load(folder / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.title
+    assert "gradio" in (folder / "requirements.txt").read_text()
+    assert (folder / "example_dataset" / "README.md").is_file()
+
+
+def test_browse_endpoint_returns_masks_of_the_image_size(client):
+    from datasets import load_dataset
+
+    row = load_dataset(str(space_dir() / "example_dataset"), split="train")[2]
+    view, text, soft, masks, summary, info = client.predict(2, 0.4, api_name="/browse")
+    assert info.startswith("row 2 ") and [o["name"] for o in summary] == [o["name"] for o in row["objects"]]
+    names = [o["name"] for o in row["objects"]]
+    assert "".join(p["token"] for p in text["value"]) == row["prompt"]
+    assert [p["token"] for p in text["value"] if p["class_or_confidence"]] == names
+    assert list(text["color_map"]) == names  # each noun in its mask's colour
+    w, h = row["image"].size
+    assert Image.open(view).size[0] % w == 0 and Image.open(view).size[0] >= 256  # enlarged for display
+    assert len(masks) == len(row["objects"])
+    for m, o in zip(masks, row["objects"]):
+        mask = np.asarray(Image.open(m["image"]))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        from freeatm_hf.masks import full_resolution_mask
+
+        expected = full_resolution_mask(np.asarray(o["attention"]), (h, w), 0.4).mask
+        assert np.array_equal(mask > 0, expected)
+
+
+def test_threshold_changes_the_masks(client):
+    low = client.predict(0, 0.1, api_name="/browse")[3]
+    high = client.predict(0, 0.9, api_name="/browse")[3]
+    area = lambda gallery: sum((np.asarray(Image.open(m["image"])) > 0).sum() for m in gallery)  # noqa: E731
+    assert area(low) > area(high)
+
+
+def test_generate_endpoint_detects_nouns_and_returns_masks(client):
+    view, text, soft, masks, summary = client.predict("a golden retriever with a tennis ball on a lawn", "", 3, 4, 0.4,
+                                                      api_name="/generate")
+    assert [o["name"] for o in summary] == ["golden retriever", "tennis ball"]
+    assert all(np.asarray(Image.open(m["image"])).shape == (64, 64) for m in masks)
+    listed = client.predict("a red cube beside a blue sphere", "cube, sphere", 3, 4, 0.4, api_name="/generate")
+    assert [o["name"] for o in listed[4]] == ["cube", "sphere"]
+
+
+def test_no_file_outside_the_app_is_served(app):
+    import httpx
+
+    base = app.local_url.rstrip("/")
+    for path in ["/etc/passwd", str(Path(__file__).resolve()), str(space_dir() / "app.py")]:
+        r = httpx.get(f"{base}/gradio_api/file={path}")
+        assert r.status_code in (403, 404), path
+
+
+def test_push_space_uploads_the_folder_as_a_gradio_space(tmp_path, monkeypatch):
+    from tests.hub.fake_hub import FakeHub
+
+    from freeatm_hf import spaces
+
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        import huggingface_hub.constants as c
+
+        monkeypatch.setattr(c, "ENDPOINT", hub.url)
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        spaces.push_space("me/viewer")
+        repo = hub.repos[("space", "me/viewer")]
+        assert repo["request"].get("sdk") == "gradio"
+        folder = space_dir()
+        local = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts and "screenshots" not in p.parts}
+        assert set(repo["files"]) == local
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("FREEATM_REQUIRE_BROWSER"),
+                    reason="Debian's chromium is not installed (.ci/run installs it and requires this test)")
+def test_in_a_real_browser(app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("FREEATM_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def img_bytes(page, selector):
+        src = page.locator(f"{selector} img").first.get_attribute("src")
+        return page.request.get(src).body()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(app.local_url)
+        page.locator("#browse-overlay img").first.wait_for(timeout=60_000)
+        from datasets import load_dataset
+
+        first = load_dataset(str(space_dir() / "example_dataset"), split="train")[0]
+        assert first["objects"][0]["name"] in page.locator("#browse-prompt").inner_text()
+        before = img_bytes(page, "#browse-overlay")
+        page.screenshot(path=str(shots / "browse.png"), full_page=True)
+
+        number = page.locator("#browse-threshold input[type=number]")
+        number.fill("0.9")
+        number.press("Enter")
+        page.wait_for_function(
+            "src => document.querySelector('#browse-overlay img') && document.querySelector('#browse-overlay img').src !== src",
+            arg=page.locator("#browse-overlay img").first.get_attribute("src"), timeout=60_000)
+        after = img_bytes(page, "#browse-overlay")
+        a = np.asarray(Image.open(io.BytesIO(before)).convert("RGB"), dtype=int)
+        b = np.asarray(Image.open(io.BytesIO(after)).convert("RGB"), dtype=int)
+        assert a.shape == b.shape and np.abs(a - b).sum() > 0  # the overlay changed with the threshold
+
+        page.get_by_role("tab", name="Generate").click()
+        page.locator("#gen-prompt textarea").fill("a tabby cat with a coffee mug on a wooden table")
+        page.locator("#gen-button").click()
+        page.locator("#gen-overlay img").first.wait_for(timeout=120_000)
+        page.locator("#gen-masks img").first.wait_for(timeout=60_000)
+        assert page.locator("#gen-masks img").count() >= 2  # tabby cat, coffee mug
+        assert "tabby cat" in page.locator("#gen-prompt-highlight").inner_text()
+        page.screenshot(path=str(shots / "generate.png"), full_page=True)
+        browser.close()
