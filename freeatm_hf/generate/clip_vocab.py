@@ -24,7 +24,7 @@ def corpus() -> list[str]:
     return lines
 
 
-def build(vocab_size: int = 4096) -> tuple[dict[str, int], list[str]]:
+def build(vocab_size: int = 4096, lines: list[str] | None = None) -> tuple[dict[str, int], list[str]]:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
@@ -36,23 +36,27 @@ def build(vocab_size: int = 4096) -> tuple[dict[str, int], list[str]]:
         vocab_size=vocab_size, special_tokens=SPECIAL, end_of_word_suffix="</w>",
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(corpus(), trainer)
+    tok.train_from_iterator(lines if lines is not None else corpus(), trainer)
     state = json.loads(tok.to_str())["model"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
     return state["vocab"], merges
 
 
-def load_tokenizer(model_max_length: int = 77):
+def load_tokenizer(model_max_length: int = 77, asset_dir: Path = ASSET_DIR):
     from transformers import CLIPTokenizer
 
-    vocab = json.loads((ASSET_DIR / "vocab.json").read_text())
-    merges = [tuple(m.split(" ")) for m in (ASSET_DIR / "merges.txt").read_text().splitlines() if m]
+    vocab = json.loads((asset_dir / "vocab.json").read_text())
+    merges = [tuple(m.split(" ")) for m in (asset_dir / "merges.txt").read_text().splitlines() if m]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def save_vocab(vocab: dict[str, int], merges: list[str], asset_dir: Path):
+    asset_dir.mkdir(parents=True, exist_ok=True)
+    (asset_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (asset_dir / "merges.txt").write_text("\n".join(merges) + "\n")
 
 
 if __name__ == "__main__":
     vocab, merges = build()
-    ASSET_DIR.mkdir(parents=True, exist_ok=True)
-    (ASSET_DIR / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (ASSET_DIR / "merges.txt").write_text("\n".join(merges) + "\n")
+    save_vocab(vocab, merges, ASSET_DIR)
     print(f"wrote {len(vocab)} tokens, {len(merges)} merges to {ASSET_DIR}")

@@ -14,8 +14,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False):
-    """'tiny' → the random tiny SD built in code; anything else → `DiffusionPipeline.from_pretrained`."""
+    """'tiny' → the random tiny SD built in code; 'shapes' → the trained shapes-world model shipped in the
+    package; anything else → `DiffusionPipeline.from_pretrained`."""
     dtype = resolve_dtype(torch_dtype, device)
+    if spec == "shapes":
+        from ..toy.model import MODEL_DIR, trained_pipeline_available
+
+        if not trained_pipeline_available():
+            raise FileNotFoundError(f"the trained shapes model is not in {MODEL_DIR} yet: train it with "
+                                    "`python -m freeatm_hf.toy.train_t2i --output_dir ...` and copy it there")
+        spec = str(MODEL_DIR)
     if spec == "tiny":
         from .tiny import tiny_pipeline
 

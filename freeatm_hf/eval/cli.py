@@ -1,0 +1,47 @@
+"""freeatm eval: score things.
+
+    freeatm eval masks --pipeline shapes --num_scenes 200 --output outputs/mask_eval.json [--sweep]
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+
+def make_parser():
+    p = argparse.ArgumentParser(prog="freeatm eval", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("masks", help="attention-mask quality on generated shapes-world scenes")
+    m.add_argument("--pipeline", default="shapes", help="'shapes' (the embedded model), 'tiny', or an id/folder")
+    m.add_argument("--num_scenes", type=int, default=200)
+    m.add_argument("--num_val", type=int, default=50, help="scenes for choosing the threshold")
+    m.add_argument("--num_inference_steps", type=int, default=50)
+    m.add_argument("--guidance_scale", type=float, default=4.0)
+    m.add_argument("--batch_size", type=int, default=16)
+    m.add_argument("--seed", type=int, default=777)
+    m.add_argument("--sweep", action="store_true", help="score several capture settings and recommend one")
+    m.add_argument("--device", default=None)
+    m.add_argument("--output", default=None, help="write the results JSON here")
+    return p
+
+
+def main(argv=None):
+    import torch
+
+    from ..generate.pipelines import load_pipeline
+    from ..toy.mask_eval import MaskEvalConfig, evaluate_masks, to_json
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = make_parser().parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = load_pipeline(args.pipeline, device)
+    cfg = MaskEvalConfig(args.num_scenes, args.num_val, args.num_inference_steps, args.guidance_scale,
+                         args.batch_size, args.seed)
+    result = {"pipeline": args.pipeline, **evaluate_masks(pipe, cfg, sweep=args.sweep)}
+    text = to_json(result)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+    print(json.dumps({k: v for k, v in result["results"][0].items() if not isinstance(v, dict)}, indent=1))
+    return result

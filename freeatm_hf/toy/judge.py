@@ -1,0 +1,185 @@
+"""Judging a picture of the shapes world without knowing how it was made.
+
+- `colour_masks`: which pixels show each palette colour (a colour segmenter). On rendered scenes its masks
+  are checked against the exact ones; that IoU is the ceiling for scoring attention masks of generated
+  images against it.
+- `ShapeClassifier`: a small CNN that names the shape of a silhouette (trained on rendered silhouettes,
+  occlusion included; weights shipped in `assets/`).
+- `judge_scene`: for each named object, was it drawn (its colour covers enough pixels), with the right
+  shape, and which unrequested colours appear (extra objects).
+
+    python -m freeatm_hf.toy.judge       # retrain the shape classifier and report its accuracy
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .world import COLORS, SHAPES, ShapesWorld
+
+ASSETS = Path(__file__).parent / "assets"
+CLASSIFIER_FILE = ASSETS / "shape_classifier.safetensors"
+MIN_CHROMA = 70  # object colours are saturated; every background tone has chroma <= 30
+MAX_DISTANCE = 110.0  # RGB distance to the nearest palette colour
+MIN_AREA = 0.004  # share of the image a colour must cover to count as a drawn object (16 px at 64²)
+CROP = 32
+
+_PALETTE = torch.tensor(list(COLORS.values()), dtype=torch.float32)
+_NAMES = list(COLORS)
+
+
+def colour_masks(image, min_component: int = 4) -> dict[str, np.ndarray]:
+    """Bool mask per palette colour for an `(H, W, 3)` uint8 image: saturated pixels nearest that colour.
+
+    Components smaller than `min_component` pixels are dropped: where two objects meet, blended edge pixels
+    can look like a third colour (red next to yellow reads as orange).
+    """
+    from ..masks import connected_components
+
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    chroma = x.max(-1).values - x.min(-1).values
+    d = torch.cdist(x.view(-1, 3), _PALETTE).view(*x.shape[:2], len(_NAMES))
+    dist, idx = d.min(-1)
+    ok = (chroma >= MIN_CHROMA) & (dist <= MAX_DISTANCE)
+    out = {}
+    for k, name in enumerate(_NAMES):
+        m = (ok & (idx == k)).numpy()
+        if m.any():
+            labels, n = connected_components(m)
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)
+            m = np.isin(labels, np.flatnonzero(sizes >= min_component)) & m
+        out[name] = m
+    return out
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    from ..masks import connected_components
+
+    labels, n = connected_components(mask)
+    if n <= 1:
+        return mask
+    return labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+
+
+def silhouette(mask: np.ndarray, size: int = CROP) -> torch.Tensor:
+    """The mask's bounding square (aspect kept), padded, resized to `size²`: the classifier's input."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return torch.zeros(1, size, size)
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    half = max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) / 2 * 1.15 + 1
+    t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    h, w = mask.shape
+    theta = torch.tensor([[[half / (w / 2), 0, (cx - w / 2) / (w / 2)], [0, half / (h / 2), (cy - h / 2) / (h / 2)]]],
+                         dtype=torch.float32)
+    grid = F.affine_grid(theta, (1, 1, size, size), align_corners=False)
+    return F.grid_sample(t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+class ShapeClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, len(SHAPES)),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+    @classmethod
+    def pretrained(cls) -> "ShapeClassifier":
+        from safetensors.torch import load_file
+
+        model = cls()
+        model.load_state_dict(load_file(str(CLASSIFIER_FILE)))
+        return model.eval()
+
+    @torch.no_grad()
+    def predict(self, masks: list[np.ndarray]) -> list[str]:
+        if not masks:
+            return []
+        logits = self(torch.stack([silhouette(largest_component(m)) for m in masks]))
+        return [SHAPES[i] for i in logits.argmax(-1).tolist()]
+
+
+def rendered_silhouettes(n_scenes: int, seed: int, min_visible: float = 0.0):
+    """(silhouettes, labels) of every object of `n_scenes` rendered scenes, occlusion as rendered."""
+    world = ShapesWorld(seed=seed)
+    specs = world.scenes(n_scenes)
+    _, masks = world.render(specs)
+    xs, ys = [], []
+    for spec, m in zip(specs, masks):
+        full = world.render([type(spec)(tuple([o]), spec.background, spec.bg_colors, spec.bg_param) for o in spec.objects])[1] \
+            if min_visible > 0 else None
+        for k, o in enumerate(spec.objects):
+            mk = m[k].numpy()
+            if full is not None and mk.sum() < min_visible * full[k][0].numpy().sum():
+                continue
+            if mk.sum() == 0:
+                continue
+            xs.append(silhouette(mk))
+            ys.append(SHAPES.index(o.shape))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def train_classifier(steps: int = 1500, seed: int = 0) -> tuple[ShapeClassifier, float]:
+    torch.manual_seed(seed)
+    x, y = rendered_silhouettes(6000, seed=1000 + seed)
+    xv, yv = rendered_silhouettes(600, seed=999_999, min_visible=0.7)
+    model = ShapeClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (256,))
+        xb = x[i]
+        # Light jitter: generated shapes are never as crisp as rendered ones.
+        if torch.rand(()) < 0.5:
+            xb = (xb + 0.15 * torch.randn_like(xb)).clamp(0, 1)
+        loss = F.cross_entropy(model(xb), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(xv).argmax(-1) == yv).float().mean().item()
+    return model, acc
+
+
+@dataclass
+class ObjectJudgement:
+    name: str
+    drawn: bool
+    shape_ok: bool
+    predicted_shape: str | None
+    mask: np.ndarray  # the colour segmenter's mask for this object's colour
+
+
+def judge_scene(image, objects: list[tuple[str, str]], classifier: ShapeClassifier | None = None,
+                min_area: float = MIN_AREA):
+    """`objects` are (colour, shape) pairs named by the caption. Returns (judgements, extra colours)."""
+    masks = colour_masks(image)
+    area = {c: m.mean() for c, m in masks.items()}
+    drawn = [(c, s) for c, s in objects if area[c] >= min_area]
+    preds = dict(zip([c for c, _ in drawn], classifier.predict([masks[c] for c, _ in drawn]) if classifier else []))
+    judgements = [ObjectJudgement(f"{c} {s}", area[c] >= min_area, preds.get(c) == s, preds.get(c), masks[c])
+                  for c, s in objects]
+    requested = {c for c, _ in objects}
+    extra = [c for c in COLORS if c not in requested and area[c] >= min_area]
+    return judgements, extra
+
+
+if __name__ == "__main__":
+    from safetensors.torch import save_file
+
+    model, acc = train_classifier()
+    ASSETS.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(CLASSIFIER_FILE))
+    print(f"shape classifier: {acc * 100:.2f} % on held-out rendered objects (>= 70 % visible); saved {CLASSIFIER_FILE}")

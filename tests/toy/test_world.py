@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from freeatm_hf.toy.world import COLORS, SHAPES, ShapesWorld, _disc_overlap, render
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    world = ShapesWorld(seed=3)
+    specs = world.scenes(48)
+    images, masks = world.render(specs)
+    return specs, images, masks
+
+
+def test_scene_i_depends_only_on_seed_and_index():
+    a, b = ShapesWorld(seed=1), ShapesWorld(seed=1)
+    assert a.scenes(5, start=40) == [b.scene(i) for i in range(40, 45)]
+    assert a.scenes(5) != ShapesWorld(seed=2).scenes(5)
+    ia, _ = a.render(a.scenes(4))
+    ib, _ = b.render(b.scenes(4))
+    assert torch.equal(ia, ib)
+
+
+def test_scenes_follow_the_rules(rendered):
+    specs, _, _ = rendered
+    counts = set()
+    for s in specs:
+        counts.add(len(s.objects))
+        colours = [o.color for o in s.objects]
+        assert len(set(colours)) == len(colours)  # distinct colours per scene
+        for o in s.objects:
+            assert o.shape in SHAPES and o.color in COLORS
+            assert o.phrase in s.caption and s.caption.index(o.name) >= 0
+        for i, o in enumerate(s.objects):
+            for p in s.objects[:i]:
+                assert _disc_overlap((o.cx, o.cy, o.radius), (p.cx, p.cy, p.radius)) <= 0.15 + 1e-9
+    assert counts == {1, 2, 3, 4}
+
+
+def test_caption_names_every_object_in_order():
+    spec = ShapesWorld(seed=0).scene(0)
+    assert spec.caption == ("a small blue hexagon, a purple cross, a large orange circle and a small green triangle"
+                            " on a striped background")
+
+
+def test_visible_masks_are_disjoint_and_show_their_colour(rendered):
+    specs, images, masks = rendered
+    for s, img, m in zip(specs, images, masks):
+        assert m.shape == (len(s.objects), 64, 64)
+        assert int(m.sum(0).max()) <= 1
+        for k, o in enumerate(s.objects):
+            if m[k].sum() == 0:
+                continue
+            pix = img[m[k]].float()
+            exact = (pix == torch.tensor(COLORS[o.color], dtype=torch.float32)).all(-1).float().mean()
+            assert exact > 0.6  # the rest are anti-aliased edge pixels
+        background = ~m.any(0)
+        assert background.any()
+
+
+def test_later_objects_occlude_earlier_ones():
+    from freeatm_hf.toy.world import ObjectSpec, SceneSpec
+
+    big = ObjectSpec("square", "red", "large", 0.5, 0.5, 0.28, 0.0)
+    small = ObjectSpec("circle", "blue", "small", 0.5, 0.5, 0.1, 0.0)
+    spec = SceneSpec((big, small), "plain", ((200, 200, 200), (120, 120, 120)), 0.0)
+    img, (m,) = render([spec])
+    assert tuple(img[0, 32, 32].tolist()) == COLORS["blue"]
+    assert not m[0, 32, 32] and m[1, 32, 32]
+    # A circle of radius 0.1·64 covers about π·6.4² ≈ 129 pixels.
+    assert 110 < int(m[1].sum()) < 150
+
+
+def test_batched_render_equals_one_at_a_time(rendered):
+    specs, images, masks = rendered
+    for i in (0, 7, 20):
+        img, (m,) = render([specs[i]])
+        assert torch.equal(img[0], images[i]) and torch.equal(m, masks[i])
+
+
+def test_rendered_dataset_round_trips_through_parquet(tmp_path):
+    from datasets import load_dataset
+
+    from freeatm_hf.toy.dataset import shapes_dataset
+
+    ds = shapes_dataset(6, seed=3)
+    (tmp_path / "data").mkdir()
+    ds.to_parquet(str(tmp_path / "data" / "train-0.parquet"))
+    back = load_dataset(str(tmp_path), split="train")
+    world = ShapesWorld(seed=3)
+    _, masks = world.render(world.scenes(6))
+    for row, spec, m in zip(back, world.scenes(6), masks):
+        assert row["caption"] == spec.caption and [o["name"] for o in row["objects"]] == [o.name for o in spec.objects]
+        for o, mk in zip(row["objects"], m):
+            assert np.array_equal(np.asarray(o["mask"]) > 0, mk.numpy())
