@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "generate": ("freeatm_hf.generate.cli", "Generate images with per-object attention masks into a dataset folder."),
     "push": ("freeatm_hf.hub.cli", "Upload a finished dataset or model folder to the Hub."),
+    "train": ("freeatm_hf.train.cli", "Pretrain: simclr or moco (attention-pooled instances or image baseline)."),
     "eval": ("freeatm_hf.eval.cli", "Evaluate: attention-mask quality on the shapes world."),
     "space": ("freeatm_hf.spaces_cli", "Launch the mask viewer (Gradio) locally."),
     "push-space": ("freeatm_hf.spaces_cli:push_main", "Create or update the mask viewer Space on the Hub."),

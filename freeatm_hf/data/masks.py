@@ -1,0 +1,28 @@
+"""Object masks for training, decoded from a row of a freeatm dataset (or a whole-image mask for real data)."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..masks import DEFAULT_THRESHOLD
+
+
+def row_masks(row: dict, size: tuple[int, int], threshold: float = DEFAULT_THRESHOLD, mode: str = "binary") -> torch.Tensor:
+    """`(K, H, W)` float masks at image `size=(height, width)` for the row's objects.
+
+    `mode="binary"`: the soft map above `threshold` (what the dataset's boxes use); `mode="soft"`: the map
+    itself, zeroed below `threshold` (weights for pooling). A row without objects — real data — gets one
+    whole-image mask, so real, synthetic and mixed data share one code path. Objects whose mask is empty are
+    left out; if none is left, the whole-image mask is used.
+    """
+    if mode not in ("binary", "soft"):
+        raise ValueError(f"mode must be 'binary' or 'soft', got {mode!r}")
+    maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in (row.get("objects") or [])]
+    if maps:
+        t = F.interpolate(torch.from_numpy(np.stack(maps))[None], size=size, mode="bilinear", align_corners=False)[0]
+        keep = t > threshold
+        t = keep.float() if mode == "binary" else t * keep
+        t = t[keep.flatten(1).any(1)]
+        if len(t):
+            return t
+    return torch.ones(1, *size)

@@ -1,0 +1,78 @@
+"""Two augmented views of an image and its object masks, geometry applied identically to both.
+
+Geometry (random resized crop, flip) goes through torchvision.transforms.v2 with the masks as
+`tv_tensors.Mask`, so image and masks can never drift apart; photometric augmentations touch only the
+image (v2 passes masks through them unchanged). An instance that (almost) leaves either crop is dropped
+from the pair: there is nothing of it left to be a positive.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def simclr_photometric(strength: float = 1.0, blur: bool = True, size: int = 224) -> v2.Compose:
+    """SimCLR / MoCo-v2 colour augmentations (colour jitter 0.8, grayscale 0.2, blur 0.5)."""
+    s = strength
+    ops = [v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)], p=0.8), v2.RandomGrayscale(p=0.2)]
+    if blur:
+        k = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10 % of the side, odd
+        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
+    return v2.Compose(ops)
+
+
+@dataclass
+class TwoViewTransform:
+    """Callable `(image uint8 (3, H, W) | PIL, masks (K, H, W)) → dict` of two views and kept masks.
+
+    Args:
+        size (`int`, defaults to 224): output side.
+        scale (`tuple`, defaults to `(0.2, 1.0)`): random resized crop scale (MoCo-v2 / SimCLR use 0.08–1 on
+            ImageNet; multi-object scenes lose whole objects at small scales).
+        min_visible (`float`, defaults to 0.1): an instance is kept when at least this share of its mask mass
+            is inside *both* crops (measured on the original masks within the crop box).
+        photometric (`bool`, defaults to `True`): colour jitter, grayscale, blur here on the CPU; set `False`
+            to run them batched on the accelerator instead.
+    """
+
+    size: int = 224
+    scale: tuple[float, float] = (0.2, 1.0)
+    min_visible: float = 0.1
+    photometric: bool = True
+    normalize: bool = True
+
+    def __post_init__(self):
+        self.crop = v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True)
+        self.colour = simclr_photometric(size=self.size) if self.photometric else None
+        self.to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True)] + (
+            [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if self.normalize else []))
+
+    def view(self, image: torch.Tensor, masks: torch.Tensor):
+        """One view: `(image float (3, S, S), masks (K, S, S), share of each mask's mass inside the crop)`."""
+        p = self.crop.make_params([image])
+        box = (p["top"], p["left"], p["height"], p["width"])
+        img = F.resized_crop(tv_tensors.Image(image), *box, [self.size, self.size], antialias=True)
+        m = F.resized_crop(tv_tensors.Mask(masks), *box, [self.size, self.size], antialias=True)
+        if torch.rand(()) < 0.5:
+            img, m = F.horizontal_flip(img), F.horizontal_flip(m)
+        inside = masks[:, p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]].flatten(1).sum(1)
+        share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
+        if self.colour is not None:
+            img = self.colour(img)
+        return self.to_float(img).as_subclass(torch.Tensor), m.as_subclass(torch.Tensor), share
+
+    def __call__(self, image, masks: torch.Tensor) -> dict:
+        if not isinstance(image, torch.Tensor):
+            image = F.pil_to_tensor(image.convert("RGB"))
+        if masks.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"masks {tuple(masks.shape[-2:])} and image {tuple(image.shape[-2:])} differ in size")
+        v1, m1, s1 = self.view(image, masks)
+        v2_, m2, s2 = self.view(image, masks)
+        keep = (s1 >= self.min_visible) & (s2 >= self.min_visible)
+        return {"pixel_values_1": v1, "pixel_values_2": v2_, "masks_1": m1[keep], "masks_2": m2[keep], "kept": keep}

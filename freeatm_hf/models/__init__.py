@@ -1,0 +1,14 @@
+"""Pretraining methods, each a Trainer-compatible `PreTrainedModel` registered with the Auto classes."""
+
+from transformers import AutoConfig, AutoModel
+
+from .moco import MoCoConfig, MoCoModel
+from .simclr import ContrastiveOutput, SimCLRConfig, SimCLRModel
+
+METHODS = {"simclr": (SimCLRConfig, SimCLRModel), "moco": (MoCoConfig, MoCoModel)}
+
+for _config, _model in METHODS.values():
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+
+__all__ = ["METHODS", "ContrastiveOutput", "MoCoConfig", "MoCoModel", "SimCLRConfig", "SimCLRModel"]

@@ -1,0 +1,115 @@
+"""MoCo-v2 with attention-pooled instance features: the key encoder's instance features fill the queue.
+
+Batch-norm leakage across a multi-GPU batch is avoided with SyncBatchNorm (the training entry converts the
+model when it runs on several processes); shuffle-BN does not map onto a variable number of instances
+per image.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .encoder import POOLINGS, create_backbone, instance_features, projection_head
+from .losses import moco_info_nce
+from .simclr import ContrastiveOutput
+
+
+class MoCoConfig(PretrainedConfig):
+    """Args (MoCo-v2 defaults):
+    backbone (`str`, defaults to `"resnet50"`), pooling (`"attention"` | `"image"`),
+    proj_hidden_dim / proj_dim (2048 / 128), queue_size (65536), momentum (0.999), nce_temperature (0.2).
+    """
+
+    model_type = "freeatm_moco"
+
+    def __init__(self, backbone: str = "resnet50", pooling: str = "attention", proj_hidden_dim: int = 2048,
+                 proj_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999, nce_temperature: float = 0.2,
+                 **kwargs):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.backbone, self.pooling = backbone, pooling
+        self.proj_hidden_dim, self.proj_dim = proj_hidden_dim, proj_dim
+        self.queue_size, self.momentum, self.nce_temperature = queue_size, momentum, nce_temperature
+        super().__init__(**kwargs)
+
+
+class MoCoModel(PreTrainedModel):
+    config_class = MoCoConfig
+    base_model_prefix = "backbone"
+    main_input_name = "pixel_values_1"
+
+    def __init__(self, config: MoCoConfig):
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone)
+        # MoCo-v2's head: 2-layer MLP without BN (BN in the head would leak across the batch too).
+        self.head = torch.nn.Sequential(torch.nn.Linear(self.backbone.num_features, config.proj_hidden_dim),
+                                        torch.nn.ReLU(inplace=True),
+                                        torch.nn.Linear(config.proj_hidden_dim, config.proj_dim))
+        self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.proj_dim), dim=-1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass
+
+    def query_modules(self):
+        return [self.backbone, self.head]
+
+    def key_modules(self):
+        return [self.key_backbone, self.key_head]
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float | None = None):
+        """key ← m·key + (1−m)·query, parameters and buffers (BN statistics) alike."""
+        m = self.config.momentum if momentum is None else momentum
+        for q_mod, k_mod in zip(self.query_modules(), self.key_modules()):
+            for pq, pk in zip(q_mod.parameters(), k_mod.parameters()):
+                pk.mul_(m).add_(pq.detach(), alpha=1 - m)
+            for bq, bk in zip(q_mod.buffers(), k_mod.buffers()):
+                if bk.dtype.is_floating_point:
+                    bk.mul_(m).add_(bq, alpha=1 - m)
+                else:
+                    bk.copy_(bq)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor):
+        """Write keys (gathered from every process) into the ring buffer; any count, wrapping around."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            keys = _gather_variable(keys)
+        keys = F.normalize(keys.float(), dim=-1)[-self.config.queue_size :]
+        n, q = len(keys), self.config.queue_size
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % q
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + n) % q)
+
+    def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
+                return_loss: bool = True, **kwargs) -> ContrastiveOutput:
+        pooling = self.config.pooling
+        q = self.head(instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling))
+        with torch.no_grad():
+            k = self.key_head(instance_features(self.key_backbone, pixel_values_2, masks_2, instance_valid, pooling))
+        loss = moco_info_nce(q, k, self.queue.clone(), self.config.nce_temperature) if return_loss else None
+        if self.training:
+            self.enqueue(k)
+        return ContrastiveOutput(loss=loss, embeddings_1=q, embeddings_2=k, num_instances=len(q))
+
+
+def _gather_variable(x: torch.Tensor) -> torch.Tensor:
+    """all_gather of tensors whose first dimension differs between processes."""
+    import torch.distributed as dist
+
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    padded = torch.zeros(m, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x
+    out = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])

@@ -1,0 +1,66 @@
+"""SimCLR with attention-pooled instance features (Free-ATM §3.3.1), or the image-level baseline."""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .encoder import POOLINGS, create_backbone, instance_features, projection_head
+from .losses import instance_nt_xent
+
+
+class SimCLRConfig(PretrainedConfig):
+    """Args:
+    backbone (`str`, defaults to `"resnet50"`): any timm CNN.
+    pooling (`str`, defaults to `"attention"`): `"attention"` (Free-ATM: one feature per object mask) or
+        `"image"` (SimCLR: one per image).
+    proj_hidden_dim / proj_dim (`int`, defaults to 2048 / 128), proj_layers (defaults to 2): SimCLR's head.
+    nce_temperature (`float`, defaults to 0.1): the InfoNCE temperature (`temperature` is a generation
+        parameter to transformers).
+    """
+
+    model_type = "freeatm_simclr"
+
+    def __init__(self, backbone: str = "resnet50", pooling: str = "attention", proj_hidden_dim: int = 2048,
+                 proj_dim: int = 128, proj_layers: int = 2, nce_temperature: float = 0.1, **kwargs):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.backbone, self.pooling = backbone, pooling
+        self.proj_hidden_dim, self.proj_dim, self.proj_layers = proj_hidden_dim, proj_dim, proj_layers
+        self.nce_temperature = nce_temperature
+        super().__init__(**kwargs)
+
+
+@dataclass
+class ContrastiveOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    embeddings_1: torch.FloatTensor | None = None
+    embeddings_2: torch.FloatTensor | None = None
+    num_instances: int | None = None
+
+
+class SimCLRModel(PreTrainedModel):
+    config_class = SimCLRConfig
+    base_model_prefix = "backbone"
+    main_input_name = "pixel_values_1"
+
+    def __init__(self, config: SimCLRConfig):
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone)
+        self.head = projection_head(self.backbone.num_features, config.proj_hidden_dim, config.proj_dim,
+                                    config.proj_layers)
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass  # timm and torch initialize their own modules; keep them
+
+    def embed(self, pixel_values, masks=None, instance_valid=None):
+        return self.head(instance_features(self.backbone, pixel_values, masks, instance_valid, self.config.pooling))
+
+    def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
+                return_loss: bool = True, **kwargs) -> ContrastiveOutput:
+        z1 = self.embed(pixel_values_1, masks_1, instance_valid)
+        z2 = self.embed(pixel_values_2, masks_2, instance_valid)
+        loss = instance_nt_xent(z1, z2, self.config.nce_temperature) if return_loss else None
+        return ContrastiveOutput(loss=loss, embeddings_1=z1, embeddings_2=z2, num_instances=len(z1))

@@ -1,0 +1,35 @@
+"""Trainer callbacks for the schedules of the pretraining methods."""
+
+from transformers import TrainerCallback
+
+
+class MomentumUpdateCallback(TrainerCallback):
+    """MoCo: after each optimizer step, move the key encoder toward the query encoder (EMA)."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)
+        if hasattr(model, "momentum_update"):
+            model.momentum_update()
+
+
+class LRMilestonesCallback(TrainerCallback):
+    """Multiply the learning rate by `gamma` at each milestone epoch (MoCo: ×0.1 at 120 and 160 of 200).
+
+    Works with Trainer's `lr_scheduler_type="constant"`: it rescales the scheduler's base learning rates,
+    which the scheduler then applies every step.
+    """
+
+    def __init__(self, milestones: list[int], gamma: float = 0.1):
+        self.milestones, self.gamma = sorted(milestones), gamma
+        self.initial = None
+
+    def on_epoch_begin(self, args, state, control, lr_scheduler=None, optimizer=None, **kwargs):
+        if lr_scheduler is None:
+            return
+        if self.initial is None:
+            self.initial = list(lr_scheduler.base_lrs)
+        epoch = int(round(state.epoch or 0))
+        factor = self.gamma ** sum(epoch >= m for m in self.milestones)
+        lr_scheduler.base_lrs = [lr * factor for lr in self.initial]
+        for group, lr in zip(optimizer.param_groups, lr_scheduler.base_lrs):
+            group["lr"] = lr

@@ -1,0 +1,49 @@
+"""freeatm train METHOD [recipe.yaml] [--flags]: pretraining with Trainer.
+
+    freeatm train simclr --dataset outputs/scenes --output_dir outputs/simclr-atm --per_device_train_batch_size 256
+    freeatm train moco recipes/moco_atm.yaml --num_train_epochs 1
+    accelerate launch -m freeatm_hf.train simclr recipes/simclr_atm.yaml
+"""
+
+import sys
+
+METHODS = ("simclr", "moco")
+
+
+def parse(method: str, argv: list[str]):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    from ..generate.cli import _to_args
+    from .contrastive import ContrastiveArguments
+
+    if method not in METHODS:
+        raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    parser = HfArgumentParser((ContrastiveArguments, TrainingArguments), prog=f"freeatm train {method}")
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        import yaml
+
+        with open(argv[0]) as f:
+            recipe = yaml.safe_load(f) or {}
+        recipe.pop("method", None)
+        argv = [tok for k, v in recipe.items() for tok in _to_args(k, v)] + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv=None):
+    import logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print(f"methods: {', '.join(METHODS)}; `freeatm train METHOD --help` lists the arguments")
+        return None
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    method = argv[0]
+    args, training_args = parse(method, argv[1:])
+    from .contrastive import train
+
+    return train(method, args, training_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""freeatm train simclr|moco: instance-level contrastive pretraining with free attention masks.
+
+    freeatm train simclr --dataset outputs/scenes --output_dir outputs/simclr-atm --backbone resnet50 ...
+    freeatm train moco recipes/moco_atm.yaml
+    accelerate launch -m freeatm_hf.train moco recipes/moco_atm.yaml
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ContrastiveArguments:
+    dataset: str | None = field(default=None, metadata={"help": "freeatm dataset (folder or Hub id): synthetic data."})
+    real_dataset: str | None = field(default=None, metadata={"help": "Image dataset without masks (real data)."})
+    data_mode: str = field(default="synthetic", metadata={"help": "synthetic, real or mix."})
+    mix_ratio: float = field(default=0.5, metadata={"help": "Share of real rows in 'mix'."})
+    real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the datasets (needs --max_steps)."})
+    backbone: str = field(default="resnet50", metadata={"help": "Any timm CNN."})
+    pooling: str = field(default="attention", metadata={"help": "attention (Free-ATM) or image (baseline)."})
+    image_size: int = field(default=224, metadata={"help": "View side."})
+    crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound."})
+    mask_threshold: float = field(default=0.4, metadata={"help": "Threshold of the normalized attention maps."})
+    mask_mode: str = field(default="binary", metadata={"help": "binary or soft masks for pooling."})
+    min_visible: float = field(default=0.1, metadata={"help": "Keep an instance if this share of it is in both crops."})
+    proj_hidden_dim: int = field(default=2048, metadata={"help": "Projection head hidden size."})
+    proj_dim: int = field(default=128, metadata={"help": "Projection output size."})
+    nce_temperature: float | None = field(default=None, metadata={"help": "Default 0.1 (SimCLR), 0.2 (MoCo)."})
+    queue_size: int = field(default=65536, metadata={"help": "MoCo queue length (instances)."})
+    momentum: float = field(default=0.999, metadata={"help": "MoCo key-encoder EMA momentum."})
+    optimizer: str | None = field(default=None, metadata={"help": "lars (SimCLR default), sgd (MoCo default), adamw."})
+    lr_milestones: list[int] = field(default_factory=list, metadata={
+        "help": "Epochs at which the LR is multiplied by 0.1 (MoCo-v2 paper setting: 120 160)."})
+
+
+def build_model(method: str, args: ContrastiveArguments):
+    from ..models import MoCoConfig, MoCoModel, SimCLRConfig, SimCLRModel
+
+    common = dict(backbone=args.backbone, pooling=args.pooling, proj_hidden_dim=args.proj_hidden_dim,
+                  proj_dim=args.proj_dim)
+    if method == "simclr":
+        return SimCLRModel(SimCLRConfig(**common, nce_temperature=args.nce_temperature or 0.1))
+    if method == "moco":
+        return MoCoModel(MoCoConfig(**common, queue_size=args.queue_size, momentum=args.momentum,
+                                    nce_temperature=args.nce_temperature or 0.2))
+    raise ValueError(f"unknown method {method!r}")
+
+
+def build_optimizer(model, name: str, lr: float, weight_decay: float):
+    """LARS/SGD/AdamW; batch-norm parameters and biases get no weight decay (and no LARS adaptation)."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "lars":
+        from timm.optim import Lars
+
+        return Lars(groups, lr=lr, momentum=0.9)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def make_transform(args: ContrastiveArguments):
+    from ..data.masks import row_masks
+    from ..data.transforms import TwoViewTransform
+
+    two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible)
+
+    def transform(batch: dict) -> dict:
+        out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
+        for image, objects in zip(batch["image"], batch["objects"]):
+            image = image.convert("RGB")
+            masks = row_masks({"objects": objects}, (image.height, image.width), args.mask_threshold, args.mask_mode)
+            views = two(image, masks)
+            for k in out:
+                out[k].append(views[k])
+        return out
+
+    return transform
+
+
+def train(method: str, args: ContrastiveArguments, training_args):
+    from transformers import Trainer
+
+    from ..data.collate import collate_two_views
+    from ..data.reading import pretraining_dataset
+    from .callbacks import LRMilestonesCallback, MomentumUpdateCallback
+
+    ds = pretraining_dataset(args.dataset, args.real_dataset, args.data_mode, args.mix_ratio,
+                             streaming=args.streaming, seed=training_args.seed, real_image_column=args.real_image_column)
+    transform = make_transform(args)
+    if args.streaming:
+        ds = ds.map(lambda b: transform(b), batched=True, remove_columns=["image", "objects"])
+    else:
+        ds = ds.with_transform(transform)
+    model = build_model(method, args)
+    if training_args.world_size > 1 and method == "moco":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    opt_name = args.optimizer or ("lars" if method == "simclr" else "sgd")
+    optimizer = build_optimizer(model, opt_name, training_args.learning_rate, training_args.weight_decay)
+    callbacks = []
+    if method == "moco":
+        callbacks.append(MomentumUpdateCallback())
+    if args.lr_milestones:
+        callbacks.append(LRMilestonesCallback(args.lr_milestones))
+    training_args.remove_unused_columns = False
+    trainer = Trainer(model=model, args=training_args, train_dataset=ds, data_collator=collate_two_views,
+                      optimizers=(optimizer, None), callbacks=callbacks)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    return trainer
