@@ -34,6 +34,9 @@ class ContrastiveArguments:
     queue_size: int = field(default=65536, metadata={"help": "MoCo queue length (instances)."})
     momentum: float = field(default=0.999, metadata={"help": "MoCo key-encoder EMA momentum."})
     optimizer: str | None = field(default=None, metadata={"help": "lars (SimCLR default), sgd (MoCo default), adamw."})
+    gpu_photometric: bool = field(default=True, metadata={
+        "help": "Colour jitter / grayscale / blur batched on the training device (per-sample parameters) instead of "
+                "per image in the data workers; geometry stays in the workers, applied to image and masks alike."})
     lr_milestones: list[int] = field(default_factory=list, metadata={
         "help": "Epochs at which the LR is multiplied by 0.1 (MoCo-v2 paper setting: 120 160)."})
 
@@ -73,7 +76,9 @@ def make_transform(args: ContrastiveArguments):
     from ..data.masks import row_masks
     from ..data.transforms import TwoViewTransform
 
-    two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible)
+    on_device = args.gpu_photometric
+    two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
+                           photometric=not on_device, normalize=not on_device)
 
     def transform(batch: dict) -> dict:
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
@@ -89,11 +94,11 @@ def make_transform(args: ContrastiveArguments):
 
 
 def train(method: str, args: ContrastiveArguments, training_args):
-    from transformers import Trainer
 
     from ..data.collate import collate_two_views
     from ..data.reading import pretraining_dataset
     from .callbacks import LRMilestonesCallback, MomentumUpdateCallback
+    from .trainer import ContrastiveTrainer
 
     ds = pretraining_dataset(args.dataset, args.real_dataset, args.data_mode, args.mix_ratio,
                              streaming=args.streaming, seed=training_args.seed, real_image_column=args.real_image_column)
@@ -102,6 +107,9 @@ def train(method: str, args: ContrastiveArguments, training_args):
         ds = ds.map(lambda b: transform(b), batched=True, remove_columns=["image", "objects"])
     else:
         ds = ds.with_transform(transform)
+    from transformers import set_seed
+
+    set_seed(training_args.seed)  # the initial weights are part of the experiment
     model = build_model(method, args)
     if training_args.world_size > 1 and method == "moco":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -113,8 +121,9 @@ def train(method: str, args: ContrastiveArguments, training_args):
     if args.lr_milestones:
         callbacks.append(LRMilestonesCallback(args.lr_milestones))
     training_args.remove_unused_columns = False
-    trainer = Trainer(model=model, args=training_args, train_dataset=ds, data_collator=collate_two_views,
-                      optimizers=(optimizer, None), callbacks=callbacks)
+    trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate_two_views,
+                                   optimizers=(optimizer, None), callbacks=callbacks,
+                                   gpu_photometric=args.gpu_photometric, image_size=args.image_size)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)

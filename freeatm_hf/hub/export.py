@@ -1,0 +1,30 @@
+"""Hand a pretrained backbone to people who do not use freeatm_hf: a timm model folder in Hub layout.
+
+    from freeatm_hf.hub.export import export_timm
+    export_timm(SimCLRModel.from_pretrained("outputs/simclr-atm"), "outputs/simclr-atm-timm")
+    # anywhere, without freeatm_hf:
+    timm.create_model("local-dir:outputs/simclr-atm-timm", pretrained=True, num_classes=0)   # or hf-hub:user/repo
+"""
+
+from pathlib import Path
+
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def export_timm(model, folder: str | Path, image_size: int = 224, notes: str | None = None) -> Path:
+    """Write the backbone of a SimCLR/MoCo model with timm's own `save_for_hf` (config.json with
+    `architecture` and `pretrained_cfg`, model.safetensors). The classifier is absent (`num_classes=0`)."""
+    from timm.models import save_for_hf
+
+    backbone = model.backbone
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arch = model.config.backbone
+    cfg = {"architecture": arch, "num_classes": 0, "num_features": backbone.num_features, "global_pool": "avg",
+           "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
+                              "std": list(IMAGENET_STD), "interpolation": "bicubic", "crop_pct": 0.875,
+                              "num_classes": 0, "tag": f"freeatm_{model.config.model_type.split('_')[-1]}"}}
+    save_for_hf(backbone, str(folder), model_config=cfg, safe_serialization=True)
+    if notes:
+        (folder / "NOTES.md").write_text(notes)
+    return folder

@@ -1,0 +1,68 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from freeatm_hf.data.collate import collate_two_views
+from freeatm_hf.data.masks import row_masks
+from freeatm_hf.data.transforms import TwoViewTransform
+
+
+def scene():
+    img = torch.full((3, 96, 128), 128, dtype=torch.uint8)
+    img[:, 20:50, 30:70] = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)  # red box
+    masks = torch.zeros(2, 96, 128)
+    masks[0, 20:50, 30:70] = 1.0
+    masks[1, 60:90, 100:125] = 1.0
+    return img, masks
+
+
+def test_image_and_masks_stay_aligned_through_crop_and_flip():
+    torch.manual_seed(0)
+    t = TwoViewTransform(size=64, scale=(0.3, 1.0), photometric=False, normalize=False, min_visible=0.0)
+    img, masks = scene()
+    checked = 0
+    for _ in range(30):
+        out = t(img, masks)
+        v, m = out["pixel_values_1"], out["masks_1"]
+        # Masks are resampled nearest, the image with antialiasing: allow one pixel at the border.
+        inside = -torch.nn.functional.max_pool2d(-(m[0:1] > 0.99).float(), 3, 1, 1)[0] > 0.5
+        outside = torch.nn.functional.max_pool2d((m[0:1] > 0.01).float(), 3, 1, 1)[0] < 0.5
+        if inside.sum() < 10:
+            continue
+        red = v[:, inside]
+        assert (red[0] > 0.9).all() and (red[1] < 0.1).all()  # background is grey (0.5, 0.5, 0.5)
+        assert not ((v[0] > 0.95) & (v[1] < 0.05))[outside].any()  # no red outside the mask
+        checked += 1
+    assert checked > 10
+
+
+def test_an_instance_cropped_out_of_a_view_is_dropped_from_the_pair():
+    t = TwoViewTransform(size=32, photometric=False, normalize=False, min_visible=0.1)
+    img, masks = scene()
+    boxes = iter([dict(top=0, left=0, height=56, width=80), dict(top=10, left=10, height=86, width=118)])
+    t.crop.make_params = lambda flat: next(boxes)  # view 1 holds only the first object
+    out = t(img, masks)
+    assert out["kept"].tolist() == [True, False]
+    assert out["masks_1"].shape == (1, 32, 32) and out["masks_2"].shape == (1, 32, 32)
+
+
+def test_rows_without_objects_get_one_whole_image_mask():
+    m = row_masks({"objects": []}, (10, 12))
+    assert m.shape == (1, 10, 12) and bool((m == 1).all())
+    att = np.zeros((4, 4), np.uint8)
+    att[:2, :2] = 255
+    m = row_masks({"objects": [{"attention": Image.fromarray(att)}, {"attention": Image.fromarray(att * 0)}]}, (8, 8))
+    assert m.shape == (1, 8, 8)  # the empty map is left out
+    assert m[0, :3, :3].all() and not m[0, 5:, 5:].any()
+    soft = row_masks({"objects": [{"attention": Image.fromarray(att)}]}, (8, 8), mode="soft")
+    assert 0 < soft.max() <= 1
+
+
+def test_collate_pads_instances_and_marks_them():
+    a = {"pixel_values_1": torch.zeros(3, 8, 8), "pixel_values_2": torch.zeros(3, 8, 8),
+         "masks_1": torch.ones(2, 8, 8), "masks_2": torch.ones(2, 8, 8)}
+    b = {**a, "masks_1": torch.ones(1, 8, 8), "masks_2": torch.ones(1, 8, 8)}
+    batch = collate_two_views([a, b])
+    assert batch["masks_1"].shape == (2, 2, 8, 8)
+    assert batch["instance_valid"].tolist() == [[True, True], [True, False]]
+    assert batch["masks_1"][1, 1].sum() == 0

@@ -1,0 +1,117 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from freeatm_hf.models import METHODS, MoCoConfig, MoCoModel, SimCLRConfig, SimCLRModel
+from freeatm_hf.models.losses import instance_nt_xent, moco_info_nce
+from freeatm_hf.models.pooling import attention_pool
+
+SMALL = dict(backbone="resnet18", proj_hidden_dim=32, proj_dim=16)
+
+
+def test_attention_pool_is_eq2_on_hand_made_masks():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 5, 4, 4)
+    masks = torch.zeros(2, 2, 4, 4)
+    masks[0, 0, :2, :2] = 1.0  # top-left quadrant
+    masks[0, 1] = torch.linspace(0, 1, 16).view(4, 4)  # soft weights
+    masks[1, 0, 3, 3] = 0.5  # one cell, weight 0.5
+    got = attention_pool(feats, masks)
+    ref = torch.zeros(2, 2, 5)
+    for b in range(2):
+        for k in range(2):
+            w = masks[b, k]
+            if w.sum() > 0:
+                ref[b, k] = sum(w[i, j] * feats[b, :, i, j] for i in range(4) for j in range(4)) / w.sum()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(got[0, 0], feats[0, :, :2, :2].mean((1, 2)))
+    torch.testing.assert_close(got[1, 0], feats[1, :, 3, 3])
+    assert torch.equal(got[1, 1], torch.zeros(5))  # empty mask → zero (padding)
+
+
+def test_masks_at_image_resolution_are_area_averaged_to_the_feature_grid():
+    feats = torch.randn(1, 3, 2, 2)
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, :4, :2] = 1.0  # half of the top-left cell
+    torch.testing.assert_close(attention_pool(feats, masks)[0, 0], feats[0, :, 0, 0])
+
+
+def test_instance_loss_with_whole_image_masks_equals_simclr_nt_xent():
+    from lightly.loss import NTXentLoss
+
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    for t in (0.1, 0.5):
+        assert instance_nt_xent(z1, z2, t).item() == pytest.approx(NTXentLoss(temperature=t)(z1, z2).item(), rel=1e-5)
+
+    # Through the model: one whole-image mask per image gives the image-level (global average pool) features.
+    model = SimCLRModel(SimCLRConfig(**SMALL, pooling="attention")).eval()
+    base = SimCLRModel(SimCLRConfig(**SMALL, pooling="image")).eval()
+    base.load_state_dict(model.state_dict())
+    x1, x2 = torch.randn(3, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    ones = torch.ones(3, 1, 64, 64)
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    a = model(x1, x2, ones, ones, valid)
+    b = base(x1, x2)
+    torch.testing.assert_close(a.embeddings_1, b.embeddings_1)
+    assert a.loss.item() == pytest.approx(NTXentLoss(temperature=0.1)(b.embeddings_1, b.embeddings_2).item(), rel=1e-5)
+
+
+def test_moco_loss_matches_lightly_with_a_memory_bank_of_the_same_negatives():
+    torch.manual_seed(0)
+    q, k, queue = torch.randn(4, 8), torch.randn(4, 8), F.normalize(torch.randn(16, 8), dim=-1)
+    logits = torch.cat([(F.normalize(q, dim=-1) * F.normalize(k, dim=-1)).sum(-1, keepdim=True),
+                        F.normalize(q, dim=-1) @ queue.T], 1) / 0.2
+    ref = F.cross_entropy(logits, torch.zeros(4, dtype=torch.long))
+    assert moco_info_nce(q, k, queue, 0.2).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_moco_queue_holds_instance_keys_and_wraps_around():
+    model = MoCoModel(MoCoConfig(**SMALL, queue_size=5)).train()
+    x = torch.randn(2, 3, 64, 64)
+    masks = torch.zeros(2, 2, 64, 64)
+    masks[:, 0, :32], masks[:, 1, 32:] = 1.0, 1.0
+    valid = torch.tensor([[True, True], [True, False]])
+    out = model(x, x, masks, masks, valid)
+    assert out.num_instances == 3 and int(model.queue_ptr) == 3
+    torch.testing.assert_close(model.queue[:3], F.normalize(out.embeddings_2, dim=-1))
+    model(x, x, masks, masks, valid)  # 3 more: positions 3, 4, then 0
+    assert int(model.queue_ptr) == 1
+    model.eval()
+    model(x, x, masks, masks, valid)
+    assert int(model.queue_ptr) == 1  # no enqueue in eval
+
+
+def test_key_encoder_is_the_ema_of_the_query_encoder():
+    model = MoCoModel(MoCoConfig(**SMALL, queue_size=8, momentum=0.9))
+    for p in model.key_backbone.parameters():
+        assert not p.requires_grad
+    key_before = {n: p.clone() for n, p in model.key_backbone.named_parameters()}
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    model.momentum_update()
+    for n, p in model.backbone.named_parameters():
+        torch.testing.assert_close(dict(model.key_backbone.named_parameters())[n], 0.9 * key_before[n] + 0.1 * p)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_save_and_load_round_trip_exactly_through_auto_classes(method, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    config_cls, model_cls = METHODS[method]
+    model = model_cls(config_cls(**SMALL, pooling="image"))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert AutoConfig.from_pretrained(tmp_path).pooling == "image"
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is model_cls
+    for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="pooling"):
+        SimCLRConfig(pooling="max")
+    with pytest.raises(ValueError, match="momentum"):
+        MoCoConfig(momentum=1.5)

@@ -1,0 +1,109 @@
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from freeatm_hf.spaces import space_dir
+from freeatm_hf.train.callbacks import LRMilestonesCallback
+from freeatm_hf.train.contrastive import ContrastiveArguments, build_model, train
+
+DATA = str(space_dir() / "example_dataset")
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    """Shapes-world scenes in the freeatm schema, each object's exact mask standing in for its attention map:
+    distinct, structured images (unlike the random pipeline's noise), so a few steps can learn something."""
+    from datasets import Dataset
+
+    from freeatm_hf.generate.schema import dataset_features
+    from freeatm_hf.toy.dataset import rendered_rows
+    from freeatm_hf.toy.world import ShapesWorld
+
+    rows = [{"image": r["image"], "prompt": r["caption"], "label": -1, "seed": r["seed"], "truncated_objects": [],
+             "objects": [{"name": o["name"], "token_indices": [1], "attention": o["mask"], "bbox": o["bbox"],
+                          "area": 0.0} for o in r["objects"]]} for r in rendered_rows(ShapesWorld(seed=1), 64)]
+    folder = tmp_path_factory.mktemp("shapes") / "ds"
+    (folder / "data").mkdir(parents=True)
+    Dataset.from_list(rows, features=dataset_features()).to_parquet(str(folder / "data" / "train-0.parquet"))
+    return str(folder)
+
+
+def small_args(**kw):
+    base = dict(dataset=DATA, backbone="resnet18", image_size=48, proj_hidden_dim=64, proj_dim=32, queue_size=64,
+                optimizer="adamw", crop_scale_min=0.5, min_visible=0.05)
+    return ContrastiveArguments(**{**base, **kw})
+
+
+def training_args(tmp_path, steps=30, **kw):
+    return TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=steps,
+                             learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                             seed=0, dataloader_num_workers=0, **kw)
+
+
+def losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("method,pooling", [("simclr", "attention"), ("simclr", "image"), ("moco", "attention")])
+def test_a_few_trainer_steps_reduce_the_loss_and_move_every_parameter(method, pooling, tmp_path, shapes_data):
+    from transformers import set_seed
+
+    # A short queue and a faster key encoder, so that 30 steps on 64 scenes are a real MoCo run in miniature.
+    args = small_args(pooling=pooling, dataset=shapes_data, queue_size=16, momentum=0.99)
+    set_seed(0)  # what `train` does before building its model: the same initial weights
+    init = {n: p.detach().clone() for n, p in build_model(method, args).named_parameters()}
+    trainer = train(method, args, training_args(tmp_path, steps=40))
+    ls = losses(trainer)
+    assert len(ls) == 40
+    # From step 2 on (MoCo's queue starts as random vectors, easy negatives, and is full after one step).
+    assert sum(ls[-10:]) / 10 < sum(ls[2:12]) / 10
+    trained = dict(trainer.model.named_parameters())
+    moved = [n for n, p in trained.items() if p.requires_grad and not torch.equal(p.detach().cpu(), init[n])]
+    assert len(moved) == sum(p.requires_grad for p in trained.values())
+    assert (tmp_path / "model.safetensors").is_file()
+    if method == "moco":  # the momentum callback moved the key encoder too
+        key = dict(trainer.model.key_backbone.named_parameters())
+        assert not torch.equal(key["conv1.weight"].cpu(), init["key_backbone.conv1.weight"])
+
+
+def test_mix_of_synthetic_and_real_data(tmp_path):
+    from datasets import Dataset, Image as ImageFeature
+    from PIL import Image
+
+    from freeatm_hf.data.reading import pretraining_dataset
+
+    real = tmp_path / "real"
+    (real / "data").mkdir(parents=True)
+    rows = [{"img": Image.new("RGB", (40, 40), (i * 30, 0, 0)), "label": i} for i in range(6)]
+    Dataset.from_list(rows).cast_column("img", ImageFeature()).to_parquet(str(real / "data" / "train.parquet"))
+    ds = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=0.5, real_image_column="img")
+    kinds = [len(r["objects"]) > 0 for r in ds]
+    assert any(kinds) and not all(kinds)  # both kinds present
+    only_real = pretraining_dataset(real=str(real), mode="real", real_image_column="img")
+    assert len(only_real) == 6 and all(r["objects"] == [] for r in only_real)
+    with pytest.raises(ValueError, match="needs a real dataset"):
+        pretraining_dataset(DATA, mode="mix")
+
+
+def test_lr_milestones_callback_scales_the_learning_rate_at_its_epochs():
+    from types import SimpleNamespace
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.03)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    cb = LRMilestonesCallback([2, 4])
+    seen = []
+    for epoch in range(6):
+        cb.on_epoch_begin(None, SimpleNamespace(epoch=epoch), None, lr_scheduler=sched, optimizer=opt)
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003])
+
+
+def test_train_help(capsys):
+    from freeatm_hf import cli
+
+    cli.main(["train", "--help"])
+    assert "simclr" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["train", "simclr", "--help"])
