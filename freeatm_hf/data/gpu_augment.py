@@ -128,3 +128,15 @@ def blur_kernel_for(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
+
+
+def augment_views(inputs: dict, augment: "BatchPhotometric | None", mean, std) -> dict:
+    """Photometric augmentation (if given) and normalization of both views of a batch, on its device."""
+    device = inputs["pixel_values_1"].device
+    mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    out = dict(inputs)
+    for k in ("pixel_values_1", "pixel_values_2"):
+        x = augment(out[k]) if augment is not None else out[k]
+        out[k] = (x - mean) / std
+    return out

@@ -22,8 +22,9 @@ def simclr_photometric(strength: float = 1.0, blur: bool = True, size: int = 224
     s = strength
     ops = [v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)], p=0.8), v2.RandomGrayscale(p=0.2)]
     if blur:
-        k = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10 % of the side, odd
-        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
+        from .gpu_augment import blur_kernel_for
+
+        ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_for(size), sigma=(0.1, 2.0))], p=0.5))
     return v2.Compose(ops)
 
 
