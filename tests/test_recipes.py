@@ -21,14 +21,15 @@ def test_accelerate_configs_load(path):
     assert cfg.num_processes >= 1 and cfg.num_machines >= 1
 
 
-@pytest.mark.parametrize("path", [RECIPES / n for n in ("simclr_atm.yaml", "moco_atm.yaml", "contrastive_cpu_smoke.yaml")],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [RECIPES / n for n in ("simclr_atm.yaml", "moco_atm.yaml", "contrastive_cpu_smoke.yaml",
+                                                         "mae_atm.yaml", "mae_cpu_smoke.yaml")], ids=lambda p: p.name)
 def test_training_recipes_parse(path):
     from freeatm_hf.train.cli import parse
 
+    method = next(m for m in ("moco", "mae", "simclr") if m in path.name) if "contrastive" not in path.name else "simclr"
     # bf16 is refused without a GPU, so the check overrides it (overrides after a recipe are the CLI contract).
-    args, targs = parse("moco" if "moco" in path.name else "simclr", [str(path), "--bf16", "false"])
-    assert args.backbone and targs.output_dir
+    args, targs = parse(method, [str(path), "--bf16", "false"])
+    assert args.dataset and targs.output_dir
 
 
 def test_cpu_smoke_recipe_runs(tmp_path):
@@ -37,3 +38,11 @@ def test_cpu_smoke_recipe_runs(tmp_path):
     trainer = main(["simclr", str(RECIPES / "contrastive_cpu_smoke.yaml"), "--output_dir", str(tmp_path), "--max_steps", "2",
                     "--dataset", str(RECIPES.parent / "spaces" / "mask_viewer" / "example_dataset")])
     assert trainer.state.global_step == 2 and (tmp_path / "model.safetensors").is_file()
+
+
+def test_mae_cpu_smoke_recipe_runs(tmp_path):
+    from freeatm_hf.train.cli import main
+
+    trainer = main(["mae", str(RECIPES / "mae_cpu_smoke.yaml"), "--output_dir", str(tmp_path), "--num_train_epochs", "1",
+                    "--dataset", str(RECIPES.parent / "spaces" / "mask_viewer" / "example_dataset")])
+    assert trainer.state.global_step == 1 and (tmp_path / "model.safetensors").is_file()

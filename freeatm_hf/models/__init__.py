@@ -2,13 +2,14 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .mae import MAEConfig, MAEModel
 from .moco import MoCoConfig, MoCoModel
 from .simclr import ContrastiveOutput, SimCLRConfig, SimCLRModel
 
-METHODS = {"simclr": (SimCLRConfig, SimCLRModel), "moco": (MoCoConfig, MoCoModel)}
+METHODS = {"simclr": (SimCLRConfig, SimCLRModel), "moco": (MoCoConfig, MoCoModel), "mae": (MAEConfig, MAEModel)}
 
 for _config, _model in METHODS.values():
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
 
-__all__ = ["METHODS", "ContrastiveOutput", "MoCoConfig", "MoCoModel", "SimCLRConfig", "SimCLRModel"]
+__all__ = ["METHODS", "ContrastiveOutput", "MAEConfig", "MAEModel", "MoCoConfig", "MoCoModel", "SimCLRConfig", "SimCLRModel"]

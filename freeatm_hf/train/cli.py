@@ -2,23 +2,27 @@
 
     freeatm train simclr --dataset outputs/scenes --output_dir outputs/simclr-atm --per_device_train_batch_size 256
     freeatm train moco recipes/moco_atm.yaml --num_train_epochs 1
+    freeatm train mae recipes/mae_atm.yaml
     accelerate launch -m freeatm_hf.train simclr recipes/simclr_atm.yaml
 """
 
 import sys
 
-METHODS = ("simclr", "moco")
+METHODS = ("simclr", "moco", "mae")
 
 
 def parse(method: str, argv: list[str]):
     from transformers import HfArgumentParser, TrainingArguments
 
     from ..generate.cli import _to_args
-    from .contrastive import ContrastiveArguments
 
     if method not in METHODS:
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    parser = HfArgumentParser((ContrastiveArguments, TrainingArguments), prog=f"freeatm train {method}")
+    if method == "mae":
+        from .mae import MAEArguments as Arguments
+    else:
+        from .contrastive import ContrastiveArguments as Arguments
+    parser = HfArgumentParser((Arguments, TrainingArguments), prog=f"freeatm train {method}")
     if argv and argv[0].endswith((".yaml", ".yml")):
         import yaml
 
@@ -40,6 +44,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     method = argv[0]
     args, training_args = parse(method, argv[1:])
+    if method == "mae":
+        from .mae import train as train_mae
+
+        return train_mae(args, training_args)
     from .contrastive import train
 
     return train(method, args, training_args)

@@ -9,25 +9,6 @@ from freeatm_hf.train.contrastive import ContrastiveArguments, build_model, trai
 DATA = str(space_dir() / "example_dataset")
 
 
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory):
-    """Shapes-world scenes in the freeatm schema, each object's exact mask standing in for its attention map:
-    distinct, structured images (unlike the random pipeline's noise), so a few steps can learn something."""
-    from datasets import Dataset
-
-    from freeatm_hf.generate.schema import dataset_features
-    from freeatm_hf.toy.dataset import rendered_rows
-    from freeatm_hf.toy.world import ShapesWorld
-
-    rows = [{"image": r["image"], "prompt": r["caption"], "label": -1, "seed": r["seed"], "truncated_objects": [],
-             "objects": [{"name": o["name"], "token_indices": [1], "attention": o["mask"], "bbox": o["bbox"],
-                          "area": 0.0} for o in r["objects"]]} for r in rendered_rows(ShapesWorld(seed=1), 64)]
-    folder = tmp_path_factory.mktemp("shapes") / "ds"
-    (folder / "data").mkdir(parents=True)
-    Dataset.from_list(rows, features=dataset_features()).to_parquet(str(folder / "data" / "train-0.parquet"))
-    return str(folder)
-
-
 def small_args(**kw):
     base = dict(dataset=DATA, backbone="resnet18", image_size=48, proj_hidden_dim=64, proj_dim=32, queue_size=64,
                 optimizer="adamw", crop_scale_min=0.5, min_visible=0.05)

@@ -1,0 +1,100 @@
+"""MAE with attention-guided masking (Free-ATM §3.3.2): of the 75 % masked patches, a share β is chosen by
+the highest attention score and the rest at random; β grows linearly to 0.8 over training, so masking
+moves from random toward the foreground without a teacher network (unlike Hard Patches Mining).
+
+The model *is* transformers' `ViTMAEForPreTraining` (a subclass that only adds the β-driven `noise`): its
+weights load into stock ViTMAE classes unchanged, and `export_vit` writes a plain `ViTModel` folder.
+"""
+
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+
+class MAEConfig(ViTMAEConfig):
+    """`ViTMAEConfig` (defaults: ViT-B/16, 224 px, mask ratio 0.75, norm-pix loss on) plus `beta_max`
+    (defaults to 0.8), the final share of masked patches chosen by attention."""
+
+    model_type = "freeatm_mae"
+
+    def __init__(self, beta_max: float = 0.8, norm_pix_loss: bool = True, **kwargs):
+        if not 0.0 <= beta_max <= 1.0:
+            raise ValueError(f"beta_max must be in [0, 1], got {beta_max}")
+        self.beta_max = beta_max
+        super().__init__(norm_pix_loss=norm_pix_loss, **kwargs)
+
+
+def num_patches(config) -> int:
+    return (config.image_size // config.patch_size) ** 2
+
+
+def guided_noise(scores: torch.Tensor | None, beta: float, mask_ratio: float, batch: int, n: int,
+                 generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """ViTMAE's `noise` (small = kept, large = masked) so that exactly `round(β·mask_ratio·n)` masked patches
+    are the highest-scoring ones and the other masked patches are uniformly random among the rest.
+
+    `scores` is `(batch, n)`; a row of NaN (an image without masks) gets plain random masking.
+    """
+    device = device or (scores.device if scores is not None else None)
+    noise = torch.rand(batch, n, generator=generator, device=device)
+    if scores is None or beta <= 0:
+        return noise
+    hard = round(beta * mask_ratio * n)
+    if hard == 0:
+        return noise
+    has = ~torch.isnan(scores).any(1)
+    # Tiny random tie-break (from the same noise) so equal scores do not always pick the same patches.
+    s = torch.nan_to_num(scores.float(), nan=0.0) + 1e-6 * noise
+    top = s.topk(hard, dim=1).indices
+    boosted = noise.clone()
+    boosted.scatter_(1, top, 2.0 + noise.gather(1, top))  # above every random value: masked first
+    return torch.where(has[:, None], boosted, noise)
+
+
+def patch_scores(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per patch, the highest object map averaged over the patch: `(K, H, W)` → `(H/p · W/p,)`.
+
+    No maps (real data) → NaN scores, i.e. random masking for that image.
+    """
+    h, w = maps.shape[-2:]
+    if maps.shape[0] == 0:
+        return torch.full(((h // patch_size) * (w // patch_size),), float("nan"))
+    pooled = torch.nn.functional.avg_pool2d(maps[None].float(), patch_size)[0]  # (K, h/p, w/p)
+    return pooled.amax(0).flatten()
+
+
+class MAEModel(ViTMAEForPreTraining):
+    config_class = MAEConfig
+
+    def __init__(self, config: MAEConfig):
+        super().__init__(config)
+        # The current β, set by `BetaScheduleCallback`: a Python float (not a weight, not saved), so reading it
+        # never syncs with the device.
+        self.beta = 0.0
+
+    def forward(self, pixel_values=None, patch_scores=None, noise=None, **kwargs):
+        if noise is None and pixel_values is not None:
+            b = pixel_values.shape[0]
+            noise = guided_noise(patch_scores, self.beta, self.config.mask_ratio, b,
+                                 num_patches(self.config), device=pixel_values.device)
+        return super().forward(pixel_values=pixel_values, noise=noise, **kwargs)
+
+
+def export_vit(model: MAEModel, folder, add_pooling_layer: bool = False):
+    """Write the encoder as a stock `transformers.ViTModel` folder (fine-tune with
+    `ViTForImageClassification.from_pretrained(folder, num_labels=...)`). MAE's fixed sin-cos position
+    embeddings and the CLS token carry over; the decoder is left behind."""
+    from transformers import ViTConfig, ViTModel
+
+    c = model.config
+    vit_config = ViTConfig(hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+                           num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+                           hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps, image_size=c.image_size,
+                           patch_size=c.patch_size, num_channels=c.num_channels, qkv_bias=c.qkv_bias)
+    vit = ViTModel(vit_config, add_pooling_layer=add_pooling_layer)
+    state = {k[len("vit."):]: v for k, v in model.state_dict().items() if k.startswith("vit.")}
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("pooler.")]
+    if missing or unexpected:
+        raise RuntimeError(f"encoder weights do not map onto ViTModel: missing {missing}, unexpected {unexpected}")
+    vit.save_pretrained(folder)
+    return folder

@@ -1,0 +1,123 @@
+"""freeatm train mae: MAE pretraining with attention-guided masking (β from 0 to `beta_max` over the run).
+
+    freeatm train mae --dataset outputs/scenes --output_dir outputs/mae-atm --num_train_epochs 1600
+    freeatm train mae recipes/mae_atm.yaml
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+
+@dataclass
+class MAEArguments:
+    dataset: str | None = field(default=None, metadata={"help": "freeatm dataset (folder or Hub id): synthetic data."})
+    real_dataset: str | None = field(default=None, metadata={"help": "Image dataset without masks (real data)."})
+    data_mode: str = field(default="synthetic", metadata={"help": "synthetic, real or mix."})
+    mix_ratio: float = field(default=0.5, metadata={"help": "Share of real rows in 'mix'."})
+    real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
+    model_size: str = field(default="base", metadata={"help": "ViT size: base (ViT-B/16), large, or tiny (tests)."})
+    image_size: int = field(default=224, metadata={"help": "Input side."})
+    patch_size: int = field(default=16, metadata={"help": "Patch side."})
+    mask_ratio: float = field(default=0.75, metadata={"help": "Share of patches masked."})
+    beta_max: float = field(default=0.8, metadata={"help": "Final share of masked patches chosen by attention."})
+    guided: bool = field(default=True, metadata={"help": "Attention-guided masking (False: the MAE baseline)."})
+    crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound."})
+
+
+SIZES = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
+                 decoder_intermediate_size=64),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+class BetaScheduleCallback(TrainerCallback):
+    """β = beta_max · epoch / (num_epochs − 1) at the start of every epoch: 0 in the first epoch, `beta_max` in
+    the last, linear in between (`MAETrainer` logs it)."""
+
+    def __init__(self, beta_max: float):
+        self.beta_max = beta_max
+
+    def value(self, state) -> float:
+        last = max(int(state.num_train_epochs or 1) - 1, 1)
+        return self.beta_max * min(1.0, float(int(round(state.epoch or 0))) / last)
+
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)
+        model.beta = self.value(state)
+
+
+
+def make_transform(args: MAEArguments, config):
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..models.mae import patch_scores
+
+    geometry = v2.Compose([v2.RandomResizedCrop(args.image_size, scale=(args.crop_scale_min, 1.0),
+                                                interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                           v2.RandomHorizontalFlip()])
+    finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def transform(batch):
+        pixels, scores = [], []
+        for image, objects in zip(batch["image"], batch["objects"]):
+            image = v2.functional.pil_to_tensor(image.convert("RGB"))
+            maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in (objects or [])]
+            h, w = image.shape[-2:]
+            m = (torch.nn.functional.interpolate(torch.from_numpy(np.stack(maps))[None], size=(h, w), mode="bilinear",
+                                                 align_corners=False)[0] if maps else torch.zeros(0, h, w))
+            img, m = geometry(tv_tensors.Image(image), tv_tensors.Mask(m))
+            pixels.append(finish(img).as_subclass(torch.Tensor))
+            s = patch_scores(m.as_subclass(torch.Tensor), config.patch_size)
+            scores.append(s if args.guided else torch.full_like(s, float("nan")))
+        return {"pixel_values": pixels, "patch_scores": scores}
+
+    return transform
+
+
+def collate(samples):
+    return {"pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+            "patch_scores": torch.stack([s["patch_scores"] for s in samples])}
+
+
+def build_model(args: MAEArguments):
+    from ..models import MAEConfig, MAEModel
+
+    return MAEModel(MAEConfig(image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
+                              beta_max=args.beta_max, **SIZES[args.model_size]))
+
+
+class MAETrainer(Trainer):
+    """Trainer that logs the current β next to the loss."""
+
+    def log(self, logs, *args, **kwargs):
+        logs = {**logs, "beta": self.accelerator.unwrap_model(self.model).beta}
+        super().log(logs, *args, **kwargs)
+
+
+def train(args: MAEArguments, training_args):
+    from transformers import set_seed
+
+    from ..data.reading import pretraining_dataset
+
+    ds = pretraining_dataset(args.dataset, args.real_dataset, args.data_mode, args.mix_ratio,
+                             seed=training_args.seed, real_image_column=args.real_image_column)
+    set_seed(training_args.seed)
+    model = build_model(args)
+    ds = ds.with_transform(make_transform(args, model.config))
+    training_args.remove_unused_columns = False
+    callbacks = [BetaScheduleCallback(args.beta_max if args.guided else 0.0)]
+    trainer = MAETrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate,
+                         callbacks=callbacks)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    return trainer

@@ -1,0 +1,134 @@
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from freeatm_hf.models import MAEConfig, MAEModel
+from freeatm_hf.models.mae import export_vit, guided_noise, patch_scores
+from freeatm_hf.train.mae import SIZES, BetaScheduleCallback
+
+TINY = dict(image_size=32, patch_size=8, **SIZES["tiny"])
+N, RATIO = 196, 0.75
+KEEP = int(N * (1 - RATIO))  # ViTMAE keeps the 49 patches with the smallest noise
+
+
+def masked(noise):
+    """The patches ViTMAE masks for this noise (its own rule: argsort, the first len_keep stay)."""
+    ids = torch.argsort(noise, dim=1)
+    m = torch.ones_like(noise, dtype=torch.bool)
+    m.scatter_(1, ids[:, :KEEP], False)
+    return m
+
+
+def test_beta_zero_is_exactly_random_masking_without_bias():
+    torch.manual_seed(0)
+    scores = torch.rand(1, N).expand(2000, N)
+    m = masked(guided_noise(scores, 0.0, RATIO, 2000, N))
+    assert (m.sum(1) == N - KEEP).all()
+    top = scores[0].topk(30).indices
+    # High-score patches are masked at the random rate (0.75), not more.
+    assert abs(m[:, top].float().mean().item() - RATIO) < 0.02
+
+
+def test_beta_08_masks_exactly_the_top_scoring_share_and_the_rest_at_random():
+    torch.manual_seed(1)
+    b = 500
+    scores = torch.rand(b, N)
+    m = masked(guided_noise(scores, 0.8, RATIO, b, N))
+    hard = round(0.8 * RATIO * N)  # 118 of the 147 masked patches
+    assert (m.sum(1) == N - KEEP).all()
+    top = scores.topk(hard, dim=1).indices
+    assert m.gather(1, top).all()  # every top-scoring patch is masked
+    rest = torch.ones_like(m)
+    rest.scatter_(1, top, False)
+    # The other 29 masked patches are uniform among the remaining 78.
+    share = (m & rest).sum(1).float() / rest.sum(1)
+    assert share.mean().item() == pytest.approx((N - KEEP - hard) / (N - hard), abs=1e-6)
+    order = scores.argsort(1)  # among the rest, high and low scores are equally likely to be masked
+    lo = torch.zeros_like(m).scatter_(1, order[:, :39], True)
+    hi = torch.zeros_like(m).scatter_(1, order[:, 39:78], True)
+    assert abs((m & lo).float().sum() / lo.sum() - (m & hi).float().sum() / hi.sum()) < 0.03
+
+
+def test_images_without_masks_get_random_masking():
+    scores = torch.full((3, N), float("nan"))
+    torch.manual_seed(0)
+    a = guided_noise(scores, 0.8, RATIO, 3, N)
+    torch.manual_seed(0)
+    assert torch.equal(a, torch.rand(3, N))
+
+
+def test_patch_scores_are_the_highest_object_map_averaged_over_each_patch():
+    maps = torch.zeros(2, 32, 32)
+    maps[0, :8, :8] = 1.0  # patch 0 fully
+    maps[1, :8, 8:16] = 0.5  # patch 1 half strength
+    maps[1, :4, :8] = 1.0  # half of patch 0 for object 1: object 0 is higher there
+    s = patch_scores(maps, 8)
+    assert s.shape == (16,)
+    assert s[0] == 1.0 and s[1] == 0.5 and s[2:].abs().sum() == 0
+    assert torch.isnan(patch_scores(torch.zeros(0, 32, 32), 8)).all()
+
+
+def test_beta_schedule_callback_sets_beta_per_epoch():
+    model = MAEModel(MAEConfig(**TINY))
+    cb = BetaScheduleCallback(0.8)
+    seen = []
+    for epoch in range(5):
+        cb.on_epoch_begin(None, SimpleNamespace(epoch=epoch, num_train_epochs=5), None, model=model)
+        seen.append(model.beta)
+    assert seen == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+
+
+def test_model_uses_the_guided_noise_and_loads_into_stock_vitmae(tmp_path):
+    from transformers import ViTMAEForPreTraining
+
+    model = MAEModel(MAEConfig(**TINY)).eval()
+    model.beta = 0.8
+    x = torch.randn(2, 3, 32, 32)
+    scores = torch.rand(2, 16)
+    out = model(pixel_values=x, patch_scores=scores)
+    hard = round(0.8 * 0.75 * 16)
+    assert out.mask.gather(1, scores.topk(hard, 1).indices).all()
+    model.save_pretrained(tmp_path)
+    stock = ViTMAEForPreTraining.from_pretrained(tmp_path)
+    noise = torch.rand(2, 16)
+    torch.testing.assert_close(stock(pixel_values=x, noise=noise).loss, model(pixel_values=x, noise=noise).loss)
+
+
+def test_encoder_exports_as_a_plain_vit_with_identical_features(tmp_path):
+    from transformers import ViTModel
+
+    torch.manual_seed(0)
+    model = MAEModel(MAEConfig(**{**TINY, "mask_ratio": 0.0})).eval()
+    export_vit(model, tmp_path)
+    vit = ViTModel.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ordered = torch.arange(16).float().expand(2, 16)  # keep all patches in their order
+    with torch.no_grad():
+        ref = model.vit(x, noise=ordered).last_hidden_state
+        got = vit(x).last_hidden_state
+    assert (ref - got).abs().max().item() < 1e-5
+
+
+def test_image_and_map_stay_aligned_through_the_mae_transform():
+    from PIL import Image
+
+    from freeatm_hf.train.mae import MAEArguments, make_transform
+
+    img = np.full((64, 64, 3), 128, np.uint8)
+    img[8:24, 40:56] = (255, 0, 0)
+    att = np.zeros((64, 64), np.uint8)
+    att[8:24, 40:56] = 255
+    cfg = SimpleNamespace(patch_size=8)
+    t = make_transform(MAEArguments(image_size=32, patch_size=8, crop_scale_min=0.5), cfg)
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = t({"image": [Image.fromarray(img)], "objects": [[{"attention": Image.fromarray(att)}]]})
+        px, s = out["pixel_values"][0], out["patch_scores"][0]
+        red = (px[0] > 1.5) & (px[1] < -1.5)  # normalized red
+        red_share = torch.nn.functional.avg_pool2d(red[None].float(), 8)[0].flatten()
+        # Patches fully covered by the red box have score 1 and vice versa (within one pixel of resampling).
+        assert ((red_share > 0.99) <= (s > 0.7)).all() and ((s > 0.99) <= (red_share > 0.7)).all()
+        assert not math.isnan(float(s.sum()))
