@@ -1,6 +1,7 @@
 """freeatm eval: score things.
 
     freeatm eval masks --pipeline shapes --num_scenes 200 --output outputs/mask_eval.json [--sweep]
+    freeatm eval knn --model outputs/simclr-atm --dataset <id or folder> --train_split train --test_split test
 """
 
 import argparse
@@ -23,17 +24,47 @@ def make_parser():
     m.add_argument("--sweep", action="store_true", help="score several capture settings and recommend one")
     m.add_argument("--device", default=None)
     m.add_argument("--output", default=None, help="write the results JSON here")
+
+    k = sub.add_parser("knn", help="kNN (k=20, cosine, weighted votes) and linear probe on frozen features")
+    k.add_argument("--model", required=True, help="a freeatm checkpoint folder (SimCLR/MoCo/MAE)")
+    k.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label columns")
+    k.add_argument("--train_split", default="train")
+    k.add_argument("--test_split", default="test")
+    k.add_argument("--revision", default=None)
+    k.add_argument("--image_column", default="image")
+    k.add_argument("--label_column", default="label")
+    k.add_argument("--image_size", type=int, default=224)
+    k.add_argument("--k", type=int, default=20)
+    k.add_argument("--temperature", type=float, default=0.07)
+    k.add_argument("--batch_size", type=int, default=256)
+    k.add_argument("--no_linear_probe", action="store_true")
+    k.add_argument("--device", default=None)
     return p
 
 
 def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = make_parser().parse_args(argv)
+    return {"masks": main_masks, "knn": main_knn}[args.what](args)
+
+
+def main_knn(args):
+    from .frozen import evaluate_frozen
+
+    results = evaluate_frozen(args.model, args.dataset, train_split=args.train_split, test_split=args.test_split,
+                              revision=args.revision, image_column=args.image_column, label_column=args.label_column,
+                              image_size=args.image_size, k=args.k, temperature=args.temperature,
+                              batch_size=args.batch_size, linear=not args.no_linear_probe, device=args.device)
+    print(json.dumps(results, indent=1))
+    return results
+
+
+def main_masks(args):
     import torch
 
     from ..generate.pipelines import load_pipeline
     from ..toy.mask_eval import MaskEvalConfig, evaluate_masks, to_json
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = make_parser().parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(args.pipeline, device)
     cfg = MaskEvalConfig(args.num_scenes, args.num_val, args.num_inference_steps, args.guidance_scale,

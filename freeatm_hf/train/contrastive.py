@@ -126,6 +126,24 @@ def train(method: str, args: ContrastiveArguments, training_args):
                                    gpu_photometric=args.gpu_photometric, image_size=args.image_size)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
+    if trainer.is_world_process_zero():
+        from ..hub.model_card import write_model_card
+
+        write_model_card(training_args.output_dir, trainer.model.config, data=_data_info(args, ds),
+                         training=_training_info(training_args))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     return trainer
+
+
+def _data_info(args, ds) -> dict:
+    return {"dataset": args.dataset, "real_dataset": args.real_dataset, "data_mode": args.data_mode,
+            "mix_ratio": args.mix_ratio, "num_rows": None if args.streaming else len(ds)}
+
+
+def _training_info(training_args) -> dict:
+    keys = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_steps",
+            "lr_scheduler_type", "seed", "bf16")
+    info = {k: getattr(training_args, k) for k in keys}
+    info["world_size"] = training_args.world_size
+    return info

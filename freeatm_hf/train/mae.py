@@ -118,6 +118,13 @@ def train(args: MAEArguments, training_args):
                          callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
+    if trainer.is_world_process_zero():
+        from ..hub.model_card import write_model_card
+        from .contrastive import _data_info, _training_info
+
+        args.streaming = False
+        write_model_card(training_args.output_dir, trainer.model.config, data=_data_info(args, ds),
+                         training=_training_info(training_args))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     return trainer

@@ -20,7 +20,7 @@ print(model.pretrained_cfg["mean"], model.pretrained_cfg["input_size"])
 """
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", ["simclr", "moco"])  # the CNN methods; MAE exports a ViT (test_mae.py)
 def test_timm_export_gives_the_training_encoders_features(method, tmp_path):
     config_cls, model_cls = METHODS[method]
     torch.manual_seed(0)

@@ -1,0 +1,66 @@
+"""Evaluate a pretrained checkpoint on a labelled image dataset with frozen features; results go into the
+checkpoint's `eval_results.json` and its model card's `model-index`."""
+
+import torch
+
+from .knn import accuracy, extract_features, knn_classify, linear_probe
+
+
+class _ViTFeatures(torch.nn.Module):
+    """`forward_features` for a ViTMAE encoder: every patch kept in order, the CLS token's output."""
+
+    def __init__(self, vit, num_patches: int):
+        super().__init__()
+        self.vit, self.n = vit, num_patches
+
+    def forward_features(self, x):
+        noise = torch.arange(self.n, device=x.device, dtype=torch.float32).expand(len(x), self.n)
+        mask_ratio = self.vit.config.mask_ratio
+        self.vit.config.mask_ratio = 0.0  # no masking at evaluation time
+        try:
+            return self.vit(x, noise=noise).last_hidden_state
+        finally:
+            self.vit.config.mask_ratio = mask_ratio
+
+
+def feature_backbone(model):
+    if hasattr(model, "backbone"):  # SimCLR / MoCo: the timm CNN
+        return model.backbone
+    if hasattr(model, "vit"):  # MAE
+        from ..models.mae import num_patches
+
+        return _ViTFeatures(model.vit, num_patches(model.config))
+    raise TypeError(f"cannot extract features from {type(model).__name__}")
+
+
+def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,
+                    image_column="image", label_column="label", image_size=224, k=20, temperature=0.07,
+                    batch_size=256, linear=True, device=None, update_card=True) -> list[dict]:
+    from datasets import load_dataset
+    from torchvision.transforms import v2
+    from transformers import AutoModel
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..hub.model_card import add_results, write_model_card
+
+    model = AutoModel.from_pretrained(model_dir)
+    transform = v2.Compose([v2.PILToTensor(), v2.Resize(int(image_size * 256 / 224), antialias=True),
+                            v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    backbone = feature_backbone(model)
+    splits = {s: load_dataset(dataset, split=s, revision=revision) for s in (train_split, test_split)}
+    feats = {s: extract_features(backbone, d, transform, batch_size, device, image_column, label_column)
+             for s, d in splits.items()}
+    (xtr, ytr), (xte, yte) = feats[train_split], feats[test_split]
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    scores = knn_classify(xtr, ytr, xte, k=k, temperature=temperature, num_classes=num_classes)
+    base = {"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision}
+    results = [{**base, "metric": f"knn{k}_top1", "value": accuracy(scores, yte)}]
+    if linear:
+        results.append({**base, "metric": "linear_probe_top1",
+                        "value": accuracy(linear_probe(xtr, ytr, xte, num_classes), yte)})
+    if update_card:
+        add_results(model_dir, results)
+        write_model_card(model_dir, model.config)
+    return results

@@ -1,0 +1,72 @@
+"""Frozen-feature evaluation: kNN (InstDisc's weighted vote) and a linear probe.
+
+    from freeatm_hf.eval.knn import extract_features, knn_classify, linear_probe
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
+                 temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Class scores `(N_test, C)`: each of the k nearest training features (cosine) votes for its class with
+    weight exp(similarity / temperature) (Wu et al., 2018, as used by DINO and solo-learn)."""
+    c = num_classes or int(train_labels.max()) + 1
+    train = F.normalize(train_feats.float(), dim=1)
+    scores = []
+    for start in range(0, len(test_feats), chunk):
+        test = F.normalize(test_feats[start : start + chunk].float(), dim=1)
+        sim, idx = (test @ train.T).topk(min(k, len(train)), dim=1)
+        votes = torch.zeros(len(test), c, device=test.device)
+        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: int = 1) -> float:
+    top = scores.topk(min(topk, scores.shape[1]), dim=1).indices
+    return (top == labels[:, None]).any(1).float().mean().item()
+
+
+def linear_probe(train_feats, train_labels, test_feats, num_classes: int | None = None, epochs: int = 100,
+                 lr: float = 0.1, weight_decay: float = 1e-4, seed: int = 0) -> torch.Tensor:
+    """A logistic-regression head on standardized frozen features (full-batch L-BFGS); returns test scores."""
+    torch.manual_seed(seed)
+    c = num_classes or int(train_labels.max()) + 1
+    mean, std = train_feats.float().mean(0), train_feats.float().std(0).clamp_min(1e-6)
+    x, xt = (train_feats.float() - mean) / std, (test_feats.float() - mean) / std
+    head = torch.nn.Linear(x.shape[1], c)
+    opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), train_labels) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return head(xt)
+
+
+@torch.no_grad()
+def extract_features(backbone, dataset, transform, batch_size: int = 256, device=None, image_column: str = "image",
+                     label_column: str = "label", num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global-average-pooled `forward_features` of every image, with labels, batched, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = backbone.to(device).eval()
+
+    def collate(rows):
+        return (torch.stack([transform(r[image_column].convert("RGB")) for r in rows]),
+                torch.tensor([r[label_column] for r in rows]))
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+    feats, labels = [], []
+    for x, y in tqdm(loader, desc="features"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            f = backbone.forward_features(x.to(device, non_blocking=True))
+        feats.append((f.mean((2, 3)) if f.ndim == 4 else f[:, 0]).float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)

@@ -1,0 +1,111 @@
+"""Model cards for pretrained checkpoints: YAML metadata, `model-index` from the results JSON, the method,
+its hyper-parameters, the data, and how to load the backbone without freeatm_hf."""
+
+import json
+from pathlib import Path
+
+RESULTS_FILE = "eval_results.json"
+CARD_INFO_FILE = "card_info.json"  # the data and training facts, kept so that `freeatm eval` can refresh the card
+
+USAGE = {
+    "cnn": """```python
+# With freeatm_hf:
+import freeatm_hf.models  # registers the Auto classes
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{repo}")
+# Without it: export the backbone once (freeatm_hf.hub.export.export_timm), then
+import timm
+backbone = timm.create_model("hf-hub:{repo}-timm", pretrained=True, num_classes=0)
+```""",
+    "vit": """```python
+from transformers import ViTMAEForPreTraining            # the checkpoint loads in stock transformers
+model = ViTMAEForPreTraining.from_pretrained("{repo}")
+# The encoder as a plain ViT for fine-tuning: freeatm_hf.models.mae.export_vit(model, "vit-folder"), then
+from transformers import ViTForImageClassification
+clf = ViTForImageClassification.from_pretrained("vit-folder", num_labels=1000)
+```""",
+}
+
+DESCRIPTIONS = {
+    "simclr": ("SimCLR", "Two augmented views per image; the ResNet's pre-pool feature map is pooled per object mask "
+                         "(Eq. 2) and instances are contrasted (Eq. 3, NT-Xent), or whole images for the baseline."),
+    "moco": ("MoCo-v2", "Query/key encoders (EMA key encoder), a queue of instance keys, InfoNCE over instances "
+                        "(attention pooling) or images (baseline)."),
+    "mae": ("MAE", "Masked autoencoding (ViT, 75 % masking, norm-pix loss); a share β of the masked patches, growing "
+                   "linearly to β_max, is chosen by the highest attention score, the rest at random."),
+}
+
+
+def read_results(folder: str | Path) -> list[dict]:
+    path = Path(folder) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
+    """Merge results (keyed by task, dataset, split, metric) into the folder's results JSON."""
+    key = lambda r: (r["task"], r["dataset"], r["split"], r["metric"])  # noqa: E731
+    merged = {key(r): r for r in read_results(folder)}
+    merged.update({key(r): r for r in new})
+    out = sorted(merged.values(), key=key)
+    (Path(folder) / RESULTS_FILE).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def write_model_card(folder: str | Path, config, data: dict | None = None, training: dict | None = None,
+                     repo_id: str | None = None):
+    """README.md for a checkpoint folder from `model_cards/model_card.md`."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from .cards import template_path
+
+    folder = Path(folder)
+    info_path = folder / CARD_INFO_FILE
+    if data is None and training is None and info_path.exists():
+        saved = json.loads(info_path.read_text())
+        data, training = saved.get("data"), saved.get("training")
+    else:
+        info_path.write_text(json.dumps({"data": data, "training": training}, indent=2, default=str))
+    method = config.model_type.removeprefix("freeatm_")
+    title, description = DESCRIPTIONS[method]
+    data = data or {}
+    results = read_results(folder)
+    name = repo_id or folder.name
+    eval_results = [EvalResult(task_type=r["task"], dataset_type=r["dataset"], dataset_name=r["dataset"],
+                               dataset_split=r["split"], dataset_revision=r.get("revision"),
+                               metric_type=r["metric"], metric_value=r["value"]) for r in results]
+    card_data = ModelCardData(
+        library_name="freeatm_hf", license="apache-2.0", pipeline_tag="image-feature-extraction",
+        tags=["freeatm", method, "self-supervised", "attention-masks" if _guided(config) else "baseline"],
+        datasets=[d for d in (data.get("dataset"), data.get("real_dataset")) if d],
+        model_name=name if eval_results else None, eval_results=eval_results or None,
+    )
+    skip = {"architectures", "transformers_version", "dtype", "torch_dtype", "use_cache", "model_type"}
+    hyper = {k: v for k, v in config.to_diff_dict().items() if not k.startswith("_") and k not in skip}
+    hyper.update({k: getattr(v, "value", v) for k, v in (training or {}).items() if v is not None})
+    card = ModelCard.from_template(
+        card_data, template_path=str(template_path("model_card.md")), model_name=name, method_title=title,
+        method_description=description, pooling=getattr(config, "pooling", None), guided=_guided(config),
+        hyperparameters=hyper, data_mode=data.get("data_mode", "synthetic"),
+        data_description=_data_text(data), results=results,
+        usage=USAGE["vit" if method == "mae" else "cnn"].format(repo=repo_id or "<user>/<repo>"),
+    )
+    card.save(str(folder / "README.md"))
+    return card
+
+
+def _guided(config) -> bool:
+    return getattr(config, "pooling", None) == "attention" or bool(getattr(config, "beta_max", 0))
+
+
+def _data_text(data: dict) -> str:
+    mode = data.get("data_mode", "synthetic")
+    parts = [f"Data mode: **{mode}**."]
+    if data.get("dataset"):
+        parts.append(f"Synthetic (generated) dataset: `{data['dataset']}`.")
+    if data.get("real_dataset"):
+        parts.append(f"Real dataset: `{data['real_dataset']}` (one whole-image mask per image).")
+    if mode == "mix":
+        parts.append(f"Share of real rows: {data.get('mix_ratio')}.")
+    if data.get("num_rows"):
+        parts.append(f"Rows: {data['num_rows']}.")
+    return " ".join(parts)

@@ -1,0 +1,56 @@
+"""Checkpoint → kNN / linear probe on a labelled dataset → results JSON → model card with model-index."""
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def labelled_shapes(tmp_path_factory):
+    """Single-object rendered scenes labelled by shape, with train and test splits (Hub file layout)."""
+    from datasets import ClassLabel, Dataset
+
+    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+
+    folder = tmp_path_factory.mktemp("labelled") / "shapes"
+    (folder / "data").mkdir(parents=True)
+    for split, seed, n in (("train", 1, 60), ("test", 2, 30)):
+        world = ShapesWorld(seed=seed, min_objects=1, max_objects=1)
+        specs = world.scenes(n)
+        images, _ = world.render(specs)
+        from PIL import Image
+
+        rows = [{"image": Image.fromarray(i.numpy()), "label": SHAPES.index(s.objects[0].shape)}
+                for i, s in zip(images, specs)]
+        ds = Dataset.from_list(rows).cast_column("label", ClassLabel(names=list(SHAPES)))
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_knn_and_linear_probe_results_land_in_the_card(method, labelled_shapes, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.eval.cli import main
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.models import MAEConfig, MAEModel, SimCLRConfig, SimCLRModel
+    from freeatm_hf.train.mae import SIZES
+
+    if method == "simclr":
+        model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
+    else:
+        model = MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"]))
+    model.save_pretrained(tmp_path)
+    write_model_card(tmp_path, model.config, data={"dataset": "me/scenes", "data_mode": "synthetic"})
+    results = main(["knn", "--model", str(tmp_path), "--dataset", labelled_shapes, "--image_size", "32", "--k", "5",
+                    "--batch_size", "16", "--device", "cpu"])
+    assert [r["metric"] for r in results] == ["knn5_top1", "linear_probe_top1"]
+    # Chance is 1/6; even a random network's features separate rendered silhouettes somewhat.
+    assert all(0.0 <= r["value"] <= 1.0 for r in results)
+    stored = json.loads((tmp_path / "eval_results.json").read_text())
+    card = ModelCard.load(tmp_path / "README.md")
+    got = sorted((e.metric_type, e.metric_value, e.dataset_split) for e in card.data.eval_results)
+    assert got == sorted((r["metric"], r["value"], r["split"]) for r in stored)
+    assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags
+    assert card.data.datasets == ["me/scenes"]
+    assert "knn5_top1" in card.text
