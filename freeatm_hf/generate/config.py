@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class GenerateConfig:
     output_dir: str = field(metadata={"help": "Dataset folder to write (Hub layout)."})
-    pipeline: str = field(default="tiny", metadata={
-        "help": "A diffusers pipeline id or folder, or 'tiny' (random tiny SD built in code, offline)."})
+    pipeline: str = field(default="default", metadata={
+        "help": "A diffusers pipeline id or folder; 'shapes' (the trained shapes-world model, embedded), 'tiny' "
+                "(random tiny SD built in code), or 'default' (shapes once it ships, else tiny). All offline."})
     num_images: int = field(default=64, metadata={"help": "Number of images (rows) to generate."})
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
     rows_per_shard: int = field(default=1024, metadata={"help": "Rows per Parquet shard (the unit of resume)."})
@@ -39,6 +40,11 @@ class GenerateConfig:
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
+        if self.pipeline == "default":
+            # Resolved now, so the settings (compared on resume) name the model that actually made the rows.
+            from .pipelines import default_pipeline
+
+            self.pipeline = default_pipeline()
         if self.prompt_mode not in ("scene", "photo", "file"):
             raise ValueError(f"prompt_mode must be scene, photo or file, got {self.prompt_mode!r}")
         if self.prompt_mode == "file" and not self.prompts_file:

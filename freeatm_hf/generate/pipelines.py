@@ -13,10 +13,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown torch_dtype {name!r}") from None
 
 
+def default_pipeline() -> str:
+    """The embedded default: the trained shapes model once it ships in the package, else the random tiny SD."""
+    from ..toy.model import trained_pipeline_available
+
+    return "shapes" if trained_pipeline_available() else "tiny"
+
+
 def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False):
-    """'tiny' → the random tiny SD built in code; 'shapes' → the trained shapes-world model shipped in the
-    package; anything else → `DiffusionPipeline.from_pretrained`."""
+    """'default' → `default_pipeline()`; 'tiny' → the random tiny SD built in code; 'shapes' → the trained
+    shapes-world model shipped in the package; anything else → `DiffusionPipeline.from_pretrained`."""
     dtype = resolve_dtype(torch_dtype, device)
+    if spec == "default":
+        spec = default_pipeline()
     if spec == "shapes":
         from ..toy.model import MODEL_DIR, trained_pipeline_available
 

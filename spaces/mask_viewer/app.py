@@ -102,7 +102,7 @@ def detect_nouns(prompt: str, vocabulary: list[str]) -> list[str]:
 
 def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Blocks:
     dataset = dataset or os.environ.get("FREEATM_DATASET") or str(EXAMPLE_DATASET)
-    pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "tiny"
+    pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "default"
     cache = RowCache(dataset)
     state: dict = {}
 

@@ -46,3 +46,12 @@ def test_bad_arguments_are_named():
         parse(["--output_dir", "x", "--prompt_mode", "poems"])
     with pytest.raises(ValueError, match="prompts_file"):
         parse(["--output_dir", "x", "--prompt_mode", "file"])
+
+
+def test_default_pipeline_is_resolved_before_it_is_recorded(monkeypatch):
+    import freeatm_hf.toy.model as toy_model
+
+    assert parse(["--output_dir", "x"]).pipeline == "tiny"  # no trained shapes model shipped yet
+    monkeypatch.setattr(toy_model, "trained_pipeline_available", lambda: True)
+    assert parse(["--output_dir", "x"]).pipeline == "shapes"
+    assert parse(["--output_dir", "x", "--pipeline", "tiny"]).pipeline == "tiny"
