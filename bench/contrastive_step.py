@@ -104,10 +104,10 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
     from PIL import Image
 
     from freeatm_hf.data.collate import collate_two_views
-    from freeatm_hf.generate.schema import dataset_features
-    from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
     from freeatm_hf.data.gpu_augment import BatchPhotometric, augment_views, blur_kernel_for
     from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from freeatm_hf.generate.schema import dataset_features
+    from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
 
     rng = np.random.default_rng(0)
     n = args.batch_size * 4
@@ -133,7 +133,7 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         run = step_fn(model, opt, dtype, device)
         steps, t0 = 0, None
-        for epoch in range(3):
+        for _ in range(3):
             for batch in loader:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 run(augment_views(batch, aug, IMAGENET_MEAN, IMAGENET_STD))

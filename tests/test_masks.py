@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from freeatm_hf.masks import (
-    binarize, bbox, connected_components, full_resolution_mask, mask_from_map, normalize, otsu_threshold,
+    bbox,
+    binarize,
+    connected_components,
+    full_resolution_mask,
+    mask_from_map,
+    normalize,
+    otsu_threshold,
 )
 
 

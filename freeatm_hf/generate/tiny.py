@@ -12,7 +12,6 @@ import torch
 from .clip_vocab import load_tokenizer
 
 
-
 def tiny_components(seed: int = 0, image_size: int = 64, cross_attention_dim: int = 32) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

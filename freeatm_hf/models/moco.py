@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .encoder import POOLINGS, create_backbone, instance_features, projection_head
+from .encoder import POOLINGS, create_backbone, instance_features
 from .losses import moco_info_nce
 from .simclr import ContrastiveOutput
 

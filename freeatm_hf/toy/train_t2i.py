@@ -12,7 +12,6 @@ from such a folder (weights only: a fresh optimizer with warm-up).
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 

@@ -10,17 +10,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .arguments import DataArguments, training_info
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ContrastiveArguments:
-    dataset: str | None = field(default=None, metadata={"help": "freeatm dataset (folder or Hub id): synthetic data."})
-    real_dataset: str | None = field(default=None, metadata={"help": "Image dataset without masks (real data)."})
-    data_mode: str = field(default="synthetic", metadata={"help": "synthetic, real or mix."})
-    mix_ratio: float = field(default=0.5, metadata={"help": "Share of real rows in 'mix'."})
-    real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
-    streaming: bool = field(default=False, metadata={"help": "Stream the datasets (needs --max_steps)."})
+class ContrastiveArguments(DataArguments):
     backbone: str = field(default="resnet50", metadata={"help": "Any timm CNN."})
     pooling: str = field(default="attention", metadata={"help": "attention (Free-ATM) or image (baseline)."})
     image_size: int = field(default=224, metadata={"help": "View side."})
@@ -57,7 +53,7 @@ def build_model(method: str, args: ContrastiveArguments):
 def build_optimizer(model, name: str, lr: float, weight_decay: float):
     """LARS/SGD/AdamW; batch-norm parameters and biases get no weight decay (and no LARS adaptation)."""
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -96,12 +92,10 @@ def make_transform(args: ContrastiveArguments):
 def train(method: str, args: ContrastiveArguments, training_args):
 
     from ..data.collate import collate_two_views
-    from ..data.reading import pretraining_dataset
     from .callbacks import LRMilestonesCallback, MomentumUpdateCallback
     from .trainer import ContrastiveTrainer
 
-    ds = pretraining_dataset(args.dataset, args.real_dataset, args.data_mode, args.mix_ratio,
-                             streaming=args.streaming, seed=training_args.seed, real_image_column=args.real_image_column)
+    ds = args.load(seed=training_args.seed)
     transform = make_transform(args)
     if args.streaming:
         ds = ds.map(lambda b: transform(b), batched=True, remove_columns=["image", "objects"])
@@ -129,21 +123,9 @@ def train(method: str, args: ContrastiveArguments, training_args):
     if trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card
 
-        write_model_card(training_args.output_dir, trainer.model.config, data=_data_info(args, ds),
-                         training=_training_info(training_args))
+        write_model_card(training_args.output_dir, trainer.model.config, data=args.data_info(ds),
+                         training=training_info(training_args))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     return trainer
 
-
-def _data_info(args, ds) -> dict:
-    return {"dataset": args.dataset, "real_dataset": args.real_dataset, "data_mode": args.data_mode,
-            "mix_ratio": args.mix_ratio, "num_rows": None if args.streaming else len(ds)}
-
-
-def _training_info(training_args) -> dict:
-    keys = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_steps",
-            "lr_scheduler_type", "seed", "bf16")
-    info = {k: getattr(training_args, k) for k in keys}
-    info["world_size"] = training_args.world_size
-    return info

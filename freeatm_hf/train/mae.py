@@ -10,14 +10,11 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .arguments import DataArguments, training_info
+
 
 @dataclass
-class MAEArguments:
-    dataset: str | None = field(default=None, metadata={"help": "freeatm dataset (folder or Hub id): synthetic data."})
-    real_dataset: str | None = field(default=None, metadata={"help": "Image dataset without masks (real data)."})
-    data_mode: str = field(default="synthetic", metadata={"help": "synthetic, real or mix."})
-    mix_ratio: float = field(default=0.5, metadata={"help": "Share of real rows in 'mix'."})
-    real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
+class MAEArguments(DataArguments):
     model_size: str = field(default="base", metadata={"help": "ViT size: base (ViT-B/16), large, or tiny (tests)."})
     image_size: int = field(default=224, metadata={"help": "Input side."})
     patch_size: int = field(default=16, metadata={"help": "Patch side."})
@@ -105,10 +102,9 @@ class MAETrainer(Trainer):
 def train(args: MAEArguments, training_args):
     from transformers import set_seed
 
-    from ..data.reading import pretraining_dataset
-
-    ds = pretraining_dataset(args.dataset, args.real_dataset, args.data_mode, args.mix_ratio,
-                             seed=training_args.seed, real_image_column=args.real_image_column)
+    if args.streaming:
+        raise ValueError("MAE training reads map-style datasets; drop --streaming")
+    ds = args.load(seed=training_args.seed)
     set_seed(training_args.seed)
     model = build_model(args)
     ds = ds.with_transform(make_transform(args, model.config))
@@ -120,11 +116,9 @@ def train(args: MAEArguments, training_args):
     trainer.save_model()
     if trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card
-        from .contrastive import _data_info, _training_info
 
-        args.streaming = False
-        write_model_card(training_args.output_dir, trainer.model.config, data=_data_info(args, ds),
-                         training=_training_info(training_args))
+        write_model_card(training_args.output_dir, trainer.model.config, data=args.data_info(ds),
+                         training=training_info(training_args))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     return trainer

@@ -66,7 +66,7 @@ def render(image: Image.Image, prompt: str, objects: list[dict], threshold: floa
     names = [o["name"] for o in objects]
     # The prompt's nouns in the same colours as their masks.
     text = gr.HighlightedText(value=highlight(prompt, names),
-                              color_map={n: "#%02x%02x%02x" % color(i) for i, n in enumerate(names)})
+                              color_map={n: "#{:02x}{:02x}{:02x}".format(*color(i)) for i, n in enumerate(names)})
     return view, text, soft, masks, summary
 
 

@@ -5,7 +5,13 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from freeatm_hf.data.gpu_augment import (
-    BatchPhotometric, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur, grayscale,
+    BatchPhotometric,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    gaussian_blur,
+    grayscale,
 )
 
 

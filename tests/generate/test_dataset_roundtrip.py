@@ -59,9 +59,9 @@ def test_plain_load_dataset_returns_what_the_generator_made(generated):
     assert len(rows) == 5
 
     # The same prompts and seeds, generated again in this process, give the same rows.
-    from freeatm_hf.generate.pipelines import load_pipeline
-
     import torch
+
+    from freeatm_hf.generate.pipelines import load_pipeline
 
     pipe = load_pipeline("tiny", torch.device("cpu"))
     source = PromptSource(cfg)

@@ -87,9 +87,8 @@ def test_no_file_outside_the_app_is_served(app):
 
 
 def test_push_space_uploads_the_folder_as_a_gradio_space(tmp_path, monkeypatch):
-    from tests.hub.fake_hub import FakeHub
-
     from freeatm_hf import spaces
+    from tests.hub.fake_hub import FakeHub
 
     with FakeHub() as hub:
         monkeypatch.setenv("HF_TOKEN", "hf_test")

@@ -14,7 +14,7 @@ def test_colour_segmenter_ignores_every_background():
     world = ShapesWorld(seed=8, min_objects=1, max_objects=1)
     specs = world.scenes(40)
     images, masks = world.render(specs)
-    for img, m, spec in zip(images, masks, specs):
+    for img, m in zip(images, masks):
         found = colour_masks(img.numpy())
         background = ~m.any(0).numpy()
         # Anti-aliased edge pixels next to an object may be claimed; the background itself never.

@@ -48,7 +48,8 @@ def test_a_few_trainer_steps_reduce_the_loss_and_move_every_parameter(method, po
 
 
 def test_mix_of_synthetic_and_real_data(tmp_path):
-    from datasets import Dataset, Image as ImageFeature
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
     from PIL import Image
 
     from freeatm_hf.data.reading import pretraining_dataset

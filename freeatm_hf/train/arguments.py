@@ -1,0 +1,31 @@
+"""Arguments every pretraining method shares: where the data comes from."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = field(default=None, metadata={"help": "freeatm dataset (folder or Hub id): synthetic data."})
+    real_dataset: str | None = field(default=None, metadata={"help": "Image dataset without masks (real data)."})
+    data_mode: str = field(default="synthetic", metadata={"help": "synthetic, real or mix."})
+    mix_ratio: float = field(default=0.5, metadata={"help": "Share of real rows in 'mix'."})
+    real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the datasets (needs --max_steps)."})
+
+    def data_info(self, ds) -> dict:
+        """What the model card says about the data."""
+        return {"dataset": self.dataset, "real_dataset": self.real_dataset, "data_mode": self.data_mode,
+                "mix_ratio": self.mix_ratio, "num_rows": None if self.streaming else len(ds)}
+
+    def load(self, seed: int = 0):
+        from ..data.reading import pretraining_dataset
+
+        return pretraining_dataset(self.dataset, self.real_dataset, self.data_mode, self.mix_ratio,
+                                   streaming=self.streaming, seed=seed, real_image_column=self.real_image_column)
+
+
+def training_info(training_args) -> dict:
+    """The TrainingArguments worth putting in a model card."""
+    keys = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_steps",
+            "lr_scheduler_type", "seed", "bf16")
+    return {**{k: getattr(training_args, k) for k in keys}, "world_size": training_args.world_size}
