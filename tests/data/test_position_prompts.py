@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from freeatm_hf.data.position_prompts import (
+    PositionPromptTransform, block_index, caption_with_positions, position_prompts,
+)
+
+
+@pytest.mark.parametrize("box,size,expected", [
+    ((0, 0, 10, 10), (90, 90), 1),            # top-left corner
+    ((80, 0, 90, 10), (90, 90), 3),           # top-right
+    ((0, 80, 10, 90), (90, 90), 7),           # bottom-left
+    ((80, 80, 90, 90), (90, 90), 9),          # bottom-right
+    ((40, 40, 50, 50), (90, 90), 5),          # centre
+    ((25, 0, 35, 10), (90, 90), 2),           # centre x = 30: exactly on the border → the right block
+    ((0, 0, 90, 90), (90, 90), 5),            # the whole image
+    ((150, 10, 170, 30), (60, 180), 6),       # non-square (height 60, width 180): x 160 → col 2, y 20 → row 1
+    ((10, 40, 30, 59), (60, 180), 7),         # non-square, bottom-left
+])
+def test_block_of_the_box_centre(box, size, expected):
+    assert block_index(box, size) == expected
+
+
+def test_grid_size_is_configurable_and_objects_without_box_get_no_prompt():
+    assert block_index((70, 70, 80, 80), (80, 80), grid=4) == 16
+    assert block_index((0, 0, 10, 10), (80, 80), grid=2) == 1
+    prompts = position_prompts(["dog", "ball", "cat"], [(0, 0, 10, 10), None, (80, 80, 90, 90)], (90, 90))
+    assert prompts == ["The dog is in block 1.", "The cat is in block 9."]
+
+
+def test_shuffle_is_seeded_and_fixed_order_is_kept():
+    prompts = [f"The o{i} is in block {i}." for i in range(1, 7)]
+    a = caption_with_positions("a scene", prompts, seed=3)
+    assert a == caption_with_positions("a scene", prompts, seed=3) and a != caption_with_positions("a scene", prompts, seed=4)
+    assert caption_with_positions("a scene", prompts, shuffle=False) == "a scene. " + " ".join(prompts)
+
+
+def test_truncation_drops_whole_prompts_never_words(tokenizer):
+    prompts = [f"The golden retriever number {i} is in block {i % 9 + 1}." for i in range(20)]
+    text = caption_with_positions("a park with many dogs", prompts, tokenizer, shuffle=False)
+    assert len(tokenizer(text).input_ids) <= 77
+    body = text[len("a park with many dogs. "):]
+    kept = [p for p in prompts if p in body]
+    assert body == " ".join(kept) and 0 < len(kept) < len(prompts)
+    longer = f"{text} {prompts[len(kept)]}"
+    assert len(tokenizer(longer).input_ids) > 77  # the next whole prompt would not fit
+
+
+def test_horizontal_flip_names_the_mirrored_block():
+    img = torch.zeros(3, 90, 90, dtype=torch.uint8)
+    t = PositionPromptTransform(size=90, scale=(1.0, 1.0), shuffle=False)
+    t.geometry.transforms[1].p = 1.0  # always flip; the crop keeps the whole (square) image
+    _, text = t(img, "a scene", ["dog", "cat"], [(0, 0, 10, 10), (40, 80, 50, 90)])
+    assert text == "a scene. The dog is in block 3. The cat is in block 8."
+    t.geometry.transforms[1].p = 0.0
+    _, text = t(img, "a scene", ["dog", "cat"], [(0, 0, 10, 10), (40, 80, 50, 90)])
+    assert text == "a scene. The dog is in block 1. The cat is in block 8."
+
+
+def test_a_box_cropped_away_loses_its_prompt():
+    img = torch.zeros(3, 100, 100, dtype=torch.uint8)
+    t = PositionPromptTransform(size=50, shuffle=False, flip=False)
+    t.geometry.transforms[0].make_params = lambda flat: dict(top=0, left=0, height=50, width=50)
+    _, text = t(img, "a scene", ["dog", "cat"], [(5, 5, 20, 20), (70, 70, 90, 90)])
+    assert text == "a scene. The dog is in block 1."
