@@ -1,0 +1,148 @@
+"""BLIP pretraining (ITC + ITM with hard negatives + LM) assembled from transformers' BLIP parts, for
+training with position prompts (Free-ATM §3.3.3; the prompts live in `data/position_prompts.py`).
+
+Attribute names follow the stock classes, so `vision_model`, `text_encoder`, `vision_proj`, `text_proj`
+and `itm_head` load into `BlipForImageTextRetrieval`, and `vision_model` + `text_decoder` into
+`BlipForConditionalGeneration` (`export_stock`). What does not transfer: BLIP's original decoder shares all
+but the self-attention layers with the text encoder; transformers has no such sharing, so here the decoder
+is a separate `BlipTextLMHeadModel` (more parameters, same losses). Momentum encoders and queues are not
+implemented: ITC uses the in-batch negatives with a learned temperature.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BlipConfig, BlipPreTrainedModel
+from transformers.models.blip.modeling_blip import BlipVisionModel
+from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
+from transformers.utils import ModelOutput
+
+
+class BlipATMConfig(BlipConfig):
+    """`BlipConfig` plus the pretraining settings: `itc_temperature` (initial, 0.07; learned, clamped to
+    [0.001, 0.5]), `enc_token_id` (the [ENC] token that replaces the first token for ITM, as BLIP does;
+    default: keep the first token), loss weights."""
+
+    model_type = "freeatm_blip"
+
+    def __init__(self, itc_temperature: float = 0.07, enc_token_id: int | None = None, itc_weight: float = 1.0,
+                 itm_weight: float = 1.0, lm_weight: float = 1.0, **kwargs):
+        self.itc_temperature, self.enc_token_id = itc_temperature, enc_token_id
+        self.itc_weight, self.itm_weight, self.lm_weight = itc_weight, itm_weight, lm_weight
+        super().__init__(**kwargs)
+
+
+@dataclass
+class BlipATMOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    loss_lm: torch.FloatTensor | None = None
+    sim_i2t: torch.FloatTensor | None = None
+
+
+def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temperature) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE over the batch (pair i is the positive of image i and of text i)."""
+    sim_i2t = image_feat @ text_feat.T / temperature
+    target = torch.arange(len(sim_i2t), device=sim_i2t.device)
+    return (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_i2t.T, target)) / 2, sim_i2t
+
+
+def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | None = None):
+    """BLIP's hard negatives: for each text an image, for each image a text, drawn in proportion to
+    softmax(similarity) with the positive pair's weight set to zero, so the positive is never drawn."""
+    with torch.no_grad():
+        w_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-5
+        w_t2i = F.softmax(sim_i2t.float().T, dim=1) + 1e-5
+        w_i2t.fill_diagonal_(0)
+        w_t2i.fill_diagonal_(0)
+        neg_image_for_text = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
+        neg_text_for_image = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
+    return neg_image_for_text, neg_text_for_image
+
+
+class BlipATMModel(BlipPreTrainedModel):
+    config_class = BlipATMConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: BlipATMConfig):
+        super().__init__(config)
+        self.vision_model = BlipVisionModel(config.vision_config)
+        self.text_encoder = BlipTextModel(config.text_config, add_pooling_layer=False)
+        self.text_decoder = BlipTextLMHeadModel(config.text_config)
+        self.vision_proj = nn.Linear(config.vision_config.hidden_size, config.image_text_hidden_size)
+        self.text_proj = nn.Linear(config.text_config.hidden_size, config.image_text_hidden_size)
+        self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(float(config.itc_temperature)))
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:
+            with torch.no_grad():
+                self.temp.fill_(self.config.itc_temperature)
+
+    # -- the pieces, computed exactly as the stock BlipForImageTextRetrieval does ---------------------------
+    def image_embeds(self, pixel_values):
+        return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def itc_features(self, image_embeds, input_ids, attention_mask):
+        text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1), F.normalize(self.text_proj(text[:, 0]), dim=-1)
+
+    def itm_logits(self, image_embeds, input_ids, attention_mask):
+        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds,
+                                encoder_attention_mask=atts).last_hidden_state
+        return self.itm_head(out[:, 0])
+
+    def forward(self, pixel_values, input_ids, attention_mask=None, return_loss: bool = True, **kwargs) -> BlipATMOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+        image_embeds = self.image_embeds(pixel_values)
+        image_feat, text_feat = self.itc_features(image_embeds, input_ids, attention_mask)
+        loss_itc, sim_i2t = itc_loss(image_feat, text_feat, self.temp)
+
+        itm_ids = input_ids.clone()
+        if self.config.enc_token_id is not None:
+            itm_ids[:, 0] = self.config.enc_token_id
+        b = len(input_ids)
+        neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach())
+        images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds])
+        ids = torch.cat([itm_ids, itm_ids, itm_ids[neg_txt]])
+        masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]])
+        logits = self.itm_logits(images, ids, masks)
+        labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+        loss_itm = F.cross_entropy(logits, labels)
+
+        dec_ids = input_ids.clone()
+        dec_ids[:, 0] = self.config.text_config.bos_token_id
+        lm_labels = dec_ids.masked_fill(dec_ids == self.config.text_config.pad_token_id, -100)
+        lm_labels = lm_labels.masked_fill(attention_mask == 0, -100)
+        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        loss_lm = self.text_decoder(input_ids=dec_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds,
+                                    encoder_attention_mask=atts, labels=lm_labels, reduction="mean").loss
+        c = self.config
+        loss = c.itc_weight * loss_itc + c.itm_weight * loss_itm + c.lm_weight * loss_lm
+        return BlipATMOutput(loss=loss, loss_itc=loss_itc.detach(), loss_itm=loss_itm.detach(),
+                             loss_lm=loss_lm.detach(), sim_i2t=sim_i2t.detach())
+
+
+def export_stock(model: BlipATMModel, folder, kind: str = "retrieval"):
+    """Save the matching parts as a stock `BlipForImageTextRetrieval` (kind="retrieval") or
+    `BlipForConditionalGeneration` (kind="captioning") folder."""
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval
+
+    cfg = BlipConfig(vision_config=model.config.vision_config.to_dict(), text_config=model.config.text_config.to_dict(),
+                     projection_dim=model.config.projection_dim, image_text_hidden_size=model.config.image_text_hidden_size)
+    stock = (BlipForImageTextRetrieval if kind == "retrieval" else BlipForConditionalGeneration)(cfg)
+    state = {k: v for k, v in model.state_dict().items() if k in stock.state_dict()}
+    missing, _ = stock.load_state_dict(state, strict=False)
+    if missing:
+        raise RuntimeError(f"stock {type(stock).__name__} parts missing from the checkpoint: {missing[:5]}")
+    stock.save_pretrained(folder)
+    return folder

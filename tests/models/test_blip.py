@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from freeatm_hf.models.blip import BlipATMConfig, BlipATMModel, export_stock, itc_loss, sample_hard_negatives
+
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=8)
+TEXT = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            encoder_hidden_size=32, max_position_embeddings=40, bos_token_id=1, pad_token_id=0, sep_token_id=2)
+
+
+def tiny():
+    torch.manual_seed(0)
+    return BlipATMModel(BlipATMConfig(vision_config=VISION, text_config=TEXT, image_text_hidden_size=16,
+                                      enc_token_id=3))
+
+
+def test_itc_loss_against_a_per_sample_reference():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    t = 0.07
+    ref = 0.0
+    for i in range(5):  # −log p(text_i | image_i) and −log p(image_i | text_i), written out
+        si = [float(img[i] @ txt[j]) / t for j in range(5)]
+        st = [float(img[j] @ txt[i]) / t for j in range(5)]
+        ref += (-(si[i] - math.log(sum(math.exp(v) for v in si))) - (st[i] - math.log(sum(math.exp(v) for v in st)))) / 2
+    loss, sim = itc_loss(img, txt, t)
+    assert loss.item() == pytest.approx(ref / 5, rel=1e-5)
+    assert sim.shape == (5, 5)
+
+
+def test_hard_negatives_never_pick_the_positive_and_prefer_similar_pairs():
+    torch.manual_seed(0)
+    sim = torch.randn(6, 6) + 20 * torch.eye(6)  # the positive is by far the most similar
+    sim[0, 1] = sim[1, 0] = 15.0  # pair (0, 1) is confusable
+    g = torch.Generator().manual_seed(0)
+    picks_img, picks_txt = [], []
+    for _ in range(300):
+        ni, nt = sample_hard_negatives(sim, generator=g)
+        assert (ni != torch.arange(6)).all() and (nt != torch.arange(6)).all()
+        picks_img.append(ni)
+        picks_txt.append(nt)
+    assert (torch.stack(picks_img)[:, 0] == 1).float().mean() > 0.95  # the hard negative of text 0 is image 1
+
+
+def test_weights_round_trip_into_stock_blip_retrieval_with_the_same_scores(tmp_path):
+    from transformers import BlipForImageTextRetrieval
+
+    model = tiny().eval()
+    export_stock(model, tmp_path)
+    stock = BlipForImageTextRetrieval.from_pretrained(tmp_path).eval()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    ids[:, 0] = 1
+    ones = torch.ones_like(ids)
+    with torch.no_grad():
+        emb = model.image_embeds(x)
+        torch.testing.assert_close(stock(input_ids=ids, pixel_values=x, use_itm_head=True).itm_score,
+                                   model.itm_logits(emb, ids, ones))
+        i, t = model.itc_features(emb, ids, ones)
+        torch.testing.assert_close(stock(input_ids=ids, pixel_values=x, use_itm_head=False).itm_score, i @ t.T)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    from transformers import AutoModel
+
+    import freeatm_hf.models  # noqa: F401
+
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is BlipATMModel
+    for (n, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_a_few_cpu_trainer_steps_reduce_each_loss(tmp_path):
+    from datasets import Dataset
+
+    from freeatm_hf.train.blip import BlipTrainer
+
+    torch.manual_seed(0)
+    n = 8
+    images = torch.rand(n, 3, 32, 32)
+    ids = torch.randint(4, 120, (n, 12))
+    ids[:, 0] = 1
+    ds = Dataset.from_dict({"pixel_values": images.tolist(), "input_ids": ids.tolist()}).with_format("torch")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=40, learning_rate=1e-3,
+                             logging_steps=5, save_strategy="no", report_to="none", use_cpu=True, seed=0)
+    trainer = BlipTrainer(model=tiny(), args=args, train_dataset=ds)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss_itc" in h]
+    for part in ("loss_itc", "loss_itm", "loss_lm"):
+        assert logs[-1][part] < logs[0][part], part
