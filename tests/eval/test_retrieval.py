@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from freeatm_hf.eval.metrics import load_metric
+
+
+def test_recall_at_k_against_a_hand_computed_matrix():
+    # 3 images, 4 texts: texts 0, 1 → image 0; text 2 → image 1; text 3 → image 2.
+    sim = [[0.9, 0.1, 0.5, 0.0],   # image 0: best text 0 (a hit at rank 1)
+           [0.8, 0.2, 0.3, 0.1],   # image 1: its text 2 ranks 2nd → miss at 1, hit at 5
+           [0.1, 0.2, 0.3, 0.4]]   # image 2: its text 3 ranks 1st
+    r = load_metric("retrieval_recall").compute(predictions=sim, references=[[0, 1], [2], [3]],
+                                                text_to_image=[0, 0, 1, 2], ks=(1, 2))
+    assert r["tr@1"] == pytest.approx(200 / 3) and r["tr@2"] == 100.0
+    # Texts → images (columns): text 0 → image 0 first ✓; text 1 → image 0 has its lowest score ✗;
+    # text 2 → image 0 scores 0.5 above image 1's 0.3 ✗; text 3 → image 2 first ✓.
+    assert r["ir@1"] == 50.0
+
+
+def test_shape_mismatch_is_named():
+    with pytest.raises(ValueError, match="does not match"):
+        load_metric("retrieval_recall").compute(predictions=[[0.1, 0.2]], references=[[0]], text_to_image=[0])
+
+
+def test_blip_protocol_runs_and_reranks_only_the_top_k():
+    from freeatm_hf.eval.retrieval import recall_at_k, retrieval_scores
+    from tests.models.test_blip import tiny
+
+    model = tiny().eval()
+    x, ids = torch.randn(4, 3, 32, 32), torch.randint(4, 120, (6, 9))
+    i2t, t2i = retrieval_scores(model, x, ids, k_test=2)
+    assert i2t.shape == (4, 6) and t2i.shape == (6, 4)
+    assert ((i2t > -100).sum(1) == 2).all() and ((t2i > -100).sum(1) == 2).all()
+    r = recall_at_k(i2t, t2i, text_to_image=[0, 0, 1, 2, 3, 3])
+    assert set(r) >= {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}
+    assert all(0 <= v <= 100 for v in r.values())
