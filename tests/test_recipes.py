@@ -22,11 +22,12 @@ def test_accelerate_configs_load(path):
 
 
 @pytest.mark.parametrize("path", [RECIPES / n for n in ("simclr_atm.yaml", "moco_atm.yaml", "contrastive_cpu_smoke.yaml",
-                                                         "mae_atm.yaml", "mae_cpu_smoke.yaml")], ids=lambda p: p.name)
+                                                         "mae_atm.yaml", "mae_cpu_smoke.yaml", "blip_atm.yaml",
+                                                         "blip_cpu_smoke.yaml")], ids=lambda p: p.name)
 def test_training_recipes_parse(path):
     from freeatm_hf.train.cli import parse
 
-    method = next(m for m in ("moco", "mae", "simclr") if m in path.name) if "contrastive" not in path.name else "simclr"
+    method = next((m for m in ("moco", "mae", "blip", "simclr") if m in path.name), "simclr")
     # bf16 is refused without a GPU, so the check overrides it (overrides after a recipe are the CLI contract).
     args, targs = parse(method, [str(path), "--bf16", "false"])
     assert args.dataset and targs.output_dir
@@ -46,3 +47,13 @@ def test_mae_cpu_smoke_recipe_runs(tmp_path):
     trainer = main(["mae", str(RECIPES / "mae_cpu_smoke.yaml"), "--output_dir", str(tmp_path), "--num_train_epochs", "1",
                     "--dataset", str(RECIPES.parent / "spaces" / "mask_viewer" / "example_dataset")])
     assert trainer.state.global_step == 1 and (tmp_path / "model.safetensors").is_file()
+
+
+def test_blip_cpu_smoke_recipe_runs_with_position_prompts(tmp_path):
+    from freeatm_hf.train.cli import main
+
+    trainer = main(["blip", str(RECIPES / "blip_cpu_smoke.yaml"), "--output_dir", str(tmp_path),
+                    "--dataset", str(RECIPES.parent / "spaces" / "mask_viewer" / "example_dataset")])
+    logs = [h for h in trainer.state.log_history if "loss_itm" in h]
+    assert trainer.state.global_step == 4 and len(logs) == 4
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer_config.json").is_file()

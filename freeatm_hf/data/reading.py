@@ -10,21 +10,26 @@ def _load(source: str, split: str, streaming: bool):
     return load_dataset(source, split=split, streaming=streaming)
 
 
-def as_image_objects(ds, image_column: str = "image"):
-    """Keep `image` and `objects`; a dataset without `objects` (real data) gets an empty list per row."""
+def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt"):
+    """Keep `image`, `objects` and `prompt` (the caption); a dataset without `objects` (real data) gets an empty
+    list per row, one without text an empty caption."""
     cols = ds.column_names or list(ds.features)
     if image_column not in cols:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {cols})")
     if image_column != "image":
         ds = ds.rename_column(image_column, "image")
-    if "objects" in cols:
-        return ds.select_columns(["image", "objects"])
-    return ds.select_columns(["image"]).map(lambda row: {"objects": []})
+    if text_column in cols and text_column != "prompt":
+        ds = ds.rename_column(text_column, "prompt")
+    keep = ["image"] + [c for c in ("objects", "prompt") if c in (ds.column_names or cols) or
+                        (c == "prompt" and text_column in cols)]
+    ds = ds.select_columns(keep)
+    missing = {c: [] if c == "objects" else "" for c in ("objects", "prompt") if c not in keep}
+    return ds.map(lambda row: missing) if missing else ds
 
 
 def pretraining_dataset(synthetic: str | None = None, real: str | None = None, mode: str = "synthetic",
                         mix_ratio: float = 0.5, split: str = "train", streaming: bool = False, seed: int = 0,
-                        real_image_column: str = "image") -> Dataset | IterableDataset:
+                        real_image_column: str = "image", real_text_column: str = "caption") -> Dataset | IterableDataset:
     """`mode="mix"` interleaves the two with `mix_ratio` the share of real rows (until the smaller ends)."""
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, got {mode!r}")
@@ -36,11 +41,11 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
     if mode in ("real", "mix"):
         if not real:
             raise ValueError(f"data mode {mode!r} needs a real dataset")
-        parts.append(as_image_objects(_load(real, split, streaming), real_image_column))
+        parts.append(as_image_objects(_load(real, split, streaming), real_image_column, real_text_column))
     if len(parts) == 1:
         return parts[0]
     if not streaming:
-        # Align the `objects` feature of the real part (an empty list) with the synthetic one.
-        parts[1] = parts[1].cast_column("objects", parts[0].features["objects"])
+        # Align the features of the real part (empty objects, maybe empty captions) with the synthetic one.
+        parts[1] = parts[1].cast(parts[0].features)
     return interleave_datasets(parts, probabilities=[1 - mix_ratio, mix_ratio], seed=seed,
                                stopping_strategy="first_exhausted")

@@ -10,6 +10,7 @@ class DataArguments:
     data_mode: str = field(default="synthetic", metadata={"help": "synthetic, real or mix."})
     mix_ratio: float = field(default=0.5, metadata={"help": "Share of real rows in 'mix'."})
     real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
+    real_text_column: str = field(default="caption", metadata={"help": "Caption column of the real dataset (BLIP)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the datasets (needs --max_steps)."})
 
     def data_info(self, ds) -> dict:
@@ -21,7 +22,8 @@ class DataArguments:
         from ..data.reading import pretraining_dataset
 
         return pretraining_dataset(self.dataset, self.real_dataset, self.data_mode, self.mix_ratio,
-                                   streaming=self.streaming, seed=seed, real_image_column=self.real_image_column)
+                                   streaming=self.streaming, seed=seed, real_image_column=self.real_image_column,
+                                   real_text_column=self.real_text_column)
 
 
 def training_info(training_args) -> dict:

@@ -1,6 +1,15 @@
-"""Training pieces for BLIP with position prompts: a Trainer that logs ITC, ITM and LM separately."""
+"""freeatm train blip: BLIP pretraining (ITC + ITM + LM) with position prompts or plain captions.
 
+    freeatm train blip --dataset outputs/scenes --output_dir outputs/blip-atm --init_from <BLIP folder>
+    freeatm train blip recipes/blip_cpu_smoke.yaml                         # from scratch, tiny, CPU
+"""
+
+from dataclasses import dataclass, field
+
+import torch
 from transformers import Trainer
+
+from .arguments import DataArguments
 
 
 class BlipTrainer(Trainer):
@@ -21,3 +30,96 @@ class BlipTrainer(Trainer):
             logs = {**logs, **{k: sum(v) / len(v) for k, v in self._parts.items()}}
             self._parts = {}
         super().log(logs, *args, **kwargs)
+
+
+BLIP_SIZES = {
+    "tiny": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8),
+             dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)),
+    "base": (dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16),
+             dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)),
+}
+
+
+@dataclass
+class BlipArguments(DataArguments):
+    prompts: str = field(default="position", metadata={"help": "position (Free-ATM) or none (baseline)."})
+    grid: int = field(default=3, metadata={"help": "Position grid side N (blocks 1..N², row-major)."})
+    shuffle_prompts: bool = field(default=True, metadata={"help": "Shuffle the position prompts per sample."})
+    init_from: str | None = field(default=None, metadata={
+        "help": "A BLIP checkpoint folder (Salesforce/blip-... layout) to start from; its tokenizer is used."})
+    model_size: str = field(default="base", metadata={"help": "From scratch: base (ViT-B/16 + BERT-base) or tiny."})
+    image_size: int = field(default=224, metadata={"help": "Input side."})
+    max_length: int = field(default=72, metadata={"help": "Text tokens (captions are cut by whole prompts)."})
+    crop_scale_min: float = field(default=0.5, metadata={"help": "RandomResizedCrop scale lower bound."})
+
+
+def build_blip(args: BlipArguments):
+    """(model, tokenizer): from a BLIP checkpoint folder, or from scratch with the offline CLIP BPE tokenizer."""
+    from ..models.blip import BlipATMConfig, BlipATMModel
+
+    if args.init_from:
+        from transformers import AutoTokenizer, BlipConfig
+
+        tok = AutoTokenizer.from_pretrained(args.init_from)
+        base = BlipConfig.from_pretrained(args.init_from)
+        cfg = BlipATMConfig(vision_config=base.vision_config.to_dict(), text_config=base.text_config.to_dict(),
+                            image_text_hidden_size=base.image_text_hidden_size,
+                            enc_token_id=getattr(tok, "enc_token_id", None))
+        model = BlipATMModel.from_pretrained(args.init_from, config=cfg)
+        return model, tok
+    from ..generate.clip_vocab import load_tokenizer
+
+    tok = load_tokenizer(model_max_length=args.max_length)
+    vision, text = BLIP_SIZES[args.model_size]
+    cfg = BlipATMConfig(
+        vision_config={**vision, "image_size": args.image_size},
+        text_config={**text, "vocab_size": len(tok), "encoder_hidden_size": vision["hidden_size"],
+                     "max_position_embeddings": args.max_length, "bos_token_id": tok.bos_token_id,
+                     "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id},
+        image_text_hidden_size=256 if args.model_size == "base" else 16,
+    )
+    return BlipATMModel(cfg), tok
+
+
+def make_transform(args: BlipArguments, tokenizer):
+    from torchvision.transforms import v2
+
+    from ..data.position_prompts import PositionPromptTransform
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    geo = PositionPromptTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), grid=args.grid,
+                                  tokenizer=tokenizer, max_length=args.max_length, shuffle=args.shuffle_prompts)
+    finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def transform(batch):
+        pixels, texts = [], []
+        for image, prompt, objects in zip(batch["image"], batch["prompt"], batch["objects"]):
+            objects = objects or []
+            names = [o["name"] for o in objects] if args.prompts == "position" else []
+            boxes = [o["bbox"] for o in objects] if args.prompts == "position" else []
+            img, text = geo(image, prompt, names, boxes)
+            pixels.append(finish(img))
+            texts.append(text)
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
+        return {"pixel_values": pixels, "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
+
+    return transform
+
+
+def train(args: BlipArguments, training_args):
+    from transformers import set_seed
+
+    if args.prompts not in ("position", "none"):
+        raise ValueError(f"prompts must be 'position' or 'none', got {args.prompts!r}")
+    ds = args.load(seed=training_args.seed)
+    set_seed(training_args.seed)
+    model, tok = build_blip(args)
+    ds = ds.with_transform(make_transform(args, tok))
+    training_args.remove_unused_columns = False
+    trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    tok.save_pretrained(training_args.output_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    return trainer

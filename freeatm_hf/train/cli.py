@@ -8,7 +8,7 @@
 
 import sys
 
-METHODS = ("simclr", "moco", "mae")
+METHODS = ("simclr", "moco", "mae", "blip")
 
 
 def parse(method: str, argv: list[str]):
@@ -20,6 +20,8 @@ def parse(method: str, argv: list[str]):
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "mae":
         from .mae import MAEArguments as Arguments
+    elif method == "blip":
+        from .blip import BlipArguments as Arguments
     else:
         from .contrastive import ContrastiveArguments as Arguments
     parser = HfArgumentParser((Arguments, TrainingArguments), prog=f"freeatm train {method}")
@@ -44,10 +46,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     method = argv[0]
     args, training_args = parse(method, argv[1:])
-    if method == "mae":
-        from .mae import train as train_mae
+    if method in ("mae", "blip"):
+        from importlib import import_module
 
-        return train_mae(args, training_args)
+        return import_module(f".{method}", __package__).train(args, training_args)
     from .contrastive import train
 
     return train(method, args, training_args)

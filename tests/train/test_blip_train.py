@@ -1,0 +1,16 @@
+from freeatm_hf.spaces import space_dir
+from freeatm_hf.train.blip import BlipArguments, build_blip, make_transform
+
+
+def test_training_text_carries_position_prompts_or_not():
+    from datasets import load_dataset
+
+    row = load_dataset(str(space_dir() / "example_dataset"), split="train")[:1]
+    for prompts, expect in (("position", True), ("none", False)):
+        args = BlipArguments(prompts=prompts, model_size="tiny", image_size=32, max_length=48, crop_scale_min=1.0)
+        _, tok = build_blip(args)
+        out = make_transform(args, tok)({"image": row["image"], "prompt": row["prompt"], "objects": row["objects"]})
+        text = tok.decode(out["input_ids"][0], skip_special_tokens=True)
+        assert out["pixel_values"][0].shape == (3, 32, 32)
+        assert text.startswith(row["prompt"][0].lower())
+        assert ("is in block" in text) is expect
