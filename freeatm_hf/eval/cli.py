@@ -2,6 +2,7 @@
 
     freeatm eval masks --pipeline shapes --num_scenes 200 --output outputs/mask_eval.json [--sweep]
     freeatm eval knn --model outputs/simclr-atm --dataset <id or folder> --train_split train --test_split test
+    freeatm eval retrieval --model outputs/blip-atm --dataset <image-caption id or folder> --split test
 """
 
 import argparse
@@ -39,13 +40,62 @@ def make_parser():
     k.add_argument("--batch_size", type=int, default=256)
     k.add_argument("--no_linear_probe", action="store_true")
     k.add_argument("--device", default=None)
+
+    r = sub.add_parser("retrieval", help="image-text retrieval TR/IR@1/5/10 (BLIP protocol: ITC rank, ITM re-rank)")
+    r.add_argument("--model", required=True, help="a freeatm BLIP checkpoint folder (with its tokenizer)")
+    r.add_argument("--dataset", required=True, help="load_dataset id or folder with an image and a caption column")
+    r.add_argument("--split", default="test")
+    r.add_argument("--image_column", default="image")
+    r.add_argument("--caption_column", default="caption", help="a string, or a list of strings per image")
+    r.add_argument("--k_test", type=int, default=128, help="ITC top-k re-ranked by ITM (BLIP: 256 COCO, 128 Flickr)")
+    r.add_argument("--image_size", type=int, default=None, help="default: the model's")
+    r.add_argument("--max_length", type=int, default=35)
+    r.add_argument("--batch_size", type=int, default=64)
+    r.add_argument("--device", default=None)
+    r.add_argument("--output", default=None, help="write the results JSON here")
     return p
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    return {"masks": main_masks, "knn": main_knn}[args.what](args)
+    return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval}[args.what](args)
+
+
+def main_retrieval(args):
+    import torch
+    from datasets import load_dataset
+    from torchvision.transforms import v2
+    from transformers import AutoModel, AutoTokenizer
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .retrieval import recall_at_k, retrieval_scores
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModel.from_pretrained(args.model).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(args.model)
+    size = args.image_size or model.config.vision_config.image_size
+    ds = load_dataset(args.dataset, split=args.split)
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    pixels, texts, text_to_image = [], [], []
+    for i, row in enumerate(ds):
+        pixels.append(tf(row[args.image_column].convert("RGB")))
+        caps = row[args.caption_column]
+        for c in [caps] if isinstance(caps, str) else caps:
+            texts.append(c)
+            text_to_image.append(i)
+    enc = tok(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
+    i2t, t2i = retrieval_scores(model, torch.stack(pixels), enc.input_ids, enc.attention_mask, args.k_test,
+                                args.batch_size)
+    result = {"dataset": args.dataset, "split": args.split, "images": len(pixels), "texts": len(texts),
+              "k_test": args.k_test, **recall_at_k(i2t, t2i, text_to_image)}
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=1))
+    return result
 
 
 def main_knn(args):

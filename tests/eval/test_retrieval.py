@@ -34,3 +34,27 @@ def test_blip_protocol_runs_and_reranks_only_the_top_k():
     r = recall_at_k(i2t, t2i, text_to_image=[0, 0, 1, 2, 3, 3])
     assert set(r) >= {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}
     assert all(0 <= v <= 100 for v in r.values())
+
+
+def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+
+    from freeatm_hf.eval.cli import main as eval_main
+    from freeatm_hf.spaces import space_dir
+    from freeatm_hf.train.cli import main as train_main
+
+    model_dir = tmp_path / "blip"
+    train_main(["blip", str(space_dir().parents[1] / "recipes" / "blip_cpu_smoke.yaml"), "--output_dir", str(model_dir),
+                "--dataset", str(space_dir() / "example_dataset"), "--max_steps", "2"])
+    rows = [{"image": Image.new("RGB", (40, 40), (40 * i, 0, 0)), "caption": [f"a red square number {i}", f"square {i}"]}
+            for i in range(4)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "test-00000-of-00001.parquet"))
+    out = tmp_path / "r.json"
+    r = eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--k_test", "3",
+                   "--device", "cpu", "--output", str(out)])
+    assert r["images"] == 4 and r["texts"] == 8
+    assert all(0 <= r[k] <= 100 for k in ("tr@1", "tr@5", "ir@1", "ir@10"))
+    assert r["tr@10"] == 100.0 and r["ir@10"] == 100.0  # 4 images, 8 texts: everything is within the top 10
+    assert out.is_file()
