@@ -1,0 +1,135 @@
+"""A loopback stand-in for the Hub's upload API, for trying pushes offline (and for tests).
+
+    python -m freeatm_hf.hub.local_hub --root outputs/local_hub --port 8765 &
+    HF_ENDPOINT=http://127.0.0.1:8765 HF_TOKEN=hf_local freeatm push outputs/scenes me/scenes
+
+It answers `create_repo`, the `preupload` and `commit` calls of `upload_folder` (every file declared
+"regular", so contents arrive inline: no LFS or Xet storage) and the card's YAML validation, and writes each
+repo to `ROOT/{models,datasets,spaces}/<repo_id>/`, so what would have been published can be opened
+with the stock loaders (`load_dataset(ROOT/datasets/me/scenes)`). It only listens on loopback.
+"""
+
+import argparse
+import base64
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class LocalHub:
+    def __init__(self, root: str | Path | None = None, port: int = 0):
+        self.root = Path(root) if root else None
+        self.repos: dict[tuple[str, str], dict] = {}
+        self.commits: list[dict] = []
+        self.auth_headers: list[str | None] = []
+        self.validated: list[str] = []
+        self.unknown: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def repo_dir(self, repo_type: str, repo_id: str) -> Path:
+        return self.root / f"{repo_type}s" / repo_id
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _json(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                hub.auth_headers.append(self.headers.get("Authorization"))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    return self._json(200, hub._create(json.loads(body)))
+                if path == "/api/validate-yaml":
+                    return self._json(*hub._validate(json.loads(body)))
+                m = re.fullmatch(r"/api/(model|dataset|space)s/(.+)/(preupload|commit)/(.+)", path)
+                if not m:
+                    hub.unknown.append(f"POST {self.path}")
+                    return self._json(404, {"error": "not found"})
+                repo_type, repo_id, action, _ = m.groups()
+                if (repo_type, repo_id) not in hub.repos:
+                    return self._json(404, {"error": "Repository not found"})
+                if action == "preupload":
+                    files = json.loads(body)["files"]
+                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                      for f in files]})
+                return self._json(200, hub._commit(repo_type, repo_id, body))
+
+            def do_GET(self):
+                hub.unknown.append(f"GET {self.path}")
+                self._json(404, {"error": "not found"})
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    def _create(self, req: dict) -> dict:
+        repo_type = req.get("type") or "model"
+        repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
+        private = req.get("visibility") == "private" or bool(req.get("private"))
+        self.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}, "request": req})
+        return {"url": f"{self.url}/{repo_type}s/{repo_id}", "name": repo_id}
+
+    def _validate(self, req: dict):
+        import yaml
+
+        self.validated.append(req["repoType"])
+        try:
+            meta = yaml.safe_load(req["content"].split("---")[1])
+            assert isinstance(meta, dict)
+        except Exception as e:  # noqa: BLE001 - any parse problem is the caller's error
+            return 400, {"errors": [{"message": f"invalid YAML metadata: {e}"}]}
+        return 200, {"errors": [], "warnings": []}
+
+    def _commit(self, repo_type: str, repo_id: str, body: bytes) -> dict:
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        header = next(x["value"] for x in lines if x["key"] == "header")
+        added = {}
+        for x in lines:
+            if x["key"] == "file":
+                added[x["value"]["path"]] = base64.b64decode(x["value"]["content"])
+            elif x["key"] != "header":
+                self.unknown.append(f"commit op {x['key']}")
+        self.repos[(repo_type, repo_id)]["files"].update(added)
+        if self.root is not None:
+            for rel, data in added.items():
+                dst = self.repo_dir(repo_type, repo_id) / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(data)
+        self.commits.append({"repo": (repo_type, repo_id), "message": header.get("summary"), "files": added})
+        n = len(self.commits)
+        return {"commitUrl": f"{self.url}/{repo_id}/commit/{n:040d}", "commitOid": f"{n:040d}", "pullRequestUrl": None}
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Serve a loopback Hub that writes pushed repos to a folder.")
+    p.add_argument("--root", required=True)
+    p.add_argument("--port", type=int, default=8765)
+    args = p.parse_args(argv)
+    hub = LocalHub(args.root, args.port)
+    print(hub.url, flush=True)
+    hub.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

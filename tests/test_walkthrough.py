@@ -1,0 +1,24 @@
+"""recipes/shapes_end_to_end.sh runs from a clean folder: generate → pretrain → evaluate → cards → push →
+the Space opens the published dataset."""
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_walkthrough_script(tmp_path):
+    out = tmp_path / "e2e"
+    res = subprocess.run(["bash", str(ROOT / "recipes" / "shapes_end_to_end.sh"), str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Space: row 0 of" in res.stdout and "Traceback" not in res.stderr
+    hub = out / "hub"
+    assert (hub / "datasets" / "me" / "shapes-scenes" / "README.md").is_file()
+    assert sorted(p.name for p in (hub / "datasets" / "me" / "shapes-scenes" / "data").iterdir()) == [
+        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    for name in ("simclr-atm", "mae-atm"):
+        card = (hub / "models" / "me" / name / "README.md").read_text()
+        assert "model-index" in card and "knn20_top1" in card and "linear_probe_top1" in card
+        assert (hub / "models" / "me" / name / "model.safetensors").is_file()
+    assert "hf_local_walkthrough" not in res.stdout + res.stderr
