@@ -4,6 +4,7 @@
     export_timm(SimCLRModel.from_pretrained("outputs/simclr-atm"), "outputs/simclr-atm-timm")
     # anywhere, without freeatm_hf:
     timm.create_model("local-dir:outputs/simclr-atm-timm", pretrained=True, num_classes=0)   # or hf-hub:user/repo
+    export_torchvision(model, "outputs/simclr-atm-r50.pth")       # torchvision.models.resnet50 state dict
 """
 
 from pathlib import Path
@@ -28,3 +29,18 @@ def export_timm(model, folder: str | Path, image_size: int = 224, notes: str | N
     if notes:
         (folder / "NOTES.md").write_text(notes)
     return folder
+
+
+def export_torchvision(model, path: str | Path) -> Path:
+    """Save the backbone as a torchvision ResNet state dict (`torchvision.models.resnet50().load_state_dict`),
+    the form detection code (Mask R-CNN, Detectron-style converters) expects. timm's ResNet names its layers
+    like torchvision's; the classifier (`fc`) is absent, so load with `strict=False` or drop `fc` first."""
+    import torch
+
+    arch = model.config.backbone
+    if not arch.startswith(("resnet", "wide_resnet", "resnext")):
+        raise ValueError(f"torchvision export is for ResNet-family backbones, not {arch!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, path)
+    return path

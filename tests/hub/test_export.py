@@ -40,3 +40,24 @@ def test_timm_export_gives_the_training_encoders_features(method, tmp_path):
     with torch.no_grad():
         expected = model.backbone.forward_features(x)
     assert (torch.load(tmp_path / "y.pt") - expected).abs().max().item() < 1e-5
+
+
+def test_torchvision_export_loads_into_resnet_with_the_same_features(tmp_path):
+    import torchvision
+
+    from freeatm_hf.hub.export import export_torchvision
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    torch.manual_seed(0)
+    model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8)).eval()
+    path = export_torchvision(model, tmp_path / "r18.pth")
+    tv = torchvision.models.resnet18()
+    missing, unexpected = tv.load_state_dict(torch.load(path), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.backbone.forward_features(x).mean((2, 3))
+        assert (tv.eval()(x) - expected).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="ResNet-family"):
+        export_torchvision(SimCLRModel(SimCLRConfig(backbone="test_convnext", proj_hidden_dim=8, proj_dim=4)), tmp_path / "x")
