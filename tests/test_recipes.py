@@ -57,3 +57,5 @@ def test_blip_cpu_smoke_recipe_runs_with_position_prompts(tmp_path):
     logs = [h for h in trainer.state.log_history if "loss_itm" in h]
     assert trainer.state.global_step == 4 and len(logs) == 4
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer_config.json").is_file()
+    card = (tmp_path / "README.md").read_text()
+    assert "- blip" in card and "- attention-masks" in card and "block [P]" in card

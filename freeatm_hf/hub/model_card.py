@@ -8,6 +8,13 @@ RESULTS_FILE = "eval_results.json"
 CARD_INFO_FILE = "card_info.json"  # the data and training facts, kept so that `freeatm eval` can refresh the card
 
 USAGE = {
+    "blip": """```python
+import freeatm_hf.models  # registers the Auto classes
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{repo}")
+# Stock transformers, no freeatm_hf: freeatm_hf.models.blip.export_stock(model, "folder") writes a
+# BlipForImageTextRetrieval (kind="retrieval") or BlipForConditionalGeneration (kind="captioning") folder.
+```""",
     "cnn": """```python
 # With freeatm_hf:
 import freeatm_hf.models  # registers the Auto classes
@@ -31,6 +38,9 @@ DESCRIPTIONS = {
                          "(Eq. 2) and instances are contrasted (Eq. 3, NT-Xent), or whole images for the baseline."),
     "moco": ("MoCo-v2", "Query/key encoders (EMA key encoder), a queue of instance keys, InfoNCE over instances "
                         "(attention pooling) or images (baseline)."),
+    "blip": ("BLIP", "Vision-language pretraining with image-text contrast (ITC), matching on hard negatives (ITM) "
+                     "and captioning (LM); with position prompts, each object with a box adds \"The [O] is in block "
+                     "[P].\" (3×3 grid, blocks 1-9 row-major) to the caption, computed after augmentation."),
     "mae": ("MAE", "Masked autoencoding (ViT, 75 % masking, norm-pix loss); a share β of the masked patches, growing "
                    "linearly to β_max, is chosen by the highest attention score, the rest at random."),
 }
@@ -75,7 +85,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
                                metric_type=r["metric"], metric_value=r["value"]) for r in results]
     card_data = ModelCardData(
         library_name="freeatm_hf", license="apache-2.0", pipeline_tag="image-feature-extraction",
-        tags=["freeatm", method, "self-supervised", "attention-masks" if _guided(config) else "baseline"],
+        tags=["freeatm", method, "self-supervised", "attention-masks" if _guided(config, data) else "baseline"],
         datasets=[d for d in (data.get("dataset"), data.get("real_dataset")) if d],
         model_name=name if eval_results else None, eval_results=eval_results or None,
     )
@@ -84,17 +94,19 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     hyper.update({k: getattr(v, "value", v) for k, v in (training or {}).items() if v is not None})
     card = ModelCard.from_template(
         card_data, template_path=str(template_path("model_card.md")), model_name=name, method_title=title,
-        method_description=description, pooling=getattr(config, "pooling", None), guided=_guided(config),
+        method_description=description, pooling=getattr(config, "pooling", None), guided=_guided(config, data),
         hyperparameters=hyper, data_mode=data.get("data_mode", "synthetic"),
         data_description=_data_text(data), results=results,
-        usage=USAGE["vit" if method == "mae" else "cnn"].format(repo=repo_id or "<user>/<repo>"),
+        usage=USAGE.get({"mae": "vit", "blip": "blip"}.get(method, "cnn")).format(repo=repo_id or "<user>/<repo>"),
     )
     card.save(str(folder / "README.md"))
     return card
 
 
-def _guided(config) -> bool:
-    return getattr(config, "pooling", None) == "attention" or bool(getattr(config, "beta_max", 0))
+def _guided(config, data: dict | None = None) -> bool:
+    """Whether the masks were used: attention pooling, attention-guided MAE masking, or position prompts."""
+    return (getattr(config, "pooling", None) == "attention" or bool(getattr(config, "beta_max", 0))
+            or (data or {}).get("prompts") == "position")
 
 
 def _data_text(data: dict) -> str:

@@ -31,3 +31,17 @@ def training_info(training_args) -> dict:
     keys = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_steps",
             "lr_scheduler_type", "seed", "bf16")
     return {**{k: getattr(training_args, k) for k in keys}, "world_size": training_args.world_size}
+
+
+def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):
+    """Train (resuming if asked), save the model, write its card (main process), log and save the metrics."""
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    if card and trainer.is_world_process_zero():
+        from ..hub.model_card import write_model_card
+
+        write_model_card(training_args.output_dir, trainer.model.config, data=args.data_info(ds),
+                         training=training_info(training_args))
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    return trainer

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer
 
-from .arguments import DataArguments
+from .arguments import DataArguments, fit_and_save
 
 
 class BlipTrainer(Trainer):
@@ -51,6 +51,9 @@ class BlipArguments(DataArguments):
     image_size: int = field(default=224, metadata={"help": "Input side."})
     max_length: int = field(default=72, metadata={"help": "Text tokens (captions are cut by whole prompts)."})
     crop_scale_min: float = field(default=0.5, metadata={"help": "RandomResizedCrop scale lower bound."})
+
+    def data_info(self, ds) -> dict:
+        return {**super().data_info(ds), "prompts": self.prompts, "grid": self.grid}
 
 
 def build_blip(args: BlipArguments):
@@ -117,9 +120,5 @@ def train(args: BlipArguments, training_args):
     ds = ds.with_transform(make_transform(args, tok))
     training_args.remove_unused_columns = False
     trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
     tok.save_pretrained(training_args.output_dir)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    return trainer
+    return fit_and_save(trainer, args, ds, training_args)

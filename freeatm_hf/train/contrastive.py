@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .arguments import DataArguments, training_info
+from .arguments import DataArguments, fit_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -118,14 +118,5 @@ def train(method: str, args: ContrastiveArguments, training_args):
     trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate_two_views,
                                    optimizers=(optimizer, None), callbacks=callbacks,
                                    gpu_photometric=args.gpu_photometric, image_size=args.image_size)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        from ..hub.model_card import write_model_card
-
-        write_model_card(training_args.output_dir, trainer.model.config, data=args.data_info(ds),
-                         training=training_info(training_args))
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    return trainer
+    return fit_and_save(trainer, args, ds, training_args)
 

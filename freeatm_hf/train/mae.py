@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .arguments import DataArguments, training_info
+from .arguments import DataArguments, fit_and_save
 
 
 @dataclass
@@ -112,13 +112,4 @@ def train(args: MAEArguments, training_args):
     callbacks = [BetaScheduleCallback(args.beta_max if args.guided else 0.0)]
     trainer = MAETrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate,
                          callbacks=callbacks)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if trainer.is_world_process_zero():
-        from ..hub.model_card import write_model_card
-
-        write_model_card(training_args.output_dir, trainer.model.config, data=args.data_info(ds),
-                         training=training_info(training_args))
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    return trainer
+    return fit_and_save(trainer, args, ds, training_args)
