@@ -93,7 +93,14 @@ class AttentionStore:
         if attention_mask is not None:
             logits = logits + attention_mask[n - b :].view(b, 1, -1, key.shape[1]).float()
         probs = logits.softmax(-1).mean(1)  # (b, N, L)
-        selected = probs.gather(-1, self.token_index[:, None, :].expand(b, length, self.num_tokens))
+        self.add_selected(factor, probs.gather(-1, self.token_index[:, None, :].expand(b, length, self.num_tokens)))
+
+    def add_selected(self, factor: int, selected: torch.Tensor):
+        """Add already selected, head-averaged probabilities `(batch, N, tokens)` of one layer call."""
+        expected = math.prod(grid_size(self.latent_hw, factor))
+        if selected.shape != (self.batch_size, expected, self.num_tokens):
+            raise RuntimeError(f"selected maps {tuple(selected.shape)} do not fit the store "
+                               f"({self.batch_size}, {expected}, {self.num_tokens}) at factor {factor}")
         self.buffers[factor].add_(selected.transpose(1, 2))
         self.counts[factor] += 1
 

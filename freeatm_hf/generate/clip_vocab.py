@@ -60,3 +60,16 @@ if __name__ == "__main__":
     vocab, merges = build()
     save_vocab(vocab, merges, ASSET_DIR)
     print(f"wrote {len(vocab)} tokens, {len(merges)} merges to {ASSET_DIR}")
+
+
+def load_t5_tokenizer(model_max_length: int = 256):
+    """A T5 (Unigram, sentencepiece-style "▁word") tokenizer made offline from the same vocabulary's whole
+    words plus single characters, for tiny SD3 / Flux pipelines."""
+    from transformers import T5Tokenizer
+
+    words = sorted({t[:-4] for t in json.loads((ASSET_DIR / "vocab.json").read_text())
+                    if t.endswith("</w>") and t[:-4].isalpha()})
+    chars = sorted({c for w in words for c in w} | set("abcdefghijklmnopqrstuvwxyz'-,."))
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in words] + [("▁", -4.0)]
+             + [(c, -8.0) for c in chars])
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

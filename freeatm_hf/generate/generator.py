@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+import dataclasses
+
 from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
+from ..attention.joint import capture_joint
+from ..attention.tokens import ObjectTokens
 from ..masks import DEFAULT_THRESHOLD, MaskResult, mask_from_map
 from ..prompts import Prompt, as_prompt
 
@@ -54,19 +58,52 @@ class FreeATMGenerator:
     """
 
     def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str = DEFAULT_THRESHOLD):
-        if getattr(pipe, "unet", None) is None:
-            raise TypeError(f"{type(pipe).__name__} has no `unet`: only UNet pipelines (SD 1.x/2.x, SDXL) are supported")
+        if getattr(pipe, "unet", None) is not None:
+            self.kind = "unet"
+        elif getattr(pipe, "transformer", None) is not None and hasattr(pipe, "tokenizer_2"):
+            # MM-DiT: Flux orders the joint sequence [text, image], SD3 [image, text].
+            self.kind = "flux" if type(pipe).__name__.startswith("Flux") else "sd3"
+        else:
+            raise TypeError(f"{type(pipe).__name__}: supported are UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT "
+                            "pipelines (SD3, Flux)")
         self.pipe = pipe
-        self.capture = capture or CaptureConfig()
+        capture = capture or CaptureConfig()
+        if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
+            # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
+            capture = dataclasses.replace(capture, down_factors=(2,))
+        self.capture = capture
         self.threshold = threshold
         self.store = AttentionStore(self.capture)
         self._processors: dict = {}  # reused across calls (see capture_unet)
 
     @property
     def default_size(self) -> tuple[int, int]:
-        cfg = self.pipe.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        if self.kind == "unet":
+            cfg = self.pipe.unet.config
+            size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        else:
+            size = self.pipe.default_sample_size
         return size * self.pipe.vae_scale_factor, size * self.pipe.vae_scale_factor
+
+    def object_tokens(self, prompt: Prompt, max_sequence_length: int) -> list[ObjectTokens]:
+        """Token columns of each object in the text sequence the denoiser attends to.
+
+        UNet: CLIP positions. SD3: the CLIP positions (0–76) *and* the T5 positions (77 + i) — the object's map
+        averages both; an object cut from one encoder keeps the other. Flux: T5 positions only (CLIP is pooled).
+        """
+        if self.kind == "unet":
+            return object_token_indices(self.pipe.tokenizer, prompt)
+        if self.kind == "flux":
+            return object_token_indices(self.pipe.tokenizer_2, prompt, max_sequence_length)
+        clip = object_token_indices(self.pipe.tokenizer, prompt)
+        if getattr(self.pipe, "text_encoder_3", None) is None:
+            return clip
+        t5 = object_token_indices(self.pipe.tokenizer_3, prompt, max_sequence_length)
+        merged = []
+        for c, t in zip(clip, t5):
+            idx = (() if c.truncated else c.token_indices) + (() if t.truncated else tuple(77 + i for i in t.token_indices))
+            merged.append(ObjectTokens(c.name, idx, truncated=not idx))
+        return merged
 
     def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float = 7.5,
                  height: int | None = None, width: int | None = None, **pipe_kwargs) -> GenerationOutput:
@@ -80,13 +117,19 @@ class FreeATMGenerator:
             raise ValueError(f"height and width must be multiples of {factor}, got {height}x{width}")
         latent_hw = (height // factor, width // factor)
 
-        tokens = [object_token_indices(self.pipe.tokenizer, p) for p in prompts]
+        max_seq = pipe_kwargs.get("max_sequence_length", 512 if self.kind == "flux" else 256)
+        tokens = [self.object_tokens(p, max_seq) for p in prompts]
         token_index, groups = _token_columns(tokens)
         device = self.pipe._execution_device
         store = self.store
         store.begin(token_index, latent_hw, num_inference_steps, device=device)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        with capture_unet(self.pipe.unet, store, self._processors):
+        if self.kind == "unet":
+            context = capture_unet(self.pipe.unet, store, self._processors)
+        else:
+            context = capture_joint(self.pipe.transformer, store, text_first=self.kind == "flux",
+                                    processors=self._processors)
+        with context:
             images = self.pipe(
                 prompt=[p.text for p in prompts], generator=generators, num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale, height=height, width=width, **pipe_kwargs,

@@ -21,7 +21,8 @@ def default_pipeline() -> str:
 
 
 def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False):
-    """'default' → `default_pipeline()`; 'tiny' → the random tiny SD built in code; 'shapes' → the trained
+    """'default' → `default_pipeline()`; 'tiny' (or 'tiny-sdxl', 'tiny-sd3', 'tiny-flux') → a random tiny
+    pipeline of that family built in code; 'shapes' → the trained
     shapes-world model shipped in the package; anything else → `DiffusionPipeline.from_pretrained`."""
     dtype = resolve_dtype(torch_dtype, device)
     if spec == "default":
@@ -33,10 +34,11 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
             raise FileNotFoundError(f"the trained shapes model is not in {MODEL_DIR} yet: train it with "
                                     "`python -m freeatm_hf.toy.train_t2i --output_dir ...` and copy it there")
         spec = str(MODEL_DIR)
-    if spec == "tiny":
-        from .tiny import tiny_pipeline
+    if spec in ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux"):
+        from . import tiny
 
-        pipe = tiny_pipeline()
+        pipe = {"tiny": tiny.tiny_pipeline, "tiny-sdxl": tiny.tiny_sdxl_pipeline, "tiny-sd3": tiny.tiny_sd3_pipeline,
+                "tiny-flux": tiny.tiny_flux_pipeline}[spec]()
         if dtype != torch.float32:
             pipe.to(dtype=dtype)
     else:

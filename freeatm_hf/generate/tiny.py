@@ -111,3 +111,84 @@ def sd15_sized_components(seed: int = 0, dtype=torch.float16) -> dict:
     scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True)
     return dict(unet=unet.to(dtype), vae=vae.to(dtype), text_encoder=text_encoder.to(dtype).eval(),
                 tokenizer=tokenizer, scheduler=scheduler)
+
+
+def _tiny_clip_with_projection(tok, seed: int, hidden: int = 32):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, projection_dim=hidden, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+
+
+def _tiny_t5(tok, seed: int, d_model: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return T5EncoderModel(T5Config(vocab_size=len(tok), d_model=d_model, d_ff=64, d_kv=8, num_layers=2,
+                                       num_heads=4, pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.eos_token_id)).eval()
+
+
+def _tiny_flow_vae(seed: int, image_size: int):
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
+                             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                             norm_num_groups=8, sample_size=image_size, shift_factor=0.0, scaling_factor=1.0,
+                             use_quant_conv=False, use_post_quant_conv=False)
+
+
+def tiny_sd3_pipeline(seed: int = 0, image_size: int = 64, max_sequence_length: int = 32):
+    """SD3's structure in miniature: two CLIP encoders with projection + T5, joint-attention transformer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from .clip_vocab import load_t5_tokenizer
+
+    tok, t5tok = load_tokenizer(), load_t5_tokenizer(max_sequence_length)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=image_size // 2, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+            num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64,
+            out_channels=4, pos_embed_max_size=image_size // 2,
+        )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_tiny_flow_vae(seed, image_size),
+        text_encoder=_tiny_clip_with_projection(tok, seed + 1), tokenizer=tok,
+        text_encoder_2=_tiny_clip_with_projection(tok, seed + 2), tokenizer_2=tok,
+        text_encoder_3=_tiny_t5(t5tok, seed + 3), tokenizer_3=t5tok,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux_pipeline(seed: int = 0, image_size: int = 64, max_sequence_length: int = 32):
+    """Flux's structure in miniature: CLIP (pooled) + T5, double- and single-stream blocks, no CFG."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .clip_vocab import load_t5_tokenizer
+
+    tok, t5tok = load_tokenizer(), load_t5_tokenizer(max_sequence_length)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=2, num_single_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 2, 4),
+        )
+        clip = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id)).eval()
+    pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                        vae=_tiny_flow_vae(seed, image_size), text_encoder=clip, tokenizer=tok,
+                        text_encoder_2=_tiny_t5(t5tok, seed + 3), tokenizer_2=t5tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

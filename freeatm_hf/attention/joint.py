@@ -1,0 +1,123 @@
+"""Capture for MM-DiT joint attention (SD3 / SD3.5, Flux): text and image tokens share one softmax.
+
+The layer's own processor runs unchanged. While it runs, its call to
+`torch.nn.functional.scaled_dot_product_attention` is served by the *same* fused kernel the dispatcher would
+pick (`torch._fused_sdp_choice`), called through its aten op so that it also returns the log-sum-exp of
+every query row. The output is the kernel's output (bit-identical image); the probabilities of image
+queries over the chosen text columns — normalised over *all* keys of the joint sequence — are then
+exp(q·k·scale − lse) for those columns only. Nothing of size (image × joint sequence) is ever built. Where
+the kernel returns no LSE (the math path), the LSE is computed explicitly: correct, slower.
+"""
+
+import contextvars
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+
+from .store import AttentionStore
+
+_LAYER = contextvars.ContextVar("freeatm_joint_layer", default=None)
+_ORIGINAL_SDPA = F.scaled_dot_product_attention
+
+
+def sdpa_with_lse(q, k, v, scale=None):
+    """`(output, lse)` from the kernel `F.scaled_dot_product_attention` would choose for these inputs."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    choice = torch._fused_sdp_choice(q, k, v, None, 0.0, False, scale=scale)
+    if choice == int(SDPBackend.FLASH_ATTENTION):
+        if q.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+        return out, lse
+    if choice == int(SDPBackend.EFFICIENT_ATTENTION):
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
+                                                                          scale=scale)[:2]
+        return out, lse[..., : q.shape[-2]]
+    if choice == int(SDPBackend.CUDNN_ATTENTION):
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False,
+                                                                      scale=scale)[:2]
+        return out, lse.view(*q.shape[:-1])
+    out = _ORIGINAL_SDPA(q, k, v, scale=scale)
+    lse = (q.float() @ k.float().transpose(-1, -2) * scale).logsumexp(-1)
+    return out, lse
+
+
+def _capturing_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    layer = _LAYER.get()
+    if layer is None or attn_mask is not None or dropout_p or is_causal or enable_gqa:
+        return _ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                              scale=scale, enable_gqa=enable_gqa)
+    out, lse = sdpa_with_lse(query, key, value, scale)
+    layer.record(query, key, lse, query.shape[-1] ** -0.5 if scale is None else scale)
+    return out
+
+
+class JointCaptureProcessor:
+    """Wraps a joint-attention processor; reports image→text probabilities of the conditional half."""
+
+    def __init__(self, original, store: AttentionStore, text_first: bool, text_offset_in_keys=None):
+        self.original, self.store, self.text_first = original, store, text_first
+        self.n_img = self.n_txt = 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        if not self.store.active or encoder_hidden_states is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        self.n_img, self.n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        token = _LAYER.set(self)
+        try:
+            return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        finally:
+            _LAYER.reset(token)
+
+    def record(self, q, k, lse, scale):
+        """q, k: (n, heads, S, d) over the joint sequence; lse: (n, heads, S)."""
+        b = self.store.batch_size
+        img = slice(self.n_txt, None) if self.text_first else slice(0, self.n_img)
+        txt0 = 0 if self.text_first else self.n_img
+        cols = self.store.token_index + txt0  # (b, T) key positions of the selected text tokens
+        qi = q[-b:, :, img]  # (b, h, N, d)
+        kk = k[-b:]
+        ks = kk.gather(2, cols[:, None, :, None].expand(b, kk.shape[1], cols.shape[1], kk.shape[-1]))
+        logits = (qi @ ks.transpose(-1, -2)).float() * scale  # (b, h, N, T)
+        probs = (logits - lse[-b:, :, img, None].float()).exp().mean(1)
+        self.store.add_selected(2, probs)
+
+
+def joint_attention_modules(transformer, include_single: bool = False) -> dict:
+    """Names of the joint-attention modules: SD3's `transformer_blocks.*.attn`, Flux's double-stream
+    `transformer_blocks.*.attn` (and with `include_single`, nothing more: single-stream blocks see one
+    concatenated sequence without `encoder_hidden_states`, so they are not captured here)."""
+    return {name: m for name, m in transformer.named_modules()
+            if name.startswith("transformer_blocks.") and name.endswith(".attn") and hasattr(m, "processor")}
+
+
+@contextmanager
+def capture_joint(transformer, store: AttentionStore, text_first: bool, processors: dict | None = None):
+    """Install capture on every joint block; restore processors and `F.scaled_dot_product_attention` on exit."""
+    if tuple(store.config.down_factors) != (2,):
+        raise ValueError("MM-DiT layers all work at the patch grid: use down_factors=(2,)")
+    inner = getattr(transformer, "_orig_mod", transformer)
+    modules = joint_attention_modules(inner)
+    if not modules:
+        raise ValueError(f"{type(inner).__name__} has no joint-attention blocks")
+    processors = {} if processors is None else processors
+    originals, handles = {}, []
+    try:
+        for name, attn in modules.items():
+            proc = processors.get(name)
+            if proc is None or proc.original is not attn.processor or proc.store is not store:
+                proc = processors[name] = JointCaptureProcessor(attn.processor, store, text_first)
+            originals[name] = attn.processor
+            attn.processor = proc
+        F.scaled_dot_product_attention = _capturing_sdpa
+        handles.append(transformer.register_forward_pre_hook(lambda module, args: store.next_step()))
+        yield store
+    finally:
+        F.scaled_dot_product_attention = _ORIGINAL_SDPA
+        for h in handles:
+            h.remove()
+        for name, proc in originals.items():
+            modules[name].processor = proc

@@ -1,0 +1,129 @@
+"""MM-DiT capture (SD3, Flux) on tiny pipelines: bit-identical images, and maps equal to the probabilities of an
+explicit softmax over the full joint sequence, recorded in a separate run without capture."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from freeatm_hf.attention import AttentionStore
+from freeatm_hf.generate import FreeATMGenerator
+from freeatm_hf.generate.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
+from freeatm_hf.prompts import Prompt
+
+PROMPTS = [
+    Prompt.from_nouns("a golden retriever with a tennis ball is playing in a park", ["golden retriever", "tennis ball"]),
+    Prompt.from_nouns("a red car parked on a city street", ["car", "street"]),
+]
+KW = dict(num_inference_steps=3, max_sequence_length=32, height=64, width=64)
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def pipe(request):
+    return (tiny_sd3_pipeline if request.param == "sd3" else tiny_flux_pipeline)()
+
+
+class ExplicitJointReference:
+    """Patches F.scaled_dot_product_attention; inside the joint blocks it records softmax(q kᵀ·scale) over all
+    keys in float64 (checking rows sum to 1) and returns the stock output."""
+
+    def __init__(self, transformer, text_first: bool):
+        self.records, self.text_first, self.inside = [], text_first, False
+        self.handles = []
+        for name, m in transformer.named_modules():
+            if name.startswith("transformer_blocks.") and name.endswith(".attn"):
+                self.handles.append(m.register_forward_pre_hook(self._enter, with_kwargs=True))
+                self.handles.append(m.register_forward_hook(lambda *a: setattr(self, "inside", False)))
+        self.original = F.scaled_dot_product_attention
+
+    def _enter(self, module, args, kwargs):
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        enc = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        self.inside = enc is not None
+        self.n_img, self.n_txt = hs.shape[1], (enc.shape[1] if enc is not None else 0)
+
+    def sdpa(self, query, key, value, *args, **kwargs):
+        q, k = query, key
+        if self.inside:
+            p = (q.double() @ k.double().transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)
+            assert torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype))
+            img = slice(self.n_txt, None) if self.text_first else slice(0, self.n_img)
+            txt0 = 0 if self.text_first else self.n_img
+            self.records.append((p[:, :, img], txt0))
+        return self.original(query, key, value, *args, **kwargs)
+
+    def __enter__(self):
+        F.scaled_dot_product_attention = self.sdpa
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self.original
+        for h in self.handles:
+            h.remove()
+
+    def token_maps(self, batch: int, token_index: torch.Tensor):
+        total = 0
+        for p, txt0 in self.records:
+            cond = p[-batch:].mean(1)  # (b, N, S_joint)
+            total = total + torch.stack([cond[b][:, token_index[b] + txt0] for b in range(batch)]).transpose(1, 2)
+        return total / len(self.records)
+
+
+def test_images_bit_identical_and_maps_equal_the_explicit_joint_softmax(pipe):
+    gen = FreeATMGenerator(pipe)
+    out = gen(PROMPTS, seeds=[0, 1], output_type="np", **KW)
+    got = gen.store.token_maps()[2]
+    guidance = 7.5  # what the generator passes; Flux-schnell-like tiny models have no guidance embedding
+    with ExplicitJointReference(pipe.transformer, text_first=gen.kind == "flux") as ref:
+        plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                     guidance_scale=guidance, output_type="np", **KW).images
+    assert np.array_equal(np.stack(out.images), plain)
+    expected = ref.token_maps(2, gen.store.token_index).view_as(got)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+    assert out.objects[0][0].soft_map.shape == (32, 32)
+
+
+def test_token_columns_per_model(pipe):
+    gen = FreeATMGenerator(pipe)
+    dog, ball = gen.object_tokens(PROMPTS[0], 32)
+    if gen.kind == "sd3":  # CLIP positions and T5 positions (offset 77), averaged into one map
+        assert dog.token_indices == (2, 3, 78, 79) and ball.token_indices == (6, 7, 82, 83)
+    else:  # Flux: T5 only, no start token
+        assert dog.token_indices == (1, 2) and ball.token_indices == (5, 6)
+    long = Prompt.from_nouns("a " + " ".join(["red"] * 80) + " cat", ["cat"])
+    (cat,) = gen.object_tokens(long, 128)
+    if gen.kind == "sd3":  # cut from CLIP (77), still in T5 (128): the T5 columns remain
+        assert cat.token_indices == (77 + 81,) and not cat.truncated  # T5 has no start token: 'cat' is its 82nd
+    assert gen.object_tokens(long, 64)[0].truncated  # past both limits: no map rather than a wrong one
+
+
+def test_non_square_maps_keep_orientation():
+    pipe = tiny_sd3_pipeline()
+    gen = FreeATMGenerator(pipe)
+    kw = {**KW, "height": 64, "width": 32}
+    out = gen(PROMPTS[:1], seeds=[3], output_type="np", **kw)
+    assert out.images[0].shape == (64, 32, 3) and out.objects[0][0].soft_map.shape == (32, 16)
+    grid = []
+    h = pipe.transformer.register_forward_pre_hook(lambda m, a, k: grid.append(k["hidden_states"].shape[-2:]),
+                                                   with_kwargs=True)
+    with ExplicitJointReference(pipe.transformer, text_first=False) as ref:
+        pipe([PROMPTS[0].text], generator=[torch.Generator().manual_seed(3)], guidance_scale=7.5, output_type="np", **kw)
+    h.remove()
+    gh, gw = (s // 2 for s in grid[0])  # patch size 2 on the latent the transformer received
+    expected = ref.token_maps(1, gen.store.token_index).reshape(1, -1, gh, gw)
+    torch.testing.assert_close(gen.store.token_maps()[2].double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_processors_and_sdpa_restored_after_an_exception(pipe):
+    from freeatm_hf.attention.joint import capture_joint
+
+    before = dict(pipe.transformer.attn_processors)
+    sdpa = F.scaled_dot_product_attention
+    store = AttentionStore(FreeATMGenerator(pipe).capture)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_joint(pipe.transformer, store, text_first=True):
+            assert F.scaled_dot_product_attention is not sdpa
+            raise RuntimeError("boom")
+    assert F.scaled_dot_product_attention is sdpa
+    assert pipe.transformer.attn_processors == before
+    assert not pipe.transformer._forward_pre_hooks
