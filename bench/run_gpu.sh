@@ -14,3 +14,5 @@ run contrastive_step bench/contrastive_step.py --workers 15
 run mae_step bench/mae_step.py --workers 15
 run blip_step bench/blip_step.py
 run eval_throughput bench/eval_throughput.py
+run mmdit_flux bench/mmdit_overhead.py --preset flux-dev
+run mmdit_sd3 bench/mmdit_overhead.py --preset sd3-medium
