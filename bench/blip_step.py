@@ -8,10 +8,9 @@ building, shuffling and truncating the prompts (tokenizer in the loop) per sampl
 """
 
 import argparse
-import statistics
-import time
 
 import torch
+from _common import setup, throughput
 
 
 def main():
@@ -28,10 +27,7 @@ def main():
 
     from freeatm_hf.train.blip import BlipArguments, build_blip, make_transform
 
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    device, cuda, dtype, sync, dev = setup(args.device)
     base = BlipArguments(model_size=args.size, image_size=args.image_size, max_length=args.max_length)
     torch.manual_seed(0)
     model, tok = build_blip(base)
@@ -57,19 +53,7 @@ def main():
             opt.zero_grad(set_to_none=True)
 
         variants[prompts] = step
-    for s in variants.values():
-        s()
-    times = {k: [] for k in variants}
-    for _ in range(3):
-        for k, s in variants.items():
-            sync()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                s()
-            sync()
-            times[k].append((time.perf_counter() - t) / args.steps)
-    pps = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
-    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    pps = throughput(variants, args.batch_size, args.steps, sync)
     print(f"device: {dev}; BLIP-{args.size}, {args.image_size}px, batch {args.batch_size}, {args.max_length} tokens, {dtype}")
     print(f"plain captions   : {pps['none']:.1f} pairs/s")
     print(f"position prompts : {pps['position']:.1f} pairs/s")

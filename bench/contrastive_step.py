@@ -11,11 +11,11 @@ pools 4 masks per image. Steps alternate between variants (ABAB) after a warm-up
 """
 
 import argparse
-import statistics
 import tempfile
 import time
 
 import torch
+from _common import setup, throughput
 
 
 def make_inputs(b, size, k, device, attention: bool):
@@ -40,15 +40,6 @@ def step_fn(model, opt, dtype, device):
     return run
 
 
-def timed(fn, n, sync):
-    sync()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    return (time.perf_counter() - t) / n
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="resnet50")
@@ -63,10 +54,7 @@ def main():
 
     from freeatm_hf.models import SimCLRConfig, SimCLRModel
 
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    device, cuda, dtype, sync, dev = setup(args.device)
     models, runs = {}, {}
     for pooling in ("image", "attention"):
         torch.manual_seed(0)
@@ -79,15 +67,7 @@ def main():
         inputs = make_inputs(args.batch_size, args.image_size, args.objects, device, pooling == "attention")
         run = step_fn(m, opt, dtype, device)
         models[pooling], runs[pooling] = m, (lambda r=run, i=inputs: r(i))
-    for r in runs.values():  # warm-up (and compilation)
-        for _ in range(3):
-            r()
-    t = {k: [] for k in runs}
-    for _ in range(3):
-        for k, r in runs.items():
-            t[k].append(timed(r, args.steps, sync))
-    ips = {k: args.batch_size / statistics.median(v) for k, v in t.items()}
-    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    ips = throughput(runs, args.batch_size, args.steps, sync, warmup=3)  # warm-up includes compilation
     print(f"device: {dev}; {args.backbone}, batch {args.batch_size}, {args.image_size}px, {dtype}, "
           f"{'compiled' if args.compile else 'eager'}")
     print(f"image-level baseline   : {ips['image']:.1f} img/s (two views each)")

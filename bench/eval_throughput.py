@@ -10,11 +10,10 @@ because CPU decoding (~1.6 ms per 512² JPEG per core) cannot keep up with the f
 
 import argparse
 import io
-import statistics
-import time
 
 import numpy as np
 import torch
+from _common import setup, throughput
 
 
 def main():
@@ -34,10 +33,7 @@ def main():
 
     from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    device, cuda, dtype, sync, dev = setup(args.device)
     model = timm.create_model(args.backbone, pretrained=False, num_classes=0).to(device).eval()
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -67,19 +63,7 @@ def main():
     def plain():
         return forward(premade)
 
-    for fn in (plain, from_jpegs):
-        fn()
-    times = {"plain": [], "jpeg": []}
-    for _ in range(3):
-        for name, fn in (("plain", plain), ("jpeg", from_jpegs)):
-            sync()
-            t = time.perf_counter()
-            for _ in range(args.batches):
-                fn()
-            sync()
-            times[name].append((time.perf_counter() - t) / args.batches)
-    ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
-    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    ips = throughput({"plain": plain, "jpeg": from_jpegs}, args.batch_size, args.batches, sync)
     print(f"device: {dev}; {args.backbone}, {args.image_size}px, batch {args.batch_size}, {dtype}, "
           f"{'GPU' if cuda else 'CPU'} JPEG decode of {args.source_size}²")
     print(f"plain timm forward on tensors : {ips['plain']:.1f} img/s")

@@ -7,12 +7,12 @@ and the end-to-end pipeline (decode + joint crop/flip of image and map in data w
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
+from _common import setup, throughput
 
 
 def main():
@@ -31,10 +31,7 @@ def main():
     from freeatm_hf.models import MAEConfig, MAEModel
     from freeatm_hf.train.mae import SIZES
 
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    device, cuda, dtype, sync, dev = setup(args.device)
     cfg = MAEConfig(image_size=args.image_size, patch_size=args.patch_size, attn_implementation="sdpa",
                     **SIZES[args.model_size])
     n = (args.image_size // args.patch_size) ** 2
@@ -57,20 +54,7 @@ def main():
             opt.zero_grad(set_to_none=True)
 
         variants[name] = (model, step)
-    for _, s in variants.values():
-        for _ in range(3):
-            s()
-    times = {k: [] for k in variants}
-    for _ in range(3):
-        for k, (_, s) in variants.items():
-            sync()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                s()
-            sync()
-            times[k].append((time.perf_counter() - t) / args.steps)
-    ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
-    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    ips = throughput({k: s for k, (_, s) in variants.items()}, args.batch_size, args.steps, sync, warmup=3)
     print(f"device: {dev}; ViTMAE-{args.model_size}/{args.patch_size}, {args.image_size}px, batch {args.batch_size}, {dtype}")
     print(f"plain ViTMAEForPreTraining : {ips['plain']:.1f} img/s")
     print(f"attention-guided (β = 0.8) : {ips['guided']:.1f} img/s")
