@@ -98,7 +98,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
     ds = args.load(seed=training_args.seed)
     transform = make_transform(args)
     if args.streaming:
-        ds = ds.map(lambda b: transform(b), batched=True, remove_columns=["image", "objects"])
+        ds = ds.map(transform, batched=True, remove_columns=list(ds.features or ["image", "objects", "prompt"]))
     else:
         ds = ds.with_transform(transform)
     from transformers import set_seed

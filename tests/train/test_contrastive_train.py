@@ -89,3 +89,9 @@ def test_train_help(capsys):
     assert "simclr" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["train", "simclr", "--help"])
+
+
+def test_streaming_training_reads_the_dataset_as_it_goes(tmp_path, shapes_data):
+    args = small_args(dataset=shapes_data, streaming=True)
+    trainer = train("simclr", args, training_args(tmp_path, steps=3))
+    assert trainer.state.global_step == 3 and len(losses(trainer)) == 3
