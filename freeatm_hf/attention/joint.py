@@ -58,7 +58,7 @@ def _capturing_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 class JointCaptureProcessor:
     """Wraps a joint-attention processor; reports image→text probabilities of the conditional half."""
 
-    def __init__(self, original, store: AttentionStore, text_first: bool, text_offset_in_keys=None):
+    def __init__(self, original, store: AttentionStore, text_first: bool):
         self.original, self.store, self.text_first = original, store, text_first
         self.n_img = self.n_txt = 0
 
@@ -86,10 +86,10 @@ class JointCaptureProcessor:
         self.store.add_selected(2, probs)
 
 
-def joint_attention_modules(transformer, include_single: bool = False) -> dict:
-    """Names of the joint-attention modules: SD3's `transformer_blocks.*.attn`, Flux's double-stream
-    `transformer_blocks.*.attn` (and with `include_single`, nothing more: single-stream blocks see one
-    concatenated sequence without `encoder_hidden_states`, so they are not captured here)."""
+def joint_attention_modules(transformer) -> dict:
+    """The joint-attention modules: SD3's `transformer_blocks.*.attn` and Flux's double-stream
+    `transformer_blocks.*.attn`. Flux's single-stream blocks see one concatenated sequence without
+    `encoder_hidden_states` and are not captured."""
     return {name: m for name, m in transformer.named_modules()
             if name.startswith("transformer_blocks.") and name.endswith(".attn") and hasattr(m, "processor")}
 
