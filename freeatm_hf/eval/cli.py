@@ -41,6 +41,19 @@ def make_parser():
     k.add_argument("--no_linear_probe", action="store_true")
     k.add_argument("--device", default=None)
 
+    f = sub.add_parser("finetune", help="end-to-end classification fine-tuning (Trainer), top-1 into the card")
+    f.add_argument("--model", required=True, help="a freeatm checkpoint folder (SimCLR/MoCo/MAE)")
+    f.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label columns")
+    f.add_argument("--output_dir", required=True, help="where the fine-tuning run writes")
+    f.add_argument("--train_split", default="train")
+    f.add_argument("--test_split", default="test")
+    f.add_argument("--image_column", default="image")
+    f.add_argument("--label_column", default="label")
+    f.add_argument("--image_size", type=int, default=224)
+    f.add_argument("--epochs", type=float, default=10)
+    f.add_argument("--learning_rate", type=float, default=1e-3)
+    f.add_argument("--batch_size", type=int, default=64)
+
     r = sub.add_parser("retrieval", help="image-text retrieval TR/IR@1/5/10 (BLIP protocol: ITC rank, ITM re-rank)")
     r.add_argument("--model", required=True, help="a freeatm BLIP checkpoint folder (with its tokenizer)")
     r.add_argument("--dataset", required=True, help="load_dataset id or folder with an image and a caption column")
@@ -59,7 +72,17 @@ def make_parser():
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval}[args.what](args)
+    return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval, "finetune": main_finetune}[args.what](args)
+
+
+def main_finetune(args):
+    from .finetune import finetune_classification
+
+    results = finetune_classification(args.model, args.dataset, args.output_dir, args.train_split, args.test_split,
+                                      args.image_column, args.label_column, args.image_size, args.epochs,
+                                      args.learning_rate, args.batch_size)
+    print(json.dumps(results, indent=1))
+    return results
 
 
 def main_retrieval(args):

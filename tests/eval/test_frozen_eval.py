@@ -54,3 +54,24 @@ def test_knn_and_linear_probe_results_land_in_the_card(method, labelled_shapes, 
     assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags
     assert card.data.datasets == ["me/scenes"]
     assert "knn5_top1" in card.text
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labelled_shapes, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.eval.cli import main
+    from freeatm_hf.models import MAEConfig, MAEModel, SimCLRConfig, SimCLRModel
+    from freeatm_hf.train.mae import SIZES
+
+    if method == "simclr":
+        model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
+    else:
+        model = MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"]))
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    (r,) = main(["finetune", "--model", str(ckpt), "--dataset", labelled_shapes, "--output_dir", str(tmp_path / "ft"),
+                 "--image_size", "32", "--epochs", "3", "--batch_size", "16", "--learning_rate", "3e-3"])
+    assert r["metric"] == "finetune_top1" and 0.0 <= r["value"] <= 1.0
+    card = ModelCard.load(ckpt / "README.md")
+    assert [e.metric_type for e in card.data.eval_results] == ["finetune_top1"]
