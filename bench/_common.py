@@ -31,3 +31,40 @@ def throughput(variants: dict, items_per_call: int, calls: int, sync, rounds: in
             sync()
             times[k].append((time.perf_counter() - t) / calls)
     return {k: items_per_call / statistics.median(v) for k, v in times.items()}
+
+
+def default_workers(requested: int | None) -> int:
+    import os
+
+    return requested if requested is not None else max(1, (os.cpu_count() or 2) - 1)
+
+
+def random_freeatm_rows(n: int, side: int, seed: int = 0) -> list[dict]:
+    """Rows in the freeatm dataset schema with random pixels and two random 64×64 attention maps each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        img = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+        att = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L")
+        rows.append({"image": img, "prompt": "", "label": -1, "seed": i, "truncated_objects": [],
+                     "objects": [{"name": "x", "token_indices": [1], "attention": att, "bbox": None, "area": 0.0}] * 2})
+    return rows
+
+
+def loader_throughput(loader, step, batch_size: int, device, sync, epochs: int = 3, skip: int = 2) -> float:
+    """Items/s of `step(batch)` fed by `loader` (batches moved to `device`), the first `skip` steps not counted."""
+    steps, t0, counted = 0, None, 0
+    for _ in range(epochs):
+        for batch in loader:
+            step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+            steps += 1
+            if steps == skip:
+                sync()
+                t0 = time.perf_counter()
+            elif t0 is not None:
+                counted += 1
+    sync()
+    return counted * batch_size / (time.perf_counter() - t0)

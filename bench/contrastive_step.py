@@ -12,10 +12,9 @@ pools 4 masks per image. Steps alternate between variants (ABAB) after a warm-up
 
 import argparse
 import tempfile
-import time
 
 import torch
-from _common import setup, throughput
+from _common import default_workers, loader_throughput, random_freeatm_rows, setup, throughput
 
 
 def make_inputs(b, size, k, device, attention: bool):
@@ -79,9 +78,7 @@ def main():
 def end_to_end(args, model, device, dtype, sync, premade_ips):
     """Real pipeline: PNG rows of a freeatm-schema dataset → DataLoader workers (decode, masks, joint crop/flip)
     → device → batched photometric + normalize → the same training step."""
-    import numpy as np
     from datasets import Dataset
-    from PIL import Image
 
     from freeatm_hf.data.collate import collate_two_views
     from freeatm_hf.data.gpu_augment import BatchPhotometric, augment_views, blur_kernel_for
@@ -89,42 +86,22 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
     from freeatm_hf.generate.schema import dataset_features
     from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
 
-    rng = np.random.default_rng(0)
-    n = args.batch_size * 4
     side = max(args.image_size, 256) if args.image_size >= 224 else args.image_size
-    rows = []
-    for i in range(n):
-        img = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
-        att = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L")
-        rows.append({"image": img, "prompt": "", "label": -1, "seed": i, "truncated_objects": [],
-                     "objects": [{"name": "x", "token_indices": [1], "attention": att, "bbox": None, "area": 0.0}] * 2})
+    rows = random_freeatm_rows(args.batch_size * 4, side)
     with tempfile.TemporaryDirectory() as d:
         Dataset.from_list(rows, features=dataset_features()).to_parquet(f"{d}/train.parquet")
         ds = Dataset.from_parquet(f"{d}/train.parquet")
         cargs = ContrastiveArguments(image_size=args.image_size, gpu_photometric=True)
         ds = ds.with_transform(make_transform(cargs))
-        import os
-
-        workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+        workers = default_workers(args.workers)
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=workers,
                                              collate_fn=collate_two_views, pin_memory=device.type == "cuda",
                                              persistent_workers=workers > 0, drop_last=True)
         aug = BatchPhotometric(kernel_size=blur_kernel_for(args.image_size)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         run = step_fn(model, opt, dtype, device)
-        steps, t0 = 0, None
-        for _ in range(3):
-            for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                run(augment_views(batch, aug, IMAGENET_MEAN, IMAGENET_STD))
-                steps += 1
-                if steps == 2:
-                    sync()
-                    t0, counted = time.perf_counter(), 0
-                elif t0 is not None:
-                    counted += 1
-        sync()
-        ips = counted * args.batch_size / (time.perf_counter() - t0)
+        ips = loader_throughput(loader, lambda b: run(augment_views(b, aug, IMAGENET_MEAN, IMAGENET_STD)),
+                                args.batch_size, device, sync)
     print(f"end to end ({workers} workers): {ips:.1f} img/s = {ips / premade_ips:.3f}x the step on pre-made tensors")
 
 

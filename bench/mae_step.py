@@ -6,13 +6,10 @@ and the end-to-end pipeline (decode + joint crop/flip of image and map in data w
 """
 
 import argparse
-import os
 import tempfile
-import time
 
-import numpy as np
 import torch
-from _common import setup, throughput
+from _common import default_workers, loader_throughput, random_freeatm_rows, setup, throughput
 
 
 def main():
@@ -64,43 +61,29 @@ def main():
 
 def end_to_end(args, model, device, dtype, sync, premade):
     from datasets import Dataset
-    from PIL import Image
 
     from freeatm_hf.generate.schema import dataset_features
     from freeatm_hf.train.mae import MAEArguments, collate, make_transform
 
-    rng = np.random.default_rng(0)
     side = 256 if args.image_size >= 224 else args.image_size * 2
-    rows = [{"image": Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)), "prompt": "", "label": -1,
-             "seed": i, "truncated_objects": [],
-             "objects": [{"name": "x", "token_indices": [1], "bbox": None, "area": 0.0,
-                          "attention": Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L")}] * 2}
-            for i in range(args.batch_size * 4)]
+    rows = random_freeatm_rows(args.batch_size * 4, side)
     with tempfile.TemporaryDirectory() as d:
         Dataset.from_list(rows, features=dataset_features()).to_parquet(f"{d}/t.parquet")
         ds = Dataset.from_parquet(f"{d}/t.parquet").with_transform(
             make_transform(MAEArguments(image_size=args.image_size, patch_size=args.patch_size), model.config))
-        workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+        workers = default_workers(args.workers)
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=workers, collate_fn=collate,
                                              pin_memory=device.type == "cuda", persistent_workers=True, drop_last=True)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        steps, t0, counted = 0, None, 0
-        for _ in range(3):
-            for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-                    loss = model(**batch).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                steps += 1
-                if steps == 2:
-                    sync()
-                    t0 = time.perf_counter()
-                elif t0 is not None:
-                    counted += 1
-        sync()
-        ips = counted * args.batch_size / (time.perf_counter() - t0)
+
+        def step(batch):
+            with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                loss = model(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        ips = loader_throughput(loader, step, args.batch_size, device, sync)
     print(f"end to end ({workers} workers): {ips:.1f} img/s = {ips / premade:.3f}x the step on pre-made tensors")
 
 

@@ -1,12 +1,10 @@
 """`FreeATMGenerator`: a diffusers text-to-image pipeline that also returns one mask per object noun."""
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-
-import dataclasses
 
 from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
 from ..attention.joint import capture_joint
@@ -70,7 +68,7 @@ class FreeATMGenerator:
         capture = capture or CaptureConfig()
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
-            capture = dataclasses.replace(capture, down_factors=(2,))
+            capture = replace(capture, down_factors=(2,))
         self.capture = capture
         self.threshold = threshold
         self.store = AttentionStore(self.capture)

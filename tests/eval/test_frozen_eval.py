@@ -27,19 +27,23 @@ def labelled_shapes(tmp_path_factory):
     return str(folder)
 
 
+def tiny_checkpoint(method: str):
+    from freeatm_hf.models import MAEConfig, MAEModel, SimCLRConfig, SimCLRModel
+    from freeatm_hf.train.mae import SIZES
+
+    if method == "simclr":
+        return SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
+    return MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"]))
+
+
 @pytest.mark.parametrize("method", ["simclr", "mae"])
 def test_knn_and_linear_probe_results_land_in_the_card(method, labelled_shapes, tmp_path):
     from huggingface_hub import ModelCard
 
     from freeatm_hf.eval.cli import main
     from freeatm_hf.hub.model_card import write_model_card
-    from freeatm_hf.models import MAEConfig, MAEModel, SimCLRConfig, SimCLRModel
-    from freeatm_hf.train.mae import SIZES
 
-    if method == "simclr":
-        model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
-    else:
-        model = MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"]))
+    model = tiny_checkpoint(method)
     model.save_pretrained(tmp_path)
     write_model_card(tmp_path, model.config, data={"dataset": "me/scenes", "data_mode": "synthetic"})
     results = main(["knn", "--model", str(tmp_path), "--dataset", labelled_shapes, "--image_size", "32", "--k", "5",
@@ -61,13 +65,8 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
     from huggingface_hub import ModelCard
 
     from freeatm_hf.eval.cli import main
-    from freeatm_hf.models import MAEConfig, MAEModel, SimCLRConfig, SimCLRModel
-    from freeatm_hf.train.mae import SIZES
 
-    if method == "simclr":
-        model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
-    else:
-        model = MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"]))
+    model = tiny_checkpoint(method)
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     (r,) = main(["finetune", "--model", str(ckpt), "--dataset", labelled_shapes, "--output_dir", str(tmp_path / "ft"),
