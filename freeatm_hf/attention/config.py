@@ -51,3 +51,12 @@ class CaptureConfig:
             "factor_weights": None if self.factor_weights is None else {str(k): v for k, v in self.factor_weights.items()},
             "map_size": None if self.map_size is None else list(self.map_size),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CaptureConfig":
+        """Inverse of `to_dict`; unknown keys (e.g. a recommended threshold) are ignored."""
+        keys = ("down_factors", "include_mid", "step_window", "factor_weights", "map_size")
+        known = {k: d[k] for k in keys if k in d}
+        if known.get("map_size") is not None:
+            known["map_size"] = tuple(known["map_size"])
+        return cls(**known)

@@ -18,11 +18,15 @@ def make_parser():
     m.add_argument("--pipeline", default="shapes", help="'shapes' (the embedded model), 'tiny', or an id/folder")
     m.add_argument("--num_scenes", type=int, default=200)
     m.add_argument("--num_val", type=int, default=50, help="scenes for choosing the threshold")
-    m.add_argument("--num_inference_steps", type=int, default=50)
+    m.add_argument("--num_inference_steps", type=int, default=25)
     m.add_argument("--guidance_scale", type=float, default=4.0)
     m.add_argument("--batch_size", type=int, default=16)
     m.add_argument("--seed", type=int, default=777)
-    m.add_argument("--sweep", action="store_true", help="score several capture settings and recommend one")
+    m.add_argument("--sweep", action="store_true",
+                   help="compare capture settings on the validation scenes; the best is scored on the test scenes")
+    m.add_argument("--save_recommendation", action="store_true",
+                   help="write the chosen capture/threshold and the scores into the model folder's freeatm.json "
+                        "and model card (a shapes-model folder)")
     m.add_argument("--device", default=None)
     m.add_argument("--output", default=None, help="write the results JSON here")
 
@@ -137,6 +141,7 @@ def main_masks(args):
 
     from ..generate.pipelines import load_pipeline
     from ..toy.mask_eval import MaskEvalConfig, evaluate_masks, to_json
+    from ..toy.model import MODEL_DIR, update_model_folder
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(args.pipeline, device)
@@ -147,5 +152,12 @@ def main_masks(args):
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
-    print(json.dumps({k: v for k, v in result["results"][0].items() if not isinstance(v, dict)}, indent=1))
+    if args.save_recommendation:
+        folder = MODEL_DIR if args.pipeline == "shapes" else Path(args.pipeline)
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(f"--save_recommendation needs a local pipeline folder, got {args.pipeline!r}")
+        (folder / "mask_eval.json").write_text(text)
+        update_model_folder(folder, mask_eval=result)
+    print(json.dumps({"capture": result["capture"], **{k: v for k, v in result["test"].items()
+                                                      if not isinstance(v, dict)}}, indent=1))
     return result

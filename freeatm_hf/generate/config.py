@@ -17,21 +17,25 @@ class GenerateConfig:
     height: int | None = field(default=None, metadata={"help": "Image height (default: the pipeline's)."})
     width: int | None = field(default=None, metadata={"help": "Image width (default: the pipeline's)."})
     seed: int = field(default=0, metadata={"help": "Image i uses seed + i; prompts are drawn with this seed too."})
-    prompt_mode: str = field(default="scene", metadata={
+    prompt_mode: str = field(default="auto", metadata={
         "help": "'scene' (multi-object scene prompts over the label space), 'photo' ('a photo of a [class]'), "
-                "or 'file' (--prompts_file)."})
+                "'shapes' (shapes-world captions), 'file' (--prompts_file), or 'auto' (what the model folder's "
+                "freeatm.json names, else scene)."})
     num_objects: int = field(default=2, metadata={"help": "Objects per scene prompt (1-3)."})
     prompts_file: str | None = field(default=None, metadata={
         "help": "JSONL with {'text': ..., 'nouns': [...]} per line, or a .txt of prompts (no tracked nouns)."})
     augmenter: str | None = field(default=None, metadata={
         "help": "Optional LLM rewrite of prompts: a transformers model id/folder, or URL#MODEL of an "
                 "OpenAI-compatible server."})
-    down_factors: list[int] = field(default_factory=lambda: [2, 4], metadata={
-        "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px)."})
+    down_factors: list[int] | None = field(default=None, metadata={
+        "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px). "
+                "Default: the model folder's freeatm.json (the shapes model has one), else 2,4."})
     include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block."})
-    step_window: list[float] = field(default_factory=lambda: [0.0, 1.0], metadata={
-        "help": "Fraction [start, end) of the denoising steps whose maps are averaged."})
-    threshold: str = field(default="0.4", metadata={"help": "Mask threshold on normalized maps, or 'otsu'."})
+    step_window: list[float] | None = field(default=None, metadata={
+        "help": "Fraction [start, end) of the denoising steps whose maps are averaged (default: as down_factors, "
+                "else 0,1)."})
+    threshold: str | None = field(default=None, metadata={
+        "help": "Mask threshold on normalized maps, or 'otsu' (default: as down_factors, else 0.4)."})
     torch_dtype: str = field(default="auto", metadata={"help": "float16, bfloat16, float32 or auto (fp16 on GPU)."})
     device: str | None = field(default=None, metadata={"help": "Device (default: the accelerate process's)."})
     cpu_offload: bool = field(default=False, metadata={"help": "enable_model_cpu_offload() on the pipeline."})
@@ -45,8 +49,22 @@ class GenerateConfig:
             from .pipelines import default_pipeline
 
             self.pipeline = default_pipeline()
-        if self.prompt_mode not in ("scene", "photo", "file"):
-            raise ValueError(f"prompt_mode must be scene, photo or file, got {self.prompt_mode!r}")
+        # Unset capture settings come from the model folder's recommendation, resolved now so that the
+        # settings compared on resume and shown in the card are the ones used.
+        from .pipelines import pipeline_recommendation
+
+        rec = pipeline_recommendation(self.pipeline) or {}
+        capture = rec.get("capture") or {}
+        if self.down_factors is None:
+            self.down_factors = list(capture.get("down_factors", [2, 4]))
+        if self.step_window is None:
+            self.step_window = list(capture.get("step_window", [0.0, 1.0]))
+        if self.threshold is None:
+            self.threshold = str(rec.get("threshold") or 0.4)
+        if self.prompt_mode == "auto":
+            self.prompt_mode = rec.get("prompt_mode", "scene")
+        if self.prompt_mode not in ("scene", "photo", "shapes", "file"):
+            raise ValueError(f"prompt_mode must be auto, scene, photo, shapes or file, got {self.prompt_mode!r}")
         if self.prompt_mode == "file" and not self.prompts_file:
             raise ValueError("prompt_mode 'file' needs --prompts_file")
         if self.batch_size <= 0 or self.num_images <= 0:
@@ -55,6 +73,7 @@ class GenerateConfig:
     @property
     def threshold_value(self) -> float | str:
         return "otsu" if self.threshold == "otsu" else float(self.threshold)
+
 
     def settings(self) -> dict:
         """Everything the rows depend on (compared on resume). Device, offload and pushing are not."""

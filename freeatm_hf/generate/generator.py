@@ -11,6 +11,7 @@ from ..attention.joint import capture_joint
 from ..attention.tokens import ObjectTokens
 from ..masks import DEFAULT_THRESHOLD, MaskResult, mask_from_map
 from ..prompts import Prompt, as_prompt
+from .pipelines import pipeline_recommendation
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ class FreeATMGenerator:
 
     Args:
         pipe: the diffusers pipeline; moved, offloaded and compiled as the user likes.
-        capture (`CaptureConfig`, *optional*): which layers and steps make the maps.
-        threshold (`float` or `"otsu"`, *optional*, defaults to 0.4): binarization of the normalized maps.
+        capture (`CaptureConfig`, *optional*): which layers and steps make the maps. Defaults to the setting
+            the model folder recommends (`freeatm.json`, see `pipeline_recommendation`), else
+            `CaptureConfig()`.
+        threshold (`float` or `"otsu"`, *optional*): binarization of the normalized maps; defaults to the
+            folder's recommended threshold, else 0.4.
 
     Example:
         >>> gen = FreeATMGenerator(pipe)
@@ -55,7 +59,7 @@ class FreeATMGenerator:
         >>> out.objects[0][0].mask.bbox
     """
 
-    def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str = DEFAULT_THRESHOLD):
+    def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str | None = None):
         if getattr(pipe, "unet", None) is not None:
             self.kind = "unet"
         elif getattr(pipe, "transformer", None) is not None and hasattr(pipe, "tokenizer_2"):
@@ -65,7 +69,11 @@ class FreeATMGenerator:
             raise TypeError(f"{type(pipe).__name__}: supported are UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT "
                             "pipelines (SD3, Flux)")
         self.pipe = pipe
-        capture = capture or CaptureConfig()
+        recommended = pipeline_recommendation(pipe) if capture is None or threshold is None else None
+        if capture is None:
+            capture = CaptureConfig.from_dict((recommended or {}).get("capture") or {})
+        if threshold is None:
+            threshold = (recommended or {}).get("threshold") or DEFAULT_THRESHOLD
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
             capture = replace(capture, down_factors=(2,))

@@ -1,6 +1,13 @@
-"""Loading a pipeline by name, id or folder."""
+"""Loading a pipeline by name, id or folder, and the capture setting a model folder recommends."""
+
+import json
+from pathlib import Path
 
 import torch
+
+# Next to model_index.json: {"capture": CaptureConfig.to_dict(), "threshold": ..., "prompt_mode": ..., ...}, what
+# freeatm_hf should use with this model unless told otherwise.
+RECOMMENDATION_FILE = "freeatm.json"
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -54,3 +61,43 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pipeline_recommendation(source) -> dict | None:
+    """The settings saved with a model: the capture setting and mask threshold `freeatm eval masks --sweep`
+    measured to localise best, and the prompt mode it understands (`freeatm.json` in the model folder, or in
+    the Hub cache for a repo id).
+
+    `source` is a pipeline spec as `load_pipeline` takes it, or a loaded pipeline.
+    """
+    if not isinstance(source, str):
+        source = getattr(source, "name_or_path", None) or source.config.get("_name_or_path")
+        if not source:
+            return None
+    if source == "shapes":
+        from ..toy.model import MODEL_DIR
+
+        source = str(MODEL_DIR)
+    path = Path(source) / RECOMMENDATION_FILE
+    if not path.is_file():
+        if source in ("default", "tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux") or Path(source).exists():
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(source, RECOMMENDATION_FILE)
+        except Exception:  # not a valid repo id either
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def save_recommendation(folder, capture, threshold=None, **facts) -> Path:
+    path = Path(folder) / RECOMMENDATION_FILE
+    path.write_text(json.dumps({"capture": capture.to_dict(), "threshold": threshold, **facts}, indent=2) + "\n")
+    return path

@@ -33,6 +33,11 @@ class PromptSource:
         if cfg.prompt_mode == "file":
             self.items = _read_prompts_file(cfg.prompts_file)
             self.label_names = None
+        elif cfg.prompt_mode == "shapes":
+            from ..toy.world import ShapesPrompts, ShapesWorld
+
+            self.items = ShapesPrompts(ShapesWorld(seed=cfg.seed))
+            self.label_names = ShapesPrompts.label_names
         else:
             space = LabelSpace.imagenet()
             self.items = ScenePrompts(space, mode=cfg.prompt_mode, num_objects=cfg.num_objects, seed=cfg.seed)

@@ -40,7 +40,7 @@ def colour_masks(image, min_component: int = 4) -> dict[str, np.ndarray]:
     """
     from ..masks import connected_components
 
-    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    x = torch.as_tensor(np.array(image, dtype=np.float32))
     chroma = x.max(-1).values - x.min(-1).values
     d = torch.cdist(x.view(-1, 3), _PALETTE).view(*x.shape[:2], len(_NAMES))
     dist, idx = d.min(-1)

@@ -147,33 +147,57 @@ class MaskEvalConfig:
     seed: int = 777  # test scenes; validation uses seed + 1; training used 10_000+
 
 
-SWEEP = [((2, 4), (0.0, 1.0)), ((2,), (0.0, 1.0)), ((4,), (0.0, 1.0)), ((2, 4), (0.5, 1.0)), ((2,), (0.5, 1.0))]
+def sweep_settings(pipe) -> list[tuple[tuple[int, ...], tuple[float, float]]]:
+    """Capture settings worth comparing on this UNet: its two finest cross-attention resolutions together and
+    alone, over all steps and over the second half (the literature's candidates)."""
+    from ..attention.unet import cross_attention_factors
+
+    factors = sorted({f for name, f in cross_attention_factors(pipe.unet).items() if not name.startswith("mid_block")})
+    fine = tuple(factors[:2])
+    layer_sets = [fine] + ([(f,) for f in fine] if len(fine) > 1 else [])
+    return [(fs, w) for fs in layer_sets for w in ((0.0, 1.0), (0.5, 1.0))]
 
 
-def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False) -> dict:
+def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None) -> dict:
+    """Score the maps on `cfg.num_scenes` test scenes. The threshold (and with `sweep`, the capture setting)
+    is chosen on the separate validation scenes; only the chosen setting is run on the test scenes.
+    Without `sweep`, `capture` is scored (default: the model folder's recommendation, else the UNet's two
+    finest cross-attention resolutions over all steps)."""
     from ..attention import CaptureConfig
     from ..generate import FreeATMGenerator
 
     classifier = ShapeClassifier.pretrained()
     test_specs = ShapesWorld(seed=cfg.seed).scenes(cfg.num_scenes)
     val_specs = ShapesWorld(seed=cfg.seed + 1).scenes(cfg.num_val)
+    val_seeds = list(range(10**6, 10**6 + len(val_specs)))
     kw = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale)
-    settings = SWEEP if sweep else SWEEP[:1]
-    results = []
-    for factors, window in settings:
-        gen = FreeATMGenerator(pipe, CaptureConfig(down_factors=factors, step_window=window))
-        val = collect(gen, val_specs, list(range(10**6, 10**6 + len(val_specs))), cfg.batch_size, classifier, **kw)
+    if sweep:
+        captures = [CaptureConfig(down_factors=f, step_window=w) for f, w in sweep_settings(pipe)]
+    else:
+        from ..generate.pipelines import pipeline_recommendation
+
+        rec = (pipeline_recommendation(pipe) or {}).get("capture")
+        factors, window = sweep_settings(pipe)[0]
+        captures = [capture or (CaptureConfig.from_dict(rec) if rec else CaptureConfig(factors, step_window=window))]
+    candidates = []
+    for c in captures:
+        gen = FreeATMGenerator(pipe, c)
+        val = collect(gen, val_specs, val_seeds, cfg.batch_size, classifier, **kw)
         threshold, val_scores = choose_threshold(val)
-        test = collect(gen, test_specs, list(range(len(test_specs))), cfg.batch_size, classifier, **kw)
-        res = {"down_factors": list(factors), "step_window": list(window), **score(test, threshold),
-               "val_miou_by_threshold": val_scores}
-        logger.info("capture %s window %s: mIoU %.3f at threshold %s", factors, window, res["miou_drawn"], threshold)
-        results.append(res)
-    best = max(results, key=lambda r: r["miou_drawn"])
+        candidates.append({"down_factors": list(c.down_factors), "step_window": list(c.step_window),
+                           "threshold": threshold, "val_miou": val_scores[str(threshold)],
+                           "val_miou_by_threshold": val_scores})
+        logger.info("capture %s window %s: validation mIoU %.3f at threshold %s", c.down_factors, c.step_window,
+                    val_scores[str(threshold)], threshold)
+    best = max(candidates, key=lambda r: r["val_miou"])
+    chosen = CaptureConfig(down_factors=best["down_factors"], step_window=best["step_window"])
+    test = collect(FreeATMGenerator(pipe, chosen), test_specs, list(range(len(test_specs))), cfg.batch_size,
+                   classifier, **kw)
     return {"config": asdict(cfg), "segmenter_ceiling_miou": round(segmenter_ceiling(), 4),
-            "recommended_capture": {"down_factors": best["down_factors"], "step_window": best["step_window"],
-                                    "threshold": best["threshold"]},
-            "results": results}
+            "capture": {"down_factors": best["down_factors"], "step_window": best["step_window"],
+                        "threshold": best["threshold"]},
+            "test": score(test, best["threshold"]),
+            "validation": candidates}
 
 
 def to_json(result: dict) -> str:

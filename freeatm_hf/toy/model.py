@@ -1,8 +1,11 @@
 """The shapes text-to-image model: a small `StableDiffusionPipeline` (VAE, UNet, CLIP text encoder and a
 word-level tokenizer made offline) sized to live in git (≤ 20 MB in fp16).
 
-Cross-attention sits at latent factors 2 and 4 (16×16 and 8×8 on its 32×32 latent), the same places as in
-SD at 512 px, so the default capture settings carry over.
+The VAE down-samples 4× (a 16×16×4 latent for 64×64 images) and cross-attention sits at the 16×16 and 8×8
+layers (latent factors 1 and 2). A 32×32 latent would cost twice the compute per step for the same 16×16
+finest attention map, and the model must be trainable on a CPU too. Because these factors differ from SD's,
+the folder carries `freeatm.json` with the capture setting measured to localise best
+(`freeatm eval masks --sweep`), which the generator uses when none is given.
 """
 
 from pathlib import Path
@@ -12,6 +15,7 @@ import torch
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "tokenizer"
 MODEL_DIR = Path(__file__).parent / "assets" / "shapes-t2i"  # the trained pipeline, once it exists
 MAX_TOKENS = 32  # the longest caption of 4 objects is 26 tokens with start and end
+ARCHITECTURE_CAPTURE = (1, 2)  # every cross-attention resolution (16×16, 8×8), until a sweep has measured better
 
 
 def shapes_tokenizer():
@@ -28,15 +32,15 @@ def shapes_components(seed: int = 0, image_size: int = 64) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
             norm_num_groups=16, sample_size=image_size,
         )
         unet = UNet2DConditionModel(
-            sample_size=image_size // 2, in_channels=4, out_channels=4,
+            sample_size=image_size // 4, in_channels=4, out_channels=4,
             block_out_channels=(64, 128, 160), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=128, attention_head_dim=32, norm_num_groups=32,
         )
         text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -46,6 +50,7 @@ def shapes_components(seed: int = 0, image_size: int = 64) -> dict:
         ))
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+                              rescale_betas_zero_snr=True,
                               timestep_spacing="trailing")
     return dict(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
@@ -61,3 +66,43 @@ def shapes_pipeline(components: dict | None = None):
 
 def trained_pipeline_available() -> bool:
     return (MODEL_DIR / "model_index.json").is_file()
+
+
+def update_model_folder(folder, training: dict | None = None, mask_eval: dict | None = None) -> dict:
+    """Keep a shapes-model folder's `freeatm.json` (recommended capture, threshold, prompt mode, training facts,
+    measured mask quality) and its model card in step with what is known about it."""
+    import json
+
+    from ..attention import CaptureConfig
+    from ..generate.pipelines import RECOMMENDATION_FILE
+
+    folder = Path(folder)
+    path = folder / RECOMMENDATION_FILE
+    info = json.loads(path.read_text()) if path.exists() else {
+        "capture": CaptureConfig(down_factors=ARCHITECTURE_CAPTURE).to_dict(), "threshold": None,
+        "prompt_mode": "shapes"}
+    if training is not None:
+        info["training"] = training
+    if mask_eval is not None:
+        chosen = mask_eval["capture"]
+        chosen_capture = CaptureConfig(down_factors=chosen["down_factors"], step_window=chosen["step_window"])
+        info["capture"] = chosen_capture.to_dict()
+        info["threshold"] = chosen["threshold"]
+        info["mask_eval"] = {k: mask_eval[k] for k in ("config", "segmenter_ceiling_miou", "test", "validation")}
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_model_card(folder, info)
+    return info
+
+
+def write_model_card(folder: Path, info: dict):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from ..hub.cards import template_path
+
+    data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="text-to-image",
+                         tags=["freeatm", "shapes-world", "text-to-image", "toy"])
+    size_mb = round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 1e6, 2)
+    card = ModelCard.from_template(data, template_path=str(template_path("shapes_t2i_card.md")), size_mb=size_mb,
+                                   training=info.get("training") or {}, capture=info["capture"],
+                                   threshold=info["threshold"], mask_eval=info.get("mask_eval"))
+    card.save(str(folder / "README.md"))

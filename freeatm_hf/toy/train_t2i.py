@@ -11,6 +11,7 @@ from such a folder (weights only: a fresh optimizer with warm-up).
 """
 
 import argparse
+import copy
 import logging
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ def make_parser():
     p.add_argument("--ema_decay", type=float, default=0.999)
     p.add_argument("--max_minutes", type=float, default=9.0, help="wall-clock budget for both stages")
     p.add_argument("--mixed_precision", default=None, help="bf16 / fp16 / no (default: bf16 on CUDA)")
+    p.add_argument("--save_every_minutes", type=float, default=15.0,
+                   help="also write the pipeline folder this often, so a killed run loses little")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log_every", type=int, default=100)
     return p
@@ -44,7 +47,7 @@ def main(argv=None):
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from .model import shapes_components, shapes_pipeline
+    from .model import shapes_components, shapes_pipeline, update_model_folder
     from .world import ShapesWorld
 
     args = make_parser().parse_args(argv)
@@ -73,6 +76,7 @@ def main(argv=None):
         return x, [s.caption for s in specs]
 
     # Stage 1: the VAE.
+    vae_steps_done = 0
     if not args.resume_from and args.vae_steps > 0:
         opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
         vae, opt = acc.prepare(vae, opt)
@@ -85,6 +89,7 @@ def main(argv=None):
             acc.backward(loss)
             opt.step()
             opt.zero_grad()
+            vae_steps_done = step + 1
             if step % args.log_every == 0:
                 logger.info("vae step %d: loss %.4f", step, loss.item())
             if time.time() > start + 0.2 * 60 * args.max_minutes:
@@ -104,11 +109,32 @@ def main(argv=None):
     warmup = 200
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     unet, text_encoder, opt, sched = acc.prepare(unet, text_encoder, opt, sched)
-    ema = EMAModel(acc.unwrap_model(unet).parameters(), decay=args.ema_decay)
+    # Warm-up keeps the random initial weights from lingering in the EMA of a short (CPU) run.
+    ema = EMAModel(acc.unwrap_model(unet).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     ema.to(acc.device)
     alphas = scheduler.alphas_cumprod.to(acc.device)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     step = 0
+
+    def save():
+        if not acc.is_main_process:
+            return
+        # The EMA weights go into a copy: training continues on the raw ones.
+        ema_unet = copy.deepcopy(acc.unwrap_model(unet))
+        ema.copy_to(ema_unet.parameters())
+        pipe = shapes_pipeline(dict(vae=copy.deepcopy(vae), unet=ema_unet,
+                                    text_encoder=copy.deepcopy(acc.unwrap_model(text_encoder)), tokenizer=tokenizer,
+                                    scheduler=scheduler))
+        pipe.to("cpu", torch.float16)
+        out = Path(args.output_dir)
+        pipe.save_pretrained(out, safe_serialization=True)
+        update_model_folder(out, training=dict(
+            unet_steps=step, vae_steps=vae_steps_done, minutes=round((time.time() - start) / 60, 1),
+            batch_size=args.batch_size, processes=acc.num_processes, lr=args.lr, ema_decay=args.ema_decay,
+            device=str(acc.device), resumed_from=args.resume_from))
+        logger.info("saved %s after %d UNet steps (%.1f min)", out, step, (time.time() - start) / 60)
+
+    last_save = time.time()
     bar = tqdm(total=args.unet_steps, desc="unet", disable=not acc.is_local_main_process)
     while step < args.unet_steps and time.time() < deadline:
         x, captions = batch()
@@ -138,35 +164,13 @@ def main(argv=None):
         bar.update(1)
         if step % args.log_every == 0:
             logger.info("unet step %d: loss %.4f (%.1f min)", step, loss.item(), (time.time() - start) / 60)
+        if time.time() - last_save > 60 * args.save_every_minutes:
+            save()
+            last_save = time.time()
     bar.close()
-
     acc.wait_for_everyone()
-    if acc.is_main_process:
-        unet = acc.unwrap_model(unet)
-        ema.copy_to(unet.parameters())
-        pipe = shapes_pipeline(dict(vae=vae, unet=unet, text_encoder=acc.unwrap_model(text_encoder),
-                                    tokenizer=tokenizer, scheduler=scheduler))
-        pipe.to(torch.float16)
-        out = Path(args.output_dir)
-        pipe.save_pretrained(out, safe_serialization=True)
-        write_model_card(out, steps=step, minutes=(time.time() - start) / 60, batch_size=args.batch_size,
-                         world_size=acc.num_processes)
-        logger.info("saved %s after %d UNet steps (%.1f min)", out, step, (time.time() - start) / 60)
+    save()
     return step
-
-
-def write_model_card(folder: Path, **facts):
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from ..hub.cards import template_path
-
-    data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="text-to-image",
-                         tags=["freeatm", "shapes-world", "text-to-image", "toy"])
-    eval_path = folder / "mask_eval.json"
-    results = eval_path.read_text() if eval_path.exists() else None
-    card = ModelCard.from_template(data, template_path=str(template_path("shapes_t2i_card.md")), results=results,
-                                   **facts, size_mb=round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 1e6, 2))
-    card.save(str(folder / "README.md"))
 
 
 if __name__ == "__main__":

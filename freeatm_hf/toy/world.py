@@ -104,6 +104,26 @@ class ShapesWorld:
         return render(specs, self.size, device=device)
 
 
+class ShapesPrompts:
+    """Captions of a world's scenes as generator prompts (each object's "colour shape" tracked); prompt `i`
+    is scene `i`, and its label the first object's shape (an index into `SHAPES`)."""
+
+    label_names = list(SHAPES)
+
+    def __init__(self, world: ShapesWorld):
+        self.world = world
+
+    def __len__(self) -> int:
+        return 2**31  # endless: scene i exists for every i
+
+    def __getitem__(self, i: int):
+        from ..prompts import Prompt
+
+        spec = self.world.scene(i)
+        return Prompt.from_nouns(spec.caption, [o.name for o in spec.objects], label=SHAPES.index(spec.objects[0].shape),
+                                 labels=[SHAPES.index(o.shape) for o in spec.objects])
+
+
 def _disc_overlap(a, b) -> float:
     """Share of the smaller disc's radius covered by the other disc (0 = apart, 1 = fully inside)."""
     (x1, y1, r1), (x2, y2, r2) = a, b

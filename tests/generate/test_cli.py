@@ -51,7 +51,26 @@ def test_bad_arguments_are_named():
 def test_default_pipeline_is_resolved_before_it_is_recorded(monkeypatch):
     import freeatm_hf.toy.model as toy_model
 
-    assert parse(["--output_dir", "x"]).pipeline == "tiny"  # no trained shapes model shipped yet
+    monkeypatch.setattr(toy_model, "trained_pipeline_available", lambda: False)
+    cfg = parse(["--output_dir", "x"])
+    assert (cfg.pipeline, cfg.prompt_mode, cfg.down_factors, cfg.threshold) == ("tiny", "scene", [2, 4], "0.4")
     monkeypatch.setattr(toy_model, "trained_pipeline_available", lambda: True)
     assert parse(["--output_dir", "x"]).pipeline == "shapes"
     assert parse(["--output_dir", "x", "--pipeline", "tiny"]).pipeline == "tiny"
+
+
+def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path):
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.generate.pipelines import save_recommendation
+
+    save_recommendation(tmp_path, CaptureConfig(down_factors=(1, 2), step_window=(0.5, 1.0)), threshold=0.55,
+                        prompt_mode="shapes")
+    cfg = parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
+    got = (cfg.down_factors, cfg.step_window, cfg.threshold, cfg.prompt_mode)
+    assert got == ([1, 2], [0.5, 1.0], "0.55", "shapes")
+    cfg = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2", "--threshold", "otsu",
+                 "--prompt_mode", "photo"])
+    assert (cfg.down_factors, cfg.step_window, cfg.threshold, cfg.prompt_mode) == ([2], [0.5, 1.0], "otsu", "photo")
+    (tmp_path / "freeatm.json").write_text("{not json")
+    with pytest.raises(ValueError, match="freeatm.json"):
+        parse(["--output_dir", "x", "--pipeline", str(tmp_path)])

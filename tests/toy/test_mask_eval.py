@@ -67,12 +67,17 @@ def test_end_to_end_with_a_real_pipeline_gives_finite_scores(tiny_pipe):
     from freeatm_hf.toy.model import shapes_pipeline
 
     res = evaluate_masks(shapes_pipeline(), MaskEvalConfig(num_scenes=4, num_val=2, num_inference_steps=2,
-                                                           batch_size=4))
-    r = res["results"][0]
+                                                           batch_size=4), sweep=True)
+    r = res["test"]
     assert r["scenes"] == 4 and r["objects"] >= 4
     assert np.isfinite(r["miou_drawn"]) and 0 <= r["drawn_share"] <= 1
     assert res["segmenter_ceiling_miou"] > 0.9
-    assert res["recommended_capture"]["down_factors"] == [2, 4]
+    # The shapes UNet has cross-attention at latent factors 1 and 2: both, each alone, × two step windows.
+    assert [(v["down_factors"], v["step_window"]) for v in res["validation"]] == [
+        ([1, 2], [0.0, 1.0]), ([1, 2], [0.5, 1.0]), ([1], [0.0, 1.0]), ([1], [0.5, 1.0]), ([2], [0.0, 1.0]),
+        ([2], [0.5, 1.0])]
+    best = max(res["validation"], key=lambda v: v["val_miou"])
+    assert res["capture"] == {k: best[k] for k in ("down_factors", "step_window", "threshold")}
 
 
 @pytest.mark.skipif(not __import__("freeatm_hf.toy.model", fromlist=["x"]).trained_pipeline_available(),

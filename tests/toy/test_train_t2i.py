@@ -1,29 +1,62 @@
+import json
+
+import pytest
 import torch
 
 
-def test_smoke_training_writes_a_loadable_pipeline_under_20_mb(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from freeatm_hf.toy.train_t2i import main
+
+    out = tmp_path_factory.mktemp("t2i") / "shapes-t2i"
+    steps = main(["--output_dir", str(out), "--vae_steps", "2", "--unet_steps", "2", "--batch_size", "2",
+                  "--log_every", "1"])
+    assert steps == 2
+    return out
+
+
+def test_smoke_training_writes_a_loadable_pipeline_under_20_mb(trained):
     from diffusers import DiffusionPipeline
 
     from freeatm_hf.generate import FreeATMGenerator
     from freeatm_hf.prompts import Prompt
     from freeatm_hf.toy.model import shapes_components
-    from freeatm_hf.toy.train_t2i import main
 
-    out = tmp_path / "t2i"
-    steps = main(["--output_dir", str(out), "--vae_steps", "2", "--unet_steps", "2", "--batch_size", "2",
-                  "--log_every", "1"])
-    assert steps == 2
-    size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    size = sum(p.stat().st_size for p in trained.rglob("*.safetensors"))
     assert size <= 20_000_000
-    pipe = DiffusionPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(str(trained), torch_dtype=torch.float32)
     init = shapes_components()["unet"].state_dict()
-    trained = pipe.unet.state_dict()
-    changed = sum(not torch.allclose(init[k].half().float(), trained[k]) for k in init)
+    changed = sum(not torch.allclose(init[k].half().float(), v) for k, v in pipe.unet.state_dict().items())
     # Most tensors moved; the first warm-up steps of a few norms and biases round away in the fp16 save.
     assert changed / len(init) > 0.8
     assert pipe.tokenizer.model_max_length == 32
     text = "a red circle and a small blue star on a striped background"
-    res = FreeATMGenerator(pipe)([Prompt.from_nouns(text, ["red circle", "blue star"])], seeds=[0],
-                                 num_inference_steps=2, guidance_scale=4.0)
-    assert res.images[0].size == (64, 64) and res.objects[0][0].soft_map.shape == (32, 32)
-    assert "shapes-t2i" in (out / "README.md").read_text()
+    gen = FreeATMGenerator(pipe)
+    # The folder's freeatm.json: every cross-attention resolution of this UNet (16×16 and 8×8 of a 16×16 latent).
+    assert gen.capture.down_factors == (1, 2)
+    res = gen([Prompt.from_nouns(text, ["red circle", "blue star"])], seeds=[0], num_inference_steps=2,
+              guidance_scale=4.0)
+    assert res.images[0].size == (64, 64) and res.objects[0][0].soft_map.shape == (16, 16)
+    card = (trained / "README.md").read_text()
+    assert "shapes-t2i" in card and "UNet steps: 2" in card
+    info = json.loads((trained / "freeatm.json").read_text())
+    assert info["prompt_mode"] == "shapes" and info["training"]["unet_steps"] == 2
+
+
+def test_generate_with_the_folder_uses_its_prompts_and_capture(trained, tmp_path):
+    from datasets import load_dataset
+
+    from freeatm_hf.generate.cli import main as generate
+    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+
+    out = tmp_path / "ds"
+    generate(["--output_dir", str(out), "--pipeline", str(trained), "--num_images", "3", "--batch_size", "3",
+              "--num_inference_steps", "2"])
+    ds = load_dataset(str(out), split="train")
+    specs = ShapesWorld(seed=0).scenes(3)
+    assert ds["prompt"] == [s.caption for s in specs]
+    assert ds.features["label"].names == list(SHAPES)
+    assert [ds.features["label"].int2str(r["label"]) for r in ds] == [s.objects[0].shape for s in specs]
+    assert [[o["name"] for o in r["objects"]] for r in ds] == [[o.name for o in s.objects] for s in specs]
+    settings = json.loads((out / ".freeatm" / "settings.json").read_text())
+    assert settings["down_factors"] == [1, 2] and settings["prompt_mode"] == "shapes"
