@@ -2,6 +2,9 @@
 
     freeatm eval masks --pipeline shapes --num_scenes 200 --output outputs/mask_eval.json [--sweep]
     freeatm eval knn --model outputs/simclr-atm --dataset <id or folder> --train_split train --test_split test
+    freeatm eval finetune --model outputs/mae-atm --dataset <id or folder> --output_dir outputs/ft
+    freeatm eval segment --model outputs/simclr-atm --dataset <image + label-map id or folder> --output_dir outputs/seg
+    freeatm eval detect --model outputs/moco-atm --dataset <COCO-style folder> --output_dir outputs/det
     freeatm eval retrieval --model outputs/blip-atm --dataset <image-caption id or folder> --split test
 """
 
@@ -58,6 +61,39 @@ def make_parser():
     f.add_argument("--learning_rate", type=float, default=1e-3)
     f.add_argument("--batch_size", type=int, default=64)
 
+    s = sub.add_parser("segment", help="semantic segmentation fine-tuning (transformers UperNet on the backbone), mIoU")
+    s.add_argument("--model", required=True, help="a freeatm CNN checkpoint folder (SimCLR/MoCo)")
+    s.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label-map columns")
+    s.add_argument("--output_dir", required=True, help="where the fine-tuned UperNet is saved")
+    s.add_argument("--train_split", default="train")
+    s.add_argument("--test_split", default="test")
+    s.add_argument("--revision", default=None)
+    s.add_argument("--image_column", default="image")
+    s.add_argument("--label_column", default="annotation")
+    s.add_argument("--num_labels", type=int, default=None, help="default: read off the train label maps")
+    s.add_argument("--reduce_labels", action="store_true", help="0 = 'other' → ignored, rest shifted (ADE20K)")
+    s.add_argument("--image_size", type=int, default=512)
+    s.add_argument("--epochs", type=float, default=10)
+    s.add_argument("--max_steps", type=int, default=-1)
+    s.add_argument("--learning_rate", type=float, default=1e-4)
+    s.add_argument("--batch_size", type=int, default=16)
+    s.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
+
+    d = sub.add_parser("detect", help="Mask R-CNN R50-FPN fine-tuning (torchvision) from the backbone, COCO AP")
+    d.add_argument("--model", required=True, help="a freeatm ResNet checkpoint folder (SimCLR/MoCo)")
+    d.add_argument("--dataset", required=True, help="COCO-style folder: images/<split>/, annotations/<split>.json")
+    d.add_argument("--output_dir", required=True, help="where the detector's weights and AP JSON are saved")
+    d.add_argument("--train_split", default="train")
+    d.add_argument("--test_split", default="test")
+    d.add_argument("--epochs", type=float, default=12)
+    d.add_argument("--max_steps", type=int, default=-1)
+    d.add_argument("--learning_rate", type=float, default=0.02)
+    d.add_argument("--batch_size", type=int, default=16)
+    d.add_argument("--min_size", type=int, default=800, help="shorter image side inside Mask R-CNN")
+    d.add_argument("--max_size", type=int, default=1333)
+    d.add_argument("--trainable_layers", type=int, default=3)
+    d.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
+
     r = sub.add_parser("retrieval", help="image-text retrieval TR/IR@1/5/10 (BLIP protocol: ITC rank, ITM re-rank)")
     r.add_argument("--model", required=True, help="a freeatm BLIP checkpoint folder (with its tokenizer)")
     r.add_argument("--dataset", required=True, help="load_dataset id or folder with an image and a caption column")
@@ -76,7 +112,33 @@ def make_parser():
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval, "finetune": main_finetune}[args.what](args)
+    return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval, "finetune": main_finetune,
+            "segment": main_segment, "detect": main_detect}[args.what](args)
+
+
+def main_segment(args):
+    from .segmentation import finetune_segmentation
+
+    results = finetune_segmentation(
+        args.model, args.dataset, args.output_dir, train_split=args.train_split, test_split=args.test_split,
+        image_column=args.image_column, label_column=args.label_column, num_labels=args.num_labels,
+        reduce_labels=args.reduce_labels, image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
+        learning_rate=args.learning_rate, batch_size=args.batch_size, revision=args.revision,
+        use_cpu=True if args.device == "cpu" else None)
+    print(json.dumps(results, indent=1))
+    return results
+
+
+def main_detect(args):
+    from .detection import finetune_detection
+
+    results = finetune_detection(
+        args.model, args.dataset, args.output_dir, train_split=args.train_split, test_split=args.test_split,
+        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
+        min_size=args.min_size, max_size=args.max_size, trainable_layers=args.trainable_layers,
+        use_cpu=True if args.device == "cpu" else None)
+    print(json.dumps(results, indent=1))
+    return results
 
 
 def main_finetune(args):

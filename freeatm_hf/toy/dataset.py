@@ -1,4 +1,7 @@
-"""The rendered shapes world as a `datasets` dataset: the "real data" of the toy world, with exact masks."""
+"""The rendered shapes world as a `datasets` dataset: the "real data" of the toy world, with exact masks, and
+its downstream tasks (classification, semantic segmentation, COCO-style instance segmentation) as folders."""
+
+import json
 
 from datasets import Dataset, Features, Image, List, Value
 
@@ -60,6 +63,84 @@ def write_labelled_shapes(folder, num_train: int = 300, num_test: int = 150, siz
                 for r in rendered_rows(world, n)]
         ds = Dataset.from_list(rows).cast_column("label", ClassLabel(names=list(SHAPES))).cast_column("image", ImageFeature())
         ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def _label_maps(masks, specs) -> list:
+    """Per-scene semantic label maps: 0 = background, 1 + shape index where an object is visible."""
+    import numpy as np
+
+    from .world import SHAPES
+
+    maps = []
+    for m, spec in zip(masks, specs, strict=True):
+        lab = np.zeros(m.shape[1:], dtype=np.uint8)
+        for k, o in enumerate(spec.objects):
+            lab[m[k].numpy()] = 1 + SHAPES.index(o.shape)
+        maps.append(lab)
+    return maps
+
+
+def write_shapes_segmentation(folder, num_train: int = 200, num_test: int = 100, size: int = 64, seed: int = 0):
+    """Rendered scenes with semantic label maps (`annotation`: 0 background, 1–6 the shapes) as a Hub-layout
+    folder with train and test splits, in the column layout of scene_parse_150 / ADE20K: the toy world's
+    semantic segmentation task for `freeatm eval segment`."""
+    from pathlib import Path
+
+    from PIL import Image as PILImage
+
+    from .world import SHAPES
+
+    folder = Path(folder)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    features = Features({"image": Image(), "annotation": Image()})
+    for split, n, s in (("train", num_train, seed), ("test", num_test, seed + 1)):
+        world = ShapesWorld(size=size, seed=s)
+        specs = world.scenes(n)
+        images, masks = world.render(specs)
+        rows = [{"image": PILImage.fromarray(img.numpy()), "annotation": PILImage.fromarray(lab, mode="L")}
+                for img, lab in zip(images, _label_maps(masks, specs), strict=True)]
+        Dataset.from_list(rows, features=features).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    (folder / "id2label.json").write_text(json.dumps({0: "background", **{i + 1: n for i, n in enumerate(SHAPES)}}))
+    return folder
+
+
+def write_shapes_coco(folder, num_train: int = 200, num_test: int = 100, size: int = 64, seed: int = 0):
+    """Rendered scenes as a COCO-style instance-segmentation set: `images/<split>/*.png` and
+    `annotations/<split>.json` (boxes in xywh, masks as RLE, categories = the shapes), for `freeatm eval detect`
+    and anything else that reads COCO."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image as PILImage
+    from pycocotools import mask as mask_utils
+
+    from .world import SHAPES
+
+    folder = Path(folder)
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES)]
+    for split, n, s in (("train", num_train, seed), ("test", num_test, seed + 1)):
+        (folder / "images" / split).mkdir(parents=True, exist_ok=True)
+        world = ShapesWorld(size=size, seed=s)
+        specs = world.scenes(n)
+        images, masks = world.render(specs)
+        coco = {"images": [], "annotations": [], "categories": categories}
+        for i, (img, m, spec) in enumerate(zip(images, masks, specs, strict=True)):
+            name = f"{i:06d}.png"
+            PILImage.fromarray(img.numpy()).save(folder / "images" / split / name)
+            coco["images"].append({"id": i, "file_name": name, "height": size, "width": size})
+            for k, o in enumerate(spec.objects):
+                binary = np.asfortranarray(m[k].numpy().astype(np.uint8))
+                if not binary.any():
+                    continue  # fully hidden
+                rle = mask_utils.encode(binary)
+                x0, y0, x1, y1 = boxes(m[k])
+                coco["annotations"].append({
+                    "id": len(coco["annotations"]) + 1, "image_id": i, "category_id": 1 + SHAPES.index(o.shape),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(mask_utils.area(rle)), "iscrowd": 0,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
+        (folder / "annotations" / f"{split}.json").write_text(json.dumps(coco))
     return folder
 
 

@@ -22,3 +22,20 @@ def test_mask_miou_against_hand_computed_ious():
 def test_unknown_metric_lists_the_available_ones():
     with pytest.raises(FileNotFoundError, match="mask_miou"):
         metric_path("nope")
+
+
+def test_semantic_miou_sums_over_images_per_class_and_skips_ignored_pixels():
+    m = load_metric("semantic_miou")
+    r1 = np.array([[0, 0, 1], [0, 1, 1], [2, 2, 255]])
+    p1 = np.array([[0, 1, 1], [0, 1, 1], [2, 0, 0]])  # the 255 pixel's prediction must not count
+    r2 = np.array([[1, 1], [1, 1]])
+    p2 = np.array([[1, 1], [1, 0]])
+    res = m.compute(predictions=[p1, p2], references=[r1, r2], num_labels=4)
+    # class 0: ref {(0,0),(0,1),(1,0)}, pred {(0,0),(1,0),(2,1)} → 2 / 4; image 2 adds pred (1,1) → 2 / 5
+    # class 1: ref 3 + 4 = 7, pred 4 + 3 = 7, inter 3 + 3 = 6 → 6 / 8; class 2: ref 2, pred 1, inter 1 → 1 / 2
+    # class 3 occurs nowhere: None, and left out of the mean
+    assert res["per_category_iou"] == [pytest.approx(2 / 5), pytest.approx(6 / 8), pytest.approx(1 / 2), None]
+    assert res["mean_iou"] == pytest.approx((2 / 5 + 6 / 8 + 1 / 2) / 3)
+    assert res["overall_accuracy"] == pytest.approx((6 + 3) / (8 + 4))
+    with pytest.raises(ValueError, match="labels must lie"):
+        m.compute(predictions=[p1], references=[r1], num_labels=2)

@@ -1,0 +1,151 @@
+"""Semantic segmentation fine-tuning from a pretrained CNN backbone, with transformers' UperNet on a timm
+backbone (`UperNetForSemanticSegmentation` + `TimmBackboneConfig`): the head is a stock HF model, so the
+fine-tuned folder loads with `UperNetForSemanticSegmentation.from_pretrained` and no freeatm_hf.
+
+    freeatm eval segment --model outputs/simclr-atm --dataset outputs/shapes-seg --output_dir outputs/seg
+
+Data: any `load_dataset` id or folder with an image column and a label-map column (the scene_parse_150 /
+ADE20K layout: `image`, `annotation`); `--reduce_labels` maps 0 ("other") to the ignore index and shifts the
+rest down, as ADE20K's protocol does. Image and label map get the same random resized crop and flip
+(torchvision v2 with `tv_tensors.Mask`, nearest for the labels). The test mIoU is computed at each label
+map's own resolution (logits are upsampled to it), summed over the split per class.
+"""
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+
+
+def upernet_from_backbone(model, num_labels: int, id2label: dict | None = None, hidden_size: int = 512):
+    """A fresh `UperNetForSemanticSegmentation` whose timm backbone carries `model.backbone`'s weights
+    (a freeatm SimCLR/MoCo model, or anything with `.backbone` and `.config.backbone` = a timm CNN name)."""
+    from transformers import TimmBackboneConfig, UperNetConfig, UperNetForSemanticSegmentation
+
+    if not hasattr(model, "backbone") or not hasattr(model.config, "backbone"):
+        raise TypeError(f"UperNet fine-tuning needs a CNN checkpoint (SimCLR/MoCo), not {type(model).__name__}")
+    backbone_config = TimmBackboneConfig(backbone=model.config.backbone, out_indices=(1, 2, 3, 4))
+    id2label = id2label or {i: str(i) for i in range(num_labels)}
+    config = UperNetConfig(backbone_config=backbone_config, num_labels=num_labels, hidden_size=hidden_size,
+                           auxiliary_channels=hidden_size // 2, loss_ignore_index=IGNORE_INDEX,
+                           id2label={int(k): v for k, v in id2label.items()},
+                           label2id={v: int(k) for k, v in id2label.items()})
+    seg = UperNetForSemanticSegmentation(config)
+    missing, unexpected = seg.backbone._backbone.load_state_dict(model.backbone.state_dict(), strict=False)
+    # The feature extractor has no classifier; everything else must match one to one.
+    unexpected = [k for k in unexpected if not k.startswith(("fc.", "head.", "classifier."))]
+    if missing or unexpected:
+        raise ValueError(f"backbone weights do not fit {model.config.backbone}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return seg
+
+
+def _transforms(image_size: int, reduce_labels: bool):
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    train_geo = v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+                            v2.RandomHorizontalFlip()])
+
+    def labels_of(annotation) -> torch.Tensor:
+        lab = torch.as_tensor(np.array(annotation), dtype=torch.int64)
+        if lab.ndim != 2:
+            raise ValueError(f"label maps must be single-channel, got shape {tuple(lab.shape)}")
+        if reduce_labels:
+            lab = torch.where(lab == 0, IGNORE_INDEX, lab - 1)
+        return lab
+
+    def train_tf(image, annotation):
+        img = tv_tensors.Image(v2.functional.pil_to_tensor(image.convert("RGB")))
+        img, mask = train_geo(img, tv_tensors.Mask(labels_of(annotation)))
+        return norm(img), mask.as_subclass(torch.Tensor)
+
+    def test_tf(image, annotation):
+        img = v2.functional.pil_to_tensor(image.convert("RGB"))
+        img = v2.functional.resize(img, [image_size, image_size], antialias=True)
+        return norm(img), labels_of(annotation)
+
+    return train_tf, test_tf
+
+
+@torch.no_grad()
+def predict_label_maps(model, dataset, batch_size: int = 16, device=None):
+    """Arg-max label maps at each reference's resolution: `(predictions, references)` lists."""
+    from tqdm.auto import tqdm
+
+    device = device or next(model.parameters()).device
+    model.eval()
+    preds, refs = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="segment", leave=False):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        logits = model(pixel_values=torch.stack([r["pixel_values"] for r in rows]).to(device)).logits
+        for lg, r in zip(logits, rows, strict=True):
+            up = nn.functional.interpolate(lg[None].float(), size=r["labels"].shape, mode="bilinear",
+                                           align_corners=False)
+            preds.append(up[0].argmax(0).cpu().numpy())
+            refs.append(r["labels"].numpy())
+    return preds, refs
+
+
+def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_split="train", test_split="test",
+                          image_column="image", label_column="annotation", num_labels: int | None = None,
+                          reduce_labels: bool = False, image_size: int = 512, epochs: float = 10,
+                          learning_rate: float = 1e-4, batch_size: int = 16, max_steps: int = -1, seed: int = 0,
+                          revision: str | None = None, use_cpu=None, update_card: bool = True) -> list[dict]:
+    """Fine-tune UperNet + the checkpoint's backbone on the train split, report test mIoU (and pixel accuracy),
+    save the fine-tuned UperNet to `output_dir`, and add the numbers to the checkpoint's results and card."""
+    from datasets import load_dataset
+    from transformers import AutoModel, Trainer, TrainingArguments
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..hub.model_card import add_results, write_model_card
+    from .metrics import load_metric
+
+    train_ds = load_dataset(dataset, split=train_split, revision=revision)
+    test_ds = load_dataset(dataset, split=test_split, revision=revision)
+    for col in (image_column, label_column):
+        if col not in train_ds.column_names:
+            raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
+    if num_labels is None:
+        top = max(int(np.array(a).max()) for a in train_ds[label_column][:200])
+        num_labels = top if reduce_labels else top + 1
+        logger.info("num_labels = %d (from the train split's label maps; pass num_labels to override)", num_labels)
+    train_tf, test_tf = _transforms(image_size, reduce_labels)
+
+    def with_tf(tf):
+        def apply(batch):
+            out = [tf(im, ann) for im, ann in zip(batch[image_column], batch[label_column], strict=True)]
+            return {"pixel_values": [o[0] for o in out], "labels": [o[1] for o in out]}
+        return apply
+
+    train_ds = train_ds.with_transform(with_tf(train_tf))
+    test_ds = test_ds.with_transform(with_tf(test_tf))
+    pretrained = AutoModel.from_pretrained(model_dir)
+    seg = upernet_from_backbone(pretrained, num_labels)
+    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
+                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+                             remove_unused_columns=False, save_strategy="no", report_to="none", seed=seed,
+                             logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}))
+    trainer = Trainer(model=seg, args=args, train_dataset=train_ds)
+    trainer.train()
+    trainer.save_model(output_dir)
+    preds, refs = predict_label_maps(trainer.model, test_ds, batch_size=batch_size)
+    scores = load_metric("semantic_miou").compute(predictions=preds, references=refs, num_labels=num_labels,
+                                                  ignore_index=IGNORE_INDEX)
+    logger.info("segmentation: mIoU %.4f, pixel accuracy %.4f", scores["mean_iou"], scores["overall_accuracy"])
+    base = {"task": "image-segmentation", "dataset": dataset, "split": test_split, "revision": revision}
+    results = [{**base, "metric": "segmentation_miou", "value": scores["mean_iou"]},
+               {**base, "metric": "segmentation_pixel_accuracy", "value": scores["overall_accuracy"]}]
+    if update_card:
+        add_results(model_dir, results)
+        write_model_card(model_dir, pretrained.config)
+    return results
+

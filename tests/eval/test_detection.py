@@ -1,0 +1,103 @@
+"""Mask R-CNN (torchvision) from the checkpoint's ResNet: the COCO AP library against hand cases, weights
+carried over, a 2-step fine-tune on rendered shapes scenes in COCO layout, results in the card."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+
+def box_mask(x0, y0, x1, y1, size=32):
+    m = torch.zeros(size, size, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_coco_ap_library_on_hand_cases():
+    from torchmetrics.detection import MeanAveragePrecision
+
+    ref = {"boxes": torch.tensor([[4.0, 4.0, 14.0, 14.0]]), "labels": torch.tensor([1]),
+           "masks": box_mask(4, 4, 14, 14)[None]}
+    # Perfect: AP 1. Shifted right by 3 px: IoU = 70 / 130 ≈ 0.54 → a hit at 0.5, a miss from 0.55 up.
+    for dx, ap, ap50, ap75 in ((0, 1.0, 1.0, 1.0), (3, 0.1, 1.0, 0.0)):
+        pred = {"boxes": ref["boxes"] + torch.tensor([dx, 0.0, dx, 0.0]), "scores": torch.tensor([0.9]),
+                "labels": torch.tensor([1]), "masks": box_mask(4 + dx, 4, 14 + dx, 14)[None]}
+        m = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools")
+        m.update([pred], [ref])
+        r = m.compute()
+        for kind in ("bbox", "segm"):
+            assert float(r[f"{kind}_map"]) == pytest.approx(ap, abs=1e-3)
+            assert float(r[f"{kind}_map_50"]) == pytest.approx(ap50)
+            assert float(r[f"{kind}_map_75"]) == pytest.approx(ap75)
+
+
+def checkpoint():
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    torch.manual_seed(0)
+    return SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8)).eval()
+
+
+def test_maskrcnn_body_carries_the_checkpoint_weights():
+    from freeatm_hf.eval.detection import maskrcnn_from_backbone
+
+    model = checkpoint()
+    det = maskrcnn_from_backbone(model, num_classes=6, min_size=64, max_size=64).eval()
+    body = det.backbone.body
+    x = torch.randn(1, 3, 64, 64)
+    # Frozen BN in eval mode computes what the checkpoint's BN computes in eval mode.
+    torch.testing.assert_close(body(x)["3"], model.backbone.forward_features(x), atol=1e-4, rtol=1e-4)
+    trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    with pytest.raises(TypeError, match="ResNet"):
+        from freeatm_hf.models import MAEConfig, MAEModel
+        from freeatm_hf.train.mae import SIZES
+
+        maskrcnn_from_backbone(MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"])), 6)
+
+
+@pytest.fixture(scope="module")
+def shapes_coco(tmp_path_factory):
+    from freeatm_hf.toy.dataset import write_shapes_coco
+
+    return write_shapes_coco(tmp_path_factory.mktemp("coco") / "shapes-coco", num_train=6, num_test=3)
+
+
+def test_coco_folder_round_trips_masks_and_boxes(shapes_coco):
+    from freeatm_hf.eval.detection import coco_split
+    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+
+    ds = coco_split(shapes_coco, "test", train=False)
+    world = ShapesWorld(seed=1)  # the test split's world
+    specs = world.scenes(3)
+    _, masks = world.render(specs)
+    for i in range(3):
+        image, target = ds[i]
+        assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+        visible = [k for k in range(len(specs[i].objects)) if masks[i][k].any()]
+        assert target["labels"].tolist() == [1 + SHAPES.index(specs[i].objects[k].shape) for k in visible]
+        assert torch.equal(target["masks"].bool(), masks[i][visible])
+
+
+def test_two_step_finetune_gives_finite_ap_in_the_card(shapes_coco, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.eval.cli import main
+    from freeatm_hf.hub.model_card import write_model_card
+
+    ckpt = tmp_path / "ckpt"
+    model = checkpoint()
+    model.save_pretrained(ckpt)
+    write_model_card(ckpt, model.config)
+    out = tmp_path / "det"
+    results = main(["detect", "--model", str(ckpt), "--dataset", str(shapes_coco), "--output_dir", str(out),
+                    "--max_steps", "2", "--batch_size", "2", "--min_size", "64", "--max_size", "64",
+                    "--device", "cpu"])
+    values = {r["metric"]: r["value"] for r in results}
+    assert set(values) == {f"{k}_{n}" for k in ("box", "mask") for n in ("map", "map_50", "map_75")}
+    assert all(np.isfinite(v) and -1 <= v <= 1 for v in values.values())  # -1: torchmetrics' "no detections"
+    assert (out / "maskrcnn.pth").is_file()
+    assert json.loads((out / "coco_ap.json").read_text()) == values
+    card = ModelCard.load(ckpt / "README.md")
+    assert {e.metric_type for e in card.data.eval_results} >= set(values)
