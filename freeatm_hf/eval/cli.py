@@ -106,6 +106,12 @@ def make_parser():
     r.add_argument("--batch_size", type=int, default=64)
     r.add_argument("--device", default=None)
     r.add_argument("--output", default=None, help="write the results JSON here")
+    r.add_argument("--finetune_split", default=None,
+                   help="first fine-tune for retrieval (ITC + ITM, BLIP's protocol) on this split")
+    r.add_argument("--finetune_dir", default=None, help="where the fine-tuned model goes (needed with --finetune_split)")
+    r.add_argument("--finetune_epochs", type=float, default=6)
+    r.add_argument("--finetune_max_steps", type=int, default=-1)
+    r.add_argument("--finetune_lr", type=float, default=1e-5)
     return p
 
 
@@ -162,6 +168,16 @@ def main_retrieval(args):
     from .retrieval import recall_at_k, retrieval_scores
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.finetune_split:
+        from .retrieval import finetune_retrieval
+
+        if not args.finetune_dir:
+            raise ValueError("--finetune_split needs --finetune_dir (where the fine-tuned model is saved)")
+        args.model = finetune_retrieval(
+            args.model, args.dataset, args.finetune_dir, split=args.finetune_split, image_column=args.image_column,
+            caption_column=args.caption_column, image_size=args.image_size, max_length=args.max_length,
+            epochs=args.finetune_epochs, max_steps=args.finetune_max_steps, learning_rate=args.finetune_lr,
+            batch_size=args.batch_size, use_cpu=True if args.device == "cpu" else None)
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
@@ -178,7 +194,8 @@ def main_retrieval(args):
     enc = tok(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
     i2t, t2i = retrieval_scores(model, torch.stack(pixels), enc.input_ids, enc.attention_mask, args.k_test,
                                 args.batch_size)
-    result = {"dataset": args.dataset, "split": args.split, "images": len(pixels), "texts": len(texts),
+    result = {"dataset": args.dataset, "split": args.split, "finetuned_on": args.finetune_split,
+              "images": len(pixels), "texts": len(texts),
               "k_test": args.k_test, **recall_at_k(i2t, t2i, text_to_image)}
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

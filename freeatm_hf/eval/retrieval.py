@@ -1,5 +1,6 @@
 """BLIP's retrieval protocol: rank by ITC similarity, re-rank the top k with the ITM head, score = ITM logit
-(match) + ITC similarity; recall@1/5/10 both ways."""
+(match) + ITC similarity; recall@1/5/10 both ways. Before it, optionally, BLIP's retrieval fine-tuning
+(ITC + ITM on the target's image-caption pairs, no LM) through the same Trainer as pretraining."""
 
 import torch
 
@@ -45,3 +46,51 @@ def recall_at_k(i2t: torch.Tensor, t2i: torch.Tensor, text_to_image: list[int]) 
     tr = metric.compute(predictions=i2t.tolist(), references=refs, text_to_image=text_to_image)
     ir = metric.compute(predictions=t2i.T.tolist(), references=refs, text_to_image=text_to_image)
     return {**{k: v for k, v in tr.items() if k.startswith("tr")}, **{k: v for k, v in ir.items() if k.startswith("ir")}}
+
+
+def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str = "train", image_column="image",
+                       caption_column="caption", image_size: int | None = None, max_length: int = 35,
+                       epochs: float = 6, max_steps: int = -1, learning_rate: float = 1e-5, batch_size: int = 32,
+                       seed: int = 0, use_cpu=None, revision: str | None = None) -> str:
+    """Fine-tune a BLIP checkpoint for retrieval with ITC + ITM (the LM loss is off, as in BLIP's retrieval
+    fine-tuning) on `split`; images get a random resized crop (no flip: captions may say left and right), and
+    an image with several captions contributes a random one per epoch. Saves model and tokenizer to
+    `output_dir` and returns it."""
+    import random
+
+    from datasets import load_dataset
+    from torchvision.transforms import v2
+    from transformers import AutoModel, AutoTokenizer, TrainingArguments
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..train.blip import BlipTrainer
+
+    model = AutoModel.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model.config.lm_weight = 0.0
+    size = image_size or model.config.vision_config.image_size
+    ds = load_dataset(dataset, split=split, revision=revision)
+    for col in (image_column, caption_column):
+        if col not in ds.column_names:
+            raise ValueError(f"{dataset} has no column {col!r} (columns: {ds.column_names})")
+    tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    rng = random.Random(seed)
+
+    def transform(batch):
+        caps = [c if isinstance(c, str) else rng.choice(c) for c in batch[caption_column]]
+        enc = tok(caps, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+        return {"pixel_values": [tf(im.convert("RGB")) for im in batch[image_column]],
+                "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
+
+    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
+                             learning_rate=learning_rate, weight_decay=0.05, per_device_train_batch_size=batch_size,
+                             lr_scheduler_type="cosine", remove_unused_columns=False, save_strategy="no",
+                             report_to="none", seed=seed, logging_steps=10,
+                             **({"use_cpu": use_cpu} if use_cpu is not None else {}))
+    trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform))
+    trainer.train()
+    trainer.save_model(output_dir)
+    tok.save_pretrained(output_dir)
+    return output_dir

@@ -119,14 +119,18 @@ class BlipATMModel(BlipPreTrainedModel):
         labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
         loss_itm = F.cross_entropy(logits, labels)
 
-        dec_ids = input_ids.clone()
-        dec_ids[:, 0] = self.config.text_config.bos_token_id
-        lm_labels = dec_ids.masked_fill(dec_ids == self.config.text_config.pad_token_id, -100)
-        lm_labels = lm_labels.masked_fill(attention_mask == 0, -100)
-        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        loss_lm = self.text_decoder(input_ids=dec_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds,
-                                    encoder_attention_mask=atts, labels=lm_labels, reduction="mean").loss
         c = self.config
+        if c.lm_weight:
+            dec_ids = input_ids.clone()
+            dec_ids[:, 0] = c.text_config.bos_token_id
+            lm_labels = dec_ids.masked_fill(dec_ids == c.text_config.pad_token_id, -100)
+            lm_labels = lm_labels.masked_fill(attention_mask == 0, -100)
+            atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+            loss_lm = self.text_decoder(input_ids=dec_ids, attention_mask=attention_mask,
+                                        encoder_hidden_states=image_embeds, encoder_attention_mask=atts,
+                                        labels=lm_labels, reduction="mean").loss
+        else:  # retrieval fine-tuning (ITC + ITM only): the decoder is not run
+            loss_lm = torch.zeros((), device=loss_itc.device)
         loss = c.itc_weight * loss_itc + c.itm_weight * loss_itm + c.lm_weight * loss_lm
         return BlipATMOutput(loss=loss, loss_itc=loss_itc.detach(), loss_itm=loss_itm.detach(),
                              loss_lm=loss_lm.detach(), sim_i2t=sim_i2t.detach())

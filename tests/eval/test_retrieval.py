@@ -58,3 +58,38 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
     assert all(0 <= r[k] <= 100 for k in ("tr@1", "tr@5", "ir@1", "ir@10"))
     assert r["tr@10"] == 100.0 and r["ir@10"] == 100.0  # 4 images, 8 texts: everything is within the top 10
     assert out.is_file()
+
+
+def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import AutoModel
+
+    from freeatm_hf.eval.cli import main as eval_main
+    from freeatm_hf.spaces import space_dir
+    from freeatm_hf.train.cli import main as train_main
+
+    model_dir = tmp_path / "blip"
+    train_main(["blip", str(space_dir().parents[1] / "recipes" / "blip_cpu_smoke.yaml"), "--output_dir", str(model_dir),
+                "--dataset", str(space_dir() / "example_dataset"), "--max_steps", "1"])
+    rows = [{"image": Image.new("RGB", (40, 40), (60 * i, 0, 200 - 60 * i)), "caption": [f"square {i}", f"tile {i}"]}
+            for i in range(4)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / f"{split}-00000-of-00001.parquet"))
+    ft = tmp_path / "ft"
+    r = eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--k_test", "3",
+                   "--device", "cpu", "--finetune_split", "train", "--finetune_dir", str(ft),
+                   "--finetune_max_steps", "2", "--finetune_lr", "1e-3", "--batch_size", "4"])
+    assert r["finetuned_on"] == "train" and r["images"] == 4
+    before, after = AutoModel.from_pretrained(model_dir), AutoModel.from_pretrained(ft)
+    moved = lambda name: not torch.equal(before.state_dict()[name], after.state_dict()[name])  # noqa: E731
+    sd = after.state_dict()
+    assert any(moved(k) for k in sd if k.startswith("vision_model."))
+    assert any(moved(k) for k in sd if k.startswith("itm_head."))
+    # No LM loss in retrieval fine-tuning: the decoder gets no gradient and stays as it was.
+    assert not any(moved(k) for k in sd if k.startswith("text_decoder."))
+    assert after.config.lm_weight == 0.0
+    with pytest.raises(ValueError, match="finetune_dir"):
+        eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--finetune_split",
+                   "train"])
