@@ -11,8 +11,9 @@ import sys
 COMMANDS = {
     "generate": ("freeatm_hf.generate.cli", "Generate images with per-object attention masks into a dataset folder."),
     "push": ("freeatm_hf.hub.cli", "Upload a finished dataset or model folder to the Hub."),
-    "train": ("freeatm_hf.train.cli", "Pretrain: simclr or moco (attention-pooled instances or image baseline)."),
-    "eval": ("freeatm_hf.eval.cli", "Evaluate: attention-mask quality on the shapes world."),
+    "push-model": ("freeatm_hf.hub.cli:push_model_main", "Upload a checkpoint folder (with its card) as a model repo."),
+    "train": ("freeatm_hf.train.cli", "Pretrain: simclr, moco, mae or blip (Free-ATM or the mask-free baseline)."),
+    "eval": ("freeatm_hf.eval.cli", "Evaluate: masks, knn/linear probe, finetune, segment, detect, retrieval."),
     "space": ("freeatm_hf.spaces_cli", "Launch the mask viewer (Gradio) locally."),
     "push-space": ("freeatm_hf.spaces_cli:push_main", "Create or update the mask viewer Space on the Hub."),
 }

@@ -2,6 +2,7 @@
 
     freeatm push outputs/scenes user/scenes                 # a dataset folder
     freeatm push outputs/simclr user/simclr-atm --repo_type model --private
+    freeatm push-model outputs/simclr user/simclr-atm      # the same as --repo_type model
 """
 
 import argparse
@@ -26,6 +27,15 @@ def main(argv=None):
                       revision=args.revision, commit_message=args.commit_message)
     print(url)
     return url
+
+
+def push_model_main(argv=None):
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--repo_type" in argv:
+        raise SystemExit("freeatm push-model always pushes a model repo; use `freeatm push` for other types")
+    return main(argv + ["--repo_type", "model"])
 
 
 if __name__ == "__main__":

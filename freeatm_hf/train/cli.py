@@ -46,13 +46,27 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     method = argv[0]
     args, training_args = parse(method, argv[1:])
+    # `--push_to_hub` is honoured by uploading the finished folder (weights, freeatm card, exports) once,
+    # instead of Trainer's own pushes, which would replace the card with Trainer's.
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False
     if method in ("mae", "blip"):
         from importlib import import_module
 
-        return import_module(f".{method}", __package__).train(args, training_args)
-    from .contrastive import train
+        trainer = import_module(f".{method}", __package__).train(args, training_args)
+    else:
+        from .contrastive import train
 
-    return train(method, args, training_args)
+        trainer = train(method, args, training_args)
+    if push and trainer.is_world_process_zero():
+        from pathlib import Path
+
+        from ..hub.push import push_folder
+
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+        push_folder(training_args.output_dir, repo_id, repo_type="model", private=bool(training_args.hub_private_repo),
+                    token=training_args.hub_token)
+    return trainer
 
 
 if __name__ == "__main__":

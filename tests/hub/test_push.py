@@ -71,3 +71,22 @@ def test_push_refuses_an_unfinished_folder(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(FileNotFoundError, match="no README.md"):
         push_folder(tmp_path, "me/x")
+
+
+def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_model_too(tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "simclr"
+    with FakeHub() as hub:
+        res = run_cli(["train", "simclr", "recipes/contrastive_cpu_smoke.yaml", "--output_dir", str(out),
+                       "--max_steps", "1", "--push_to_hub", "--hub_model_id", "me/simclr-atm"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        files = hub.repos[("model", "me/simclr-atm")]["files"]
+        assert {"README.md", "config.json", "model.safetensors"} <= set(files)
+        assert files["README.md"] == (out / "README.md").read_bytes()
+        res = run_cli(["push-model", str(out), "me/again"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert hub.repos[("model", "me/again")]["files"]["model.safetensors"] == files["model.safetensors"]
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags  # ours, not Trainer's
+    assert TOKEN not in res.stdout + res.stderr
