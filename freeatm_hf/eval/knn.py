@@ -49,6 +49,37 @@ def linear_probe(train_feats, train_labels, test_feats, num_classes: int | None 
         return head(xt)
 
 
+def multilabel_linear_probe(train_feats, train_targets, test_feats, epochs: int = 100, lr: float = 0.1,
+                            weight_decay: float = 1e-4, seed: int = 0) -> torch.Tensor:
+    """One logistic regression per label (binary cross-entropy, full-batch L-BFGS) on standardized frozen
+    features, for "which of these are present" tasks; `train_targets` is `(N, C)` 0/1. Returns test logits."""
+    torch.manual_seed(seed)
+    y = train_targets.float()
+    mean, std = train_feats.float().mean(0), train_feats.float().std(0).clamp_min(1e-6)
+    x, xt = (train_feats.float() - mean) / std, (test_feats.float() - mean) / std
+    head = torch.nn.Linear(x.shape[1], y.shape[1])
+    opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(head(x), y) + weight_decay * head.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return head(xt)
+
+
+def multilabel_scores(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Macro mean average precision (torchmetrics) and exact-set accuracy at probability 0.5."""
+    from torchmetrics.functional.classification import multilabel_average_precision
+
+    targets = targets.long()
+    return {"map": float(multilabel_average_precision(logits.sigmoid(), targets, num_labels=targets.shape[1])),
+            "exact_set_accuracy": float(((logits > 0).long() == targets).all(1).float().mean())}
+
+
 @torch.no_grad()
 def extract_features(backbone, dataset, transform, batch_size: int = 256, device=None, image_column: str = "image",
                      label_column: str = "label", num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

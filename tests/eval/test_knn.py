@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,3 +34,32 @@ def test_linear_probe_separates_linearly_separable_features():
     x = centers[y] + 0.3 * torch.randn(600, 32)  # separated blobs: a linear boundary exists with a margin
     scores = linear_probe(x[:400], y[:400], x[400:], num_classes=5)
     assert accuracy(scores, y[400:]) >= 0.99
+
+
+def test_multilabel_probe_finds_which_labels_are_present():
+    from freeatm_hf.eval.knn import multilabel_linear_probe, multilabel_scores
+
+    torch.manual_seed(0)
+    directions = 3 * F.normalize(torch.randn(6, 24), dim=1)
+    present = (torch.rand(500, 6) < 0.4).long()
+    x = present.float() @ directions + 0.2 * torch.randn(500, 24)  # each present label adds its direction
+    logits = multilabel_linear_probe(x[:350], present[:350], x[350:])
+    r = multilabel_scores(logits, present[350:])
+    assert r["map"] >= 0.99 and r["exact_set_accuracy"] >= 0.9
+    # Shuffled targets carry no signal: mAP falls to about the label frequency.
+    shuffled = present[torch.randperm(350)]
+    r0 = multilabel_scores(multilabel_linear_probe(x[:350], shuffled, x[350:]), present[350:])
+    assert r0["map"] < 0.6
+
+
+def test_multilabel_scores_against_hand_cases():
+    from freeatm_hf.eval.knn import multilabel_scores
+
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]])
+    perfect = torch.tensor([[5.0, -5.0], [-5.0, 5.0], [5.0, 5.0], [-5.0, -5.0]])
+    assert multilabel_scores(perfect, targets) == {"map": 1.0, "exact_set_accuracy": 1.0}
+    # Label 0 ranks its positives 1st and 3rd: AP = (1/1 + 2/3) / 2; label 1 is perfect; one set is wrong.
+    scores = torch.tensor([[3.0, -5.0], [2.0, 5.0], [1.0, 5.0], [-5.0, -5.0]])
+    r = multilabel_scores(scores, targets)
+    assert r["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
+    assert r["exact_set_accuracy"] == 0.75
