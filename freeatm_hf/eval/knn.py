@@ -28,47 +28,39 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: int = 1) -> float
     return (top == labels[:, None]).any(1).float().mean().item()
 
 
-def linear_probe(train_feats, train_labels, test_feats, num_classes: int | None = None, epochs: int = 100,
-                 lr: float = 0.1, weight_decay: float = 1e-4, seed: int = 0) -> torch.Tensor:
-    """A logistic-regression head on standardized frozen features (full-batch L-BFGS); returns test scores."""
+def _fit_linear(train_feats, targets, test_feats, out_dim: int, loss_fn, epochs: int, lr: float,
+                weight_decay: float, seed: int) -> torch.Tensor:
+    """A linear head on standardized frozen features, fitted full-batch with L-BFGS; returns test logits."""
     torch.manual_seed(seed)
-    c = num_classes or int(train_labels.max()) + 1
     mean, std = train_feats.float().mean(0), train_feats.float().std(0).clamp_min(1e-6)
     x, xt = (train_feats.float() - mean) / std, (test_feats.float() - mean) / std
-    head = torch.nn.Linear(x.shape[1], c)
+    head = torch.nn.Linear(x.shape[1], out_dim)
     opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(head(x), train_labels) + weight_decay * head.weight.square().sum()
+        loss = loss_fn(head(x), targets) + weight_decay * head.weight.square().sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
         return head(xt)
+
+
+def linear_probe(train_feats, train_labels, test_feats, num_classes: int | None = None, epochs: int = 100,
+                 lr: float = 0.1, weight_decay: float = 1e-4, seed: int = 0) -> torch.Tensor:
+    """A logistic-regression head on standardized frozen features (full-batch L-BFGS); returns test scores."""
+    c = num_classes or int(train_labels.max()) + 1
+    return _fit_linear(train_feats, train_labels, test_feats, c, F.cross_entropy, epochs, lr, weight_decay, seed)
 
 
 def multilabel_linear_probe(train_feats, train_targets, test_feats, epochs: int = 100, lr: float = 0.1,
                             weight_decay: float = 1e-4, seed: int = 0) -> torch.Tensor:
     """One logistic regression per label (binary cross-entropy, full-batch L-BFGS) on standardized frozen
     features, for "which of these are present" tasks; `train_targets` is `(N, C)` 0/1. Returns test logits."""
-    torch.manual_seed(seed)
-    y = train_targets.float()
-    mean, std = train_feats.float().mean(0), train_feats.float().std(0).clamp_min(1e-6)
-    x, xt = (train_feats.float() - mean) / std, (test_feats.float() - mean) / std
-    head = torch.nn.Linear(x.shape[1], y.shape[1])
-    opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(head(x), y) + weight_decay * head.weight.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return head(xt)
+    return _fit_linear(train_feats, train_targets.float(), test_feats, train_targets.shape[1],
+                       F.binary_cross_entropy_with_logits, epochs, lr, weight_decay, seed)
 
 
 def multilabel_scores(logits: torch.Tensor, targets: torch.Tensor) -> dict:
