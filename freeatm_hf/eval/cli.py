@@ -108,6 +108,7 @@ def make_parser():
     r.add_argument("--output", default=None, help="write the results JSON here")
     r.add_argument("--finetune_split", default=None,
                    help="first fine-tune for retrieval (ITC + ITM, BLIP's protocol) on this split")
+    r.add_argument("--finetune_dataset", default=None, help="dataset for fine-tuning (default: --dataset)")
     r.add_argument("--finetune_dir", default=None, help="where the fine-tuned model goes (needed with --finetune_split)")
     r.add_argument("--finetune_epochs", type=float, default=6)
     r.add_argument("--finetune_max_steps", type=int, default=-1)
@@ -174,7 +175,8 @@ def main_retrieval(args):
         if not args.finetune_dir:
             raise ValueError("--finetune_split needs --finetune_dir (where the fine-tuned model is saved)")
         args.model = finetune_retrieval(
-            args.model, args.dataset, args.finetune_dir, split=args.finetune_split, image_column=args.image_column,
+            args.model, args.finetune_dataset or args.dataset, args.finetune_dir, split=args.finetune_split,
+            image_column=args.image_column,
             caption_column=args.caption_column, image_size=args.image_size, max_length=args.max_length,
             epochs=args.finetune_epochs, max_steps=args.finetune_max_steps, learning_rate=args.finetune_lr,
             batch_size=args.batch_size, use_cpu=True if args.device == "cpu" else None)

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("cx, cy, text", [(0.1, 0.1, "at the top left"), (0.5, 0.05, "at the top"),
+                                          (0.9, 0.5, "on the right"), (0.5, 0.5, "in the center"),
+                                          (0.2, 0.95, "at the bottom left"), (0.999, 0.999, "at the bottom right")])
+def test_where_names_the_third_of_the_image(cx, cy, text):
+    from freeatm_hf.toy.table2 import where
+
+    assert where(cx, cy) == text
+
+
+def test_retrieval_set_pairs_each_scene_with_its_mirror(tmp_path):
+    from datasets import load_dataset
+
+    from freeatm_hf.toy.table2 import rendered_retrieval_set, spatial_caption
+    from freeatm_hf.toy.world import ShapesWorld
+
+    rendered_retrieval_set(tmp_path, "test", seed=5, n=6, mirrors=True)
+    ds = load_dataset(str(tmp_path), split="test")
+    specs = ShapesWorld(seed=5).scenes(6)
+    i = 0
+    for spec in specs:
+        assert ds[i]["caption"] == spatial_caption(spec)
+        mirrored = spatial_caption(spec, mirror=True)
+        if mirrored != ds[i]["caption"]:
+            assert ds[i + 1]["caption"] == mirrored
+            # the mirror image is the scene flipped left-right
+            np.testing.assert_array_equal(np.asarray(ds[i + 1]["image"]), np.asarray(ds[i]["image"])[:, ::-1])
+            i += 1
+        i += 1
+    assert i == len(ds) > 6  # at least one scene had a mirror
+    assert "left" in " ".join(ds["caption"]) and "right" in " ".join(ds["caption"])
+
+
+def test_table2_runs_end_to_end(tmp_path):
+    from freeatm_hf.toy.table2 import main
+
+    res = main(["--output_dir", str(tmp_path), "--pipeline", "tiny", "--num_images", "8", "--num_inference_steps", "2",
+                "--max_steps", "2", "--batch_size", "4", "--num_finetune", "6", "--finetune_steps", "2",
+                "--num_test", "4", "--image_size", "32", "--device", "cpu"])
+    assert [r["pretraining"].split(",")[0].split(" +")[0] for r in res["rows"]] == ["BLIP", "BLIP"]
+    assert all(0 <= r[k] <= 100 for r in res["rows"] for k in ("tr@1", "ir@1", "tr@5", "ir@5"))
+    assert (tmp_path / "table2.md").is_file() and (tmp_path / "blip-position-retrieval" / "config.json").is_file()
