@@ -13,7 +13,8 @@ class GenerateConfig:
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
     rows_per_shard: int = field(default=1024, metadata={"help": "Rows per Parquet shard (the unit of resume)."})
     num_inference_steps: int = field(default=25, metadata={"help": "Denoising steps."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance scale (<=1 disables)."})
+    guidance_scale: float | None = field(default=None, metadata={
+        "help": "Classifier-free guidance scale (<=1 disables); default: the model folder's freeatm.json, else 7.5."})
     height: int | None = field(default=None, metadata={"help": "Image height (default: the pipeline's)."})
     width: int | None = field(default=None, metadata={"help": "Image width (default: the pipeline's)."})
     seed: int = field(default=0, metadata={"help": "Image i uses seed + i; prompts are drawn with this seed too."})
@@ -61,6 +62,8 @@ class GenerateConfig:
             self.step_window = list(capture.get("step_window", [0.0, 1.0]))
         if self.threshold is None:
             self.threshold = str(rec.get("threshold") or 0.4)
+        if self.guidance_scale is None:
+            self.guidance_scale = float(rec.get("guidance_scale") or 7.5)
         if self.prompt_mode == "auto":
             self.prompt_mode = rec.get("prompt_mode", "scene")
         if self.prompt_mode not in ("scene", "photo", "shapes", "file"):

@@ -15,6 +15,7 @@ import torch
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "tokenizer"
 MODEL_DIR = Path(__file__).parent / "assets" / "shapes-t2i"  # the trained pipeline, once it exists
 MAX_TOKENS = 32  # the longest caption of 4 objects is 26 tokens with start and end
+GUIDANCE_SCALE = 4.0  # what the mask evaluation uses; a small model oversaturates at SD's 7.5
 ARCHITECTURE_CAPTURE = (1, 2)  # every cross-attention resolution (16×16, 8×8), until a sweep has measured better
 
 
@@ -80,7 +81,9 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
     path = folder / RECOMMENDATION_FILE
     info = json.loads(path.read_text()) if path.exists() else {
         "capture": CaptureConfig(down_factors=ARCHITECTURE_CAPTURE).to_dict(), "threshold": None,
-        "prompt_mode": "shapes"}
+        "prompt_mode": "shapes", "guidance_scale": GUIDANCE_SCALE}
+    info.setdefault("prompt_mode", "shapes")
+    info.setdefault("guidance_scale", GUIDANCE_SCALE)
     if training is not None:
         info["training"] = training
     if mask_eval is not None:

@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scenes = out / "scenes"
     generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
-                                    batch_size=32, num_inference_steps=args.num_inference_steps, guidance_scale=4.0,
+                                    batch_size=32, num_inference_steps=args.num_inference_steps,
                                     seed=args.seed, device=args.device))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
     rows = []

@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
     if not args.scenes:
         generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
                                         batch_size=32, num_inference_steps=args.num_inference_steps,
-                                        guidance_scale=4.0, seed=args.seed, device=args.device))
+                                        seed=args.seed, device=args.device))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
     finetune_set = rendered_retrieval_set(out / "finetune_set", "train", seed=41_000, n=args.num_finetune,
                                           mirrors=True)

@@ -1,6 +1,6 @@
 """Free attention masks, looked at: browse a freeatm dataset, or generate with masks live.
 
-    python app.py                                   # the example dataset next to this file + the tiny pipeline
+    python app.py                                   # the example dataset next to this file + the default pipeline
     python app.py --dataset user/scenes --pipeline path/to/pipeline
     freeatm space --dataset outputs/scenes          # the same, from the installed package
 
@@ -100,10 +100,32 @@ def detect_nouns(prompt: str, vocabulary: list[str]) -> list[str]:
     return [n for _, _, n in sorted(found)]
 
 
+def _recommendation(pipeline: str) -> dict:
+    from freeatm_hf.generate.pipelines import default_pipeline, pipeline_recommendation
+
+    return pipeline_recommendation(default_pipeline() if pipeline == "default" else pipeline) or {}
+
+
+def prompt_language(pipeline: str) -> tuple[str, list[str]]:
+    """(example prompt, known object names) for the prompts this pipeline understands: shapes-world captions
+    for a model whose freeatm.json says so (the embedded shapes model), ImageNet scenes otherwise."""
+    if _recommendation(pipeline).get("prompt_mode") == "shapes":
+        from freeatm_hf.toy.world import COLORS, SHAPES
+
+        return ("a red circle and a small blue star on a striped background",
+                [f"{c} {s}" for c in COLORS for s in SHAPES])
+    from freeatm_hf.prompts import LabelSpace
+
+    return ("a golden retriever with a tennis ball is playing in a park",
+            [n for c in LabelSpace.imagenet().classes for n in (c.name, *c.synonyms)])
+
+
 def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Blocks:
     dataset = dataset or os.environ.get("FREEATM_DATASET") or str(EXAMPLE_DATASET)
     pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "default"
     cache = RowCache(dataset)
+    example_prompt, vocabulary = prompt_language(pipeline)
+    guidance = float(_recommendation(pipeline).get("guidance_scale") or 7.5)
     state: dict = {}
 
     def generator():
@@ -112,12 +134,10 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
 
             from freeatm_hf.generate import FreeATMGenerator
             from freeatm_hf.generate.pipelines import load_pipeline
-            from freeatm_hf.prompts import LabelSpace
 
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             state["gen"] = FreeATMGenerator(load_pipeline(pipeline, device))
-            state["vocab"] = [n for c in LabelSpace.imagenet().classes for n in (c.name, *c.synonyms)]
-        return state["gen"], state["vocab"]
+        return state["gen"], vocabulary
 
     def browse(index: float, threshold: float):
         row = cache.get(int(index))
@@ -139,7 +159,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             p = Prompt.from_nouns(prompt, names)
         except ValueError as e:
             raise gr.Error(str(e)) from None
-        out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps))
+        out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps), guidance_scale=guidance)
         objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L")} for o in out.objects[0]]
         state["last"] = (out.images[0], prompt, objects)
         view, text, soft, masks, summary = render(out.images[0], prompt, objects, threshold)
@@ -182,8 +202,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         with gr.Tab("Generate", id="generate"):
             gr.Markdown(f"Pipeline: `{pipeline}`")
             with gr.Row():
-                prompt = gr.Textbox(label="prompt", value="a golden retriever with a tennis ball is playing in a park",
-                                    elem_id="gen-prompt", scale=3)
+                prompt = gr.Textbox(label="prompt", value=example_prompt, elem_id="gen-prompt", scale=3)
                 nouns = gr.Textbox(label="nouns to track (comma-separated; empty = detect)", elem_id="gen-nouns")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="seed")

@@ -53,7 +53,8 @@ def test_default_pipeline_is_resolved_before_it_is_recorded(monkeypatch):
 
     monkeypatch.setattr(toy_model, "trained_pipeline_available", lambda: False)
     cfg = parse(["--output_dir", "x"])
-    assert (cfg.pipeline, cfg.prompt_mode, cfg.down_factors, cfg.threshold) == ("tiny", "scene", [2, 4], "0.4")
+    got = (cfg.pipeline, cfg.prompt_mode, cfg.down_factors, cfg.threshold, cfg.guidance_scale)
+    assert got == ("tiny", "scene", [2, 4], "0.4", 7.5)
     monkeypatch.setattr(toy_model, "trained_pipeline_available", lambda: True)
     assert parse(["--output_dir", "x"]).pipeline == "shapes"
     assert parse(["--output_dir", "x", "--pipeline", "tiny"]).pipeline == "tiny"
@@ -64,8 +65,10 @@ def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path
     from freeatm_hf.generate.pipelines import save_recommendation
 
     save_recommendation(tmp_path, CaptureConfig(down_factors=(1, 2), step_window=(0.5, 1.0)), threshold=0.55,
-                        prompt_mode="shapes")
+                        prompt_mode="shapes", guidance_scale=4.0)
     cfg = parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
+    assert cfg.guidance_scale == 4.0
+    assert parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--guidance_scale", "2"]).guidance_scale == 2.0
     got = (cfg.down_factors, cfg.step_window, cfg.threshold, cfg.prompt_mode)
     assert got == ([1, 2], [0.5, 1.0], "0.55", "shapes")
     cfg = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2", "--threshold", "otsu",
