@@ -19,6 +19,9 @@ class CaptureConfig:
             averaged (default: equal).
         map_size (`tuple[int, int]`, *optional*): (height, width) of the aggregated maps; defaults to
             the latent size.
+        mmdit_blocks (`str`, *optional*, defaults to `"double"`): MM-DiT blocks to capture: `"double"` (the
+            joint text+image blocks: all of SD3's, Flux's first 19), `"single"` (Flux's single-stream blocks,
+            whose one sequence is [text, image]) or `"all"`.
     """
 
     down_factors: tuple[int, ...] = (2, 4)
@@ -26,8 +29,11 @@ class CaptureConfig:
     step_window: tuple[float, float] = (0.0, 1.0)
     factor_weights: dict[int, float] | None = None
     map_size: tuple[int, int] | None = None
+    mmdit_blocks: str = "double"
 
     def __post_init__(self):
+        if self.mmdit_blocks not in ("double", "single", "all"):
+            raise ValueError(f"mmdit_blocks must be double, single or all, got {self.mmdit_blocks!r}")
         self.down_factors = tuple(int(f) for f in self.down_factors)
         self.step_window = tuple(float(s) for s in self.step_window)
         start, end = self.step_window
@@ -49,13 +55,13 @@ class CaptureConfig:
             "down_factors": list(self.down_factors), "include_mid": self.include_mid,
             "step_window": list(self.step_window),
             "factor_weights": None if self.factor_weights is None else {str(k): v for k, v in self.factor_weights.items()},
-            "map_size": None if self.map_size is None else list(self.map_size),
+            "map_size": None if self.map_size is None else list(self.map_size), "mmdit_blocks": self.mmdit_blocks,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaptureConfig":
         """Inverse of `to_dict`; unknown keys (e.g. a recommended threshold) are ignored."""
-        keys = ("down_factors", "include_mid", "step_window", "factor_weights", "map_size")
+        keys = ("down_factors", "include_mid", "step_window", "factor_weights", "map_size", "mmdit_blocks")
         known = {k: d[k] for k in keys if k in d}
         if known.get("map_size") is not None:
             known["map_size"] = tuple(known["map_size"])

@@ -56,16 +56,23 @@ def _capturing_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 
 
 class JointCaptureProcessor:
-    """Wraps a joint-attention processor; reports image→text probabilities of the conditional half."""
+    """Wraps a joint-attention processor; reports image→text probabilities of the conditional half.
 
-    def __init__(self, original, store: AttentionStore, text_first: bool):
-        self.original, self.store, self.text_first = original, store, text_first
+    A double-stream layer gets text and image as two inputs. A single-stream layer (`single=True`, Flux) gets
+    one [text, image] sequence; `text_len` is then set by a pre-hook on its block, which knows the split."""
+
+    def __init__(self, original, store: AttentionStore, text_first: bool, single: bool = False):
+        self.original, self.store, self.text_first, self.single = original, store, text_first, single
         self.n_img = self.n_txt = 0
+        self.text_len = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
-        if not self.store.active or encoder_hidden_states is None:
+        if not self.store.active or (encoder_hidden_states is None and not (self.single and self.text_len)):
             return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
-        self.n_img, self.n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        if encoder_hidden_states is None:
+            self.n_txt, self.n_img = self.text_len, hidden_states.shape[1] - self.text_len
+        else:
+            self.n_img, self.n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
         token = _LAYER.set(self)
         try:
             return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
@@ -86,12 +93,20 @@ class JointCaptureProcessor:
         self.store.add_selected(2, probs)
 
 
-def joint_attention_modules(transformer) -> dict:
-    """The joint-attention modules: SD3's `transformer_blocks.*.attn` and Flux's double-stream
-    `transformer_blocks.*.attn`. Flux's single-stream blocks see one concatenated sequence without
-    `encoder_hidden_states` and are not captured."""
+def joint_attention_modules(transformer, blocks: str = "double") -> dict:
+    """Name → attention module to capture. `"double"`: SD3's `transformer_blocks.*.attn` and Flux's
+    double-stream `transformer_blocks.*.attn`; `"single"`: Flux's `single_transformer_blocks.*.attn`; `"all"`."""
+    prefixes = {"double": ("transformer_blocks.",), "single": ("single_transformer_blocks.",),
+                "all": ("transformer_blocks.", "single_transformer_blocks.")}[blocks]
     return {name: m for name, m in transformer.named_modules()
-            if name.startswith("transformer_blocks.") and name.endswith(".attn") and hasattr(m, "processor")}
+            if name.startswith(prefixes) and name.endswith(".attn") and hasattr(m, "processor")}
+
+
+def _text_len_hook(proc: JointCaptureProcessor):
+    def hook(module, args, kwargs):
+        enc = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        proc.text_len = None if enc is None else enc.shape[1]
+    return hook
 
 
 @contextmanager
@@ -100,18 +115,24 @@ def capture_joint(transformer, store: AttentionStore, text_first: bool, processo
     if tuple(store.config.down_factors) != (2,):
         raise ValueError("MM-DiT layers all work at the patch grid: use down_factors=(2,)")
     inner = getattr(transformer, "_orig_mod", transformer)
-    modules = joint_attention_modules(inner)
-    if not modules:
-        raise ValueError(f"{type(inner).__name__} has no joint-attention blocks")
+    blocks = store.config.mmdit_blocks
+    modules = joint_attention_modules(inner, blocks)
+    if not modules or (blocks == "all" and not joint_attention_modules(inner, "single")):
+        raise ValueError(f"{type(inner).__name__} has no {'single-stream' if blocks != 'double' else 'joint'} "
+                         f"attention blocks (mmdit_blocks={blocks!r})")
     processors = {} if processors is None else processors
     originals, handles = {}, []
     try:
         for name, attn in modules.items():
+            single = name.startswith("single_transformer_blocks.")
             proc = processors.get(name)
             if proc is None or proc.original is not attn.processor or proc.store is not store:
-                proc = processors[name] = JointCaptureProcessor(attn.processor, store, text_first)
+                proc = processors[name] = JointCaptureProcessor(attn.processor, store, text_first, single)
             originals[name] = attn.processor
             attn.processor = proc
+            if single:
+                block = inner.get_submodule(name.rsplit(".", 1)[0])
+                handles.append(block.register_forward_pre_hook(_text_len_hook(proc), with_kwargs=True))
         F.scaled_dot_product_attention = _capturing_sdpa
         handles.append(transformer.register_forward_pre_hook(lambda module, args: store.next_step()))
         yield store

@@ -32,6 +32,8 @@ class GenerateConfig:
         "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px). "
                 "Default: the model folder's freeatm.json (the shapes model has one), else 2,4."})
     include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block."})
+    mmdit_blocks: str = field(default="double", metadata={
+        "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all."})
     step_window: list[float] | None = field(default=None, metadata={
         "help": "Fraction [start, end) of the denoising steps whose maps are averaged (default: as down_factors, "
                 "else 0,1)."})

@@ -77,7 +77,8 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload)
         if cfg.compile:
             pipe.unet = torch.compile(pipe.unet)
-        capture = CaptureConfig(tuple(cfg.down_factors), cfg.include_mid, tuple(cfg.step_window))
+        capture = CaptureConfig(tuple(cfg.down_factors), cfg.include_mid, tuple(cfg.step_window),
+                                mmdit_blocks=cfg.mmdit_blocks)
         gen = FreeATMGenerator(pipe, capture, threshold=cfg.threshold_value)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",

@@ -141,7 +141,7 @@ def segmenter_ceiling(num_scenes: int = 200, seed: int = 4242) -> float:
 class MaskEvalConfig:
     num_scenes: int = 200
     num_val: int = 50
-    num_inference_steps: int = 50
+    num_inference_steps: int = 25
     guidance_scale: float = 4.0
     batch_size: int = 16
     seed: int = 777  # test scenes; validation uses seed + 1; training used 10_000+

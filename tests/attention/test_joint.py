@@ -27,20 +27,31 @@ class ExplicitJointReference:
     """Patches F.scaled_dot_product_attention; inside the joint blocks it records softmax(q kᵀ·scale) over all
     keys in float64 (checking rows sum to 1) and returns the stock output."""
 
-    def __init__(self, transformer, text_first: bool):
+    def __init__(self, transformer, text_first: bool, blocks: str = "double"):
         self.records, self.text_first, self.inside = [], text_first, False
-        self.handles = []
+        self.handles, self.single_text_len = [], None
         for name, m in transformer.named_modules():
-            if name.startswith("transformer_blocks.") and name.endswith(".attn"):
+            double = name.startswith("transformer_blocks.") and blocks in ("double", "all")
+            single = name.startswith("single_transformer_blocks.") and blocks in ("single", "all")
+            if (double or single) and name.endswith(".attn"):
                 self.handles.append(m.register_forward_pre_hook(self._enter, with_kwargs=True))
                 self.handles.append(m.register_forward_hook(lambda *a: setattr(self, "inside", False)))
+            if single and name.count(".") == 1:  # the block: it splits [text, image] by its text input
+                self.handles.append(m.register_forward_pre_hook(self._single_block, with_kwargs=True))
         self.original = F.scaled_dot_product_attention
+
+    def _single_block(self, module, args, kwargs):
+        self.single_text_len = kwargs["encoder_hidden_states"].shape[1]
 
     def _enter(self, module, args, kwargs):
         hs = kwargs.get("hidden_states", args[0] if args else None)
         enc = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        self.inside = enc is not None
-        self.n_img, self.n_txt = hs.shape[1], (enc.shape[1] if enc is not None else 0)
+        if enc is None:  # single-stream: one [text, image] sequence
+            self.inside = True
+            self.n_txt, self.n_img = self.single_text_len, hs.shape[1] - self.single_text_len
+        else:
+            self.inside = True
+            self.n_img, self.n_txt = hs.shape[1], enc.shape[1]
 
     def sdpa(self, query, key, value, *args, **kwargs):
         q, k = query, key
@@ -127,3 +138,32 @@ def test_processors_and_sdpa_restored_after_an_exception(pipe):
     assert F.scaled_dot_product_attention is sdpa
     assert pipe.transformer.attn_processors == before
     assert not pipe.transformer._forward_pre_hooks
+
+
+@pytest.mark.parametrize("blocks", ["single", "all"])
+def test_flux_single_stream_blocks_equal_the_explicit_softmax_too(blocks):
+    from freeatm_hf.attention import CaptureConfig
+
+    pipe = tiny_flux_pipeline()
+    gen = FreeATMGenerator(pipe, CaptureConfig(down_factors=(2,), mmdit_blocks=blocks))
+    out = gen(PROMPTS, seeds=[0, 1], output_type="np", **KW)
+    with ExplicitJointReference(pipe.transformer, text_first=True, blocks=blocks) as ref:
+        plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                     guidance_scale=7.5, output_type="np", **KW).images
+    assert np.array_equal(np.stack(out.images), plain)
+    assert len(ref.records) == {"single": 1, "all": 3}[blocks] * KW["num_inference_steps"]
+    got = gen.store.token_maps()[2]
+    torch.testing.assert_close(got.double(), ref.token_maps(2, gen.store.token_index).view_as(got), rtol=1e-5,
+                               atol=1e-7)
+    assert not pipe.transformer._forward_pre_hooks and not any(
+        m._forward_pre_hooks for m in pipe.transformer.single_transformer_blocks)
+
+
+def test_single_stream_blocks_are_refused_where_there_are_none():
+    from freeatm_hf.attention import CaptureConfig
+
+    gen = FreeATMGenerator(tiny_sd3_pipeline(), CaptureConfig(down_factors=(2,), mmdit_blocks="single"))
+    with pytest.raises(ValueError, match="single-stream"):
+        gen(PROMPTS[:1], seeds=[0], output_type="np", **KW)
+    with pytest.raises(ValueError, match="mmdit_blocks"):
+        CaptureConfig(mmdit_blocks="some")
