@@ -107,5 +107,6 @@ def write_model_card(folder: Path, info: dict):
     size_mb = round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 1e6, 2)
     card = ModelCard.from_template(data, template_path=str(template_path("shapes_t2i_card.md")), size_mb=size_mb,
                                    training=info.get("training") or {}, capture=info["capture"],
-                                   threshold=info["threshold"], mask_eval=info.get("mask_eval"))
+                                   threshold=info["threshold"], mask_eval=info.get("mask_eval"),
+                                   grid=(folder / "grid.png").is_file())
     card.save(str(folder / "README.md"))
