@@ -33,8 +33,9 @@ print(json.dumps({"features": sorted(ds.features), "label_names": ds.features["l
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "scenes"
-    cfg = GenerateConfig(output_dir=str(out), num_images=5, batch_size=2, rows_per_shard=2, num_inference_steps=3,
-                         device="cpu")
+    # The random tiny SD with ImageNet scene prompts (the shapes model's own round trip: tests/toy/test_train_t2i.py).
+    cfg = GenerateConfig(output_dir=str(out), pipeline="tiny", num_images=5, batch_size=2, rows_per_shard=2,
+                         num_inference_steps=3, device="cpu")
     generate_dataset(cfg)
     return cfg, out
 

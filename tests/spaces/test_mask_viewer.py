@@ -69,12 +69,18 @@ def test_threshold_changes_the_masks(client):
 
 
 def test_generate_endpoint_detects_nouns_and_returns_masks(client):
-    view, text, soft, masks, summary = client.predict("a golden retriever with a tennis ball on a lawn", "", 3, 4, 0.4,
-                                                      api_name="/generate")
-    assert [o["name"] for o in summary] == ["golden retriever", "tennis ball"]
+    # In the default pipeline's prompt language (shapes captions for the shipped shapes model).
+    module = load_app()
+    example, vocabulary = module.prompt_language("default")
+    detected = module.detect_nouns(example, vocabulary)
+    assert len(detected) == 2
+    view, text, soft, masks, summary = client.predict(example, "", 3, 4, 0.4, api_name="/generate")
+    assert [o["name"] for o in summary] == detected
     assert all(np.asarray(Image.open(m["image"])).shape == (64, 64) for m in masks)
-    listed = client.predict("a red cube beside a blue sphere", "cube, sphere", 3, 4, 0.4, api_name="/generate")
-    assert [o["name"] for o in listed[4]] == ["cube", "sphere"]
+    # Listed nouns are tracked as listed, even ones the vocabulary does not know.
+    words = example.split()
+    listed = client.predict(example, f"{words[-2]}, {words[1]}", 3, 4, 0.4, api_name="/generate")
+    assert [o["name"] for o in listed[4]] == [words[-2], words[1]]
 
 
 def test_no_file_outside_the_app_is_served(app):
