@@ -111,13 +111,16 @@ class BlipATMModel(BlipPreTrainedModel):
         if self.config.enc_token_id is not None:
             itm_ids[:, 0] = self.config.enc_token_id
         b = len(input_ids)
-        neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach())
-        images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds])
-        ids = torch.cat([itm_ids, itm_ids, itm_ids[neg_txt]])
-        masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]])
-        logits = self.itm_logits(images, ids, masks)
-        labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
-        loss_itm = F.cross_entropy(logits, labels)
+        if b > 1:
+            neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach())
+            images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds])
+            ids = torch.cat([itm_ids, itm_ids, itm_ids[neg_txt]])
+            masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]])
+            logits = self.itm_logits(images, ids, masks)
+            labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+            loss_itm = F.cross_entropy(logits, labels)
+        else:  # a batch of one (e.g. the last one) has no negative pair to match against
+            loss_itm = torch.zeros((), device=image_embeds.device)
 
         c = self.config
         if c.lm_weight:

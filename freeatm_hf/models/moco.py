@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .encoder import POOLINGS, create_backbone, instance_features
 from .losses import moco_info_nce
-from .simclr import ContrastiveOutput
+from .simclr import ContrastiveOutput, skipped_step
 
 
 class MoCoConfig(PretrainedConfig):
@@ -91,7 +91,10 @@ class MoCoModel(PreTrainedModel):
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:
         pooling = self.config.pooling
-        q = self.head(instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling))
+        fq = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
+        if self.training and len(fq) < 2:
+            return skipped_step(fq)
+        q = self.head(fq)
         with torch.no_grad():
             k = self.key_head(instance_features(self.key_backbone, pixel_values_2, masks_2, instance_valid, pooling))
         loss = moco_info_nce(q, k, self.queue.clone(), self.config.nce_temperature) if return_loss else None

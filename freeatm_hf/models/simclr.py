@@ -1,5 +1,6 @@
 """SimCLR with attention-pooled instance features (Free-ATM §3.3.1), or the image-level baseline."""
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,8 @@ from transformers.utils import ModelOutput
 
 from .encoder import POOLINGS, create_backbone, instance_features, projection_head
 from .losses import instance_nt_xent
+
+logger = logging.getLogger(__name__)
 
 
 class SimCLRConfig(PretrainedConfig):
@@ -60,7 +63,19 @@ class SimCLRModel(PreTrainedModel):
 
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:
-        z1 = self.embed(pixel_values_1, masks_1, instance_valid)
-        z2 = self.embed(pixel_values_2, masks_2, instance_valid)
+        pooling = self.config.pooling
+        f1 = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
+        f2 = instance_features(self.backbone, pixel_values_2, masks_2, instance_valid, pooling)
+        if self.training and len(f1) < 2:
+            return skipped_step(f1, f2)
+        z1, z2 = self.head(f1), self.head(f2)
         loss = instance_nt_xent(z1, z2, self.config.nce_temperature) if return_loss else None
         return ContrastiveOutput(loss=loss, embeddings_1=z1, embeddings_2=z2, num_instances=len(z1))
+
+
+def skipped_step(*features) -> ContrastiveOutput:
+    """A batch left with fewer than two instances (a tiny last batch, every other object cropped away): no
+    negatives to contrast, and the head's batch norm cannot normalise one sample. A zero loss that keeps the
+    graph, so Trainer steps on without a crash."""
+    logger.warning("a batch with fewer than 2 instances contributes no loss")
+    return ContrastiveOutput(loss=sum(f.sum() for f in features) * 0.0, num_instances=len(features[0]))

@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
                         "--weight_decay", "1e-4", "--per_device_train_batch_size", str(args.batch_size),
                         "--max_steps", str(args.max_steps), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
                         "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
-                        "--seed", str(args.seed), "--dataloader_num_workers", "0"]
+                        "--dataloader_drop_last", "true", "--seed", str(args.seed), "--dataloader_num_workers", "0"]
                        + (["--use_cpu", "true"] if device == "cpu" else []))
         model = AutoModel.from_pretrained(run)
         name = "SimCLR, image-level (baseline)" if pooling == "image" else "SimCLR, attention-pooled (Free-ATM)"

@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
                         "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
                         "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
                         "--warmup_steps", "0.05", "--logging_steps", "25", "--save_strategy", "no",
-                        "--report_to", "none", "--seed", str(args.seed)] + cpu)
+                        "--report_to", "none", "--dataloader_drop_last", "true", "--seed", str(args.seed)] + cpu)
         r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test",
                        "--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
                        "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{prompts}-retrieval"),

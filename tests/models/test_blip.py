@@ -95,3 +95,10 @@ def test_a_few_cpu_trainer_steps_reduce_each_loss(tmp_path):
     logs = [h for h in trainer.state.log_history if "loss_itc" in h]
     for part in ("loss_itc", "loss_itm", "loss_lm"):
         assert logs[-1][part] < logs[0][part], part
+
+
+def test_a_batch_of_one_has_no_itm_pair_but_still_trains():
+    model = tiny().train()
+    out = model(torch.randn(1, 3, 32, 32), torch.randint(4, 120, (1, 9)))
+    assert out.loss_itm.item() == 0.0 and torch.isfinite(out.loss)
+    out.loss.backward()

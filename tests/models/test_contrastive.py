@@ -115,3 +115,16 @@ def test_bad_config_is_refused():
         SimCLRConfig(pooling="max")
     with pytest.raises(ValueError, match="momentum"):
         MoCoConfig(momentum=1.5)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_a_batch_with_one_instance_steps_on_with_zero_loss(method):
+    from freeatm_hf.models import MoCoConfig, MoCoModel, SimCLRConfig, SimCLRModel
+
+    cls, cfg = (SimCLRModel, SimCLRConfig) if method == "simclr" else (MoCoModel, MoCoConfig)
+    kw = {"queue_size": 16} if method == "moco" else {}
+    model = cls(cfg(backbone="resnet18", proj_hidden_dim=16, proj_dim=8, **kw)).train()
+    x = torch.randn(1, 3, 64, 64)
+    out = model(x, x.clone())  # image pooling: one image, one instance
+    assert out.loss.item() == 0.0 and out.num_instances == 1
+    out.loss.backward()  # the graph is intact: Trainer can step
