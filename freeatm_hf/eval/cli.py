@@ -61,7 +61,7 @@ def make_parser():
     f.add_argument("--learning_rate", type=float, default=1e-3)
     f.add_argument("--batch_size", type=int, default=64)
 
-    s = sub.add_parser("segment", help="semantic segmentation fine-tuning (transformers UperNet on the backbone), mIoU")
+    s = sub.add_parser("segment", help="semantic segmentation fine-tuning (UperNet on the backbone), mIoU")
     s.add_argument("--model", required=True, help="a freeatm CNN checkpoint folder (SimCLR/MoCo)")
     s.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label-map columns")
     s.add_argument("--output_dir", required=True, help="where the fine-tuned UperNet is saved")
@@ -109,7 +109,7 @@ def make_parser():
     r.add_argument("--finetune_split", default=None,
                    help="first fine-tune for retrieval (ITC + ITM, BLIP's protocol) on this split")
     r.add_argument("--finetune_dataset", default=None, help="dataset for fine-tuning (default: --dataset)")
-    r.add_argument("--finetune_dir", default=None, help="where the fine-tuned model goes (needed with --finetune_split)")
+    r.add_argument("--finetune_dir", default=None, help="where the fine-tuned model goes (with --finetune_split)")
     r.add_argument("--finetune_epochs", type=float, default=6)
     r.add_argument("--finetune_max_steps", type=int, default=-1)
     r.add_argument("--finetune_lr", type=float, default=1e-5)

@@ -109,10 +109,11 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     report box/mask AP on the test split, save the detector's state dict, and update the card."""
     import json
 
-    from transformers import AutoModel, Trainer, TrainingArguments
+    from transformers import AutoModel, Trainer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..hub.model_card import add_results, write_model_card
+    from .finetune import finetune_training_args
 
     train_ds = coco_split(dataset, train_split, train=True)
     test_ds = coco_split(dataset, test_split, train=False)
@@ -120,12 +121,9 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     pretrained = AutoModel.from_pretrained(model_dir)
     detector = maskrcnn_from_backbone(pretrained, num_classes=max(categories), trainable_layers=trainable_layers,
                                       min_size=min_size, max_size=max_size)
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
-                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
-                             optim="sgd", optim_args="momentum=0.9", weight_decay=1e-4, warmup_steps=0.05,
-                             max_grad_norm=10.0, remove_unused_columns=False, save_strategy="no",
-                             report_to="none", seed=seed, logging_steps=10,
-                             **({"use_cpu": use_cpu} if use_cpu is not None else {}))
+    args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
+                                  optim="sgd", optim_args="momentum=0.9", weight_decay=1e-4, warmup_steps=0.05,
+                                  max_grad_norm=10.0)
     trainer = Trainer(model=DetectionLoss(detector), args=args, train_dataset=train_ds, data_collator=collate)
     trainer.train()
     out = Path(output_dir)
@@ -135,7 +133,7 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     (out / "coco_ap.json").write_text(json.dumps(ap, indent=2))
     logger.info("detection: box AP %.4f, mask AP %.4f", ap["box_map"], ap["mask_map"])
     base = {"task": "object-detection", "dataset": str(dataset), "split": test_split, "revision": None}
-    results = [{**base, "metric": f"{k}", "value": v} for k, v in ap.items()]
+    results = [{**base, "metric": k, "value": v} for k, v in ap.items()]
     if update_card:
         add_results(model_dir, results)
         write_model_card(model_dir, pretrained.config)

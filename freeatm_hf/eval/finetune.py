@@ -21,6 +21,18 @@ class CNNClassifier(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
+def finetune_training_args(output_dir: str, epochs: float, learning_rate: float, batch_size: int, seed: int = 0,
+                           max_steps: int = -1, use_cpu=None, **extra):
+    """The `TrainingArguments` every downstream fine-tune shares (no checkpoints, no trackers, the caller's
+    columns kept for its own transform); `extra` adds the task's optimiser and schedule settings."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
+                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+                             remove_unused_columns=False, save_strategy="no", report_to="none", seed=seed,
+                             logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}), **extra)
+
+
 def classification_model(model, num_labels: int):
     if hasattr(model, "backbone"):
         return CNNClassifier(model.backbone, num_labels)
@@ -40,7 +52,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
                             learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None, update_card=True) -> list[dict]:
     from datasets import load_dataset
     from torchvision.transforms import v2
-    from transformers import AutoModel, Trainer, TrainingArguments
+    from transformers import AutoModel, Trainer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -60,10 +72,8 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     train_ds, test_ds = train_ds.with_transform(with_tf(train_tf)), test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)
     clf = classification_model(pretrained, num_labels)
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate,
-                             per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-                             remove_unused_columns=False, save_strategy="no", report_to="none", seed=seed,
-                             logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}))
+    args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, use_cpu=use_cpu,
+                                  per_device_eval_batch_size=batch_size)
 
     def accuracy(pred):
         return {"top1": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}

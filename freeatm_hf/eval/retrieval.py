@@ -60,11 +60,12 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
 
     from datasets import load_dataset
     from torchvision.transforms import v2
-    from transformers import AutoModel, AutoTokenizer, TrainingArguments
+    from transformers import AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..train.blip import BlipTrainer
+    from .finetune import finetune_training_args
 
     model = AutoModel.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -84,11 +85,8 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
         return {"pixel_values": [tf(im.convert("RGB")) for im in batch[image_column]],
                 "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
 
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
-                             learning_rate=learning_rate, weight_decay=0.05, per_device_train_batch_size=batch_size,
-                             lr_scheduler_type="cosine", remove_unused_columns=False, save_strategy="no",
-                             report_to="none", seed=seed, logging_steps=10,
-                             **({"use_cpu": use_cpu} if use_cpu is not None else {}))
+    args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
+                                  weight_decay=0.05, lr_scheduler_type="cosine")
     trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform))
     trainer.train()
     trainer.save_model(output_dir)

@@ -103,10 +103,11 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     """Fine-tune UperNet + the checkpoint's backbone on the train split, report test mIoU (and pixel accuracy),
     save the fine-tuned UperNet to `output_dir`, and add the numbers to the checkpoint's results and card."""
     from datasets import load_dataset
-    from transformers import AutoModel, Trainer, TrainingArguments
+    from transformers import AutoModel, Trainer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..hub.model_card import add_results, write_model_card
+    from .finetune import finetune_training_args
     from .metrics import load_metric
 
     train_ds = load_dataset(dataset, split=train_split, revision=revision)
@@ -130,10 +131,7 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     test_ds = test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)
     seg = upernet_from_backbone(pretrained, num_labels)
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
-                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
-                             remove_unused_columns=False, save_strategy="no", report_to="none", seed=seed,
-                             logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}))
+    args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu)
     trainer = Trainer(model=seg, args=args, train_dataset=train_ds)
     trainer.train()
     trainer.save_model(output_dir)
