@@ -8,6 +8,7 @@ import torch
 # Next to model_index.json: {"capture": CaptureConfig.to_dict(), "threshold": ..., "prompt_mode": ..., ...}, what
 # freeatm_hf should use with this model unless told otherwise.
 RECOMMENDATION_FILE = "freeatm.json"
+TINY_PIPELINES = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux")  # random tiny pipelines built in code
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -41,7 +42,7 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
             raise FileNotFoundError(f"the trained shapes model is not in {MODEL_DIR} yet: train it with "
                                     "`python -m freeatm_hf.toy.train_t2i --output_dir ...` and copy it there")
         spec = str(MODEL_DIR)
-    if spec in ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux"):
+    if spec in TINY_PIPELINES:
         from . import tiny
 
         pipe = {"tiny": tiny.tiny_pipeline, "tiny-sdxl": tiny.tiny_sdxl_pipeline, "tiny-sd3": tiny.tiny_sd3_pipeline,
@@ -80,7 +81,7 @@ def pipeline_recommendation(source) -> dict | None:
         source = str(MODEL_DIR)
     path = Path(source) / RECOMMENDATION_FILE
     if not path.is_file():
-        if source in ("default", "tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux") or Path(source).exists():
+        if source == "default" or source in TINY_PIPELINES or Path(source).exists():
             return None
         from huggingface_hub import try_to_load_from_cache
 

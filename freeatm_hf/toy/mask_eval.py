@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..masks import binarize, normalize, resize_map
-from ..prompts import Prompt
 from .judge import ShapeClassifier, colour_masks, judge_scene
 from .world import ShapesWorld
 
@@ -44,10 +43,6 @@ class SplitRecords:
     scenes: int = 0
 
 
-def scene_prompt(spec) -> Prompt:
-    return Prompt.from_nouns(spec.caption, [o.name for o in spec.objects])
-
-
 def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier, **gen_kwargs) -> SplitRecords:
     """Generate each scene's caption and judge the picture and its maps."""
     from tqdm.auto import tqdm
@@ -55,7 +50,7 @@ def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier
     rec = SplitRecords()
     for start in tqdm(range(0, len(specs), batch_size), desc="scenes", leave=False):
         chunk = specs[start : start + batch_size]
-        out = generate([scene_prompt(s) for s in chunk], seeds=seeds[start : start + batch_size], **gen_kwargs)
+        out = generate([s.prompt() for s in chunk], seeds=seeds[start : start + batch_size], **gen_kwargs)
         for j, (spec, image, objs) in enumerate(zip(chunk, out.images, out.objects)):
             img = np.asarray(image)
             judgements, extra = judge_scene(img, [(o.color, o.shape) for o in spec.objects], classifier)

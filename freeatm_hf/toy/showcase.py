@@ -21,14 +21,13 @@ def showcase(pipe, num_scenes: int = 6, seed: int = 777, num_inference_steps: in
     from ..generate import FreeATMGenerator
     from ..generate.pipelines import pipeline_recommendation
     from ..viz import color, heatmap, overlay
-    from .mask_eval import scene_prompt
     from .world import ShapesWorld
 
     gen = FreeATMGenerator(pipe)
     if guidance_scale is None:
         guidance_scale = float((pipeline_recommendation(pipe) or {}).get("guidance_scale") or 7.5)
     specs = ShapesWorld(seed=seed).scenes(num_scenes)  # the mask evaluation's held-out test scenes
-    out = gen([scene_prompt(s) for s in specs], seeds=list(range(num_scenes)),
+    out = gen([s.prompt() for s in specs], seeds=list(range(num_scenes)),
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     width = CELL * (2 + MAX_OBJECTS)
     canvas = Image.new("RGB", (width, num_scenes * (CELL + TEXT_H)), "white")

@@ -35,11 +35,10 @@ def where(cx: float, cy: float) -> str:
 
 
 def spatial_caption(spec, mirror: bool = False) -> str:
-    parts = []
-    for o in spec.objects:
-        article = "an" if o.phrase[0] in "aeiou" else "a"
-        parts.append(f"{article} {o.phrase} {where(1 - o.cx if mirror else o.cx, o.cy)}")
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    from .world import enumerate_phrases, with_article
+
+    return enumerate_phrases([f"{with_article(o.phrase)} {where(1 - o.cx if mirror else o.cx, o.cy)}"
+                              for o in spec.objects])
 
 
 def rendered_retrieval_set(folder: Path, split: str, seed: int, n: int, mirrors: bool) -> Path:

@@ -57,10 +57,26 @@ class SceneSpec:
 
     @property
     def caption(self) -> str:
-        parts = [f"{'an' if o.phrase[0] in 'aeiou' else 'a'} {o.phrase}" for o in self.objects]
-        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        listed = enumerate_phrases([with_article(o.phrase) for o in self.objects])
         bg = {"plain": "a plain", "striped": "a striped", "checkered": "a checkered", "gradient": "a gradient"}
         return f"{listed} on {bg[self.background]} background"
+
+
+    def prompt(self):
+        """The caption as a generator prompt: each object's "colour shape" tracked, labelled by its shape."""
+        from ..prompts import Prompt
+
+        labels = [SHAPES.index(o.shape) for o in self.objects]
+        return Prompt.from_nouns(self.caption, [o.name for o in self.objects], label=labels[0], labels=labels)
+
+
+def with_article(phrase: str) -> str:
+    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+
+
+def enumerate_phrases(parts: list[str]) -> str:
+    """"x", "x and y", "x, y and z"."""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 class ShapesWorld:
@@ -117,11 +133,7 @@ class ShapesPrompts:
         return 2**31  # endless: scene i exists for every i
 
     def __getitem__(self, i: int):
-        from ..prompts import Prompt
-
-        spec = self.world.scene(i)
-        return Prompt.from_nouns(spec.caption, [o.name for o in spec.objects], label=SHAPES.index(spec.objects[0].shape),
-                                 labels=[SHAPES.index(o.shape) for o in spec.objects])
+        return self.world.scene(i).prompt()
 
 
 def _disc_overlap(a, b) -> float:

@@ -33,10 +33,9 @@ def test_coco_ap_library_on_hand_cases():
 
 
 def checkpoint():
-    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+    from tests.eval.test_frozen_eval import tiny_checkpoint
 
-    torch.manual_seed(0)
-    return SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8)).eval()
+    return tiny_checkpoint("simclr").eval()
 
 
 def test_maskrcnn_body_carries_the_checkpoint_weights():

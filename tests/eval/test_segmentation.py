@@ -14,10 +14,9 @@ def shapes_seg(tmp_path_factory):
 
 
 def checkpoint():
-    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+    from tests.eval.test_frozen_eval import tiny_checkpoint
 
-    torch.manual_seed(0)
-    return SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8)).eval()
+    return tiny_checkpoint("simclr").eval()
 
 
 def test_upernet_backbone_carries_the_checkpoint_weights():
