@@ -75,12 +75,27 @@ class GenerateConfig:
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
 
+    def capture_config(self):
+        """The capture these settings ask for; the model folder's recommended per-resolution weights and map
+        size come along when its recommended resolutions are the ones used."""
+        from ..attention import CaptureConfig
+        from .pipelines import pipeline_recommendation
+
+        rec = (pipeline_recommendation(self.pipeline) or {}).get("capture") or {}
+        same = list(rec.get("down_factors") or []) == list(self.down_factors)
+        extra = {k: rec[k] for k in ("factor_weights", "map_size") if same and rec.get(k) is not None}
+        return CaptureConfig.from_dict({"down_factors": tuple(self.down_factors), "include_mid": self.include_mid,
+                                        "step_window": tuple(self.step_window), "mmdit_blocks": self.mmdit_blocks,
+                                        **extra})
+
     @property
     def threshold_value(self) -> float | str:
         return "otsu" if self.threshold == "otsu" else float(self.threshold)
 
 
     def settings(self) -> dict:
-        """Everything the rows depend on (compared on resume). Device, offload and pushing are not."""
-        skip = {"output_dir", "device", "cpu_offload", "push_to_hub", "private"}
+        """Everything the rows depend on (compared on resume). Device, offload, batch size and compilation only
+        change speed and memory (a run that ran out of memory resumes with a smaller batch); pushing is not
+        about the rows either."""
+        skip = {"output_dir", "device", "cpu_offload", "push_to_hub", "private", "batch_size", "compile"}
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -118,10 +118,12 @@ class FreeATMGenerator:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
         height = height or self.default_size[0]
         width = width or self.default_size[1]
-        factor = self.pipe.vae_scale_factor
+        # MM-DiT transformers see the latent in 2×2 patches (Flux would silently round the size down).
+        factor = self.pipe.vae_scale_factor * (1 if self.kind == "unet" else 2)
         if height % factor or width % factor:
-            raise ValueError(f"height and width must be multiples of {factor}, got {height}x{width}")
-        latent_hw = (height // factor, width // factor)
+            raise ValueError(f"height and width must be multiples of {factor} for {type(self.pipe).__name__}, got "
+                             f"{height}x{width}")
+        latent_hw = (height // self.pipe.vae_scale_factor, width // self.pipe.vae_scale_factor)
 
         max_seq = pipe_kwargs.get("max_sequence_length", 512 if self.kind == "flux" else 256)
         tokens = [self.object_tokens(p, max_seq) for p in prompts]

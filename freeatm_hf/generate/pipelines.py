@@ -1,9 +1,12 @@
 """Loading a pipeline by name, id or folder, and the capture setting a model folder recommends."""
 
 import json
+import logging
 from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Next to model_index.json: {"capture": CaptureConfig.to_dict(), "threshold": ..., "prompt_mode": ..., ...}, what
 # freeatm_hf should use with this model unless told otherwise.
@@ -83,13 +86,8 @@ def pipeline_recommendation(source) -> dict | None:
     if not path.is_file():
         if source == "default" or source in TINY_PIPELINES or Path(source).exists():
             return None
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(source, RECOMMENDATION_FILE)
-        except Exception:  # not a valid repo id either
-            return None
-        if not isinstance(cached, str):
+        cached = _download_recommendation(source)
+        if cached is None:
             return None
         path = Path(cached)
     try:
@@ -102,3 +100,24 @@ def save_recommendation(folder, capture, threshold=None, **facts) -> Path:
     path = Path(folder) / RECOMMENDATION_FILE
     path.write_text(json.dumps({"capture": capture.to_dict(), "threshold": threshold, **facts}, indent=2) + "\n")
     return path
+
+
+def _download_recommendation(repo_id: str) -> str | None:
+    """The Hub repo's freeatm.json, downloaded once into the cache (`DiffusionPipeline.from_pretrained` skips
+    root files it does not know); None when the repo has none, or it cannot be reached and is not cached."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, RECOMMENDATION_FILE)
+    except HFValidationError:  # not a repo id either
+        return None
+    if cached is not None:  # a path, or the cache's record that the repo has no such file
+        return cached if isinstance(cached, str) else None
+    try:
+        return hf_hub_download(repo_id, RECOMMENDATION_FILE)
+    except EntryNotFoundError:
+        return None
+    except Exception as e:  # offline, unknown or private repo: generation goes on with the defaults
+        logger.info("no %s for %s (%s: %s)", RECOMMENDATION_FILE, repo_id, type(e).__name__, e)
+        return None

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..attention import CaptureConfig
 from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmenter
 from .config import GenerateConfig
 from .generator import FreeATMGenerator
@@ -44,7 +43,8 @@ class PromptSource:
             self.label_names = space.names
 
     def __getitem__(self, i: int) -> Prompt:
-        p = self.items[i % len(self.items)]
+        # A prompts file is cycled; the generated modes draw a fresh prompt for every index.
+        p = self.items[i % len(self.items)] if isinstance(self.items, list) else self.items[i]
         return self.augmenter(p) if self.augmenter else p
 
 
@@ -75,11 +75,12 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
                 len(todo), writer.num_shards - len(writer.pending()), writer.num_shards)
     if todo:
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload)
-        if cfg.compile:
-            pipe.unet = torch.compile(pipe.unet)
-        capture = CaptureConfig(tuple(cfg.down_factors), cfg.include_mid, tuple(cfg.step_window),
-                                mmdit_blocks=cfg.mmdit_blocks)
-        gen = FreeATMGenerator(pipe, capture, threshold=cfg.threshold_value)
+        if cfg.compile:  # the denoiser: a UNet, or the MM-DiT transformer of SD3 / Flux
+            if getattr(pipe, "unet", None) is not None:
+                pipe.unet = torch.compile(pipe.unet)
+            else:
+                pipe.transformer = torch.compile(pipe.transformer)
+        gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)

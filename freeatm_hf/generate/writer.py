@@ -21,6 +21,8 @@ from pathlib import Path
 
 STATE_DIR = ".freeatm"
 SETTINGS_FILE = "settings.json"
+# Speed-only settings that older versions recorded: a folder written with them still resumes.
+NOT_COMPARED = frozenset({"batch_size", "compile"})
 
 
 class SettingsMismatchError(ValueError):
@@ -87,7 +89,13 @@ class DatasetWriter:
         path = self.root / STATE_DIR / SETTINGS_FILE
         if path.exists():
             old = json.loads(path.read_text())
-            diff = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+            keys = (set(old) | set(self.settings)) - NOT_COMPARED
+            diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
+            if diff and not any((self.root / "data").glob("*.parquet")):
+                # Nothing written yet (e.g. the first attempt ran out of memory while loading): nothing to keep
+                # consistent with, so the new settings replace the old.
+                self._write_settings(path, is_main_process)
+                return
             if diff:
                 detail = ", ".join(f"{k}: {old.get(k)!r} → {self.settings.get(k)!r}" for k in diff)
                 raise SettingsMismatchError(
@@ -98,6 +106,9 @@ class DatasetWriter:
         if any((self.root / "data").glob("*.parquet")):
             raise SettingsMismatchError(f"{self.root}/data has Parquet files but no {STATE_DIR}/{SETTINGS_FILE}: "
                                         "not a freeatm generation to resume")
+        self._write_settings(path, is_main_process)
+
+    def _write_settings(self, path: Path, is_main_process: bool):
         if is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")

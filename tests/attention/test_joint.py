@@ -167,3 +167,10 @@ def test_single_stream_blocks_are_refused_where_there_are_none():
         gen(PROMPTS[:1], seeds=[0], output_type="np", **KW)
     with pytest.raises(ValueError, match="mmdit_blocks"):
         CaptureConfig(mmdit_blocks="some")
+
+
+def test_sizes_off_the_patch_grid_are_refused_by_name(pipe):
+    gen = FreeATMGenerator(pipe)
+    step = pipe.vae_scale_factor  # a multiple of the VAE factor, but not of the 2×2 patch
+    with pytest.raises(ValueError, match=f"multiples of {2 * step}"):
+        gen(PROMPTS[:1], seeds=[0], **{**KW, "height": 64 + step})

@@ -77,3 +77,66 @@ def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path
     (tmp_path / "freeatm.json").write_text("{not json")
     with pytest.raises(ValueError, match="freeatm.json"):
         parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
+
+
+def test_the_capture_carries_the_recommended_weights_only_with_the_recommended_resolutions(tmp_path):
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.generate.pipelines import save_recommendation
+
+    save_recommendation(tmp_path, CaptureConfig(down_factors=(1, 2), factor_weights={1: 0.75, 2: 0.25},
+                                                map_size=(12, 12)), threshold=0.5)
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path)]).capture_config()
+    assert (c.down_factors, c.factor_weights, c.map_size) == ((1, 2), {1: 0.75, 2: 0.25}, (12, 12))
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2", "--include_mid", "true",
+               "--mmdit_blocks", "all"]).capture_config()
+    assert (c.down_factors, c.factor_weights, c.map_size, c.include_mid, c.mmdit_blocks) == (
+        (2,), None, None, True, "all")
+
+
+def test_a_hub_models_recommendation_is_downloaded(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from freeatm_hf.generate import pipelines
+
+    asked = []
+    rec = tmp_path / "freeatm.json"
+    rec.write_text('{"threshold": 0.6, "prompt_mode": "shapes", "capture": {"down_factors": [1]}}')
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append((repo_id, filename))
+        if repo_id == "me/shapes-t2i":
+            return str(rec)
+        raise EntryNotFoundError(f"{filename} not in {repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    cfg = parse(["--output_dir", "x", "--pipeline", "me/shapes-t2i"])
+    assert (cfg.threshold, cfg.prompt_mode, cfg.down_factors) == ("0.6", "shapes", [1])
+    assert ("me/shapes-t2i", "freeatm.json") in asked
+    # A repo without one (or the Hub out of reach) leaves the plain defaults.
+    assert pipelines.pipeline_recommendation("me/plain-sd") is None
+    cfg = parse(["--output_dir", "x", "--pipeline", "me/plain-sd"])
+    assert (cfg.threshold, cfg.prompt_mode, cfg.down_factors) == ("0.4", "scene", [2, 4])
+
+
+def test_generated_prompt_modes_do_not_cycle_after_the_label_space():
+    from freeatm_hf.generate import GenerateConfig
+    from freeatm_hf.generate.run import PromptSource
+
+    source = PromptSource(GenerateConfig(output_dir="x", pipeline="tiny", prompt_mode="scene"))
+    n = len(source.items)  # one main class per ImageNet class...
+    assert n == 1000
+    # ...but index n + 5 is a new draw (same main class), not a repeat of index 5.
+    assert source[n + 5].text != source[5].text
+    assert source[n + 5].label == source[5].label
+
+
+@pytest.mark.parametrize("pipeline, denoiser", [("tiny", "UNet2DConditionModel"), ("tiny-flux", "FluxTransformer2DModel")])
+def test_compile_wraps_the_denoiser_of_either_family(tmp_path, monkeypatch, pipeline, denoiser):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(type(m).__name__) or m)
+    cli.main(["generate", "--output_dir", str(tmp_path / "ds"), "--pipeline", pipeline, "--num_images", "1",
+              "--num_inference_steps", "1", "--compile", "true", "--device", "cpu", "--height", "64", "--width", "64"])
+    assert compiled == [denoiser]

@@ -33,6 +33,10 @@ def test_a_written_shard_is_no_longer_pending_and_tmp_files_never_count(tmp_path
 def test_other_settings_on_an_existing_folder_are_refused(tmp_path):
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "seed": 0}, num_rows=4, rows_per_shard=2)
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "seed": 0}, num_rows=4, rows_per_shard=2)  # resume: fine
+    # No shard written yet (a first attempt that died before its first shard): the new settings replace the old.
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 50, "seed": 0}, num_rows=4, rows_per_shard=2)
+    w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "seed": 0}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
     with pytest.raises(SettingsMismatchError, match=r"steps: 25 → 50"):
         DatasetWriter(tmp_path, dataset_features(), {"steps": 50, "seed": 0}, num_rows=4, rows_per_shard=2)
 
