@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from ..masks import DEFAULT_THRESHOLD
 
 
-def row_masks(row: dict, size: tuple[int, int], threshold: float = DEFAULT_THRESHOLD, mode: str = "binary") -> torch.Tensor:
+def row_masks(row: dict, size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD, mode: str = "binary") -> torch.Tensor:
     """`(K, H, W)` float masks at image `size=(height, width)` for the row's objects.
 
     `mode="binary"`: the soft map above `threshold` (what the dataset's boxes use); `mode="soft"`: the map
@@ -20,7 +20,12 @@ def row_masks(row: dict, size: tuple[int, int], threshold: float = DEFAULT_THRES
     maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in (row.get("objects") or [])]
     if maps:
         t = F.interpolate(torch.from_numpy(np.stack(maps))[None], size=size, mode="bilinear", align_corners=False)[0]
-        keep = t > threshold
+        if threshold == "otsu":  # per map, on the resized map as the dataset's boxes were
+            from ..masks import otsu_threshold
+
+            keep = t > torch.tensor([otsu_threshold(m.numpy()) for m in t]).view(-1, 1, 1)
+        else:
+            keep = t > float(threshold)
         t = keep.float() if mode == "binary" else t * keep
         t = t[keep.flatten(1).any(1)]
         if len(t):

@@ -49,3 +49,28 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         parts[1] = parts[1].cast(parts[0].features)
     return interleave_datasets(parts, probabilities=[1 - mix_ratio, mix_ratio], seed=seed,
                                stopping_strategy="first_exhausted")
+
+
+def generation_settings(source: str | None) -> dict:
+    """The settings a freeatm dataset was generated with (its card's `freeatm.generation` YAML), or {} for
+    another dataset, an older card, or a Hub repo out of reach."""
+    if not source:
+        return {}
+    from pathlib import Path
+
+    from huggingface_hub import DatasetCard
+
+    try:
+        readme = Path(source) / "README.md"
+        card = DatasetCard.load(readme if readme.is_file() else source, repo_type="dataset")
+    except Exception:  # no card, not a repo id, offline without a cached card
+        return {}
+    return dict((card.data.to_dict().get("freeatm") or {}).get("generation") or {})
+
+
+def dataset_threshold(source: str | None, default: float = 0.4) -> float | str:
+    """The mask threshold the dataset's boxes use (what its card states), so training masks match them."""
+    t = generation_settings(source).get("threshold")
+    if t is None:
+        return default
+    return "otsu" if t == "otsu" else float(t)

@@ -33,6 +33,8 @@ def render_dataset_card(features, generation: dict, counts: dict, repo_id: str =
         size_categories=[size],
         tags=["freeatm", "synthetic", "attention-masks", *(extra_tags or [])],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        # Machine-readable generation settings (training reads the mask threshold from here).
+        freeatm={"generation": generation},
     )
     DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)
     return DatasetCard.from_template(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .encoder import POOLINGS, create_backbone, instance_features
-from .losses import moco_info_nce
+from .losses import global_count, moco_info_nce
 from .simclr import ContrastiveOutput, skipped_step
 
 
@@ -92,12 +92,16 @@ class MoCoModel(PreTrainedModel):
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:
         pooling = self.config.pooling
         fq = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
-        if self.training and len(fq) < 2:
-            return skipped_step(fq)
+        # Decided on the global count: a process with few (even no) instances still runs the SyncBatchNorm and
+        # queue collectives the others run.
+        total = global_count(len(fq), fq.device) if self.training else len(fq)
+        if self.training and total < 2:
+            return skipped_step(fq, modules=[self.head])
         q = self.head(fq)
         with torch.no_grad():
             k = self.key_head(instance_features(self.key_backbone, pixel_values_2, masks_2, instance_valid, pooling))
-        loss = moco_info_nce(q, k, self.queue.clone(), self.config.nce_temperature) if return_loss else None
+        loss = (moco_info_nce(q, k, self.queue.clone(), self.config.nce_temperature,
+                              total=total if self.training else None) if return_loss else None)
         if self.training:
             self.enqueue(k)
         return ContrastiveOutput(loss=loss, embeddings_1=q, embeddings_2=k, num_instances=len(q))

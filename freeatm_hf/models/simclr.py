@@ -8,7 +8,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .encoder import POOLINGS, create_backbone, instance_features, projection_head
-from .losses import instance_nt_xent
+from .losses import global_count, instance_nt_xent
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,20 @@ class SimCLRModel(PreTrainedModel):
         pooling = self.config.pooling
         f1 = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
         f2 = instance_features(self.backbone, pixel_values_2, masks_2, instance_valid, pooling)
-        if self.training and len(f1) < 2:
-            return skipped_step(f1, f2)
+        # Decided on the global count, so that every process takes the same path through the collectives.
+        if self.training and global_count(len(f1), f1.device) < 2:
+            return skipped_step(f1, f2, modules=[self.head])
         z1, z2 = self.head(f1), self.head(f2)
-        loss = instance_nt_xent(z1, z2, self.config.nce_temperature) if return_loss else None
+        loss = instance_nt_xent(z1, z2, self.config.nce_temperature, gather=self.training) if return_loss else None
         return ContrastiveOutput(loss=loss, embeddings_1=z1, embeddings_2=z2, num_instances=len(z1))
 
 
-def skipped_step(*features) -> ContrastiveOutput:
+def skipped_step(*features, modules=()) -> ContrastiveOutput:
     """A batch left with fewer than two instances (a tiny last batch, every other object cropped away): no
     negatives to contrast, and the head's batch norm cannot normalise one sample. A zero loss that keeps the
-    graph, so Trainer steps on without a crash."""
+    graph through the features and the skipped `modules` (DDP expects a gradient for every parameter), so
+    Trainer steps on without a crash."""
     logger.warning("a batch with fewer than 2 instances contributes no loss")
-    return ContrastiveOutput(loss=sum(f.sum() for f in features) * 0.0, num_instances=len(features[0]))
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    zero = sum(f.sum() for f in features) * 0.0 + sum(p.sum() for p in params) * 0.0
+    return ContrastiveOutput(loss=zero, num_instances=len(features[0]))

@@ -21,7 +21,9 @@ class ContrastiveArguments(DataArguments):
     pooling: str = field(default="attention", metadata={"help": "attention (Free-ATM) or image (baseline)."})
     image_size: int = field(default=224, metadata={"help": "View side."})
     crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound."})
-    mask_threshold: float = field(default=0.4, metadata={"help": "Threshold of the normalized attention maps."})
+    mask_threshold: float | None = field(default=None, metadata={
+        "help": "Threshold of the normalized attention maps (default: the one the dataset's card states, the one "
+                "its boxes use; else 0.4)."})
     mask_mode: str = field(default="binary", metadata={"help": "binary or soft masks for pooling."})
     min_visible: float = field(default=0.1, metadata={"help": "Keep an instance if this share of it is in both crops."})
     proj_hidden_dim: int = field(default=2048, metadata={"help": "Projection head hidden size."})
@@ -73,6 +75,11 @@ def make_transform(args: ContrastiveArguments):
     from ..data.transforms import TwoViewTransform
 
     on_device = args.gpu_photometric
+    if args.mask_threshold is None:
+        from ..data.reading import dataset_threshold
+
+        args.mask_threshold = dataset_threshold(args.dataset)
+        logger.info("mask threshold %s (from %s's card)", args.mask_threshold, args.dataset)
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
                            photometric=not on_device, normalize=not on_device)
 
@@ -105,7 +112,9 @@ def train(method: str, args: ContrastiveArguments, training_args):
 
     set_seed(training_args.seed)  # the initial weights are part of the experiment
     model = build_model(method, args)
-    if training_args.world_size > 1 and method == "moco":
+    if training_args.world_size > 1 and training_args.device.type == "cuda":
+        # Global batch norm (SimCLR's, and MoCo's answer to BN leakage); it also normalises a process whose
+        # batch holds a single instance. torch's SyncBatchNorm runs on GPUs only.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt_name = args.optimizer or ("lars" if method == "simclr" else "sgd")
     optimizer = build_optimizer(model, opt_name, training_args.learning_rate, training_args.weight_decay)

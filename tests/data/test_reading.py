@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+
+from freeatm_hf.data.masks import row_masks
+from freeatm_hf.data.reading import dataset_threshold, generation_settings
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    from freeatm_hf import cli
+
+    out = tmp_path_factory.mktemp("gen") / "ds"
+    cli.main(["generate", "--output_dir", str(out), "--pipeline", "tiny", "--num_images", "2", "--batch_size", "2",
+              "--num_inference_steps", "1", "--threshold", "0.55", "--device", "cpu"])
+    return out
+
+
+def test_the_card_carries_the_generation_settings_for_training(generated, shapes_data):
+    settings = generation_settings(str(generated))
+    assert settings["pipeline"] == "tiny" and settings["num_images"] == 2
+    assert dataset_threshold(str(generated)) == 0.55
+    # A dataset without a freeatm card, or a Hub id out of reach: the default.
+    assert dataset_threshold(shapes_data) == 0.4 and dataset_threshold("nobody/nothing", default=0.3) == 0.3
+
+
+def test_contrastive_training_masks_use_the_datasets_threshold_unless_given(generated):
+    from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
+
+    args = ContrastiveArguments(dataset=str(generated))
+    make_transform(args)
+    assert args.mask_threshold == 0.55
+    args = ContrastiveArguments(dataset=str(generated), mask_threshold=0.3)
+    make_transform(args)
+    assert args.mask_threshold == 0.3
+
+
+def test_otsu_row_masks_cut_each_map_between_its_modes():
+    from PIL import Image
+
+    from freeatm_hf.masks import binarize, resize_map
+
+    low = np.full((8, 8), 20, np.uint8)
+    low[2:6, 1:4] = 200  # one object: a bright block on a dim field
+    high = np.full((8, 8), 120, np.uint8)
+    high[5:, 5:] = 250  # another: a brighter block on a much brighter field than the fixed 0.4 would allow
+    objects = [{"attention": Image.fromarray(m)} for m in (low, high)]
+    got = row_masks({"objects": objects}, (16, 16), "otsu")
+    assert got.shape == (2, 16, 16)
+    for mask, m in zip(got, (low, high)):
+        expected = binarize(resize_map(m / 255.0, (16, 16)), "otsu")
+        assert 0 < mask.sum() < 256
+        assert np.abs(mask.numpy().astype(bool) ^ expected).mean() < 0.02  # up to bilinear vs the map's resize
+    # The fixed threshold would take all of the second map's field.
+    assert torch.equal(row_masks({"objects": objects[1:]}, (16, 16), 0.4)[0], torch.ones(16, 16))

@@ -1,0 +1,64 @@
+"""The contrastive losses on several processes (gloo, CPU): the batch is the global one."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from freeatm_hf.models.losses import instance_nt_xent, moco_info_nce
+
+SIZES = (3, 5)  # instances per process: uneven on purpose
+T = 0.2
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    n = sum(SIZES)
+    return (torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g),
+            torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=-1))
+
+
+def worker(rank, port, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(SIZES))
+    z1, z2, q, queue = data()
+    lo, hi = sum(SIZES[:rank]), sum(SIZES[: rank + 1])
+    a, b = z1[lo:hi].clone().requires_grad_(), z2[lo:hi].clone().requires_grad_()
+    loss = instance_nt_xent(a, b, T)
+    loss.backward()
+    mq = q[lo:hi].clone().requires_grad_()
+    m = moco_info_nce(mq, z2[lo:hi], queue, T, total=sum(SIZES))
+    m.backward()
+    torch.save({"loss": loss.detach(), "g1": a.grad, "g2": b.grad, "moco": m.detach(), "gq": mq.grad},
+               os.path.join(out_dir, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(180)
+def test_losses_over_two_processes_equal_the_single_process_loss_of_the_whole_batch(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=len(SIZES), join=True)
+    res = [torch.load(tmp_path / f"{r}.pt") for r in range(len(SIZES))]
+    world = len(SIZES)
+    z1, z2, q, queue = data()
+    a, b, mq = z1.clone().requires_grad_(), z2.clone().requires_grad_(), q.clone().requires_grad_()
+    ref = instance_nt_xent(a, b, T)  # one process, the whole batch: every instance a negative of every other
+    ref.backward()
+    ref_moco = moco_info_nce(mq, z2, queue, T)
+    ref_moco.backward()
+    # DDP averages over processes: the mean of the per-process losses and gradients is the global one, even
+    # though the processes hold 3 and 5 instances.
+    torch.testing.assert_close(sum(r["loss"] for r in res) / world, ref.detach())
+    torch.testing.assert_close(sum(r["moco"] for r in res) / world, ref_moco.detach())
+    torch.testing.assert_close(torch.cat([r["g1"] for r in res]) / world, a.grad)
+    torch.testing.assert_close(torch.cat([r["g2"] for r in res]) / world, b.grad)
+    torch.testing.assert_close(torch.cat([r["gq"] for r in res]) / world, mq.grad)
