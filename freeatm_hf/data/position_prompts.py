@@ -38,7 +38,9 @@ def caption_with_positions(caption: str, prompts: list[str], tokenizer=None, max
     prompts are dropped, never cut mid-word. The caption itself is kept as is."""
     prompts = list(prompts)
     if shuffle:
-        random.Random(seed).shuffle(prompts)
+        # Without a seed: the process-wide generator, which Trainer's set_seed and the DataLoader's worker
+        # seeding make reproducible (a fresh Random() would draw from the OS).
+        (random if seed is None else random.Random(seed)).shuffle(prompts)
     text = caption.rstrip()
     if text and not text.endswith((".", "!", "?")):
         text += "."

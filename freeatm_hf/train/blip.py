@@ -117,7 +117,10 @@ def train(args: BlipArguments, training_args):
     ds = args.load(seed=training_args.seed)
     set_seed(training_args.seed)
     model, tok = build_blip(args)
-    ds = ds.with_transform(make_transform(args, tok))
+    if args.streaming:  # an IterableDataset has no on-access transform; map it lazily instead
+        ds = ds.map(make_transform(args, tok), batched=True, remove_columns=list(ds.features or []) or None)
+    else:
+        ds = ds.with_transform(make_transform(args, tok))
     training_args.remove_unused_columns = False
     trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds)
     tok.save_pretrained(training_args.output_dir)

@@ -27,7 +27,9 @@ class LRMilestonesCallback(TrainerCallback):
         if lr_scheduler is None:
             return
         if self.initial is None:
-            self.initial = list(lr_scheduler.base_lrs)
+            # The optimizer's `initial_lr` (set by the scheduler, restored with the optimizer on resume), not the
+            # scheduler's base_lrs: a resumed scheduler already holds the milestone-scaled rates.
+            self.initial = [g.get("initial_lr", lr) for g, lr in zip(optimizer.param_groups, lr_scheduler.base_lrs)]
         epoch = int(round(state.epoch or 0))
         factor = self.gamma ** sum(epoch >= m for m in self.milestones)
         lr_scheduler.base_lrs = [lr * factor for lr in self.initial]

@@ -88,7 +88,7 @@ def build_model(args: MAEArguments):
     from ..models import MAEConfig, MAEModel
 
     return MAEModel(MAEConfig(image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
-                              beta_max=args.beta_max, **SIZES[args.model_size]))
+                              beta_max=args.beta_max if args.guided else 0.0, **SIZES[args.model_size]))
 
 
 class MAETrainer(Trainer):

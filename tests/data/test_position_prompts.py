@@ -33,6 +33,13 @@ def test_shuffle_is_seeded_and_fixed_order_is_kept():
     a = caption_with_positions("a scene", prompts, seed=3)
     assert a == caption_with_positions("a scene", prompts, seed=3) and a != caption_with_positions("a scene", prompts, seed=4)
     assert caption_with_positions("a scene", prompts, shuffle=False) == "a scene. " + " ".join(prompts)
+    # Unseeded (as in training): follows the process-wide generator that set_seed seeds, so runs repeat.
+    import random
+
+    random.seed(0)
+    first = [caption_with_positions("a scene", prompts) for _ in range(3)]
+    random.seed(0)
+    assert [caption_with_positions("a scene", prompts) for _ in range(3)] == first and len(set(first)) > 1
 
 
 def test_truncation_drops_whole_prompts_never_words(tokenizer):

@@ -15,3 +15,17 @@ def test_training_text_carries_position_prompts_or_not():
         caption_ids = tok(row["prompt"][0]).input_ids[:-1]  # start token + caption, without the end token
         assert out["input_ids"][0][: len(caption_ids)].tolist() == caption_ids
         assert ("is in block" in text) is expect
+
+
+def test_streaming_training_maps_the_rows_as_it_reads_them(tmp_path):
+    from transformers import TrainingArguments
+
+    from freeatm_hf.train.blip import train
+
+    args = BlipArguments(dataset=str(space_dir() / "example_dataset"), streaming=True, model_size="tiny",
+                         image_size=32, max_length=48)
+    targs = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2,
+                              save_strategy="no", report_to="none", use_cpu=True, logging_steps=1)
+    trainer = train(args, targs)
+    assert trainer.state.global_step == 2
+    assert all(h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)

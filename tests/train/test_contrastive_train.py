@@ -81,6 +81,18 @@ def test_lr_milestones_callback_scales_the_learning_rate_at_its_epochs():
         seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003])
 
+    # Resumed at epoch 3 from saved optimizer and scheduler states (a fresh callback, as in a new process):
+    # the rate is 0.1× the initial one, not 0.1× the already-scaled rate the scheduler saved.
+    p2 = torch.nn.Parameter(torch.zeros(1))
+    opt2 = torch.optim.SGD([p2], lr=0.03)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    resumed = LRMilestonesCallback([2, 4])
+    resumed.on_epoch_begin(None, SimpleNamespace(epoch=3), None, lr_scheduler=sched2, optimizer=opt2)
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.003)
+
 
 def test_train_help(capsys):
     from freeatm_hf import cli

@@ -21,3 +21,14 @@ def test_a_few_cpu_trainer_steps_reduce_the_loss_and_log_beta(tmp_path, shapes_d
     assert betas[0] == 0.0 and betas[-1] == 0.8 and len(betas) == 10
     moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), init[n])]
     assert len(moved) >= 0.9 * len(init)
+
+
+def test_the_mask_free_baseline_is_recorded_as_unguided(shapes_data):
+    from freeatm_hf.hub.model_card import _guided
+
+    guided = build_model(MAEArguments(dataset=shapes_data, model_size="tiny", image_size=32, patch_size=8))
+    baseline = build_model(MAEArguments(dataset=shapes_data, model_size="tiny", image_size=32, patch_size=8,
+                                        guided=False))
+    assert guided.config.beta_max == 0.8 and _guided(guided.config)
+    # A baseline checkpoint must not claim attention-guided masking in its config, tags or card.
+    assert baseline.config.beta_max == 0.0 and not _guided(baseline.config)
