@@ -126,6 +126,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     cache = RowCache(dataset)
     example_prompt, vocabulary = prompt_language(pipeline)
     guidance = float(_recommendation(pipeline).get("guidance_scale") or 7.5)
+    # The threshold the pipeline's mask evaluation chose (the bundled example dataset comes from that pipeline).
+    threshold0 = float(_recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD)
     state: dict = {}
 
     def generator():
@@ -181,7 +183,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 index = gr.Number(value=0, precision=0, minimum=0, label="row", elem_id="row-index")
                 prev_btn = gr.Button("◀ previous", elem_id="prev")
                 next_btn = gr.Button("next ▶", elem_id="next")
-            b_threshold = gr.Slider(0.0, 0.95, value=DEFAULT_THRESHOLD, step=0.05, label="threshold",
+            b_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
                                     elem_id="browse-threshold")
             with gr.Row():
                 b_view = gr.Image(label="masks", type="pil", elem_id="browse-overlay", format="png")
@@ -207,7 +209,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="seed")
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
-                g_threshold = gr.Slider(0.0, 0.95, value=DEFAULT_THRESHOLD, step=0.05, label="threshold",
+                g_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
                                         elem_id="gen-threshold")
             go = gr.Button("Generate", variant="primary", elem_id="gen-button")
             with gr.Row():
