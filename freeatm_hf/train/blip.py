@@ -75,7 +75,9 @@ def build_blip(args: BlipArguments):
     tok = load_tokenizer(model_max_length=args.max_length)
     vision, text = BLIP_SIZES[args.model_size]
     cfg = BlipATMConfig(
-        vision_config={**vision, "image_size": args.image_size},
+        # BlipVisionConfig's default initializer_range is 1e-10 (meant for loading weights): from scratch every
+        # image would embed alike and the image tower would barely learn. 0.02, as the text side and ViTs use.
+        vision_config={**vision, "image_size": args.image_size, "initializer_range": 0.02},
         text_config={**text, "vocab_size": len(tok), "encoder_hidden_size": vision["hidden_size"],
                      "max_position_embeddings": args.max_length, "bos_token_id": tok.bos_token_id,
                      "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id},

@@ -29,3 +29,15 @@ def test_streaming_training_maps_the_rows_as_it_reads_them(tmp_path):
     trainer = train(args, targs)
     assert trainer.state.global_step == 2
     assert all(h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_a_from_scratch_image_tower_tells_images_apart():
+    import torch
+
+    torch.manual_seed(0)
+    model, _ = build_blip(BlipArguments(model_size="tiny", image_size=32))
+    w = model.vision_model.embeddings.patch_embedding.weight
+    assert 0.01 < float(w.std()) < 0.03  # not transformers' 1e-10 default for BLIP vision
+    with torch.no_grad():
+        emb = model.image_embeds(torch.randn(2, 3, 32, 32))
+    assert (emb[0, 0] - emb[1, 0]).abs().max() > 1e-2  # different images, different [CLS] embeddings
