@@ -12,8 +12,9 @@ else
     python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --vae_steps 500 --batch_size 32 --max_minutes 100 \
         --save_every_minutes 12
 fi
-# Which layers, steps and threshold localise best (chosen on validation scenes, scored on 200 test scenes);
-# the choice goes into OUT/freeatm.json, which `freeatm generate` reads, and the scores into the card.
-freeatm eval masks --pipeline "$OUT" --sweep --save_recommendation --output "$OUT/mask_eval.json"
+# Which layers, steps, threshold and guidance scale localise best (chosen on validation scenes, scored on 200
+# test scenes); the choice goes into OUT/freeatm.json, which `freeatm generate` reads, and the scores into the card.
+freeatm eval masks --pipeline "$OUT" --sweep --guidance_sweep 2 4 6 8 --save_recommendation \
+    --output "$OUT/mask_eval.json"
 python -m freeatm_hf.toy.showcase --pipeline "$OUT" --output "$OUT/grid.png"
 echo "to make it the embedded default: rm -rf freeatm_hf/toy/assets/shapes-t2i && cp -r $OUT freeatm_hf/toy/assets/shapes-t2i"

@@ -80,6 +80,24 @@ def test_end_to_end_with_a_real_pipeline_gives_finite_scores(tiny_pipe):
     assert res["capture"] == {k: best[k] for k in ("down_factors", "step_window", "threshold")}
 
 
+def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_zero(tiny_pipe):
+    from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
+    from freeatm_hf.toy.model import shapes_pipeline
+
+    res = evaluate_masks(shapes_pipeline(), MaskEvalConfig(num_scenes=2, num_val=3, num_inference_steps=3,
+                                                           batch_size=4, guidance_sweep=(1.0, 6.0)))
+    rows = res["validation_guidance"]
+    assert [r["guidance_scale"] for r in rows] == [1.0, 6.0]
+    for r in rows:
+        assert r["val_miou_undrawn_as_zero"] == pytest.approx(r["val_miou"] * r["val_drawn_share"], abs=1e-4)
+    best = max(rows, key=lambda r: r["val_miou_undrawn_as_zero"])
+    assert res["guidance_scale"] == best["guidance_scale"] and res["capture"]["threshold"] == best["threshold"]
+    # Without a sweep: the guidance the model folder recommends, else 4.0 (this pipeline has no folder).
+    plain = evaluate_masks(shapes_pipeline(), MaskEvalConfig(num_scenes=1, num_val=1, num_inference_steps=2))
+    assert plain["guidance_scale"] == plain["config"]["guidance_scale"] == 4.0
+    assert plain["validation_guidance"] == []
+
+
 @pytest.mark.skipif(not __import__("freeatm_hf.toy.model", fromlist=["x"]).trained_pipeline_available(),
                     reason="the trained shapes model is not shipped")
 def test_trained_shapes_model_keeps_its_mask_quality():
