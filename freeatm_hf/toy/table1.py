@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .tables import cell, summarize
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,17 +39,21 @@ def make_parser():
     p.add_argument("--num_probe_train", type=int, default=1000, help="rendered scenes to fit the probe on")
     p.add_argument("--num_probe_test", type=int, default=500)
     p.add_argument("--device", default=None, help="'cpu' forces the CPU")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
+                   help="one pretraining run per seed and pooling; the table shows mean ± std over them")
     return p
 
 
-def presence_targets(specs) -> torch.Tensor:
-    from .world import SHAPES
+def presence_targets(specs, attribute: str = "shape") -> torch.Tensor:
+    """(scenes, classes) 0/1: which shapes (or colours) each scene holds."""
+    from .world import COLORS, SHAPES
 
-    t = torch.zeros(len(specs), len(SHAPES), dtype=torch.long)
+    names = list(SHAPES if attribute == "shape" else COLORS)
+    t = torch.zeros(len(specs), len(names), dtype=torch.long)
     for i, s in enumerate(specs):
         for o in s.objects:
-            t[i, SHAPES.index(o.shape)] = 1
+            t[i, names.index(getattr(o, attribute))] = 1
     return t
 
 
@@ -76,13 +82,17 @@ def probe(backbone, args, device) -> dict:
     tr, te = train_world.scenes(args.num_probe_train), test_world.scenes(args.num_probe_test)
     xtr = rendered_features(backbone, tr, train_world, args.image_size, device=device)
     xte = rendered_features(backbone, te, test_world, args.image_size, device=device)
-    logits = multilabel_linear_probe(xtr, presence_targets(tr), xte)
-    return multilabel_scores(logits, presence_targets(te))
+    shapes = multilabel_scores(multilabel_linear_probe(xtr, presence_targets(tr), xte), presence_targets(te))
+    colours = multilabel_scores(multilabel_linear_probe(xtr, presence_targets(tr, "color"), xte),
+                                presence_targets(te, "color"))
+    return {**shapes, "colour_map": colours["map"]}
+
+
+COLUMNS = (("map", "shapes-present mAP"), ("colour_map", "colours-present mAP"),
+           ("exact_set_accuracy", "exact shape-set accuracy"))
 
 
 def main(argv=None) -> dict:
-    from transformers import AutoModel
-
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..generate import GenerateConfig
     from ..generate.run import generate_dataset
@@ -98,34 +108,44 @@ def main(argv=None) -> dict:
                                     batch_size=32, num_inference_steps=args.num_inference_steps,
                                     seed=args.seed, device=args.device))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
-    rows = []
-    torch.manual_seed(args.seed)
-    untrained = SimCLRModel(SimCLRConfig(backbone=args.backbone, proj_hidden_dim=512, proj_dim=128))
-    rows.append({"pretraining": "none (random init)", **probe(untrained.backbone, args, device)})
-    for pooling in ("image", "attention"):
-        run = out / f"simclr-{pooling}"
-        if not (run / "model.safetensors").is_file():
-            train_main(["simclr", "--dataset", str(scenes), "--output_dir", str(run), "--backbone", args.backbone,
-                        "--pooling", pooling, "--image_size", str(args.image_size), "--proj_hidden_dim", "512",
-                        "--proj_dim", "128", "--optimizer", "adamw", "--learning_rate", str(args.learning_rate),
-                        "--weight_decay", "1e-4", "--per_device_train_batch_size", str(args.batch_size),
-                        "--max_steps", str(args.max_steps), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
-                        "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
-                        "--dataloader_drop_last", "true", "--seed", str(args.seed), "--dataloader_num_workers", "0"]
-                       + (["--use_cpu", "true"] if device == "cpu" else []))
-        model = AutoModel.from_pretrained(run)
-        name = "SimCLR, image-level (baseline)" if pooling == "image" else "SimCLR, attention-pooled (Free-ATM)"
-        rows.append({"pretraining": name, **probe(model.backbone, args, device)})
+    runs = {"none": [], "image": [], "attention": []}
+    for seed in args.pretrain_seeds:
+        torch.manual_seed(seed)
+        untrained = SimCLRModel(SimCLRConfig(backbone=args.backbone, proj_hidden_dim=512, proj_dim=128))
+        runs["none"].append(probe(untrained.backbone, args, device))
+        for pooling in ("image", "attention"):
+            runs[pooling].append(pretrain_and_probe(args, scenes, out, pooling, seed, device, train_main))
+    names = {"none": "none (random init)", "image": "SimCLR, image-level (baseline)",
+             "attention": "SimCLR, attention-pooled (Free-ATM)"}
+    rows = [summarize(names[k], v, [key for key, _ in COLUMNS]) for k, v in runs.items()]
     result = {"generator": pipeline, "num_images": args.num_images, "backbone": args.backbone,
               "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.max_steps,
-              "probe": f"multi-label linear probe, {args.num_probe_train} / {args.num_probe_test} rendered scenes",
+              "pretrain_seeds": args.pretrain_seeds,
+              "probe": f"multi-label linear probes, {args.num_probe_train} / {args.num_probe_test} rendered scenes",
               "rows": rows}
     (out / "table1.json").write_text(json.dumps(result, indent=2))
-    lines = ["| pretraining | shapes-present mAP | exact-set accuracy |", "|---|---|---|"]
-    lines += [f"| {r['pretraining']} | {100 * r['map']:.1f} | {100 * r['exact_set_accuracy']:.1f} |" for r in rows]
+    lines = ["| pretraining | " + " | ".join(title for _, title in COLUMNS) + " |", "|---|---|---|---|"]
+    lines += [f"| {r['pretraining']} | " + " | ".join(cell(r, k, scale=100) for k, _ in COLUMNS) + " |" for r in rows]
     (out / "table1.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
+
+
+def pretrain_and_probe(args, scenes: Path, out: Path, pooling: str, seed: int, device: str, train_main) -> dict:
+    """Pretrain SimCLR with this pooling and seed (skipped when its folder is complete), then probe it."""
+    from transformers import AutoModel
+
+    run = out / (f"simclr-{pooling}" + (f"-seed{seed}" if seed else ""))
+    if not (run / "model.safetensors").is_file():
+        train_main(["simclr", "--dataset", str(scenes), "--output_dir", str(run), "--backbone", args.backbone,
+                    "--pooling", pooling, "--image_size", str(args.image_size), "--proj_hidden_dim", "512",
+                    "--proj_dim", "128", "--optimizer", "adamw", "--learning_rate", str(args.learning_rate),
+                    "--weight_decay", "1e-4", "--per_device_train_batch_size", str(args.batch_size),
+                    "--max_steps", str(args.max_steps), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
+                    "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
+                    "--dataloader_drop_last", "true", "--seed", str(seed), "--dataloader_num_workers", "0"]
+                   + (["--use_cpu", "true"] if device == "cpu" else []))
+    return probe(AutoModel.from_pretrained(run).backbone, args, device)
 
 
 if __name__ == "__main__":

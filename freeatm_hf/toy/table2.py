@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .tables import cell, summarize
+
 logger = logging.getLogger(__name__)
 
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
@@ -78,17 +80,21 @@ def make_parser():
     p.add_argument("--learning_rate", type=float, default=3e-4)
     p.add_argument("--num_finetune", type=int, default=500, help="rendered scenes for retrieval fine-tuning")
     p.add_argument("--finetune_steps", type=int, default=150)
+    p.add_argument("--finetune_lr", type=float, default=1e-4)
     p.add_argument("--num_test", type=int, default=100, help="rendered test scenes (plus their mirrors)")
     p.add_argument("--device", default=None, help="'cpu' forces the CPU")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
+                   help="one pretraining + fine-tuning run per seed and prompt setting; the table shows mean ± std")
     return p
 
 
+METRICS = ("tr@1", "ir@1", "tr@5", "ir@5", "tr@10", "ir@10")
+
+
 def main(argv=None) -> dict:
-    from ..eval.cli import main as eval_main
     from ..generate import GenerateConfig
     from ..generate.run import generate_dataset
-    from ..train.cli import main as train_main
 
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -103,37 +109,52 @@ def main(argv=None) -> dict:
     finetune_set = rendered_retrieval_set(out / "finetune_set", "train", seed=41_000, n=args.num_finetune,
                                           mirrors=True)
     test_set = rendered_retrieval_set(out / "test_set", "test", seed=42_000, n=args.num_test, mirrors=True)
-    cpu = ["--use_cpu", "true"] if device == "cpu" else []
-    rows = []
-    for prompts in ("none", "position"):
-        run = out / f"blip-{prompts}"
-        if not (run / "model.safetensors").is_file():
-            train_main(["blip", "--dataset", str(scenes), "--output_dir", str(run), "--prompts", prompts,
-                        "--model_size", args.model_size, "--image_size", str(args.image_size), "--max_length", "72",
-                        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
-                        "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
-                        "--warmup_steps", "0.05", "--logging_steps", "25", "--save_strategy", "no",
-                        "--report_to", "none", "--dataloader_drop_last", "true", "--seed", str(args.seed)] + cpu)
-        r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test",
-                       "--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
-                       "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{prompts}-retrieval"),
-                       "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", "1e-4",
-                       "--output", str(out / f"retrieval-{prompts}.json")]
-                      + (["--device", "cpu"] if device == "cpu" else [])
-                      + ["--finetune_dataset", str(finetune_set)])
-        name = "BLIP, plain captions (baseline)" if prompts == "none" else "BLIP + position prompts (Free-ATM)"
-        rows.append({"pretraining": name, **{k: r[k] for k in ("tr@1", "tr@5", "ir@1", "ir@5")}})
+    runs = {"none": [], "position": []}
+    for seed in args.pretrain_seeds:
+        for prompts in runs:
+            runs[prompts].append(pretrain_and_test(args, scenes, out, prompts, seed, device, finetune_set, test_set))
+    names = {"none": "BLIP, plain captions (baseline)", "position": "BLIP + position prompts (Free-ATM)"}
+    rows = [summarize(names[k], v, METRICS) for k, v in runs.items()]
     result = {"generator": pipeline, "pretraining_scenes": str(scenes), "model_size": args.model_size,
               "image_size": args.image_size, "batch_size": args.batch_size, "pretraining_steps": args.max_steps,
+              "pretrain_seeds": args.pretrain_seeds,
               "finetune": f"{args.finetune_steps} steps on {args.num_finetune} rendered scenes + mirrors",
               "test": f"{args.num_test} rendered scenes + their mirrors (mirrored captions)", "rows": rows}
     (out / "table2.json").write_text(json.dumps(result, indent=2))
-    lines = ["| pretraining | TR@1 | IR@1 | TR@5 | IR@5 |", "|---|---|---|---|---|"]
-    lines += [f"| {r['pretraining']} | {r['tr@1']:.1f} | {r['ir@1']:.1f} | {r['tr@5']:.1f} | {r['ir@5']:.1f} |"
-              for r in rows]
+    lines = ["| pretraining | " + " | ".join(k.upper() for k in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines += [f"| {r['pretraining']} | " + " | ".join(cell(r, k) for k in METRICS) + " |" for r in rows]
     (out / "table2.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
+
+
+def pretrain_and_test(args, scenes: Path, out: Path, prompts: str, seed: int, device: str, finetune_set: Path,
+                      test_set: Path) -> dict:
+    """Pretrain BLIP, fine-tune it for retrieval, test it; a re-run skips what is already done."""
+    from ..eval.cli import main as eval_main
+    from ..train.cli import main as train_main
+
+    suffix = f"-seed{seed}" if seed else ""
+    done = out / f"retrieval-{prompts}{suffix}.json"
+    if done.is_file():
+        return {k: json.loads(done.read_text())[k] for k in METRICS}
+    run = out / f"blip-{prompts}{suffix}"
+    cpu = ["--use_cpu", "true"] if device == "cpu" else []
+    if not (run / "model.safetensors").is_file():
+        train_main(["blip", "--dataset", str(scenes), "--output_dir", str(run), "--prompts", prompts,
+                    "--model_size", args.model_size, "--image_size", str(args.image_size), "--max_length", "72",
+                    "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
+                    "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
+                    "--warmup_steps", "0.05", "--logging_steps", "25", "--save_strategy", "no",
+                    "--report_to", "none", "--dataloader_drop_last", "true", "--seed", str(seed)] + cpu)
+    r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test",
+                   "--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
+                   "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{prompts}{suffix}-retrieval"),
+                   "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr),
+                   "--output", str(done)]
+                  + (["--device", "cpu"] if device == "cpu" else [])
+                  + ["--finetune_dataset", str(finetune_set)])
+    return {k: r[k] for k in METRICS}
 
 
 if __name__ == "__main__":

@@ -5,13 +5,17 @@ import torch
 
 def test_presence_targets_mark_each_shape_in_the_scene():
     from freeatm_hf.toy.table1 import presence_targets
-    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+    from freeatm_hf.toy.world import COLORS, SHAPES, ShapesWorld
 
     specs = ShapesWorld(seed=3).scenes(5)
     t = presence_targets(specs)
     assert t.shape == (5, len(SHAPES))
     for row, s in zip(t, specs, strict=True):
         assert {SHAPES[i] for i in torch.nonzero(row).flatten().tolist()} == {o.shape for o in s.objects}
+    c = presence_targets(specs, "color")
+    assert c.shape == (5, len(COLORS))
+    for row, s in zip(c, specs, strict=True):
+        assert {list(COLORS)[i] for i in torch.nonzero(row).flatten().tolist()} == {o.color for o in s.objects}
 
 
 def test_table1_runs_end_to_end_and_writes_its_table(tmp_path):
@@ -19,8 +23,11 @@ def test_table1_runs_end_to_end_and_writes_its_table(tmp_path):
 
     res = main(["--output_dir", str(tmp_path), "--pipeline", "tiny", "--num_images", "8", "--num_inference_steps", "2",
                 "--max_steps", "2", "--batch_size", "4", "--num_probe_train", "60", "--num_probe_test", "30",
-                "--image_size", "32", "--device", "cpu"])
+                "--image_size", "32", "--device", "cpu", "--pretrain_seeds", "0", "1"])
     assert [r["pretraining"].split(",")[0] for r in res["rows"]] == ["none (random init)", "SimCLR", "SimCLR"]
-    assert all(0 <= r["map"] <= 1 and 0 <= r["exact_set_accuracy"] <= 1 for r in res["rows"])
+    for r in res["rows"]:
+        assert len(r["runs"]) == 2 and r["map_std"] is not None
+        assert all(0 <= r[k] <= 1 for k in ("map", "colour_map", "exact_set_accuracy"))
+    assert (tmp_path / "simclr-attention").is_dir() and (tmp_path / "simclr-attention-seed1").is_dir()
     assert json.loads((tmp_path / "table1.json").read_text()) == res
     assert (tmp_path / "table1.md").read_text().count("\n") == 5

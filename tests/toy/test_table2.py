@@ -43,3 +43,4 @@ def test_table2_runs_end_to_end(tmp_path):
     assert [r["pretraining"].split(",")[0].split(" +")[0] for r in res["rows"]] == ["BLIP", "BLIP"]
     assert all(0 <= r[k] <= 100 for r in res["rows"] for k in ("tr@1", "ir@1", "tr@5", "ir@5"))
     assert (tmp_path / "table2.md").is_file() and (tmp_path / "blip-position-retrieval" / "config.json").is_file()
+    assert all(r["seeds"] == 1 and r["tr@1_std"] is None for r in res["rows"])
