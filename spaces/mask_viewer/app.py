@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from freeatm_hf.data.reading import dataset_threshold
 from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
 from freeatm_hf.viz import color, heatmap, overlay
 
@@ -126,8 +127,11 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     cache = RowCache(dataset)
     example_prompt, vocabulary = prompt_language(pipeline)
     guidance = float(_recommendation(pipeline).get("guidance_scale") or 7.5)
-    # The threshold the pipeline's mask evaluation chose (the bundled example dataset comes from that pipeline).
+    # Where each tab's slider starts: the threshold the pipeline's mask evaluation chose for live generation,
+    # and the one the dataset's card states (its boxes') for browsing, else the same.
     threshold0 = float(_recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD)
+    browse_threshold0 = dataset_threshold(dataset, default=threshold0)
+    browse_threshold0 = threshold0 if browse_threshold0 == "otsu" else browse_threshold0
     state: dict = {}
 
     def generator():
@@ -183,7 +187,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 index = gr.Number(value=0, precision=0, minimum=0, label="row", elem_id="row-index")
                 prev_btn = gr.Button("◀ previous", elem_id="prev")
                 next_btn = gr.Button("next ▶", elem_id="next")
-            b_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
+            b_threshold = gr.Slider(0.0, 0.95, value=browse_threshold0, step=0.05, label="threshold",
                                     elem_id="browse-threshold")
             with gr.Row():
                 b_view = gr.Image(label="masks", type="pil", elem_id="browse-overlay", format="png")

@@ -140,7 +140,9 @@ def test_in_a_real_browser(app, tmp_path):
         # Far from where the slider starts (the pipeline's measured threshold): a small map's values can jump
         # past two nearby thresholds at once, and an identical overlay keeps its (content-hashed) file name.
         start = float(number.input_value())
-        assert start == pytest.approx(load_app()._recommendation("default").get("threshold", 0.4))
+        from freeatm_hf.data.reading import dataset_threshold
+
+        assert start == pytest.approx(dataset_threshold(str(space_dir() / "example_dataset")))  # its card's
         number.fill("0.05" if start > 0.3 else "0.9")
         number.press("Enter")
         page.wait_for_function(
