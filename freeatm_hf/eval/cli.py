@@ -45,7 +45,8 @@ def make_parser():
     k.add_argument("--revision", default=None)
     k.add_argument("--image_column", default="image")
     k.add_argument("--label_column", default="label")
-    k.add_argument("--image_size", type=int, default=224)
+    k.add_argument("--image_size", type=int, default=None,
+                   help="default: a ViT checkpoint's own size (position embeddings are fixed), else 224")
     k.add_argument("--k", type=int, default=20)
     k.add_argument("--temperature", type=float, default=0.07)
     k.add_argument("--batch_size", type=int, default=256)
@@ -60,7 +61,8 @@ def make_parser():
     f.add_argument("--test_split", default="test")
     f.add_argument("--image_column", default="image")
     f.add_argument("--label_column", default="label")
-    f.add_argument("--image_size", type=int, default=224)
+    f.add_argument("--image_size", type=int, default=None,
+                   help="default: a ViT checkpoint's own size (position embeddings are fixed), else 224")
     f.add_argument("--epochs", type=float, default=10)
     f.add_argument("--learning_rate", type=float, default=1e-3)
     f.add_argument("--batch_size", type=int, default=64)
@@ -154,9 +156,11 @@ def main_detect(args):
 
 def main_finetune(args):
     from .finetune import finetune_classification
+    from .frozen import checkpoint_image_size
 
+    size = args.image_size or checkpoint_image_size(args.model)
     results = finetune_classification(args.model, args.dataset, args.output_dir, args.train_split, args.test_split,
-                                      args.image_column, args.label_column, args.image_size, args.epochs,
+                                      args.image_column, args.label_column, size, args.epochs,
                                       args.learning_rate, args.batch_size)
     print(json.dumps(results, indent=1))
     return results
@@ -211,11 +215,12 @@ def main_retrieval(args):
 
 
 def main_knn(args):
-    from .frozen import evaluate_frozen
+    from .frozen import checkpoint_image_size, evaluate_frozen
 
     results = evaluate_frozen(args.model, args.dataset, train_split=args.train_split, test_split=args.test_split,
                               revision=args.revision, image_column=args.image_column, label_column=args.label_column,
-                              image_size=args.image_size, k=args.k, temperature=args.temperature,
+                              image_size=args.image_size or checkpoint_image_size(args.model), k=args.k,
+                              temperature=args.temperature,
                               batch_size=args.batch_size, linear=not args.no_linear_probe, device=args.device)
     print(json.dumps(results, indent=1))
     return results

@@ -33,6 +33,16 @@ def feature_backbone(model):
     raise TypeError(f"cannot extract features from {type(model).__name__}")
 
 
+def checkpoint_image_size(model_dir: str, default: int = 224) -> int:
+    """The input side a checkpoint needs: a ViT's (MAE) own `image_size`, its position embeddings being fixed;
+    `default` for a CNN, which takes any size."""
+    from transformers import AutoConfig
+
+    from .. import models  # noqa: F401  (registers the freeatm configs)
+
+    return int(getattr(AutoConfig.from_pretrained(model_dir), "image_size", None) or default)
+
+
 def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,
                     image_column="image", label_column="label", image_size=224, k=20, temperature=0.07,
                     batch_size=256, linear=True, device=None, update_card=True) -> list[dict]:

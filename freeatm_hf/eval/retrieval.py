@@ -23,7 +23,9 @@ def retrieval_scores(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                                  attention_mask=attention_mask[s : s + batch_size].to(device)).last_hidden_state
         txt_feats.append(torch.nn.functional.normalize(model.text_proj(out[:, 0]), dim=-1))
     sim = img_feats @ torch.cat(txt_feats).T  # (I, T)
-    ids, mask = input_ids.to(device), attention_mask.to(device)
+    ids, mask = input_ids.to(device).clone(), attention_mask.to(device)
+    if getattr(model.config, "enc_token_id", None) is not None:  # ITM reads [ENC] in place of the first token
+        ids[:, 0] = model.config.enc_token_id
     i2t = torch.full_like(sim, -100.0)
     for i in range(len(sim)):
         top = sim[i].topk(min(k_test, sim.shape[1])).indices

@@ -59,8 +59,8 @@ def _transforms(image_size: int, reduce_labels: bool):
         lab = torch.as_tensor(np.array(annotation), dtype=torch.int64)
         if lab.ndim != 2:
             raise ValueError(f"label maps must be single-channel, got shape {tuple(lab.shape)}")
-        if reduce_labels:
-            lab = torch.where(lab == 0, IGNORE_INDEX, lab - 1)
+        if reduce_labels:  # 0 (background) → ignored, k → k − 1; void pixels stay void
+            lab = torch.where((lab == 0) | (lab == IGNORE_INDEX), IGNORE_INDEX, lab - 1)
         return lab
 
     def train_tf(image, annotation):

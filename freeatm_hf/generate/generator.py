@@ -116,6 +116,12 @@ class FreeATMGenerator:
         prompts = [as_prompt(p) for p in prompts]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
+        negative = any(pipe_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))
+        if self.kind == "flux" and pipe_kwargs.get("true_cfg_scale", 1.0) > 1 and negative:
+            # Flux's true CFG runs the transformer a second time per step on the negative prompt: its attention
+            # would be added to the prompt's maps and the step window would be counted twice as fast.
+            raise ValueError("Flux true CFG (true_cfg_scale > 1 with a negative prompt) is not supported with "
+                             "capture: use guidance_scale (Flux's distilled guidance) instead")
         height = height or self.default_size[0]
         width = width or self.default_size[1]
         # MM-DiT transformers see the latent in 2×2 patches (Flux would silently round the size down).

@@ -1,6 +1,14 @@
 """Trainer callbacks for the schedules of the pretraining methods."""
 
+import math
+
 from transformers import TrainerCallback
+
+
+def epoch_index(state) -> int:
+    """The epoch being started: floored, as a resumed run starts mid-epoch (3.6 is still epoch 3); the small
+    slack absorbs float sums such as 1.9999999 at an epoch's start."""
+    return math.floor((state.epoch or 0) + 1e-6)
 
 
 class MomentumUpdateCallback(TrainerCallback):
@@ -30,7 +38,7 @@ class LRMilestonesCallback(TrainerCallback):
             # The optimizer's `initial_lr` (set by the scheduler, restored with the optimizer on resume), not the
             # scheduler's base_lrs: a resumed scheduler already holds the milestone-scaled rates.
             self.initial = [g.get("initial_lr", lr) for g, lr in zip(optimizer.param_groups, lr_scheduler.base_lrs)]
-        epoch = int(round(state.epoch or 0))
+        epoch = epoch_index(state)
         factor = self.gamma ** sum(epoch >= m for m in self.milestones)
         lr_scheduler.base_lrs = [lr * factor for lr in self.initial]
         for group, lr in zip(optimizer.param_groups, lr_scheduler.base_lrs):

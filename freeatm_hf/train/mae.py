@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .arguments import DataArguments, fit_and_save
+from .callbacks import epoch_index
 
 
 @dataclass
@@ -42,7 +43,7 @@ class BetaScheduleCallback(TrainerCallback):
 
     def value(self, state) -> float:
         last = max(int(state.num_train_epochs or 1) - 1, 1)
-        return self.beta_max * min(1.0, float(int(round(state.epoch or 0))) / last)
+        return self.beta_max * min(1.0, float(epoch_index(state)) / last)
 
     def on_epoch_begin(self, args, state, control, model=None, **kwargs):
         model = getattr(model, "module", model)

@@ -174,3 +174,9 @@ def test_sizes_off_the_patch_grid_are_refused_by_name(pipe):
     step = pipe.vae_scale_factor  # a multiple of the VAE factor, but not of the 2×2 patch
     with pytest.raises(ValueError, match=f"multiples of {2 * step}"):
         gen(PROMPTS[:1], seeds=[0], **{**KW, "height": 64 + step})
+
+
+def test_flux_true_cfg_is_refused_rather_than_mixing_the_negative_prompt_into_the_maps():
+    gen = FreeATMGenerator(tiny_flux_pipeline())
+    with pytest.raises(ValueError, match="true CFG"):
+        gen(PROMPTS[:1], seeds=[0], negative_prompt="blurry", true_cfg_scale=4.0, **KW)

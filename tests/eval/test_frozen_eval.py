@@ -74,3 +74,17 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
     assert r["metric"] == "finetune_top1" and 0.0 <= r["value"] <= 1.0
     card = ModelCard.load(ckpt / "README.md")
     assert [e.metric_type for e in card.data.eval_results] == ["finetune_top1"]
+
+
+def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shapes, tmp_path):
+    from freeatm_hf.eval.cli import main
+    from freeatm_hf.eval.frozen import checkpoint_image_size
+
+    mae, cnn = tmp_path / "mae", tmp_path / "cnn"
+    tiny_checkpoint("mae").save_pretrained(mae)
+    tiny_checkpoint("simclr").save_pretrained(cnn)
+    assert checkpoint_image_size(str(mae)) == 32 and checkpoint_image_size(str(cnn)) == 224
+    # No --image_size: a 32-px MAE would fail at 224 (fixed position embeddings).
+    results = main(["knn", "--model", str(mae), "--dataset", labelled_shapes, "--k", "5", "--batch_size", "16",
+                    "--device", "cpu", "--no_linear_probe"])
+    assert results[0]["metric"] == "knn5_top1" and 0.0 <= results[0]["value"] <= 1.0

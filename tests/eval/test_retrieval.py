@@ -35,6 +35,15 @@ def test_blip_protocol_runs_and_reranks_only_the_top_k():
     assert set(r) >= {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}
     assert all(0 <= v <= 100 for v in r.values())
 
+    # With an [ENC] token the ITM re-ranking reads it in place of the first token, as training does.
+    model.config.enc_token_id = 3
+    seen = []
+    itm = model.itm_logits
+    model.itm_logits = lambda e, i, m: seen.append(i[:, 0].unique().tolist()) or itm(e, i, m)
+    retrieval_scores(model, x, ids, k_test=2)
+    assert seen and all(first == [3] for first in seen)
+    assert (ids[:, 0] != 3).all()  # the caller's ids are left as they were
+
 
 def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
     from datasets import Dataset

@@ -84,3 +84,15 @@ def test_two_step_finetune_gives_finite_miou_and_a_stock_upernet(shapes_seg, tmp
     assert {r["metric"] for r in stored} == set(values)
     card = ModelCard.load(ckpt / "README.md")
     assert {e.metric_type for e in card.data.eval_results} == set(values)
+
+
+def test_reduce_labels_ignores_background_and_keeps_void_pixels_void():
+    from PIL import Image
+
+    from freeatm_hf.eval.segmentation import _transforms
+
+    lab = np.array([[0, 1, 255], [3, 255, 0]], np.uint8)
+    _, eval_tf = _transforms(2, reduce_labels=True)
+    _, y = eval_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab, mode="L"))
+    # ADE-style: 0 → ignored, k → k − 1, and 255 (void) stays 255 rather than becoming class 254.
+    assert y.tolist() == [[255, 0, 255], [2, 255, 255]]

@@ -79,6 +79,10 @@ def test_beta_schedule_callback_sets_beta_per_epoch():
         cb.on_epoch_begin(None, SimpleNamespace(epoch=epoch, num_train_epochs=5), None, model=model)
         seen.append(model.beta)
     assert seen == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    # A run resumed mid-epoch 3 (state.epoch 3.6) is still in epoch 3; float sums just below a boundary count up.
+    for epoch, beta in ((3.6, 0.6), (2.5, 0.4), (1.9999999, 0.4)):
+        cb.on_epoch_begin(None, SimpleNamespace(epoch=epoch, num_train_epochs=5), None, model=model)
+        assert model.beta == pytest.approx(beta)
 
 
 def test_model_uses_the_guided_noise_and_loads_into_stock_vitmae(tmp_path):
