@@ -91,7 +91,7 @@ class DatasetWriter:
             old = json.loads(path.read_text())
             keys = (set(old) | set(self.settings)) - NOT_COMPARED
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
-            if diff and not any((self.root / "data").glob("*.parquet")):
+            if diff and not self._has_shards():
                 # Nothing written yet (e.g. the first attempt ran out of memory while loading): nothing to keep
                 # consistent with, so the new settings replace the old.
                 self._write_settings(path, is_main_process)
@@ -103,10 +103,13 @@ class DatasetWriter:
                     f"directory, or the original settings to resume it."
                 )
             return
-        if any((self.root / "data").glob("*.parquet")):
+        if self._has_shards():
             raise SettingsMismatchError(f"{self.root}/data has Parquet files but no {STATE_DIR}/{SETTINGS_FILE}: "
                                         "not a freeatm generation to resume")
         self._write_settings(path, is_main_process)
+
+    def _has_shards(self) -> bool:
+        return any((self.root / "data").glob("*.parquet"))
 
     def _write_settings(self, path: Path, is_main_process: bool):
         if is_main_process:

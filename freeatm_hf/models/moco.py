@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .encoder import POOLINGS, create_backbone, instance_features
-from .losses import global_count, moco_info_nce
+from .losses import distributed_world, gather_with_grad, global_count, moco_info_nce
 from .simclr import ContrastiveOutput, skipped_step
 
 
@@ -80,8 +80,8 @@ class MoCoModel(PreTrainedModel):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor):
         """Write keys (gathered from every process) into the ring buffer; any count, wrapping around."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            keys = _gather_variable(keys)
+        if distributed_world() > 1:
+            keys, _ = gather_with_grad(keys)
         keys = F.normalize(keys.float(), dim=-1)[-self.config.queue_size :]
         n, q = len(keys), self.config.queue_size
         idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % q
@@ -105,18 +105,3 @@ class MoCoModel(PreTrainedModel):
         if self.training:
             self.enqueue(k)
         return ContrastiveOutput(loss=loss, embeddings_1=q, embeddings_2=k, num_instances=len(q))
-
-
-def _gather_variable(x: torch.Tensor) -> torch.Tensor:
-    """all_gather of tensors whose first dimension differs between processes."""
-    import torch.distributed as dist
-
-    n = torch.tensor([len(x)], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    m = int(max(s.item() for s in sizes))
-    padded = torch.zeros(m, *x.shape[1:], dtype=x.dtype, device=x.device)
-    padded[: len(x)] = x
-    out = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(out, padded)
-    return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])

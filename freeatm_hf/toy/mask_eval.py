@@ -166,9 +166,9 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     from ..generate.pipelines import pipeline_recommendation
     from .model import GUIDANCE_SCALE
 
+    recommended = pipeline_recommendation(pipe) or {}
     if cfg.guidance_scale is None:
-        cfg = replace(cfg, guidance_scale=float((pipeline_recommendation(pipe) or {}).get("guidance_scale")
-                                                or GUIDANCE_SCALE))
+        cfg = replace(cfg, guidance_scale=float(recommended.get("guidance_scale") or GUIDANCE_SCALE))
     classifier = ShapeClassifier.pretrained()
     test_specs = ShapesWorld(seed=cfg.seed).scenes(cfg.num_scenes)
     val_specs = ShapesWorld(seed=cfg.seed + 1).scenes(cfg.num_val)
@@ -177,7 +177,7 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     if sweep:
         captures = [CaptureConfig(down_factors=f, step_window=w) for f, w in sweep_settings(pipe)]
     else:
-        rec = (pipeline_recommendation(pipe) or {}).get("capture")
+        rec = recommended.get("capture")
         factors, window = sweep_settings(pipe)[0]
         captures = [capture or (CaptureConfig.from_dict(rec) if rec else CaptureConfig(factors, step_window=window))]
     candidates = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from freeatm_hf.models.losses import instance_nt_xent, moco_info_nce
+from freeatm_hf.models.losses import gather_with_grad, instance_nt_xent, moco_info_nce
 
 SIZES = (3, 5)  # instances per process: uneven on purpose
 T = 0.2
@@ -33,7 +33,10 @@ def worker(rank, port, out_dir):
     mq = q[lo:hi].clone().requires_grad_()
     m = moco_info_nce(mq, z2[lo:hi], queue, T, total=sum(SIZES))
     m.backward()
-    torch.save({"loss": loss.detach(), "g1": a.grad, "g2": b.grad, "moco": m.detach(), "gq": mq.grad},
+    with torch.no_grad():  # as MoCo's queue gathers keys
+        gathered, offset = gather_with_grad(z2[lo:hi])
+    torch.save({"loss": loss.detach(), "g1": a.grad, "g2": b.grad, "moco": m.detach(), "gq": mq.grad,
+                "gathered": gathered, "offset": offset},
                os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
@@ -62,3 +65,7 @@ def test_losses_over_two_processes_equal_the_single_process_loss_of_the_whole_ba
     torch.testing.assert_close(torch.cat([r["g1"] for r in res]) / world, a.grad)
     torch.testing.assert_close(torch.cat([r["g2"] for r in res]) / world, b.grad)
     torch.testing.assert_close(torch.cat([r["gq"] for r in res]) / world, mq.grad)
+    # Every process sees all instances in rank order, whatever their counts.
+    assert [r["offset"] for r in res] == [0, SIZES[0]]
+    for r in res:
+        torch.testing.assert_close(r["gathered"], z2)
