@@ -1,4 +1,5 @@
-"""Soft attention maps → normalized maps → binary masks → connected components → boxes.
+"""Soft attention maps → (optionally refined at image resolution) → normalized maps → binary masks →
+connected components → boxes.
 
 All functions take NumPy or torch 2-D maps and return NumPy. A map with no contrast (all equal, or all
 zero) has no object in it: it yields `MaskResult(empty=True)` with an empty mask and no box, never NaN.
@@ -123,3 +124,65 @@ def full_resolution_mask(attention, image_size: tuple[int, int], threshold: floa
     m = resize_map(np.asarray(attention, dtype=np.float64) / (255.0 if np.asarray(attention).dtype == np.uint8 else 1.0),
                    image_size)
     return mask_from_map(m, threshold, image_size)
+
+
+REFINE_EPS = 1e-2  # guided filter regularisation for images in [0, 1]: edges with a colour step above ~0.1 hold
+
+
+def _box(x, r: int):
+    """Mean over the (2r+1)² window around each pixel, windows cut at the border (as He et al.'s box filter
+    divided by the pixel count N)."""
+    import torch.nn.functional as F
+
+    return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+
+
+def guided_filter(guide, maps, radius: int, eps: float = REFINE_EPS):
+    """He, Sun & Tang's colour guided filter (ECCV 2010, §3.5): each map becomes, in every window, an affine
+    function of the guide's colour, so its edges move to where the image has edges.
+
+    `guide`: `(C, H, W)` float tensor (an image in [0, 1]); `maps`: `(K, H, W)`. Returns `(K, H, W)`.
+    """
+    import torch
+
+    guide = guide.to(torch.float64 if maps.dtype == torch.float64 else torch.float32)
+    maps = maps.to(guide.dtype)
+    c, h, w = guide.shape
+    k = maps.shape[0]
+    mean_i = _box(guide[None], radius)[0]  # (C, H, W)
+    mean_p = _box(maps[None], radius)[0]  # (K, H, W)
+    mean_ip = _box((guide[None] * maps[:, None]).reshape(1, k * c, h, w), radius).view(k, c, h, w)
+    cov_ip = mean_ip - mean_i[None] * mean_p[:, None]  # (K, C, H, W)
+    mean_ii = _box((guide[:, None] * guide[None]).reshape(1, c * c, h, w), radius).view(c, c, h, w)
+    sigma = mean_ii - mean_i[:, None] * mean_i[None]  # (C, C, H, W)
+    lhs = sigma.permute(2, 3, 0, 1) + eps * torch.eye(c, dtype=guide.dtype, device=guide.device)  # (H, W, C, C)
+    a = torch.linalg.solve(lhs, cov_ip.permute(2, 3, 1, 0))  # (H, W, C, K)
+    a = a.permute(3, 2, 0, 1)  # (K, C, H, W)
+    b = mean_p - (a * mean_i[None]).sum(1)
+    mean_a = _box(a.reshape(1, k * c, h, w), radius).view(k, c, h, w)
+    mean_b = _box(b[None], radius)[0]
+    return (mean_a * guide[None]).sum(1) + mean_b
+
+
+def refine_maps(image, maps, eps: float = REFINE_EPS) -> list[np.ndarray]:
+    """Soft maps (any resolution) → maps at the image's resolution whose edges follow the image's edges:
+    bilinear upsampling, then a guided filter with the image as guide and a window of one map cell.
+
+    `image`: PIL image or `(H, W, 3)` array (uint8 or float in [0, 1]); `maps`: sequence of 2-D maps.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if len(maps) == 0:
+        return []
+    img = np.asarray(image)
+    if img.ndim != 3:
+        raise ValueError(f"expected an (H, W, C) image, got shape {img.shape}")
+    guide = torch.as_tensor(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)).permute(2, 0, 1)
+    h, w = guide.shape[1:]
+    stacked = torch.stack([torch.as_tensor(_np(m), dtype=torch.float32) for m in maps])
+    if not torch.isfinite(stacked).all():
+        raise ValueError("attention map contains NaN or inf")
+    up = F.interpolate(stacked[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    radius = max(1, round(max(h / stacked.shape[1], w / stacked.shape[2])))
+    return list(guided_filter(guide, up, radius, eps).numpy())

@@ -7,9 +7,11 @@ from freeatm_hf.masks import (
     binarize,
     connected_components,
     full_resolution_mask,
+    guided_filter,
     mask_from_map,
     normalize,
     otsu_threshold,
+    refine_maps,
 )
 
 
@@ -82,3 +84,79 @@ def test_full_resolution_mask_from_a_stored_8bit_map():
     ys, xs = np.nonzero(r.mask)
     # The blob covers rows 2-4 and cols 3-6 of the 8×10 grid: rows 4..10 and cols 6..14 at 2×.
     assert 4 <= ys.min() and ys.max() < 10 and 6 <= xs.min() and xs.max() < 14
+
+
+def reference_guided_filter(guide, p, r, eps):
+    """He et al.'s colour guided filter written out window by window (windows cut at the border)."""
+    c, h, w = guide.shape
+    windows = {}
+    a, b = np.zeros((h, w, c)), np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            ys, xs = slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1)
+            i = guide[:, ys, xs].reshape(c, -1)
+            q = p[ys, xs].reshape(-1)
+            mu = i.mean(1)
+            sigma = (i @ i.T) / i.shape[1] - np.outer(mu, mu)
+            cov = (i * q).mean(1) - mu * q.mean()
+            a[y, x] = np.linalg.solve(sigma + eps * np.eye(c), cov)
+            b[y, x] = q.mean() - a[y, x] @ mu
+            windows[y, x] = (ys, xs)
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            # Pixel (y, x) lies in the windows centred within r of it: the same clipped neighbourhood.
+            ys, xs = windows[y, x]
+            out[y, x] = a[ys, xs].reshape(-1, c).mean(0) @ guide[:, y, x] + b[ys, xs].mean()
+    return out
+
+
+def test_guided_filter_matches_the_window_by_window_formula():
+    rng = np.random.default_rng(0)
+    guide = rng.random((3, 7, 9))
+    maps = rng.random((2, 7, 9))
+    out = guided_filter(torch.as_tensor(guide), torch.as_tensor(maps), radius=2, eps=1e-2).numpy()
+    for k in range(2):
+        np.testing.assert_allclose(out[k], reference_guided_filter(guide, maps[k], 2, 1e-2), rtol=1e-8, atol=1e-10)
+
+
+def test_guided_filter_on_a_flat_guide_is_a_double_box_blur():
+    import torch.nn.functional as F
+
+    p = torch.rand(1, 6, 6, dtype=torch.float64)
+    out = guided_filter(torch.full((3, 6, 6), 0.5, dtype=torch.float64), p, radius=1, eps=1e-3)
+
+    def box(x):
+        return F.avg_pool2d(x[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+
+    torch.testing.assert_close(out, box(box(p)))
+
+
+def test_refined_maps_follow_the_image_edges():
+    # A red disc on grey, and a coarse 8×8 attention map of it (what a 4×-down-sampled layer sees).
+    yy, xx = np.mgrid[:32, :32]
+    disc = (yy - 13.5) ** 2 + (xx - 17.5) ** 2 < 9.0 ** 2
+    image = np.full((32, 32, 3), 128, np.uint8)
+    image[disc] = (230, 30, 30)
+    coarse = torch.nn.functional.avg_pool2d(torch.as_tensor(disc, dtype=torch.float32)[None, None], 4)[0, 0].numpy()
+
+    def iou(m):
+        return (m & disc).sum() / (m | disc).sum()
+
+    from freeatm_hf.masks import resize_map
+
+    plain = normalize(resize_map(coarse, (32, 32))) > 0.5
+    (refined,) = refine_maps(image, [coarse])
+    assert refined.shape == (32, 32)
+    assert iou(normalize(refined) > 0.5) > max(0.95, iou(plain) + 0.05)
+    # Linear in the map: scaling the attention probabilities does not move the mask.
+    (scaled,) = refine_maps(image, [coarse * 0.01])
+    np.testing.assert_allclose(normalize(scaled), normalize(refined), atol=1e-4)
+
+
+def test_refine_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        refine_maps(np.zeros((8, 8, 3), np.uint8), [np.full((4, 4), np.nan)])
+    with pytest.raises(ValueError, match=r"\(H, W, C\) image"):
+        refine_maps(np.zeros((8, 8), np.uint8), [np.zeros((4, 4))])
+    assert refine_maps(np.zeros((8, 8, 3), np.uint8), []) == []

@@ -39,6 +39,9 @@ class GenerateConfig:
                 "else 0,1)."})
     threshold: str | None = field(default=None, metadata={
         "help": "Mask threshold on normalized maps, or 'otsu' (default: as down_factors, else 0.4)."})
+    refine: str | None = field(default=None, metadata={
+        "help": "'guided': maps brought to image resolution by a guided filter on the generated image, so masks "
+                "follow object edges; 'none': maps at attention resolution (default: as down_factors, else none)."})
     torch_dtype: str = field(default="auto", metadata={"help": "float16, bfloat16, float32 or auto (fp16 on GPU)."})
     device: str | None = field(default=None, metadata={"help": "Device (default: the accelerate process's)."})
     cpu_offload: bool = field(default=False, metadata={"help": "enable_model_cpu_offload() on the pipeline."})
@@ -66,6 +69,10 @@ class GenerateConfig:
             self.threshold = str(rec.get("threshold") or 0.4)
         if self.guidance_scale is None:
             self.guidance_scale = float(rec.get("guidance_scale") or 7.5)
+        if self.refine is None:
+            self.refine = rec.get("refine") or "none"
+        if self.refine not in ("none", "guided"):
+            raise ValueError(f"refine must be none or guided, got {self.refine!r}")
         if self.prompt_mode == "auto":
             self.prompt_mode = rec.get("prompt_mode", "scene")
         if self.prompt_mode not in ("scene", "photo", "shapes", "file"):

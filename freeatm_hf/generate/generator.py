@@ -9,11 +9,12 @@ import torch
 from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
 from ..attention.joint import capture_joint
 from ..attention.tokens import ObjectTokens
-from ..masks import DEFAULT_THRESHOLD, MaskResult, mask_from_map
+from ..masks import DEFAULT_THRESHOLD, MaskResult, mask_from_map, refine_maps
 from ..prompts import Prompt, as_prompt
 from .pipelines import pipeline_recommendation
 
 logger = logging.getLogger(__name__)
+REFINE_MODES = ("none", "guided")
 
 
 @dataclass
@@ -21,7 +22,9 @@ class GeneratedObject:
     name: str
     label: int
     token_indices: tuple[int, ...]
-    soft_map: np.ndarray  # float32, mean attention probability at map resolution (not normalized)
+    # float32, mean attention probability at map resolution (not normalized); with refine="guided", that map
+    # guided-filtered at the image's resolution
+    soft_map: np.ndarray
     mask: MaskResult
 
     @property
@@ -52,6 +55,9 @@ class FreeATMGenerator:
             `CaptureConfig()`.
         threshold (`float` or `"otsu"`, *optional*): binarization of the normalized maps; defaults to the
             folder's recommended threshold, else 0.4.
+        refine (`"guided"` or `"none"`, *optional*): `"guided"` brings each map to the image's resolution with a
+            guided filter (the generated image as guide), so mask edges follow the object's edges instead of
+            the attention grid's. Defaults to the folder's recommendation, else `"none"`.
 
     Example:
         >>> gen = FreeATMGenerator(pipe)
@@ -59,7 +65,8 @@ class FreeATMGenerator:
         >>> out.objects[0][0].mask.bbox
     """
 
-    def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str | None = None):
+    def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str | None = None,
+                 refine: str | None = None):
         if getattr(pipe, "unet", None) is not None:
             self.kind = "unet"
         elif getattr(pipe, "transformer", None) is not None and hasattr(pipe, "tokenizer_2"):
@@ -69,11 +76,16 @@ class FreeATMGenerator:
             raise TypeError(f"{type(pipe).__name__}: supported are UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT "
                             "pipelines (SD3, Flux)")
         self.pipe = pipe
-        recommended = pipeline_recommendation(pipe) if capture is None or threshold is None else None
+        recommended = pipeline_recommendation(pipe) if None in (capture, threshold, refine) else None
         if capture is None:
             capture = CaptureConfig.from_dict((recommended or {}).get("capture") or {})
         if threshold is None:
             threshold = (recommended or {}).get("threshold") or DEFAULT_THRESHOLD
+        if refine is None:
+            refine = (recommended or {}).get("refine") or "none"
+        if refine not in REFINE_MODES:
+            raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
+        self.refine = refine
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
             capture = replace(capture, down_factors=(2,))
@@ -158,10 +170,13 @@ class FreeATMGenerator:
                 logger.warning("prompt %d: %s cut off by the %d-token limit; no mask for them", b, cut,
                                self.pipe.tokenizer.model_max_length)
             truncated.append(cut)
+            soft = [m.float().cpu().numpy() for m in maps[b]]
+            if self.refine == "guided":
+                soft = [m.astype(np.float32) for m in refine_maps(images[b], soft)]
             objects.append([
-                GeneratedObject(o.name, o.label, t.token_indices, m.float().cpu().numpy(),
+                GeneratedObject(o.name, o.label, t.token_indices, m,
                                 mask_from_map(m, self.threshold, image_size=(height, width)))
-                for (o, t), m in zip(kept, maps[b])
+                for (o, t), m in zip(kept, soft)
             ])
         return GenerationOutput(list(images), prompts, [int(s) for s in seeds], objects, truncated)
 

@@ -80,7 +80,7 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
                 pipe.unet = torch.compile(pipe.unet)
             else:
                 pipe.transformer = torch.compile(pipe.transformer)
-        gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value)
+        gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)

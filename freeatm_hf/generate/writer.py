@@ -23,6 +23,8 @@ STATE_DIR = ".freeatm"
 SETTINGS_FILE = "settings.json"
 # Speed-only settings that older versions recorded: a folder written with them still resumes.
 NOT_COMPARED = frozenset({"batch_size", "compile"})
+# Settings added later, with the value that older folders (which did not record them) were written with.
+ADDED_SETTINGS = {"refine": "none"}
 
 
 class SettingsMismatchError(ValueError):
@@ -88,7 +90,7 @@ class DatasetWriter:
     def _check_settings(self, is_main_process: bool):
         path = self.root / STATE_DIR / SETTINGS_FILE
         if path.exists():
-            old = json.loads(path.read_text())
+            old = {**ADDED_SETTINGS, **json.loads(path.read_text())}
             keys = (set(old) | set(self.settings)) - NOT_COMPARED
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
             if diff and not self._has_shards():

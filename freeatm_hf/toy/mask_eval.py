@@ -5,7 +5,9 @@ colours), validated against exact masks on rendered scenes (its IoU there is the
 threshold is chosen on a separate validation split. Reported: mIoU over objects that were drawn, the share
 of named objects drawn, mIoU with undrawn objects counted as 0, per shape and per colour, a swap baseline
 (object A's attention mask against object B's ground truth: near 0 unless the maps are mere foreground
-detectors), right colour *and* shape, and scenes with an unrequested object. With `sweep`, each capture
+detectors), right colour *and* shape, and scenes with an unrequested object. The maps are scored as captured and
+guided-filtered on the image (`refine`); which is better is chosen on validation too. The same judge on rendered scenes
+after a VAE round trip (`autoencoder_ceiling`) says how much of a shortfall is the decoder's. With `sweep`, each capture
 setting (resolutions × step windows) is scored and the best one recommended.
 """
 
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from ..masks import binarize, normalize, resize_map
+from ..masks import binarize, normalize, refine_maps, resize_map
 from .judge import ShapeClassifier, colour_masks, judge_scene
 from .world import ShapesWorld
 
@@ -33,6 +35,7 @@ class ObjectRecord:
     drawn: bool
     shape_ok: bool
     norm_map: np.ndarray | None  # attention map at image size, [0, 1]; None when flat
+    refined_map: np.ndarray | None  # the same map guided-filtered on the image (refine="guided"), [0, 1]
     gt: np.ndarray  # colour-segmenter mask
 
 
@@ -57,13 +60,16 @@ def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier
             rec.scenes += 1
             rec.extra_scenes += bool(extra)
             by_name = {o.name: o for o in objs}
+            found = [by_name[o.name] for o in spec.objects if o.name in by_name]
+            refined = dict(zip([g.name for g in found], refine_maps(img, [g.soft_map for g in found])))
             for o, jd in zip(spec.objects, judgements):
                 gobj = by_name.get(o.name)
-                norm = None
+                norm = ref = None
                 if gobj is not None:
                     norm = normalize(resize_map(gobj.soft_map, img.shape[:2]))
+                    ref = normalize(refined[o.name])
                 rec.objects.append(ObjectRecord(start + j, o.name, o.shape, o.color, jd.drawn, jd.shape_ok, norm,
-                                                jd.mask))
+                                                ref, jd.mask))
     return rec
 
 
@@ -72,23 +78,24 @@ def _iou(p: np.ndarray, r: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(p, r).sum() / union)
 
 
-def _pred(o: ObjectRecord, threshold) -> np.ndarray:
-    return np.zeros_like(o.gt) if o.norm_map is None else binarize(o.norm_map, threshold)
+def _pred(o: ObjectRecord, threshold, refine: str = "none") -> np.ndarray:
+    m = o.refined_map if refine == "guided" else o.norm_map
+    return np.zeros_like(o.gt) if m is None else binarize(m, threshold)
 
 
-def choose_threshold(val: SplitRecords):
+def choose_threshold(val: SplitRecords, refine: str = "none"):
     drawn = [o for o in val.objects if o.drawn]
-    scores = {t: np.mean([_iou(_pred(o, t), o.gt) for o in drawn]) if drawn else 0.0 for t in THRESHOLDS}
+    scores = {t: np.mean([_iou(_pred(o, t, refine), o.gt) for o in drawn]) if drawn else 0.0 for t in THRESHOLDS}
     best = max(scores, key=scores.get)
     return best, {str(k): round(float(v), 4) for k, v in scores.items()}
 
 
-def score(test: SplitRecords, threshold) -> dict:
+def score(test: SplitRecords, threshold, refine: str = "none") -> dict:
     from ..eval.metrics import load_metric
 
     metric = load_metric("mask_miou")
     drawn = [o for o in test.objects if o.drawn]
-    res = metric.compute(predictions=[_pred(o, threshold).astype(np.uint8) for o in drawn],
+    res = metric.compute(predictions=[_pred(o, threshold, refine).astype(np.uint8) for o in drawn],
                          references=[o.gt.astype(np.uint8) for o in drawn],
                          groups=[o.shape for o in drawn]) if drawn else {"mean_iou": 0.0, "per_group_iou": {}}
     ious = dict(zip([id(o) for o in drawn], res.get("per_object_iou", [])))
@@ -103,10 +110,11 @@ def score(test: SplitRecords, threshold) -> dict:
         for a in objs:
             for b in objs:
                 if a is not b:
-                    swaps.append(_iou(_pred(a, threshold), b.gt))
+                    swaps.append(_iou(_pred(a, threshold, refine), b.gt))
     n = len(test.objects)
     return {
         "threshold": threshold,
+        "refine": refine,
         "objects": n,
         "scenes": test.scenes,
         "miou_drawn": round(res["mean_iou"], 4),
@@ -130,6 +138,34 @@ def segmenter_ceiling(num_scenes: int = 200, seed: int = 4242) -> float:
         cm = colour_masks(img.numpy())
         ious += [_iou(cm[o.color], m[k].numpy()) for k, o in enumerate(spec.objects) if m[k].any()]
     return float(np.mean(ious))
+
+
+def autoencoder_ceiling(vae, num_scenes: int = 200, seed: int = 4242, batch_size: int = 50) -> dict:
+    """The judge's verdict on rendered scenes after a round trip through the pipeline's VAE: the best a
+    generator with this decoder could score on drawn objects, right colour and shape, and extra objects.
+    It tells whether the UNet or the autoencoder is what keeps a score down."""
+    import torch
+
+    world = ShapesWorld(seed=seed)
+    specs = world.scenes(num_scenes)
+    images, _ = world.render(specs)
+    param = next(vae.parameters())
+    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(x[i : i + batch_size].to(param)).latent_dist.mode()).sample.float()
+                         for i in range(0, len(x), batch_size)])
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    classifier = ShapeClassifier.pretrained()
+    n = drawn = right = extra_scenes = 0
+    for spec, img in zip(specs, rec):
+        judgements, extra = judge_scene(img, [(o.color, o.shape) for o in spec.objects], classifier)
+        n += len(judgements)
+        drawn += sum(j.drawn for j in judgements)
+        right += sum(j.drawn and j.shape_ok for j in judgements)
+        extra_scenes += bool(extra)
+    return {"scenes": num_scenes, "drawn_share": round(drawn / n, 4),
+            "right_colour_and_shape_share": round(right / n, 4),
+            "scenes_with_extra_object_share": round(extra_scenes / num_scenes, 4)}
 
 
 @dataclass
@@ -163,6 +199,7 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     finest cross-attention resolutions over all steps)."""
     from ..attention import CaptureConfig
     from ..generate import FreeATMGenerator
+    from ..generate.generator import REFINE_MODES
     from ..generate.pipelines import pipeline_recommendation
     from .model import GUIDANCE_SCALE
 
@@ -182,37 +219,48 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
         captures = [capture or (CaptureConfig.from_dict(rec) if rec else CaptureConfig(factors, step_window=window))]
     candidates = []
     for c in captures:
-        gen = FreeATMGenerator(pipe, c)
-        val = collect(gen, val_specs, val_seeds, cfg.batch_size, classifier, **kw)
-        threshold, val_scores = choose_threshold(val)
-        candidates.append({"down_factors": list(c.down_factors), "step_window": list(c.step_window),
-                           "threshold": threshold, "val_miou": val_scores[str(threshold)],
-                           "val_miou_by_threshold": val_scores})
-        logger.info("capture %s window %s: validation mIoU %.3f at threshold %s", c.down_factors, c.step_window,
-                    val_scores[str(threshold)], threshold)
+        # Raw maps from the generator; the guided refinement is applied to the same maps offline, so both are
+        # judged on identical pictures.
+        val = collect(FreeATMGenerator(pipe, c, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,
+                      **kw)
+        for refine in REFINE_MODES:
+            threshold, val_scores = choose_threshold(val, refine)
+            candidates.append({"down_factors": list(c.down_factors), "step_window": list(c.step_window),
+                               "refine": refine, "threshold": threshold, "val_miou": val_scores[str(threshold)],
+                               "val_miou_by_threshold": val_scores})
+            logger.info("capture %s window %s refine %s: validation mIoU %.3f at threshold %s", c.down_factors,
+                        c.step_window, refine, val_scores[str(threshold)], threshold)
     best = max(candidates, key=lambda r: r["val_miou"])
+    # The unrefined maps of the chosen capture are scored on the test scenes too, so the card shows both.
+    raw = next(r for r in candidates if r["refine"] == "none" and r["down_factors"] == best["down_factors"]
+               and r["step_window"] == best["step_window"])
     chosen = CaptureConfig(down_factors=best["down_factors"], step_window=best["step_window"])
     guidance = []
     for g in cfg.guidance_sweep:
-        val = collect(FreeATMGenerator(pipe, chosen), val_specs, val_seeds, cfg.batch_size, classifier,
+        val = collect(FreeATMGenerator(pipe, chosen, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,
                       **{**kw, "guidance_scale": g})
-        threshold, val_scores = choose_threshold(val)
+        threshold, val_scores = choose_threshold(val, best["refine"])
+        raw_threshold, _ = choose_threshold(val, "none")
         drawn_share = sum(o.drawn for o in val.objects) / max(len(val.objects), 1)
-        guidance.append({"guidance_scale": g, "threshold": threshold, "val_miou": val_scores[str(threshold)],
-                         "val_drawn_share": round(drawn_share, 4),
+        guidance.append({"guidance_scale": g, "threshold": threshold, "threshold_unrefined": raw_threshold,
+                         "val_miou": val_scores[str(threshold)], "val_drawn_share": round(drawn_share, 4),
                          "val_miou_undrawn_as_zero": round(val_scores[str(threshold)] * drawn_share, 4)})
         logger.info("guidance %s: validation mIoU %.3f, drawn %.1f %%", g, guidance[-1]["val_miou"],
                     100 * drawn_share)
     if guidance:
         g_best = max(guidance, key=lambda r: r["val_miou_undrawn_as_zero"])
-        kw["guidance_scale"], best = g_best["guidance_scale"], {**best, "threshold": g_best["threshold"]}
-    test = collect(FreeATMGenerator(pipe, chosen), test_specs, list(range(len(test_specs))), cfg.batch_size,
-                   classifier, **kw)
+        kw["guidance_scale"] = g_best["guidance_scale"]
+        best = {**best, "threshold": g_best["threshold"]}
+        raw = {**raw, "threshold": g_best["threshold_unrefined"]}
+    test = collect(FreeATMGenerator(pipe, chosen, refine="none"), test_specs, list(range(len(test_specs))),
+                   cfg.batch_size, classifier, **kw)
     return {"config": asdict(cfg), "segmenter_ceiling_miou": round(segmenter_ceiling(), 4),
+            "autoencoder_ceiling": autoencoder_ceiling(pipe.vae),
             "capture": {"down_factors": best["down_factors"], "step_window": best["step_window"],
-                        "threshold": best["threshold"]},
+                        "threshold": best["threshold"], "refine": best["refine"]},
             "guidance_scale": kw["guidance_scale"],
-            "test": score(test, best["threshold"]),
+            "test": score(test, best["threshold"], best["refine"]),
+            "test_unrefined": score(test, raw["threshold"], "none"),
             "validation": candidates, "validation_guidance": guidance}
 
 

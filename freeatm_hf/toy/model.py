@@ -91,8 +91,9 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
         chosen_capture = CaptureConfig(down_factors=chosen["down_factors"], step_window=chosen["step_window"])
         info["capture"] = chosen_capture.to_dict()
         info["threshold"] = chosen["threshold"]
+        info["refine"] = chosen.get("refine", "none")
         info["guidance_scale"] = mask_eval.get("guidance_scale", mask_eval["config"]["guidance_scale"])
-        info["mask_eval"] = {k: mask_eval[k] for k in ("config", "segmenter_ceiling_miou", "guidance_scale", "test",
+        info["mask_eval"] = {k: mask_eval[k] for k in ("config", "segmenter_ceiling_miou", "autoencoder_ceiling", "guidance_scale", "test", "test_unrefined",
                                                        "validation", "validation_guidance") if k in mask_eval}
     path.write_text(json.dumps(info, indent=2) + "\n")
     write_model_card(folder, info)
@@ -109,7 +110,8 @@ def write_model_card(folder: Path, info: dict):
     size_mb = round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 1e6, 2)
     card = ModelCard.from_template(data, template_path=str(template_path("shapes_t2i_card.md")), size_mb=size_mb,
                                    training=info.get("training") or {}, capture=info["capture"],
-                                   threshold=info["threshold"], mask_eval=info.get("mask_eval"),
+                                   threshold=info["threshold"], refine=info.get("refine", "none"),
+                                   mask_eval=info.get("mask_eval"),
                                    guidance_scale=info.get("guidance_scale", GUIDANCE_SCALE),
                                    grid=(folder / "grid.png").is_file())
     card.save(str(folder / "README.md"))

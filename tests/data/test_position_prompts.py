@@ -2,7 +2,10 @@ import pytest
 import torch
 
 from freeatm_hf.data.position_prompts import (
-    PositionPromptTransform, block_index, caption_with_positions, position_prompts,
+    PositionPromptTransform,
+    block_index,
+    caption_with_positions,
+    position_prompts,
 )
 
 

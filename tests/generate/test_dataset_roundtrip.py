@@ -96,3 +96,17 @@ def test_empty_masks_and_truncated_nouns_round_trip_as_null_and_names(tmp_path):
     Dataset.from_list([row], features=dataset_features(["a", "b"])).to_parquet(str(tmp_path / "data" / "train-0.parquet"))
     back = load_dataset(str(tmp_path), split="train")[0]
     assert back["objects"][0]["bbox"] is None and back["truncated_objects"] == ["dog"] and back["label"] == -1
+
+
+def test_a_refined_generation_stores_image_resolution_maps_and_says_so(tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "refined"
+    generate_dataset(GenerateConfig(output_dir=str(out), pipeline="tiny", num_images=2, batch_size=2,
+                                    num_inference_steps=2, device="cpu", refine="guided"))
+    ds = load_dataset(str(out), split="train")
+    assert all(np.asarray(o["attention"]).shape == (64, 64) for r in ds for o in r["objects"])
+    card = (out / "README.md").read_text()
+    assert "refine: guided" in card and "guided filter on the generated image" in card
+    with pytest.raises(ValueError, match="refine must be none or guided"):
+        GenerateConfig(output_dir=str(out), pipeline="tiny", refine="crf")

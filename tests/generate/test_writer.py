@@ -46,3 +46,15 @@ def test_foreign_parquet_folder_is_refused(tmp_path):
     (tmp_path / "data" / "train-0.parquet").write_bytes(b"x")
     with pytest.raises(SettingsMismatchError, match="not a freeatm generation"):
         DatasetWriter(tmp_path, dataset_features(), {}, num_rows=1, rows_per_shard=1)
+
+
+def test_a_folder_from_before_a_setting_existed_resumes_with_its_old_value(tmp_path):
+    import json
+
+    w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    # Written before `refine` was a setting: those maps were not refined.
+    assert json.loads((tmp_path / ".freeatm" / "settings.json").read_text()) == {"steps": 25}
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
+    with pytest.raises(SettingsMismatchError, match=r"refine: 'none' → 'guided'"):
+        DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "guided"}, num_rows=4, rows_per_shard=2)

@@ -60,3 +60,28 @@ def test_generate_with_the_folder_uses_its_prompts_and_capture(trained, tmp_path
     assert [[o["name"] for o in r["objects"]] for r in ds] == [[o.name for o in s.objects] for s in specs]
     settings = json.loads((out / ".freeatm" / "settings.json").read_text())
     assert settings["down_factors"] == [1, 2] and settings["prompt_mode"] == "shapes"
+
+
+def test_decoder_fine_tuning_keeps_the_latent_space_and_adds_up_the_training(trained, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from freeatm_hf.toy.train_t2i import main
+
+    out = tmp_path / "resumed"
+    main(["--output_dir", str(out), "--resume_from", str(trained), "--decoder_steps", "2", "--unet_steps", "0",
+          "--batch_size", "2"])
+    before = DiffusionPipeline.from_pretrained(str(trained), torch_dtype=torch.float32)
+    after = DiffusionPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+
+    def moved(a, b):
+        return {k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])}
+
+    vae_moved = moved(before.vae, after.vae)
+    # The encoder (and so every latent the UNet was trained on) is untouched; only the decoder learned.
+    assert vae_moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in vae_moved)
+    assert after.vae.config.scaling_factor == before.vae.config.scaling_factor
+    assert not moved(before.unet, after.unet) and not moved(before.text_encoder, after.text_encoder)
+    training = json.loads((out / "freeatm.json").read_text())["training"]
+    assert (training["unet_steps"], training["vae_steps"], training["decoder_steps"]) == (2, 2, 2)
+    assert [r["decoder_steps"] for r in training["runs"]] == [0, 2]
+    assert "then 2 steps of the decoder alone" in (out / "README.md").read_text()

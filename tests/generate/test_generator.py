@@ -1,0 +1,38 @@
+"""`FreeATMGenerator`'s own options (the capture itself is checked in tests/attention)."""
+
+import numpy as np
+import pytest
+
+from freeatm_hf.generate import FreeATMGenerator
+from freeatm_hf.masks import mask_from_map, refine_maps
+from freeatm_hf.prompts import Prompt
+
+PROMPTS = [Prompt.from_nouns("a red car parked on a city street", ["car", "street"]),
+           Prompt.from_nouns("a dog with a ball on a lawn", ["dog", "ball"])]
+
+
+def test_guided_refinement_is_the_raw_maps_filtered_on_the_same_images(tiny_pipe):
+    raw = FreeATMGenerator(tiny_pipe, refine="none")(PROMPTS, seeds=[3, 4], num_inference_steps=2)
+    guided = FreeATMGenerator(tiny_pipe, refine="guided", threshold=0.5)(PROMPTS, seeds=[3, 4], num_inference_steps=2)
+    for a, b, image_a, image_b in zip(raw.objects, guided.objects, raw.images, guided.images):
+        assert np.array_equal(np.asarray(image_a), np.asarray(image_b))  # refinement never touches the image
+        assert a[0].soft_map.shape == (32, 32)  # map resolution (the tiny model captures a 32×32 grid)
+        expected = refine_maps(image_a, [o.soft_map for o in a])
+        assert [o.name for o in b] == [o.name for o in a]
+        for o, e in zip(b, expected):
+            assert o.soft_map.shape == (64, 64) and o.soft_map.dtype == np.float32
+            np.testing.assert_allclose(o.soft_map, e, rtol=1e-5, atol=1e-7)
+            m = mask_from_map(e, 0.5, image_size=(64, 64))
+            assert np.array_equal(o.mask.mask, m.mask) and o.mask.bbox == m.bbox
+            assert o.attention_uint8.shape == (64, 64)
+
+
+def test_refine_comes_from_the_model_folder_and_is_validated(tiny_pipe, monkeypatch):
+    import freeatm_hf.generate.generator as generator
+
+    assert FreeATMGenerator(tiny_pipe).refine == "none"
+    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe: {"refine": "guided"})
+    assert FreeATMGenerator(tiny_pipe).refine == "guided"
+    assert FreeATMGenerator(tiny_pipe, refine="none").refine == "none"
+    with pytest.raises(ValueError, match="refine must be one of"):
+        FreeATMGenerator(tiny_pipe, refine="crf")
