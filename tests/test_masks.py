@@ -111,13 +111,21 @@ def reference_guided_filter(guide, p, r, eps):
     return out
 
 
-def test_guided_filter_matches_the_window_by_window_formula():
-    rng = np.random.default_rng(0)
-    guide = rng.random((3, 7, 9))
+@pytest.mark.parametrize("channels", [3, 1])  # colour (closed-form 3×3 inverse) and grey (general solve)
+def test_guided_filter_matches_the_window_by_window_formula(channels):
+    rng = np.random.default_rng(channels)
+    guide = rng.random((channels, 7, 9))
     maps = rng.random((2, 7, 9))
     out = guided_filter(torch.as_tensor(guide), torch.as_tensor(maps), radius=2, eps=1e-2).numpy()
     for k in range(2):
         np.testing.assert_allclose(out[k], reference_guided_filter(guide, maps[k], 2, 1e-2), rtol=1e-8, atol=1e-10)
+    # float32 on an image-like guide: flat patches make near-singular windows, held up by eps.
+    img = np.zeros((channels, 12, 12))
+    img[:, 3:8, 2:9] = 0.8
+    out32 = guided_filter(torch.as_tensor(img, dtype=torch.float32), torch.as_tensor(maps[:, :6, :6]).repeat(1, 2, 2).float(),
+                          radius=2, eps=1e-3).numpy()
+    ref = reference_guided_filter(img, np.tile(maps[0, :6, :6], (2, 2)), 2, 1e-3)
+    np.testing.assert_allclose(out32[0], ref, atol=1e-4)
 
 
 def test_guided_filter_on_a_flat_guide_is_a_double_box_blur():

@@ -172,7 +172,7 @@ class FreeATMGenerator:
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]
             if self.refine == "guided":
-                soft = [m.astype(np.float32) for m in refine_maps(images[b], soft)]
+                soft = [m.astype(np.float32) for m in refine_maps(images[b], soft, device=device)]
             objects.append([
                 GeneratedObject(o.name, o.label, t.token_indices, m,
                                 mask_from_map(m, self.threshold, image_size=(height, width)))
