@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Train the shapes text-to-image model, measure its masks, and install it as the embedded default.
 #   bash recipes/shapes_t2i.sh gpu [OUT]    one GPU, fits one 10-minute command (accelerate launch)
-#   bash recipes/shapes_t2i.sh cpu [OUT]    the CPU fallback that trained the shipped model (2 cores, ~100 min)
-# A longer run continues from a folder: add --resume_from OUT (weights only; fresh optimizer with warm-up).
+#   bash recipes/shapes_t2i.sh cpu [OUT]    the CPU fallback that began the shipped model (2 cores, ~100 min)
+#   bash recipes/shapes_t2i.sh more OUT FROM [MINUTES]
+#                                           continue FROM into OUT: a sharper decoder (the encoder, so the UNet's
+#                                           latent space, stays fixed), then the UNet with a cosine decay over
+#                                           the time left (how the shipped model continued on the CPU)
+# Resuming takes the weights only (fresh optimizer with warm-up); freeatm.json keeps the totals and every run.
 set -euo pipefail
 MODE=${1:-gpu}
 OUT=${2:-outputs/shapes-t2i}
 if [ "$MODE" = gpu ]; then
-    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --max_minutes 9
+    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --max_minutes 9 --lr_schedule cosine
+elif [ "$MODE" = more ]; then
+    python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --resume_from "${3:?FROM folder}" --decoder_steps 600 \
+        --batch_size 32 --max_minutes "${4:-85}" --lr_schedule cosine --save_every_minutes 20
 else
     python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --vae_steps 500 --batch_size 32 --max_minutes 100 \
         --save_every_minutes 12

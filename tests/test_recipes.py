@@ -59,3 +59,20 @@ def test_blip_cpu_smoke_recipe_runs_with_position_prompts(tmp_path):
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer_config.json").is_file()
     card = (tmp_path / "README.md").read_text()
     assert "- blip" in card and "- attention-masks" in card and "block [P]" in card
+
+
+def test_shapes_recipe_flags_are_the_trainers():
+    """Every `--flag` the shapes recipe passes to the trainer exists (a renamed flag fails here, not after a
+    GPU has been booked), and the script is valid bash."""
+    import re
+    import subprocess
+
+    from freeatm_hf.toy.train_t2i import make_parser
+
+    script = (RECIPES / "shapes_t2i.sh").read_text()
+    subprocess.run(["bash", "-n", str(RECIPES / "shapes_t2i.sh")], check=True)
+    known = {o for a in make_parser()._actions for o in a.option_strings}
+    calls = re.findall(r"-m freeatm_hf\.toy\.train_t2i((?:[^\n]|\\\n)*)", script)
+    assert len(calls) == 3
+    used = {f for c in calls for f in re.findall(r"(--[a-z_]+)", c)}
+    assert used and used <= known, used - known
