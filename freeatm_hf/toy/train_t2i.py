@@ -172,6 +172,7 @@ def main(argv=None):
         pipe.to("cpu", torch.float16)
         out = Path(args.output_dir)
         pipe.save_pretrained(out, safe_serialization=True)
+        _drop_local_paths(out)
         # Totals over every run that led to these weights; `runs` keeps each run's own facts.
         run = dict(unet_steps=step, vae_steps=vae_steps_done, decoder_steps=decoder_steps_done,
                    minutes=round((time.time() - start) / 60, 1), batch_size=args.batch_size,
@@ -233,6 +234,17 @@ def main(argv=None):
     acc.wait_for_everyone()
     save()
     return step
+
+
+def _drop_local_paths(folder: Path):
+    """A resumed model's configs remember the folder they were loaded from (`_name_or_path`): a path on the
+    training machine, meaningless in a shipped or pushed folder."""
+    import json
+
+    for path in Path(folder).glob("*/config.json"):
+        cfg = json.loads(path.read_text())
+        if cfg.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def read_training(folder) -> dict | None:
