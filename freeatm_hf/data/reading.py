@@ -6,8 +6,28 @@ from datasets import Dataset, IterableDataset, interleave_datasets, load_dataset
 DATA_MODES = ("synthetic", "real", "mix")
 
 
+def load(source: str, split: str = "train", streaming: bool = False, **kwargs):
+    """`load_dataset`, safe for local folders. `datasets` names the Arrow cache of a folder after its *name*
+    and a hash that does not see the data files, so two folders both called `scenes` (another run's output,
+    or the same folder regenerated) share one cache and the second load silently returns the first's rows.
+    A local folder therefore gets a cache directory of its own, keyed by its resolved path and the size and
+    modification time of every file in it: regenerated data is re-read, unchanged data stays cached."""
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(source)
+    if folder.is_dir() and not streaming and "cache_dir" not in kwargs:
+        from datasets import config
+
+        stats = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                       for f in folder.rglob("*") if f.is_file() and ".freeatm" not in f.parts)
+        key = hashlib.sha1(repr((str(folder.resolve()), stats)).encode()).hexdigest()[:16]
+        kwargs["cache_dir"] = str(Path(config.HF_DATASETS_CACHE) / "freeatm_local" / key)
+    return load_dataset(source, split=split, streaming=streaming, **kwargs)
+
+
 def _load(source: str, split: str, streaming: bool):
-    return load_dataset(source, split=split, streaming=streaming)
+    return load(source, split=split, streaming=streaming)
 
 
 def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt"):

@@ -168,11 +168,11 @@ def main_finetune(args):
 
 def main_retrieval(args):
     import torch
-    from datasets import load_dataset
     from torchvision.transforms import v2
     from transformers import AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from .retrieval import recall_at_k, retrieval_scores
 
@@ -191,7 +191,7 @@ def main_retrieval(args):
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
-    ds = load_dataset(args.dataset, split=args.split)
+    ds = load(args.dataset, split=args.split)
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     pixels, texts, text_to_image = [], [], []

@@ -50,16 +50,16 @@ def classification_model(model, num_labels: int):
 def finetune_classification(model_dir: str, dataset: str, output_dir: str, train_split="train", test_split="test",
                             image_column="image", label_column="label", image_size=224, epochs: float = 10,
                             learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None, update_card=True) -> list[dict]:
-    from datasets import load_dataset
     from torchvision.transforms import v2
     from transformers import AutoModel, Trainer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import add_results, write_model_card
 
-    train_ds = load_dataset(dataset, split=train_split)
-    test_ds = load_dataset(dataset, split=test_split)
+    train_ds = load(dataset, split=train_split)
+    test_ds = load(dataset, split=test_split)
     num_labels = int(max(max(train_ds[label_column]), max(test_ds[label_column]))) + 1
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),

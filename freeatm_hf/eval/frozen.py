@@ -46,11 +46,11 @@ def checkpoint_image_size(model_dir: str, default: int = 224) -> int:
 def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,
                     image_column="image", label_column="label", image_size=224, k=20, temperature=0.07,
                     batch_size=256, linear=True, device=None, update_card=True) -> list[dict]:
-    from datasets import load_dataset
     from torchvision.transforms import v2
     from transformers import AutoModel
 
     from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import add_results, write_model_card
 
@@ -59,7 +59,7 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
                             v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     backbone = feature_backbone(model)
-    splits = {s: load_dataset(dataset, split=s, revision=revision) for s in (train_split, test_split)}
+    splits = {s: load(dataset, split=s, revision=revision) for s in (train_split, test_split)}
     feats = {s: extract_features(backbone, d, transform, batch_size, device, image_column, label_column)
              for s, d in splits.items()}
     (xtr, ytr), (xte, yte) = feats[train_split], feats[test_split]

@@ -60,11 +60,11 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     `output_dir` and returns it."""
     import random
 
-    from datasets import load_dataset
     from torchvision.transforms import v2
     from transformers import AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..train.blip import BlipTrainer
     from .finetune import finetune_training_args
@@ -73,7 +73,7 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     tok = AutoTokenizer.from_pretrained(model_dir)
     model.config.lm_weight = 0.0
     size = image_size or model.config.vision_config.image_size
-    ds = load_dataset(dataset, split=split, revision=revision)
+    ds = load(dataset, split=split, revision=revision)
     for col in (image_column, caption_column):
         if col not in ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {ds.column_names})")

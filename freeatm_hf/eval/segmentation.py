@@ -102,16 +102,16 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
                           revision: str | None = None, use_cpu=None, update_card: bool = True) -> list[dict]:
     """Fine-tune UperNet + the checkpoint's backbone on the train split, report test mIoU (and pixel accuracy),
     save the fine-tuned UperNet to `output_dir`, and add the numbers to the checkpoint's results and card."""
-    from datasets import load_dataset
     from transformers import AutoModel, Trainer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
+    from ..data.reading import load
     from ..hub.model_card import add_results, write_model_card
     from .finetune import finetune_training_args
     from .metrics import load_metric
 
-    train_ds = load_dataset(dataset, split=train_split, revision=revision)
-    test_ds = load_dataset(dataset, split=test_split, revision=revision)
+    train_ds = load(dataset, split=train_split, revision=revision)
+    test_ds = load(dataset, split=test_split, revision=revision)
     for col in (image_column, label_column):
         if col not in train_ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")

@@ -53,3 +53,29 @@ def test_otsu_row_masks_cut_each_map_between_its_modes():
         assert np.abs(mask.numpy().astype(bool) ^ expected).mean() < 0.02  # up to bilinear vs the map's resize
     # The fixed threshold would take all of the second map's field.
     assert torch.equal(row_masks({"objects": objects[1:]}, (16, 16), 0.4)[0], torch.ones(16, 16))
+
+
+def test_two_local_folders_with_the_same_name_are_not_served_from_one_cache(tmp_path):
+    """`datasets` keys the Arrow cache of a folder whose card lists `configs` by the folder's name, blind to the
+    files: a second `scenes` folder (another run, or the same one regenerated) came back with the first's rows."""
+    import shutil
+
+    from datasets import Dataset
+
+    from freeatm_hf.data.reading import load
+
+    def write(folder, prompts):
+        (folder / "data").mkdir(parents=True)
+        Dataset.from_dict({"prompt": prompts}).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+        # The card's `configs` (as freeatm's dataset cards have) is what makes the cache blind to the files.
+        (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                          "    path: data/train-*\n---\n")
+
+    write(tmp_path / "a" / "scenes", ["first", "run"])
+    write(tmp_path / "b" / "scenes", ["second", "run", "here"])
+    assert load(str(tmp_path / "a" / "scenes"))["prompt"] == ["first", "run"]
+    assert load(str(tmp_path / "b" / "scenes"))["prompt"] == ["second", "run", "here"]
+    # Regenerated in place: read again, not the cached first version.
+    shutil.rmtree(tmp_path / "a" / "scenes")
+    write(tmp_path / "a" / "scenes", ["regenerated"])
+    assert load(str(tmp_path / "a" / "scenes"))["prompt"] == ["regenerated"]
