@@ -129,6 +129,7 @@ def full_resolution_mask(attention, image_size: tuple[int, int], threshold: floa
 # Guided filter settings for images in [0, 1]: edges whose local colour spread exceeds sqrt(eps) ≈ 0.03 are
 # kept. Window: two attention cells (radius 8 px for a 16×16 map of a 64×64 image); one cell left blur in,
 # two to four scored alike on the shapes model's validation scenes.
+REFINE_MODES = ("none", "guided")  # how maps reach image resolution: resized, or guided-filtered
 REFINE_EPS = 1e-3
 REFINE_CELLS = 2
 

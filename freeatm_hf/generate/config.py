@@ -71,7 +71,9 @@ class GenerateConfig:
             self.guidance_scale = float(rec.get("guidance_scale") or 7.5)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
-        if self.refine not in ("none", "guided"):
+        from ..masks import REFINE_MODES
+
+        if self.refine not in REFINE_MODES:
             raise ValueError(f"refine must be none or guided, got {self.refine!r}")
         if self.prompt_mode == "auto":
             self.prompt_mode = rec.get("prompt_mode", "scene")

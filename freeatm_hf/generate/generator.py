@@ -9,12 +9,11 @@ import torch
 from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
 from ..attention.joint import capture_joint
 from ..attention.tokens import ObjectTokens
-from ..masks import DEFAULT_THRESHOLD, MaskResult, mask_from_map, refine_maps
+from ..masks import DEFAULT_THRESHOLD, REFINE_MODES, MaskResult, mask_from_map, refine_maps
 from ..prompts import Prompt, as_prompt
 from .pipelines import pipeline_recommendation
 
 logger = logging.getLogger(__name__)
-REFINE_MODES = ("none", "guided")
 
 
 @dataclass

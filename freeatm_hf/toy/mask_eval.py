@@ -199,8 +199,8 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     finest cross-attention resolutions over all steps)."""
     from ..attention import CaptureConfig
     from ..generate import FreeATMGenerator
-    from ..generate.generator import REFINE_MODES
     from ..generate.pipelines import pipeline_recommendation
+    from ..masks import REFINE_MODES
     from .model import GUIDANCE_SCALE
 
     recommended = pipeline_recommendation(pipe) or {}
