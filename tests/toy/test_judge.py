@@ -1,7 +1,14 @@
 import numpy as np
 import torch
 
-from freeatm_hf.toy.judge import ShapeClassifier, colour_masks, judge_scene, rendered_silhouettes
+from freeatm_hf.toy.judge import (
+    ShapeClassifier,
+    colour_masks,
+    judge_scene,
+    judged_silhouettes,
+    rendered_silhouettes,
+    soften,
+)
 from freeatm_hf.toy.mask_eval import segmenter_ceiling
 from freeatm_hf.toy.world import ShapesWorld
 
@@ -28,6 +35,31 @@ def test_shipped_shape_classifier_is_at_least_95_percent_right():
     with torch.no_grad():
         acc = (ShapeClassifier.pretrained()(x).argmax(-1) == y).float().mean().item()
     assert acc >= 0.95
+
+
+def test_shipped_shape_classifier_names_soft_shapes():
+    # Generated pictures have soft edges: the judge sees the segmenter's silhouette of a blurred, noisy object.
+    # A classifier trained on sharp silhouettes only scored ~82 % here (and 1 % on VAE round-tripped stars).
+    x, y = judged_silhouettes(150, seed=424_242, min_visible=0.7)
+    with torch.no_grad():
+        pred = ShapeClassifier.pretrained()(x).argmax(-1)
+    assert (pred == y).float().mean() >= 0.92
+    for k in range(6):  # no shape is given up on
+        assert (pred[y == k] == k).float().mean() >= 0.75
+
+
+def test_soften_blurs_and_adds_noise_reproducibly():
+    images, _ = ShapesWorld(seed=3).render(ShapesWorld(seed=3).scenes(8))
+    assert torch.equal(soften(images, seed=0, max_sigma=0, max_noise=0), images)
+    a, b = soften(images, seed=5), soften(images, seed=5)
+    assert torch.equal(a, b) and not torch.equal(a, soften(images, seed=6))
+
+    def edges(x):
+        return (x.float().diff(dim=1).abs().mean() + x.float().diff(dim=2).abs().mean()).item()
+
+    blurred = soften(images, seed=5, max_sigma=3.0, max_noise=0)
+    assert edges(blurred) < 0.9 * edges(images)
+    assert abs(blurred.float().mean() - images.float().mean()) < 1.0  # a blur moves edges, not the brightness
 
 
 def test_judge_scene_on_rendered_scenes():
