@@ -76,7 +76,9 @@ def main(argv=None):
     vae, unet, text_encoder, tokenizer, scheduler = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer",
                                                                          "scheduler"))
     world = ShapesWorld(seed=10_000 + args.seed)  # training scenes; evaluation uses other seeds
-    counter = [acc.process_index * 10**9]
+    # Each process draws its own range of scene indices; a resumed run starts past every scene drawn before.
+    first_scene = next_scene(previous)
+    counter = [acc.process_index * 10**9 + first_scene]
 
     def batch():
         specs = world.scenes(args.batch_size, start=counter[0])
@@ -177,8 +179,8 @@ def main(argv=None):
         run = dict(unet_steps=step, vae_steps=vae_steps_done, decoder_steps=decoder_steps_done,
                    minutes=round((time.time() - start) / 60, 1), batch_size=args.batch_size,
                    processes=acc.num_processes, lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
-                   device=str(acc.device),
-                   resumed_from=args.resume_from)
+                   device=str(acc.device), scene_start=first_scene,
+                   scene_end=counter[0] - acc.process_index * 10**9, resumed_from=args.resume_from)
         update_model_folder(out, training=accumulate_training(previous, run))
         logger.info("saved %s after %d UNet steps (%.1f min)", out, step, (time.time() - start) / 60)
 
@@ -254,6 +256,17 @@ def read_training(folder) -> dict | None:
 
     path = Path(folder) / RECOMMENDATION_FILE
     return json.loads(path.read_text()).get("training") if path.is_file() else None
+
+
+def next_scene(previous: dict | None) -> int:
+    """The first training-scene index a resumed run may use (per process), past every scene its earlier runs drew.
+    Runs before `scene_end` was recorded all began at scene 0 and drew a batch per step, plus one (the VAE's
+    scaling factor); skipping an unseen scene costs nothing, so that bound is safe."""
+    if not previous:
+        return 0
+    runs = previous.get("runs") or [previous]
+    return max(r.get("scene_end", (sum(r.get(k, 0) for k in ("unet_steps", "vae_steps", "decoder_steps")) + 1)
+                     * r.get("batch_size", 0)) for r in runs)
 
 
 def accumulate_training(previous: dict | None, run: dict) -> dict:

@@ -84,4 +84,20 @@ def test_decoder_fine_tuning_keeps_the_latent_space_and_adds_up_the_training(tra
     training = json.loads((out / "freeatm.json").read_text())["training"]
     assert (training["unet_steps"], training["vae_steps"], training["decoder_steps"]) == (2, 2, 2)
     assert [r["decoder_steps"] for r in training["runs"]] == [0, 2]
+    # No scene is drawn twice: the first run drew 2 VAE batches of 2, one for the scaling factor and 2 UNet
+    # batches; the resumed one starts after them.
+    assert [(r["scene_start"], r["scene_end"]) for r in training["runs"]] == [(0, 10), (10, 14)]
     assert "then 2 steps of the decoder alone" in (out / "README.md").read_text()
+
+
+def test_next_scene_skips_every_scene_an_earlier_run_drew():
+    from freeatm_hf.toy.train_t2i import next_scene
+
+    assert next_scene(None) == 0
+    # Runs from before scene_end was recorded all started at scene 0: the longest one decides (a batch per step,
+    # plus one).
+    legacy = {"runs": [{"unet_steps": 10, "vae_steps": 5, "batch_size": 4},
+                       {"unet_steps": 3, "decoder_steps": 1, "batch_size": 32}]}
+    assert next_scene(legacy) == 160
+    assert next_scene({"runs": [*legacy["runs"], {"unet_steps": 1, "batch_size": 4, "scene_end": 300}]}) == 300
+    assert next_scene({"unet_steps": 7, "batch_size": 2}) == 16  # a folder written before `runs` existed
