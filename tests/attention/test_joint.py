@@ -94,6 +94,30 @@ def test_images_bit_identical_and_maps_equal_the_explicit_joint_softmax(pipe):
     assert out.objects[0][0].soft_map.shape == (32, 32)
 
 
+def test_half_precision_probabilities_are_exact_for_the_kernels_inputs():
+    """In bf16 the kernel's LSE is fp32-exact for its rounded inputs; the captured probabilities must be too
+    (rounding the logits to bf16 first was off by percents at logits of this size)."""
+    from freeatm_hf.attention.joint import JointCaptureProcessor
+
+    class Sink:
+        batch_size, token_index = 1, torch.tensor([[0, 2]])
+
+        def add_selected(self, factor, probs):
+            self.factor, self.probs = factor, probs
+
+    sink = Sink()
+    proc = JointCaptureProcessor(None, sink, text_first=True)
+    proc.n_txt, proc.n_img = 4, 16
+    g = torch.Generator().manual_seed(0)
+    q, k = (3 * torch.randn(2, 2, 20, 16, generator=g)).bfloat16(), (3 * torch.randn(2, 2, 20, 16, generator=g)).bfloat16()
+    scale = 16 ** -0.5
+    lse = (q.float() @ k.float().transpose(-1, -2) * scale).logsumexp(-1)
+    proc.record(q, k, lse, scale)
+    p = (q[-1:].double() @ k[-1:].double().transpose(-1, -2) * scale).softmax(-1)
+    assert sink.factor == 2
+    torch.testing.assert_close(sink.probs.double(), p[:, :, 4:, [0, 2]].mean(1), rtol=1e-5, atol=1e-7)
+
+
 def test_token_columns_per_model(pipe):
     gen = FreeATMGenerator(pipe)
     dog, ball = gen.object_tokens(PROMPTS[0], 32)
