@@ -12,7 +12,7 @@ class CaptureConfig:
 
     Args:
         down_factors (`tuple[int]`, *optional*, defaults to `(2, 4)`): layer resolutions to capture.
-        include_mid (`bool`, *optional*, defaults to `False`): also capture the mid block.
+        include_mid (`bool`, *optional*, defaults to `False`): also capture the mid block; its down factor must be in `down_factors`.
         step_window (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`): fraction of the
             denoising steps `[start, end)` whose maps are summed.
         factor_weights (`dict[int, float]`, *optional*): weight of each factor when resolutions are

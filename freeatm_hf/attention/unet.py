@@ -82,6 +82,11 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
         name: f for name, f in factors.items()
         if f in config.down_factors and (config.include_mid or not name.startswith("mid_block"))
     }
+    mid = sorted({f for n, f in factors.items() if n.startswith("mid_block")})
+    if config.include_mid and not set(mid) & set(config.down_factors):
+        # Maps are kept per resolution: the mid block joins only at a factor that is captured.
+        raise ValueError(f"include_mid=True, but this UNet's mid block works at down factor(s) {mid}, which "
+                         f"down_factors={list(config.down_factors)} leaves out: add {mid[0] if mid else '?'} to it")
     missing = set(config.down_factors) - set(chosen.values())
     if missing:
         available = sorted({f for n, f in factors.items() if config.include_mid or not n.startswith("mid_block")})

@@ -31,7 +31,7 @@ class GenerateConfig:
     down_factors: list[int] | None = field(default=None, metadata={
         "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px). "
                 "Default: the model folder's freeatm.json (the shapes model has one), else 2,4."})
-    include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block."})
+    include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block (its factor must be in --down_factors, e.g. 8 on SD 1.x)."})
     mmdit_blocks: str = field(default="double", metadata={
         "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all."})
     step_window: list[float] | None = field(default=None, metadata={

@@ -127,6 +127,13 @@ def test_step_window_and_mid_block_and_factor_choice(tiny_pipe):
     torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
 
 
+def test_include_mid_without_the_mid_blocks_factor_is_refused_by_name(tiny_pipe):
+    store = AttentionStore(CaptureConfig(down_factors=(2,), include_mid=True))
+    with pytest.raises(ValueError, match=r"mid block works at down factor\(s\) \[4\].*add 4"):
+        with capture_unet(tiny_pipe.unet, store):
+            pass
+
+
 def test_non_square_maps_keep_height_and_width(tiny_pipe):
     config = CaptureConfig()
     out, store, ref = run_with_reference(tiny_pipe, PROMPTS[:1], config, height=64, width=32)
