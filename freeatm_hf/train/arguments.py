@@ -34,14 +34,19 @@ def training_info(training_args) -> dict:
 
 
 def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):
-    """Train (resuming if asked), save the model, write its card (main process), log and save the metrics."""
+    """Train (resuming if asked), save the model, write its card (main process; every checkpoint gets one too),
+    log and save the metrics."""
+    data, training = (args.data_info(ds), training_info(training_args)) if card else (None, None)
+    if card:
+        from .callbacks import ModelCardCallback
+
+        trainer.add_callback(ModelCardCallback(data, training))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     if card and trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card
 
-        write_model_card(training_args.output_dir, trainer.model.config, data=args.data_info(ds),
-                         training=training_info(training_args))
+        write_model_card(training_args.output_dir, trainer.model.config, data=data, training=training)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     return trainer

@@ -1,8 +1,10 @@
 """Trainer callbacks for the schedules of the pretraining methods."""
 
 import math
+from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 def epoch_index(state) -> int:
@@ -43,3 +45,18 @@ class LRMilestonesCallback(TrainerCallback):
         lr_scheduler.base_lrs = [lr * factor for lr in self.initial]
         for group, lr in zip(optimizer.param_groups, lr_scheduler.base_lrs):
             group["lr"] = lr
+
+
+class ModelCardCallback(TrainerCallback):
+    """Write the model card into every checkpoint folder as it is saved, so that any checkpoint, not only the
+    final save, can be pushed or handed on with its card (the data and hyper-parameters it was trained with)."""
+
+    def __init__(self, data: dict | None, training: dict | None):
+        self.data, self.training = data, training
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and model is not None and folder.is_dir():
+            from ..hub.model_card import write_model_card
+
+            write_model_card(folder, getattr(model, "module", model).config, data=self.data, training=self.training)

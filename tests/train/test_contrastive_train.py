@@ -47,6 +47,20 @@ def test_a_few_trainer_steps_reduce_the_loss_and_move_every_parameter(method, po
         assert not torch.equal(key["conv1.weight"].cpu(), init["key_backbone.conv1.weight"])
 
 
+def test_every_checkpoint_gets_its_model_card(tmp_path, shapes_data):
+    from huggingface_hub import ModelCard
+
+    targs = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, max_steps=4,
+                              save_strategy="steps", save_steps=2, report_to="none", use_cpu=True,
+                              dataloader_num_workers=0)
+    train("simclr", small_args(dataset=shapes_data), targs)
+    for folder in (tmp_path / "run" / "checkpoint-2", tmp_path / "run" / "checkpoint-4", tmp_path / "run"):
+        card = ModelCard.load(folder / "README.md")
+        assert "simclr" in card.data.tags and "attention-masks" in card.data.tags
+        assert card.data.datasets == [str(shapes_data)]
+        assert "per_device_train_batch_size" in card.text
+
+
 def test_mix_of_synthetic_and_real_data(tmp_path):
     from datasets import Dataset
     from datasets import Image as ImageFeature
