@@ -3,6 +3,7 @@
     freeatm push outputs/scenes user/scenes                 # a dataset folder
     freeatm push outputs/simclr user/simclr-atm --repo_type model --private
     freeatm push-model outputs/simclr user/simclr-atm      # the same as --repo_type model
+    freeatm push-model outputs/simclr user/simclr-atm --timm   # and the encoder for timm as user/simclr-atm-timm
 """
 
 import argparse
@@ -35,7 +36,20 @@ def push_model_main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--repo_type" in argv:
         raise SystemExit("freeatm push-model always pushes a model repo; use `freeatm push` for other types")
-    return main(argv + ["--repo_type", "model"])
+    p = make_parser()
+    p.prog = "freeatm push-model"
+    p.add_argument("--timm", action="store_true",
+                   help="also push the image encoder exported for timm as REPO_ID-timm (what the card's timm "
+                        "snippet loads)")
+    args = p.parse_args(argv + ["--repo_type", "model"])
+    from .push import push_folder, push_timm_export
+
+    url = push_folder(args.folder, args.repo_id, repo_type="model", private=args.private, revision=args.revision,
+                      commit_message=args.commit_message)
+    print(url)
+    if args.timm:
+        print(push_timm_export(args.folder, f"{args.repo_id}-timm", private=args.private, source_repo=args.repo_id))
+    return url
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     from freeatm_hf.hub.export import export_timm
     export_timm(SimCLRModel.from_pretrained("outputs/simclr-atm"), "outputs/simclr-atm-timm")
+    # MAE's encoder and BLIP's vision tower become a timm VisionTransformer the same way
     # anywhere, without freeatm_hf:
     timm.create_model("local-dir:outputs/simclr-atm-timm", pretrained=True, num_classes=0)   # or hf-hub:user/repo
     export_torchvision(model, "outputs/simclr-atm-r50.pth")       # torchvision.models.resnet50 state dict
@@ -12,23 +13,103 @@ from pathlib import Path
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
-def export_timm(model, folder: str | Path, image_size: int = 224, notes: str | None = None) -> Path:
-    """Write the backbone of a SimCLR/MoCo model with timm's own `save_for_hf` (config.json with
-    `architecture` and `pretrained_cfg`, model.safetensors). The classifier is absent (`num_classes=0`)."""
+def export_timm(model, folder: str | Path, image_size: int | None = None, notes: str | None = None) -> Path:
+    """Write a model's image encoder as a timm model folder with timm's own `save_for_hf` (config.json with
+    `architecture`, `model_args` and `pretrained_cfg`, model.safetensors), no classifier (`num_classes=0`):
+    the ResNet (or other timm CNN) of SimCLR/MoCo, MAE's ViT encoder, or BLIP's vision tower (both as a timm
+    `VisionTransformer` with a class token). `image_size` defaults to 224 for CNNs and to the ViT's own size."""
     from timm.models import save_for_hf
 
-    backbone = model.backbone
+    kind = model.config.model_type.removeprefix("freeatm_")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arch = model.config.backbone
-    cfg = {"architecture": arch, "num_classes": 0, "num_features": backbone.num_features, "global_pool": "avg",
+    if kind in ("mae", "blip"):
+        backbone = _vit_encoder_as_timm(model)
+        image_size = backbone.patch_embed.img_size[0]
+    else:
+        backbone, image_size = model.backbone, image_size or 224
+    cfg = {"num_classes": 0,
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
                               "std": list(IMAGENET_STD), "interpolation": "bicubic", "crop_pct": 0.875,
-                              "num_classes": 0, "tag": f"freeatm_{model.config.model_type.split('_')[-1]}"}}
+                              "num_classes": 0, "tag": f"freeatm_{kind}"}}
+    if kind not in ("mae", "blip"):
+        cfg.update(architecture=model.config.backbone, num_features=backbone.num_features, global_pool="avg")
     save_for_hf(backbone, str(folder), model_config=cfg, safe_serialization=True)
     if notes:
         (folder / "NOTES.md").write_text(notes)
     return folder
+
+
+def _vit_encoder_as_timm(model):
+    """A timm `VisionTransformer` carrying the weights of MAE's encoder (transformers ViTMAE, fixed sin-cos
+    position embeddings) or BLIP's vision tower (transformers BlipVisionModel). Both are pre-norm ViTs with a
+    class token and a final LayerNorm; only the names differ, and ViTMAE keeps q, k, v apart where timm and
+    BLIP fuse them. The LayerNorm eps picks the timm architecture (a config cannot carry it): 1e-6 is timm's
+    ViT (MAE), 1e-5 its CLIP ViT without the pre-norm (BLIP); any other would change the features."""
+    import timm
+    import torch
+
+    if model.config.model_type == "freeatm_mae":
+        c, sd = model.config, model.vit.state_dict()
+        qkv_bias = c.qkv_bias
+        state = _stem(sd, "embeddings.cls_token", "embeddings.position_embeddings",
+                      "embeddings.patch_embeddings.projection", "layernorm")
+        for i in range(c.num_hidden_layers):
+            layer = f"layers.{i}."
+            att = layer + "attention."
+            block = {"attn.qkv.weight": torch.cat([sd[f"{att}{n}_proj.weight"] for n in "qkv"]),
+                     "attn.proj": att + "o_proj", "norm1": layer + "layernorm_before",
+                     "norm2": layer + "layernorm_after", "mlp.fc1": layer + "mlp.fc1", "mlp.fc2": layer + "mlp.fc2"}
+            if qkv_bias:
+                block["attn.qkv.bias"] = torch.cat([sd[f"{att}{n}_proj.bias"] for n in "qkv"])
+            state.update(_expand(f"blocks.{i}.", block, sd))
+    elif model.config.model_type == "freeatm_blip":
+        c, sd, qkv_bias = model.config.vision_config, model.vision_model.state_dict(), True
+        state = _stem(sd, "embeddings.class_embedding", "embeddings.position_embedding", "embeddings.patch_embedding",
+                      "post_layernorm")
+        for i in range(c.num_hidden_layers):
+            layer = f"encoder.layers.{i}."
+            state.update(_expand(f"blocks.{i}.", {"attn.qkv": layer + "self_attn.qkv",
+                                                  "attn.proj": layer + "self_attn.projection",
+                                                  "norm1": layer + "layer_norm1", "norm2": layer + "layer_norm2",
+                                                  "mlp.fc1": layer + "mlp.fc1", "mlp.fc2": layer + "mlp.fc2"}, sd))
+    else:
+        raise ValueError(f"no ViT encoder in a {model.config.model_type} model")
+    if c.hidden_act != "gelu":
+        raise ValueError(f"timm's ViT uses exact GELU; this encoder uses {c.hidden_act!r}")
+    dims = dict(embed_dim=c.hidden_size, depth=c.num_hidden_layers, num_heads=c.num_attention_heads,
+                mlp_ratio=c.intermediate_size / c.hidden_size, img_size=c.image_size, patch_size=c.patch_size,
+                in_chans=getattr(c, "num_channels", 3), qkv_bias=qkv_bias)
+    eps = c.layer_norm_eps
+    if eps == 1e-6:
+        arch, extra = "vit_base_patch16_224", {}
+    elif eps == 1e-5:
+        arch, extra = "vit_base_patch16_clip_224", {"pre_norm": False, "act_layer": "gelu"}
+    else:
+        raise ValueError(f"this encoder's LayerNorm eps is {eps}; timm's ViTs use 1e-6 or 1e-5, so its features "
+                         f"would differ (MAE checkpoints: export_vit writes a transformers ViTModel instead)")
+    vit = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="token", **dims, **extra)
+    vit.load_state_dict(state, strict=True)  # every timm tensor filled, nothing left over
+    return vit.eval()
+
+
+def _stem(sd: dict, cls: str, pos: str, patch: str, norm: str) -> dict:
+    """The tensors around the blocks: class token, position embeddings, patch projection, final norm."""
+    return {"cls_token": sd[cls], "pos_embed": sd[pos], **_expand("", {"patch_embed.proj": patch, "norm": norm}, sd)}
+
+
+def _expand(prefix: str, names: dict, sd: dict) -> dict:
+    """timm name → tensor, for a block: values are tensors, or a source module prefix whose weight and bias
+    (where present) carry over."""
+    out = {}
+    for dst, src in names.items():
+        if not isinstance(src, str):
+            out[prefix + dst] = src
+            continue
+        for p in ("weight", "bias"):
+            if f"{src}.{p}" in sd:
+                out[f"{prefix}{dst}.{p}"] = sd[f"{src}.{p}"]
+    return out
 
 
 def export_torchvision(model, path: str | Path) -> Path:

@@ -14,15 +14,20 @@ from transformers import AutoModel
 model = AutoModel.from_pretrained("{repo}")
 # Stock transformers, no freeatm_hf: freeatm_hf.models.blip.export_stock(model, "folder") writes a
 # BlipForImageTextRetrieval (kind="retrieval") or BlipForConditionalGeneration (kind="captioning") folder.
+# The vision tower in stock timm (`freeatm push-model DIR {repo} --timm` publishes it as {repo}-timm):
+import timm
+encoder = timm.create_model("hf-hub:{repo}-timm", pretrained=True)
 ```""",
     "cnn": """```python
 # With freeatm_hf:
 import freeatm_hf.models  # registers the Auto classes
 from transformers import AutoModel
 model = AutoModel.from_pretrained("{repo}")
-# Without it: export the backbone once (freeatm_hf.hub.export.export_timm), then
+# Stock timm, no freeatm_hf (`freeatm push-model DIR {repo} --timm` publishes the backbone as {repo}-timm):
 import timm
 backbone = timm.create_model("hf-hub:{repo}-timm", pretrained=True, num_classes=0)
+# Stock torchvision: freeatm_hf.hub.export.export_torchvision(model, "backbone.pth"), then
+# torchvision.models.resnet50().load_state_dict(torch.load("backbone.pth"), strict=False)  # no fc
 ```""",
     "vit": """```python
 from transformers import ViTMAEForPreTraining            # the checkpoint loads in stock transformers
@@ -30,6 +35,9 @@ model = ViTMAEForPreTraining.from_pretrained("{repo}")
 # The encoder as a plain ViT for fine-tuning: freeatm_hf.models.mae.export_vit(model, "vit-folder"), then
 from transformers import ViTForImageClassification
 clf = ViTForImageClassification.from_pretrained("vit-folder", num_labels=1000)
+# Stock timm (`freeatm push-model DIR {repo} --timm` publishes the encoder as {repo}-timm):
+import timm
+encoder = timm.create_model("hf-hub:{repo}-timm", pretrained=True)
 ```""",
 }
 
@@ -40,7 +48,8 @@ DESCRIPTIONS = {
                         "(attention pooling) or images (baseline)."),
     "blip": ("BLIP", "Vision-language pretraining with image-text contrast (ITC), matching on hard negatives (ITM) "
                      "and captioning (LM); with position prompts, each object with a box adds \"The [O] is in block "
-                     "[P].\" (3×3 grid, blocks 1-9 row-major) to the caption, computed after augmentation."),
+                     "[P].\" to the caption (the image cut into a grid of blocks numbered row-major, see Data), computed after "
+                     "augmentation."),
     "mae": ("MAE", "Masked autoencoding (ViT, 75 % masking, norm-pix loss); a share β of the masked patches, growing "
                    "linearly to β_max, is chosen by the highest attention score, the rest at random."),
 }
@@ -118,6 +127,11 @@ def _data_text(data: dict) -> str:
         parts.append(f"Real dataset: `{data['real_dataset']}` (one whole-image mask per image).")
     if mode == "mix":
         parts.append(f"Share of real rows: {data.get('mix_ratio')}.")
+    if data.get("prompts") == "position":
+        g = int(data.get("grid") or 3)
+        parts.append(f"Position prompts on a {g}×{g} grid (blocks 1–{g * g}, row-major).")
+    elif data.get("prompts"):
+        parts.append("Captions alone (no position prompts: the baseline).")
     if data.get("num_rows"):
         parts.append(f"Rows: {data['num_rows']}.")
     return " ".join(parts)

@@ -33,3 +33,35 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return url
+
+
+def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+                     source_repo: str | None = None) -> str:
+    """Export the checkpoint's image encoder to timm (`export_timm`) with a small card, and push it as its own
+    model repo: what `timm.create_model("hf-hub:<repo_id>", pretrained=True)` reads (timm wants config.json
+    at a repo's root, so the export cannot share the freeatm repo)."""
+    import tempfile
+
+    from huggingface_hub import ModelCard, ModelCardData
+    from transformers import AutoModel
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+    from .export import export_timm
+
+    model = AutoModel.from_pretrained(str(folder))
+    method = model.config.model_type.removeprefix("freeatm_")
+    with tempfile.TemporaryDirectory() as tmp:
+        export_timm(model, tmp)
+        source = f"[{source_repo}](https://huggingface.co/{source_repo})" if source_repo else "a freeatm_hf checkpoint"
+        card = ModelCard.from_template(
+            ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",
+                          tags=["freeatm", method, "self-supervised", "image-feature-extraction"]),
+            template_str="---\n{{ card_data }}\n---\n\n# {{ title }}\n\n{{ body }}\n",
+            title=f"{repo_id.split('/')[-1]}: the image encoder of {method} (freeatm_hf) for timm",
+            body=f"The image encoder of {source}, exported with `freeatm_hf.hub.export.export_timm`; no classifier.\n\n"
+                 f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)\n"
+                 f"cfg = timm.data.resolve_data_config({{}}, model=model)  # the input size, mean and std it "
+                 f"was trained with\n```\n")
+        card.save(str(Path(tmp) / "README.md"))
+        return push_folder(tmp, repo_id, repo_type="model", private=private, token=token,
+                           commit_message="Upload the timm export of a freeatm_hf checkpoint")

@@ -12,7 +12,9 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 class MAEConfig(ViTMAEConfig):
     """`ViTMAEConfig` (defaults: ViT-B/16, 224 px, mask ratio 0.75, norm-pix loss on) plus `beta_max`
-    (defaults to 0.8), the final share of masked patches chosen by attention."""
+    (defaults to 0.8), the final share of masked patches chosen by attention. LayerNorm eps defaults to 1e-6,
+    as in MAE's own code and timm's ViT (ViTMAEConfig's 1e-12 is its port's), so the encoder exports to timm
+    exactly."""
 
     model_type = "freeatm_mae"
 
@@ -20,6 +22,7 @@ class MAEConfig(ViTMAEConfig):
         if not 0.0 <= beta_max <= 1.0:
             raise ValueError(f"beta_max must be in [0, 1], got {beta_max}")
         self.beta_max = beta_max
+        kwargs.setdefault("layer_norm_eps", 1e-6)
         super().__init__(norm_pix_loss=norm_pix_loss, **kwargs)
 
 

@@ -20,7 +20,15 @@ print(model.pretrained_cfg["mean"], model.pretrained_cfg["input_size"])
 """
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])  # the CNN methods; MAE exports a ViT (test_mae.py)
+def run_reader(folder, x, tmp_path) -> tuple[torch.Tensor, str]:
+    torch.save(x, tmp_path / "x.pt")
+    res = subprocess.run([sys.executable, "-c", READER, str(folder), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return torch.load(tmp_path / "y.pt"), res.stdout
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
 def test_timm_export_gives_the_training_encoders_features(method, tmp_path):
     config_cls, model_cls = METHODS[method]
     torch.manual_seed(0)
@@ -32,14 +40,61 @@ def test_timm_export_gives_the_training_encoders_features(method, tmp_path):
                 m.running_var.uniform_(0.5, 2.0)
     folder = export_timm(model, tmp_path / "timm")
     x = torch.randn(2, 3, 64, 64)
-    torch.save(x, tmp_path / "x.pt")
-    res = subprocess.run([sys.executable, "-c", READER, str(folder), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "(3, 224, 224)" in res.stdout  # pretrained_cfg travels with the weights
+    got, stdout = run_reader(folder, x, tmp_path)
+    assert "(3, 224, 224)" in stdout  # pretrained_cfg travels with the weights
     with torch.no_grad():
         expected = model.backbone.forward_features(x)
-    assert (torch.load(tmp_path / "y.pt") - expected).abs().max().item() < 1e-5
+    assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_mae_encoder_exports_to_a_timm_vit_with_the_same_features(tmp_path):
+    from freeatm_hf.models import MAEConfig, MAEModel
+
+    torch.manual_seed(0)
+    model = MAEModel(MAEConfig(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                               intermediate_size=96, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                               decoder_num_attention_heads=4, decoder_intermediate_size=64, mask_ratio=0.0)).eval()
+    with torch.no_grad():  # trained-looking norms, so a swapped weight or bias would show
+        for n, p in model.vit.named_parameters():
+            if "layernorm" in n:
+                p.normal_(1.0 if n.endswith("weight") else 0.0, 0.3)
+    x = torch.randn(2, 3, 32, 32)
+    got, stdout = run_reader(export_timm(model, tmp_path / "timm"), x, tmp_path)
+    assert "(3, 32, 32)" in stdout
+    with torch.no_grad():  # all 16 patches kept in their order: the encoder's plain forward
+        expected = model.vit(x, noise=torch.arange(16).float().expand(2, 16)).last_hidden_state
+    assert got.shape == expected.shape == (2, 17, 48)
+    assert (got - expected).abs().max().item() < 1e-5
+    # A checkpoint with ViTMAE's old 1e-12 norms cannot be matched by any timm ViT: refused, by name.
+    old = MAEModel(MAEConfig(**{**model.config.to_dict(), "layer_norm_eps": 1e-12}))
+    with pytest.raises(ValueError, match="LayerNorm eps is 1e-12"):
+        export_timm(old, tmp_path / "old")
+
+
+def test_blip_vision_tower_exports_to_a_timm_vit_with_the_same_features(tmp_path):
+    from freeatm_hf.models.blip import BlipATMConfig, BlipATMModel
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    text = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                encoder_hidden_size=32, max_position_embeddings=40)
+    model = BlipATMModel(BlipATMConfig(vision_config=vision, text_config=text, image_text_hidden_size=16)).eval()
+    with torch.no_grad():
+        for n, p in model.vision_model.named_parameters():
+            if "norm" in n:
+                p.normal_(1.0 if n.endswith("weight") else 0.0, 0.3)
+    x = torch.randn(2, 3, 32, 32)
+    got, _ = run_reader(export_timm(model, tmp_path / "timm"), x, tmp_path)
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=x).last_hidden_state
+    assert got.shape == expected.shape == (2, 17, 32)
+    assert (got - expected).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="no ViT encoder"):
+        from freeatm_hf.hub.export import _vit_encoder_as_timm
+
+        _vit_encoder_as_timm(METHODS["simclr"][1](METHODS["simclr"][0](backbone="resnet18", proj_hidden_dim=8,
+                                                                       proj_dim=4)))
 
 
 def test_torchvision_export_loads_into_resnet_with_the_same_features(tmp_path):

@@ -84,9 +84,24 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         files = hub.repos[("model", "me/simclr-atm")]["files"]
         assert {"README.md", "config.json", "model.safetensors"} <= set(files)
         assert files["README.md"] == (out / "README.md").read_bytes()
-        res = run_cli(["push-model", str(out), "me/again"], hub.url, tmp_path)
+        res = run_cli(["push-model", str(out), "me/again", "--timm"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
         assert hub.repos[("model", "me/again")]["files"]["model.safetensors"] == files["model.safetensors"]
+        # --timm: the encoder as its own repo, named as the card's timm snippet says, loadable by stock timm.
+        exported = hub.repos[("model", "me/again-timm")]["files"]
+        assert {"README.md", "config.json", "model.safetensors"} <= set(exported)
+        timm_card = ModelCard(exported["README.md"].decode())
+        assert timm_card.data.library_name == "timm" and 'hf-hub:me/again-timm' in timm_card.text
+        assert "hf-hub:<user>/<repo>-timm" in (out / "README.md").read_text()  # the name the card promises
+        local = tmp_path / "timm_repo"
+        local.mkdir()
+        for name, data in exported.items():
+            (local / name).write_bytes(data)
+        load = ("import sys, timm, torch; m = timm.create_model('local-dir:' + sys.argv[1], pretrained=True).eval(); "
+                "assert 'freeatm_hf' not in sys.modules; print(tuple(m(torch.zeros(1, 3, 64, 64)).shape))")
+        res_timm = subprocess.run([sys.executable, "-c", load, str(local)], capture_output=True, text=True,
+                                  cwd=str(tmp_path))
+        assert res_timm.returncode == 0, res_timm.stderr[-2000:]
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags  # ours, not Trainer's
     assert TOKEN not in res.stdout + res.stderr

@@ -102,3 +102,17 @@ def test_a_batch_of_one_has_no_itm_pair_but_still_trains():
     out = model(torch.randn(1, 3, 32, 32), torch.randint(4, 120, (1, 9)))
     assert out.loss_itm.item() == 0.0 and torch.isfinite(out.loss)
     out.loss.backward()
+
+
+@pytest.mark.parametrize("prompts,grid", [("position", 4), ("none", 3)])
+def test_model_card_states_the_prompts_and_grid_it_was_trained_with(prompts, grid, tmp_path):
+    from freeatm_hf.hub.model_card import write_model_card
+
+    card = write_model_card(tmp_path, tiny().config, data={"dataset": "me/scenes", "prompts": prompts, "grid": grid})
+    if prompts == "position":
+        assert "Position prompts on a 4×4 grid (blocks 1–16, row-major)." in card.text
+        assert "attention-masks" in card.data.tags
+    else:
+        assert "no position prompts" in card.text and "Position prompts on" not in card.text
+        assert "baseline" in card.data.tags
+    assert "3×3" not in card.text
