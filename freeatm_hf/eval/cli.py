@@ -104,6 +104,7 @@ def make_parser():
     r.add_argument("--model", required=True, help="a freeatm BLIP checkpoint folder (with its tokenizer)")
     r.add_argument("--dataset", required=True, help="load_dataset id or folder with an image and a caption column")
     r.add_argument("--split", default="test")
+    r.add_argument("--revision", default=None, help="the dataset's revision (a Hub id's commit, tag or branch)")
     r.add_argument("--image_column", default="image")
     r.add_argument("--caption_column", default="caption", help="a string, or a list of strings per image")
     r.add_argument("--k_test", type=int, default=128, help="ITC top-k re-ranked by ITM (BLIP: 256 COCO, 128 Flickr)")
@@ -191,7 +192,7 @@ def main_retrieval(args):
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
-    ds = load(args.dataset, split=args.split)
+    ds = load(args.dataset, split=args.split, revision=args.revision)
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     pixels, texts, text_to_image = [], [], []
@@ -204,9 +205,16 @@ def main_retrieval(args):
     enc = tok(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
     i2t, t2i = retrieval_scores(model, torch.stack(pixels), enc.input_ids, enc.attention_mask, args.k_test,
                                 args.batch_size)
-    result = {"dataset": args.dataset, "split": args.split, "finetuned_on": args.finetune_split,
-              "images": len(pixels), "texts": len(texts),
-              "k_test": args.k_test, **recall_at_k(i2t, t2i, text_to_image)}
+    recall = recall_at_k(i2t, t2i, text_to_image)
+    result = {"dataset": args.dataset, "split": args.split, "revision": args.revision,
+              "finetuned_on": args.finetune_split, "images": len(pixels), "texts": len(texts), "k_test": args.k_test,
+              **recall}
+    # Into the evaluated model's results and card, as `eval knn` does (the fine-tuned folder when fine-tuned).
+    from ..hub.model_card import add_results, write_model_card
+
+    add_results(args.model, [{"task": "image-text-retrieval", "dataset": args.dataset, "split": args.split,
+                              "revision": args.revision, "metric": k, "value": v} for k, v in recall.items()])
+    write_model_card(args.model, model.config)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))

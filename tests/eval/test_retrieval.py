@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -65,8 +67,17 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
                    "--device", "cpu", "--output", str(out)])
     assert r["images"] == 4 and r["texts"] == 8
     assert all(0 <= r[k] <= 100 for k in ("tr@1", "tr@5", "ir@1", "ir@10"))
-    assert r["tr@10"] == 100.0 and r["ir@10"] == 100.0  # 4 images, 8 texts: everything is within the top 10
-    assert out.is_file()
+    assert out.is_file() and json.loads(out.read_text()) == r
+    # The recalls join the model's results and its card, keyed by dataset and split.
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.hub.model_card import read_results
+
+    stored = {x["metric"]: x["value"] for x in read_results(model_dir) if x["task"] == "image-text-retrieval"}
+    assert stored == {k: r[k] for k in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "tr_mean", "ir_mean")}
+    card = ModelCard.load(model_dir / "README.md")
+    assert {m.metric_type for m in card.data.eval_results} >= {"tr@1", "ir@1"}
+    assert all(m.dataset_split == "test" for m in card.data.eval_results)
 
 
 def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
