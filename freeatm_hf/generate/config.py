@@ -32,6 +32,12 @@ class GenerateConfig:
         "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px). "
                 "Default: the model folder's freeatm.json (the shapes model has one), else 2,4."})
     include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block (its factor must be in --down_factors, e.g. 8 on SD 1.x)."})
+    factor_weights: list[float] | None = field(default=None, metadata={
+        "help": "Weight of each --down_factors resolution when their maps are averaged, in the same order "
+                "(default: the model folder's when its resolutions are used, else equal)."})
+    map_size: list[int] | None = field(default=None, metadata={
+        "help": "Height and width of the stored maps (default: the model folder's when its resolutions are used, "
+                "else the latent size)."})
     mmdit_blocks: str = field(default="double", metadata={
         "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all."})
     step_window: list[float] | None = field(default=None, metadata={
@@ -81,18 +87,27 @@ class GenerateConfig:
             raise ValueError(f"prompt_mode must be auto, scene, photo, shapes or file, got {self.prompt_mode!r}")
         if self.prompt_mode == "file" and not self.prompts_file:
             raise ValueError("prompt_mode 'file' needs --prompts_file")
+        if self.factor_weights is not None and len(self.factor_weights) != len(self.down_factors):
+            raise ValueError(f"factor_weights needs one weight per down factor {self.down_factors}, got "
+                             f"{self.factor_weights}")
+        if self.map_size is not None and (len(self.map_size) != 2 or min(self.map_size) < 1):
+            raise ValueError(f"map_size must be a height and a width, got {self.map_size}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
 
     def capture_config(self):
         """The capture these settings ask for; the model folder's recommended per-resolution weights and map
-        size come along when its recommended resolutions are the ones used."""
+        size come along when its recommended resolutions are the ones used and none are given here."""
         from ..attention import CaptureConfig
         from .pipelines import pipeline_recommendation
 
         rec = (pipeline_recommendation(self.pipeline) or {}).get("capture") or {}
         same = list(rec.get("down_factors") or []) == list(self.down_factors)
         extra = {k: rec[k] for k in ("factor_weights", "map_size") if same and rec.get(k) is not None}
+        if self.factor_weights is not None:
+            extra["factor_weights"] = dict(zip(self.down_factors, self.factor_weights))
+        if self.map_size is not None:
+            extra["map_size"] = tuple(self.map_size)
         return CaptureConfig.from_dict({"down_factors": tuple(self.down_factors), "include_mid": self.include_mid,
                                         "step_window": tuple(self.step_window), "mmdit_blocks": self.mmdit_blocks,
                                         **extra})

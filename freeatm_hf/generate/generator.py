@@ -166,8 +166,9 @@ class FreeATMGenerator:
             kept = [(o, t) for o, t in zip(prompt.objects, toks) if not t.truncated]
             cut = [t.name for t in toks if t.truncated]
             if cut:
-                logger.warning("prompt %d: %s cut off by the %d-token limit; no mask for them", b, cut,
-                               self.pipe.tokenizer.model_max_length)
+                limit = {"unet": f"{self.pipe.tokenizer.model_max_length}-token CLIP",
+                         "flux": f"{max_seq}-token T5"}.get(self.kind, f"77-token CLIP and {max_seq}-token T5")
+                logger.warning("prompt %d: %s cut off by the %s limit; no mask for them", b, cut, limit)
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]
             if self.refine == "guided":

@@ -181,15 +181,34 @@ def test_missing_resolution_is_a_clear_error(tiny_pipe):
             pass
 
 
+def held_tensor_elements(obj, seen=None) -> int:
+    """Elements of every tensor reachable from `obj`'s attributes, lists and dicts (modules and pipelines
+    skipped: their weights do not depend on the run)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, torch.nn.Module) or hasattr(obj, "components"):
+        return 0
+    seen.add(id(obj))
+    if torch.is_tensor(obj):
+        return obj.numel()
+    if isinstance(obj, dict):
+        return sum(held_tensor_elements(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return sum(held_tensor_elements(v, seen) for v in obj)
+    return held_tensor_elements(vars(obj), seen) if hasattr(obj, "__dict__") else 0
+
+
 def test_memory_is_constant_in_the_number_of_steps(tiny_pipe):
-    gen = FreeATMGenerator(tiny_pipe)
-    sizes = []
+    """Maps are summed in place: after 2 or 6 denoising steps the generator and its store hold the same tensors
+    (one buffer per resolution, batch × tokens × grid); only the counts of added layer calls grow."""
+    held = []
     for steps in (2, 6):
-        store = AttentionStore(CaptureConfig())
-        store.begin(torch.zeros(2, 3, dtype=torch.long), (32, 32), steps)
-        sizes.append(sum(b.numel() for b in store.buffers.values()))
-    assert sizes[0] == sizes[1] == 2 * 3 * (16 * 16 + 8 * 8)
-    assert gen.capture.down_factors == (2, 4)
+        gen = FreeATMGenerator(tiny_pipe)
+        gen(PROMPTS, seeds=[0, 1], num_inference_steps=steps, output_type="np")
+        held.append((held_tensor_elements(gen), dict(gen.store.counts)))
+    (small, counts_2), (large, counts_6) = held
+    assert small == large
+    assert sum(b.numel() for b in gen.store.buffers.values()) == 2 * gen.store.num_tokens * (16 * 16 + 8 * 8)
+    assert counts_6 == {f: 3 * c for f, c in counts_2.items()} and all(c > 0 for c in counts_2.values())
 
 
 def test_sdxl_pipeline_capture_and_bit_identical_images():

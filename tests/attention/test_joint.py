@@ -132,6 +132,16 @@ def test_token_columns_per_model(pipe):
     assert gen.object_tokens(long, 64)[0].truncated  # past both limits: no map rather than a wrong one
 
 
+def test_a_noun_past_the_text_limit_is_named_with_the_limit_that_cut_it(pipe, caplog):
+    gen = FreeATMGenerator(pipe)
+    long = Prompt.from_nouns("a " + " ".join(["red"] * 80) + " cat", ["cat"])
+    with caplog.at_level("WARNING"):
+        out = gen([long], seeds=[0], output_type="np", **{**KW, "max_sequence_length": 16})
+    assert out.truncated == [["cat"]] and out.objects == [[]]
+    limit = "16-token T5" if gen.kind == "flux" else "77-token CLIP and 16-token T5"
+    assert f"cut off by the {limit} limit" in caplog.text
+
+
 def test_non_square_maps_keep_orientation():
     pipe = tiny_sd3_pipeline()
     gen = FreeATMGenerator(pipe)

@@ -91,6 +91,14 @@ def test_the_capture_carries_the_recommended_weights_only_with_the_recommended_r
                "--mmdit_blocks", "all"]).capture_config()
     assert (c.down_factors, c.factor_weights, c.map_size, c.include_mid, c.mmdit_blocks) == (
         (2,), None, None, True, "all")
+    # Given on the command line, weights and map size win over the folder's.
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--factor_weights", "1", "3", "--map_size", "8",
+               "16"]).capture_config()
+    assert (c.down_factors, c.factor_weights, c.map_size) == ((1, 2), {1: 1.0, 2: 3.0}, (8, 16))
+    with pytest.raises(ValueError, match=r"one weight per down factor \[1, 2\]"):
+        parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--factor_weights", "1"])
+    with pytest.raises(ValueError, match="map_size must be a height and a width"):
+        parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--map_size", "8"])
 
 
 def test_a_hub_models_recommendation_is_downloaded(tmp_path, monkeypatch):
