@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Train the shapes text-to-image model, measure its masks, and install it as the embedded default.
-#   bash recipes/shapes_t2i.sh gpu [OUT]    one GPU, fits one 10-minute command (accelerate launch)
+#   bash recipes/shapes_t2i.sh gpu [OUT] [FROM]  one GPU, training only so that it fits one 10-minute command
+#                                           (accelerate launch); FROM: continue that folder. Then `eval OUT`.
 #   bash recipes/shapes_t2i.sh cpu [OUT]    the CPU fallback that began the shipped model (2 cores, ~100 min)
 #   bash recipes/shapes_t2i.sh more OUT FROM [MINUTES]
 #                                           continue FROM into OUT: a sharper decoder (the encoder, so the UNet's
 #                                           latent space, stays fixed), then the UNet with a cosine decay over
 #                                           the time left (how the shipped model continued on the CPU)
-# Resuming takes the weights only (fresh optimizer with warm-up); freeatm.json keeps the totals and every run.
+#   bash recipes/shapes_t2i.sh eval OUT     measure OUT's masks and draw its grid (run by cpu and more too)
+# Resuming takes the weights only (fresh optimizer with warm-up) and draws scenes no earlier run drew;
+# freeatm.json keeps the totals and every run.
 set -euo pipefail
 MODE=${1:-gpu}
 OUT=${2:-outputs/shapes-t2i}
 if [ "$MODE" = gpu ]; then
-    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --max_minutes 9 --lr_schedule cosine
+    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --max_minutes 9 --lr_schedule cosine \
+        ${3:+--resume_from "$3"}
+    echo "trained $OUT; next: bash recipes/shapes_t2i.sh eval $OUT"
+    exit 0
 elif [ "$MODE" = more ]; then
     python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --resume_from "${3:?FROM folder}" --decoder_steps 600 \
         --batch_size 32 --max_minutes "${4:-85}" --lr_schedule cosine --save_every_minutes 20
-else
+elif [ "$MODE" = cpu ]; then
     python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --vae_steps 500 --batch_size 32 --max_minutes 100 \
         --save_every_minutes 12
+elif [ "$MODE" != eval ]; then
+    echo "usage: bash recipes/shapes_t2i.sh gpu|cpu|more|eval ..." >&2
+    exit 2
 fi
 # Which layers, steps, threshold and guidance scale localise best (chosen on validation scenes, scored on 200
 # test scenes); the choice goes into OUT/freeatm.json, which `freeatm generate` reads, and the scores into the card.
