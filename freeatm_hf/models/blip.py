@@ -5,10 +5,12 @@ Attribute names follow the stock classes, so `vision_model`, `text_encoder`, `vi
 and `itm_head` load into `BlipForImageTextRetrieval`, and `vision_model` + `text_decoder` into
 `BlipForConditionalGeneration` (`export_stock`). What does not transfer: BLIP's original decoder shares all
 but the self-attention layers with the text encoder; transformers has no such sharing, so here the decoder
-is a separate `BlipTextLMHeadModel` (more parameters, same losses). Momentum encoders and queues are not
-implemented: ITC uses the in-batch negatives with a learned temperature.
+is a separate `BlipTextLMHeadModel` (more parameters, same losses). ITC uses the in-batch negatives with a
+learned temperature, or with `momentum_distill=True` BLIP's momentum encoders: image and text queues of
+momentum features as extra negatives and targets softened by the momentum model (α, distillation).
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,14 +25,24 @@ from transformers.utils import ModelOutput
 class BlipATMConfig(BlipConfig):
     """`BlipConfig` plus the pretraining settings: `itc_temperature` (initial, 0.07; learned, clamped to
     [0.001, 0.5]), `enc_token_id` (the [ENC] token that replaces the first token for ITM, as BLIP does;
-    default: keep the first token), loss weights."""
+    default: keep the first token), loss weights, and BLIP's momentum distillation for ITC
+    (`momentum_distill`, off by default; `momentum` 0.995, `queue_size` 57600, `distill_alpha` 0.4)."""
 
     model_type = "freeatm_blip"
 
     def __init__(self, itc_temperature: float = 0.07, enc_token_id: int | None = None, itc_weight: float = 1.0,
-                 itm_weight: float = 1.0, lm_weight: float = 1.0, **kwargs):
+                 itm_weight: float = 1.0, lm_weight: float = 1.0, momentum_distill: bool = False,
+                 momentum: float = 0.995, queue_size: int = 57600, distill_alpha: float = 0.4, **kwargs):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not 0.0 <= distill_alpha <= 1.0:
+            raise ValueError(f"distill_alpha must be in [0, 1], got {distill_alpha}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be positive, got {queue_size}")
         self.itc_temperature, self.enc_token_id = itc_temperature, enc_token_id
         self.itc_weight, self.itm_weight, self.lm_weight = itc_weight, itm_weight, lm_weight
+        self.momentum_distill, self.momentum = momentum_distill, momentum
+        self.queue_size, self.distill_alpha = queue_size, distill_alpha
         super().__init__(**kwargs)
 
 
@@ -76,13 +88,90 @@ class BlipATMModel(BlipPreTrainedModel):
         self.text_proj = nn.Linear(config.text_config.hidden_size, config.image_text_hidden_size)
         self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
         self.temp = nn.Parameter(torch.tensor(float(config.itc_temperature)))
+        if config.momentum_distill:
+            self.vision_model_m = BlipVisionModel(config.vision_config).requires_grad_(False)
+            self.vision_proj_m = copy.deepcopy(self.vision_proj).requires_grad_(False)
+            self.text_encoder_m = BlipTextModel(config.text_config, add_pooling_layer=False).requires_grad_(False)
+            self.text_proj_m = copy.deepcopy(self.text_proj).requires_grad_(False)
+            d = config.image_text_hidden_size
+            self.register_buffer("image_queue", torch.zeros(config.queue_size, d))
+            self.register_buffer("text_queue", torch.zeros(config.queue_size, d))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.post_init()
+        if config.momentum_distill:
+            self.reset_momentum()
 
     def _init_weights(self, module):
         super()._init_weights(module)
         if module is self:
             with torch.no_grad():
                 self.temp.fill_(self.config.itc_temperature)
+
+    # -- momentum distillation (BLIP's ITC with momentum encoders and queues) ------------------------------
+    def momentum_pairs(self):
+        return [(self.vision_model, self.vision_model_m), (self.vision_proj, self.vision_proj_m),
+                (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
+
+    @torch.no_grad()
+    def reset_momentum(self, encoders: bool = True, queues: bool = True):
+        """Momentum encoders := the online ones; queues := random unit vectors (what BLIP starts from). Called at
+        construction, and after loading weights that had no momentum part (a stock BLIP checkpoint)."""
+        if encoders:
+            for online, momentum in self.momentum_pairs():
+                momentum.load_state_dict(online.state_dict())
+        if queues:
+            for q in (self.image_queue, self.text_queue):
+                q.copy_(F.normalize(torch.randn(q.shape, device=q.device), dim=-1))
+            self.queue_ptr.zero_()
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float | None = None):
+        """momentum ← m·momentum + (1−m)·online, after each optimizer step (`MomentumUpdateCallback`)."""
+        if not self.config.momentum_distill:
+            return
+        m = self.config.momentum if momentum is None else momentum
+        for online, mom in self.momentum_pairs():
+            for po, pm in zip(online.parameters(), mom.parameters()):
+                pm.mul_(m).add_(po.detach(), alpha=1 - m)
+
+    @torch.no_grad()
+    def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor):
+        """Write the batch's momentum features (gathered from every process) into the ring buffers."""
+        from .losses import distributed_world, gather_with_grad
+
+        if distributed_world() > 1:
+            image_feat, _ = gather_with_grad(image_feat)
+            text_feat, _ = gather_with_grad(text_feat)
+        q = self.config.queue_size
+        image_feat, text_feat = image_feat[-q:], text_feat[-q:]
+        idx = (self.queue_ptr + torch.arange(len(image_feat), device=image_feat.device)) % q
+        self.image_queue[idx] = image_feat.to(self.image_queue.dtype)
+        self.text_queue[idx] = text_feat.to(self.text_queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + len(image_feat)) % q)
+
+    def itc_momentum_loss(self, pixel_values, input_ids, attention_mask, image_feat, text_feat):
+        """BLIP's ITC: negatives are the batch's momentum features and the queues; each target is
+        α·softmax(momentum similarities) + (1 − α)·one-hot. Returns the loss and the batch block of the
+        image→text similarities (for hard negatives); in training the queues take the batch's momentum features."""
+        alpha, b = self.config.distill_alpha, len(image_feat)
+        with torch.no_grad():
+            image_m = self.vision_model_m(pixel_values=pixel_values).last_hidden_state
+            image_feat_m = F.normalize(self.vision_proj_m(image_m[:, 0]), dim=-1)
+            text_m = self.text_encoder_m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)
+            image_all = torch.cat([image_feat_m, self.image_queue.clone()])
+            text_all = torch.cat([text_feat_m, self.text_queue.clone()])
+            one_hot = torch.zeros(b, len(text_all), device=image_feat.device)
+            one_hot[torch.arange(b), torch.arange(b)] = 1
+            target_i2t = alpha * F.softmax(image_feat_m @ text_all.T / self.temp, dim=1) + (1 - alpha) * one_hot
+            target_t2i = alpha * F.softmax(text_feat_m @ image_all.T / self.temp, dim=1) + (1 - alpha) * one_hot
+        sim_i2t = image_feat @ text_all.T / self.temp
+        sim_t2i = text_feat @ image_all.T / self.temp
+        loss = -((F.log_softmax(sim_i2t, dim=1) * target_i2t).sum(1).mean()
+                 + (F.log_softmax(sim_t2i, dim=1) * target_t2i).sum(1).mean()) / 2
+        if self.training:
+            self.enqueue(image_feat_m, text_feat_m)
+        return loss, sim_i2t[:, :b]
 
     # -- the pieces, computed exactly as the stock BlipForImageTextRetrieval does ---------------------------
     def image_embeds(self, pixel_values):
@@ -105,7 +194,10 @@ class BlipATMModel(BlipPreTrainedModel):
             self.temp.clamp_(0.001, 0.5)
         image_embeds = self.image_embeds(pixel_values)
         image_feat, text_feat = self.itc_features(image_embeds, input_ids, attention_mask)
-        loss_itc, sim_i2t = itc_loss(image_feat, text_feat, self.temp)
+        if self.config.momentum_distill:
+            loss_itc, sim_i2t = self.itc_momentum_loss(pixel_values, input_ids, attention_mask, image_feat, text_feat)
+        else:
+            loss_itc, sim_i2t = itc_loss(image_feat, text_feat, self.temp)
 
         itm_ids = input_ids.clone()
         if self.config.enc_token_id is not None:

@@ -51,6 +51,15 @@ class BlipArguments(DataArguments):
     image_size: int = field(default=224, metadata={"help": "Input side."})
     max_length: int = field(default=72, metadata={"help": "Text tokens (captions are cut by whole prompts)."})
     crop_scale_min: float = field(default=0.5, metadata={"help": "RandomResizedCrop scale lower bound."})
+    momentum_distill: bool = field(default=False, metadata={
+        "help": "BLIP's momentum encoders for ITC: queues of momentum features as negatives, soft targets."})
+    momentum: float = field(default=0.995, metadata={"help": "Momentum encoders' EMA rate (with --momentum_distill)."})
+    queue_size: int = field(default=57600, metadata={"help": "Feature queue length (with --momentum_distill)."})
+    distill_alpha: float = field(default=0.4, metadata={"help": "Weight of the momentum model's soft targets."})
+
+    def momentum_config(self) -> dict:
+        return {"momentum_distill": self.momentum_distill, "momentum": self.momentum, "queue_size": self.queue_size,
+                "distill_alpha": self.distill_alpha}
 
     def data_info(self, ds) -> dict:
         return {**super().data_info(ds), "prompts": self.prompts, "grid": self.grid}
@@ -67,8 +76,15 @@ def build_blip(args: BlipArguments):
         base = BlipConfig.from_pretrained(args.init_from)
         cfg = BlipATMConfig(vision_config=base.vision_config.to_dict(), text_config=base.text_config.to_dict(),
                             image_text_hidden_size=base.image_text_hidden_size,
-                            enc_token_id=getattr(tok, "enc_token_id", None))
-        model = BlipATMModel.from_pretrained(args.init_from, config=cfg)
+                            enc_token_id=getattr(tok, "enc_token_id", None), **args.momentum_config())
+        model, info = BlipATMModel.from_pretrained(args.init_from, config=cfg, output_loading_info=True)
+        if cfg.momentum_distill:
+            # A stock BLIP checkpoint has no momentum encoders or queues: start them as BLIP does.
+            missing = set(info["missing_keys"])
+            fresh = any(k.startswith(("vision_model_m.", "text_encoder_m.", "vision_proj_m.", "text_proj_m."))
+                        for k in missing)
+            queues = bool(missing & {"image_queue", "text_queue", "queue_ptr"})
+            model.reset_momentum(encoders=fresh, queues=queues)
         return model, tok
     from ..generate.clip_vocab import load_tokenizer
 
@@ -81,7 +97,7 @@ def build_blip(args: BlipArguments):
         text_config={**text, "vocab_size": len(tok), "encoder_hidden_size": vision["hidden_size"],
                      "max_position_embeddings": args.max_length, "bos_token_id": tok.bos_token_id,
                      "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id},
-        image_text_hidden_size=256 if args.model_size == "base" else 16,
+        image_text_hidden_size=256 if args.model_size == "base" else 16, **args.momentum_config(),
     )
     return BlipATMModel(cfg), tok
 
@@ -124,6 +140,11 @@ def train(args: BlipArguments, training_args):
     else:
         ds = ds.with_transform(make_transform(args, tok))
     training_args.remove_unused_columns = False
-    trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds)
+    callbacks = []
+    if model.config.momentum_distill:
+        from .callbacks import MomentumUpdateCallback
+
+        callbacks.append(MomentumUpdateCallback())
+    trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds, callbacks=callbacks)
     tok.save_pretrained(training_args.output_dir)
     return fit_and_save(trainer, args, ds, training_args)

@@ -12,10 +12,10 @@ TEXT = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_lay
             encoder_hidden_size=32, max_position_embeddings=40, bos_token_id=1, pad_token_id=0, sep_token_id=2)
 
 
-def tiny():
+def tiny(**kw):
     torch.manual_seed(0)
     return BlipATMModel(BlipATMConfig(vision_config=VISION, text_config=TEXT, image_text_hidden_size=16,
-                                      enc_token_id=3))
+                                      enc_token_id=3, **kw))
 
 
 def test_itc_loss_against_a_per_sample_reference():
@@ -116,3 +116,70 @@ def test_model_card_states_the_prompts_and_grid_it_was_trained_with(prompts, gri
         assert "no position prompts" in card.text and "Position prompts on" not in card.text
         assert "baseline" in card.data.tags
     assert "3×3" not in card.text
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.4])
+def test_momentum_itc_against_blips_formula(alpha):
+    """With momentum encoders equal to the online ones (as at the start), BLIP's ITC is cross-entropy of the
+    online features against [batch momentum features; queue] with targets α·softmax(momentum sims) + (1−α)·one-hot;
+    the queue then holds the batch's momentum features."""
+    model = tiny(momentum_distill=True, queue_size=5, distill_alpha=alpha).train()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    ones = torch.ones_like(ids)
+    img_q, txt_q = model.image_queue.clone(), model.text_queue.clone()
+    assert torch.allclose(img_q.norm(dim=1), torch.ones(5)) and model.queue_ptr.item() == 0
+    with torch.no_grad():
+        i, t = model.itc_features(model.image_embeds(x), ids, ones)
+        temp = model.temp.clamp(0.001, 0.5)
+        text_all, image_all = torch.cat([t, txt_q]), torch.cat([i, img_q])
+        eye = torch.eye(3, 8)
+
+        def side(a, keys):
+            logits = a @ keys.T / temp
+            target = alpha * logits.softmax(1) + (1 - alpha) * eye
+            return -(logits.log_softmax(1) * target).sum(1).mean()
+
+        expected = (side(i, text_all) + side(t, image_all)) / 2
+        out = model(x, ids, ones)
+    torch.testing.assert_close(out.loss_itc, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.sim_i2t, i @ t.T / temp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.text_queue[:3], t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.image_queue[3:], img_q[3:])  # the rest untouched
+    assert model.queue_ptr.item() == 3
+    model(x, ids, ones)  # the ring wraps: 3 more from position 3 of 5
+    assert model.queue_ptr.item() == 1
+    model.eval()(x, ids, ones)  # evaluation never writes the queues
+    assert model.queue_ptr.item() == 1
+
+
+def test_momentum_encoders_follow_the_online_ones_by_ema_and_survive_save_and_stock_init(tmp_path):
+    from transformers import AutoModel
+
+    import freeatm_hf.models  # noqa: F401
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    model = tiny(momentum_distill=True, queue_size=6, momentum=0.9)
+    online, mom = model.vision_proj.weight, model.vision_proj_m.weight
+    assert torch.equal(online, mom) and not mom.requires_grad
+    with torch.no_grad():
+        before = mom.clone()
+        online.add_(1.0)
+    model.momentum_update()
+    torch.testing.assert_close(mom, 0.9 * before + 0.1 * online)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModel.from_pretrained(tmp_path / "ckpt")
+    for (n, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), n
+    # From a stock BLIP checkpoint (no momentum part): momentum copies of its weights, fresh unit queues.
+    export_stock(model, tmp_path / "stock")
+    tok_dir = tmp_path / "stock"
+    from freeatm_hf.generate.clip_vocab import load_tokenizer
+
+    load_tokenizer(model_max_length=40).save_pretrained(tok_dir)
+    started, _ = build_blip(BlipArguments(dataset="unused", init_from=str(tok_dir), momentum_distill=True,
+                                          queue_size=6))
+    for online_mod, mom_mod in started.momentum_pairs():
+        for (n, a), b in zip(online_mod.state_dict().items(), mom_mod.state_dict().values()):
+            assert torch.equal(a, b), n
+    assert torch.allclose(started.image_queue.norm(dim=1), torch.ones(6)) and started.queue_ptr.item() == 0
+    assert torch.equal(started.vision_proj.weight, model.vision_proj.weight)

@@ -1,3 +1,5 @@
+import torch
+
 from freeatm_hf.spaces import space_dir
 from freeatm_hf.train.blip import BlipArguments, build_blip, make_transform
 
@@ -41,3 +43,24 @@ def test_a_from_scratch_image_tower_tells_images_apart():
     with torch.no_grad():
         emb = model.image_embeds(torch.randn(2, 3, 32, 32))
     assert (emb[0, 0] - emb[1, 0]).abs().max() > 1e-2  # different images, different [CLS] embeddings
+
+
+def test_momentum_distillation_trains_through_the_trainer(tmp_path):
+    from transformers import TrainingArguments
+
+    from freeatm_hf.train.blip import train
+
+    args = BlipArguments(dataset=str(space_dir() / "example_dataset"), model_size="tiny", image_size=32, max_length=48,
+                         momentum_distill=True, queue_size=10, momentum=0.5)
+    targs = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
+                              save_strategy="no", report_to="none", use_cpu=True, logging_steps=1)
+    from transformers import set_seed
+
+    set_seed(targs.seed)  # what `train` does before building: the same initial weights
+    start = build_blip(args)[0].text_proj_m.weight.detach().clone()
+    model = train(args, targs).model
+    assert model.config.momentum_distill and model.queue_ptr.item() == 3 * 4 % 10
+    # The callback moved the momentum weights after each step (away from the start), lagging the online ones.
+    online, mom = model.text_proj.weight, model.text_proj_m.weight
+    assert not torch.equal(mom, start) and not torch.equal(online, mom)
+    assert (mom - online).abs().max() < (start - online).abs().max()
