@@ -1,3 +1,4 @@
+import math
 from dataclasses import dataclass
 
 
@@ -22,6 +23,10 @@ class CaptureConfig:
         mmdit_blocks (`str`, *optional*, defaults to `"double"`): MM-DiT blocks to capture: `"double"` (the
             joint text+image blocks: all of SD3's, Flux's first 19), `"single"` (Flux's single-stream blocks,
             whose one sequence is [text, image]) or `"all"`.
+        layer_weights (`dict[str, float]`, *optional*): weight of individual layers or blocks within their
+            resolution, keyed by module-name prefix (`"transformer_blocks.0"`, `"single_transformer_blocks"`,
+            `"up_blocks.1"`); the longest matching prefix wins, unmatched layers weigh 1, and a layer of weight 0
+            is not captured at all. MM-DiT blocks all share one resolution, so this is how they are weighted.
     """
 
     down_factors: tuple[int, ...] = (2, 4)
@@ -30,6 +35,7 @@ class CaptureConfig:
     factor_weights: dict[int, float] | None = None
     map_size: tuple[int, int] | None = None
     mmdit_blocks: str = "double"
+    layer_weights: dict[str, float] | None = None
 
     def __post_init__(self):
         if self.mmdit_blocks not in ("double", "single", "all"):
@@ -46,9 +52,20 @@ class CaptureConfig:
             missing = set(self.down_factors) - set(self.factor_weights)
             if missing:
                 raise ValueError(f"factor_weights has no weight for factors {sorted(missing)}")
+        if self.layer_weights is not None:
+            self.layer_weights = {str(k): float(v) for k, v in self.layer_weights.items()}
+            bad = {k: v for k, v in self.layer_weights.items() if not math.isfinite(v) or v < 0}
+            if bad:
+                raise ValueError(f"layer_weights must be finite and >= 0, got {bad}")
 
     def weight(self, factor: int) -> float:
         return 1.0 if self.factor_weights is None else self.factor_weights[factor]
+
+    def layer_weight(self, name: str) -> float:
+        """The weight of the attention module `name` (e.g. `transformer_blocks.3.attn`): its longest matching
+        prefix in `layer_weights` (whole name parts only), else 1."""
+        matches = [k for k in (self.layer_weights or {}) if name == k or name.startswith(k + ".")]
+        return self.layer_weights[max(matches, key=len)] if matches else 1.0
 
     def to_dict(self) -> dict:
         return {
@@ -56,12 +73,14 @@ class CaptureConfig:
             "step_window": list(self.step_window),
             "factor_weights": None if self.factor_weights is None else {str(k): v for k, v in self.factor_weights.items()},
             "map_size": None if self.map_size is None else list(self.map_size), "mmdit_blocks": self.mmdit_blocks,
+            "layer_weights": self.layer_weights,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaptureConfig":
         """Inverse of `to_dict`; unknown keys (e.g. a recommended threshold) are ignored."""
-        keys = ("down_factors", "include_mid", "step_window", "factor_weights", "map_size", "mmdit_blocks")
+        keys = ("down_factors", "include_mid", "step_window", "factor_weights", "map_size", "mmdit_blocks",
+                "layer_weights")
         known = {k: d[k] for k in keys if k in d}
         if known.get("map_size") is not None:
             known["map_size"] = tuple(known["map_size"])

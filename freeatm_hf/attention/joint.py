@@ -65,6 +65,7 @@ class JointCaptureProcessor:
         self.original, self.store, self.text_first, self.single = original, store, text_first, single
         self.n_img = self.n_txt = 0
         self.text_len = None
+        self.weight = 1.0  # set at install from CaptureConfig.layer_weights
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
         if not self.store.active or (encoder_hidden_states is None and not (self.single and self.text_len)):
@@ -92,7 +93,7 @@ class JointCaptureProcessor:
         # exp(logit - lse) would be off by up to ~8 % at typical logit sizes. Only T text columns: cheap.
         logits = (qi.float() @ ks.float().transpose(-1, -2)) * scale  # (b, h, N, T)
         probs = (logits - lse[-b:, :, img, None].float()).exp().mean(1)
-        self.store.add_selected(2, probs)
+        self.store.add_selected(2, probs, self.weight)
 
 
 def joint_attention_modules(transformer, blocks: str = "double") -> dict:
@@ -122,6 +123,9 @@ def capture_joint(transformer, store: AttentionStore, text_first: bool, processo
     if not modules or (blocks == "all" and not joint_attention_modules(inner, "single")):
         raise ValueError(f"{type(inner).__name__} has no {'single-stream' if blocks != 'double' else 'joint'} "
                          f"attention blocks (mmdit_blocks={blocks!r})")
+    modules = {name: m for name, m in modules.items() if store.config.layer_weight(name) > 0}
+    if not modules:
+        raise ValueError(f"layer_weights {store.config.layer_weights} give every {blocks} block weight 0")
     processors = {} if processors is None else processors
     originals, handles = {}, []
     try:
@@ -130,6 +134,7 @@ def capture_joint(transformer, store: AttentionStore, text_first: bool, processo
             proc = processors.get(name)
             if proc is None or proc.original is not attn.processor or proc.store is not store:
                 proc = processors[name] = JointCaptureProcessor(attn.processor, store, text_first, single)
+            proc.weight = store.config.layer_weight(name)
             originals[name] = attn.processor
             attn.processor = proc
             if single:

@@ -30,7 +30,7 @@ class AttentionStore:
     def __init__(self, config: CaptureConfig | None = None):
         self.config = config or CaptureConfig()
         self.buffers: dict[int, torch.Tensor] = {}
-        self.counts: dict[int, int] = {}
+        self.counts: dict[int, float] = {}  # summed layer weights (layer calls, unweighted)
         self.step = -1
         self.num_steps = 0
         self.active = False
@@ -59,7 +59,7 @@ class AttentionStore:
         self.num_steps = num_steps
         self.step = -1
         self.active = False
-        self.counts = dict.fromkeys(self.config.down_factors, 0)
+        self.counts = dict.fromkeys(self.config.down_factors, 0.0)
 
     def next_step(self):
         """Called once per denoiser forward; decides whether this step is inside the window."""
@@ -70,7 +70,7 @@ class AttentionStore:
         start, end = self.config.step_window
         self.active = start <= self.step / self.num_steps < end
 
-    def add(self, factor: int, attn, query: torch.Tensor, key: torch.Tensor, attention_mask=None):
+    def add(self, factor: int, attn, query: torch.Tensor, key: torch.Tensor, attention_mask=None, weight: float = 1.0):
         """Add softmax(q kᵀ·scale) of the conditional half, head-mean, selected columns.
 
         `query`/`key` are the projections `(n, N, heads·d)` / `(n, L, heads·d)` of the layer, where the
@@ -93,16 +93,18 @@ class AttentionStore:
         if attention_mask is not None:
             logits = logits + attention_mask[n - b :].view(b, 1, -1, key.shape[1]).float()
         probs = logits.softmax(-1).mean(1)  # (b, N, L)
-        self.add_selected(factor, probs.gather(-1, self.token_index[:, None, :].expand(b, length, self.num_tokens)))
+        self.add_selected(factor, probs.gather(-1, self.token_index[:, None, :].expand(b, length, self.num_tokens)),
+                          weight)
 
-    def add_selected(self, factor: int, selected: torch.Tensor):
-        """Add already selected, head-averaged probabilities `(batch, N, tokens)` of one layer call."""
+    def add_selected(self, factor: int, selected: torch.Tensor, weight: float = 1.0):
+        """Add already selected, head-averaged probabilities `(batch, N, tokens)` of one layer call, with the
+        layer's weight (the maps are weighted means over layer calls)."""
         expected = math.prod(grid_size(self.latent_hw, factor))
         if selected.shape != (self.batch_size, expected, self.num_tokens):
             raise RuntimeError(f"selected maps {tuple(selected.shape)} do not fit the store "
                                f"({self.batch_size}, {expected}, {self.num_tokens}) at factor {factor}")
-        self.buffers[factor].add_(selected.transpose(1, 2))
-        self.counts[factor] += 1
+        self.buffers[factor].add_(selected.transpose(1, 2), alpha=weight)
+        self.counts[factor] += weight
 
     def token_maps(self) -> dict[int, torch.Tensor]:
         """Mean map per factor, `(batch, tokens, h, w)`, over every layer call inside the window."""

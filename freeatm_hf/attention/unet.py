@@ -21,6 +21,7 @@ class CaptureProcessor:
         self.original = original
         self.store = store
         self.factor = factor
+        self.weight = 1.0  # set at install from CaptureConfig.layer_weights
         self.query: torch.Tensor | None = None
         self.key: torch.Tensor | None = None
 
@@ -29,7 +30,7 @@ class CaptureProcessor:
         self.query = self.key = None
         out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if self.store.active and self.query is not None and self.key is not None:
-            self.store.add(self.factor, attn, self.query, self.key, attention_mask)
+            self.store.add(self.factor, attn, self.query, self.key, attention_mask, self.weight)
         # Drop the references so the projections are freed as soon as the stock path would free them.
         self.query = self.key = None
         return out
@@ -81,6 +82,7 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
     chosen = {
         name: f for name, f in factors.items()
         if f in config.down_factors and (config.include_mid or not name.startswith("mid_block"))
+        and config.layer_weight(name) > 0
     }
     mid = sorted({f for n, f in factors.items() if n.startswith("mid_block")})
     if config.include_mid and not set(mid) & set(config.down_factors):
@@ -90,7 +92,9 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
     missing = set(config.down_factors) - set(chosen.values())
     if missing:
         available = sorted({f for n, f in factors.items() if config.include_mid or not n.startswith("mid_block")})
-        raise ValueError(f"this UNet has no cross-attention at down factors {sorted(missing)}; available: {available}")
+        zeroed = " (layer_weights of 0 leave layers out)" if config.layer_weights else ""
+        raise ValueError(f"this UNet has no cross-attention at down factors {sorted(missing)}{zeroed}; "
+                         f"available: {available}")
     processors = {} if processors is None else processors
     modules = dict(inner.named_modules())
     originals, handles = {}, []
@@ -100,6 +104,7 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
             proc = processors.get(name)
             if proc is None or proc.original is not attn.processor or proc.store is not store:
                 proc = processors[name] = CaptureProcessor(attn.processor, store, f)
+            proc.weight = config.layer_weight(name)
             originals[name] = attn.processor
             handles.append(attn.to_q.register_forward_hook(proc._hook_query))
             handles.append(attn.to_k.register_forward_hook(proc._hook_key))

@@ -38,6 +38,9 @@ class GenerateConfig:
     map_size: list[int] | None = field(default=None, metadata={
         "help": "Height and width of the stored maps (default: the model folder's when its resolutions are used, "
                 "else the latent size)."})
+    layer_weights: str | None = field(default=None, metadata={
+        "help": "JSON object of layer/block weights by module-name prefix, e.g. '{\"single_transformer_blocks\": "
+                "0.5}' (longest prefix wins, 0 leaves a layer out; default: all 1)."})
     mmdit_blocks: str = field(default="double", metadata={
         "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all."})
     step_window: list[float] | None = field(default=None, metadata={
@@ -90,6 +93,15 @@ class GenerateConfig:
         if self.factor_weights is not None and len(self.factor_weights) != len(self.down_factors):
             raise ValueError(f"factor_weights needs one weight per down factor {self.down_factors}, got "
                              f"{self.factor_weights}")
+        if self.layer_weights is not None:
+            import json
+
+            try:
+                weights = json.loads(self.layer_weights)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"layer_weights must be a JSON object, got {self.layer_weights!r}: {e}") from e
+            if not isinstance(weights, dict):
+                raise ValueError(f"layer_weights must be a JSON object of prefix: weight, got {self.layer_weights!r}")
         if self.map_size is not None and (len(self.map_size) != 2 or min(self.map_size) < 1):
             raise ValueError(f"map_size must be a height and a width, got {self.map_size}")
         if self.batch_size <= 0 or self.num_images <= 0:
@@ -108,6 +120,10 @@ class GenerateConfig:
             extra["factor_weights"] = dict(zip(self.down_factors, self.factor_weights))
         if self.map_size is not None:
             extra["map_size"] = tuple(self.map_size)
+        if self.layer_weights is not None:
+            import json
+
+            extra["layer_weights"] = json.loads(self.layer_weights)
         return CaptureConfig.from_dict({"down_factors": tuple(self.down_factors), "include_mid": self.include_mid,
                                         "step_window": tuple(self.step_window), "mmdit_blocks": self.mmdit_blocks,
                                         **extra})

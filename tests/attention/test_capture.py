@@ -67,7 +67,7 @@ class Reference:
         for name, p in self.originals.items():
             modules[name].processor = p
 
-    def token_maps(self, batch, token_index, num_steps, config: CaptureConfig):
+    def token_maps(self, batch, token_index, num_steps, config: CaptureConfig, weight=lambda name: 1.0):
         sums, counts, grids = {}, {}, {}
         start, end = config.step_window
         for step, name, factor, hw, probs in self.records:
@@ -78,8 +78,8 @@ class Reference:
             cond = probs[-batch:].mean(1)  # (b, N, L), conditional half is last under CFG
             sel = torch.stack([cond[b][:, token_index[b]] for b in range(batch)])  # (b, N, T)
             m = sel.transpose(1, 2).reshape(batch, token_index.shape[1], *hw)
-            sums[factor] = sums.get(factor, 0) + m
-            counts[factor] = counts.get(factor, 0) + 1
+            sums[factor] = sums.get(factor, 0) + weight(name) * m
+            counts[factor] = counts.get(factor, 0) + weight(name)
             grids[factor] = hw
         return {f: sums[f] / counts[f] for f in sums}
 
@@ -125,6 +125,26 @@ def test_step_window_and_mid_block_and_factor_choice(tiny_pipe):
     # steps 2 and 3 of 4, each with the four factor-4 layers: down_blocks.2, mid_block, up_blocks.0 (×2)
     assert store.counts == {4: 2 * 4}
     torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
+
+
+def test_layer_weights_make_each_resolution_a_weighted_mean_over_its_layers(tiny_pipe):
+    config = CaptureConfig(down_factors=(4,), include_mid=True,
+                           layer_weights={"up_blocks.0": 3.0, "up_blocks.0.attentions.1": 0.5, "mid_block": 0.0})
+
+    def weight(name):  # by hand: the longest prefix wins, the mid block is left out
+        return 0.5 if name.startswith("up_blocks.0.attentions.1.") else 3.0 if name.startswith("up_blocks.0.") \
+            else 0.0 if name.startswith("mid_block.") else 1.0
+
+    out, store, ref = run_with_reference(tiny_pipe, PROMPTS, config)
+    expected = ref.token_maps(len(PROMPTS), store.token_index, 4, config, weight)
+    # 4 steps × (down_blocks.2: 1, up_blocks.0.attentions.0: 3, up_blocks.0.attentions.1: 0.5)
+    assert store.counts == {4: 4 * 4.5}
+    torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
+    unweighted = ref.token_maps(len(PROMPTS), store.token_index, 4, config)[4]
+    assert (expected[4] - unweighted).abs().max() > 1e-4  # the weights did change the map
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        CaptureConfig(layer_weights={"up_blocks": -1})
+    assert CaptureConfig.from_dict(config.to_dict()) == config
 
 
 def test_include_mid_without_the_mid_blocks_factor_is_refused_by_name(tiny_pipe):

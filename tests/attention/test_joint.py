@@ -34,7 +34,8 @@ class ExplicitJointReference:
             double = name.startswith("transformer_blocks.") and blocks in ("double", "all")
             single = name.startswith("single_transformer_blocks.") and blocks in ("single", "all")
             if (double or single) and name.endswith(".attn"):
-                self.handles.append(m.register_forward_pre_hook(self._enter, with_kwargs=True))
+                self.handles.append(m.register_forward_pre_hook(
+                    lambda mod, a, kw, name=name: self._enter(mod, a, kw, name), with_kwargs=True))
                 self.handles.append(m.register_forward_hook(lambda *a: setattr(self, "inside", False)))
             if single and name.count(".") == 1:  # the block: it splits [text, image] by its text input
                 self.handles.append(m.register_forward_pre_hook(self._single_block, with_kwargs=True))
@@ -43,7 +44,8 @@ class ExplicitJointReference:
     def _single_block(self, module, args, kwargs):
         self.single_text_len = kwargs["encoder_hidden_states"].shape[1]
 
-    def _enter(self, module, args, kwargs):
+    def _enter(self, module, args, kwargs, name=None):
+        self.name = name
         hs = kwargs.get("hidden_states", args[0] if args else None)
         enc = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         if enc is None:  # single-stream: one [text, image] sequence
@@ -60,7 +62,7 @@ class ExplicitJointReference:
             assert torch.allclose(p.sum(-1), torch.ones((), dtype=p.dtype))
             img = slice(self.n_txt, None) if self.text_first else slice(0, self.n_img)
             txt0 = 0 if self.text_first else self.n_img
-            self.records.append((p[:, :, img], txt0))
+            self.records.append((p[:, :, img], txt0, self.name))
         return self.original(query, key, value, *args, **kwargs)
 
     def __enter__(self):
@@ -72,12 +74,13 @@ class ExplicitJointReference:
         for h in self.handles:
             h.remove()
 
-    def token_maps(self, batch: int, token_index: torch.Tensor):
-        total = 0
-        for p, txt0 in self.records:
+    def token_maps(self, batch: int, token_index: torch.Tensor, weight=lambda name: 1.0):
+        total, weights = 0, 0.0
+        for p, txt0, name in self.records:
             cond = p[-batch:].mean(1)  # (b, N, S_joint)
-            total = total + torch.stack([cond[b][:, token_index[b] + txt0] for b in range(batch)]).transpose(1, 2)
-        return total / len(self.records)
+            sel = torch.stack([cond[b][:, token_index[b] + txt0] for b in range(batch)]).transpose(1, 2)
+            total, weights = total + weight(name) * sel, weights + weight(name)
+        return total / weights
 
 
 def test_images_bit_identical_and_maps_equal_the_explicit_joint_softmax(pipe):
@@ -102,7 +105,7 @@ def test_half_precision_probabilities_are_exact_for_the_kernels_inputs():
     class Sink:
         batch_size, token_index = 1, torch.tensor([[0, 2]])
 
-        def add_selected(self, factor, probs):
+        def add_selected(self, factor, probs, weight=1.0):
             self.factor, self.probs = factor, probs
 
     sink = Sink()
@@ -191,6 +194,29 @@ def test_flux_single_stream_blocks_equal_the_explicit_softmax_too(blocks):
                                atol=1e-7)
     assert not pipe.transformer._forward_pre_hooks and not any(
         m._forward_pre_hooks for m in pipe.transformer.single_transformer_blocks)
+
+
+def test_block_weights_give_a_weighted_mean_over_the_joint_blocks():
+    from freeatm_hf.attention import CaptureConfig
+
+    pipe = tiny_flux_pipeline()
+    weights = {"transformer_blocks": 2.0, "transformer_blocks.1": 0.0, "single_transformer_blocks": 0.25}
+    gen = FreeATMGenerator(pipe, CaptureConfig(down_factors=(2,), mmdit_blocks="all", layer_weights=weights))
+    gen(PROMPTS, seeds=[0, 1], output_type="np", **KW)
+    with ExplicitJointReference(pipe.transformer, text_first=True, blocks="all") as ref:
+        pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+             guidance_scale=7.5, output_type="np", **KW)
+
+    def weight(name):  # by hand: double block 0 counts twice, block 1 not at all, the single block a quarter
+        return {"transformer_blocks.0.attn": 2.0, "transformer_blocks.1.attn": 0.0}.get(name, 0.25)
+
+    got = gen.store.token_maps()[2]
+    assert gen.store.counts[2] == KW["num_inference_steps"] * 2.25
+    torch.testing.assert_close(got.double(), ref.token_maps(2, gen.store.token_index, weight).view_as(got),
+                               rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="give every double block weight 0"):
+        FreeATMGenerator(pipe, CaptureConfig(down_factors=(2,), layer_weights={"transformer_blocks": 0}))(
+            PROMPTS, seeds=[0, 1], output_type="np", **KW)
 
 
 def test_single_stream_blocks_are_refused_where_there_are_none():

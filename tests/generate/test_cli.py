@@ -99,6 +99,11 @@ def test_the_capture_carries_the_recommended_weights_only_with_the_recommended_r
         parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--factor_weights", "1"])
     with pytest.raises(ValueError, match="map_size must be a height and a width"):
         parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--map_size", "8"])
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--layer_weights",
+               '{"up_blocks.1": 2, "down_blocks": 0}']).capture_config()
+    assert c.layer_weights == {"up_blocks.1": 2.0, "down_blocks": 0.0} and c.layer_weight("up_blocks.1.x") == 2.0
+    with pytest.raises(ValueError, match="layer_weights must be a JSON object"):
+        parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--layer_weights", "up_blocks=2"])
 
 
 def test_a_hub_models_recommendation_is_downloaded(tmp_path, monkeypatch):
