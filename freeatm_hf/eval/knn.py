@@ -74,22 +74,68 @@ def multilabel_scores(logits: torch.Tensor, targets: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def extract_features(backbone, dataset, transform, batch_size: int = 256, device=None, image_column: str = "image",
-                     label_column: str = "label", num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global-average-pooled `forward_features` of every image, with labels, batched, with a progress bar."""
+                     label_column: str = "label", num_workers: int = 0,
+                     decode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Global-average-pooled `forward_features` of every image (a ViT's class token), with labels, batched, with a
+    progress bar. `transform` (torchvision v2) takes a PIL image or a uint8 CHW tensor.
+
+    `decode`: "pil" decodes in the loader (CPU); "torchvision" hands the encoded bytes to the device and decodes
+    there (`torchvision.io.decode_jpeg` batched on CUDA; other formats on the CPU), resizing and cropping on the
+    device too: CPU decoding (~1.6 ms per 512² JPEG per core) cannot feed a GPU. "auto": torchvision on CUDA when
+    the dataset is a `datasets` one with an image column, else pil."""
     from tqdm.auto import tqdm
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = backbone.to(device).eval()
+    if decode == "auto":
+        decode = "torchvision" if device.type == "cuda" and hasattr(dataset, "cast_column") else "pil"
+    if decode not in ("pil", "torchvision"):
+        raise ValueError(f"decode must be auto, pil or torchvision, got {decode!r}")
+    if decode == "torchvision":
+        from datasets import Image
 
-    def collate(rows):
-        return (torch.stack([transform(r[image_column].convert("RGB")) for r in rows]),
-                torch.tensor([r[label_column] for r in rows]))
+        dataset = dataset.cast_column(image_column, Image(decode=False))
+
+        def collate(rows):
+            return [_encoded(r[image_column]) for r in rows], torch.tensor([r[label_column] for r in rows])
+    else:
+        def collate(rows):
+            return (torch.stack([transform(r[image_column].convert("RGB")) for r in rows]),
+                    torch.tensor([r[label_column] for r in rows]))
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
     feats, labels = [], []
     for x, y in tqdm(loader, desc="features"):
+        if decode == "torchvision":
+            x = torch.stack([transform(img) for img in decode_images(x, device)])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             f = backbone.forward_features(x.to(device, non_blocking=True))
         feats.append((f.mean((2, 3)) if f.ndim == 4 else f[:, 0]).float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
+
+
+def _encoded(value) -> torch.Tensor:
+    """The encoded bytes of a `datasets.Image(decode=False)` value (bytes, or a file path)."""
+    data = value.get("bytes")
+    if data is None:
+        with open(value["path"], "rb") as f:
+            data = f.read()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def decode_images(encoded: list[torch.Tensor], device) -> list[torch.Tensor]:
+    """uint8 RGB CHW images on `device`, in order: JPEGs in one batched `decode_jpeg` call there (nvJPEG on CUDA),
+    anything else (PNG, …) decoded on the CPU and moved."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    jpeg = [i for i, b in enumerate(encoded) if len(b) > 2 and b[0] == 0xFF and b[1] == 0xD8]
+    if jpeg:
+        decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
+        for i, img in zip(jpeg, decoded):
+            out[i] = img
+    for i, b in enumerate(encoded):
+        if out[i] is None:
+            out[i] = decode_image(b, mode=ImageReadMode.RGB).to(device)
+    return out

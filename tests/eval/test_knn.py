@@ -63,3 +63,39 @@ def test_multilabel_scores_against_hand_cases():
     r = multilabel_scores(scores, targets)
     assert r["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
     assert r["exact_set_accuracy"] == 0.75
+
+
+def test_decoding_on_the_device_gives_the_pil_paths_features_in_order():
+    """`decode="torchvision"` (the GPU path: bytes to the device, batched JPEG decode, resize and crop there) is
+    run here on the CPU: same rows, same order, JPEG and PNG mixed, features as the PIL loader's."""
+    import io
+
+    import numpy as np
+    import timm
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from freeatm_hf.eval.knn import extract_features
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(7):
+        img = Image.fromarray(rng.integers(0, 255, (40 + 8 * i, 56, 3), dtype=np.uint8)).resize((56, 40 + 8 * i))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG" if i % 2 else "PNG", quality=95)
+        rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "label": i})
+    ds = Dataset.from_list(rows).cast_column("image", ImageFeature())
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize(36, antialias=True), v2.CenterCrop(32),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    pil, y_pil = extract_features(net, ds, tf, batch_size=3, device="cpu", decode="pil")
+    tv, y_tv = extract_features(net, ds, tf, batch_size=3, device="cpu", decode="torchvision")
+    assert y_pil.tolist() == y_tv.tolist() == list(range(7))
+    # PIL and torch resample differently by a grey level or so: the features agree closely, row by row.
+    assert F.cosine_similarity(pil, tv).min() > 0.995
+    assert (F.cosine_similarity(pil[:, None], tv[None], dim=-1).argmax(1) == torch.arange(7)).all()
+    with pytest.raises(ValueError, match="decode must be"):
+        extract_features(net, ds, tf, device="cpu", decode="nvjpeg")
