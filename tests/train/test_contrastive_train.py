@@ -1,10 +1,12 @@
+import copy
+
 import pytest
 import torch
 from transformers import TrainingArguments
 
 from freeatm_hf.spaces import space_dir
 from freeatm_hf.train.callbacks import LRMilestonesCallback
-from freeatm_hf.train.contrastive import ContrastiveArguments, build_model, train
+from freeatm_hf.train.contrastive import ContrastiveArguments, build_model, build_optimizer, train
 
 DATA = str(space_dir() / "example_dataset")
 
@@ -25,7 +27,8 @@ def losses(trainer):
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-@pytest.mark.parametrize("method,pooling", [("simclr", "attention"), ("simclr", "image"), ("moco", "attention")])
+@pytest.mark.parametrize("method,pooling", [("simclr", "attention"), ("simclr", "image"), ("moco", "attention"),
+                                            ("moco", "image")])
 def test_a_few_trainer_steps_reduce_the_loss_and_move_every_parameter(method, pooling, tmp_path, shapes_data):
     from transformers import set_seed
 
@@ -121,3 +124,33 @@ def test_streaming_training_reads_the_dataset_as_it_goes(tmp_path, shapes_data):
     args = small_args(dataset=shapes_data, streaming=True)
     trainer = train("simclr", args, training_args(tmp_path, steps=3))
     assert trainer.state.global_step == 3 and len(losses(trainer)) == 3
+
+
+def test_lars_adapts_and_decays_weights_only_and_sgd_is_plain_momentum_sgd():
+    """One step from rest, by SimCLR's LARS formula: weights move by lr·η‖w‖/(‖g‖ + wd‖w‖)·(g + wd·w);
+    biases and norm parameters get neither decay nor adaptation (a plain step)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    lr, wd = 0.5, 1e-2
+    for name, expected_type in (("lars", "Lars"), ("sgd", "SGD")):
+        model = copy.deepcopy(net)
+        opt = build_optimizer(model, name, lr, wd)
+        assert type(opt).__name__ == expected_type
+        decay, no_decay = opt.param_groups
+        assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+        assert decay["weight_decay"] == wd and no_decay["weight_decay"] == 0.0
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        model(torch.randn(8, 6)).square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+        for n, p in model.named_parameters():
+            w, g = before[n], grads[n]
+            if p.ndim > 1:
+                step = g + wd * w
+                if name == "lars":
+                    step = step * 0.001 * w.norm() / (g.norm() + wd * w.norm() + 1e-8)
+            else:
+                step = g
+            torch.testing.assert_close(p.detach(), w - lr * step, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer(net, "adagrad", lr, wd)
