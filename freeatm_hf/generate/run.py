@@ -81,6 +81,7 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
             else:
                 pipe.transformer = torch.compile(pipe.transformer)
         gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine)
+        _record_generator(writer, pipe, gen, state.process_index)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)
@@ -114,6 +115,34 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     return Path(cfg.output_dir)
 
 
+GENERATOR_FILE = "generator.json"
+
+
+def _record_generator(writer: DatasetWriter, pipe, gen, rank: int):
+    """Which pipeline class made the rows (and so which attention), kept for the card: a resumed run with nothing
+    left to generate never loads the pipeline."""
+    import json
+    import os
+
+    from .writer import STATE_DIR
+
+    info = {"pipeline_class": type(pipe).__name__, "denoiser": "unet" if gen.kind == "unet" else "mmdit"}
+    path = Path(writer.root) / STATE_DIR / GENERATOR_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{rank}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def _read_generator(writer: DatasetWriter) -> dict:
+    import json
+
+    from .writer import STATE_DIR
+
+    path = Path(writer.root) / STATE_DIR / GENERATOR_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     """Dataset card from the finished shards: counts are read back from the Parquet files."""
     import pyarrow.parquet as pq
@@ -131,13 +160,15 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
             num_truncated += len(cut)
     (height, width), map_hw = _sizes(writer.shard_path(0))
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
-    generation = {**cfg.settings(), "pipeline": cfg.pipeline, "height": height, "width": width}
+    generator = _read_generator(writer)
+    generation = {**cfg.settings(), "pipeline": cfg.pipeline, **generator, "height": height, "width": width}
     card = render_dataset_card(
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
                     num_truncated=num_truncated, num_shards=writer.num_shards),
         repo_id=cfg.push_to_hub or "<user>/<dataset>", height=height, width=width,
         map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold, examples=examples,
+        mmdit=generator.get("denoiser") == "mmdit",
     )
     card.save(str(Path(writer.root) / "README.md"))
 

@@ -47,6 +47,7 @@ def test_layout_is_the_hub_repo_layout(generated):
     assert "configs:" in card and "path: data/train-*" in card and "dataset_info:" in card
     assert "task_categories:" in card and "size_categories:" in card and "n<1K" in card
     assert "| num_inference_steps | `3` |" in card and "- images: 5" in card
+    assert "| pipeline_class | `StableDiffusionPipeline` |" in card and "the cross-attention probabilities" in card
 
 
 def test_plain_load_dataset_returns_what_the_generator_made(generated):

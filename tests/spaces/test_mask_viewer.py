@@ -169,3 +169,30 @@ def test_in_a_real_browser(app, tmp_path):
         assert nouns[0] in page.locator("#gen-prompt-highlight").inner_text()
         page.screenshot(path=str(shots / "generate.png"), full_page=True)
         browser.close()
+
+
+def test_an_mmdit_dataset_and_pipeline_work_in_the_space(tmp_path):
+    """A Flux-generated dataset (tiny pipeline) gets the same card and opens in the Space; live generation with
+    that pipeline too."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    from freeatm_hf import cli
+    from freeatm_hf.masks import full_resolution_mask
+
+    out = tmp_path / "flux_scenes"
+    cli.main(["generate", "--output_dir", str(out), "--pipeline", "tiny-flux", "--num_images", "2", "--batch_size", "2",
+              "--num_inference_steps", "1", "--device", "cpu", "--height", "64", "--width", "48"])
+    card = DatasetCard.load(out / "README.md")
+    assert "freeatm" in card.data.tags and "| pipeline_class | `FluxPipeline` |" in card.text
+    assert "joint-attention probabilities" in card.text and "cross-attention" not in card.text
+    demo = load_app().build_demo(dataset=str(out), pipeline="tiny-flux")
+    fns = {f.name: f.fn for f in demo.fns.values()}
+    row = load_dataset(str(out), split="train")[1]
+    view, text, soft, masks, summary, info = fns["browse"](1, 0.4)
+    assert info.startswith("row 1 ") and [o["name"] for o in summary] == [o["name"] for o in row["objects"]]
+    for (mask, name), o in zip(masks, row["objects"]):
+        expected = full_resolution_mask(np.asarray(o["attention"]), (64, 48), 0.4).mask
+        assert name == o["name"] and np.array_equal(np.asarray(mask) > 0, expected)
+    view, text, soft, masks, summary = fns["generate"]("a red car parked on a city street", "car, street", 0, 1, 0.4)
+    assert [s["name"] for s in summary] == ["car", "street"] and len(masks) == 2
