@@ -15,16 +15,21 @@ KEEP = int(N * (1 - RATIO))  # ViTMAE keeps the 49 patches with the smallest noi
 
 
 def masked(noise):
-    """The patches ViTMAE masks for this noise (its own rule: argsort, the first len_keep stay)."""
-    ids = torch.argsort(noise, dim=1)
-    m = torch.ones_like(noise, dtype=torch.bool)
-    m.scatter_(1, ids[:, :KEEP], False)
-    return m
+    """The patches transformers' own `ViTMAEEmbeddings.random_masking` masks for this noise."""
+    from transformers import ViTMAEConfig
+    from transformers.models.vit_mae.modeling_vit_mae import ViTMAEEmbeddings
+
+    emb = ViTMAEEmbeddings(ViTMAEConfig(hidden_size=8, image_size=224, patch_size=16, mask_ratio=RATIO))
+    return emb.random_masking(torch.zeros(len(noise), N, 1), noise=noise)[1].bool()
 
 
 def test_beta_zero_is_exactly_random_masking_without_bias():
-    torch.manual_seed(0)
+    # β = 0 hands ViTMAE exactly the uniform noise it would draw itself: the same masks from the same generator.
     scores = torch.rand(1, N).expand(2000, N)
+    plain = masked(torch.rand(2000, N, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(masked(guided_noise(scores, 0.0, RATIO, 2000, N, generator=torch.Generator().manual_seed(3))),
+                       plain)
+    torch.manual_seed(0)
     m = masked(guided_noise(scores, 0.0, RATIO, 2000, N))
     assert (m.sum(1) == N - KEEP).all()
     top = scores[0].topk(30).indices
