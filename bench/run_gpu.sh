@@ -16,3 +16,11 @@ run blip_step bench/blip_step.py
 run eval_throughput bench/eval_throughput.py
 run mmdit_flux bench/mmdit_overhead.py --preset flux-dev
 run mmdit_sd3 bench/mmdit_overhead.py --preset sd3-medium
+# enable_model_cpu_offload needs a CUDA device: the generator with offload on, UNet and MM-DiT (rc and rows).
+for p in tiny tiny-flux tiny-sd3; do
+    echo "== cpu_offload: $p"
+    timeout 300 python -m freeatm_hf.cli generate --output_dir "$OUT/offload-$p" --pipeline "$p" --num_images 2 \
+        --batch_size 2 --num_inference_steps 2 --height 64 --width 64 --cpu_offload true 2>&1 | tail -2
+    python -c "import datasets, sys; print(sys.argv[1], len(datasets.load_dataset(sys.argv[1], split='train')), 'rows')" \
+        "$OUT/offload-$p" 2>&1 | tail -1 | tee -a "$OUT/cpu_offload.txt"
+done

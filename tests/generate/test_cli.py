@@ -144,7 +144,8 @@ def test_generated_prompt_modes_do_not_cycle_after_the_label_space():
     assert source[n + 5].label == source[5].label
 
 
-@pytest.mark.parametrize("pipeline, denoiser", [("tiny", "UNet2DConditionModel"), ("tiny-flux", "FluxTransformer2DModel")])
+@pytest.mark.parametrize("pipeline, denoiser", [("tiny", "UNet2DConditionModel"), ("tiny-flux", "FluxTransformer2DModel"),
+                                                ("tiny-sd3", "SD3Transformer2DModel")])
 def test_compile_wraps_the_denoiser_of_either_family(tmp_path, monkeypatch, pipeline, denoiser):
     import torch
 
