@@ -21,6 +21,8 @@ from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 from transformers.utils import ModelOutput
 
+from .momentum import ema_update_, enqueue_
+
 
 class BlipATMConfig(BlipConfig):
     """`BlipConfig` plus the pretraining settings: `itc_temperature` (initial, 0.07; learned, clamped to
@@ -78,6 +80,10 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | No
 class BlipATMModel(BlipPreTrainedModel):
     config_class = BlipATMConfig
     main_input_name = "pixel_values"
+    # With momentum distillation: each online module's momentum copy, and the state the queues keep.
+    MOMENTUM_MODULES = {"vision_model": "vision_model_m", "vision_proj": "vision_proj_m",
+                        "text_encoder": "text_encoder_m", "text_proj": "text_proj_m"}
+    QUEUE_BUFFERS = ("image_queue", "text_queue", "queue_ptr")
 
     def __init__(self, config: BlipATMConfig):
         super().__init__(config)
@@ -109,8 +115,7 @@ class BlipATMModel(BlipPreTrainedModel):
 
     # -- momentum distillation (BLIP's ITC with momentum encoders and queues) ------------------------------
     def momentum_pairs(self):
-        return [(self.vision_model, self.vision_model_m), (self.vision_proj, self.vision_proj_m),
-                (self.text_encoder, self.text_encoder_m), (self.text_proj, self.text_proj_m)]
+        return [(getattr(self, online), getattr(self, mom)) for online, mom in self.MOMENTUM_MODULES.items()]
 
     @torch.no_grad()
     def reset_momentum(self, encoders: bool = True, queues: bool = True):
@@ -124,30 +129,14 @@ class BlipATMModel(BlipPreTrainedModel):
                 q.copy_(F.normalize(torch.randn(q.shape, device=q.device), dim=-1))
             self.queue_ptr.zero_()
 
-    @torch.no_grad()
     def momentum_update(self, momentum: float | None = None):
         """momentum ← m·momentum + (1−m)·online, after each optimizer step (`MomentumUpdateCallback`)."""
-        if not self.config.momentum_distill:
-            return
-        m = self.config.momentum if momentum is None else momentum
-        for online, mom in self.momentum_pairs():
-            for po, pm in zip(online.parameters(), mom.parameters()):
-                pm.mul_(m).add_(po.detach(), alpha=1 - m)
+        if self.config.momentum_distill:
+            ema_update_(self.momentum_pairs(), self.config.momentum if momentum is None else momentum)
 
-    @torch.no_grad()
     def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor):
         """Write the batch's momentum features (gathered from every process) into the ring buffers."""
-        from .losses import distributed_world, gather_with_grad
-
-        if distributed_world() > 1:
-            image_feat, _ = gather_with_grad(image_feat)
-            text_feat, _ = gather_with_grad(text_feat)
-        q = self.config.queue_size
-        image_feat, text_feat = image_feat[-q:], text_feat[-q:]
-        idx = (self.queue_ptr + torch.arange(len(image_feat), device=image_feat.device)) % q
-        self.image_queue[idx] = image_feat.to(self.image_queue.dtype)
-        self.text_queue[idx] = text_feat.to(self.text_queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + len(image_feat)) % q)
+        enqueue_([self.image_queue, self.text_queue], self.queue_ptr, [image_feat, text_feat])
 
     def itc_momentum_loss(self, pixel_values, input_ids, attention_mask, image_feat, text_feat):
         """BLIP's ITC: negatives are the batch's momentum features and the queues; each target is

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .encoder import POOLINGS, create_backbone, instance_features
-from .losses import distributed_world, gather_with_grad, global_count, moco_info_nce
+from .losses import global_count, moco_info_nce
+from .momentum import ema_update_, enqueue_
 from .simclr import ContrastiveOutput, skipped_step
 
 
@@ -64,29 +65,14 @@ class MoCoModel(PreTrainedModel):
     def key_modules(self):
         return [self.key_backbone, self.key_head]
 
-    @torch.no_grad()
     def momentum_update(self, momentum: float | None = None):
         """key ← m·key + (1−m)·query, parameters and buffers (BN statistics) alike."""
-        m = self.config.momentum if momentum is None else momentum
-        for q_mod, k_mod in zip(self.query_modules(), self.key_modules()):
-            for pq, pk in zip(q_mod.parameters(), k_mod.parameters()):
-                pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-            for bq, bk in zip(q_mod.buffers(), k_mod.buffers()):
-                if bk.dtype.is_floating_point:
-                    bk.mul_(m).add_(bq, alpha=1 - m)
-                else:
-                    bk.copy_(bq)
+        ema_update_(zip(self.query_modules(), self.key_modules()),
+                    self.config.momentum if momentum is None else momentum)
 
-    @torch.no_grad()
     def enqueue(self, keys: torch.Tensor):
         """Write keys (gathered from every process) into the ring buffer; any count, wrapping around."""
-        if distributed_world() > 1:
-            keys, _ = gather_with_grad(keys)
-        keys = F.normalize(keys.float(), dim=-1)[-self.config.queue_size :]
-        n, q = len(keys), self.config.queue_size
-        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % q
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + n) % q)
+        enqueue_([self.queue], self.queue_ptr, [F.normalize(keys.float(), dim=-1)])
 
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:

@@ -81,9 +81,8 @@ def build_blip(args: BlipArguments):
         if cfg.momentum_distill:
             # A stock BLIP checkpoint has no momentum encoders or queues: start them as BLIP does.
             missing = set(info["missing_keys"])
-            fresh = any(k.startswith(("vision_model_m.", "text_encoder_m.", "vision_proj_m.", "text_proj_m."))
-                        for k in missing)
-            queues = bool(missing & {"image_queue", "text_queue", "queue_ptr"})
+            fresh = any(k.startswith(tuple(f"{m}." for m in BlipATMModel.MOMENTUM_MODULES.values())) for k in missing)
+            queues = bool(missing & set(BlipATMModel.QUEUE_BUFFERS))
             model.reset_momentum(encoders=fresh, queues=queues)
         return model, tok
     from ..generate.clip_vocab import load_tokenizer
