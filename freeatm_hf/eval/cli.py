@@ -175,6 +175,7 @@ def main_retrieval(args):
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..hub.model_card import add_results, write_model_card
     from .retrieval import recall_at_k, retrieval_scores
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -210,8 +211,6 @@ def main_retrieval(args):
               "finetuned_on": args.finetune_split, "images": len(pixels), "texts": len(texts), "k_test": args.k_test,
               **recall}
     # Into the evaluated model's results and card, as `eval knn` does (the fine-tuned folder when fine-tuned).
-    from ..hub.model_card import add_results, write_model_card
-
     add_results(args.model, [{"task": "image-text-retrieval", "dataset": args.dataset, "split": args.split,
                               "revision": args.revision, "metric": k, "value": v} for k, v in recall.items()])
     write_model_card(args.model, model.config)

@@ -93,15 +93,7 @@ class GenerateConfig:
         if self.factor_weights is not None and len(self.factor_weights) != len(self.down_factors):
             raise ValueError(f"factor_weights needs one weight per down factor {self.down_factors}, got "
                              f"{self.factor_weights}")
-        if self.layer_weights is not None:
-            import json
-
-            try:
-                weights = json.loads(self.layer_weights)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"layer_weights must be a JSON object, got {self.layer_weights!r}: {e}") from e
-            if not isinstance(weights, dict):
-                raise ValueError(f"layer_weights must be a JSON object of prefix: weight, got {self.layer_weights!r}")
+        self.layer_weight_map()  # a malformed JSON object fails here, before any pipeline loads
         if self.map_size is not None and (len(self.map_size) != 2 or min(self.map_size) < 1):
             raise ValueError(f"map_size must be a height and a width, got {self.map_size}")
         if self.batch_size <= 0 or self.num_images <= 0:
@@ -121,12 +113,24 @@ class GenerateConfig:
         if self.map_size is not None:
             extra["map_size"] = tuple(self.map_size)
         if self.layer_weights is not None:
-            import json
-
-            extra["layer_weights"] = json.loads(self.layer_weights)
+            extra["layer_weights"] = self.layer_weight_map()
         return CaptureConfig.from_dict({"down_factors": tuple(self.down_factors), "include_mid": self.include_mid,
                                         "step_window": tuple(self.step_window), "mmdit_blocks": self.mmdit_blocks,
                                         **extra})
+
+    def layer_weight_map(self) -> dict | None:
+        """`layer_weights` (a JSON string on the command line, kept as given in the settings) as a dict."""
+        if self.layer_weights is None:
+            return None
+        import json
+
+        try:
+            weights = json.loads(self.layer_weights)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"layer_weights must be a JSON object, got {self.layer_weights!r}: {e}") from e
+        if not isinstance(weights, dict):
+            raise ValueError(f"layer_weights must be a JSON object of prefix: weight, got {self.layer_weights!r}")
+        return weights
 
     @property
     def threshold_value(self) -> float | str:

@@ -115,7 +115,10 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     return Path(cfg.output_dir)
 
 
-GENERATOR_FILE = "generator.json"
+def _generator_file(writer: DatasetWriter) -> Path:
+    from .writer import STATE_DIR
+
+    return Path(writer.root) / STATE_DIR / "generator.json"
 
 
 def _record_generator(writer: DatasetWriter, pipe, gen, rank: int):
@@ -124,10 +127,8 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int):
     import json
     import os
 
-    from .writer import STATE_DIR
-
     info = {"pipeline_class": type(pipe).__name__, "denoiser": "unet" if gen.kind == "unet" else "mmdit"}
-    path = Path(writer.root) / STATE_DIR / GENERATOR_FILE
+    path = _generator_file(writer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{rank}.tmp")
     tmp.write_text(json.dumps(info))
@@ -137,9 +138,7 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int):
 def _read_generator(writer: DatasetWriter) -> dict:
     import json
 
-    from .writer import STATE_DIR
-
-    path = Path(writer.root) / STATE_DIR / GENERATOR_FILE
+    path = _generator_file(writer)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

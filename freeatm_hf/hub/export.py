@@ -23,17 +23,16 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
     kind = model.config.model_type.removeprefix("freeatm_")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if kind in ("mae", "blip"):
+    if kind in ("mae", "blip"):  # timm records the ViT's architecture and arguments itself
         backbone = _vit_encoder_as_timm(model)
-        image_size = backbone.patch_embed.img_size[0]
+        image_size, cnn = backbone.patch_embed.img_size[0], {}
     else:
         backbone, image_size = model.backbone, image_size or 224
-    cfg = {"num_classes": 0,
+        cnn = {"architecture": model.config.backbone, "num_features": backbone.num_features, "global_pool": "avg"}
+    cfg = {"num_classes": 0, **cnn,
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
                               "std": list(IMAGENET_STD), "interpolation": "bicubic", "crop_pct": 0.875,
                               "num_classes": 0, "tag": f"freeatm_{kind}"}}
-    if kind not in ("mae", "blip"):
-        cfg.update(architecture=model.config.backbone, num_features=backbone.num_features, global_pool="avg")
     save_for_hf(backbone, str(folder), model_config=cfg, safe_serialization=True)
     if notes:
         (folder / "NOTES.md").write_text(notes)
