@@ -50,7 +50,8 @@ def random_freeatm_rows(n: int, side: int, seed: int = 0) -> list[dict]:
         img = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
         att = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L")
         rows.append({"image": img, "prompt": "", "label": -1, "seed": i, "truncated_objects": [],
-                     "objects": [{"name": "x", "token_indices": [1], "attention": att, "bbox": None, "area": 0.0}] * 2})
+                     "objects": [{"name": "x", "token_indices": [1], "attention": att, "bbox": None, "area": 0.0,
+                                  "attention_peak": 0.5}] * 2})
     return rows
 
 

@@ -40,7 +40,7 @@ def shapes_data(tmp_path_factory):
 
     rows = [{"image": r["image"], "prompt": r["caption"], "label": -1, "seed": r["seed"], "truncated_objects": [],
              "objects": [{"name": o["name"], "token_indices": [1], "attention": o["mask"], "bbox": o["bbox"],
-                          "area": 0.0} for o in r["objects"]]} for r in rendered_rows(ShapesWorld(seed=1), 64)]
+                          "area": 0.0, "attention_peak": 1.0} for o in r["objects"]]} for r in rendered_rows(ShapesWorld(seed=1), 64)]
     folder = tmp_path_factory.mktemp("shapes") / "ds"
     (folder / "data").mkdir(parents=True)
     Dataset.from_list(rows, features=dataset_features()).to_parquet(str(folder / "data" / "train-0.parquet"))

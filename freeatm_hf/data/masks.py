@@ -7,6 +7,17 @@ import torch.nn.functional as F
 from ..masks import DEFAULT_THRESHOLD
 
 
+def drawn_objects(objects, min_attention_peak: float | None = None) -> list[dict]:
+    """The objects the generator most likely drew: those whose `attention_peak` (the raw map's highest mean
+    attention probability) reaches `min_attention_peak`. A named object that was not drawn attracts little
+    attention anywhere; its min-max normalized map still marks *some* region, which would teach a wrong
+    instance. Objects without a peak (datasets written before it was stored, real data) are kept."""
+    objects = list(objects or [])
+    if not min_attention_peak:
+        return objects
+    return [o for o in objects if o.get("attention_peak") is None or o["attention_peak"] >= min_attention_peak]
+
+
 def row_masks(row: dict, size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD, mode: str = "binary") -> torch.Tensor:
     """`(K, H, W)` float masks at image `size=(height, width)` for the row's objects.
 

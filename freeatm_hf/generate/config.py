@@ -51,6 +51,10 @@ class GenerateConfig:
     refine: str | None = field(default=None, metadata={
         "help": "'guided': maps brought to image resolution by a guided filter on the generated image, so masks "
                 "follow object edges; 'none': maps at attention resolution (default: as down_factors, else none)."})
+    min_attention_peak: float | None = field(default=None, metadata={
+        "help": "Recommended to readers, not applied: objects whose attention_peak is below this were likely not "
+                "drawn (the card states it; freeatm training leaves them out). Default: as the model folder "
+                "recommends (measured by `freeatm eval masks`), else none."})
     torch_dtype: str = field(default="auto", metadata={"help": "float16, bfloat16, float32 or auto (fp16 on GPU)."})
     device: str | None = field(default=None, metadata={"help": "Device (default: the accelerate process's)."})
     cpu_offload: bool = field(default=False, metadata={"help": "enable_model_cpu_offload() on the pipeline."})
@@ -80,6 +84,8 @@ class GenerateConfig:
             self.guidance_scale = float(rec.get("guidance_scale") or 7.5)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
+        if self.min_attention_peak is None:
+            self.min_attention_peak = rec.get("min_attention_peak")
         from ..masks import REFINE_MODES
 
         if self.refine not in REFINE_MODES:

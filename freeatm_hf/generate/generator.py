@@ -25,6 +25,9 @@ class GeneratedObject:
     # guided-filtered at the image's resolution
     soft_map: np.ndarray
     mask: MaskResult
+    # The captured map's highest mean attention probability, before normalization and refinement. Objects the
+    # generator did not draw attract little attention anywhere, so a low peak flags them (`likely_drawn`).
+    attention_peak: float = float("nan")
 
     @property
     def attention_uint8(self) -> np.ndarray:
@@ -171,12 +174,13 @@ class FreeATMGenerator:
                 logger.warning("prompt %d: %s cut off by the %s limit; no mask for them", b, cut, limit)
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]
+            peaks = [float(m.max()) if m.size else 0.0 for m in soft]
             if self.refine == "guided":
                 soft = [m.astype(np.float32) for m in refine_maps(images[b], soft, device=device)]
             objects.append([
                 GeneratedObject(o.name, o.label, t.token_indices, m,
-                                mask_from_map(m, self.threshold, image_size=(height, width)))
-                for (o, t), m in zip(kept, soft)
+                                mask_from_map(m, self.threshold, image_size=(height, width)), peak)
+                for (o, t), m, peak in zip(kept, soft, peaks)
             ])
         return GenerationOutput(list(images), prompts, [int(s) for s in seeds], objects, truncated)
 

@@ -55,7 +55,7 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(spec, torch_dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype)
         if getattr(pipe, "safety_checker", None) is not None:
             # The checker blacks out images; masks of black images are meaningless.
             pipe.safety_checker = None

@@ -21,8 +21,8 @@ from pathlib import Path
 
 STATE_DIR = ".freeatm"
 SETTINGS_FILE = "settings.json"
-# Speed-only settings that older versions recorded: a folder written with them still resumes.
-NOT_COMPARED = frozenset({"batch_size", "compile"})
+# Settings that do not change the rows: speed-only ones that older versions recorded, and advice to readers.
+NOT_COMPARED = frozenset({"batch_size", "compile", "min_attention_peak"})
 # Settings added later, with the value that older folders (which did not record them) were written with.
 ADDED_SETTINGS = {"refine": "none"}
 
@@ -51,6 +51,7 @@ class DatasetWriter:
         self.num_shards = math.ceil(num_rows / rows_per_shard)
         self.settings = json.loads(json.dumps(settings))  # normalized: tuples → lists
         self._check_settings(is_main_process)
+        self._check_features()
 
     # -- layout ---------------------------------------------------------------------------------------------
     def shard_path(self, index: int) -> Path:
@@ -110,6 +111,23 @@ class DatasetWriter:
                                         "not a freeatm generation to resume")
         self._write_settings(path, is_main_process)
 
+    def _check_features(self):
+        """Shards written by another version of the schema cannot share a folder with new ones: `load_dataset`
+        would fail on the mix long after the run."""
+        import pyarrow.parquet as pq
+        from datasets import Features
+
+        shard = next(iter(sorted((self.root / "data").glob("*.parquet"))), None)
+        if shard is None:
+            return
+        old = Features.from_arrow_schema(pq.read_schema(shard))
+        if old != self.features:
+            new_cols, old_cols = _columns(self.features), _columns(old)
+            detail = ", ".join([f"+{c}" for c in sorted(new_cols - old_cols)] + [f"-{c}" for c in sorted(old_cols - new_cols)])
+            raise SettingsMismatchError(
+                f"{shard} has another schema than this version of freeatm writes ({detail or 'types differ'}): "
+                "generate into a new directory (the finished shards stay readable as they are).")
+
     def _has_shards(self) -> bool:
         return any((self.root / "data").glob("*.parquet"))
 
@@ -124,6 +142,19 @@ class DatasetWriter:
         """Remove partial shards left by a crash (call on the main process before starting)."""
         for p in (self.root / STATE_DIR / "tmp").glob("*.parquet"):
             p.unlink(missing_ok=True)
+
+
+def _columns(features, prefix: str = "") -> set[str]:
+    """Dotted names of every field, nested ones included (`objects.attention_peak`)."""
+    from datasets import List
+
+    out = set()
+    for k, v in features.items():
+        out.add(prefix + k)
+        inner = v.feature if isinstance(v, List) else v
+        if isinstance(inner, dict):
+            out |= _columns(inner, f"{prefix}{k}.")
+    return out
 
 
 def _fsync(path: Path):

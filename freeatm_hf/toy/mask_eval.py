@@ -37,6 +37,7 @@ class ObjectRecord:
     norm_map: np.ndarray | None  # attention map at image size, [0, 1]; None when flat
     refined_map: np.ndarray | None  # the same map guided-filtered on the image (refine="guided"), [0, 1]
     gt: np.ndarray  # colour-segmenter mask
+    peak: float | None = None  # the raw map's highest mean attention probability (`attention_peak`)
 
 
 @dataclass
@@ -64,12 +65,13 @@ def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier
             refined = dict(zip([g.name for g in found], refine_maps(img, [g.soft_map for g in found])))
             for o, jd in zip(spec.objects, judgements):
                 gobj = by_name.get(o.name)
-                norm = ref = None
+                norm = ref = peak = None
                 if gobj is not None:
+                    peak = gobj.attention_peak
                     norm = normalize(resize_map(gobj.soft_map, img.shape[:2]))
                     ref = normalize(refined[o.name])
                 rec.objects.append(ObjectRecord(start + j, o.name, o.shape, o.color, jd.drawn, jd.shape_ok, norm,
-                                                ref, jd.mask))
+                                                ref, jd.mask, peak))
     return rec
 
 
@@ -126,6 +128,51 @@ def score(test: SplitRecords, threshold, refine: str = "none") -> dict:
         "per_shape_miou": {k: round(v, 4) for k, v in res.get("per_group_iou", {}).items()},
         "per_colour_miou": {k: round(float(np.mean(v)), 4) for k, v in sorted(by_color.items())},
     }
+
+
+def _auc(pos: list[float], neg: list[float]) -> float | None:
+    """Probability that a random positive scores above a random negative (ties count half): the ROC AUC."""
+    if not pos or not neg:
+        return None
+    p, n = np.asarray(pos, dtype=np.float64)[:, None], np.asarray(neg, dtype=np.float64)[None]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
+def choose_min_peak(val: SplitRecords) -> float | None:
+    """The `attention_peak` below which an object is taken as not drawn: the cut that best separates drawn
+    from undrawn objects on validation (Youden's J: share of drawn kept + share of undrawn dropped - 1),
+    placed midway between neighbouring peaks. None when validation has no undrawn object to learn from."""
+    objs = [o for o in val.objects if o.peak is not None]
+    drawn = np.array([o.peak for o in objs if o.drawn])
+    undrawn = np.array([o.peak for o in objs if not o.drawn])
+    if not len(drawn) or not len(undrawn):
+        return None
+    peaks = np.unique(np.concatenate([drawn, undrawn]))
+    cuts = (peaks[1:] + peaks[:-1]) / 2
+    if not len(cuts):
+        return None
+    j = (drawn[None] >= cuts[:, None]).mean(1) + (undrawn[None] < cuts[:, None]).mean(1) - 1
+    return float(f"{cuts[int(np.argmax(j))]:.4g}")
+
+
+def score_drawn_filter(test: SplitRecords, min_peak: float | None) -> dict:
+    """How well `attention_peak` tells drawn from undrawn objects, and what dropping those below `min_peak`
+    does: the share of drawn objects kept, of undrawn ones dropped, and of kept objects that were drawn."""
+    objs = [o for o in test.objects if o.peak is not None]
+    out = {"auc": _auc([o.peak for o in objs if o.drawn], [o.peak for o in objs if not o.drawn]),
+           "drawn_share_of_all": round(sum(o.drawn for o in objs) / max(len(objs), 1), 4)}
+    if out["auc"] is not None:
+        out["auc"] = round(out["auc"], 4)
+    if min_peak is None:
+        return out
+    kept = [o for o in objs if o.peak >= min_peak]
+    n_drawn, n_undrawn = sum(o.drawn for o in objs), sum(not o.drawn for o in objs)
+    kept_drawn = sum(o.drawn for o in kept)
+    out.update(min_attention_peak=min_peak,
+               drawn_kept=round(kept_drawn / n_drawn, 4) if n_drawn else None,
+               undrawn_dropped=round(1 - (len(kept) - kept_drawn) / n_undrawn, 4) if n_undrawn else None,
+               drawn_share_of_kept=round(kept_drawn / len(kept), 4) if kept else None)
+    return out
 
 
 def segmenter_ceiling(num_scenes: int = 200, seed: int = 4242) -> float:
@@ -217,12 +264,13 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
         rec = recommended.get("capture")
         factors, window = sweep_settings(pipe)[0]
         captures = [capture or (CaptureConfig.from_dict(rec) if rec else CaptureConfig(factors, step_window=window))]
-    candidates = []
+    candidates, val_by_capture = [], []
     for c in captures:
         # Raw maps from the generator; the guided refinement is applied to the same maps offline, so both are
         # judged on identical pictures.
         val = collect(FreeATMGenerator(pipe, c, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,
                       **kw)
+        val_by_capture.append(val)
         for refine in REFINE_MODES:
             threshold, val_scores = choose_threshold(val, refine)
             candidates.append({"down_factors": list(c.down_factors), "step_window": list(c.step_window),
@@ -235,10 +283,13 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     raw = next(r for r in candidates if r["refine"] == "none" and r["down_factors"] == best["down_factors"]
                and r["step_window"] == best["step_window"])
     chosen = CaptureConfig(down_factors=best["down_factors"], step_window=best["step_window"])
-    guidance = []
+    chosen_val = val_by_capture[[list(c.down_factors) == best["down_factors"] and list(c.step_window) ==
+                                 best["step_window"] for c in captures].index(True)]
+    guidance, val_by_guidance = [], {}
     for g in cfg.guidance_sweep:
         val = collect(FreeATMGenerator(pipe, chosen, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,
                       **{**kw, "guidance_scale": g})
+        val_by_guidance[g] = val
         threshold, val_scores = choose_threshold(val, best["refine"])
         raw_threshold, _ = choose_threshold(val, "none")
         drawn_share = sum(o.drawn for o in val.objects) / max(len(val.objects), 1)
@@ -252,6 +303,9 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
         kw["guidance_scale"] = g_best["guidance_scale"]
         best = {**best, "threshold": g_best["threshold"]}
         raw = {**raw, "threshold": g_best["threshold_unrefined"]}
+        chosen_val = val_by_guidance[g_best["guidance_scale"]]
+    # The peak that flags undrawn objects, chosen on the validation scenes of the capture and guidance used.
+    min_peak = choose_min_peak(chosen_val)
     test = collect(FreeATMGenerator(pipe, chosen, refine="none"), test_specs, list(range(len(test_specs))),
                    cfg.batch_size, classifier, **kw)
     return {"config": asdict(cfg), "segmenter_ceiling_miou": round(segmenter_ceiling(), 4),
@@ -261,6 +315,7 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
             "guidance_scale": kw["guidance_scale"],
             "test": score(test, best["threshold"], best["refine"]),
             "test_unrefined": score(test, raw["threshold"], "none"),
+            "drawn_filter": score_drawn_filter(test, min_peak),
             "validation": candidates, "validation_guidance": guidance}
 
 

@@ -93,8 +93,9 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
         info["threshold"] = chosen["threshold"]
         info["refine"] = chosen.get("refine", "none")
         info["guidance_scale"] = mask_eval.get("guidance_scale", mask_eval["config"]["guidance_scale"])
+        info["min_attention_peak"] = (mask_eval.get("drawn_filter") or {}).get("min_attention_peak")
         info["mask_eval"] = {k: mask_eval[k] for k in ("config", "segmenter_ceiling_miou", "autoencoder_ceiling", "guidance_scale", "test", "test_unrefined",
-                                                       "validation", "validation_guidance") if k in mask_eval}
+                                                       "drawn_filter", "validation", "validation_guidance") if k in mask_eval}
     path.write_text(json.dumps(info, indent=2) + "\n")
     write_model_card(folder, info)
     return info

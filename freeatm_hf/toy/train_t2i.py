@@ -69,7 +69,7 @@ def main(argv=None):
     previous = None
     if args.resume_from:
         previous = read_training(args.resume_from)
-        pipe = DiffusionPipeline.from_pretrained(args.resume_from, torch_dtype=torch.float32)
+        pipe = DiffusionPipeline.from_pretrained(args.resume_from, dtype=torch.float32)
         comps = {k: getattr(pipe, k) for k in ("vae", "unet", "text_encoder", "tokenizer", "scheduler")}
     else:
         comps = shapes_components(seed=args.seed)

@@ -1,6 +1,9 @@
 """Arguments every pretraining method shares: where the data comes from."""
 
+import logging
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -12,11 +15,26 @@ class DataArguments:
     real_image_column: str = field(default="image", metadata={"help": "Image column of the real dataset."})
     real_text_column: str = field(default="caption", metadata={"help": "Caption column of the real dataset (BLIP)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the datasets (needs --max_steps)."})
+    min_attention_peak: float | None = field(default=None, metadata={
+        "help": "Objects whose attention_peak is below this count as not drawn: no mask, no position prompt "
+                "(default: the value the dataset's card recommends, if any; 0 keeps every object)."})
+
+    def resolve_min_attention_peak(self) -> float | None:
+        """Fill `min_attention_peak` from the dataset card when not given, and log what is used."""
+        if self.min_attention_peak is None:
+            from ..data.reading import generation_settings
+
+            self.min_attention_peak = generation_settings(self.dataset).get("min_attention_peak")
+            if self.min_attention_peak is not None:
+                logger.info("objects with attention_peak < %s are left out (from %s's card)",
+                            self.min_attention_peak, self.dataset)
+        return self.min_attention_peak
 
     def data_info(self, ds) -> dict:
         """What the model card says about the data."""
         return {"dataset": self.dataset, "real_dataset": self.real_dataset, "data_mode": self.data_mode,
-                "mix_ratio": self.mix_ratio, "num_rows": None if self.streaming else len(ds)}
+                "mix_ratio": self.mix_ratio, "min_attention_peak": self.min_attention_peak,
+                "num_rows": None if self.streaming else len(ds)}
 
     def load(self, seed: int = 0):
         from ..data.reading import pretraining_dataset

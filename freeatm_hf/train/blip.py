@@ -104,17 +104,19 @@ def build_blip(args: BlipArguments):
 def make_transform(args: BlipArguments, tokenizer):
     from torchvision.transforms import v2
 
+    from ..data.masks import drawn_objects
     from ..data.position_prompts import PositionPromptTransform
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     geo = PositionPromptTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), grid=args.grid,
                                   tokenizer=tokenizer, max_length=args.max_length, shuffle=args.shuffle_prompts)
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    min_peak = args.resolve_min_attention_peak()
 
     def transform(batch):
         pixels, texts = [], []
         for image, prompt, objects in zip(batch["image"], batch["prompt"], batch["objects"]):
-            objects = objects or []
+            objects = drawn_objects(objects, min_peak)
             names = [o["name"] for o in objects] if args.prompts == "position" else []
             boxes = [o["bbox"] for o in objects] if args.prompts == "position" else []
             img, text = geo(image, prompt, names, boxes)

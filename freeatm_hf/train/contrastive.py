@@ -71,7 +71,7 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float):
 
 
 def make_transform(args: ContrastiveArguments):
-    from ..data.masks import row_masks
+    from ..data.masks import drawn_objects, row_masks
     from ..data.transforms import TwoViewTransform
 
     on_device = args.gpu_photometric
@@ -80,6 +80,7 @@ def make_transform(args: ContrastiveArguments):
 
         args.mask_threshold = dataset_threshold(args.dataset)
         logger.info("mask threshold %s (from %s's card)", args.mask_threshold, args.dataset)
+    min_peak = args.resolve_min_attention_peak()
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
                            photometric=not on_device, normalize=not on_device)
 
@@ -87,7 +88,7 @@ def make_transform(args: ContrastiveArguments):
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
         for image, objects in zip(batch["image"], batch["objects"]):
             image = image.convert("RGB")
-            masks = row_masks({"objects": objects}, (image.height, image.width), args.mask_threshold, args.mask_mode)
+            masks = row_masks({"objects": drawn_objects(objects, min_peak)}, (image.height, image.width), args.mask_threshold, args.mask_mode)
             views = two(image, masks)
             for k in out:
                 out[k].append(views[k])

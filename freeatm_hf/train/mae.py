@@ -55,8 +55,11 @@ def make_transform(args: MAEArguments, config):
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
+    from ..data.masks import drawn_objects
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..models.mae import patch_scores
+
+    min_peak = args.resolve_min_attention_peak()
 
     geometry = v2.Compose([v2.RandomResizedCrop(args.image_size, scale=(args.crop_scale_min, 1.0),
                                                 interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
@@ -67,7 +70,7 @@ def make_transform(args: MAEArguments, config):
         pixels, scores = [], []
         for image, objects in zip(batch["image"], batch["objects"]):
             image = v2.functional.pil_to_tensor(image.convert("RGB"))
-            maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in (objects or [])]
+            maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in drawn_objects(objects, min_peak)]
             h, w = image.shape[-2:]
             m = (torch.nn.functional.interpolate(torch.from_numpy(np.stack(maps))[None], size=(h, w), mode="bilinear",
                                                  align_corners=False)[0] if maps else torch.zeros(0, h, w))

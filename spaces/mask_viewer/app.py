@@ -16,7 +16,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from freeatm_hf.data.reading import dataset_threshold
+from freeatm_hf.data.reading import dataset_threshold, generation_settings
 from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
 from freeatm_hf.viz import color, heatmap, overlay
 
@@ -51,19 +51,31 @@ def _scale(image: Image.Image) -> int:
     return max(1, -(-VIEW_SIDE // min(image.size)))
 
 
-def render(image: Image.Image, prompt: str, objects: list[dict], threshold: float):
-    """Overlay, highlighted prompt, per-object soft maps, per-object masks and a summary of boxes."""
+def _caption(o: dict, min_peak: float | None) -> str:
+    """The object's name, flagged when its attention peak says the generator likely did not draw it."""
+    peak = o.get("attention_peak")
+    return f"{o['name']} (likely not drawn)" if min_peak and peak is not None and peak < min_peak else o["name"]
+
+
+def render(image: Image.Image, prompt: str, objects: list[dict], threshold: float, min_peak: float | None = None):
+    """Overlay, highlighted prompt, per-object soft maps, per-object masks and a summary of boxes. With
+    `min_peak` (the cut the dataset or model recommends), objects whose `attention_peak` is below it are flagged."""
     scale = _scale(image)
     size = (image.height, image.width)
     view = overlay(image, objects, threshold=threshold, scale=scale)
-    soft = [(heatmap(np.asarray(o["attention"]), (image.height * scale, image.width * scale)), o["name"])
+    soft = [(heatmap(np.asarray(o["attention"]), (image.height * scale, image.width * scale)), _caption(o, min_peak))
             for o in objects]
     masks, summary = [], []
     for o in objects:
         r = full_resolution_mask(np.asarray(o["attention"]), size, threshold)
-        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8), mode="L"), o["name"]))
-        summary.append({"name": o["name"], "bbox": [round(v, 1) for v in r.bbox] if r.bbox else None,
-                        "area": round(r.area, 4), "empty": r.empty})
+        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8), mode="L"), _caption(o, min_peak)))
+        entry = {"name": o["name"], "bbox": [round(v, 1) for v in r.bbox] if r.bbox else None,
+                 "area": round(r.area, 4), "empty": r.empty}
+        if o.get("attention_peak") is not None:
+            entry["attention_peak"] = round(float(o["attention_peak"]), 4)
+            if min_peak:
+                entry["likely_drawn"] = bool(o["attention_peak"] >= min_peak)
+        summary.append(entry)
     names = [o["name"] for o in objects]
     # The prompt's nouns in the same colours as their masks.
     text = gr.HighlightedText(value=highlight(prompt, names),
@@ -132,6 +144,9 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     threshold0 = float(_recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD)
     browse_threshold0 = dataset_threshold(dataset, default=threshold0)
     browse_threshold0 = threshold0 if browse_threshold0 == "otsu" else browse_threshold0
+    # The attention peak below which an object was likely not drawn, as the dataset's card / the model recommends.
+    browse_min_peak = generation_settings(dataset).get("min_attention_peak")
+    gen_min_peak = _recommendation(pipeline).get("min_attention_peak")
     state: dict = {}
 
     def generator():
@@ -147,8 +162,9 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
 
     def browse(index: float, threshold: float):
         row = cache.get(int(index))
-        objects = [{"name": o["name"], "attention": o["attention"]} for o in row["objects"]]
-        view, text, soft, masks, summary = render(row["image"], row["prompt"], objects, threshold)
+        objects = [{"name": o["name"], "attention": o["attention"], "attention_peak": o.get("attention_peak")}
+                   for o in row["objects"]]
+        view, text, soft, masks, summary = render(row["image"], row["prompt"], objects, threshold, browse_min_peak)
         info = f"row {min(int(index), len(cache.rows) - 1)} · seed {row.get('seed')} · {len(objects)} objects"
         return view, text, soft, masks, summary, info
 
@@ -166,16 +182,17 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         except ValueError as e:
             raise gr.Error(str(e)) from None
         out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps), guidance_scale=guidance)
-        objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L")} for o in out.objects[0]]
+        objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L"),
+                    "attention_peak": o.attention_peak} for o in out.objects[0]]
         state["last"] = (out.images[0], prompt, objects)
-        view, text, soft, masks, summary = render(out.images[0], prompt, objects, threshold)
+        view, text, soft, masks, summary = render(out.images[0], prompt, objects, threshold, gen_min_peak)
         return view, text, soft, masks, summary
 
     def regenerate_view(threshold: float):
         if "last" not in state:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         image, prompt, objects = state["last"]
-        return render(image, prompt, objects, threshold)
+        return render(image, prompt, objects, threshold, gen_min_peak)
 
     with gr.Blocks(title="freeatm mask viewer") as demo:
         gr.Markdown("# Free attention masks\nEach object noun of a prompt gets the map its cross-attention drew "

@@ -22,7 +22,7 @@ for r in ds:
         "prompt": r["prompt"], "label": r["label"], "seed": r["seed"],
         "image": np.asarray(r["image"]).tolist(),
         "objects": [{"name": o["name"], "token_indices": o["token_indices"], "bbox": o["bbox"], "area": o["area"],
-                     "attention": np.asarray(o["attention"]).tolist(), "mode": o["attention"].mode}
+                     "attention_peak": o["attention_peak"], "attention": np.asarray(o["attention"]).tolist(), "mode": o["attention"].mode}
                     for o in r["objects"]],
         "truncated": r["truncated_objects"],
     })
@@ -81,6 +81,9 @@ def test_plain_load_dataset_returns_what_the_generator_made(generated):
             assert np.array_equal(np.asarray(got["attention"], dtype=np.uint8), exp.attention_uint8)
             assert got["bbox"] == pytest.approx(list(exp.mask.bbox))
             assert got["area"] == pytest.approx(exp.mask.area)
+            # The raw map's peak, which min-max normalization of `attention` loses.
+            assert got["attention_peak"] == pytest.approx(float(exp.soft_map.max()), rel=1e-6)
+            assert 0 < got["attention_peak"] < 1
     assert rows[0]["seed"] == 0 and rows[4]["seed"] == 4
 
 

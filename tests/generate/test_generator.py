@@ -25,6 +25,9 @@ def test_guided_refinement_is_the_raw_maps_filtered_on_the_same_images(tiny_pipe
             m = mask_from_map(e, 0.5, image_size=(64, 64))
             assert np.array_equal(o.mask.mask, m.mask) and o.mask.bbox == m.bbox
             assert o.attention_uint8.shape == (64, 64)
+        # The peak is the captured map's, before normalization and refinement, either way.
+        for o, r in zip(b, a):
+            assert o.attention_peak == r.attention_peak == pytest.approx(float(r.soft_map.max()))
 
 
 def test_refine_comes_from_the_model_folder_and_is_validated(tiny_pipe, monkeypatch):

@@ -58,3 +58,29 @@ def test_a_folder_from_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
     with pytest.raises(SettingsMismatchError, match=r"refine: 'none' → 'guided'"):
         DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "guided"}, num_rows=4, rows_per_shard=2)
+
+
+def test_shards_of_an_older_schema_are_refused_before_any_new_shard_is_written(tmp_path):
+    from datasets import Features, List, Value
+
+    old = dataset_features()
+    objects = dict(old["objects"].feature)
+    del objects["attention_peak"]  # how shards looked before the peak was stored
+    old = Features({**old, "objects": List(objects)})
+    w = DatasetWriter(tmp_path, old, {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    with pytest.raises(SettingsMismatchError, match=r"\+objects\.attention_peak"):
+        DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
+    # A changed type is named too.
+    typed = Features({**old, "seed": Value("int32")})
+    with pytest.raises(SettingsMismatchError, match="types differ"):
+        DatasetWriter(tmp_path, typed, {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
+    assert len(list((tmp_path / "data").glob("*.parquet"))) == 1
+
+
+def test_advice_to_readers_does_not_block_a_resume(tmp_path):
+    w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none", "min_attention_peak": None}, num_rows=4,
+                      rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none", "min_attention_peak": 0.05}, num_rows=4,
+                  rows_per_shard=2)

@@ -108,7 +108,9 @@ def test_a_batch_of_one_has_no_itm_pair_but_still_trains():
 def test_model_card_states_the_prompts_and_grid_it_was_trained_with(prompts, grid, tmp_path):
     from freeatm_hf.hub.model_card import write_model_card
 
-    card = write_model_card(tmp_path, tiny().config, data={"dataset": "me/scenes", "prompts": prompts, "grid": grid})
+    card = write_model_card(tmp_path, tiny().config, data={"dataset": "me/scenes", "prompts": prompts, "grid": grid,
+                                                          "min_attention_peak": 0.05})
+    assert "Objects with attention_peak below 0.05 were taken as not drawn and left out." in card.text
     if prompts == "position":
         assert "Position prompts on a 4×4 grid (blocks 1–16, row-major)." in card.text
         assert "attention-masks" in card.data.tags

@@ -59,6 +59,20 @@ def test_browse_endpoint_returns_masks_of_the_image_size(client):
 
         expected = full_resolution_mask(np.asarray(o["attention"]), (h, w), 0.4).mask
         assert np.array_equal(mask > 0, expected)
+    assert [s["attention_peak"] for s in summary] == [round(o["attention_peak"], 4) for o in row["objects"]]
+
+
+def test_objects_below_the_recommended_peak_are_flagged_as_likely_not_drawn():
+    att = Image.fromarray(np.full((4, 4), 255, np.uint8))
+    objects = [{"name": "star", "attention": att, "attention_peak": 0.01},
+               {"name": "cross", "attention": att, "attention_peak": 0.2}, {"name": "old", "attention": att}]
+    _, _, soft, masks, summary = load_app().render(Image.new("RGB", (8, 8)), "a star and a cross", objects, 0.4, 0.05)
+    assert [c for _, c in soft] == [c for _, c in masks] == ["star (likely not drawn)", "cross", "old"]
+    assert [s.get("likely_drawn") for s in summary] == [False, True, None]
+    assert [s.get("attention_peak") for s in summary] == [0.01, 0.2, None]
+    # Without a recommended cut, nothing is flagged.
+    _, _, soft, _, summary = load_app().render(Image.new("RGB", (8, 8)), "a star", objects[:1], 0.4)
+    assert soft[0][1] == "star" and "likely_drawn" not in summary[0]
 
 
 def test_threshold_changes_the_masks(client):

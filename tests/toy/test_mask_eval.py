@@ -7,7 +7,15 @@ import torch
 from freeatm_hf.generate.generator import GeneratedObject, GenerationOutput
 from freeatm_hf.masks import mask_from_map
 from freeatm_hf.toy.judge import ShapeClassifier
-from freeatm_hf.toy.mask_eval import choose_threshold, collect, score
+from freeatm_hf.toy.mask_eval import (
+    ObjectRecord,
+    SplitRecords,
+    choose_min_peak,
+    choose_threshold,
+    collect,
+    score,
+    score_drawn_filter,
+)
 from freeatm_hf.toy.world import ShapesWorld
 
 
@@ -70,6 +78,36 @@ def test_foreground_detector_maps_are_exposed_by_the_swap_baseline(classifier):
     assert r["miou_drawn"] < 0.75
 
 
+def records(drawn_peaks, undrawn_peaks) -> SplitRecords:
+    gt = np.zeros((2, 2), bool)
+    objs = [ObjectRecord(0, "o", "circle", "red", d, d, None, None, gt, p)
+            for d, ps in ((True, drawn_peaks), (False, undrawn_peaks)) for p in ps]
+    return SplitRecords(objs, 0, 1)
+
+
+def test_min_peak_is_the_cut_that_best_separates_drawn_from_undrawn():
+    # Separable: the lowest cut with full separation, midway between the neighbouring peaks.
+    assert choose_min_peak(records([0.5, 0.6, 0.7], [0.1, 0.2])) == pytest.approx(0.35)
+    # Overlapping: Youden's J by hand — cut 0.2: 1 + 1/2 - 1 = 0.5; 0.35: 2/3 + 1/2 - 1; 0.5: 2/3 + 1 - 1 = 0.67;
+    # 0.65: 1/3 + 1 - 1.
+    assert choose_min_peak(records([0.3, 0.6, 0.7], [0.1, 0.4])) == pytest.approx(0.5)
+    assert choose_min_peak(records([0.3, 0.6], [])) is None  # nothing undrawn to learn from
+
+
+def test_drawn_filter_scores_against_hand_counts():
+    from scipy.stats import mannwhitneyu
+
+    drawn, undrawn = [0.3, 0.6, 0.7, 0.4], [0.1, 0.4, 0.35]
+    r = score_drawn_filter(records(drawn, undrawn), 0.38)
+    # ROC AUC is the Mann–Whitney U statistic over the pair count (ties half).
+    u = mannwhitneyu(drawn, undrawn).statistic
+    assert r["auc"] == pytest.approx(u / (len(drawn) * len(undrawn)), abs=1e-4)
+    # Kept at >= 0.38: drawn 0.6, 0.7, 0.4 (3 of 4); undrawn 0.4 (1 of 3 kept, 2 dropped).
+    assert r["drawn_kept"] == 0.75 and r["undrawn_dropped"] == pytest.approx(2 / 3, abs=1e-4)
+    assert r["drawn_share_of_kept"] == 0.75 and r["drawn_share_of_all"] == pytest.approx(4 / 7, abs=1e-4)
+    assert score_drawn_filter(records([0.3], []), None) == {"auc": None, "drawn_share_of_all": 1.0}
+
+
 def test_end_to_end_with_a_real_pipeline_gives_finite_scores(tiny_pipe):
     from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
     from freeatm_hf.toy.model import shapes_pipeline
@@ -89,6 +127,8 @@ def test_end_to_end_with_a_real_pipeline_gives_finite_scores(tiny_pipe):
     assert res["capture"] == {k: best[k] for k in ("down_factors", "step_window", "threshold", "refine")}
     assert res["test"]["refine"] == best["refine"] and res["test_unrefined"]["refine"] == "none"
     assert res["test_unrefined"]["drawn_share"] == r["drawn_share"]
+    f = res["drawn_filter"]
+    assert f["auc"] is None or 0 <= f["auc"] <= 1
     assert set(res["autoencoder_ceiling"]) == {"scenes", "drawn_share", "right_colour_and_shape_share",
                                                "scenes_with_extra_object_share"}
 
@@ -132,6 +172,8 @@ def test_trained_shapes_model_keeps_its_mask_quality():
     # Guided refinement snaps the maps to the picture's edges: a map flipped or shifted against its image
     # would gain nothing.
     assert r["refine"] == "guided" and r["miou_drawn"] > raw["miou_drawn"] + FLOORS["refine_gain"]
+    # The raw peak tells drawn from undrawn objects (a peak taken after normalization would be 1 for all: 0.5).
+    assert res["drawn_filter"]["auc"] is None or res["drawn_filter"]["auc"] >= FLOORS["drawn_auc"]
     # The shipped card's figures (200 scenes) are what a 40-scene check sees, up to sampling noise.
     assert abs(r["miou_drawn"] - measured["miou_drawn"]) < 0.12
 
@@ -139,7 +181,7 @@ def test_trained_shapes_model_keeps_its_mask_quality():
 # The shipped model measured on 200 scenes: mIoU 0.80 refined / 0.68 as captured, drawn 88 %, swap 0.03 (this
 # 40-scene check saw 0.82 / 0.69, 84 %, 0.03). The floors leave room for 40-scene noise.
 FLOORS = {"miou_drawn": 0.72, "miou_drawn_unrefined": 0.58, "drawn_share": 0.75, "swap_margin": 0.5,
-          "refine_gain": 0.08}
+          "refine_gain": 0.08, "drawn_auc": 0.85}
 
 
 class PoolingAutoencoder(torch.nn.Module):

@@ -24,7 +24,7 @@ def test_smoke_training_writes_a_loadable_pipeline_under_20_mb(trained):
 
     size = sum(p.stat().st_size for p in trained.rglob("*.safetensors"))
     assert size <= 20_000_000
-    pipe = DiffusionPipeline.from_pretrained(str(trained), torch_dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(str(trained), dtype=torch.float32)
     init = shapes_components()["unet"].state_dict()
     changed = sum(not torch.allclose(init[k].half().float(), v) for k, v in pipe.unet.state_dict().items())
     # Most tensors moved; the first warm-up steps of a few norms and biases round away in the fp16 save.
@@ -70,8 +70,8 @@ def test_decoder_fine_tuning_keeps_the_latent_space_and_adds_up_the_training(tra
     out = tmp_path / "resumed"
     main(["--output_dir", str(out), "--resume_from", str(trained), "--decoder_steps", "2", "--unet_steps", "0",
           "--batch_size", "2"])
-    before = DiffusionPipeline.from_pretrained(str(trained), torch_dtype=torch.float32)
-    after = DiffusionPipeline.from_pretrained(str(out), torch_dtype=torch.float32)
+    before = DiffusionPipeline.from_pretrained(str(trained), dtype=torch.float32)
+    after = DiffusionPipeline.from_pretrained(str(out), dtype=torch.float32)
 
     def moved(a, b):
         return {k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])}

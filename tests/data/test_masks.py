@@ -1,0 +1,76 @@
+"""Objects the generator likely did not draw (low `attention_peak`) are left out of every method's inputs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from freeatm_hf.data.masks import drawn_objects
+
+
+def test_drawn_objects_keeps_peaks_at_or_above_the_cut_and_objects_without_one():
+    objs = [{"name": "a", "attention_peak": 0.02}, {"name": "b", "attention_peak": 0.05},
+            {"name": "c", "attention_peak": None}, {"name": "d"}]
+    assert [o["name"] for o in drawn_objects(objs, 0.05)] == ["b", "c", "d"]
+    assert [o["name"] for o in drawn_objects(objs, None)] == ["a", "b", "c", "d"]
+    assert [o["name"] for o in drawn_objects(objs, 0)] == ["a", "b", "c", "d"]
+    assert drawn_objects(None, 0.05) == []
+
+
+def _row():
+    """Two objects, one per half of the image; the left one's peak says it was not drawn."""
+    left, right = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    left[:, :8], right[:, 8:] = 255, 255
+    objs = [{"name": "cat", "attention": Image.fromarray(left), "bbox": [0, 0, 31, 31], "attention_peak": 0.01},
+            {"name": "dog", "attention": Image.fromarray(right), "bbox": [32, 0, 63, 31], "attention_peak": 0.3}]
+    return {"image": [Image.new("RGB", (64, 32), (90, 120, 30))], "prompt": ["a cat and a dog"], "objects": [objs]}
+
+
+@pytest.mark.parametrize("min_peak, expect", [(0.1, 1), (0.0, 2)])
+def test_contrastive_views_get_masks_of_drawn_objects_only(min_peak, expect):
+    from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
+
+    args = ContrastiveArguments(image_size=32, crop_scale_min=1.0, mask_threshold=0.5, min_attention_peak=min_peak)
+    out = make_transform(args)(_row())
+    assert out["masks_1"][0].shape[0] == expect
+
+
+def test_mae_patch_scores_ignore_an_undrawn_object():
+    from freeatm_hf.train.mae import MAEArguments, build_model, make_transform
+
+    scores = {}
+    for name, peak in (("all", 0.0), ("drawn", 0.1)):
+        args = MAEArguments(model_size="tiny", image_size=32, patch_size=8, crop_scale_min=1.0,
+                            min_attention_peak=peak)
+        torch.manual_seed(0)  # the same crop and flip both times
+        scores[name] = make_transform(args, build_model(args).config)(_row())["patch_scores"][0]
+    # The undrawn object covered one half: with it, every patch scores; without it, only the other half.
+    assert (scores["all"] > 0).all() and 0 < (scores["drawn"] > 0).float().mean() < 1
+
+
+def test_blip_position_prompts_name_drawn_objects_only():
+    from freeatm_hf.train.blip import BlipArguments, build_blip, make_transform
+
+    args = BlipArguments(prompts="position", model_size="tiny", image_size=32, max_length=72, crop_scale_min=1.0,
+                         min_attention_peak=0.1)
+    _, tok = build_blip(args)
+    text = tok.decode(make_transform(args, tok)(_row())["input_ids"][0], skip_special_tokens=True)
+    assert "the dog is in block" in text and "the cat is in block" not in text
+
+
+def test_training_takes_the_cut_the_dataset_card_recommends_unless_given(tmp_path):
+    from freeatm_hf import cli
+    from freeatm_hf.train.contrastive import ContrastiveArguments
+
+    out = tmp_path / "ds"
+    cli.main(["generate", "--output_dir", str(out), "--pipeline", "tiny", "--num_images", "1", "--batch_size", "1",
+              "--num_inference_steps", "1", "--min_attention_peak", "0.07", "--device", "cpu"])
+    card = (out / "README.md").read_text()
+    assert "| min_attention_peak | `0.07` |" in card and 'o["attention_peak"] >= 0.07]' in card
+    assert ContrastiveArguments(dataset=str(out)).resolve_min_attention_peak() == 0.07
+    assert ContrastiveArguments(dataset=str(out), min_attention_peak=0.0).resolve_min_attention_peak() == 0.0
+    # Every row keeps every object: the cut is advice, applied when reading.
+    from datasets import load_dataset
+
+    row = load_dataset(str(out), split="train")[0]
+    assert [o["name"] for o in row["objects"]] and all(o["attention_peak"] > 0 for o in row["objects"])
