@@ -1,5 +1,7 @@
 """Object masks for training, decoded from a row of a freeatm dataset (or a whole-image mask for real data)."""
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -7,15 +9,19 @@ import torch.nn.functional as F
 from ..masks import DEFAULT_THRESHOLD
 
 
+def likely_drawn(peak: float | None, min_attention_peak: float | None) -> bool:
+    """False only when the object's peak is known (finite) and below a set cut."""
+    if not min_attention_peak or peak is None or not math.isfinite(peak):
+        return True
+    return peak >= min_attention_peak
+
+
 def drawn_objects(objects, min_attention_peak: float | None = None) -> list[dict]:
     """The objects the generator most likely drew: those whose `attention_peak` (the raw map's highest mean
     attention probability) reaches `min_attention_peak`. A named object that was not drawn attracts little
     attention anywhere; its min-max normalized map still marks *some* region, which would teach a wrong
     instance. Objects without a peak (datasets written before it was stored, real data) are kept."""
-    objects = list(objects or [])
-    if not min_attention_peak:
-        return objects
-    return [o for o in objects if o.get("attention_peak") is None or o["attention_peak"] >= min_attention_peak]
+    return [o for o in (objects or []) if likely_drawn(o.get("attention_peak"), min_attention_peak)]
 
 
 def row_masks(row: dict, size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD, mode: str = "binary") -> torch.Tensor:

@@ -256,5 +256,6 @@ def main_masks(args):
         (folder / "mask_eval.json").write_text(text)
         update_model_folder(folder, mask_eval=result)
     print(json.dumps({"capture": result["capture"], **{k: v for k, v in result["test"].items()
-                                                      if not isinstance(v, dict)}}, indent=1))
+                                                      if not isinstance(v, dict)},
+                      "drawn_filter": result["drawn_filter"]}, indent=1))
     return result

@@ -1,6 +1,9 @@
 """Arguments of `freeatm generate` (also a YAML recipe: every key is a field below)."""
 
+import logging
 from dataclasses import asdict, dataclass, field
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,8 +87,6 @@ class GenerateConfig:
             self.guidance_scale = float(rec.get("guidance_scale") or 7.5)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
-        if self.min_attention_peak is None:
-            self.min_attention_peak = rec.get("min_attention_peak")
         from ..masks import REFINE_MODES
 
         if self.refine not in REFINE_MODES:
@@ -104,6 +105,22 @@ class GenerateConfig:
             raise ValueError(f"map_size must be a height and a width, got {self.map_size}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
+        if self.min_attention_peak is None and rec.get("min_attention_peak") is not None:
+            self.min_attention_peak = self._inherited_min_peak(rec)
+
+    def _inherited_min_peak(self, rec: dict) -> float | None:
+        """The recommended cut holds for the capture and guidance it was measured with: the peak is a raw
+        attention probability whose scale moves with layers, steps, weights and guidance."""
+        from ..attention import CaptureConfig
+
+        same = (self.capture_config().to_dict() == CaptureConfig.from_dict(rec.get("capture") or {}).to_dict()
+                and self.guidance_scale == float(rec.get("guidance_scale") or self.guidance_scale))
+        if not same:
+            logger.warning("capture or guidance differ from the ones %s's min_attention_peak (%s) was measured "
+                           "with: no cut recorded (set --min_attention_peak to record one)", self.pipeline,
+                           rec["min_attention_peak"])
+            return None
+        return float(rec["min_attention_peak"])
 
     def capture_config(self):
         """The capture these settings ask for; the model folder's recommended per-resolution weights and map

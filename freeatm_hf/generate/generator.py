@@ -26,8 +26,9 @@ class GeneratedObject:
     soft_map: np.ndarray
     mask: MaskResult
     # The captured map's highest mean attention probability, before normalization and refinement. Objects the
-    # generator did not draw attract little attention anywhere, so a low peak flags them (`likely_drawn`).
-    attention_peak: float = float("nan")
+    # generator did not draw attract little attention anywhere, so a low peak flags them
+    # (`freeatm_hf.data.masks.likely_drawn`). None when the map is empty or not finite.
+    attention_peak: float | None = None
 
     @property
     def attention_uint8(self) -> np.ndarray:
@@ -174,7 +175,7 @@ class FreeATMGenerator:
                 logger.warning("prompt %d: %s cut off by the %s limit; no mask for them", b, cut, limit)
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]
-            peaks = [float(m.max()) if m.size else 0.0 for m in soft]
+            peaks = [float(m.max()) if m.size and np.isfinite(m).all() else None for m in soft]
             if self.refine == "guided":
                 soft = [m.astype(np.float32) for m in refine_maps(images[b], soft, device=device)]
             objects.append([

@@ -132,7 +132,7 @@ def _data_text(data: dict) -> str:
         parts.append(f"Position prompts on a {g}×{g} grid (blocks 1–{g * g}, row-major).")
     elif data.get("prompts"):
         parts.append("Captions alone (no position prompts: the baseline).")
-    if data.get("min_attention_peak") and data.get("dataset"):
+    if data.get("min_attention_peak") and data.get("dataset") and mode != "real":
         parts.append(f"Objects with attention_peak below {data['min_attention_peak']} were taken as not drawn and "
                      "left out.")
     if data.get("num_rows"):

@@ -141,7 +141,8 @@ def _auc(pos: list[float], neg: list[float]) -> float | None:
 def choose_min_peak(val: SplitRecords) -> float | None:
     """The `attention_peak` below which an object is taken as not drawn: the cut that best separates drawn
     from undrawn objects on validation (Youden's J: share of drawn kept + share of undrawn dropped - 1),
-    placed midway between neighbouring peaks. None when validation has no undrawn object to learn from."""
+    placed midway between neighbouring peaks. None when validation has no undrawn object to learn from, or
+    when no cut beats keeping everything (J <= 0: the peak does not separate them)."""
     objs = [o for o in val.objects if o.peak is not None]
     drawn = np.array([o.peak for o in objs if o.drawn])
     undrawn = np.array([o.peak for o in objs if not o.drawn])
@@ -152,17 +153,22 @@ def choose_min_peak(val: SplitRecords) -> float | None:
     if not len(cuts):
         return None
     j = (drawn[None] >= cuts[:, None]).mean(1) + (undrawn[None] < cuts[:, None]).mean(1) - 1
-    return float(f"{cuts[int(np.argmax(j))]:.4g}")
+    best = int(np.argmax(j))
+    if j[best] <= 0:
+        return None
+    cut = float(cuts[best])
+    short = float(f"{cut:.4g}")  # readable in cards, unless rounding would move it past a peak
+    return short if peaks[best] < short <= peaks[best + 1] else cut
 
 
 def score_drawn_filter(test: SplitRecords, min_peak: float | None) -> dict:
     """How well `attention_peak` tells drawn from undrawn objects, and what dropping those below `min_peak`
     does: the share of drawn objects kept, of undrawn ones dropped, and of kept objects that were drawn."""
     objs = [o for o in test.objects if o.peak is not None]
-    out = {"auc": _auc([o.peak for o in objs if o.drawn], [o.peak for o in objs if not o.drawn]),
-           "drawn_share_of_all": round(sum(o.drawn for o in objs) / max(len(objs), 1), 4)}
-    if out["auc"] is not None:
-        out["auc"] = round(out["auc"], 4)
+    auc = _auc([o.peak for o in objs if o.drawn], [o.peak for o in objs if not o.drawn])
+    out = {"auc": None if auc is None else round(auc, 4),
+           "drawn_share_of_all": round(sum(o.drawn for o in objs) / max(len(objs), 1), 4),
+           "min_attention_peak": min_peak, "drawn_kept": None, "undrawn_dropped": None, "drawn_share_of_kept": None}
     if min_peak is None:
         return out
     kept = [o for o in objs if o.peak >= min_peak]
@@ -282,9 +288,10 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     # The unrefined maps of the chosen capture are scored on the test scenes too, so the card shows both.
     raw = next(r for r in candidates if r["refine"] == "none" and r["down_factors"] == best["down_factors"]
                and r["step_window"] == best["step_window"])
-    chosen = CaptureConfig(down_factors=best["down_factors"], step_window=best["step_window"])
-    chosen_val = val_by_capture[[list(c.down_factors) == best["down_factors"] and list(c.step_window) ==
-                                 best["step_window"] for c in captures].index(True)]
+    # The capture validated, as it was validated (its weights included): test scenes and cut use the same.
+    i = [list(c.down_factors) == best["down_factors"] and list(c.step_window) == best["step_window"]
+         for c in captures].index(True)
+    chosen, chosen_val = captures[i], val_by_capture[i]
     guidance, val_by_guidance = [], {}
     for g in cfg.guidance_sweep:
         val = collect(FreeATMGenerator(pipe, chosen, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,

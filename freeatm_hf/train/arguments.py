@@ -21,10 +21,11 @@ class DataArguments:
 
     def resolve_min_attention_peak(self) -> float | None:
         """Fill `min_attention_peak` from the dataset card when not given, and log what is used."""
-        if self.min_attention_peak is None:
+        if self.min_attention_peak is None and self.data_mode != "real":
             from ..data.reading import generation_settings
 
-            self.min_attention_peak = generation_settings(self.dataset).get("min_attention_peak")
+            cut = generation_settings(self.dataset).get("min_attention_peak")
+            self.min_attention_peak = None if cut is None else float(cut)
             if self.min_attention_peak is not None:
                 logger.info("objects with attention_peak < %s are left out (from %s's card)",
                             self.min_attention_peak, self.dataset)

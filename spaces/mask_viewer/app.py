@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from freeatm_hf.data.masks import likely_drawn
 from freeatm_hf.data.reading import dataset_threshold, generation_settings
 from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
 from freeatm_hf.viz import color, heatmap, overlay
@@ -53,8 +54,7 @@ def _scale(image: Image.Image) -> int:
 
 def _caption(o: dict, min_peak: float | None) -> str:
     """The object's name, flagged when its attention peak says the generator likely did not draw it."""
-    peak = o.get("attention_peak")
-    return f"{o['name']} (likely not drawn)" if min_peak and peak is not None and peak < min_peak else o["name"]
+    return o["name"] if likely_drawn(o.get("attention_peak"), min_peak) else f"{o['name']} (likely not drawn)"
 
 
 def render(image: Image.Image, prompt: str, objects: list[dict], threshold: float, min_peak: float | None = None):
@@ -74,7 +74,7 @@ def render(image: Image.Image, prompt: str, objects: list[dict], threshold: floa
         if o.get("attention_peak") is not None:
             entry["attention_peak"] = round(float(o["attention_peak"]), 4)
             if min_peak:
-                entry["likely_drawn"] = bool(o["attention_peak"] >= min_peak)
+                entry["likely_drawn"] = likely_drawn(o["attention_peak"], min_peak)
         summary.append(entry)
     names = [o["name"] for o in objects]
     # The prompt's nouns in the same colours as their masks.

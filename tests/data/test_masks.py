@@ -15,6 +15,8 @@ def test_drawn_objects_keeps_peaks_at_or_above_the_cut_and_objects_without_one()
     assert [o["name"] for o in drawn_objects(objs, None)] == ["a", "b", "c", "d"]
     assert [o["name"] for o in drawn_objects(objs, 0)] == ["a", "b", "c", "d"]
     assert drawn_objects(None, 0.05) == []
+    # A non-finite peak says nothing: kept, like a missing one.
+    assert len(drawn_objects([{"attention_peak": float("nan")}, {"attention_peak": float("inf")}], 0.05)) == 2
 
 
 def _row():
@@ -69,6 +71,7 @@ def test_training_takes_the_cut_the_dataset_card_recommends_unless_given(tmp_pat
     assert "| min_attention_peak | `0.07` |" in card and 'o["attention_peak"] >= 0.07]' in card
     assert ContrastiveArguments(dataset=str(out)).resolve_min_attention_peak() == 0.07
     assert ContrastiveArguments(dataset=str(out), min_attention_peak=0.0).resolve_min_attention_peak() == 0.0
+    assert ContrastiveArguments(dataset=str(out), data_mode="real").resolve_min_attention_peak() is None
     # Every row keeps every object: the cut is advice, applied when reading.
     from datasets import load_dataset
 

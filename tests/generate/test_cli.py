@@ -79,6 +79,24 @@ def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path
         parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
 
 
+def test_the_recommended_attention_peak_cut_is_recorded_only_with_the_capture_it_was_measured_with(tmp_path, caplog):
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.generate.pipelines import save_recommendation
+
+    save_recommendation(tmp_path, CaptureConfig(down_factors=(1,), step_window=(0.5, 1.0)), threshold=0.7,
+                        guidance_scale=2.0, min_attention_peak=0.05)
+    base = ["--output_dir", "x", "--pipeline", str(tmp_path)]
+    assert parse(base).min_attention_peak == 0.05
+    assert parse(base + ["--threshold", "0.3", "--refine", "guided"]).min_attention_peak == 0.05  # after the peak
+    assert parse(base + ["--min_attention_peak", "0.1"]).min_attention_peak == 0.1
+    # The peak is a raw probability: other layers, steps or guidance move its scale, so the cut does not carry.
+    for other in (["--down_factors", "1", "2"], ["--step_window", "0", "1"], ["--guidance_scale", "6"],
+                  ["--layer_weights", '{"up_blocks": 2}']):
+        with caplog.at_level("WARNING"):
+            assert parse(base + other).min_attention_peak is None, other
+        assert "no cut recorded" in caplog.text
+
+
 def test_the_capture_carries_the_recommended_weights_only_with_the_recommended_resolutions(tmp_path):
     from freeatm_hf.attention import CaptureConfig
     from freeatm_hf.generate.pipelines import save_recommendation

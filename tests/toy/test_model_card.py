@@ -1,0 +1,43 @@
+"""The shapes model folder's freeatm.json and card, written from a mask evaluation."""
+
+import json
+
+import pytest
+
+from freeatm_hf.toy.model import MODEL_DIR, update_model_folder
+
+
+def evaluation(drawn_filter):
+    shipped = json.loads((MODEL_DIR / "freeatm.json").read_text())["mask_eval"]
+    return {**shipped, "capture": {"down_factors": [1], "step_window": [0.5, 1.0], "threshold": 0.7,
+                                   "refine": "guided"}, "drawn_filter": drawn_filter}
+
+
+FULL = {"auc": 0.97, "drawn_share_of_all": 0.88, "min_attention_peak": 0.0512, "drawn_kept": 0.95,
+        "undrawn_dropped": 0.83, "drawn_share_of_kept": 0.977}
+
+
+@pytest.mark.parametrize("drawn_filter, says", [
+    (FULL, ["ROC AUC 0.97", "Below 0.0512 (chosen on validation)", "keeps 95.0 % of drawn objects",
+            "drops 83.0 % of undrawn ones", "97.7 % of the objects kept were drawn (of all: 88.0 %)"]),
+    # No cut (validation had no undrawn object, or none helped): the AUC alone.
+    ({**FULL, "min_attention_peak": None, "drawn_kept": None, "undrawn_dropped": None, "drawn_share_of_kept": None},
+     ["ROC AUC 0.97"]),
+    # A cut that kept nothing: no shares to print, and no crash.
+    ({**FULL, "drawn_kept": 0.0, "drawn_share_of_kept": None}, ["ROC AUC 0.97"]),
+    # Nothing undrawn on the test scenes: no AUC, no paragraph.
+    ({"auc": None, "drawn_share_of_all": 1.0, "min_attention_peak": None, "drawn_kept": None,
+      "undrawn_dropped": None, "drawn_share_of_kept": None}, []),
+])
+def test_the_card_states_the_drawn_filter_it_measured(drawn_filter, says, tmp_path):
+    from huggingface_hub import ModelCard
+
+    (tmp_path / "freeatm.json").write_text((MODEL_DIR / "freeatm.json").read_text())
+    info = update_model_folder(tmp_path, mask_eval=evaluation(drawn_filter))
+    assert info["min_attention_peak"] == drawn_filter["min_attention_peak"]
+    assert json.loads((tmp_path / "freeatm.json").read_text())["mask_eval"]["drawn_filter"] == drawn_filter
+    text = " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+    for s in says:
+        assert s in text, s
+    assert ("Which objects were drawn" in text) is bool(says)
+    assert ("chosen on validation) an object counts as not" in text) is (len(says) > 1)
