@@ -3,10 +3,11 @@
 #   bash recipes/shapes_t2i.sh gpu [OUT] [FROM]  one GPU, training only so that it fits one 10-minute command
 #                                           (accelerate launch); FROM: continue that folder. Then `eval OUT`.
 #   bash recipes/shapes_t2i.sh cpu [OUT]    the CPU fallback that began the shipped model (2 cores, ~100 min)
-#   bash recipes/shapes_t2i.sh more OUT FROM [MINUTES]
-#                                           continue FROM into OUT: a sharper decoder (the encoder, so the UNet's
-#                                           latent space, stays fixed), then the UNet with a cosine decay over
-#                                           the time left (how the shipped model continued on the CPU)
+#   bash recipes/shapes_t2i.sh more OUT FROM [MINUTES] [DECODER_STEPS]
+#                                           continue FROM into OUT: optionally a sharper decoder first (the
+#                                           encoder, so the UNet's latent space, stays fixed), then the UNet at
+#                                           lr 3e-4 with a cosine decay over the time left (how the shipped model
+#                                           continued on the CPU; its second run used DECODER_STEPS=600)
 #   bash recipes/shapes_t2i.sh eval OUT     measure OUT's masks and draw its grid (run by cpu and more too)
 # Resuming takes the weights only (fresh optimizer with warm-up) and draws scenes no earlier run drew;
 # freeatm.json keeps the totals and every run.
@@ -19,8 +20,9 @@ if [ "$MODE" = gpu ]; then
     echo "trained $OUT; next: bash recipes/shapes_t2i.sh eval $OUT"
     exit 0
 elif [ "$MODE" = more ]; then
-    python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --resume_from "${3:?FROM folder}" --decoder_steps 600 \
-        --batch_size 32 --max_minutes "${4:-85}" --lr_schedule cosine --save_every_minutes 20
+    python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --resume_from "${3:?FROM folder}" \
+        --decoder_steps "${5:-0}" --batch_size 32 --lr 3e-4 --max_minutes "${4:-95}" --lr_schedule cosine \
+        --save_every_minutes 20
 elif [ "$MODE" = cpu ]; then
     python -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --vae_steps 500 --batch_size 32 --max_minutes 100 \
         --save_every_minutes 12
