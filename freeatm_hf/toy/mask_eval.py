@@ -138,11 +138,14 @@ def _auc(pos: list[float], neg: list[float]) -> float | None:
     return float((p > n).mean() + 0.5 * (p == n).mean())
 
 
-def choose_min_peak(val: SplitRecords) -> float | None:
-    """The `attention_peak` below which an object is taken as not drawn: the cut that best separates drawn
-    from undrawn objects on validation (Youden's J: share of drawn kept + share of undrawn dropped - 1),
-    placed midway between neighbouring peaks. None when validation has no undrawn object to learn from, or
-    when no cut beats keeping everything (J <= 0: the peak does not separate them)."""
+KEEP_DRAWN = 0.95  # share of drawn objects the cut must keep: it may rarely cost a good instance
+
+
+def choose_min_peak(val: SplitRecords, keep: float = KEEP_DRAWN) -> float | None:
+    """The `attention_peak` below which an object is taken as not drawn: the highest cut that still keeps
+    `keep` of the drawn validation objects (so it drops as many undrawn ones as that allows), placed midway
+    between neighbouring peaks. None when validation has no undrawn object to learn from, or when no such cut
+    drops any undrawn object (the peak does not separate them)."""
     objs = [o for o in val.objects if o.peak is not None]
     drawn = np.array([o.peak for o in objs if o.drawn])
     undrawn = np.array([o.peak for o in objs if not o.drawn])
@@ -150,12 +153,10 @@ def choose_min_peak(val: SplitRecords) -> float | None:
         return None
     peaks = np.unique(np.concatenate([drawn, undrawn]))
     cuts = (peaks[1:] + peaks[:-1]) / 2
-    if not len(cuts):
+    ok = np.flatnonzero((drawn[None] >= cuts[:, None]).mean(1) >= keep)
+    if not len(ok) or not (undrawn < cuts[ok[-1]]).any():
         return None
-    j = (drawn[None] >= cuts[:, None]).mean(1) + (undrawn[None] < cuts[:, None]).mean(1) - 1
-    best = int(np.argmax(j))
-    if j[best] <= 0:
-        return None
+    best = int(ok[-1])
     cut = float(cuts[best])
     short = float(f"{cut:.4g}")  # readable in cards, unless rounding would move it past a peak
     return short if peaks[best] < short <= peaks[best + 1] else cut
@@ -168,7 +169,8 @@ def score_drawn_filter(test: SplitRecords, min_peak: float | None) -> dict:
     auc = _auc([o.peak for o in objs if o.drawn], [o.peak for o in objs if not o.drawn])
     out = {"auc": None if auc is None else round(auc, 4),
            "drawn_share_of_all": round(sum(o.drawn for o in objs) / max(len(objs), 1), 4),
-           "min_attention_peak": min_peak, "drawn_kept": None, "undrawn_dropped": None, "drawn_share_of_kept": None}
+           "min_attention_peak": min_peak, "target_drawn_kept": KEEP_DRAWN, "drawn_kept": None, "undrawn_dropped": None,
+           "drawn_share_of_kept": None}
     if min_peak is None:
         return out
     kept = [o for o in objs if o.peak >= min_peak]

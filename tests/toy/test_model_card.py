@@ -18,7 +18,7 @@ FULL = {"auc": 0.97, "drawn_share_of_all": 0.88, "min_attention_peak": 0.0512, "
 
 
 @pytest.mark.parametrize("drawn_filter, says", [
-    (FULL, ["ROC AUC 0.97", "Below 0.0512 (chosen on validation)", "keeps 95.0 % of drawn objects",
+    (FULL, ["ROC AUC 0.97", "Below 0.0512 (the highest cut that keeps 95 % of the drawn validation objects)", "keeps 95.0 % of drawn objects",
             "drops 83.0 % of undrawn ones", "97.7 % of the objects kept were drawn (of all: 88.0 %)"]),
     # No cut (validation had no undrawn object, or none helped): the AUC alone.
     ({**FULL, "min_attention_peak": None, "drawn_kept": None, "undrawn_dropped": None, "drawn_share_of_kept": None},
@@ -40,4 +40,4 @@ def test_the_card_states_the_drawn_filter_it_measured(drawn_filter, says, tmp_pa
     for s in says:
         assert s in text, s
     assert ("Which objects were drawn" in text) is bool(says)
-    assert ("chosen on validation) an object counts as not" in text) is (len(says) > 1)
+    assert ("validation objects) an object counts as not drawn" in text) is (len(says) > 1)
