@@ -79,3 +79,25 @@ def test_two_local_folders_with_the_same_name_are_not_served_from_one_cache(tmp_
     shutil.rmtree(tmp_path / "a" / "scenes")
     write(tmp_path / "a" / "scenes", ["regenerated"])
     assert load(str(tmp_path / "a" / "scenes"))["prompt"] == ["regenerated"]
+
+
+def test_the_cards_advice_for_a_folder_regenerated_in_place_reads_the_new_rows(tmp_path):
+    """What the dataset card tells users who load with plain `datasets`, checked against `datasets` itself."""
+    from datasets import Dataset, load_dataset
+
+    folder = tmp_path / "scenes"
+
+    def write(prompts):
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        Dataset.from_dict({"prompt": prompts}).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+        (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                          "    path: data/train-*\n---\n")
+
+    cache = str(tmp_path / "cache")
+    write(["first"])
+    assert load_dataset(str(folder), split="train", cache_dir=cache)["prompt"] == ["first"]
+    write(["second", "run"])
+    fresh = load_dataset(str(folder), split="train", cache_dir=cache, download_mode="force_redownload",
+                         verification_mode="no_checks")
+    assert fresh["prompt"] == ["second", "run"]
+
