@@ -1,5 +1,6 @@
 """A picture of what the generator gives away: held-out scenes from a pipeline, each row the generated image,
-its masks and one attention heat map per named object, under the prompt.
+its masks and one attention heat map per named object, under the prompt. Objects below the model's recommended
+`attention_peak` cut are labelled "not drawn?" in grey.
 
     python -m freeatm_hf.toy.showcase --output freeatm_hf/toy/assets/shapes-t2i/grid.png
 """
@@ -18,14 +19,17 @@ def showcase(pipe, num_scenes: int = 6, seed: int = 777, num_inference_steps: in
              guidance_scale: float | None = None) -> Image.Image:
     import numpy as np
 
+    from ..data.masks import likely_drawn
     from ..generate import FreeATMGenerator
     from ..generate.pipelines import pipeline_recommendation
     from ..viz import color, heatmap, overlay
     from .world import ShapesWorld
 
     gen = FreeATMGenerator(pipe)
+    rec = pipeline_recommendation(pipe) or {}
     if guidance_scale is None:
-        guidance_scale = float((pipeline_recommendation(pipe) or {}).get("guidance_scale") or 7.5)
+        guidance_scale = float(rec.get("guidance_scale") or 7.5)
+    min_peak = rec.get("min_attention_peak")
     specs = ShapesWorld(seed=seed).scenes(num_scenes)  # the mask evaluation's held-out test scenes
     out = gen([s.prompt() for s in specs], seeds=list(range(num_scenes)),
               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
@@ -44,8 +48,10 @@ def showcase(pipe, num_scenes: int = 6, seed: int = 777, num_inference_steps: in
         for k, o in enumerate(objs[:MAX_OBJECTS]):
             x = CELL * (2 + k)
             canvas.paste(heatmap(np.asarray(rows[k]["attention"]), (CELL, CELL)), (x, y))
-            draw.rectangle([x, y, x + CELL - 1, y + 11], fill=color(k))
-            draw.text((x + 3, y), o.name, fill=(255, 255, 255))
+            # An object whose attention peak says it was likely not drawn gets a grey label.
+            drawn = likely_drawn(o.attention_peak, min_peak)
+            draw.rectangle([x, y, x + CELL - 1, y + 11], fill=color(k) if drawn else (128, 128, 128))
+            draw.text((x + 3, y), o.name if drawn else f"{o.name}: not drawn?", fill=(255, 255, 255))
     return canvas
 
 
