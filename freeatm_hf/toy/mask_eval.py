@@ -176,8 +176,7 @@ def score_drawn_filter(test: SplitRecords, min_peak: float | None) -> dict:
     kept = [o for o in objs if o.peak >= min_peak]
     n_drawn, n_undrawn = sum(o.drawn for o in objs), sum(not o.drawn for o in objs)
     kept_drawn = sum(o.drawn for o in kept)
-    out.update(min_attention_peak=min_peak,
-               drawn_kept=round(kept_drawn / n_drawn, 4) if n_drawn else None,
+    out.update(drawn_kept=round(kept_drawn / n_drawn, 4) if n_drawn else None,
                undrawn_dropped=round(1 - (len(kept) - kept_drawn) / n_undrawn, 4) if n_undrawn else None,
                drawn_share_of_kept=round(kept_drawn / len(kept), 4) if kept else None)
     return out

@@ -63,12 +63,13 @@ def render(image: Image.Image, prompt: str, objects: list[dict], threshold: floa
     scale = _scale(image)
     size = (image.height, image.width)
     view = overlay(image, objects, threshold=threshold, scale=scale)
-    soft = [(heatmap(np.asarray(o["attention"]), (image.height * scale, image.width * scale)), _caption(o, min_peak))
-            for o in objects]
+    captions = [_caption(o, min_peak) for o in objects]
+    soft = [(heatmap(np.asarray(o["attention"]), (image.height * scale, image.width * scale)), c)
+            for o, c in zip(objects, captions)]
     masks, summary = [], []
-    for o in objects:
+    for o, c in zip(objects, captions):
         r = full_resolution_mask(np.asarray(o["attention"]), size, threshold)
-        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8), mode="L"), _caption(o, min_peak)))
+        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8), mode="L"), c))
         entry = {"name": o["name"], "bbox": [round(v, 1) for v in r.bbox] if r.bbox else None,
                  "area": round(r.area, 4), "empty": r.empty}
         if o.get("attention_peak") is not None:
