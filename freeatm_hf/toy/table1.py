@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .tables import cell, summarize
+from .tables import ablation_cut, add_filter_arguments, cell, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def make_parser():
     p.add_argument("--seed", type=int, default=0, help="generation seed")
     p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
                    help="one pretraining run per seed and pooling; the table shows mean ± std over them")
+    add_filter_arguments(p)
     return p
 
 
@@ -106,21 +107,26 @@ def main(argv=None) -> dict:
     scenes = out / "scenes"
     generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
                                     batch_size=32, num_inference_steps=args.num_inference_steps,
-                                    seed=args.seed, device=args.device))
+                                    seed=args.seed, device=args.device,
+                                    min_attention_peak=args.min_attention_peak))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
-    runs = {"none": [], "image": [], "attention": []}
+    cut = ablation_cut(scenes, args.ablate_drawn_filter)
+    arms = ["image", "attention"] + (["attention-all"] if args.ablate_drawn_filter else [])
+    runs = {"none": [], **{arm: [] for arm in arms}}
     for seed in args.pretrain_seeds:
         torch.manual_seed(seed)
         untrained = SimCLRModel(SimCLRConfig(backbone=args.backbone, proj_hidden_dim=512, proj_dim=128))
         runs["none"].append(probe(untrained.backbone, args, device))
-        for pooling in ("image", "attention"):
-            runs[pooling].append(pretrain_and_probe(args, scenes, out, pooling, seed, device, train_main))
+        for arm in arms:
+            runs[arm].append(pretrain_and_probe(args, scenes, out, arm, seed, device, train_main))
+    filtered = f", objects with attention_peak >= {cut:.4g}" if cut else ""
     names = {"none": "none (random init)", "image": "SimCLR, image-level (baseline)",
-             "attention": "SimCLR, attention-pooled (Free-ATM)"}
+             "attention": f"SimCLR, attention-pooled (Free-ATM{filtered})",
+             "attention-all": "SimCLR, attention-pooled, every named object (no drawn filter)"}
     rows = [summarize(names[k], v, [key for key, _ in COLUMNS]) for k, v in runs.items()]
     result = {"generator": pipeline, "num_images": args.num_images, "backbone": args.backbone,
               "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.max_steps,
-              "pretrain_seeds": args.pretrain_seeds,
+              "pretrain_seeds": args.pretrain_seeds, "min_attention_peak": cut,
               "probe": f"multi-label linear probes, {args.num_probe_train} / {args.num_probe_test} rendered scenes",
               "rows": rows}
     (out / "table1.json").write_text(json.dumps(result, indent=2))
@@ -131,11 +137,13 @@ def main(argv=None) -> dict:
     return result
 
 
-def pretrain_and_probe(args, scenes: Path, out: Path, pooling: str, seed: int, device: str, train_main) -> dict:
-    """Pretrain SimCLR with this pooling and seed (skipped when its folder is complete), then probe it."""
+def pretrain_and_probe(args, scenes: Path, out: Path, arm: str, seed: int, device: str, train_main) -> dict:
+    """Pretrain SimCLR for this arm ("image", "attention", or "attention-all": attention pooling without the
+    drawn filter) and seed (skipped when its folder is complete), then probe it."""
     from transformers import AutoModel
 
-    run = out / (f"simclr-{pooling}" + (f"-seed{seed}" if seed else ""))
+    pooling = arm.split("-")[0]
+    run = out / (f"simclr-{arm}" + (f"-seed{seed}" if seed else ""))
     if not (run / "model.safetensors").is_file():
         train_main(["simclr", "--dataset", str(scenes), "--output_dir", str(run), "--backbone", args.backbone,
                     "--pooling", pooling, "--image_size", str(args.image_size), "--proj_hidden_dim", "512",
@@ -144,6 +152,7 @@ def pretrain_and_probe(args, scenes: Path, out: Path, pooling: str, seed: int, d
                     "--max_steps", str(args.max_steps), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
                     "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
                     "--dataloader_drop_last", "true", "--seed", str(seed), "--dataloader_num_workers", "0"]
+                   + (["--min_attention_peak", "0"] if arm == "attention-all" else [])
                    + (["--use_cpu", "true"] if device == "cpu" else []))
     return probe(AutoModel.from_pretrained(run).backbone, args, device)
 

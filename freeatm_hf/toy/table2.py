@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .tables import cell, summarize
+from .tables import ablation_cut, add_filter_arguments, cell, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def make_parser():
     p.add_argument("--seed", type=int, default=0, help="generation seed")
     p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
                    help="one pretraining + fine-tuning run per seed and prompt setting; the table shows mean ± std")
+    add_filter_arguments(p)
     return p
 
 
@@ -104,20 +105,24 @@ def main(argv=None) -> dict:
     if not args.scenes:
         generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
                                         batch_size=32, num_inference_steps=args.num_inference_steps,
-                                        seed=args.seed, device=args.device))
+                                        seed=args.seed, device=args.device,
+                                        min_attention_peak=args.min_attention_peak))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
     finetune_set = rendered_retrieval_set(out / "finetune_set", "train", seed=41_000, n=args.num_finetune,
                                           mirrors=True)
     test_set = rendered_retrieval_set(out / "test_set", "test", seed=42_000, n=args.num_test, mirrors=True)
-    runs = {"none": [], "position": []}
+    cut = ablation_cut(scenes, args.ablate_drawn_filter)
+    runs = {"none": [], "position": [], **({"position-all": []} if args.ablate_drawn_filter else {})}
     for seed in args.pretrain_seeds:
-        for prompts in runs:
-            runs[prompts].append(pretrain_and_test(args, scenes, out, prompts, seed, device, finetune_set, test_set))
-    names = {"none": "BLIP, plain captions (baseline)", "position": "BLIP + position prompts (Free-ATM)"}
+        for arm in runs:
+            runs[arm].append(pretrain_and_test(args, scenes, out, arm, seed, device, finetune_set, test_set))
+    filtered = f", objects with attention_peak >= {cut:.4g}" if cut else ""
+    names = {"none": "BLIP, plain captions (baseline)", "position": f"BLIP + position prompts (Free-ATM{filtered})",
+             "position-all": "BLIP + position prompts for every named object (no drawn filter)"}
     rows = [summarize(names[k], v, METRICS) for k, v in runs.items()]
     result = {"generator": pipeline, "pretraining_scenes": str(scenes), "model_size": args.model_size,
               "image_size": args.image_size, "batch_size": args.batch_size, "pretraining_steps": args.max_steps,
-              "pretrain_seeds": args.pretrain_seeds,
+              "pretrain_seeds": args.pretrain_seeds, "min_attention_peak": cut,
               "finetune": f"{args.finetune_steps} steps on {args.num_finetune} rendered scenes + mirrors",
               "test": f"{args.num_test} rendered scenes + their mirrors (mirrored captions)", "rows": rows}
     (out / "table2.json").write_text(json.dumps(result, indent=2))
@@ -128,17 +133,19 @@ def main(argv=None) -> dict:
     return result
 
 
-def pretrain_and_test(args, scenes: Path, out: Path, prompts: str, seed: int, device: str, finetune_set: Path,
+def pretrain_and_test(args, scenes: Path, out: Path, arm: str, seed: int, device: str, finetune_set: Path,
                       test_set: Path) -> dict:
-    """Pretrain BLIP, fine-tune it for retrieval, test it; a re-run skips what is already done."""
+    """Pretrain BLIP for this arm ("none", "position", or "position-all": position prompts without the drawn
+    filter), fine-tune it for retrieval, test it; a re-run skips what is already done."""
     from ..eval.cli import main as eval_main
     from ..train.cli import main as train_main
 
     suffix = f"-seed{seed}" if seed else ""
-    done = out / f"retrieval-{prompts}{suffix}.json"
+    prompts = arm.split("-")[0]
+    done = out / f"retrieval-{arm}{suffix}.json"
     if done.is_file():
         return {k: json.loads(done.read_text())[k] for k in METRICS}
-    run = out / f"blip-{prompts}{suffix}"
+    run = out / f"blip-{arm}{suffix}"
     cpu = ["--use_cpu", "true"] if device == "cpu" else []
     if not (run / "model.safetensors").is_file():
         train_main(["blip", "--dataset", str(scenes), "--output_dir", str(run), "--prompts", prompts,
@@ -146,10 +153,11 @@ def pretrain_and_test(args, scenes: Path, out: Path, prompts: str, seed: int, de
                     "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
                     "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
                     "--warmup_steps", "0.05", "--logging_steps", "25", "--save_strategy", "no",
-                    "--report_to", "none", "--dataloader_drop_last", "true", "--seed", str(seed)] + cpu)
+                    "--report_to", "none", "--dataloader_drop_last", "true", "--seed", str(seed)]
+                   + (["--min_attention_peak", "0"] if arm == "position-all" else []) + cpu)
     r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test",
                    "--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
-                   "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{prompts}{suffix}-retrieval"),
+                   "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{arm}{suffix}-retrieval"),
                    "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr),
                    "--output", str(done)]
                   + (["--device", "cpu"] if device == "cpu" else [])

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 
@@ -31,3 +32,24 @@ def test_table1_runs_end_to_end_and_writes_its_table(tmp_path):
     assert (tmp_path / "simclr-attention").is_dir() and (tmp_path / "simclr-attention-seed1").is_dir()
     assert json.loads((tmp_path / "table1.json").read_text()) == res
     assert (tmp_path / "table1.md").read_text().count("\n") == 5
+
+
+def test_table1_ablates_the_drawn_filter_with_a_row_trained_on_every_object(tmp_path):
+    from freeatm_hf.toy.table1 import main
+
+    common = ["--pipeline", "tiny", "--num_images", "4", "--num_inference_steps", "2", "--max_steps", "1",
+              "--batch_size", "4", "--num_probe_train", "40", "--num_probe_test", "20", "--image_size", "32",
+              "--device", "cpu", "--ablate_drawn_filter"]
+    # The tiny pipeline recommends no cut: nothing to ablate, and saying so beats a row equal to another.
+    with pytest.raises(ValueError, match="records no min_attention_peak"):
+        main(["--output_dir", str(tmp_path / "nocut"), *common])
+
+    res = main(["--output_dir", str(tmp_path / "cut"), *common, "--min_attention_peak", "0.01"])
+    assert res["min_attention_peak"] == 0.01
+    assert [r["pretraining"] for r in res["rows"]][2:] == [
+        "SimCLR, attention-pooled (Free-ATM, objects with attention_peak >= 0.01)",
+        "SimCLR, attention-pooled, every named object (no drawn filter)"]
+    # The filtered run read the cut from the scenes' card; the ablation was told to keep everything.
+    assert "attention_peak below 0.01" in (tmp_path / "cut" / "simclr-attention" / "README.md").read_text()
+    assert "attention_peak below" not in (tmp_path / "cut" / "simclr-attention-all" / "README.md").read_text()
+    assert (tmp_path / "cut" / "table1.md").read_text().count("\n") == 6

@@ -44,3 +44,18 @@ def test_table2_runs_end_to_end(tmp_path):
     assert all(0 <= r[k] <= 100 for r in res["rows"] for k in ("tr@1", "ir@1", "tr@5", "ir@5"))
     assert (tmp_path / "table2.md").is_file() and (tmp_path / "blip-position-retrieval" / "config.json").is_file()
     assert all(r["seeds"] == 1 and r["tr@1_std"] is None for r in res["rows"])
+
+
+def test_table2_ablates_the_drawn_filter_with_prompts_for_every_object(tmp_path):
+    from freeatm_hf.toy.table2 import main
+
+    res = main(["--output_dir", str(tmp_path), "--pipeline", "tiny", "--num_images", "4", "--num_inference_steps", "2",
+                "--max_steps", "1", "--batch_size", "4", "--num_finetune", "4", "--finetune_steps", "1",
+                "--num_test", "4", "--image_size", "32", "--device", "cpu", "--min_attention_peak", "0.02",
+                "--ablate_drawn_filter"])
+    assert [r["pretraining"] for r in res["rows"]][1:] == [
+        "BLIP + position prompts (Free-ATM, objects with attention_peak >= 0.02)",
+        "BLIP + position prompts for every named object (no drawn filter)"]
+    assert "attention_peak below 0.02" in (tmp_path / "blip-position" / "README.md").read_text()
+    assert "attention_peak below" not in (tmp_path / "blip-position-all" / "README.md").read_text()
+    assert (tmp_path / "retrieval-position-all.json").is_file()
