@@ -45,6 +45,37 @@ def shapes_dataset(n: int, start: int = 0, seed: int = 0, size: int = 64, **worl
     return Dataset.from_list(list(rendered_rows(world, n, start)), features=FEATURES)
 
 
+def write_perfect_scenes(folder, n: int, seed: int = 0, size: int = 64, rows_per_shard: int = 512):
+    """Rendered scenes in the *generator's* dataset schema, each object's `attention` its exact visible mask:
+    what a perfect generator with perfect masks would write. Pretraining on it bounds what better generated
+    data could give (`python -m freeatm_hf.toy.table1 --perfect_scenes`). Hidden objects are left out, as
+    a generator's drawn-object filter would; `attention_peak` is null (no attention was captured)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..generate.schema import dataset_features
+    from .world import SHAPES
+
+    folder = Path(folder)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    world = ShapesWorld(size=size, seed=seed)
+    num_shards = -(-n // rows_per_shard)
+    rows = []
+    for r in rendered_rows(world, n):
+        objects = [{"name": o["name"], "token_indices": [], "attention": o["mask"], "bbox": o["bbox"],
+                    "area": float(np.asarray(o["mask"]).mean() / 255), "attention_peak": None}
+                   for o in r["objects"] if o["bbox"] is not None]
+        rows.append({"image": r["image"], "prompt": r["caption"], "label": SHAPES.index(r["objects"][0]["shape"]),
+                     "objects": objects, "truncated_objects": [], "seed": r["seed"]})
+        if len(rows) == rows_per_shard or r["seed"] == n - 1:
+            shard = r["seed"] // rows_per_shard
+            Dataset.from_list(rows, features=dataset_features(list(SHAPES))).to_parquet(
+                str(folder / "data" / f"train-{shard:05d}-of-{num_shards:05d}.parquet"))
+            rows = []
+    return folder
+
+
 def write_labelled_shapes(folder, num_train: int = 300, num_test: int = 150, size: int = 64, seed: int = 0):
     """Rendered single-object scenes labelled by shape, as a Hub-layout folder with train and test splits: the
     toy world's downstream classification task (chance = 1/6)."""

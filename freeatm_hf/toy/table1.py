@@ -43,6 +43,9 @@ def make_parser():
     p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
                    help="one pretraining run per seed and pooling; the table shows mean ± std over them")
     add_filter_arguments(p)
+    p.add_argument("--perfect_scenes", action="store_true",
+                   help="pretrain on rendered scenes with exact masks instead of generated ones: what a perfect "
+                        "generator would give (the bound on what better generated data can change)")
     return p
 
 
@@ -99,17 +102,23 @@ def main(argv=None) -> dict:
     from ..generate.run import generate_dataset
     from ..models import SimCLRConfig, SimCLRModel
     from ..train.cli import main as train_main
+    from .dataset import write_perfect_scenes
 
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scenes = out / "scenes"
-    generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
-                                    batch_size=32, num_inference_steps=args.num_inference_steps,
-                                    seed=args.seed, device=args.device,
-                                    min_attention_peak=args.min_attention_peak))
-    pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
+    if args.perfect_scenes:
+        scenes, pipeline = out / "perfect_scenes", "none: rendered scenes with exact masks"
+        if not scenes.is_dir():
+            write_perfect_scenes(scenes, args.num_images, seed=args.seed)
+    else:
+        scenes = out / "scenes"
+        generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
+                                        batch_size=32, num_inference_steps=args.num_inference_steps,
+                                        seed=args.seed, device=args.device,
+                                        min_attention_peak=args.min_attention_peak))
+        pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
     cut = ablation_cut(scenes, args.ablate_drawn_filter)
     arms = ["image", "attention"] + (["attention-all"] if args.ablate_drawn_filter else [])
     runs = {"none": [], **{arm: [] for arm in arms}}

@@ -53,3 +53,15 @@ def test_table1_ablates_the_drawn_filter_with_a_row_trained_on_every_object(tmp_
     assert "attention_peak below 0.01" in (tmp_path / "cut" / "simclr-attention" / "README.md").read_text()
     assert "attention_peak below" not in (tmp_path / "cut" / "simclr-attention-all" / "README.md").read_text()
     assert (tmp_path / "cut" / "table1.md").read_text().count("\n") == 6
+
+
+def test_table1_pretrains_on_perfect_scenes_without_a_generator(tmp_path):
+    from freeatm_hf.toy.table1 import main
+
+    res = main(["--output_dir", str(tmp_path), "--perfect_scenes", "--num_images", "6", "--max_steps", "1",
+                "--batch_size", "4", "--num_probe_train", "40", "--num_probe_test", "20", "--image_size", "32",
+                "--device", "cpu"])
+    assert res["generator"] == "none: rendered scenes with exact masks"
+    assert not (tmp_path / "scenes").exists() and (tmp_path / "perfect_scenes" / "data").is_dir()
+    assert (tmp_path / "simclr-attention" / "model.safetensors").is_file()
+    assert "perfect_scenes" in (tmp_path / "simclr-attention" / "README.md").read_text()
