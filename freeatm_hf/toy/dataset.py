@@ -45,6 +45,9 @@ def shapes_dataset(n: int, start: int = 0, seed: int = 0, size: int = 64, **worl
     return Dataset.from_list(list(rendered_rows(world, n, start)), features=FEATURES)
 
 
+PERFECT_SCENES = "none: rendered scenes with exact masks"
+
+
 def write_perfect_scenes(folder, n: int, seed: int = 0, size: int = 64, rows_per_shard: int = 512):
     """Rendered scenes in the *generator's* dataset schema, each object's `attention` its exact visible mask:
     what a perfect generator with perfect masks would write. Pretraining on it bounds what better generated
@@ -73,6 +76,10 @@ def write_perfect_scenes(folder, n: int, seed: int = 0, size: int = 64, rows_per
             Dataset.from_list(rows, features=dataset_features(list(SHAPES))).to_parquet(
                 str(folder / "data" / f"train-{shard:05d}-of-{num_shards:05d}.parquet"))
             rows = []
+    # Where a generated folder records its settings, so the toy tables name the data the same way for both.
+    (folder / ".freeatm").mkdir(exist_ok=True)
+    (folder / ".freeatm" / "settings.json").write_text(json.dumps(
+        {"pipeline": PERFECT_SCENES, "num_images": n, "seed": seed, "size": size}, indent=2))
     return folder
 
 

@@ -109,8 +109,8 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.perfect_scenes:
-        scenes, pipeline = out / "perfect_scenes", "none: rendered scenes with exact masks"
-        if not scenes.is_dir():
+        scenes = out / "perfect_scenes"
+        if not (scenes / ".freeatm" / "settings.json").is_file():  # written last: a crash leaves it missing
             write_perfect_scenes(scenes, args.num_images, seed=args.seed)
     else:
         scenes = out / "scenes"
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
                                         batch_size=32, num_inference_steps=args.num_inference_steps,
                                         seed=args.seed, device=args.device,
                                         min_attention_peak=args.min_attention_peak))
-        pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
+    pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
     cut = ablation_cut(scenes, args.ablate_drawn_filter)
     arms = ["image", "attention"] + (["attention-all"] if args.ablate_drawn_filter else [])
     runs = {"none": [], **{arm: [] for arm in arms}}

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 
 
@@ -5,7 +7,7 @@ def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
     from datasets import load_dataset
 
     from freeatm_hf.generate.schema import dataset_features
-    from freeatm_hf.toy.dataset import write_perfect_scenes
+    from freeatm_hf.toy.dataset import PERFECT_SCENES, write_perfect_scenes
     from freeatm_hf.toy.world import SHAPES, ShapesWorld
 
     write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=3)
@@ -28,3 +30,5 @@ def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
             ys, xs = np.nonzero(exact)
             assert o["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     assert [r["seed"] for r in ds] == list(range(7))
+    settings = json.loads((tmp_path / ".freeatm" / "settings.json").read_text())
+    assert settings == {"pipeline": PERFECT_SCENES, "num_images": 7, "seed": 4, "size": 64}

@@ -59,3 +59,16 @@ def test_table2_ablates_the_drawn_filter_with_prompts_for_every_object(tmp_path)
     assert "attention_peak below 0.02" in (tmp_path / "blip-position" / "README.md").read_text()
     assert "attention_peak below" not in (tmp_path / "blip-position-all" / "README.md").read_text()
     assert (tmp_path / "retrieval-position-all.json").is_file()
+
+
+def test_table2_takes_perfect_scenes_as_its_pretraining_data(tmp_path):
+    from freeatm_hf.toy.dataset import write_perfect_scenes
+    from freeatm_hf.toy.table2 import main
+
+    scenes = write_perfect_scenes(tmp_path / "perfect", 4)
+    res = main(["--output_dir", str(tmp_path / "out"), "--scenes", str(scenes), "--max_steps", "1",
+                "--batch_size", "4", "--num_finetune", "4", "--finetune_steps", "1", "--num_test", "4",
+                "--image_size", "32", "--device", "cpu"])
+    assert res["generator"] == "none: rendered scenes with exact masks" and res["min_attention_peak"] is None
+    # position prompts come from the exact masks: the card says which data the prompts were built from
+    assert str(scenes) in (tmp_path / "out" / "blip-position" / "README.md").read_text()
