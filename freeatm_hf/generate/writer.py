@@ -91,7 +91,9 @@ class DatasetWriter:
     def _check_settings(self, is_main_process: bool):
         path = self.root / STATE_DIR / SETTINGS_FILE
         if path.exists():
-            old = {**ADDED_SETTINGS, **json.loads(path.read_text())}
+            # Only for settings this writer has: a writer that never had one (the toy's perfect scenes) resumes.
+            added = {k: v for k, v in ADDED_SETTINGS.items() if k in self.settings}
+            old = {**added, **json.loads(path.read_text())}
             keys = (set(old) | set(self.settings)) - NOT_COMPARED
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
             if diff and not self._has_shards():

@@ -58,6 +58,8 @@ def test_a_folder_from_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
     with pytest.raises(SettingsMismatchError, match=r"refine: 'none' → 'guided'"):
         DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "guided"}, num_rows=4, rows_per_shard=2)
+    # A writer without that setting at all (not the generator's) resumes its own folder as it wrote it.
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25}, num_rows=4, rows_per_shard=2)
 
 
 def test_shards_of_an_older_schema_are_refused_before_any_new_shard_is_written(tmp_path):
