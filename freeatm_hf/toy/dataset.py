@@ -52,35 +52,30 @@ def write_perfect_scenes(folder, n: int, seed: int = 0, size: int = 64, rows_per
     """Rendered scenes in the *generator's* dataset schema, each object's `attention` its exact visible mask:
     what a perfect generator with perfect masks would write. Pretraining on it bounds what better generated
     data could give (`python -m freeatm_hf.toy.table1 --perfect_scenes`). Hidden objects are left out, as
-    a generator's drawn-object filter would; `attention_peak` is null (no attention was captured)."""
-    from pathlib import Path
+    a generator's drawn-object filter would; `attention_peak` is null (no attention was captured).
 
+    Written by the generator's own `DatasetWriter`: same shard layout and `.freeatm/settings.json`, and a
+    re-run skips finished shards."""
     import numpy as np
 
     from ..generate.schema import dataset_features
+    from ..generate.writer import DatasetWriter
     from .world import SHAPES
 
-    folder = Path(folder)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
     world = ShapesWorld(size=size, seed=seed)
-    num_shards = -(-n // rows_per_shard)
-    rows = []
-    for r in rendered_rows(world, n):
-        objects = [{"name": o["name"], "token_indices": [], "attention": o["mask"], "bbox": o["bbox"],
-                    "area": float(np.asarray(o["mask"]).mean() / 255), "attention_peak": None}
-                   for o in r["objects"] if o["bbox"] is not None]
-        rows.append({"image": r["image"], "prompt": r["caption"], "label": SHAPES.index(r["objects"][0]["shape"]),
-                     "objects": objects, "truncated_objects": [], "seed": r["seed"]})
-        if len(rows) == rows_per_shard or r["seed"] == n - 1:
-            shard = r["seed"] // rows_per_shard
-            Dataset.from_list(rows, features=dataset_features(list(SHAPES))).to_parquet(
-                str(folder / "data" / f"train-{shard:05d}-of-{num_shards:05d}.parquet"))
-            rows = []
-    # Where a generated folder records its settings, so the toy tables name the data the same way for both.
-    (folder / ".freeatm").mkdir(exist_ok=True)
-    (folder / ".freeatm" / "settings.json").write_text(json.dumps(
-        {"pipeline": PERFECT_SCENES, "num_images": n, "seed": seed, "size": size}, indent=2))
-    return folder
+    writer = DatasetWriter(folder, dataset_features(list(SHAPES)),
+                           {"pipeline": PERFECT_SCENES, "num_images": n, "seed": seed, "size": size}, n, rows_per_shard)
+    writer.clean_tmp()
+    for shard in writer.pending():
+        rows = []
+        for r in rendered_rows(world, shard.stop - shard.start, start=shard.start):
+            objects = [{"name": o["name"], "token_indices": [], "attention": o["mask"], "bbox": o["bbox"],
+                        "area": float(np.asarray(o["mask"]).mean() / 255), "attention_peak": None}
+                       for o in r["objects"] if o["bbox"] is not None]
+            rows.append({"image": r["image"], "prompt": r["caption"], "label": SHAPES.index(r["objects"][0]["shape"]),
+                         "objects": objects, "truncated_objects": [], "seed": r["seed"]})
+        writer.write(shard, rows)
+    return writer.root
 
 
 def write_labelled_shapes(folder, num_train: int = 300, num_test: int = 150, size: int = 64, seed: int = 0):

@@ -109,9 +109,7 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.perfect_scenes:
-        scenes = out / "perfect_scenes"
-        if not (scenes / ".freeatm" / "settings.json").is_file():  # written last: a crash leaves it missing
-            write_perfect_scenes(scenes, args.num_images, seed=args.seed)
+        scenes = write_perfect_scenes(out / "perfect_scenes", args.num_images, seed=args.seed)  # resumes
     else:
         scenes = out / "scenes"
         generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,

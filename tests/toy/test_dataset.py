@@ -32,3 +32,7 @@ def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
     assert [r["seed"] for r in ds] == list(range(7))
     settings = json.loads((tmp_path / ".freeatm" / "settings.json").read_text())
     assert settings == {"pipeline": PERFECT_SCENES, "num_images": 7, "seed": 4, "size": 64}
+    # A re-run finds every shard written and leaves them as they are.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir()}
+    write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=3)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir()} == stamps
