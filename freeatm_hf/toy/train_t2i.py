@@ -240,12 +240,20 @@ def main(argv=None):
 
 def _drop_local_paths(folder: Path):
     """A resumed model's configs remember the folder they were loaded from (`_name_or_path`): a path on the
-    training machine, meaningless in a shipped or pushed folder."""
+    training machine, meaningless in a shipped or pushed folder.
+
+    The text encoder's `dtype` is set to float32 as well: transformers loads a model in its config's dtype
+    while diffusers loads the UNet and VAE in float32, so a plain `DiffusionPipeline.from_pretrained(folder)`
+    of fp16 weights would feed fp16 text embeddings to an fp32 UNet and fail. The weights stay fp16 on disk."""
     import json
 
     for path in Path(folder).glob("*/config.json"):
         cfg = json.loads(path.read_text())
-        if cfg.pop("_name_or_path", None) is not None:
+        changed = cfg.pop("_name_or_path", None) is not None
+        if cfg.get("model_type") == "clip_text_model" and cfg.get("dtype") not in (None, "float32"):
+            cfg["dtype"] = "float32"
+            changed = True
+        if changed:
             path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 

@@ -24,7 +24,9 @@ def test_smoke_training_writes_a_loadable_pipeline_under_20_mb(trained):
 
     size = sum(p.stat().st_size for p in trained.rglob("*.safetensors"))
     assert size <= 20_000_000
-    pipe = DiffusionPipeline.from_pretrained(str(trained), dtype=torch.float32)
+    # Loaded as the card shows, without a dtype: fp16 weights on disk, every component in float32.
+    pipe = DiffusionPipeline.from_pretrained(str(trained))
+    assert {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()} == {torch.float32}
     init = shapes_components()["unet"].state_dict()
     changed = sum(not torch.allclose(init[k].half().float(), v) for k, v in pipe.unet.state_dict().items())
     # Most tensors moved; the first warm-up steps of a few norms and biases round away in the fp16 save.
@@ -41,6 +43,17 @@ def test_smoke_training_writes_a_loadable_pipeline_under_20_mb(trained):
     assert "shapes-t2i" in card and "UNet steps: 2" in card
     info = json.loads((trained / "freeatm.json").read_text())
     assert info["prompt_mode"] == "shapes" and info["training"]["unet_steps"] == 2
+
+
+def test_the_shipped_model_runs_as_its_card_shows():
+    from diffusers import DiffusionPipeline
+
+    from freeatm_hf.toy.model import MODEL_DIR
+
+    pipe = DiffusionPipeline.from_pretrained(MODEL_DIR)
+    image = pipe("a red circle and a small blue star on a striped background", num_inference_steps=2,
+                 guidance_scale=2.0, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 
 def test_generate_with_the_folder_uses_its_prompts_and_capture(trained, tmp_path):
