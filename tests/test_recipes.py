@@ -25,12 +25,25 @@ def test_accelerate_configs_load(path):
                                                          "mae_atm.yaml", "mae_cpu_smoke.yaml", "blip_atm.yaml",
                                                          "blip_cpu_smoke.yaml")], ids=lambda p: p.name)
 def test_training_recipes_parse(path):
-    from freeatm_hf.train.cli import parse
+    from freeatm_hf.train.cli import parse, resolve_method
 
     method = next((m for m in ("moco", "mae", "blip", "simclr") if m in path.name), "simclr")
+    # A method's own recipe names it (`accelerate launch -m freeatm_hf.train recipe.yaml`); the contrastive
+    # smoke recipe serves SimCLR and MoCo, so the method is named before it.
+    argv = [str(path)] if "contrastive" not in path.name else [method, str(path)]
+    assert resolve_method(argv) == (method, [str(path)])
     # bf16 is refused without a GPU, so the check overrides it (overrides after a recipe are the CLI contract).
     args, targs = parse(method, [str(path), "--bf16", "false"])
     assert args.dataset and targs.output_dir
+
+
+def test_a_recipe_that_names_another_method_or_none_is_refused():
+    from freeatm_hf.train.cli import resolve_method
+
+    with pytest.raises(SystemExit, match="is a 'mae' recipe, but 'simclr' was asked for"):
+        resolve_method(["simclr", str(RECIPES / "mae_atm.yaml")])
+    with pytest.raises(SystemExit, match="has no `method:` key"):
+        resolve_method([str(RECIPES / "contrastive_cpu_smoke.yaml")])
 
 
 def test_cpu_smoke_recipe_runs(tmp_path):
@@ -44,7 +57,7 @@ def test_cpu_smoke_recipe_runs(tmp_path):
 def test_mae_cpu_smoke_recipe_runs(tmp_path):
     from freeatm_hf.train.cli import main
 
-    trainer = main(["mae", str(RECIPES / "mae_cpu_smoke.yaml"), "--output_dir", str(tmp_path), "--num_train_epochs", "1",
+    trainer = main([str(RECIPES / "mae_cpu_smoke.yaml"), "--output_dir", str(tmp_path), "--num_train_epochs", "1",
                     "--dataset", str(RECIPES.parent / "spaces" / "mask_viewer" / "example_dataset")])
     assert trainer.state.global_step == 1 and (tmp_path / "model.safetensors").is_file()
 

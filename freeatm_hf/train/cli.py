@@ -1,14 +1,35 @@
-"""freeatm train METHOD [recipe.yaml] [--flags]: pretraining with Trainer.
+"""freeatm train [METHOD] [recipe.yaml] [--flags]: pretraining with Trainer.
 
     freeatm train simclr --dataset outputs/scenes --output_dir outputs/simclr-atm --per_device_train_batch_size 256
     freeatm train moco recipes/moco_atm.yaml --num_train_epochs 1
-    freeatm train mae recipes/mae_atm.yaml
-    accelerate launch -m freeatm_hf.train simclr recipes/simclr_atm.yaml
+    freeatm train recipes/mae_atm.yaml                     # the recipe's `method:` names the method
+    accelerate launch -m freeatm_hf.train recipes/simclr_atm.yaml
 """
 
 import sys
 
 METHODS = ("simclr", "moco", "mae", "blip")
+
+
+def _is_recipe(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml"))
+
+
+def resolve_method(argv: list[str]) -> tuple[str, list[str]]:
+    """The method and the remaining arguments: named first, or by the recipe's `method:` key (both must agree)."""
+    named = None if _is_recipe(argv[0]) else argv.pop(0)
+    recipe_method = None
+    if argv and _is_recipe(argv[0]):
+        import yaml
+
+        with open(argv[0]) as f:
+            recipe_method = (yaml.safe_load(f) or {}).get("method")
+    if named and recipe_method and named != recipe_method:
+        raise SystemExit(f"{argv[0]} is a {recipe_method!r} recipe, but {named!r} was asked for")
+    method = named or recipe_method
+    if method is None:
+        raise SystemExit(f"{argv[0]} has no `method:` key: name the method first, e.g. freeatm train simclr {argv[0]}")
+    return method, argv
 
 
 def parse(method: str, argv: list[str]):
@@ -25,7 +46,7 @@ def parse(method: str, argv: list[str]):
     else:
         from .contrastive import ContrastiveArguments as Arguments
     parser = HfArgumentParser((Arguments, TrainingArguments), prog=f"freeatm train {method}")
-    if argv and argv[0].endswith((".yaml", ".yml")):
+    if argv and _is_recipe(argv[0]):
         import yaml
 
         with open(argv[0]) as f:
@@ -44,8 +65,8 @@ def main(argv=None):
         print(f"methods: {', '.join(METHODS)}; `freeatm train METHOD --help` lists the arguments")
         return None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    method = argv[0]
-    args, training_args = parse(method, argv[1:])
+    method, argv = resolve_method(argv)
+    args, training_args = parse(method, argv)
     # `--push_to_hub` is honoured by uploading the finished folder (weights, freeatm card, exports) once,
     # instead of Trainer's own pushes, which would replace the card with Trainer's.
     push = training_args.push_to_hub
