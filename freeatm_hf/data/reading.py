@@ -71,9 +71,9 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
                                stopping_strategy="first_exhausted")
 
 
-def generation_settings(source: str | None) -> dict:
-    """The settings a freeatm dataset was generated with (its card's `freeatm.generation` YAML), or {} for
-    another dataset, an older card, or a Hub repo out of reach."""
+def freeatm_card_block(source: str | None) -> dict:
+    """The `freeatm:` block of a dataset card's YAML (a local folder or a Hub id), or {} for another dataset, an
+    older card, or a Hub repo out of reach."""
     if not source:
         return {}
     from pathlib import Path
@@ -85,7 +85,25 @@ def generation_settings(source: str | None) -> dict:
         card = DatasetCard.load(readme if readme.is_file() else source, repo_type="dataset")
     except Exception:  # no card, not a repo id, offline without a cached card
         return {}
-    return dict((card.data.to_dict().get("freeatm") or {}).get("generation") or {})
+    return dict(card.data.to_dict().get("freeatm") or {})
+
+
+def generation_settings(source: str | None) -> dict:
+    """The settings a freeatm dataset was generated with (its card's `freeatm.generation`), or {}."""
+    return dict(freeatm_card_block(source).get("generation") or {})
+
+
+def hub_dataset_id(source: str | None) -> str | None:
+    """The Hub id to name a dataset by in a public card: the id as given, or the repo a local folder was pushed
+    to (`freeatm push` records it in the folder's card); None for a local folder never pushed, whose path on
+    the training machine means nothing to a reader."""
+    from pathlib import Path
+
+    if not source:
+        return None
+    if Path(source).exists():
+        return freeatm_card_block(source).get("repo_id")
+    return source
 
 
 def dataset_threshold(source: str | None, default: float = 0.4) -> float | str:

@@ -26,6 +26,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    name_the_repo(folder, repo_id, repo_type)
     commit = api.upload_folder(
         repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
         commit_message=commit_message or f"Upload {repo_type} with freeatm_hf {__version__}", ignore_patterns=IGNORE,
@@ -33,6 +34,35 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return url
+
+
+PLACEHOLDERS = {"dataset": "<user>/<dataset>", "model": "<user>/<repo>", "space": "<user>/<space>"}
+
+
+def name_the_repo(folder: Path, repo_id: str, repo_type: str):
+    """Cards are written before anyone knows where they will be pushed, so their load snippets say
+    `<user>/<repo>`: give the folder's card its repo id now (the folder is what the repo holds). A freeatm
+    model card is rendered again from its saved facts; a dataset card also records the id (`freeatm.repo_id`),
+    so that a model trained on the local folder can name the dataset by its Hub id in its own card."""
+    readme = folder / "README.md"
+    if repo_type == "model" and (folder / "card_info.json").is_file() and (folder / "config.json").is_file():
+        from transformers import AutoConfig
+
+        from .. import models  # noqa: F401  (registers the freeatm configs)
+        from .model_card import write_model_card
+
+        write_model_card(folder, AutoConfig.from_pretrained(folder), repo_id=repo_id)
+        return
+    text = readme.read_text()
+    named = text.replace(PLACEHOLDERS.get(repo_type, "<user>/<repo>"), repo_id)
+    if repo_type == "dataset" and "\nfreeatm:" in text.split("\n---", 1)[0]:
+        from huggingface_hub import DatasetCard
+
+        card = DatasetCard(named)
+        card.data.freeatm = {**card.data.to_dict()["freeatm"], "repo_id": repo_id}
+        named = str(card)
+    if named != text:
+        readme.write_text(named)
 
 
 def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,

@@ -48,6 +48,9 @@ def test_freeatm_push_uploads_exactly_the_folder_without_leaking_the_token(datas
         assert hub.auth_headers and all(h == f"Bearer {TOKEN}" for h in hub.auth_headers)
         assert not hub.unknown
         assert hub.validated and set(hub.validated) == {"dataset"}  # the card YAML passed the Hub-side check
+        # The card's load snippet and its freeatm block name the repo it now lives in.
+        card = repo["files"]["README.md"].decode()
+        assert 'load_dataset("me/scenes"' in card and "<user>/<dataset>" not in card and "repo_id: me/scenes" in card
     assert TOKEN not in res.stdout + res.stderr
     assert all(TOKEN.encode() not in data for data in repo["files"].values())
 
@@ -84,6 +87,7 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         files = hub.repos[("model", "me/simclr-atm")]["files"]
         assert {"README.md", "config.json", "model.safetensors"} <= set(files)
         assert files["README.md"] == (out / "README.md").read_bytes()
+        assert 'from_pretrained("me/simclr-atm")' in files["README.md"].decode()
         res = run_cli(["push-model", str(out), "me/again", "--timm"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
         assert hub.repos[("model", "me/again")]["files"]["model.safetensors"] == files["model.safetensors"]
@@ -92,7 +96,7 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         assert {"README.md", "config.json", "model.safetensors"} <= set(exported)
         timm_card = ModelCard(exported["README.md"].decode())
         assert timm_card.data.library_name == "timm" and 'hf-hub:me/again-timm' in timm_card.text
-        assert "hf-hub:<user>/<repo>-timm" in (out / "README.md").read_text()  # the name the card promises
+        assert "hf-hub:me/again-timm" in (out / "README.md").read_text()  # the name the card promises
         local = tmp_path / "timm_repo"
         local.mkdir()
         for name, data in exported.items():
