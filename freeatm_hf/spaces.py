@@ -25,15 +25,44 @@ def load_app(name: str = "mask_viewer"):
     return module
 
 
+def space_requirements() -> str:
+    """requirements.txt for a pushed Space: freeatm_hf's own dependencies (the package itself travels beside
+    app.py), without gradio, which the Space's `sdk_version` provides."""
+    from importlib.metadata import requires
+
+    deps = [r for r in requires("freeatm_hf") or [] if "extra ==" not in r and not r.startswith("gradio")]
+    return "# Written by `freeatm push-space`: freeatm_hf is uploaded beside app.py, these are its dependencies.\n" + \
+        "\n".join(deps) + "\n"
+
+
+def stage_space(dest: Path, name: str = "mask_viewer") -> Path:
+    """Lay out what a Space repo holds: the Space folder, the freeatm_hf package beside `app.py` (so the Space
+    runs the very version that pushed it, with its shipped shapes model, from no package index or git URL), and
+    requirements.txt with the package's dependencies."""
+    import shutil
+
+    import freeatm_hf
+
+    dest = Path(dest)
+    shutil.copytree(space_dir(name), dest, ignore=shutil.ignore_patterns("__pycache__", "screenshots", ".freeatm"))
+    shutil.copytree(Path(freeatm_hf.__file__).parent, dest / "freeatm_hf",
+                    ignore=shutil.ignore_patterns("__pycache__", "_spaces", "*.pyc"))
+    (dest / "requirements.txt").write_text(space_requirements())
+    return dest
+
+
 def push_space(repo_id: str, name: str = "mask_viewer", private: bool = False, token: str | None = None) -> str:
-    """Create or update a Gradio Space with the folder's files (the card's front matter declares the SDK)."""
+    """Create or update a Gradio Space (the card's front matter declares the SDK) from `stage_space`."""
+    import tempfile
+
     from huggingface_hub import HfApi
 
     from . import __version__
 
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(space_dir(name)),
-                               commit_message=f"Update Space with freeatm_hf {__version__}",
-                               ignore_patterns=["**/__pycache__/**", "screenshots/**", "**/.freeatm/**"])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = stage_space(Path(tmp) / name, name)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(folder),
+                                   commit_message=f"Update Space with freeatm_hf {__version__}")
     return getattr(commit, "commit_url", str(commit))

@@ -106,7 +106,10 @@ def test_no_file_outside_the_app_is_served(app):
         assert r.status_code in (403, 404), path
 
 
-def test_push_space_uploads_the_folder_as_a_gradio_space(tmp_path, monkeypatch):
+def test_push_space_uploads_a_space_that_runs_from_its_own_files(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
     from freeatm_hf import spaces
     from tests.hub.fake_hub import FakeHub
 
@@ -118,11 +121,27 @@ def test_push_space_uploads_the_folder_as_a_gradio_space(tmp_path, monkeypatch):
         monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
         spaces.push_space("me/viewer")
         repo = hub.repos[("space", "me/viewer")]
-        assert repo["request"].get("sdk") == "gradio"
-        folder = space_dir()
-        local = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts and "screenshots" not in p.parts}
-        assert set(repo["files"]) == local
+    assert repo["request"].get("sdk") == "gradio"
+    folder = space_dir()
+    local = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and "screenshots" not in p.parts}
+    assert local <= set(repo["files"])
+    # The package travels beside app.py (no git URL or index needed), with the shipped shapes model.
+    assert {"freeatm_hf/__init__.py", "freeatm_hf/toy/assets/shapes-t2i/model_index.json"} <= set(repo["files"])
+    assert not any("__pycache__" in f or f.startswith("freeatm_hf/_spaces") for f in repo["files"])
+    reqs = repo["files"]["requirements.txt"].decode().splitlines()
+    assert any(r.startswith("diffusers") for r in reqs) and not any("freeatm_hf" in r and "@" in r for r in reqs)
+    # The Space as the Hub would run it: from its own files, importing its own copy of the package.
+    space = tmp_path / "space"
+    for rel, data in repo["files"].items():
+        (space / rel).parent.mkdir(parents=True, exist_ok=True)
+        (space / rel).write_bytes(data)
+    probe = ("import app, freeatm_hf, pathlib; "
+             "assert pathlib.Path(freeatm_hf.__file__).resolve().is_relative_to(pathlib.Path.cwd().resolve()), "
+             "freeatm_hf.__file__; print(app.EXAMPLE_DATASET.is_dir())")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=space, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert res.returncode == 0 and res.stdout.strip().endswith("True"), res.stderr[-2000:]
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("FREEATM_REQUIRE_BROWSER"),
