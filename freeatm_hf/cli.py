@@ -12,6 +12,7 @@ COMMANDS = {
     "generate": ("freeatm_hf.generate.cli", "Generate images with per-object attention masks into a dataset folder."),
     "push": ("freeatm_hf.hub.cli", "Upload a finished dataset or model folder to the Hub."),
     "push-model": ("freeatm_hf.hub.cli:push_model_main", "Upload a checkpoint folder (with its card) as a model repo."),
+    "export": ("freeatm_hf.hub.cli:export_main", "Export a checkpoint for timm, torchvision or transformers."),
     "train": ("freeatm_hf.train.cli", "Pretrain: simclr, moco, mae or blip (Free-ATM or the mask-free baseline)."),
     "eval": ("freeatm_hf.eval.cli", "Evaluate: masks, knn/linear probe, finetune, segment, detect, retrieval."),
     "space": ("freeatm_hf.spaces_cli", "Launch the mask viewer (Gradio) locally."),

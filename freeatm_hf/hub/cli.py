@@ -4,6 +4,8 @@
     freeatm push outputs/simclr user/simclr-atm --repo_type model --private
     freeatm push-model outputs/simclr user/simclr-atm      # the same as --repo_type model
     freeatm push-model outputs/simclr user/simclr-atm --timm   # and the encoder for timm as user/simclr-atm-timm
+    freeatm push-model outputs/mae user/mae-atm --exports       # with vit/ (ViTModel) in the repo, for stock loaders
+    freeatm export outputs/simclr simclr-r50.pth --to torchvision   # an export on disk, no push
 """
 
 import argparse
@@ -41,8 +43,16 @@ def push_model_main(argv=None):
     p.add_argument("--timm", action="store_true",
                    help="also push the image encoder exported for timm as REPO_ID-timm (what the card's timm "
                         "snippet loads)")
+    p.add_argument("--exports", action="store_true",
+                   help="first write the method's stock exports into the folder (torchvision/<arch>.pth, vit/, "
+                        "blip-retrieval/, blip-captioning/), so the repo serves them without freeatm_hf")
     args = p.parse_args(argv + ["--repo_type", "model"])
     from .push import push_folder, push_timm_export
+
+    if args.exports:
+        from .export import add_stock_exports
+
+        print("exported:", ", ".join(add_stock_exports(args.folder)) or "nothing (timm only)")
 
     url = push_folder(args.folder, args.repo_id, repo_type="model", private=args.private, revision=args.revision,
                       commit_message=args.commit_message)
@@ -50,6 +60,21 @@ def push_model_main(argv=None):
     if args.timm:
         print(push_timm_export(args.folder, f"{args.repo_id}-timm", private=args.private, source_repo=args.repo_id))
     return url
+
+
+def export_main(argv=None):
+    from .export import STOCK_EXPORTS, export_checkpoint
+
+    kinds = sorted({"timm", *(k for v in STOCK_EXPORTS.values() for k in v)})
+    p = argparse.ArgumentParser(prog="freeatm export", description="Export a checkpoint's encoder for a stock "
+                                "library (loads without freeatm_hf).")
+    p.add_argument("folder", help="a freeatm checkpoint folder (a training output_dir)")
+    p.add_argument("out", help="the export's folder (timm, vit, blip-*) or file (torchvision)")
+    p.add_argument("--to", required=True, choices=kinds)
+    args = p.parse_args(argv)
+    out = export_checkpoint(args.folder, args.out, args.to)
+    print(out)
+    return out
 
 
 if __name__ == "__main__":

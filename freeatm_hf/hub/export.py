@@ -6,6 +6,7 @@
     # anywhere, without freeatm_hf:
     timm.create_model("local-dir:outputs/simclr-atm-timm", pretrained=True, num_classes=0)   # or hf-hub:user/repo
     export_torchvision(model, "outputs/simclr-atm-r50.pth")       # torchvision.models.resnet50 state dict
+    # the same from the command line, from a checkpoint folder: freeatm export DIR OUT --to timm|torchvision|vit|...
 """
 
 from pathlib import Path
@@ -124,3 +125,71 @@ def export_torchvision(model, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, path)
     return path
+
+
+# What each method's checkpoint can become, besides timm (which needs its own repo root, see push_timm_export):
+# a subfolder or file that stock libraries read, in the checkpoint folder or a pushed repo.
+STOCK_EXPORTS = {"simclr": ("torchvision",), "moco": ("torchvision",), "mae": ("vit",),
+                 "blip": ("blip-retrieval", "blip-captioning")}
+
+
+def load_checkpoint(folder: str | Path):
+    """A freeatm checkpoint folder as its model class (the Auto classes are registered on import)."""
+    from transformers import AutoModel
+
+    from .. import models  # noqa: F401
+
+    return AutoModel.from_pretrained(str(folder))
+
+
+def export_checkpoint(folder: str | Path, out: str | Path, to: str) -> Path:
+    """Export the checkpoint in `folder` as `to`: "timm" (a timm model folder), "torchvision" (a ResNet state
+    dict file), "vit" (a transformers ViTModel folder), "blip-retrieval" / "blip-captioning" (a stock BLIP
+    folder, with the checkpoint's tokenizer and the image processor its weights were trained with)."""
+    model = load_checkpoint(folder)
+    method = model.config.model_type.removeprefix("freeatm_")
+    if to != "timm" and to not in STOCK_EXPORTS[method]:
+        raise ValueError(f"a {method} checkpoint exports to timm or {', '.join(STOCK_EXPORTS[method])}, not {to!r}")
+    if to == "timm":
+        return export_timm(model, out)
+    if to == "torchvision":
+        return export_torchvision(model, out)
+    if to == "vit":
+        from ..models.mae import export_vit
+
+        return Path(export_vit(model, out))
+    import shutil
+
+    from transformers import BlipImageProcessor
+
+    from ..models.blip import export_stock
+
+    export_stock(model, out, kind=to.removeprefix("blip-"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                 "special_tokens_map.json"):
+        if (Path(folder) / name).is_file():
+            shutil.copy2(Path(folder) / name, Path(out) / name)
+    # The input pipeline the weights were trained with (freeatm's BLIP normalizes with ImageNet statistics).
+    side = model.config.vision_config.image_size
+    BlipImageProcessor(size={"height": side, "width": side}, image_mean=list(IMAGENET_MEAN),
+                       image_std=list(IMAGENET_STD)).save_pretrained(out)
+    return Path(out)
+
+
+def add_stock_exports(folder: str | Path) -> list[str]:
+    """Write the method's stock exports into the checkpoint folder itself (`torchvision/<arch>.pth`, `vit/`,
+    `blip-retrieval/`, `blip-captioning/`), so that a pushed repo serves them to users without freeatm_hf:
+    `ViTModel.from_pretrained(repo, subfolder="vit")`. Returns the paths written, relative to the folder."""
+    import json
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    method = config["model_type"].removeprefix("freeatm_")
+    written = []
+    for kind in STOCK_EXPORTS[method]:
+        rel = f"torchvision/{config['backbone']}.pth" if kind == "torchvision" else kind
+        if kind == "torchvision" and not config["backbone"].startswith(("resnet", "wide_resnet", "resnext")):
+            continue  # no torchvision counterpart; timm serves it
+        export_checkpoint(folder, folder / rel, kind)
+        written.append(rel)
+    return written

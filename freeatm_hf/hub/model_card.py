@@ -12,8 +12,11 @@ USAGE = {
 import freeatm_hf.models  # registers the Auto classes
 from transformers import AutoModel
 model = AutoModel.from_pretrained("{repo}")
-# Stock transformers, no freeatm_hf: freeatm_hf.models.blip.export_stock(model, "folder") writes a
-# BlipForImageTextRetrieval (kind="retrieval") or BlipForConditionalGeneration (kind="captioning") folder.
+# Stock transformers, no freeatm_hf (`freeatm push-model DIR {repo} --exports` puts these folders in the repo):
+from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
+retrieval = BlipForImageTextRetrieval.from_pretrained("{repo}", subfolder="blip-retrieval")  # or blip-captioning:
+tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="blip-retrieval")            # BlipForConditionalGeneration
+images = BlipImageProcessor.from_pretrained("{repo}", subfolder="blip-retrieval")          # the training statistics
 # The vision tower in stock timm (`freeatm push-model DIR {repo} --timm` publishes it as {repo}-timm):
 import timm
 encoder = timm.create_model("hf-hub:{repo}-timm", pretrained=True)
@@ -26,15 +29,19 @@ model = AutoModel.from_pretrained("{repo}")
 # Stock timm, no freeatm_hf (`freeatm push-model DIR {repo} --timm` publishes the backbone as {repo}-timm):
 import timm
 backbone = timm.create_model("hf-hub:{repo}-timm", pretrained=True, num_classes=0)
-# Stock torchvision: freeatm_hf.hub.export.export_torchvision(model, "backbone.pth"), then
-# torchvision.models.resnet50().load_state_dict(torch.load("backbone.pth"), strict=False)  # no fc
+# Stock torchvision, no freeatm_hf (`freeatm push-model DIR {repo} --exports` puts the state dict in the repo):
+import torch, torchvision
+from huggingface_hub import hf_hub_download
+resnet = torchvision.models.{arch}()
+resnet.load_state_dict(torch.load(hf_hub_download("{repo}", "torchvision/{arch}.pth")), strict=False)  # no fc
 ```""",
     "vit": """```python
 from transformers import ViTMAEForPreTraining            # the checkpoint loads in stock transformers
 model = ViTMAEForPreTraining.from_pretrained("{repo}")
-# The encoder as a plain ViT for fine-tuning: freeatm_hf.models.mae.export_vit(model, "vit-folder"), then
-from transformers import ViTForImageClassification
-clf = ViTForImageClassification.from_pretrained("vit-folder", num_labels=1000)
+# The encoder as a plain ViT (`freeatm push-model DIR {repo} --exports` puts it in the repo as vit/):
+from transformers import ViTForImageClassification, ViTModel
+encoder = ViTModel.from_pretrained("{repo}", subfolder="vit")
+clf = ViTForImageClassification.from_pretrained("{repo}", subfolder="vit", num_labels=1000)  # to fine-tune
 # Stock timm (`freeatm push-model DIR {repo} --timm` publishes the encoder as {repo}-timm):
 import timm
 encoder = timm.create_model("hf-hub:{repo}-timm", pretrained=True)
@@ -108,7 +115,8 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
         method_description=description, pooling=getattr(config, "pooling", None), guided=_guided(config, data),
         hyperparameters=hyper, data_mode=data.get("data_mode", "synthetic"),
         data_description=_data_text(data), results=results,
-        usage=USAGE.get({"mae": "vit", "blip": "blip"}.get(method, "cnn")).format(repo=repo_id or "<user>/<repo>"),
+        usage=USAGE.get({"mae": "vit", "blip": "blip"}.get(method, "cnn")).format(
+            repo=repo_id or "<user>/<repo>", arch=getattr(config, "backbone", "resnet50")),
     )
     card.save(str(folder / "README.md"))
     return card

@@ -1,0 +1,132 @@
+"""`freeatm export` and `push-model --exports`: each stock export loads in a process that never imports
+freeatm_hf and gives the training model's encoder features."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from freeatm_hf.hub.cli import export_main
+
+# Each reader loads the export with the stock library alone and saves the encoder's features of x.
+READERS = {
+    "torchvision": """
+import torchvision
+m = torchvision.models.resnet18()
+missing, unexpected = m.load_state_dict(torch.load(path), strict=False)
+assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected, (missing, unexpected)
+m.fc = torch.nn.Identity()
+y = m.eval()(x)
+""",
+    "vit": """
+from transformers import ViTModel
+y = ViTModel.from_pretrained(path, subfolder=sub).eval()(pixel_values=x).last_hidden_state
+""",
+    "blip-retrieval": """
+from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
+m = BlipForImageTextRetrieval.from_pretrained(path, subfolder=sub).eval()
+proc = BlipImageProcessor.from_pretrained(path, subfolder=sub)
+assert proc.size == {"height": 32, "width": 32} and [round(v, 3) for v in proc.image_mean] == [0.485, 0.456, 0.406]
+AutoTokenizer.from_pretrained(path, subfolder=sub)
+y = m.vision_model(pixel_values=x).last_hidden_state
+""",
+    "blip-captioning": """
+from transformers import BlipForConditionalGeneration
+y = BlipForConditionalGeneration.from_pretrained(path, subfolder=sub).eval().vision_model(pixel_values=x).last_hidden_state
+""",
+}
+
+
+def read_stock(kind, path, x, tmp_path, subfolder=""):
+    code = ("import sys, torch\npath, sub = sys.argv[1], sys.argv[2]\nx = torch.load(sys.argv[3])\n"
+            "with torch.no_grad():\n" + "".join(f"    {line}\n" for line in READERS[kind].strip().splitlines())
+            + "    torch.save(y, sys.argv[4])\nassert 'freeatm_hf' not in sys.modules\n")
+    torch.save(x, tmp_path / "x.pt")
+    res = subprocess.run([sys.executable, "-c", code, str(path), subfolder, str(tmp_path / "x.pt"),
+                          str(tmp_path / "y.pt")], capture_output=True, text=True, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    return torch.load(tmp_path / "y.pt")
+
+
+def checkpoint(method, folder):
+    """A tiny checkpoint with trained-looking statistics, so a dropped BN buffer or swapped norm would show."""
+    from freeatm_hf.models import MAEConfig, MAEModel, SimCLRConfig, SimCLRModel
+    from freeatm_hf.train.mae import SIZES
+
+    torch.manual_seed(0)
+    if method == "simclr":
+        model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
+    elif method == "mae":
+        model = MAEModel(MAEConfig(image_size=32, patch_size=8, mask_ratio=0.0, **SIZES["tiny"]))
+    else:
+        from freeatm_hf.train.blip import BlipArguments, build_blip
+
+        model, tok = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32))
+        tok.save_pretrained(folder)
+    with torch.no_grad():
+        for name, t in model.named_buffers():
+            if "running_mean" in name:
+                t.normal_()
+            elif "running_var" in name:
+                t.uniform_(0.5, 2.0)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.3)
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def encoder_features(method, model, x):
+    with torch.no_grad():
+        if method == "simclr":
+            return model.backbone.forward_features(x).mean((2, 3))
+        if method == "mae":
+            n = (model.config.image_size // model.config.patch_size) ** 2
+            ordered = torch.arange(n).float().expand(len(x), n)  # every patch kept, in its order
+            return model.vit(x, noise=ordered).last_hidden_state
+        return model.vision_model(pixel_values=x).last_hidden_state
+
+
+@pytest.mark.parametrize("method, kind", [("simclr", "torchvision"), ("mae", "vit"), ("blip", "blip-retrieval"),
+                                          ("blip", "blip-captioning")])
+def test_freeatm_export_loads_in_the_stock_library_with_the_same_features(method, kind, tmp_path):
+    model = checkpoint(method, tmp_path / "ckpt")
+    out = tmp_path / ("r18.pth" if kind == "torchvision" else kind)
+    export_main([str(tmp_path / "ckpt"), str(out), "--to", kind])
+    x = torch.randn(2, 3, 32, 32)
+    got = read_stock(kind, out, x, tmp_path)
+    expected = encoder_features(method, model, x)
+    assert got.shape == expected.shape and (got - expected).abs().max().item() < 1e-5
+
+
+def test_an_export_the_method_has_not_is_refused(tmp_path):
+    checkpoint("simclr", tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="a simclr checkpoint exports to timm or torchvision, not 'vit'"):
+        export_main([str(tmp_path / "ckpt"), str(tmp_path / "out"), "--to", "vit"])
+
+
+def test_push_model_exports_serves_the_vit_from_the_repo(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.hub.model_card import write_model_card
+
+    from .fake_hub import FakeHub
+    from .test_push import run_cli
+
+    model = checkpoint("mae", tmp_path / "ckpt")
+    write_model_card(tmp_path / "ckpt", model.config, data={"dataset": "me/scenes"}, training={})
+    with FakeHub() as hub:
+        res = run_cli(["push-model", str(tmp_path / "ckpt"), "me/mae-atm", "--exports"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        files = hub.repos[("model", "me/mae-atm")]["files"]
+    assert {"vit/config.json", "vit/model.safetensors", "model.safetensors", "README.md"} <= set(files)
+    card = ModelCard(files["README.md"].decode())
+    assert 'ViTModel.from_pretrained("me/mae-atm", subfolder="vit")' in card.text
+    repo = tmp_path / "repo"  # the repo as a user's snapshot_download would lay it out
+    for rel, data in files.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(data)
+    x = torch.randn(2, 3, 32, 32)
+    got = read_stock("vit", repo, x, tmp_path, subfolder="vit")
+    assert (got - encoder_features("mae", model, x)).abs().max().item() < 1e-5
