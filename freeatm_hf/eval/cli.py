@@ -59,6 +59,7 @@ def make_parser():
     f.add_argument("--output_dir", required=True, help="where the fine-tuning run writes")
     f.add_argument("--train_split", default="train")
     f.add_argument("--test_split", default="test")
+    f.add_argument("--revision", default=None, help="the dataset's revision (a Hub id's commit, tag or branch)")
     f.add_argument("--image_column", default="image")
     f.add_argument("--label_column", default="label")
     f.add_argument("--image_size", type=int, default=None,
@@ -66,6 +67,8 @@ def make_parser():
     f.add_argument("--epochs", type=float, default=10)
     f.add_argument("--learning_rate", type=float, default=1e-3)
     f.add_argument("--batch_size", type=int, default=64)
+    f.add_argument("--max_steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    f.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
 
     s = sub.add_parser("segment", help="semantic segmentation fine-tuning (UperNet on the backbone), mIoU")
     s.add_argument("--model", required=True, help="a freeatm CNN checkpoint folder (SimCLR/MoCo)")
@@ -162,7 +165,8 @@ def main_finetune(args):
     size = args.image_size or checkpoint_image_size(args.model)
     results = finetune_classification(args.model, args.dataset, args.output_dir, args.train_split, args.test_split,
                                       args.image_column, args.label_column, size, args.epochs,
-                                      args.learning_rate, args.batch_size)
+                                      args.learning_rate, args.batch_size, revision=args.revision,
+                                      max_steps=args.max_steps, use_cpu=True if args.device == "cpu" else None)
     print(json.dumps(results, indent=1))
     return results
 

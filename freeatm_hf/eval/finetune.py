@@ -49,7 +49,8 @@ def classification_model(model, num_labels: int):
 
 def finetune_classification(model_dir: str, dataset: str, output_dir: str, train_split="train", test_split="test",
                             image_column="image", label_column="label", image_size=224, epochs: float = 10,
-                            learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None, update_card=True) -> list[dict]:
+                            learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None, update_card=True,
+                            revision: str | None = None, max_steps: int = -1) -> list[dict]:
     from torchvision.transforms import v2
     from transformers import AutoModel, Trainer
 
@@ -57,9 +58,10 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import add_results, write_model_card
+    from .metrics import load_metric
 
-    train_ds = load(dataset, split=train_split)
-    test_ds = load(dataset, split=test_split)
+    train_ds = load(dataset, split=train_split, revision=revision)
+    test_ds = load(dataset, split=test_split, revision=revision)
     num_labels = int(max(max(train_ds[label_column]), max(test_ds[label_column]))) + 1
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
@@ -72,16 +74,18 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     train_ds, test_ds = train_ds.with_transform(with_tf(train_tf)), test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)
     clf = classification_model(pretrained, num_labels)
-    args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, use_cpu=use_cpu,
-                                  per_device_eval_batch_size=batch_size)
+    args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps=max_steps,
+                                  use_cpu=use_cpu, per_device_eval_batch_size=batch_size)
+    top1 = load_metric("topk_accuracy")
 
     def accuracy(pred):
-        return {"top1": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+        ranked = pred.predictions.argmax(-1)[:, None].tolist()
+        return top1.compute(predictions=ranked, references=pred.label_ids.tolist(), k=1)
 
     trainer = Trainer(model=clf, args=args, train_dataset=train_ds, eval_dataset=test_ds, compute_metrics=accuracy)
     trainer.train()
     top1 = trainer.evaluate()["eval_top1"]
-    results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": None,
+    results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,
                 "metric": "finetune_top1", "value": top1}]
     if update_card:
         add_results(model_dir, results)

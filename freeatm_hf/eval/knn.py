@@ -24,8 +24,12 @@ def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: int = 1) -> float:
+    """Top-k accuracy of score rows, by the package's `topk_accuracy` evaluate module."""
+    from .metrics import load_metric
+
     top = scores.topk(min(topk, scores.shape[1]), dim=1).indices
-    return (top == labels[:, None]).any(1).float().mean().item()
+    return load_metric("topk_accuracy").compute(predictions=top.tolist(), references=labels.tolist(),
+                                                k=top.shape[1])[f"top{top.shape[1]}"]
 
 
 def _fit_linear(train_feats, targets, test_feats, out_dim: int, loss_fn, epochs: int, lr: float,

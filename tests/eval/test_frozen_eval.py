@@ -70,7 +70,7 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt)
     (r,) = main(["finetune", "--model", str(ckpt), "--dataset", labelled_shapes, "--output_dir", str(tmp_path / "ft"),
-                 "--image_size", "32", "--epochs", "3", "--batch_size", "16", "--learning_rate", "3e-3"])
+                 "--image_size", "32", "--epochs", "3", "--batch_size", "16", "--learning_rate", "3e-3", "--device", "cpu"])
     assert r["metric"] == "finetune_top1" and 0.0 <= r["value"] <= 1.0
     card = ModelCard.load(ckpt / "README.md")
     assert [e.metric_type for e in card.data.eval_results] == ["finetune_top1"]

@@ -39,3 +39,14 @@ def test_semantic_miou_sums_over_images_per_class_and_skips_ignored_pixels():
     assert res["overall_accuracy"] == pytest.approx((6 + 3) / (8 + 4))
     with pytest.raises(ValueError, match="labels must lie"):
         m.compute(predictions=[p1], references=[r1], num_labels=2)
+
+
+def test_topk_accuracy_against_hand_counts_and_refuses_short_rankings():
+    m = load_metric("topk_accuracy")
+    ranked = [[3, 1, 0, 2, 4], [0, 2, 1, 3, 4], [4, 3, 2, 1, 0], [1, 0, 2, 3, 4]]
+    labels = [1, 0, 0, 2]
+    # top-1 hits: example 1 only; top-2: examples 0 and 1; top-5: all four.
+    assert m.compute(predictions=ranked, references=labels) == {"top1": 0.25, "top5": 1.0}
+    assert m.compute(predictions=ranked, references=labels, k=[2, 3]) == {"top2": 0.5, "top3": 0.75}
+    with pytest.raises(ValueError, match="top-5 accuracy needs at least 5 ranked labels"):
+        m.compute(predictions=[[1], [0]], references=[1, 0], k=5)
