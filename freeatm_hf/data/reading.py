@@ -44,6 +44,11 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
                         (c == "prompt" and text_column in cols)]
     ds = ds.select_columns(keep)
     missing = {c: [] if c == "objects" else "" for c in ("objects", "prompt") if c not in keep}
+    if isinstance(ds, Dataset):
+        # Added as whole columns: `map` would decode and rewrite every image of a real dataset to add them.
+        for name, value in missing.items():
+            ds = ds.add_column(name, [value] * len(ds))
+        return ds
     return ds.map(lambda row: missing) if missing else ds
 
 

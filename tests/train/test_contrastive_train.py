@@ -80,7 +80,12 @@ def test_mix_of_synthetic_and_real_data(tmp_path):
     kinds = [len(r["objects"]) > 0 for r in ds]
     assert any(kinds) and not all(kinds)  # both kinds present
     only_real = pretraining_dataset(real=str(real), mode="real", real_image_column="img")
-    assert len(only_real) == 6 and all(r["objects"] == [] for r in only_real)
+    assert len(only_real) == 6 and all(r["objects"] == [] and r["prompt"] == "" for r in only_real)
+    assert [r["image"].getpixel((0, 0)) for r in only_real] == [(i * 30, 0, 0) for i in range(6)]
+    # The empty columns are added beside the images, not by writing every image into a new cache file (`map`).
+    from freeatm_hf.data.reading import load
+
+    assert only_real.cache_files == load(str(real)).cache_files
     with pytest.raises(ValueError, match="needs a real dataset"):
         pretraining_dataset(DATA, mode="mix")
 
