@@ -12,6 +12,8 @@ class GenerateConfig:
     pipeline: str = field(default="default", metadata={
         "help": "A diffusers pipeline id or folder; 'shapes' (the trained shapes-world model, embedded), 'tiny' "
                 "(random tiny SD built in code), or 'default' (shapes once it ships, else tiny). All offline."})
+    revision: str | None = field(default=None, metadata={
+        "help": "Branch, tag or commit of a Hub pipeline (the commit it resolved to goes into the card)."})
     num_images: int = field(default=64, metadata={"help": "Number of images (rows) to generate."})
     batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
     rows_per_shard: int = field(default=1024, metadata={"help": "Rows per Parquet shard (the unit of resume)."})

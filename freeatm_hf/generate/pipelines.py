@@ -31,7 +31,8 @@ def default_pipeline() -> str:
     return "shapes" if trained_pipeline_available() else "tiny"
 
 
-def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False):
+def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False,
+                  revision: str | None = None):
     """'default' → `default_pipeline()`; 'tiny' (or 'tiny-sdxl', 'tiny-sd3', 'tiny-flux') → a random tiny
     pipeline of that family built in code; 'shapes' → the trained
     shapes-world model shipped in the package; anything else → `DiffusionPipeline.from_pretrained`."""
@@ -55,7 +56,7 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, **({"revision": revision} if revision else {}))
         if getattr(pipe, "safety_checker", None) is not None:
             # The checker blacks out images; masks of black images are meaningless.
             pipe.safety_checker = None
@@ -65,6 +66,21 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def resolved_commit(spec: str, revision: str | None = None) -> str | None:
+    """The commit a Hub pipeline id (at `revision`) resolved to, read from the local Hub cache the pipeline was
+    just loaded from (its snapshot folder is named by the commit); None for a local folder or a built-in."""
+    from pathlib import Path
+
+    if spec in ("default", "shapes", *TINY_PIPELINES) or Path(spec).exists():
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec, revision=revision, local_files_only=True)).name
+    except Exception:  # not in the cache in that form: the card says nothing rather than something wrong
+        return None
 
 
 def pipeline_recommendation(source) -> dict | None:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmenter
 from .config import GenerateConfig
 from .generator import FreeATMGenerator
-from .pipelines import load_pipeline
+from .pipelines import load_pipeline, resolved_commit
 from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
 from .writer import DatasetWriter
 
@@ -74,14 +74,14 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     logger.info("rank %d/%d: %d shards to write (%d of %d in total done)", state.process_index, state.num_processes,
                 len(todo), writer.num_shards - len(writer.pending()), writer.num_shards)
     if todo:
-        pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload)
+        pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload, revision=cfg.revision)
         if cfg.compile:  # the denoiser: a UNet, or the MM-DiT transformer of SD3 / Flux
             if getattr(pipe, "unet", None) is not None:
                 pipe.unet = torch.compile(pipe.unet)
             else:
                 pipe.transformer = torch.compile(pipe.transformer)
         gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine)
-        _record_generator(writer, pipe, gen, state.process_index)
+        _record_generator(writer, pipe, gen, state.process_index, commit=resolved_commit(cfg.pipeline, cfg.revision))
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)
@@ -121,13 +121,14 @@ def _generator_file(writer: DatasetWriter) -> Path:
     return Path(writer.root) / STATE_DIR / "generator.json"
 
 
-def _record_generator(writer: DatasetWriter, pipe, gen, rank: int):
-    """Which pipeline class made the rows (and so which attention), kept for the card: a resumed run with nothing
-    left to generate never loads the pipeline."""
+def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str | None = None):
+    """Which pipeline class (and so which attention), scheduler and Hub commit made the rows, kept for the card:
+    a resumed run with nothing left to generate never loads the pipeline."""
     import json
     import os
 
-    info = {"pipeline_class": type(pipe).__name__, "denoiser": "unet" if gen.kind == "unet" else "mmdit"}
+    info = {"pipeline_class": type(pipe).__name__, "denoiser": "unet" if gen.kind == "unet" else "mmdit",
+            "scheduler_class": type(pipe.scheduler).__name__, **({"pipeline_commit": commit} if commit else {})}
     path = _generator_file(writer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{rank}.tmp")

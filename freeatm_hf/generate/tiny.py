@@ -169,8 +169,11 @@ def tiny_sd3_pipeline(seed: int = 0, image_size: int = 64, max_sequence_length: 
     return pipe
 
 
-def tiny_flux_pipeline(seed: int = 0, image_size: int = 64, max_sequence_length: int = 32):
-    """Flux's structure in miniature: CLIP (pooled) + T5, double- and single-stream blocks, no CFG."""
+def tiny_flux_pipeline(seed: int = 0, image_size: int = 64, max_sequence_length: int = 32,
+                       guidance_embeds: bool = False):
+    """Flux's structure in miniature: CLIP (pooled) + T5, double- and single-stream blocks, no CFG; with
+    `guidance_embeds` the guidance scale is an input of the transformer, as in the guidance-distilled Flux-dev
+    (without, it is ignored, as in Flux-schnell)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -182,6 +185,7 @@ def tiny_flux_pipeline(seed: int = 0, image_size: int = 64, max_sequence_length:
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=16, num_layers=2, num_single_layers=1, attention_head_dim=8,
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 2, 4),
+            guidance_embeds=guidance_embeds,
         )
         clip = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

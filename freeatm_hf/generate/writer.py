@@ -24,7 +24,7 @@ SETTINGS_FILE = "settings.json"
 # Settings that do not change the rows: speed-only ones that older versions recorded, and advice to readers.
 NOT_COMPARED = frozenset({"batch_size", "compile", "min_attention_peak"})
 # Settings added later, with the value that older folders (which did not record them) were written with.
-ADDED_SETTINGS = {"refine": "none"}
+ADDED_SETTINGS = {"refine": "none", "revision": None}
 
 
 class SettingsMismatchError(ValueError):

@@ -135,6 +135,48 @@ def test_token_columns_per_model(pipe):
     assert gen.object_tokens(long, 64)[0].truncated  # past both limits: no map rather than a wrong one
 
 
+def test_t5_sub_words_and_repeated_nouns_map_to_their_own_columns(pipe):
+    gen = FreeATMGenerator(pipe)
+    t5 = 77 if gen.kind == "sd3" else 0  # where T5's columns start in the joint text sequence
+
+    def t5_columns(obj):
+        return tuple(i - t5 for i in obj.token_indices if i >= t5)
+
+    # An out-of-vocabulary word splits into pieces ('▁x', 'y', 'l', ...): all of them are the noun's columns.
+    (odd, dog) = gen.object_tokens(Prompt.from_nouns("a xylophonist dog", ["xylophonist", "dog"]), 32)
+    t5_tokenizer = pipe.tokenizer_3 if gen.kind == "sd3" else pipe.tokenizer_2
+    pieces = t5_tokenizer.convert_ids_to_tokens(t5_tokenizer("a xylophonist dog").input_ids)
+    assert "".join(pieces[i] for i in t5_columns(odd)) == "▁xylophonist" and len(t5_columns(odd)) == 11
+    assert [pieces[i] for i in t5_columns(dog)] == ["▁dog"]
+    # The same noun twice: each occurrence its own column, in order.
+    first, second = gen.object_tokens(Prompt.from_nouns("a dog chasing a dog", ["dog", "dog"]), 32)
+    assert t5_columns(first) == (1,) and t5_columns(second) == (9,)
+    if gen.kind == "sd3":  # and CLIP's columns too: the first and the second 'dog' of CLIP's tokens
+        ids = pipe.tokenizer("a dog chasing a dog").input_ids
+        dogs = [i for i, t in enumerate(ids) if t == pipe.tokenizer.convert_tokens_to_ids("dog</w>")]
+        assert len(dogs) == 2 and dogs[0] == 2
+        assert [i for i in first.token_indices if i < t5] == dogs[:1]
+        assert [i for i in second.token_indices if i < t5] == dogs[1:]
+
+
+def test_flux_dev_guidance_embedding_keeps_images_and_maps_exact():
+    """Guidance-distilled Flux (dev) takes the guidance scale as a transformer input: the capture must pass it
+    through untouched (one forward per step, no CFG batch), so images stay bit-identical."""
+    pipe = tiny_flux_pipeline(guidance_embeds=True)
+    gen = FreeATMGenerator(pipe)
+    out = gen(PROMPTS, seeds=[0, 1], output_type="np", guidance_scale=3.5, **KW)
+    with ExplicitJointReference(pipe.transformer, text_first=True) as ref:
+        plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                     guidance_scale=3.5, output_type="np", **KW).images
+    other = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                 guidance_scale=1.0, output_type="np", **KW).images
+    assert np.array_equal(np.stack(out.images), plain)
+    assert not np.array_equal(plain, other)  # the guidance embedding is live: the scale changes the image
+    got = gen.store.token_maps()[2]
+    expected = ref.token_maps(2, gen.store.token_index).view_as(got)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
+
+
 def test_a_noun_past_the_text_limit_is_named_with_the_limit_that_cut_it(pipe, caplog):
     gen = FreeATMGenerator(pipe)
     long = Prompt.from_nouns("a " + " ".join(["red"] * 80) + " cat", ["cat"])

@@ -172,3 +172,32 @@ def test_compile_wraps_the_denoiser_of_either_family(tmp_path, monkeypatch, pipe
     cli.main(["generate", "--output_dir", str(tmp_path / "ds"), "--pipeline", pipeline, "--num_images", "1",
               "--num_inference_steps", "1", "--compile", "true", "--device", "cpu", "--height", "64", "--width", "64"])
     assert compiled == [denoiser]
+
+
+def test_a_hub_pipeline_loads_from_the_cache_at_a_revision_and_the_card_names_its_commit(tmp_path):
+    """`--pipeline user/model --revision main`, offline, from a Hub cache laid out as huggingface_hub writes it:
+    the card records the commit the revision resolved to and the scheduler that ran."""
+    import json
+    import os
+    import shutil
+
+    from huggingface_hub import DatasetCard
+
+    from freeatm_hf.toy.model import MODEL_DIR
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--me--shapes"
+    shutil.copytree(MODEL_DIR, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    out = tmp_path / "ds"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "freeatm_hf.cli", "generate", "--pipeline", "me/shapes",
+                          "--revision", "main", "--output_dir", str(out), "--num_images", "2", "--batch_size", "2",
+                          "--num_inference_steps", "2", "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    generation = DatasetCard.load(out / "README.md").data.freeatm["generation"]
+    scheduler = json.loads((MODEL_DIR / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    assert generation["pipeline"] == "me/shapes" and generation["revision"] == "main"
+    assert generation["pipeline_commit"] == commit and generation["scheduler_class"] == scheduler
+    assert generation["prompt_mode"] == "shapes"  # the cached folder's freeatm.json was read too
