@@ -38,7 +38,8 @@ for p in tiny tiny-flux tiny-sd3; do
     wanted cpu_offload || break
     if [ "$(left)" -lt 30 ]; then SKIPPED+=("cpu_offload"); break; fi
     echo "== cpu_offload: $p"
-    timeout 60 python -m freeatm_hf.cli generate --output_dir "$OUT/offload-$p" --pipeline "$p" --num_images 2 \
+    t=$(left); [ "$t" -gt 60 ] && t=60
+    timeout "$t" python -m freeatm_hf.cli generate --output_dir "$OUT/offload-$p" --pipeline "$p" --num_images 2 \
         --batch_size 2 --num_inference_steps 2 --height 64 --width 64 --cpu_offload true 2>&1 | tail -2
     python -c "import datasets, sys; print(sys.argv[1], len(datasets.load_dataset(sys.argv[1], split='train')), 'rows')" \
         "$OUT/offload-$p" 2>&1 | tail -1 | tee -a "$OUT/cpu_offload.txt"

@@ -27,10 +27,21 @@ def load_app(name: str = "mask_viewer"):
 
 def space_requirements() -> str:
     """requirements.txt for a pushed Space: freeatm_hf's own dependencies (the package itself travels beside
-    app.py), without gradio, which the Space's `sdk_version` provides."""
-    from importlib.metadata import requires
+    app.py), without gradio, which the Space's `sdk_version` provides. From the source checkout's
+    pyproject.toml when there is one (an editable install's metadata is as old as its last `pip install`),
+    else from the installed metadata."""
+    import freeatm_hf
 
-    deps = [r for r in requires("freeatm_hf") or [] if "extra ==" not in r and not r.startswith("gradio")]
+    pyproject = Path(freeatm_hf.__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    else:
+        from importlib.metadata import requires
+
+        deps = [r for r in requires("freeatm_hf") or [] if "extra ==" not in r]
+    deps = [r for r in deps if not r.startswith("gradio")]
     return "# Written by `freeatm push-space`: freeatm_hf is uploaded beside app.py, these are its dependencies.\n" + \
         "\n".join(deps) + "\n"
 

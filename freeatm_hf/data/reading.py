@@ -1,6 +1,8 @@
 """Pretraining data: a freeatm dataset (synthetic, with masks), a plain image dataset (real, no masks), or a
 mix of both, as one `datasets` dataset with `image` and `objects` columns."""
 
+import functools
+
 from datasets import Dataset, IterableDataset, interleave_datasets, load_dataset
 
 DATA_MODES = ("synthetic", "real", "mix")
@@ -30,9 +32,9 @@ def _load(source: str, split: str, streaming: bool):
     return load(source, split=split, streaming=streaming)
 
 
-def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt"):
+def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt", features=None):
     """Keep `image`, `objects` and `prompt` (the caption); a dataset without `objects` (real data) gets an empty
-    list per row, one without text an empty caption."""
+    list per row, one without text an empty caption (typed as in `features`, when given, to mix with them)."""
     cols = ds.column_names or list(ds.features)
     if image_column not in cols:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {cols})")
@@ -47,7 +49,7 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
     if isinstance(ds, Dataset):
         # Added as whole columns: `map` would decode and rewrite every image of a real dataset to add them.
         for name, value in missing.items():
-            ds = ds.add_column(name, [value] * len(ds))
+            ds = ds.add_column(name, [value] * len(ds), feature=(features or {}).get(name))
         return ds
     return ds.map(lambda row: missing) if missing else ds
 
@@ -66,12 +68,17 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
     if mode in ("real", "mix"):
         if not real:
             raise ValueError(f"data mode {mode!r} needs a real dataset")
-        parts.append(as_image_objects(_load(real, split, streaming), real_image_column, real_text_column))
+        parts.append(as_image_objects(_load(real, split, streaming), real_image_column, real_text_column,
+                                      features=parts[0].features if parts and not streaming else None))
     if len(parts) == 1:
         return parts[0]
     if not streaming:
-        # Align the features of the real part (empty objects, maybe empty captions) with the synthetic one.
-        parts[1] = parts[1].cast(parts[0].features)
+        # Align what still differs (say a caption column of another type); `cast` of the whole table would copy
+        # every real image into a new cache file.
+        for name, feature in parts[0].features.items():
+            if parts[1].features[name] != feature:
+                parts[1] = parts[1].cast_column(name, feature)
+        parts[1] = parts[1].select_columns(list(parts[0].features))
     return interleave_datasets(parts, probabilities=[1 - mix_ratio, mix_ratio], seed=seed,
                                stopping_strategy="first_exhausted")
 
@@ -83,14 +90,27 @@ def freeatm_card_block(source: str | None) -> dict:
         return {}
     from pathlib import Path
 
+    if Path(source).exists():
+        readme = Path(source) / "README.md"
+        # A local folder without a card has no block: never ask the Hub about a name that is a folder here.
+        return _card_block(str(readme)) if readme.is_file() else {}
+    return _cached_hub_card_block(source)
+
+
+def _card_block(source: str) -> dict:
     from huggingface_hub import DatasetCard
 
     try:
-        readme = Path(source) / "README.md"
-        card = DatasetCard.load(readme if readme.is_file() else source, repo_type="dataset")
+        card = DatasetCard.load(source, repo_type="dataset")
     except Exception:  # no card, not a repo id, offline without a cached card
         return {}
     return dict(card.data.to_dict().get("freeatm") or {})
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_hub_card_block(repo_id: str) -> dict:
+    # Asked once per process: a model card is written at every checkpoint save.
+    return _card_block(repo_id)
 
 
 def generation_settings(source: str | None) -> dict:
@@ -98,16 +118,40 @@ def generation_settings(source: str | None) -> dict:
     return dict(freeatm_card_block(source).get("generation") or {})
 
 
+def looks_like_a_path(source: str) -> bool:
+    """A name that can only be a place on some machine (absolute, relative with ./ or ../, home, Windows), never a
+    Hub id: a card written elsewhere must not take it for one."""
+    return source.startswith(("/", ".", "~", "\\")) or "\\" in source or (len(source) > 1 and source[1] == ":")
+
+
+def recorded_source(source: str | None) -> str | None:
+    """How a dataset is written into a checkpoint's facts: a local folder by its absolute path (so that a card
+    rendered later, from another directory, still finds it, or knows it for a path), a Hub id as it is."""
+    from pathlib import Path
+
+    return str(Path(source).resolve()) if source and Path(source).exists() else source
+
+
 def hub_dataset_id(source: str | None) -> str | None:
     """The Hub id to name a dataset by in a public card: the id as given, or the repo a local folder was pushed
-    to (`freeatm push` records it in the folder's card); None for a local folder never pushed, whose path on
-    the training machine means nothing to a reader."""
+    to (`freeatm push` notes it in the folder); None for a local folder never pushed, or a path to a folder
+    that is not here, whose place on the training machine means nothing to a reader."""
     from pathlib import Path
+
+    from huggingface_hub.utils import validate_repo_id
 
     if not source:
         return None
     if Path(source).exists():
-        return freeatm_card_block(source).get("repo_id")
+        from ..hub.push import pushed_repo
+
+        return pushed_repo(source)
+    if looks_like_a_path(source):
+        return None
+    try:
+        validate_repo_id(source)
+    except Exception:
+        return None
     return source
 
 

@@ -76,11 +76,11 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     clf = classification_model(pretrained, num_labels)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps=max_steps,
                                   use_cpu=use_cpu, per_device_eval_batch_size=batch_size)
-    top1 = load_metric("topk_accuracy")
+    metric = load_metric("topk_accuracy")
 
     def accuracy(pred):
         ranked = pred.predictions.argmax(-1)[:, None].tolist()
-        return top1.compute(predictions=ranked, references=pred.label_ids.tolist(), k=1)
+        return metric.compute(predictions=ranked, references=pred.label_ids.tolist(), k=1)
 
     trainer = Trainer(model=clf, args=args, train_dataset=train_ds, eval_dataset=test_ds, compute_metrics=accuracy)
     trainer.train()

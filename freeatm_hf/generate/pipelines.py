@@ -39,6 +39,8 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
     dtype = resolve_dtype(torch_dtype, device)
     if spec == "default":
         spec = default_pipeline()
+    if revision and (spec == "shapes" or spec in TINY_PIPELINES or Path(spec).exists()):
+        raise ValueError(f"--revision {revision!r} is for a Hub pipeline id; {spec!r} is built in or a local folder")
     if spec == "shapes":
         from ..toy.model import MODEL_DIR, trained_pipeline_available
 
@@ -71,8 +73,6 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
 def resolved_commit(spec: str, revision: str | None = None) -> str | None:
     """The commit a Hub pipeline id (at `revision`) resolved to, read from the local Hub cache the pipeline was
     just loaded from (its snapshot folder is named by the commit); None for a local folder or a built-in."""
-    from pathlib import Path
-
     if spec in ("default", "shapes", *TINY_PIPELINES) or Path(spec).exists():
         return None
     from huggingface_hub import snapshot_download

@@ -112,6 +112,13 @@ def _expand(prefix: str, names: dict, sd: dict) -> dict:
     return out
 
 
+def has_torchvision_twin(arch: str) -> bool:
+    """Whether torchvision builds this timm ResNet under the same name and layer names (not resnet50d, resnetv2)."""
+    import torchvision.models
+
+    return arch.startswith(("resnet", "wide_resnet", "resnext")) and callable(getattr(torchvision.models, arch, None))
+
+
 def export_torchvision(model, path: str | Path) -> Path:
     """Save the backbone as a torchvision ResNet state dict (`torchvision.models.resnet50().load_state_dict`),
     the form detection code (Mask R-CNN, Detectron-style converters) expects. timm's ResNet names its layers
@@ -119,8 +126,8 @@ def export_torchvision(model, path: str | Path) -> Path:
     import torch
 
     arch = model.config.backbone
-    if not arch.startswith(("resnet", "wide_resnet", "resnext")):
-        raise ValueError(f"torchvision export is for ResNet-family backbones, not {arch!r}")
+    if not has_torchvision_twin(arch):
+        raise ValueError(f"torchvision export is for ResNet-family backbones torchvision has, not {arch!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}, path)
@@ -188,7 +195,7 @@ def add_stock_exports(folder: str | Path) -> list[str]:
     written = []
     for kind in STOCK_EXPORTS[method]:
         rel = f"torchvision/{config['backbone']}.pth" if kind == "torchvision" else kind
-        if kind == "torchvision" and not config["backbone"].startswith(("resnet", "wide_resnet", "resnext")):
+        if kind == "torchvision" and not has_torchvision_twin(config["backbone"]):
             continue  # no torchvision counterpart; timm serves it
         export_checkpoint(folder, folder / rel, kind)
         written.append(rel)

@@ -2,6 +2,7 @@
 its hyper-parameters, the data, and how to load the backbone without freeatm_hf."""
 
 import json
+import re
 from pathlib import Path
 
 RESULTS_FILE = "eval_results.json"
@@ -69,9 +70,11 @@ def read_results(folder: str | Path) -> list[dict]:
 
 def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
     """Merge results (keyed by task, dataset, split, metric) into the folder's results JSON."""
+    from ..data.reading import recorded_source
+
     key = lambda r: (r["task"], r["dataset"], r["split"], r["metric"])  # noqa: E731
     merged = {key(r): r for r in read_results(folder)}
-    merged.update({key(r): r for r in new})
+    merged.update({key(r): r for r in ({**r, "dataset": recorded_source(r["dataset"])} for r in new)})
     out = sorted(merged.values(), key=key)
     (Path(folder) / RESULTS_FILE).write_text(json.dumps(out, indent=2))
     return out
@@ -96,7 +99,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     title, description = DESCRIPTIONS[method]
     data = data or {}
     # Evaluation datasets too are named by Hub id, or a local folder by its name alone.
-    results = [{**r, "dataset": hub_dataset_id(r["dataset"]) or Path(r["dataset"]).name} for r in read_results(folder)]
+    results = [{**r, "dataset": hub_dataset_id(r["dataset"]) or _folder_name(r["dataset"])} for r in read_results(folder)]
     name = repo_id or folder.name
     eval_results = [EvalResult(task_type=r["task"], dataset_type=r["dataset"], dataset_name=r["dataset"],
                                dataset_split=r["split"], dataset_revision=r.get("revision"),
@@ -115,11 +118,21 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
         method_description=description, pooling=getattr(config, "pooling", None), guided=_guided(config, data),
         hyperparameters=hyper, data_mode=data.get("data_mode", "synthetic"),
         data_description=_data_text(data), results=results,
-        usage=USAGE.get({"mae": "vit", "blip": "blip"}.get(method, "cnn")).format(
-            repo=repo_id or "<user>/<repo>", arch=getattr(config, "backbone", "resnet50")),
+        usage=_usage(method, repo_id or "<user>/<repo>", getattr(config, "backbone", "resnet50")),
     )
     card.save(str(folder / "README.md"))
     return card
+
+
+def _usage(method: str, repo: str, arch: str) -> str:
+    text = USAGE[{"mae": "vit", "blip": "blip"}.get(method, "cnn")].format(repo=repo, arch=arch)
+    if method in ("simclr", "moco"):
+        from .export import has_torchvision_twin
+
+        if not has_torchvision_twin(arch):  # the snippet would name a model torchvision does not have
+            head, _, _ = text.partition("# Stock torchvision")
+            text = head + f"# No torchvision counterpart of {arch}: timm (above) loads it.\n```"
+    return text
 
 
 def _guided(config, data: dict | None = None) -> bool:
@@ -128,14 +141,16 @@ def _guided(config, data: dict | None = None) -> bool:
             or (data or {}).get("prompts") == "position")
 
 
+def _folder_name(source: str) -> str:
+    return re.split(r"[\\/]", source.rstrip("/\\"))[-1]
+
+
 def _public_name(source: str) -> str:
     """How a public card names a dataset or generator: its Hub id, else a local folder's name (not its path)."""
     from ..data.reading import hub_dataset_id
 
-    if not Path(source).exists():
-        return f"`{source}`"
     hub_id = hub_dataset_id(source)
-    return f"`{hub_id}`" if hub_id else f"a local folder (`{Path(source).resolve().name}`, not on the Hub)"
+    return f"`{hub_id}`" if hub_id else f"a local folder (`{_folder_name(source)}`, not on the Hub)"
 
 
 def _data_text(data: dict) -> str:

@@ -16,9 +16,13 @@ logger = logging.getLogger(__name__)
 IGNORE = [".freeatm/**", "**/.freeatm/**", "**/__pycache__/**", "*.tmp", ".git/**"]
 
 
+PUSHED_FILE = ".freeatm/pushed.json"  # where a pushed folder remembers its repo (never uploaded: .freeatm/)
+
+
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool = False,
                 token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> str:
-    """Create the repo if needed and upload `folder`; returns the commit URL."""
+    """Create the repo if needed and upload `folder`, its card named for the repo (`named_card`); returns the
+    commit URL. The local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
     from .. import __version__
 
     folder = Path(folder)
@@ -26,11 +30,14 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    name_the_repo(folder, repo_id, repo_type)
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
-        commit_message=commit_message or f"Upload {repo_type} with freeatm_hf {__version__}", ignore_patterns=IGNORE,
-    )
+    message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
+    card = named_card(folder, repo_id, repo_type)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
+                               commit_message=message, ignore_patterns=IGNORE + (["README.md"] if card else []))
+    if card:
+        commit = api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
+                                 repo_type=repo_type, revision=revision, commit_message=f"{message}: card")
+    _record_push(folder, repo_id, repo_type)
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return url
@@ -39,30 +46,41 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
 PLACEHOLDERS = {"dataset": "<user>/<dataset>", "model": "<user>/<repo>", "space": "<user>/<space>"}
 
 
-def name_the_repo(folder: Path, repo_id: str, repo_type: str):
-    """Cards are written before anyone knows where they will be pushed, so their load snippets say
-    `<user>/<repo>`: give the folder's card its repo id now (the folder is what the repo holds). A freeatm
-    model card is rendered again from its saved facts; a dataset card also records the id (`freeatm.repo_id`),
-    so that a model trained on the local folder can name the dataset by its Hub id in its own card."""
-    readme = folder / "README.md"
-    if repo_type == "model" and (folder / "card_info.json").is_file() and (folder / "config.json").is_file():
-        from transformers import AutoConfig
+def named_card(folder: Path, repo_id: str, repo_type: str) -> str | None:
+    """The folder's card as the repo should hold it, or None when it needs no change. Cards are written before
+    anyone knows where they will be pushed, so their load snippets say `<user>/<repo>`; the pushed copy names
+    the repo, and a freeatm dataset card also records it (`freeatm.repo_id`). Only placeholders change, so a
+    card edited by hand keeps its edits."""
+    from huggingface_hub import RepoCard
 
-        from .. import models  # noqa: F401  (registers the freeatm configs)
-        from .model_card import write_model_card
-
-        write_model_card(folder, AutoConfig.from_pretrained(folder), repo_id=repo_id)
-        return
-    text = readme.read_text()
+    text = (Path(folder) / "README.md").read_text()
     named = text.replace(PLACEHOLDERS.get(repo_type, "<user>/<repo>"), repo_id)
-    if repo_type == "dataset" and "\nfreeatm:" in text.split("\n---", 1)[0]:
-        from huggingface_hub import DatasetCard
+    if repo_type == "dataset":
+        card = RepoCard(named)
+        block = card.data.to_dict().get("freeatm")
+        if isinstance(block, dict):
+            card.data.freeatm = {**block, "repo_id": repo_id}
+            named = str(card)
+    return None if named == text else named
 
-        card = DatasetCard(named)
-        card.data.freeatm = {**card.data.to_dict()["freeatm"], "repo_id": repo_id}
-        named = str(card)
-    if named != text:
-        readme.write_text(named)
+
+def _record_push(folder: Path, repo_id: str, repo_type: str):
+    import json
+
+    path = Path(folder) / PUSHED_FILE
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"repo_id": repo_id, "repo_type": repo_type}))
+    except OSError as e:  # a read-only folder pushes all the same; only the note is lost
+        logger.warning("could not note the push in %s: %s", path, e)
+
+
+def pushed_repo(folder: str | Path) -> str | None:
+    """The repo a local folder was last pushed to (`push_folder` notes it), or None."""
+    import json
+
+    path = Path(folder) / PUSHED_FILE
+    return json.loads(path.read_text()).get("repo_id") if path.is_file() else None
 
 
 def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,

@@ -33,7 +33,10 @@ class DataArguments:
 
     def data_info(self, ds) -> dict:
         """What the model card says about the data."""
-        return {"dataset": self.dataset, "real_dataset": self.real_dataset, "data_mode": self.data_mode,
+        from ..data.reading import recorded_source
+
+        return {"dataset": recorded_source(self.dataset), "real_dataset": recorded_source(self.real_dataset),
+                "data_mode": self.data_mode,
                 "mix_ratio": self.mix_ratio, "min_attention_peak": self.min_attention_peak,
                 "num_rows": None if self.streaming else len(ds)}
 

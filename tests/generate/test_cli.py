@@ -201,3 +201,12 @@ def test_a_hub_pipeline_loads_from_the_cache_at_a_revision_and_the_card_names_it
     assert generation["pipeline"] == "me/shapes" and generation["revision"] == "main"
     assert generation["pipeline_commit"] == commit and generation["scheduler_class"] == scheduler
     assert generation["prompt_mode"] == "shapes"  # the cached folder's freeatm.json was read too
+
+
+def test_a_revision_for_a_built_in_pipeline_is_refused(tmp_path):
+    import torch
+
+    from freeatm_hf.generate.pipelines import load_pipeline
+
+    with pytest.raises(ValueError, match="--revision 'v2' is for a Hub pipeline id; 'tiny' is built in"):
+        load_pipeline("tiny", torch.device("cpu"), revision="v2")

@@ -42,7 +42,9 @@ def test_freeatm_push_uploads_exactly_the_folder_without_leaking_the_token(datas
         assert res.returncode == 0, res.stderr
         repo = hub.repos[("dataset", "me/scenes")]
         assert repo["private"] is True
-        assert repo["files"] == local_files(dataset_dir)
+        local = local_files(dataset_dir)
+        assert {k: v for k, v in repo["files"].items() if k != "README.md"} == {k: v for k, v in local.items()
+                                                                                  if k != "README.md"}
         assert {"README.md", "examples/example_0.png"} <= set(repo["files"])
         assert not any(p.startswith(".freeatm") for p in repo["files"])
         assert hub.auth_headers and all(h == f"Bearer {TOKEN}" for h in hub.auth_headers)
@@ -51,6 +53,11 @@ def test_freeatm_push_uploads_exactly_the_folder_without_leaking_the_token(datas
         # The card's load snippet and its freeatm block name the repo it now lives in.
         card = repo["files"]["README.md"].decode()
         assert 'load_dataset("me/scenes"' in card and "<user>/<dataset>" not in card and "repo_id: me/scenes" in card
+        # The local folder stays as it was (its card, so its load cache too), with a note of where it went.
+        assert "<user>/<dataset>" in local["README.md"].decode()
+        from freeatm_hf.hub.push import pushed_repo
+
+        assert pushed_repo(dataset_dir) == "me/scenes"
     assert TOKEN not in res.stdout + res.stderr
     assert all(TOKEN.encode() not in data for data in repo["files"].values())
 
@@ -63,8 +70,12 @@ def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
         assert res.returncode == 0, res.stderr
         repo = hub.repos[("dataset", "me/gen")]
         assert repo["private"] is False
-        assert repo["files"] == local_files(out)
-        assert 'load_dataset("me/gen"' in repo["files"]["README.md"].decode()
+        local = local_files(out)
+        assert repo["files"].keys() == local.keys()
+        assert all(repo["files"][k] == v for k, v in local.items() if k != "README.md")
+        # Written knowing its repo, the card needed only the freeatm.repo_id record on the way up.
+        assert 'load_dataset("me/gen"' in local["README.md"].decode()
+        assert "repo_id: me/gen" in repo["files"]["README.md"].decode()
     assert TOKEN not in res.stdout + res.stderr
 
 
@@ -86,8 +97,8 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         assert res.returncode == 0, res.stderr
         files = hub.repos[("model", "me/simclr-atm")]["files"]
         assert {"README.md", "config.json", "model.safetensors"} <= set(files)
-        assert files["README.md"] == (out / "README.md").read_bytes()
         assert 'from_pretrained("me/simclr-atm")' in files["README.md"].decode()
+        assert files["README.md"] == (out / "README.md").read_bytes().replace(b"<user>/<repo>", b"me/simclr-atm")
         res = run_cli(["push-model", str(out), "me/again", "--timm"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
         assert hub.repos[("model", "me/again")]["files"]["model.safetensors"] == files["model.safetensors"]
@@ -96,7 +107,8 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         assert {"README.md", "config.json", "model.safetensors"} <= set(exported)
         timm_card = ModelCard(exported["README.md"].decode())
         assert timm_card.data.library_name == "timm" and 'hf-hub:me/again-timm' in timm_card.text
-        assert "hf-hub:me/again-timm" in (out / "README.md").read_text()  # the name the card promises
+        again = hub.repos[("model", "me/again")]["files"]["README.md"].decode()
+        assert "hf-hub:me/again-timm" in again  # the name the card promises
         local = tmp_path / "timm_repo"
         local.mkdir()
         for name, data in exported.items():

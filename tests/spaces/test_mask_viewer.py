@@ -131,6 +131,7 @@ def test_push_space_uploads_a_space_that_runs_from_its_own_files(tmp_path, monke
     assert not any("__pycache__" in f or f.startswith("freeatm_hf/_spaces") for f in repo["files"])
     reqs = repo["files"]["requirements.txt"].decode().splitlines()
     assert any(r.startswith("diffusers") for r in reqs) and not any("freeatm_hf" in r and "@" in r for r in reqs)
+    assert "pyyaml>=6" in reqs and not any(r.startswith("gradio") for r in reqs)  # gradio: the Space's sdk_version
     # The Space as the Hub would run it: from its own files, importing its own copy of the package.
     space = tmp_path / "space"
     for rel, data in repo["files"].items():

@@ -86,6 +86,9 @@ def test_mix_of_synthetic_and_real_data(tmp_path):
     from freeatm_hf.data.reading import load
 
     assert only_real.cache_files == load(str(real)).cache_files
+    mixed_real = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=1.0, real_image_column="img")
+    assert {f["filename"] for f in mixed_real.cache_files} <= {f["filename"] for f in
+                                                              load(str(real)).cache_files + load(DATA).cache_files}
     with pytest.raises(ValueError, match="needs a real dataset"):
         pretraining_dataset(DATA, mode="mix")
 
