@@ -107,7 +107,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     card_data = ModelCardData(
         library_name="freeatm_hf", license="apache-2.0", pipeline_tag="image-feature-extraction",
         tags=["freeatm", method, "self-supervised", "attention-masks" if _guided(config, data) else "baseline"],
-        datasets=[d for d in map(hub_dataset_id, (data.get("dataset"), data.get("real_dataset"))) if d],
+        datasets=[d for d in map(hub_dataset_id, (data.get("dataset"), data.get("real_dataset"))) if d] or None,
         model_name=name if eval_results else None, eval_results=eval_results or None,
     )
     skip = {"architectures", "transformers_version", "dtype", "torch_dtype", "use_cache", "model_type"}

@@ -70,6 +70,11 @@ def main(argv=None):
     img = showcase(pipe, args.num_scenes, num_inference_steps=args.num_inference_steps)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     img.save(args.output)
+    folder = Path(args.pipeline)
+    if Path(args.output).resolve() == (folder / "grid.png").resolve() and (folder / "model_index.json").is_file():
+        from .model import update_model_folder
+
+        update_model_folder(folder)  # the card shows the grid once it exists (it is drawn after the evaluation)
     print(args.output)
 
 

@@ -29,3 +29,19 @@ def test_grid_flags_objects_below_the_recommended_peak(monkeypatch):
     flagged = label_colours(1.0)  # no attention probability reaches 1: every object is flagged
     assert kept and len(kept) == len(flagged)
     assert all((c == grey).all() for c in flagged) and not any((c == grey).all() for c in kept)
+
+
+def test_drawing_the_grid_into_a_model_folder_puts_it_in_the_card(tmp_path):
+    import shutil
+
+    from freeatm_hf.toy.model import MODEL_DIR, update_model_folder
+    from freeatm_hf.toy.showcase import main
+
+    folder = tmp_path / "shapes-t2i"
+    shutil.copytree(MODEL_DIR, folder)
+    (folder / "grid.png").unlink()
+    update_model_folder(folder)  # as `freeatm eval masks` leaves it: measured, no grid yet
+    assert "grid.png" not in (folder / "README.md").read_text()
+    main(["--pipeline", str(folder), "--output", str(folder / "grid.png"), "--num_scenes", "1",
+          "--num_inference_steps", "2"])
+    assert "](grid.png)" in (folder / "README.md").read_text()
