@@ -1,7 +1,8 @@
 """Uploading a finished folder: the only module that talks to the Hub.
 
-The folder is already exactly what the repo holds, so pushing is `create_repo` + `upload_folder`
-(which in huggingface_hub 2.x splits large folders into several commits and resumes when re-run).
+The folder is already what the repo holds, so pushing is `create_repo` + `upload_folder` (which in
+huggingface_hub 2.x splits large folders into several commits and resumes when re-run), plus the card with
+its `<user>/<repo>` placeholders filled in, as its own commit (the local card is left as written).
 The token comes from the usual places (`HF_TOKEN`, `hf auth login`) and is never logged.
 """
 
