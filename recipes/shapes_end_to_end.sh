@@ -33,18 +33,20 @@ freeatm push "$OUT/scenes" me/shapes-scenes
 freeatm push "$OUT/simclr-atm" me/simclr-atm --repo_type model
 freeatm push "$OUT/mae-atm" me/mae-atm --repo_type model
 
-echo "== 5. the Space opens the published dataset"
-python - "$OUT/hub/datasets/me/shapes-scenes" <<'PY'
+echo "== 5. the Space opens the published dataset, downloaded back through the Hub endpoint"
+python - "$OUT" <<'PY'
 import sys
+from huggingface_hub import ModelCard, hf_hub_download, snapshot_download
 from freeatm_hf.spaces import load_app
-from huggingface_hub import ModelCard
+out = sys.argv[1]
+folder = snapshot_download("me/shapes-scenes", repo_type="dataset", cache_dir=f"{out}/hub_cache")
 app = load_app()
-cache = app.RowCache(sys.argv[1])
+cache = app.RowCache(folder)
 row = cache.get(0)
 view, text, soft, masks, summary = app.render(row["image"], row["prompt"], list(row["objects"]), 0.4)
-print(f"Space: row 0 of {sys.argv[1]}: {row['prompt']!r}, {len(summary)} objects, overlay {view.size}")
+print(f"Space: row 0 of me/shapes-scenes ({folder}): {row['prompt']!r}, {len(summary)} objects, overlay {view.size}")
 for name in ("simclr-atm", "mae-atm"):
-    card = ModelCard.load(f"{sys.argv[1].split('/hub/')[0]}/hub/models/me/{name}/README.md")
+    card = ModelCard.load(hf_hub_download(f"me/{name}", "README.md", cache_dir=f"{out}/hub_cache"))
     print(name, {r.metric_type: round(r.metric_value, 3) for r in card.data.eval_results})
 del cache  # close the streaming reader before the interpreter shuts down
 PY

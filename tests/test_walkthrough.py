@@ -13,6 +13,8 @@ def test_walkthrough_script(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "Space: row 0 of" in res.stdout and "Traceback" not in res.stderr
+    # The Space read the dataset as downloaded back from the loopback Hub (snapshot_download via HF_ENDPOINT).
+    assert "hub_cache/datasets--me--shapes-scenes/snapshots/" in res.stdout
     hub = out / "hub"
     assert (hub / "datasets" / "me" / "shapes-scenes" / "README.md").is_file()
     assert sorted(p.name for p in (hub / "datasets" / "me" / "shapes-scenes" / "data").iterdir()) == [

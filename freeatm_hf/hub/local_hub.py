@@ -6,16 +6,19 @@
 It answers `create_repo`, the `preupload` and `commit` calls of `upload_folder` (every file declared
 "regular", so contents arrive inline: no LFS or Xet storage) and the card's YAML validation, and writes each
 repo to `ROOT/{models,datasets,spaces}/<repo_id>/`, so what would have been published can be opened
-with the stock loaders (`load_dataset(ROOT/datasets/me/scenes)`). It only listens on loopback.
+with the stock loaders (`load_dataset(ROOT/datasets/me/scenes)`). It also serves repo info and file
+downloads, so `snapshot_download` brings a pushed repo back through `HF_ENDPOINT`. It only listens on loopback.
 """
 
 import argparse
 import base64
+import hashlib
 import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 
 class LocalHub:
@@ -67,13 +70,55 @@ class LocalHub:
                 return self._json(200, hub._commit(repo_type, repo_id, body))
 
             def do_GET(self):
-                hub.unknown.append(f"GET {self.path}")
-                self._json(404, {"error": "not found"})
+                self._read(send_body=True)
+
+            def do_HEAD(self):
+                self._read(send_body=False)
+
+            def _read(self, send_body: bool):
+                """Repo info and file downloads, so that what was pushed comes back through `HF_ENDPOINT`
+                (`snapshot_download`, `hf_hub_download`)."""
+                path = self.path.split("?")[0]
+                m = re.fullmatch(r"/api/(model|dataset|space)s/(.+?)(?:/revision/([^/]+))?", path)
+                if m and (m.group(1), m.group(2)) in hub.repos:
+                    repo_type, repo_id, _ = m.groups()
+                    files = hub.repos[(repo_type, repo_id)]["files"]
+                    return self._json(200, {"id": repo_id, "sha": hub.head(repo_type, repo_id), "private": False,
+                                            "siblings": [{"rfilename": f, "size": len(d)} for f, d in files.items()]})
+                m = re.fullmatch(r"/api/(model|dataset|space)s/(.+?)/tree/[^/]+(?:/(.*))?", path)
+                if m and (m.group(1), m.group(2)) in hub.repos:
+                    files = hub.repos[(m.group(1), m.group(2))]["files"]
+                    under = unquote(m.group(3) or "").strip("/")
+                    listed = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                              for f, d in sorted(files.items()) if not under or f.startswith(under + "/")]
+                    return self._json(200, listed)
+                m = re.fullmatch(r"/(?:(dataset|space)s/)?(.+)/resolve/([^/]+)/(.+)", path)
+                key = (m.group(1) or "model", m.group(2)) if m else None
+                if key in hub.repos and unquote(m.group(4)) in hub.repos[key]["files"]:
+                    data = hub.repos[key]["files"][unquote(m.group(4))]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                    self.send_header("X-Repo-Commit", hub.head(*key))
+                    self.end_headers()
+                    if send_body:
+                        self.wfile.write(data)
+                    return None
+                hub.unknown.append(f"{self.command} {self.path}")
+                if send_body:
+                    return self._json(404, {"error": "not found"})
+                self.send_response(404)
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
 
         return Handler
+
+    def head(self, repo_type: str, repo_id: str) -> str:
+        """The repo's last commit id (commits are numbered across the server)."""
+        n = max((i for i, c in enumerate(self.commits, 1) if c["repo"] == (repo_type, repo_id)), default=0)
+        return f"{n:040d}"
 
     def _create(self, req: dict) -> dict:
         repo_type = req.get("type") or "model"
