@@ -24,6 +24,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown torch_dtype {name!r}") from None
 
 
+def is_hub_id(spec: str) -> bool:
+    """Whether a pipeline spec names a Hub repo: not a built-in ('default', 'shapes', the tiny ones) nor a local
+    folder."""
+    return spec not in ("default", "shapes", *TINY_PIPELINES) and not Path(spec).exists()
+
+
 def default_pipeline() -> str:
     """The embedded default: the trained shapes model once it ships in the package, else the random tiny SD."""
     from ..toy.model import trained_pipeline_available
@@ -39,7 +45,7 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
     dtype = resolve_dtype(torch_dtype, device)
     if spec == "default":
         spec = default_pipeline()
-    if revision and (spec == "shapes" or spec in TINY_PIPELINES or Path(spec).exists()):
+    if revision and not is_hub_id(spec):
         raise ValueError(f"--revision {revision!r} is for a Hub pipeline id; {spec!r} is built in or a local folder")
     if spec == "shapes":
         from ..toy.model import MODEL_DIR, trained_pipeline_available
@@ -73,7 +79,7 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
 def resolved_commit(spec: str, revision: str | None = None) -> str | None:
     """The commit a Hub pipeline id (at `revision`) resolved to, read from the local Hub cache the pipeline was
     just loaded from (its snapshot folder is named by the commit); None for a local folder or a built-in."""
-    if spec in ("default", "shapes", *TINY_PIPELINES) or Path(spec).exists():
+    if not is_hub_id(spec):
         return None
     from huggingface_hub import snapshot_download
 
@@ -100,7 +106,7 @@ def pipeline_recommendation(source) -> dict | None:
         source = str(MODEL_DIR)
     path = Path(source) / RECOMMENDATION_FILE
     if not path.is_file():
-        if source == "default" or source in TINY_PIPELINES or Path(source).exists():
+        if not is_hub_id(source):
             return None
         cached = _download_recommendation(source)
         if cached is None:

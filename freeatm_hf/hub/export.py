@@ -149,11 +149,12 @@ def load_checkpoint(folder: str | Path):
     return AutoModel.from_pretrained(str(folder))
 
 
-def export_checkpoint(folder: str | Path, out: str | Path, to: str) -> Path:
+def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) -> Path:
     """Export the checkpoint in `folder` as `to`: "timm" (a timm model folder), "torchvision" (a ResNet state
     dict file), "vit" (a transformers ViTModel folder), "blip-retrieval" / "blip-captioning" (a stock BLIP
-    folder, with the checkpoint's tokenizer and the image processor its weights were trained with)."""
-    model = load_checkpoint(folder)
+    folder, with the checkpoint's tokenizer and the image processor its weights were trained with). `model`:
+    the checkpoint already loaded, when exporting it several ways."""
+    model = model if model is not None else load_checkpoint(folder)
     method = model.config.model_type.removeprefix("freeatm_")
     if to != "timm" and to not in STOCK_EXPORTS[method]:
         raise ValueError(f"a {method} checkpoint exports to timm or {', '.join(STOCK_EXPORTS[method])}, not {to!r}")
@@ -187,16 +188,13 @@ def add_stock_exports(folder: str | Path) -> list[str]:
     """Write the method's stock exports into the checkpoint folder itself (`torchvision/<arch>.pth`, `vit/`,
     `blip-retrieval/`, `blip-captioning/`), so that a pushed repo serves them to users without freeatm_hf:
     `ViTModel.from_pretrained(repo, subfolder="vit")`. Returns the paths written, relative to the folder."""
-    import json
-
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    method = config["model_type"].removeprefix("freeatm_")
+    model = load_checkpoint(folder)
     written = []
-    for kind in STOCK_EXPORTS[method]:
-        rel = f"torchvision/{config['backbone']}.pth" if kind == "torchvision" else kind
-        if kind == "torchvision" and not has_torchvision_twin(config["backbone"]):
+    for kind in STOCK_EXPORTS[model.config.model_type.removeprefix("freeatm_")]:
+        rel = f"torchvision/{model.config.backbone}.pth" if kind == "torchvision" else kind
+        if kind == "torchvision" and not has_torchvision_twin(model.config.backbone):
             continue  # no torchvision counterpart; timm serves it
-        export_checkpoint(folder, folder / rel, kind)
+        export_checkpoint(folder, folder / rel, kind, model=model)
         written.append(rel)
     return written
