@@ -109,14 +109,13 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         assert timm_card.data.library_name == "timm" and 'hf-hub:me/again-timm' in timm_card.text
         again = hub.repos[("model", "me/again")]["files"]["README.md"].decode()
         assert "hf-hub:me/again-timm" in again  # the name the card promises
-        local = tmp_path / "timm_repo"
-        local.mkdir()
-        for name, data in exported.items():
-            (local / name).write_bytes(data)
-        load = ("import sys, timm, torch; m = timm.create_model('local-dir:' + sys.argv[1], pretrained=True).eval(); "
+        # The snippet the card promises, verbatim, in stock timm through the Hub's download API.
+        load = ("import sys, timm, torch; m = timm.create_model('hf-hub:me/again-timm', pretrained=True).eval(); "
                 "assert 'freeatm_hf' not in sys.modules; print(tuple(m(torch.zeros(1, 3, 64, 64)).shape))")
-        res_timm = subprocess.run([sys.executable, "-c", load, str(local)], capture_output=True, text=True,
-                                  cwd=str(tmp_path))
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1",
+               "HF_HOME": str(tmp_path / "timm_home")}
+        res_timm = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=str(tmp_path),
+                                  env=env)
         assert res_timm.returncode == 0, res_timm.stderr[-2000:]
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags  # ours, not Trainer's
