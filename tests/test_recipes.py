@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -31,10 +32,12 @@ def test_training_recipes_parse(path):
     # A method's own recipe names it (`accelerate launch -m freeatm_hf.train recipe.yaml`); the contrastive
     # smoke recipe serves SimCLR and MoCo, so the method is named before it.
     argv = [str(path)] if "contrastive" not in path.name else [method, str(path)]
-    assert resolve_method(argv) == (method, [str(path)])
+    named, flags = resolve_method(argv + ["--bf16", "false"])
+    assert named == method and flags[-2:] == ["--bf16", "false"]
     # bf16 is refused without a GPU, so the check overrides it (overrides after a recipe are the CLI contract).
-    args, targs = parse(method, [str(path), "--bf16", "false"])
-    assert args.dataset and targs.output_dir
+    args, targs = parse(method, flags)
+    recipe = yaml.safe_load(path.read_text())
+    assert args.dataset == recipe["dataset"] and targs.output_dir == recipe["output_dir"] and not targs.bf16
 
 
 def test_a_recipe_that_names_another_method_or_none_is_refused():

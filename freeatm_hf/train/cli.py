@@ -16,26 +16,31 @@ def _is_recipe(arg: str) -> bool:
 
 
 def resolve_method(argv: list[str]) -> tuple[str, list[str]]:
-    """The method and the remaining arguments: named first, or by the recipe's `method:` key (both must agree)."""
+    """The method, and the arguments with the recipe's keys spelled out as flags before the command line's own
+    (so that flags after a recipe override it). The method is named first, or by the recipe's `method:` key;
+    both must agree."""
+    from ..generate.cli import _to_args
+
     named = None if _is_recipe(argv[0]) else argv.pop(0)
-    recipe_method = None
+    recipe = {}
     if argv and _is_recipe(argv[0]):
         import yaml
 
-        with open(argv[0]) as f:
-            recipe_method = (yaml.safe_load(f) or {}).get("method")
-    if named and recipe_method and named != recipe_method:
-        raise SystemExit(f"{argv[0]} is a {recipe_method!r} recipe, but {named!r} was asked for")
-    method = named or recipe_method
-    if method is None:
-        raise SystemExit(f"{argv[0]} has no `method:` key: name the method first, e.g. freeatm train simclr {argv[0]}")
-    return method, argv
+        path = argv.pop(0)
+        with open(path) as f:
+            recipe = yaml.safe_load(f) or {}
+        recipe_method = recipe.pop("method", None)
+        if named and recipe_method and named != recipe_method:
+            raise SystemExit(f"{path} is a {recipe_method!r} recipe, but {named!r} was asked for")
+        if not (named or recipe_method):
+            raise SystemExit(f"{path} has no `method:` key: name the method first, e.g. freeatm train simclr {path}")
+        named = named or recipe_method
+    return named, [tok for k, v in recipe.items() for tok in _to_args(k, v)] + argv
 
 
 def parse(method: str, argv: list[str]):
+    """TrainingArguments and the method's own arguments from flags (a recipe already spelled out by resolve_method)."""
     from transformers import HfArgumentParser, TrainingArguments
-
-    from ..generate.cli import _to_args
 
     if method not in METHODS:
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -46,13 +51,6 @@ def parse(method: str, argv: list[str]):
     else:
         from .contrastive import ContrastiveArguments as Arguments
     parser = HfArgumentParser((Arguments, TrainingArguments), prog=f"freeatm train {method}")
-    if argv and _is_recipe(argv[0]):
-        import yaml
-
-        with open(argv[0]) as f:
-            recipe = yaml.safe_load(f) or {}
-        recipe.pop("method", None)
-        argv = [tok for k, v in recipe.items() for tok in _to_args(k, v)] + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
 
 
