@@ -1,31 +1,12 @@
 """Exported backbones load in stock timm, in a process that never imports freeatm_hf, with the same features."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from freeatm_hf.hub.export import export_timm
 from freeatm_hf.models import METHODS
 
-READER = r"""
-import sys, torch, timm
-model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True, num_classes=0, global_pool="").eval()
-assert "freeatm_hf" not in sys.modules
-x = torch.load(sys.argv[2])
-with torch.no_grad():
-    torch.save(model.forward_features(x), sys.argv[3])
-print(model.pretrained_cfg["mean"], model.pretrained_cfg["input_size"])
-"""
-
-
-def run_reader(folder, x, tmp_path) -> tuple[torch.Tensor, str]:
-    torch.save(x, tmp_path / "x.pt")
-    res = subprocess.run([sys.executable, "-c", READER, str(folder), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 0, res.stderr[-2000:]
-    return torch.load(tmp_path / "y.pt"), res.stdout
+from .stock_reader import read_stock
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
@@ -40,7 +21,7 @@ def test_timm_export_gives_the_training_encoders_features(method, tmp_path):
                 m.running_var.uniform_(0.5, 2.0)
     folder = export_timm(model, tmp_path / "timm")
     x = torch.randn(2, 3, 64, 64)
-    got, stdout = run_reader(folder, x, tmp_path)
+    got, stdout = read_stock("timm", folder, x, tmp_path)
     assert "(3, 224, 224)" in stdout  # pretrained_cfg travels with the weights
     with torch.no_grad():
         expected = model.backbone.forward_features(x)
@@ -59,7 +40,7 @@ def test_mae_encoder_exports_to_a_timm_vit_with_the_same_features(tmp_path):
             if "layernorm" in n:
                 p.normal_(1.0 if n.endswith("weight") else 0.0, 0.3)
     x = torch.randn(2, 3, 32, 32)
-    got, stdout = run_reader(export_timm(model, tmp_path / "timm"), x, tmp_path)
+    got, stdout = read_stock("timm", export_timm(model, tmp_path / "timm"), x, tmp_path)
     assert "(3, 32, 32)" in stdout
     with torch.no_grad():  # all 16 patches kept in their order: the encoder's plain forward
         expected = model.vit(x, noise=torch.arange(16).float().expand(2, 16)).last_hidden_state
@@ -85,7 +66,7 @@ def test_blip_vision_tower_exports_to_a_timm_vit_with_the_same_features(tmp_path
             if "norm" in n:
                 p.normal_(1.0 if n.endswith("weight") else 0.0, 0.3)
     x = torch.randn(2, 3, 32, 32)
-    got, _ = run_reader(export_timm(model, tmp_path / "timm"), x, tmp_path)
+    got, _ = read_stock("timm", export_timm(model, tmp_path / "timm"), x, tmp_path)
     with torch.no_grad():
         expected = model.vision_model(pixel_values=x).last_hidden_state
     assert got.shape == expected.shape == (2, 17, 32)

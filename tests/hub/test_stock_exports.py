@@ -1,52 +1,12 @@
 """`freeatm export` and `push-model --exports`: each stock export loads in a process that never imports
 freeatm_hf and gives the training model's encoder features."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from freeatm_hf.hub.cli import export_main
 
-# Each reader loads the export with the stock library alone and saves the encoder's features of x.
-READERS = {
-    "torchvision": """
-import torchvision
-m = torchvision.models.resnet18()
-missing, unexpected = m.load_state_dict(torch.load(path), strict=False)
-assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected, (missing, unexpected)
-m.fc = torch.nn.Identity()
-y = m.eval()(x)
-""",
-    "vit": """
-from transformers import ViTModel
-y = ViTModel.from_pretrained(path, subfolder=sub).eval()(pixel_values=x).last_hidden_state
-""",
-    "blip-retrieval": """
-from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
-m = BlipForImageTextRetrieval.from_pretrained(path, subfolder=sub).eval()
-proc = BlipImageProcessor.from_pretrained(path, subfolder=sub)
-assert proc.size == {"height": 32, "width": 32} and [round(v, 3) for v in proc.image_mean] == [0.485, 0.456, 0.406]
-AutoTokenizer.from_pretrained(path, subfolder=sub)
-y = m.vision_model(pixel_values=x).last_hidden_state
-""",
-    "blip-captioning": """
-from transformers import BlipForConditionalGeneration
-y = BlipForConditionalGeneration.from_pretrained(path, subfolder=sub).eval().vision_model(pixel_values=x).last_hidden_state
-""",
-}
-
-
-def read_stock(kind, path, x, tmp_path, subfolder=""):
-    code = ("import sys, torch\npath, sub = sys.argv[1], sys.argv[2]\nx = torch.load(sys.argv[3])\n"
-            "with torch.no_grad():\n" + "".join(f"    {line}\n" for line in READERS[kind].strip().splitlines())
-            + "    torch.save(y, sys.argv[4])\nassert 'freeatm_hf' not in sys.modules\n")
-    torch.save(x, tmp_path / "x.pt")
-    res = subprocess.run([sys.executable, "-c", code, str(path), subfolder, str(tmp_path / "x.pt"),
-                          str(tmp_path / "y.pt")], capture_output=True, text=True, cwd=str(tmp_path))
-    assert res.returncode == 0, res.stderr[-2000:]
-    return torch.load(tmp_path / "y.pt")
+from .stock_reader import read_stock
 
 
 def checkpoint(method, folder):
@@ -95,7 +55,7 @@ def test_freeatm_export_loads_in_the_stock_library_with_the_same_features(method
     out = tmp_path / ("r18.pth" if kind == "torchvision" else kind)
     export_main([str(tmp_path / "ckpt"), str(out), "--to", kind])
     x = torch.randn(2, 3, 32, 32)
-    got = read_stock(kind, out, x, tmp_path)
+    got, _ = read_stock(kind, out, x, tmp_path)
     expected = encoder_features(method, model, x)
     assert got.shape == expected.shape and (got - expected).abs().max().item() < 1e-5
 
@@ -128,5 +88,5 @@ def test_push_model_exports_serves_the_vit_from_the_repo(tmp_path):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_bytes(data)
     x = torch.randn(2, 3, 32, 32)
-    got = read_stock("vit", repo, x, tmp_path, subfolder="vit")
+    got, _ = read_stock("vit", repo, x, tmp_path, subfolder="vit")
     assert (got - encoder_features("mae", model, x)).abs().max().item() < 1e-5
