@@ -4,6 +4,8 @@ the Space opens the published dataset."""
 import subprocess
 from pathlib import Path
 
+from huggingface_hub import ModelCard
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,5 +24,9 @@ def test_walkthrough_script(tmp_path):
     for name in ("simclr-atm", "mae-atm"):
         card = (hub / "models" / "me" / name / "README.md").read_text()
         assert "model-index" in card and "knn20_top1" in card and "linear_probe_top1" in card
+        # Trained before the dataset was pushed, published after: the card names the data by its Hub id.
+        meta = ModelCard(card)
+        assert meta.data.datasets == ["me/shapes-scenes"] and "dataset: `me/shapes-scenes`" in meta.text
+        assert "built-in `shapes` pipeline" in meta.text
         assert (hub / "models" / "me" / name / "model.safetensors").is_file()
     assert "hf_local_walkthrough" not in res.stdout + res.stderr

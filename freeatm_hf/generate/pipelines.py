@@ -30,6 +30,14 @@ def is_hub_id(spec: str) -> bool:
     return spec not in ("default", "shapes", *TINY_PIPELINES) and not Path(spec).exists()
 
 
+def pipeline_source(spec: str) -> str:
+    """'built-in', 'hub' or 'local': what a card may say of the pipeline, decided where it ran (a relative
+    folder name read on another machine could pass for a Hub id)."""
+    if spec in ("default", "shapes", *TINY_PIPELINES):
+        return "built-in"
+    return "hub" if is_hub_id(spec) else "local"
+
+
 def default_pipeline() -> str:
     """The embedded default: the trained shapes model once it ships in the package, else the random tiny SD."""
     from ..toy.model import trained_pipeline_available

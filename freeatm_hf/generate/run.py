@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmenter
 from .config import GenerateConfig
 from .generator import FreeATMGenerator
-from .pipelines import load_pipeline, resolved_commit
+from .pipelines import load_pipeline, pipeline_source, resolved_commit
 from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
 from .writer import DatasetWriter
 
@@ -161,7 +161,8 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     (height, width), map_hw = _sizes(writer.shard_path(0))
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     generator = _read_generator(writer)
-    generation = {**cfg.settings(), "pipeline": cfg.pipeline, **generator, "height": height, "width": width}
+    generation = {**cfg.settings(), "pipeline": cfg.pipeline, "pipeline_source": pipeline_source(cfg.pipeline),
+                  **generator, "height": height, "width": width}
     card = render_dataset_card(
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,

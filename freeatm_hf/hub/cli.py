@@ -47,7 +47,7 @@ def push_model_main(argv=None):
                    help="first write the method's stock exports into the folder (torchvision/<arch>.pth, vit/, "
                         "blip-retrieval/, blip-captioning/), so the repo serves them without freeatm_hf")
     args = p.parse_args(argv + ["--repo_type", "model"])
-    from .push import push_folder, push_timm_export
+    from .push import push_folder, push_timm_export, pushed_repo
 
     if args.exports:
         from .export import add_stock_exports
@@ -58,7 +58,8 @@ def push_model_main(argv=None):
                       commit_message=args.commit_message)
     print(url)
     if args.timm:
-        print(push_timm_export(args.folder, f"{args.repo_id}-timm", private=args.private, source_repo=args.repo_id))
+        repo_id = pushed_repo(args.folder) or args.repo_id  # with its namespace, as the card names it
+        print(push_timm_export(args.folder, f"{repo_id}-timm", private=args.private, source_repo=repo_id))
     return url
 
 

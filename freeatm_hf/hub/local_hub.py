@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+USER = "me"  # the one user of a loopback Hub
+
 
 class LocalHub:
     def __init__(self, root: str | Path | None = None, port: int = 0):
@@ -122,7 +124,8 @@ class LocalHub:
 
     def _create(self, req: dict) -> dict:
         repo_type = req.get("type") or "model"
-        repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
+        # As on the Hub, a name without a namespace goes under the token's user (here always USER).
+        repo_id = f"{req.get('organization') or USER}/{req['name']}"
         private = req.get("visibility") == "private" or bool(req.get("private"))
         self.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}, "request": req})
         return {"url": f"{self.url}/{repo_type}s/{repo_id}", "name": repo_id}

@@ -15,6 +15,9 @@ logger = logging.getLogger(__name__)
 
 # Resume state and temporary files never go to the Hub.
 IGNORE = [".freeatm/**", "**/.freeatm/**", "**/__pycache__/**", "*.tmp", ".git/**"]
+# A model repo gets the finished model, not Trainer's intermediate checkpoints (optimizer states, RNG), as
+# Trainer's own push does.
+MODEL_IGNORE = ["checkpoint-*", "checkpoint-*/**"]
 
 
 PUSHED_FILE = ".freeatm/pushed.json"  # where a pushed folder remembers its repo (never uploaded: .freeatm/)
@@ -23,18 +26,20 @@ PUSHED_FILE = ".freeatm/pushed.json"  # where a pushed folder remembers its repo
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool = False,
                 token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> str:
     """Create the repo if needed and upload `folder`, its card named for the repo (`named_card`); returns the
-    commit URL. The local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
+    commit URL. A name without a namespace goes where the Hub puts it (the token's user), and the card and the
+    note name that full id. The local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
     from .. import __version__
 
     folder = Path(folder)
     if not (folder / "README.md").is_file():
         raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
     message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
     card = named_card(folder, repo_id, repo_type)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
-                               commit_message=message, ignore_patterns=IGNORE + (["README.md"] if card else []))
+                               commit_message=message, ignore_patterns=IGNORE + (MODEL_IGNORE if repo_type == "model" else [])
+                               + (["README.md"] if card else []))
     if card:
         commit = api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
                                  repo_type=repo_type, revision=revision, commit_message=f"{message}: card")
@@ -50,12 +55,17 @@ PLACEHOLDERS = {"dataset": "<user>/<dataset>", "model": "<user>/<repo>", "space"
 def named_card(folder: Path, repo_id: str, repo_type: str) -> str | None:
     """The folder's card as the repo should hold it, or None when it needs no change. Cards are written before
     anyone knows where they will be pushed, so their load snippets say `<user>/<repo>`; the pushed copy names
-    the repo, and a freeatm dataset card also records it (`freeatm.repo_id`). Only placeholders change, so a
-    card edited by hand keeps its edits."""
+    the repo, a freeatm dataset card also records it (`freeatm.repo_id`), and a model card names the datasets
+    pushed since it was written by their ids (`with_pushed_datasets`). Only those change, so a card edited by
+    hand keeps its edits."""
     from huggingface_hub import RepoCard
 
     text = (Path(folder) / "README.md").read_text()
     named = text.replace(PLACEHOLDERS.get(repo_type, "<user>/<repo>"), repo_id)
+    if repo_type == "model":
+        from .model_card import with_pushed_datasets
+
+        named = with_pushed_datasets(named, folder)
     if repo_type == "dataset":
         card = RepoCard(named)
         block = card.data.to_dict().get("freeatm")

@@ -69,6 +69,9 @@ def main(argv=None):
     # instead of Trainer's own pushes, which would replace the card with Trainer's.
     push = training_args.push_to_hub
     training_args.push_to_hub = False
+    # Trainer pickles its arguments into every checkpoint (training_args.bin): a token given on the command
+    # line must not ride along.
+    token, training_args.hub_token = training_args.hub_token, None
     if method in ("mae", "blip"):
         from importlib import import_module
 
@@ -84,7 +87,7 @@ def main(argv=None):
 
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
         push_folder(training_args.output_dir, repo_id, repo_type="model", private=bool(training_args.hub_private_repo),
-                    token=training_args.hub_token)
+                    token=token)
     return trainer
 
 

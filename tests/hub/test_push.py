@@ -93,13 +93,19 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
     out = tmp_path / "simclr"
     with FakeHub() as hub:
         res = run_cli(["train", "simclr", "recipes/contrastive_cpu_smoke.yaml", "--output_dir", str(out),
-                       "--max_steps", "1", "--push_to_hub", "--hub_model_id", "me/simclr-atm"], hub.url, tmp_path)
+                       "--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "--hub_model_id", "me/simclr-atm",
+                       "--hub_token", TOKEN], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
         files = hub.repos[("model", "me/simclr-atm")]["files"]
         assert {"README.md", "config.json", "model.safetensors"} <= set(files)
+        # The finished model only: Trainer's checkpoints stay home, and no pickled argument holds the token.
+        assert (out / "checkpoint-1").is_dir() and not [f for f in files if f.startswith("checkpoint-")]
+        assert not [f for f, data in files.items() if TOKEN.encode() in data]
+        assert not [p for p in out.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
         assert 'from_pretrained("me/simclr-atm")' in files["README.md"].decode()
         assert files["README.md"] == (out / "README.md").read_bytes().replace(b"<user>/<repo>", b"me/simclr-atm")
-        res = run_cli(["push-model", str(out), "me/again", "--timm"], hub.url, tmp_path)
+        # A name without a namespace lands under the token's user, and the card and the timm repo say so.
+        res = run_cli(["push-model", str(out), "again", "--timm"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
         assert hub.repos[("model", "me/again")]["files"]["model.safetensors"] == files["model.safetensors"]
         # --timm: the encoder as its own repo, named as the card's timm snippet says, loadable by stock timm.
