@@ -3,7 +3,7 @@ mix of both, as one `datasets` dataset with `image` and `objects` columns."""
 
 import functools
 
-from datasets import Dataset, IterableDataset, interleave_datasets, load_dataset
+from datasets import Dataset, Features, IterableDataset, interleave_datasets, load_dataset
 
 DATA_MODES = ("synthetic", "real", "mix")
 
@@ -51,7 +51,14 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
         for name, value in missing.items():
             ds = ds.add_column(name, [value] * len(ds), feature=(features or {}).get(name))
         return ds
-    return ds.map(lambda row: missing) if missing else ds
+    if not missing:
+        return ds
+    # Typed up front: a streaming `map` without features leaves them unknown, and mixing would then have to
+    # guess the type of every column from decoded rows (images included), which it cannot.
+    typed = None
+    if features is not None and ds.features is not None:
+        typed = Features({**ds.features, **{name: features[name] for name in missing if name in features}})
+    return ds.map(lambda row: missing, features=typed)
 
 
 def pretraining_dataset(synthetic: str | None = None, real: str | None = None, mode: str = "synthetic",
@@ -69,16 +76,17 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         if not real:
             raise ValueError(f"data mode {mode!r} needs a real dataset")
         parts.append(as_image_objects(_load(real, split, streaming), real_image_column, real_text_column,
-                                      features=parts[0].features if parts and not streaming else None))
+                                      features=parts[0].features if parts else None))
     if len(parts) == 1:
         return parts[0]
-    if not streaming:
-        # Align what still differs (say a caption column of another type); `cast` of the whole table would copy
-        # every real image into a new cache file.
-        for name, feature in parts[0].features.items():
-            if parts[1].features[name] != feature:
-                parts[1] = parts[1].cast_column(name, feature)
-        parts[1] = parts[1].select_columns(list(parts[0].features))
+    if parts[0].features is None or parts[1].features is None:
+        raise ValueError(f"cannot mix {synthetic} with {real}: the streamed dataset does not state its features")
+    # Align what still differs (say a caption column of another type); `cast` of the whole table would copy
+    # every real image into a new cache file.
+    for name, feature in parts[0].features.items():
+        if parts[1].features[name] != feature:
+            parts[1] = parts[1].cast_column(name, feature)
+    parts[1] = parts[1].select_columns(list(parts[0].features))
     return interleave_datasets(parts, probabilities=[1 - mix_ratio, mix_ratio], seed=seed,
                                stopping_strategy="first_exhausted")
 

@@ -89,6 +89,11 @@ def test_mix_of_synthetic_and_real_data(tmp_path):
     mixed_real = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=1.0, real_image_column="img")
     assert {f["filename"] for f in mixed_real.cache_files} <= {f["filename"] for f in
                                                               load(str(real)).cache_files + load(DATA).cache_files}
+    # Streaming mixes the same rows, typed alike, as it reads them.
+    streamed = list(pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=0.5, real_image_column="img",
+                                        streaming=True))
+    assert [(len(r["objects"]), r["prompt"]) for r in streamed] == [(len(r["objects"]), r["prompt"]) for r in ds]
+    assert [r["image"].tobytes() for r in streamed] == [r["image"].tobytes() for r in ds]
     with pytest.raises(ValueError, match="needs a real dataset"):
         pretraining_dataset(DATA, mode="mix")
 
