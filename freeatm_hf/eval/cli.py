@@ -174,6 +174,7 @@ def main_finetune(args):
 def main_retrieval(args):
     import torch
     from torchvision.transforms import v2
+    from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
@@ -193,7 +194,8 @@ def main_retrieval(args):
             image_column=args.image_column,
             caption_column=args.caption_column, image_size=args.image_size, max_length=args.max_length,
             epochs=args.finetune_epochs, max_steps=args.finetune_max_steps, learning_rate=args.finetune_lr,
-            batch_size=args.batch_size, use_cpu=True if args.device == "cpu" else None)
+            batch_size=args.batch_size, use_cpu=True if args.device == "cpu" else None,
+            revision=None if args.finetune_dataset else args.revision)  # the evaluated dataset's pinned revision
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
@@ -201,7 +203,7 @@ def main_retrieval(args):
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     pixels, texts, text_to_image = [], [], []
-    for i, row in enumerate(ds):
+    for i, row in enumerate(tqdm(ds, desc="images")):
         pixels.append(tf(row[args.image_column].convert("RGB")))
         caps = row[args.caption_column]
         for c in [caps] if isinstance(caps, str) else caps:

@@ -3,6 +3,7 @@
 (ITC + ITM on the target's image-caption pairs, no LM) through the same Trainer as pretraining."""
 
 import torch
+from tqdm.auto import tqdm
 
 
 @torch.no_grad()
@@ -27,12 +28,12 @@ def retrieval_scores(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
     if getattr(model.config, "enc_token_id", None) is not None:  # ITM reads [ENC] in place of the first token
         ids[:, 0] = model.config.enc_token_id
     i2t = torch.full_like(sim, -100.0)
-    for i in range(len(sim)):
+    for i in tqdm(range(len(sim)), desc="ITM re-rank, image→text"):
         top = sim[i].topk(min(k_test, sim.shape[1])).indices
         itm = model.itm_logits(embeds[i : i + 1].expand(len(top), -1, -1), ids[top], mask[top])[:, 1]
         i2t[i, top] = itm + sim[i, top]
     t2i = torch.full_like(sim.T, -100.0)
-    for j in range(sim.shape[1]):
+    for j in tqdm(range(sim.shape[1]), desc="ITM re-rank, text→image"):
         top = sim[:, j].topk(min(k_test, sim.shape[0])).indices
         itm = model.itm_logits(embeds[top], ids[j : j + 1].expand(len(top), -1), mask[j : j + 1].expand(len(top), -1))[:, 1]
         t2i[j, top] = itm + sim[top, j]
@@ -89,8 +90,25 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
 
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
                                   weight_decay=0.05, lr_scheduler_type="cosine")
-    trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform))
+    trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform), processing_class=tok)
     trainer.train()
     trainer.save_model(output_dir)
-    tok.save_pretrained(output_dir)
+    _carry_card_facts(model_dir, output_dir, dataset, split, trainer.state.global_step, learning_rate)
     return output_dir
+
+
+def _carry_card_facts(model_dir, output_dir, dataset: str, split: str, steps: int, learning_rate: float):
+    """The pretraining facts (data, position prompts, hyper-parameters) go with the fine-tuned model, so its card
+    still says what it is (a Free-ATM BLIP, not a mask-free baseline), with the fine-tuning added."""
+    import json
+    from pathlib import Path
+
+    from ..data.reading import hub_dataset_id
+    from ..hub.model_card import CARD_INFO_FILE, _folder_name
+
+    source = Path(model_dir) / CARD_INFO_FILE
+    facts = json.loads(source.read_text()) if source.is_file() else {"data": None, "training": None}
+    name = hub_dataset_id(dataset) or _folder_name(dataset)  # a public card never shows a local path
+    facts["training"] = {**(facts.get("training") or {}),
+                         "retrieval_finetune": f"{name} [{split}], {steps} steps at lr {learning_rate}"}
+    (Path(output_dir) / CARD_INFO_FILE).write_text(json.dumps(facts, indent=2, default=str))

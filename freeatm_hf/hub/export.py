@@ -166,17 +166,17 @@ def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) 
         from ..models.mae import export_vit
 
         return Path(export_vit(model, out))
-    import shutil
-
-    from transformers import BlipImageProcessor
+    from transformers import AutoTokenizer, BlipImageProcessor
 
     from ..models.blip import export_stock
 
+    try:  # a BLIP folder without its tokenizer would load, then fail at the first caption
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder} has no tokenizer, which a {to} export needs: export the training output_dir, "
+                         f"or a checkpoint saved with its tokenizer") from e
     export_stock(model, out, kind=to.removeprefix("blip-"))
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                 "special_tokens_map.json"):
-        if (Path(folder) / name).is_file():
-            shutil.copy2(Path(folder) / name, Path(out) / name)
+    tokenizer.save_pretrained(out)
     # The input pipeline the weights were trained with (freeatm's BLIP normalizes with ImageNet statistics).
     side = model.config.vision_config.image_size
     BlipImageProcessor(size={"height": side, "width": side}, image_mean=list(IMAGENET_MEAN),

@@ -146,6 +146,8 @@ def train(args: BlipArguments, training_args):
         from .callbacks import MomentumUpdateCallback
 
         callbacks.append(MomentumUpdateCallback())
-    trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds, callbacks=callbacks)
-    tok.save_pretrained(training_args.output_dir)
+    # The tokenizer as the processing class: Trainer saves it into every checkpoint, so each one evaluates and
+    # exports on its own.
+    trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds, callbacks=callbacks,
+                          processing_class=tok)
     return fit_and_save(trainer, args, ds, training_args)

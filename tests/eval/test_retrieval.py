@@ -82,8 +82,9 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
 
 def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
     from datasets import Dataset
+    from huggingface_hub import ModelCard
     from PIL import Image
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoTokenizer
 
     from freeatm_hf.eval.cli import main as eval_main
     from freeatm_hf.spaces import space_dir
@@ -91,7 +92,11 @@ def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
 
     model_dir = tmp_path / "blip"
     train_main(["blip", str(space_dir().parents[1] / "recipes" / "blip_cpu_smoke.yaml"), "--output_dir", str(model_dir),
-                "--dataset", str(space_dir() / "example_dataset"), "--max_steps", "1"])
+                "--dataset", str(space_dir() / "example_dataset"), "--max_steps", "1", "--save_strategy", "steps",
+                "--save_steps", "1"])
+    # Every checkpoint carries the tokenizer, so any of them evaluates or exports on its own.
+    assert AutoTokenizer.from_pretrained(model_dir / "checkpoint-1").vocab_size == AutoTokenizer.from_pretrained(
+        model_dir).vocab_size
     rows = [{"image": Image.new("RGB", (40, 40), (60 * i, 0, 200 - 60 * i)), "caption": [f"square {i}", f"tile {i}"]}
             for i in range(4)]
     (tmp_path / "ret" / "data").mkdir(parents=True)
@@ -110,6 +115,10 @@ def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
     # No LM loss in retrieval fine-tuning: the decoder gets no gradient and stays as it was.
     assert not any(moved(k) for k in sd if k.startswith("text_decoder."))
     assert after.config.lm_weight == 0.0
+    # The fine-tuned model's card still says what it was pretrained as, and what it was fine-tuned on.
+    card = ModelCard.load(ft / "README.md")
+    assert "attention-masks" in card.data.tags and "Position prompts on a 3×3 grid" in card.text
+    assert "ret [train], 2 steps at lr 0.001" in card.text and str(tmp_path) not in card.text
     with pytest.raises(ValueError, match="finetune_dir"):
         eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--finetune_split",
                    "train"])

@@ -22,7 +22,10 @@ m.fc = torch.nn.Identity()
 y = m.eval()(x)
 """,
     "vit": """
-from transformers import ViTModel
+from transformers import AutoImageProcessor, ViTModel
+proc = AutoImageProcessor.from_pretrained(path, subfolder=sub)  # the training input pipeline, not the defaults
+assert [round(v, 3) for v in proc.image_mean] == [0.485, 0.456, 0.406] and proc.resample == 3  # bicubic
+assert proc.size == {"height": 32, "width": 32}
 y = ViTModel.from_pretrained(path, subfolder=sub).eval()(pixel_values=x).last_hidden_state
 """,
     "blip-retrieval": """

@@ -66,6 +66,15 @@ def test_an_export_the_method_has_not_is_refused(tmp_path):
         export_main([str(tmp_path / "ckpt"), str(tmp_path / "out"), "--to", "vit"])
 
 
+def test_a_blip_export_without_a_tokenizer_is_refused(tmp_path):
+    checkpoint("blip", tmp_path / "ckpt")
+    for f in (tmp_path / "ckpt").iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
+    with pytest.raises(ValueError, match="has no tokenizer, which a blip-retrieval export needs"):
+        export_main([str(tmp_path / "ckpt"), str(tmp_path / "out"), "--to", "blip-retrieval"])
+
+
 def test_push_model_exports_serves_the_vit_from_the_repo(tmp_path):
     from huggingface_hub import ModelCard
 
