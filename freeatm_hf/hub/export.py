@@ -9,6 +9,7 @@
     # the same from the command line, from a checkpoint folder: freeatm export DIR OUT --to timm|torchvision|vit|...
 """
 
+import json
 from pathlib import Path
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -28,13 +29,24 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         backbone = _vit_encoder_as_timm(model)
         image_size, cnn = backbone.patch_embed.img_size[0], {}
     else:
-        backbone, image_size = model.backbone, image_size or 224
+        import copy
+
+        # Pooled features from `model(x)`, as a timm model with num_classes=0 gives (training reads the maps
+        # before pooling, so the training backbone has no pool).
+        backbone, image_size = copy.deepcopy(model.backbone), image_size or 224
+        backbone.reset_classifier(0, global_pool="avg")
         cnn = {"architecture": model.config.backbone, "num_features": backbone.num_features, "global_pool": "avg"}
     cfg = {"num_classes": 0, **cnn,
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
                               "std": list(IMAGENET_STD), "interpolation": "bicubic", "crop_pct": 0.875,
                               "num_classes": 0, "tag": f"freeatm_{kind}"}}
     save_for_hf(backbone, str(folder), model_config=cfg, safe_serialization=True)
+    # transformers' TimmWrapperModel (AutoModel) passes num_classes itself and fails on a second one in
+    # model_args; timm takes it from pretrained_cfg (0) all the same.
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config_path.write_text(json.dumps(config, indent=2))
     if notes:
         (folder / "NOTES.md").write_text(notes)
     return folder

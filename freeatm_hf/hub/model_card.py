@@ -29,7 +29,11 @@ from transformers import AutoModel
 model = AutoModel.from_pretrained("{repo}")
 # Stock timm, no freeatm_hf (`freeatm push-model DIR {repo} --timm` publishes the backbone as {repo}-timm):
 import timm
-backbone = timm.create_model("hf-hub:{repo}-timm", pretrained=True, num_classes=0)
+backbone = timm.create_model("hf-hub:{repo}-timm", pretrained=True)  # model(x): pooled features
+# Stock transformers, no freeatm_hf: the same repo through transformers' timm wrapper
+from transformers import AutoImageProcessor, AutoModel
+backbone = AutoModel.from_pretrained("{repo}-timm")        # .pooler_output: pooled features
+processor = AutoImageProcessor.from_pretrained("{repo}-timm")  # the training statistics
 # Stock torchvision, no freeatm_hf (`freeatm push-model DIR {repo} --exports` puts the state dict in the repo):
 import torch, torchvision
 from huggingface_hub import hf_hub_download

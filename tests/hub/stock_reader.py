@@ -13,6 +13,18 @@ m = timm.create_model("local-dir:" + path, pretrained=True, num_classes=0, globa
 print(m.pretrained_cfg["mean"], m.pretrained_cfg["input_size"])
 y = m.forward_features(x)
 """,
+    # The timm export as a user of either library sees it: timm's defaults (pooled) and transformers' timm wrapper.
+    "timm-pooled": """
+import timm
+y = timm.create_model("local-dir:" + path, pretrained=True).eval()(x)
+""",
+    "transformers-timm": """
+from transformers import AutoImageProcessor, AutoModel
+proc = AutoImageProcessor.from_pretrained(path)
+assert [round(v, 3) for v in proc.data_config["mean"]] == [0.485, 0.456, 0.406], proc.data_config
+out = AutoModel.from_pretrained(path).eval()(pixel_values=x)
+y = torch.cat([out.last_hidden_state.flatten(1), out.pooler_output], 1)
+""",
     "torchvision": """
 import torchvision
 m = torchvision.models.resnet18()

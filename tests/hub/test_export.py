@@ -26,6 +26,12 @@ def test_timm_export_gives_the_training_encoders_features(method, tmp_path):
     with torch.no_grad():
         expected = model.backbone.forward_features(x)
     assert (got - expected).abs().max().item() < 1e-5
+    # timm's default model(x) pools, as any timm model with num_classes=0; transformers' AutoModel reads the
+    # same repo (TimmWrapperModel) and gives the same maps and pooled features.
+    pooled, _ = read_stock("timm-pooled", folder, x, tmp_path)
+    assert (pooled - expected.mean((2, 3))).abs().max().item() < 1e-5
+    wrapped, _ = read_stock("transformers-timm", folder, x, tmp_path)
+    assert (wrapped - torch.cat([expected.flatten(1), expected.mean((2, 3))], 1)).abs().max().item() < 1e-5
 
 
 def test_mae_encoder_exports_to_a_timm_vit_with_the_same_features(tmp_path):
