@@ -35,6 +35,9 @@ def _load(source: str, split: str, streaming: bool):
 def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt", features=None):
     """Keep `image`, `objects` and `prompt` (the caption); a dataset without `objects` (real data) gets an empty
     list per row, one without text an empty caption (typed as in `features`, when given, to mix with them)."""
+    if ds.column_names is None and ds.features is None:
+        raise ValueError("the streamed dataset does not state its columns or features; load it without --streaming, "
+                         "or from Parquet, whose schema states them")
     cols = ds.column_names or list(ds.features)
     if image_column not in cols:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {cols})")
@@ -79,8 +82,6 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
                                       features=parts[0].features if parts else None))
     if len(parts) == 1:
         return parts[0]
-    if parts[0].features is None or parts[1].features is None:
-        raise ValueError(f"cannot mix {synthetic} with {real}: the streamed dataset does not state its features")
     # Align what still differs (say a caption column of another type); `cast` of the whole table would copy
     # every real image into a new cache file.
     for name, feature in parts[0].features.items():

@@ -62,7 +62,7 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     import random
 
     from torchvision.transforms import v2
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer, default_data_collator
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import load
@@ -90,7 +90,8 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
 
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
                                   weight_decay=0.05, lr_scheduler_type="cosine")
-    trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform), processing_class=tok)
+    trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform), processing_class=tok,
+                          data_collator=default_data_collator)  # rows come padded (see train.blip)
     trainer.train()
     trainer.save_model(output_dir)
     _carry_card_facts(model_dir, output_dir, dataset, split, trainer.state.global_step, learning_rate)
@@ -107,6 +108,13 @@ def _carry_card_facts(model_dir, output_dir, dataset: str, split: str, steps: in
     from ..hub.model_card import CARD_INFO_FILE, _folder_name
 
     source = Path(model_dir) / CARD_INFO_FILE
+    if not source.is_file() and not Path(model_dir).exists():  # a Hub model: its pushed facts
+        from huggingface_hub import hf_hub_download
+
+        try:
+            source = Path(hf_hub_download(model_dir, CARD_INFO_FILE))
+        except Exception:  # not a freeatm checkpoint, or out of reach: the card says less, nothing wrong
+            pass
     facts = json.loads(source.read_text()) if source.is_file() else {"data": None, "training": None}
     name = hub_dataset_id(dataset) or _folder_name(dataset)  # a public card never shows a local path
     facts["training"] = {**(facts.get("training") or {}),

@@ -167,7 +167,8 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
                     num_truncated=num_truncated, num_shards=writer.num_shards),
-        repo_id=cfg.push_to_hub or "<user>/<dataset>", height=height, width=width,
+        # A name without its namespace stays a placeholder: push fills in the id the Hub gives it.
+        repo_id=cfg.push_to_hub if cfg.push_to_hub and "/" in cfg.push_to_hub else "<user>/<dataset>", height=height, width=width,
         map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold, examples=examples,
         mmdit=generator.get("denoiser") == "mmdit",
     )

@@ -26,10 +26,10 @@ def main(argv=None):
     from .push import push_folder
 
     args = make_parser().parse_args(argv)
-    url = push_folder(args.folder, args.repo_id, repo_type=args.repo_type, private=args.private,
-                      revision=args.revision, commit_message=args.commit_message)
-    print(url)
-    return url
+    pushed = push_folder(args.folder, args.repo_id, repo_type=args.repo_type, private=args.private,
+                         revision=args.revision, commit_message=args.commit_message)
+    print(pushed)
+    return pushed
 
 
 def push_model_main(argv=None):
@@ -47,20 +47,20 @@ def push_model_main(argv=None):
                    help="first write the method's stock exports into the folder (torchvision/<arch>.pth, vit/, "
                         "blip-retrieval/, blip-captioning/), so the repo serves them without freeatm_hf")
     args = p.parse_args(argv + ["--repo_type", "model"])
-    from .push import push_folder, push_timm_export, pushed_repo
+    from .push import push_folder, push_timm_export
 
     if args.exports:
         from .export import add_stock_exports
 
         print("exported:", ", ".join(add_stock_exports(args.folder)) or "nothing (timm only)")
 
-    url = push_folder(args.folder, args.repo_id, repo_type="model", private=args.private, revision=args.revision,
-                      commit_message=args.commit_message)
-    print(url)
-    if args.timm:
-        repo_id = pushed_repo(args.folder) or args.repo_id  # with its namespace, as the card names it
-        print(push_timm_export(args.folder, f"{repo_id}-timm", private=args.private, source_repo=repo_id))
-    return url
+    pushed = push_folder(args.folder, args.repo_id, repo_type="model", private=args.private,
+                         revision=args.revision, commit_message=args.commit_message)
+    print(pushed)
+    if args.timm:  # named with the namespace the Hub gave, as the card names it
+        print(push_timm_export(args.folder, f"{pushed.repo_id}-timm", private=args.private,
+                               source_repo=pushed.repo_id))
+    return pushed
 
 
 def export_main(argv=None):

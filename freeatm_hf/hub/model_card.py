@@ -176,25 +176,36 @@ def _generator_name(pipeline: str, generation: dict) -> str:
 
 def with_pushed_datasets(text: str, folder: str | Path) -> str:
     """A model card written before its data went to the Hub names the data as local folders; once `freeatm push`
-    has sent them (the folder notes where), name them by Hub id: the `datasets` metadata and the data sentence.
-    Nothing else changes, so a card edited by hand keeps its edits."""
+    has sent them (the folder notes where), name them by Hub id: the `datasets` metadata, the data sentence and
+    the evaluation results. Nothing else changes, so a card edited by hand keeps its edits (and one with no
+    such dataset is returned as it is, unparsed)."""
     from huggingface_hub import ModelCard
 
     from ..data.reading import hub_dataset_id
 
     info = Path(folder) / CARD_INFO_FILE
     data = (json.loads(info.read_text()).get("data") or {}) if info.is_file() else {}
-    card = ModelCard(text)
-    named = list(card.data.datasets or [])
-    for source in (data.get("dataset"), data.get("real_dataset")):
-        hub_id = hub_dataset_id(source) if source else None
-        if hub_id and hub_id not in named:
-            named.append(hub_id)
-            card.text = card.text.replace(f"a local folder (`{_folder_name(source)}`, not on the Hub)", f"`{hub_id}`")
-    if named == list(card.data.datasets or []):
+    trained_on = [s for s in (data.get("dataset"), data.get("real_dataset")) if s]
+    # Only a folder on this machine can have been pushed since the card was written.
+    renames = {s: hub_dataset_id(s) for s in {*trained_on, *(r["dataset"] for r in read_results(folder))}
+               if Path(s).exists()}
+    renames = {s: hub_id for s, hub_id in renames.items() if hub_id}
+    if not renames:
         return text
-    card.data.datasets = named
-    return str(card)
+    card = ModelCard(text, ignore_metadata_errors=True)
+    datasets, changed = list(card.data.datasets or []), False
+    for source, hub_id in renames.items():
+        local = f"a local folder (`{_folder_name(source)}`, not on the Hub)"
+        if local in card.text:
+            card.text, changed = card.text.replace(local, f"`{hub_id}`"), True
+        if source in trained_on and hub_id not in datasets:
+            datasets, changed = [*datasets, hub_id], True
+        for result in card.data.eval_results or []:
+            if result.dataset_name == _folder_name(source):
+                result.dataset_name = result.dataset_type = hub_id
+                changed = True
+    card.data.datasets = datasets or None
+    return str(card) if changed else text
 
 
 def _data_text(data: dict) -> str:

@@ -7,6 +7,7 @@ The token comes from the usual places (`HF_TOKEN`, `hf auth login`) and is never
 """
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -23,10 +24,21 @@ MODEL_IGNORE = ["checkpoint-*", "checkpoint-*/**"]
 PUSHED_FILE = ".freeatm/pushed.json"  # where a pushed folder remembers its repo (never uploaded: .freeatm/)
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """Where a folder went: the repo id with its namespace (as the Hub resolved it) and the last commit's URL."""
+
+    repo_id: str
+    url: str
+
+    def __str__(self):
+        return self.url
+
+
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool = False,
-                token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> str:
+                token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> Pushed:
     """Create the repo if needed and upload `folder`, its card named for the repo (`named_card`); returns the
-    commit URL. A name without a namespace goes where the Hub puts it (the token's user), and the card and the
+    repo id and the commit URL. A name without a namespace goes where the Hub puts it (the token's user), and the card and the
     note name that full id. The local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
     from .. import __version__
 
@@ -46,7 +58,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     _record_push(folder, repo_id, repo_type)
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
-    return url
+    return Pushed(repo_id, url)
 
 
 PLACEHOLDERS = {"dataset": "<user>/<dataset>", "model": "<user>/<repo>", "space": "<user>/<space>"}
@@ -95,7 +107,7 @@ def pushed_repo(folder: str | Path) -> str | None:
 
 
 def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
-                     source_repo: str | None = None) -> str:
+                     source_repo: str | None = None) -> Pushed:
     """Export the checkpoint's image encoder to timm (`export_timm`) with a small card, and push it as its own
     model repo: what `timm.create_model("hf-hub:<repo_id>", pretrained=True)` reads (timm wants config.json
     at a repo's root, so the export cannot share the freeatm repo)."""

@@ -66,16 +66,17 @@ def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
     out = tmp_path / "ds2"
     with FakeHub() as hub:
         res = run_cli(["generate", "--output_dir", str(out), "--num_images", "2", "--batch_size", "2",
-                       "--num_inference_steps", "2", "--device", "cpu", "--push_to_hub", "me/gen"], hub.url, tmp_path)
+                       "--num_inference_steps", "2", "--device", "cpu", "--push_to_hub", "gen"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
         repo = hub.repos[("dataset", "me/gen")]
         assert repo["private"] is False
         local = local_files(out)
         assert repo["files"].keys() == local.keys()
         assert all(repo["files"][k] == v for k, v in local.items() if k != "README.md")
-        # Written knowing its repo, the card needed only the freeatm.repo_id record on the way up.
-        assert 'load_dataset("me/gen"' in local["README.md"].decode()
-        assert "repo_id: me/gen" in repo["files"]["README.md"].decode()
+        # A name without its namespace: the pushed card names the repo the Hub put it in (the token's user).
+        assert 'load_dataset("<user>/<dataset>"' in local["README.md"].decode()
+        pushed = repo["files"]["README.md"].decode()
+        assert 'load_dataset("me/gen"' in pushed and "repo_id: me/gen" in pushed and "<user>" not in pushed
     assert TOKEN not in res.stdout + res.stderr
 
 
