@@ -1,6 +1,7 @@
 """recipes/shapes_end_to_end.sh runs from a clean folder: generate → pretrain → evaluate → cards → push →
 the Space opens the published dataset."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -28,5 +29,9 @@ def test_walkthrough_script(tmp_path):
         meta = ModelCard(card)
         assert meta.data.datasets == ["me/shapes-scenes"] and "dataset: `me/shapes-scenes`" in meta.text
         assert "built-in `shapes` pipeline" in meta.text
+        # The facts behind the card name the data by Hub id too, not by this machine's paths.
+        facts = json.loads((hub / "models" / "me" / name / "card_info.json").read_text())
+        assert facts["data"]["dataset"] == "me/shapes-scenes"
+        assert str(out) not in (hub / "models" / "me" / name / "eval_results.json").read_text()
         assert (hub / "models" / "me" / name / "model.safetensors").is_file()
     assert "hf_local_walkthrough" not in res.stdout + res.stderr

@@ -174,6 +174,36 @@ def _generator_name(pipeline: str, generation: dict) -> str:
     return _public_name(pipeline)
 
 
+def public_source(source: str | None) -> str | None:
+    """A dataset as a pushed repo's facts name it: its Hub id, or a local folder as `./name` (relative, so that a
+    card rendered from these facts on another machine names it as a local folder, never as a Hub id)."""
+    from ..data.reading import hub_dataset_id, looks_like_a_path
+
+    if not source:
+        return source
+    if Path(source).exists() or looks_like_a_path(source):
+        return hub_dataset_id(source) or f"./{_folder_name(source)}"
+    return source
+
+
+def public_facts(folder: str | Path) -> dict[str, bytes]:
+    """card_info.json and eval_results.json as a public repo holds them (only those that change): the datasets
+    they name by absolute path, so that a later card finds them here, named by `public_source` instead."""
+    folder, files = Path(folder), {}
+    info = folder / CARD_INFO_FILE
+    if info.is_file():
+        facts = json.loads(info.read_text())
+        data = facts.get("data") or {}
+        public = {k: public_source(v) if k in ("dataset", "real_dataset") else v for k, v in data.items()}
+        if public != data:
+            files[CARD_INFO_FILE] = json.dumps({**facts, "data": public}, indent=2).encode()
+    results = read_results(folder)
+    public_results = [{**r, "dataset": public_source(r["dataset"])} for r in results]
+    if public_results != results:
+        files[RESULTS_FILE] = json.dumps(public_results, indent=2).encode()
+    return files
+
+
 def with_pushed_datasets(text: str, folder: str | Path) -> str:
     """A model card written before its data went to the Hub names the data as local folders; once `freeatm push`
     has sent them (the folder notes where), name them by Hub id: the `datasets` metadata, the data sentence and

@@ -37,8 +37,8 @@ class Pushed:
 
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool = False,
                 token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> Pushed:
-    """Create the repo if needed and upload `folder`, its card named for the repo (`named_card`); returns the
-    repo id and the commit URL. A name without a namespace goes where the Hub puts it (the token's user), and the card and the
+    """Create the repo if needed and upload `folder`, then in a second commit the files whose public copy differs
+    (`public_files`: the card named for the repo); returns the repo id and the commit URL. A name without a namespace goes where the Hub puts it (the token's user), and the card and the
     note name that full id. The local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
     from .. import __version__
 
@@ -48,17 +48,36 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
     message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
-    card = named_card(folder, repo_id, repo_type)
+    public = public_files(folder, repo_id, repo_type)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
-                               commit_message=message, ignore_patterns=IGNORE + (MODEL_IGNORE if repo_type == "model" else [])
-                               + (["README.md"] if card else []))
-    if card:
-        commit = api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
-                                 repo_type=repo_type, revision=revision, commit_message=f"{message}: card")
+                               commit_message=message, ignore_patterns=IGNORE + list(public)
+                               + (MODEL_IGNORE if repo_type == "model" else []))
+    if public:
+        from huggingface_hub import CommitOperationAdd
+
+        commit = api.create_commit(repo_id=repo_id, repo_type=repo_type, revision=revision,
+                                   operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+                                               for path, data in public.items()],
+                                   commit_message=f"{message}: card")
     _record_push(folder, repo_id, repo_type)
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return Pushed(repo_id, url)
+
+
+def public_files(folder: Path, repo_id: str, repo_type: str) -> dict[str, bytes]:
+    """The files whose pushed copy differs from the local one: the card named for the repo (`named_card`) and,
+    for a model, the facts behind its card with each dataset named as a public card names it, never by its
+    path on this machine (`public_facts`)."""
+    files = {}
+    card = named_card(folder, repo_id, repo_type)
+    if card:
+        files["README.md"] = card.encode()
+    if repo_type == "model":
+        from .model_card import public_facts
+
+        files.update(public_facts(folder))
+    return files
 
 
 PLACEHOLDERS = {"dataset": "<user>/<dataset>", "model": "<user>/<repo>", "space": "<user>/<space>"}

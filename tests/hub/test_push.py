@@ -1,5 +1,6 @@
 """Pushing a dataset folder against a loopback Hub (HF_ENDPOINT): the committed files equal the folder."""
 
+import json
 import os
 import subprocess
 import sys
@@ -103,6 +104,13 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         assert (out / "checkpoint-1").is_dir() and not [f for f in files if f.startswith("checkpoint-")]
         assert not [f for f, data in files.items() if TOKEN.encode() in data]
         assert not [p for p in out.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+        # Nothing pushed names a place on this machine (but Trainer's own pickled arguments, as its push has them):
+        # the card's facts name the never-pushed dataset as a local folder; the local copy keeps its path.
+        local_paths = (str(tmp_path).encode(), str(ROOT).encode())
+        assert not [f for f, data in files.items() if f != "training_args.bin" and any(p in data for p in local_paths)]
+        assert json.loads(files["card_info.json"])["data"]["dataset"] == "./example_dataset"
+        assert json.loads((out / "card_info.json").read_text())["data"]["dataset"] == str(
+            ROOT / "spaces" / "mask_viewer" / "example_dataset")
         assert 'from_pretrained("me/simclr-atm")' in files["README.md"].decode()
         assert files["README.md"] == (out / "README.md").read_bytes().replace(b"<user>/<repo>", b"me/simclr-atm")
         # A name without a namespace lands under the token's user, and the card and the timm repo say so.
