@@ -17,7 +17,7 @@ def make_parser():
     p.add_argument("repo_id", help="user/name on the Hub")
     p.add_argument("--repo_type", default="dataset", choices=["dataset", "model", "space"])
     p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--revision", default=None, help="branch to push to")
+    p.add_argument("--revision", default=None, help="branch to push to (created from main if missing)")
     p.add_argument("--commit_message", default=None)
     return p
 

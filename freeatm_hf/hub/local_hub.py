@@ -58,13 +58,24 @@ class LocalHub:
                     return self._json(200, hub._create(json.loads(body)))
                 if path == "/api/validate-yaml":
                     return self._json(*hub._validate(json.loads(body)))
+                m = re.fullmatch(r"/api/(model|dataset|space)s/(.+)/branch/([^/]+)", path)
+                if m:  # branches are names only: every branch serves the repo's one set of files
+                    repo = hub.repos.get((m.group(1), m.group(2)))
+                    if repo is None:
+                        return self._json(404, {"error": "Repository not found"})
+                    if unquote(m.group(3)) in repo["branches"]:
+                        return self._json(409, {"error": "Reference already exists"})
+                    repo["branches"].add(unquote(m.group(3)))
+                    return self._json(200, {})
                 m = re.fullmatch(r"/api/(model|dataset|space)s/(.+)/(preupload|commit)/(.+)", path)
                 if not m:
                     hub.unknown.append(f"POST {self.path}")
                     return self._json(404, {"error": "not found"})
-                repo_type, repo_id, action, _ = m.groups()
+                repo_type, repo_id, action, revision = m.groups()
                 if (repo_type, repo_id) not in hub.repos:
                     return self._json(404, {"error": "Repository not found"})
+                if unquote(revision) not in hub.repos[(repo_type, repo_id)]["branches"]:
+                    return self._json(404, {"error": f"Invalid rev id: {unquote(revision)}"})
                 if action == "preupload":
                     files = json.loads(body)["files"]
                     return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
@@ -127,7 +138,8 @@ class LocalHub:
         # As on the Hub, a name without a namespace goes under the token's user (here always USER).
         repo_id = f"{req.get('organization') or USER}/{req['name']}"
         private = req.get("visibility") == "private" or bool(req.get("private"))
-        self.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}, "request": req})
+        self.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}, "request": req,
+                                                     "branches": {"main"}})
         return {"url": f"{self.url}/{repo_type}s/{repo_id}", "name": repo_id}
 
     def _validate(self, req: dict):

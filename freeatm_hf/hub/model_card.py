@@ -154,7 +154,13 @@ def _public_name(source: str) -> str:
     from ..data.reading import hub_dataset_id
 
     hub_id = hub_dataset_id(source)
-    return f"`{hub_id}`" if hub_id else f"a local folder (`{_folder_name(source)}`, not on the Hub)"
+    if not hub_id:
+        return f"a local folder (`{_folder_name(source)}`, not on the Hub)"
+    from .push import pushed_revision
+
+    # A folder pushed to a branch: name the branch too (the `datasets` metadata can only hold the id).
+    branch = pushed_revision(source) if Path(source).exists() else None
+    return f"`{hub_id}` (revision `{branch}`)" if branch else f"`{hub_id}`"
 
 
 def _generator_name(pipeline: str, generation: dict) -> str:
@@ -227,7 +233,7 @@ def with_pushed_datasets(text: str, folder: str | Path) -> str:
     for source, hub_id in renames.items():
         local = f"a local folder (`{_folder_name(source)}`, not on the Hub)"
         if local in card.text:
-            card.text, changed = card.text.replace(local, f"`{hub_id}`"), True
+            card.text, changed = card.text.replace(local, _public_name(source)), True
         if source in trained_on and hub_id not in datasets:
             datasets, changed = [*datasets, hub_id], True
         for result in card.data.eval_results or []:

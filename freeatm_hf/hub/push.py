@@ -47,6 +47,8 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
+    if revision:  # the Hub takes commits only to a branch that exists
+        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
     message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
     public = public_files(folder, repo_id, repo_type)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
@@ -59,7 +61,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
                                    operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
                                                for path, data in public.items()],
                                    commit_message=f"{message}: card")
-    _record_push(folder, repo_id, repo_type)
+    _record_push(folder, repo_id, repo_type, revision)
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return Pushed(repo_id, url)
@@ -106,23 +108,32 @@ def named_card(folder: Path, repo_id: str, repo_type: str) -> str | None:
     return None if named == text else named
 
 
-def _record_push(folder: Path, repo_id: str, repo_type: str):
+def _record_push(folder: Path, repo_id: str, repo_type: str, revision: str | None = None):
     import json
 
     path = Path(folder) / PUSHED_FILE
     try:
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"repo_id": repo_id, "repo_type": repo_type}))
+        path.write_text(json.dumps({"repo_id": repo_id, "repo_type": repo_type, "revision": revision}))
     except OSError as e:  # a read-only folder pushes all the same; only the note is lost
         logger.warning("could not note the push in %s: %s", path, e)
 
 
 def pushed_repo(folder: str | Path) -> str | None:
     """The repo a local folder was last pushed to (`push_folder` notes it), or None."""
+    return _pushed(folder).get("repo_id")
+
+
+def pushed_revision(folder: str | Path) -> str | None:
+    """The branch a local folder was last pushed to, or None for the repo's main branch."""
+    return _pushed(folder).get("revision")
+
+
+def _pushed(folder: str | Path) -> dict:
     import json
 
     path = Path(folder) / PUSHED_FILE
-    return json.loads(path.read_text()).get("repo_id") if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,

@@ -63,6 +63,28 @@ def test_freeatm_push_uploads_exactly_the_folder_without_leaking_the_token(datas
     assert all(TOKEN.encode() not in data for data in repo["files"].values())
 
 
+def test_a_push_to_a_branch_creates_it_and_cards_name_it(dataset_dir, tmp_path):
+    import shutil
+
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.hub.push import pushed_repo, pushed_revision
+    from freeatm_hf.models.simclr import SimCLRConfig
+
+    folder = shutil.copytree(dataset_dir, tmp_path / "scenes")
+    with FakeHub() as hub:
+        assert run_cli(["push", str(folder), "me/scenes"], hub.url, tmp_path).returncode == 0
+        # The Hub refuses commits to a branch that does not exist: push makes it first.
+        res = run_cli(["push", str(folder), "me/scenes", "--revision", "v2"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert hub.repos[("dataset", "me/scenes")]["branches"] == {"main", "v2"}
+        assert run_cli(["push", str(folder), "me/scenes", "--revision", "v2"], hub.url, tmp_path).returncode == 0
+    assert (pushed_repo(folder), pushed_revision(folder)) == ("me/scenes", "v2")
+    model = tmp_path / "model"
+    model.mkdir()
+    card = write_model_card(model, SimCLRConfig(), data={"dataset": str(folder)}, training={})
+    assert card.data.datasets == ["me/scenes"] and "dataset: `me/scenes` (revision `v2`)." in card.text
+
+
 def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
     out = tmp_path / "ds2"
     with FakeHub() as hub:
