@@ -104,8 +104,7 @@ def _carry_card_facts(model_dir, output_dir, dataset: str, split: str, steps: in
     import json
     from pathlib import Path
 
-    from ..data.reading import hub_dataset_id
-    from ..hub.model_card import CARD_INFO_FILE, _folder_name
+    from ..hub.model_card import CARD_INFO_FILE, public_dataset_name
 
     source = Path(model_dir) / CARD_INFO_FILE
     if not source.is_file() and not Path(model_dir).exists():  # a Hub model: its pushed facts
@@ -116,7 +115,6 @@ def _carry_card_facts(model_dir, output_dir, dataset: str, split: str, steps: in
         except Exception:  # not a freeatm checkpoint, or out of reach: the card says less, nothing wrong
             pass
     facts = json.loads(source.read_text()) if source.is_file() else {"data": None, "training": None}
-    name = hub_dataset_id(dataset) or _folder_name(dataset)  # a public card never shows a local path
-    facts["training"] = {**(facts.get("training") or {}),
-                         "retrieval_finetune": f"{name} [{split}], {steps} steps at lr {learning_rate}"}
+    facts["training"] = {**(facts.get("training") or {}), "retrieval_finetune":
+                         f"{public_dataset_name(dataset)} [{split}], {steps} steps at lr {learning_rate}"}
     (Path(output_dir) / CARD_INFO_FILE).write_text(json.dumps(facts, indent=2, default=str))

@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 # freeatm_hf should use with this model unless told otherwise.
 RECOMMENDATION_FILE = "freeatm.json"
 TINY_PIPELINES = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux")  # random tiny pipelines built in code
+BUILT_IN_PIPELINES = ("default", "shapes", *TINY_PIPELINES)  # names load_pipeline knows without the Hub
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -27,13 +28,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def is_hub_id(spec: str) -> bool:
     """Whether a pipeline spec names a Hub repo: not a built-in ('default', 'shapes', the tiny ones) nor a local
     folder."""
-    return spec not in ("default", "shapes", *TINY_PIPELINES) and not Path(spec).exists()
+    return spec not in BUILT_IN_PIPELINES and not Path(spec).exists()
 
 
 def pipeline_source(spec: str) -> str:
     """'built-in', 'hub' or 'local': what a card may say of the pipeline, decided where it ran (a relative
     folder name read on another machine could pass for a Hub id)."""
-    if spec in ("default", "shapes", *TINY_PIPELINES):
+    if spec in BUILT_IN_PIPELINES:
         return "built-in"
     return "hub" if is_hub_id(spec) else "local"
 

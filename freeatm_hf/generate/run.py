@@ -168,8 +168,9 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
                     num_truncated=num_truncated, num_shards=writer.num_shards),
         # A name without its namespace stays a placeholder: push fills in the id the Hub gives it.
-        repo_id=cfg.push_to_hub if cfg.push_to_hub and "/" in cfg.push_to_hub else "<user>/<dataset>", height=height, width=width,
-        map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold, examples=examples,
+        repo_id=cfg.push_to_hub if cfg.push_to_hub and "/" in cfg.push_to_hub else "<user>/<dataset>",
+        height=height, width=width, map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold,
+        examples=examples,
         mmdit=generator.get("denoiser") == "mmdit",
     )
     card.save(str(Path(writer.root) / "README.md"))

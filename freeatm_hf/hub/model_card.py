@@ -103,7 +103,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     title, description = DESCRIPTIONS[method]
     data = data or {}
     # Evaluation datasets too are named by Hub id, or a local folder by its name alone.
-    results = [{**r, "dataset": hub_dataset_id(r["dataset"]) or _folder_name(r["dataset"])} for r in read_results(folder)]
+    results = [{**r, "dataset": public_dataset_name(r["dataset"])} for r in read_results(folder)]
     name = repo_id or folder.name
     eval_results = [EvalResult(task_type=r["task"], dataset_type=r["dataset"], dataset_name=r["dataset"],
                                dataset_split=r["split"], dataset_revision=r.get("revision"),
@@ -149,13 +149,25 @@ def _folder_name(source: str) -> str:
     return re.split(r"[\\/]", source.rstrip("/\\"))[-1]
 
 
+def _local_folder(source: str) -> str:
+    """How a public card names a local folder never pushed: by its name, not its path."""
+    return f"a local folder (`{_folder_name(source)}`, not on the Hub)"
+
+
+def public_dataset_name(source: str) -> str:
+    """A dataset's name in a public card's results: its Hub id, else a local folder's name alone."""
+    from ..data.reading import hub_dataset_id
+
+    return hub_dataset_id(source) or _folder_name(source)
+
+
 def _public_name(source: str) -> str:
     """How a public card names a dataset or generator: its Hub id, else a local folder's name (not its path)."""
     from ..data.reading import hub_dataset_id
 
     hub_id = hub_dataset_id(source)
     if not hub_id:
-        return f"a local folder (`{_folder_name(source)}`, not on the Hub)"
+        return _local_folder(source)
     from .push import pushed_revision
 
     # A folder pushed to a branch: name the branch too (the `datasets` metadata can only hold the id).
@@ -167,10 +179,10 @@ def _generator_name(pipeline: str, generation: dict) -> str:
     """How a public card names the pipeline that generated the data: a built-in by what it is, a Hub id (with
     the commit it resolved to), a local folder by its name; the dataset card says which (`pipeline_source`)."""
     from ..data.reading import looks_like_a_path
-    from ..generate.pipelines import TINY_PIPELINES
+    from ..generate.pipelines import BUILT_IN_PIPELINES
 
     source = generation.get("pipeline_source")
-    if source == "built-in" or pipeline in ("shapes", *TINY_PIPELINES):
+    if source == "built-in" or pipeline in BUILT_IN_PIPELINES:
         return f"freeatm_hf's built-in `{pipeline}` pipeline"
     commit = generation.get("pipeline_commit")
     if source == "hub" or commit:
@@ -231,9 +243,8 @@ def with_pushed_datasets(text: str, folder: str | Path) -> str:
     card = ModelCard(text, ignore_metadata_errors=True)
     datasets, changed = list(card.data.datasets or []), False
     for source, hub_id in renames.items():
-        local = f"a local folder (`{_folder_name(source)}`, not on the Hub)"
-        if local in card.text:
-            card.text, changed = card.text.replace(local, _public_name(source)), True
+        if _local_folder(source) in card.text:
+            card.text, changed = card.text.replace(_local_folder(source), _public_name(source)), True
         if source in trained_on and hub_id not in datasets:
             datasets, changed = [*datasets, hub_id], True
         for result in card.data.eval_results or []:

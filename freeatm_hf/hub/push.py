@@ -1,8 +1,9 @@
 """Uploading a finished folder: the only module that talks to the Hub.
 
 The folder is already what the repo holds, so pushing is `create_repo` + `upload_folder` (which in
-huggingface_hub 2.x splits large folders into several commits and resumes when re-run), plus the card with
-its `<user>/<repo>` placeholders filled in, as its own commit (the local card is left as written).
+huggingface_hub 2.x splits large folders into several commits and resumes when re-run), plus one commit of
+the files whose public copy differs: the card with its repo named, and a model's card facts without local
+paths (`public_files`; the local folder is left as written).
 The token comes from the usual places (`HF_TOKEN`, `hf auth login`) and is never logged.
 """
 
@@ -37,9 +38,10 @@ class Pushed:
 
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool = False,
                 token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> Pushed:
-    """Create the repo if needed and upload `folder`, then in a second commit the files whose public copy differs
-    (`public_files`: the card named for the repo); returns the repo id and the commit URL. A name without a namespace goes where the Hub puts it (the token's user), and the card and the
-    note name that full id. The local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
+    """Create the repo (and the `revision` branch) if needed and upload `folder`, then in a second commit the
+    files whose public copy differs (`public_files`); returns the repo id and the commit URL. A name without a
+    namespace goes where the Hub puts it (the token's user), and the card and the note name that full id. The
+    local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
     from .. import __version__
 
     folder = Path(folder)

@@ -146,10 +146,9 @@ def train(args: BlipArguments, training_args):
         from .callbacks import MomentumUpdateCallback
 
         callbacks.append(MomentumUpdateCallback())
-    # The tokenizer as the processing class: Trainer saves it into every checkpoint, so each one evaluates and
-    # exports on its own.
-    # With a processing class Trainer would pad through the tokenizer, turning every pixel into a Python list
-    # and back (~50× slower collation); the rows are already padded.
+    # The tokenizer as the processing class, so that Trainer saves it into every checkpoint (each one evaluates
+    # and exports on its own); the default collator all the same, as the rows come padded and padding through
+    # the tokenizer would turn every pixel into a Python list and back (~50× slower collation).
     trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds, callbacks=callbacks,
                           processing_class=tok, data_collator=default_data_collator)
     return fit_and_save(trainer, args, ds, training_args)
