@@ -33,7 +33,7 @@ def make_parser():
                    help="compare capture settings on the validation scenes; the best is scored on the test scenes")
     m.add_argument("--save_recommendation", action="store_true",
                    help="write the chosen capture/threshold and the scores into the model folder's freeatm.json "
-                        "and model card (a shapes-model folder)")
+                        "and model card (a local folder; not the shipped model)")
     m.add_argument("--device", default=None)
     m.add_argument("--output", default=None, help="write the results JSON here")
 
@@ -246,19 +246,26 @@ def main_masks(args):
     from ..toy.mask_eval import MaskEvalConfig, evaluate_masks, to_json
     from ..toy.model import MODEL_DIR, update_model_folder
 
+    folder = None
+    if args.save_recommendation:  # checked first: the evaluation takes minutes
+        folder = MODEL_DIR if args.pipeline in ("shapes", "default") else Path(args.pipeline)
+        if folder.resolve() == MODEL_DIR.resolve():
+            raise ValueError("--save_recommendation would rewrite the shipped shapes model (what every later "
+                             "`freeatm generate` uses): copy its folder and pass the copy as --pipeline")
+        if not (folder / "model_index.json").is_file():
+            raise ValueError(f"--save_recommendation needs a local pipeline folder, got {args.pipeline!r}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = load_pipeline(args.pipeline, device)
     cfg = MaskEvalConfig(args.num_scenes, args.num_val, args.num_inference_steps, args.guidance_scale,
                          args.batch_size, args.seed, tuple(args.guidance_sweep))
-    result = {"pipeline": args.pipeline, **evaluate_masks(pipe, cfg, sweep=args.sweep)}
+    # A folder is named, not pathed: the results travel with the folder (into its freeatm.json and card).
+    name = Path(args.pipeline).name if Path(args.pipeline).is_dir() else args.pipeline
+    result = {"pipeline": name, **evaluate_masks(pipe, cfg, sweep=args.sweep)}
     text = to_json(result)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
-    if args.save_recommendation:
-        folder = MODEL_DIR if args.pipeline == "shapes" else Path(args.pipeline)
-        if not (folder / "model_index.json").is_file():
-            raise ValueError(f"--save_recommendation needs a local pipeline folder, got {args.pipeline!r}")
+    if folder is not None:
         (folder / "mask_eval.json").write_text(text)
         update_model_folder(folder, mask_eval=result)
     print(json.dumps({"capture": result["capture"], **{k: v for k, v in result["test"].items()

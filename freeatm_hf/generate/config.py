@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default, for pipelines whose folder recommends none
+
 
 @dataclass
 class GenerateConfig:
@@ -86,7 +88,7 @@ class GenerateConfig:
         if self.threshold is None:
             self.threshold = str(rec.get("threshold") or 0.4)
         if self.guidance_scale is None:
-            self.guidance_scale = float(rec.get("guidance_scale") or 7.5)
+            self.guidance_scale = float(rec.get("guidance_scale") or DEFAULT_GUIDANCE)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
         from ..masks import REFINE_MODES
@@ -112,7 +114,9 @@ class GenerateConfig:
 
     def _inherited_min_peak(self, rec: dict) -> float | None:
         """The recommended cut holds for the capture and guidance it was measured with: the peak is a raw
-        attention probability whose scale moves with layers, steps, weights and guidance."""
+        attention probability whose scale moves with layers, step window, weights and guidance. Not with the
+        number of steps: the shapes model's peaks at 10 and 25 steps agree (125 objects: correlation 0.996,
+        median ratio 1.007), so the README demo's 10 steps keep the cut measured at 25."""
         from ..attention import CaptureConfig
 
         same = (self.capture_config().to_dict() == CaptureConfig.from_dict(rec.get("capture") or {}).to_dict()

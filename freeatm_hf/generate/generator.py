@@ -11,6 +11,7 @@ from ..attention.joint import capture_joint
 from ..attention.tokens import ObjectTokens
 from ..masks import DEFAULT_THRESHOLD, REFINE_MODES, MaskResult, mask_from_map, refine_maps
 from ..prompts import Prompt, as_prompt
+from .config import DEFAULT_GUIDANCE
 from .pipelines import pipeline_recommendation
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class FreeATMGenerator:
         refine (`"guided"` or `"none"`, *optional*): `"guided"` brings each map to the image's resolution with a
             guided filter (the generated image as guide), so mask edges follow the object's edges instead of
             the attention grid's. Defaults to the folder's recommendation, else `"none"`.
+        guidance_scale (`float`, *optional*): classifier-free guidance used when a call gives none; defaults to
+            the folder's recommendation, else 7.5.
 
     Example:
         >>> gen = FreeATMGenerator(pipe)
@@ -69,7 +72,7 @@ class FreeATMGenerator:
     """
 
     def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str | None = None,
-                 refine: str | None = None):
+                 refine: str | None = None, guidance_scale: float | None = None):
         if getattr(pipe, "unet", None) is not None:
             self.kind = "unet"
         elif getattr(pipe, "transformer", None) is not None and hasattr(pipe, "tokenizer_2"):
@@ -79,7 +82,7 @@ class FreeATMGenerator:
             raise TypeError(f"{type(pipe).__name__}: supported are UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT "
                             "pipelines (SD3, Flux)")
         self.pipe = pipe
-        recommended = pipeline_recommendation(pipe) if None in (capture, threshold, refine) else None
+        recommended = pipeline_recommendation(pipe) if None in (capture, threshold, refine, guidance_scale) else None
         if capture is None:
             capture = CaptureConfig.from_dict((recommended or {}).get("capture") or {})
         if threshold is None:
@@ -89,6 +92,9 @@ class FreeATMGenerator:
         if refine not in REFINE_MODES:
             raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
         self.refine = refine
+        if guidance_scale is None:
+            guidance_scale = (recommended or {}).get("guidance_scale") or DEFAULT_GUIDANCE
+        self.guidance_scale = float(guidance_scale)
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
             capture = replace(capture, down_factors=(2,))
@@ -126,9 +132,10 @@ class FreeATMGenerator:
             merged.append(ObjectTokens(c.name, idx, truncated=not idx))
         return merged
 
-    def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float = 7.5,
+    def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, **pipe_kwargs) -> GenerationOutput:
         prompts = [as_prompt(p) for p in prompts]
+        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
         negative = any(pipe_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))

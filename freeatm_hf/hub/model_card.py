@@ -65,6 +65,14 @@ DESCRIPTIONS = {
     "mae": ("MAE", "Masked autoencoding (ViT, 75 % masking, norm-pix loss); a share β of the masked patches, growing "
                    "linearly to β_max, is chosen by the highest attention score, the rest at random."),
 }
+# What the baselines do instead (the same model trained without the masks).
+BASELINE_DESCRIPTIONS = {
+    "mae": "Masked autoencoding (ViT, 75 % masking, norm-pix loss); the masked patches are chosen at random (β_max = "
+           "0: the MAE baseline).",
+    "blip": "Vision-language pretraining with image-text contrast (ITC), matching on hard negatives (ITM) and "
+            "captioning (LM) on the captions alone (no position prompts: the baseline).",
+}
+EVAL_COMMANDS = {"blip": "freeatm eval retrieval --model <this folder> --dataset <id>"}
 
 
 def read_results(folder: str | Path) -> list[dict]:
@@ -102,6 +110,9 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     method = config.model_type.removeprefix("freeatm_")
     title, description = DESCRIPTIONS[method]
     data = data or {}
+    guided = _guided(config, data)
+    if not guided:
+        description = BASELINE_DESCRIPTIONS.get(method, description)
     # Evaluation datasets too are named by Hub id, or a local folder by its name alone.
     results = [{**r, "dataset": public_dataset_name(r["dataset"])} for r in read_results(folder)]
     name = repo_id or folder.name
@@ -110,7 +121,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
                                metric_type=r["metric"], metric_value=r["value"]) for r in results]
     card_data = ModelCardData(
         library_name="freeatm_hf", license="apache-2.0", pipeline_tag="image-feature-extraction",
-        tags=["freeatm", method, "self-supervised", "attention-masks" if _guided(config, data) else "baseline"],
+        tags=["freeatm", method, "self-supervised", "attention-masks" if guided else "baseline"],
         datasets=[d for d in map(hub_dataset_id, (data.get("dataset"), data.get("real_dataset"))) if d] or None,
         model_name=name if eval_results else None, eval_results=eval_results or None,
     )
@@ -119,7 +130,8 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     hyper.update({k: getattr(v, "value", v) for k, v in (training or {}).items() if v is not None})
     card = ModelCard.from_template(
         card_data, template_path=str(template_path("model_card.md")), model_name=name, method_title=title,
-        method_description=description, pooling=getattr(config, "pooling", None), guided=_guided(config, data),
+        method_description=description, guided=guided,
+        eval_command=EVAL_COMMANDS.get(method, "freeatm eval knn --model <this folder> --dataset <id>"),
         hyperparameters=hyper, data_mode=data.get("data_mode", "synthetic"),
         data_description=_data_text(data), results=results,
         usage=_usage(method, repo_id or "<user>/<repo>", getattr(config, "backbone", "resnet50")),
@@ -140,7 +152,10 @@ def _usage(method: str, repo: str, arch: str) -> str:
 
 
 def _guided(config, data: dict | None = None) -> bool:
-    """Whether the masks were used: attention pooling, attention-guided MAE masking, or position prompts."""
+    """Whether the masks were used: attention pooling, attention-guided MAE masking, or position prompts (not on
+    real data alone: its rows carry one whole-image mask, so attention pooling there is image-level)."""
+    if (data or {}).get("data_mode") == "real":
+        return False
     return (getattr(config, "pooling", None) == "attention" or bool(getattr(config, "beta_max", 0))
             or (data or {}).get("prompts") == "position")
 

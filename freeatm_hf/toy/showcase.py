@@ -25,14 +25,12 @@ def showcase(pipe, num_scenes: int = 6, seed: int = 777, num_inference_steps: in
     from ..viz import color, heatmap, overlay
     from .world import ShapesWorld
 
-    gen = FreeATMGenerator(pipe)
+    gen = FreeATMGenerator(pipe, guidance_scale=guidance_scale)  # None: the model's recommendation
     rec = pipeline_recommendation(pipe) or {}
-    if guidance_scale is None:
-        guidance_scale = float(rec.get("guidance_scale") or 7.5)
     min_peak = rec.get("min_attention_peak")
     specs = ShapesWorld(seed=seed).scenes(num_scenes)  # the mask evaluation's held-out test scenes
     out = gen([s.prompt() for s in specs], seeds=list(range(num_scenes)),
-              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+              num_inference_steps=num_inference_steps)
     width = CELL * (2 + MAX_OBJECTS)
     canvas = Image.new("RGB", (width, num_scenes * (CELL + TEXT_H)), "white")
     draw = ImageDraw.Draw(canvas)

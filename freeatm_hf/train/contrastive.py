@@ -31,12 +31,15 @@ class ContrastiveArguments(DataArguments):
     nce_temperature: float | None = field(default=None, metadata={"help": "Default 0.1 (SimCLR), 0.2 (MoCo)."})
     queue_size: int = field(default=65536, metadata={"help": "MoCo queue length (instances)."})
     momentum: float = field(default=0.999, metadata={"help": "MoCo key-encoder EMA momentum."})
-    optimizer: str | None = field(default=None, metadata={"help": "lars (SimCLR default), sgd (MoCo default), adamw."})
+    optimizer: str | None = field(default=None, metadata={
+        "help": "lars (SimCLR default), sgd (MoCo default) or adamw (with --adam_beta1/2, --adam_epsilon); "
+                "Trainer's --optim does not apply."})
     gpu_photometric: bool = field(default=True, metadata={
         "help": "Colour jitter / grayscale / blur batched on the training device (per-sample parameters) instead of "
                 "per image in the data workers; geometry stays in the workers, applied to image and masks alike."})
     lr_milestones: list[int] = field(default_factory=list, metadata={
-        "help": "Epochs at which the LR is multiplied by 0.1 (MoCo-v2 paper setting: 120 160)."})
+        "help": "Epochs at which the LR is multiplied by 0.1, with --lr_scheduler_type constant (MoCo-v1's step "
+                "schedule: 120 160 of 200; MoCo-v2 uses cosine)."})
 
 
 def build_model(method: str, args: ContrastiveArguments):
@@ -52,7 +55,7 @@ def build_model(method: str, args: ContrastiveArguments):
     raise ValueError(f"unknown method {method!r}")
 
 
-def build_optimizer(model, name: str, lr: float, weight_decay: float):
+def build_optimizer(model, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
     """LARS/SGD/AdamW; batch-norm parameters and biases get no weight decay (and no LARS adaptation)."""
     decay, no_decay = [], []
     for p in model.parameters():
@@ -66,7 +69,7 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float):
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -97,12 +100,24 @@ def make_transform(args: ContrastiveArguments):
     return transform
 
 
+def check_optim_unset(training_args):
+    """SimCLR and MoCo pass Trainer their own optimizer (LARS/SGD without decay on BN and biases), which makes
+    Trainer ignore `--optim` without a word: refuse it instead."""
+    from transformers import TrainingArguments
+
+    name = lambda o: str(getattr(o, "value", o))  # noqa: E731  (an OptimizerNames member, or its string)
+    if name(training_args.optim) != name(TrainingArguments.__dataclass_fields__["optim"].default):
+        raise ValueError(f"--optim {name(training_args.optim)} does not apply to SimCLR/MoCo: use --optimizer "
+                         "lars|sgd|adamw")
+
+
 def train(method: str, args: ContrastiveArguments, training_args):
 
     from ..data.collate import collate_two_views
     from .callbacks import LRMilestonesCallback, MomentumUpdateCallback
     from .trainer import ContrastiveTrainer
 
+    check_optim_unset(training_args)
     ds = args.load(seed=training_args.seed)
     transform = make_transform(args)
     if args.streaming:
@@ -118,7 +133,8 @@ def train(method: str, args: ContrastiveArguments, training_args):
         # batch holds a single instance. torch's SyncBatchNorm runs on GPUs only.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt_name = args.optimizer or ("lars" if method == "simclr" else "sgd")
-    optimizer = build_optimizer(model, opt_name, training_args.learning_rate, training_args.weight_decay)
+    optimizer = build_optimizer(model, opt_name, training_args.learning_rate, training_args.weight_decay,
+                                betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon)
     callbacks = []
     if method == "moco":
         callbacks.append(MomentumUpdateCallback())

@@ -139,7 +139,6 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "default"
     cache = RowCache(dataset)
     example_prompt, vocabulary = prompt_language(pipeline)
-    guidance = float(_recommendation(pipeline).get("guidance_scale") or 7.5)
     # Where each tab's slider starts: the threshold the pipeline's mask evaluation chose for live generation,
     # and the one the dataset's card states (its boxes') for browsing, else the same.
     threshold0 = float(_recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD)
@@ -182,7 +181,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             p = Prompt.from_nouns(prompt, names)
         except ValueError as e:
             raise gr.Error(str(e)) from None
-        out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps), guidance_scale=guidance)
+        out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps))  # the model's recommended guidance
         objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L"),
                     "attention_peak": o.attention_peak} for o in out.objects[0]]
         state["last"] = (out.images[0], prompt, objects)

@@ -39,3 +39,20 @@ def test_refine_comes_from_the_model_folder_and_is_validated(tiny_pipe, monkeypa
     assert FreeATMGenerator(tiny_pipe, refine="none").refine == "none"
     with pytest.raises(ValueError, match="refine must be one of"):
         FreeATMGenerator(tiny_pipe, refine="crf")
+
+
+def test_guidance_comes_from_the_model_folder_unless_a_call_or_the_constructor_gives_one(tiny_pipe, monkeypatch):
+    import freeatm_hf.generate.generator as generator
+
+    seen = []
+    real_call = type(tiny_pipe).__call__
+    monkeypatch.setattr(type(tiny_pipe), "__call__",
+                        lambda self, **kw: seen.append(kw["guidance_scale"]) or real_call(self, **kw))
+    prompt, kw = PROMPTS[:1], dict(seeds=[0], num_inference_steps=1)
+    FreeATMGenerator(tiny_pipe)(prompt, **kw)  # no recommendation: the SD default
+    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe: {"guidance_scale": 4.0})
+    gen = FreeATMGenerator(tiny_pipe)
+    gen(prompt, **kw)
+    gen(prompt, guidance_scale=1.5, **kw)
+    FreeATMGenerator(tiny_pipe, guidance_scale=2.5)(prompt, **kw)
+    assert seen == [7.5, 4.0, 1.5, 2.5]

@@ -152,3 +152,34 @@ def test_a_retrieval_fine_tune_of_a_hub_model_keeps_its_pretraining_facts(tmp_pa
     got = json.loads((out / "card_info.json").read_text())
     assert got["data"] == facts["data"]  # position prompts: the fine-tune's card stays Free-ATM's
     assert got["training"] == {"learning_rate": 2e-5, "retrieval_finetune": "me/coco [train], 2 steps at lr 1e-05"}
+
+
+@pytest.mark.parametrize("method,mode,guided,opening,limits", [
+    ("simclr", "synthetic", True, "on diffusion-generated images, using the cross-attention maps", "generated images"),
+    ("simclr", "mix", True, "on a mix of diffusion-generated and real images, using the cross-attention",
+     "generated and real images"),
+    # Real rows carry one whole-image mask: attention pooling there is image-level, not Free-ATM.
+    ("simclr", "real", True, "on real images (the real-data baseline", "real images; features reflect that"),
+    ("simclr", "synthetic", False, "without their attention masks (the mask-free baseline)", "generated images"),
+    ("mae", "synthetic", False, "without their attention masks (the mask-free baseline)", "generated images"),
+    ("blip", "synthetic", False, "without their attention masks (the mask-free baseline)", "generated images"),
+])
+def test_the_card_says_what_the_model_was_trained_on_and_with(tmp_path, method, mode, guided, opening, limits):
+    from freeatm_hf.models import BlipATMConfig, MAEConfig
+
+    config = {"simclr": lambda: SimCLRConfig(pooling="attention" if guided else "image"),
+              "mae": lambda: MAEConfig(beta_max=0.8 if guided else 0.0),
+              "blip": lambda: BlipATMConfig()}[method]()
+    data = {"dataset": "me/scenes", "data_mode": mode, "real_dataset": None if mode == "synthetic" else "me/photos"}
+    if method == "blip":
+        data["prompts"] = "position" if guided else "none"
+    write_model_card(tmp_path, config, data=data, training={})
+    card = ModelCard.load(tmp_path / "README.md")
+    text = " ".join(card.text.split())
+    assert opening in text and f"Pretrained without labels on {limits}" in text
+    assert ("attention-masks" in card.data.tags) == (guided and mode != "real")
+    assert ("generator's biases" in text) == (mode != "real")
+    if method == "mae" and not guided:
+        assert "chosen at random (β_max = 0" in text and "highest attention" not in text
+    if method == "blip":
+        assert "freeatm eval retrieval --model <this folder>" in text and "eval knn" not in text

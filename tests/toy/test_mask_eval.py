@@ -231,3 +231,24 @@ def test_autoencoder_ceiling_is_the_judge_on_round_tripped_renders(classifier):
     assert exact["right_colour_and_shape_share"] > 0.9
     blocky = autoencoder_ceiling(PoolingAutoencoder(8), num_scenes=30, seed=8)
     assert blocky["right_colour_and_shape_share"] < exact["right_colour_and_shape_share"] - 0.2
+
+
+def test_eval_masks_saves_its_recommendation_into_a_copy_and_never_into_the_shipped_model(tmp_path, tiny_pipe):
+    import json
+
+    from freeatm_hf.eval.cli import main
+    from freeatm_hf.toy.model import shapes_pipeline
+
+    with pytest.raises(ValueError, match="would rewrite the shipped shapes model"):
+        main(["masks", "--pipeline", "shapes", "--save_recommendation"])
+    folder = tmp_path / "my-shapes"
+    shapes_pipeline().save_pretrained(folder)
+    result = main(["masks", "--pipeline", str(folder), "--num_scenes", "2", "--num_val", "1",
+                       "--num_inference_steps", "1", "--device", "cpu", "--save_recommendation"])
+    saved = json.loads((folder / "freeatm.json").read_text())
+    assert saved["threshold"] == result["capture"]["threshold"] and saved["refine"] == result["capture"]["refine"]
+    assert saved["capture"]["down_factors"] == result["capture"]["down_factors"]
+    assert saved["mask_eval"]["test"] == result["test"]
+    # The record names the folder, not where it sat on the machine that evaluated it.
+    assert json.loads((folder / "mask_eval.json").read_text())["pipeline"] == "my-shapes"
+    assert "mIoU" in (folder / "README.md").read_text()

@@ -168,3 +168,13 @@ def test_lars_adapts_and_decays_weights_only_and_sgd_is_plain_momentum_sgd():
             torch.testing.assert_close(p.detach(), w - lr * step, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer(net, "adagrad", lr, wd)
+
+
+def test_adamw_takes_trainers_betas_and_epsilon_and_trainers_optim_is_refused(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    opt = build_optimizer(net, "adamw", 1e-3, 0.0, betas=(0.8, 0.95), eps=1e-6)
+    assert type(opt) is torch.optim.AdamW
+    assert all(g["betas"] == (0.8, 0.95) and g["eps"] == 1e-6 for g in opt.param_groups)
+    # Trainer ignores --optim when it is handed an optimizer: a silently different run, so it is an error.
+    with pytest.raises(ValueError, match="--optim sgd does not apply.*--optimizer"):
+        train("simclr", small_args(), training_args(tmp_path, steps=1, optim="sgd"))
