@@ -29,7 +29,9 @@ class GenerateConfig:
         "help": "'scene' (multi-object scene prompts over the label space), 'photo' ('a photo of a [class]'), "
                 "'shapes' (shapes-world captions), 'file' (--prompts_file), or 'auto' (what the model folder's "
                 "freeatm.json names, else scene)."})
-    num_objects: int = field(default=2, metadata={"help": "Objects per scene prompt (1-3)."})
+    num_objects: int | None = field(default=None, metadata={
+        "help": "Objects per scene prompt, 1-3 (prompt_mode scene only; default 2). Shapes captions name 1-4 "
+                "objects, photo prompts one, a prompts file its own."})
     prompts_file: str | None = field(default=None, metadata={
         "help": "JSONL with {'text': ..., 'nouns': [...]} per line, or a .txt of prompts (no tracked nouns)."})
     augmenter: str | None = field(default=None, metadata={
@@ -66,6 +68,9 @@ class GenerateConfig:
     device: str | None = field(default=None, metadata={"help": "Device (default: the accelerate process's)."})
     cpu_offload: bool = field(default=False, metadata={"help": "enable_model_cpu_offload() on the pipeline."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (capture compiles with it)."})
+    license: str = field(default="other", metadata={
+        "help": "The dataset card's licence, a Hub licence id (e.g. creativeml-openrail-m for SD 1.x images, "
+                "cc-by-4.0); 'other' says to read the generator's licence. Only the card changes."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Upload the finished folder to this repo id."})
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
@@ -79,7 +84,7 @@ class GenerateConfig:
         # settings compared on resume and shown in the card are the ones used.
         from .pipelines import pipeline_recommendation
 
-        rec = pipeline_recommendation(self.pipeline) or {}
+        rec = pipeline_recommendation(self.pipeline, self.revision) or {}
         capture = rec.get("capture") or {}
         if self.down_factors is None:
             self.down_factors = list(capture.get("down_factors", [2, 4]))
@@ -101,6 +106,11 @@ class GenerateConfig:
             raise ValueError(f"prompt_mode must be auto, scene, photo, shapes or file, got {self.prompt_mode!r}")
         if self.prompt_mode == "file" and not self.prompts_file:
             raise ValueError("prompt_mode 'file' needs --prompts_file")
+        if self.prompt_mode == "scene" and self.num_objects is None:
+            self.num_objects = 2
+        elif self.prompt_mode != "scene" and self.num_objects is not None:
+            raise ValueError(f"--num_objects applies to prompt_mode scene, not {self.prompt_mode!r} (whose prompts "
+                             "set their own number of objects)")
         if self.factor_weights is not None and len(self.factor_weights) != len(self.down_factors):
             raise ValueError(f"factor_weights needs one weight per down factor {self.down_factors}, got "
                              f"{self.factor_weights}")
@@ -134,7 +144,7 @@ class GenerateConfig:
         from ..attention import CaptureConfig
         from .pipelines import pipeline_recommendation
 
-        rec = (pipeline_recommendation(self.pipeline) or {}).get("capture") or {}
+        rec = (pipeline_recommendation(self.pipeline, self.revision) or {}).get("capture") or {}
         same = list(rec.get("down_factors") or []) == list(self.down_factors)
         extra = {k: rec[k] for k in ("factor_weights", "map_size") if same and rec.get(k) is not None}
         if self.factor_weights is not None:
@@ -168,7 +178,7 @@ class GenerateConfig:
 
     def settings(self) -> dict:
         """Everything the rows depend on (compared on resume). Device, offload, batch size and compilation only
-        change speed and memory (a run that ran out of memory resumes with a smaller batch); pushing is not
-        about the rows either."""
-        skip = {"output_dir", "device", "cpu_offload", "push_to_hub", "private", "batch_size", "compile"}
+        change speed and memory (a run that ran out of memory resumes with a smaller batch); pushing and the
+        card's licence are not about the rows either."""
+        skip = {"output_dir", "device", "cpu_offload", "push_to_hub", "private", "batch_size", "compile", "license"}
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -98,12 +98,13 @@ def resolved_commit(spec: str, revision: str | None = None) -> str | None:
         return None
 
 
-def pipeline_recommendation(source) -> dict | None:
+def pipeline_recommendation(source, revision: str | None = None) -> dict | None:
     """The settings saved with a model: the capture setting and mask threshold `freeatm eval masks --sweep`
     measured to localise best, and the prompt mode it understands (`freeatm.json` in the model folder, or in
     the Hub cache for a repo id).
 
-    `source` is a pipeline spec as `load_pipeline` takes it, or a loaded pipeline.
+    `source` is a pipeline spec as `load_pipeline` takes it, or a loaded pipeline; `revision` (a Hub id's branch,
+    tag or commit) is the one the pipeline was loaded from, so the settings match the weights.
     """
     if not isinstance(source, str):
         source = getattr(source, "name_or_path", None) or source.config.get("_name_or_path")
@@ -117,7 +118,7 @@ def pipeline_recommendation(source) -> dict | None:
     if not path.is_file():
         if not is_hub_id(source):
             return None
-        cached = _download_recommendation(source)
+        cached = _download_recommendation(source, revision)
         if cached is None:
             return None
         path = Path(cached)
@@ -133,20 +134,20 @@ def save_recommendation(folder, capture, threshold=None, **facts) -> Path:
     return path
 
 
-def _download_recommendation(repo_id: str) -> str | None:
+def _download_recommendation(repo_id: str, revision: str | None = None) -> str | None:
     """The Hub repo's freeatm.json, downloaded once into the cache (`DiffusionPipeline.from_pretrained` skips
     root files it does not know); None when the repo has none, or it cannot be reached and is not cached."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
     try:
-        cached = try_to_load_from_cache(repo_id, RECOMMENDATION_FILE)
+        cached = try_to_load_from_cache(repo_id, RECOMMENDATION_FILE, revision=revision)
     except HFValidationError:  # not a repo id either
         return None
     if cached is not None:  # a path, or the cache's record that the repo has no such file
         return cached if isinstance(cached, str) else None
     try:
-        return hf_hub_download(repo_id, RECOMMENDATION_FILE)
+        return hf_hub_download(repo_id, RECOMMENDATION_FILE, revision=revision)
     except EntryNotFoundError:
         return None
     except Exception as e:  # offline, unknown or private repo: generation goes on with the defaults

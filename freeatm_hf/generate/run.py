@@ -80,7 +80,8 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
                 pipe.unet = torch.compile(pipe.unet)
             else:
                 pipe.transformer = torch.compile(pipe.transformer)
-        gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine)
+        gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine,
+                               guidance_scale=cfg.guidance_scale)
         _record_generator(writer, pipe, gen, state.process_index, commit=resolved_commit(cfg.pipeline, cfg.revision))
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
@@ -162,7 +163,7 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     generator = _read_generator(writer)
     generation = {**cfg.settings(), "pipeline": cfg.pipeline, "pipeline_source": pipeline_source(cfg.pipeline),
-                  **generator, "height": height, "width": width}
+                  **generator, "height": height, "width": width, "license": cfg.license}
     card = render_dataset_card(
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,

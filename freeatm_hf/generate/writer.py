@@ -25,6 +25,8 @@ SETTINGS_FILE = "settings.json"
 NOT_COMPARED = frozenset({"batch_size", "compile", "min_attention_peak"})
 # Settings added later, with the value that older folders (which did not record them) were written with.
 ADDED_SETTINGS = {"refine": "none", "revision": None}
+# Settings that only some prompt modes use, now left unset by the others; older folders recorded a value anyway.
+UNUSED_WHEN_UNSET = frozenset({"num_objects"})
 
 
 class SettingsMismatchError(ValueError):
@@ -94,7 +96,8 @@ class DatasetWriter:
             # Only for settings this writer has: a writer that never had one (the toy's perfect scenes) resumes.
             added = {k: v for k, v in ADDED_SETTINGS.items() if k in self.settings}
             old = {**added, **json.loads(path.read_text())}
-            keys = (set(old) | set(self.settings)) - NOT_COMPARED
+            unused = {k for k in UNUSED_WHEN_UNSET if k in self.settings and self.settings[k] is None}
+            keys = (set(old) | set(self.settings)) - NOT_COMPARED - unused
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
             if diff and not self._has_shards():
                 # Nothing written yet (e.g. the first attempt ran out of memory while loading): nothing to keep

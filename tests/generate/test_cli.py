@@ -41,11 +41,35 @@ def test_generate_then_resume_then_refuse_other_settings(tmp_path, capsys):
         cli.main(args[:-4] + ["--num_inference_steps", "3", "--device", "cpu"])
 
 
+def test_the_card_licence_is_the_users_and_changing_it_keeps_the_rows(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    out = tmp_path / "ds"
+    args = ["generate", "--output_dir", str(out), "--pipeline", "tiny", "--num_images", "1", "--num_inference_steps",
+            "1", "--device", "cpu"]
+    cli.main(args)
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.license == "other" and "their licence is the generator's" in card.text
+    rows = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+    cli.main(args + ["--license", "cc-by-4.0"])  # not a setting of the rows: no mismatch, nothing regenerated
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.license == "cc-by-4.0" and "their licence is the generator's" not in card.text
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == rows
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="prompt_mode"):
         parse(["--output_dir", "x", "--prompt_mode", "poems"])
     with pytest.raises(ValueError, match="prompts_file"):
         parse(["--output_dir", "x", "--prompt_mode", "file"])
+    with pytest.raises(ValueError, match="--num_objects applies to prompt_mode scene, not 'shapes'"):
+        parse(["--output_dir", "x", "--prompt_mode", "shapes", "--num_objects", "3"])
+
+
+def test_num_objects_is_a_setting_of_scene_prompts_only():
+    assert parse(["--output_dir", "x", "--pipeline", "tiny"]).settings()["num_objects"] == 2
+    assert parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "3"]).num_objects == 3
+    assert parse(["--output_dir", "x", "--pipeline", "tiny", "--prompt_mode", "shapes"]).settings()["num_objects"] is None
 
 
 def test_default_pipeline_is_resolved_before_it_is_recorded(monkeypatch):
@@ -134,8 +158,8 @@ def test_a_hub_models_recommendation_is_downloaded(tmp_path, monkeypatch):
     rec = tmp_path / "freeatm.json"
     rec.write_text('{"threshold": 0.6, "prompt_mode": "shapes", "capture": {"down_factors": [1]}}')
 
-    def fake_download(repo_id, filename, **kw):
-        asked.append((repo_id, filename))
+    def fake_download(repo_id, filename, revision=None, **kw):
+        asked.append((repo_id, filename, revision))
         if repo_id == "me/shapes-t2i":
             return str(rec)
         raise EntryNotFoundError(f"{filename} not in {repo_id}")
@@ -143,7 +167,10 @@ def test_a_hub_models_recommendation_is_downloaded(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     cfg = parse(["--output_dir", "x", "--pipeline", "me/shapes-t2i"])
     assert (cfg.threshold, cfg.prompt_mode, cfg.down_factors) == ("0.6", "shapes", [1])
-    assert ("me/shapes-t2i", "freeatm.json") in asked
+    assert ("me/shapes-t2i", "freeatm.json", None) in asked
+    # A pinned revision reads the settings saved with those weights, not main's.
+    parse(["--output_dir", "x", "--pipeline", "me/shapes-t2i", "--revision", "v2"])
+    assert asked[-1] == ("me/shapes-t2i", "freeatm.json", "v2")
     # A repo without one (or the Hub out of reach) leaves the plain defaults.
     assert pipelines.pipeline_recommendation("me/plain-sd") is None
     cfg = parse(["--output_dir", "x", "--pipeline", "me/plain-sd"])

@@ -62,6 +62,15 @@ def test_a_folder_from_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25}, num_rows=4, rows_per_shard=2)
 
 
+def test_a_setting_older_versions_recorded_in_every_prompt_mode_is_compared_only_where_it_is_used(tmp_path):
+    w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "num_objects": 2}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    # Now unset where the prompt mode does not use it (shapes, photo, file): the old folder resumes.
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "num_objects": None}, num_rows=4, rows_per_shard=2)
+    with pytest.raises(SettingsMismatchError, match="num_objects: 2 → 3"):
+        DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "num_objects": 3}, num_rows=4, rows_per_shard=2)
+
+
 def test_shards_of_an_older_schema_are_refused_before_any_new_shard_is_written(tmp_path):
     from datasets import Features, List, Value
 
