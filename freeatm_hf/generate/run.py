@@ -39,7 +39,8 @@ class PromptSource:
             self.label_names = ShapesPrompts.label_names
         else:
             space = LabelSpace.imagenet()
-            self.items = ScenePrompts(space, mode=cfg.prompt_mode, num_objects=cfg.num_objects, seed=cfg.seed)
+            # Photo prompts name one object; num_objects is a scene-prompt setting (unset otherwise).
+            self.items = ScenePrompts(space, mode=cfg.prompt_mode, num_objects=cfg.num_objects or 1, seed=cfg.seed)
             self.label_names = space.names
 
     def __getitem__(self, i: int) -> Prompt:

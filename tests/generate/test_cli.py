@@ -70,6 +70,12 @@ def test_num_objects_is_a_setting_of_scene_prompts_only():
     assert parse(["--output_dir", "x", "--pipeline", "tiny"]).settings()["num_objects"] == 2
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "3"]).num_objects == 3
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--prompt_mode", "shapes"]).settings()["num_objects"] is None
+    from freeatm_hf.generate.run import PromptSource
+
+    photo = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompt_mode", "photo"]))[0]
+    assert photo.text.startswith("a photo of") and len(photo.objects) == 1
+    scene = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "3"]))[0]
+    assert len(scene.objects) == 3
 
 
 def test_default_pipeline_is_resolved_before_it_is_recorded(monkeypatch):
