@@ -1,8 +1,11 @@
-"""`freeatm` console script: one subcommand per job, each a module with `make_parser()` and `main(argv)`.
+"""freeatm: diffusion-generated images with free per-object attention masks, and pretraining on them.
 
-    freeatm generate --output_dir outputs/scenes --num_images 64
+    freeatm generate --output_dir outputs/scenes --num_images 64      # offline: the shipped shapes model
+    freeatm train simclr --dataset outputs/scenes --output_dir outputs/simclr-atm
     freeatm push outputs/scenes user/scenes
+    freeatm COMMAND --help                                            # each command's arguments
 """
+# One subcommand per job, each a module with `make_parser()` and `main(argv)`, imported only when it runs.
 
 import argparse
 import importlib
@@ -22,8 +25,12 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser = argparse.ArgumentParser(prog="freeatm", description=__doc__.splitlines()[0])
+    if not argv or argv[0] not in COMMANDS:
+        from importlib.metadata import version
+
+        parser = argparse.ArgumentParser(prog="freeatm", description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--version", action="version", version=f"freeatm_hf {version('freeatm_hf')}")
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, (_, help_) in COMMANDS.items():
             sub.add_parser(name, help=help_)

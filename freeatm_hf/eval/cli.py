@@ -19,7 +19,7 @@ def make_parser():
     sub = p.add_subparsers(dest="what", required=True)
     m = sub.add_parser("masks", help="attention-mask quality on generated shapes-world scenes")
     m.add_argument("--pipeline", default="shapes", help="'shapes' (the embedded model), 'tiny', or an id/folder")
-    m.add_argument("--num_scenes", type=int, default=200)
+    m.add_argument("--num_scenes", type=int, default=200, help="held-out test scenes")
     m.add_argument("--num_val", type=int, default=50, help="scenes for choosing the threshold")
     m.add_argument("--num_inference_steps", type=int, default=25)
     m.add_argument("--guidance_scale", type=float, default=None,
@@ -27,14 +27,14 @@ def make_parser():
     m.add_argument("--guidance_sweep", type=float, nargs="+", default=(),
                    help="guidance scales to compare on the validation scenes (with the chosen capture); the best "
                         "by mIoU with undrawn objects as 0 is used on the test scenes and recommended")
-    m.add_argument("--batch_size", type=int, default=16)
-    m.add_argument("--seed", type=int, default=777)
+    m.add_argument("--batch_size", type=int, default=16, help="images per pipeline call")
+    m.add_argument("--seed", type=int, default=777, help="shapes-world seed of the test scenes (validation: seed + 1; training used others)")
     m.add_argument("--sweep", action="store_true",
                    help="compare capture settings on the validation scenes; the best is scored on the test scenes")
     m.add_argument("--save_recommendation", action="store_true",
                    help="write the chosen capture/threshold and the scores into the model folder's freeatm.json "
                         "and model card (a local folder; not the shipped model)")
-    m.add_argument("--device", default=None)
+    m.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     m.add_argument("--output", default=None, help="write the results JSON here")
 
     k = sub.add_parser("knn", help="kNN (k=20, cosine, weighted votes) and linear probe on frozen features")
@@ -47,10 +47,10 @@ def make_parser():
     k.add_argument("--label_column", default="label")
     k.add_argument("--image_size", type=int, default=None,
                    help="default: a ViT checkpoint's own size (position embeddings are fixed), else 224")
-    k.add_argument("--k", type=int, default=20)
-    k.add_argument("--temperature", type=float, default=0.07)
+    k.add_argument("--k", type=int, default=20, help="neighbours that vote")
+    k.add_argument("--temperature", type=float, default=0.07, help="votes are weighted by exp(similarity / T)")
     k.add_argument("--batch_size", type=int, default=256)
-    k.add_argument("--no_linear_probe", action="store_true")
+    k.add_argument("--no_linear_probe", action="store_true", help="kNN only")
     k.add_argument("--device", default=None)
 
     f = sub.add_parser("finetune", help="end-to-end classification fine-tuning (Trainer), top-1 into the card")

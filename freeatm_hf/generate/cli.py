@@ -9,11 +9,15 @@ import logging
 
 
 def make_parser():
+    import argparse
+
     from transformers import HfArgumentParser
 
     from .config import GenerateConfig
 
-    return HfArgumentParser(GenerateConfig, prog="freeatm generate", description=__doc__)
+    # Raw: the examples above keep their lines.
+    return HfArgumentParser(GenerateConfig, prog="freeatm generate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def parse(argv: list[str]):

@@ -12,8 +12,9 @@ DEFAULT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default, for pipelines who
 class GenerateConfig:
     output_dir: str = field(metadata={"help": "Dataset folder to write (Hub layout)."})
     pipeline: str = field(default="default", metadata={
-        "help": "A diffusers pipeline id or folder; 'shapes' (the trained shapes-world model, embedded), 'tiny' "
-                "(random tiny SD built in code), or 'default' (shapes once it ships, else tiny). All offline."})
+        "help": "A diffusers pipeline: a Hub id or a local folder; or built in, offline: 'default' / 'shapes' (the "
+                "trained shapes-world model shipped with freeatm_hf), 'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux' "
+                "(random tiny pipelines built in code, for tests)."})
     revision: str | None = field(default=None, metadata={
         "help": "Branch, tag or commit of a Hub pipeline (the commit it resolved to goes into the card)."})
     num_images: int = field(default=64, metadata={"help": "Number of images (rows) to generate."})
@@ -53,13 +54,14 @@ class GenerateConfig:
     mmdit_blocks: str = field(default="double", metadata={
         "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all."})
     step_window: list[float] | None = field(default=None, metadata={
-        "help": "Fraction [start, end) of the denoising steps whose maps are averaged (default: as down_factors, "
-                "else 0,1)."})
+        "help": "Fraction [start, end) of the denoising steps whose maps are averaged (default: the model "
+                "folder's freeatm.json, else 0,1)."})
     threshold: str | None = field(default=None, metadata={
-        "help": "Mask threshold on normalized maps, or 'otsu' (default: as down_factors, else 0.4)."})
+        "help": "Mask threshold on normalized maps, or 'otsu' (default: the model folder's freeatm.json, else 0.4)."})
     refine: str | None = field(default=None, metadata={
         "help": "'guided': maps brought to image resolution by a guided filter on the generated image, so masks "
-                "follow object edges; 'none': maps at attention resolution (default: as down_factors, else none)."})
+                "follow object edges; 'none': maps at attention resolution (default: the model folder's freeatm.json, "
+                "else none)."})
     min_attention_peak: float | None = field(default=None, metadata={
         "help": "Recommended to readers, not applied: objects whose attention_peak is below this were likely not "
                 "drawn (the card states it; freeatm training leaves them out). Default: as the model folder "

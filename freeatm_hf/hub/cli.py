@@ -11,14 +11,20 @@
 import argparse
 
 
-def make_parser():
-    p = argparse.ArgumentParser(prog="freeatm push", description=__doc__.splitlines()[0])
+def _push_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("folder", help="the folder to upload (it must hold its README.md card)")
-    p.add_argument("repo_id", help="user/name on the Hub")
-    p.add_argument("--repo_type", default="dataset", choices=["dataset", "model", "space"])
+    p.add_argument("repo_id", help="the Hub repo, user/name (a bare name goes under the token's user)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--revision", default=None, help="branch to push to (created from main if missing)")
-    p.add_argument("--commit_message", default=None)
+    p.add_argument("--commit_message", default=None, help="default: \"Upload <type> with freeatm_hf <version>\"")
+    return p
+
+
+def make_parser():
+    p = _push_parser("freeatm push", __doc__.splitlines()[0])
+    p.add_argument("--repo_type", default="dataset", choices=["dataset", "model", "space"],
+                   help="what the folder is (default: dataset)")
     return p
 
 
@@ -38,15 +44,14 @@ def push_model_main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--repo_type" in argv:
         raise SystemExit("freeatm push-model always pushes a model repo; use `freeatm push` for other types")
-    p = make_parser()
-    p.prog = "freeatm push-model"
+    p = _push_parser("freeatm push-model", "Upload a checkpoint folder (with its card) as a model repo.")
     p.add_argument("--timm", action="store_true",
                    help="also push the image encoder exported for timm as REPO_ID-timm (what the card's timm "
                         "snippet loads)")
     p.add_argument("--exports", action="store_true",
                    help="first write the method's stock exports into the folder (torchvision/<arch>.pth, vit/, "
                         "blip-retrieval/, blip-captioning/), so the repo serves them without freeatm_hf")
-    args = p.parse_args(argv + ["--repo_type", "model"])
+    args = p.parse_args(argv)
     from .push import push_folder, push_timm_export
 
     if args.exports:
@@ -71,7 +76,7 @@ def export_main(argv=None):
                                 "library (loads without freeatm_hf).")
     p.add_argument("folder", help="a freeatm checkpoint folder (a training output_dir)")
     p.add_argument("out", help="the export's folder (timm, vit, blip-*) or file (torchvision)")
-    p.add_argument("--to", required=True, choices=kinds)
+    p.add_argument("--to", required=True, choices=kinds, help="the library to load it with")
     args = p.parse_args(argv)
     out = export_checkpoint(args.folder, args.out, args.to)
     print(out)

@@ -27,25 +27,26 @@ logger = logging.getLogger(__name__)
 
 def make_parser():
     p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.train_t2i", description=__doc__.splitlines()[0])
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True, help="the pipeline folder to write (DiffusionPipeline layout)")
     p.add_argument("--resume_from", default=None, help="a pipeline folder written by this script")
-    p.add_argument("--vae_steps", type=int, default=1500)
+    p.add_argument("--vae_steps", type=int, default=1500, help="autoencoder steps before the UNet's (skipped when resuming: the latent space stays)")
     p.add_argument("--decoder_steps", type=int, default=0,
                    help="fine-tune the VAE decoder alone for this many steps (before the UNet stage)")
     p.add_argument("--unet_steps", type=int, default=100_000, help="upper bound; --max_minutes usually ends it")
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch_size", type=int, default=256, help="scenes per step per process (32 on a CPU)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet (AdamW)")
     p.add_argument("--lr_schedule", choices=("constant", "cosine"), default="constant",
                    help="cosine: decay to 0 over the run (by steps or --max_minutes, whichever ends first); "
                         "constant suits a chain of resumed runs")
-    p.add_argument("--caption_dropout", type=float, default=0.1)
-    p.add_argument("--ema_decay", type=float, default=0.999)
+    p.add_argument("--caption_dropout", type=float, default=0.1,
+                   help="share of empty captions (what classifier-free guidance needs)")
+    p.add_argument("--ema_decay", type=float, default=0.999, help="of the UNet weights that are saved")
     p.add_argument("--max_minutes", type=float, default=9.0, help="wall-clock budget for both stages")
     p.add_argument("--mixed_precision", default=None, help="bf16 / fp16 / no (default: bf16 on CUDA)")
     p.add_argument("--save_every_minutes", type=float, default=15.0,
                    help="also write the pipeline folder this often, so a killed run loses little")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log_every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0, help="of the weights and the training scenes")
+    p.add_argument("--log_every", type=int, default=100, help="steps between loss lines")
     return p
 
 

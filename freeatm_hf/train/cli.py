@@ -50,7 +50,9 @@ def parse(method: str, argv: list[str]):
         from .blip import BlipArguments as Arguments
     else:
         from .contrastive import ContrastiveArguments as Arguments
-    parser = HfArgumentParser((Arguments, TrainingArguments), prog=f"freeatm train {method}")
+    parser = HfArgumentParser(
+        (Arguments, TrainingArguments), prog=f"freeatm train {method}",
+        description=f"{method}'s own arguments first, then transformers' TrainingArguments. Recipes: recipes/*.yaml.")
     return parser.parse_args_into_dataclasses(args=argv)
 
 

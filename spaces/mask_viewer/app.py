@@ -248,7 +248,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="freeatm space", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=None, help="dataset folder or Hub id (default: the bundled example)")
     p.add_argument("--pipeline", default=None, help="diffusers pipeline id or folder for live generation")
     p.add_argument("--host", default="127.0.0.1")
