@@ -8,7 +8,8 @@ multi-object scenes? Same backbone, data and budget; only `pooling` differs.
 2. pretrain SimCLR twice on them, `--pooling image` (baseline) and `--pooling attention` (Free-ATM), plus
    a row for the untrained backbone (the floor);
 3. evaluate each frozen backbone on rendered "real" scenes of the shapes world (exact pictures, never
-   generated): a multi-label linear probe for which shapes are present (macro mAP, exact-set accuracy).
+   generated): multi-label linear probes for which shapes and which colours are present (macro mAP), and
+   exact shape-set accuracy.
 
 Writes `table1.json` and `table1.md` (the README table) into `output_dir`.
 """
