@@ -67,6 +67,15 @@ class CaptureConfig:
         matches = [k for k in (self.layer_weights or {}) if name == k or name.startswith(k + ".")]
         return self.layer_weights[max(matches, key=len)] if matches else 1.0
 
+    def check_layer_weights(self, names) -> None:
+        """Every `layer_weights` key must name (a prefix of) one of the capturable modules `names`: a misspelt key
+        would otherwise leave every weight at 1 without a word."""
+        names = list(names)
+        unmatched = [k for k in (self.layer_weights or {}) if not any(n == k or n.startswith(k + ".") for n in names)]
+        if unmatched:
+            raise ValueError(f"layer_weights keys {unmatched} match none of the captured attention modules, e.g. "
+                             f"{names[:3]} (a key is a module-name prefix of whole parts)")
+
     def to_dict(self) -> dict:
         return {
             "down_factors": list(self.down_factors), "include_mid": self.include_mid,

@@ -123,6 +123,7 @@ def capture_joint(transformer, store: AttentionStore, text_first: bool, processo
     if not modules or (blocks == "all" and not joint_attention_modules(inner, "single")):
         raise ValueError(f"{type(inner).__name__} has no {'single-stream' if blocks != 'double' else 'joint'} "
                          f"attention blocks (mmdit_blocks={blocks!r})")
+    store.config.check_layer_weights(modules)
     modules = {name: m for name, m in modules.items() if store.config.layer_weight(name) > 0}
     if not modules:
         raise ValueError(f"layer_weights {store.config.layer_weights} give every {blocks} block weight 0")

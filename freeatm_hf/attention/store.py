@@ -42,6 +42,11 @@ class AttentionStore:
         Buffers of the same shape are zeroed in place rather than reallocated, so a compiled denoiser
         sees the same tensors batch after batch and nothing is allocated per batch.
         """
+        start, end = self.config.step_window
+        if num_steps > 0 and not any(start <= i / num_steps < end for i in range(num_steps)):
+            # Found out only after the whole batch was denoised otherwise.
+            raise ValueError(f"step_window {list(self.config.step_window)} holds none of the {num_steps} denoising "
+                             "steps: widen it or use more steps")
         device = torch.device(device) if device is not None else token_index.device
         shapes = {f: (*token_index.shape, math.prod(grid_size(tuple(latent_hw), f))) for f in self.config.down_factors}
         if self.token_index is not None and self.token_index.shape == token_index.shape and self.token_index.device == device:

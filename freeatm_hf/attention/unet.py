@@ -79,6 +79,7 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
     config: CaptureConfig = store.config
     inner = getattr(unet, "_orig_mod", unet)
     factors = cross_attention_factors(inner)
+    config.check_layer_weights(factors)
     chosen = {
         name: f for name, f in factors.items()
         if f in config.down_factors and (config.include_mid or not name.startswith("mid_block"))

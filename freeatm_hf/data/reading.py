@@ -66,19 +66,33 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
 
 def pretraining_dataset(synthetic: str | None = None, real: str | None = None, mode: str = "synthetic",
                         mix_ratio: float = 0.5, split: str = "train", streaming: bool = False, seed: int = 0,
-                        real_image_column: str = "image", real_text_column: str = "caption") -> Dataset | IterableDataset:
-    """`mode="mix"` interleaves the two with `mix_ratio` the share of real rows (until the smaller ends)."""
+                        real_image_column: str = "image", real_text_column: str = "caption",
+                        require_text: bool = False) -> Dataset | IterableDataset:
+    """`mode="mix"` interleaves the two with `mix_ratio` the share of real rows (until the smaller ends).
+    `require_text`: the real dataset must have `real_text_column` (BLIP learns from captions; the other methods
+    do not read them)."""
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, got {mode!r}")
     parts = []
     if mode in ("synthetic", "mix"):
         if not synthetic:
             raise ValueError(f"data mode {mode!r} needs a synthetic (freeatm) dataset")
-        parts.append(as_image_objects(_load(synthetic, split, streaming)))
+        ds = _load(synthetic, split, streaming)
+        cols = ds.column_names or list(ds.features or [])
+        if cols and not {"objects", "prompt"} <= set(cols):
+            # Training on it would silently be the mask-free baseline (no objects) or caption-free BLIP.
+            raise ValueError(f"{synthetic!r} is not a freeatm dataset (no 'objects' and 'prompt' columns; columns: "
+                             f"{cols}): pass images without masks as --real_dataset with --data_mode real or mix")
+        parts.append(as_image_objects(ds))
     if mode in ("real", "mix"):
         if not real:
             raise ValueError(f"data mode {mode!r} needs a real dataset")
-        parts.append(as_image_objects(_load(real, split, streaming), real_image_column, real_text_column,
+        ds = _load(real, split, streaming)
+        cols = ds.column_names or list(ds.features or [])
+        if require_text and cols and real_text_column not in cols:
+            raise ValueError(f"no caption column {real_text_column!r} in {real!r} (columns: {cols}): BLIP learns from "
+                             "captions; name it with --real_text_column")
+        parts.append(as_image_objects(ds, real_image_column, real_text_column,
                                       features=parts[0].features if parts else None))
     if len(parts) == 1:
         return parts[0]

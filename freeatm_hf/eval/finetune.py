@@ -55,13 +55,13 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     from transformers import AutoModel, Trainer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import add_results, write_model_card
+    from .frozen import labelled_splits
     from .metrics import load_metric
 
-    train_ds = load(dataset, split=train_split, revision=revision)
-    test_ds = load(dataset, split=test_split, revision=revision)
+    train_ds, test_ds = labelled_splits(dataset, train_split, test_split, revision, image_column,
+                                        label_column).values()
     num_labels = int(max(max(train_ds[label_column]), max(test_ds[label_column]))) + 1
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),

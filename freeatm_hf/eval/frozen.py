@@ -43,6 +43,30 @@ def checkpoint_image_size(model_dir: str, default: int = 224) -> int:
     return int(getattr(AutoConfig.from_pretrained(model_dir), "image_size", None) or default)
 
 
+def labelled_splits(dataset: str, train_split: str, test_split: str, revision, image_column: str,
+                    label_column: str) -> dict:
+    """Both splits, checked before any model runs: distinct splits (a score on the training images would go
+    into the card), an image column, and an integer class column in each."""
+    from datasets import ClassLabel, Value
+
+    from ..data.reading import load
+
+    if train_split == test_split:
+        raise ValueError(f"train_split and test_split are both {train_split!r}: the score would be measured on the "
+                         "images the classifier was fitted on")
+    splits = {s: load(dataset, split=s, revision=revision) for s in (train_split, test_split)}
+    for s, d in splits.items():
+        for col in (image_column, label_column):
+            if col not in d.column_names:
+                raise ValueError(f"{dataset} [{s}] has no column {col!r} (columns: {d.column_names}); name it "
+                                 f"with --{'image' if col == image_column else 'label'}_column")
+        feature = d.features[label_column]
+        if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and "int" in feature.dtype)):
+            raise ValueError(f"{dataset} [{s}] column {label_column!r} is {feature}, not a class index (int or "
+                             "ClassLabel)")
+    return splits
+
+
 def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,
                     image_column="image", label_column="label", image_size=224, k=20, temperature=0.07,
                     batch_size=256, linear=True, device=None, update_card=True) -> list[dict]:
@@ -50,16 +74,15 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
     from transformers import AutoModel
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import add_results, write_model_card
 
+    splits = labelled_splits(dataset, train_split, test_split, revision, image_column, label_column)
     model = AutoModel.from_pretrained(model_dir)
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(int(image_size * 256 / 224), antialias=True),
                             v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     backbone = feature_backbone(model)
-    splits = {s: load(dataset, split=s, revision=revision) for s in (train_split, test_split)}
     feats = {s: extract_features(backbone, d, transform, batch_size, device, image_column, label_column)
              for s, d in splits.items()}
     (xtr, ytr), (xte, yte) = feats[train_split], feats[test_split]

@@ -28,8 +28,8 @@ class GenerateConfig:
     seed: int = field(default=0, metadata={"help": "Image i uses seed + i; prompts are drawn with this seed too."})
     prompt_mode: str = field(default="auto", metadata={
         "help": "'scene' (multi-object scene prompts over the label space), 'photo' ('a photo of a [class]'), "
-                "'shapes' (shapes-world captions), 'file' (--prompts_file), or 'auto' (what the model folder's "
-                "freeatm.json names, else scene)."})
+                "'shapes' (shapes-world captions), 'file' (--prompts_file), or 'auto' (file when --prompts_file is "
+                "given, else what the model folder's freeatm.json names, else scene)."})
     num_objects: int | None = field(default=None, metadata={
         "help": "Objects per scene prompt, 1-3 (prompt_mode scene only; default 2). Shapes captions name 1-4 "
                 "objects, photo prompts one, a prompts file its own."})
@@ -94,6 +94,13 @@ class GenerateConfig:
             self.step_window = list(capture.get("step_window", [0.0, 1.0]))
         if self.threshold is None:
             self.threshold = str(rec.get("threshold") or 0.4)
+        if self.threshold != "otsu":
+            try:
+                ok = 0.0 <= float(self.threshold) < 1.0
+            except ValueError:
+                ok = False
+            if not ok:  # otherwise found out after the first batch was denoised
+                raise ValueError(f"--threshold must be a number in [0, 1) or 'otsu', got {self.threshold!r}")
         if self.guidance_scale is None:
             self.guidance_scale = float(rec.get("guidance_scale") or DEFAULT_GUIDANCE)
         if self.refine is None:
@@ -103,7 +110,10 @@ class GenerateConfig:
         if self.refine not in REFINE_MODES:
             raise ValueError(f"refine must be none or guided, got {self.refine!r}")
         if self.prompt_mode == "auto":
-            self.prompt_mode = rec.get("prompt_mode", "scene")
+            # A prompts file given is the prompts to use, whatever the model folder's language.
+            self.prompt_mode = "file" if self.prompts_file else rec.get("prompt_mode", "scene")
+        if self.prompts_file and self.prompt_mode != "file":
+            raise ValueError(f"--prompts_file is read with --prompt_mode file (or auto), not {self.prompt_mode!r}")
         if self.prompt_mode not in ("scene", "photo", "shapes", "file"):
             raise ValueError(f"prompt_mode must be auto, scene, photo, shapes or file, got {self.prompt_mode!r}")
         if self.prompt_mode == "file" and not self.prompts_file:

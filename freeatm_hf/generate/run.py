@@ -50,12 +50,19 @@ class PromptSource:
 
 
 def _read_prompts_file(path: str) -> list[Prompt]:
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
     if not lines:
         raise ValueError(f"{path} holds no prompts")
-    if path.endswith((".jsonl", ".json")):
-        return [as_prompt(json.loads(line)) for line in lines]
-    return [Prompt(line.strip()) for line in lines]
+    if not path.lower().endswith((".jsonl", ".json")):
+        return [Prompt(line.strip()) for _, line in lines]
+    prompts = []
+    for n, line in lines:
+        try:
+            prompts.append(as_prompt(json.loads(line)))
+        except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{path}:{n}: {e} (one JSON object per line: "
+                             '{"text": "a dog with a ball", "nouns": ["dog", "ball"]})') from None
+    return prompts
 
 
 def generate_dataset(cfg: GenerateConfig) -> Path:

@@ -114,6 +114,12 @@ class DatasetWriter:
         if self._has_shards():
             raise SettingsMismatchError(f"{self.root}/data has Parquet files but no {STATE_DIR}/{SETTINGS_FILE}: "
                                         "not a freeatm generation to resume")
+        # The card and examples would overwrite what is there (a README.md of the user's own, say).
+        others = sorted(p.name for p in self.root.iterdir() if p.name != STATE_DIR) if self.root.is_dir() else []
+        if others:
+            raise SettingsMismatchError(
+                f"{self.root} already holds files ({', '.join(others[:5])}{', …' if len(others) > 5 else ''}) and "
+                f"is not a freeatm generation (no {STATE_DIR}/{SETTINGS_FILE}): choose a new or empty output_dir")
         self._write_settings(path, is_main_process)
 
     def _check_features(self):

@@ -158,6 +158,14 @@ def load_checkpoint(folder: str | Path):
 
     from .. import models  # noqa: F401
 
+    # A missing folder would reach the Hub as a repo id ("Repo id must be in the form ...").
+    if not (Path(folder) / "config.json").is_file():
+        what = "no config.json in it" if Path(folder).is_dir() else "no such folder"
+        raise ValueError(f"{folder} is not a checkpoint folder ({what}): pass a training output_dir")
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type", "")
+    if not model_type.startswith("freeatm_"):
+        raise ValueError(f"{folder} holds a {model_type or 'non-transformers'} model, not a freeatm checkpoint "
+                         "(SimCLR, MoCo, MAE or BLIP from `freeatm train`)")
     return AutoModel.from_pretrained(str(folder))
 
 

@@ -47,6 +47,12 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     folder = Path(folder)
     if not (folder / "README.md").is_file():
         raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
+    # `freeatm push` defaults to a dataset repo: a checkpoint pushed there would be a model nobody can load.
+    looks = "model" if (folder / "config.json").is_file() else "dataset" if (folder / "data").is_dir() else None
+    if repo_type in ("dataset", "model") and looks and looks != repo_type:
+        hint = "freeatm push-model" if looks == "model" else "freeatm push (a dataset repo)"
+        raise ValueError(f"{folder} looks like a {looks} folder ({'config.json' if looks == 'model' else 'data/'}) "
+                         f"but would go to a {repo_type} repo: use {hint}")
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
     if revision:  # the Hub takes commits only to a branch that exists

@@ -24,6 +24,10 @@ class MAEConfig(ViTMAEConfig):
         self.beta_max = beta_max
         kwargs.setdefault("layer_norm_eps", 1e-6)
         super().__init__(norm_pix_loss=norm_pix_loss, **kwargs)
+        pair = lambda x: tuple(x) if isinstance(x, (list, tuple)) else (x, x)  # noqa: E731
+        if any(s % p for s, p in zip(pair(self.image_size), pair(self.patch_size))):
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}: MAE "
+                             "masks whole patches")
 
 
 def num_patches(config) -> int:

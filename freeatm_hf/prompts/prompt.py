@@ -54,6 +54,11 @@ def as_prompt(p: "Prompt | str | dict") -> Prompt:
         return p
     if isinstance(p, str):
         return Prompt(p)
-    if isinstance(p, dict) and "text" in p:
-        return Prompt.from_nouns(p["text"], list(p.get("nouns", [])), label=int(p.get("label", -1)))
+    if isinstance(p, dict):
+        if not isinstance(p.get("text"), str):
+            raise TypeError(f"a prompt needs a 'text' string, got keys {sorted(p)}")
+        nouns = p.get("nouns", [])
+        if not isinstance(nouns, list) or not all(isinstance(n, str) for n in nouns):
+            raise TypeError(f"'nouns' must be a list of strings, got {nouns!r}")
+        return Prompt.from_nouns(p["text"], nouns, label=int(p.get("label", -1)))
     raise TypeError(f"cannot make a Prompt from {type(p).__name__}")

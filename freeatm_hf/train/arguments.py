@@ -19,6 +19,14 @@ class DataArguments:
         "help": "Objects whose attention_peak is below this count as not drawn: no mask, no position prompt "
                 "(default: the value the dataset's card recommends, if any; 0 keeps every object)."})
 
+    def __post_init__(self):
+        if not 0.0 <= self.mix_ratio <= 1.0:
+            raise ValueError(f"--mix_ratio is the share of real rows, in [0, 1]; got {self.mix_ratio}")
+        # A peak is an attention probability: a cut above 1 would leave every object out, without a word.
+        if self.min_attention_peak is not None and not 0.0 <= self.min_attention_peak < 1.0:
+            raise ValueError(f"--min_attention_peak must be in [0, 1) (attention_peak is a probability), got "
+                             f"{self.min_attention_peak}")
+
     def resolve_min_attention_peak(self) -> float | None:
         """Fill `min_attention_peak` from the dataset card when not given, and log what is used."""
         if self.min_attention_peak is None and self.data_mode != "real":
@@ -40,12 +48,12 @@ class DataArguments:
                 "mix_ratio": self.mix_ratio, "min_attention_peak": self.min_attention_peak,
                 "num_rows": None if self.streaming else len(ds)}
 
-    def load(self, seed: int = 0):
+    def load(self, seed: int = 0, require_text: bool = False):
         from ..data.reading import pretraining_dataset
 
         return pretraining_dataset(self.dataset, self.real_dataset, self.data_mode, self.mix_ratio,
                                    streaming=self.streaming, seed=seed, real_image_column=self.real_image_column,
-                                   real_text_column=self.real_text_column)
+                                   real_text_column=self.real_text_column, require_text=require_text)
 
 
 def training_info(training_args) -> dict:

@@ -89,6 +89,9 @@ def build_blip(args: BlipArguments):
 
     tok = load_tokenizer(model_max_length=args.max_length)
     vision, text = BLIP_SIZES[args.model_size]
+    if args.image_size % vision["patch_size"]:
+        raise ValueError(f"image_size {args.image_size} is not a multiple of the {args.model_size} model's patch size "
+                         f"{vision['patch_size']}")
     cfg = BlipATMConfig(
         # BlipVisionConfig's default initializer_range is 1e-10 (meant for loading weights): from scratch every
         # image would embed alike and the image tower would barely learn. 0.02, as the text side and ViTs use.
@@ -133,7 +136,7 @@ def train(args: BlipArguments, training_args):
 
     if args.prompts not in ("position", "none"):
         raise ValueError(f"prompts must be 'position' or 'none', got {args.prompts!r}")
-    ds = args.load(seed=training_args.seed)
+    ds = args.load(seed=training_args.seed, require_text=True)
     set_seed(training_args.seed)
     model, tok = build_blip(args)
     if args.streaming:  # an IterableDataset has no on-access transform; map it lazily instead

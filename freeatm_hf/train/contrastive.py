@@ -41,6 +41,12 @@ class ContrastiveArguments(DataArguments):
         "help": "Epochs at which the LR is multiplied by 0.1, with --lr_scheduler_type constant (MoCo-v1's step "
                 "schedule: 120 160 of 200; MoCo-v2 uses cosine)."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mask_threshold is not None and not 0.0 <= self.mask_threshold < 1.0:
+            raise ValueError(f"--mask_threshold applies to maps normalized to [0, 1]: it must be in [0, 1), got "
+                             f"{self.mask_threshold}")
+
 
 def build_model(method: str, args: ContrastiveArguments):
     from ..models import MoCoConfig, MoCoModel, SimCLRConfig, SimCLRModel

@@ -1,5 +1,7 @@
 """The captured maps against probabilities computed explicitly by an independent reference path."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +147,25 @@ def test_layer_weights_make_each_resolution_a_weighted_mean_over_its_layers(tiny
     with pytest.raises(ValueError, match="finite and >= 0"):
         CaptureConfig(layer_weights={"up_blocks": -1})
     assert CaptureConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_step_window_that_holds_no_step_is_refused_before_denoising(tiny_pipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(type(tiny_pipe.unet), "forward", lambda *a, **k: calls.append(1))
+    gen = FreeATMGenerator(tiny_pipe, CaptureConfig(down_factors=(4,), step_window=(0.5, 0.6)))
+    with pytest.raises(ValueError, match=r"step_window \[0.5, 0.6\] holds none of the 1 denoising steps"):
+        gen(PROMPTS, seeds=[0, 1], num_inference_steps=1)
+    assert calls == []  # refused before the UNet ran once
+
+
+def test_a_layer_weight_that_matches_no_captured_layer_is_refused(tiny_pipe):
+    from freeatm_hf.generate import FreeATMGenerator
+
+    # "up_block" (no s) and a self-attention layer: neither is a captured cross-attention module.
+    for key in ("up_block", "up_blocks.0.attentions.0.transformer_blocks.0.attn1"):
+        gen = FreeATMGenerator(tiny_pipe, CaptureConfig(down_factors=(4,), layer_weights={key: 2.0}))
+        with pytest.raises(ValueError, match=rf"layer_weights keys \['{re.escape(key)}'\] match none of the captured"):
+            gen(PROMPTS, seeds=[0, 1], num_inference_steps=1)
 
 
 def test_include_mid_without_the_mid_blocks_factor_is_refused_by_name(tiny_pipe):

@@ -259,6 +259,10 @@ def test_block_weights_give_a_weighted_mean_over_the_joint_blocks():
     with pytest.raises(ValueError, match="give every double block weight 0"):
         FreeATMGenerator(pipe, CaptureConfig(down_factors=(2,), layer_weights={"transformer_blocks": 0}))(
             PROMPTS, seeds=[0, 1], output_type="np", **KW)
+    # Single-stream weights while only the double blocks are captured: a key that matches nothing captured.
+    with pytest.raises(ValueError, match=r"keys \['single_transformer_blocks'\] match none of the captured"):
+        FreeATMGenerator(pipe, CaptureConfig(down_factors=(2,), layer_weights={"single_transformer_blocks": 0.5}))(
+            PROMPTS, seeds=[0, 1], output_type="np", **KW)
 
 
 def test_single_stream_blocks_are_refused_where_there_are_none():

@@ -88,3 +88,19 @@ def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shape
     results = main(["knn", "--model", str(mae), "--dataset", labelled_shapes, "--k", "5", "--batch_size", "16",
                     "--device", "cpu", "--no_linear_probe"])
     assert results[0]["metric"] == "knn5_top1" and 0.0 <= results[0]["value"] <= 1.0
+
+
+def test_splits_and_columns_are_checked_before_any_model_loads(labelled_shapes, tmp_path):
+    from freeatm_hf.eval.cli import main
+
+    missing = str(tmp_path / "no-checkpoint-here")  # never reached: the data is checked first
+    base = ["knn", "--model", missing, "--dataset", labelled_shapes, "--image_size", "32"]
+    with pytest.raises(ValueError, match="train_split and test_split are both 'train'"):
+        main(base + ["--test_split", "train"])
+    with pytest.raises(ValueError, match=r"\[train\] has no column 'nolabel' .*--label_column"):
+        main(base + ["--label_column", "nolabel"])
+    with pytest.raises(ValueError, match=r"column 'image' is Image\(.*not a class index"):
+        main(base + ["--label_column", "image"])
+    with pytest.raises(ValueError, match="has no column 'nolabel'"):
+        main(["finetune", "--model", missing, "--dataset", labelled_shapes, "--output_dir", str(tmp_path / "ft"),
+              "--image_size", "32", "--label_column", "nolabel"])

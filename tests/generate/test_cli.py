@@ -62,8 +62,32 @@ def test_bad_arguments_are_named():
         parse(["--output_dir", "x", "--prompt_mode", "poems"])
     with pytest.raises(ValueError, match="prompts_file"):
         parse(["--output_dir", "x", "--prompt_mode", "file"])
+    for bad in ("abc", "1.5"):
+        with pytest.raises(ValueError, match=rf"--threshold must be a number in \[0, 1\) or 'otsu', got '{bad}'"):
+            parse(["--output_dir", "x", "--pipeline", "tiny", "--threshold", bad])
     with pytest.raises(ValueError, match="--num_objects applies to prompt_mode scene, not 'shapes'"):
         parse(["--output_dir", "x", "--prompt_mode", "shapes", "--num_objects", "3"])
+
+
+def test_a_prompts_file_is_used_when_given_and_its_mistakes_are_named_by_line(tmp_path):
+    from freeatm_hf.generate.run import PromptSource
+
+    good = tmp_path / "p.JSONL"  # any case of the extension
+    good.write_text('{"text": "a dog with a ball", "nouns": ["dog", "ball"]}\n\n{"text": "a cat"}\n')
+    cfg = parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(good)])
+    assert cfg.prompt_mode == "file"  # auto: a file given is the prompts to use
+    source = PromptSource(cfg)
+    assert (source[0].text, source[0].nouns, source[1].nouns) == ("a dog with a ball", ["dog", "ball"], [])
+    with pytest.raises(ValueError, match="--prompts_file is read with --prompt_mode file"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(good), "--prompt_mode", "scene"])
+    for body, message in [('{"text": "a dog", "nouns": ["dog"]}\n{"text": "a cat",\n', r"p.jsonl:2: Expecting"),
+                          ('{"prompt": "a dog"}\n', r"p.jsonl:1: a prompt needs a 'text' string, got keys \['prompt'\]"),
+                          ('{"text": "a dog", "nouns": "dog"}\n', r"p.jsonl:1: 'nouns' must be a list of strings"),
+                          ('{"text": "a dog", "nouns": ["cat"]}\n', r"p.jsonl:1: noun 'cat' .* not found")]:
+        bad = tmp_path / "p.jsonl"
+        bad.write_text(body)
+        with pytest.raises(ValueError, match=message):
+            PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(bad)]))
 
 
 def test_num_objects_is_a_setting_of_scene_prompts_only():

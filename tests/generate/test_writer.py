@@ -41,6 +41,13 @@ def test_other_settings_on_an_existing_folder_are_refused(tmp_path):
         DatasetWriter(tmp_path, dataset_features(), {"steps": 50, "seed": 0}, num_rows=4, rows_per_shard=2)
 
 
+def test_a_folder_with_the_users_own_files_is_refused_and_left_as_it_was(tmp_path):
+    (tmp_path / "README.md").write_text("my own notes")
+    with pytest.raises(SettingsMismatchError, match=r"already holds files \(README.md\) and is not a freeatm"):
+        DatasetWriter(tmp_path, dataset_features(), {}, num_rows=1, rows_per_shard=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"] and (tmp_path / "README.md").read_text() == "my own notes"
+
+
 def test_foreign_parquet_folder_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train-0.parquet").write_bytes(b"x")

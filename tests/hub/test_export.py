@@ -103,3 +103,19 @@ def test_torchvision_export_loads_into_resnet_with_the_same_features(tmp_path):
         assert (tv.eval()(x) - expected).abs().max().item() < 1e-5
     with pytest.raises(ValueError, match="ResNet-family"):
         export_torchvision(SimCLRModel(SimCLRConfig(backbone="test_convnext", proj_hidden_dim=8, proj_dim=4)), tmp_path / "x")
+
+
+def test_exporting_something_that_is_not_a_freeatm_checkpoint_says_so(tmp_path):
+    from transformers import BertConfig
+
+    from freeatm_hf.hub.cli import export_main
+
+    with pytest.raises(ValueError, match="is not a checkpoint folder \\(no such folder\\)"):
+        export_main([str(tmp_path / "missing"), str(tmp_path / "out"), "--to", "timm"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json in it"):
+        export_main([str(tmp_path / "empty"), str(tmp_path / "out"), "--to", "timm"])
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(
+        tmp_path / "bert")
+    with pytest.raises(ValueError, match="holds a bert model, not a freeatm checkpoint"):
+        export_main([str(tmp_path / "bert"), str(tmp_path / "out"), "--to", "timm"])

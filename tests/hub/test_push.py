@@ -111,6 +111,24 @@ def test_push_refuses_an_unfinished_folder(tmp_path):
         push_folder(tmp_path, "me/x")
 
 
+
+def test_push_refuses_a_folder_of_the_other_kind_before_creating_any_repo(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from freeatm_hf.hub.push import push_folder
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda *a, **k: pytest.fail("reached the Hub"))
+    model, data = tmp_path / "model", tmp_path / "scenes"
+    for folder, marker in ((model, "config.json"), (data, "data/train-00000-of-00001.parquet")):
+        (folder / marker).parent.mkdir(parents=True, exist_ok=True)
+        (folder / marker).write_text("{}")
+        (folder / "README.md").write_text("card")
+    with pytest.raises(ValueError, match="looks like a model folder .* dataset repo: use freeatm push-model"):
+        push_folder(model, "me/simclr")  # `freeatm push` defaults to a dataset repo
+    with pytest.raises(ValueError, match="looks like a dataset folder .* model repo: use freeatm push \\(a dataset"):
+        push_folder(data, "me/scenes", repo_type="model")
+
+
 def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_model_too(tmp_path):
     from huggingface_hub import ModelCard
 

@@ -45,3 +45,38 @@ def test_training_on_real_and_mixed_data(method, mode, real_data, shapes_data, t
     card = ModelCard.load(tmp_path / "README.md")
     assert f"Data mode: **{mode}**" in card.text and "Real dataset: a local folder (`photos`" in card.text
     assert ("Synthetic (generated) dataset" in card.text) is (mode == "mix")
+
+
+def test_data_that_would_silently_train_something_else_is_refused(real_data, shapes_data, tmp_path):
+    from freeatm_hf.train.blip import BlipArguments
+    from freeatm_hf.train.blip import train as train_blip
+    from freeatm_hf.train.contrastive import ContrastiveArguments
+
+    targs = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to="none", use_cpu=True)
+    # Images without objects passed as the generated dataset: attention pooling would be the baseline.
+    with pytest.raises(ValueError, match=r"not a freeatm dataset \(no 'objects' and 'prompt'.*--real_dataset"):
+        ContrastiveArguments(dataset=real_data).load()
+    # BLIP on images without captions would learn from empty text (loss 0).
+    with pytest.raises(ValueError, match="no caption column 'text' in .*--real_text_column"):
+        train_blip(BlipArguments(real_dataset=real_data, data_mode="real", real_image_column="img",
+                                 real_text_column="text", model_size="tiny", image_size=32), targs)
+    # MAE and SimCLR read no captions: the same real folder without one is fine for them.
+    ContrastiveArguments(real_dataset=real_data, data_mode="real", real_image_column="img",
+                         real_text_column="text").load()
+    # Values outside their range would drop every mask or every row without a word.
+    with pytest.raises(ValueError, match=r"--mask_threshold .* must be in \[0, 1\), got 1.5"):
+        ContrastiveArguments(dataset=shapes_data, mask_threshold=1.5)
+    with pytest.raises(ValueError, match=r"--min_attention_peak must be in \[0, 1\)"):
+        ContrastiveArguments(dataset=shapes_data, min_attention_peak=2.0)
+    with pytest.raises(ValueError, match=r"--mix_ratio is the share of real rows, in \[0, 1\]; got 1.5"):
+        BlipArguments(dataset=shapes_data, real_dataset=real_data, data_mode="mix", mix_ratio=1.5)
+    with pytest.raises(ValueError, match="image_size 36 is not a multiple of the tiny model's patch size 8"):
+        train_blip(BlipArguments(dataset=shapes_data, model_size="tiny", image_size=36), targs)
+
+
+def test_mae_refuses_an_image_size_that_is_not_whole_patches():
+    from freeatm_hf.models import MAEConfig
+
+    with pytest.raises(ValueError, match="image_size 40 is not a multiple of patch_size 16"):
+        MAEConfig(image_size=40, patch_size=16)
+    assert MAEConfig(image_size=48, patch_size=16).image_size == 48
