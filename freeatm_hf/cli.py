@@ -23,13 +23,22 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples in a description keep their lines; defaults are shown, but not "(default: None)", which says
+    nothing the help text does not (it names what an unset option falls back to)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         from importlib.metadata import version
 
-        parser = argparse.ArgumentParser(prog="freeatm", description=__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = argparse.ArgumentParser(prog="freeatm", description=__doc__, formatter_class=HelpFormatter)
         parser.add_argument("--version", action="version", version=f"freeatm_hf {version('freeatm_hf')}")
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, (_, help_) in COMMANDS.items():

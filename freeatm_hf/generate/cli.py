@@ -9,15 +9,13 @@ import logging
 
 
 def make_parser():
-    import argparse
-
     from transformers import HfArgumentParser
 
+    from ..cli import HelpFormatter
     from .config import GenerateConfig
 
-    # Raw: the examples above keep their lines.
     return HfArgumentParser(GenerateConfig, prog="freeatm generate", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=HelpFormatter)
 
 
 def parse(argv: list[str]):

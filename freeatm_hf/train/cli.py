@@ -42,6 +42,8 @@ def parse(method: str, argv: list[str]):
     """TrainingArguments and the method's own arguments from flags (a recipe already spelled out by resolve_method)."""
     from transformers import HfArgumentParser, TrainingArguments
 
+    from ..cli import HelpFormatter
+
     if method not in METHODS:
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "mae":
@@ -51,7 +53,7 @@ def parse(method: str, argv: list[str]):
     else:
         from .contrastive import ContrastiveArguments as Arguments
     parser = HfArgumentParser(
-        (Arguments, TrainingArguments), prog=f"freeatm train {method}",
+        (Arguments, TrainingArguments), prog=f"freeatm train {method}", formatter_class=HelpFormatter,
         description=f"{method}'s own arguments first, then transformers' TrainingArguments. Recipes: recipes/*.yaml.")
     return parser.parse_args_into_dataclasses(args=argv)
 
