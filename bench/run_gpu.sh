@@ -3,7 +3,9 @@
 # A device command runs at most 10 minutes, so the whole script keeps to DEADLINE seconds (default 540): each bench
 # gets at most CAP seconds (default 150) and what is left; those that did not start are listed at the end, to be
 # run in a second call by naming them (e.g. `bash bench/run_gpu.sh out mmdit_flux cpu_offload`).
-# On a machine without diffusers/datasets, carry them as wheels in .whl/ (see the device notes) first:
+# On a machine without diffusers/datasets (and no package index), bring them as wheels: on a connected machine
+#   pip download diffusers datasets --no-deps -d .whl   (plus any of their dependencies the GPU machine lacks)
+# then on the GPU machine:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -uo pipefail
 OUT=${1:-${OUT:-bench_out}}
