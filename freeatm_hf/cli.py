@@ -36,10 +36,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        from importlib.metadata import version
+        from . import __version__
 
         parser = argparse.ArgumentParser(prog="freeatm", description=__doc__, formatter_class=HelpFormatter)
-        parser.add_argument("--version", action="version", version=f"freeatm_hf {version('freeatm_hf')}")
+        parser.add_argument("--version", action="version", version=f"freeatm_hf {__version__}")
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
         for name, (_, help_) in COMMANDS.items():
             sub.add_parser(name, help=help_)

@@ -248,7 +248,10 @@ def main_masks(args):
 
     folder = None
     if args.save_recommendation:  # checked first: the evaluation takes minutes
-        folder = MODEL_DIR if args.pipeline in ("shapes", "default") else Path(args.pipeline)
+        from ..generate.pipelines import default_pipeline
+
+        name = default_pipeline() if args.pipeline == "default" else args.pipeline
+        folder = MODEL_DIR if name == "shapes" else Path(name)
         if folder.resolve() == MODEL_DIR.resolve():
             raise ValueError("--save_recommendation would rewrite the shipped shapes model (what every later "
                              "`freeatm generate` uses): copy its folder and pass the copy as --pipeline")

@@ -1,6 +1,7 @@
 """Arguments of `freeatm generate` (also a YAML recipe: every key is a field below)."""
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -118,17 +119,26 @@ class GenerateConfig:
             raise ValueError(f"prompt_mode must be auto, scene, photo, shapes or file, got {self.prompt_mode!r}")
         if self.prompt_mode == "file" and not self.prompts_file:
             raise ValueError("prompt_mode 'file' needs --prompts_file")
-        if self.prompt_mode == "scene" and self.num_objects is None:
-            self.num_objects = 2
-        elif self.prompt_mode != "scene" and self.num_objects is not None:
-            raise ValueError(f"--num_objects applies to prompt_mode scene, not {self.prompt_mode!r} (whose prompts "
-                             "set their own number of objects)")
+        if self.prompt_mode == "scene":
+            self.num_objects = 2 if self.num_objects is None else self.num_objects
+            if not 1 <= self.num_objects <= 3:
+                raise ValueError(f"--num_objects must be 1, 2 or 3, got {self.num_objects}")
+        elif self.num_objects is not None:
+            # Not an error: a scene recipe run with `--prompt_mode photo` carries the recipe's num_objects along.
+            logger.warning("--num_objects %s is for scene prompts; %s prompts set their own number of objects",
+                           self.num_objects, self.prompt_mode)
+            self.num_objects = None
         if self.factor_weights is not None and len(self.factor_weights) != len(self.down_factors):
             raise ValueError(f"factor_weights needs one weight per down factor {self.down_factors}, got "
                              f"{self.factor_weights}")
         self.layer_weight_map()  # a malformed JSON object fails here, before any pipeline loads
         if self.map_size is not None and (len(self.map_size) != 2 or min(self.map_size) < 1):
             raise ValueError(f"map_size must be a height and a width, got {self.map_size}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license):
+            # The Hub takes lower-case licence ids only: a card with another would be refused at push time.
+            hint = f" (did you mean {self.license.lower()!r}?)" if re.fullmatch(r"[A-Za-z0-9][\w.+-]*", self.license) else ""
+            raise ValueError("--license must be a Hub licence id such as cc-by-4.0, apache-2.0, openrail or other; "
+                             f"got {self.license!r}{hint}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
         if self.min_attention_peak is None and rec.get("min_attention_peak") is not None:

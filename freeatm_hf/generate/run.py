@@ -40,7 +40,8 @@ class PromptSource:
         else:
             space = LabelSpace.imagenet()
             # Photo prompts name one object; num_objects is a scene-prompt setting (unset otherwise).
-            self.items = ScenePrompts(space, mode=cfg.prompt_mode, num_objects=cfg.num_objects or 1, seed=cfg.seed)
+            self.items = ScenePrompts(space, mode=cfg.prompt_mode, num_objects=1 if cfg.num_objects is None else cfg.num_objects,
+                                      seed=cfg.seed)
             self.label_names = space.names
 
     def __getitem__(self, i: int) -> Prompt:

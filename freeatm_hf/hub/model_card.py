@@ -67,8 +67,8 @@ DESCRIPTIONS = {
 }
 # What the baselines do instead (the same model trained without the masks).
 BASELINE_DESCRIPTIONS = {
-    "mae": "Masked autoencoding (ViT, 75 % masking, norm-pix loss); the masked patches are chosen at random (β_max = "
-           "0: the MAE baseline).",
+    "mae": "Masked autoencoding (ViT, 75 % masking, norm-pix loss); the masked patches are chosen at random, no "
+           "attention maps used (the MAE baseline).",
     "blip": "Vision-language pretraining with image-text contrast (ITC), matching on hard negatives (ITM) and "
             "captioning (LM) on the captions alone (no position prompts: the baseline).",
 }

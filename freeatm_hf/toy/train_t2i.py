@@ -33,7 +33,7 @@ def make_parser():
     p.add_argument("--decoder_steps", type=int, default=0,
                    help="fine-tune the VAE decoder alone for this many steps (before the UNet stage)")
     p.add_argument("--unet_steps", type=int, default=100_000, help="upper bound; --max_minutes usually ends it")
-    p.add_argument("--batch_size", type=int, default=256, help="scenes per step per process (32 on a CPU)")
+    p.add_argument("--batch_size", type=int, default=256, help="scenes per step per process (the CPU recipe uses 32)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet (AdamW)")
     p.add_argument("--lr_schedule", choices=("constant", "cosine"), default="constant",
                    help="cosine: decay to 0 over the run (by steps or --max_minutes, whichever ends first); "

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,8 +66,14 @@ def test_bad_arguments_are_named():
     for bad in ("abc", "1.5"):
         with pytest.raises(ValueError, match=rf"--threshold must be a number in \[0, 1\) or 'otsu', got '{bad}'"):
             parse(["--output_dir", "x", "--pipeline", "tiny", "--threshold", bad])
-    with pytest.raises(ValueError, match="--num_objects applies to prompt_mode scene, not 'shapes'"):
-        parse(["--output_dir", "x", "--prompt_mode", "shapes", "--num_objects", "3"])
+    with pytest.raises(ValueError, match="--num_objects must be 1, 2 or 3, got 0"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "0"])
+    with pytest.raises(ValueError, match=r"--license must be a Hub licence id .*\(did you mean 'apache-2.0'\?\)"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--license", "Apache-2.0"])
+    with pytest.raises(ValueError, match="--license must be a Hub licence id"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--license", "my licence"])
+    assert parse(["--output_dir", "x", "--pipeline", "tiny", "--license", "creativeml-openrail-m"]).license == \
+        "creativeml-openrail-m"
 
 
 def test_a_prompts_file_is_used_when_given_and_its_mistakes_are_named_by_line(tmp_path):
@@ -90,10 +97,15 @@ def test_a_prompts_file_is_used_when_given_and_its_mistakes_are_named_by_line(tm
             PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(bad)]))
 
 
-def test_num_objects_is_a_setting_of_scene_prompts_only():
+def test_num_objects_is_a_setting_of_scene_prompts_only(caplog):
     assert parse(["--output_dir", "x", "--pipeline", "tiny"]).settings()["num_objects"] == 2
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "3"]).num_objects == 3
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--prompt_mode", "shapes"]).settings()["num_objects"] is None
+    # A scene recipe (num_objects: 2) run with another prompt mode: the recipe's value is dropped, with a word.
+    recipe = str(Path(__file__).parents[2] / "recipes" / "generate_sd15.yaml")
+    cfg = parse([recipe, "--pipeline", "tiny", "--prompt_mode", "photo"])
+    assert cfg.num_objects is None and cfg.settings()["num_objects"] is None
+    assert "--num_objects 2 is for scene prompts; photo prompts set their own" in caplog.text
     from freeatm_hf.generate.run import PromptSource
 
     photo = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompt_mode", "photo"]))[0]
