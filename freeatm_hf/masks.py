@@ -51,13 +51,23 @@ def otsu_threshold(values, bins: int = 256) -> float:
     return float(edges[int(run[len(run) // 2]) + 1])
 
 
+def check_threshold(threshold, name: str = "threshold") -> float | str:
+    """A threshold on normalized maps as a float in [0, 1), or "otsu"; `name` is what the error calls it."""
+    if threshold == "otsu":
+        return threshold
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not 0.0 <= t < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1) or 'otsu', got {threshold!r}")
+    return t
+
+
 def binarize(normalized, threshold: float | str = DEFAULT_THRESHOLD) -> np.ndarray:
     """`normalized > threshold`; `threshold="otsu"` picks it per map."""
     m = _np(normalized)
-    t = otsu_threshold(m) if threshold == "otsu" else float(threshold)
-    if not 0.0 <= t < 1.0:
-        raise ValueError(f"threshold must be in [0, 1) or 'otsu', got {threshold!r}")
-    return m > t
+    return m > check_threshold(otsu_threshold(m) if threshold == "otsu" else threshold)
 
 
 def connected_components(mask) -> tuple[np.ndarray, int]:

@@ -32,13 +32,18 @@ def _load(source: str, split: str, streaming: bool):
     return load(source, split=split, streaming=streaming)
 
 
+def _columns(ds) -> list[str]:
+    """A dataset's columns, also for a streamed one that states only its features ([] when it states neither)."""
+    return ds.column_names or list(ds.features or [])
+
+
 def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt", features=None):
     """Keep `image`, `objects` and `prompt` (the caption); a dataset without `objects` (real data) gets an empty
     list per row, one without text an empty caption (typed as in `features`, when given, to mix with them)."""
     if ds.column_names is None and ds.features is None:
         raise ValueError("the streamed dataset does not state its columns or features; load it without --streaming, "
                          "or from Parquet, whose schema states them")
-    cols = ds.column_names or list(ds.features)
+    cols = _columns(ds)
     if image_column not in cols:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {cols})")
     if image_column != "image":
@@ -78,7 +83,7 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         if not synthetic:
             raise ValueError(f"data mode {mode!r} needs a synthetic (freeatm) dataset")
         ds = _load(synthetic, split, streaming)
-        cols = ds.column_names or list(ds.features or [])
+        cols = _columns(ds)
         if cols and not {"objects", "prompt"} <= set(cols):
             # Training on it would silently be the mask-free baseline (no objects) or caption-free BLIP.
             raise ValueError(f"{synthetic!r} is not a freeatm dataset (no 'objects' and 'prompt' columns; columns: "
@@ -88,7 +93,7 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         if not real:
             raise ValueError(f"data mode {mode!r} needs a real dataset")
         ds = _load(real, split, streaming)
-        cols = ds.column_names or list(ds.features or [])
+        cols = _columns(ds)
         if require_text and cols and real_text_column not in cols:
             raise ValueError(f"no caption column {real_text_column!r} in {real!r} (columns: {cols}): BLIP learns from "
                              "captions; name it with --real_text_column")

@@ -250,8 +250,8 @@ def main_masks(args):
     if args.save_recommendation:  # checked first: the evaluation takes minutes
         from ..generate.pipelines import default_pipeline
 
-        name = default_pipeline() if args.pipeline == "default" else args.pipeline
-        folder = MODEL_DIR if name == "shapes" else Path(name)
+        spec = default_pipeline() if args.pipeline == "default" else args.pipeline
+        folder = MODEL_DIR if spec == "shapes" else Path(spec)
         if folder.resolve() == MODEL_DIR.resolve():
             raise ValueError("--save_recommendation would rewrite the shipped shapes model (what every later "
                              "`freeatm generate` uses): copy its folder and pass the copy as --pipeline")

@@ -85,6 +85,7 @@ class GenerateConfig:
             self.pipeline = default_pipeline()
         # Unset capture settings come from the model folder's recommendation, resolved now so that the
         # settings compared on resume and shown in the card are the ones used.
+        from ..masks import REFINE_MODES, check_threshold
         from .pipelines import pipeline_recommendation
 
         rec = pipeline_recommendation(self.pipeline, self.revision) or {}
@@ -95,19 +96,11 @@ class GenerateConfig:
             self.step_window = list(capture.get("step_window", [0.0, 1.0]))
         if self.threshold is None:
             self.threshold = str(rec.get("threshold") or 0.4)
-        if self.threshold != "otsu":
-            try:
-                ok = 0.0 <= float(self.threshold) < 1.0
-            except ValueError:
-                ok = False
-            if not ok:  # otherwise found out after the first batch was denoised
-                raise ValueError(f"--threshold must be a number in [0, 1) or 'otsu', got {self.threshold!r}")
+        check_threshold(self.threshold, "--threshold")  # otherwise found out after the first batch was denoised
         if self.guidance_scale is None:
             self.guidance_scale = float(rec.get("guidance_scale") or DEFAULT_GUIDANCE)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
-        from ..masks import REFINE_MODES
-
         if self.refine not in REFINE_MODES:
             raise ValueError(f"refine must be none or guided, got {self.refine!r}")
         if self.prompt_mode == "auto":
