@@ -53,6 +53,18 @@ def caption_with_positions(caption: str, prompts: list[str], tokenizer=None, max
     return text
 
 
+def check_tokenizer_writes_blocks(tokenizer, grid: int):
+    """Refuse a tokenizer that cannot tell block numbers apart (digits outside its vocabulary become one
+    unknown token): its prompts would say "is in block" and nothing about where."""
+    seen = {}
+    for block in range(1, grid * grid + 1):
+        ids = tuple(tokenizer(f"block {block}", add_special_tokens=False).input_ids)
+        if ids in seen:
+            raise ValueError(f"the tokenizer writes block {block} and block {seen[ids]} alike ({list(ids)}): its "
+                             "vocabulary lacks the digits, so position prompts would carry no position")
+        seen[ids] = block
+
+
 class PositionPromptTransform:
     """`(image, caption, names, boxes) → (image tensor (3, S, S) uint8, caption with position prompts)`.
 
@@ -65,6 +77,8 @@ class PositionPromptTransform:
         ops = [v2.RandomResizedCrop(size, scale=scale, antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
         self.geometry = v2.Compose(ops + [v2.ClampBoundingBoxes()])
         self.size, self.grid, self.tokenizer, self.max_length, self.shuffle = size, grid, tokenizer, max_length, shuffle
+        if tokenizer is not None:
+            check_tokenizer_writes_blocks(tokenizer, grid)
 
     def __call__(self, image, caption: str, names: list[str], boxes: list, seed: int | None = None):
         if not isinstance(image, torch.Tensor):

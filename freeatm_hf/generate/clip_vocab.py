@@ -21,6 +21,9 @@ def corpus() -> list[str]:
     lines = [", ".join([c.name, *c.synonyms]) for c in LabelSpace.imagenet().classes]
     lines += [" ".join(v) for v in ACTIVITIES.values()] + [" ".join(v) for v in PLACES.values()]
     lines += [p.text for p in ScenePrompts(seed=0).take(2000)]
+    # CLIP's pre-tokenizer splits numbers into single digits: without them every block number of BLIP's
+    # position prompts ("The dog is in block 5.") would be the unknown token, and all blocks alike.
+    lines += [" ".join("0123456789")] * 10
     return lines
 
 

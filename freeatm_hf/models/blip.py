@@ -207,8 +207,9 @@ class BlipATMModel(BlipPreTrainedModel):
         if c.lm_weight:
             dec_ids = input_ids.clone()
             dec_ids[:, 0] = c.text_config.bos_token_id
-            lm_labels = dec_ids.masked_fill(dec_ids == c.text_config.pad_token_id, -100)
-            lm_labels = lm_labels.masked_fill(attention_mask == 0, -100)
+            # Padding by the attention mask, not by pad id: CLIP-style tokenizers pad with their end token, and
+            # masking that id would never teach the decoder to stop.
+            lm_labels = dec_ids.masked_fill(attention_mask == 0, -100)
             atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
             loss_lm = self.text_decoder(input_ids=dec_ids, attention_mask=attention_mask,
                                         encoder_hidden_states=image_embeds, encoder_attention_mask=atts,

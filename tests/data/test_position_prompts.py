@@ -73,3 +73,26 @@ def test_a_box_cropped_away_loses_its_prompt():
     t.geometry.transforms[0].make_params = lambda flat: dict(top=0, left=0, height=50, width=50)
     _, text = t(img, "a scene", ["dog", "cat"], [(5, 5, 20, 20), (70, 70, 90, 90)])
     assert text == "a scene. The dog is in block 1."
+
+
+def test_the_offline_tokenizer_writes_every_block_number(tokenizer):
+    # Digits missing from the vocabulary made every block number the unknown token: "is in block" with no
+    # position in it.
+    from freeatm_hf.data.position_prompts import check_tokenizer_writes_blocks
+
+    check_tokenizer_writes_blocks(tokenizer, grid=9)
+    ids = tokenizer("The red circle is in block 47.").input_ids
+    assert tokenizer.unk_token_id not in ids[1:-1]
+    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == "the red circle is in block 4 7 ."
+
+
+def test_a_tokenizer_without_digits_is_refused(tokenizer):
+    from transformers import CLIPTokenizer
+
+    from freeatm_hf.generate.clip_vocab import ASSET_DIR
+
+    vocab = {t: i for t, i in tokenizer.get_vocab().items() if not t.endswith("</w>") or not t[0].isdigit()}
+    merges = [tuple(m.split(" ")) for m in (ASSET_DIR / "merges.txt").read_text().splitlines() if m]
+    no_digits = CLIPTokenizer(vocab=vocab, merges=merges)  # the vocabulary this project shipped before
+    with pytest.raises(ValueError, match="block 2 and block 1 alike"):
+        PositionPromptTransform(size=32, tokenizer=no_digits)

@@ -185,3 +185,25 @@ def test_momentum_encoders_follow_the_online_ones_by_ema_and_survive_save_and_st
             assert torch.equal(a, b), n
     assert torch.allclose(started.image_queue.norm(dim=1), torch.ones(6)) and started.queue_ptr.item() == 0
     assert torch.equal(started.vision_proj.weight, model.vision_proj.weight)
+
+
+def test_lm_loss_teaches_the_end_token_when_it_is_also_the_pad_token():
+    # CLIP-style tokenizers (the offline one) pad with their end token: only the attention mask tells padding.
+    import torch.nn.functional as F
+
+    text = {**TEXT, "pad_token_id": 2, "sep_token_id": 2}
+    torch.manual_seed(0)
+    model = BlipATMModel(BlipATMConfig(vision_config=VISION, text_config=text, image_text_hidden_size=16,
+                                       enc_token_id=3)).eval()
+    ids = torch.tensor([[1, 40, 41, 42, 2, 2, 2], [1, 50, 51, 52, 53, 54, 2]])
+    att = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1] * 7])
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(px, ids, att)
+        emb = model.image_embeds(px)
+        logits = model.text_decoder(input_ids=ids, attention_mask=att, encoder_hidden_states=emb).logits
+    labels = ids.masked_fill(att == 0, -100)
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                          ignore_index=-100, label_smoothing=model.text_decoder.label_smoothing)
+    assert (labels[:, 1:] == 2).sum() == 2  # both end tokens are targets
+    torch.testing.assert_close(out.loss_lm, ref)

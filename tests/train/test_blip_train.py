@@ -1,3 +1,5 @@
+import re
+
 import torch
 
 from freeatm_hf.spaces import space_dir
@@ -17,6 +19,8 @@ def test_training_text_carries_position_prompts_or_not():
         caption_ids = tok(row["prompt"][0]).input_ids[:-1]  # start token + caption, without the end token
         assert out["input_ids"][0][: len(caption_ids)].tolist() == caption_ids
         assert ("is in block" in text) is expect
+        if expect:  # each prompt names its block: a digit, not the unknown token that skip_special_tokens drops
+            assert len(re.findall(r"is in block \d \.", text)) == text.count("is in block") > 0
 
 
 def test_streaming_training_maps_the_rows_as_it_reads_them(tmp_path):
