@@ -69,14 +69,42 @@ def patch_scores(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
     return pooled.amax(0).flatten()
 
 
+def sincos_position_embedding(num_patches: int, dim: int) -> torch.Tensor:
+    """`(1, 1 + num_patches, dim)`: MAE's fixed 2-D sin-cos table (a zero row for CLS), laid out as MAE's code
+    and its released weights have it (width half first), which is how transformers builds it too."""
+    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+
+    g = int(num_patches**0.5)
+    table = build_2d_sinusoidal_position_embedding(height=g, width=g, embed_dim=dim, cls_token=True)
+    half = dim // 2
+    return torch.cat([table[..., half:], table[..., :half]], dim=-1)[None]
+
+
 class MAEModel(ViTMAEForPreTraining):
     config_class = MAEConfig
 
     def __init__(self, config: MAEConfig):
         super().__init__(config)
+        self._init_fixed_embeddings()
         # The current β, set by `BetaScheduleCallback`: a Python float (not a weight, not saved), so reading it
         # never syncs with the device.
         self.beta = 0.0
+
+    @torch.no_grad()
+    def _init_fixed_embeddings(self):
+        """MAE's initialisation of what transformers 5 leaves at zero (checked with 5.24: `ViTMAEEmbeddings`
+        skips its init once the patch projection is flagged initialised, and the decoder's is zeroed): the fixed
+        sin-cos position embeddings of encoder and decoder, which are never trained, so at zero the encoder sees a
+        bag of patches and every mask token asks the decoder for the same patch; and the CLS and mask tokens.
+        `from_pretrained` overwrites all of it with the checkpoint's values."""
+        emb = self.vit.embeddings
+        if emb.position_embeddings.is_meta:
+            return
+        n = emb.patch_embeddings.num_patches
+        emb.position_embeddings.copy_(sincos_position_embedding(n, emb.position_embeddings.shape[-1]))
+        self.decoder.decoder_pos_embed.copy_(sincos_position_embedding(n, self.decoder.decoder_pos_embed.shape[-1]))
+        torch.nn.init.normal_(emb.cls_token, std=self.config.initializer_range)
+        torch.nn.init.normal_(self.decoder.mask_token, std=self.config.initializer_range)
 
     def forward(self, pixel_values=None, patch_scores=None, noise=None, **kwargs):
         if noise is None and pixel_values is not None:

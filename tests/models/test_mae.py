@@ -141,3 +141,43 @@ def test_image_and_map_stay_aligned_through_the_mae_transform():
         # Patches fully covered by the red box have score 1 and vice versa (within one pixel of resampling).
         assert ((red_share > 0.99) <= (s > 0.7)).all() and ((s > 0.99) <= (red_share > 0.7)).all()
         assert not math.isnan(float(s.sum()))
+
+
+def mae_sincos_reference(dim: int, grid: int) -> np.ndarray:
+    """MAE's `get_2d_sincos_pos_embed` from its definition: half the channels encode the column (w), half the
+    row (h); each half is [sin(pos·ω), cos(pos·ω)] with ω_i = 1 / 10000^(i / (dim/4)); a zero row for CLS."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+
+    def one(pos):
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], 1)
+
+    return np.concatenate([np.zeros((1, dim)), np.concatenate([one(cols), one(rows)], 1)])
+
+
+@pytest.mark.parametrize("size", ["tiny", "base"])
+def test_position_embeddings_are_maes_fixed_sincos_table(size):
+    # transformers 5 left both tables at zero (and frozen): an encoder blind to where patches are.
+    cfg = MAEConfig(**{**TINY, **SIZES[size]}) if size == "tiny" else MAEConfig()
+    model = MAEModel(cfg)
+    grid = cfg.image_size // cfg.patch_size
+    for table, dim in ((model.vit.embeddings.position_embeddings, cfg.hidden_size),
+                       (model.decoder.decoder_pos_embed, cfg.decoder_hidden_size)):
+        np.testing.assert_allclose(table[0].detach().double().numpy(), mae_sincos_reference(dim, grid), atol=1e-6)
+        assert not table.requires_grad
+    assert model.vit.embeddings.cls_token.std() > 0.01 and model.decoder.mask_token.std() > 0.01
+
+
+def test_the_decoder_predicts_a_different_patch_at_each_masked_position(tmp_path):
+    torch.manual_seed(0)
+    model = MAEModel(MAEConfig(**TINY)).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(1, 3, 32, 32))
+    pred = out.logits[0][out.mask[0].bool()]
+    assert (pred - pred[0]).abs().amax(1)[1:].min() > 1e-3  # every masked patch gets its own prediction
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    loaded = MAEModel.from_pretrained(tmp_path)  # the checkpoint's tokens, not a fresh draw
+    torch.testing.assert_close(loaded.vit.embeddings.cls_token, model.vit.embeddings.cls_token)
+    torch.testing.assert_close(loaded.decoder.mask_token, model.decoder.mask_token)
