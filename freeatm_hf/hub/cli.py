@@ -64,7 +64,7 @@ def push_model_main(argv=None):
     print(pushed)
     if args.timm:  # named with the namespace the Hub gave, as the card names it
         print(push_timm_export(args.folder, f"{pushed.repo_id}-timm", private=args.private,
-                               source_repo=pushed.repo_id))
+                               source_repo=pushed.repo_id, revision=args.revision))
     return pushed
 
 

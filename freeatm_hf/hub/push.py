@@ -145,7 +145,7 @@ def _pushed(folder: str | Path) -> dict:
 
 
 def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
-                     source_repo: str | None = None) -> Pushed:
+                     source_repo: str | None = None, revision: str | None = None) -> Pushed:
     """Export the checkpoint's image encoder to timm (`export_timm`) with a small card, and push it as its own
     model repo: what `timm.create_model("hf-hub:<repo_id>", pretrained=True)` reads (timm wants config.json
     at a repo's root, so the export cannot share the freeatm repo)."""
@@ -158,6 +158,7 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, to
     from .export import export_timm
 
     model = AutoModel.from_pretrained(str(folder))
+    hub_id = f"{repo_id}@{revision}" if revision else repo_id  # timm reads a branch as "hf-hub:<repo>@<branch>"
     method = model.config.model_type.removeprefix("freeatm_")
     with tempfile.TemporaryDirectory() as tmp:
         export_timm(model, tmp)
@@ -168,9 +169,9 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, to
             template_str="---\n{{ card_data }}\n---\n\n# {{ title }}\n\n{{ body }}\n",
             title=f"{repo_id.split('/')[-1]}: the image encoder of {method} (freeatm_hf) for timm",
             body=f"The image encoder of {source}, exported with `freeatm_hf.hub.export.export_timm`; no classifier.\n\n"
-                 f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{repo_id}\", pretrained=True)\n"
+                 f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{hub_id}\", pretrained=True)\n"
                  f"cfg = timm.data.resolve_data_config({{}}, model=model)  # the input size, mean and std it "
                  f"was trained with\n```\n")
         card.save(str(Path(tmp) / "README.md"))
-        return push_folder(tmp, repo_id, repo_type="model", private=private, token=token,
+        return push_folder(tmp, repo_id, repo_type="model", private=private, token=token, revision=revision,
                            commit_message="Upload the timm export of a freeatm_hf checkpoint")

@@ -172,6 +172,11 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         res_timm = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=str(tmp_path),
                                   env=env)
         assert res_timm.returncode == 0, res_timm.stderr[-2000:]
+        # A branch push sends the timm export to the same branch (it went to main) and says how timm reads it.
+        res = run_cli(["push-model", str(out), "again", "--timm", "--revision", "v2"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert hub.repos[("model", "me/again-timm")]["branches"] == {"main", "v2"}
+        assert "hf-hub:me/again-timm@v2" in hub.repos[("model", "me/again-timm")]["files"]["README.md"].decode()
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags  # ours, not Trainer's
     assert TOKEN not in res.stdout + res.stderr
