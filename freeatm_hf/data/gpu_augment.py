@@ -80,10 +80,18 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return y.view(b, c, h, w)
 
 
-class BatchPhotometric(nn.Module):
-    """`forward(x)`: x float `(B, 3, H, W)` in [0, 1] → augmented, same shape (SimCLR/MoCo-v2 defaults)."""
+def color_jitter(strength: float = 1.0) -> dict:
+    """SimCLR's colour jitter at strength s: brightness, contrast, saturation 0.8·s, hue 0.2·s (SimCLR uses
+    s = 1; MoCo-v2's (0.4, 0.4, 0.4, 0.1) is s = 0.5)."""
+    s = strength
+    return {"brightness": 0.8 * s, "contrast": 0.8 * s, "saturation": 0.8 * s, "hue": 0.2 * s}
 
-    def __init__(self, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p_jitter=0.8, p_gray=0.2,
+
+class BatchPhotometric(nn.Module):
+    """`forward(x)`: x float `(B, 3, H, W)` in [0, 1] → augmented, same shape (SimCLR's defaults, colour
+    strength 1; `color_jitter(0.5)` gives MoCo-v2's)."""
+
+    def __init__(self, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, p_jitter=0.8, p_gray=0.2,
                  p_blur=0.5, kernel_size=23, sigma=(0.1, 2.0)):
         super().__init__()
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue

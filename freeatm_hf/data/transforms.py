@@ -18,12 +18,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def simclr_photometric(strength: float = 1.0, blur: bool = True, size: int = 224) -> v2.Compose:
-    """SimCLR / MoCo-v2 colour augmentations (colour jitter 0.8, grayscale 0.2, blur 0.5)."""
-    s = strength
-    ops = [v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)], p=0.8), v2.RandomGrayscale(p=0.2)]
-    if blur:
-        from .gpu_augment import blur_kernel_for
+    """SimCLR's colour augmentations: colour jitter of strength s at p 0.8 (see `color_jitter`; SimCLR s = 1,
+    MoCo-v2 s = 0.5), grayscale at p 0.2, blur at p 0.5."""
+    from .gpu_augment import blur_kernel_for, color_jitter
 
+    ops = [v2.RandomApply([v2.ColorJitter(**color_jitter(strength))], p=0.8), v2.RandomGrayscale(p=0.2)]
+    if blur:
         ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_for(size), sigma=(0.1, 2.0))], p=0.5))
     return v2.Compose(ops)
 
@@ -40,6 +40,7 @@ class TwoViewTransform:
             is inside *both* crops (measured on the original masks within the crop box).
         photometric (`bool`, defaults to `True`): colour jitter, grayscale, blur here on the CPU; set `False`
             to run them batched on the accelerator instead.
+        color_strength (`float`, defaults to 1.0): colour jitter strength s (SimCLR 1, MoCo-v2 0.5).
     """
 
     size: int = 224
@@ -47,10 +48,11 @@ class TwoViewTransform:
     min_visible: float = 0.1
     photometric: bool = True
     normalize: bool = True
+    color_strength: float = 1.0
 
     def __post_init__(self):
         self.crop = v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True)
-        self.colour = simclr_photometric(size=self.size) if self.photometric else None
+        self.colour = simclr_photometric(self.color_strength, size=self.size) if self.photometric else None
         self.to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True)] + (
             [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if self.normalize else []))
 

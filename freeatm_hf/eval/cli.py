@@ -206,6 +206,9 @@ def main_retrieval(args):
     for i, row in enumerate(tqdm(ds, desc="images")):
         pixels.append(tf(row[args.image_column].convert("RGB")))
         caps = row[args.caption_column]
+        if not isinstance(caps, str) and len(caps) == 0:  # found now, not after the whole ITM re-ranking
+            raise ValueError(f"image {i} of {args.dataset} [{args.split}] has no caption: text retrieval needs at "
+                             "least one per image; leave such images out of the test set")
         for c in [caps] if isinstance(caps, str) else caps:
             texts.append(c)
             text_to_image.append(i)

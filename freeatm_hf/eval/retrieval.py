@@ -9,7 +9,11 @@ from tqdm.auto import tqdm
 @torch.no_grad()
 def retrieval_scores(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None,
                      k_test: int = 128, batch_size: int = 64) -> torch.Tensor:
-    """Image × text score matrix. Pairs outside a row's (or column's) ITC top `k_test` get −100, as in BLIP."""
+    """Image × text score matrix. A row's (or column's) ITC top `k_test` are re-ranked by ITM logit + ITC
+    similarity, as in BLIP; the other pairs keep their ITC order below all of them (BLIP gives them all −100,
+    which leaves recall@k for k > k_test to the order of the ids)."""
+    if k_test < 1:
+        raise ValueError(f"k_test is how many pairs per image and per text ITM re-ranks: at least 1, got {k_test}")
     device = next(model.parameters()).device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     embeds, img_feats = [], []
@@ -27,17 +31,25 @@ def retrieval_scores(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
     ids, mask = input_ids.to(device).clone(), attention_mask.to(device)
     if getattr(model.config, "enc_token_id", None) is not None:  # ITM reads [ENC] in place of the first token
         ids[:, 0] = model.config.enc_token_id
-    i2t = torch.full_like(sim, -100.0)
+    i2t = torch.empty_like(sim)
     for i in tqdm(range(len(sim)), desc="ITM re-rank, image→text"):
         top = sim[i].topk(min(k_test, sim.shape[1])).indices
         itm = model.itm_logits(embeds[i : i + 1].expand(len(top), -1, -1), ids[top], mask[top])[:, 1]
-        i2t[i, top] = itm + sim[i, top]
-    t2i = torch.full_like(sim.T, -100.0)
+        i2t[i] = _reranked(sim[i], top, itm + sim[i, top])
+    t2i = torch.empty_like(sim.T)
     for j in tqdm(range(sim.shape[1]), desc="ITM re-rank, text→image"):
         top = sim[:, j].topk(min(k_test, sim.shape[0])).indices
         itm = model.itm_logits(embeds[top], ids[j : j + 1].expand(len(top), -1), mask[j : j + 1].expand(len(top), -1))[:, 1]
-        t2i[j, top] = itm + sim[top, j]
+        t2i[j] = _reranked(sim[:, j], top, itm + sim[top, j])
     return i2t.cpu(), t2i.cpu()
+
+
+def _reranked(sim: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """One row of scores: the re-ranked `top` get `scores`, the rest their ITC similarity shifted below the lowest
+    of them (cosine similarities span at most 2), so that their order is still ITC's."""
+    row = sim + (scores.min() - 2.0)
+    row[top] = scores
+    return row
 
 
 def recall_at_k(i2t: torch.Tensor, t2i: torch.Tensor, text_to_image: list[int]) -> dict:
@@ -90,8 +102,14 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
 
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
                                   weight_decay=0.05, lr_scheduler_type="cosine")
+    callbacks = []
+    if model.config.momentum_distill:  # else the momentum encoders stay frozen while their queues fill
+        from ..train.callbacks import MomentumUpdateCallback
+
+        callbacks.append(MomentumUpdateCallback())
     trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform), processing_class=tok,
-                          data_collator=default_data_collator)  # rows come padded (see train.blip)
+                          data_collator=default_data_collator,  # rows come padded (see train.blip)
+                          callbacks=callbacks)
     trainer.train()
     trainer.save_model(output_dir)
     _carry_card_facts(model_dir, output_dir, dataset, split, trainer.state.global_step, learning_rate)

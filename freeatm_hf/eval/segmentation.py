@@ -76,6 +76,22 @@ def _transforms(image_size: int, reduce_labels: bool):
     return train_tf, test_tf
 
 
+def count_labels(annotations, reduce_labels: bool = False) -> int:
+    """Classes in these label maps: the largest label + 1, the ignore index (void) left out; with
+    `reduce_labels` 0 is ignored too and the rest shift down by one."""
+    top = -1
+    for a in annotations:
+        labels = np.asarray(a)
+        labels = labels[labels != IGNORE_INDEX]
+        if labels.size:
+            top = max(top, int(labels.max()))
+    num_labels = top if reduce_labels else top + 1
+    if num_labels < 1:
+        raise ValueError(f"the label maps hold no class (every pixel is {IGNORE_INDEX}, the ignore index"
+                         + (", or 0, ignored with --reduce_labels" if reduce_labels else "") + "): pass --num_labels")
+    return num_labels
+
+
 @torch.no_grad()
 def predict_label_maps(model, dataset, batch_size: int = 16, device=None):
     """Arg-max label maps at each reference's resolution: `(predictions, references)` lists."""
@@ -116,8 +132,7 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
         if col not in train_ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
     if num_labels is None:
-        top = max(int(np.array(a).max()) for a in train_ds[label_column][:200])
-        num_labels = top if reduce_labels else top + 1
+        num_labels = count_labels(train_ds[label_column][:200], reduce_labels)
         logger.info("num_labels = %d (from the train split's label maps; pass num_labels to override)", num_labels)
     train_tf, test_tf = _transforms(image_size, reduce_labels)
 

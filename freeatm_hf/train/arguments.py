@@ -63,6 +63,17 @@ def training_info(training_args) -> dict:
     return {**{k: getattr(training_args, k) for k in keys}, "world_size": training_args.world_size}
 
 
+def seed_per_process(trainer):
+    """Random draws of their own on every process (see `PerProcessSeedCallback`), the shuffle alike on all.
+    Without a data seed accelerate seeds the sampler from torch's global seed when it builds the data loader,
+    which would then differ per process (say on `auto_find_batch_size`'s retry): rows read twice, others never."""
+    from .callbacks import PerProcessSeedCallback
+
+    if trainer.accelerator.dataloader_config.data_seed is None:
+        trainer.accelerator.dataloader_config.data_seed = trainer.args.seed
+    trainer.add_callback(PerProcessSeedCallback())
+
+
 def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):
     """Train (resuming if asked), save the model, write its card (main process; every checkpoint gets one too),
     log and save the metrics."""
@@ -71,6 +82,7 @@ def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = T
         from .callbacks import ModelCardCallback
 
         trainer.add_callback(ModelCardCallback(data, training))
+    seed_per_process(trainer)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     if card and trainer.is_world_process_zero():

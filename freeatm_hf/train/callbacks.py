@@ -22,6 +22,20 @@ class MomentumUpdateCallback(TrainerCallback):
             model.momentum_update()
 
 
+class PerProcessSeedCallback(TrainerCallback):
+    """Reseed every process with `seed + process index` as training starts, as MAE's and BLIP's reference code
+    seed per rank. Trainer seeds all processes alike, so each would otherwise draw the same MAE masks, the same
+    on-device colour jitter and (data loaded in the main process) the same crops. The model is built before
+    this, from the shared seed, and starts identical everywhere; the sampler's shuffle has its own seed
+    (`fit_and_save` pins it) and stays one for all processes. A resumed run then restores each process's saved
+    random state, as before."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from transformers import set_seed
+
+        set_seed(args.seed + args.process_index)
+
+
 class LRMilestonesCallback(TrainerCallback):
     """Multiply the learning rate by `gamma` at each milestone epoch (MoCo: ×0.1 at 120 and 160 of 200).
 

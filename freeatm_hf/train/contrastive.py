@@ -31,6 +31,9 @@ class ContrastiveArguments(DataArguments):
     nce_temperature: float | None = field(default=None, metadata={"help": "Default 0.1 (SimCLR), 0.2 (MoCo)."})
     queue_size: int = field(default=65536, metadata={"help": "MoCo queue length (instances)."})
     momentum: float = field(default=0.999, metadata={"help": "MoCo key-encoder EMA momentum."})
+    color_strength: float | None = field(default=None, metadata={
+        "help": "Colour jitter strength s: brightness, contrast, saturation 0.8·s, hue 0.2·s, at p 0.8 (default: "
+                "1.0 for SimCLR, its paper's setting; 0.5 for MoCo-v2, whose jitter is (0.4, 0.4, 0.4, 0.1))."})
     optimizer: str | None = field(default=None, metadata={
         "help": "lars (SimCLR default), sgd (MoCo default) or adamw (with --adam_beta1/2, --adam_epsilon); "
                 "Trainer's --optim does not apply."})
@@ -43,9 +46,16 @@ class ContrastiveArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.color_strength is not None and not 0.0 <= self.color_strength <= 1.25:
+            # Past 1.25 the low brightness, contrast and saturation factor 1 − 0.8·s would be negative.
+            raise ValueError(f"--color_strength must be in [0, 1.25], got {self.color_strength}")
         if self.mask_threshold is not None and not 0.0 <= self.mask_threshold < 1.0:
             raise ValueError(f"--mask_threshold applies to maps normalized to [0, 1]: it must be in [0, 1), got "
                              f"{self.mask_threshold}")
+
+
+# Colour jitter strength s of each method's paper (SimCLR's s; MoCo-v2's jitter is SimCLR's at s = 0.5).
+COLOR_STRENGTH = {"simclr": 1.0, "moco": 0.5}
 
 
 def build_model(method: str, args: ContrastiveArguments):
@@ -91,7 +101,7 @@ def make_transform(args: ContrastiveArguments):
         logger.info("mask threshold %s (from %s's card)", args.mask_threshold, args.dataset)
     min_peak = args.resolve_min_attention_peak()
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
-                           photometric=not on_device, normalize=not on_device)
+                           photometric=not on_device, normalize=not on_device, color_strength=args.color_strength)
 
     def transform(batch: dict) -> dict:
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
@@ -117,6 +127,18 @@ def check_optim_unset(training_args):
                          "lars|sgd|adamw")
 
 
+def read_stream_per_process(training_args):
+    """Each process reads its own part of a streamed dataset. accelerate's default for a stream is to read it on
+    the main process and concatenate one batch per process, which fails here: a batch pads its instance masks to
+    its own largest count. Without dispatching accelerate splits the stream itself (by files when there are
+    enough, else every process keeps its slice of each global batch): no row read twice nor skipped."""
+    config = training_args.accelerator_config
+    if config.dispatch_batches:
+        raise ValueError("--streaming cannot dispatch batches from the main process (dispatch_batches in "
+                         "--accelerator_config): batches hold different numbers of instances; leave it unset")
+    config.dispatch_batches = False
+
+
 def train(method: str, args: ContrastiveArguments, training_args):
 
     from ..data.collate import collate_two_views
@@ -124,9 +146,14 @@ def train(method: str, args: ContrastiveArguments, training_args):
     from .trainer import ContrastiveTrainer
 
     check_optim_unset(training_args)
+    if method not in COLOR_STRENGTH:
+        raise ValueError(f"unknown method {method!r}")
+    if args.color_strength is None:
+        args.color_strength = COLOR_STRENGTH[method]
     ds = args.load(seed=training_args.seed)
     transform = make_transform(args)
     if args.streaming:
+        read_stream_per_process(training_args)
         ds = ds.map(transform, batched=True, remove_columns=list(ds.features or ["image", "objects", "prompt"]))
     else:
         ds = ds.with_transform(transform)
@@ -149,6 +176,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
     training_args.remove_unused_columns = False
     trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate_two_views,
                                    optimizers=(optimizer, None), callbacks=callbacks,
-                                   gpu_photometric=args.gpu_photometric, image_size=args.image_size)
+                                   gpu_photometric=args.gpu_photometric, image_size=args.image_size,
+                                   color_strength=args.color_strength)
     return fit_and_save(trainer, args, ds, training_args)
 

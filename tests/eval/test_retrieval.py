@@ -30,9 +30,13 @@ def test_blip_protocol_runs_and_reranks_only_the_top_k():
 
     model = tiny().eval()
     x, ids = torch.randn(4, 3, 32, 32), torch.randint(4, 120, (6, 9))
+    sizes = []
+    itm = model.itm_logits
+    model.itm_logits = lambda e, i, m: sizes.append(len(i)) or itm(e, i, m)
     i2t, t2i = retrieval_scores(model, x, ids, k_test=2)
+    del model.itm_logits
     assert i2t.shape == (4, 6) and t2i.shape == (6, 4)
-    assert ((i2t > -100).sum(1) == 2).all() and ((t2i > -100).sum(1) == 2).all()
+    assert sizes == [2] * (4 + 6)  # two pairs re-ranked per image and per text
     r = recall_at_k(i2t, t2i, text_to_image=[0, 0, 1, 2, 3, 3])
     assert set(r) >= {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}
     assert all(0 <= v <= 100 for v in r.values())
@@ -45,6 +49,57 @@ def test_blip_protocol_runs_and_reranks_only_the_top_k():
     retrieval_scores(model, x, ids, k_test=2)
     assert seen and all(first == [3] for first in seen)
     assert (ids[:, 0] != 3).all()  # the caller's ids are left as they were
+
+
+class GivenFeatures(torch.nn.Module):
+    """BLIP's retrieval interface over given ITC features (pixel values and text ids are their indices), with an
+    ITM head that scores every pair alike."""
+
+    def __init__(self, image_features, text_features, itm_logit: float):
+        super().__init__()
+        self.images, self.texts, self.itm_logit = image_features, text_features, itm_logit
+        self.vision_proj = self.text_proj = torch.nn.Identity()
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # for the device
+        self.config = type("Config", (), {"enc_token_id": None})()
+
+    def image_embeds(self, pixel_values):
+        return self.images[pixel_values.long()][:, None]
+
+    def text_encoder(self, input_ids, attention_mask):
+        return type("Out", (), {"last_hidden_state": self.texts[input_ids[:, 0]][:, None]})()
+
+    def itm_logits(self, embeds, input_ids, attention_mask):
+        return torch.full((len(input_ids), 2), self.itm_logit)
+
+
+def test_pairs_past_k_test_keep_their_itc_order_below_the_reranked_ones():
+    from freeatm_hf.eval.retrieval import recall_at_k, retrieval_scores
+
+    # Image 0's one caption is text 11, 2nd by ITC after text 0 (image 1's); texts 1-10 (image 1's too) come after.
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[1.0, 0.0]] + [[0.1 * j, 1.0] for j in range(1, 11)] + [[1.0, 0.3]])
+    text_to_image = [1] * 11 + [0]
+    sim = torch.nn.functional.normalize(images, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T
+    itc = recall_at_k(sim, sim.T.contiguous(), text_to_image)
+    assert itc["tr@5"] == 100.0
+    # An ITM head that scores every pair far down (−50) still leaves each row's re-ranked pair first, and the
+    # rest in ITC order after it.
+    model = GivenFeatures(images, texts, itm_logit=-50.0)
+    i2t, t2i = retrieval_scores(model, torch.arange(2), torch.arange(12)[:, None], k_test=1)
+    assert torch.equal(i2t.argsort(1, descending=True), sim.argsort(1, descending=True))
+    assert torch.equal(t2i.argsort(1, descending=True), sim.T.argsort(1, descending=True))
+    # Recall@k for k > k_test is ITC's: text 11 ranks 2nd for image 0, not last among equal scores by its id.
+    r = recall_at_k(i2t, t2i, text_to_image)
+    assert {k: r[k] for k in ("tr@5", "tr@10", "ir@5", "ir@10")} == {k: itc[k] for k in ("tr@5", "tr@10", "ir@5",
+                                                                                        "ir@10")}
+    with pytest.raises(ValueError, match="at least 1"):
+        retrieval_scores(model, torch.arange(2), torch.arange(12)[:, None], k_test=0)
+
+
+def test_an_image_without_captions_is_named():
+    with pytest.raises(ValueError, match="have no caption .first: image 1"):
+        load_metric("retrieval_recall").compute(predictions=[[0.9, 0.1], [0.2, 0.3]], references=[[0, 1], []],
+                                                text_to_image=[0, 0])
 
 
 def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
@@ -78,6 +133,12 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
     card = ModelCard.load(model_dir / "README.md")
     assert {m.metric_type for m in card.data.eval_results} >= {"tr@1", "ir@1"}
     assert all(m.dataset_split == "test" for m in card.data.eval_results)
+    # An image without captions is named before the re-ranking, not left to fail in the recall.
+    rows[2]["caption"] = []
+    (tmp_path / "bare" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "bare" / "data" / "test-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match="image 2 of .* has no caption"):
+        eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "bare"), "--device", "cpu"])
 
 
 def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
@@ -122,3 +183,30 @@ def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
     with pytest.raises(ValueError, match="finetune_dir"):
         eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--finetune_split",
                    "train"])
+
+
+def test_retrieval_finetuning_moves_the_momentum_encoders_it_distills_from(tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import AutoModel
+
+    from freeatm_hf.eval.retrieval import finetune_retrieval
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    torch.manual_seed(0)
+    model, tok = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32, max_length=35,
+                                          momentum_distill=True, queue_size=16, momentum=0.5))
+    model.save_pretrained(tmp_path / "blip")
+    tok.save_pretrained(tmp_path / "blip")
+    rows = [{"image": Image.new("RGB", (40, 40), (60 * i, 0, 200 - 60 * i)), "caption": f"square {i}"}
+            for i in range(4)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "train-00000-of-00001.parquet"))
+    finetune_retrieval(str(tmp_path / "blip"), str(tmp_path / "ret"), str(tmp_path / "ft"), max_steps=2, batch_size=4,
+                       learning_rate=1e-2, use_cpu=True)
+    before, after = AutoModel.from_pretrained(tmp_path / "blip"), AutoModel.from_pretrained(tmp_path / "ft")
+    assert int(after.queue_ptr) == 8  # the queues filled...
+    # ...with features of momentum encoders that follow the online ones (EMA at 0.5), as in pretraining.
+    assert not torch.equal(before.text_proj.weight, after.text_proj.weight)
+    assert not torch.equal(before.text_proj_m.weight, after.text_proj_m.weight)
+    assert not torch.equal(before.vision_proj_m.weight, after.vision_proj_m.weight)

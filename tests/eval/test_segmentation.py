@@ -96,3 +96,38 @@ def test_reduce_labels_ignores_background_and_keeps_void_pixels_void():
     _, y = eval_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab, mode="L"))
     # ADE-style: 0 → ignored, k → k − 1, and 255 (void) stays 255 rather than becoming class 254.
     assert y.tolist() == [[255, 0, 255], [2, 255, 255]]
+
+
+@pytest.mark.parametrize("reduce_labels,expected", [(False, 3), (True, 2)])
+def test_num_labels_read_off_the_label_maps_leave_the_void_index_out(reduce_labels, expected, tmp_path, monkeypatch):
+    import transformers
+    from datasets import Dataset
+    from PIL import Image
+
+    import freeatm_hf.eval.segmentation as segmentation
+
+    rows = []
+    for i in range(3):
+        lab = np.zeros((16, 16), np.uint8)
+        lab[:8], lab[12:, :4 * i] = 1, 2
+        lab[:, :2] = 255  # a void border, as VOC draws around objects
+        rows.append({"image": Image.new("RGB", (16, 16)), "annotation": Image.fromarray(lab)})
+    (tmp_path / "seg" / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        Dataset.from_list(rows).to_parquet(str(tmp_path / "seg" / "data" / f"{split}-00000-of-00001.parquet"))
+
+    class Built(Exception):
+        pass
+
+    def upernet(model, num_labels, *args, **kwargs):
+        raise Built(num_labels)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr(segmentation, "upernet_from_backbone", upernet)
+    with pytest.raises(Built) as built:
+        segmentation.finetune_segmentation("unused", str(tmp_path / "seg"), str(tmp_path / "out"),
+                                           reduce_labels=reduce_labels, use_cpu=True)
+    # Classes {0, 1, 2} (255 is void, not class 255); with reduce_labels 0 is ignored too: {1, 2} → {0, 1}.
+    assert built.value.args == (expected,)
+    with pytest.raises(ValueError, match="hold no class"):
+        segmentation.count_labels([np.full((4, 4), 255, np.uint8)])

@@ -67,18 +67,29 @@ def test_moco_loss_matches_lightly_with_a_memory_bank_of_the_same_negatives():
 
 
 def test_moco_queue_holds_instance_keys_and_wraps_around():
+    from freeatm_hf.models.encoder import instance_features
+
+    torch.manual_seed(0)
     model = MoCoModel(MoCoConfig(**SMALL, queue_size=5)).train()
-    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # a key encoder of its own (as after EMA steps), so that keys and queries differ
+        for p in model.key_modules()[1].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x1, x2 = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     masks = torch.zeros(2, 2, 64, 64)
     masks[:, 0, :32], masks[:, 1, 32:] = 1.0, 1.0
     valid = torch.tensor([[True, True], [True, False]])
-    out = model(x, x, masks, masks, valid)
+    with torch.no_grad():  # the keys: the second view through the key encoder, computed apart from the model
+        keys = model.key_head(instance_features(model.key_backbone, x2, masks, valid, "attention"))
+    keys = F.normalize(keys, dim=-1)
+    out = model(x1, x2, masks, masks, valid)
     assert out.num_instances == 3 and int(model.queue_ptr) == 3
-    torch.testing.assert_close(model.queue[:3], F.normalize(out.embeddings_2, dim=-1))
-    model(x, x, masks, masks, valid)  # 3 more: positions 3, 4, then 0
+    torch.testing.assert_close(model.queue[:3], keys)
+    assert not torch.allclose(model.queue[:3], F.normalize(out.embeddings_1, dim=-1), atol=1e-2)  # not the queries
+    model(x1, x2, masks, masks, valid)  # 3 more: positions 3, 4, then 0
     assert int(model.queue_ptr) == 1
+    torch.testing.assert_close(model.queue[[3, 4, 0]], keys)
     model.eval()
-    model(x, x, masks, masks, valid)
+    model(x1, x2, masks, masks, valid)
     assert int(model.queue_ptr) == 1  # no enqueue in eval
 
 

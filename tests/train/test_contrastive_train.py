@@ -178,3 +178,31 @@ def test_adamw_takes_trainers_betas_and_epsilon_and_trainers_optim_is_refused(tm
     # Trainer ignores --optim when it is handed an optimizer: a silently different run, so it is an error.
     with pytest.raises(ValueError, match="--optim sgd does not apply.*--optimizer"):
         train("simclr", small_args(), training_args(tmp_path, steps=1, optim="sgd"))
+
+
+@pytest.mark.parametrize("method,jitter", [("simclr", (0.8, 0.8, 0.8, 0.2)), ("moco", (0.4, 0.4, 0.4, 0.1))])
+def test_colour_jitter_is_the_methods_own_on_the_device_and_in_the_workers(method, jitter, tmp_path, monkeypatch):
+    """SimCLR's paper setting is colour strength 1: ColorJitter(0.8, 0.8, 0.8, 0.2); MoCo-v2's is half that."""
+    from freeatm_hf.data import transforms
+
+    built, photometric = [], transforms.simclr_photometric
+
+    def noting_photometric(*args, **kwargs):
+        built.append(photometric(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(transforms, "simclr_photometric", noting_photometric)
+    aug = train(method, small_args(), training_args(tmp_path / "device", steps=1)).gpu_augment
+    assert (aug.brightness, aug.contrast, aug.saturation, aug.hue) == pytest.approx(jitter)
+    train(method, small_args(gpu_photometric=False), training_args(tmp_path / "workers", steps=1))
+    (colour,) = built
+    (cj,) = colour.transforms[0].transforms
+    b, c, s, h = jitter
+    assert [*cj.brightness, *cj.contrast, *cj.saturation] == pytest.approx([1 - b, 1 + b, 1 - c, 1 + c, 1 - s, 1 + s])
+    assert cj.hue == pytest.approx((-h, h)) and colour.transforms[0].p == 0.8
+
+
+def test_streaming_refuses_batches_dispatched_from_the_main_process(tmp_path):
+    with pytest.raises(ValueError, match="--streaming cannot dispatch batches"):
+        train("simclr", small_args(streaming=True),
+              training_args(tmp_path, steps=1, accelerator_config={"dispatch_batches": True}))

@@ -31,6 +31,11 @@ class RetrievalRecall(evaluate.Metric):
         t2i = np.asarray(text_to_image)
         if sim.shape != (len(references), len(t2i)):
             raise ValueError(f"score matrix {sim.shape} does not match {len(references)} images × {len(t2i)} texts")
+        captionless = [i for i, refs in enumerate(references) if len(refs) == 0]
+        if captionless:
+            # Text retrieval has nothing to find for such an image; counting it a miss would understate TR@k.
+            raise ValueError(f"{len(captionless)} image(s) have no caption (first: image {captionless[0]}): text "
+                             "retrieval needs at least one per image; leave them out of the test set")
         # Rank of the best ground-truth text per image, and of the true image per text (0 = first).
         order_t = np.argsort(-sim, axis=1)
         tr_rank = np.array([min(int(np.where(order_t[i] == t)[0][0]) for t in refs)
