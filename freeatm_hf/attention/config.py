@@ -14,8 +14,9 @@ class CaptureConfig:
     Args:
         down_factors (`tuple[int]`, *optional*, defaults to `(2, 4)`): layer resolutions to capture.
         include_mid (`bool`, *optional*, defaults to `False`): also capture the mid block; its down factor must be in `down_factors`.
-        step_window (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`): fraction of the
-            denoising steps `[start, end)` whose maps are summed.
+        step_window (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`): fraction `[start, end)` of
+            the denoiser calls whose maps are summed (one call per timestep of the scheduler: one per denoising
+            step for most schedulers, two for Heun's).
         factor_weights (`dict[int, float]`, *optional*): weight of each factor when resolutions are
             averaged (default: equal).
         map_size (`tuple[int, int]`, *optional*): (height, width) of the aggregated maps; defaults to

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
+from .signature import wrap_processor
 from .store import AttentionStore
 
 _LAYER = contextvars.ContextVar("freeatm_joint_layer", default=None)
@@ -134,7 +135,8 @@ def capture_joint(transformer, store: AttentionStore, text_first: bool, processo
             single = name.startswith("single_transformer_blocks.")
             proc = processors.get(name)
             if proc is None or proc.original is not attn.processor or proc.store is not store:
-                proc = processors[name] = JointCaptureProcessor(attn.processor, store, text_first, single)
+                proc = processors[name] = wrap_processor(JointCaptureProcessor, attn.processor, store, text_first,
+                                                         single)
             proc.weight = store.config.layer_weight(name)
             originals[name] = attn.processor
             attn.processor = proc

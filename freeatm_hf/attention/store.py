@@ -5,6 +5,7 @@ Memory does not grow with the number of steps or layers: every call adds into th
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +34,23 @@ class AttentionStore:
         self.counts: dict[int, float] = {}  # summed layer weights (layer calls, unweighted)
         self.step = -1
         self.num_steps = 0
+        self._count_steps: Callable[[], int] | None = None
         self.active = False
         self.token_index: torch.Tensor | None = None
 
-    def begin(self, token_index: torch.Tensor, latent_hw: tuple[int, int], num_steps: int, device=None):
+    def begin(self, token_index: torch.Tensor, latent_hw: tuple[int, int], num_steps: int | Callable[[], int],
+              device=None):
         """Reset for a batch. `token_index` is `(batch, tokens)`: the key columns to keep per sample.
+
+        `num_steps` is the number of denoiser calls the step window divides, or a function returning it that is
+        asked at the first call: a pipeline sets its scheduler's timesteps only as it starts denoising, and some
+        schedulers call the denoiser more than once per inference step (Heun 2N-1 times, PNDM N+1).
 
         Buffers of the same shape are zeroed in place rather than reallocated, so a compiled denoiser
         sees the same tensors batch after batch and nothing is allocated per batch.
         """
-        start, end = self.config.step_window
-        if num_steps > 0 and not any(start <= i / num_steps < end for i in range(num_steps)):
-            # Found out only after the whole batch was denoised otherwise.
-            raise ValueError(f"step_window {list(self.config.step_window)} holds none of the {num_steps} denoising "
-                             "steps: widen it or use more steps")
+        if not callable(num_steps):
+            self._check_window(num_steps)
         device = torch.device(device) if device is not None else token_index.device
         shapes = {f: (*token_index.shape, math.prod(grid_size(tuple(latent_hw), f))) for f in self.config.down_factors}
         if self.token_index is not None and self.token_index.shape == token_index.shape and self.token_index.device == device:
@@ -61,14 +65,25 @@ class AttentionStore:
                 self.buffers[f] = torch.zeros(shape, dtype=torch.float32, device=device)
         self.batch_size, self.num_tokens = token_index.shape
         self.latent_hw = tuple(latent_hw)
-        self.num_steps = num_steps
+        self._count_steps = num_steps if callable(num_steps) else None
+        self.num_steps = 0 if callable(num_steps) else num_steps
         self.step = -1
         self.active = False
         self.counts = dict.fromkeys(self.config.down_factors, 0.0)
 
+    def _check_window(self, num_steps: int):
+        start, end = self.config.step_window
+        if num_steps > 0 and not any(start <= i / num_steps < end for i in range(num_steps)):
+            # Found out only after the whole batch was denoised otherwise.
+            raise ValueError(f"step_window {list(self.config.step_window)} holds none of the {num_steps} denoiser "
+                             "calls of this run: widen it or use more steps")
+
     def next_step(self):
-        """Called once per denoiser forward; decides whether this step is inside the window."""
+        """Called once per denoiser forward; decides whether this call is inside the window."""
         self.step += 1
+        if self.step == 0 and self._count_steps is not None:
+            self.num_steps = self._count_steps()
+            self._check_window(self.num_steps)  # before the first call runs
         if self.num_steps <= 0:
             self.active = True
             return
@@ -91,10 +106,11 @@ class AttentionStore:
             raise RuntimeError(f"layer at factor {factor} has {length} queries, expected {expected}")
         heads = attn.heads
         d = query.shape[-1] // heads
-        q = query[n - b :].view(b, length, heads, d).transpose(1, 2)
-        k = key[n - b :].view(b, key.shape[1], heads, d).transpose(1, 2)
-        # The matmul runs in the model's dtype (tensor cores); softmax and sums are fp32.
-        logits = (q @ k.transpose(-1, -2)).float() * attn.scale
+        # In fp32: logits rounded to bf16 are off by up to ~5 % in probability at the logit sizes of trained models.
+        # Only the conditional half, and the keys are a few dozen text tokens: cheap.
+        q = query[n - b :].float().view(b, length, heads, d).transpose(1, 2)
+        k = key[n - b :].float().view(b, key.shape[1], heads, d).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)) * attn.scale
         if attention_mask is not None:
             logits = logits + attention_mask[n - b :].view(b, 1, -1, key.shape[1]).float()
         probs = logits.softmax(-1).mean(1)  # (b, N, L)

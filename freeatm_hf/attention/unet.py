@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import torch
 
 from .config import CaptureConfig
+from .signature import wrap_processor
 from .store import AttentionStore
 
 
@@ -25,10 +26,9 @@ class CaptureProcessor:
         self.query: torch.Tensor | None = None
         self.key: torch.Tensor | None = None
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         self.query = self.key = None
-        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         if self.store.active and self.query is not None and self.key is not None:
             self.store.add(self.factor, attn, self.query, self.key, attention_mask, self.weight)
         # Drop the references so the projections are freed as soon as the stock path would free them.
@@ -104,7 +104,7 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
             attn = modules[name]
             proc = processors.get(name)
             if proc is None or proc.original is not attn.processor or proc.store is not store:
-                proc = processors[name] = CaptureProcessor(attn.processor, store, f)
+                proc = processors[name] = wrap_processor(CaptureProcessor, attn.processor, store, f)
             proc.weight = config.layer_weight(name)
             originals[name] = attn.processor
             handles.append(attn.to_q.register_forward_hook(proc._hook_query))

@@ -144,6 +144,11 @@ class FreeATMGenerator:
             # would be added to the prompt's maps and the step window would be counted twice as fast.
             raise ValueError("Flux true CFG (true_cfg_scale > 1 with a negative prompt) is not supported with "
                              "capture: use guidance_scale (Flux's distilled guidance) instead")
+        if self.kind == "sd3" and pipe_kwargs.get("skip_guidance_layers") is not None:
+            # Skip-layer guidance runs the transformer once more per guided step, on the prompt alone with layers
+            # skipped: its attention would be added to the maps and the step window counted too fast.
+            raise ValueError("SD3 skip-layer guidance (skip_guidance_layers) is not supported with capture: leave "
+                             "it unset (classifier-free guidance alone)")
         height = height or self.default_size[0]
         width = width or self.default_size[1]
         # MM-DiT transformers see the latent in 2×2 patches (Flux would silently round the size down).
@@ -158,7 +163,9 @@ class FreeATMGenerator:
         token_index, groups = _token_columns(tokens)
         device = self.pipe._execution_device
         store = self.store
-        store.begin(token_index, latent_hw, num_inference_steps, device=device)
+        # The step window divides the denoiser calls, which the scheduler's timesteps count once the pipeline has
+        # set them: one per step for most schedulers, but Heun makes 2N-1 and PNDM N+1.
+        store.begin(token_index, latent_hw, lambda: len(self.pipe.scheduler.timesteps), device=device)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         if self.kind == "unet":
             context = capture_unet(self.pipe.unet, store, self._processors)

@@ -132,13 +132,16 @@ def _generator_file(writer: DatasetWriter) -> Path:
 
 
 def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str | None = None):
-    """Which pipeline class (and so which attention), scheduler and Hub commit made the rows, kept for the card:
-    a resumed run with nothing left to generate never loads the pipeline."""
+    """Which pipeline class (and so which attention), scheduler and Hub commit made the rows, and the resolutions
+    captured, kept for the card: a resumed run with nothing left to generate never loads the pipeline. The
+    settings hold the resolutions asked for; an MM-DiT pipeline captures its one patch grid (factor 2) instead of
+    the UNet default."""
     import json
     import os
 
     info = {"pipeline_class": type(pipe).__name__, "denoiser": "unet" if gen.kind == "unet" else "mmdit",
-            "scheduler_class": type(pipe.scheduler).__name__, **({"pipeline_commit": commit} if commit else {})}
+            "scheduler_class": type(pipe.scheduler).__name__, "down_factors": list(gen.capture.down_factors),
+            **({"pipeline_commit": commit} if commit else {})}
     path = _generator_file(writer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{rank}.tmp")

@@ -30,18 +30,26 @@ class Prompt:
         """Locate each noun in `text` as a whole-word, case-insensitive match.
 
         A noun listed k times takes its first k occurrences, in order, so "a dog chasing a dog" with
-        nouns ["dog", "dog"] tracks both dogs separately. A noun that is not in the text is an error.
+        nouns ["dog", "dog"] tracks both dogs separately. Longer nouns are placed first and a noun never takes
+        an occurrence inside another's span: in "a tennis ball and a ball" with ["tennis ball", "ball"], "ball"
+        is the second ball, not the end of the first. A noun that is not in the text (or only inside another
+        noun's span) is an error.
         """
-        used: dict[str, int] = {}
-        objects = []
-        for j, noun in enumerate(nouns):
-            spans = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", text, flags=re.IGNORECASE)]
-            k = used.get(noun.lower(), 0)
-            if k >= len(spans):
-                raise ValueError(f"noun {noun!r} (occurrence {k + 1}) not found in prompt {text!r}")
-            used[noun.lower()] = k + 1
-            objects.append(PromptObject(noun, *spans[k], label=labels[j] if labels else -1))
-        return cls(text, tuple(objects), label)
+        taken: list[tuple[int, int]] = []
+        spans: dict[int, tuple[int, int]] = {}
+        for j in sorted(range(len(nouns)), key=lambda j: -len(nouns[j])):  # stable: repeats keep their order
+            noun = nouns[j]
+            found = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", text, flags=re.IGNORECASE)]
+            free = [(s, e) for s, e in found if not any(s < te and ts < e for ts, te in taken)]
+            if not free:
+                k = sum(n.lower() == noun.lower() for n in nouns[:j])
+                # More occurrences than its own repeats took: the rest lie inside other nouns.
+                where = " outside the other nouns" if len(found) > k else ""
+                raise ValueError(f"noun {noun!r} (occurrence {k + 1}) not found in prompt {text!r}{where}")
+            spans[j] = free[0]
+            taken.append(free[0])
+        objects = tuple(PromptObject(noun, *spans[j], label=labels[j] if labels else -1) for j, noun in enumerate(nouns))
+        return cls(text, objects, label)
 
     @property
     def nouns(self) -> list[str]:

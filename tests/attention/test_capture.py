@@ -153,9 +153,28 @@ def test_a_step_window_that_holds_no_step_is_refused_before_denoising(tiny_pipe,
     calls = []
     monkeypatch.setattr(type(tiny_pipe.unet), "forward", lambda *a, **k: calls.append(1))
     gen = FreeATMGenerator(tiny_pipe, CaptureConfig(down_factors=(4,), step_window=(0.5, 0.6)))
-    with pytest.raises(ValueError, match=r"step_window \[0.5, 0.6\] holds none of the 1 denoising steps"):
+    with pytest.raises(ValueError, match=r"step_window \[0.5, 0.6\] holds none of the 1 denoiser calls"):
         gen(PROMPTS, seeds=[0, 1], num_inference_steps=1)
     assert calls == []  # refused before the UNet ran once
+
+
+@pytest.mark.parametrize("scheduler, calls", [("heun", 7), ("pndm", 5)])
+def test_the_step_window_divides_the_denoiser_calls_of_schedulers_that_make_more_than_one_per_step(scheduler, calls):
+    """Heun calls the UNet 2N-1 times, PNDM (PLMS) N+1: the window's fractions are of those calls, not of N."""
+    from diffusers import HeunDiscreteScheduler, PNDMScheduler
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = (HeunDiscreteScheduler.from_config(pipe.scheduler.config) if scheduler == "heun"
+                      else PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True))
+    config = CaptureConfig(down_factors=(4,), step_window=(0.5, 1.0))
+    out, store, ref = run_with_reference(pipe, PROMPTS[:1], config, steps=4)
+    assert ref.step + 1 == calls == store.num_steps
+    # The last half of the calls (3 of Heun's 7, 2 of PNDM's 5), each with the three factor-4 layers.
+    assert store.counts == {4: 3 * len([i for i in range(calls) if i / calls >= 0.5])}
+    expected = ref.token_maps(1, store.token_index, calls, config)
+    torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
 
 
 def test_a_layer_weight_that_matches_no_captured_layer_is_refused(tiny_pipe):
@@ -187,12 +206,56 @@ def test_non_square_maps_keep_height_and_width(tiny_pipe):
     assert out.objects[0][0].soft_map.shape == (32, 16)  # latent size, rows = height
 
 
+def test_half_precision_projections_give_fp32_exact_probabilities():
+    """bf16 queries and keys (a bf16 UNet's projections): the captured probabilities are those of these rounded
+    inputs computed exactly (fp64 here), not of logits rounded to bf16, which was off by percents."""
+    import types
+
+    g = torch.Generator().manual_seed(0)
+    b, n, length, heads, d = 1, 64, 77, 8, 64
+    store = AttentionStore(CaptureConfig(down_factors=(1,)))
+    store.begin(torch.arange(1, 9)[None], (8, 8), 0)
+    store.next_step()
+    # Logits of std ~4 after scaling: peaked, as in a trained model's cross-attention.
+    q = (2 * torch.randn(b, n, heads * d, generator=g)).bfloat16()
+    k = (2 * torch.randn(b, length, heads * d, generator=g)).bfloat16()
+    attn = types.SimpleNamespace(heads=heads, scale=d ** -0.5)
+    store.add(1, attn, q, k)
+    qq, kk = (t.double().view(b, -1, heads, d).transpose(1, 2) for t in (q, k))
+    expected = (qq @ kk.transpose(-1, -2) * attn.scale).softmax(-1).mean(1)[..., 1:9].transpose(1, 2)
+    torch.testing.assert_close(store.token_maps()[1].flatten(2).double(), expected, rtol=1e-4, atol=1e-9)
+
+
 def test_images_bit_identical_with_and_without_capture(tiny_pipe):
     gen = FreeATMGenerator(tiny_pipe)
     out = gen(PROMPTS, seeds=[5, 6], num_inference_steps=4, output_type="np")
     plain = tiny_pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (5, 6)],
                       num_inference_steps=4, guidance_scale=7.5, output_type="np").images
     assert np.array_equal(np.stack(out.images), plain)
+
+
+def test_keyword_arguments_the_layers_processors_take_still_reach_them_under_capture():
+    """diffusers passes a processor only the cross_attention_kwargs its __call__'s signature names: the capture
+    wrapper must name the same ones, or `gain` would be dropped and the image change."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    class Gain(AttnProcessor2_0):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, gain=1.0):
+            return gain * super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    pipe = tiny_pipeline()
+    pipe.unet.set_attn_processor({n: Gain() if "attn2" in n else AttnProcessor2_0() for n in pipe.unet.attn_processors})
+    kw = dict(num_inference_steps=2, output_type="np")
+
+    def plain(**extra):
+        return pipe([PROMPTS[0].text], generator=[torch.Generator().manual_seed(0)], guidance_scale=7.5, **kw,
+                    **extra).images
+
+    out = FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], cross_attention_kwargs={"gain": 3.0}, **kw)
+    assert np.array_equal(np.stack(out.images), plain(cross_attention_kwargs={"gain": 3.0}))
+    assert not np.array_equal(np.stack(out.images), plain())  # the gain is live: it changes the image
 
 
 def test_batching_does_not_change_an_image_or_its_maps(tiny_pipe):

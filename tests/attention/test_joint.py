@@ -177,6 +177,29 @@ def test_flux_dev_guidance_embedding_keeps_images_and_maps_exact():
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_joint_attention_kwargs_the_processors_take_still_reach_them_under_capture():
+    """Flux's attention passes its processor only the joint_attention_kwargs the processor's signature names: the
+    capture wrapper must name the same ones."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    class Gain(FluxAttnProcessor):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                     image_rotary_emb=None, gain=1.0):
+            out = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            return tuple(gain * o for o in out) if isinstance(out, tuple) else gain * out
+
+    pipe = tiny_flux_pipeline()
+    pipe.transformer.set_attn_processor(Gain())
+
+    def plain(**extra):
+        return pipe([PROMPTS[0].text], generator=[torch.Generator().manual_seed(0)], guidance_scale=7.5,
+                    output_type="np", **KW, **extra).images
+
+    out = FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], output_type="np", joint_attention_kwargs={"gain": 3.0}, **KW)
+    assert np.array_equal(np.stack(out.images), plain(joint_attention_kwargs={"gain": 3.0}))
+    assert not np.array_equal(np.stack(out.images), plain())  # the gain is live: it changes the image
+
+
 def test_a_noun_past_the_text_limit_is_named_with_the_limit_that_cut_it(pipe, caplog):
     gen = FreeATMGenerator(pipe)
     long = Prompt.from_nouns("a " + " ".join(["red"] * 80) + " cat", ["cat"])
@@ -286,3 +309,12 @@ def test_flux_true_cfg_is_refused_rather_than_mixing_the_negative_prompt_into_th
     gen = FreeATMGenerator(tiny_flux_pipeline())
     with pytest.raises(ValueError, match="true CFG"):
         gen(PROMPTS[:1], seeds=[0], negative_prompt="blurry", true_cfg_scale=4.0, **KW)
+
+
+def test_sd3_skip_layer_guidance_is_refused_rather_than_recording_its_extra_transformer_pass():
+    pipe = tiny_sd3_pipeline()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match=r"skip-layer guidance \(skip_guidance_layers\) is not supported"):
+        FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], skip_guidance_layers=[1], skip_layer_guidance_start=0.0, **KW)
+    assert calls == []  # refused before the pipeline ran

@@ -243,6 +243,20 @@ def test_compile_wraps_the_denoiser_of_either_family(tmp_path, monkeypatch, pipe
     assert compiled == [denoiser]
 
 
+def test_an_mmdit_card_records_the_resolution_captured_and_the_t5_token_positions(tmp_path):
+    """Asked for the UNet default (2, 4), an MM-DiT pipeline captures its one patch grid: the card says (2,)."""
+    from huggingface_hub import DatasetCard
+
+    out = tmp_path / "ds"
+    cli.main(["generate", "--output_dir", str(out), "--pipeline", "tiny-flux", "--num_images", "1",
+              "--num_inference_steps", "1", "--device", "cpu", "--height", "64", "--width", "64"])
+    card = DatasetCard.load(out / "README.md")
+    generation = card.data.freeatm["generation"]
+    assert generation["denoiser"] == "mmdit" and generation["down_factors"] == [2]
+    assert "| down_factors | `[2]` |" in card.text
+    assert "for Flux the prompt as T5 tokenizes it (0 = first word)" in card.text
+
+
 def test_a_hub_pipeline_loads_from_the_cache_at_a_revision_and_the_card_names_its_commit(tmp_path):
     """`--pipeline user/model --revision main`, offline, from a Hub cache laid out as huggingface_hub writes it:
     the card records the commit the revision resolved to and the scheduler that ran."""

@@ -48,6 +48,7 @@ def test_layout_is_the_hub_repo_layout(generated):
     assert "task_categories:" in card and "size_categories:" in card and "n<1K" in card
     assert "| num_inference_steps | `3` |" in card and "- images: 5" in card
     assert "| pipeline_class | `StableDiffusionPipeline` |" in card and "the cross-attention probabilities" in card
+    assert "| down_factors | `[2, 4]` |" in card and "the prompt as CLIP tokenizes it (0 = start token)" in card
 
 
 def test_plain_load_dataset_returns_what_the_generator_made(generated):

@@ -58,6 +58,16 @@ def test_from_nouns_handles_repeats_multiword_and_case():
         Prompt.from_nouns("a category", ["cat"])  # whole words only
 
 
+def test_a_noun_inside_a_longer_noun_takes_its_own_occurrence():
+    # "ball" is also the end of "tennis ball": it must be the second ball, in whichever order the nouns come.
+    for nouns in (["tennis ball", "ball"], ["ball", "tennis ball"]):
+        p = Prompt.from_nouns("a tennis ball and a ball", nouns)
+        assert [o.name for o in p.objects] == nouns  # the given order
+        assert {o.name: (o.start, o.end) for o in p.objects} == {"tennis ball": (2, 13), "ball": (20, 24)}
+    with pytest.raises(ValueError, match=r"noun 'ball' \(occurrence 1\) not found in prompt 'a tennis ball' outside"):
+        Prompt.from_nouns("a tennis ball", ["tennis ball", "ball"])
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="mode"):
         ScenePrompts(mode="poem")

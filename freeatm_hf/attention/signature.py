@@ -1,0 +1,28 @@
+"""Capture wrappers that show the wrapped processor's call signature.
+
+diffusers' attention modules pass a processor only the extra keyword arguments (`cross_attention_kwargs`,
+`joint_attention_kwargs`) that `inspect.signature(processor.__call__)` names, and drop the rest with a warning.
+A wrapper showing its own `(*args, **kwargs)` would drop every argument the wrapped processor takes (IP-Adapter
+masks, a custom processor's option), and the image would change under capture.
+"""
+
+import functools
+import inspect
+
+
+@functools.cache
+def _signed_subclass(wrapper_cls: type, processor_cls: type) -> type:
+    """`wrapper_cls` whose `__call__` reports `processor_cls.__call__`'s parameters; one class per pair, so a
+    compiled denoiser sees the same type batch after batch."""
+
+    def __call__(self, *args, **kwargs):
+        return wrapper_cls.__call__(self, *args, **kwargs)
+
+    __call__.__signature__ = inspect.signature(processor_cls.__call__)
+    return type(wrapper_cls.__name__, (wrapper_cls,),
+                {"__call__": __call__, "__module__": wrapper_cls.__module__, "__qualname__": wrapper_cls.__qualname__})
+
+
+def wrap_processor(wrapper_cls: type, original, *args, **kwargs):
+    """`wrapper_cls(original, *args, **kwargs)`, seen by diffusers as taking what `original` takes."""
+    return _signed_subclass(wrapper_cls, type(original))(original, *args, **kwargs)
