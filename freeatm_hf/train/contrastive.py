@@ -72,11 +72,12 @@ def build_model(method: str, args: ContrastiveArguments):
 
 
 def build_optimizer(model, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-    """LARS/SGD/AdamW; batch-norm parameters and biases get no weight decay (and no LARS adaptation)."""
+    """LARS/SGD/AdamW. With LARS and AdamW batch-norm parameters and biases get no weight decay (and no LARS
+    adaptation), as SimCLR does; SGD decays every parameter, as MoCo's code does."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 and name != "sgd" else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "lars":
         from timm.optim import Lars

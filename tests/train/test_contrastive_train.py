@@ -142,7 +142,7 @@ def test_streaming_training_reads_the_dataset_as_it_goes(tmp_path, shapes_data):
 
 def test_lars_adapts_and_decays_weights_only_and_sgd_is_plain_momentum_sgd():
     """One step from rest, by SimCLR's LARS formula: weights move by lr·η‖w‖/(‖g‖ + wd‖w‖)·(g + wd·w);
-    biases and norm parameters get neither decay nor adaptation (a plain step)."""
+    biases and norm parameters get neither decay nor adaptation (a plain step). SGD, MoCo's, decays all."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     lr, wd = 0.5, 1e-2
@@ -151,7 +151,8 @@ def test_lars_adapts_and_decays_weights_only_and_sgd_is_plain_momentum_sgd():
         opt = build_optimizer(model, name, lr, wd)
         assert type(opt).__name__ == expected_type
         decay, no_decay = opt.param_groups
-        assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+        decayed = {id(model[0].weight), id(model[2].weight)} if name == "lars" else {id(p) for p in model.parameters()}
+        assert {id(p) for p in decay["params"]} == decayed
         assert decay["weight_decay"] == wd and no_decay["weight_decay"] == 0.0
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         model(torch.randn(8, 6)).square().mean().backward()
@@ -159,7 +160,7 @@ def test_lars_adapts_and_decays_weights_only_and_sgd_is_plain_momentum_sgd():
         opt.step()
         for n, p in model.named_parameters():
             w, g = before[n], grads[n]
-            if p.ndim > 1:
+            if p.ndim > 1 or name == "sgd":
                 step = g + wd * w
                 if name == "lars":
                     step = step * 0.001 * w.norm() / (g.norm() + wd * w.norm() + 1e-8)
