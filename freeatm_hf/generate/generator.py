@@ -138,6 +138,12 @@ class FreeATMGenerator:
         guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
+        other_text = [k for k in ("prompt_2", "prompt_3") if pipe_kwargs.get(k) is not None]
+        if other_text:
+            # The objects' token columns are found in the prompt; SDXL, SD3 and Flux lay their other encoders'
+            # tokens at the same (or offset) positions, which hold other words when those encoders read other text.
+            raise ValueError(f"{', '.join(other_text)} is not supported with capture: every text encoder must read "
+                             "the prompt whose nouns are tracked")
         negative = any(pipe_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))
         if self.kind == "flux" and pipe_kwargs.get("true_cfg_scale", 1.0) > 1 and negative:
             # Flux's true CFG runs the transformer a second time per step on the negative prompt: its attention

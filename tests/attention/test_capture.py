@@ -329,6 +329,15 @@ def test_sdxl_pipeline_capture_and_bit_identical_images():
     assert np.array_equal(np.stack(out.images), plain)
 
 
+def test_a_second_prompt_for_sdxls_other_encoder_is_refused():
+    # Its tokens would sit at the positions whose columns are the first prompt's nouns.
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    gen = FreeATMGenerator(tiny_pipeline(sdxl=True))
+    with pytest.raises(ValueError, match="prompt_2 is not supported with capture"):
+        gen(PROMPTS[:1], seeds=[0], num_inference_steps=2, prompt_2="an empty room")
+
+
 @pytest.mark.slow
 def test_capture_compiles_with_the_unet_without_recompiling_per_batch():
     """torch.compile(unet) with capture inside: same maps as eager, and later batches reuse the graph."""
