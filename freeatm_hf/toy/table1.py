@@ -41,6 +41,8 @@ def make_parser():
     p.add_argument("--num_probe_test", type=int, default=500)
     p.add_argument("--device", default=None, help="'cpu' forces the CPU")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.add_argument("--color_strength", type=float, default=None,
+                   help="SimCLR's colour jitter strength (default: SimCLR's own, 1.0)")
     p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
                    help="one pretraining run per seed and pooling; the table shows mean ± std over them")
     add_filter_arguments(p)
@@ -135,6 +137,7 @@ def main(argv=None) -> dict:
     result = {"generator": pipeline, "num_images": args.num_images, "backbone": args.backbone,
               "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.max_steps,
               "pretrain_seeds": args.pretrain_seeds, "min_attention_peak": cut,
+              "color_strength": 1.0 if args.color_strength is None else args.color_strength,
               "probe": f"multi-label linear probes, {args.num_probe_train} / {args.num_probe_test} rendered scenes",
               "rows": rows}
     (out / "table1.json").write_text(json.dumps(result, indent=2))
@@ -161,6 +164,7 @@ def pretrain_and_probe(args, scenes: Path, out: Path, arm: str, seed: int, devic
                     "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
                     "--dataloader_drop_last", "true", "--seed", str(seed), "--dataloader_num_workers", "0"]
                    + (["--min_attention_peak", "0"] if arm == "attention-all" else [])
+                   + (["--color_strength", str(args.color_strength)] if args.color_strength is not None else [])
                    + (["--use_cpu", "true"] if device == "cpu" else []))
     return probe(AutoModel.from_pretrained(run).backbone, args, device)
 

@@ -44,6 +44,10 @@ class ContrastiveArguments(DataArguments):
         "help": "Epochs at which the LR is multiplied by 0.1, with --lr_scheduler_type constant (MoCo-v1's step "
                 "schedule: 120 160 of 200; MoCo-v2 uses cosine)."})
 
+    def data_info(self, ds) -> dict:
+        # The augmentation a reader cannot infer from the method's name once it is not the paper's.
+        return {**super().data_info(ds), "color_strength": self.color_strength}
+
     def __post_init__(self):
         super().__post_init__()
         if self.color_strength is not None and not 0.0 <= self.color_strength <= 1.25:

@@ -24,8 +24,10 @@ def test_table1_runs_end_to_end_and_writes_its_table(tmp_path):
 
     res = main(["--output_dir", str(tmp_path), "--pipeline", "tiny", "--num_images", "8", "--num_inference_steps", "2",
                 "--max_steps", "2", "--batch_size", "4", "--num_probe_train", "60", "--num_probe_test", "30",
-                "--image_size", "32", "--device", "cpu", "--pretrain_seeds", "0", "1"])
+                "--image_size", "32", "--device", "cpu", "--pretrain_seeds", "0", "1", "--color_strength", "0.5"])
     assert [r["pretraining"].split(",")[0] for r in res["rows"]] == ["none (random init)", "SimCLR", "SimCLR"]
+    facts = json.loads((tmp_path / "simclr-image-seed1" / "card_info.json").read_text())
+    assert res["color_strength"] == facts["data"]["color_strength"] == 0.5  # what the runs were trained with
     for r in res["rows"]:
         assert len(r["runs"]) == 2 and r["map_std"] is not None
         assert all(0 <= r[k] <= 1 for k in ("map", "colour_map", "exact_set_accuracy"))
