@@ -76,6 +76,11 @@ def main(method: str, out: str):
         rec["steps"] = trainer.state.global_step
     with open(os.path.join(out, f"{os.environ['RANK']}.json"), "w") as f:
         json.dump(rec, f)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a gloo group left to interpreter exit can abort there ("terminate called ...")
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
