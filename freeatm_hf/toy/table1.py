@@ -105,6 +105,7 @@ def main(argv=None) -> dict:
     from ..generate.run import generate_dataset
     from ..models import SimCLRConfig, SimCLRModel
     from ..train.cli import main as train_main
+    from ..train.contrastive import COLOR_STRENGTH
     from .dataset import write_perfect_scenes
 
     args = make_parser().parse_args(argv)
@@ -137,7 +138,7 @@ def main(argv=None) -> dict:
     result = {"generator": pipeline, "num_images": args.num_images, "backbone": args.backbone,
               "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.max_steps,
               "pretrain_seeds": args.pretrain_seeds, "min_attention_peak": cut,
-              "color_strength": 1.0 if args.color_strength is None else args.color_strength,
+              "color_strength": COLOR_STRENGTH["simclr"] if args.color_strength is None else args.color_strength,
               "probe": f"multi-label linear probes, {args.num_probe_train} / {args.num_probe_test} rendered scenes",
               "rows": rows}
     (out / "table1.json").write_text(json.dumps(result, indent=2))

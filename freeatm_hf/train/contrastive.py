@@ -151,8 +151,10 @@ def train(method: str, args: ContrastiveArguments, training_args):
     from .trainer import ContrastiveTrainer
 
     check_optim_unset(training_args)
-    if method not in COLOR_STRENGTH:
-        raise ValueError(f"unknown method {method!r}")
+    from transformers import set_seed
+
+    set_seed(training_args.seed)  # the initial weights are part of the experiment
+    model = build_model(method, args)  # first: an unknown method fails before any data is read
     if args.color_strength is None:
         args.color_strength = COLOR_STRENGTH[method]
     ds = args.load(seed=training_args.seed)
@@ -162,10 +164,6 @@ def train(method: str, args: ContrastiveArguments, training_args):
         ds = ds.map(transform, batched=True, remove_columns=list(ds.features or ["image", "objects", "prompt"]))
     else:
         ds = ds.with_transform(transform)
-    from transformers import set_seed
-
-    set_seed(training_args.seed)  # the initial weights are part of the experiment
-    model = build_model(method, args)
     if training_args.world_size > 1 and training_args.device.type == "cuda":
         # Global batch norm (SimCLR's, and MoCo's answer to BN leakage); it also normalises a process whose
         # batch holds a single instance. torch's SyncBatchNorm runs on GPUs only.
