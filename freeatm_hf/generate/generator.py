@@ -115,8 +115,9 @@ class FreeATMGenerator:
     def object_tokens(self, prompt: Prompt, max_sequence_length: int) -> list[ObjectTokens]:
         """Token columns of each object in the text sequence the denoiser attends to.
 
-        UNet: CLIP positions. SD3: the CLIP positions (0–76) *and* the T5 positions (77 + i) — the object's map
-        averages both; an object cut from one encoder keeps the other. Flux: T5 positions only (CLIP is pooled).
+        UNet: CLIP positions. SD3: the CLIP positions (0–76) *and* the T5 positions (77 + i; the pipeline pads
+        CLIP to its tokenizer's length, 77, and appends T5) — the object's map averages both; an object cut from
+        one encoder keeps the other. Flux: T5 positions only (CLIP is pooled).
         """
         if self.kind == "unet":
             return object_token_indices(self.pipe.tokenizer, prompt)
@@ -126,9 +127,10 @@ class FreeATMGenerator:
         if getattr(self.pipe, "text_encoder_3", None) is None:
             return clip
         t5 = object_token_indices(self.pipe.tokenizer_3, prompt, max_sequence_length)
+        offset = self.pipe.tokenizer_max_length
         merged = []
         for c, t in zip(clip, t5):
-            idx = (() if c.truncated else c.token_indices) + (() if t.truncated else tuple(77 + i for i in t.token_indices))
+            idx = (() if c.truncated else c.token_indices) + (() if t.truncated else tuple(offset + i for i in t.token_indices))
             merged.append(ObjectTokens(c.name, idx, truncated=not idx))
         return merged
 
@@ -191,7 +193,8 @@ class FreeATMGenerator:
             cut = [t.name for t in toks if t.truncated]
             if cut:
                 limit = {"unet": f"{self.pipe.tokenizer.model_max_length}-token CLIP",
-                         "flux": f"{max_seq}-token T5"}.get(self.kind, f"77-token CLIP and {max_seq}-token T5")
+                         "flux": f"{max_seq}-token T5"}.get(
+                    self.kind, f"{self.pipe.tokenizer_max_length}-token CLIP and {max_seq}-token T5")
                 logger.warning("prompt %d: %s cut off by the %s limit; no mask for them", b, cut, limit)
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]

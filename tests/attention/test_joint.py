@@ -135,6 +135,25 @@ def test_token_columns_per_model(pipe):
     assert gen.object_tokens(long, 64)[0].truncated  # past both limits: no map rather than a wrong one
 
 
+def test_sd3_t5_columns_start_where_the_pipeline_appends_t5_after_clip():
+    """SD3 pads CLIP to its tokenizer's length and appends T5: with a shorter CLIP tokenizer the T5 columns move."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from freeatm_hf.generate.clip_vocab import load_tokenizer
+
+    short = load_tokenizer(model_max_length=24)
+    pipe = StableDiffusion3Pipeline(**{**tiny_sd3_pipeline().components, "tokenizer": short, "tokenizer_2": short})
+    (dog, ball) = FreeATMGenerator(pipe).object_tokens(PROMPTS[0], 32)
+    with torch.no_grad():
+        joint = pipe.encode_prompt(PROMPTS[0].text, None, None, do_classifier_free_guidance=False,
+                                   max_sequence_length=32)[0]
+        t5 = pipe._get_t5_prompt_embeds(PROMPTS[0].text, max_sequence_length=32)
+    assert joint.shape[1] == 24 + 32
+    for obj, t5_cols in ((dog, (1, 2)), (ball, (5, 6))):  # T5 pieces of 'golden retriever', 'tennis ball'
+        assert obj.token_indices == tuple(i for i in obj.token_indices if i < 24) + tuple(24 + i for i in t5_cols)
+        torch.testing.assert_close(joint[0, [24 + i for i in t5_cols]], t5[0, list(t5_cols)])
+
+
 def test_t5_sub_words_and_repeated_nouns_map_to_their_own_columns(pipe):
     gen = FreeATMGenerator(pipe)
     t5 = 77 if gen.kind == "sd3" else 0  # where T5's columns start in the joint text sequence
