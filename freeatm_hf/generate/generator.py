@@ -134,6 +134,19 @@ class FreeATMGenerator:
             merged.append(ObjectTokens(c.name, idx, truncated=not idx))
         return merged
 
+    def _denoiser_calls(self, denoising_end) -> int:
+        """The denoiser calls the step window divides, known once the pipeline has set the scheduler's timesteps.
+
+        One per timestep: one per step for most schedulers, but Heun makes 2N-1 and PNDM N+1. SDXL's
+        `denoising_end` (base + refiner) stops early by cutting its local copy of the timesteps, not the
+        scheduler's, so the same cut is made here.
+        """
+        timesteps = self.pipe.scheduler.timesteps
+        if isinstance(denoising_end, float) and 0 < denoising_end < 1:
+            n = self.pipe.scheduler.config.num_train_timesteps
+            return int((timesteps >= int(round(n - denoising_end * n))).sum())
+        return len(timesteps)
+
     def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, **pipe_kwargs) -> GenerationOutput:
         prompts = [as_prompt(p) for p in prompts]
@@ -171,9 +184,8 @@ class FreeATMGenerator:
         token_index, groups = _token_columns(tokens)
         device = self.pipe._execution_device
         store = self.store
-        # The step window divides the denoiser calls, which the scheduler's timesteps count once the pipeline has
-        # set them: one per step for most schedulers, but Heun makes 2N-1 and PNDM N+1.
-        store.begin(token_index, latent_hw, lambda: len(self.pipe.scheduler.timesteps), device=device)
+        denoising_end = pipe_kwargs.get("denoising_end")
+        store.begin(token_index, latent_hw, lambda: self._denoiser_calls(denoising_end), device=device)
         generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
         if self.kind == "unet":
             context = capture_unet(self.pipe.unet, store, self._processors)

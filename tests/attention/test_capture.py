@@ -86,7 +86,7 @@ class Reference:
         return {f: sums[f] / counts[f] for f in sums}
 
 
-def run_with_reference(pipe, prompts, config, steps=4, guidance=7.5, height=None, width=None):
+def run_with_reference(pipe, prompts, config, steps=4, guidance=7.5, height=None, width=None, **pipe_kwargs):
     gen = FreeATMGenerator(pipe, config)
     stores = []
     original_begin = AttentionStore.begin
@@ -99,7 +99,7 @@ def run_with_reference(pipe, prompts, config, steps=4, guidance=7.5, height=None
     try:
         AttentionStore.begin = spy
         out = gen(prompts, seeds=list(range(len(prompts))), num_inference_steps=steps, guidance_scale=guidance,
-                  height=height, width=width, output_type="np")
+                  height=height, width=width, output_type="np", **pipe_kwargs)
     finally:
         AttentionStore.begin = original_begin
         ref.remove(pipe.unet)
@@ -327,6 +327,22 @@ def test_sdxl_pipeline_capture_and_bit_identical_images():
     plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
                  num_inference_steps=3, guidance_scale=7.5, output_type="np").images
     assert np.array_equal(np.stack(out.images), plain)
+
+
+def test_the_step_window_divides_the_calls_sdxl_makes_before_handing_over_at_denoising_end():
+    """SDXL's denoising_end stops the base model early (the refiner takes the rest) without shortening the
+    scheduler's timesteps: the window's fractions are of the calls the base model makes."""
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(sdxl=True)
+    config = CaptureConfig(step_window=(0.5, 1.0))
+    out, store, ref = run_with_reference(pipe, PROMPTS[:1], config, steps=6, denoising_end=0.6)
+    assert len(pipe.scheduler.timesteps) == 6 and ref.step + 1 == 3 == store.num_steps
+    expected = ref.token_maps(1, store.token_index, 3, config)  # calls 2 and 3 of the 3 the base model made
+    got = store.token_maps()
+    assert set(got) == set(expected) == set(config.down_factors)
+    for f in got:
+        torch.testing.assert_close(got[f].double(), expected[f], rtol=1e-5, atol=1e-7)
 
 
 def test_a_second_prompt_for_sdxls_other_encoder_is_refused():
