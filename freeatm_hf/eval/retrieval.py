@@ -63,14 +63,18 @@ def recall_at_k(i2t: torch.Tensor, t2i: torch.Tensor, text_to_image: list[int]) 
     return {**{k: v for k, v in tr.items() if k.startswith("tr")}, **{k: v for k, v in ir.items() if k.startswith("ir")}}
 
 
+ROW_COLUMN = "__freeatm_row"
+
+
 def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str = "train", image_column="image",
                        caption_column="caption", image_size: int | None = None, max_length: int = 35,
                        epochs: float = 6, max_steps: int = -1, learning_rate: float = 1e-5, batch_size: int = 32,
                        seed: int = 0, use_cpu=None, revision: str | None = None) -> str:
     """Fine-tune a BLIP checkpoint for retrieval with ITC + ITM (the LM loss is off, as in BLIP's retrieval
     fine-tuning) on `split`; images get a random resized crop (no flip: captions may say left and right), and
-    an image with several captions contributes a random one per epoch. Saves model and tokenizer to
-    `output_dir` and returns it."""
+    an image with several captions contributes a random one per epoch. Each row is one image: its index is the
+    image id that keeps the image's features from an earlier epoch, still in the momentum queue
+    (`momentum_distill`), from being its own negative. Saves model and tokenizer to `output_dir` and returns it."""
     import random
 
     from torchvision.transforms import v2
@@ -93,12 +97,14 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     rng = random.Random(seed)
+    ds = ds.add_column(ROW_COLUMN, list(range(len(ds))))
 
     def transform(batch):
         caps = [c if isinstance(c, str) else rng.choice(c) for c in batch[caption_column]]
         enc = tok(caps, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         return {"pixel_values": [tf(im.convert("RGB")) for im in batch[image_column]],
-                "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
+                "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask),
+                "image_ids": batch[ROW_COLUMN]}
 
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
                                   weight_decay=0.05, lr_scheduler_type="cosine")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BlipConfig, BlipPreTrainedModel
+from transformers import initialization as init
 from transformers.models.blip.modeling_blip import BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 from transformers.utils import ModelOutput
@@ -57,21 +58,48 @@ class BlipATMOutput(ModelOutput):
     sim_i2t: torch.FloatTensor | None = None
 
 
-def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temperature) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE over the batch (pair i is the positive of image i and of text i)."""
+def positive_targets(b: int, image_ids: torch.Tensor | None, ids_all: torch.Tensor | None = None, columns=None,
+                     device=None) -> torch.Tensor:
+    """ITC targets of the batch's `b` rows over `columns` candidates (the batch first, then any queue): one-hot
+    on the pair itself, or, with `image_ids`, spread evenly over every candidate of the same image, as BLIP's
+    retrieval fine-tuning does (an image with several captions, or its features from an earlier epoch still in
+    the queue, is not a negative)."""
+    columns = b if columns is None else columns
+    if image_ids is None:
+        return torch.eye(b, columns, device=device)
+    ids_all = image_ids if ids_all is None else ids_all
+    same = (image_ids[:, None] == ids_all[None, :]).float()
+    return same / same.sum(1, keepdim=True)
+
+
+def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temperature,
+             image_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE over the batch (pair i is the positive of image i and of text i; with `image_ids`, every
+    pair of the same image is)."""
     sim_i2t = image_feat @ text_feat.T / temperature
-    target = torch.arange(len(sim_i2t), device=sim_i2t.device)
-    return (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_i2t.T, target)) / 2, sim_i2t
+    if image_ids is None:
+        target = torch.arange(len(sim_i2t), device=sim_i2t.device)
+        return (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_i2t.T, target)) / 2, sim_i2t
+    target = positive_targets(len(sim_i2t), image_ids)  # symmetric: the same for both directions
+    loss = -((F.log_softmax(sim_i2t, 1) * target).sum(1).mean() + (F.log_softmax(sim_i2t.T, 1) * target).sum(1).mean())
+    return loss / 2, sim_i2t
 
 
-def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | None = None):
+def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | None = None,
+                          image_ids: torch.Tensor | None = None):
     """BLIP's hard negatives: for each text an image, for each image a text, drawn in proportion to
-    softmax(similarity) with the positive pair's weight set to zero, so the positive is never drawn."""
+    softmax(similarity) with the positive pair's weight set to zero, so the positive is never drawn (with
+    `image_ids`, no pair of the same image is). The batch must show at least two images."""
     with torch.no_grad():
         w_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-5
         w_t2i = F.softmax(sim_i2t.float().T, dim=1) + 1e-5
-        w_i2t.fill_diagonal_(0)
-        w_t2i.fill_diagonal_(0)
+        if image_ids is None:
+            w_i2t.fill_diagonal_(0)
+            w_t2i.fill_diagonal_(0)
+        else:
+            same = image_ids[:, None] == image_ids[None, :]
+            w_i2t.masked_fill_(same, 0)
+            w_t2i.masked_fill_(same, 0)
         neg_image_for_text = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
         neg_text_for_image = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return neg_image_for_text, neg_text_for_image
@@ -83,7 +111,7 @@ class BlipATMModel(BlipPreTrainedModel):
     # With momentum distillation: each online module's momentum copy, and the state the queues keep.
     MOMENTUM_MODULES = {"vision_model": "vision_model_m", "vision_proj": "vision_proj_m",
                         "text_encoder": "text_encoder_m", "text_proj": "text_proj_m"}
-    QUEUE_BUFFERS = ("image_queue", "text_queue", "queue_ptr")
+    QUEUE_BUFFERS = ("image_queue", "text_queue", "queue_ptr")  # (image_id_queue: its own init, -1)
 
     def __init__(self, config: BlipATMConfig):
         super().__init__(config)
@@ -102,6 +130,8 @@ class BlipATMModel(BlipPreTrainedModel):
             d = config.image_text_hidden_size
             self.register_buffer("image_queue", torch.zeros(config.queue_size, d))
             self.register_buffer("text_queue", torch.zeros(config.queue_size, d))
+            # The image id of each queued pair (-1: none given), so the same image's features are not negatives.
+            self.register_buffer("image_id_queue", torch.full((config.queue_size,), -1, dtype=torch.long))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.post_init()
         if config.momentum_distill:
@@ -110,8 +140,11 @@ class BlipATMModel(BlipPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if module is self:
-            with torch.no_grad():
-                self.temp.fill_(self.config.itc_temperature)
+            # The guarded init leaves what a checkpoint loaded alone: this also runs when only some other key
+            # of the model itself is missing (e.g. the image id queue, from a checkpoint saved before it).
+            init.constant_(self.temp, self.config.itc_temperature)
+            if self.config.momentum_distill:
+                init.constant_(self.image_id_queue, -1)
 
     # -- momentum distillation (BLIP's ITC with momentum encoders and queues) ------------------------------
     def momentum_pairs(self):
@@ -127,6 +160,7 @@ class BlipATMModel(BlipPreTrainedModel):
         if queues:
             for q in (self.image_queue, self.text_queue):
                 q.copy_(F.normalize(torch.randn(q.shape, device=q.device), dim=-1))
+            self.image_id_queue.fill_(-1)
             self.queue_ptr.zero_()
 
     def momentum_update(self, momentum: float | None = None):
@@ -134,13 +168,17 @@ class BlipATMModel(BlipPreTrainedModel):
         if self.config.momentum_distill:
             ema_update_(self.momentum_pairs(), self.config.momentum if momentum is None else momentum)
 
-    def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor):
-        """Write the batch's momentum features (gathered from every process) into the ring buffers."""
-        enqueue_([self.image_queue, self.text_queue], self.queue_ptr, [image_feat, text_feat])
+    def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, image_ids: torch.Tensor | None = None):
+        """Write the batch's momentum features and image ids (gathered from every process) into the ring buffers."""
+        if image_ids is None:
+            image_ids = torch.full((len(image_feat),), -1, dtype=torch.long, device=image_feat.device)
+        enqueue_([self.image_queue, self.text_queue, self.image_id_queue], self.queue_ptr,
+                 [image_feat, text_feat, image_ids])
 
-    def itc_momentum_loss(self, pixel_values, input_ids, attention_mask, image_feat, text_feat):
+    def itc_momentum_loss(self, pixel_values, input_ids, attention_mask, image_feat, text_feat, image_ids=None):
         """BLIP's ITC: negatives are the batch's momentum features and the queues; each target is
-        α·softmax(momentum similarities) + (1 − α)·one-hot. Returns the loss and the batch block of the
+        α·softmax(momentum similarities) + (1 − α)·positives (one-hot, or with `image_ids` every batch or queue
+        entry of the same image, as in BLIP's retrieval fine-tuning). Returns the loss and the batch block of the
         image→text similarities (for hard negatives); in training the queues take the batch's momentum features."""
         alpha, b = self.config.distill_alpha, len(image_feat)
         with torch.no_grad():
@@ -150,16 +188,16 @@ class BlipATMModel(BlipPreTrainedModel):
             text_feat_m = F.normalize(self.text_proj_m(text_m[:, 0]), dim=-1)
             image_all = torch.cat([image_feat_m, self.image_queue.clone()])
             text_all = torch.cat([text_feat_m, self.text_queue.clone()])
-            one_hot = torch.zeros(b, len(text_all), device=image_feat.device)
-            one_hot[torch.arange(b), torch.arange(b)] = 1
-            target_i2t = alpha * F.softmax(image_feat_m @ text_all.T / self.temp, dim=1) + (1 - alpha) * one_hot
-            target_t2i = alpha * F.softmax(text_feat_m @ image_all.T / self.temp, dim=1) + (1 - alpha) * one_hot
+            ids_all = None if image_ids is None else torch.cat([image_ids, self.image_id_queue.clone()])
+            positives = positive_targets(b, image_ids, ids_all, len(text_all), device=image_feat.device)
+            target_i2t = alpha * F.softmax(image_feat_m @ text_all.T / self.temp, dim=1) + (1 - alpha) * positives
+            target_t2i = alpha * F.softmax(text_feat_m @ image_all.T / self.temp, dim=1) + (1 - alpha) * positives
         sim_i2t = image_feat @ text_all.T / self.temp
         sim_t2i = text_feat @ image_all.T / self.temp
         loss = -((F.log_softmax(sim_i2t, dim=1) * target_i2t).sum(1).mean()
                  + (F.log_softmax(sim_t2i, dim=1) * target_t2i).sum(1).mean()) / 2
         if self.training:
-            self.enqueue(image_feat_m, text_feat_m)
+            self.enqueue(image_feat_m, text_feat_m, image_ids)
         return loss, sim_i2t[:, :b]
 
     # -- the pieces, computed exactly as the stock BlipForImageTextRetrieval does ---------------------------
@@ -176,7 +214,10 @@ class BlipATMModel(BlipPreTrainedModel):
                                 encoder_attention_mask=atts).last_hidden_state
         return self.itm_head(out[:, 0])
 
-    def forward(self, pixel_values, input_ids, attention_mask=None, return_loss: bool = True, **kwargs) -> BlipATMOutput:
+    def forward(self, pixel_values, input_ids, attention_mask=None, image_ids: torch.Tensor | None = None,
+                return_loss: bool = True, **kwargs) -> BlipATMOutput:
+        """`image_ids` (optional, one integer per pair) says which pairs show the same image: those are not each
+        other's negatives in ITC (nor in the momentum queue) or in ITM's hard-negative draw."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         with torch.no_grad():
@@ -184,23 +225,25 @@ class BlipATMModel(BlipPreTrainedModel):
         image_embeds = self.image_embeds(pixel_values)
         image_feat, text_feat = self.itc_features(image_embeds, input_ids, attention_mask)
         if self.config.momentum_distill:
-            loss_itc, sim_i2t = self.itc_momentum_loss(pixel_values, input_ids, attention_mask, image_feat, text_feat)
+            loss_itc, sim_i2t = self.itc_momentum_loss(pixel_values, input_ids, attention_mask, image_feat, text_feat,
+                                                       image_ids)
         else:
-            loss_itc, sim_i2t = itc_loss(image_feat, text_feat, self.temp)
+            loss_itc, sim_i2t = itc_loss(image_feat, text_feat, self.temp, image_ids)
 
         itm_ids = input_ids.clone()
         if self.config.enc_token_id is not None:
             itm_ids[:, 0] = self.config.enc_token_id
         b = len(input_ids)
-        if b > 1:
-            neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach())
+        pair_ids = torch.arange(b, device=input_ids.device) if image_ids is None else image_ids
+        if (pair_ids != pair_ids[0]).any():
+            neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=image_ids)
             images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds])
             ids = torch.cat([itm_ids, itm_ids, itm_ids[neg_txt]])
             masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]])
             logits = self.itm_logits(images, ids, masks)
             labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
             loss_itm = F.cross_entropy(logits, labels)
-        else:  # a batch of one (e.g. the last one) has no negative pair to match against
+        else:  # a batch of one image (e.g. a last batch of one) has no negative pair to match against
             loss_itm = torch.zeros((), device=image_embeds.device)
 
         c = self.config

@@ -23,8 +23,8 @@ def ema_update_(pairs, m: float):
 def enqueue_(queues: list[torch.Tensor], ptr: torch.Tensor, rows: list[torch.Tensor]):
     """Write `rows[i]` (gathered from every process) into the ring buffer `queues[i]` at `ptr`, wrapping around;
     the queues share one pointer, which moves on by the number of rows written."""
-    if distributed_world() > 1:
-        rows = [gather_with_grad(r)[0] for r in rows]
+    if distributed_world() > 1:  # 1-D rows (ids) gathered as one column
+        rows = [gather_with_grad(r[:, None])[0][:, 0] if r.dim() == 1 else gather_with_grad(r)[0] for r in rows]
     size = len(queues[0])
     rows = [r[-size:] for r in rows]
     idx = (ptr + torch.arange(len(rows[0]), device=rows[0].device)) % size

@@ -206,6 +206,9 @@ def test_retrieval_finetuning_moves_the_momentum_encoders_it_distills_from(tmp_p
                        learning_rate=1e-2, use_cpu=True)
     before, after = AutoModel.from_pretrained(tmp_path / "blip"), AutoModel.from_pretrained(tmp_path / "ft")
     assert int(after.queue_ptr) == 8  # the queues filled...
+    # ...each entry with its row's image id (2 epochs of the 4 rows), so a later batch's image is not its own negative
+    assert sorted(after.image_id_queue[:8].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert after.image_id_queue[8:].tolist() == [-1] * 8
     # ...with features of momentum encoders that follow the online ones (EMA at 0.5), as in pretraining.
     assert not torch.equal(before.text_proj.weight, after.text_proj.weight)
     assert not torch.equal(before.text_proj_m.weight, after.text_proj_m.weight)

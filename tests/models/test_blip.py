@@ -33,6 +33,43 @@ def test_itc_loss_against_a_per_sample_reference():
     assert sim.shape == (5, 5)
 
 
+def test_itc_with_image_ids_spreads_the_target_over_every_pair_of_the_same_image():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    ids, t = torch.tensor([5, 5, 6, 7]), 0.07
+    ref = 0.0
+    for i in range(4):  # −Σ_j target_ij log p(j | i), target uniform over the pairs showing image ids[i]
+        same = [j for j in range(4) if ids[j] == ids[i]]
+        for side in (img[i] @ txt.T / t, txt[i] @ img.T / t):
+            logp = side - torch.logsumexp(side, 0)
+            ref += -sum(float(logp[j]) for j in same) / len(same) / 2
+    loss, _ = itc_loss(img, txt, t, image_ids=ids)
+    assert loss.item() == pytest.approx(ref / 4, rel=1e-5)
+    # Distinct ids: exactly the one-positive loss.
+    torch.testing.assert_close(itc_loss(img, txt, t, torch.tensor([3, 1, 2, 0]))[0], itc_loss(img, txt, t)[0])
+
+
+def test_hard_negatives_never_pick_a_pair_of_the_same_image():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.zeros(4, 4)
+    sim[0, 1] = sim[1, 0] = 30.0  # pairs 0 and 1 are the most similar, but show the same image
+    ids = torch.tensor([5, 5, 6, 7])
+    for _ in range(200):
+        ni, nt = sample_hard_negatives(sim, generator=g, image_ids=ids)
+        assert (ids[ni] != ids).all() and (ids[nt] != ids).all()
+
+
+def test_forward_with_image_ids_matches_the_same_image_captions_and_skips_itm_for_one_image():
+    model = tiny().eval()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    x[1] = x[0]  # two captions of one image
+    out = model(x, ids, image_ids=torch.tensor([0, 0, 1]))
+    assert torch.isfinite(out.loss) and out.loss_itm > 0
+    one = model(x[:2], ids[:2], image_ids=torch.tensor([4, 4]))  # one image only: no negative pair to match
+    assert one.loss_itm == 0 and torch.isfinite(one.loss)
+
+
 def test_hard_negatives_never_pick_the_positive_and_prefer_similar_pairs():
     torch.manual_seed(0)
     sim = torch.randn(6, 6) + 20 * torch.eye(6)  # the positive is by far the most similar
@@ -152,6 +189,56 @@ def test_momentum_itc_against_blips_formula(alpha):
     assert model.queue_ptr.item() == 1
     model.eval()(x, ids, ones)  # evaluation never writes the queues
     assert model.queue_ptr.item() == 1
+
+
+def test_momentum_itc_with_image_ids_takes_queued_features_of_the_same_image_as_positives():
+    """BLIP's retrieval fine-tuning: targets α·softmax(momentum sims) + (1−α)·positives, where the positives are the
+    batch's and the queue's entries of the same image id, spread evenly."""
+    alpha = 0.4
+    model = tiny(momentum_distill=True, queue_size=5, distill_alpha=alpha).train()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    ones = torch.ones_like(ids)
+    model(x, ids, ones, image_ids=torch.tensor([7, 8, 9]))
+    assert model.image_id_queue.tolist() == [7, 8, 9, -1, -1]
+    img_q, txt_q = model.image_queue.clone(), model.text_queue.clone()
+    x2, ids2 = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    batch_ids = torch.tensor([9, 10, 7])
+    with torch.no_grad():
+        i, t = model.itc_features(model.image_embeds(x2), ids2, ones)
+        temp = model.temp.clamp(0.001, 0.5)
+        positives = torch.zeros(3, 8)
+        positives[0, [0, 3 + 2]] = 0.5  # image 9: itself and queue slot 2
+        positives[1, 1] = 1.0
+        positives[2, [2, 3 + 0]] = 0.5  # image 7: itself and queue slot 0
+
+        def side(a, keys):
+            logits = a @ keys.T / temp
+            target = alpha * logits.softmax(1) + (1 - alpha) * positives
+            return -(logits.log_softmax(1) * target).sum(1).mean()
+
+        expected = (side(i, torch.cat([t, txt_q])) + side(t, torch.cat([i, img_q]))) / 2
+        out = model(x2, ids2, ones, image_ids=batch_ids)
+    torch.testing.assert_close(out.loss_itc, expected, rtol=1e-5, atol=1e-6)
+    assert model.image_id_queue.tolist() == [7, 8, 9, 9, 10]  # written at slots 3, 4, then 0 (the ring wraps)
+
+
+def test_a_checkpoint_saved_without_the_image_id_queue_loads_with_empty_ids_and_its_own_temperature(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel
+
+    import freeatm_hf.models  # noqa: F401
+
+    model = tiny(momentum_distill=True, queue_size=4)
+    with torch.no_grad():
+        model.temp.fill_(0.05)
+        model.image_id_queue.copy_(torch.arange(4))
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["image_id_queue"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert loaded.image_id_queue.tolist() == [-1] * 4  # no id rather than memory garbage matching a real one
+    assert loaded.temp.item() == pytest.approx(0.05)  # what was loaded is left alone
 
 
 def test_momentum_encoders_follow_the_online_ones_by_ema_and_survive_save_and_stock_init(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from freeatm_hf.models.losses import gather_with_grad, instance_nt_xent, moco_info_nce
+from freeatm_hf.models.momentum import enqueue_
 
 SIZES = (3, 5)  # instances per process: uneven on purpose
 T = 0.2
@@ -35,8 +36,11 @@ def worker(rank, port, out_dir):
     m.backward()
     with torch.no_grad():  # as MoCo's queue gathers keys
         gathered, offset = gather_with_grad(z2[lo:hi])
+    # Feature rows and their ids (1-D, integer) go into the ring buffers from every process, in rank order.
+    feats, ids, ptr = torch.zeros(10, 8), torch.full((10,), -1), torch.tensor(4)
+    enqueue_([feats, ids], ptr, [z2[lo:hi], torch.arange(lo, hi) + 100])
     torch.save({"loss": loss.detach(), "g1": a.grad, "g2": b.grad, "moco": m.detach(), "gq": mq.grad,
-                "gathered": gathered, "offset": offset},
+                "gathered": gathered, "offset": offset, "queue": (feats, ids, ptr)},
                os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
 
@@ -69,3 +73,7 @@ def test_losses_over_two_processes_equal_the_single_process_loss_of_the_whole_ba
     assert [r["offset"] for r in res] == [0, SIZES[0]]
     for r in res:
         torch.testing.assert_close(r["gathered"], z2)
+        feats, ids, ptr = r["queue"]  # 8 rows from position 4 of 10: slots 4..9, then 0..1
+        order = [4, 5, 6, 7, 8, 9, 0, 1]
+        torch.testing.assert_close(feats[order], z2)
+        assert ids.tolist() == [106, 107, -1, -1, 100, 101, 102, 103, 104, 105] and ptr.item() == 2
