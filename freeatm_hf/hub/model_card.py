@@ -293,6 +293,12 @@ def _data_text(data: dict) -> str:
     if data.get("min_attention_peak") and data.get("dataset") and mode != "real":
         parts.append(f"Objects with attention_peak below {data['min_attention_peak']} were taken as not drawn and "
                      "left out.")
+    if data.get("color_strength") is not None:
+        from ..data.gpu_augment import color_jitter
+
+        j = color_jitter(data["color_strength"])
+        parts.append(f"Colour jitter at strength {data['color_strength']:g} (brightness, contrast, saturation "
+                     f"{j['brightness']:.2g}, hue {j['hue']:.2g}).")
     if data.get("num_rows"):
         parts.append(f"Rows: {data['num_rows']}.")
     return " ".join(parts)

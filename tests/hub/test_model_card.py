@@ -185,3 +185,10 @@ def test_the_card_says_what_the_model_was_trained_on_and_with(tmp_path, method, 
         assert "chosen at random, no attention maps used" in text and "highest attention" not in text
     if method == "blip":
         assert "freeatm eval retrieval --model <this folder>" in text and "eval knn" not in text
+
+
+@pytest.mark.parametrize("strength, says", [(1.0, "strength 1 (brightness, contrast, saturation 0.8, hue 0.2)"),
+                                            (0.5, "strength 0.5 (brightness, contrast, saturation 0.4, hue 0.1)")])
+def test_the_card_says_the_colour_jitter_strength_the_views_were_made_with(tmp_path, strength, says):
+    write_model_card(tmp_path, SimCLRConfig(), data={"data_mode": "real", "color_strength": strength}, training={})
+    assert f"Colour jitter at {says}." in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
