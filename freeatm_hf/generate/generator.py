@@ -204,9 +204,12 @@ class FreeATMGenerator:
             kept = [(o, t) for o, t in zip(prompt.objects, toks) if not t.truncated]
             cut = [t.name for t in toks if t.truncated]
             if cut:
-                limit = {"unet": f"{self.pipe.tokenizer.model_max_length}-token CLIP",
-                         "flux": f"{max_seq}-token T5"}.get(
-                    self.kind, f"{self.pipe.tokenizer_max_length}-token CLIP and {max_seq}-token T5")
+                if self.kind == "unet":
+                    limit = f"{self.pipe.tokenizer.model_max_length}-token CLIP"
+                elif self.kind == "flux":
+                    limit = f"{max_seq}-token T5"
+                else:
+                    limit = f"{self.pipe.tokenizer_max_length}-token CLIP and {max_seq}-token T5"
                 logger.warning("prompt %d: %s cut off by the %s limit; no mask for them", b, cut, limit)
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]

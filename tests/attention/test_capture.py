@@ -315,6 +315,14 @@ def test_memory_is_constant_in_the_number_of_steps(tiny_pipe):
     assert counts_6 == {f: 3 * c for f, c in counts_2.items()} and all(c > 0 for c in counts_2.values())
 
 
+def test_a_noun_past_the_clip_limit_gets_no_map_and_is_named_with_the_limit(tiny_pipe, caplog):
+    long = Prompt.from_nouns("a dog " + "on a very green lawn " * 20 + "with a cat", ["dog", "cat"])
+    with caplog.at_level("WARNING"):
+        out = FreeATMGenerator(tiny_pipe)([long], seeds=[0], num_inference_steps=1, output_type="np")
+    assert out.truncated == [["cat"]] and [o.name for o in out.objects[0]] == ["dog"]
+    assert "['cat'] cut off by the 77-token CLIP limit" in caplog.text
+
+
 def test_sdxl_pipeline_capture_and_bit_identical_images():
     from freeatm_hf.generate.tiny import tiny_pipeline
 
