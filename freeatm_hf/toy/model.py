@@ -79,13 +79,20 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
 
     folder = Path(folder)
     path = folder / RECOMMENDATION_FILE
-    info = json.loads(path.read_text()) if path.exists() else {
-        "capture": CaptureConfig(down_factors=ARCHITECTURE_CAPTURE).to_dict(), "threshold": None,
-        "prompt_mode": "shapes", "guidance_scale": GUIDANCE_SCALE}
+    fresh = {"capture": CaptureConfig(down_factors=ARCHITECTURE_CAPTURE).to_dict(), "threshold": None,
+             "prompt_mode": "shapes", "guidance_scale": GUIDANCE_SCALE}
+    info = json.loads(path.read_text()) if path.exists() else dict(fresh)
     info.setdefault("prompt_mode", "shapes")
     info.setdefault("guidance_scale", GUIDANCE_SCALE)
     if training is not None:
         info["training"] = training
+        if mask_eval is None:
+            # New weights: what was measured on the old ones (mask quality, and the capture, threshold, guidance
+            # and drawn cut chosen from it) no longer holds; the folder says what a fresh one says until
+            # `freeatm eval masks --save_recommendation` measures again.
+            for key in ("mask_eval", "min_attention_peak", "refine"):
+                info.pop(key, None)
+            info.update({k: v for k, v in fresh.items() if k != "prompt_mode"})
     if mask_eval is not None:
         chosen = mask_eval["capture"]
         chosen_capture = CaptureConfig(down_factors=chosen["down_factors"], step_window=chosen["step_window"])
@@ -101,6 +108,13 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
     return info
 
 
+def scenes_unique(training: dict) -> bool:
+    """Whether no training scene was drawn twice: runs that recorded no scene range each began at scene 0
+    (see `train_t2i.next_scene`), so with more than one of them scenes repeat."""
+    runs = training.get("runs") or ([training] if training else [])
+    return sum("scene_start" not in r for r in runs) <= 1
+
+
 def write_model_card(folder: Path, info: dict):
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -114,5 +128,6 @@ def write_model_card(folder: Path, info: dict):
                                    threshold=info["threshold"], refine=info.get("refine", "none"),
                                    mask_eval=info.get("mask_eval"),
                                    guidance_scale=info.get("guidance_scale", GUIDANCE_SCALE),
-                                   grid=(folder / "grid.png").is_file())
+                                   grid=(folder / "grid.png").is_file(),
+                                   scenes_unique=scenes_unique(info.get("training") or {}))
     card.save(str(folder / "README.md"))

@@ -154,8 +154,10 @@ def main(argv=None):
         decay = 0.5 * (1 + math.cos(math.pi * min(done[0], 1.0))) if args.lr_schedule == "cosine" else 1.0
         return min(1.0, (s + 1) / warmup) * decay
 
+    # Not prepared: accelerate would step a prepared scheduler once per process at every optimizer step, and the
+    # warm-up would end num_processes times too early.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    unet, text_encoder, opt, sched = acc.prepare(unet, text_encoder, opt, sched)
+    unet, text_encoder, opt = acc.prepare(unet, text_encoder, opt)
     # Warm-up keeps the random initial weights from lingering in the EMA of a short (CPU) run.
     ema = EMAModel(acc.unwrap_model(unet).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     ema.to(acc.device)

@@ -41,3 +41,35 @@ def test_the_card_states_the_drawn_filter_it_measured(drawn_filter, says, tmp_pa
         assert s in text, s
     assert ("Which objects were drawn" in text) is bool(says)
     assert ("validation objects) an object counts as not drawn" in text) is (len(says) > 1)
+
+
+def test_new_weights_drop_what_was_measured_on_the_old_ones(tmp_path):
+    """Training that writes into a measured folder: mask quality, drawn cut and the choices made from them no
+    longer hold, so the folder says what a fresh one says (until the next mask evaluation)."""
+    from huggingface_hub import ModelCard
+
+    shipped = json.loads((MODEL_DIR / "freeatm.json").read_text())
+    (tmp_path / "freeatm.json").write_text(json.dumps(shipped))
+    training = {**shipped["training"], "unet_steps": shipped["training"]["unet_steps"] + 1}
+    info = update_model_folder(tmp_path, training=training)
+    assert "mask_eval" not in info and "min_attention_peak" not in info and info["threshold"] is None
+    assert info["training"] == training and info["prompt_mode"] == "shapes"
+    text = " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+    miou = shipped["mask_eval"]["test"]["miou_drawn"]
+    assert f"| {miou} |" in (MODEL_DIR / "README.md").read_text()  # what the shipped card states...
+    assert f"| {miou} |" not in text and "Which objects were drawn" not in text  # ...is gone
+    assert "threshold 0.4 (default; not measured yet)" in text
+
+
+@pytest.mark.parametrize("runs, unique", [
+    ([{"unet_steps": 5}, {"unet_steps": 4, "scene_start": 161, "scene_end": 300}], True),
+    ([{"unet_steps": 5}, {"unet_steps": 4}, {"unet_steps": 4, "scene_start": 300, "scene_end": 500}], False),
+])
+def test_the_card_says_scenes_repeat_when_several_runs_began_at_scene_zero(runs, unique, tmp_path):
+    from huggingface_hub import ModelCard
+
+    info = update_model_folder(tmp_path, training={**runs[-1], "runs": runs})
+    text = " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+    assert ("no scene seen twice" in text) is unique
+    assert ("each began at scene 0, so their scenes repeat" in text) is not unique
+    assert info["training"]["runs"] == runs
