@@ -38,6 +38,19 @@ def test_scenes_follow_the_rules(rendered):
     assert counts == {1, 2, 3, 4}
 
 
+def test_no_placement_breaks_the_overlap_limit_even_when_the_scene_is_crowded():
+    # No overlap at all with four objects: some scenes find no room for every object within the draws.
+    world = ShapesWorld(min_objects=4, max_objects=4, max_overlap=0.0, seed=3)
+    counts = []
+    for s in world.scenes(400):
+        counts.append(len(s.objects))
+        for i, o in enumerate(s.objects):
+            for p in s.objects[:i]:
+                assert _disc_overlap((o.cx, o.cy, o.radius), (p.cx, p.cy, p.radius)) == 0
+        assert [o.phrase for o in s.objects] == [o.phrase for o in s.objects if o.phrase in s.caption]
+    assert min(counts) >= 1 and 0 < counts.count(3) + counts.count(2) < 400 and counts.count(4) > 300
+
+
 def test_caption_names_every_object_in_order():
     spec = ShapesWorld(seed=0).scene(0)
     assert spec.caption == ("a small blue hexagon, a purple cross, a large orange circle and a small green triangle"
