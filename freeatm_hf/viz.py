@@ -21,20 +21,22 @@ def overlay(image: Image.Image, objects: list[dict], threshold: float | str = DE
     masks are re-binarized here at `threshold`. `scale` enlarges small images first (nearest).
     """
     base = image.convert("RGB")
+    # Masks and boxes at the image's size (those a dataset stores and a user gets), enlarged with the image.
+    results = [full_resolution_mask(np.asarray(o["attention"]), (base.height, base.width), threshold)
+               for o in objects]
     if scale != 1:
         base = base.resize((base.width * scale, base.height * scale), Image.NEAREST)
     out = np.asarray(base, dtype=np.float32).copy()
-    size = (base.height, base.width)
-    results = [full_resolution_mask(np.asarray(o["attention"]), size, threshold) for o in objects]
     for i, r in enumerate(results):
         if not r.empty:
-            out[r.mask] = (1 - alpha) * out[r.mask] + alpha * np.array(color(i), dtype=np.float32)
+            m = r.mask.repeat(scale, 0).repeat(scale, 1) if scale != 1 else r.mask
+            out[m] = (1 - alpha) * out[m] + alpha * np.array(color(i), dtype=np.float32)
     img = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for i, (o, r) in enumerate(zip(objects, results)):
         if r.bbox is None:
             continue
-        x0, y0, x1, y1 = r.bbox
+        x0, y0, x1, y1 = (v * scale for v in r.bbox)
         if boxes:
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color(i), width=max(1, scale // 2))
         if labels:

@@ -78,26 +78,40 @@ def render(image: Image.Image, prompt: str, objects: list[dict], threshold: floa
                 entry["likely_drawn"] = likely_drawn(o["attention_peak"], min_peak)
         summary.append(entry)
     names = [o["name"] for o in objects]
+    labels = object_labels(names)
     # The prompt's nouns in the same colours as their masks.
     text = gr.HighlightedText(value=highlight(prompt, names),
-                              color_map={n: "#{:02x}{:02x}{:02x}".format(*color(i)) for i, n in enumerate(names)})
+                              color_map={n: "#{:02x}{:02x}{:02x}".format(*color(i)) for i, n in enumerate(labels)})
     return view, text, soft, masks, summary
 
 
+def object_labels(names: list[str]) -> list[str]:
+    """One label per object, a repeated noun numbered ("dog #1", "dog #2"), so each keeps its own colour."""
+    return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def highlight(prompt: str, nouns: list[str]) -> list[tuple[str, str | None]]:
-    """The prompt split into (text, label) pieces, each tracked noun labelled with its own name."""
-    spans, used = [], set()
-    for noun in nouns:
-        for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", prompt, flags=re.IGNORECASE):
-            if not any(m.start() < e and s < m.end() for s, e in used):
-                spans.append((m.start(), m.end(), noun))
-                used.add((m.start(), m.end()))
-                break
+    """The prompt split into (text, label) pieces, each tracked noun at the span the generator tracks
+    (`Prompt.from_nouns`: longer nouns first, a repeated noun at its next occurrence), labelled as
+    `object_labels` does."""
+    from freeatm_hf.prompts import Prompt
+
+    labels = object_labels(nouns)
+    try:
+        spans = [(o.start, o.end, label) for o, label in zip(Prompt.from_nouns(prompt, nouns).objects, labels)]
+    except ValueError:  # a noun the text does not hold (a hand-made row): the ones it does, first match each
+        spans, used = [], set()
+        for noun, label in zip(nouns, labels):
+            for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", prompt, flags=re.IGNORECASE):
+                if not any(m.start() < e and s < m.end() for s, e in used):
+                    spans.append((m.start(), m.end(), label))
+                    used.add((m.start(), m.end()))
+                    break
     pieces, pos = [], 0
-    for s, e, noun in sorted(spans):
+    for s, e, label in sorted(spans):
         if s > pos:
             pieces.append((prompt[pos:s], None))
-        pieces.append((prompt[s:e], noun))
+        pieces.append((prompt[s:e], label))
         pos = e
     if pos < len(prompt):
         pieces.append((prompt[pos:], None))
@@ -139,15 +153,18 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "default"
     cache = RowCache(dataset)
     example_prompt, vocabulary = prompt_language(pipeline)
-    # Where each tab's slider starts: the threshold the pipeline's mask evaluation chose for live generation,
-    # and the one the dataset's card states (its boxes') for browsing, else the same.
-    threshold0 = float(_recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD)
-    browse_threshold0 = dataset_threshold(dataset, default=threshold0)
-    browse_threshold0 = threshold0 if browse_threshold0 == "otsu" else browse_threshold0
+    # Where each tab's threshold starts: the one the pipeline's mask evaluation chose for live generation, and
+    # the one the dataset's card states (its boxes') for browsing, else the same. "otsu" (a threshold per map)
+    # is a box to tick next to the slider.
+    gen_choice = _recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD
+    browse_choice = dataset_threshold(dataset, default=gen_choice)
+    threshold0, gen_otsu0 = (DEFAULT_THRESHOLD, True) if gen_choice == "otsu" else (float(gen_choice), False)
+    browse_threshold0, browse_otsu0 = ((threshold0, True) if browse_choice == "otsu"
+                                       else (float(browse_choice), False))
     # The attention peak below which an object was likely not drawn, as the dataset's card / the model recommends.
     browse_min_peak = generation_settings(dataset).get("min_attention_peak")
     gen_min_peak = _recommendation(pipeline).get("min_attention_peak")
-    state: dict = {}
+    state: dict = {}  # the pipeline, loaded once and shared; each session's last generation is in a gr.State
 
     def generator():
         if "gen" not in state:
@@ -160,15 +177,16 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             state["gen"] = FreeATMGenerator(load_pipeline(pipeline, device))
         return state["gen"], vocabulary
 
-    def browse(index: float, threshold: float):
+    def browse(index: float, threshold: float, otsu: bool = browse_otsu0):
         row = cache.get(int(index))
         objects = [{"name": o["name"], "attention": o["attention"], "attention_peak": o.get("attention_peak")}
                    for o in row["objects"]]
-        view, text, soft, masks, summary = render(row["image"], row["prompt"], objects, threshold, browse_min_peak)
+        view, text, soft, masks, summary = render(row["image"], row["prompt"], objects,
+                                                  "otsu" if otsu else threshold, browse_min_peak)
         info = f"row {min(int(index), len(cache.rows) - 1)} · seed {row.get('seed')} · {len(objects)} objects"
         return view, text, soft, masks, summary, info
 
-    def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float):
+    def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float, otsu: bool = gen_otsu0):
         from freeatm_hf.prompts import Prompt
 
         if not prompt.strip():
@@ -184,15 +202,15 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps))  # the model's recommended guidance
         objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L"),
                     "attention_peak": o.attention_peak} for o in out.objects[0]]
-        state["last"] = (out.images[0], prompt, objects)
-        view, text, soft, masks, summary = render(out.images[0], prompt, objects, threshold, gen_min_peak)
-        return view, text, soft, masks, summary
+        view, text, soft, masks, summary = render(out.images[0], prompt, objects, "otsu" if otsu else threshold,
+                                                  gen_min_peak)
+        return view, text, soft, masks, summary, (out.images[0], prompt, objects)
 
-    def regenerate_view(threshold: float):
-        if "last" not in state:
+    def regenerate_view(threshold: float, otsu: bool, last):
+        if last is None:  # nothing generated yet in this session
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        image, prompt, objects = state["last"]
-        return render(image, prompt, objects, threshold, gen_min_peak)
+        image, prompt, objects = last
+        return render(image, prompt, objects, "otsu" if otsu else threshold, gen_min_peak)
 
     with gr.Blocks(title="freeatm mask viewer") as demo:
         gr.Markdown("# Free attention masks\nEach object noun of a prompt gets the map its cross-attention drew "
@@ -204,8 +222,10 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 index = gr.Number(value=0, precision=0, minimum=0, label="row", elem_id="row-index")
                 prev_btn = gr.Button("◀ previous", elem_id="prev")
                 next_btn = gr.Button("next ▶", elem_id="next")
-            b_threshold = gr.Slider(0.0, 0.95, value=browse_threshold0, step=0.05, label="threshold",
-                                    elem_id="browse-threshold")
+            with gr.Row():
+                b_threshold = gr.Slider(0.0, 0.95, value=browse_threshold0, step=0.05, label="threshold",
+                                        elem_id="browse-threshold", scale=4)
+                b_otsu = gr.Checkbox(value=browse_otsu0, label="Otsu (a threshold per map)", elem_id="browse-otsu")
             with gr.Row():
                 b_view = gr.Image(label="masks", type="pil", elem_id="browse-overlay", format="png")
                 with gr.Column():
@@ -217,11 +237,13 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             b_masks = gr.Gallery(label="masks", columns=4, height=220, elem_id="browse-masks", format="png",
                                  object_fit="contain")
             outputs = [b_view, b_text, b_soft, b_masks, b_summary, b_info]
-            index.change(browse, [index, b_threshold], outputs, api_name="browse")
-            b_threshold.change(browse, [index, b_threshold], outputs, api_name=False)
+            inputs = [index, b_threshold, b_otsu]
+            index.change(browse, inputs, outputs, api_name="browse")
+            b_threshold.change(browse, inputs, outputs, api_name=False)
+            b_otsu.change(browse, inputs, outputs, api_name=False)
             prev_btn.click(lambda i: max(0, int(i) - 1), index, index, api_name=False)
             next_btn.click(lambda i: int(i) + 1, index, index, api_name=False)
-            demo.load(browse, [index, b_threshold], outputs, api_name=False)
+            demo.load(browse, inputs, outputs, api_name=False)
         with gr.Tab("Generate", id="generate"):
             gr.Markdown(f"Pipeline: `{pipeline}`")
             with gr.Row():
@@ -232,6 +254,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
                 g_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
                                         elem_id="gen-threshold")
+                g_otsu = gr.Checkbox(value=gen_otsu0, label="Otsu (a threshold per map)", elem_id="gen-otsu")
+            last = gr.State(None)
             go = gr.Button("Generate", variant="primary", elem_id="gen-button")
             with gr.Row():
                 g_view = gr.Image(label="masks", type="pil", elem_id="gen-overlay", format="png")
@@ -242,8 +266,10 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             g_masks = gr.Gallery(label="masks", columns=4, height=220, elem_id="gen-masks", format="png",
                                  object_fit="contain")
             g_outputs = [g_view, g_text, g_soft, g_masks, g_summary]
-            go.click(generate, [prompt, nouns, seed, steps, g_threshold], g_outputs, api_name="generate")
-            g_threshold.change(regenerate_view, g_threshold, g_outputs, api_name=False)
+            go.click(generate, [prompt, nouns, seed, steps, g_threshold, g_otsu], [*g_outputs, last],
+                     api_name="generate")
+            for control in (g_threshold, g_otsu):
+                control.change(regenerate_view, [g_threshold, g_otsu, last], g_outputs, api_name=False)
     return demo
 
 
@@ -251,8 +277,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="freeatm space", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=None, help="dataset folder or Hub id (default: the bundled example)")
     p.add_argument("--pipeline", default=None, help="diffusers pipeline id or folder for live generation")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    # Unset, Gradio's own defaults apply: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Hub Space sets 0.0.0.0), else
+    # 127.0.0.1:7860.
+    p.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME, else 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
     p.add_argument("--share", action="store_true")
     args = p.parse_args(argv)
     build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share)

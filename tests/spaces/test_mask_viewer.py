@@ -43,7 +43,7 @@ def test_browse_endpoint_returns_masks_of_the_image_size(client):
     from datasets import load_dataset
 
     row = load_dataset(str(space_dir() / "example_dataset"), split="train")[2]
-    view, text, soft, masks, summary, info = client.predict(2, 0.4, api_name="/browse")
+    view, text, soft, masks, summary, info = client.predict(2, 0.4, False, api_name="/browse")
     assert info.startswith("row 2 ") and [o["name"] for o in summary] == [o["name"] for o in row["objects"]]
     names = [o["name"] for o in row["objects"]]
     assert "".join(p["token"] for p in text["value"]) == row["prompt"]
@@ -75,9 +75,81 @@ def test_objects_below_the_recommended_peak_are_flagged_as_likely_not_drawn():
     assert soft[0][1] == "star" and "likely_drawn" not in summary[0]
 
 
+def test_the_prompt_highlights_the_spans_the_generator_tracks_in_each_objects_colour():
+    module = load_app()
+    # The longer noun first, as Prompt.from_nouns places them: "ball" is the second one, not the one in "tennis ball".
+    assert module.highlight("a tennis ball and a ball on a lawn", ["ball", "tennis ball"]) == [
+        ("a ", None), ("tennis ball", "tennis ball"), (" and a ", None), ("ball", "ball"), (" on a lawn", None)]
+    # A repeated noun: each occurrence its own label, so each keeps its mask's colour.
+    assert module.highlight("a dog chasing a dog", ["dog", "dog"]) == [
+        ("a ", None), ("dog", "dog #1"), (" chasing a ", None), ("dog", "dog #2")]
+    att = Image.fromarray(np.full((4, 4), 255, np.uint8))
+    text = module.render(Image.new("RGB", (8, 8)), "a dog chasing a dog",
+                         [{"name": "dog", "attention": att}, {"name": "dog", "attention": att}], 0.4)[1]
+    from freeatm_hf.viz import color
+
+    assert text.color_map == {"dog #1": "#{:02x}{:02x}{:02x}".format(*color(0)),
+                              "dog #2": "#{:02x}{:02x}{:02x}".format(*color(1))}
+
+
+def test_the_enlarged_overlay_shows_the_masks_and_boxes_of_the_image_size():
+    from freeatm_hf.masks import full_resolution_mask
+    from freeatm_hf.viz import overlay
+
+    att = Image.fromarray(np.array([[0, 40, 90, 0], [30, 255, 200, 10], [0, 120, 160, 0], [0, 0, 20, 0]], np.uint8))
+    image = Image.new("RGB", (8, 8), (128, 128, 128))
+    mask = full_resolution_mask(np.asarray(att), (8, 8), 0.4)
+    view = np.asarray(overlay(image, [{"name": "x", "attention": att}], 0.4, boxes=False, labels=False, scale=6))
+    painted = (view != 128).any(-1)
+    assert np.array_equal(painted, np.kron(mask.mask, np.ones((6, 6), bool)))
+    boxed = np.asarray(overlay(image, [{"name": "x", "attention": att}], 0.4, labels=False, scale=6))
+    x0, y0, x1, y1 = (int(v * 6) for v in mask.bbox)
+    outline = (boxed != view).any(-1)
+    assert outline[y0, x0:x1].all() and outline[y1 - 1, x0:x1].all() and not outline[:y0].any()
+
+
+def test_each_session_sees_its_own_last_generation_and_otsu_is_a_choice(tmp_path):
+    """The threshold slider redraws the last generation of *this* session (a gr.State), and a model or dataset
+    whose recommended threshold is "otsu" opens with the Otsu box ticked."""
+    import json
+
+    import gradio as gr
+
+    from freeatm_hf.masks import full_resolution_mask
+    from freeatm_hf.toy.model import MODEL_DIR
+
+    module = load_app()
+    (tmp_path / "freeatm.json").write_text(json.dumps({**json.loads((MODEL_DIR / "freeatm.json").read_text()),
+                                                       "threshold": "otsu"}))
+    demo = module.build_demo(pipeline=str(tmp_path))
+    deps = {d.name: d for d in demo.fns.values()}
+    gen, redraw = deps["generate"], next(d for d in demo.fns.values() if d.fn.__name__ == "regenerate_view")
+    state = [c for c in gen.outputs if isinstance(c, gr.State)]
+    assert len(state) == 1 and state[0] in redraw.inputs  # per session, not one dict for every user
+    otsu_box = next(c for c in gen.inputs if isinstance(c, gr.Checkbox))
+    assert otsu_box.value is True
+    att = Image.fromarray(np.array([[0, 40, 90, 0], [30, 255, 200, 10], [0, 120, 160, 0], [0, 0, 20, 0]], np.uint8))
+    last = (Image.new("RGB", (8, 8)), "an x", [{"name": "x", "attention": att}])
+    masks = redraw.fn(0.9, True, last)[3]
+    assert np.array_equal(np.asarray(masks[0][0]) > 0, full_resolution_mask(np.asarray(att), (8, 8), "otsu").mask)
+    assert all(out is gr.skip() or isinstance(out, type(gr.skip())) for out in redraw.fn(0.4, False, None))
+
+
+def test_the_server_address_is_left_to_gradio_unless_given(monkeypatch):
+    """A Hub Space sets GRADIO_SERVER_NAME=0.0.0.0: a fixed default host would override it."""
+    import gradio as gr
+
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    load_app().main([])
+    assert seen["server_name"] is None and seen["server_port"] is None
+    load_app().main(["--host", "0.0.0.0", "--port", "8080"])
+    assert seen["server_name"] == "0.0.0.0" and seen["server_port"] == 8080
+
+
 def test_threshold_changes_the_masks(client):
-    low = client.predict(0, 0.1, api_name="/browse")[3]
-    high = client.predict(0, 0.9, api_name="/browse")[3]
+    low = client.predict(0, 0.1, False, api_name="/browse")[3]
+    high = client.predict(0, 0.9, False, api_name="/browse")[3]
     area = lambda gallery: sum((np.asarray(Image.open(m["image"])) > 0).sum() for m in gallery)  # noqa: E731
     assert area(low) > area(high)
 
@@ -88,12 +160,12 @@ def test_generate_endpoint_detects_nouns_and_returns_masks(client):
     example, vocabulary = module.prompt_language("default")
     detected = module.detect_nouns(example, vocabulary)
     assert len(detected) == 2
-    view, text, soft, masks, summary = client.predict(example, "", 3, 4, 0.4, api_name="/generate")
+    view, text, soft, masks, summary = client.predict(example, "", 3, 4, 0.4, False, api_name="/generate")
     assert [o["name"] for o in summary] == detected
     assert all(np.asarray(Image.open(m["image"])).shape == (64, 64) for m in masks)
     # Listed nouns are tracked as listed, even ones the vocabulary does not know.
     words = example.split()
-    listed = client.predict(example, f"{words[-2]}, {words[1]}", 3, 4, 0.4, api_name="/generate")
+    listed = client.predict(example, f"{words[-2]}, {words[1]}", 3, 4, 0.4, False, api_name="/generate")
     assert [o["name"] for o in listed[4]] == [words[-2], words[1]]
 
 
@@ -232,10 +304,11 @@ def test_an_mmdit_dataset_and_pipeline_work_in_the_space(tmp_path):
     demo = load_app().build_demo(dataset=str(out), pipeline="tiny-flux")
     fns = {f.name: f.fn for f in demo.fns.values()}
     row = load_dataset(str(out), split="train")[1]
-    view, text, soft, masks, summary, info = fns["browse"](1, 0.4)
+    view, text, soft, masks, summary, info = fns["browse"](1, 0.4, False)
     assert info.startswith("row 1 ") and [o["name"] for o in summary] == [o["name"] for o in row["objects"]]
     for (mask, name), o in zip(masks, row["objects"]):
         expected = full_resolution_mask(np.asarray(o["attention"]), (64, 48), 0.4).mask
         assert name == o["name"] and np.array_equal(np.asarray(mask) > 0, expected)
-    view, text, soft, masks, summary = fns["generate"]("a red car parked on a city street", "car, street", 0, 1, 0.4)
+    view, text, soft, masks, summary, _ = fns["generate"]("a red car parked on a city street", "car, street", 0, 1, 0.4,
+                                                          False)
     assert [s["name"] for s in summary] == ["car", "street"] and len(masks) == 2
