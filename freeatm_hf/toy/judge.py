@@ -27,7 +27,11 @@ ASSETS = Path(__file__).parent / "assets"
 CLASSIFIER_FILE = ASSETS / "shape_classifier.safetensors"
 MIN_CHROMA = 70  # object colours are saturated; every background tone has chroma <= 30
 MAX_DISTANCE = 110.0  # RGB distance to the nearest palette colour
-MIN_AREA = 0.004  # share of the image a colour must cover to count as a drawn object (16 px at 64²)
+MIN_AREA = 0.004  # share of the image a colour must cover to count as a drawn object (17 px at 64²)
+# ...and of pixels deep inside it (all 8 neighbours the same colour): where an object meets a light background, a
+# 1-2 px strip of blended edge pixels reads as a neighbouring palette colour (orange on beige as yellow) and can be
+# long enough to pass MIN_AREA; a drawn object, even a small one, has a core.
+MIN_CORE = MIN_AREA / 4
 CROP = 32
 # Softened renders for the classifier: Gaussian blur up to this sigma (pixels of a 64² image) and pixel noise up to
 # this std. A 4×-downsampling decoder softens edges about this much; sharp training silhouettes alone made the
@@ -218,17 +222,25 @@ class ObjectJudgement:
     mask: np.ndarray  # the colour segmenter's mask for this object's colour
 
 
+def core_share(mask: np.ndarray) -> float:
+    """Share of the image covered by the mask's pixels whose 8 neighbours are in it too (outside the image counts
+    as in it, so an object at the border keeps its core)."""
+    t = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    return float((-F.max_pool2d(-t, 3, stride=1, padding=1)).mean())
+
+
 def judge_scene(image, objects: list[tuple[str, str]], classifier: ShapeClassifier | None = None,
-                min_area: float = MIN_AREA):
-    """`objects` are (colour, shape) pairs named by the caption. Returns (judgements, extra colours)."""
+                min_area: float = MIN_AREA, min_core: float = MIN_CORE):
+    """`objects` are (colour, shape) pairs named by the caption. Returns (judgements, extra colours). A colour
+    counts as drawn when it covers `min_area` of the image with a core (see `MIN_CORE`) of `min_core`."""
     masks = colour_masks(image)
-    area = {c: m.mean() for c, m in masks.items()}
-    drawn = [(c, s) for c, s in objects if area[c] >= min_area]
+    present = {c: bool(m.mean() >= min_area and core_share(m) >= min_core) for c, m in masks.items()}
+    drawn = [(c, s) for c, s in objects if present[c]]
     preds = dict(zip([c for c, _ in drawn], classifier.predict([masks[c] for c, _ in drawn]) if classifier else []))
-    judgements = [ObjectJudgement(f"{c} {s}", area[c] >= min_area, preds.get(c) == s, preds.get(c), masks[c])
+    judgements = [ObjectJudgement(f"{c} {s}", present[c], preds.get(c) == s, preds.get(c), masks[c])
                   for c, s in objects]
     requested = {c for c, _ in objects}
-    extra = [c for c in COLORS if c not in requested and area[c] >= min_area]
+    extra = [c for c in COLORS if c not in requested and present[c]]
     return judgements, extra
 
 
