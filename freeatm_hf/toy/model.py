@@ -93,6 +93,8 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
             for key in ("mask_eval", "min_attention_peak", "refine"):
                 info.pop(key, None)
             info.update({k: v for k, v in fresh.items() if k != "prompt_mode"})
+            for stale in ("mask_eval.json", "grid.png"):  # the old weights' report and pictures
+                (folder / stale).unlink(missing_ok=True)
     if mask_eval is not None:
         chosen = mask_eval["capture"]
         chosen_capture = CaptureConfig(down_factors=chosen["down_factors"], step_window=chosen["step_window"])

@@ -46,19 +46,25 @@ def test_the_card_states_the_drawn_filter_it_measured(drawn_filter, says, tmp_pa
 def test_new_weights_drop_what_was_measured_on_the_old_ones(tmp_path):
     """Training that writes into a measured folder: mask quality, drawn cut and the choices made from them no
     longer hold, so the folder says what a fresh one says (until the next mask evaluation)."""
+    import shutil
+
     from huggingface_hub import ModelCard
 
     shipped = json.loads((MODEL_DIR / "freeatm.json").read_text())
     (tmp_path / "freeatm.json").write_text(json.dumps(shipped))
+    for name in ("mask_eval.json", "grid.png"):
+        shutil.copy(MODEL_DIR / name, tmp_path / name)
+    assert "](grid.png)" in (MODEL_DIR / "README.md").read_text()
     training = {**shipped["training"], "unet_steps": shipped["training"]["unet_steps"] + 1}
     info = update_model_folder(tmp_path, training=training)
+    assert not (tmp_path / "mask_eval.json").exists() and not (tmp_path / "grid.png").exists()
     assert "mask_eval" not in info and "min_attention_peak" not in info and info["threshold"] is None
     assert info["training"] == training and info["prompt_mode"] == "shapes"
     text = " ".join(ModelCard.load(tmp_path / "README.md").text.split())
     miou = shipped["mask_eval"]["test"]["miou_drawn"]
     assert f"| {miou} |" in (MODEL_DIR / "README.md").read_text()  # what the shipped card states...
     assert f"| {miou} |" not in text and "Which objects were drawn" not in text  # ...is gone
-    assert "threshold 0.4 (default; not measured yet)" in text
+    assert "threshold 0.4 (default; not measured yet)" in text and "](grid.png)" not in text
 
 
 @pytest.mark.parametrize("runs, unique", [
