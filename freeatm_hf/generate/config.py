@@ -1,8 +1,10 @@
 """Arguments of `freeatm generate` (also a YAML recipe: every key is a field below)."""
 
+import hashlib
 import logging
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,8 @@ class GenerateConfig:
                              f"got {self.license!r}{hint}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
+        if self.num_inference_steps < 1:  # found now, not after the pipeline has loaded
+            raise ValueError(f"num_inference_steps must be at least 1, got {self.num_inference_steps}")
         if self.min_attention_peak is None and rec.get("min_attention_peak") is not None:
             self.min_attention_peak = self._inherited_min_peak(rec)
 
@@ -196,4 +200,15 @@ class GenerateConfig:
         change speed and memory (a run that ran out of memory resumes with a smaller batch); pushing and the
         card's licence are not about the rows either."""
         skip = {"output_dir", "device", "cpu_offload", "push_to_hub", "private", "batch_size", "compile", "license"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        out = {k: v for k, v in asdict(self).items() if k not in skip}
+        if self.prompts_file and Path(self.prompts_file).is_file():
+            # The file's content, not only its path: an edited file must not resume into the same folder.
+            out["prompts_sha256"] = hashlib.sha256(Path(self.prompts_file).read_bytes()).hexdigest()
+        if self.torch_dtype == "auto":  # fp16 on a GPU, fp32 on the CPU: a run moved between them changes its rows
+            import torch
+
+            from .pipelines import resolve_dtype
+
+            device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            out["resolved_dtype"] = str(resolve_dtype("auto", device)).removeprefix("torch.")
+        return out

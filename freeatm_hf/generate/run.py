@@ -19,7 +19,7 @@ from .config import GenerateConfig
 from .generator import FreeATMGenerator
 from .pipelines import load_pipeline, pipeline_source, resolved_commit
 from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
-from .writer import DatasetWriter
+from .writer import DatasetWriter, SettingsMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     features = dataset_features(source.label_names)
     writer = DatasetWriter(cfg.output_dir, features, cfg.settings(), cfg.num_images, cfg.rows_per_shard,
                            is_main_process=state.is_main_process)
+    # What made the rows so far, read before any process records this run's pipeline (after the barrier).
+    made_by = _read_generator(writer) if len(writer.pending()) < writer.num_shards else {}
     if state.is_main_process:
         writer.clean_tmp()
     state.wait_for_everyone()
@@ -91,7 +93,9 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
                 pipe.transformer = torch.compile(pipe.transformer)
         gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine,
                                guidance_scale=cfg.guidance_scale)
-        _record_generator(writer, pipe, gen, state.process_index, commit=resolved_commit(cfg.pipeline, cfg.revision))
+        commit = resolved_commit(cfg.pipeline, cfg.revision)
+        _check_same_generator(made_by, pipe, commit)
+        _record_generator(writer, pipe, gen, state.process_index, commit=commit)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)
@@ -147,6 +151,18 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str |
     tmp = path.with_suffix(f".{rank}.tmp")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, path)
+
+
+def _check_same_generator(made_by: dict, pipe, commit: str | None):
+    """A resumed run must use the weights that made the rows so far: a Hub id without --revision resolves to
+    whatever its branch holds now."""
+    old_commit, old_class = made_by.get("pipeline_commit"), made_by.get("pipeline_class")
+    if old_commit and commit and old_commit != commit:
+        raise SettingsMismatchError(f"the rows so far were made by pipeline commit {old_commit}; it now resolves to "
+                                    f"{commit}. Resume with --revision {old_commit}, or use another output directory.")
+    if old_class and old_class != type(pipe).__name__:
+        raise SettingsMismatchError(f"the rows so far were made by a {old_class}, this run loaded a "
+                                    f"{type(pipe).__name__}; use another output directory.")
 
 
 def _read_generator(writer: DatasetWriter) -> dict:

@@ -27,6 +27,9 @@ NOT_COMPARED = frozenset({"batch_size", "compile", "min_attention_peak"})
 ADDED_SETTINGS = {"refine": "none", "revision": None}
 # Settings that only some prompt modes use, now left unset by the others; older folders recorded a value anyway.
 UNUSED_WHEN_UNSET = frozenset({"num_objects"})
+# Settings added later whose value in older folders is unknown (a prompts file's hash, the dtype "auto" resolved
+# to): compared only where the folder recorded them.
+COMPARED_WHEN_RECORDED = frozenset({"prompts_sha256", "resolved_dtype"})
 
 
 class SettingsMismatchError(ValueError):
@@ -97,7 +100,8 @@ class DatasetWriter:
             added = {k: v for k, v in ADDED_SETTINGS.items() if k in self.settings}
             old = {**added, **json.loads(path.read_text())}
             unused = {k for k in UNUSED_WHEN_UNSET if k in self.settings and self.settings[k] is None}
-            keys = (set(old) | set(self.settings)) - NOT_COMPARED - unused
+            unknown = {k for k in COMPARED_WHEN_RECORDED if k not in old}
+            keys = (set(old) | set(self.settings)) - NOT_COMPARED - unused - unknown
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
             if diff and not self._has_shards():
                 # Nothing written yet (e.g. the first attempt ran out of memory while loading): nothing to keep

@@ -42,6 +42,63 @@ def test_generate_then_resume_then_refuse_other_settings(tmp_path, capsys):
         cli.main(args[:-4] + ["--num_inference_steps", "3", "--device", "cpu"])
 
 
+def _crash_on_second_shard(monkeypatch):
+    from freeatm_hf.generate import writer as W
+
+    write = W.DatasetWriter.write
+
+    def crash(self, shard, rows):
+        if shard.index == 1:
+            raise RuntimeError("simulated crash")
+        return write(self, shard, rows)
+
+    monkeypatch.setattr(W.DatasetWriter, "write", crash)
+    return lambda: monkeypatch.setattr(W.DatasetWriter, "write", write)
+
+
+BASE = ["--pipeline", "tiny", "--device", "cpu", "--num_inference_steps", "1", "--num_images", "4",
+        "--rows_per_shard", "2", "--batch_size", "2"]
+
+
+def test_an_edited_prompts_file_does_not_resume_into_the_same_rows(tmp_path, monkeypatch):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"text": "a dog with a ball", "nouns": ["dog", "ball"]}\n')
+    args = ["generate", "--output_dir", str(tmp_path / "ds"), "--prompts_file", str(prompts), *BASE]
+    restore = _crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(args)
+    restore()
+    prompts.write_text('{"text": "a cat on a sofa", "nouns": ["cat", "sofa"]}\n')
+    with pytest.raises(SettingsMismatchError, match="prompts_sha256"):
+        cli.main(args)
+
+
+def test_a_resume_must_use_the_pipeline_commit_that_made_the_rows(tmp_path, monkeypatch):
+    from freeatm_hf.generate import run
+
+    args = ["generate", "--output_dir", str(tmp_path / "ds"), *BASE]
+    monkeypatch.setattr(run, "resolved_commit", lambda spec, revision=None: "aaaa1111")
+    restore = _crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(args)
+    restore()
+    monkeypatch.setattr(run, "resolved_commit", lambda spec, revision=None: "bbbb2222")  # the branch moved on
+    with pytest.raises(SettingsMismatchError, match="--revision aaaa1111"):
+        cli.main(args)
+    monkeypatch.setattr(run, "resolved_commit", lambda spec, revision=None: "aaaa1111")
+    cli.main(args)  # the same commit finishes the folder
+    assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
+
+
+def test_auto_dtype_is_compared_as_what_it_resolved_to_and_zero_steps_are_refused(tmp_path):
+    from freeatm_hf.generate.config import GenerateConfig
+
+    cpu, gpu = (GenerateConfig(output_dir=str(tmp_path), pipeline="tiny", device=d).settings() for d in ("cpu", "cuda"))
+    assert cpu["resolved_dtype"] == "float32" and gpu["resolved_dtype"] == "float16" and cpu != gpu
+    with pytest.raises(ValueError, match="num_inference_steps must be at least 1"):
+        GenerateConfig(output_dir=str(tmp_path), pipeline="tiny", num_inference_steps=0)
+
+
 def test_the_card_licence_is_the_users_and_changing_it_keeps_the_rows(tmp_path):
     from huggingface_hub import DatasetCard
 
