@@ -36,8 +36,10 @@ class LabelSpace:
 
     @classmethod
     def from_names(cls, names: list[str], group: str = "object") -> "LabelSpace":
-        """A flat label space (every class in one group), e.g. for a custom list of nouns."""
-        return cls([LabelClass(i, n, group, group) for i, n in enumerate(names)])
+        """A flat label space (every class in one group), e.g. for a custom list of nouns. Groups that the scene
+        templates only know by subgroup take a typical one (animal: mammal, vehicle: land)."""
+        subgroup = {"animal": "mammal", "vehicle": "land"}.get(group, group)
+        return cls([LabelClass(i, n, group, subgroup) for i, n in enumerate(names)])
 
     @property
     def names(self) -> list[str]:

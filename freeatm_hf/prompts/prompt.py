@@ -35,6 +35,8 @@ class Prompt:
         is the second ball, not the end of the first. A noun that is not in the text (or only inside another
         noun's span) is an error.
         """
+        if any(not n.strip() for n in nouns):
+            raise ValueError(f"empty noun in {nouns!r}: every tracked noun needs at least one character")
         taken: list[tuple[int, int]] = []
         spans: dict[int, tuple[int, int]] = {}
         for j in sorted(range(len(nouns)), key=lambda j: -len(nouns[j])):  # stable: repeats keep their order
@@ -65,6 +67,10 @@ def as_prompt(p: "Prompt | str | dict") -> Prompt:
     if isinstance(p, dict):
         if not isinstance(p.get("text"), str):
             raise TypeError(f"a prompt needs a 'text' string, got keys {sorted(p)}")
+        unknown = set(p) - {"text", "nouns", "label"}
+        if unknown:  # a misspelt "nouns" would otherwise give a row with no masks at all
+            raise ValueError(f"unknown prompt keys {sorted(unknown)}; a prompt has 'text', 'nouns' and optionally "
+                             "'label'")
         nouns = p.get("nouns", [])
         if not isinstance(nouns, list) or not all(isinstance(n, str) for n in nouns):
             raise TypeError(f"'nouns' must be a list of strings, got {nouns!r}")

@@ -60,7 +60,13 @@ COMPANIONS = {
 
 
 def article(noun: str) -> str:
-    return "an" if noun[:1].lower() in "aeiou" else "a"
+    """By sound, not letter: "a unicycle", "a European ...", "an hourglass"."""
+    word = noun.lower()
+    if word.startswith(("hour", "honest", "honor", "honour", "heir")):
+        return "an"
+    if word.startswith(("uni", "eu", "one", "use", "usu", "uran", "ure", "uti")):
+        return "a"
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 @dataclass
@@ -106,7 +112,7 @@ class ScenePrompts:
             parts = [article(lead.name) + " ", lead]
             parts += _with_list(others[1:])
             parts += [f" is {rng.choice(ACTIVITIES[lead.subgroup])} "]
-            parts += ([f"in front of {article(main.name)} ", main] if others else [" " + rng.choice(PLACES["scene"])])
+            parts += ([f"in front of {article(main.name)} ", main] if others else [rng.choice(PLACES["scene"])])
             return _compose(parts, main.id)
         parts = [article(main.name) + " ", main] + _with_list(others)
         parts += [f" is {rng.choice(ACTIVITIES[main.subgroup])} {rng.choice(PLACES[main.subgroup])}"]

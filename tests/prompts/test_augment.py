@@ -72,3 +72,4 @@ def test_augmenter_spec_errors():
     assert load_augmenter(None) is None
     with pytest.raises(ValueError, match="URL#MODEL"):
         load_augmenter("http://localhost:8000/v1")
+

@@ -73,3 +73,22 @@ def test_bad_settings_are_refused():
         ScenePrompts(mode="poem")
     with pytest.raises(ValueError, match="num_objects"):
         ScenePrompts(num_objects=5)
+
+
+def test_articles_go_by_sound_and_scene_prompts_have_single_spaces():
+    from freeatm_hf.prompts.scenes import article
+
+    assert [article(n) for n in ["unicycle", "European gallinule", "hourglass", "umbrella", "hay", "ostrich"]] == [
+        "a", "a", "an", "an", "a", "an"]
+    prompts = ScenePrompts(num_objects=1, seed=0)
+    texts = [prompts[i].text for i in range(2000)]
+    assert not [t for t in texts if "  " in t]
+    assert any(" is seen " in t for t in texts)  # scene classes alone: "a lakeside is seen at sunset"
+
+
+@pytest.mark.parametrize("group", ["animal", "vehicle", "object", "person", "food", "plant", "scene"])
+def test_a_flat_label_space_of_any_group_makes_scene_prompts(group):
+    prompts = ScenePrompts(LabelSpace.from_names(["dog", "cat", "bus"], group=group), seed=0)
+    for i in range(20):
+        p = prompts[i]
+        assert all(p.text[o.start:o.end] == o.name for o in p.objects)
