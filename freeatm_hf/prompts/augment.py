@@ -7,6 +7,8 @@ template prompt is kept, with a warning, so a bad LLM answer can never corrupt t
 
 import logging
 import os
+import re
+from functools import cache
 
 from .prompt import Prompt
 
@@ -31,10 +33,62 @@ class PromptAugmenter:
         answer = self.complete(INSTRUCTION.format(nouns=", ".join(f'"{n}"' for n in nouns), text=prompt.text))
         text = answer.strip().splitlines()[0].strip().strip('"') if answer.strip() else ""
         try:
-            return Prompt.from_nouns(text, nouns, label=prompt.label, labels=[o.label for o in prompt.objects])
+            rewritten = Prompt.from_nouns(text, nouns, label=prompt.label, labels=[o.label for o in prompt.objects])
+            problem = rewrite_problem(prompt, rewritten)
         except ValueError:
-            logger.warning("augmenter dropped a tracked noun; keeping the template prompt %r", prompt.text)
+            problem = "a tracked noun is missing"
+        if problem:
+            logger.warning("augmenter answer refused (%s); keeping the template prompt %r", problem, prompt.text)
             return prompt
+        return rewritten
+
+
+# What an answer that is not a plain rewrite gives away: the instruction echoed, a preamble ("Sure! Here is the
+# sentence: ..."), nouns quoted as in the instruction's list.
+_NOT_A_SENTENCE = re.compile(r"description:|keep each of|rewrite this|answer with|:", re.IGNORECASE)
+
+
+@cache
+def _label_names() -> frozenset[str]:
+    from .label_space import LabelSpace
+
+    return frozenset(n.lower() for c in LabelSpace.imagenet().classes for n in (c.name, *c.synonyms))
+
+
+def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
+    """Why a rewrite that contains every tracked noun still does not track the same objects, or None.
+
+    Refused: an answer that is not a plain sentence (see `_NOT_A_SENTENCE`, or a quoted noun); a noun whose
+    whole-word count changed ("a dog with a hot dog" → "a hot dog and another hot dog" keeps "dog" only inside
+    "hot dog"); a noun that became part of a longer class name the template did not hold ("lion" → "sea lion").
+    """
+    text, old = rewritten.text, template.text.lower()
+    if _NOT_A_SENTENCE.search(text):
+        return "not a plain sentence"
+    for noun in set(template.nouns):
+        if re.search(rf"[\"'“‘]{re.escape(noun)}[\"'”’]", text, flags=re.IGNORECASE):
+            return f"{noun!r} quoted"
+        pattern = rf"(?<!\w){re.escape(noun)}(?!\w)"
+        now, before = (len(re.findall(pattern, t, flags=re.IGNORECASE)) for t in (text, template.text))
+        if now != before:
+            return f"{noun!r} appears {now} times, not {before}"
+    words = re.findall(r"[\w'-]+", text.lower())
+    names = _label_names()
+    for o in rewritten.objects:
+        n = len(o.name.split())
+        start = len(re.findall(r"[\w'-]+", text[: o.start].lower()))
+        for before in (1, 2):
+            for after in (0, 1, 2):
+                if before + after == 0 or start - before < 0:
+                    continue
+                phrase = " ".join(words[start - before : start + n + after])
+                if phrase in names and phrase != o.name.lower() and phrase not in old:
+                    return f"{o.name!r} became part of {phrase!r}"
+        for after in (1, 2):
+            phrase = " ".join(words[start : start + n + after])
+            if phrase in names and phrase not in old:
+                return f"{o.name!r} became part of {phrase!r}"
+    return None
 
 
 class TransformersAugmenter(PromptAugmenter):

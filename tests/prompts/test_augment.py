@@ -26,7 +26,28 @@ def test_rewrite_keeps_nouns_and_relocates_their_spans():
 def test_rewrite_that_drops_a_noun_keeps_the_template(caplog):
     p = Prompt.from_nouns("a dog with a ball", ["dog", "ball"])
     assert Fixed("A puppy plays outside.")(p) == p
-    assert "dropped a tracked noun" in caplog.text
+    assert "a tracked noun is missing" in caplog.text
+
+
+@pytest.mark.parametrize("answer, why", [
+    ('Rewrite this image description: "dog", "hot dog". Answer with the sentence only.', "not a plain sentence"),
+    ("Sure! Here is the sentence: A happy dog with a hot dog runs in a park.", "not a plain sentence"),
+    ('A "dog" with a "hot dog" runs in a park.', "quoted"),
+    ("A hot dog and another hot dog lie on a picnic table.", "'hot dog' appears 2 times, not 1"),  # no dog left
+])
+def test_answers_that_hold_the_nouns_but_not_the_objects_keep_the_template(answer, why, caplog):
+    p = Prompt.from_nouns("a dog with a hot dog is running in a park", ["dog", "hot dog"])
+    assert Fixed(answer)(p) == p
+    assert why in caplog.text
+    assert Fixed("A happy dog chases a hot dog across a sunny park.")(p).text.startswith("A happy dog")
+
+
+def test_a_noun_that_became_part_of_another_class_name_keeps_the_template(caplog):
+    p = Prompt.from_nouns("a lion with a mask is resting in a field", ["lion", "mask"])
+    assert Fixed("A sea lion wearing a mask rests in a grassy field.")(p) == p
+    assert Fixed("A lion wearing a ski mask rests in a field.")(p) == p
+    assert "'lion' became part of 'sea lion'" in caplog.text and "'mask' became part of 'ski mask'" in caplog.text
+    assert Fixed("A lion with a mask naps in a sunny field.")(p).text == "A lion with a mask naps in a sunny field."
 
 
 @pytest.fixture
