@@ -92,3 +92,13 @@ def test_a_flat_label_space_of_any_group_makes_scene_prompts(group):
     for i in range(20):
         p = prompts[i]
         assert all(p.text[o.start:o.end] == o.name for o in p.objects)
+
+
+def test_class_names_say_what_a_caption_would_and_vehicles_are_vehicles():
+    classes = LabelSpace.imagenet().classes
+    # WordNet's first lemma names something else in a prompt ("a pirate is sailing" draws a person).
+    assert (classes[724].name, classes[408].name, classes[989].name) == ("pirate ship", "amphibious vehicle", "rose hip")
+    assert "pirate" in classes[724].synonyms  # the lemma is kept
+    assert (classes[561].group, classes[561].subgroup) == ("vehicle", "land")  # forklift
+    assert (classes[812].group, classes[812].subgroup) == ("vehicle", "aircraft")  # space shuttle
+    assert len(set(LabelSpace.imagenet().names)) == 1000
