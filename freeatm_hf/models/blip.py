@@ -77,29 +77,23 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temperature,
     """Symmetric InfoNCE over the batch (pair i is the positive of image i and of text i; with `image_ids`, every
     pair of the same image is)."""
     sim_i2t = image_feat @ text_feat.T / temperature
-    if image_ids is None:
-        target = torch.arange(len(sim_i2t), device=sim_i2t.device)
-        return (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_i2t.T, target)) / 2, sim_i2t
-    target = positive_targets(len(sim_i2t), image_ids)  # symmetric: the same for both directions
-    loss = -((F.log_softmax(sim_i2t, 1) * target).sum(1).mean() + (F.log_softmax(sim_i2t.T, 1) * target).sum(1).mean())
-    return loss / 2, sim_i2t
+    target = positive_targets(len(sim_i2t), image_ids, device=sim_i2t.device)  # symmetric: both directions
+    return (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_i2t.T, target)) / 2, sim_i2t
 
 
 def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | None = None,
                           image_ids: torch.Tensor | None = None):
     """BLIP's hard negatives: for each text an image, for each image a text, drawn in proportion to
     softmax(similarity) with the positive pair's weight set to zero, so the positive is never drawn (with
-    `image_ids`, no pair of the same image is). The batch must show at least two images."""
+    `image_ids`, no pair of the same image is; without, each pair is its own image). The batch must show at
+    least two images."""
     with torch.no_grad():
         w_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-5
         w_t2i = F.softmax(sim_i2t.float().T, dim=1) + 1e-5
-        if image_ids is None:
-            w_i2t.fill_diagonal_(0)
-            w_t2i.fill_diagonal_(0)
-        else:
-            same = image_ids[:, None] == image_ids[None, :]
-            w_i2t.masked_fill_(same, 0)
-            w_t2i.masked_fill_(same, 0)
+        ids = torch.arange(len(sim_i2t), device=sim_i2t.device) if image_ids is None else image_ids
+        same = ids[:, None] == ids[None, :]
+        w_i2t.masked_fill_(same, 0)
+        w_t2i.masked_fill_(same, 0)
         neg_image_for_text = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
         neg_text_for_image = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return neg_image_for_text, neg_text_for_image
@@ -194,8 +188,7 @@ class BlipATMModel(BlipPreTrainedModel):
             target_t2i = alpha * F.softmax(text_feat_m @ image_all.T / self.temp, dim=1) + (1 - alpha) * positives
         sim_i2t = image_feat @ text_all.T / self.temp
         sim_t2i = text_feat @ image_all.T / self.temp
-        loss = -((F.log_softmax(sim_i2t, dim=1) * target_i2t).sum(1).mean()
-                 + (F.log_softmax(sim_t2i, dim=1) * target_t2i).sum(1).mean()) / 2
+        loss = (F.cross_entropy(sim_i2t, target_i2t) + F.cross_entropy(sim_t2i, target_t2i)) / 2
         if self.training:
             self.enqueue(image_feat_m, text_feat_m, image_ids)
         return loss, sim_i2t[:, :b]
@@ -236,7 +229,7 @@ class BlipATMModel(BlipPreTrainedModel):
         b = len(input_ids)
         pair_ids = torch.arange(b, device=input_ids.device) if image_ids is None else image_ids
         if (pair_ids != pair_ids[0]).any():
-            neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=image_ids)
+            neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=pair_ids)
             images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds])
             ids = torch.cat([itm_ids, itm_ids, itm_ids[neg_txt]])
             masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]])

@@ -52,7 +52,7 @@ _NOT_A_SENTENCE = re.compile(r"description:|keep each of|rewrite this|answer wit
 def _label_names() -> frozenset[str]:
     from .label_space import LabelSpace
 
-    return frozenset(n.lower() for c in LabelSpace.imagenet().classes for n in (c.name, *c.synonyms))
+    return frozenset(n.lower() for n in LabelSpace.imagenet().vocabulary)
 
 
 def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
@@ -77,17 +77,12 @@ def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
     for o in rewritten.objects:
         n = len(o.name.split())
         start = len(re.findall(r"[\w'-]+", text[: o.start].lower()))
-        for before in (1, 2):
-            for after in (0, 1, 2):
-                if before + after == 0 or start - before < 0:
-                    continue
+        # The noun with up to two words either side: a class name it now belongs to.
+        for before in range(min(start, 2) + 1):
+            for after in range(3):
                 phrase = " ".join(words[start - before : start + n + after])
-                if phrase in names and phrase != o.name.lower() and phrase not in old:
+                if before + after and phrase in names and phrase not in old:
                     return f"{o.name!r} became part of {phrase!r}"
-        for after in (1, 2):
-            phrase = " ".join(words[start : start + n + after])
-            if phrase in names and phrase not in old:
-                return f"{o.name!r} became part of {phrase!r}"
     return None
 
 

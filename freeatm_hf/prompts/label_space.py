@@ -50,6 +50,11 @@ class LabelSpace:
             counts[c.name] = counts.get(c.name, 0) + 1
         return [f"{c.name} ({c.synset or c.id})" if counts[c.name] > 1 else c.name for c in self.classes]
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """Every way the label space names a class: each name, then its synonyms, in class order."""
+        return [n for c in self.classes for n in (c.name, *c.synonyms)]
+
     def __len__(self) -> int:
         return len(self.classes)
 

@@ -145,7 +145,7 @@ def prompt_language(pipeline: str) -> tuple[str, list[str]]:
     from freeatm_hf.prompts import LabelSpace
 
     return ("a golden retriever with a tennis ball is playing in a park",
-            [n for c in LabelSpace.imagenet().classes for n in (c.name, *c.synonyms)])
+            LabelSpace.imagenet().vocabulary)
 
 
 def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Blocks:
