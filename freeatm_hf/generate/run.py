@@ -76,7 +76,7 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     writer = DatasetWriter(cfg.output_dir, features, cfg.settings(), cfg.num_images, cfg.rows_per_shard,
                            is_main_process=state.is_main_process)
     # What made the rows so far, read before any process records this run's pipeline (after the barrier).
-    made_by = _read_generator(writer) if len(writer.pending()) < writer.num_shards else {}
+    made_by = _read_generator(writer) if writer.has_shards() else {}
     if state.is_main_process:
         writer.clean_tmp()
     state.wait_for_everyone()

@@ -103,7 +103,7 @@ class DatasetWriter:
             unknown = {k for k in COMPARED_WHEN_RECORDED if k not in old}
             keys = (set(old) | set(self.settings)) - NOT_COMPARED - unused - unknown
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
-            if diff and not self._has_shards():
+            if diff and not self.has_shards():
                 # Nothing written yet (e.g. the first attempt ran out of memory while loading): nothing to keep
                 # consistent with, so the new settings replace the old.
                 self._write_settings(path, is_main_process)
@@ -115,7 +115,7 @@ class DatasetWriter:
                     f"directory, or the original settings to resume it."
                 )
             return
-        if self._has_shards():
+        if self.has_shards():
             raise SettingsMismatchError(f"{self.root}/data has Parquet files but no {STATE_DIR}/{SETTINGS_FILE}: "
                                         "not a freeatm generation to resume")
         # The card and examples would overwrite what is there (a README.md of the user's own, say).
@@ -143,7 +143,8 @@ class DatasetWriter:
                 f"{shard} has another schema than this version of freeatm writes ({detail or 'types differ'}): "
                 "generate into a new directory (the finished shards stay readable as they are).")
 
-    def _has_shards(self) -> bool:
+    def has_shards(self) -> bool:
+        """Whether any shard is written (by this run or one before it)."""
         return any((self.root / "data").glob("*.parquet"))
 
     def _write_settings(self, path: Path, is_main_process: bool):

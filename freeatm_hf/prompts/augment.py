@@ -10,7 +10,7 @@ import os
 import re
 from functools import cache
 
-from .prompt import Prompt
+from .prompt import Prompt, word_spans
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,7 @@ def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
     for noun in set(template.nouns):
         if re.search(rf"[\"'“‘]{re.escape(noun)}[\"'”’]", text, flags=re.IGNORECASE):
             return f"{noun!r} quoted"
-        pattern = rf"(?<!\w){re.escape(noun)}(?!\w)"
-        now, before = (len(re.findall(pattern, t, flags=re.IGNORECASE)) for t in (text, template.text))
+        now, before = len(word_spans(noun, text)), len(word_spans(noun, template.text))
         if now != before:
             return f"{noun!r} appears {now} times, not {before}"
     words = re.findall(r"[\w'-]+", text.lower())

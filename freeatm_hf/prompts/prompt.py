@@ -4,6 +4,12 @@ import re
 from dataclasses import dataclass, field
 
 
+def word_spans(word: str, text: str) -> list[tuple[int, int]]:
+    """(start, end) of every whole-word, case-insensitive occurrence of `word` in `text`: "dog" in "a dog's
+    bone" but not in "hotdog" or "dogs"."""
+    return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE)]
+
+
 @dataclass(frozen=True)
 class PromptObject:
     """One tracked noun: `text[start:end] == name` (case-insensitive)."""
@@ -41,7 +47,7 @@ class Prompt:
         spans: dict[int, tuple[int, int]] = {}
         for j in sorted(range(len(nouns)), key=lambda j: -len(nouns[j])):  # stable: repeats keep their order
             noun = nouns[j]
-            found = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", text, flags=re.IGNORECASE)]
+            found = word_spans(noun, text)
             free = [(s, e) for s, e in found if not any(s < te and ts < e for ts, te in taken)]
             if not free:
                 k = sum(n.lower() == noun.lower() for n in nouns[:j])

@@ -9,7 +9,6 @@ Environment variables FREEATM_DATASET and FREEATM_PIPELINE set the same as the f
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 import gradio as gr
@@ -19,6 +18,7 @@ from PIL import Image
 from freeatm_hf.data.masks import likely_drawn
 from freeatm_hf.data.reading import dataset_threshold, generation_settings
 from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
+from freeatm_hf.prompts import LabelSpace, Prompt, word_spans
 from freeatm_hf.viz import color, heatmap, overlay
 
 HERE = Path(__file__).resolve().parent
@@ -94,18 +94,16 @@ def highlight(prompt: str, nouns: list[str]) -> list[tuple[str, str | None]]:
     """The prompt split into (text, label) pieces, each tracked noun at the span the generator tracks
     (`Prompt.from_nouns`: longer nouns first, a repeated noun at its next occurrence), labelled as
     `object_labels` does."""
-    from freeatm_hf.prompts import Prompt
-
     labels = object_labels(nouns)
     try:
         spans = [(o.start, o.end, label) for o, label in zip(Prompt.from_nouns(prompt, nouns).objects, labels)]
     except ValueError:  # a noun the text does not hold (a hand-made row): the ones it does, first match each
         spans, used = [], set()
         for noun, label in zip(nouns, labels):
-            for m in re.finditer(rf"(?<!\w){re.escape(noun)}(?!\w)", prompt, flags=re.IGNORECASE):
-                if not any(m.start() < e and s < m.end() for s, e in used):
-                    spans.append((m.start(), m.end(), label))
-                    used.add((m.start(), m.end()))
+            for start, end in word_spans(noun, prompt):
+                if not any(start < e and s < end for s, e in used):
+                    spans.append((start, end, label))
+                    used.add((start, end))
                     break
     pieces, pos = [], 0
     for s, e, label in sorted(spans):
@@ -122,9 +120,9 @@ def detect_nouns(prompt: str, vocabulary: list[str]) -> list[str]:
     """Known object names in the prompt, longest first, without overlaps, in prompt order."""
     found = []
     for name in sorted(set(vocabulary), key=len, reverse=True):
-        for m in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", prompt, flags=re.IGNORECASE):
-            if not any(m.start() < e and s < m.end() for s, e, _ in found):
-                found.append((m.start(), m.end(), prompt[m.start() : m.end()]))
+        for start, end in word_spans(name, prompt):
+            if not any(start < e and s < end for s, e, _ in found):
+                found.append((start, end, prompt[start:end]))
     return [n for _, _, n in sorted(found)]
 
 
@@ -142,8 +140,6 @@ def prompt_language(pipeline: str) -> tuple[str, list[str]]:
 
         return ("a red circle and a small blue star on a striped background",
                 [f"{c} {s}" for c in COLORS for s in SHAPES])
-    from freeatm_hf.prompts import LabelSpace
-
     return ("a golden retriever with a tennis ball is playing in a park",
             LabelSpace.imagenet().vocabulary)
 
@@ -187,8 +183,6 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         return view, text, soft, masks, summary, info
 
     def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float, otsu: bool = gen_otsu0):
-        from freeatm_hf.prompts import Prompt
-
         if not prompt.strip():
             raise gr.Error("type a prompt")
         gen, vocab = generator()
