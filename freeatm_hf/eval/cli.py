@@ -189,6 +189,9 @@ def main_retrieval(args):
 
         if not args.finetune_dir:
             raise ValueError("--finetune_split needs --finetune_dir (where the fine-tuned model is saved)")
+        if args.finetune_split == args.split and (args.finetune_dataset or args.dataset) == args.dataset:
+            raise ValueError(f"--finetune_split and --split are both {args.split!r} of {args.dataset}: the recall would "
+                             "be measured on the pairs the model was fine-tuned on")
         args.model = finetune_retrieval(
             args.model, args.finetune_dataset or args.dataset, args.finetune_dir, split=args.finetune_split,
             image_column=args.image_column,

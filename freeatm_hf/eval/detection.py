@@ -7,9 +7,12 @@ the COCO protocol (torchmetrics' `MeanAveragePrecision` on the pycocotools backe
 Data: a COCO-style folder, `images/<split>/…` and `annotations/<split>.json` (polygons or RLE), read by
 `torchvision.datasets.CocoDetection` wrapped for transforms v2, so boxes and masks follow the flips. As in
 the usual protocol for self-supervised backbones, batch norm is frozen (`FrozenBatchNorm2d`, the pretrained
-statistics) and the stem and first stage are not trained (`trainable_layers=3`).
+statistics) and the stem and first stage are not trained (`trainable_layers=3`). Crowd regions (`iscrowd`) are
+left out of training and ignored by the AP, as COCOeval does; category ids (any numbering, 0 included) become
+the detector's labels 1..K in sorted order, 0 being its background (`categories.json` keeps the map).
 """
 
+import functools
 import logging
 from pathlib import Path
 
@@ -65,24 +68,47 @@ def coco_split(folder: str | Path, split: str, train: bool):
         raise FileNotFoundError(f"a COCO-style folder needs {ann} and {images}/")
     steps = [v2.ToImage()] + ([v2.RandomHorizontalFlip()] if train else []) + [v2.ToDtype(torch.float32, scale=True)]
     ds = CocoDetection(str(images), str(ann), transforms=v2.Compose(steps))
-    return wrap_dataset_for_transforms_v2(ds, target_keys=("image_id", "boxes", "labels", "masks"))
+    return wrap_dataset_for_transforms_v2(ds, target_keys=("image_id", "boxes", "labels", "masks", "iscrowd"))
 
 
-def collate(rows):
+def category_ids(dataset) -> list[int]:
+    """The COCO category ids of a `coco_split`, sorted: id `category_ids[k - 1]` is the detector's label k."""
+    ids = sorted(c["id"] for c in dataset.coco.dataset["categories"])
+    if not ids:
+        raise ValueError("the annotations list no categories")
+    return ids
+
+
+def collate(rows, categories: list[int] | None = None, drop_crowd: bool = True):
+    """Images and Mask R-CNN targets; `categories` (from `category_ids`) maps COCO ids to labels 1..K. With
+    `drop_crowd` (training) crowd regions are left out; else they stay, flagged `iscrowd`, for the AP to ignore."""
     images, targets = [], []
+    lookup = {c: k + 1 for k, c in enumerate(categories)} if categories is not None else None
     for image, t in rows:
         h, w = image.shape[-2:]
         # The v2 wrapper leaves out boxes/labels/masks for an image without annotations.
-        targets.append({"boxes": t.get("boxes", torch.zeros(0, 4)).as_subclass(torch.Tensor).float(),
-                        "labels": t.get("labels", torch.zeros(0, dtype=torch.int64)).as_subclass(torch.Tensor),
-                        "masks": t.get("masks", torch.zeros(0, h, w, dtype=torch.uint8)).as_subclass(torch.Tensor)})
+        target = {"boxes": t.get("boxes", torch.zeros(0, 4)).as_subclass(torch.Tensor).float(),
+                  "labels": t.get("labels", torch.zeros(0, dtype=torch.int64)).as_subclass(torch.Tensor),
+                  "masks": t.get("masks", torch.zeros(0, h, w, dtype=torch.uint8)).as_subclass(torch.Tensor),
+                  "iscrowd": torch.as_tensor(t.get("iscrowd", [0] * len(t.get("labels", []))), dtype=torch.int64)}
+        if lookup is not None:
+            unknown = sorted({int(c) for c in target["labels"]} - set(lookup))
+            if unknown:
+                raise ValueError(f"annotations use category ids {unknown} that the categories list lacks")
+            target["labels"] = torch.tensor([lookup[int(c)] for c in target["labels"]], dtype=torch.int64)
+        if drop_crowd:
+            keep = target.pop("iscrowd") == 0
+            target = {k: v[keep] for k, v in target.items()}
+        targets.append(target)
         images.append(image.as_subclass(torch.Tensor))
     return {"images": images, "targets": targets}
 
 
 @torch.no_grad()
-def coco_ap(detector, dataset, batch_size: int = 8, mask_threshold: float = 0.5) -> dict:
-    """Box and mask AP, AP50, AP75 (COCO protocol) of `detector` on `dataset`."""
+def coco_ap(detector, dataset, batch_size: int = 8, mask_threshold: float = 0.5,
+            categories: list[int] | None = None) -> dict:
+    """Box and mask AP, AP50, AP75 (COCO protocol: crowd regions ignored) of `detector` on `dataset`, whose
+    labels are `categories` mapped to 1..K (see `collate`)."""
     from torchmetrics.detection import MeanAveragePrecision
     from tqdm.auto import tqdm
 
@@ -90,11 +116,13 @@ def coco_ap(detector, dataset, batch_size: int = 8, mask_threshold: float = 0.5)
     detector.eval()
     metric = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools")
     for start in tqdm(range(0, len(dataset), batch_size), desc="detect", leave=False):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], categories,
+                        drop_crowd=False)
         outputs = detector([im.to(device) for im in batch["images"]])
         preds = [{"boxes": o["boxes"].cpu(), "scores": o["scores"].cpu(), "labels": o["labels"].cpu(),
                   "masks": (o["masks"][:, 0] > mask_threshold).cpu()} for o in outputs]
-        refs = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()} for t in batch["targets"]]
+        refs = [{"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool(), "iscrowd": t["iscrowd"]}
+                for t in batch["targets"]]
         metric.update(preds, refs)
     r = metric.compute()
     return {f"{kind}_{name}": float(r[f"{prefix}_{name}"]) for kind, prefix in (("box", "bbox"), ("mask", "segm"))
@@ -109,27 +137,38 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     report box/mask AP on the test split, save the detector's state dict, and update the card."""
     import json
 
-    from transformers import AutoModel, Trainer
+    from transformers import AutoModel, Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..hub.model_card import add_results, write_model_card
     from .finetune import finetune_training_args
+    from .frozen import distinct_splits
 
+    distinct_splits(train_split, test_split)
     train_ds = coco_split(dataset, train_split, train=True)
     test_ds = coco_split(dataset, test_split, train=False)
-    categories = sorted(c["id"] for c in train_ds.coco.dataset["categories"])
+    categories = category_ids(train_ds)
+    if category_ids(test_ds) != categories:
+        raise ValueError(f"{train_split} and {test_split} list different categories: labels would not correspond")
     pretrained = AutoModel.from_pretrained(model_dir)
-    detector = maskrcnn_from_backbone(pretrained, num_classes=max(categories), trainable_layers=trainable_layers,
+    set_seed(seed)  # the new heads' weights: Trainer seeds only after they exist
+    detector = maskrcnn_from_backbone(pretrained, num_classes=len(categories), trainable_layers=trainable_layers,
                                       min_size=min_size, max_size=max_size)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu,
                                   optim="sgd", optim_args="momentum=0.9", weight_decay=1e-4, warmup_steps=0.05,
                                   max_grad_norm=10.0)
-    trainer = Trainer(model=DetectionLoss(detector), args=args, train_dataset=train_ds, data_collator=collate)
+    trainer = Trainer(model=DetectionLoss(detector), args=args, train_dataset=train_ds,
+                      data_collator=functools.partial(collate, categories=categories))
     trainer.train()
+    if not trainer.is_world_process_zero():  # one process saves, scores the test split and writes the card
+        return []
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(detector.state_dict(), out / "maskrcnn.pth")
-    ap = coco_ap(detector, test_ds, batch_size=batch_size)
+    names = {c["id"]: c.get("name", str(c["id"])) for c in train_ds.coco.dataset["categories"]}
+    (out / "categories.json").write_text(json.dumps(
+        {str(k + 1): {"category_id": c, "name": names[c]} for k, c in enumerate(categories)}, indent=2))
+    ap = coco_ap(detector, test_ds, batch_size=batch_size, categories=categories)
     (out / "coco_ap.json").write_text(json.dumps(ap, indent=2))
     logger.info("detection: box AP %.4f, mask AP %.4f", ap["box_map"], ap["mask_map"])
     base = {"task": "object-detection", "dataset": str(dataset), "split": test_split, "revision": None}

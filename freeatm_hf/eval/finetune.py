@@ -52,7 +52,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
                             learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None, update_card=True,
                             revision: str | None = None, max_steps: int = -1) -> list[dict]:
     from torchvision.transforms import v2
-    from transformers import AutoModel, Trainer
+    from transformers import AutoModel, Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -73,6 +73,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
 
     train_ds, test_ds = train_ds.with_transform(with_tf(train_tf)), test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)
+    set_seed(seed)  # the new head's weights: Trainer seeds only after they exist
     clf = classification_model(pretrained, num_labels)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps=max_steps,
                                   use_cpu=use_cpu, per_device_eval_batch_size=batch_size)
@@ -84,7 +85,9 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
 
     trainer = Trainer(model=clf, args=args, train_dataset=train_ds, eval_dataset=test_ds, compute_metrics=accuracy)
     trainer.train()
-    top1 = trainer.evaluate()["eval_top1"]
+    top1 = trainer.evaluate()["eval_top1"]  # gathered over processes
+    if not trainer.is_world_process_zero():
+        return []
     results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,
                 "metric": "finetune_top1", "value": top1}]
     if update_card:

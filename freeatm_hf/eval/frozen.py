@@ -43,17 +43,24 @@ def checkpoint_image_size(model_dir: str, default: int = 224) -> int:
     return int(getattr(AutoConfig.from_pretrained(model_dir), "image_size", None) or default)
 
 
+def distinct_splits(train_split: str, test_split: str, what: str = "the model was fine-tuned on"):
+    """A score on the training images would go into the card as a test score."""
+    if train_split == test_split:
+        raise ValueError(f"train_split and test_split are both {train_split!r}: the score would be measured on the "
+                         f"images {what}")
+
+
 def labelled_splits(dataset: str, train_split: str, test_split: str, revision, image_column: str,
                     label_column: str) -> dict:
     """Both splits, checked before any model runs: distinct splits (a score on the training images would go
-    into the card), an image column, and an integer class column in each."""
+    into the card), an image column, and an integer class column in each with a class for every row (the Hub
+    marks an unlabelled row -1, as ImageNet's test split: counted, it would be a miss the model never made)."""
+    import pyarrow.compute as pc
     from datasets import ClassLabel, Value
 
     from ..data.reading import load
 
-    if train_split == test_split:
-        raise ValueError(f"train_split and test_split are both {train_split!r}: the score would be measured on the "
-                         "images the classifier was fitted on")
+    distinct_splits(train_split, test_split, "the classifier was fitted on")
     splits = {s: load(dataset, split=s, revision=revision) for s in (train_split, test_split)}
     for s, d in splits.items():
         for col in (image_column, label_column):
@@ -64,6 +71,11 @@ def labelled_splits(dataset: str, train_split: str, test_split: str, revision, i
         if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and "int" in feature.dtype)):
             raise ValueError(f"{dataset} [{s}] column {label_column!r} is {feature}, not a class index (int or "
                              "ClassLabel)")
+        labels = d.with_format("arrow")[label_column]
+        unlabelled = len(labels) - (pc.sum(pc.greater_equal(labels, 0)).as_py() or 0)
+        if unlabelled:
+            raise ValueError(f"{dataset} [{s}] has {unlabelled} of {len(labels)} rows without a class ({label_column!r} "
+                             "below 0, or null): evaluate on a labelled split")
     return splits
 
 

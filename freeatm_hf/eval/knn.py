@@ -34,10 +34,17 @@ def accuracy(scores: torch.Tensor, labels: torch.Tensor, topk: int = 1) -> float
 
 def _fit_linear(train_feats, targets, test_feats, out_dim: int, loss_fn, epochs: int, lr: float,
                 weight_decay: float, seed: int) -> torch.Tensor:
-    """A linear head on standardized frozen features, fitted full-batch with L-BFGS; returns test logits."""
+    """A linear head on standardized frozen features, fitted full-batch with L-BFGS; returns test logits.
+
+    A feature constant on the training set (a dead channel, common after ReLU) is left out, in train and test
+    alike: its weight can learn nothing, and dividing by its ~0 spread would turn any test value into a huge
+    one that the untrained random weight then adds to every score."""
     torch.manual_seed(seed)
-    mean, std = train_feats.float().mean(0), train_feats.float().std(0).clamp_min(1e-6)
+    mean, std = train_feats.float().mean(0), train_feats.float().std(0)
+    dead = std <= 1e-6
+    std = torch.where(dead, torch.ones_like(std), std)
     x, xt = (train_feats.float() - mean) / std, (test_feats.float() - mean) / std
+    x[:, dead], xt[:, dead] = 0.0, 0.0
     head = torch.nn.Linear(x.shape[1], out_dim)
     opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
 
@@ -68,11 +75,18 @@ def multilabel_linear_probe(train_feats, train_targets, test_feats, epochs: int 
 
 
 def multilabel_scores(logits: torch.Tensor, targets: torch.Tensor) -> dict:
-    """Macro mean average precision (torchmetrics) and exact-set accuracy at probability 0.5."""
+    """Macro mean average precision (torchmetrics) over the labels present in `targets` (a label with no
+    positive has no precision to average, as in scikit-learn; torchmetrics would count it as 0), and exact-set
+    accuracy at probability 0.5."""
     from torchmetrics.functional.classification import multilabel_average_precision
 
     targets = targets.long()
-    return {"map": float(multilabel_average_precision(logits.sigmoid(), targets, num_labels=targets.shape[1])),
+    present = targets.any(0)
+    if not present.any():
+        raise ValueError("no label has a positive example: average precision is undefined")
+    per_label = multilabel_average_precision(logits[:, present].sigmoid(), targets[:, present],
+                                             num_labels=int(present.sum()), average=None)
+    return {"map": float(per_label.mean()),
             "exact_set_accuracy": float(((logits > 0).long() == targets).all(1).float().mean())}
 
 

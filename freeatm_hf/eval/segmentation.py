@@ -45,7 +45,7 @@ def upernet_from_backbone(model, num_labels: int, id2label: dict | None = None, 
     return seg
 
 
-def _transforms(image_size: int, reduce_labels: bool):
+def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
@@ -61,6 +61,11 @@ def _transforms(image_size: int, reduce_labels: bool):
             raise ValueError(f"label maps must be single-channel, got shape {tuple(lab.shape)}")
         if reduce_labels:  # 0 (background) → ignored, k → k − 1; void pixels stay void
             lab = torch.where((lab == 0) | (lab == IGNORE_INDEX), IGNORE_INDEX, lab - 1)
+        top = int(lab[lab != IGNORE_INDEX].max()) if (lab != IGNORE_INDEX).any() else -1
+        if top >= num_labels:  # else a CUDA device-side assert in the loss, hours in
+            raise ValueError(f"a label map holds class {top}, but the head has num_labels={num_labels} (classes "
+                             f"0..{num_labels - 1}{', after --reduce_labels' if reduce_labels else ''}): pass a larger "
+                             "--num_labels")
         return lab
 
     def train_tf(image, annotation):
@@ -79,8 +84,10 @@ def _transforms(image_size: int, reduce_labels: bool):
 def count_labels(annotations, reduce_labels: bool = False) -> int:
     """Classes in these label maps: the largest label + 1, the ignore index (void) left out; with
     `reduce_labels` 0 is ignored too and the rest shift down by one."""
+    from tqdm.auto import tqdm
+
     top = -1
-    for a in annotations:
+    for a in tqdm(annotations, desc="count labels", leave=False, disable=len(annotations) < 1000):
         labels = np.asarray(a)
         labels = labels[labels != IGNORE_INDEX]
         if labels.size:
@@ -118,23 +125,26 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
                           revision: str | None = None, use_cpu=None, update_card: bool = True) -> list[dict]:
     """Fine-tune UperNet + the checkpoint's backbone on the train split, report test mIoU (and pixel accuracy),
     save the fine-tuned UperNet to `output_dir`, and add the numbers to the checkpoint's results and card."""
-    from transformers import AutoModel, Trainer
+    from transformers import AutoModel, Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import load
     from ..hub.model_card import add_results, write_model_card
     from .finetune import finetune_training_args
+    from .frozen import distinct_splits
     from .metrics import load_metric
 
+    distinct_splits(train_split, test_split)
     train_ds = load(dataset, split=train_split, revision=revision)
     test_ds = load(dataset, split=test_split, revision=revision)
     for col in (image_column, label_column):
         if col not in train_ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
     if num_labels is None:
-        num_labels = count_labels(train_ds[label_column][:200], reduce_labels)
+        # Every map: a class first seen late in the split would crash training when its image comes up.
+        num_labels = count_labels(train_ds[label_column], reduce_labels)  # a lazy column: decoded one by one
         logger.info("num_labels = %d (from the train split's label maps; pass num_labels to override)", num_labels)
-    train_tf, test_tf = _transforms(image_size, reduce_labels)
+    train_tf, test_tf = _transforms(image_size, reduce_labels, num_labels)
 
     def with_tf(tf):
         def apply(batch):
@@ -145,11 +155,14 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     train_ds = train_ds.with_transform(with_tf(train_tf))
     test_ds = test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)
+    set_seed(seed)  # the new head's weights: Trainer seeds only after they exist
     seg = upernet_from_backbone(pretrained, num_labels)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu)
     trainer = Trainer(model=seg, args=args, train_dataset=train_ds)
     trainer.train()
     trainer.save_model(output_dir)
+    if not trainer.is_world_process_zero():  # one process scores the test split and writes the card
+        return []
     preds, refs = predict_label_maps(trainer.model, test_ds, batch_size=batch_size)
     scores = load_metric("semantic_miou").compute(predictions=preds, references=refs, num_labels=num_labels,
                                                   ignore_index=IGNORE_INDEX)

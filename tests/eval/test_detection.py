@@ -79,6 +79,65 @@ def test_coco_folder_round_trips_masks_and_boxes(shapes_coco):
         assert torch.equal(target["masks"].bool(), masks[i][visible])
 
 
+@pytest.fixture
+def renumbered_with_a_crowd(shapes_coco, tmp_path):
+    """The shapes COCO folder with categories numbered from 0 (as many exports do) and, in each split, the
+    first image's first annotation turned into a crowd region."""
+    import shutil
+
+    folder = tmp_path / "coco0"
+    shutil.copytree(shapes_coco, folder)
+    for split in ("train", "test"):
+        path = folder / "annotations" / f"{split}.json"
+        coco = json.loads(path.read_text())
+        for c in coco["categories"]:
+            c["id"] -= 1
+        for a in coco["annotations"]:
+            a["category_id"] -= 1
+        first = next(a for a in coco["annotations"] if a["image_id"] == coco["images"][0]["id"])
+        first["iscrowd"] = 1
+        path.write_text(json.dumps(coco))
+    return folder
+
+
+class _Oracle(torch.nn.Module):
+    """A detector that returns, in order, given outputs."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.outputs = list(outputs)
+
+    def forward(self, images):
+        return [self.outputs.pop(0) for _ in images]
+
+
+def test_category_zero_gets_its_own_label_and_crowds_are_ignored(shapes_coco, renumbered_with_a_crowd):
+    from freeatm_hf.eval.detection import category_ids, coco_ap, coco_split, collate
+
+    train = coco_split(renumbered_with_a_crowd, "train", train=False)
+    categories = category_ids(train)
+    assert categories == list(range(6))
+    original = coco_split(shapes_coco, "train", train=False)
+    (_, t0), (_, t) = original[0], train[0]
+    assert t["iscrowd"][0] == 1  # the v2 wrapper gives the flags as a list
+    kept = collate([train[0]], categories)["targets"][0]  # training: the crowd is left out
+    assert "iscrowd" not in kept
+    assert kept["labels"].tolist() == t0["labels"].tolist()[1:]  # ids 0..5 → labels 1..6, as the 1-based folder
+    torch.testing.assert_close(kept["masks"], t0["masks"][1:])
+    assert kept["labels"].min() >= 1  # 0 is Mask R-CNN's background
+
+    test = coco_split(renumbered_with_a_crowd, "test", train=False)
+    targets = collate([test[i] for i in range(len(test))], categories, drop_crowd=False)["targets"]
+    assert targets[0]["iscrowd"].tolist()[0] == 1
+    # Every object but the crowd found exactly: AP 1 by COCOeval, which ignores the crowd region.
+    outputs = [{"boxes": t["boxes"][t["iscrowd"] == 0], "labels": t["labels"][t["iscrowd"] == 0],
+                "scores": torch.ones(int((t["iscrowd"] == 0).sum())),
+                "masks": t["masks"][t["iscrowd"] == 0][:, None].float()} for t in targets]
+    ap = coco_ap(_Oracle(outputs), test, batch_size=2, categories=categories)
+    assert ap["box_map"] == pytest.approx(1.0) and ap["mask_map"] == pytest.approx(1.0)
+
+
 def test_two_step_finetune_gives_finite_ap_in_the_card(shapes_coco, tmp_path):
     from huggingface_hub import ModelCard
 

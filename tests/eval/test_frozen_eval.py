@@ -104,3 +104,24 @@ def test_splits_and_columns_are_checked_before_any_model_loads(labelled_shapes, 
     with pytest.raises(ValueError, match="has no column 'nolabel'"):
         main(["finetune", "--model", missing, "--dataset", labelled_shapes, "--output_dir", str(tmp_path / "ft"),
               "--image_size", "32", "--label_column", "nolabel"])
+
+
+def test_unlabelled_rows_are_refused_not_counted_as_misses(labelled_shapes, tmp_path):
+    """The Hub marks a row without a class -1 (ImageNet's test split): scored, it would be a miss the model never
+    made."""
+    import shutil
+
+    from datasets import load_dataset
+
+    from freeatm_hf.eval.cli import main
+
+    folder = tmp_path / "shapes"
+    shutil.copytree(labelled_shapes, folder)
+    test = load_dataset(labelled_shapes, split="test")
+    test.map(lambda r, i: {"label": -1 if i % 3 == 0 else r["label"]}, with_indices=True).to_parquet(
+        str(folder / "data" / "test-00000-of-00001.parquet"))
+    base = ["--model", str(tmp_path / "no-checkpoint-here"), "--dataset", str(folder), "--image_size", "32"]
+    with pytest.raises(ValueError, match=r"\[test\] has 10 of 30 rows without a class"):
+        main(["knn", *base])
+    with pytest.raises(ValueError, match=r"\[test\] has 10 of 30 rows without a class"):
+        main(["finetune", *base, "--output_dir", str(tmp_path / "ft")])

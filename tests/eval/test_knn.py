@@ -36,6 +36,22 @@ def test_linear_probe_separates_linearly_separable_features():
     assert accuracy(scores, y[400:]) >= 0.99
 
 
+def test_linear_probe_ignores_features_constant_on_the_training_set():
+    """A dead channel (0 on every training image, as after a ReLU) that fires on test images must not move the
+    scores: it carries nothing the head could have learned."""
+    torch.manual_seed(0)
+    centers = 4 * F.normalize(torch.randn(3, 16), dim=1)
+    y = torch.randint(0, 3, (300,))
+    x = centers[y] + 0.3 * torch.randn(300, 16)
+    dead = torch.zeros(300, 4)
+    dead[200:] = torch.rand(100, 4) * 0.2  # only the test rows
+    xd = torch.cat([x, dead], 1)
+    fired = linear_probe(xd[:200], y[:200], xd[200:], num_classes=3)
+    silent = linear_probe(xd[:200], y[:200], torch.cat([x[200:], torch.zeros(100, 4)], 1), num_classes=3)
+    torch.testing.assert_close(fired, silent)
+    assert accuracy(fired, y[200:]) >= 0.99
+
+
 def test_multilabel_probe_finds_which_labels_are_present():
     from freeatm_hf.eval.knn import multilabel_linear_probe, multilabel_scores
 
@@ -63,6 +79,11 @@ def test_multilabel_scores_against_hand_cases():
     r = multilabel_scores(scores, targets)
     assert r["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)
     assert r["exact_set_accuracy"] == 0.75
+    # A label no test example has has no AP: averaged over the labels present (as scikit-learn), not as a 0.
+    absent = torch.cat([targets, torch.zeros(4, 1, dtype=torch.long)], 1)
+    assert multilabel_scores(torch.cat([perfect, torch.zeros(4, 1)], 1), absent)["map"] == 1.0
+    with pytest.raises(ValueError, match="no label has a positive"):
+        multilabel_scores(perfect, torch.zeros_like(targets))
 
 
 def test_decoding_on_the_device_gives_the_pil_paths_features_in_order():

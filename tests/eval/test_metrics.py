@@ -50,3 +50,5 @@ def test_topk_accuracy_against_hand_counts_and_refuses_short_rankings():
     assert m.compute(predictions=ranked, references=labels, k=[2, 3]) == {"top2": 0.5, "top3": 0.75}
     with pytest.raises(ValueError, match="top-5 accuracy needs at least 5 ranked labels"):
         m.compute(predictions=[[1], [0]], references=[1, 0], k=5)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        m.compute(predictions=ranked, references=labels, k=0)  # "top0" would read as a score of 0

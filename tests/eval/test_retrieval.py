@@ -183,6 +183,9 @@ def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
     with pytest.raises(ValueError, match="finetune_dir"):
         eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--finetune_split",
                    "train"])
+    with pytest.raises(ValueError, match="--finetune_split and --split are both 'train'"):
+        eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--split", "train",
+                   "--finetune_split", "train", "--finetune_dir", str(tmp_path / "ft2")])
 
 
 def test_retrieval_finetuning_moves_the_momentum_encoders_it_distills_from(tmp_path):

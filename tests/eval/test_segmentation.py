@@ -43,7 +43,7 @@ def test_label_map_follows_the_image_through_crop_and_flip():
     lab = np.zeros((64, 64), np.uint8)
     img[8:30, 4:40] = (230, 20, 20)
     lab[8:30, 4:40] = 3
-    train_tf, _ = _transforms(48, reduce_labels=False)
+    train_tf, _ = _transforms(48, reduce_labels=False, num_labels=4)
     seen = 0
     for seed in range(12):
         torch.manual_seed(seed)
@@ -92,29 +92,21 @@ def test_reduce_labels_ignores_background_and_keeps_void_pixels_void():
     from freeatm_hf.eval.segmentation import _transforms
 
     lab = np.array([[0, 1, 255], [3, 255, 0]], np.uint8)
-    _, eval_tf = _transforms(2, reduce_labels=True)
+    _, eval_tf = _transforms(2, reduce_labels=True, num_labels=3)
     _, y = eval_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab, mode="L"))
     # ADE-style: 0 → ignored, k → k − 1, and 255 (void) stays 255 rather than becoming class 254.
     assert y.tolist() == [[255, 0, 255], [2, 255, 255]]
+    # A class the head has no output for is named, not left to a device-side assert in the loss.
+    _, small_tf = _transforms(2, reduce_labels=True, num_labels=2)
+    with pytest.raises(ValueError, match="holds class 2, but the head has num_labels=2"):
+        small_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab, mode="L"))
 
 
-@pytest.mark.parametrize("reduce_labels,expected", [(False, 3), (True, 2)])
-def test_num_labels_read_off_the_label_maps_leave_the_void_index_out(reduce_labels, expected, tmp_path, monkeypatch):
+def num_labels_built(folder, monkeypatch, **kwargs) -> int:
+    """The `num_labels` `finetune_segmentation` builds its head with (stopped there: nothing is trained)."""
     import transformers
-    from datasets import Dataset
-    from PIL import Image
 
     import freeatm_hf.eval.segmentation as segmentation
-
-    rows = []
-    for i in range(3):
-        lab = np.zeros((16, 16), np.uint8)
-        lab[:8], lab[12:, :4 * i] = 1, 2
-        lab[:, :2] = 255  # a void border, as VOC draws around objects
-        rows.append({"image": Image.new("RGB", (16, 16)), "annotation": Image.fromarray(lab)})
-    (tmp_path / "seg" / "data").mkdir(parents=True)
-    for split in ("train", "test"):
-        Dataset.from_list(rows).to_parquet(str(tmp_path / "seg" / "data" / f"{split}-00000-of-00001.parquet"))
 
     class Built(Exception):
         pass
@@ -125,9 +117,46 @@ def test_num_labels_read_off_the_label_maps_leave_the_void_index_out(reduce_labe
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *a, **k: None)
     monkeypatch.setattr(segmentation, "upernet_from_backbone", upernet)
     with pytest.raises(Built) as built:
-        segmentation.finetune_segmentation("unused", str(tmp_path / "seg"), str(tmp_path / "out"),
-                                           reduce_labels=reduce_labels, use_cpu=True)
+        segmentation.finetune_segmentation("unused", str(folder), str(folder / "out"), use_cpu=True, **kwargs)
+    return built.value.args[0]
+
+
+def write_splits(folder, train_rows, test_rows):
+    from datasets import Dataset
+
+    (folder / "data").mkdir(parents=True)
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+@pytest.mark.parametrize("reduce_labels,expected", [(False, 3), (True, 2)])
+def test_num_labels_read_off_the_label_maps_leave_the_void_index_out(reduce_labels, expected, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import freeatm_hf.eval.segmentation as segmentation
+
+    rows = []
+    for i in range(3):
+        lab = np.zeros((16, 16), np.uint8)
+        lab[:8], lab[12:, :4 * i] = 1, 2
+        lab[:, :2] = 255  # a void border, as VOC draws around objects
+        rows.append({"image": Image.new("RGB", (16, 16)), "annotation": Image.fromarray(lab)})
+    folder = write_splits(tmp_path / "seg", rows, rows)
     # Classes {0, 1, 2} (255 is void, not class 255); with reduce_labels 0 is ignored too: {1, 2} → {0, 1}.
-    assert built.value.args == (expected,)
+    assert num_labels_built(folder, monkeypatch, reduce_labels=reduce_labels) == expected
     with pytest.raises(ValueError, match="hold no class"):
         segmentation.count_labels([np.full((4, 4), 255, np.uint8)])
+
+
+def test_num_labels_counts_every_label_map_and_splits_must_differ(tmp_path, monkeypatch):
+    """A class first seen past the 200th map still gets an output; training on the test split is refused."""
+    from PIL import Image
+
+    rows = [{"image": Image.new("RGB", (4, 4)), "annotation": Image.fromarray(np.full((4, 4), i % 3, np.uint8))}
+            for i in range(260)]
+    rows[250]["annotation"] = Image.fromarray(np.full((4, 4), 7, np.uint8))
+    folder = write_splits(tmp_path / "seg", rows, rows[:2])
+    assert num_labels_built(folder, monkeypatch) == 8
+    with pytest.raises(ValueError, match="train_split and test_split are both 'train'"):
+        num_labels_built(folder, monkeypatch, test_split="train")

@@ -30,6 +30,8 @@ class TopkAccuracy(evaluate.Metric):
     def _compute(self, predictions, references, k=None):
         width = min(len(p) for p in predictions) if predictions else 0
         ks = [k] if isinstance(k, int) else list(k or ([1, 5] if width >= 5 else [1]))
+        if not ks or min(ks) < 1:
+            raise ValueError(f"k must be at least 1, got {k!r}")
         if not predictions or max(ks) > width:
             raise ValueError(f"top-{max(ks)} accuracy needs at least {max(ks)} ranked labels per example, got {width}")
         ranked = np.asarray([p[:width] for p in predictions])
