@@ -92,3 +92,21 @@ def test_shapes_recipe_flags_are_the_trainers():
     assert len(calls) == 3
     used = {f for c in calls for f in re.findall(r"(--[a-z_]+)", c)}
     assert used and used <= known, used - known
+
+
+def test_recipe_mappings_reach_dict_arguments_and_an_empty_list_is_named(tmp_path):
+    """YAML writes a dict-valued argument as a mapping: it must arrive as the mapping, not as Python's repr."""
+    from freeatm_hf.generate.cli import parse as parse_generate
+    from freeatm_hf.train.cli import parse, resolve_method
+
+    recipe = tmp_path / "moco.yaml"
+    recipe.write_text("method: moco\ndataset: d\noutput_dir: o\nlr_scheduler_type: cosine_with_min_lr\n"
+                      "lr_scheduler_kwargs: {min_lr: 1.0e-6}\n")
+    _, targs = parse(*resolve_method([str(recipe)]))
+    assert targs.lr_scheduler_kwargs == {"min_lr": 1e-6}
+    gen = tmp_path / "gen.yaml"
+    gen.write_text("output_dir: out\nlayer_weights: {down_blocks: 0.5, up_blocks.1: 2}\n")
+    assert parse_generate([str(gen)]).layer_weight_map() == {"down_blocks": 0.5, "up_blocks.1": 2}
+    recipe.write_text("method: moco\ndataset: d\noutput_dir: o\nlr_milestones: []\n")
+    with pytest.raises(ValueError, match="recipe key 'lr_milestones' is an empty list"):
+        resolve_method([str(recipe)])

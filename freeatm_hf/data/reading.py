@@ -2,8 +2,11 @@
 mix of both, as one `datasets` dataset with `image` and `objects` columns."""
 
 import functools
+import logging
 
 from datasets import Dataset, Features, IterableDataset, interleave_datasets, load_dataset
+
+logger = logging.getLogger(__name__)
 
 DATA_MODES = ("synthetic", "real", "mix")
 
@@ -37,9 +40,19 @@ def _columns(ds) -> list[str]:
     return ds.column_names or list(ds.features or [])
 
 
+def _freeatm_objects(feature) -> bool:
+    """Whether an `objects` feature holds freeatm's attention maps, not another layout of the same name (the
+    Hub's detection datasets: `{bbox: [...], category: [...]}`)."""
+    from datasets import List
+
+    inner = feature.feature if isinstance(feature, List) else None
+    return isinstance(inner, dict) and "attention" in inner
+
+
 def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt", features=None):
-    """Keep `image`, `objects` and `prompt` (the caption); a dataset without `objects` (real data) gets an empty
-    list per row, one without text an empty caption (typed as in `features`, when given, to mix with them)."""
+    """Keep `image`, `objects` and `prompt` (the caption); a dataset without freeatm `objects` (real data, a
+    detection dataset's own `objects` included) gets an empty list per row, one without text an empty caption
+    (typed as in `features`, when given, to mix with them)."""
     if ds.column_names is None and ds.features is None:
         raise ValueError("the streamed dataset does not state its columns or features; load it without --streaming, "
                          "or from Parquet, whose schema states them")
@@ -50,7 +63,11 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
         ds = ds.rename_column(image_column, "image")
     if text_column in cols and text_column != "prompt":
         ds = ds.rename_column(text_column, "prompt")
-    keep = ["image"] + [c for c in ("objects", "prompt") if c in (ds.column_names or cols) or
+    foreign = "objects" in cols and ds.features is not None and not _freeatm_objects(ds.features["objects"])
+    if foreign:
+        logger.info("the dataset's own 'objects' column (%s) holds no attention masks: left out", ds.features["objects"])
+    keep = ["image"] + [c for c in ("objects", "prompt") if (c in (ds.column_names or cols) and not
+                                                             (c == "objects" and foreign)) or
                         (c == "prompt" and text_column in cols)]
     ds = ds.select_columns(keep)
     missing = {c: [] if c == "objects" else "" for c in ("objects", "prompt") if c not in keep}

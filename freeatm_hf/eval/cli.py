@@ -202,6 +202,7 @@ def main_retrieval(args):
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
+    model.set_image_size(size)  # positions interpolated to another size, not cut off
     ds = load(args.dataset, split=args.split, revision=args.revision)
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -90,6 +90,7 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     tok = AutoTokenizer.from_pretrained(model_dir)
     model.config.lm_weight = 0.0
     size = image_size or model.config.vision_config.image_size
+    model.set_image_size(size)  # BLIP fine-tunes at 384 from its 224-px pretraining: positions interpolated
     ds = load(dataset, split=split, revision=revision)
     for col in (image_column, caption_column):
         if col not in ds.column_names:

@@ -26,17 +26,29 @@ def parse(argv: list[str]):
 
         with open(argv[0]) as f:
             recipe = yaml.safe_load(f) or {}
-        argv = [tok for k, v in recipe.items() for tok in _to_args(k, v)] + argv[1:]
+        argv = recipe_flags(recipe) + argv[1:]
     (cfg,) = parser.parse_args_into_dataclasses(args=argv)
     return cfg
 
 
-def _to_args(key, value) -> list[str]:
-    if isinstance(value, bool):
-        return [f"--{key}", str(value)]
-    if isinstance(value, (list, tuple)):
-        return [f"--{key}", *map(str, value)]
-    return [] if value is None else [f"--{key}", str(value)]
+def recipe_flags(recipe: dict) -> list[str]:
+    """A YAML recipe's keys as command-line flags: lists as several values, mappings as JSON (what the
+    dict-valued arguments parse: `layer_weights`, `lr_scheduler_kwargs`), null left out (the default)."""
+    import json
+
+    flags = []
+    for key, value in recipe.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            if not value:  # argparse takes no empty list: "[]" would be refused far from the recipe
+                raise ValueError(f"recipe key {key!r} is an empty list: leave the key out for its default")
+            flags += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
 
 
 def main(argv: list[str] | None = None):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BlipConfig, BlipPreTrainedModel
 from transformers import initialization as init
-from transformers.models.blip.modeling_blip import BlipVisionModel
+from transformers.models.blip.modeling_blip import BlipVisionEmbeddings, BlipVisionModel
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 from transformers.utils import ModelOutput
 
@@ -139,6 +139,27 @@ class BlipATMModel(BlipPreTrainedModel):
             init.constant_(self.temp, self.config.itc_temperature)
             if self.config.momentum_distill:
                 init.constant_(self.image_id_queue, -1)
+
+    @torch.no_grad()
+    def set_image_size(self, image_size: int):
+        """Take `image_size` inputs: every vision tower's (the momentum one too) position table resized by bicubic
+        interpolation of its patch grid, the class position kept, as BLIP does between its 224-px pretraining and
+        384-px fine-tuning. Without it a smaller input silently takes the table's first rows: patch (r, c) of a
+        14×14 grid would get the position of (r·14 + c) // 24, (r·14 + c) % 24 on the 24×24 grid."""
+        vision = self.config.vision_config
+        if image_size % vision.patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of the vision patch size {vision.patch_size}")
+        if image_size == vision.image_size:
+            return
+        for emb in self.modules():
+            if isinstance(emb, BlipVisionEmbeddings):
+                n = (image_size // vision.patch_size) ** 2
+                target = emb.position_embedding.new_empty(1, n + 1, emb.embed_dim)
+                table = emb.interpolate_pos_encoding(target, image_size, image_size)
+                emb.position_embedding = nn.Parameter(table.contiguous(),
+                                                      requires_grad=emb.position_embedding.requires_grad)
+                emb.image_size, emb.num_patches, emb.num_positions = image_size, n, n + 1
+        vision.image_size = image_size
 
     # -- momentum distillation (BLIP's ITC with momentum encoders and queues) ------------------------------
     def momentum_pairs(self):

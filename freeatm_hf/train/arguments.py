@@ -1,6 +1,7 @@
 """Arguments every pretraining method shares: where the data comes from."""
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -74,16 +75,36 @@ def seed_per_process(trainer):
     trainer.add_callback(PerProcessSeedCallback())
 
 
+def resume_point(training_args) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint` a folder, or true/latest for the output folder's
+    last. An output folder that already holds checkpoints is not trained into afresh: Trainer's rotation
+    (`save_total_limit`, by step) would delete the new run's checkpoints first and keep the old run's."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    asked = training_args.resume_from_checkpoint
+    out = training_args.output_dir
+    last = get_last_checkpoint(out) if os.path.isdir(out) else None
+    if str(asked).lower() in ("true", "latest"):
+        if last is None:
+            raise ValueError(f"--resume_from_checkpoint {asked}: {out} holds no checkpoint-* folder to resume")
+        return last
+    if asked is None and last is not None:
+        raise ValueError(f"{out} holds checkpoints of an earlier run ({os.path.basename(last)}): resume it with "
+                         "--resume_from_checkpoint true, or train into another --output_dir")
+    return asked
+
+
 def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):
-    """Train (resuming if asked), save the model, write its card (main process; every checkpoint gets one too),
-    log and save the metrics."""
+    """Train (resuming if asked: see `resume_point`), save the model, write its card (main process; every
+    checkpoint gets one too), log and save the metrics."""
+    resume = resume_point(training_args)
     data, training = (args.data_info(ds), training_info(training_args)) if card else (None, None)
     if card:
         from .callbacks import ModelCardCallback
 
         trainer.add_callback(ModelCardCallback(data, training))
     seed_per_process(trainer)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     if card and trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card

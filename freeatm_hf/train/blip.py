@@ -13,21 +13,25 @@ from .arguments import DataArguments, fit_and_save
 
 
 class BlipTrainer(Trainer):
-    """Logs the three BLIP losses (averaged over the steps since the last log) next to their sum."""
+    """Logs the three BLIP losses (averaged over the training steps since the last log, and over processes, as
+    Trainer's `loss` is) next to their weighted sum."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._parts: dict[str, list[float]] = {}
+        self._parts: dict[str, list[torch.Tensor]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
-        for k in ("loss_itc", "loss_itm", "loss_lm"):
-            self._parts.setdefault(k, []).append(float(getattr(outputs, k)))
+        if model.training:
+            for k in ("loss_itc", "loss_itm", "loss_lm"):  # kept on the device: no sync per step
+                self._parts.setdefault(k, []).append(getattr(outputs, k).detach())
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs and self._parts:
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._parts.items()}}
+            means = torch.stack([torch.stack(v).float().mean() for v in self._parts.values()])
+            means = self.accelerator.reduce(means, reduction="mean")  # every process logs, as Trainer gathers `loss`
+            logs = {**logs, **dict(zip(self._parts, means.tolist()))}
             self._parts = {}
         super().log(logs, *args, **kwargs)
 
@@ -48,7 +52,9 @@ class BlipArguments(DataArguments):
     init_from: str | None = field(default=None, metadata={
         "help": "A BLIP checkpoint folder (Salesforce/blip-... layout) to start from; its tokenizer is used."})
     model_size: str = field(default="base", metadata={"help": "From scratch: base (ViT-B/16 + BERT-base) or tiny."})
-    image_size: int = field(default=224, metadata={"help": "Input side."})
+    image_size: int = field(default=224, metadata={
+        "help": "Input side (BLIP pretrains at 224). A checkpoint of another size (--init_from) gets its position "
+                "embeddings interpolated to it, as BLIP does between pretraining and fine-tuning."})
     max_length: int = field(default=72, metadata={"help": "Text tokens (captions are cut by whole prompts)."})
     crop_scale_min: float = field(default=0.5, metadata={"help": "RandomResizedCrop scale lower bound."})
     momentum_distill: bool = field(default=False, metadata={
@@ -78,6 +84,7 @@ def build_blip(args: BlipArguments):
                             image_text_hidden_size=base.image_text_hidden_size,
                             enc_token_id=getattr(tok, "enc_token_id", None), **args.momentum_config())
         model, info = BlipATMModel.from_pretrained(args.init_from, config=cfg, output_loading_info=True)
+        model.set_image_size(args.image_size)
         if cfg.momentum_distill:
             # A stock BLIP checkpoint has no momentum encoders or queues: start them as BLIP does.
             missing = set(info["missing_keys"])

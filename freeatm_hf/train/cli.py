@@ -19,7 +19,7 @@ def resolve_method(argv: list[str]) -> tuple[str, list[str]]:
     """The method, and the arguments with the recipe's keys spelled out as flags before the command line's own
     (so that flags after a recipe override it). The method is named first, or by the recipe's `method:` key;
     both must agree."""
-    from ..generate.cli import _to_args
+    from ..generate.cli import recipe_flags
 
     named = None if _is_recipe(argv[0]) else argv.pop(0)
     recipe = {}
@@ -35,7 +35,7 @@ def resolve_method(argv: list[str]) -> tuple[str, list[str]]:
         if not (named or recipe_method):
             raise SystemExit(f"{path} has no `method:` key: name the method first, e.g. freeatm train simclr {path}")
         named = named or recipe_method
-    return named, [tok for k, v in recipe.items() for tok in _to_args(k, v)] + argv
+    return named, recipe_flags(recipe) + argv
 
 
 def parse(method: str, argv: list[str]):

@@ -132,6 +132,15 @@ def check_optim_unset(training_args):
                          "lars|sgd|adamw")
 
 
+def check_milestones(args, training_args):
+    """The milestones set the learning rate at each epoch's start: any other schedule (cosine, warm-up) would be
+    overridden for that step and compounded with the steps."""
+    scheduler = str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type))
+    if args.lr_milestones and scheduler != "constant":
+        raise ValueError(f"--lr_milestones is a step schedule of its own: use it with --lr_scheduler_type constant, "
+                         f"not {scheduler}")
+
+
 def read_stream_per_process(training_args):
     """Each process reads its own part of a streamed dataset. accelerate's default for a stream is to read it on
     the main process and concatenate one batch per process, which fails here: a batch pads its instance masks to
@@ -151,6 +160,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
     from .trainer import ContrastiveTrainer
 
     check_optim_unset(training_args)
+    check_milestones(args, training_args)
     from transformers import set_seed
 
     set_seed(training_args.seed)  # the initial weights are part of the experiment

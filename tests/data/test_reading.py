@@ -101,3 +101,28 @@ def test_the_cards_advice_for_a_folder_regenerated_in_place_reads_the_new_rows(t
                          verification_mode="no_checks")
     assert fresh["prompt"] == ["second", "run"]
 
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_detection_datasets_own_objects_column_is_not_taken_for_masks(tmp_path, streaming):
+    """The Hub's detection layout also names a column `objects` ({bbox, category}): as real data its rows have
+    no attention masks, and mixing keeps the synthetic rows' own."""
+    from datasets import Dataset, Features, Image, List, Value
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+    from freeatm_hf.spaces import space_dir
+
+    synthetic = str(space_dir() / "example_dataset")
+    real = tmp_path / "cppe"
+    (real / "data").mkdir(parents=True)
+    features = Features({"image": Image(), "objects": {"bbox": List(List(Value("float32"))),
+                                                       "category": List(Value("int64"))}})
+    rows = [{"image": PILImage.new("RGB", (32, 32), (i * 40, 0, 0)),
+             "objects": {"bbox": [[1.0, 2.0, 30.0, 40.0]], "category": [3]}} for i in range(4)]
+    Dataset.from_list(rows, features=features).to_parquet(str(real / "data" / "train.parquet"))
+    only_real = list(pretraining_dataset(real=str(real), mode="real", streaming=streaming))
+    assert [r["objects"] for r in only_real] == [[]] * 4
+    mixed = list(pretraining_dataset(synthetic, str(real), mode="mix", mix_ratio=0.5, streaming=streaming))
+    assert sum(r["objects"] == [] for r in mixed) == 4
+    assert all("attention" in o for r in mixed for o in r["objects"])

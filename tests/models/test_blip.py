@@ -132,6 +132,8 @@ def test_a_few_cpu_trainer_steps_reduce_each_loss(tmp_path):
     logs = [h for h in trainer.state.log_history if "loss_itc" in h]
     for part in ("loss_itc", "loss_itm", "loss_lm"):
         assert logs[-1][part] < logs[0][part], part
+    for h in logs:  # the parts average the same steps as `loss` (all weights 1 here)
+        assert h["loss"] == pytest.approx(h["loss_itc"] + h["loss_itm"] + h["loss_lm"], rel=1e-4)
 
 
 def test_a_batch_of_one_has_no_itm_pair_but_still_trains():
@@ -266,7 +268,7 @@ def test_momentum_encoders_follow_the_online_ones_by_ema_and_survive_save_and_st
 
     load_tokenizer(model_max_length=40).save_pretrained(tok_dir)
     started, _ = build_blip(BlipArguments(dataset="unused", init_from=str(tok_dir), momentum_distill=True,
-                                          queue_size=6))
+                                          queue_size=6, image_size=32))
     for online_mod, mom_mod in started.momentum_pairs():
         for (n, a), b in zip(online_mod.state_dict().items(), mom_mod.state_dict().values()):
             assert torch.equal(a, b), n
@@ -294,3 +296,33 @@ def test_lm_loss_teaches_the_end_token_when_it_is_also_the_pad_token():
                           ignore_index=-100, label_smoothing=model.text_decoder.label_smoothing)
     assert (labels[:, 1:] == 2).sum() == 2  # both end tokens are targets
     torch.testing.assert_close(out.loss_lm, ref)
+
+
+def test_a_checkpoint_started_at_another_size_gets_interpolated_positions(tmp_path):
+    """--init_from a 64-px checkpoint at --image_size 32: each vision tower's position table is the stock
+    bicubic interpolation (what `interpolate_pos_encoding=True` computes on the fly), saved with the new size."""
+    from freeatm_hf.generate.clip_vocab import load_tokenizer
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    torch.manual_seed(0)
+    big = BlipATMModel(BlipATMConfig(vision_config={**VISION, "image_size": 64}, text_config=TEXT,
+                                     image_text_hidden_size=16, enc_token_id=3))
+    export_stock(big, tmp_path / "stock")
+    load_tokenizer(model_max_length=40).save_pretrained(tmp_path / "stock")
+    model, _ = build_blip(BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"), image_size=32,
+                                        momentum_distill=True, queue_size=4))
+    assert model.config.vision_config.image_size == 32
+    px = torch.randn(2, 3, 32, 32)
+    stock = big.vision_model.eval()  # transformers' BlipVisionModel, at its own 64 px
+    with torch.no_grad():
+        want = stock(pixel_values=px, interpolate_pos_encoding=True).last_hidden_state
+        for tower in (model.vision_model, model.vision_model_m):
+            assert tower.embeddings.position_embedding.shape == (1, 1 + 16, VISION["hidden_size"])
+            torch.testing.assert_close(tower.eval()(pixel_values=px).last_hidden_state, want)
+    model.save_pretrained(tmp_path / "at32")
+    again = BlipATMModel.from_pretrained(tmp_path / "at32")
+    assert again.config.vision_config.image_size == 32
+    torch.testing.assert_close(again.vision_model.embeddings.position_embedding,
+                               model.vision_model.embeddings.position_embedding)
+    with pytest.raises(ValueError, match="not a multiple of the vision patch size"):
+        model.set_image_size(36)

@@ -76,18 +76,19 @@ def test_patch_scores_are_the_highest_object_map_averaged_over_each_patch():
     assert torch.isnan(patch_scores(torch.zeros(0, 32, 32), 8)).all()
 
 
-def test_beta_schedule_callback_sets_beta_per_epoch():
+def test_beta_schedule_callback_sets_beta_per_step():
     model = MAEModel(MAEConfig(**TINY))
     cb = BetaScheduleCallback(0.8)
     seen = []
-    for epoch in range(5):
-        cb.on_epoch_begin(None, SimpleNamespace(epoch=epoch, num_train_epochs=5), None, model=model)
+    for step in range(5):
+        cb.on_step_begin(None, SimpleNamespace(global_step=step, max_steps=5), None, model=model)
         seen.append(model.beta)
     assert seen == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
-    # A run resumed mid-epoch 3 (state.epoch 3.6) is still in epoch 3; float sums just below a boundary count up.
-    for epoch, beta in ((3.6, 0.6), (2.5, 0.4), (1.9999999, 0.4)):
-        cb.on_epoch_begin(None, SimpleNamespace(epoch=epoch, num_train_epochs=5), None, model=model)
-        assert model.beta == pytest.approx(beta)
+    # A resumed run continues from its restored step; a one-step run is at β = 0.
+    cb.on_step_begin(None, SimpleNamespace(global_step=3, max_steps=5), None, model=model)
+    assert model.beta == pytest.approx(0.6)
+    cb.on_step_begin(None, SimpleNamespace(global_step=0, max_steps=1), None, model=model)
+    assert model.beta == 0.0
 
 
 def test_model_uses_the_guided_noise_and_loads_into_stock_vitmae(tmp_path):

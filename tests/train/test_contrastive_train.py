@@ -179,6 +179,10 @@ def test_adamw_takes_trainers_betas_and_epsilon_and_trainers_optim_is_refused(tm
     # Trainer ignores --optim when it is handed an optimizer: a silently different run, so it is an error.
     with pytest.raises(ValueError, match="--optim sgd does not apply.*--optimizer"):
         train("simclr", small_args(), training_args(tmp_path, steps=1, optim="sgd"))
+    # The milestones set the rate at each epoch's start: with cosine, every epoch's first step would run at the
+    # undecayed rate, so only the constant schedule is taken.
+    with pytest.raises(ValueError, match="--lr_milestones .* --lr_scheduler_type constant, not cosine"):
+        train("moco", small_args(lr_milestones=[2]), training_args(tmp_path, steps=1, lr_scheduler_type="cosine"))
 
 
 @pytest.mark.parametrize("method,jitter", [("simclr", (0.8, 0.8, 0.8, 0.2)), ("moco", (0.4, 0.4, 0.4, 0.1))])

@@ -1,0 +1,28 @@
+"""Where a run starts: afresh into an empty folder, or from a checkpoint, never afresh over an earlier run."""
+
+import pytest
+from transformers import TrainingArguments
+
+from freeatm_hf.train.mae import MAEArguments, train
+
+
+def run(out, steps, **kw):
+    args = MAEArguments(dataset=kw.pop("data"), model_size="tiny", image_size=32, patch_size=8)
+    targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=steps, logging_steps=1,
+                              save_strategy="steps", save_steps=1, report_to="none", use_cpu=True, seed=0, **kw)
+    return train(args, targs)
+
+
+def test_an_earlier_runs_checkpoints_are_resumed_or_refused_never_trained_over(tmp_path, shapes_data):
+    out = tmp_path / "mae"
+    with pytest.raises(ValueError, match="holds no checkpoint-\\* folder to resume"):
+        run(out, 2, data=shapes_data, resume_from_checkpoint="true")
+    run(out, 2, data=shapes_data)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # Afresh into the same folder, rotation would delete the new run's checkpoint-1, -2 … before the old ones.
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(checkpoint-2\).*--resume_from_checkpoint true"):
+        run(out, 4, data=shapes_data)
+    resumed = run(out, 4, data=shapes_data, resume_from_checkpoint="true")
+    # Steps 1-2 come from checkpoint-2's saved history, 3-4 are trained now.
+    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
+    assert resumed.state.global_step == 4
