@@ -176,7 +176,7 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     """Dataset card from the finished shards: counts are read back from the Parquet files."""
     import pyarrow.parquet as pq
 
-    from ..hub.cards import render_dataset_card
+    from ..hub.cards import public_generation, render_dataset_card
 
     if not writer.is_complete():
         raise RuntimeError(f"{writer.root} is missing shards; re-run the same command to finish it")
@@ -190,14 +190,16 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     (height, width), map_hw = _sizes(writer.shard_path(0))
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     generator = _read_generator(writer)
-    generation = {**cfg.settings(), "pipeline": cfg.pipeline, "pipeline_source": pipeline_source(cfg.pipeline),
-                  **generator, "height": height, "width": width, "license": cfg.license}
+    generation = public_generation({**cfg.settings(), "pipeline": cfg.pipeline,
+                                    "pipeline_source": pipeline_source(cfg.pipeline), **generator,
+                                    "height": height, "width": width, "license": cfg.license})
     card = render_dataset_card(
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
                     num_truncated=num_truncated, num_shards=writer.num_shards),
-        # A name without its namespace stays a placeholder: push fills in the id the Hub gives it.
-        repo_id=cfg.push_to_hub if cfg.push_to_hub and "/" in cfg.push_to_hub else "<user>/<dataset>",
+        # Always the placeholder: push fills in the repo the folder goes to (`named_card`), which may be
+        # another than --push_to_hub named (`freeatm push DIR other/repo`).
+        repo_id="<user>/<dataset>",
         height=height, width=width, map_height=map_hw[0], map_width=map_hw[1], threshold=cfg.threshold,
         examples=examples,
         mmdit=generator.get("denoiser") == "mmdit",

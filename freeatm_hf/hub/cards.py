@@ -15,6 +15,36 @@ def template_path(name: str) -> Path:
     raise FileNotFoundError(f"card template {name!r} not found in the package or in {source.parent}")
 
 
+# The Hub's size categories (datasets' utils/resources/size_categories.json), by upper row limit.
+SIZE_CATEGORIES = [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
+                   (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
+                   (1e12, "100B<n<1T"), (float("inf"), "n>1T")]
+
+
+def public_generation(generation: dict) -> dict:
+    """The generation settings as a card states them: a local pipeline folder, prompts file or augmenter model
+    by its name, an augmenter server by its model alone. Where they lay on the generating machine tells a reader
+    nothing and may tell too much (a home directory, a private host); the prompts file's hash is kept, and the
+    full paths stay in the folder's resume state (`.freeatm/settings.json`, never pushed)."""
+    from ..data.reading import looks_like_a_path
+
+    out = dict(generation)
+    if out.get("pipeline_source") == "local" and out.get("pipeline"):
+        out["pipeline"] = Path(str(out["pipeline"])).name
+    if out.get("prompts_file"):
+        out["prompts_file"] = Path(str(out["prompts_file"])).name
+    augmenter = str(out.get("augmenter") or "")
+    if augmenter.startswith(("http://", "https://")):
+        out["augmenter"] = f"OpenAI-compatible server#{augmenter.partition('#')[2]}"
+    elif augmenter and (Path(augmenter).exists() or looks_like_a_path(augmenter)):
+        out["augmenter"] = Path(augmenter).name
+    return out
+
+
+def size_category(num_rows: int) -> str:
+    return next(s for limit, s in SIZE_CATEGORIES if num_rows < limit)
+
+
 def render_dataset_card(features, generation: dict, counts: dict, repo_id: str = "<user>/<dataset>",
                         pretty_name: str = "freeatm generated dataset", examples: list[dict] | None = None,
                         extra_tags: list[str] | None = None, **template_vars):
@@ -23,9 +53,7 @@ def render_dataset_card(features, generation: dict, counts: dict, repo_id: str =
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    n = counts.get("num_rows", 0)
-    size = next(s for limit, s in [(1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
-                                   (1e7, "1M<n<10M"), (float("inf"), "n>10M")] if n < limit)
+    size = size_category(counts.get("num_rows", 0))
     data = DatasetCardData(
         pretty_name=pretty_name,
         license=generation.get("license", "other"),

@@ -14,12 +14,25 @@ from pathlib import Path
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+INHERITED_CFG_KEYS = ("test_input_size", "test_crop_pct", "test_crop_mode", "license", "origin_url", "paper_ids",
+                      "paper_name", "hf_hub_id", "hf_hub_filename", "url", "notes", "description")
+
+
+def trained_image_size(folder: str | Path) -> int | None:
+    """The input side a checkpoint was trained at, from its card facts (`card_info.json`), when they say."""
+    from .model_card import CARD_INFO_FILE
+
+    path = Path(folder) / CARD_INFO_FILE
+    size = (json.loads(path.read_text()).get("data") or {}).get("image_size") if path.is_file() else None
+    return int(size) if size else None
+
 
 def export_timm(model, folder: str | Path, image_size: int | None = None, notes: str | None = None) -> Path:
     """Write a model's image encoder as a timm model folder with timm's own `save_for_hf` (config.json with
     `architecture`, `model_args` and `pretrained_cfg`, model.safetensors), no classifier (`num_classes=0`):
     the ResNet (or other timm CNN) of SimCLR/MoCo, MAE's ViT encoder, or BLIP's vision tower (both as a timm
-    `VisionTransformer` with a class token). `image_size` defaults to 224 for CNNs and to the ViT's own size."""
+    `VisionTransformer` with a class token). `image_size` (the size timm's data config states) defaults to 224
+    for CNNs and to the ViT's own size."""
     from timm.models import save_for_hf
 
     kind = model.config.model_type.removeprefix("freeatm_")
@@ -46,6 +59,11 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config.get("model_args", {}).pop("num_classes", None)
+    # save_for_hf starts from the architecture's own default config: its test-time size and crop (timm's
+    # validate.py evaluates at those), and the licence, paper and origin of timm's ImageNet weights, none of
+    # which describe these weights.
+    for key in INHERITED_CFG_KEYS:
+        config.get("pretrained_cfg", {}).pop(key, None)
     config_path.write_text(json.dumps(config, indent=2))
     if notes:
         (folder / "NOTES.md").write_text(notes)
@@ -174,12 +192,16 @@ def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) 
     dict file), "vit" (a transformers ViTModel folder), "blip-retrieval" / "blip-captioning" (a stock BLIP
     folder, with the checkpoint's tokenizer and the image processor its weights were trained with). `model`:
     the checkpoint already loaded, when exporting it several ways."""
+    if Path(out).resolve() == Path(folder).resolve():
+        raise ValueError(f"the export would overwrite the checkpoint in {folder}: give another output path")
+    if to == "torchvision" and Path(out).is_dir():
+        raise ValueError(f"{out} is a folder; a torchvision export is one state-dict file (e.g. {Path(out) / 'resnet50.pth'})")
     model = model if model is not None else load_checkpoint(folder)
     method = model.config.model_type.removeprefix("freeatm_")
     if to != "timm" and to not in STOCK_EXPORTS[method]:
         raise ValueError(f"a {method} checkpoint exports to timm or {', '.join(STOCK_EXPORTS[method])}, not {to!r}")
     if to == "timm":
-        return export_timm(model, out)
+        return export_timm(model, out, image_size=trained_image_size(folder))
     if to == "torchvision":
         return export_torchvision(model, out)
     if to == "vit":

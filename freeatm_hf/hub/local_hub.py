@@ -156,19 +156,30 @@ class LocalHub:
     def _commit(self, repo_type: str, repo_id: str, body: bytes) -> dict:
         lines = [json.loads(line) for line in body.splitlines() if line.strip()]
         header = next(x["value"] for x in lines if x["key"] == "header")
-        added = {}
+        files = self.repos[(repo_type, repo_id)]["files"]
+        added, deleted = {}, []
         for x in lines:
             if x["key"] == "file":
                 added[x["value"]["path"]] = base64.b64decode(x["value"]["content"])
+            elif x["key"] == "deletedFile":
+                deleted.append(x["value"]["path"])
+            elif x["key"] == "deletedFolder":
+                prefix = x["value"]["path"].rstrip("/") + "/"
+                deleted += [f for f in files if f.startswith(prefix)]
             elif x["key"] != "header":
                 self.unknown.append(f"commit op {x['key']}")
-        self.repos[(repo_type, repo_id)]["files"].update(added)
+        for rel in deleted:
+            files.pop(rel, None)
+            if self.root is not None:
+                (self.repo_dir(repo_type, repo_id) / rel).unlink(missing_ok=True)
+        files.update(added)
         if self.root is not None:
             for rel, data in added.items():
                 dst = self.repo_dir(repo_type, repo_id) / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(data)
-        self.commits.append({"repo": (repo_type, repo_id), "message": header.get("summary"), "files": added})
+        self.commits.append({"repo": (repo_type, repo_id), "message": header.get("summary"), "files": added,
+                             "deleted": deleted})
         n = len(self.commits)
         return {"commitUrl": f"{self.url}/{repo_id}/commit/{n:040d}", "commitOid": f"{n:040d}", "pullRequestUrl": None}
 

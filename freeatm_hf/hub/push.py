@@ -20,6 +20,11 @@ IGNORE = [".freeatm/**", "**/.freeatm/**", "**/__pycache__/**", "*.tmp", ".git/*
 # A model repo gets the finished model, not Trainer's intermediate checkpoints (optimizer states, RNG), as
 # Trainer's own push does.
 MODEL_IGNORE = ["checkpoint-*", "checkpoint-*/**"]
+# What a push replaces as a whole: repo files under these that the folder no longer has are deleted, so a
+# regenerated dataset with fewer shards does not keep the old ones (the card's `data/train-*` would read both),
+# and a retrained model keeps no weights or stock exports of its predecessor.
+DATASET_SYNCED = ["data/**", "examples/**"]
+MODEL_SYNCED = ["*.safetensors", "*.safetensors.index.json"]  # + each stock export's folder (`synced`)
 
 
 PUSHED_FILE = ".freeatm/pushed.json"  # where a pushed folder remembers its repo (never uploaded: .freeatm/)
@@ -45,6 +50,8 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     from .. import __version__
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
     if not (folder / "README.md").is_file():
         raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
     # `freeatm push` defaults to a dataset repo: a checkpoint pushed there would be a model nobody can load.
@@ -61,7 +68,8 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     public = public_files(folder, repo_id, repo_type)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
                                commit_message=message, ignore_patterns=IGNORE + list(public)
-                               + (MODEL_IGNORE if repo_type == "model" else []))
+                               + (MODEL_IGNORE if repo_type == "model" else []),
+                               delete_patterns=synced(repo_type))
     if public:
         from huggingface_hub import CommitOperationAdd
 
@@ -73,6 +81,16 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return Pushed(repo_id, url)
+
+
+def synced(repo_type: str) -> list[str] | None:
+    if repo_type == "dataset":
+        return DATASET_SYNCED
+    if repo_type == "model":
+        from .export import STOCK_EXPORTS
+
+        return MODEL_SYNCED + sorted({f"{kind}/**" for kinds in STOCK_EXPORTS.values() for kind in kinds})
+    return None
 
 
 def public_files(folder: Path, repo_id: str, repo_type: str) -> dict[str, bytes]:
@@ -155,13 +173,13 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, to
     from transformers import AutoModel
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from .export import export_timm
+    from .export import export_timm, trained_image_size
 
     model = AutoModel.from_pretrained(str(folder))
     hub_id = f"{repo_id}@{revision}" if revision else repo_id  # timm reads a branch as "hf-hub:<repo>@<branch>"
     method = model.config.model_type.removeprefix("freeatm_")
     with tempfile.TemporaryDirectory() as tmp:
-        export_timm(model, tmp)
+        export_timm(model, tmp, image_size=trained_image_size(folder))
         source = f"[{source_repo}](https://huggingface.co/{source_repo})" if source_repo else "a freeatm_hf checkpoint"
         card = ModelCard.from_template(
             ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",

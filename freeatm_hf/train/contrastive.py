@@ -46,7 +46,8 @@ class ContrastiveArguments(DataArguments):
 
     def data_info(self, ds) -> dict:
         # The augmentation a reader cannot infer from the method's name once it is not the paper's.
-        return {**super().data_info(ds), "color_strength": self.color_strength}
+        # The input size too: a timm export states it as the model's data config.
+        return {**super().data_info(ds), "color_strength": self.color_strength, "image_size": self.image_size}
 
     def __post_init__(self):
         super().__post_init__()

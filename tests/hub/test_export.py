@@ -119,3 +119,34 @@ def test_exporting_something_that_is_not_a_freeatm_checkpoint_says_so(tmp_path):
         tmp_path / "bert")
     with pytest.raises(ValueError, match="holds a bert model, not a freeatm checkpoint"):
         export_main([str(tmp_path / "bert"), str(tmp_path / "out"), "--to", "timm"])
+
+
+def test_a_timm_exports_data_config_is_the_checkpoints_own(tmp_path):
+    """timm's data config from the export: the size the checkpoint was trained at (its card facts), nothing of the
+    architecture's default weights (a 288-px test size, timm's licence and paper); and no export over the
+    checkpoint itself."""
+    import json
+
+    import timm
+
+    from freeatm_hf.hub.cli import export_main
+    from freeatm_hf.hub.model_card import write_model_card
+
+    config_cls, model_cls = METHODS["simclr"]
+    model = model_cls(config_cls(backbone="resnet50", proj_hidden_dim=16, proj_dim=8))
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    write_model_card(ckpt, model.config, data={"dataset": None, "image_size": 64}, training={})
+    export_main([str(ckpt), str(tmp_path / "timm"), "--to", "timm"])
+    cfg = json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 64, 64]
+    assert not {"test_input_size", "test_crop_pct", "license", "paper_ids", "origin_url"} & set(cfg)
+    encoder = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True)
+    # What timm's validate.py resolves (use_test_size=True) is the training size too.
+    assert timm.data.resolve_data_config({}, model=encoder, use_test_size=True)["input_size"] == (3, 64, 64)
+    with pytest.raises(ValueError, match="would overwrite the checkpoint"):
+        export_main([str(ckpt), str(ckpt), "--to", "timm"])
+    (tmp_path / "tv").mkdir()
+    with pytest.raises(ValueError, match="is a folder; a torchvision export is one state-dict file"):
+        export_main([str(ckpt), str(tmp_path / "tv"), "--to", "torchvision"])
+    assert json.loads((ckpt / "config.json").read_text())["model_type"] == "freeatm_simclr"

@@ -100,7 +100,32 @@ def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
         assert 'load_dataset("<user>/<dataset>"' in local["README.md"].decode()
         pushed = repo["files"]["README.md"].decode()
         assert 'load_dataset("me/gen"' in pushed and "repo_id: me/gen" in pushed and "<user>" not in pushed
+        # Pushed again elsewhere, the card names its new repo only.
+        assert run_cli(["push", str(out), "me/other"], hub.url, tmp_path).returncode == 0
+        other = hub.repos[("dataset", "me/other")]["files"]["README.md"].decode()
+        assert 'load_dataset("me/other"' in other and "me/gen" not in other
     assert TOKEN not in res.stdout + res.stderr
+
+
+def test_a_regenerated_folder_pushed_again_replaces_the_repos_shards(tmp_path):
+    """3 rows in 2 shards, then 2 rows in 1: the repo must not keep the old shards next to the new one (the card's
+    `data/train-*` would read 5 rows), while a file added on the Hub outside the data stays."""
+    import shutil
+
+    out = tmp_path / "ds"
+    with FakeHub() as hub:
+        for n in (3, 2):
+            generate_dataset(GenerateConfig(output_dir=str(out), num_images=n, batch_size=n, rows_per_shard=2,
+                                            num_inference_steps=2, device="cpu"))
+            assert run_cli(["push", str(out), "me/scenes"], hub.url, tmp_path).returncode == 0
+            if n == 3:
+                hub.repos[("dataset", "me/scenes")]["files"]["NOTES.md"] = b"by hand"  # added on the Hub
+                shutil.rmtree(out)
+        files = hub.repos[("dataset", "me/scenes")]["files"]
+        assert sorted(f for f in files if f.startswith("data/")) == ["data/train-00000-of-00001.parquet"]
+        assert files["data/train-00000-of-00001.parquet"] == (out / "data" / "train-00000-of-00001.parquet").read_bytes()
+        assert files["NOTES.md"] == b"by hand"
+        assert not hub.unknown
 
 
 def test_push_refuses_an_unfinished_folder(tmp_path):

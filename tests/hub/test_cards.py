@@ -1,0 +1,72 @@
+"""Dataset card metadata the Hub validates."""
+
+import json
+import os
+
+import datasets
+import pytest
+
+
+def test_size_categories_are_the_hubs_own_at_every_scale():
+    from freeatm_hf.hub.cards import size_category
+
+    path = os.path.join(os.path.dirname(datasets.__file__), "utils", "resources", "size_categories.json")
+    known = json.load(open(path))
+    cases = {0: "n<1K", 999: "n<1K", 1_000: "1K<n<10K", 9_999_999: "1M<n<10M", 10_000_000: "10M<n<100M",
+             2_000_000_000: "1B<n<10B", 10**13: "n>1T"}
+    for rows, want in cases.items():
+        assert size_category(rows) == want and want in known
+    # Every tier the Hub lists (but 'unknown') is reached, in its order.
+    tiers = [size_category(10**k) for k in range(2, 14)]
+    assert list(dict.fromkeys(tiers)) == [c for c in known if c != "unknown"]
+
+
+@pytest.mark.parametrize("rows", [12, 50_000_000])
+def test_a_rendered_card_carries_its_size_category(rows):
+    from datasets import Features, Value
+
+    from freeatm_hf.hub.cards import render_dataset_card
+
+    card = render_dataset_card(Features({"prompt": Value("string")}), {"license": "other"}, {"num_rows": rows})
+    assert card.data.size_categories == ["n<1K" if rows == 12 else "10M<n<100M"]
+
+
+def test_a_dataset_card_names_local_files_by_name_not_by_their_place_on_this_machine(tmp_path):
+    """The card is what gets pushed: a local pipeline folder and a prompts file appear by name (the prompts by
+    their hash too); the full paths stay in the resume state, which is never pushed."""
+    import shutil
+
+    from huggingface_hub import DatasetCard
+
+    from freeatm_hf.data.reading import generation_settings
+    from freeatm_hf.generate import GenerateConfig
+    from freeatm_hf.generate.run import generate_dataset
+    from freeatm_hf.toy.model import MODEL_DIR
+
+    private = tmp_path / "home" / "alice" / "private"
+    pipeline = shutil.copytree(MODEL_DIR, private / "my-shapes")
+    prompts = private / "prompts.jsonl"
+    prompts.write_text(json.dumps({"text": "a red circle and a blue star on a plain background",
+                                   "nouns": ["red circle", "blue star"]}) + "\n")
+    out = tmp_path / "ds"
+    generate_dataset(GenerateConfig(output_dir=str(out), pipeline=str(pipeline), prompts_file=str(prompts),
+                                    num_images=1, batch_size=1, num_inference_steps=2, device="cpu"))
+    text = (out / "README.md").read_text()
+    assert str(private) not in text and str(tmp_path) not in text
+    generation = DatasetCard(text).data.to_dict()["freeatm"]["generation"]
+    assert (generation["pipeline"], generation["pipeline_source"], generation["prompts_file"]) == (
+        "my-shapes", "local", "prompts.jsonl")
+    assert len(generation["prompts_sha256"]) == 64 and generation_settings(str(out))["pipeline"] == "my-shapes"
+    settings = json.loads((out / ".freeatm" / "settings.json").read_text())
+    assert settings["pipeline"] == str(pipeline) and settings["prompts_file"] == str(prompts)
+
+
+def test_an_augmenter_is_named_by_its_model_alone():
+    from freeatm_hf.hub.cards import public_generation
+
+    assert public_generation({"augmenter": "http://10.0.0.5:8000/v1#qwen2.5"})["augmenter"] == (
+        "OpenAI-compatible server#qwen2.5")
+    assert public_generation({"augmenter": "/home/alice/llm/qwen"})["augmenter"] == "qwen"
+    assert public_generation({"augmenter": "Qwen/Qwen2.5-0.5B-Instruct"})["augmenter"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    hub = {"pipeline": "stable-diffusion-v1-5/stable-diffusion-v1-5", "pipeline_source": "hub"}
+    assert public_generation(hub) == hub
