@@ -111,9 +111,9 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
                                   weight_decay=0.05, lr_scheduler_type="cosine")
     callbacks = []
     if model.config.momentum_distill:  # else the momentum encoders stay frozen while their queues fill
-        from ..train.callbacks import MomentumUpdateCallback
+        from ..train.callbacks import DistillAlphaCallback, MomentumUpdateCallback
 
-        callbacks.append(MomentumUpdateCallback())
+        callbacks += [MomentumUpdateCallback(), DistillAlphaCallback()]
     trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform), processing_class=tok,
                           data_collator=default_data_collator,  # rows come padded (see train.blip)
                           callbacks=callbacks)

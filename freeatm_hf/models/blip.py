@@ -24,12 +24,16 @@ from transformers.utils import ModelOutput
 
 from .momentum import ema_update_, enqueue_
 
+BLIP_LABEL_SMOOTHING = 0.1  # BLIP's BertLMHeadModel: CrossEntropyLoss(label_smoothing=0.1)
+
 
 class BlipATMConfig(BlipConfig):
     """`BlipConfig` plus the pretraining settings: `itc_temperature` (initial, 0.07; learned, clamped to
     [0.001, 0.5]), `enc_token_id` (the [ENC] token that replaces the first token for ITM, as BLIP does;
     default: keep the first token), loss weights, and BLIP's momentum distillation for ITC
-    (`momentum_distill`, off by default; `momentum` 0.995, `queue_size` 57600, `distill_alpha` 0.4)."""
+    (`momentum_distill`, off by default; `momentum` 0.995, `queue_size` 57600, `distill_alpha` 0.4, reached
+    by a ramp over the first epoch: `DistillAlphaCallback`). The LM loss smooths its labels by 0.1, as BLIP's
+    decoder does, unless the text config says otherwise (transformers' default is 0)."""
 
     model_type = "freeatm_blip"
 
@@ -46,6 +50,9 @@ class BlipATMConfig(BlipConfig):
         self.itc_weight, self.itm_weight, self.lm_weight = itc_weight, itm_weight, lm_weight
         self.momentum_distill, self.momentum = momentum_distill, momentum
         self.queue_size, self.distill_alpha = queue_size, distill_alpha
+        text = kwargs.get("text_config")
+        if text is None or (isinstance(text, dict) and "label_smoothing" not in text):
+            kwargs["text_config"] = {**(text or {}), "label_smoothing": BLIP_LABEL_SMOOTHING}
         super().__init__(**kwargs)
 
 
@@ -116,6 +123,9 @@ class BlipATMModel(BlipPreTrainedModel):
         self.text_proj = nn.Linear(config.text_config.hidden_size, config.image_text_hidden_size)
         self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
         self.temp = nn.Parameter(torch.tensor(float(config.itc_temperature)))
+        # The current distillation weight, set by `DistillAlphaCallback` (None: the config's): a Python float,
+        # not a weight, not saved.
+        self.distill_alpha: float | None = None
         if config.momentum_distill:
             self.vision_model_m = BlipVisionModel(config.vision_config).requires_grad_(False)
             self.vision_proj_m = copy.deepcopy(self.vision_proj).requires_grad_(False)
@@ -195,7 +205,8 @@ class BlipATMModel(BlipPreTrainedModel):
         α·softmax(momentum similarities) + (1 − α)·positives (one-hot, or with `image_ids` every batch or queue
         entry of the same image, as in BLIP's retrieval fine-tuning). Returns the loss and the batch block of the
         image→text similarities (for hard negatives); in training the queues take the batch's momentum features."""
-        alpha, b = self.config.distill_alpha, len(image_feat)
+        alpha = self.config.distill_alpha if self.distill_alpha is None else self.distill_alpha
+        b = len(image_feat)
         with torch.no_grad():
             image_m = self.vision_model_m(pixel_values=pixel_values).last_hidden_state
             image_feat_m = F.normalize(self.vision_proj_m(image_m[:, 0]), dim=-1)

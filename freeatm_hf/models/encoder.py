@@ -25,6 +25,18 @@ def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int 
     return nn.Sequential(*layers)
 
 
+def paired_instances(masks_1: torch.Tensor | None, masks_2: torch.Tensor | None,
+                     valid: torch.Tensor | None) -> torch.Tensor | None:
+    """`(B, K)` instances to contrast: the collator's `instance_valid` (every slot when not given) and, of those,
+    the ones with some mask left in both views. An object can pass the visibility check on its full-resolution
+    mask and still vanish when a thin mask is resized with the crop: pooled, it would be a zero vector, a
+    constant pair (or, in MoCo, a constant key in the queue)."""
+    if masks_1 is None or masks_2 is None:
+        return valid
+    present = (masks_1.flatten(2) > 0).any(-1) & (masks_2.flatten(2) > 0).any(-1)
+    return present if valid is None else valid.bool() & present
+
+
 def instance_features(backbone: nn.Module, pixel_values: torch.Tensor, masks: torch.Tensor | None,
                       valid: torch.Tensor | None, pooling: str) -> torch.Tensor:
     """`(N, C)` features of every valid instance in the batch (row-major over images, then instances).
@@ -35,4 +47,4 @@ def instance_features(backbone: nn.Module, pixel_values: torch.Tensor, masks: to
     if pooling == "image" or masks is None:
         return fmap.mean((2, 3))
     pooled = attention_pool(fmap, masks)  # (B, K, C)
-    return pooled[valid]
+    return pooled.flatten(0, 1) if valid is None else pooled[valid]

@@ -54,6 +54,8 @@ def instance_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gat
     else:
         g1, g2, offset, world = z1, z2, 0, 1
     total = len(g1)
+    if total == 0:  # nothing to contrast (an evaluation batch whose objects were all cropped away)
+        return z1.sum() * 0.0
     anchors = F.normalize(torch.cat([z1, z2]), dim=-1)
     candidates = F.normalize(torch.cat([g1, g2]), dim=-1)
     sim = (anchors @ candidates.T).float() / temperature
@@ -70,6 +72,8 @@ def moco_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tempera
 
     `total`: the number of queries over all processes (default: this process's), for a global mean.
     """
+    if len(q) == 0 and not total:  # nothing to contrast: 0, not 0/0
+        return q.sum() * 0.0
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     pos = (q * k).sum(-1, keepdim=True)
     neg = q @ queue.T.to(q.dtype)

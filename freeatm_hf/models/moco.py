@@ -1,8 +1,9 @@
 """MoCo-v2 with attention-pooled instance features: the key encoder's instance features fill the queue.
 
-Batch-norm leakage across a multi-GPU batch is avoided with SyncBatchNorm (the training entry converts the
-model when it runs on several processes); shuffle-BN does not map onto a variable number of instances
-per image.
+The head has no batch norm (MoCo-v2's). In the backbone, MoCo's shuffle-BN (query and key normalised over
+different sub-batches, so BN statistics cannot leak which key is the positive) does not map onto a variable
+number of instances per image; on several GPUs the training entry uses SyncBatchNorm instead, which keeps the
+statistics global but does not by itself stop that leakage: a known deviation.
 """
 
 import copy
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .encoder import POOLINGS, create_backbone, instance_features
+from .encoder import POOLINGS, create_backbone, instance_features, paired_instances
 from .losses import global_count, moco_info_nce
 from .momentum import ema_update_, enqueue_
 from .simclr import ContrastiveOutput, skipped_step
@@ -77,11 +78,14 @@ class MoCoModel(PreTrainedModel):
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:
         pooling = self.config.pooling
+        if pooling == "attention":
+            instance_valid = paired_instances(masks_1, masks_2, instance_valid)
         fq = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
         # Decided on the global count: a process with few (even no) instances still runs the SyncBatchNorm and
-        # queue collectives the others run.
+        # queue collectives the others run. One instance is enough: its negatives are the queue, and the head
+        # has no batch norm.
         total = global_count(len(fq), fq.device) if self.training else len(fq)
-        if self.training and total < 2:
+        if self.training and total < 1:
             return skipped_step(fq, modules=[self.head])
         q = self.head(fq)
         with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .encoder import POOLINGS, create_backbone, instance_features, projection_head
+from .encoder import POOLINGS, create_backbone, instance_features, paired_instances, projection_head
 from .losses import global_count, instance_nt_xent
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class SimCLRModel(PreTrainedModel):
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:
         pooling = self.config.pooling
+        if pooling == "attention":
+            instance_valid = paired_instances(masks_1, masks_2, instance_valid)
         f1 = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
         f2 = instance_features(self.backbone, pixel_values_2, masks_2, instance_valid, pooling)
         # Decided on the global count, so that every process takes the same path through the collectives.
@@ -79,7 +81,7 @@ def skipped_step(*features, modules=()) -> ContrastiveOutput:
     negatives to contrast, and the head's batch norm cannot normalise one sample. A zero loss that keeps the
     graph through the features and the skipped `modules` (DDP expects a gradient for every parameter), so
     Trainer steps on without a crash."""
-    logger.warning("a batch with fewer than 2 instances contributes no loss")
+    logger.warning("a batch with too few instances to contrast contributes no loss")
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     zero = sum(f.sum() for f in features) * 0.0 + sum(p.sum() for p in params) * 0.0
     return ContrastiveOutput(loss=zero, num_instances=len(features[0]))

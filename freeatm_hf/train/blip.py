@@ -73,14 +73,16 @@ class BlipArguments(DataArguments):
 
 def build_blip(args: BlipArguments):
     """(model, tokenizer): from a BLIP checkpoint folder, or from scratch with the offline CLIP BPE tokenizer."""
-    from ..models.blip import BlipATMConfig, BlipATMModel
+    from ..models.blip import BLIP_LABEL_SMOOTHING, BlipATMConfig, BlipATMModel
 
     if args.init_from:
         from transformers import AutoTokenizer, BlipConfig
 
         tok = AutoTokenizer.from_pretrained(args.init_from)
         base = BlipConfig.from_pretrained(args.init_from)
-        cfg = BlipATMConfig(vision_config=base.vision_config.to_dict(), text_config=base.text_config.to_dict(),
+        # BLIP's own label smoothing for the LM loss: a stock config states transformers' default, 0.
+        text = {**base.text_config.to_dict(), "label_smoothing": BLIP_LABEL_SMOOTHING}
+        cfg = BlipATMConfig(vision_config=base.vision_config.to_dict(), text_config=text,
                             image_text_hidden_size=base.image_text_hidden_size,
                             enc_token_id=getattr(tok, "enc_token_id", None), **args.momentum_config())
         model, info = BlipATMModel.from_pretrained(args.init_from, config=cfg, output_loading_info=True)
@@ -153,9 +155,9 @@ def train(args: BlipArguments, training_args):
     training_args.remove_unused_columns = False
     callbacks = []
     if model.config.momentum_distill:
-        from .callbacks import MomentumUpdateCallback
+        from .callbacks import DistillAlphaCallback, MomentumUpdateCallback
 
-        callbacks.append(MomentumUpdateCallback())
+        callbacks += [MomentumUpdateCallback(), DistillAlphaCallback()]
     # The tokenizer as the processing class, so that Trainer saves it into every checkpoint (each one evaluates
     # and exports on its own); the default collator all the same, as the rows come padded and padding through
     # the tokenizer would turn every pixel into a Python list and back (~50× slower collation).

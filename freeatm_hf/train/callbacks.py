@@ -22,6 +22,19 @@ class MomentumUpdateCallback(TrainerCallback):
             model.momentum_update()
 
 
+class DistillAlphaCallback(TrainerCallback):
+    """BLIP's distillation weight: α = distill_alpha · step / (steps in the first epoch), then distill_alpha, as
+    BLIP's pretraining and retrieval fine-tuning ramp it (the momentum encoders start as untrained copies)."""
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        import math
+
+        model = getattr(model, "module", model)
+        if getattr(model.config, "momentum_distill", False):
+            first_epoch = max(1, math.ceil(state.max_steps / max(1, math.ceil(state.num_train_epochs or 1))))
+            model.distill_alpha = model.config.distill_alpha * min(1.0, state.global_step / first_epoch)
+
+
 class PerProcessSeedCallback(TrainerCallback):
     """Reseed every process with `seed + process index` as training starts, as MAE's and BLIP's reference code
     seed per rank. Trainer seeds all processes alike, so each would otherwise draw the same MAE masks, the same

@@ -295,6 +295,7 @@ def test_lm_loss_teaches_the_end_token_when_it_is_also_the_pad_token():
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                           ignore_index=-100, label_smoothing=model.text_decoder.label_smoothing)
     assert (labels[:, 1:] == 2).sum() == 2  # both end tokens are targets
+    assert model.text_decoder.label_smoothing == 0.1  # BLIP's; transformers' BlipTextConfig defaults to 0
     torch.testing.assert_close(out.loss_lm, ref)
 
 
@@ -326,3 +327,26 @@ def test_a_checkpoint_started_at_another_size_gets_interpolated_positions(tmp_pa
                                model.vision_model.embeddings.position_embedding)
     with pytest.raises(ValueError, match="not a multiple of the vision patch size"):
         model.set_image_size(36)
+
+
+def test_distillation_weight_ramps_over_the_first_epoch_as_blip_does():
+    from types import SimpleNamespace
+
+    from freeatm_hf.train.callbacks import DistillAlphaCallback
+
+    model = tiny(momentum_distill=True, queue_size=4, distill_alpha=0.4)
+    cb = DistillAlphaCallback()
+    seen = []
+    for step in (0, 5, 10, 20, 39):  # 40 steps over 4 epochs: the first epoch is 10 steps
+        cb.on_step_begin(None, SimpleNamespace(global_step=step, max_steps=40, num_train_epochs=4), None, model=model)
+        seen.append(model.distill_alpha)
+    assert seen == pytest.approx([0.0, 0.2, 0.4, 0.4, 0.4])
+    # The loss uses the current weight (None: the config's).
+    model.eval()  # no enqueueing: the same queues for every call
+    px, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    losses = {}
+    for alpha in (0.0, 0.4, None):
+        model.distill_alpha = alpha
+        with torch.no_grad():
+            losses[alpha] = model(px, ids).loss_itc
+    assert torch.equal(losses[None], losses[0.4]) and not torch.allclose(losses[0.0], losses[0.4])

@@ -128,14 +128,75 @@ def test_bad_config_is_refused():
         MoCoConfig(momentum=1.5)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])
-def test_a_batch_with_one_instance_steps_on_with_zero_loss(method):
-    from freeatm_hf.models import MoCoConfig, MoCoModel, SimCLRConfig, SimCLRModel
-
-    cls, cfg = (SimCLRModel, SimCLRConfig) if method == "simclr" else (MoCoModel, MoCoConfig)
-    kw = {"queue_size": 16} if method == "moco" else {}
-    model = cls(cfg(backbone="resnet18", proj_hidden_dim=16, proj_dim=8, **kw)).train()
+def test_a_simclr_batch_with_one_instance_steps_on_with_zero_loss():
+    model = SimCLRModel(SimCLRConfig(**SMALL)).train()
     x = torch.randn(1, 3, 64, 64)
-    out = model(x, x.clone())  # image pooling: one image, one instance
+    out = model(x, x.clone())  # image pooling: one image, one instance, no negative
     assert out.loss.item() == 0.0 and out.num_instances == 1
     out.loss.backward()  # the graph is intact: Trainer can step
+
+
+def test_a_moco_batch_with_one_instance_still_learns_against_the_queue():
+    """MoCo's negatives are the queue and its head has no batch norm: one instance is a full InfoNCE term."""
+    torch.manual_seed(0)
+    model = MoCoModel(MoCoConfig(queue_size=16, **SMALL)).train()
+    x = torch.randn(1, 3, 64, 64)
+    queue = model.queue.clone()
+    out = model(x, x.clone())
+    q, k = out.embeddings_1, out.embeddings_2
+    torch.testing.assert_close(out.loss, moco_info_nce(q, k, queue, 0.2))
+    assert out.loss.item() > 0 and model.queue_ptr.item() == 1
+    torch.testing.assert_close(model.queue[0], F.normalize(k[0], dim=-1))
+
+
+def eval_model(method):
+    config_cls, model_cls = METHODS[method]
+    kw = {"queue_size": 16} if method == "moco" else {}
+    return model_cls(config_cls(**SMALL, **kw)).eval()
+
+
+def masked_batch(b=2, k=3, size=64):
+    torch.manual_seed(1)
+    masks = torch.zeros(b, k, size, size)
+    for i in range(b):
+        for j in range(k):
+            masks[i, j, 8 * j : 8 * j + 16, 8 * i : 8 * i + 24] = 1.0
+    return torch.randn(b, 3, size, size), torch.randn(b, 3, size, size), masks
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_every_slot_counts_when_no_instance_valid_is_given(method):
+    """Masks without `instance_valid` (a caller other than the package's collator): every slot is an instance,
+    not one stray row that turned the loss into a silent zero."""
+    x1, x2, masks = masked_batch()
+    model = eval_model(method)
+    with torch.no_grad():
+        without = model(x1, x2, masks, masks.clone())
+        with_valid = model(x1, x2, masks, masks.clone(), instance_valid=torch.ones(2, 3, dtype=torch.bool))
+    assert without.num_instances == 6
+    torch.testing.assert_close(without.loss, with_valid.loss)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_an_instance_whose_mask_vanished_in_one_view_is_left_out(method):
+    x1, x2, masks = masked_batch()
+    m2 = masks.clone()
+    m2[1, 2] = 0  # cropped or resized away in the second view only
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    model = eval_model(method)
+    expected_valid = valid.clone()
+    expected_valid[1, 2] = False
+    with torch.no_grad():
+        got = model(x1, x2, masks, m2, instance_valid=valid)
+        want = model(x1, x2, masks, m2, instance_valid=expected_valid)
+    assert got.num_instances == 5
+    torch.testing.assert_close(got.loss, want.loss)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_an_evaluation_batch_without_instances_scores_zero_not_an_error(method):
+    x1, x2, masks = masked_batch()
+    model = eval_model(method)
+    with torch.no_grad():
+        out = model(x1, x2, masks, masks.clone(), instance_valid=torch.zeros(2, 3, dtype=torch.bool))
+    assert out.num_instances == 0 and out.loss.item() == 0.0
