@@ -1,7 +1,7 @@
 """Device-side accumulators for the captured maps: one fp32 buffer per resolution, fixed size.
 
 Memory does not grow with the number of steps or layers: every call adds into the same
-`(batch, tokens, h*w)` buffer, and only a Python counter records how many maps went in.
+`(batch, tokens, h*w)` buffer, and a 0-d tensor beside it counts (by layer weight) how many maps went in.
 """
 
 import math
@@ -31,7 +31,9 @@ class AttentionStore:
     def __init__(self, config: CaptureConfig | None = None):
         self.config = config or CaptureConfig()
         self.buffers: dict[int, torch.Tensor] = {}
-        self.counts: dict[int, float] = {}  # summed layer weights (layer calls, unweighted)
+        # Summed layer weights per factor, as device tensors: a Python number changed inside a compiled denoiser
+        # would be a guard, and every step a recompile.
+        self.counts: dict[int, torch.Tensor] = {}
         self.step = -1
         self.num_steps = 0
         self._count_steps: Callable[[], int] | None = None
@@ -61,15 +63,16 @@ class AttentionStore:
             buf = self.buffers.get(f)
             if buf is not None and buf.shape == shape and buf.device == device:
                 buf.zero_()
+                self.counts[f].zero_()
             else:
                 self.buffers[f] = torch.zeros(shape, dtype=torch.float32, device=device)
+                self.counts[f] = torch.zeros((), dtype=torch.float32, device=device)
         self.batch_size, self.num_tokens = token_index.shape
         self.latent_hw = tuple(latent_hw)
         self._count_steps = num_steps if callable(num_steps) else None
         self.num_steps = 0 if callable(num_steps) else num_steps
         self.step = -1
         self.active = False
-        self.counts = dict.fromkeys(self.config.down_factors, 0.0)
 
     def _check_window(self, num_steps: int):
         start, end = self.config.step_window
@@ -125,13 +128,17 @@ class AttentionStore:
             raise RuntimeError(f"selected maps {tuple(selected.shape)} do not fit the store "
                                f"({self.batch_size}, {expected}, {self.num_tokens}) at factor {factor}")
         self.buffers[factor].add_(selected.transpose(1, 2), alpha=weight)
-        self.counts[factor] += weight
+        self.counts[factor].add_(weight)
+
+    def weights_added(self) -> dict[int, float]:
+        """Summed layer weights added per factor (layer calls, unweighted), read off the device."""
+        return {f: c.item() for f, c in self.counts.items()}
 
     def token_maps(self) -> dict[int, torch.Tensor]:
         """Mean map per factor, `(batch, tokens, h, w)`, over every layer call inside the window."""
         out = {}
         for f, buf in self.buffers.items():
-            if self.counts[f] == 0:
+            if self.counts[f].item() == 0:
                 raise RuntimeError(f"no attention was captured at factor {f}: no such layer, or no step in the window")
             out[f] = (buf / self.counts[f]).view(self.batch_size, self.num_tokens, *grid_size(self.latent_hw, f))
         return out

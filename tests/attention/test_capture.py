@@ -125,7 +125,7 @@ def test_step_window_and_mid_block_and_factor_choice(tiny_pipe):
     out, store, ref = run_with_reference(tiny_pipe, PROMPTS, config)
     expected = ref.token_maps(len(PROMPTS), store.token_index, 4, config)
     # steps 2 and 3 of 4, each with the four factor-4 layers: down_blocks.2, mid_block, up_blocks.0 (×2)
-    assert store.counts == {4: 2 * 4}
+    assert store.weights_added() == {4: 2 * 4}
     torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
 
 
@@ -140,7 +140,7 @@ def test_layer_weights_make_each_resolution_a_weighted_mean_over_its_layers(tiny
     out, store, ref = run_with_reference(tiny_pipe, PROMPTS, config)
     expected = ref.token_maps(len(PROMPTS), store.token_index, 4, config, weight)
     # 4 steps × (down_blocks.2: 1, up_blocks.0.attentions.0: 3, up_blocks.0.attentions.1: 0.5)
-    assert store.counts == {4: 4 * 4.5}
+    assert store.weights_added() == {4: 4 * 4.5}
     torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
     unweighted = ref.token_maps(len(PROMPTS), store.token_index, 4, config)[4]
     assert (expected[4] - unweighted).abs().max() > 1e-4  # the weights did change the map
@@ -172,7 +172,7 @@ def test_the_step_window_divides_the_denoiser_calls_of_schedulers_that_make_more
     out, store, ref = run_with_reference(pipe, PROMPTS[:1], config, steps=4)
     assert ref.step + 1 == calls == store.num_steps
     # The last half of the calls (3 of Heun's 7, 2 of PNDM's 5), each with the three factor-4 layers.
-    assert store.counts == {4: 3 * len([i for i in range(calls) if i / calls >= 0.5])}
+    assert store.weights_added() == {4: 3 * len([i for i in range(calls) if i / calls >= 0.5])}
     expected = ref.token_maps(1, store.token_index, calls, config)
     torch.testing.assert_close(store.token_maps()[4].double(), expected[4], rtol=1e-5, atol=1e-7)
 
@@ -308,7 +308,7 @@ def test_memory_is_constant_in_the_number_of_steps(tiny_pipe):
     for steps in (2, 6):
         gen = FreeATMGenerator(tiny_pipe)
         gen(PROMPTS, seeds=[0, 1], num_inference_steps=steps, output_type="np")
-        held.append((held_tensor_elements(gen), dict(gen.store.counts)))
+        held.append((held_tensor_elements(gen), gen.store.weights_added()))
     (small, counts_2), (large, counts_6) = held
     assert small == large
     assert sum(b.numel() for b in gen.store.buffers.values()) == 2 * gen.store.num_tokens * (16 * 16 + 8 * 8)
@@ -363,20 +363,23 @@ def test_a_second_prompt_for_sdxls_other_encoder_is_refused():
 
 
 @pytest.mark.slow
-def test_capture_compiles_with_the_unet_without_recompiling_per_batch():
-    """torch.compile(unet) with capture inside: same maps as eager, and later batches reuse the graph."""
+def test_capture_compiles_with_the_unet_without_recompiling_per_step_or_batch():
+    """torch.compile(unet) with capture inside: same maps as eager, one graph for every step (the store's
+    counts are device tensors: a Python number it changed per call was a guard, and each step a recompile),
+    and later batches reuse it."""
     from torch._dynamo.utils import counters
 
     from freeatm_hf.generate.tiny import tiny_pipeline
 
     pipe = tiny_pipeline()
     gen = FreeATMGenerator(pipe)
-    eager = [gen([p], [i], num_inference_steps=2, output_type="np") for i, p in enumerate(PROMPTS)]
+    eager = [gen([p], [i], num_inference_steps=4, output_type="np") for i, p in enumerate(PROMPTS)]
     pipe.unet = torch.compile(pipe.unet)
-    compiled = gen([PROMPTS[0]], [0], num_inference_steps=2, output_type="np")
     graphs = counters["stats"]["unique_graphs"]
-    again = gen([PROMPTS[1]], [1], num_inference_steps=2, output_type="np")
-    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation for a new batch
+    compiled = gen([PROMPTS[0]], [0], num_inference_steps=4, output_type="np")
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # 4 steps, one graph
+    again = gen([PROMPTS[1]], [1], num_inference_steps=4, output_type="np")
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # no recompilation for a new batch
     for out, ref in ((compiled, eager[0]), (again, eager[1])):
         np.testing.assert_allclose(out.images[0], ref.images[0], atol=1e-4)
         for a, b in zip(out.objects[0], ref.objects[0]):

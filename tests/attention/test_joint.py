@@ -295,7 +295,7 @@ def test_block_weights_give_a_weighted_mean_over_the_joint_blocks():
         return {"transformer_blocks.0.attn": 2.0, "transformer_blocks.1.attn": 0.0}.get(name, 0.25)
 
     got = gen.store.token_maps()[2]
-    assert gen.store.counts[2] == KW["num_inference_steps"] * 2.25
+    assert gen.store.weights_added()[2] == KW["num_inference_steps"] * 2.25
     torch.testing.assert_close(got.double(), ref.token_maps(2, gen.store.token_index, weight).view_as(got),
                                rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="give every double block weight 0"):
