@@ -55,7 +55,20 @@ def random_freeatm_rows(n: int, side: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def loader_throughput(loader, step, batch_size: int, device, sync, epochs: int = 3, skip: int = 2) -> float:
+def timing_loader(ds, batch_size: int, workers: int, collate_fn, device):
+    """A DataLoader of one long epoch drawn with replacement from `ds` (a few hundred encoded rows): at least
+    three batches per worker, so neither epoch restarts (each a stall of a whole batch build) nor workers left
+    idle by a short epoch enter the end-to-end figure."""
+    import torch
+
+    n = (3 * max(workers, 1) + 4) * batch_size
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=n,
+                                             generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       collate_fn=collate_fn, pin_memory=device.type == "cuda", drop_last=True)
+
+
+def loader_throughput(loader, step, batch_size: int, device, sync, epochs: int = 1, skip: int = 2) -> float:
     """Items/s of `step(batch)` fed by `loader` (batches moved to `device`), the first `skip` steps not counted."""
     steps, t0, counted = 0, None, 0
     for _ in range(epochs):

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 
 import torch
-from _common import default_workers, loader_throughput, random_freeatm_rows, setup, throughput
+from _common import default_workers, loader_throughput, random_freeatm_rows, setup, throughput, timing_loader
 
 
 def make_inputs(b, size, k, device, attention: bool):
@@ -94,9 +94,7 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
         cargs = ContrastiveArguments(image_size=args.image_size, gpu_photometric=True)
         ds = ds.with_transform(make_transform(cargs))
         workers = default_workers(args.workers)
-        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=workers,
-                                             collate_fn=collate_two_views, pin_memory=device.type == "cuda",
-                                             persistent_workers=workers > 0, drop_last=True)
+        loader = timing_loader(ds, args.batch_size, workers, collate_two_views, device)
         aug = BatchPhotometric(kernel_size=blur_kernel_for(args.image_size)).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         run = step_fn(model, opt, dtype, device)

@@ -91,10 +91,15 @@ def main():
         out = fn()
         return torch.cuda.max_memory_allocated() / 2**20, out
 
-    # Warm-up, memory and identity checks.
+    # Warm-up, memory and identity checks. Peak memory of the whole call (the VAE decode of the batch may set
+    # it) and of the denoising alone (latents out), where the capture's own allocations live.
     mem_plain, img_plain = peak(plain)
     mem_capture, img_capture = peak(captured)
     identical = np.array_equal(img_plain, img_capture)
+    latents = {**kw, "output_type": "latent"}
+    lat_plain, _ = peak(lambda: pipe([q.text for q in prompts], **latents,
+                                     generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]))
+    lat_capture, _ = peak(lambda: gen(prompts, seeds, **latents))
     refined()  # warm-up
     times = {"plain": [], "capture": [], "refined": []}
     for _ in range(args.repeats):
@@ -102,17 +107,21 @@ def main():
         times["capture"].append(timed(captured)[0])
         times["refined"].append(timed(refined)[0])
     ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
+    rounds = [p / c for p, c in zip(times["plain"], times["capture"])]  # capture/plain speed, round by round
 
     dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {dev}; preset {args.preset}, {dtype}, batch {args.batch_size}, {args.steps} steps, "
           f"CFG {args.guidance}, repeats {args.repeats}")
     print(f"plain diffusers      : {ips['plain']:.3f} img/s, peak {mem_plain:.0f} MiB")
     print(f"with capture         : {ips['capture']:.3f} img/s, peak {mem_capture:.0f} MiB")
-    print(f"ratio capture/plain  : {ips['capture'] / ips['plain']:.4f}x   images bit-identical: {identical}")
+    print(f"ratio capture/plain  : {ips['capture'] / ips['plain']:.4f}x (rounds {min(rounds):.4f}-{max(rounds):.4f})   "
+          f"images bit-identical: {identical}")
     print(f"capture + refine     : {ips['refined']:.3f} img/s, ratio {ips['refined'] / ips['plain']:.4f}x plain "
           f"(guided filter of each map at image resolution, on {args.device})")
     if cuda:
-        print(f"extra peak memory    : {mem_capture - mem_plain:+.0f} MiB ({(mem_capture / mem_plain - 1) * 100:+.2f} %)")
+        print(f"extra peak memory    : {mem_capture - mem_plain:+.0f} MiB ({(mem_capture / mem_plain - 1) * 100:+.2f} %) "
+              f"whole call; {lat_capture - lat_plain:+.0f} MiB ({(lat_capture / lat_plain - 1) * 100:+.2f} %) of "
+              f"{lat_plain:.0f} MiB denoising alone (latents out)")
 
     if args.compile:
         pipe.unet = torch.compile(pipe.unet)

@@ -9,7 +9,7 @@ import argparse
 import tempfile
 
 import torch
-from _common import default_workers, loader_throughput, random_freeatm_rows, setup, throughput
+from _common import default_workers, loader_throughput, random_freeatm_rows, setup, throughput, timing_loader
 
 
 def main():
@@ -72,8 +72,7 @@ def end_to_end(args, model, device, dtype, sync, premade):
         ds = Dataset.from_parquet(f"{d}/t.parquet").with_transform(
             make_transform(MAEArguments(image_size=args.image_size, patch_size=args.patch_size), model.config))
         workers = default_workers(args.workers)
-        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=workers, collate_fn=collate,
-                                             pin_memory=device.type == "cuda", persistent_workers=True, drop_last=True)
+        loader = timing_loader(ds, args.batch_size, workers, collate, device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step(batch):

@@ -1,50 +1,70 @@
 #!/usr/bin/env bash
-# Every GPU figure in one go (one device call): bash bench/run_gpu.sh [OUT_DIR [NAME ...]]
-# A device command runs at most 10 minutes, so the whole script keeps to DEADLINE seconds (default 540): each bench
-# gets at most CAP seconds (default 150) and what is left; those that did not start are listed at the end, to be
-# run in a second call by naming them (e.g. `bash bench/run_gpu.sh out mmdit_flux cpu_offload`).
-# On a machine without diffusers/datasets (and no package index), bring them as wheels: on a connected machine
-#   pip download diffusers datasets --no-deps -d .whl   (plus any of their dependencies the GPU machine lacks)
-# then on the GPU machine:
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+# Every GPU figure in one device call: bash bench/run_gpu.sh [OUT_DIR [NAME ...]]
+# A session has ~15 device-minutes (a machine start takes 1-2 of them) and a command at most 10, so the script
+# keeps to DEADLINE seconds (default 510; give the device call timeout_s 570) and each bench to its own cap;
+# those that did not start are listed at the end (`bash bench/run_gpu.sh out mmdit_flux cpu_offload` runs only
+# those, in a later session). Most important first: generation (eager, then compiled), MM-DiT, training steps.
+#
+# The GPU image has no diffusers or datasets: `bash bench/gpu_wheels.sh` (here, once) fetches the pinned wheels
+# into .whl/ for its Python 3.12; carry ".whl" and this script installs them. The device tool returns at most 8
+# files: every log is appended to OUT/bench.txt as it is written (a cut-off run keeps what it printed) and the
+# per-bench logs are packed into OUT/logs.tgz at the end.
 set -uo pipefail
 OUT=${1:-${OUT:-bench_out}}
 mkdir -p "$OUT"
-export PYTHONPATH=${PYTHONPATH:-}:$(pwd) PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-DEADLINE=${DEADLINE:-540} CAP=${CAP:-150}
+LOGS=/tmp/freeatm_bench_logs
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+LOG="$OUT/bench.txt"
+say() { echo "$*" | tee -a "$LOG"; }
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { say "!! wheel install failed"; exit 1; }
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd) PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+python3 -c "import diffusers, datasets, transformers, torch; print('diffusers', diffusers.__version__, 'datasets', \
+datasets.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" 2>&1 | tee -a "$LOG" \
+    | grep -q '^diffusers' || { say "!! diffusers/datasets do not import: see above (bench/gpu_wheels.sh)"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
+DEADLINE=${DEADLINE:-510}
 shift || true
 WANT=" $* "
 SKIPPED=()
 wanted() { [ "$WANT" = "  " ] || [[ "$WANT" == *" $1 "* ]]; }
 left() { echo $((DEADLINE - SECONDS)); }
-run() {
-    name=$1; shift
+run() {  # run NAME CAP_SECONDS SCRIPT ARGS...
+    name=$1 cap=$2; shift 2
     wanted "$name" || return 0
-    if [ "$(left)" -lt 30 ]; then SKIPPED+=("$name"); return 0; fi
-    t=$(left); [ "$t" -gt "$CAP" ] && t=$CAP
-    echo "== $name (${t}s at most): $*"
-    timeout "$t" python "$@" 2>&1 | tee "$OUT/$name.txt" | grep -v Warning | tail -12
-    [ "${PIPESTATUS[0]}" = 124 ] && echo "!! $name ran out of its ${t}s" | tee -a "$OUT/$name.txt"
+    if [ "$(left)" -lt 40 ]; then SKIPPED+=("$name"); return 0; fi
+    t=$(left); [ "$t" -gt "$cap" ] && t=$cap
+    say "== $name (${t}s at most): $*"
+    timeout "$t" python3 "$@" 2>&1 | tee "$LOGS/$name.txt" | grep -v -i warn | tail -14 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && say "!! $name ran out of its ${t}s"
+    [ "$rc" != 0 ] && [ "$rc" != 124 ] && say "!! $name exited $rc"
+    say "   ($name done at ${SECONDS}s)"
 }
-run generate_overhead bench/generate_overhead.py
-run generate_overhead_compile bench/generate_overhead.py --compile --repeats 2
-run contrastive_step bench/contrastive_step.py --workers 15
-run mae_step bench/mae_step.py --workers 15
-run blip_step bench/blip_step.py
-run eval_throughput bench/eval_throughput.py
-run mmdit_flux bench/mmdit_overhead.py --preset flux-dev
-run mmdit_sd3 bench/mmdit_overhead.py --preset sd3-medium
+# Eager figures print before the compile warm-up starts, so a cut-off compile still leaves them.
+run generate_overhead 240 bench/generate_overhead.py --compile
+# The ratios do not depend on the step count: 14 steps halve the time of the 1024-px MM-DiT runs.
+run mmdit_sd3 110 bench/mmdit_overhead.py --preset sd3-medium --steps 14
+run mmdit_flux 130 bench/mmdit_overhead.py --preset flux-dev --steps 14
+run contrastive_step 90 bench/contrastive_step.py --workers 15
+run mae_step 90 bench/mae_step.py --workers 15
+run blip_step 80 bench/blip_step.py
+run eval_throughput 70 bench/eval_throughput.py
 # enable_model_cpu_offload needs a CUDA device: the generator with offload on, UNet and MM-DiT (rc and rows).
 for p in tiny tiny-flux tiny-sd3; do
     wanted cpu_offload || break
-    if [ "$(left)" -lt 30 ]; then SKIPPED+=("cpu_offload"); break; fi
-    echo "== cpu_offload: $p"
+    if [ "$(left)" -lt 40 ]; then SKIPPED+=("cpu_offload"); break; fi
     t=$(left); [ "$t" -gt 60 ] && t=60
-    timeout "$t" python -m freeatm_hf.cli generate --output_dir "$OUT/offload-$p" --pipeline "$p" --num_images 2 \
-        --batch_size 2 --num_inference_steps 2 --height 64 --width 64 --cpu_offload true 2>&1 | tail -2
-    python -c "import datasets, sys; print(sys.argv[1], len(datasets.load_dataset(sys.argv[1], split='train')), 'rows')" \
-        "$OUT/offload-$p" 2>&1 | tail -1 | tee -a "$OUT/cpu_offload.txt"
+    timeout "$t" python3 -m freeatm_hf.cli generate --output_dir "/tmp/offload-$p" --pipeline "$p" --num_images 2 \
+        --batch_size 2 --num_inference_steps 2 --height 64 --width 64 --cpu_offload true > "$LOGS/offload-$p.txt" 2>&1
+    rc=$?
+    rows=$(python3 -c "import datasets, sys; print(len(datasets.load_dataset(sys.argv[1], split='train')))" \
+        "/tmp/offload-$p" 2>&1 | tail -1)
+    say "cpu_offload $p: rc $rc, rows $rows"
 done
-[ ${#SKIPPED[@]} -gt 0 ] && echo "not run (time): ${SKIPPED[*]}; next call: bash bench/run_gpu.sh OUT ${SKIPPED[*]}"
-echo "done in ${SECONDS}s"
+[ ${#SKIPPED[@]} -gt 0 ] && say "not run (time): ${SKIPPED[*]}; later: bash bench/run_gpu.sh OUT ${SKIPPED[*]}"
+tar czf "$OUT/logs.tgz" -C "$LOGS" .
+say "done in ${SECONDS}s"

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Train the shapes text-to-image model, measure its masks, and install it as the embedded default.
-#   bash recipes/shapes_t2i.sh gpu [OUT] [FROM]  one GPU, training only so that it fits one 10-minute command
+#   bash recipes/shapes_t2i.sh gpu [OUT] [FROM]  one GPU, training only (MINUTES, default 7, saved every 3), so
+#                                           that start-up, training and save fit one 10-minute command
 #                                           (accelerate launch); FROM: continue that folder. Then `eval OUT`.
+#                                           With PACK=DIR the model is packed into DIR as two .tgz files (the
+#                                           device tool returns at most 8 files of 16 MiB):
+#                                           PACK=$OUT bash recipes/shapes_t2i.sh gpu /tmp/t2i  (its own session:
+#                                           with bench/run_gpu.sh it would not fit one session's device time)
 #   bash recipes/shapes_t2i.sh cpu [OUT]    the CPU fallback that began the shipped model (2 cores, ~100 min)
 #   bash recipes/shapes_t2i.sh more OUT FROM [MINUTES] [DECODER_STEPS]
 #                                           continue FROM into OUT: optionally a sharper decoder first (the
@@ -15,8 +20,14 @@ set -euo pipefail
 MODE=${1:-gpu}
 OUT=${2:-outputs/shapes-t2i}
 if [ "$MODE" = gpu ]; then
-    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --max_minutes 9 --lr_schedule cosine \
-        ${3:+--resume_from "$3"}
+    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir "$OUT" --max_minutes "${MINUTES:-7}" \
+        --save_every_minutes 3 --lr_schedule cosine ${3:+--resume_from "$3"}
+    if [ -n "${PACK:-}" ]; then
+        mkdir -p "$PACK"
+        tar czf "$PACK/t2i-unet.tgz" -C "$OUT" unet
+        tar czf "$PACK/t2i-rest.tgz" -C "$OUT" --exclude ./unet .
+        ls -l "$PACK"/t2i-*.tgz
+    fi
     echo "trained $OUT; next: bash recipes/shapes_t2i.sh eval $OUT"
     exit 0
 elif [ "$MODE" = more ]; then
