@@ -82,9 +82,9 @@ class EagerJointStore:
         self.store, self.text_first = store, text_first
 
     def sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        from freeatm_hf.attention.joint import _LAYER
+        from freeatm_hf.attention.joint import _CURRENT
 
-        layer = _LAYER.get()
+        layer = _CURRENT.layer
         if layer is None:
             return self.orig(query, key, value, attn_mask=attn_mask, scale=scale)
         s = query.shape[-1] ** -0.5 if scale is None else scale
@@ -142,7 +142,7 @@ def main():
                 from freeatm_hf.attention import joint
 
                 eager = EagerJointStore(store, flux)
-                eager.orig = joint._ORIGINAL_SDPA
+                eager.orig = joint._CURRENT.sdpa
                 F.scaled_dot_product_attention = eager.sdpa
                 try:
                     return pipe(generator=gens, **kw).images

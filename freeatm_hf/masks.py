@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_THRESHOLD = 0.4
-_EPS = 1e-12
+# A map flatter than this, relative to its size, is float rounding, not a region: attention probabilities are
+# ~1e-3 and float32 rounds them in steps of ~1e-10, far above any absolute epsilon.
+_FLAT = 1e-6
 
 
 def _np(x) -> np.ndarray:
@@ -27,7 +29,7 @@ def normalize(soft_map) -> np.ndarray | None:
     if not np.isfinite(m).all():
         raise ValueError("attention map contains NaN or inf")
     lo, hi = m.min(), m.max()
-    if hi - lo <= _EPS * max(1.0, abs(hi)):
+    if hi - lo <= _FLAT * max(abs(hi), abs(lo)):
         return None
     return (m - lo) / (hi - lo)
 
@@ -223,8 +225,8 @@ def refine_maps(image, maps, eps: float = REFINE_EPS, device=None) -> list[np.nd
     if len(maps) == 0:
         return []
     img = np.asarray(image)
-    if img.ndim != 3:
-        raise ValueError(f"expected an (H, W, C) image, got shape {img.shape}")
+    if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):  # a (C, H, W) tensor would be read as a 3-row image
+        raise ValueError(f"expected an (H, W, C) image with 1, 3 or 4 channels, got shape {img.shape}")
     guide = torch.as_tensor(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)).permute(2, 0, 1)
     guide = guide.to(device or "cpu")
     h, w = guide.shape[1:]

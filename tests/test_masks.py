@@ -27,6 +27,10 @@ def test_normalize_is_min_max_and_flat_maps_have_no_mask():
     np.testing.assert_allclose(n, [[0, 0.5], [0.25, 1]])
     assert normalize(np.full((4, 4), 0.3)) is None
     assert normalize(torch.zeros(4, 4)) is None
+    # float32 rounding noise on attention-sized values (~1e-3) is flat too, not a full-image mask.
+    noise = np.float32(2e-3) + np.random.default_rng(0).integers(0, 2, (8, 8)).astype(np.float32) * np.float32(2e-10)
+    assert noise.max() > noise.min() and normalize(noise) is None
+    assert normalize(np.array([[1e-3, 1.01e-3]], np.float32)) is not None  # a 1 % contrast is a map
     with pytest.raises(ValueError, match="NaN"):
         normalize(np.array([[0.0, np.nan]]))
     with pytest.raises(ValueError, match="2-D"):

@@ -53,6 +53,10 @@ class CaptureConfig:
             missing = set(self.down_factors) - set(self.factor_weights)
             if missing:
                 raise ValueError(f"factor_weights has no weight for factors {sorted(missing)}")
+            used = [self.factor_weights[f] for f in self.down_factors]
+            if not all(math.isfinite(w) and w >= 0 for w in used) or sum(used) <= 0:
+                # Found now, not as a NaN map after the whole batch is denoised.
+                raise ValueError(f"factor_weights must be finite and >= 0 with a positive sum, got {self.factor_weights}")
         if self.layer_weights is not None:
             self.layer_weights = {str(k): float(v) for k, v in self.layer_weights.items()}
             bad = {k: v for k, v in self.layer_weights.items() if not math.isfinite(v) or v < 0}

@@ -9,7 +9,6 @@ exp(q·k·scale − lse) for those columns only. Nothing of size (image × joint
 the kernel returns no LSE (the math path), the LSE is computed explicitly: correct, slower.
 """
 
-import contextvars
 from contextlib import contextmanager
 
 import torch
@@ -19,13 +18,38 @@ from torch.nn.attention import SDPBackend
 from .signature import wrap_processor
 from .store import AttentionStore
 
-_LAYER = contextvars.ContextVar("freeatm_joint_layer", default=None)
-_ORIGINAL_SDPA = F.scaled_dot_product_attention
+
+class _Current:
+    """The capturing layer whose processor is running (None outside one), and the SDPA function that was in place
+    when capture began (restored on exit, and served to every call that is not captured). A plain attribute
+    rather than a ContextVar: dynamo cannot trace a ContextVar's set, so each block split the compiled graph."""
+
+    layer = None
+    sdpa = F.scaled_dot_product_attention
+
+
+_CURRENT = _Current()
+
+
+@torch.library.custom_op("freeatm::sdpa_with_lse", mutates_args=())
+def _sdpa_with_lse_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _sdpa_with_lse(q, k, v, scale)
+    return out.contiguous(), lse.contiguous()
+
+
+@_sdpa_with_lse_op.register_fake
+def _(q, k, v, scale):
+    return q.new_empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def sdpa_with_lse(q, k, v, scale=None):
-    """`(output, lse)` from the kernel `F.scaled_dot_product_attention` would choose for these inputs."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    """`(output, lse)` from the kernel `F.scaled_dot_product_attention` would choose for these inputs. One opaque
+    op to torch.compile: the kernel choice (`torch._fused_sdp_choice`, an int) is made when it runs, and the
+    compiled graph does not break around it."""
+    return _sdpa_with_lse_op(q, k, v, q.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+def _sdpa_with_lse(q, k, v, scale: float):
     choice = torch._fused_sdp_choice(q, k, v, None, 0.0, False, scale=scale)
     if choice == int(SDPBackend.FLASH_ATTENTION):
         if q.device.type == "cpu":
@@ -41,16 +65,16 @@ def sdpa_with_lse(q, k, v, scale=None):
         out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False,
                                                                       scale=scale)[:2]
         return out, lse.view(*q.shape[:-1])
-    out = _ORIGINAL_SDPA(q, k, v, scale=scale)
+    out = _CURRENT.sdpa(q, k, v, scale=scale)
     lse = (q.float() @ k.float().transpose(-1, -2) * scale).logsumexp(-1)
     return out, lse
 
 
 def _capturing_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    layer = _LAYER.get()
+    layer = _CURRENT.layer
     if layer is None or attn_mask is not None or dropout_p or is_causal or enable_gqa:
-        return _ORIGINAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                              scale=scale, enable_gqa=enable_gqa)
+        return _CURRENT.sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                             scale=scale, enable_gqa=enable_gqa)
     out, lse = sdpa_with_lse(query, key, value, scale)
     layer.record(query, key, lse, query.shape[-1] ** -0.5 if scale is None else scale)
     return out
@@ -75,15 +99,17 @@ class JointCaptureProcessor:
             self.n_txt, self.n_img = self.text_len, hidden_states.shape[1] - self.text_len
         else:
             self.n_img, self.n_txt = hidden_states.shape[1], encoder_hidden_states.shape[1]
-        token = _LAYER.set(self)
+        outer, _CURRENT.layer = _CURRENT.layer, self
         try:
             return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
         finally:
-            _LAYER.reset(token)
+            _CURRENT.layer = outer
 
     def record(self, q, k, lse, scale):
         """q, k: (n, heads, S, d) over the joint sequence; lse: (n, heads, S)."""
         b = self.store.batch_size
+        if q.shape[0] not in (b, 2 * b):  # e.g. perturbed-attention guidance: the last rows are not the prompt's
+            raise RuntimeError(f"attention batch {q.shape[0]} is neither the image batch {b} nor twice it (CFG)")
         img = slice(self.n_txt, None) if self.text_first else slice(0, self.n_img)
         txt0 = 0 if self.text_first else self.n_img
         cols = self.store.token_index + txt0  # (b, T) key positions of the selected text tokens
@@ -143,11 +169,14 @@ def capture_joint(transformer, store: AttentionStore, text_first: bool, processo
             if single:
                 block = inner.get_submodule(name.rsplit(".", 1)[0])
                 handles.append(block.register_forward_pre_hook(_text_len_hook(proc), with_kwargs=True))
+        if F.scaled_dot_product_attention is not _capturing_sdpa:  # a user's own replacement too, restored on exit
+            _CURRENT.sdpa = F.scaled_dot_product_attention
         F.scaled_dot_product_attention = _capturing_sdpa
         handles.append(transformer.register_forward_pre_hook(lambda module, args: store.next_step()))
         yield store
     finally:
-        F.scaled_dot_product_attention = _ORIGINAL_SDPA
+        if F.scaled_dot_product_attention is _capturing_sdpa:
+            F.scaled_dot_product_attention = _CURRENT.sdpa
         for h in handles:
             h.remove()
         for name, proc in originals.items():

@@ -102,6 +102,10 @@ def capture_unet(unet, store: AttentionStore, processors: dict | None = None):
     try:
         for name, f in chosen.items():
             attn = modules[name]
+            if getattr(attn, "fused_projections", False):
+                raise ValueError("the UNet's attention projections are fused (pipe.fuse_qkv_projections()): the "
+                                 "capture reads the key projection `to_k`, which the fused processor skips; call "
+                                 "pipe.unfuse_qkv_projections() before generating with capture")
             proc = processors.get(name)
             if proc is None or proc.original is not attn.processor or proc.store is not store:
                 proc = processors[name] = wrap_processor(CaptureProcessor, attn.processor, store, f)

@@ -159,6 +159,11 @@ class FreeATMGenerator:
             # tokens at the same (or offset) positions, which hold other words when those encoders read other text.
             raise ValueError(f"{', '.join(other_text)} is not supported with capture: every text encoder must read "
                              "the prompt whose nouns are tracked")
+        if self.refine == "guided" and pipe_kwargs.get("output_type") == "latent":
+            raise ValueError("refine='guided' filters the maps with the decoded image: not with output_type='latent'")
+        if pipe_kwargs.get("pag_scale") or "PAG" in type(self.pipe).__name__:
+            # Perturbed-attention guidance adds a batch of perturbed passes to the denoiser's batch.
+            raise ValueError(f"{type(self.pipe).__name__}: perturbed-attention guidance is not supported with capture")
         negative = any(pipe_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))
         if self.kind == "flux" and pipe_kwargs.get("true_cfg_scale", 1.0) > 1 and negative:
             # Flux's true CFG runs the transformer a second time per step on the negative prompt: its attention
@@ -215,13 +220,24 @@ class FreeATMGenerator:
             soft = [m.float().cpu().numpy() for m in maps[b]]
             peaks = [float(m.max()) if m.size and np.isfinite(m).all() else None for m in soft]
             if self.refine == "guided":
-                soft = [m.astype(np.float32) for m in refine_maps(images[b], soft, device=device)]
+                soft = [m.astype(np.float32) for m in refine_maps(_hwc(images[b]), soft, device=device)]
             objects.append([
                 GeneratedObject(o.name, o.label, t.token_indices, m,
                                 mask_from_map(m, self.threshold, image_size=(height, width)), peak)
                 for (o, t), m, peak in zip(kept, soft, peaks)
             ])
         return GenerationOutput(list(images), prompts, [int(s) for s in seeds], objects, truncated)
+
+
+def _hwc(image):
+    """An output image as the guided filter takes it, `(H, W, C)`: PIL and "np" images are; a "pt" one is
+    `(C, H, W)`."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+            raise ValueError(f"refine='guided' needs decoded images, got a tensor of shape {tuple(image.shape)} "
+                             "(output_type='latent'?)")
+        return image.permute(1, 2, 0).float().cpu().numpy()
+    return image
 
 
 def _token_columns(tokens, multiple: int = 8) -> tuple[torch.Tensor, list[list[list[int]]]]:

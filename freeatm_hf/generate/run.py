@@ -87,6 +87,10 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     if todo:
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload, revision=cfg.revision)
         if cfg.compile:  # the denoiser: a UNet, or the MM-DiT transformer of SD3 / Flux
+            # One graph per token width (multiples of 8), batch size (a last, smaller batch), CFG on or off and
+            # in or out of the step window: past dynamo's default of 8 the rest would silently run eager.
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, 32)
             if getattr(pipe, "unet", None) is not None:
                 pipe.unet = torch.compile(pipe.unet)
             else:

@@ -384,3 +384,10 @@ def test_capture_compiles_with_the_unet_without_recompiling_per_step_or_batch():
         np.testing.assert_allclose(out.images[0], ref.images[0], atol=1e-4)
         for a, b in zip(out.objects[0], ref.objects[0]):
             np.testing.assert_allclose(a.soft_map, b.soft_map, rtol=1e-4, atol=1e-7)
+
+
+def test_factor_weights_that_cannot_make_a_mean_are_refused_at_once():
+    for bad in ({2: 0.0, 4: 0.0}, {2: -1.0, 4: 2.0}, {2: float("nan"), 4: 1.0}):
+        with pytest.raises(ValueError, match="factor_weights must be finite and >= 0 with a positive sum"):
+            CaptureConfig(down_factors=(2, 4), factor_weights=bad)
+    assert CaptureConfig(down_factors=(2, 4), factor_weights={2: 0.0, 4: 1.0}).weight(4) == 1.0

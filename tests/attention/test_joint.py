@@ -337,3 +337,58 @@ def test_sd3_skip_layer_guidance_is_refused_rather_than_recording_its_extra_tran
     with pytest.raises(ValueError, match=r"skip-layer guidance \(skip_guidance_layers\) is not supported"):
         FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], skip_guidance_layers=[1], skip_layer_guidance_start=0.0, **KW)
     assert calls == []  # refused before the pipeline ran
+
+
+def test_a_users_own_sdpa_serves_the_run_and_is_put_back(pipe):
+    """A replacement of F.scaled_dot_product_attention installed before capture (a faster kernel, say) serves
+    every call capture does not read, and is what capture restores, not the function of import time."""
+    from freeatm_hf.attention.joint import capture_joint
+
+    stock, calls = F.scaled_dot_product_attention, []
+
+    def users_sdpa(*args, **kwargs):
+        calls.append(1)
+        return stock(*args, **kwargs)
+
+    F.scaled_dot_product_attention = users_sdpa
+    try:
+        store = AttentionStore(FreeATMGenerator(pipe).capture)
+        store.begin(torch.zeros(1, 8, dtype=torch.long), (8, 8), 1)
+        with capture_joint(pipe.transformer, store, text_first=True):
+            F.scaled_dot_product_attention(*(torch.randn(1, 2, 4, 8),) * 3)  # outside any joint block
+        assert calls == [1] and F.scaled_dot_product_attention is users_sdpa
+    finally:
+        F.scaled_dot_product_attention = stock
+
+
+def test_a_batch_of_extra_guidance_passes_is_refused_not_recorded():
+    """Perturbed-attention guidance runs [uncond, cond, perturbed]: the last rows are not the prompt's."""
+    from freeatm_hf.attention.joint import JointCaptureProcessor
+
+    store = AttentionStore(FreeATMGenerator(tiny_sd3_pipeline()).capture)
+    store.begin(torch.zeros(1, 8, dtype=torch.long), (8, 8), 1)
+    proc = JointCaptureProcessor(lambda *a, **k: None, store, text_first=False)
+    proc.n_img, proc.n_txt = 16, 8
+    q = torch.randn(3, 2, 24, 4)
+    with pytest.raises(RuntimeError, match="attention batch 3 is neither the image batch 1 nor twice it"):
+        proc.record(q, q, torch.zeros(3, 2, 24), 0.5)
+
+
+@pytest.mark.slow
+def test_a_compiled_sd3_transformer_is_one_graph_with_capture_inside():
+    """torch.compile(transformer) with joint capture: no graph break per block (the kernel-with-LSE is one opaque
+    op, the current layer a plain attribute), one graph for every step and prompt, maps as eager."""
+    from torch._dynamo.utils import counters
+
+    pipe = tiny_sd3_pipeline()
+    gen = FreeATMGenerator(pipe)
+    eager = gen(PROMPTS[:1], seeds=[0], **KW)
+    pipe.transformer = torch.compile(pipe.transformer)
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    compiled = gen(PROMPTS[:1], seeds=[0], **KW)
+    again = gen(PROMPTS[1:], seeds=[1], **KW)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    assert sum(counters["graph_break"].values()) == breaks
+    for a, b in zip(compiled.objects[0], eager.objects[0]):
+        np.testing.assert_allclose(a.soft_map, b.soft_map, rtol=1e-4, atol=1e-8)
+    assert len(again.objects[0]) == 2

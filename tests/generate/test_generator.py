@@ -56,3 +56,29 @@ def test_guidance_comes_from_the_model_folder_unless_a_call_or_the_constructor_g
     gen(prompt, guidance_scale=1.5, **kw)
     FreeATMGenerator(tiny_pipe, guidance_scale=2.5)(prompt, **kw)
     assert seen == [7.5, 4.0, 1.5, 2.5]
+
+
+def test_guided_refinement_reads_tensor_images_as_channels_first(tiny_pipe):
+    """output_type="pt" gives (C, H, W) images: refined maps are the same as from the PIL images, at image size."""
+    pil = FreeATMGenerator(tiny_pipe, refine="guided")(PROMPTS[:1], seeds=[3], num_inference_steps=2)
+    pt = FreeATMGenerator(tiny_pipe, refine="guided")(PROMPTS[:1], seeds=[3], num_inference_steps=2, output_type="pt")
+    h, w = np.asarray(pil.images[0]).shape[:2]
+    for a, b in zip(pil.objects[0], pt.objects[0]):
+        assert b.soft_map.shape == (h, w)
+        np.testing.assert_allclose(b.soft_map, a.soft_map, atol=0.02)  # PIL rounds the guide to 8 bits
+    with pytest.raises(ValueError, match="not with output_type='latent'"):
+        FreeATMGenerator(tiny_pipe, refine="guided")(PROMPTS[:1], seeds=[3], num_inference_steps=2, output_type="latent")
+
+
+def test_fused_projections_are_refused_before_generating():
+    """The fused processor computes keys through `to_kv`, which capture does not see: named before denoising,
+    not as 'no attention was captured' after it."""
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.fuse_qkv_projections()
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="fuse_qkv_projections.*unfuse_qkv_projections"):
+        FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], num_inference_steps=2)
+    assert calls == []
