@@ -123,13 +123,21 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
                 pending.result()
         bar.close()
     state.wait_for_everyone()
+    failed = None
     if state.is_main_process:
-        write_card(writer, cfg, features)
-        if cfg.push_to_hub:
-            from ..hub.push import push_folder
+        try:
+            write_card(writer, cfg, features)
+            if cfg.push_to_hub:
+                from ..hub.push import push_folder
 
-            push_folder(cfg.output_dir, cfg.push_to_hub, repo_type="dataset", private=cfg.private)
+                push_folder(cfg.output_dir, cfg.push_to_hub, repo_type="dataset", private=cfg.private)
+        except Exception as e:  # noqa: BLE001 - raised below, once the other processes are released
+            failed = e
+    # Every process reaches this barrier, also when the card or the push failed on the main one: the others would
+    # otherwise wait here until the distributed timeout. Their shards are written either way.
     state.wait_for_everyone()
+    if failed is not None:
+        raise failed
     return Path(cfg.output_dir)
 
 

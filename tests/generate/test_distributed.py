@@ -100,3 +100,20 @@ def test_streaming_split_by_node_covers_each_row_once(tmp_path, world_size):
         ds = load_dataset(str(out), split="train", streaming=True)
         seen += [r["seed"] for r in split_dataset_by_node(ds, rank=rank, world_size=world_size)]
     assert sorted(seen) == list(range(6))
+
+
+def test_a_push_that_fails_on_the_main_process_releases_the_others(tmp_path):
+    """Generation is done and the card written when the push fails (no Hub here): the run fails with the
+    connection error, the rows and card stay for `freeatm push` to send later. The other ranks pass the last
+    barrier on their own (torchrun would also tear them down; a launcher that does not, would leave them
+    waiting for the distributed timeout)."""
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+           "-m", "freeatm_hf.generate", *gen_args(out, num_images=2, rows_per_shard=1), "--push_to_hub", "me/x"]
+    hub = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x",
+           "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    t = time.time()
+    res = subprocess.run(cmd, env={**env(), **hub}, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert res.returncode != 0 and time.time() - t < 300
+    assert "Connect" in res.stderr or "connect" in res.stderr, res.stderr[-2000:]
+    assert len(read_rows(out)) == 2 and (out / "README.md").is_file()
