@@ -68,17 +68,16 @@ def timing_loader(ds, batch_size: int, workers: int, collate_fn, device):
                                        collate_fn=collate_fn, pin_memory=device.type == "cuda", drop_last=True)
 
 
-def loader_throughput(loader, step, batch_size: int, device, sync, epochs: int = 1, skip: int = 2) -> float:
+def loader_throughput(loader, step, batch_size: int, device, sync, skip: int = 2) -> float:
     """Items/s of `step(batch)` fed by `loader` (batches moved to `device`), the first `skip` steps not counted."""
     steps, t0, counted = 0, None, 0
-    for _ in range(epochs):
-        for batch in loader:
-            step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
-            steps += 1
-            if steps == skip:
-                sync()
-                t0 = time.perf_counter()
-            elif t0 is not None:
-                counted += 1
+    for batch in loader:  # one epoch: `timing_loader` makes it long enough
+        step({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+        steps += 1
+        if steps == skip:
+            sync()
+            t0 = time.perf_counter()
+        elif t0 is not None:
+            counted += 1
     sync()
     return counted * batch_size / (time.perf_counter() - t0)

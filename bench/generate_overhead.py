@@ -66,15 +66,15 @@ def main():
         if cuda:
             torch.cuda.synchronize()
 
-    def plain():
+    def plain(**over):
         g = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        return np.asarray(pipe([q.text for q in prompts], generator=g, **kw).images)
+        return pipe([q.text for q in prompts], generator=g, **{**kw, **over}).images
 
-    def captured():
-        return np.asarray(gen(prompts, seeds, **kw).images)
+    def captured(**over):
+        return gen(prompts, seeds, **{**kw, **over}).images
 
     def refined():
-        return np.asarray(refining(prompts, seeds, **kw).images)
+        return refining(prompts, seeds, **kw).images
 
     def timed(fn):
         sync()
@@ -95,11 +95,9 @@ def main():
     # it) and of the denoising alone (latents out), where the capture's own allocations live.
     mem_plain, img_plain = peak(plain)
     mem_capture, img_capture = peak(captured)
-    identical = np.array_equal(img_plain, img_capture)
-    latents = {**kw, "output_type": "latent"}
-    lat_plain, _ = peak(lambda: pipe([q.text for q in prompts], **latents,
-                                     generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]))
-    lat_capture, _ = peak(lambda: gen(prompts, seeds, **latents))
+    identical = np.array_equal(np.asarray(img_plain), np.asarray(img_capture))
+    lat_plain, _ = peak(lambda: plain(output_type="latent"))
+    lat_capture, _ = peak(lambda: captured(output_type="latent"))
     refined()  # warm-up
     times = {"plain": [], "capture": [], "refined": []}
     for _ in range(args.repeats):

@@ -75,8 +75,9 @@ def _capturing_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     if layer is None or attn_mask is not None or dropout_p or is_causal or enable_gqa:
         return _CURRENT.sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                              scale=scale, enable_gqa=enable_gqa)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
     out, lse = sdpa_with_lse(query, key, value, scale)
-    layer.record(query, key, lse, query.shape[-1] ** -0.5 if scale is None else scale)
+    layer.record(query, key, lse, scale)
     return out
 
 

@@ -231,13 +231,8 @@ class FreeATMGenerator:
 
 def _hwc(image):
     """An output image as the guided filter takes it, `(H, W, C)`: PIL and "np" images are; a "pt" one is
-    `(C, H, W)`."""
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-            raise ValueError(f"refine='guided' needs decoded images, got a tensor of shape {tuple(image.shape)} "
-                             "(output_type='latent'?)")
-        return image.permute(1, 2, 0).float().cpu().numpy()
-    return image
+    `(C, H, W)` (latents are refused before generating; `refine_maps` checks the channels)."""
+    return image.permute(1, 2, 0).float().cpu().numpy() if isinstance(image, torch.Tensor) else image
 
 
 def _token_columns(tokens, multiple: int = 8) -> tuple[torch.Tensor, list[list[list[int]]]]:

@@ -10,6 +10,11 @@ def word_spans(word: str, text: str) -> list[tuple[int, int]]:
     return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text, flags=re.IGNORECASE)]
 
 
+def free_spans(word: str, text: str, taken) -> list[tuple[int, int]]:
+    """`word_spans` of `word` that overlap none of the `taken` (start, end) spans."""
+    return [(s, e) for s, e in word_spans(word, text) if not any(s < te and ts < e for ts, te in taken)]
+
+
 @dataclass(frozen=True)
 class PromptObject:
     """One tracked noun: `text[start:end] == name` (case-insensitive)."""
@@ -47,12 +52,11 @@ class Prompt:
         spans: dict[int, tuple[int, int]] = {}
         for j in sorted(range(len(nouns)), key=lambda j: -len(nouns[j])):  # stable: repeats keep their order
             noun = nouns[j]
-            found = word_spans(noun, text)
-            free = [(s, e) for s, e in found if not any(s < te and ts < e for ts, te in taken)]
+            free = free_spans(noun, text, taken)
             if not free:
                 k = sum(n.lower() == noun.lower() for n in nouns[:j])
                 # More occurrences than its own repeats took: the rest lie inside other nouns.
-                where = " outside the other nouns" if len(found) > k else ""
+                where = " outside the other nouns" if len(word_spans(noun, text)) > k else ""
                 raise ValueError(f"noun {noun!r} (occurrence {k + 1}) not found in prompt {text!r}{where}")
             spans[j] = free[0]
             taken.append(free[0])

@@ -18,7 +18,7 @@ from PIL import Image
 from freeatm_hf.data.masks import likely_drawn
 from freeatm_hf.data.reading import dataset_threshold, generation_settings
 from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
-from freeatm_hf.prompts import LabelSpace, Prompt, word_spans
+from freeatm_hf.prompts import LabelSpace, Prompt, free_spans
 from freeatm_hf.viz import color, heatmap, overlay
 
 HERE = Path(__file__).resolve().parent
@@ -98,13 +98,11 @@ def highlight(prompt: str, nouns: list[str]) -> list[tuple[str, str | None]]:
     try:
         spans = [(o.start, o.end, label) for o, label in zip(Prompt.from_nouns(prompt, nouns).objects, labels)]
     except ValueError:  # a noun the text does not hold (a hand-made row): the ones it does, first match each
-        spans, used = [], set()
+        spans = []
         for noun, label in zip(nouns, labels):
-            for start, end in word_spans(noun, prompt):
-                if not any(start < e and s < end for s, e in used):
-                    spans.append((start, end, label))
-                    used.add((start, end))
-                    break
+            free = free_spans(noun, prompt, [(s, e) for s, e, _ in spans])
+            if free:
+                spans.append((*free[0], label))
     pieces, pos = [], 0
     for s, e, label in sorted(spans):
         if s > pos:
@@ -120,9 +118,8 @@ def detect_nouns(prompt: str, vocabulary: list[str]) -> list[str]:
     """Known object names in the prompt, longest first, without overlaps, in prompt order."""
     found = []
     for name in sorted(set(vocabulary), key=len, reverse=True):
-        for start, end in word_spans(name, prompt):
-            if not any(start < e and s < end for s, e, _ in found):
-                found.append((start, end, prompt[start:end]))
+        # A name's own occurrences never overlap one another: checked against the longer names' alone.
+        found += [(s, e, prompt[s:e]) for s, e in free_spans(name, prompt, [(s, e) for s, e, _ in found])]
     return [n for _, _, n in sorted(found)]
 
 
