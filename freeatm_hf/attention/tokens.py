@@ -30,6 +30,9 @@ def object_token_indices(tokenizer, prompt: Prompt, max_length: int | None = Non
     max_length = max_length or tokenizer.model_max_length
     enc = tokenizer(prompt.text, return_offsets_mapping=True, truncation=False, add_special_tokens=True)
     special = set(tokenizer.all_special_ids)
+    # An unknown token inside a noun ("A" of "Afghan" to T5's vocabulary) is still a column the encoder sees at
+    # that place: it is the noun's. Start, end and padding tokens never are (their offsets are empty anyway).
+    not_content = special - {tokenizer.unk_token_id}
     # The last kept slot holds the end token after truncation; content must sit before it.
     last_content = max_length - 2 if enc["input_ids"][-1] in special else max_length - 1
     result = []
@@ -37,7 +40,7 @@ def object_token_indices(tokenizer, prompt: Prompt, max_length: int | None = Non
         idx = tuple(
             i
             for i, ((s, e), tid) in enumerate(zip(enc["offset_mapping"], enc["input_ids"]))
-            if e > s and s < obj.end and e > obj.start and tid not in special
+            if e > s and s < obj.end and e > obj.start and tid not in not_content
         )
         if not idx:
             raise ValueError(f"object {obj.name!r} maps to no token of {prompt.text!r}")

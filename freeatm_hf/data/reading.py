@@ -4,7 +4,7 @@ mix of both, as one `datasets` dataset with `image` and `objects` columns."""
 import functools
 import logging
 
-from datasets import Dataset, Features, IterableDataset, interleave_datasets, load_dataset
+from datasets import Dataset, Features, IterableDataset, List, interleave_datasets, load_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ def _columns(ds) -> list[str]:
 
 def _freeatm_objects(feature) -> bool:
     """Whether an `objects` feature holds freeatm's attention maps, not another layout of the same name (the
-    Hub's detection datasets: `{bbox: [...], category: [...]}`)."""
-    from datasets import List
+    Hub's detection datasets: `{bbox: [...], category: [...]}`). Arrow's large list (what polars and pyarrow's
+    large types write) counts: `as_image_objects` casts it to the plain list."""
+    from datasets import LargeList, List
 
-    inner = feature.feature if isinstance(feature, List) else None
+    inner = feature.feature if isinstance(feature, (List, LargeList)) else None
     return isinstance(inner, dict) and "attention" in inner
 
 
@@ -66,6 +67,9 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
     foreign = "objects" in cols and ds.features is not None and not _freeatm_objects(ds.features["objects"])
     if foreign:
         logger.info("the dataset's own 'objects' column (%s) holds no attention masks: left out", ds.features["objects"])
+    elif "objects" in cols and ds.features is not None and not isinstance(ds.features["objects"], List):
+        # Rows of a large list read as the same dicts once cast; only the Arrow offsets' width differs.
+        ds = ds.cast_column("objects", List(ds.features["objects"].feature))
     keep = ["image"] + [c for c in ("objects", "prompt") if (c in (ds.column_names or cols) and not
                                                              (c == "objects" and foreign)) or
                         (c == "prompt" and text_column in cols)]
@@ -105,6 +109,11 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
             # Training on it would silently be the mask-free baseline (no objects) or caption-free BLIP.
             raise ValueError(f"{synthetic!r} is not a freeatm dataset (no 'objects' and 'prompt' columns; columns: "
                              f"{cols}): pass images without masks as --real_dataset with --data_mode real or mix")
+        if ds.features is not None and not _freeatm_objects(ds.features["objects"]):
+            # as_image_objects would leave such a column out as a detection dataset's: the mask-free baseline again.
+            raise ValueError(f"the 'objects' column of {synthetic!r} is not freeatm's (a list of objects, each with "
+                             f"'attention'; got {ds.features['objects']}): write it with freeatm_hf.generate.schema's "
+                             "dataset_features, or pass it as --real_dataset with --data_mode real or mix")
         parts.append(as_image_objects(ds))
     if mode in ("real", "mix"):
         if not real:

@@ -14,6 +14,8 @@ from .prompt import Prompt, word_spans
 
 logger = logging.getLogger(__name__)
 
+# The instruction asks for 30; the slack lets a near miss through, while 40 words stay well inside CLIP's 77 tokens.
+MAX_WORDS = 40
 INSTRUCTION = (
     "Rewrite this image description as one natural, concrete sentence of at most 30 words. Keep each of "
     "these phrases exactly as written: {nouns}. Answer with the sentence only.\nDescription: {text}"
@@ -31,12 +33,19 @@ class PromptAugmenter:
             return prompt
         nouns = prompt.nouns
         answer = self.complete(INSTRUCTION.format(nouns=", ".join(f'"{n}"' for n in nouns), text=prompt.text))
+        # A server may answer null content (a reasoning model out of tokens): refused like an empty answer.
+        answer = answer if isinstance(answer, str) else ""
         text = answer.strip().splitlines()[0].strip().strip('"') if answer.strip() else ""
+        words = len(re.findall(r"[\w'-]+", text))
         try:
             rewritten = Prompt.from_nouns(text, nouns, label=prompt.label, labels=[o.label for o in prompt.objects])
             problem = rewrite_problem(prompt, rewritten)
         except ValueError:
             problem = "a tracked noun is missing"
+        if not problem and words > max(MAX_WORDS, len(re.findall(r"[\w'-]+", prompt.text))):
+            # Past the text encoder's length (CLIP: 77 tokens) a noun gets no map, and the caption would say more
+            # than the image was generated from.
+            problem = f"{words} words, more than the {MAX_WORDS} allowed"
         if problem:
             logger.warning("augmenter answer refused (%s); keeping the template prompt %r", problem, prompt.text)
             return prompt
@@ -60,7 +69,8 @@ def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
 
     Refused: an answer that is not a plain sentence (see `_NOT_A_SENTENCE`, or a quoted noun); a noun whose
     whole-word count changed ("a dog with a hot dog" → "a hot dog and another hot dog" keeps "dog" only inside
-    "hot dog"); a noun that became part of a longer class name the template did not hold ("lion" → "sea lion").
+    "hot dog"); a noun that became part of a longer class name or a hyphenated compound the template did not hold
+    ("lion" → "sea lion", "dog" → "hot-dog").
     """
     text, old = rewritten.text, template.text.lower()
     if _NOT_A_SENTENCE.search(text):
@@ -74,6 +84,11 @@ def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
     words = re.findall(r"[\w'-]+", text.lower())
     names = _label_names()
     for o in rewritten.objects:
+        # A hyphen joins the noun into another word ("hot-dog", "sea-lion"): a compound the template did not hold.
+        compound = (re.search(r"[\w'-]*$", text[: o.start]).group() + text[o.start : o.end]
+                    + re.match(r"[\w'-]*", text[o.end :]).group()).lower()
+        if compound != o.name.lower() and "-" in compound and compound not in old:
+            return f"{o.name!r} became part of {compound!r}"
         n = len(o.name.split())
         start = len(re.findall(r"[\w'-]+", text[: o.start].lower()))
         # The noun with up to two words either side: a class name it now belongs to.

@@ -92,6 +92,11 @@ class ScenePrompts:
         if not 1 <= self.num_objects <= 3:
             raise ValueError(f"num_objects must be 1, 2 or 3, got {self.num_objects}")
         self.label_space = self.label_space or LabelSpace.imagenet()
+        unknown = sorted({c.subgroup for c in self.label_space.classes} - set(ACTIVITIES))
+        if self.mode == "scene" and unknown:
+            # The templates draw an activity and a place by subgroup: found out at the first prompt otherwise.
+            raise ValueError(f"the scene templates know no subgroup {unknown}; use one of {sorted(ACTIVITIES)} "
+                             "(or mode='photo')")
         # One pass over the classes per len(label_space) prompts, in a seeded order: equal images per class.
         self._order = list(range(len(self.label_space)))
         random.Random(self.seed).shuffle(self._order)

@@ -58,3 +58,14 @@ def test_slow_tokenizer_is_refused():
 
     with pytest.raises(TypeError, match="fast tokenizer"):
         object_token_indices(Slow(), Prompt("a"))
+
+
+def test_an_unknown_token_inside_a_noun_is_one_of_its_columns():
+    from freeatm_hf.generate.clip_vocab import load_t5_tokenizer
+
+    t5 = load_t5_tokenizer()  # lower-case vocabulary: the capital "A" is T5's unknown token
+    text = "an Afghan hound on a lawn"
+    (obj,) = object_token_indices(t5, Prompt.from_nouns(text, ["Afghan hound"]))
+    pieces = tokens_of(t5, text, obj.token_indices)
+    assert t5.unk_token in pieces and pieces[-1] == "▁hound"
+    assert obj.token_indices == tuple(range(1, 9))

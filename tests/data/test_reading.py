@@ -126,3 +126,43 @@ def test_a_detection_datasets_own_objects_column_is_not_taken_for_masks(tmp_path
     mixed = list(pretraining_dataset(synthetic, str(real), mode="mix", mix_ratio=0.5, streaming=streaming))
     assert sum(r["objects"] == [] for r in mixed) == 4
     assert all("attention" in o for r in mixed for o in r["objects"])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_large_list_objects_column_keeps_its_masks(tmp_path, streaming):
+    """The same rows written with Arrow's large list (polars, pyarrow's large types) read as the same objects."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freeatm_hf.data.reading import pretraining_dataset
+    from freeatm_hf.spaces import space_dir
+
+    source = space_dir() / "example_dataset"
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((source / "data").glob("*.parquet")))
+    large = pa.large_list(table.schema.field("objects").type.value_type)
+    table = table.set_column(table.schema.get_field_index("objects"), "objects", table["objects"].cast(large))
+    (tmp_path / "large" / "data").mkdir(parents=True)
+    pq.write_table(table.replace_schema_metadata(None), str(tmp_path / "large" / "data" / "train.parquet"))
+    want = [[(o["name"], o["bbox"]) for o in r["objects"]] for r in pretraining_dataset(str(source))]
+    got = [[(o["name"], o["bbox"]) for o in r["objects"]]
+           for r in pretraining_dataset(str(tmp_path / "large"), streaming=streaming)]
+    assert got == want and sum(map(len, got)) > 0
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_synthetic_dataset_whose_objects_hold_no_attention_is_refused(tmp_path, streaming):
+    """A column of struct-of-lists (`Sequence({...})`, the datasets<4 idiom) would be left out as a detection
+    layout: every row the mask-free baseline, silently."""
+    from datasets import Dataset, Features, Image, Sequence, Value
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+
+    features = Features({"image": Image(), "prompt": Value("string"),
+                         "objects": Sequence({"name": Value("string"), "attention": Image()})})
+    rows = {"image": [PILImage.new("RGB", (32, 32))] * 2, "prompt": ["a dog"] * 2,
+            "objects": [{"name": ["dog"], "attention": [PILImage.new("L", (8, 8), 255)]}] * 2}
+    (tmp_path / "old" / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "old" / "data" / "train.parquet"))
+    with pytest.raises(ValueError, match="'objects' column .* is not freeatm's"):
+        pretraining_dataset(str(tmp_path / "old"), streaming=streaming)

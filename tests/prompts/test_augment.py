@@ -94,3 +94,26 @@ def test_augmenter_spec_errors():
     with pytest.raises(ValueError, match="URL#MODEL"):
         load_augmenter("http://localhost:8000/v1")
 
+
+
+@pytest.mark.parametrize("answer, compound", [
+    ("A sea-lion wearing a mask rests in a grassy field.", "sea-lion"),
+    ("A lion wearing a mask-like hood rests in a field.", "mask-like"),
+])
+def test_a_noun_joined_into_a_hyphenated_compound_keeps_the_template(answer, compound, caplog):
+    p = Prompt.from_nouns("a lion with a mask is resting in a field", ["lion", "mask"])
+    assert Fixed(answer)(p) == p
+    assert f"became part of {compound!r}" in caplog.text
+    kept = Prompt.from_nouns("a well-fed lion with a mask", ["lion", "mask"])
+    assert Fixed("A well-fed lion's mask lies in the grass.")(kept).text == "A well-fed lion's mask lies in the grass."
+
+
+def test_a_null_or_overlong_answer_keeps_the_template(caplog):
+    p = Prompt.from_nouns("a dog with a ball is playing in a park", ["dog", "ball"])
+    assert Fixed(None)(p) == p
+    assert "a tracked noun is missing" in caplog.text
+    long = "On a bright summer afternoon " + "in a quiet park full of old trees " * 5 + "a dog with a ball is playing."
+    assert Fixed(long)(p) == p
+    assert "52 words, more than the 40 allowed" in caplog.text
+    fits = "On a bright summer afternoon in a quiet park full of old trees a dog with a ball is playing."
+    assert Fixed(fits)(p).text == fits

@@ -102,3 +102,12 @@ def test_class_names_say_what_a_caption_would_and_vehicles_are_vehicles():
     assert (classes[561].group, classes[561].subgroup) == ("vehicle", "land")  # forklift
     assert (classes[812].group, classes[812].subgroup) == ("vehicle", "aircraft")  # space shuttle
     assert len(set(LabelSpace.imagenet().names)) == 1000
+
+
+def test_a_subgroup_the_templates_do_not_know_is_refused_up_front():
+    from freeatm_hf.prompts.label_space import LabelClass
+
+    space = LabelSpace([LabelClass(0, "tabby cat", "animal", "cat"), LabelClass(1, "ball", "object", "object")])
+    with pytest.raises(ValueError, match=r"no subgroup \['cat'\]"):
+        ScenePrompts(space)
+    assert ScenePrompts(space, mode="photo")[0].text == "a photo of a tabby cat"
