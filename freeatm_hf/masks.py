@@ -107,9 +107,12 @@ class MaskResult:
 
 
 def mask_from_map(soft_map, threshold: float | str = DEFAULT_THRESHOLD, image_size=None,
-                  largest_component: bool = False) -> MaskResult:
-    """The full chain for one object. `largest_component` keeps only the biggest blob (and its box)."""
+                  largest_component: bool = False, normalized: bool = False) -> MaskResult:
+    """The full chain for one object. `largest_component` keeps only the biggest blob (and its box).
+    `normalized`: the map is already on the [0, 1] scale of the threshold (a stored map resized), not scaled again."""
     norm = normalize(soft_map)
+    if normalized and norm is not None:
+        norm = _np(soft_map)
     shape = _np(soft_map).shape
     if norm is None:
         return MaskResult(np.zeros(shape, bool), None, 0.0, 0, True, None)
@@ -132,10 +135,13 @@ def resize_map(soft_map, size: tuple[int, int]) -> np.ndarray:
 
 
 def full_resolution_mask(attention, image_size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD):
-    """Mask at image resolution from a stored attention map (8-bit image, array or tensor)."""
-    m = resize_map(np.asarray(attention, dtype=np.float64) / (255.0 if np.asarray(attention).dtype == np.uint8 else 1.0),
-                   image_size)
-    return mask_from_map(m, threshold, image_size)
+    """Mask at image resolution from a stored attention map (8-bit image, array or tensor): an 8-bit map is
+    `resize(attention) / 255 > threshold`, as the dataset card states and training reads it
+    (`data.masks.row_masks`); scaling it again after the resize would lower the threshold where bilinear
+    resizing flattened a peak. Any other map is min-max scaled first."""
+    stored = np.asarray(attention).dtype == np.uint8
+    m = resize_map(np.asarray(attention, dtype=np.float64) / (255.0 if stored else 1.0), image_size)
+    return mask_from_map(m, threshold, image_size, normalized=stored)
 
 
 # Guided filter settings for images in [0, 1]: edges whose local colour spread exceeds sqrt(eps) ≈ 0.03 are

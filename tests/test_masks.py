@@ -12,6 +12,7 @@ from freeatm_hf.masks import (
     normalize,
     otsu_threshold,
     refine_maps,
+    resize_map,
 )
 
 
@@ -88,6 +89,25 @@ def test_full_resolution_mask_from_a_stored_8bit_map():
     ys, xs = np.nonzero(r.mask)
     # The blob covers rows 2-4 and cols 3-6 of the 8×10 grid: rows 4..10 and cols 6..14 at 2×.
     assert 4 <= ys.min() and ys.max() < 10 and 6 <= xs.min() and xs.max() < 14
+
+
+@pytest.mark.parametrize("threshold", [0.4, "otsu"])
+def test_a_stored_map_at_image_resolution_is_the_mask_training_reads(threshold):
+    """The viewer's and the card's masks are the ones the card's formula and training give: a sharp peak loses
+    height in the bilinear resize, and scaling it back to 1 would lower the threshold."""
+    from PIL import Image
+
+    from freeatm_hf.data.masks import row_masks
+
+    stored = np.zeros((16, 16), np.uint8)
+    stored[6:10, 6:10] = 90
+    stored[7, 7] = 255
+    r = full_resolution_mask(stored, image_size=(64, 64), threshold=threshold)
+    expected = row_masks({"objects": [{"attention": Image.fromarray(stored)}]}, (64, 64), threshold)[0].numpy() > 0
+    assert np.array_equal(r.mask, expected)
+    if threshold == 0.4:
+        resized = resize_map(stored / 255.0, (64, 64))
+        assert resized.max() < 0.99 and np.array_equal(r.mask, resized > 0.4)
 
 
 def reference_guided_filter(guide, p, r, eps):

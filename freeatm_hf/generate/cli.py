@@ -14,8 +14,14 @@ def make_parser():
     from ..cli import HelpFormatter
     from .config import GenerateConfig
 
-    return HfArgumentParser(GenerateConfig, prog="freeatm generate", description=__doc__,
-                            formatter_class=HelpFormatter)
+    parser = HfArgumentParser(GenerateConfig, prog="freeatm generate", description=__doc__,
+                              formatter_class=HelpFormatter)
+    # `include_mid` defaults to None (the model folder's choice); HfArgumentParser then wants a value, but a bare
+    # `--include_mid` must still mean true, as it does for a plain bool.
+    for action in parser._actions:
+        if action.dest == "include_mid":
+            action.nargs, action.const = "?", True
+    return parser
 
 
 def parse(argv: list[str]):

@@ -9,6 +9,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEFAULT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default, for pipelines whose folder recommends none
+DTYPE_ALIASES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                 "fp32": "float32", "float32": "float32"}
 
 
 @dataclass
@@ -44,7 +46,9 @@ class GenerateConfig:
     down_factors: list[int] | None = field(default=None, metadata={
         "help": "Capture resolutions as down-sampling factors of the latent (2,4 = 32x32,16x16 for SD at 512px). "
                 "Default: the model folder's freeatm.json (the shapes model has one), else 2,4."})
-    include_mid: bool = field(default=False, metadata={"help": "Also capture the UNet mid block (its factor must be in --down_factors, e.g. 8 on SD 1.x)."})
+    include_mid: bool | None = field(default=None, metadata={
+        "help": "Also capture the UNet mid block (its factor must be in --down_factors, e.g. 8 on SD 1.x). Default: "
+                "the model folder's freeatm.json, else no."})
     factor_weights: list[float] | None = field(default=None, metadata={
         "help": "Weight of each --down_factors resolution when their maps are averaged, in the same order "
                 "(default: the model folder's when its resolutions are used, else equal)."})
@@ -53,9 +57,11 @@ class GenerateConfig:
                 "else the latent size)."})
     layer_weights: str | None = field(default=None, metadata={
         "help": "JSON object of layer/block weights by module-name prefix, e.g. '{\"single_transformer_blocks\": "
-                "0.5}' (longest prefix wins, 0 leaves a layer out; default: all 1)."})
-    mmdit_blocks: str = field(default="double", metadata={
-        "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all."})
+                "0.5}' (longest prefix wins, 0 leaves a layer out; default: the model folder's freeatm.json, else "
+                "all 1)."})
+    mmdit_blocks: str | None = field(default=None, metadata={
+        "help": "MM-DiT blocks to capture: double (joint text+image blocks), single (Flux's single-stream) or all "
+                "(default: the model folder's freeatm.json, else double)."})
     step_window: list[float] | None = field(default=None, metadata={
         "help": "Fraction [start, end) of the denoising steps whose maps are averaged (default: the model "
                 "folder's freeatm.json, else 0,1)."})
@@ -96,13 +102,33 @@ class GenerateConfig:
             self.down_factors = list(capture.get("down_factors", [2, 4]))
         if self.step_window is None:
             self.step_window = list(capture.get("step_window", [0.0, 1.0]))
+        # The rest of the recommended capture too (the mid block and layer weights, as the per-resolution weights
+        # in capture_config, when its resolutions are the ones used): the library's FreeATMGenerator(pipe) takes
+        # all of it, and the same folder must give the same maps from the command line.
+        same = list(capture.get("down_factors") or []) == list(self.down_factors)
+        if self.include_mid is None:
+            self.include_mid = bool(same and capture.get("include_mid", False))
+        if self.mmdit_blocks is None:
+            self.mmdit_blocks = capture.get("mmdit_blocks") or "double"
+        if self.layer_weights is None and same and capture.get("layer_weights") is not None:
+            import json
+
+            self.layer_weights = json.dumps(capture["layer_weights"], sort_keys=True)
+        # `is None`, not `or`: a recommended 0 (guidance 0.0 for a distilled Turbo model) is a value.
         if self.threshold is None:
-            self.threshold = str(rec.get("threshold") or 0.4)
-        check_threshold(self.threshold, "--threshold")  # otherwise found out after the first batch was denoised
+            self.threshold = str(rec["threshold"] if rec.get("threshold") is not None else 0.4)
+        # Otherwise found out after the first batch was denoised; one spelling (".4" and "0.40" are 0.4), so that
+        # a resume is not refused over how the number was written.
+        t = check_threshold(self.threshold, "--threshold")
+        self.threshold = t if t == "otsu" else str(float(t))
         if self.guidance_scale is None:
-            self.guidance_scale = float(rec.get("guidance_scale") or DEFAULT_GUIDANCE)
+            g = rec.get("guidance_scale")
+            self.guidance_scale = float(g if g is not None else DEFAULT_GUIDANCE)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
+        self.torch_dtype = DTYPE_ALIASES.get(self.torch_dtype, self.torch_dtype)
+        if self.torch_dtype not in ("auto", *DTYPE_ALIASES.values()):
+            raise ValueError(f"torch_dtype must be auto, float16, bfloat16 or float32, got {self.torch_dtype!r}")
         if self.refine not in REFINE_MODES:
             raise ValueError(f"refine must be none or guided, got {self.refine!r}")
         if self.prompt_mode == "auto":
@@ -138,6 +164,9 @@ class GenerateConfig:
             raise ValueError("num_images and batch_size must be positive")
         if self.num_inference_steps < 1:  # found now, not after the pipeline has loaded
             raise ValueError(f"num_inference_steps must be at least 1, got {self.num_inference_steps}")
+        if any(v is not None and v < 1 for v in (self.height, self.width)):
+            raise ValueError(f"height and width must be positive, got {self.height} and {self.width}")
+        self.capture_config()  # step window, factors, blocks and weights checked before any pipeline loads
         if self.min_attention_peak is None and rec.get("min_attention_peak") is not None:
             self.min_attention_peak = self._inherited_min_peak(rec)
 
@@ -148,8 +177,9 @@ class GenerateConfig:
         median ratio 1.007), so the README demo's 10 steps keep the cut measured at 25."""
         from ..attention import CaptureConfig
 
+        measured_at = rec.get("guidance_scale")
         same = (self.capture_config().to_dict() == CaptureConfig.from_dict(rec.get("capture") or {}).to_dict()
-                and self.guidance_scale == float(rec.get("guidance_scale") or self.guidance_scale))
+                and (measured_at is None or self.guidance_scale == float(measured_at)))
         if not same:
             logger.warning("capture or guidance differ from the ones %s's min_attention_peak (%s) was measured "
                            "with: no cut recorded (set --min_attention_peak to record one)", self.pipeline,
@@ -204,6 +234,8 @@ class GenerateConfig:
         if self.prompts_file and Path(self.prompts_file).is_file():
             # The file's content, not only its path: an edited file must not resume into the same folder.
             out["prompts_sha256"] = hashlib.sha256(Path(self.prompts_file).read_bytes()).hexdigest()
+        # The capture resolved with the model folder's recommendation (its map size and weights are no field).
+        out["capture"] = self.capture_config().to_dict()
         if self.torch_dtype == "auto":  # fp16 on a GPU, fp32 on the CPU: a run moved between them changes its rows
             import torch
 

@@ -9,7 +9,7 @@ import torch
 from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
 from ..attention.joint import capture_joint
 from ..attention.tokens import ObjectTokens
-from ..masks import DEFAULT_THRESHOLD, REFINE_MODES, MaskResult, mask_from_map, refine_maps
+from ..masks import DEFAULT_THRESHOLD, REFINE_MODES, MaskResult, mask_from_map, normalize, refine_maps
 from ..prompts import Prompt, as_prompt
 from .config import DEFAULT_GUIDANCE
 from .pipelines import pipeline_recommendation
@@ -64,6 +64,8 @@ class FreeATMGenerator:
             the attention grid's. Defaults to the folder's recommendation, else `"none"`.
         guidance_scale (`float`, *optional*): classifier-free guidance used when a call gives none; defaults to
             the folder's recommendation, else 7.5.
+        revision (`str`, *optional*): the branch, tag or commit a Hub pipeline was loaded at, so that the
+            recommendation read is the one saved with those weights (a loaded pipeline knows only its repo id).
 
     Example:
         >>> gen = FreeATMGenerator(pipe)
@@ -72,7 +74,7 @@ class FreeATMGenerator:
     """
 
     def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str | None = None,
-                 refine: str | None = None, guidance_scale: float | None = None):
+                 refine: str | None = None, guidance_scale: float | None = None, revision: str | None = None):
         if getattr(pipe, "unet", None) is not None:
             self.kind = "unet"
         elif getattr(pipe, "transformer", None) is not None and hasattr(pipe, "tokenizer_2"):
@@ -82,18 +84,21 @@ class FreeATMGenerator:
             raise TypeError(f"{type(pipe).__name__}: supported are UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT "
                             "pipelines (SD3, Flux)")
         self.pipe = pipe
-        recommended = pipeline_recommendation(pipe) if None in (capture, threshold, refine, guidance_scale) else None
+        # A pipeline does not remember the revision it was loaded at: without it, the recommendation read is main's.
+        recommended = (pipeline_recommendation(pipe, revision) if None in (capture, threshold, refine, guidance_scale)
+                       else None) or {}
         if capture is None:
-            capture = CaptureConfig.from_dict((recommended or {}).get("capture") or {})
-        if threshold is None:
-            threshold = (recommended or {}).get("threshold") or DEFAULT_THRESHOLD
+            capture = CaptureConfig.from_dict(recommended.get("capture") or {})
+        if threshold is None:  # `is None`, not `or`: a recommended 0 is a value (guidance 0.0 for a Turbo model)
+            threshold = recommended["threshold"] if recommended.get("threshold") is not None else DEFAULT_THRESHOLD
         if refine is None:
-            refine = (recommended or {}).get("refine") or "none"
+            refine = recommended.get("refine") or "none"
         if refine not in REFINE_MODES:
             raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
         self.refine = refine
         if guidance_scale is None:
-            guidance_scale = (recommended or {}).get("guidance_scale") or DEFAULT_GUIDANCE
+            g = recommended.get("guidance_scale")
+            guidance_scale = DEFAULT_GUIDANCE if g is None else g
         self.guidance_scale = float(guidance_scale)
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
@@ -220,7 +225,9 @@ class FreeATMGenerator:
             soft = [m.float().cpu().numpy() for m in maps[b]]
             peaks = [float(m.max()) if m.size and np.isfinite(m).all() else None for m in soft]
             if self.refine == "guided":
-                soft = [m.astype(np.float32) for m in refine_maps(_hwc(images[b]), soft, device=device)]
+                # A flat map stays flat: the filter's float32 ripple (~1e-6 relative) would pass for a region.
+                soft = [np.full(r.shape, m.flat[0], np.float32) if normalize(m) is None else r.astype(np.float32)
+                        for m, r in zip(soft, refine_maps(_hwc(images[b]), soft, device=device))]
             objects.append([
                 GeneratedObject(o.name, o.label, t.token_indices, m,
                                 mask_from_map(m, self.threshold, image_size=(height, width)), peak)

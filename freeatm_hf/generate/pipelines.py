@@ -98,6 +98,39 @@ def resolved_commit(spec: str, revision: str | None = None) -> str | None:
         return None
 
 
+def local_fingerprint(spec: str, head: int = 1 << 20) -> str | None:
+    """A hash of what `DiffusionPipeline.from_pretrained` loads from a local pipeline folder (the shipped shapes
+    model's included): `model_index.json` and every file of its component folders, each by path, size and
+    content, where a file over 2·`head` bytes is hashed by its first and last `head` bytes (retrained weights
+    differ everywhere; reading a 24 GB Flux folder at every resume would cost a minute). None for a Hub id (its
+    commit says it) or a pipeline built in code. The folder's own freeatm.json, card and evaluations are left
+    out: what of them changes the rows is in the settings."""
+    import hashlib
+
+    if spec == "shapes":
+        from ..toy.model import MODEL_DIR
+
+        spec = str(MODEL_DIR)
+    root = Path(spec)
+    if spec in BUILT_IN_PIPELINES or not (root / "model_index.json").is_file():
+        return None
+    files = [root / "model_index.json"] + sorted(
+        f for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+        for f in d.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= 2 * head:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(head))
+                fh.seek(size - head)
+                digest.update(fh.read(head))
+    return digest.hexdigest()[:16]
+
+
 def pipeline_recommendation(source, revision: str | None = None) -> dict | None:
     """The settings saved with a model: the capture setting and mask threshold `freeatm eval masks --sweep`
     measured to localise best, and the prompt mode it understands (`freeatm.json` in the model folder, or in

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmenter
 from .config import GenerateConfig
 from .generator import FreeATMGenerator
-from .pipelines import load_pipeline, pipeline_source, resolved_commit
+from .pipelines import load_pipeline, local_fingerprint, pipeline_source, resolved_commit
 from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
 from .writer import DatasetWriter, SettingsMismatchError
 
@@ -81,9 +81,11 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         writer.clean_tmp()
     state.wait_for_everyone()
 
-    todo = writer.pending(state.process_index, state.num_processes)
+    todo, num_pending = writer.pending(state.process_index, state.num_processes), len(writer.pending())
+    # Every rank deals the same list of pending shards: none may have written one before the others have read it.
+    state.wait_for_everyone()
     logger.info("rank %d/%d: %d shards to write (%d of %d in total done)", state.process_index, state.num_processes,
-                len(todo), writer.num_shards - len(writer.pending()), writer.num_shards)
+                len(todo), writer.num_shards - num_pending, writer.num_shards)
     if todo:
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload, revision=cfg.revision)
         if cfg.compile:  # the denoiser: a UNet, or the MM-DiT transformer of SD3 / Flux
@@ -98,8 +100,9 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine,
                                guidance_scale=cfg.guidance_scale)
         commit = resolved_commit(cfg.pipeline, cfg.revision)
-        _check_same_generator(made_by, pipe, commit)
-        _record_generator(writer, pipe, gen, state.process_index, commit=commit)
+        fingerprint = local_fingerprint(cfg.pipeline)
+        _check_same_generator(made_by, pipe, commit, fingerprint)
+        _record_generator(writer, pipe, gen, state.process_index, commit=commit, fingerprint=fingerprint)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)
@@ -147,7 +150,8 @@ def _generator_file(writer: DatasetWriter) -> Path:
     return Path(writer.root) / STATE_DIR / "generator.json"
 
 
-def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str | None = None):
+def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str | None = None,
+                      fingerprint: str | None = None):
     """Which pipeline class (and so which attention), scheduler and Hub commit made the rows, and the resolutions
     captured, kept for the card: a resumed run with nothing left to generate never loads the pipeline. The
     settings hold the resolutions asked for; an MM-DiT pipeline captures its one patch grid (factor 2) instead of
@@ -157,7 +161,8 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str |
 
     info = {"pipeline_class": type(pipe).__name__, "denoiser": "unet" if gen.kind == "unet" else "mmdit",
             "scheduler_class": type(pipe.scheduler).__name__, "down_factors": list(gen.capture.down_factors),
-            **({"pipeline_commit": commit} if commit else {})}
+            **({"pipeline_commit": commit} if commit else {}),
+            **({"pipeline_fingerprint": fingerprint} if fingerprint else {})}
     path = _generator_file(writer)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{rank}.tmp")
@@ -165,13 +170,19 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str |
     os.replace(tmp, path)
 
 
-def _check_same_generator(made_by: dict, pipe, commit: str | None):
+def _check_same_generator(made_by: dict, pipe, commit: str | None, fingerprint: str | None = None):
     """A resumed run must use the weights that made the rows so far: a Hub id without --revision resolves to
-    whatever its branch holds now."""
+    whatever its branch holds now, a local folder may have been retrained (or the package upgraded with a new
+    shapes model) in between."""
     old_commit, old_class = made_by.get("pipeline_commit"), made_by.get("pipeline_class")
     if old_commit and commit and old_commit != commit:
         raise SettingsMismatchError(f"the rows so far were made by pipeline commit {old_commit}; it now resolves to "
                                     f"{commit}. Resume with --revision {old_commit}, or use another output directory.")
+    old_fingerprint = made_by.get("pipeline_fingerprint")
+    if old_fingerprint and fingerprint and old_fingerprint != fingerprint:
+        raise SettingsMismatchError("the rows so far were made by other weights or component settings of this "
+                                    f"pipeline folder (fingerprint {old_fingerprint}, now {fingerprint}); restore "
+                                    "them, or use another output directory.")
     if old_class and old_class != type(pipe).__name__:
         raise SettingsMismatchError(f"the rows so far were made by a {old_class}, this run loaded a "
                                     f"{type(pipe).__name__}; use another output directory.")
@@ -199,9 +210,10 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
             num_objects += len(objs)
             num_empty += sum(o["bbox"] is None for o in objs)
             num_truncated += len(cut)
-    (height, width), map_hw = _sizes(writer.shard_path(0))
+    (height, width), map_hw = _sizes([writer.shard_path(i) for i in range(writer.num_shards)])
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
-    generator = _read_generator(writer)
+    # The fingerprint of a local folder is resume state, as its path is: nothing a reader of the card can check.
+    generator = {k: v for k, v in _read_generator(writer).items() if k != "pipeline_fingerprint"}
     generation = public_generation({**cfg.settings(), "pipeline": cfg.pipeline,
                                     "pipeline_source": pipeline_source(cfg.pipeline), **generator,
                                     "height": height, "width": width, "license": cfg.license})
@@ -240,14 +252,19 @@ def write_examples(shard: Path, folder: Path, n: int = 4, threshold=0.4, min_sid
     return examples
 
 
-def _sizes(shard: Path) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(height, width) of the first image and of its first attention map."""
+def _sizes(shards: list[Path]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height, width) of the first image and of the first attention map (of whichever row first has an object;
+    the image's size when no row has one)."""
     from io import BytesIO
 
     import pyarrow.parquet as pq
     from PIL import Image
 
-    row = pq.read_table(shard, columns=["image", OBJECTS]).slice(0, 1).to_pylist()[0]
+    row = pq.read_table(shards[0], columns=["image"]).slice(0, 1).to_pylist()[0]
     w, h = Image.open(BytesIO(row["image"]["bytes"])).size
-    maps = [Image.open(BytesIO(o["attention"]["bytes"])).size for o in row[OBJECTS]]
-    return (h, w), (maps[0][1], maps[0][0]) if maps else (h, w)
+    for shard in shards:
+        for objects in pq.read_table(shard, columns=[OBJECTS]).column(OBJECTS).to_pylist():
+            if objects:
+                mw, mh = Image.open(BytesIO(objects[0]["attention"]["bytes"])).size
+                return (h, w), (mh, mw)
+    return (h, w), (h, w)

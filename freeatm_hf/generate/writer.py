@@ -28,8 +28,8 @@ ADDED_SETTINGS = {"refine": "none", "revision": None}
 # Settings that only some prompt modes use, now left unset by the others; older folders recorded a value anyway.
 UNUSED_WHEN_UNSET = frozenset({"num_objects"})
 # Settings added later whose value in older folders is unknown (a prompts file's hash, the dtype "auto" resolved
-# to): compared only where the folder recorded them.
-COMPARED_WHEN_RECORDED = frozenset({"prompts_sha256", "resolved_dtype"})
+# to, the capture a model folder's recommendation resolved to): compared only where the folder recorded them.
+COMPARED_WHEN_RECORDED = frozenset({"prompts_sha256", "resolved_dtype", "capture"})
 
 
 class SettingsMismatchError(ValueError):
@@ -68,8 +68,10 @@ class DatasetWriter:
         return [Shard(i, i * s, min((i + 1) * s, self.num_rows)) for i in range(self.num_shards)]
 
     def pending(self, rank: int = 0, world_size: int = 1) -> list[Shard]:
-        """Shards not yet written that belong to `rank` (round-robin, so ranks finish together)."""
-        return [sh for sh in self.shards if sh.index % world_size == rank and not self.shard_path(sh.index).exists()]
+        """Shards not yet written that belong to `rank`: the pending ones dealt round-robin, so ranks finish
+        together also when a crash left one rank's share done and another's not."""
+        todo = [sh for sh in self.shards if not self.shard_path(sh.index).exists()]
+        return todo[rank::world_size]
 
     def is_complete(self) -> bool:
         return all(self.shard_path(i).exists() for i in range(self.num_shards))

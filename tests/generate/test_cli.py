@@ -90,6 +90,64 @@ def test_a_resume_must_use_the_pipeline_commit_that_made_the_rows(tmp_path, monk
     assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
 
 
+def test_a_resume_must_use_the_local_folder_weights_that_made_the_rows(tmp_path, monkeypatch):
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    folder = tmp_path / "model"
+    tiny_pipeline(seed=0).save_pretrained(folder)
+    args = ["generate", "--output_dir", str(tmp_path / "ds"), *BASE[2:], "--pipeline", str(folder)]
+    restore = _crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(args)
+    restore()
+    (folder / "README.md").write_text("a card edited in between changes no row")
+    unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    kept = unet.read_bytes()
+    tiny_pipeline(seed=1).unet.save_pretrained(folder / "unet")  # retrained in between
+    with pytest.raises(SettingsMismatchError, match="other weights or component settings of this pipeline folder"):
+        cli.main(args)
+    unet.write_bytes(kept)
+    cli.main(args)  # the same weights finish the folder
+    assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
+    assert "pipeline_fingerprint" not in (tmp_path / "ds" / "README.md").read_text()
+
+
+def test_a_resume_must_use_the_capture_the_folder_recommended(tmp_path, monkeypatch):
+    """The recommended map size is no field of its own: the resolved capture is a setting."""
+    import json
+
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.generate.pipelines import save_recommendation
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    folder = tmp_path / "model"
+    tiny_pipeline().save_pretrained(folder)
+    save_recommendation(folder, CaptureConfig(down_factors=(2,), map_size=(16, 16)), threshold=0.5)
+    args = ["generate", "--output_dir", str(tmp_path / "ds"), *BASE[2:], "--pipeline", str(folder)]
+    restore = _crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(args)
+    restore()
+    save_recommendation(folder, CaptureConfig(down_factors=(2,), map_size=(8, 8)), threshold=0.5)
+    with pytest.raises(SettingsMismatchError, match="capture: .*'map_size': \\[16, 16\\].* → .*'map_size': \\[8, 8\\]"):
+        cli.main(args)
+    # Settings written before the capture was recorded resume as they did.
+    settings = tmp_path / "ds" / ".freeatm" / "settings.json"
+    old = json.loads(settings.read_text())
+    del old["capture"]
+    settings.write_text(json.dumps(old))
+    cli.main(args)
+
+
+def test_the_cards_map_size_comes_from_a_row_that_has_maps(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"text": "a plain field", "nouns": []}\n{"text": "a dog with a ball", "nouns": ["dog", "ball"]}\n')
+    out = tmp_path / "ds"
+    cli.main(["generate", "--output_dir", str(out), "--prompts_file", str(prompts), "--pipeline", "tiny",
+              "--device", "cpu", "--num_inference_steps", "1", "--num_images", "2", "--map_size", "8", "8"])
+    assert "at 8×8" in (out / "README.md").read_text()
+
+
 def test_auto_dtype_is_compared_as_what_it_resolved_to_and_zero_steps_are_refused(tmp_path):
     from freeatm_hf.generate.config import GenerateConfig
 
@@ -200,6 +258,38 @@ def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path
     (tmp_path / "freeatm.json").write_text("{not json")
     with pytest.raises(ValueError, match="freeatm.json"):
         parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
+
+
+def test_the_whole_recommended_capture_and_its_zeros_come_from_the_model_folder(tmp_path):
+    """The command line takes what FreeATMGenerator(pipe) takes: the mid block, layer weights and MM-DiT blocks
+    too, and a recommended 0 (guidance 0.0 for a distilled model) is a value, not a missing one."""
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.generate.pipelines import save_recommendation
+
+    capture = CaptureConfig(down_factors=(2, 8), include_mid=True, layer_weights={"up_blocks": 2.0}, mmdit_blocks="all")
+    save_recommendation(tmp_path, capture, threshold=0.0, guidance_scale=0.0, min_attention_peak=0.05)
+    cfg = parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
+    assert cfg.capture_config().to_dict() == capture.to_dict()
+    assert (cfg.guidance_scale, cfg.threshold, cfg.min_attention_peak) == (0.0, "0.0", 0.05)
+    assert parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--guidance_scale", "5"]).min_attention_peak is None
+    other = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2"]).capture_config()
+    assert (other.include_mid, other.layer_weights, other.mmdit_blocks) == (False, None, "all")
+    # A bare flag is still true, and false can be said.
+    assert parse(["--output_dir", "x", "--pipeline", "tiny", "--include_mid"]).include_mid is True
+    assert parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--include_mid", "false"]).include_mid is False
+
+
+def test_one_spelling_of_threshold_and_dtype_and_bad_capture_refused_before_loading(tmp_path):
+    base = ["--output_dir", str(tmp_path), "--pipeline", "tiny"]
+    assert parse(base + ["--threshold", ".4"]).settings() == parse(base + ["--threshold", "0.40"]).settings()
+    assert parse(base + ["--torch_dtype", "fp16"]).settings() == parse(base + ["--torch_dtype", "float16"]).settings()
+    for bad, why in [(["--step_window", "0.8", "0.2"], "step_window must satisfy"),
+                     (["--down_factors", "3"], "down_factors must be powers of two"),
+                     (["--mmdit_blocks", "dual"], "mmdit_blocks must be double, single or all"),
+                     (["--height", "-64"], "height and width must be positive"),
+                     (["--torch_dtype", "half"], "torch_dtype must be auto, float16")]:
+        with pytest.raises(ValueError, match=why):
+            parse(base + bad)
 
 
 def test_the_recommended_attention_peak_cut_is_recorded_only_with_the_capture_it_was_measured_with(tmp_path, caplog):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from freeatm_hf.generate import FreeATMGenerator
 from freeatm_hf.masks import mask_from_map, refine_maps
@@ -34,7 +35,7 @@ def test_refine_comes_from_the_model_folder_and_is_validated(tiny_pipe, monkeypa
     import freeatm_hf.generate.generator as generator
 
     assert FreeATMGenerator(tiny_pipe).refine == "none"
-    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe: {"refine": "guided"})
+    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe, revision=None: {"refine": "guided"})
     assert FreeATMGenerator(tiny_pipe).refine == "guided"
     assert FreeATMGenerator(tiny_pipe, refine="none").refine == "none"
     with pytest.raises(ValueError, match="refine must be one of"):
@@ -50,12 +51,39 @@ def test_guidance_comes_from_the_model_folder_unless_a_call_or_the_constructor_g
                         lambda self, **kw: seen.append(kw["guidance_scale"]) or real_call(self, **kw))
     prompt, kw = PROMPTS[:1], dict(seeds=[0], num_inference_steps=1)
     FreeATMGenerator(tiny_pipe)(prompt, **kw)  # no recommendation: the SD default
-    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe: {"guidance_scale": 4.0})
+    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe, revision=None: {"guidance_scale": 4.0})
     gen = FreeATMGenerator(tiny_pipe)
     gen(prompt, **kw)
     gen(prompt, guidance_scale=1.5, **kw)
     FreeATMGenerator(tiny_pipe, guidance_scale=2.5)(prompt, **kw)
-    assert seen == [7.5, 4.0, 1.5, 2.5]
+    # A recommended 0 is a value: a distilled (Turbo) model runs without guidance, its threshold 0 is kept.
+    monkeypatch.setattr(generator, "pipeline_recommendation",
+                        lambda pipe, revision=None: {"guidance_scale": 0.0, "threshold": 0.0})
+    zero = FreeATMGenerator(tiny_pipe)
+    zero(prompt, **kw)
+    assert seen == [7.5, 4.0, 1.5, 2.5, 0.0] and zero.threshold == 0.0
+
+
+def test_the_recommendation_is_read_at_the_revision_the_pipeline_was_loaded_at(tiny_pipe, monkeypatch):
+    import freeatm_hf.generate.generator as generator
+
+    recs = {None: {"threshold": 0.3}, "v1": {"threshold": 0.8}}
+    monkeypatch.setattr(generator, "pipeline_recommendation", lambda pipe, revision=None: recs[revision])
+    assert FreeATMGenerator(tiny_pipe).threshold == 0.3
+    assert FreeATMGenerator(tiny_pipe, revision="v1").threshold == 0.8
+
+
+def test_a_flat_map_stays_empty_through_guided_refinement(tiny_pipe, monkeypatch):
+    """The guided filter's float32 ripple on a flat map (~1e-6 relative) must not become a full-image mask."""
+    gen = FreeATMGenerator(tiny_pipe, refine="guided")
+    real = gen.store.object_maps
+    monkeypatch.setattr(gen.store, "object_maps", lambda groups: [[torch.full_like(m, v) for m, v in zip(ms, (1e-3, 0.37))]
+                                                                  for ms in real(groups)])
+    out = gen(PROMPTS[:1], seeds=[0], num_inference_steps=1)
+    assert len(out.objects[0]) == 2
+    for o in out.objects[0]:
+        assert o.mask.empty and o.mask.bbox is None and not o.attention_uint8.any()
+        assert o.soft_map.shape == (64, 64)
 
 
 def test_guided_refinement_reads_tensor_images_as_channels_first(tiny_pipe):

@@ -17,6 +17,14 @@ def test_shards_cover_every_row_once_and_split_round_robin(tmp_path):
     assert [[s.index for s in p] for p in ranks] == [[0, 3], [1], [2]]
 
 
+def test_a_resume_deals_the_pending_shards_evenly(tmp_path):
+    """Rank 0 of 2 finished its share before the crash: the four shards left go two and two, not all to rank 1."""
+    w = DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=8, rows_per_shard=1)
+    for i in (0, 2, 4, 6):
+        w.write(w.shards[i], rows(1))
+    assert [[s.index for s in w.pending(r, 2)] for r in range(2)] == [[1, 5], [3, 7]]
+
+
 def test_a_written_shard_is_no_longer_pending_and_tmp_files_never_count(tmp_path):
     w = DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=4, rows_per_shard=2)
     w.write(w.shards[1], rows(2))

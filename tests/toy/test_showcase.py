@@ -17,7 +17,7 @@ def test_grid_flags_objects_below_the_recommended_peak(monkeypatch):
     def label_colours(cut):
         rec = {"guidance_scale": 2.0, "min_attention_peak": cut, "capture": {"down_factors": [1]}}
         for module in (pipelines, generator):
-            monkeypatch.setattr(module, "pipeline_recommendation", lambda p: rec)
+            monkeypatch.setattr(module, "pipeline_recommendation", lambda p, revision=None: rec)
         img = np.asarray(sc.showcase(pipe, num_scenes=2, num_inference_steps=2))
         assert img.shape == (2 * (sc.CELL + sc.TEXT_H), sc.CELL * (2 + sc.MAX_OBJECTS), 3)
         # The label bar's first pixel of each filled object panel, row 0.
