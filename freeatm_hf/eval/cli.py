@@ -28,7 +28,7 @@ def make_parser():
                    help="guidance scales to compare on the validation scenes (with the chosen capture); the best "
                         "by mIoU with undrawn objects as 0 is used on the test scenes and recommended")
     m.add_argument("--batch_size", type=int, default=16, help="images per pipeline call")
-    m.add_argument("--seed", type=int, default=777, help="shapes-world seed of the test scenes (validation: seed + 1; training used others)")
+    m.add_argument("--seed", type=int, default=777, help="shapes-world seed of the test scenes (validation: seed + 1; the training scenes' seed, 10000 + the training --seed, is refused)")
     m.add_argument("--sweep", action="store_true",
                    help="compare capture settings on the validation scenes; the best is scored on the test scenes")
     m.add_argument("--save_recommendation", action="store_true",

@@ -64,7 +64,8 @@ def write_perfect_scenes(folder, n: int, seed: int = 0, size: int = 64, rows_per
 
     world = ShapesWorld(size=size, seed=seed)
     writer = DatasetWriter(folder, dataset_features(list(SHAPES)),
-                           {"pipeline": PERFECT_SCENES, "num_images": n, "seed": seed, "size": size}, n, rows_per_shard)
+                           {"pipeline": PERFECT_SCENES, "num_images": n, "seed": seed, "size": size,
+                            "rows_per_shard": rows_per_shard}, n, rows_per_shard)
     writer.clean_tmp()
     for shard in writer.pending():
         rows = []

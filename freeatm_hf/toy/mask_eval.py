@@ -256,10 +256,19 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     from ..generate.pipelines import pipeline_recommendation
     from ..masks import REFINE_MODES
     from .model import GUIDANCE_SCALE
+    from .train_t2i import TRAIN_WORLD_OFFSET
 
     recommended = pipeline_recommendation(pipe) or {}
+    training = recommended.get("training") or {}
+    # The training worlds' seeds as recorded (older facts did not: the default run's then).
+    trained = {r["world_seed"] for r in [training, *training.get("runs", [])] if "world_seed" in r}
+    overlap = sorted({cfg.seed, cfg.seed + 1} & (trained or {TRAIN_WORLD_OFFSET}))
+    if overlap:
+        raise ValueError(f"seed {cfg.seed}: the test (seed) or validation (seed + 1) scenes would be the model's "
+                         f"training scenes (world seed {overlap[0]}); pick a seed away from {sorted(trained or {TRAIN_WORLD_OFFSET})}")
     if cfg.guidance_scale is None:
-        cfg = replace(cfg, guidance_scale=float(recommended.get("guidance_scale") or GUIDANCE_SCALE))
+        g = recommended.get("guidance_scale")
+        cfg = replace(cfg, guidance_scale=float(GUIDANCE_SCALE if g is None else g))
     classifier = ShapeClassifier.pretrained()
     test_specs = ShapesWorld(seed=cfg.seed).scenes(cfg.num_scenes)
     val_specs = ShapesWorld(seed=cfg.seed + 1).scenes(cfg.num_val)

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import torch
 
-from .tables import ablation_cut, add_filter_arguments, cell, summarize
+from .tables import (
+    RECIPE_FILE,
+    ablation_cut,
+    add_filter_arguments,
+    cell,
+    keep_recipe,
+    reusable,
+    scenes_settings,
+    summarize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +38,9 @@ logger = logging.getLogger(__name__)
 def make_parser():
     p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.table1", description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--pipeline", default="default", help="generator (default: the shapes model when shipped)")
+    p.add_argument("--pipeline", default=None, help="generator (default: the shapes model when shipped)")
     p.add_argument("--num_images", type=int, default=1024)
-    p.add_argument("--num_inference_steps", type=int, default=25)
+    p.add_argument("--num_inference_steps", type=int, default=None, help="generation steps (default 25)")
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=64)
@@ -113,11 +122,16 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.perfect_scenes:
+        given = [f"--{k}" for k in ("pipeline", "num_inference_steps", "min_attention_peak") if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for generated scenes; --perfect_scenes renders them (exact masks, "
+                             "no attention peak to cut)")
         scenes = write_perfect_scenes(out / "perfect_scenes", args.num_images, seed=args.seed)  # resumes
     else:
         scenes = out / "scenes"
-        generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
-                                        batch_size=32, num_inference_steps=args.num_inference_steps,
+        generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline or "default",
+                                        num_images=args.num_images, batch_size=32,
+                                        num_inference_steps=25 if args.num_inference_steps is None else args.num_inference_steps,
                                         seed=args.seed, device=args.device,
                                         min_attention_peak=args.min_attention_peak))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
@@ -156,17 +170,20 @@ def pretrain_and_probe(args, scenes: Path, out: Path, arm: str, seed: int, devic
 
     pooling = arm.split("-")[0]
     run = out / (f"simclr-{arm}" + (f"-seed{seed}" if seed else ""))
-    if not (run / "model.safetensors").is_file():
-        train_main(["simclr", "--dataset", str(scenes), "--output_dir", str(run), "--backbone", args.backbone,
-                    "--pooling", pooling, "--image_size", str(args.image_size), "--proj_hidden_dim", "512",
-                    "--proj_dim", "128", "--optimizer", "adamw", "--learning_rate", str(args.learning_rate),
-                    "--weight_decay", "1e-4", "--per_device_train_batch_size", str(args.batch_size),
-                    "--max_steps", str(args.max_steps), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
-                    "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
-                    "--dataloader_drop_last", "true", "--seed", str(seed), "--dataloader_num_workers", "0"]
-                   + (["--min_attention_peak", "0"] if arm == "attention-all" else [])
-                   + (["--color_strength", str(args.color_strength)] if args.color_strength is not None else [])
+    flags = (["--backbone", args.backbone,
+              "--pooling", pooling, "--image_size", str(args.image_size), "--proj_hidden_dim", "512",
+              "--proj_dim", "128", "--optimizer", "adamw", "--learning_rate", str(args.learning_rate),
+              "--weight_decay", "1e-4", "--per_device_train_batch_size", str(args.batch_size),
+              "--max_steps", str(args.max_steps), "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05",
+              "--logging_steps", "25", "--save_strategy", "no", "--report_to", "none",
+              "--dataloader_drop_last", "true", "--seed", str(seed), "--dataloader_num_workers", "0"]
+             + (["--min_attention_peak", "0"] if arm == "attention-all" else [])
+             + (["--color_strength", str(args.color_strength)] if args.color_strength is not None else []))
+    recipe = {"pretraining": flags, "scenes": scenes_settings(scenes)}
+    if not reusable(run / RECIPE_FILE, recipe, done=(run / "model.safetensors").is_file()):
+        train_main(["simclr", "--dataset", str(scenes), "--output_dir", str(run), *flags]
                    + (["--use_cpu", "true"] if device == "cpu" else []))
+        keep_recipe(run / RECIPE_FILE, recipe)
     return probe(AutoModel.from_pretrained(run).backbone, args, device)
 
 

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import torch
 
-from .tables import ablation_cut, add_filter_arguments, cell, summarize
+from .tables import (
+    RECIPE_FILE,
+    ablation_cut,
+    add_filter_arguments,
+    cell,
+    keep_recipe,
+    reusable,
+    scenes_settings,
+    summarize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +79,9 @@ def make_parser():
     p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.table2", description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", required=True)
     p.add_argument("--scenes", default=None, help="a generated dataset to reuse (default: generate one)")
-    p.add_argument("--pipeline", default="default")
-    p.add_argument("--num_images", type=int, default=1024)
-    p.add_argument("--num_inference_steps", type=int, default=25)
+    p.add_argument("--pipeline", default=None, help="generator (default: the shapes model when shipped)")
+    p.add_argument("--num_images", type=int, default=None, help="scenes to generate (default 1024)")
+    p.add_argument("--num_inference_steps", type=int, default=None, help="generation steps (default 25)")
     p.add_argument("--model_size", default="tiny", help="tiny or base (BLIP ViT-B)")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=32)
@@ -83,7 +92,7 @@ def make_parser():
     p.add_argument("--finetune_lr", type=float, default=1e-4)
     p.add_argument("--num_test", type=int, default=100, help="rendered test scenes (plus their mirrors)")
     p.add_argument("--device", default=None, help="'cpu' forces the CPU")
-    p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.add_argument("--seed", type=int, default=None, help="generation seed (default 0)")
     p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
                    help="one pretraining + fine-tuning run per seed and prompt setting; the table shows mean ± std")
     add_filter_arguments(p)
@@ -102,20 +111,30 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scenes = Path(args.scenes) if args.scenes else out / "scenes"
-    if not args.scenes:
-        generate_dataset(GenerateConfig(output_dir=str(scenes), pipeline=args.pipeline, num_images=args.num_images,
-                                        batch_size=32, num_inference_steps=args.num_inference_steps,
-                                        seed=args.seed, device=args.device,
-                                        min_attention_peak=args.min_attention_peak))
+    generation = {"pipeline": "default", "num_images": 1024, "num_inference_steps": 25, "seed": 0}
+    if args.scenes:
+        given = [f"--{k}" for k in generation if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for scenes this run generates; --scenes reuses scenes already made")
+    else:
+        generate_dataset(GenerateConfig(output_dir=str(scenes), device=args.device, batch_size=32,
+                                        min_attention_peak=args.min_attention_peak,
+                                        **{k: v if getattr(args, k) is None else getattr(args, k)
+                                           for k, v in generation.items()}))
     pipeline = json.loads((scenes / ".freeatm" / "settings.json").read_text())["pipeline"]
     finetune_set = rendered_retrieval_set(out / "finetune_set", "train", seed=41_000, n=args.num_finetune,
                                           mirrors=True)
     test_set = rendered_retrieval_set(out / "test_set", "test", seed=42_000, n=args.num_test, mirrors=True)
-    cut = ablation_cut(scenes, args.ablate_drawn_filter)
+    # With --scenes, a cut given here is applied in training (the scenes' card holds the one they were made with).
+    train_cut = args.min_attention_peak if args.scenes else None
+    cut = ablation_cut(scenes, args.ablate_drawn_filter) if train_cut is None else train_cut
+    if args.ablate_drawn_filter and not cut:
+        raise ValueError("--ablate_drawn_filter with --min_attention_peak 0: there is no filter to ablate")
     runs = {"none": [], "position": [], **({"position-all": []} if args.ablate_drawn_filter else {})}
     for seed in args.pretrain_seeds:
         for arm in runs:
-            runs[arm].append(pretrain_and_test(args, scenes, out, arm, seed, device, finetune_set, test_set))
+            runs[arm].append(pretrain_and_test(args, scenes, out, arm, seed, device, finetune_set, test_set,
+                                               train_cut))
     filtered = f", objects with attention_peak >= {cut:.4g}" if cut else ""
     names = {"none": "BLIP, plain captions (baseline)", "position": f"BLIP + position prompts (Free-ATM{filtered})",
              "position-all": "BLIP + position prompts for every named object (no drawn filter)"}
@@ -134,34 +153,41 @@ def main(argv=None) -> dict:
 
 
 def pretrain_and_test(args, scenes: Path, out: Path, arm: str, seed: int, device: str, finetune_set: Path,
-                      test_set: Path) -> dict:
+                      test_set: Path, train_cut: float | None = None) -> dict:
     """Pretrain BLIP for this arm ("none", "position", or "position-all": position prompts without the drawn
-    filter), fine-tune it for retrieval, test it; a re-run skips what is already done."""
+    filter), fine-tune it for retrieval, test it; a re-run skips what is already done with the same recipe."""
     from ..eval.cli import main as eval_main
     from ..train.cli import main as train_main
 
     suffix = f"-seed{seed}" if seed else ""
     prompts = arm.split("-")[0]
-    done = out / f"retrieval-{arm}{suffix}.json"
-    if done.is_file():
-        return {k: json.loads(done.read_text())[k] for k in METRICS}
+    cut = 0 if arm == "position-all" else train_cut
+    pretraining = (["--prompts", prompts, "--model_size", args.model_size, "--image_size", str(args.image_size),
+                    "--max_length", "72", "--per_device_train_batch_size", str(args.batch_size),
+                    "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
+                    "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "25",
+                    "--save_strategy", "no", "--report_to", "none", "--dataloader_drop_last", "true",
+                    "--seed", str(seed)]
+                   + (["--min_attention_peak", str(cut)] if cut is not None else []))
+    retrieval = ["--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
+                 "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr),
+                 "--num_finetune", str(args.num_finetune), "--num_test", str(args.num_test)]
+    recipe = {"pretraining": pretraining, "scenes": scenes_settings(scenes)}
     run = out / f"blip-{arm}{suffix}"
+    done = out / f"retrieval-{arm}{suffix}.json"
+    scored = done.with_suffix(".recipe.json")
+    if reusable(scored, {**recipe, "retrieval": retrieval}, done=done.is_file()):
+        return {k: json.loads(done.read_text())[k] for k in METRICS}
     cpu = ["--use_cpu", "true"] if device == "cpu" else []
-    if not (run / "model.safetensors").is_file():
-        train_main(["blip", "--dataset", str(scenes), "--output_dir", str(run), "--prompts", prompts,
-                    "--model_size", args.model_size, "--image_size", str(args.image_size), "--max_length", "72",
-                    "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.max_steps),
-                    "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "cosine",
-                    "--warmup_steps", "0.05", "--logging_steps", "25", "--save_strategy", "no",
-                    "--report_to", "none", "--dataloader_drop_last", "true", "--seed", str(seed)]
-                   + (["--min_attention_peak", "0"] if arm == "position-all" else []) + cpu)
+    if not reusable(run / RECIPE_FILE, recipe, done=(run / "model.safetensors").is_file()):
+        train_main(["blip", "--dataset", str(scenes), "--output_dir", str(run), *pretraining] + cpu)
+        keep_recipe(run / RECIPE_FILE, recipe)
     r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test",
-                   "--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
-                   "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{arm}{suffix}-retrieval"),
-                   "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr),
-                   "--output", str(done)]
+                   *retrieval[:6], "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{arm}{suffix}-retrieval"),
+                   *retrieval[6:10], "--output", str(done)]
                   + (["--device", "cpu"] if device == "cpu" else [])
                   + ["--finetune_dataset", str(finetune_set)])
+    keep_recipe(scored, {**recipe, "retrieval": retrieval})
     return {k: r[k] for k in METRICS}
 
 

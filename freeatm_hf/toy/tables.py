@@ -37,3 +37,46 @@ def add_filter_arguments(p) -> None:
     p.add_argument("--ablate_drawn_filter", action="store_true",
                    help="add a row pretrained on every named object, including those below the scenes' "
                         "attention_peak cut (--min_attention_peak 0)")
+
+
+RECIPE_FILE = "table_recipe.json"  # beside a pretrained model: the recipe that made it
+
+
+def reusable(record, recipe: dict, done: bool) -> bool:
+    """Whether a finished part of a table (`done`: its model or scores exist) can stand for this run: only if the
+    recipe in `record` (a JSON file) is this one. Another one is refused by name; reusing it would put the old
+    run's scores under the new run's settings."""
+    import json
+    import logging
+    from pathlib import Path
+
+    record = Path(record)
+    if not done:
+        return False
+    if not record.is_file():
+        logging.getLogger(__name__).warning("no recipe recorded in %s (made before recipes were kept): %s reused as "
+                                            "it is", record, record.parent)
+        return True
+    old, new = json.loads(record.read_text()), json.loads(json.dumps(recipe))
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"{record} records other settings ({'; '.join(f'{k}: {old.get(k)} → {new.get(k)}' for k in diff)}"
+                         "): use another --output_dir, or remove what it recorded to redo it")
+    return True
+
+
+def keep_recipe(record, recipe: dict) -> None:
+    import json
+    from pathlib import Path
+
+    Path(record).parent.mkdir(parents=True, exist_ok=True)
+    Path(record).write_text(json.dumps(recipe, indent=2, sort_keys=True))
+
+
+def scenes_settings(scenes) -> dict:
+    """What the pretraining scenes were made with (their resume settings): a recipe names its data by this, not
+    by a path that moves with the output folder."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(scenes) / ".freeatm" / "settings.json").read_text())

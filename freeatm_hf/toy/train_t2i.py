@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+# Training scenes come from ShapesWorld(seed=TRAIN_WORLD_OFFSET + --seed): far from the evaluation seeds.
+TRAIN_WORLD_OFFSET = 10_000
 logger = logging.getLogger(__name__)
 
 
@@ -76,7 +78,7 @@ def main(argv=None):
         comps = shapes_components(seed=args.seed)
     vae, unet, text_encoder, tokenizer, scheduler = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer",
                                                                          "scheduler"))
-    world = ShapesWorld(seed=10_000 + args.seed)  # training scenes; evaluation uses other seeds
+    world = ShapesWorld(seed=TRAIN_WORLD_OFFSET + args.seed)  # training scenes; evaluation refuses this seed
     # Each process draws its own range of scene indices; a resumed run starts past every scene drawn before.
     first_scene = next_scene(previous)
     counter = [acc.process_index * 10**9 + first_scene]
@@ -183,7 +185,8 @@ def main(argv=None):
                    minutes=round((time.time() - start) / 60, 1), batch_size=args.batch_size,
                    processes=acc.num_processes, lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
                    device=str(acc.device), scene_start=first_scene,
-                   scene_end=counter[0] - acc.process_index * 10**9, resumed_from=args.resume_from)
+                   scene_end=counter[0] - acc.process_index * 10**9, resumed_from=args.resume_from,
+                   world_seed=TRAIN_WORLD_OFFSET + args.seed)
         update_model_folder(out, training=accumulate_training(previous, run))
         logger.info("saved %s after %d UNet steps (%.1f min)", out, step, (time.time() - start) / 60)
 

@@ -1,12 +1,14 @@
 import json
 
 import numpy as np
+import pytest
 
 
 def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
     from datasets import load_dataset
 
     from freeatm_hf.generate.schema import dataset_features
+    from freeatm_hf.generate.writer import SettingsMismatchError
     from freeatm_hf.toy.dataset import PERFECT_SCENES, write_perfect_scenes
     from freeatm_hf.toy.world import SHAPES, ShapesWorld
 
@@ -31,8 +33,11 @@ def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
             assert o["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     assert [r["seed"] for r in ds] == list(range(7))
     settings = json.loads((tmp_path / ".freeatm" / "settings.json").read_text())
-    assert settings == {"pipeline": PERFECT_SCENES, "num_images": 7, "seed": 4, "size": 64}
-    # A re-run finds every shard written and leaves them as they are.
+    assert settings == {"pipeline": PERFECT_SCENES, "num_images": 7, "seed": 4, "size": 64, "rows_per_shard": 3}
+    # A re-run finds every shard written and leaves them as they are; another shard size would write the same
+    # rows a second time under other file names.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir()}
     write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=3)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir()} == stamps
+    with pytest.raises(SettingsMismatchError, match="rows_per_shard: 3 → 4"):
+        write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=4)

@@ -144,6 +144,21 @@ def test_end_to_end_with_a_real_pipeline_gives_finite_scores(tiny_pipe):
                                                "scenes_with_extra_object_share"}
 
 
+def test_test_or_validation_scenes_from_the_training_world_are_refused(monkeypatch):
+    from freeatm_hf.generate import pipelines
+    from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
+    from freeatm_hf.toy.model import shapes_pipeline
+
+    pipe = shapes_pipeline()
+    for seed in (10_000, 9_999):  # no training facts: the default run's world, 10,000
+        with pytest.raises(ValueError, match="would be the model's training scenes"):
+            evaluate_masks(pipe, MaskEvalConfig(seed=seed))
+    facts = {"training": {"world_seed": 10_003, "runs": [{"world_seed": 10_003}]}}
+    monkeypatch.setattr(pipelines, "pipeline_recommendation", lambda p, revision=None: facts)
+    with pytest.raises(ValueError, match="world seed 10003"):
+        evaluate_masks(pipe, MaskEvalConfig(seed=10_002))
+
+
 def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_zero(tiny_pipe):
     from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
     from freeatm_hf.toy.model import shapes_pipeline

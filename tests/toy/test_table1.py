@@ -60,10 +60,19 @@ def test_table1_ablates_the_drawn_filter_with_a_row_trained_on_every_object(tmp_
 def test_table1_pretrains_on_perfect_scenes_without_a_generator(tmp_path):
     from freeatm_hf.toy.table1 import main
 
-    res = main(["--output_dir", str(tmp_path), "--perfect_scenes", "--num_images", "6", "--max_steps", "1",
-                "--batch_size", "4", "--num_probe_train", "40", "--num_probe_test", "20", "--image_size", "32",
-                "--device", "cpu"])
+    args = ["--output_dir", str(tmp_path), "--perfect_scenes", "--num_images", "6", "--max_steps", "1",
+            "--batch_size", "4", "--num_probe_train", "40", "--num_probe_test", "20", "--image_size", "32",
+            "--device", "cpu"]
+    res = main(args)
     assert res["generator"] == "none: rendered scenes with exact masks"
     assert not (tmp_path / "scenes").exists() and (tmp_path / "perfect_scenes" / "data").is_dir()
     assert (tmp_path / "simclr-attention" / "model.safetensors").is_file()
     assert "perfect_scenes" in (tmp_path / "simclr-attention" / "README.md").read_text()
+    # A re-run with the same recipe reuses the models; another one is refused rather than scored as this one.
+    model = tmp_path / "simclr-attention" / "model.safetensors"
+    trained = model.stat().st_mtime_ns
+    assert main(args)["rows"] == res["rows"] and model.stat().st_mtime_ns == trained
+    with pytest.raises(ValueError, match=r"records other settings \(pretraining: .*'--max_steps', '1'.* → .*'2'"):
+        main([*args[:6], "2", *args[7:]])
+    with pytest.raises(ValueError, match="--pipeline: for generated scenes"):
+        main(args + ["--pipeline", "tiny"])

@@ -59,6 +59,18 @@ def test_table2_ablates_the_drawn_filter_with_prompts_for_every_object(tmp_path)
     assert "attention_peak below 0.02" in (tmp_path / "blip-position" / "README.md").read_text()
     assert "attention_peak below" not in (tmp_path / "blip-position-all" / "README.md").read_text()
     assert (tmp_path / "retrieval-position-all.json").is_file()
+    # Reusing those scenes, a cut given here is the one training applies (the scenes' card holds 0.02); the
+    # generation's own flags cannot apply to scenes already made.
+    reuse = ["--scenes", str(tmp_path / "scenes"), "--max_steps", "1", "--batch_size", "4", "--num_finetune", "4",
+             "--finetune_steps", "1", "--num_test", "4", "--image_size", "32", "--device", "cpu"]
+    res = main(["--output_dir", str(tmp_path / "reuse"), *reuse, "--min_attention_peak", "0.03"])
+    assert res["min_attention_peak"] == 0.03
+    assert "attention_peak below 0.03" in (tmp_path / "reuse" / "blip-position" / "README.md").read_text()
+    with pytest.raises(ValueError, match="--num_images: for scenes this run generates"):
+        main(["--output_dir", str(tmp_path / "reuse2"), *reuse, "--num_images", "8"])
+    # Scored with other fine-tuning settings: refused, not reported as this run's.
+    with pytest.raises(ValueError, match="records other settings \\(retrieval: "):
+        main(["--output_dir", str(tmp_path / "reuse"), *reuse[:9], "2", *reuse[10:], "--min_attention_peak", "0.03"])
 
 
 def test_table2_takes_perfect_scenes_as_its_pretraining_data(tmp_path):
