@@ -44,6 +44,9 @@ BLIP_SIZES = {
 }
 
 
+MAX_LENGTH = 72  # text tokens: a caption and a few position prompts
+
+
 @dataclass
 class BlipArguments(DataArguments):
     prompts: str = field(default="position", metadata={"help": "position (Free-ATM) or none (baseline)."})
@@ -55,7 +58,9 @@ class BlipArguments(DataArguments):
     image_size: int = field(default=224, metadata={
         "help": "Input side (BLIP pretrains at 224). A checkpoint of another size (--init_from) gets its position "
                 "embeddings interpolated to it, as BLIP does between pretraining and fine-tuning."})
-    max_length: int = field(default=72, metadata={"help": "Text tokens (captions are cut by whole prompts)."})
+    max_length: int | None = field(default=None, metadata={
+        "help": f"Text tokens (captions are cut by whole prompts). Default {MAX_LENGTH}, or a smaller text position "
+                "table of the --init_from checkpoint."})
     crop_scale_min: float = field(default=0.5, metadata={"help": "RandomResizedCrop scale lower bound."})
     momentum_distill: bool = field(default=False, metadata={
         "help": "BLIP's momentum encoders for ITC: queues of momentum features as negatives, soft targets."})
@@ -80,6 +85,12 @@ def build_blip(args: BlipArguments):
 
         tok = AutoTokenizer.from_pretrained(args.init_from)
         base = BlipConfig.from_pretrained(args.init_from)
+        limit = base.text_config.max_position_embeddings
+        if args.max_length is None:
+            args.max_length = min(MAX_LENGTH, limit)
+        elif args.max_length > limit:  # found now, not as a shape error in the text embeddings at the first step
+            raise ValueError(f"--max_length {args.max_length} is longer than {args.init_from}'s text position table "
+                             f"({limit} tokens): give --max_length {limit} or less")
         # BLIP's own label smoothing for the LM loss: a stock config states transformers' default, 0.
         text = {**base.text_config.to_dict(), "label_smoothing": BLIP_LABEL_SMOOTHING}
         cfg = BlipATMConfig(vision_config=base.vision_config.to_dict(), text_config=text,
@@ -96,6 +107,7 @@ def build_blip(args: BlipArguments):
         return model, tok
     from ..generate.clip_vocab import load_tokenizer
 
+    args.max_length = args.max_length or MAX_LENGTH
     tok = load_tokenizer(model_max_length=args.max_length)
     vision, text = BLIP_SIZES[args.model_size]
     if args.image_size % vision["patch_size"]:
@@ -120,8 +132,9 @@ def make_transform(args: BlipArguments, tokenizer):
     from ..data.position_prompts import PositionPromptTransform
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+    max_length = args.max_length or MAX_LENGTH
     geo = PositionPromptTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), grid=args.grid,
-                                  tokenizer=tokenizer, max_length=args.max_length, shuffle=args.shuffle_prompts)
+                                  tokenizer=tokenizer, max_length=max_length, shuffle=args.shuffle_prompts)
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     min_peak = args.resolve_min_attention_peak()
 
@@ -134,7 +147,7 @@ def make_transform(args: BlipArguments, tokenizer):
             img, text = geo(image, prompt, names, boxes)
             pixels.append(finish(img))
             texts.append(text)
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         return {"pixel_values": pixels, "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
 
     return transform

@@ -32,8 +32,16 @@ class RowCache:
     def __init__(self, source: str):
         from datasets import load_dataset
 
+        from freeatm_hf.data.reading import _freeatm_objects
+
         self.source = source
-        self._iter = iter(load_dataset(source, split="train", streaming=True))
+        ds = load_dataset(source, split="train", streaming=True)
+        if ds.features is not None:  # a stream that states its features (Parquet does) is checked now, not per click
+            cols = list(ds.features)
+            if not {"image", "prompt", "objects"} <= set(cols) or not _freeatm_objects(ds.features["objects"]):
+                raise ValueError(f"{source} is not a freeatm dataset (columns {cols}): the viewer shows images with "
+                                 "their objects' attention maps, written by `freeatm generate`")
+        self._iter = iter(ds)
         self.rows: list[dict] = []
         self.exhausted = False
 
@@ -46,6 +54,10 @@ class RowCache:
         if not self.rows:
             raise gr.Error(f"dataset {self.source} has no rows")
         return self.rows[min(index, len(self.rows) - 1)]
+
+    def clamp(self, index: int) -> int:
+        """`index` within the rows, as far as they are known: the last one once the stream has ended."""
+        return max(0, min(index, len(self.rows) - 1) if self.exhausted else index)
 
 
 def _scale(image: Image.Image) -> int:
@@ -167,7 +179,10 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             from freeatm_hf.generate.pipelines import load_pipeline
 
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            state["gen"] = FreeATMGenerator(load_pipeline(pipeline, device))
+            try:
+                state["gen"] = FreeATMGenerator(load_pipeline(pipeline, device))
+            except Exception as e:  # noqa: BLE001 - shown to the user, not a bare "Error"
+                raise gr.Error(f"could not load the pipeline {pipeline!r}: {type(e).__name__}: {e}") from e
         return state["gen"], vocabulary
 
     def browse(index: float, threshold: float, otsu: bool = browse_otsu0):
@@ -176,7 +191,9 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                    for o in row["objects"]]
         view, text, soft, masks, summary = render(row["image"], row["prompt"], objects,
                                                   "otsu" if otsu else threshold, browse_min_peak)
-        info = f"row {min(int(index), len(cache.rows) - 1)} · seed {row.get('seed')} · {len(objects)} objects"
+        shown = min(int(index), len(cache.rows) - 1)
+        last = " (the last)" if cache.exhausted and shown == len(cache.rows) - 1 else ""
+        info = f"row {shown}{last} · seed {row.get('seed')} · {len(objects)} objects"
         return view, text, soft, masks, summary, info
 
     def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float, otsu: bool = gen_otsu0):
@@ -232,8 +249,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             index.change(browse, inputs, outputs, api_name="browse")
             b_threshold.change(browse, inputs, outputs, api_name=False)
             b_otsu.change(browse, inputs, outputs, api_name=False)
-            prev_btn.click(lambda i: max(0, int(i) - 1), index, index, api_name=False)
-            next_btn.click(lambda i: int(i) + 1, index, index, api_name=False)
+            prev_btn.click(lambda i: max(0, cache.clamp(int(i)) - 1), index, index, api_name=False)
+            next_btn.click(lambda i: cache.clamp(int(i) + 1), index, index, api_name=False)
             demo.load(browse, inputs, outputs, api_name=False)
         with gr.Tab("Generate", id="generate"):
             gr.Markdown(f"Pipeline: `{pipeline}`")

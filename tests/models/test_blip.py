@@ -327,6 +327,12 @@ def test_a_checkpoint_started_at_another_size_gets_interpolated_positions(tmp_pa
                                model.vision_model.embeddings.position_embedding)
     with pytest.raises(ValueError, match="not a multiple of the vision patch size"):
         model.set_image_size(36)
+    # Its text position table holds 40 tokens: the default length fits itself to it, a longer one is refused.
+    args = BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"))
+    build_blip(args)
+    assert args.max_length == 40
+    with pytest.raises(ValueError, match=r"--max_length 72 is longer than .* text position table \(40 tokens\)"):
+        build_blip(BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"), max_length=72))
 
 
 def test_distillation_weight_ramps_over_the_first_epoch_as_blip_does():

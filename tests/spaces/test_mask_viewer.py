@@ -312,3 +312,30 @@ def test_an_mmdit_dataset_and_pipeline_work_in_the_space(tmp_path):
     view, text, soft, masks, summary, _ = fns["generate"]("a red car parked on a city street", "car, street", 0, 1, 0.4,
                                                           False)
     assert [s["name"] for s in summary] == ["car", "street"] and len(masks) == 2
+
+
+def test_a_dataset_without_attention_maps_is_refused_when_the_viewer_starts(tmp_path):
+    from datasets import Dataset
+
+    (tmp_path / "plain" / "data").mkdir(parents=True)
+    Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "label": [3]}).to_parquet(
+        str(tmp_path / "plain" / "data" / "train.parquet"))
+    with pytest.raises(ValueError, match="is not a freeatm dataset"):
+        load_app().build_demo(str(tmp_path / "plain"))
+
+
+def test_browsing_past_the_last_row_says_so_and_a_pipeline_that_fails_to_load_is_named(tmp_path):
+    from datasets import load_dataset
+    from gradio_client import Client
+
+    n = len(load_dataset(str(space_dir() / "example_dataset"), split="train"))
+    demo = load_app().build_demo(pipeline=str(tmp_path / "no-such-pipeline"))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        *_, info = client.predict(n + 5, 0.4, False, api_name="/browse")
+        assert info.startswith(f"row {n - 1} (the last) ")
+        with pytest.raises(Exception, match="could not load the pipeline .*no-such-pipeline"):
+            client.predict("a red circle", "red circle", 0, 2, 0.4, False, api_name="/generate")
+    finally:
+        demo.close()
