@@ -13,6 +13,26 @@ DTYPE_ALIASES = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "b
                  "fp32": "float32", "float32": "float32"}
 
 
+def canonical_setting(key: str, value):
+    """One spelling of a setting written several ways (".4", "0.40" and "0.4"; "fp16" and "float16"), for this run's
+    settings and for those an older version recorded as typed, so that a resume compares values, not spellings."""
+    if key == "threshold" and value not in (None, "otsu"):
+        try:
+            return str(float(value))
+        except (TypeError, ValueError):
+            return value
+    if key == "torch_dtype":
+        return DTYPE_ALIASES.get(value, value)
+    return value
+
+
+def recommended_factors(capture: dict) -> list[int]:
+    """The resolutions a model folder's recommended capture uses: its own, else CaptureConfig's default."""
+    from ..attention import CaptureConfig
+
+    return list(capture.get("down_factors") or CaptureConfig().down_factors)
+
+
 @dataclass
 class GenerateConfig:
     output_dir: str = field(metadata={"help": "Dataset folder to write (Hub layout)."})
@@ -105,7 +125,7 @@ class GenerateConfig:
         # The rest of the recommended capture too (the mid block and layer weights, as the per-resolution weights
         # in capture_config, when its resolutions are the ones used): the library's FreeATMGenerator(pipe) takes
         # all of it, and the same folder must give the same maps from the command line.
-        same = list(capture.get("down_factors") or []) == list(self.down_factors)
+        same = recommended_factors(capture) == list(self.down_factors)
         if self.include_mid is None:
             self.include_mid = bool(same and capture.get("include_mid", False))
         if self.mmdit_blocks is None:
@@ -119,14 +139,14 @@ class GenerateConfig:
             self.threshold = str(rec["threshold"] if rec.get("threshold") is not None else 0.4)
         # Otherwise found out after the first batch was denoised; one spelling (".4" and "0.40" are 0.4), so that
         # a resume is not refused over how the number was written.
-        t = check_threshold(self.threshold, "--threshold")
-        self.threshold = t if t == "otsu" else str(float(t))
+        check_threshold(self.threshold, "--threshold")
+        self.threshold = canonical_setting("threshold", self.threshold)
         if self.guidance_scale is None:
             g = rec.get("guidance_scale")
             self.guidance_scale = float(g if g is not None else DEFAULT_GUIDANCE)
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
-        self.torch_dtype = DTYPE_ALIASES.get(self.torch_dtype, self.torch_dtype)
+        self.torch_dtype = canonical_setting("torch_dtype", self.torch_dtype)
         if self.torch_dtype not in ("auto", *DTYPE_ALIASES.values()):
             raise ValueError(f"torch_dtype must be auto, float16, bfloat16 or float32, got {self.torch_dtype!r}")
         if self.refine not in REFINE_MODES:
@@ -194,7 +214,7 @@ class GenerateConfig:
         from .pipelines import pipeline_recommendation
 
         rec = (pipeline_recommendation(self.pipeline, self.revision) or {}).get("capture") or {}
-        same = list(rec.get("down_factors") or []) == list(self.down_factors)
+        same = recommended_factors(rec) == list(self.down_factors)
         extra = {k: rec[k] for k in ("factor_weights", "map_size") if same and rec.get(k) is not None}
         if self.factor_weights is not None:
             extra["factor_weights"] = dict(zip(self.down_factors, self.factor_weights))

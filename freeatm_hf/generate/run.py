@@ -214,7 +214,10 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     # The fingerprint of a local folder is resume state, as its path is: nothing a reader of the card can check.
     generator = {k: v for k, v in _read_generator(writer).items() if k != "pipeline_fingerprint"}
-    generation = public_generation({**cfg.settings(), "pipeline": cfg.pipeline,
+    settings = cfg.settings()
+    if "down_factors" in generator:  # what was captured (an MM-DiT's one patch grid), not what was asked for
+        settings["capture"] = {**settings["capture"], "down_factors": generator["down_factors"]}
+    generation = public_generation({**settings, "pipeline": cfg.pipeline,
                                     "pipeline_source": pipeline_source(cfg.pipeline), **generator,
                                     "height": height, "width": width, "license": cfg.license})
     card = render_dataset_card(

@@ -28,8 +28,9 @@ ADDED_SETTINGS = {"refine": "none", "revision": None}
 # Settings that only some prompt modes use, now left unset by the others; older folders recorded a value anyway.
 UNUSED_WHEN_UNSET = frozenset({"num_objects"})
 # Settings added later whose value in older folders is unknown (a prompts file's hash, the dtype "auto" resolved
-# to, the capture a model folder's recommendation resolved to): compared only where the folder recorded them.
-COMPARED_WHEN_RECORDED = frozenset({"prompts_sha256", "resolved_dtype", "capture"})
+# to, the capture a model folder's recommendation resolved to, the perfect scenes' shard size): compared only where
+# the folder recorded them.
+COMPARED_WHEN_RECORDED = frozenset({"prompts_sha256", "resolved_dtype", "capture", "rows_per_shard"})
 
 
 class SettingsMismatchError(ValueError):
@@ -99,8 +100,10 @@ class DatasetWriter:
         path = self.root / STATE_DIR / SETTINGS_FILE
         if path.exists():
             # Only for settings this writer has: a writer that never had one (the toy's perfect scenes) resumes.
+            from .config import canonical_setting
+
             added = {k: v for k, v in ADDED_SETTINGS.items() if k in self.settings}
-            old = {**added, **json.loads(path.read_text())}
+            old = {k: canonical_setting(k, v) for k, v in {**added, **json.loads(path.read_text())}.items()}
             unused = {k for k in UNUSED_WHEN_UNSET if k in self.settings and self.settings[k] is None}
             unknown = {k for k in COMPARED_WHEN_RECORDED if k not in old}
             keys = (set(old) | set(self.settings)) - NOT_COMPARED - unused - unknown

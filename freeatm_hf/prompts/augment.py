@@ -42,10 +42,11 @@ class PromptAugmenter:
             problem = rewrite_problem(prompt, rewritten)
         except ValueError:
             problem = "a tracked noun is missing"
-        if not problem and words > max(MAX_WORDS, len(re.findall(r"[\w'-]+", prompt.text))):
+        limit = max(MAX_WORDS, len(re.findall(r"[\w'-]+", prompt.text)))
+        if not problem and words > limit:
             # Past the text encoder's length (CLIP: 77 tokens) a noun gets no map, and the caption would say more
             # than the image was generated from.
-            problem = f"{words} words, more than the {MAX_WORDS} allowed"
+            problem = f"{words} words, more than the {limit} allowed"
         if problem:
             logger.warning("augmenter answer refused (%s); keeping the template prompt %r", problem, prompt.text)
             return prompt

@@ -260,12 +260,13 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
 
     recommended = pipeline_recommendation(pipe) or {}
     training = recommended.get("training") or {}
-    # The training worlds' seeds as recorded (older facts did not: the default run's then).
-    trained = {r["world_seed"] for r in [training, *training.get("runs", [])] if "world_seed" in r}
-    overlap = sorted({cfg.seed, cfg.seed + 1} & (trained or {TRAIN_WORLD_OFFSET}))
+    # Each run's training world as recorded; a run from before the seed was recorded used the default run's.
+    runs = training.get("runs") or ([training] if training else [{}])
+    trained = {r.get("world_seed", TRAIN_WORLD_OFFSET) for r in runs}
+    overlap = sorted({cfg.seed, cfg.seed + 1} & trained)
     if overlap:
         raise ValueError(f"seed {cfg.seed}: the test (seed) or validation (seed + 1) scenes would be the model's "
-                         f"training scenes (world seed {overlap[0]}); pick a seed away from {sorted(trained or {TRAIN_WORLD_OFFSET})}")
+                         f"training scenes (world seed {overlap[0]}); pick a seed away from {sorted(trained)}")
     if cfg.guidance_scale is None:
         g = recommended.get("guidance_scale")
         cfg = replace(cfg, guidance_scale=float(GUIDANCE_SCALE if g is None else g))

@@ -75,8 +75,12 @@ def keep_recipe(record, recipe: dict) -> None:
 
 def scenes_settings(scenes) -> dict:
     """What the pretraining scenes were made with (their resume settings): a recipe names its data by this, not
-    by a path that moves with the output folder."""
+    by a path that moves with the output folder. The attention-peak cut is the card's, which training reads (the
+    resume settings keep the first run's: it changes no row)."""
     import json
     from pathlib import Path
 
-    return json.loads((Path(scenes) / ".freeatm" / "settings.json").read_text())
+    from ..data.reading import generation_settings
+
+    settings = json.loads((Path(scenes) / ".freeatm" / "settings.json").read_text())
+    return {**settings, "min_attention_peak": generation_settings(str(scenes)).get("min_attention_peak")}

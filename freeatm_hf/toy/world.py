@@ -215,9 +215,10 @@ def _backgrounds(specs: list[SceneSpec], xx: torch.Tensor, yy: torch.Tensor) -> 
     p = torch.tensor([sp.bg_param for sp in specs], dtype=torch.float32, device=xx.device)[:, None, None]
     kind = torch.tensor([BACKGROUNDS.index(sp.background) for sp in specs], device=xx.device)[:, None, None]
     u = xx * torch.cos(p) + yy * torch.sin(p)
-    # A gradient whose direction is past π/2 has u < 0 over part of the image, flat at the first tone there (half
-    # the gradient scenes; for a few the whole image). Normalising u per scene would fix it, but the shipped model
-    # was trained on these renders and every toy figure measured on them: it waits for the next model.
+    # u spans the projection of the image on the direction, not [0, 1]: a gradient is flat at the first tone where
+    # u < 0 (past π/2: half the gradient scenes, for a few the whole image) and at the second where u > 1 (a corner
+    # below π/2). Normalising u per scene would fix it, but the shipped model was trained on these renders and
+    # every toy figure measured on them: it waits for the next model.
     t = torch.where(kind == 0, torch.zeros_like(u), u.clamp(0, 1))
     t = torch.where(kind == 1, ((u * 8) % 1.0 < 0.5).float(), t)
     t = torch.where(kind == 2, (((xx * 6).floor() + (yy * 6).floor()) % 2).float().expand_as(u), t)

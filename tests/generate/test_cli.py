@@ -274,9 +274,30 @@ def test_the_whole_recommended_capture_and_its_zeros_come_from_the_model_folder(
     assert parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--guidance_scale", "5"]).min_attention_peak is None
     other = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2"]).capture_config()
     assert (other.include_mid, other.layer_weights, other.mmdit_blocks) == (False, None, "all")
+    # A recommendation that leaves the resolutions to the default still brings its mid block and layer weights.
+    (tmp_path / "freeatm.json").write_text('{"capture": {"include_mid": true, "layer_weights": {"up_blocks": 2.0}}}')
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path)]).capture_config()
+    assert (c.down_factors, c.include_mid, c.layer_weights) == ((2, 4), True, {"up_blocks": 2.0})
     # A bare flag is still true, and false can be said.
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--include_mid"]).include_mid is True
     assert parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--include_mid", "false"]).include_mid is False
+
+
+def test_a_folder_that_recorded_another_spelling_still_resumes(tmp_path, monkeypatch):
+    """Older versions recorded --threshold and --torch_dtype as typed (".4", "fp32")."""
+    import json
+
+    args = ["generate", "--output_dir", str(tmp_path / "ds"), *BASE, "--threshold", "0.4", "--torch_dtype", "float32"]
+    restore = _crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(args)
+    restore()
+    settings = tmp_path / "ds" / ".freeatm" / "settings.json"
+    recorded = json.loads(settings.read_text())
+    assert (recorded["threshold"], recorded["torch_dtype"]) == ("0.4", "float32")
+    settings.write_text(json.dumps({**recorded, "threshold": ".4", "torch_dtype": "fp32"}))
+    cli.main(args)
+    assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
 
 
 def test_one_spelling_of_threshold_and_dtype_and_bad_capture_refused_before_loading(tmp_path):

@@ -41,3 +41,7 @@ def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir()} == stamps
     with pytest.raises(SettingsMismatchError, match="rows_per_shard: 3 → 4"):
         write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=4)
+    # A folder from before the shard size was recorded resumes as it did.
+    del settings["rows_per_shard"]
+    (tmp_path / ".freeatm" / "settings.json").write_text(json.dumps(settings))
+    write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=3)

@@ -153,10 +153,13 @@ def test_test_or_validation_scenes_from_the_training_world_are_refused(monkeypat
     for seed in (10_000, 9_999):  # no training facts: the default run's world, 10,000
         with pytest.raises(ValueError, match="would be the model's training scenes"):
             evaluate_masks(pipe, MaskEvalConfig(seed=seed))
-    facts = {"training": {"world_seed": 10_003, "runs": [{"world_seed": 10_003}]}}
+    # A model resumed with another seed: its first run (recorded before the seed was) trained on 10,000.
+    facts = {"training": {"world_seed": 10_003, "runs": [{}, {"world_seed": 10_003}]}}
     monkeypatch.setattr(pipelines, "pipeline_recommendation", lambda p, revision=None: facts)
     with pytest.raises(ValueError, match="world seed 10003"):
         evaluate_masks(pipe, MaskEvalConfig(seed=10_002))
+    with pytest.raises(ValueError, match=r"world seed 10000\); pick a seed away from \[10000, 10003\]"):
+        evaluate_masks(pipe, MaskEvalConfig(seed=10_000))
 
 
 def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_zero(tiny_pipe):

@@ -55,6 +55,10 @@ def test_table1_ablates_the_drawn_filter_with_a_row_trained_on_every_object(tmp_
     assert "attention_peak below 0.01" in (tmp_path / "cut" / "simclr-attention" / "README.md").read_text()
     assert "attention_peak below" not in (tmp_path / "cut" / "simclr-attention-all" / "README.md").read_text()
     assert (tmp_path / "cut" / "table1.md").read_text().count("\n") == 6
+    # Another cut on the same scenes rewrites their card, which training reads: the models trained at the old one
+    # are not reported under the new.
+    with pytest.raises(ValueError, match=r"records other settings \(scenes: "):
+        main(["--output_dir", str(tmp_path / "cut"), *common, "--min_attention_peak", "0.02"])
 
 
 def test_table1_pretrains_on_perfect_scenes_without_a_generator(tmp_path):
