@@ -21,16 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .tables import (
-    RECIPE_FILE,
-    ablation_cut,
-    add_filter_arguments,
-    cell,
-    keep_recipe,
-    reusable,
-    scenes_settings,
-    summarize,
-)
+from .tables import ablation_cut, add_filter_arguments, cell, pretrain_once, pretraining_recipe, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -179,11 +170,7 @@ def pretrain_and_probe(args, scenes: Path, out: Path, arm: str, seed: int, devic
               "--dataloader_drop_last", "true", "--seed", str(seed), "--dataloader_num_workers", "0"]
              + (["--min_attention_peak", "0"] if arm == "attention-all" else [])
              + (["--color_strength", str(args.color_strength)] if args.color_strength is not None else []))
-    recipe = {"pretraining": flags, "scenes": scenes_settings(scenes)}
-    if not reusable(run / RECIPE_FILE, recipe, done=(run / "model.safetensors").is_file()):
-        train_main(["simclr", "--dataset", str(scenes), "--output_dir", str(run), *flags]
-                   + (["--use_cpu", "true"] if device == "cpu" else []))
-        keep_recipe(run / RECIPE_FILE, recipe)
+    pretrain_once(train_main, "simclr", scenes, run, pretraining_recipe(flags, scenes), cpu=device == "cpu")
     return probe(AutoModel.from_pretrained(run).backbone, args, device)
 
 

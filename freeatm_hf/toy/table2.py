@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from .tables import (
-    RECIPE_FILE,
     ablation_cut,
     add_filter_arguments,
     cell,
     keep_recipe,
+    pretrain_once,
+    pretraining_recipe,
     reusable,
-    scenes_settings,
     summarize,
 )
 
@@ -170,24 +170,22 @@ def pretrain_and_test(args, scenes: Path, out: Path, arm: str, seed: int, device
                     "--seed", str(seed)]
                    + (["--min_attention_peak", str(cut)] if cut is not None else []))
     retrieval = ["--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
-                 "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr),
-                 "--num_finetune", str(args.num_finetune), "--num_test", str(args.num_test)]
-    recipe = {"pretraining": pretraining, "scenes": scenes_settings(scenes)}
+                 "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr)]
+    recipe = pretraining_recipe(pretraining, scenes)
+    # The scores also depend on the rendered fine-tuning and test sets, which each run writes anew.
+    scoring = {**recipe, "retrieval": [*retrieval, "--num_finetune", str(args.num_finetune),
+                                       "--num_test", str(args.num_test)]}
     run = out / f"blip-{arm}{suffix}"
     done = out / f"retrieval-{arm}{suffix}.json"
     scored = done.with_suffix(".recipe.json")
-    if reusable(scored, {**recipe, "retrieval": retrieval}, done=done.is_file()):
+    if reusable(scored, scoring, done=done.is_file()):
         return {k: json.loads(done.read_text())[k] for k in METRICS}
-    cpu = ["--use_cpu", "true"] if device == "cpu" else []
-    if not reusable(run / RECIPE_FILE, recipe, done=(run / "model.safetensors").is_file()):
-        train_main(["blip", "--dataset", str(scenes), "--output_dir", str(run), *pretraining] + cpu)
-        keep_recipe(run / RECIPE_FILE, recipe)
-    r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test",
-                   *retrieval[:6], "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{arm}{suffix}-retrieval"),
-                   *retrieval[6:10], "--output", str(done)]
-                  + (["--device", "cpu"] if device == "cpu" else [])
-                  + ["--finetune_dataset", str(finetune_set)])
-    keep_recipe(scored, {**recipe, "retrieval": retrieval})
+    pretrain_once(train_main, "blip", scenes, run, recipe, cpu=device == "cpu")
+    r = eval_main(["retrieval", "--model", str(run), "--dataset", str(test_set), "--split", "test", *retrieval,
+                   "--finetune_split", "train", "--finetune_dir", str(out / f"blip-{arm}{suffix}-retrieval"),
+                   "--finetune_dataset", str(finetune_set), "--output", str(done)]
+                  + (["--device", "cpu"] if device == "cpu" else []))
+    keep_recipe(scored, scoring)
     return {k: r[k] for k in METRICS}
 
 

@@ -73,6 +73,23 @@ def keep_recipe(record, recipe: dict) -> None:
     Path(record).write_text(json.dumps(recipe, indent=2, sort_keys=True))
 
 
+def pretraining_recipe(flags: list[str], scenes) -> dict:
+    """What a pretrained model of a table depends on: its training flags and its scenes."""
+    return {"pretraining": flags, "scenes": scenes_settings(scenes)}
+
+
+def pretrain_once(train_main, method: str, scenes, run, recipe: dict, cpu: bool) -> None:
+    """`freeatm train <method>` on `scenes` into `run` with the recipe's flags, unless `run` holds a model made by
+    this recipe (another is refused, see `reusable`)."""
+    from pathlib import Path
+
+    record = Path(run) / RECIPE_FILE
+    if not reusable(record, recipe, done=(Path(run) / "model.safetensors").is_file()):
+        train_main([method, "--dataset", str(scenes), "--output_dir", str(run), *recipe["pretraining"]]
+                   + (["--use_cpu", "true"] if cpu else []))
+        keep_recipe(record, recipe)
+
+
 def scenes_settings(scenes) -> dict:
     """What the pretraining scenes were made with (their resume settings): a recipe names its data by this, not
     by a path that moves with the output folder. The attention-peak cut is the card's, which training reads (the
