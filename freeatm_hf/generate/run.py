@@ -204,13 +204,16 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     if not writer.is_complete():
         raise RuntimeError(f"{writer.root} is missing shards; re-run the same command to finish it")
     num_objects = num_empty = num_truncated = 0
+    first_map = None  # the stored map of the first object of any row: its size is the card's map size
     for i in range(writer.num_shards):
         table = pq.read_table(writer.shard_path(i), columns=[OBJECTS, TRUNCATED])
         for objs, cut in zip(table.column(OBJECTS).to_pylist(), table.column(TRUNCATED).to_pylist()):
             num_objects += len(objs)
             num_empty += sum(o["bbox"] is None for o in objs)
             num_truncated += len(cut)
-    (height, width), map_hw = _sizes([writer.shard_path(i) for i in range(writer.num_shards)])
+            if first_map is None and objs:
+                first_map = objs[0]["attention"]
+    (height, width), map_hw = _sizes(writer.shard_path(0), first_map)
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     # The fingerprint of a local folder is resume state, as its path is: nothing a reader of the card can check.
     generator = {k: v for k, v in _read_generator(writer).items() if k != "pipeline_fingerprint"}
@@ -255,19 +258,17 @@ def write_examples(shard: Path, folder: Path, n: int = 4, threshold=0.4, min_sid
     return examples
 
 
-def _sizes(shards: list[Path]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(height, width) of the first image and of the first attention map (of whichever row first has an object;
-    the image's size when no row has one)."""
+def _sizes(shard: Path, attention: dict | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height, width) of the shard's first image and of a stored `attention` map (the image's when there is none:
+    no row has an object)."""
     from io import BytesIO
 
     import pyarrow.parquet as pq
     from PIL import Image
 
-    row = pq.read_table(shards[0], columns=["image"]).slice(0, 1).to_pylist()[0]
+    row = pq.read_table(shard, columns=["image"]).slice(0, 1).to_pylist()[0]
     w, h = Image.open(BytesIO(row["image"]["bytes"])).size
-    for shard in shards:
-        for objects in pq.read_table(shard, columns=[OBJECTS]).column(OBJECTS).to_pylist():
-            if objects:
-                mw, mh = Image.open(BytesIO(objects[0]["attention"]["bytes"])).size
-                return (h, w), (mh, mw)
-    return (h, w), (h, w)
+    if attention is None:
+        return (h, w), (h, w)
+    mw, mh = Image.open(BytesIO(attention["bytes"])).size
+    return (h, w), (mh, mw)
