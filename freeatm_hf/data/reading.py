@@ -40,7 +40,7 @@ def _columns(ds) -> list[str]:
     return ds.column_names or list(ds.features or [])
 
 
-def _freeatm_objects(feature) -> bool:
+def holds_attention_maps(feature) -> bool:
     """Whether an `objects` feature holds freeatm's attention maps, not another layout of the same name (the
     Hub's detection datasets: `{bbox: [...], category: [...]}`). Arrow's large list (what polars and pyarrow's
     large types write) counts: `as_image_objects` casts it to the plain list."""
@@ -64,7 +64,7 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
         ds = ds.rename_column(image_column, "image")
     if text_column in cols and text_column != "prompt":
         ds = ds.rename_column(text_column, "prompt")
-    foreign = "objects" in cols and ds.features is not None and not _freeatm_objects(ds.features["objects"])
+    foreign = "objects" in cols and ds.features is not None and not holds_attention_maps(ds.features["objects"])
     if foreign:
         logger.info("the dataset's own 'objects' column (%s) holds no attention masks: left out", ds.features["objects"])
     elif "objects" in cols and ds.features is not None and not isinstance(ds.features["objects"], List):
@@ -109,7 +109,7 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
             # Training on it would silently be the mask-free baseline (no objects) or caption-free BLIP.
             raise ValueError(f"{synthetic!r} is not a freeatm dataset (no 'objects' and 'prompt' columns; columns: "
                              f"{cols}): pass images without masks as --real_dataset with --data_mode real or mix")
-        if ds.features is not None and not _freeatm_objects(ds.features["objects"]):
+        if ds.features is not None and not holds_attention_maps(ds.features["objects"]):
             # as_image_objects would leave such a column out as a detection dataset's: the mask-free baseline again.
             raise ValueError(f"the 'objects' column of {synthetic!r} is not freeatm's (a list of objects, each with "
                              f"'attention'; got {ds.features['objects']}): write it with freeatm_hf.generate.schema's "

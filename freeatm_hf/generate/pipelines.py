@@ -98,6 +98,15 @@ def resolved_commit(spec: str, revision: str | None = None) -> str | None:
         return None
 
 
+def _shipped_folder(spec: str) -> str:
+    """The folder of the shapes model shipped in the package for "shapes"; any other spec as it is."""
+    if spec != "shapes":
+        return spec
+    from ..toy.model import MODEL_DIR
+
+    return str(MODEL_DIR)
+
+
 def local_fingerprint(spec: str, head: int = 1 << 20) -> str | None:
     """A hash of what `DiffusionPipeline.from_pretrained` loads from a local pipeline folder (the shipped shapes
     model's included): `model_index.json` and every file of its component folders, each by path, size and
@@ -107,10 +116,7 @@ def local_fingerprint(spec: str, head: int = 1 << 20) -> str | None:
     out: what of them changes the rows is in the settings."""
     import hashlib
 
-    if spec == "shapes":
-        from ..toy.model import MODEL_DIR
-
-        spec = str(MODEL_DIR)
+    spec = _shipped_folder(spec)
     root = Path(spec)
     if spec in BUILT_IN_PIPELINES or not (root / "model_index.json").is_file():
         return None
@@ -143,10 +149,7 @@ def pipeline_recommendation(source, revision: str | None = None) -> dict | None:
         source = getattr(source, "name_or_path", None) or source.config.get("_name_or_path")
         if not source:
             return None
-    if source == "shapes":
-        from ..toy.model import MODEL_DIR
-
-        source = str(MODEL_DIR)
+    source = _shipped_folder(source)
     path = Path(source) / RECOMMENDATION_FILE
     if not path.is_file():
         if not is_hub_id(source):

@@ -32,13 +32,13 @@ class RowCache:
     def __init__(self, source: str):
         from datasets import load_dataset
 
-        from freeatm_hf.data.reading import _freeatm_objects
+        from freeatm_hf.data.reading import holds_attention_maps
 
         self.source = source
         ds = load_dataset(source, split="train", streaming=True)
         if ds.features is not None:  # a stream that states its features (Parquet does) is checked now, not per click
             cols = list(ds.features)
-            if not {"image", "prompt", "objects"} <= set(cols) or not _freeatm_objects(ds.features["objects"]):
+            if not {"image", "prompt", "objects"} <= set(cols) or not holds_attention_maps(ds.features["objects"]):
                 raise ValueError(f"{source} is not a freeatm dataset (columns {cols}): the viewer shows images with "
                                  "their objects' attention maps, written by `freeatm generate`")
         self._iter = iter(ds)
