@@ -175,12 +175,12 @@ def main_retrieval(args):
     import torch
     from torchvision.transforms import v2
     from tqdm.auto import tqdm
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from ..hub.model_card import add_results, write_model_card
+    from ..hub.model_card import record_results
     from .retrieval import recall_at_k, retrieval_scores
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -223,14 +223,15 @@ def main_retrieval(args):
     result = {"dataset": args.dataset, "split": args.split, "revision": args.revision,
               "finetuned_on": args.finetune_split, "images": len(pixels), "texts": len(texts), "k_test": args.k_test,
               **recall}
-    # Into the evaluated model's results and card, as `eval knn` does (the fine-tuned folder when fine-tuned).
-    add_results(args.model, [{"task": "image-text-retrieval", "dataset": args.dataset, "split": args.split,
-                              "revision": args.revision, "metric": k, "value": v} for k, v in recall.items()])
-    write_model_card(args.model, model.config)
-    if args.output:
+    if args.output:  # first: a card that cannot be written loses nothing
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=1))
+    # Into the evaluated model's results and card, as `eval knn` does (the fine-tuned folder when fine-tuned). The
+    # checkpoint's own config: `set_image_size` changed the loaded one to the evaluation's size.
+    record_results(args.model, [{"task": "image-text-retrieval", "dataset": args.dataset, "split": args.split,
+                                 "revision": args.revision, "metric": k, "value": v} for k, v in recall.items()],
+                   AutoConfig.from_pretrained(args.model))
     return result
 
 

@@ -140,7 +140,7 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     from transformers import AutoModel, Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..hub.model_card import add_results, write_model_card
+    from ..hub.model_card import record_results
     from .finetune import finetune_training_args
     from .frozen import distinct_splits
 
@@ -174,6 +174,5 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     base = {"task": "object-detection", "dataset": str(dataset), "split": test_split, "revision": None}
     results = [{**base, "metric": k, "value": v} for k, v in ap.items()]
     if update_card:
-        add_results(model_dir, results)
-        write_model_card(model_dir, pretrained.config)
+        record_results(model_dir, results, pretrained.config)
     return results

@@ -56,7 +56,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from ..hub.model_card import add_results, write_model_card
+    from ..hub.model_card import record_results
     from .frozen import labelled_splits
     from .metrics import load_metric
 
@@ -91,6 +91,5 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,
                 "metric": "finetune_top1", "value": top1}]
     if update_card:
-        add_results(model_dir, results)
-        write_model_card(model_dir, pretrained.config)
+        record_results(model_dir, results, pretrained.config)
     return results

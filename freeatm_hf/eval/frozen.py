@@ -87,7 +87,7 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from ..hub.model_card import add_results, write_model_card
+    from ..hub.model_card import record_results
 
     splits = labelled_splits(dataset, train_split, test_split, revision, image_column, label_column)
     model = AutoModel.from_pretrained(model_dir)
@@ -106,6 +106,5 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
         results.append({**base, "metric": "linear_probe_top1",
                         "value": accuracy(linear_probe(xtr, ytr, xte, num_classes), yte)})
     if update_card:
-        add_results(model_dir, results)
-        write_model_card(model_dir, model.config)
+        record_results(model_dir, results, model.config)
     return results

@@ -143,17 +143,47 @@ def _encoded(value) -> torch.Tensor:
 
 
 def decode_images(encoded: list[torch.Tensor], device) -> list[torch.Tensor]:
-    """uint8 RGB CHW images on `device`, in order: JPEGs in one batched `decode_jpeg` call there (nvJPEG on CUDA),
-    anything else (PNG, …) decoded on the CPU and moved."""
+    """uint8 RGB CHW images on `device`, in order, as the PIL path sees them (`datasets` applies the EXIF
+    orientation): JPEGs in one batched `decode_jpeg` call there (nvJPEG on CUDA), but for those with an EXIF
+    rotation, which only the CPU decoder applies; anything else (PNG, …) decoded on the CPU and moved, and formats
+    torchvision does not read (BMP, TIFF, …) through PIL."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
     out: list[torch.Tensor | None] = [None] * len(encoded)
-    jpeg = [i for i, b in enumerate(encoded) if len(b) > 2 and b[0] == 0xFF and b[1] == 0xD8]
+    jpeg = [i for i, b in enumerate(encoded)
+            if len(b) > 2 and b[0] == 0xFF and b[1] == 0xD8 and _exif_orientation(b) == 1]
     if jpeg:
         decoded = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=device)
         for i, img in zip(jpeg, decoded):
             out[i] = img
     for i, b in enumerate(encoded):
         if out[i] is None:
-            out[i] = decode_image(b, mode=ImageReadMode.RGB).to(device)
+            try:
+                img = decode_image(b, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            except RuntimeError:  # a format torchvision does not decode
+                img = _pil_decode(b)
+            out[i] = img.to(device)
     return out
+
+
+def _exif_orientation(data: torch.Tensor) -> int:
+    """The EXIF orientation tag (1: as stored), read from the header alone."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - unreadable here: the decoder names the problem
+        return 1
+
+
+def _pil_decode(data: torch.Tensor) -> torch.Tensor:
+    import io
+
+    from PIL import Image, ImageOps
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
+        return pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB"))

@@ -113,7 +113,7 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     if model.config.momentum_distill:  # else the momentum encoders stay frozen while their queues fill
         from ..train.callbacks import DistillAlphaCallback, MomentumUpdateCallback
 
-        callbacks += [MomentumUpdateCallback(), DistillAlphaCallback()]
+        callbacks += [MomentumUpdateCallback(), DistillAlphaCallback(ramp_epochs=1)]  # BLIP's fine-tuning ramp
     trainer = BlipTrainer(model=model, args=args, train_dataset=ds.with_transform(transform), processing_class=tok,
                           data_collator=default_data_collator,  # rows come padded (see train.blip)
                           callbacks=callbacks)

@@ -129,7 +129,7 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import load
-    from ..hub.model_card import add_results, write_model_card
+    from ..hub.model_card import record_results
     from .finetune import finetune_training_args
     from .frozen import distinct_splits
     from .metrics import load_metric
@@ -171,7 +171,6 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     results = [{**base, "metric": "segmentation_miou", "value": scores["mean_iou"]},
                {**base, "metric": "segmentation_pixel_accuracy", "value": scores["overall_accuracy"]}]
     if update_card:
-        add_results(model_dir, results)
-        write_model_card(model_dir, pretrained.config)
+        record_results(model_dir, results, pretrained.config)
     return results
 

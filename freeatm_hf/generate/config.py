@@ -26,13 +26,6 @@ def canonical_setting(key: str, value):
     return value
 
 
-def recommended_factors(capture: dict) -> list[int]:
-    """The resolutions a model folder's recommended capture uses: its own, else CaptureConfig's default."""
-    from ..attention import CaptureConfig
-
-    return list(capture.get("down_factors") or CaptureConfig().down_factors)
-
-
 @dataclass
 class GenerateConfig:
     output_dir: str = field(metadata={"help": "Dataset folder to write (Hub layout)."})
@@ -117,6 +110,8 @@ class GenerateConfig:
         from .pipelines import pipeline_recommendation
 
         rec = pipeline_recommendation(self.pipeline, self.revision) or {}
+        # Read once: the settings, the capture and the inherited cut all follow the same reading of the folder.
+        self._recommendation = rec
         capture = rec.get("capture") or {}
         if self.down_factors is None:
             self.down_factors = list(capture.get("down_factors", [2, 4]))
@@ -125,7 +120,7 @@ class GenerateConfig:
         # The rest of the recommended capture too (the mid block and layer weights, as the per-resolution weights
         # in capture_config, when its resolutions are the ones used): the library's FreeATMGenerator(pipe) takes
         # all of it, and the same folder must give the same maps from the command line.
-        same = recommended_factors(capture) == list(self.down_factors)
+        same = self._uses_recommended_resolutions()
         if self.include_mid is None:
             self.include_mid = bool(same and capture.get("include_mid", False))
         if self.mmdit_blocks is None:
@@ -207,14 +202,21 @@ class GenerateConfig:
             return None
         return float(rec["min_attention_peak"])
 
+    def _uses_recommended_resolutions(self) -> bool:
+        """Whether the capture uses the model folder's resolutions: only then do its per-resolution (and per-layer)
+        settings apply."""
+        from ..attention import CaptureConfig
+
+        capture = self._recommendation.get("capture") or {}
+        return list(capture.get("down_factors") or CaptureConfig().down_factors) == list(self.down_factors)
+
     def capture_config(self):
         """The capture these settings ask for; the model folder's recommended per-resolution weights and map
         size come along when its recommended resolutions are the ones used and none are given here."""
         from ..attention import CaptureConfig
-        from .pipelines import pipeline_recommendation
 
-        rec = (pipeline_recommendation(self.pipeline, self.revision) or {}).get("capture") or {}
-        same = recommended_factors(rec) == list(self.down_factors)
+        rec = self._recommendation.get("capture") or {}
+        same = self._uses_recommended_resolutions()
         extra = {k: rec[k] for k in ("factor_weights", "map_size") if same and rec.get(k) is not None}
         if self.factor_weights is not None:
             extra["factor_weights"] = dict(zip(self.down_factors, self.factor_weights))

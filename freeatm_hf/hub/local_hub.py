@@ -146,9 +146,12 @@ class LocalHub:
         import yaml
 
         self.validated.append(req["repoType"])
-        try:
-            meta = yaml.safe_load(req["content"].split("---")[1])
-            assert isinstance(meta, dict)
+        from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+        block = REGEX_YAML_BLOCK.search(req["content"])
+        try:  # as the Hub: a card without a metadata block is valid, a block must be a mapping
+            meta = yaml.safe_load(block.group(2)) if block else {}
+            assert isinstance(meta, dict) or (block and meta is None)
         except Exception as e:  # noqa: BLE001 - any parse problem is the caller's error
             return 400, {"errors": [{"message": f"invalid YAML metadata: {e}"}]}
         return 200, {"errors": [], "warnings": []}

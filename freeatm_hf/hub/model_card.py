@@ -2,8 +2,11 @@
 its hyper-parameters, the data, and how to load the backbone without freeatm_hf."""
 
 import json
+import logging
 import re
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.json"
 CARD_INFO_FILE = "card_info.json"  # the data and training facts, kept so that `freeatm eval` can refresh the card
@@ -75,6 +78,9 @@ BASELINE_DESCRIPTIONS = {
 EVAL_COMMANDS = {"blip": "freeatm eval retrieval --model <this folder> --dataset <id>"}
 
 
+LOCAL_TYPE = "local"  # an evaluation dataset's `dataset_type` when it is a local folder, not a Hub id
+
+
 def read_results(folder: str | Path) -> list[dict]:
     path = Path(folder) / RESULTS_FILE
     return json.loads(path.read_text()) if path.exists() else []
@@ -90,6 +96,19 @@ def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
     out = sorted(merged.values(), key=key)
     (Path(folder) / RESULTS_FILE).write_text(json.dumps(out, indent=2))
     return out
+
+
+def record_results(folder: str | Path, results: list[dict], config) -> bool:
+    """Merge an evaluation's results into a checkpoint folder's results and card (`add_results`,
+    `write_model_card`). A Hub id (`from_pretrained` evaluates one) has no folder to write: the results are
+    returned by the caller all the same, and a warning says how to put them on a card."""
+    if not Path(folder).is_dir():
+        logger.warning("%s is not a local folder: the results are not written into a card (evaluate a local copy, "
+                       "e.g. from `hf download %s --local-dir DIR`, to record them)", folder, folder)
+        return False
+    add_results(folder, results)
+    write_model_card(folder, config)
+    return True
 
 
 def write_model_card(folder: str | Path, config, data: dict | None = None, training: dict | None = None,
@@ -114,9 +133,12 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     if not guided:
         description = BASELINE_DESCRIPTIONS.get(method, description)
     # Evaluation datasets too are named by Hub id, or a local folder by its name alone.
-    results = [{**r, "dataset": public_dataset_name(r["dataset"])} for r in read_results(folder)]
+    # `dataset_type` is a Hub dataset id, which the Hub links to: a local folder's name there could link an
+    # unrelated public dataset (a folder named cifar10), so a local folder's type says it is one.
+    results = [{**r, "dataset": public_dataset_name(r["dataset"]), "type": hub_dataset_id(r["dataset"]) or LOCAL_TYPE}
+               for r in read_results(folder)]
     name = repo_id or folder.name
-    eval_results = [EvalResult(task_type=r["task"], dataset_type=r["dataset"], dataset_name=r["dataset"],
+    eval_results = [EvalResult(task_type=r["task"], dataset_type=r["type"], dataset_name=r["dataset"],
                                dataset_split=r["split"], dataset_revision=r.get("revision"),
                                metric_type=r["metric"], metric_value=r["value"]) for r in results]
     card_data = ModelCardData(

@@ -60,6 +60,14 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         hint = "freeatm push-model" if looks == "model" else "freeatm push (a dataset repo)"
         raise ValueError(f"{folder} looks like a {looks} folder ({'config.json' if looks == 'model' else 'data/'}) "
                          f"but would go to a {repo_type} repo: use {hint}")
+    # Checked here: the push replaces the repo's weights or shards (`synced`), so a folder without them would
+    # delete the published ones.
+    if repo_type == "model" and not any(any(folder.glob(p)) for p in ("*.safetensors", "*.safetensors.index.json")):
+        raise FileNotFoundError(f"{folder} holds no weights (*.safetensors): finish training before pushing, or the "
+                                "push would delete the repo's published weights")
+    if repo_type == "dataset" and not any((folder / "data").glob("*.parquet")):
+        raise FileNotFoundError(f"{folder}/data holds no Parquet shards: finish the run before pushing, or the push "
+                                "would delete the repo's published shards")
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
     if revision:  # the Hub takes commits only to a branch that exists

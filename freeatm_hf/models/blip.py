@@ -32,7 +32,7 @@ class BlipATMConfig(BlipConfig):
     [0.001, 0.5]), `enc_token_id` (the [ENC] token that replaces the first token for ITM, as BLIP does;
     default: keep the first token), loss weights, and BLIP's momentum distillation for ITC
     (`momentum_distill`, off by default; `momentum` 0.995, `queue_size` 57600, `distill_alpha` 0.4, reached
-    by a ramp over the first epoch: `DistillAlphaCallback`). The LM loss smooths its labels by 0.1, as BLIP's
+    by a ramp over BLIP's first epochs: `DistillAlphaCallback`). The LM loss smooths its labels by 0.1, as BLIP's
     decoder does, unless the text config says otherwise (transformers' default is 0)."""
 
     model_type = "freeatm_blip"

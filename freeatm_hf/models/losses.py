@@ -18,11 +18,16 @@ def distributed_world() -> int:
 
 def global_count(n: int, device=None) -> int:
     """Instances in the whole batch: `n` summed over processes."""
+    return sum(process_counts(n, device))
+
+
+def process_counts(n: int, device=None) -> list[int]:
+    """`n` of every process, in rank order (one collective)."""
     if distributed_world() == 1:
-        return n
-    t = torch.tensor([n], device=device)
-    torch.distributed.all_reduce(t)
-    return int(t.item())
+        return [n]
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(distributed_world())]
+    torch.distributed.all_gather(counts, torch.tensor([n], device=device))
+    return [int(c.item()) for c in counts]
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -8,7 +8,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .encoder import POOLINGS, create_backbone, instance_features, paired_instances, projection_head
-from .losses import global_count, instance_nt_xent
+from .losses import instance_nt_xent, process_counts
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,14 @@ class SimCLRModel(PreTrainedModel):
             instance_valid = paired_instances(masks_1, masks_2, instance_valid)
         f1 = instance_features(self.backbone, pixel_values_1, masks_1, instance_valid, pooling)
         f2 = instance_features(self.backbone, pixel_values_2, masks_2, instance_valid, pooling)
-        # Decided on the global count, so that every process takes the same path through the collectives.
-        if self.training and global_count(len(f1), f1.device) < 2:
-            return skipped_step(f1, f2, modules=[self.head])
+        # Decided on every process's count, so that all take the same path through the collectives. The head's
+        # batch norm normalises over the global batch when synchronised (on GPUs), else over the local one, which
+        # needs two instances in every process.
+        if self.training:
+            counts = process_counts(len(f1), f1.device)
+            local_bn = len(counts) > 1 and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.head.modules())
+            if sum(counts) < 2 or (local_bn and min(counts) < 2):
+                return skipped_step(f1, f2, modules=[self.head])
         z1, z2 = self.head(f1), self.head(f2)
         loss = instance_nt_xent(z1, z2, self.config.nce_temperature, gather=self.training) if return_loss else None
         return ContrastiveOutput(loss=loss, embeddings_1=z1, embeddings_2=z2, num_instances=len(z1))

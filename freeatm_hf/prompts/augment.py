@@ -123,17 +123,23 @@ class OpenAIAugmenter(PromptAugmenter):
     The API key is read from `api_key` or the `OPENAI_API_KEY` environment variable and is never logged.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
+                 max_tokens: int | None = 60):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
+        # The local augmenter's budget: 30 words fit it, and a server that rambles costs a bounded time per prompt
+        # (the answer past it is refused anyway). None leaves the server's own limit (reasoning models need more).
+        self.max_tokens = max_tokens
 
     def complete(self, instruction: str) -> str:
         import httpx
 
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         body = {"model": self.model, "messages": [{"role": "user", "content": instruction}], "temperature": 0}
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
         r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"]

@@ -23,16 +23,32 @@ class MomentumUpdateCallback(TrainerCallback):
 
 
 class DistillAlphaCallback(TrainerCallback):
-    """BLIP's distillation weight: α = distill_alpha · step / (steps in the first epoch), then distill_alpha, as
-    BLIP's pretraining and retrieval fine-tuning ramp it (the momentum encoders start as untrained copies)."""
+    """BLIP's distillation weight: α = distill_alpha · step / (ramp_epochs · steps per epoch), then distill_alpha
+    (the momentum encoders start as untrained copies). BLIP ramps over the first 2 epochs when pretraining and
+    over the first when fine-tuning for retrieval. An epoch's optimizer steps are counted from the training data
+    loader; a streamed dataset has no epoch, so its ramp is BLIP pretraining's share of training: 2 of 20 epochs,
+    a tenth of max_steps."""
+
+    STREAM_SHARE = 0.1
+
+    def __init__(self, ramp_epochs: int = 2):
+        self.ramp_epochs = ramp_epochs
+        self.ramp_steps = None
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        try:
+            batches = len(train_dataloader)
+        except TypeError:  # an iterable dataset: no length, no epoch
+            batches = None
+        if batches:
+            self.ramp_steps = self.ramp_epochs * max(1, math.ceil(batches / args.gradient_accumulation_steps))
+        else:
+            self.ramp_steps = max(1, round(self.STREAM_SHARE * state.max_steps))
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
-        import math
-
         model = getattr(model, "module", model)
         if getattr(model.config, "momentum_distill", False):
-            first_epoch = max(1, math.ceil(state.max_steps / max(1, math.ceil(state.num_train_epochs or 1))))
-            model.distill_alpha = model.config.distill_alpha * min(1.0, state.global_step / first_epoch)
+            model.distill_alpha = model.config.distill_alpha * min(1.0, state.global_step / self.ramp_steps)
 
 
 class PerProcessSeedCallback(TrainerCallback):

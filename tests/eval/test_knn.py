@@ -86,9 +86,17 @@ def test_multilabel_scores_against_hand_cases():
         multilabel_scores(perfect, torch.zeros_like(targets))
 
 
+def _rotated_exif():
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    return exif
+
+
 def test_decoding_on_the_device_gives_the_pil_paths_features_in_order():
     """`decode="torchvision"` (the GPU path: bytes to the device, batched JPEG decode, resize and crop there) is
-    run here on the CPU: same rows, same order, JPEG and PNG mixed, features as the PIL loader's."""
+    run here on the CPU: same rows, same order, JPEG, PNG and other formats mixed, features as the PIL loader's."""
     import io
 
     import numpy as np
@@ -107,16 +115,22 @@ def test_decoding_on_the_device_gives_the_pil_paths_features_in_order():
         buf = io.BytesIO()
         img.save(buf, "JPEG" if i % 2 else "PNG", quality=95)
         rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "label": i})
+    # A photo stored sideways with an EXIF rotation (which `datasets` applies), and a BMP (torchvision reads none).
+    for i, (fmt, extra) in enumerate([("JPEG", {"exif": _rotated_exif()}), ("BMP", {})], start=7):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (24, 64, 3), dtype=np.uint8)).save(buf, fmt, **extra)
+        rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "label": i})
     ds = Dataset.from_list(rows).cast_column("image", ImageFeature())
+    assert ds[7]["image"].size == (24, 64)  # rotated by the PIL path
     tf = v2.Compose([v2.PILToTensor(), v2.Resize(36, antialias=True), v2.CenterCrop(32),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.25] * 3)])
     torch.manual_seed(0)
     net = timm.create_model("resnet18", pretrained=False, num_classes=0)
     pil, y_pil = extract_features(net, ds, tf, batch_size=3, device="cpu", decode="pil")
     tv, y_tv = extract_features(net, ds, tf, batch_size=3, device="cpu", decode="torchvision")
-    assert y_pil.tolist() == y_tv.tolist() == list(range(7))
+    assert y_pil.tolist() == y_tv.tolist() == list(range(9))
     # PIL and torch resample differently by a grey level or so: the features agree closely, row by row.
     assert F.cosine_similarity(pil, tv).min() > 0.995
-    assert (F.cosine_similarity(pil[:, None], tv[None], dim=-1).argmax(1) == torch.arange(7)).all()
+    assert (F.cosine_similarity(pil[:, None], tv[None], dim=-1).argmax(1) == torch.arange(9)).all()
     with pytest.raises(ValueError, match="decode must be"):
         extract_features(net, ds, tf, device="cpu", decode="nvjpeg")

@@ -133,6 +133,15 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
     card = ModelCard.load(model_dir / "README.md")
     assert {m.metric_type for m in card.data.eval_results} >= {"tr@1", "ir@1"}
     assert all(m.dataset_split == "test" for m in card.data.eval_results)
+    # Evaluated at another size, the card still gives the size the checkpoint was trained at (its config.json's).
+    config_line = next(line for line in card.text.splitlines() if "'image_size': 32" in line)
+    eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--k_test", "3",
+               "--device", "cpu", "--image_size", "48"])
+    assert config_line in ModelCard.load(model_dir / "README.md").text
+    # A Hub id has no folder for the card: the results still come back (and go to --output), with a warning.
+    from freeatm_hf.hub.model_card import record_results
+
+    assert record_results("me/blip-atm", [], None) is False
     # An image without captions is named before the re-ranking, not left to fail in the recall.
     rows[2]["caption"] = []
     (tmp_path / "bare" / "data").mkdir(parents=True)

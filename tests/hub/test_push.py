@@ -137,7 +137,7 @@ def test_push_refuses_an_unfinished_folder(tmp_path):
 
 
 
-def test_push_refuses_a_folder_of_the_other_kind_before_creating_any_repo(tmp_path, monkeypatch):
+def test_push_refuses_a_folder_of_the_other_kind_or_without_weights_or_shards_before_creating_any_repo(tmp_path, monkeypatch):
     import huggingface_hub
 
     from freeatm_hf.hub.push import push_folder
@@ -152,6 +152,12 @@ def test_push_refuses_a_folder_of_the_other_kind_before_creating_any_repo(tmp_pa
         push_folder(model, "me/simclr")  # `freeatm push` defaults to a dataset repo
     with pytest.raises(ValueError, match="looks like a dataset folder .* model repo: use freeatm push \\(a dataset"):
         push_folder(data, "me/scenes", repo_type="model")
+    # A folder without what the push replaces (weights, shards) would delete the published ones.
+    with pytest.raises(FileNotFoundError, match="holds no weights"):
+        push_folder(model, "me/simclr", repo_type="model")
+    (data / "data" / "train-00000-of-00001.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="holds no Parquet shards"):
+        push_folder(data, "me/scenes")
 
 
 def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_model_too(tmp_path):
@@ -205,3 +211,12 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "freeatm_hf" and "freeatm" in card.data.tags  # ours, not Trainer's
     assert TOKEN not in res.stdout + res.stderr
+
+
+def test_the_loopback_hub_validates_card_metadata_as_the_hub(in_process_hub):
+    from huggingface_hub import ModelCard
+
+    ModelCard("# A card without metadata\n").validate()  # valid on the Hub
+    # A metadata value holding the block's own marker.
+    ModelCard("---\nlicense: mit\nmodel_name: 'simclr: --- attention pooled'\n---\n# Title\n").validate()
+    assert in_process_hub.validated == ["model"] * 2

@@ -335,18 +335,43 @@ def test_a_checkpoint_started_at_another_size_gets_interpolated_positions(tmp_pa
         build_blip(BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"), max_length=72))
 
 
-def test_distillation_weight_ramps_over_the_first_epoch_as_blip_does():
+def test_distillation_weight_ramps_over_blips_epochs_of_the_trainers_loader(tmp_path):
+    """Two epochs when pretraining, one when fine-tuning, counted in optimizer steps of the real loader (not
+    from max_steps, which --max_steps or a fractional epoch count cut short); a stream has no epoch."""
     from types import SimpleNamespace
+
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from freeatm_hf.train.callbacks import DistillAlphaCallback
 
+    class Toy(torch.nn.Module):
+        config = SimpleNamespace(momentum_distill=True, distill_alpha=0.4)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return {"loss": (self.w * x).sum()}
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            seen.append(model.distill_alpha)
+
+    rows = [{"x": torch.ones(1)} for _ in range(20)]  # 10 batches of 2: 5 optimizer steps per epoch at accumulation 2
+    for ramp_epochs, max_steps in ((2, 12), (1, 7)):
+        seen = []
+        args = TrainingArguments(tmp_path / str(ramp_epochs), per_device_train_batch_size=2, max_steps=max_steps,
+                                 gradient_accumulation_steps=2, report_to=[], use_cpu=True, save_strategy="no")
+        Trainer(Toy(), args, train_dataset=rows, callbacks=[DistillAlphaCallback(ramp_epochs), Record()]).train()
+        ramp = 5 * ramp_epochs
+        assert seen == pytest.approx([0.4 * min(1, k / ramp) for k in range(max_steps)])
+    stream = DistillAlphaCallback()
+    stream.on_train_begin(SimpleNamespace(gradient_accumulation_steps=1), SimpleNamespace(max_steps=1000), None,
+                          train_dataloader=iter([]))
+    assert stream.ramp_steps == 100  # BLIP pretraining's share: 2 of its 20 epochs
+
     model = tiny(momentum_distill=True, queue_size=4, distill_alpha=0.4)
-    cb = DistillAlphaCallback()
-    seen = []
-    for step in (0, 5, 10, 20, 39):  # 40 steps over 4 epochs: the first epoch is 10 steps
-        cb.on_step_begin(None, SimpleNamespace(global_step=step, max_steps=40, num_train_epochs=4), None, model=model)
-        seen.append(model.distill_alpha)
-    assert seen == pytest.approx([0.0, 0.2, 0.4, 0.4, 0.4])
     # The loss uses the current weight (None: the config's).
     model.eval()  # no enqueueing: the same queues for every call
     px, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))

@@ -77,3 +77,30 @@ def test_losses_over_two_processes_equal_the_single_process_loss_of_the_whole_ba
         order = [4, 5, 6, 7, 8, 9, 0, 1]
         torch.testing.assert_close(feats[order], z2)
         assert ids.tolist() == [106, 107, -1, -1, 100, 101, 102, 103, 104, 105] and ptr.item() == 2
+
+
+def simclr_worker(rank, port, out_dir, batches):
+    import torch.distributed as dist
+
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(batches))
+    torch.manual_seed(0)
+    model = SimCLRModel(SimCLRConfig(backbone="resnet18", pooling="image", proj_hidden_dim=16, proj_dim=8)).train()
+    x = torch.randn(batches[rank], 3, 64, 64)
+    out = model(x, x.flip(-1))
+    out.loss.backward()
+    torch.save(out.loss.detach(), os.path.join(out_dir, f"simclr{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("batches, skipped", [((1, 3), True), ((2, 3), False)])
+def test_simclr_without_synchronised_batch_norm_skips_a_step_where_a_process_holds_one_instance(
+        tmp_path, batches, skipped):
+    """Off the GPU (gloo) the head's batch norm stays per process and cannot normalise one sample: every process
+    skips that step together (one raising would leave the other waiting in a collective)."""
+    mp.spawn(simclr_worker, args=(free_port(), str(tmp_path), batches), nprocs=2, join=True)
+    losses = [torch.load(tmp_path / f"simclr{r}.pt") for r in range(2)]
+    assert all((loss == 0).item() for loss in losses) == skipped

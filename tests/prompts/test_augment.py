@@ -85,6 +85,7 @@ def test_openai_compatible_augmenter_over_loopback(chat_server):
     assert out.text == "A tabby cat naps on a sofa." and out.nouns == ["tabby cat", "sofa"]
     path, headers, body = requests[0]
     assert path == "/v1/chat/completions" and body["model"] == "tiny-llm" and body["temperature"] == 0
+    assert body["max_tokens"] == aug.max_tokens == 60
     assert headers["Authorization"] == "Bearer sk-test"
     assert '"tabby cat"' in body["messages"][0]["content"]
 
