@@ -38,7 +38,8 @@ run() {  # run NAME CAP_SECONDS SCRIPT ARGS...
     if [ "$(left)" -lt 40 ]; then SKIPPED+=("$name"); return 0; fi
     t=$(left); [ "$t" -gt "$cap" ] && t=$cap
     say "== $name (${t}s at most): $*"
-    timeout "$t" python3 "$@" 2>&1 | tee "$LOGS/$name.txt" | grep -v -i warn | tail -14 | tee -a "$LOG"
+    # Warnings (torch's own log lines start W<MMDD>) stay in the per-bench log, out of the figures' tail.
+    timeout "$t" python3 "$@" 2>&1 | tee "$LOGS/$name.txt" | grep -v -i -E 'warn|^[WI][0-9]{4} ' | tail -14 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     [ "$rc" = 124 ] && say "!! $name ran out of its ${t}s"
     [ "$rc" != 0 ] && [ "$rc" != 124 ] && say "!! $name exited $rc"

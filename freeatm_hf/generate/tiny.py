@@ -108,7 +108,8 @@ def sd15_sized_components(seed: int = 0, dtype=torch.float16) -> dict:
             max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ))
-    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True)
+    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                              steps_offset=1, set_alpha_to_one=False)  # SD 1.5's scheduler config
     return dict(unet=unet.to(dtype), vae=vae.to(dtype), text_encoder=text_encoder.to(dtype).eval(),
                 tokenizer=tokenizer, scheduler=scheduler)
 

@@ -1,9 +1,11 @@
 """MoCo-v2 with attention-pooled instance features: the key encoder's instance features fill the queue.
 
-The head has no batch norm (MoCo-v2's). In the backbone, MoCo's shuffle-BN (query and key normalised over
-different sub-batches, so BN statistics cannot leak which key is the positive) does not map onto a variable
-number of instances per image; on several GPUs the training entry uses SyncBatchNorm instead, which keeps the
-statistics global but does not by itself stop that leakage: a known deviation.
+The head has no batch norm (MoCo-v2's). The backbone's batch norm runs over images (instances are pooled after
+it), where MoCo's shuffle-BN would apply: the key images permuted across processes before the key encoder and
+put back after it, so that query and key are normalised over different sub-batches and BN statistics cannot
+leak which key is the positive. It is not implemented (it needs equal batches on every process, and one process
+would need split BN): on several GPUs the training entry uses SyncBatchNorm, which keeps the statistics global
+but does not by itself stop that leakage. A known deviation.
 """
 
 import copy
