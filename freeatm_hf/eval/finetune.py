@@ -1,6 +1,7 @@
 """End-to-end fine-tuning for image classification through transformers' Trainer, from a pretrained
 checkpoint: the ViT of an MAE checkpoint becomes a stock `ViTForImageClassification`; a CNN backbone gets a
-linear head. Top-1 on the test split goes into the checkpoint's results and card."""
+linear head. Top-1 on the test split goes into the checkpoint's results and card; the fine-tuned classifier is
+saved to `output_dir`."""
 
 import tempfile
 
@@ -41,9 +42,9 @@ def classification_model(model, num_labels: int):
 
         from ..models.mae import export_vit
 
-        folder = tempfile.mkdtemp(prefix="freeatm-vit-")
-        export_vit(model, folder)
-        return ViTForImageClassification.from_pretrained(folder, num_labels=num_labels)
+        with tempfile.TemporaryDirectory(prefix="freeatm-vit-") as folder:  # the weights are read into memory
+            export_vit(model, folder)
+            return ViTForImageClassification.from_pretrained(folder, num_labels=num_labels)
     raise TypeError(f"no classification fine-tuning for {type(model).__name__}")
 
 
@@ -86,6 +87,9 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     trainer = Trainer(model=clf, args=args, train_dataset=train_ds, eval_dataset=test_ds, compute_metrics=accuracy)
     trainer.train()
     top1 = trainer.evaluate()["eval_top1"]  # gathered over processes
+    # The fine-tuned classifier (MAE: a stock ViTForImageClassification folder; a CNN: the backbone and head's
+    # state dict in model.safetensors), as `eval segment` and `eval detect` keep theirs.
+    trainer.save_model(output_dir)
     if not trainer.is_world_process_zero():
         return []
     results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,

@@ -165,7 +165,7 @@ def pretrain_and_test(args, scenes: Path, out: Path, arm: str, seed: int, device
     pretraining = (["--prompts", prompts, "--model_size", args.model_size, "--image_size", str(args.image_size),
                     "--max_length", "72", "--per_device_train_batch_size", str(args.batch_size),
                     "--max_steps", str(args.max_steps), "--learning_rate", str(args.learning_rate),
-                    "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "25",
+                    "--weight_decay", "0.0", "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "25",
                     "--save_strategy", "no", "--report_to", "none", "--dataloader_drop_last", "true",
                     "--seed", str(seed)]
                    + (["--min_attention_peak", str(cut)] if cut is not None else []))

@@ -4,12 +4,15 @@
     freeatm train blip recipes/blip_cpu_smoke.yaml                         # from scratch, tiny, CPU
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer
 
 from .arguments import DataArguments, fit_and_save
+
+logger = logging.getLogger(__name__)
 
 
 class BlipTrainer(Trainer):
@@ -76,6 +79,29 @@ class BlipArguments(DataArguments):
         return {**super().data_info(ds), "prompts": self.prompts, "grid": self.grid}
 
 
+@torch.no_grad()
+def start_decoder_from_encoder(model, missing_keys) -> list[str]:
+    """A checkpoint without a caption decoder (the retrieval layout, `BlipForImageTextRetrieval`: Salesforce's
+    blip-itm-*) starts the decoder from its text encoder, as BLIP's pretraining shares all but the decoder's
+    causal self-attention between the two (its self-attention has the same shapes and starts as the encoder's
+    too); the LM head's transform starts fresh and its bias at zero (no init of transformers' covers that bias:
+    it was left as uninitialised memory, an LM loss of 1e23). Returns the decoder keys copied."""
+    state = model.state_dict()
+    if "text_decoder.cls.predictions.bias" in missing_keys:
+        model.text_decoder.cls.predictions.bias.zero_()
+    copied = []
+    for key in missing_keys:
+        if key.startswith("text_decoder.bert."):
+            source = "text_encoder." + key[len("text_decoder.bert."):]
+            if source in state and state[source].shape == state[key].shape:
+                state[key].copy_(state[source])
+                copied.append(key)
+    if copied:
+        logger.info("%d caption decoder tensors started from the text encoder (the checkpoint has no decoder)",
+                    len(copied))
+    return copied
+
+
 def build_blip(args: BlipArguments):
     """(model, tokenizer): from a BLIP checkpoint folder, or from scratch with the offline CLIP BPE tokenizer."""
     from ..models.blip import BLIP_LABEL_SMOOTHING, BlipATMConfig, BlipATMModel
@@ -97,6 +123,7 @@ def build_blip(args: BlipArguments):
                             image_text_hidden_size=base.image_text_hidden_size,
                             enc_token_id=getattr(tok, "enc_token_id", None), **args.momentum_config())
         model, info = BlipATMModel.from_pretrained(args.init_from, config=cfg, output_loading_info=True)
+        start_decoder_from_encoder(model, info["missing_keys"])
         model.set_image_size(args.image_size)
         if cfg.momentum_distill:
             # A stock BLIP checkpoint has no momentum encoders or queues: start them as BLIP does.

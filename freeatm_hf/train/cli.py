@@ -58,6 +58,50 @@ def parse(method: str, argv: list[str]):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+# Each method's own optimisation settings where the command line and recipe give none (Trainer's defaults, AdamW at
+# 5e-5 without decay on a linear schedule, are a fine-tuning setting: SimCLR's LARS at 5e-5 barely moves). The
+# learning rate follows each paper's linear scaling rule on the global batch (BLIP's does not scale).
+BASE_LR = {"simclr": 0.3, "moco": 0.03, "mae": 1.5e-4}  # × global batch / 256 (SimCLR with LARS, MoCo-v2, MAE)
+METHOD_SETTINGS = {
+    "simclr": {"weight_decay": 1e-6, "lr_scheduler_type": "cosine", "warmup_steps": 0.05},
+    "moco": {"weight_decay": 1e-4, "lr_scheduler_type": "cosine"},
+    "mae": {"weight_decay": 0.05, "adam_beta2": 0.95, "lr_scheduler_type": "cosine", "warmup_steps": 0.025},
+    "blip": {"weight_decay": 0.05, "lr_scheduler_type": "cosine"},
+}
+BLIP_LR = {"scratch": 3e-4, "init_from": 2e-5}  # BLIP's pretraining rate; continued from a BLIP checkpoint
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The argument names a command line (with its recipe spelled out) sets, as dataclass field names."""
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def method_defaults(method: str, args, training_args, given: set[str]) -> dict:
+    """Set the method's own learning rate, weight decay, schedule and betas where none is given; returns and logs
+    what it set (the card records the values trained with)."""
+    import logging
+
+    from transformers.trainer_utils import SchedulerType
+
+    custom_optimizer = method in ("simclr", "moco") and getattr(args, "optimizer", None) not in (
+        None, "lars" if method == "simclr" else "sgd")
+    settings = dict(METHOD_SETTINGS[method])
+    if method == "blip":
+        settings["learning_rate"] = BLIP_LR["init_from" if args.init_from else "scratch"]
+    elif not custom_optimizer:  # another optimizer's rate is its user's to give
+        batch = (training_args.per_device_train_batch_size * training_args.world_size
+                 * training_args.gradient_accumulation_steps)
+        settings["learning_rate"] = BASE_LR[method] * batch / 256
+    applied = {k: v for k, v in settings.items() if k not in given}
+    for key, value in applied.items():
+        setattr(training_args, key, SchedulerType(value) if key == "lr_scheduler_type" else value)
+    if applied:
+        logging.getLogger(__name__).info("%s's own settings where none were given: %s", method,
+                                         ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in applied.items()))
+    return applied
+
+
 def main(argv=None):
     import logging
 
@@ -69,6 +113,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)
+    method_defaults(method, args, training_args, given_flags(argv))
     # `--push_to_hub` is honoured by uploading the finished folder (weights, freeatm card, exports) once,
     # instead of Trainer's own pushes, which would replace the card with Trainer's.
     push = training_args.push_to_hub

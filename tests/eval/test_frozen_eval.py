@@ -74,6 +74,13 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
     assert r["metric"] == "finetune_top1" and 0.0 <= r["value"] <= 1.0
     card = ModelCard.load(ckpt / "README.md")
     assert [e.metric_type for e in card.data.eval_results] == ["finetune_top1"]
+    # The fine-tuned classifier is kept; MAE's as a stock ViT classifier.
+    assert (tmp_path / "ft" / "model.safetensors").is_file()
+    if method == "mae":
+        from transformers import ViTForImageClassification
+
+        clf = ViTForImageClassification.from_pretrained(tmp_path / "ft")
+        assert clf.config.num_labels >= 2
 
 
 def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shapes, tmp_path):

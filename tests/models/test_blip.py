@@ -381,3 +381,26 @@ def test_distillation_weight_ramps_over_blips_epochs_of_the_trainers_loader(tmp_
         with torch.no_grad():
             losses[alpha] = model(px, ids).loss_itc
     assert torch.equal(losses[None], losses[0.4]) and not torch.allclose(losses[0.0], losses[0.4])
+
+
+def test_a_checkpoint_without_a_caption_decoder_starts_it_from_the_text_encoder(tmp_path):
+    """The retrieval layout (Salesforce's blip-itm-*, `export --to blip-retrieval`) has no decoder: it starts as
+    BLIP shares it with the encoder, and the LM head's bias (no init of transformers' covers it) at zero, not as
+    uninitialised memory (an LM loss of 1e23)."""
+    from freeatm_hf.generate.clip_vocab import load_tokenizer
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    torch.manual_seed(0)
+    export_stock(tiny(), tmp_path / "stock")
+    load_tokenizer(model_max_length=40).save_pretrained(tmp_path / "stock")
+    torch.manual_seed(1)
+    with torch.device("cpu"):
+        torch.empty(10_000_000).fill_(3e38)  # freed memory that an uninitialised tensor may reuse
+    model, _ = build_blip(BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"), image_size=32))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.equal(model.text_decoder.cls.predictions.bias, torch.zeros_like(model.text_decoder.cls.predictions.bias))
+    enc, dec = model.text_encoder.state_dict(), model.text_decoder.bert.state_dict()
+    assert set(enc) == set(dec) and all(torch.equal(enc[k], dec[k]) for k in enc)
+    px, ids = torch.randn(2, 3, 32, 32), torch.randint(4, 120, (2, 9))
+    with torch.no_grad():
+        assert model(px, ids).loss_lm < 2 * math.log(model.config.text_config.vocab_size)
