@@ -239,4 +239,35 @@ def add_stock_exports(folder: str | Path) -> list[str]:
             continue  # no torchvision counterpart; timm serves it
         export_checkpoint(folder, folder / rel, kind, model=model)
         written.append(rel)
+    # Which weights they were made from: a push leaves out an export of earlier weights (`stale_exports`).
+    from .model_card import weights_fingerprint
+
+    record = folder / EXPORTS_RECORD
+    made = json.loads(record.read_text()) if record.is_file() else {}
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps({**made, **dict.fromkeys(written, weights_fingerprint(folder))}, indent=2))
     return written
+
+
+EXPORTS_RECORD = ".freeatm/exports.json"  # beside the checkpoint (never pushed): the weights each export is of
+
+
+def stale_exports(folder: str | Path) -> list[str]:
+    """The stock exports in a checkpoint folder not made from the weights it holds now (retrained since, or
+    written before exports were recorded): paths relative to the folder."""
+    from .model_card import weights_fingerprint
+
+    folder = Path(folder)
+    record = folder / EXPORTS_RECORD
+    made = json.loads(record.read_text()) if record.is_file() else {}
+    now = None
+    stale = []
+    for kind in sorted({k for kinds in STOCK_EXPORTS.values() for k in kinds}):
+        for path in sorted(folder.glob("torchvision/*.pth") if kind == "torchvision" else [folder / kind]):
+            if not path.exists():
+                continue
+            rel = path.relative_to(folder).as_posix()
+            now = now or weights_fingerprint(folder)
+            if made.get(rel) != now:
+                stale.append(rel)
+    return stale

@@ -81,9 +81,35 @@ EVAL_COMMANDS = {"blip": "freeatm eval retrieval --model <this folder> --dataset
 LOCAL_TYPE = "local"  # an evaluation dataset's `dataset_type` when it is a local folder, not a Hub id
 
 
-def read_results(folder: str | Path) -> list[dict]:
+def read_results(folder: str | Path, current: bool = False) -> list[dict]:
+    """The folder's results; `current`: only those measured on the weights it holds now (a result records the
+    weights' fingerprint; one measured before a retraining into the same folder is left out, with a warning)."""
     path = Path(folder) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.exists() else []
+    results = json.loads(path.read_text()) if path.exists() else []
+    if current and any(r.get("weights") for r in results):
+        now = weights_fingerprint(folder)
+        stale = [r for r in results if r.get("weights") not in (None, now)]
+        if stale:
+            logger.warning("%s: %d result(s) were measured on earlier weights (%s), left out of the card: evaluate "
+                           "again", folder, len(stale), ", ".join(sorted({r["metric"] for r in stale})))
+        results = [r for r in results if r not in stale]
+    return results
+
+
+def weights_fingerprint(folder: str | Path) -> str | None:
+    """sha256 over the folder's weight files (name, size, content): what its results and exports were made from."""
+    import hashlib
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
@@ -92,7 +118,9 @@ def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
 
     key = lambda r: (r["task"], r["dataset"], r["split"], r["metric"])  # noqa: E731
     merged = {key(r): r for r in read_results(folder)}
-    merged.update({key(r): r for r in ({**r, "dataset": recorded_source(r["dataset"])} for r in new)})
+    weights = weights_fingerprint(folder)
+    merged.update({key(r): r for r in ({**r, "dataset": recorded_source(r["dataset"]), "weights": weights}
+                                       for r in new)})
     out = sorted(merged.values(), key=key)
     (Path(folder) / RESULTS_FILE).write_text(json.dumps(out, indent=2))
     return out
@@ -136,7 +164,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     # `dataset_type` is a Hub dataset id, which the Hub links to: a local folder's name there could link an
     # unrelated public dataset (a folder named cifar10), so a local folder's type says it is one.
     results = [{**r, "dataset": public_dataset_name(r["dataset"]), "type": hub_dataset_id(r["dataset"]) or LOCAL_TYPE}
-               for r in read_results(folder)]
+               for r in read_results(folder, current=True)]
     name = repo_id or folder.name
     eval_results = [EvalResult(task_type=r["task"], dataset_type=r["type"], dataset_name=r["dataset"],
                                dataset_split=r["split"], dataset_revision=r.get("revision"),
@@ -253,7 +281,8 @@ def public_facts(folder: str | Path) -> dict[str, bytes]:
         if public != data:
             files[CARD_INFO_FILE] = json.dumps({**facts, "data": public}, indent=2).encode()
     results = read_results(folder)
-    public_results = [{**r, "dataset": public_source(r["dataset"])} for r in results]
+    # The pushed copy holds what the card shows: results of these weights, each dataset by its public name.
+    public_results = [{**r, "dataset": public_source(r["dataset"])} for r in read_results(folder, current=True)]
     if public_results != results:
         files[RESULTS_FILE] = json.dumps(public_results, indent=2).encode()
     return files

@@ -68,6 +68,14 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     if repo_type == "dataset" and not any((folder / "data").glob("*.parquet")):
         raise FileNotFoundError(f"{folder}/data holds no Parquet shards: finish the run before pushing, or the push "
                                 "would delete the repo's published shards")
+    stale = []
+    if repo_type == "model":
+        from .export import stale_exports
+
+        stale = stale_exports(folder)
+        if stale:
+            logger.warning("%s: %s made from earlier weights, left out (and removed from the repo): push with "
+                           "--exports to write them anew", folder, ", ".join(stale))
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
     if revision:  # the Hub takes commits only to a branch that exists
@@ -76,7 +84,8 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     public = public_files(folder, repo_id, repo_type)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
                                commit_message=message, ignore_patterns=IGNORE + list(public)
-                               + (MODEL_IGNORE if repo_type == "model" else []),
+                               + (MODEL_IGNORE if repo_type == "model" else [])
+                               + [p for rel in stale for p in (rel, f"{rel}/**")],
                                delete_patterns=synced(repo_type))
     if public:
         from huggingface_hub import CommitOperationAdd

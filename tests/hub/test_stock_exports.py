@@ -99,3 +99,39 @@ def test_push_model_exports_serves_the_vit_from_the_repo(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     got, _ = read_stock("vit", repo, x, tmp_path, subfolder="vit")
     assert (got - encoder_features("mae", model, x)).abs().max().item() < 1e-5
+
+
+def test_a_retrained_folder_pushes_neither_the_exports_nor_the_results_of_its_earlier_weights(tmp_path,
+                                                                                                in_process_hub):
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.hub.export import add_stock_exports, stale_exports
+    from freeatm_hf.hub.model_card import add_results, write_model_card
+    from freeatm_hf.hub.push import push_folder
+
+    folder = tmp_path / "ckpt"
+    model = checkpoint("simclr", folder)
+    assert add_stock_exports(folder) == ["torchvision/resnet18.pth"] and stale_exports(folder) == []
+    add_results(folder, [{"task": "image-classification", "dataset": "me/shapes", "split": "test",
+                          "metric": "knn20_top1", "value": 0.5}])
+    write_model_card(folder, model.config, data={"dataset": "me/scenes"}, training={})
+    push_folder(folder, "me/simclr-atm", repo_type="model")
+    files = in_process_hub.repos[("model", "me/simclr-atm")]["files"]
+    assert "torchvision/resnet18.pth" in files
+    assert [r.metric_type for r in ModelCard(files["README.md"].decode()).data.eval_results] == ["knn20_top1"]
+
+    with torch.no_grad():  # retrained into the same folder
+        model.backbone.conv1.weight.add_(1.0)
+    model.save_pretrained(folder)
+    write_model_card(folder, model.config)
+    assert stale_exports(folder) == ["torchvision/resnet18.pth"]
+    assert not ModelCard.load(folder / "README.md").data.eval_results  # measured on the earlier weights
+    push_folder(folder, "me/simclr-atm", repo_type="model")
+    files = in_process_hub.repos[("model", "me/simclr-atm")]["files"]
+    assert "torchvision/resnet18.pth" not in files  # left out, and the old one removed from the repo
+    assert not ModelCard(files["README.md"].decode()).data.eval_results
+    # Results measured on these weights are shown again.
+    add_results(folder, [{"task": "image-classification", "dataset": "me/shapes", "split": "test",
+                          "metric": "knn20_top1", "value": 0.7}])
+    write_model_card(folder, model.config)
+    assert [r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results] == [0.7]
