@@ -73,7 +73,13 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, **({"revision": revision} if revision else {}))
+        try:
+            pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, **({"revision": revision} if revision else {}))
+        except OSError as e:  # not a folder, not in the cache, or the Hub out of reach: say what works offline
+            raise FileNotFoundError(
+                f"could not load the pipeline {spec!r} ({str(e).splitlines()[0]}). A Hub model must be in the Hub "
+                "cache when the Hub cannot be reached (download it once, e.g. `hf download "
+                f"{spec}`); offline, `--pipeline shapes` is the model shipped with freeatm_hf") from e
         if getattr(pipe, "safety_checker", None) is not None:
             # The checker blacks out images; masks of black images are meaningless.
             pipe.safety_checker = None

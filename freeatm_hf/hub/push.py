@@ -53,7 +53,8 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
     if not (folder / "README.md").is_file():
-        raise FileNotFoundError(f"{folder} has no README.md card: finish the run before pushing")
+        raise FileNotFoundError(f"{folder} has no README.md card: a generation or training run writes one when it "
+                                "finishes (finish it before pushing); a folder made otherwise needs a card of its own")
     # `freeatm push` defaults to a dataset repo: a checkpoint pushed there would be a model nobody can load.
     looks = "model" if (folder / "config.json").is_file() else "dataset" if (folder / "data").is_dir() else None
     if repo_type in ("dataset", "model") and looks and looks != repo_type:

@@ -461,3 +461,15 @@ def test_a_revision_for_a_built_in_pipeline_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="--revision 'v2' is for a Hub pipeline id; 'tiny' is built in"):
         load_pipeline("tiny", torch.device("cpu"), revision="v2")
+
+
+def test_a_pipeline_that_cannot_be_loaded_offline_says_what_works_offline(tmp_path, monkeypatch):
+    import torch
+
+    from freeatm_hf.generate.pipelines import load_pipeline
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match=r"could not load the pipeline 'me/not-cached' .*offline, "
+                                                r"`--pipeline shapes` is the model shipped"):
+        load_pipeline("me/not-cached", torch.device("cpu"))

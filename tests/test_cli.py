@@ -1,0 +1,21 @@
+"""The `freeatm` console script: a mistake in the command is a message and exit code 2, not a traceback."""
+
+import os
+import subprocess
+import sys
+
+
+def freeatm(*args, **env):
+    return subprocess.run([sys.executable, "-m", "freeatm_hf.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_a_mistake_in_the_command_is_named_without_a_traceback(tmp_path):
+    res = freeatm("export", str(tmp_path), str(tmp_path / "out"), "--to", "timm")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"freeatm export: error: {tmp_path} is not a checkpoint folder" in res.stderr
+    res = freeatm("eval", "retrieval", "--model", "m", "--dataset", "d", "--finetune_split", "train")
+    assert res.returncode == 2 and "freeatm eval retrieval: error: --finetune_split needs --finetune_dir" in res.stderr
+    # The traceback on request, for a bug report.
+    res = freeatm("export", str(tmp_path), str(tmp_path / "out"), "--to", "timm", FREEATM_TRACEBACK="1")
+    assert res.returncode == 1 and "Traceback" in res.stderr and "ValueError" in res.stderr
