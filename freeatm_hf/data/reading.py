@@ -102,7 +102,8 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
     parts = []
     if mode in ("synthetic", "mix"):
         if not synthetic:
-            raise ValueError(f"data mode {mode!r} needs a synthetic (freeatm) dataset")
+            raise ValueError(f"data mode {mode!r} needs a freeatm dataset: give --dataset (a folder or Hub id "
+                             "written by `freeatm generate`)")
         ds = _load(synthetic, split, streaming)
         cols = _columns(ds)
         if cols and not {"objects", "prompt"} <= set(cols):

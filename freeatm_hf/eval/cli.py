@@ -13,11 +13,19 @@ import json
 import logging
 from pathlib import Path
 
+EVALUATIONS = ("masks", "knn", "finetune", "segment", "detect", "retrieval")
+
 
 def make_parser():
-    p = argparse.ArgumentParser(prog="freeatm eval", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="what", required=True)
-    m = sub.add_parser("masks", help="attention-mask quality on generated shapes-world scenes")
+    from ..cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="freeatm eval", description=__doc__, formatter_class=HelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True, metavar="{" + ",".join(EVALUATIONS) + "}")
+
+    def add(name: str, help: str):  # the help line is also the evaluation's --help description; defaults shown
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    m = add("masks", help="attention-mask quality on generated shapes-world scenes")
     m.add_argument("--pipeline", default="shapes", help="'shapes' (the embedded model), 'tiny', or an id/folder")
     m.add_argument("--num_scenes", type=int, default=200, help="held-out test scenes")
     m.add_argument("--num_val", type=int, default=50, help="scenes for choosing the threshold")
@@ -37,7 +45,7 @@ def make_parser():
     m.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     m.add_argument("--output", default=None, help="write the results JSON here")
 
-    k = sub.add_parser("knn", help="kNN (k=20, cosine, weighted votes) and linear probe on frozen features")
+    k = add("knn", help="kNN (k=20, cosine, weighted votes) and linear probe on frozen features")
     k.add_argument("--model", required=True, help="a freeatm checkpoint folder (SimCLR/MoCo/MAE)")
     k.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label columns")
     k.add_argument("--train_split", default="train")
@@ -53,7 +61,7 @@ def make_parser():
     k.add_argument("--no_linear_probe", action="store_true", help="kNN only")
     k.add_argument("--device", default=None)
 
-    f = sub.add_parser("finetune", help="end-to-end classification fine-tuning (Trainer), top-1 into the card")
+    f = add("finetune", help="end-to-end classification fine-tuning (Trainer), top-1 into the card")
     f.add_argument("--model", required=True, help="a freeatm checkpoint folder (SimCLR/MoCo/MAE)")
     f.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label columns")
     f.add_argument("--output_dir", required=True, help="where the fine-tuning run writes")
@@ -70,7 +78,7 @@ def make_parser():
     f.add_argument("--max_steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     f.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
 
-    s = sub.add_parser("segment", help="semantic segmentation fine-tuning (UperNet on the backbone), mIoU")
+    s = add("segment", help="semantic segmentation fine-tuning (UperNet on the backbone), mIoU")
     s.add_argument("--model", required=True, help="a freeatm CNN checkpoint folder (SimCLR/MoCo)")
     s.add_argument("--dataset", required=True, help="load_dataset id or folder with image + label-map columns")
     s.add_argument("--output_dir", required=True, help="where the fine-tuned UperNet is saved")
@@ -88,7 +96,7 @@ def make_parser():
     s.add_argument("--batch_size", type=int, default=16)
     s.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
 
-    d = sub.add_parser("detect", help="Mask R-CNN R50-FPN fine-tuning (torchvision) from the backbone, COCO AP")
+    d = add("detect", help="Mask R-CNN R50-FPN fine-tuning (torchvision) from the backbone, COCO AP")
     d.add_argument("--model", required=True, help="a freeatm ResNet checkpoint folder (SimCLR/MoCo)")
     d.add_argument("--dataset", required=True, help="COCO-style folder: images/<split>/, annotations/<split>.json")
     d.add_argument("--output_dir", required=True, help="where the detector's weights and AP JSON are saved")
@@ -103,7 +111,7 @@ def make_parser():
     d.add_argument("--trainable_layers", type=int, default=3)
     d.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
 
-    r = sub.add_parser("retrieval", help="image-text retrieval TR/IR@1/5/10 (BLIP protocol: ITC rank, ITM re-rank)")
+    r = add("retrieval", help="image-text retrieval TR/IR@1/5/10 (BLIP protocol: ITC rank, ITM re-rank)")
     r.add_argument("--model", required=True, help="a freeatm BLIP checkpoint folder (with its tokenizer)")
     r.add_argument("--dataset", required=True, help="load_dataset id or folder with an image and a caption column")
     r.add_argument("--split", default="test")

@@ -30,7 +30,10 @@ def feature_backbone(model):
         from ..models.mae import num_patches
 
         return _ViTFeatures(model.vit, num_patches(model.config))
-    raise TypeError(f"cannot extract features from {type(model).__name__}")
+    # ValueError: a wrong --model is the user's to fix (BLIP: its vision tower, exported, is a timm model).
+    hint = (": export its vision tower (`freeatm export DIR OUT --to timm`) and evaluate that with timm"
+            if "Blip" in type(model).__name__ else "")
+    raise ValueError(f"kNN and linear probes take a SimCLR, MoCo or MAE checkpoint, not {type(model).__name__}{hint}")
 
 
 def checkpoint_image_size(model_dir: str, default: int = 224) -> int:

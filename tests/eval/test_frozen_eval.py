@@ -132,3 +132,12 @@ def test_unlabelled_rows_are_refused_not_counted_as_misses(labelled_shapes, tmp_
         main(["knn", *base])
     with pytest.raises(ValueError, match=r"\[test\] has 10 of 30 rows without a class"):
         main(["finetune", *base, "--output_dir", str(tmp_path / "ft")])
+
+
+def test_a_blip_checkpoint_is_refused_with_the_way_to_probe_its_vision_tower():
+    from freeatm_hf.eval.frozen import feature_backbone
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    model, _ = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32))
+    with pytest.raises(ValueError, match=r"not BlipATMModel: export its vision tower \(`freeatm export DIR OUT --to timm`"):
+        feature_backbone(model)

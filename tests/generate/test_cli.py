@@ -241,7 +241,7 @@ def test_default_pipeline_is_resolved_before_it_is_recorded(monkeypatch):
     assert parse(["--output_dir", "x", "--pipeline", "tiny"]).pipeline == "tiny"
 
 
-def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path):
+def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path, caplog):
     from freeatm_hf.attention import CaptureConfig
     from freeatm_hf.generate.pipelines import save_recommendation
 
@@ -255,6 +255,7 @@ def test_settings_a_model_folder_recommends_fill_only_what_is_not_given(tmp_path
     cfg = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2", "--threshold", "otsu",
                  "--prompt_mode", "photo"])
     assert (cfg.down_factors, cfg.step_window, cfg.threshold, cfg.prompt_mode) == ([2], [0.5, 1.0], "otsu", "photo")
+    assert "was trained for shapes prompts (its freeatm.json); photo prompts may name words" in caplog.text
     (tmp_path / "freeatm.json").write_text("{not json")
     with pytest.raises(ValueError, match="freeatm.json"):
         parse(["--output_dir", "x", "--pipeline", str(tmp_path)])
