@@ -52,7 +52,8 @@ def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier
     from tqdm.auto import tqdm
 
     rec = SplitRecords()
-    for start in tqdm(range(0, len(specs), batch_size), desc="scenes", leave=False):
+    bar = tqdm(total=len(specs), desc="scenes", unit="scene")
+    for start in range(0, len(specs), batch_size):
         chunk = specs[start : start + batch_size]
         out = generate([s.prompt() for s in chunk], seeds=seeds[start : start + batch_size], **gen_kwargs)
         for j, (spec, image, objs) in enumerate(zip(chunk, out.images, out.objects)):
@@ -72,6 +73,8 @@ def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier
                     ref = normalize(refined[o.name])
                 rec.objects.append(ObjectRecord(start + j, o.name, o.shape, o.color, jd.drawn, jd.shape_ok, norm,
                                                 ref, jd.mask, peak))
+        bar.update(len(chunk))
+    bar.close()
     return rec
 
 
