@@ -6,8 +6,9 @@
 It answers `create_repo`, the `preupload` and `commit` calls of `upload_folder` (every file declared
 "regular", so contents arrive inline: no LFS or Xet storage) and the card's YAML validation, and writes each
 repo to `ROOT/{models,datasets,spaces}/<repo_id>/`, so what would have been published can be opened
-with the stock loaders (`load_dataset(ROOT/datasets/me/scenes)`). It also serves repo info and file
-downloads, so `snapshot_download` brings a pushed repo back through `HF_ENDPOINT`. It only listens on loopback.
+with the stock loaders (`load_dataset(ROOT/datasets/me/scenes)`). It also serves repo info, the tree listing
+and file downloads, so `snapshot_download` and `load_dataset("me/scenes")` bring a pushed repo back through
+`HF_ENDPOINT`. It only listens on loopback.
 """
 
 import argparse
@@ -101,10 +102,8 @@ class LocalHub:
                 m = re.fullmatch(r"/api/(model|dataset|space)s/(.+?)/tree/[^/]+(?:/(.*))?", path)
                 if m and (m.group(1), m.group(2)) in hub.repos:
                     files = hub.repos[(m.group(1), m.group(2))]["files"]
-                    under = unquote(m.group(3) or "").strip("/")
-                    listed = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
-                              for f, d in sorted(files.items()) if not under or f.startswith(under + "/")]
-                    return self._json(200, listed)
+                    recursive = "recursive=true" in self.path.lower() or "recursive=1" in self.path
+                    return self._json(200, tree(files, unquote(m.group(3) or "").strip("/"), recursive))
                 m = re.fullmatch(r"/(?:(dataset|space)s/)?(.+)/resolve/([^/]+)/(.+)", path)
                 key = (m.group(1) or "model", m.group(2)) if m else None
                 if key in hub.repos and unquote(m.group(4)) in hub.repos[key]["files"]:
@@ -193,6 +192,25 @@ class LocalHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def tree(files: dict[str, bytes], under: str, recursive: bool) -> list[dict]:
+    """The Hub's tree listing of `under`: its files and folders (with `recursive`, all of them below it, else
+    the direct children), as `HfFileSystem` (and so `load_dataset` of a repo id) lists a repo."""
+    prefix = f"{under}/" if under else ""
+    entries: dict[str, dict] = {}
+    for path, data in sorted(files.items()):
+        if not path.startswith(prefix):
+            continue
+        parts = path[len(prefix):].split("/")
+        for depth in range(1, len(parts)):  # the folders on the way
+            folder = prefix + "/".join(parts[:depth])
+            if recursive or depth == 1:
+                entries.setdefault(folder, {"type": "directory", "path": folder,
+                                            "oid": hashlib.sha1(folder.encode()).hexdigest()})
+        if recursive or len(parts) == 1:
+            entries[path] = {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+    return list(entries.values())
 
 
 def main(argv=None):

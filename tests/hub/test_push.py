@@ -220,3 +220,21 @@ def test_the_loopback_hub_validates_card_metadata_as_the_hub(in_process_hub):
     # A metadata value holding the block's own marker.
     ModelCard("---\nlicense: mit\nmodel_name: 'simclr: --- attention pooled'\n---\n# Title\n").validate()
     assert in_process_hub.validated == ["model"] * 2
+
+
+def test_a_pushed_dataset_loads_by_its_repo_id_through_the_loopback_hub(dataset_dir, tmp_path):
+    """`load_dataset("me/scenes")` (the card's snippet, and `freeatm space --dataset me/scenes`) lists the repo
+    through the Hub's tree API, folders and direct children as the Hub answers."""
+    import datasets
+
+    with FakeHub() as hub:
+        assert run_cli(["push", str(dataset_dir), "me/scenes"], hub.url, tmp_path).returncode == 0
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
+               "HF_DATASETS_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf_home")}
+        res = subprocess.run([sys.executable, "-c", "import datasets; ds = datasets.load_dataset('me/scenes', "
+                              "split='train'); print(len(ds), sorted(ds.features))"],
+                             env=env, capture_output=True, text=True)
+    local = datasets.load_dataset(str(dataset_dir), split="train")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[0] == str(len(local))
+    assert all(name in res.stdout for name in local.features)
