@@ -114,6 +114,8 @@ def main(argv=None):
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)
     method_defaults(method, args, training_args, given_flags(argv))
+    if training_args.device.type == "cpu":  # nothing to pin memory for (torch warns on every loader)
+        training_args.dataloader_pin_memory = False
     # `--push_to_hub` is honoured by uploading the finished folder (weights, freeatm card, exports) once,
     # instead of Trainer's own pushes, which would replace the card with Trainer's.
     push = training_args.push_to_hub
