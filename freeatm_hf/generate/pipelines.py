@@ -115,12 +115,11 @@ def _shipped_folder(spec: str) -> str:
 
 def local_fingerprint(spec: str, head: int = 1 << 20) -> str | None:
     """A hash of what `DiffusionPipeline.from_pretrained` loads from a local pipeline folder (the shipped shapes
-    model's included): `model_index.json` and every file of its component folders, each by path, size and
-    content, where a file over 2·`head` bytes is hashed by its first and last `head` bytes (retrained weights
-    differ everywhere; reading a 24 GB Flux folder at every resume would cost a minute). None for a Hub id (its
+    model's included): `model_index.json` and every file of its component folders (`files_fingerprint`: by
+    path, size and content, a large file by its first and last `head` bytes). None for a Hub id (its
     commit says it) or a pipeline built in code. The folder's own freeatm.json, card and evaluations are left
     out: what of them changes the rows is in the settings."""
-    import hashlib
+    from ..fingerprint import files_fingerprint
 
     spec = _shipped_folder(spec)
     root = Path(spec)
@@ -129,18 +128,7 @@ def local_fingerprint(spec: str, head: int = 1 << 20) -> str | None:
     files = [root / "model_index.json"] + sorted(
         f for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
         for f in d.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
-    digest = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        digest.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if size <= 2 * head:
-                digest.update(fh.read())
-            else:
-                digest.update(fh.read(head))
-                fh.seek(size - head)
-                digest.update(fh.read(head))
-    return digest.hexdigest()[:16]
+    return files_fingerprint(root, files, head)[:16]
 
 
 def pipeline_recommendation(source, revision: str | None = None) -> dict | None:

@@ -243,13 +243,19 @@ def add_stock_exports(folder: str | Path) -> list[str]:
     from .model_card import weights_fingerprint
 
     record = folder / EXPORTS_RECORD
-    made = json.loads(record.read_text()) if record.is_file() else {}
     record.parent.mkdir(exist_ok=True)
-    record.write_text(json.dumps({**made, **dict.fromkeys(written, weights_fingerprint(folder))}, indent=2))
+    record.write_text(json.dumps({**exports_made(folder), **dict.fromkeys(written, weights_fingerprint(folder))},
+                                 indent=2))
     return written
 
 
 EXPORTS_RECORD = ".freeatm/exports.json"  # beside the checkpoint (never pushed): the weights each export is of
+
+
+def exports_made(folder: Path) -> dict[str, str]:
+    """The fingerprint of the weights each recorded export was made from, by its path in the folder."""
+    record = folder / EXPORTS_RECORD
+    return json.loads(record.read_text()) if record.is_file() else {}
 
 
 def stale_exports(folder: str | Path) -> list[str]:
@@ -258,8 +264,7 @@ def stale_exports(folder: str | Path) -> list[str]:
     from .model_card import weights_fingerprint
 
     folder = Path(folder)
-    record = folder / EXPORTS_RECORD
-    made = json.loads(record.read_text()) if record.is_file() else {}
+    made = exports_made(folder)
     now = None
     stale = []
     for kind in sorted({k for kinds in STOCK_EXPORTS.values() for k in kinds}):

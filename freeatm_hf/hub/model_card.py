@@ -86,30 +86,27 @@ def read_results(folder: str | Path, current: bool = False) -> list[dict]:
     weights' fingerprint; one measured before a retraining into the same folder is left out, with a warning)."""
     path = Path(folder) / RESULTS_FILE
     results = json.loads(path.read_text()) if path.exists() else []
-    if current and any(r.get("weights") for r in results):
-        now = weights_fingerprint(folder)
-        stale = [r for r in results if r.get("weights") not in (None, now)]
-        if stale:
-            logger.warning("%s: %d result(s) were measured on earlier weights (%s), left out of the card: evaluate "
-                           "again", folder, len(stale), ", ".join(sorted({r["metric"] for r in stale})))
-        results = [r for r in results if r not in stale]
-    return results
+    return of_current_weights(folder, results) if current else results
+
+
+def of_current_weights(folder: str | Path, results: list[dict]) -> list[dict]:
+    """The results measured on the weights the folder holds now, or before fingerprints were recorded."""
+    if not any(r.get("weights") for r in results):
+        return results
+    now = weights_fingerprint(folder)
+    stale = [r for r in results if r.get("weights") not in (None, now)]
+    if stale:
+        logger.warning("%s: %d result(s) were measured on earlier weights (%s), left out of the card: evaluate "
+                       "again", folder, len(stale), ", ".join(sorted({r["metric"] for r in stale})))
+    return [r for r in results if r not in stale]
 
 
 def weights_fingerprint(folder: str | Path) -> str | None:
-    """sha256 over the folder's weight files (name, size, content): what its results and exports were made from."""
-    import hashlib
+    """A hash of the folder's weight files (`files_fingerprint`): what its results and exports were made from."""
+    from ..fingerprint import files_fingerprint
 
     files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
+    return files_fingerprint(Path(folder), files)[:16] if files else None
 
 
 def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
@@ -282,7 +279,7 @@ def public_facts(folder: str | Path) -> dict[str, bytes]:
             files[CARD_INFO_FILE] = json.dumps({**facts, "data": public}, indent=2).encode()
     results = read_results(folder)
     # The pushed copy holds what the card shows: results of these weights, each dataset by its public name.
-    public_results = [{**r, "dataset": public_source(r["dataset"])} for r in read_results(folder, current=True)]
+    public_results = [{**r, "dataset": public_source(r["dataset"])} for r in of_current_weights(folder, results)]
     if public_results != results:
         files[RESULTS_FILE] = json.dumps(public_results, indent=2).encode()
     return files

@@ -83,8 +83,9 @@ def method_defaults(method: str, args, training_args, given: set[str]) -> dict:
 
     from transformers.trainer_utils import SchedulerType
 
-    custom_optimizer = method in ("simclr", "moco") and getattr(args, "optimizer", None) not in (
-        None, "lars" if method == "simclr" else "sgd")
+    from .contrastive import OPTIMIZER
+
+    custom_optimizer = method in OPTIMIZER and args.optimizer not in (None, OPTIMIZER[method])
     settings = dict(METHOD_SETTINGS[method])
     if method == "blip":
         settings["learning_rate"] = BLIP_LR["init_from" if args.init_from else "scratch"]

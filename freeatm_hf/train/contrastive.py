@@ -61,6 +61,7 @@ class ContrastiveArguments(DataArguments):
 
 # Colour jitter strength s of each method's paper (SimCLR's s; MoCo-v2's jitter is SimCLR's at s = 0.5).
 COLOR_STRENGTH = {"simclr": 1.0, "moco": 0.5}
+OPTIMIZER = {"simclr": "lars", "moco": "sgd"}  # each method's own, when --optimizer is not given
 
 
 def build_model(method: str, args: ContrastiveArguments):
@@ -179,7 +180,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
         # Global batch norm (SimCLR's, and MoCo's answer to BN leakage); it also normalises a process whose
         # batch holds a single instance. torch's SyncBatchNorm runs on GPUs only.
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    opt_name = args.optimizer or ("lars" if method == "simclr" else "sgd")
+    opt_name = args.optimizer or OPTIMIZER[method]
     optimizer = build_optimizer(model, opt_name, training_args.learning_rate, training_args.weight_decay,
                                 betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon)
     callbacks = []
