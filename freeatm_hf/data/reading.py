@@ -28,7 +28,15 @@ def load(source: str, split: str = "train", streaming: bool = False, **kwargs):
                        for f in folder.rglob("*") if f.is_file() and ".freeatm" not in f.parts)
         key = hashlib.sha1(repr((str(folder.resolve()), stats)).encode()).hexdigest()[:16]
         kwargs["cache_dir"] = str(Path(config.HF_DATASETS_CACHE) / "freeatm_local" / key)
-    return load_dataset(source, split=split, streaming=streaming, **kwargs)
+    try:
+        return load_dataset(source, split=split, streaming=streaming, **kwargs)
+    except ConnectionError as e:
+        if folder.exists():
+            raise
+        # What `datasets` says of a mistyped folder offline is "Couldn't reach '…' on the Hub", as a traceback.
+        raise FileNotFoundError(f"{source!r} is no folder here, and the Hub could not be asked for a dataset of that "
+                                f"id ({e}): check the path (a folder `freeatm generate` wrote), or the id and the "
+                                "network (HF_HUB_OFFLINE)") from e
 
 
 def _load(source: str, split: str, streaming: bool):

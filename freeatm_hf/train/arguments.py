@@ -21,6 +21,14 @@ class DataArguments:
                 "(default: the value the dataset's card recommends, if any; 0 keeps every object)."})
 
     def __post_init__(self):
+        from ..data.reading import DATA_MODES
+
+        if self.data_mode not in DATA_MODES:
+            raise ValueError(f"--data_mode must be one of {', '.join(DATA_MODES)}, got {self.data_mode!r}")
+        if self.real_dataset and self.data_mode == "synthetic":
+            # Otherwise it trains on the generated data alone, and the card would name the real one as used.
+            raise ValueError(f"--real_dataset is read with --data_mode real or mix, not {self.data_mode!r}: add "
+                             "--data_mode mix (with --mix_ratio) or --data_mode real")
         if not 0.0 <= self.mix_ratio <= 1.0:
             raise ValueError(f"--mix_ratio is the share of real rows, in [0, 1]; got {self.mix_ratio}")
         # A peak is an attention probability: a cut above 1 would leave every object out, without a word.
@@ -41,10 +49,12 @@ class DataArguments:
         return self.min_attention_peak
 
     def data_info(self, ds) -> dict:
-        """What the model card says about the data."""
+        """What the model card says about the data: the datasets read (a recipe's `dataset` stays set under
+        `--data_mode real`, but is not read)."""
         from ..data.reading import recorded_source
 
-        return {"dataset": recorded_source(self.dataset), "real_dataset": recorded_source(self.real_dataset),
+        synthetic = self.dataset if self.data_mode != "real" else None
+        return {"dataset": recorded_source(synthetic), "real_dataset": recorded_source(self.real_dataset),
                 "data_mode": self.data_mode,
                 "mix_ratio": self.mix_ratio, "min_attention_peak": self.min_attention_peak,
                 "num_rows": None if self.streaming else len(ds)}

@@ -55,7 +55,34 @@ def parse(method: str, argv: list[str]):
     parser = HfArgumentParser(
         (Arguments, TrainingArguments), prog=f"freeatm train {method}", formatter_class=HelpFormatter,
         description=f"{method}'s own arguments first, then transformers' TrainingArguments. Recipes: recipes/*.yaml.")
+    import argparse
+
+    for action in parser._actions:  # SimCLR and MoCo share one dataclass: keep the other method's out of the help
+        if action.dest in OTHER_METHODS_FLAGS.get(method, {}):
+            action.help = argparse.SUPPRESS
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+# Flags of the shared dataclass that the method does not read, and why.
+OTHER_METHODS_FLAGS = {"simclr": {"queue_size": "MoCo's queue", "momentum": "MoCo's key-encoder EMA"}}
+
+
+def check_applicable(method: str, args, given: set[str]):
+    """Refuse flags the run would not read: typed, they would be ignored without a word (and the card would state
+    values never trained with). `given`: the command line's own flags; a recipe's keys that a flag makes moot
+    (mae_atm.yaml's `beta_max` under `--guided false`, the documented baseline) are not refused."""
+    unread = {f"--{k}": why for k, why in OTHER_METHODS_FLAGS.get(method, {}).items() if k in given}
+    if method == "blip":
+        if args.init_from and "model_size" in given:
+            unread["--model_size"] = f"the size of --init_from {args.init_from}'s checkpoint is used"
+        if not args.momentum_distill:
+            unread.update({f"--{k}": "read with --momentum_distill true only"
+                           for k in ("momentum", "queue_size", "distill_alpha") if k in given})
+    if method == "mae" and not args.guided and "beta_max" in given:
+        unread["--beta_max"] = "--guided false masks at random (the baseline)"
+    if unread:
+        raise ValueError(f"freeatm train {method} would not read " + "; ".join(f"{k} ({why})" for k, why in
+                                                                          unread.items()))
 
 
 # Each method's own optimisation settings where the command line and recipe give none (Trainer's defaults, AdamW at
@@ -112,8 +139,10 @@ def main(argv=None):
         print(f"methods: {', '.join(METHODS)}; `freeatm train METHOD --help` lists the arguments")
         return None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    typed = given_flags(argv)
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)
+    check_applicable(method, args, typed)
     method_defaults(method, args, training_args, given_flags(argv))
     if training_args.device.type == "cpu":  # nothing to pin memory for (torch warns on every loader)
         training_args.dataloader_pin_memory = False

@@ -166,3 +166,11 @@ def test_a_synthetic_dataset_whose_objects_hold_no_attention_is_refused(tmp_path
     Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "old" / "data" / "train.parquet"))
     with pytest.raises(ValueError, match="'objects' column .* is not freeatm's"):
         pretraining_dataset(str(tmp_path / "old"), streaming=streaming)
+
+
+def test_a_mistyped_folder_is_named_as_missing_not_a_hub_connection_traceback(tmp_path, monkeypatch):
+    from freeatm_hf.data.reading import load
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'scenes-typo' is no folder here, and the Hub could not be asked"):
+        load("scenes-typo")

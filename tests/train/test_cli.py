@@ -41,3 +41,47 @@ def test_given_settings_win_and_another_optimizers_rate_is_left_to_its_user(tmp_
     recipe.write_text("method: mae\ndataset: d\noutput_dir: o\nweight_decay: 0.1\nuse_cpu: true\n")
     targs = settings([str(recipe)])
     assert targs.weight_decay == 0.1 and targs.adam_beta2 == 0.95
+
+
+def test_flags_the_run_would_not_read_are_refused_and_the_other_methods_are_not_listed(capsys):
+    from freeatm_hf.train.cli import main
+
+    base = ["--dataset", "d", "--output_dir", "o", "--use_cpu", "true"]
+    refused = [
+        (["simclr", "--queue_size", "1024", "--momentum", "0.99"], r"--queue_size \(MoCo's queue\); --momentum"),
+        (["blip", "--init_from", "ckpt", "--model_size", "tiny"], r"--model_size \(the size of --init_from ckpt"),
+        (["blip", "--queue_size", "100"], r"--queue_size \(read with --momentum_distill true only\)"),
+        (["mae", "--guided", "false", "--beta_max", "0.5"], r"--beta_max \(--guided false masks at random"),
+    ]
+    for argv, match in refused:
+        with pytest.raises(ValueError, match=f"freeatm train {argv[0]} would not read {match}"):
+            main(argv + base)
+    # MoCo reads its own flags (no refusal: the run then stops at the missing dataset folder).
+    from freeatm_hf.train.cli import check_applicable, given_flags, parse
+
+    for argv in (["moco", "--queue_size", "1024", "--momentum", "0.99"],
+                 ["blip", "--momentum_distill", "true", "--queue_size", "100", "--distill_alpha", "0.2"],
+                 ["mae", "--beta_max", "0.5"]):
+        args, _ = parse(argv[0], argv[1:] + base)
+        check_applicable(argv[0], args, given_flags(argv[1:]))
+    with pytest.raises(SystemExit):
+        parse("simclr", ["--help"])
+    simclr_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parse("moco", ["--help"])
+    moco_help = capsys.readouterr().out
+    assert "--queue_size" in moco_help and "--momentum" in moco_help and "--pooling" in simclr_help
+    assert "--queue_size" not in simclr_help and "--momentum " not in simclr_help
+
+
+def test_a_recipe_key_made_moot_by_a_typed_flag_is_not_refused(tmp_path):
+    from freeatm_hf.train.cli import main
+
+    # mae_atm.yaml sets beta_max; its documented baseline adds --guided false. The run goes on to the data.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: mae\ndataset: missing-folder\noutput_dir: o\nbeta_max: 0.8\nuse_cpu: true\n")
+    with pytest.raises(Exception) as err:
+        main([str(recipe), "--guided", "false"])
+    assert "would not read" not in str(err.value)
+    with pytest.raises(ValueError, match="would not read --beta_max"):
+        main([str(recipe), "--guided", "false", "--beta_max", "0.5"])

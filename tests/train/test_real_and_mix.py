@@ -68,6 +68,14 @@ def test_data_that_would_silently_train_something_else_is_refused(real_data, sha
         ContrastiveArguments(dataset=shapes_data, mask_threshold=1.5)
     with pytest.raises(ValueError, match=r"--min_attention_peak must be in \[0, 1\)"):
         ContrastiveArguments(dataset=shapes_data, min_attention_peak=2.0)
+    # A recipe's generated dataset stays set under --data_mode real: not read, so not named as trained on.
+    info = ContrastiveArguments(dataset=shapes_data, real_dataset=real_data, data_mode="real").data_info([])
+    assert info["dataset"] is None and info["real_dataset"].endswith("photos")
+    # A real dataset without --data_mode would train on the generated data alone, under a card naming both.
+    with pytest.raises(ValueError, match=r"--real_dataset is read with --data_mode real or mix, not 'synthetic'"):
+        ContrastiveArguments(dataset=shapes_data, real_dataset=real_data)
+    with pytest.raises(ValueError, match=r"--data_mode must be one of synthetic, real, mix, got 'mixed'"):
+        BlipArguments(dataset=shapes_data, real_dataset=real_data, data_mode="mixed")
     with pytest.raises(ValueError, match=r"--mix_ratio is the share of real rows, in \[0, 1\]; got 1.5"):
         BlipArguments(dataset=shapes_data, real_dataset=real_data, data_mode="mix", mix_ratio=1.5)
     with pytest.raises(ValueError, match="image_size 36 is not a multiple of the tiny model's patch size 8"):
