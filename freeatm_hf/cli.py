@@ -32,6 +32,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
             return action.help
         return super()._get_help_string(action)
 
+    def _format_action(self, action):
+        # argparse writes defaults into help texts only: an option without one would not show its default.
+        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            import copy
+
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
 
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)

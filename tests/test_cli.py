@@ -19,3 +19,20 @@ def test_a_mistake_in_the_command_is_named_without_a_traceback(tmp_path):
     # The traceback on request, for a bug report.
     res = freeatm("export", str(tmp_path), str(tmp_path / "out"), "--to", "timm", FREEATM_TRACEBACK="1")
     assert res.returncode == 1 and "Traceback" in res.stderr and "ValueError" in res.stderr
+
+
+def test_help_shows_every_options_default_also_without_a_help_text():
+    import argparse
+    import re
+
+    from freeatm_hf.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--k", type=int, default=20, help="neighbours")
+    parser.add_argument("--revision")  # None: nothing to show
+    text = re.sub(r"\s+", " ", parser.format_help())
+    assert "--split SPLIT (default: train)" in text and "--k K neighbours (default: 20)" in text
+    assert text.endswith("--revision REVISION ")  # no "(default: None)"
+    res = freeatm("eval", "knn", "--help")
+    assert res.returncode == 0 and "--test_split TEST_SPLIT (default: test)" in re.sub(r"\s+", " ", res.stdout)
