@@ -23,6 +23,16 @@ COMMANDS = {
 }
 
 
+def setup_logging():
+    """INFO from freeatm and the libraries it drives, one line each, but not a line per HTTP request: httpx logs
+    every request at INFO (a push's every Hub call, an LLM augmenter's every prompt)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):  # httpx2: huggingface_hub 2.x's client
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Examples in a description keep their lines; defaults are shown, but not "(default: None)", which says
     nothing the help text does not (it names what an unset option falls back to)."""

@@ -10,7 +10,6 @@
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 EVALUATIONS = ("masks", "knn", "finetune", "segment", "detect", "retrieval")
@@ -135,7 +134,9 @@ def make_parser():
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..cli import setup_logging
+
+    setup_logging()
     args = make_parser().parse_args(argv)
     return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval, "finetune": main_finetune,
             "segment": main_segment, "detect": main_detect}[args.what](args)

@@ -5,7 +5,6 @@
     accelerate launch -m freeatm_hf.generate recipes/generate_sd15.yaml
 """
 
-import logging
 
 
 def make_parser():
@@ -62,13 +61,17 @@ def main(argv: list[str] | None = None):
 
     from transformers.utils import logging as hf_logging
 
+    from ..cli import setup_logging
     from .run import generate_dataset
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     hf_logging.set_verbosity_warning()
     cfg = parse(list(sys.argv[1:] if argv is None else argv))
     out = generate_dataset(cfg)
-    print(f"dataset written to {out}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # once, not once per process of `accelerate launch`
+        print(f"dataset written to {out}")
     return out
 
 

@@ -109,7 +109,9 @@ def main(argv=None) -> dict:
     from .dataset import write_perfect_scenes
 
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..cli import setup_logging
+
+    setup_logging()
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.perfect_scenes:

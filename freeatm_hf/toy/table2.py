@@ -107,7 +107,9 @@ def main(argv=None) -> dict:
     from ..generate.run import generate_dataset
 
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..cli import setup_logging
+
+    setup_logging()
     out = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     scenes = Path(args.scenes) if args.scenes else out / "scenes"

@@ -62,7 +62,9 @@ def main(argv=None):
     from .world import ShapesWorld
 
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..cli import setup_logging
+
+    setup_logging()
     mp = args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
     acc = Accelerator(mixed_precision=mp)
     torch.manual_seed(args.seed + acc.process_index)

@@ -131,14 +131,15 @@ def method_defaults(method: str, args, training_args, given: set[str]) -> dict:
 
 
 def main(argv=None):
-    import logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print(f"methods: {', '.join(METHODS)}; `freeatm train METHOD --help` lists the arguments")
         return None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..cli import setup_logging
+
+    setup_logging()
     typed = given_flags(argv)
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)

@@ -91,6 +91,9 @@ def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
         res = run_cli(["generate", "--output_dir", str(out), "--num_images", "2", "--batch_size", "2",
                        "--num_inference_steps", "2", "--device", "cpu", "--push_to_hub", "gen"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
+        # The log says what happened, not every HTTP request of the push (httpx logs each at INFO).
+        assert "INFO freeatm_hf" in res.stderr and "HTTP Request" not in res.stderr
+        assert res.stdout.count("dataset written to") == 1
         repo = hub.repos[("dataset", "me/gen")]
         assert repo["private"] is False
         local = local_files(out)
