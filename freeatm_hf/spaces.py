@@ -69,9 +69,10 @@ def push_space(repo_id: str, name: str = "mask_viewer", private: bool = False, t
     from huggingface_hub import HfApi
 
     from . import __version__
+    from .hub.push import create_repo
 
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
-    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    create_repo(api, repo_id, "space", private, space_sdk="gradio")
     with tempfile.TemporaryDirectory() as tmp:
         folder = stage_space(Path(tmp) / name, name)
         commit = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(folder),

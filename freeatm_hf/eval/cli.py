@@ -127,10 +127,26 @@ def make_parser():
                    help="first fine-tune for retrieval (ITC + ITM, BLIP's protocol) on this split")
     r.add_argument("--finetune_dataset", default=None, help="dataset for fine-tuning (default: --dataset)")
     r.add_argument("--finetune_dir", default=None, help="where the fine-tuned model goes (with --finetune_split)")
-    r.add_argument("--finetune_epochs", type=float, default=6)
-    r.add_argument("--finetune_max_steps", type=int, default=-1)
-    r.add_argument("--finetune_lr", type=float, default=1e-5)
+    # Unset (None) rather than defaulted, so that one given without --finetune_split is found and refused.
+    r.add_argument("--finetune_epochs", type=float, default=None, help=f"default: {FINETUNE['epochs']:g}")
+    r.add_argument("--finetune_max_steps", type=int, default=None,
+                   help="stop after this many steps (overrides --finetune_epochs)")
+    r.add_argument("--finetune_lr", type=float, default=None, help=f"default: {FINETUNE['lr']:g}")
     return p
+
+
+FINETUNE = {"epochs": 6, "lr": 1e-5}  # BLIP's retrieval fine-tuning: 6 epochs at 1e-5
+
+
+def trainer_use_cpu(args, command: str) -> bool | None:
+    """Trainer's `use_cpu` from `--device`. Trainer places the model itself, on every visible GPU, so a device
+    index is refused rather than dropped."""
+    if args.device in (None, "cuda"):
+        return None
+    if args.device == "cpu":
+        return True
+    raise ValueError(f"--device {args.device}: {command} trains with Trainer, which uses every visible GPU; choose "
+                     f"them with CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=1 freeatm eval ...), or give cpu")
 
 
 def main(argv=None):
@@ -150,7 +166,7 @@ def main_segment(args):
         image_column=args.image_column, label_column=args.label_column, num_labels=args.num_labels,
         reduce_labels=args.reduce_labels, image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
         learning_rate=args.learning_rate, batch_size=args.batch_size, revision=args.revision,
-        use_cpu=True if args.device == "cpu" else None)
+        use_cpu=trainer_use_cpu(args, "eval segment"))
     print(json.dumps(results, indent=1))
     return results
 
@@ -162,7 +178,7 @@ def main_detect(args):
         args.model, args.dataset, args.output_dir, train_split=args.train_split, test_split=args.test_split,
         epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
         min_size=args.min_size, max_size=args.max_size, trainable_layers=args.trainable_layers,
-        use_cpu=True if args.device == "cpu" else None)
+        use_cpu=trainer_use_cpu(args, "eval detect"))
     print(json.dumps(results, indent=1))
     return results
 
@@ -171,11 +187,12 @@ def main_finetune(args):
     from .finetune import finetune_classification
     from .frozen import checkpoint_image_size
 
+    use_cpu = trainer_use_cpu(args, "eval finetune")
     size = args.image_size or checkpoint_image_size(args.model)
     results = finetune_classification(args.model, args.dataset, args.output_dir, args.train_split, args.test_split,
                                       args.image_column, args.label_column, size, args.epochs,
                                       args.learning_rate, args.batch_size, revision=args.revision,
-                                      max_steps=args.max_steps, use_cpu=True if args.device == "cpu" else None)
+                                      max_steps=args.max_steps, use_cpu=use_cpu)
     print(json.dumps(results, indent=1))
     return results
 
@@ -192,6 +209,11 @@ def main_retrieval(args):
     from ..hub.model_card import record_results
     from .retrieval import recall_at_k, retrieval_scores
 
+    finetune_flags = [f"--{k}" for k in ("finetune_dataset", "finetune_dir", "finetune_epochs", "finetune_max_steps",
+                                         "finetune_lr") if getattr(args, k) is not None]
+    if finetune_flags and not args.finetune_split:  # else the model would be scored as it is, without a word
+        raise ValueError(f"{', '.join(finetune_flags)} set how to fine-tune, which only --finetune_split asks for: "
+                         "give the split to fine-tune on, or leave them out to score the model as it is")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.finetune_split:
         from .retrieval import finetune_retrieval
@@ -205,8 +227,10 @@ def main_retrieval(args):
             args.model, args.finetune_dataset or args.dataset, args.finetune_dir, split=args.finetune_split,
             image_column=args.image_column,
             caption_column=args.caption_column, image_size=args.image_size, max_length=args.max_length,
-            epochs=args.finetune_epochs, max_steps=args.finetune_max_steps, learning_rate=args.finetune_lr,
-            batch_size=args.batch_size, use_cpu=True if args.device == "cpu" else None,
+            epochs=FINETUNE["epochs"] if args.finetune_epochs is None else args.finetune_epochs,
+            max_steps=-1 if args.finetune_max_steps is None else args.finetune_max_steps,
+            learning_rate=FINETUNE["lr"] if args.finetune_lr is None else args.finetune_lr,
+            batch_size=args.batch_size, use_cpu=trainer_use_cpu(args, "eval retrieval --finetune_split"),
             revision=None if args.finetune_dataset else args.revision)  # the evaluated dataset's pinned revision
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)

@@ -99,6 +99,9 @@ class GenerateConfig:
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
+        if self.private and not self.push_to_hub:
+            raise ValueError("--private is the visibility of --push_to_hub's repo: give --push_to_hub REPO_ID too, or "
+                             "push later with `freeatm push FOLDER REPO_ID --private`")
         if self.pipeline == "default":
             # Resolved now, so the settings (compared on resume) name the model that actually made the rows.
             from .pipelines import default_pipeline

@@ -96,8 +96,9 @@ class LocalHub:
                 m = re.fullmatch(r"/api/(model|dataset|space)s/(.+?)(?:/revision/([^/]+))?", path)
                 if m and (m.group(1), m.group(2)) in hub.repos:
                     repo_type, repo_id, _ = m.groups()
-                    files = hub.repos[(repo_type, repo_id)]["files"]
-                    return self._json(200, {"id": repo_id, "sha": hub.head(repo_type, repo_id), "private": False,
+                    repo = hub.repos[(repo_type, repo_id)]
+                    files = repo["files"]
+                    return self._json(200, {"id": repo_id, "sha": hub.head(repo_type, repo_id), "private": repo["private"],
                                             "siblings": [{"rfilename": f, "size": len(d)} for f, d in files.items()]})
                 m = re.fullmatch(r"/api/(model|dataset|space)s/(.+?)/tree/[^/]+(?:/(.*))?", path)
                 if m and (m.group(1), m.group(2)) in hub.repos:

@@ -78,7 +78,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
             logger.warning("%s: %s made from earlier weights, left out (and removed from the repo): push with "
                            "--exports to write them anew", folder, ", ".join(stale))
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
-    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True).repo_id
+    repo_id = create_repo(api, repo_id, repo_type, private)
     if revision:  # the Hub takes commits only to a branch that exists
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
     message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
@@ -99,6 +99,20 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     url = getattr(commit, "commit_url", str(commit))
     logger.info("pushed %s to %s (%s)", folder, repo_id, url)
     return Pushed(repo_id, url)
+
+
+def create_repo(api, repo_id: str, repo_type: str, private: bool | None, **kwargs) -> str:
+    """Create the repo if it does not exist (private if asked, else with the namespace's default visibility: an
+    organisation's may be private); its id with the namespace the Hub gave it. The Hub keeps an existing repo's
+    visibility whatever `private` says, so private asked of a public repo is refused before any upload."""
+    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=True if private else None, exist_ok=True,
+                              **kwargs).repo_id
+    if private and not api.repo_info(repo_id, repo_type=repo_type).private:
+        raise ValueError(f"{repo_id} exists and is public; asking for a private repo does not change an existing "
+                         f"one, so nothing was uploaded: make it private on the Hub first (settings, or HfApi()."
+                         f"update_repo_settings({repo_id!r}, repo_type={repo_type!r}, private=True)), or push without "
+                         "--private")
+    return repo_id
 
 
 def synced(repo_type: str) -> list[str] | None:

@@ -39,7 +39,8 @@ def make_parser():
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--num_probe_train", type=int, default=1000, help="rendered scenes to fit the probe on")
     p.add_argument("--num_probe_test", type=int, default=500)
-    p.add_argument("--device", default=None, help="'cpu' forces the CPU")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="default: cuda when available (pick a GPU with CUDA_VISIBLE_DEVICES: training uses every visible one)")
     p.add_argument("--seed", type=int, default=0, help="generation seed")
     p.add_argument("--color_strength", type=float, default=None,
                    help="SimCLR's colour jitter strength (default: SimCLR's own, 1.0)")

@@ -91,7 +91,8 @@ def make_parser():
     p.add_argument("--finetune_steps", type=int, default=150)
     p.add_argument("--finetune_lr", type=float, default=1e-4)
     p.add_argument("--num_test", type=int, default=100, help="rendered test scenes (plus their mirrors)")
-    p.add_argument("--device", default=None, help="'cpu' forces the CPU")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="default: cuda when available (pick a GPU with CUDA_VISIBLE_DEVICES: training uses every visible one)")
     p.add_argument("--seed", type=int, default=None, help="generation seed (default 0)")
     p.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0],
                    help="one pretraining + fine-tuning run per seed and prompt setting; the table shows mean ± std")

@@ -52,8 +52,10 @@ def parse(method: str, argv: list[str]):
         from .blip import BlipArguments as Arguments
     else:
         from .contrastive import ContrastiveArguments as Arguments
+    # No abbreviated flags: `--learning_r 0.1` would be parsed, yet not be seen as given (`given_flags`), and the
+    # method's own rate would replace it.
     parser = HfArgumentParser(
-        (Arguments, TrainingArguments), prog=f"freeatm train {method}", formatter_class=HelpFormatter,
+        (Arguments, TrainingArguments), prog=f"freeatm train {method}", formatter_class=HelpFormatter, allow_abbrev=False,
         description=f"{method}'s own arguments first, then transformers' TrainingArguments. Recipes: recipes/*.yaml.")
     import argparse
 
@@ -67,19 +69,41 @@ def parse(method: str, argv: list[str]):
 OTHER_METHODS_FLAGS = {"simclr": {"queue_size": "MoCo's queue", "momentum": "MoCo's key-encoder EMA"}}
 
 
-def check_applicable(method: str, args, given: set[str]):
+def check_applicable(method: str, args, training_args, given: set[str]):
     """Refuse flags the run would not read: typed, they would be ignored without a word (and the card would state
     values never trained with). `given`: the command line's own flags; a recipe's keys that a flag makes moot
     (mae_atm.yaml's `beta_max` under `--guided false`, the documented baseline) are not refused."""
+    from .contrastive import OPTIMIZER
+
     unread = {f"--{k}": why for k, why in OTHER_METHODS_FLAGS.get(method, {}).items() if k in given}
+
+    def refuse(flags, why):
+        unread.update({f"--{k}": why for k in flags if k in given})
+
+    if args.data_mode == "real":
+        refuse(["min_attention_peak"], "--data_mode real reads no masks")
+    if args.data_mode != "mix":
+        refuse(["mix_ratio"], "read with --data_mode mix only")
+    if method in OPTIMIZER:
+        if args.pooling == "image":
+            refuse(["mask_mode", "mask_threshold", "min_visible", "min_attention_peak"],
+                   "--pooling image pools no masks (the baseline)")
+        optimizer = args.optimizer or OPTIMIZER[method]
+        if optimizer != "adamw":
+            refuse(["adam_beta1", "adam_beta2", "adam_epsilon"], f"AdamW's, and the optimizer is {optimizer}")
     if method == "blip":
-        if args.init_from and "model_size" in given:
-            unread["--model_size"] = f"the size of --init_from {args.init_from}'s checkpoint is used"
+        if args.init_from:
+            refuse(["model_size"], f"the size of --init_from {args.init_from}'s checkpoint is used")
         if not args.momentum_distill:
-            unread.update({f"--{k}": "read with --momentum_distill true only"
-                           for k in ("momentum", "queue_size", "distill_alpha") if k in given})
-    if method == "mae" and not args.guided and "beta_max" in given:
-        unread["--beta_max"] = "--guided false masks at random (the baseline)"
+            refuse(["momentum", "queue_size", "distill_alpha"], "read with --momentum_distill true only")
+        if args.prompts == "none":
+            refuse(["grid", "shuffle_prompts", "min_attention_peak"], "--prompts none writes no position prompts")
+    if method == "mae" and not args.guided:
+        refuse(["beta_max", "min_attention_peak"], "--guided false masks at random (the baseline)")
+    if not training_args.push_to_hub:
+        refuse(["hub_model_id", "hub_private_repo", "hub_revision"], "read with --push_to_hub only")
+    else:
+        refuse(["hub_strategy", "hub_always_push"], "freeatm pushes the finished folder once, at the end")
     if unread:
         raise ValueError(f"freeatm train {method} would not read " + "; ".join(f"{k} ({why})" for k, why in
                                                                           unread.items()))
@@ -143,7 +167,7 @@ def main(argv=None):
     typed = given_flags(argv)
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)
-    check_applicable(method, args, typed)
+    check_applicable(method, args, training_args, typed)
     method_defaults(method, args, training_args, given_flags(argv))
     if training_args.device.type == "cpu":  # nothing to pin memory for (torch warns on every loader)
         training_args.dataloader_pin_memory = False
@@ -168,8 +192,9 @@ def main(argv=None):
         from ..hub.push import push_folder
 
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-        push_folder(training_args.output_dir, repo_id, repo_type="model", private=bool(training_args.hub_private_repo),
-                    token=token)
+        # An unset privacy is the Hub's default for the namespace (an organisation's may be private), not public.
+        push_folder(training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
+                    token=token, revision=training_args.hub_revision)
     return trainer
 
 

@@ -131,6 +131,27 @@ def test_a_regenerated_folder_pushed_again_replaces_the_repos_shards(tmp_path):
         assert not hub.unknown
 
 
+def test_private_asked_of_an_existing_public_repo_is_refused_before_any_upload(dataset_dir, tmp_path):
+    from freeatm_hf.generate import GenerateConfig
+
+    with FakeHub() as hub:
+        assert run_cli(["push", str(dataset_dir), "me/scenes"], hub.url, tmp_path).returncode == 0
+        assert hub.repos[("dataset", "me/scenes")]["private"] is False
+        commits = len(hub.commits)
+        res = run_cli(["push", str(dataset_dir), "me/scenes", "--private"], hub.url, tmp_path)
+        assert res.returncode == 2 and "me/scenes exists and is public" in res.stderr and "nothing was uploaded" in res.stderr
+        assert len(hub.commits) == commits
+        # The Space alike (the viewer's code would go public).
+        assert run_cli(["push-space", "me/viewer"], hub.url, tmp_path).returncode == 0
+        res = run_cli(["push-space", "me/viewer", "--private"], hub.url, tmp_path)
+        assert res.returncode == 2 and "me/viewer exists and is public" in res.stderr
+        # Without --private a new repo takes the namespace's default: the request does not say public.
+        assert run_cli(["push", str(dataset_dir), "me/fresh"], hub.url, tmp_path).returncode == 0
+        assert "private" not in hub.repos[("dataset", "me/fresh")]["request"]
+    with pytest.raises(ValueError, match="--private is the visibility of --push_to_hub's repo"):
+        GenerateConfig(output_dir=str(tmp_path / "x"), private=True)
+
+
 def test_push_refuses_an_unfinished_folder(tmp_path):
     from freeatm_hf.hub.push import push_folder
 
@@ -170,8 +191,9 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
     with FakeHub() as hub:
         res = run_cli(["train", "simclr", "recipes/contrastive_cpu_smoke.yaml", "--output_dir", str(out),
                        "--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "--hub_model_id", "me/simclr-atm",
-                       "--hub_token", TOKEN], hub.url, tmp_path)
+                       "--hub_token", TOKEN, "--hub_revision", "exp1"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
+        assert hub.repos[("model", "me/simclr-atm")]["branches"] == {"main", "exp1"}  # --hub_revision's branch
         files = hub.repos[("model", "me/simclr-atm")]["files"]
         assert {"README.md", "config.json", "model.safetensors"} <= set(files)
         # The finished model only: Trainer's checkpoints stay home, and no pickled argument holds the token.

@@ -52,6 +52,15 @@ def test_flags_the_run_would_not_read_are_refused_and_the_other_methods_are_not_
         (["blip", "--init_from", "ckpt", "--model_size", "tiny"], r"--model_size \(the size of --init_from ckpt"),
         (["blip", "--queue_size", "100"], r"--queue_size \(read with --momentum_distill true only\)"),
         (["mae", "--guided", "false", "--beta_max", "0.5"], r"--beta_max \(--guided false masks at random"),
+        (["moco", "--pooling", "image", "--mask_threshold", "0.6", "--min_visible", "0.3"],
+         r"--mask_threshold \(--pooling image pools no masks \(the baseline\)\); --min_visible"),
+        (["simclr", "--adam_beta1", "0.8"], r"--adam_beta1 \(AdamW's, and the optimizer is lars\)"),
+        (["blip", "--prompts", "none", "--grid", "4"], r"--grid \(--prompts none writes no position prompts\)"),
+        (["mae", "--data_mode", "real", "--real_dataset", "r", "--mix_ratio", "0.3"],
+         r"--mix_ratio \(read with --data_mode mix only\)"),
+        (["simclr", "--hub_revision", "exp1"], r"--hub_revision \(read with --push_to_hub only\)"),
+        (["simclr", "--push_to_hub", "true", "--hub_strategy", "checkpoint"],
+         r"--hub_strategy \(freeatm pushes the finished folder once, at the end\)"),
     ]
     for argv, match in refused:
         with pytest.raises(ValueError, match=f"freeatm train {argv[0]} would not read {match}"):
@@ -61,9 +70,15 @@ def test_flags_the_run_would_not_read_are_refused_and_the_other_methods_are_not_
 
     for argv in (["moco", "--queue_size", "1024", "--momentum", "0.99"],
                  ["blip", "--momentum_distill", "true", "--queue_size", "100", "--distill_alpha", "0.2"],
-                 ["mae", "--beta_max", "0.5"]):
-        args, _ = parse(argv[0], argv[1:] + base)
-        check_applicable(argv[0], args, given_flags(argv[1:]))
+                 ["mae", "--beta_max", "0.5", "--adam_beta1", "0.8"],
+                 ["simclr", "--optimizer", "adamw", "--adam_beta1", "0.8", "--mask_threshold", "0.6"],
+                 ["simclr", "--push_to_hub", "true", "--hub_revision", "exp1"],
+                 ["blip", "--data_mode", "mix", "--real_dataset", "r", "--mix_ratio", "0.3", "--grid", "4"]):
+        args, targs = parse(argv[0], argv[1:] + base)
+        check_applicable(argv[0], args, targs, given_flags(argv[1:]))
+    # An abbreviated flag would not be seen as given, and the method's own value would replace it.
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--learning_r', '0.1'\]"):
+        parse("simclr", ["--learning_r", "0.1"] + base)
     with pytest.raises(SystemExit):
         parse("simclr", ["--help"])
     simclr_help = capsys.readouterr().out
