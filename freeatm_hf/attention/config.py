@@ -20,7 +20,7 @@ class CaptureConfig:
         factor_weights (`dict[int, float]`, *optional*): weight of each factor when resolutions are
             averaged (default: equal).
         map_size (`tuple[int, int]`, *optional*): (height, width) of the aggregated maps; defaults to
-            the latent size.
+            the latent size. The generator's guided refinement takes them from there to the image's size.
         mmdit_blocks (`str`, *optional*, defaults to `"double"`): MM-DiT blocks to capture: `"double"` (the
             joint text+image blocks: all of SD3's, Flux's first 19), `"single"` (Flux's single-stream blocks,
             whose one sequence is [text, image]) or `"all"`.

@@ -66,8 +66,9 @@ class GenerateConfig:
         "help": "Weight of each --down_factors resolution when their maps are averaged, in the same order "
                 "(default: the model folder's when its resolutions are used, else equal)."})
     map_size: list[int] | None = field(default=None, metadata={
-        "help": "Height and width of the stored maps (default: the model folder's when its resolutions are used, "
-                "else the latent size)."})
+        "help": "Height and width the maps are averaged at, and stored at with --refine none (--refine guided "
+                "stores them at image resolution, filtered from this size). Default: the model folder's when its "
+                "resolutions are used, else the latent size."})
     layer_weights: str | None = field(default=None, metadata={
         "help": "JSON object of layer/block weights by module-name prefix, e.g. '{\"single_transformer_blocks\": "
                 "0.5}' (longest prefix wins, 0 leaves a layer out; default: the model folder's freeatm.json, else "

@@ -103,6 +103,7 @@ class FreeATMGenerator:
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
             capture = replace(capture, down_factors=(2,))
+        _check_capture_fits(self.kind, capture)
         self.capture = capture
         self.threshold = threshold
         self.store = AttentionStore(self.capture)
@@ -234,6 +235,18 @@ class FreeATMGenerator:
                 for (o, t), m, peak in zip(kept, soft, peaks)
             ])
         return GenerationOutput(list(images), prompts, [int(s) for s in seeds], objects, truncated)
+
+
+def _check_capture_fits(kind: str, capture: CaptureConfig):
+    """Refuse the other denoiser family's capture settings: dropped, they would still be stated in the card."""
+    if kind == "unet" and capture.mmdit_blocks != CaptureConfig().mmdit_blocks:
+        raise ValueError(f"mmdit_blocks={capture.mmdit_blocks!r} picks MM-DiT blocks (SD3, Flux); a UNet pipeline has "
+                         "none: leave it unset")
+    if kind != "unet" and capture.include_mid:
+        raise ValueError(f"include_mid captures a UNet's mid block; an MM-DiT ({kind}) has none: leave it unset")
+    if kind != "unet" and tuple(capture.down_factors) != (2,):
+        raise ValueError(f"down_factors {list(capture.down_factors)}: every MM-DiT ({kind}) block works on the patch "
+                         "grid (factor 2); leave it unset or give 2, and weigh blocks with layer_weights")
 
 
 def _hwc(image):

@@ -110,3 +110,22 @@ def test_fused_projections_are_refused_before_generating():
     with pytest.raises(ValueError, match="fuse_qkv_projections.*unfuse_qkv_projections"):
         FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], num_inference_steps=2)
     assert calls == []
+
+
+def test_the_other_denoiser_familys_capture_settings_are_refused(tiny_pipe):
+    """Dropped, they would still be written into the dataset card as the capture used."""
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.generate.tiny import tiny_sd3_pipeline
+
+    with pytest.raises(ValueError, match="mmdit_blocks='all' picks MM-DiT blocks .* a UNet pipeline has none"):
+        FreeATMGenerator(tiny_pipe, CaptureConfig(mmdit_blocks="all"), threshold=0.4, refine="none", guidance_scale=1.0)
+    sd3 = tiny_sd3_pipeline()
+    with pytest.raises(ValueError, match=r"include_mid captures a UNet's mid block; an MM-DiT \(sd3\) has none"):
+        FreeATMGenerator(sd3, CaptureConfig(include_mid=True, down_factors=(2,)), threshold=0.4, refine="none",
+                         guidance_scale=1.0)
+    with pytest.raises(ValueError, match=r"down_factors \[4\]: every MM-DiT \(sd3\) block works on the patch grid"):
+        FreeATMGenerator(sd3, CaptureConfig(down_factors=(4,)), threshold=0.4, refine="none", guidance_scale=1.0)
+    # What fits each family is taken: the UNet default on MM-DiT becomes the patch grid.
+    assert FreeATMGenerator(sd3, CaptureConfig(), threshold=0.4, refine="none", guidance_scale=1.0).capture.down_factors == (2,)
+    FreeATMGenerator(sd3, CaptureConfig(down_factors=(2,), mmdit_blocks="all"), threshold=0.4, refine="none",
+                     guidance_scale=1.0)
