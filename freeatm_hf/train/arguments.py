@@ -97,11 +97,38 @@ def resume_point(training_args) -> str | None:
     if str(asked).lower() in ("true", "latest"):
         if last is None:
             raise ValueError(f"--resume_from_checkpoint {asked}: {out} holds no checkpoint-* folder to resume")
-        return last
-    if asked is None and last is not None:
+        asked = last
+    elif asked is None and last is not None:
         raise ValueError(f"{out} holds checkpoints of an earlier run ({os.path.basename(last)}): resume it with "
                          "--resume_from_checkpoint true, or train into another --output_dir")
+    if asked is not None:
+        check_resumed_settings(asked, training_args)
     return asked
+
+
+# Settings a resumed run takes from its checkpoint (the optimizer's parameter groups, the scheduler's base rates
+# and its warm-up) or that the data position depends on, whatever the command line now says.
+RESUMED_SETTINGS = ("learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "adam_beta1", "adam_beta2",
+                    "adam_epsilon", "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+
+
+def check_resumed_settings(checkpoint: str, training_args):
+    """Refuse a resume whose settings differ from the checkpoint's: Trainer restores the optimizer and schedule, so
+    a new learning rate (or decay, betas, warm-up) would not apply, and the card would state it all the same."""
+    import torch
+
+    path = os.path.join(checkpoint, "training_args.bin")
+    if not os.path.isfile(path):
+        return
+    # The run's own pickled TrainingArguments (Trainer writes it into each checkpoint it makes).
+    saved = torch.load(path, weights_only=False)
+    value = lambda args, key: getattr(getattr(args, key, None), "value", getattr(args, key, None))  # noqa: E731
+    changed = [f"--{k} {value(saved, k)} → {value(training_args, k)}" for k in RESUMED_SETTINGS
+               if value(saved, k) != value(training_args, k)]
+    if changed:
+        raise ValueError(f"{checkpoint} was trained with other settings ({'; '.join(changed)}): a resumed run continues "
+                         "the checkpoint's optimizer, schedule and data order, so they would not apply. Resume with the "
+                         "checkpoint's settings, or train afresh into another --output_dir")
 
 
 def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):

@@ -8,8 +8,9 @@ from freeatm_hf.train.mae import MAEArguments, train
 
 def run(out, steps, **kw):
     args = MAEArguments(dataset=kw.pop("data"), model_size="tiny", image_size=32, patch_size=8)
-    targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=4, max_steps=steps, logging_steps=1,
-                              save_strategy="steps", save_steps=1, report_to="none", use_cpu=True, seed=0, **kw)
+    kw = {"per_device_train_batch_size": 4, "seed": 0, **kw}
+    targs = TrainingArguments(output_dir=str(out), max_steps=steps, logging_steps=1, save_strategy="steps",
+                              save_steps=1, report_to="none", use_cpu=True, **kw)
     return train(args, targs)
 
 
@@ -26,3 +27,14 @@ def test_an_earlier_runs_checkpoints_are_resumed_or_refused_never_trained_over(t
     # Steps 1-2 come from checkpoint-2's saved history, 3-4 are trained now.
     assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
     assert resumed.state.global_step == 4
+
+
+def test_a_resume_with_other_optimisation_settings_is_refused_by_name(tmp_path, shapes_data):
+    out = tmp_path / "mae"
+    run(out, 2, data=shapes_data, learning_rate=1e-3)
+    # Trainer would restore the checkpoint's optimizer and schedule: 3e-3 would not apply, yet the card would say so.
+    with pytest.raises(ValueError, match=r"checkpoint-2 was trained with other settings \(--learning_rate 0.001 → "
+                                         r"0.003; --per_device_train_batch_size 4 → 2\)"):
+        run(out, 4, data=shapes_data, learning_rate=3e-3, per_device_train_batch_size=2, resume_from_checkpoint="true")
+    # More steps is what a resume is for.
+    assert run(out, 3, data=shapes_data, learning_rate=1e-3, resume_from_checkpoint="true").state.global_step == 3
