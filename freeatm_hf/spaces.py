@@ -62,7 +62,7 @@ def stage_space(dest: Path, name: str = "mask_viewer") -> Path:
     return dest
 
 
-def push_space(repo_id: str, name: str = "mask_viewer", private: bool = False, token: str | None = None) -> str:
+def push_space(repo_id: str, name: str = "mask_viewer", private: bool | None = None, token: str | None = None) -> str:
     """Create or update a Gradio Space (the card's front matter declares the SDK) from `stage_space`."""
     import tempfile
 

@@ -19,6 +19,7 @@ def push_main(argv=None):
 
     p = argparse.ArgumentParser(prog="freeatm push-space", description="Create or update the mask viewer Space.")
     p.add_argument("repo_id", help="the Space to create or update, user/name")
-    p.add_argument("--private", action="store_true", help="create the Space as private")
+    p.add_argument("--private", action="store_true", default=None,
+                   help="create the Space as private (default: the namespace's default visibility)")
     args = p.parse_args(argv)
     print(push_space(args.repo_id, private=args.private))

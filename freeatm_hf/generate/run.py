@@ -9,6 +9,7 @@ Each process takes every `world_size`-th shard; re-running the same command resu
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -66,10 +67,15 @@ def _read_prompts_file(path: str) -> list[Prompt]:
     return prompts
 
 
+BARRIER_TIMEOUT = timedelta(hours=24)
+
+
 def generate_dataset(cfg: GenerateConfig) -> Path:
     from accelerate import PartialState
 
-    state = PartialState(cpu=cfg.device == "cpu")
+    # The barrier after generation waits for the slowest rank's last shard (ranks with none left wait for whole
+    # shards): far past the 10-minute NCCL default on a large model (the job would be killed, resumed, killed).
+    state = PartialState(cpu=cfg.device == "cpu", timeout=BARRIER_TIMEOUT)
     device = torch.device(cfg.device) if cfg.device else state.device
     source = PromptSource(cfg)
     features = dataset_features(source.label_names)
@@ -79,6 +85,10 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     made_by = _read_generator(writer) if writer.has_shards() else {}
     if state.is_main_process:
         writer.clean_tmp()
+        if cfg.push_to_hub:  # before the generation the push follows
+            from ..hub.push import check_private_possible
+
+            check_private_possible(cfg.push_to_hub, "dataset", cfg.private)
     state.wait_for_everyone()
 
     todo, num_pending = writer.pending(state.process_index, state.num_processes), len(writer.pending())
@@ -126,21 +136,14 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
                 pending.result()
         bar.close()
     state.wait_for_everyone()
-    failed = None
+    # Every shard is written. The card and the push (hours for a large dataset) are the main process's alone; the
+    # others are done and do not wait for them at a barrier, which would time out.
     if state.is_main_process:
-        try:
-            write_card(writer, cfg, features)
-            if cfg.push_to_hub:
-                from ..hub.push import push_folder
+        write_card(writer, cfg, features)
+        if cfg.push_to_hub:
+            from ..hub.push import push_folder
 
-                push_folder(cfg.output_dir, cfg.push_to_hub, repo_type="dataset", private=cfg.private)
-        except Exception as e:  # noqa: BLE001 - raised below, once the other processes are released
-            failed = e
-    # Every process reaches this barrier, also when the card or the push failed on the main one: the others would
-    # otherwise wait here until the distributed timeout. Their shards are written either way.
-    state.wait_for_everyone()
-    if failed is not None:
-        raise failed
+            push_folder(cfg.output_dir, cfg.push_to_hub, repo_type="dataset", private=cfg.private or None)
     return Path(cfg.output_dir)
 
 

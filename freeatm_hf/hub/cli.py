@@ -15,7 +15,8 @@ def _push_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("folder", help="the folder to upload (it must hold its README.md card)")
     p.add_argument("repo_id", help="the Hub repo, user/name (a bare name goes under the token's user)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--private", action="store_true", default=None,
+                   help="create the repo as private (default: the namespace's default visibility)")
     p.add_argument("--revision", default=None, help="branch to push to (created from main if missing)")
     p.add_argument("--commit_message", default=None, help="default: \"Upload <type> with freeatm_hf <version>\"")
     return p
@@ -59,6 +60,10 @@ def push_model_main(argv=None):
 
         print("exported:", ", ".join(add_stock_exports(args.folder)) or "nothing (timm only)")
 
+    if args.timm:  # both repos checked before the first upload
+        from .push import check_private_possible
+
+        check_private_possible(f"{args.repo_id}-timm", "model", args.private)
     pushed = push_folder(args.folder, args.repo_id, repo_type="model", private=args.private,
                          revision=args.revision, commit_message=args.commit_message)
     print(pushed)

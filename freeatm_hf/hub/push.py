@@ -41,8 +41,9 @@ class Pushed:
         return self.url
 
 
-def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool = False,
-                token: str | None = None, commit_message: str | None = None, revision: str | None = None) -> Pushed:
+def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool | None = None,
+                token: str | None = None, commit_message: str | None = None, revision: str | None = None,
+                private_flag: str = "--private") -> Pushed:
     """Create the repo (and the `revision` branch) if needed and upload `folder`, then in a second commit the
     files whose public copy differs (`public_files`); returns the repo id and the commit URL. A name without a
     namespace goes where the Hub puts it (the token's user), and the card and the note name that full id. The
@@ -78,7 +79,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
             logger.warning("%s: %s made from earlier weights, left out (and removed from the repo): push with "
                            "--exports to write them anew", folder, ", ".join(stale))
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
-    repo_id = create_repo(api, repo_id, repo_type, private)
+    repo_id = create_repo(api, repo_id, repo_type, private, flag=private_flag)
     if revision:  # the Hub takes commits only to a branch that exists
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
     message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
@@ -101,18 +102,44 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     return Pushed(repo_id, url)
 
 
-def create_repo(api, repo_id: str, repo_type: str, private: bool | None, **kwargs) -> str:
-    """Create the repo if it does not exist (private if asked, else with the namespace's default visibility: an
-    organisation's may be private); its id with the namespace the Hub gave it. The Hub keeps an existing repo's
-    visibility whatever `private` says, so private asked of a public repo is refused before any upload."""
-    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=True if private else None, exist_ok=True,
-                              **kwargs).repo_id
+def create_repo(api, repo_id: str, repo_type: str, private: bool | None, flag: str = "--private", **kwargs) -> str:
+    """Create the repo if it does not exist (`private` None: the namespace's default visibility, an organisation's
+    may be private); its id with the namespace the Hub gave it. The Hub keeps an existing repo's visibility whatever
+    `private` says, so private asked of a public repo is refused before any upload."""
+    repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **kwargs).repo_id
     if private and not api.repo_info(repo_id, repo_type=repo_type).private:
-        raise ValueError(f"{repo_id} exists and is public; asking for a private repo does not change an existing "
-                         f"one, so nothing was uploaded: make it private on the Hub first (settings, or HfApi()."
-                         f"update_repo_settings({repo_id!r}, repo_type={repo_type!r}, private=True)), or push without "
-                         "--private")
+        raise ValueError(_public_repo(repo_id, repo_type, flag))
     return repo_id
+
+
+def check_private_possible(repo_id: str, repo_type: str, private: bool | None, token: str | None = None,
+                           flag: str = "--private"):
+    """Before the work a push follows (training, generation, the first of two uploads): refuse private asked of a
+    repo that exists and is public. Whatever cannot be asked now (no network, a bare name without a token) is
+    asked again when the repo is created."""
+    if not private:
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    api = HfApi(token=token)
+    try:
+        if "/" not in repo_id:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        public = not api.repo_info(repo_id, repo_type=repo_type).private
+    except RepositoryNotFoundError:
+        return
+    except Exception as e:  # the Hub may be reachable again when the push comes
+        logger.warning("could not check %s's visibility now (%s): checked again at the push", repo_id, e)
+        return
+    if public:
+        raise ValueError(_public_repo(repo_id, repo_type, flag))
+
+
+def _public_repo(repo_id: str, repo_type: str, flag: str) -> str:
+    return (f"{repo_id} exists and is public; asking for a private repo does not change an existing one, so nothing "
+            f"was uploaded: make it private on the Hub first (settings, or HfApi().update_repo_settings({repo_id!r}, "
+            f"repo_type={repo_type!r}, private=True)), or push without {flag}")
 
 
 def synced(repo_type: str) -> list[str] | None:
@@ -194,7 +221,7 @@ def _pushed(folder: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def push_timm_export(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
                      source_repo: str | None = None, revision: str | None = None) -> Pushed:
     """Export the checkpoint's image encoder to timm (`export_timm`) with a small card, and push it as its own
     model repo: what `timm.create_model("hf-hub:<repo_id>", pretrained=True)` reads (timm wants config.json

@@ -171,7 +171,8 @@ def pretrain_and_test(args, scenes: Path, out: Path, arm: str, seed: int, device
                     "--weight_decay", "0.0", "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "25",
                     "--save_strategy", "no", "--report_to", "none", "--dataloader_drop_last", "true",
                     "--seed", str(seed)]
-                   + (["--min_attention_peak", str(cut)] if cut is not None else []))
+                   # The baseline writes no position prompts: the cut is not its to read.
+                   + (["--min_attention_peak", str(cut)] if cut is not None and prompts == "position" else []))
     retrieval = ["--k_test", "16", "--max_length", "48", "--batch_size", str(args.batch_size),
                  "--finetune_max_steps", str(args.finetune_steps), "--finetune_lr", str(args.finetune_lr)]
     recipe = pretraining_recipe(pretraining, scenes)

@@ -106,29 +106,40 @@ def resume_point(training_args) -> str | None:
     return asked
 
 
-# Settings a resumed run takes from its checkpoint (the optimizer's parameter groups, the scheduler's base rates
-# and its warm-up) or that the data position depends on, whatever the command line now says.
-RESUMED_SETTINGS = ("learning_rate", "weight_decay", "lr_scheduler_type", "warmup_steps", "adam_beta1", "adam_beta2",
-                    "adam_epsilon", "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+# Settings a resumed run takes from its checkpoint whatever the command line now says: the optimizer's state
+# restores the learning rate, decay and betas; a new schedule or warm-up would jump mid-run; the batch, the process
+# count and the seed decide which rows the resume skips as already seen.
+RESUMED_SETTINGS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type",
+                    "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
 
 
 def check_resumed_settings(checkpoint: str, training_args):
-    """Refuse a resume whose settings differ from the checkpoint's: Trainer restores the optimizer and schedule, so
-    a new learning rate (or decay, betas, warm-up) would not apply, and the card would state it all the same."""
+    """Refuse a resume whose settings differ from the checkpoint's (`RESUMED_SETTINGS`, and the process count): the
+    run would not train as stated, and its card would state the new values all the same."""
+    import glob
+
     import torch
 
     path = os.path.join(checkpoint, "training_args.bin")
     if not os.path.isfile(path):
         return
-    # The run's own pickled TrainingArguments (Trainer writes it into each checkpoint it makes).
-    saved = torch.load(path, weights_only=False)
+    try:  # the run's own pickled TrainingArguments (Trainer writes them into each checkpoint)
+        saved = torch.load(path, weights_only=False)
+    except Exception as e:  # say, written by a transformers whose classes this one lacks
+        logger.warning("%s: not compared with the checkpoint's settings (%s: %s)", checkpoint, type(e).__name__, e)
+        return
     value = lambda args, key: getattr(getattr(args, key, None), "value", getattr(args, key, None))  # noqa: E731
     changed = [f"--{k} {value(saved, k)} → {value(training_args, k)}" for k in RESUMED_SETTINGS
                if value(saved, k) != value(training_args, k)]
+    # Trainer keeps one RNG state per process (rng_state_<rank>.pth) when there are several, else rng_state.pth.
+    processes = len(glob.glob(os.path.join(checkpoint, "rng_state_*.pth"))) or 1
+    if processes != training_args.world_size:
+        changed.append(f"processes {processes} → {training_args.world_size}")
     if changed:
         raise ValueError(f"{checkpoint} was trained with other settings ({'; '.join(changed)}): a resumed run continues "
-                         "the checkpoint's optimizer, schedule and data order, so they would not apply. Resume with the "
-                         "checkpoint's settings, or train afresh into another --output_dir")
+                         "the checkpoint's optimizer, schedule and data order. Resume with its settings (a method's "
+                         "own learning rate follows the global batch: per-device batch × processes × accumulation), or "
+                         "train afresh into another --output_dir")
 
 
 def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):

@@ -6,6 +6,7 @@
     accelerate launch -m freeatm_hf.train recipes/simclr_atm.yaml
 """
 
+import os
 import sys
 
 METHODS = ("simclr", "moco", "mae", "blip")
@@ -124,7 +125,9 @@ BLIP_LR = {"scratch": 3e-4, "init_from": 2e-5}  # BLIP's pretraining rate; conti
 
 def given_flags(argv: list[str]) -> set[str]:
     """The argument names a command line (with its recipe spelled out) sets, as dataclass field names."""
-    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    names = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    # `--no_shuffle_prompts` (HfArgumentParser's negation of a field that defaults to true) sets shuffle_prompts.
+    return names | {n[3:] for n in names if n.startswith("no_")}
 
 
 def method_defaults(method: str, args, training_args, given: set[str]) -> dict:
@@ -178,6 +181,12 @@ def main(argv=None):
     # Trainer pickles its arguments into every checkpoint (training_args.bin): a token given on the command
     # line must not ride along.
     token, training_args.hub_token = training_args.hub_token, None
+    private_flag = "--hub_private_repo true"
+    repo_id = training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir))
+    if push and training_args.process_index == 0:  # found before training, not after it
+        from ..hub.push import check_private_possible
+
+        check_private_possible(repo_id, "model", training_args.hub_private_repo, token=token, flag=private_flag)
     if method in ("mae", "blip"):
         from importlib import import_module
 
@@ -187,14 +196,11 @@ def main(argv=None):
 
         trainer = train(method, args, training_args)
     if push and trainer.is_world_process_zero():
-        from pathlib import Path
-
         from ..hub.push import push_folder
 
-        repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
         # An unset privacy is the Hub's default for the namespace (an organisation's may be private), not public.
         push_folder(training_args.output_dir, repo_id, repo_type="model", private=training_args.hub_private_repo,
-                    token=token, revision=training_args.hub_revision)
+                    token=token, revision=training_args.hub_revision, private_flag=private_flag)
     return trainer
 
 

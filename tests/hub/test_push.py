@@ -93,7 +93,6 @@ def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
         assert res.returncode == 0, res.stderr
         # The log says what happened, not every HTTP request of the push (httpx logs each at INFO).
         assert "INFO freeatm_hf" in res.stderr and "HTTP Request" not in res.stderr
-        assert res.stdout.count("dataset written to") == 1
         repo = hub.repos[("dataset", "me/gen")]
         assert repo["private"] is False
         local = local_files(out)
@@ -147,7 +146,13 @@ def test_private_asked_of_an_existing_public_repo_is_refused_before_any_upload(d
         assert res.returncode == 2 and "me/viewer exists and is public" in res.stderr
         # Without --private a new repo takes the namespace's default: the request does not say public.
         assert run_cli(["push", str(dataset_dir), "me/fresh"], hub.url, tmp_path).returncode == 0
-        assert "private" not in hub.repos[("dataset", "me/fresh")]["request"]
+        assert "visibility" not in hub.repos[("dataset", "me/fresh")]["request"]  # huggingface_hub 2.x's field
+        # Both repos of push-model --timm are checked before the first upload.
+        hub._create({"type": "model", "organization": "me", "name": "enc-timm"})  # public, as the Hub makes it
+        commits = len(hub.commits)
+        res = run_cli(["push-model", str(dataset_dir), "me/enc", "--timm", "--private"], hub.url, tmp_path)
+        assert res.returncode == 2 and "me/enc-timm exists and is public" in res.stderr
+        assert len(hub.commits) == commits and ("model", "me/enc") not in hub.repos
     with pytest.raises(ValueError, match="--private is the visibility of --push_to_hub's repo"):
         GenerateConfig(output_dir=str(tmp_path / "x"), private=True)
 
@@ -263,3 +268,15 @@ def test_a_pushed_dataset_loads_by_its_repo_id_through_the_loopback_hub(dataset_
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split()[0] == str(len(local))
     assert all(name in res.stdout for name in local.features)
+
+
+def test_train_refuses_a_private_push_to_a_public_repo_before_training(tmp_path):
+    out = tmp_path / "simclr"
+    with FakeHub() as hub:
+        hub._create({"type": "model", "organization": "me", "name": "simclr-atm"})  # exists, public
+        res = run_cli(["train", "simclr", "recipes/contrastive_cpu_smoke.yaml", "--output_dir", str(out),
+                       "--push_to_hub", "--hub_model_id", "me/simclr-atm", "--hub_private_repo", "true"],
+                      hub.url, tmp_path)
+        assert res.returncode == 2 and "me/simclr-atm exists and is public" in res.stderr
+        assert "push without --hub_private_repo true" in res.stderr
+        assert not out.exists() and not hub.commits  # nothing trained, nothing uploaded

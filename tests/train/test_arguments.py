@@ -36,5 +36,14 @@ def test_a_resume_with_other_optimisation_settings_is_refused_by_name(tmp_path, 
     with pytest.raises(ValueError, match=r"checkpoint-2 was trained with other settings \(--learning_rate 0.001 → "
                                          r"0.003; --per_device_train_batch_size 4 → 2\)"):
         run(out, 4, data=shapes_data, learning_rate=3e-3, per_device_train_batch_size=2, resume_from_checkpoint="true")
+    # Another process count: the global batch and the rows skipped as seen would change (Trainer keeps one RNG
+    # state per process when there are several).
+    last = out / "checkpoint-2"
+    for rank in (0, 1):
+        (last / f"rng_state_{rank}.pth").write_bytes((last / "rng_state.pth").read_bytes())
+    with pytest.raises(ValueError, match=r"other settings \(processes 2 → 1\).*per-device batch × processes"):
+        run(out, 4, data=shapes_data, learning_rate=1e-3, resume_from_checkpoint="true")
+    for rank in (0, 1):
+        (last / f"rng_state_{rank}.pth").unlink()
     # More steps is what a resume is for.
     assert run(out, 3, data=shapes_data, learning_rate=1e-3, resume_from_checkpoint="true").state.global_step == 3
