@@ -87,23 +87,41 @@ def seed_per_process(trainer):
 
 def resume_point(training_args) -> str | None:
     """The checkpoint to resume from: `--resume_from_checkpoint` a folder, or true/latest for the output folder's
-    last. An output folder that already holds checkpoints is not trained into afresh: Trainer's rotation
-    (`save_total_limit`, by step) would delete the new run's checkpoints first and keep the old run's."""
+    last complete one. An output folder that already holds checkpoints is not trained into afresh: Trainer's
+    rotation (`save_total_limit`, by step) would delete the new run's checkpoints first and keep the old run's."""
     from transformers.trainer_utils import get_last_checkpoint
 
     asked = training_args.resume_from_checkpoint
     out = training_args.output_dir
     last = get_last_checkpoint(out) if os.path.isdir(out) else None
     if str(asked).lower() in ("true", "latest"):
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint {asked}: {out} holds no checkpoint-* folder to resume")
-        asked = last
+        asked = last_complete_checkpoint(out) if last else None
+        if asked is None:
+            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: {out} holds no "
+                             f"{'complete ' if last else ''}checkpoint-* folder to resume")
     elif asked is None and last is not None:
         raise ValueError(f"{out} holds checkpoints of an earlier run ({os.path.basename(last)}): resume it with "
                          "--resume_from_checkpoint true, or train into another --output_dir")
     if asked is not None:
         check_resumed_settings(asked, training_args)
     return asked
+
+
+def last_complete_checkpoint(folder: str) -> str | None:
+    """The newest `checkpoint-N` that holds its trainer_state.json, which Trainer writes last: a crash while saving
+    (preemption, a full disk) leaves a newer folder without it, which Trainer would fail to resume from."""
+    import re
+
+    steps = sorted(((int(m.group(1)), name) for name in os.listdir(folder)
+                    if (m := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isdir(os.path.join(folder, name))),
+                   reverse=True)
+    for i, (_, name) in enumerate(steps):
+        if os.path.isfile(os.path.join(folder, name, "trainer_state.json")):
+            if i:
+                logger.warning("%s: resuming from %s; %s left off (no trainer_state.json: its save did not finish)",
+                               folder, name, ", ".join(n for _, n in steps[:i]))
+            return os.path.join(folder, name)
+    return None
 
 
 # Settings a resumed run takes from its checkpoint whatever the command line now says: the optimizer's state

@@ -47,3 +47,19 @@ def test_a_resume_with_other_optimisation_settings_is_refused_by_name(tmp_path, 
         (last / f"rng_state_{rank}.pth").unlink()
     # More steps is what a resume is for.
     assert run(out, 3, data=shapes_data, learning_rate=1e-3, resume_from_checkpoint="true").state.global_step == 3
+
+
+def test_a_checkpoint_whose_save_did_not_finish_is_passed_over_on_resume(tmp_path, shapes_data, caplog):
+    out = tmp_path / "mae"
+    run(out, 2, data=shapes_data)
+    # A crash while saving step 3: the weights half written, no trainer_state.json (Trainer writes it last).
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "model.safetensors").write_bytes(b"\0" * 10)
+    resumed = run(out, 4, data=shapes_data, resume_from_checkpoint="true")
+    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
+    assert "resuming from checkpoint-2; checkpoint-3 left off" in caplog.text
+    # Nothing complete to resume: said so.
+    other = tmp_path / "other"
+    (other / "checkpoint-1").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no complete checkpoint-\\* folder to resume"):
+        run(other, 2, data=shapes_data, resume_from_checkpoint="true")
