@@ -167,7 +167,8 @@ def main_segment(args):
         reduce_labels=args.reduce_labels, image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
         learning_rate=args.learning_rate, batch_size=args.batch_size, revision=args.revision,
         use_cpu=trainer_use_cpu(args, "eval segment"))
-    print(json.dumps(results, indent=1))
+    if results:  # the main process's; the others return []
+        print(json.dumps(results, indent=1))
     return results
 
 
@@ -179,7 +180,8 @@ def main_detect(args):
         epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate, batch_size=args.batch_size,
         min_size=args.min_size, max_size=args.max_size, trainable_layers=args.trainable_layers,
         use_cpu=trainer_use_cpu(args, "eval detect"))
-    print(json.dumps(results, indent=1))
+    if results:  # the main process's; the others return []
+        print(json.dumps(results, indent=1))
     return results
 
 
@@ -193,7 +195,8 @@ def main_finetune(args):
                                       args.image_column, args.label_column, size, args.epochs,
                                       args.learning_rate, args.batch_size, revision=args.revision,
                                       max_steps=args.max_steps, use_cpu=use_cpu)
-    print(json.dumps(results, indent=1))
+    if results:  # the main process's; the others return []
+        print(json.dumps(results, indent=1))
     return results
 
 
@@ -232,6 +235,10 @@ def main_retrieval(args):
             learning_rate=FINETUNE["lr"] if args.finetune_lr is None else args.finetune_lr,
             batch_size=args.batch_size, use_cpu=trainer_use_cpu(args, "eval retrieval --finetune_split"),
             revision=None if args.finetune_dataset else args.revision)  # the evaluated dataset's pinned revision
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under accelerate launch one process scores and writes the results
+        return []
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
@@ -276,7 +283,8 @@ def main_knn(args):
                               image_size=args.image_size or checkpoint_image_size(args.model), k=args.k,
                               temperature=args.temperature,
                               batch_size=args.batch_size, linear=not args.no_linear_probe, device=args.device)
-    print(json.dumps(results, indent=1))
+    if results:  # the main process's; the others return []
+        print(json.dumps(results, indent=1))
     return results
 
 

@@ -69,12 +69,13 @@ ROW_COLUMN = "__freeatm_row"
 def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str = "train", image_column="image",
                        caption_column="caption", image_size: int | None = None, max_length: int = 35,
                        epochs: float = 6, max_steps: int = -1, learning_rate: float = 1e-5, batch_size: int = 32,
-                       seed: int = 0, use_cpu=None, revision: str | None = None) -> str:
+                       seed: int = 0, use_cpu=None, revision: str | None = None) -> str | None:
     """Fine-tune a BLIP checkpoint for retrieval with ITC + ITM (the LM loss is off, as in BLIP's retrieval
     fine-tuning) on `split`; images get a random resized crop (no flip: captions may say left and right), and
     an image with several captions contributes a random one per epoch. Each row is one image: its index is the
     image id that keeps the image's features from an earlier epoch, still in the momentum queue
-    (`momentum_distill`), from being its own negative. Saves model and tokenizer to `output_dir` and returns it."""
+    (`momentum_distill`), from being its own negative. Saves model and tokenizer to `output_dir` and returns it
+    (None on the other processes of a distributed run, which leave the card and scoring to the main one)."""
     import random
 
     from torchvision.transforms import v2
@@ -119,6 +120,8 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
                           callbacks=callbacks)
     trainer.train()
     trainer.save_model(output_dir)
+    if not trainer.is_world_process_zero():  # under accelerate launch one process writes the facts and scores
+        return None
     _carry_card_facts(model_dir, output_dir, dataset, split, trainer.state.global_step, learning_rate)
     return output_dir
 

@@ -189,6 +189,22 @@ def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
     card = ModelCard.load(ft / "README.md")
     assert "attention-masks" in card.data.tags and "Position prompts on a 3×3 grid" in card.text
     assert "ret [train], 2 steps at lr 0.001" in card.text and str(tmp_path) not in card.text
+    # Another process of an `accelerate launch` run trains along, then leaves the card and scoring to the main one
+    # (which writes them while it would read them).
+    from accelerate import PartialState
+
+    from freeatm_hf.train.blip import BlipTrainer
+
+    results = (ft / "eval_results.json").read_text()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(BlipTrainer, "is_world_process_zero", lambda self: False)
+        mp.setattr(PartialState, "is_main_process", property(lambda self: False))
+        assert eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--device",
+                          "cpu", "--finetune_split", "train", "--finetune_dir", str(tmp_path / "ft-rank1"),
+                          "--finetune_max_steps", "1", "--batch_size", "4"]) == []
+        assert eval_main(["retrieval", "--model", str(ft), "--dataset", str(tmp_path / "ret"), "--device", "cpu"]) == []
+    assert not (tmp_path / "ft-rank1" / "card_info.json").exists() and not (tmp_path / "ft-rank1" / "README.md").exists()
+    assert (ft / "eval_results.json").read_text() == results
     with pytest.raises(ValueError, match="finetune_dir"):
         eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--finetune_split",
                    "train"])
