@@ -16,6 +16,7 @@ import argparse
 import copy
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -112,7 +113,12 @@ def main(argv=None):
             opt.zero_grad()
             if done % args.log_every == 1 or args.log_every == 1:
                 logger.info("%s step %d: loss %.4f", name, done, loss.item())
-            if time.time() > stop_at:
+            # Every process stops at the same step (each reads its own clock): one stopping early would meet the
+            # others' gradient all-reduce with its next collective, and the run would hang.
+            stop = torch.tensor(float(time.time() > stop_at), device=acc.device)
+            if acc.num_processes > 1:
+                torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            if stop.item():
                 logger.info("%s stage stopped at step %d (time budget)", name, done)
                 break
         return done
@@ -180,8 +186,14 @@ def main(argv=None):
                                     scheduler=scheduler))
         pipe.to("cpu", torch.float16)
         out = Path(args.output_dir)
-        pipe.save_pretrained(out, safe_serialization=True)
-        _drop_local_paths(out)
+        # Written beside the folder, then swapped in: a run killed at its time limit mid-save (every few minutes)
+        # leaves the last complete save, which `--resume_from` and `freeatm generate` read.
+        tmp = out.with_name(f".{out.name}.saving")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if out.is_dir():  # what the save does not write (say a mask evaluation's report) stays with it
+            shutil.copytree(out, tmp)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        _drop_local_paths(tmp)
         # Totals over every run that led to these weights; `runs` keeps each run's own facts.
         run = dict(unet_steps=step, vae_steps=vae_steps_done, decoder_steps=decoder_steps_done,
                    minutes=round((time.time() - start) / 60, 1), batch_size=args.batch_size,
@@ -189,7 +201,8 @@ def main(argv=None):
                    device=str(acc.device), scene_start=first_scene,
                    scene_end=counter[0] - acc.process_index * 10**9, resumed_from=args.resume_from,
                    world_seed=TRAIN_WORLD_OFFSET + args.seed)
-        update_model_folder(out, training=accumulate_training(previous, run))
+        update_model_folder(tmp, training=accumulate_training(previous, run))
+        swap_in(tmp, out)
         logger.info("saved %s after %d UNet steps (%.1f min)", out, step, (time.time() - start) / 60)
 
     unet_start = time.time()
@@ -244,6 +257,16 @@ def main(argv=None):
     acc.wait_for_everyone()
     save()
     return step
+
+
+def swap_in(new: Path, folder: Path):
+    """Put the complete folder `new` in `folder`'s place: two renames, the old one removed after."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _drop_local_paths(folder: Path):

@@ -114,3 +114,30 @@ def test_next_scene_skips_every_scene_an_earlier_run_drew():
     assert next_scene(legacy) == 160
     assert next_scene({"runs": [*legacy["runs"], {"unet_steps": 1, "batch_size": 4, "scene_end": 300}]}) == 300
     assert next_scene({"unet_steps": 7, "batch_size": 2}) == 16  # a folder written before `runs` existed
+
+
+def test_a_save_that_fails_midway_leaves_the_last_complete_folder(trained, tmp_path, monkeypatch):
+    """A run killed at its time limit mid-save must not leave a folder of mixed or half-written weights: the
+    save is written beside the folder and swapped in whole."""
+    import shutil
+
+    import freeatm_hf.toy.model as model
+    from freeatm_hf.toy.train_t2i import main
+
+    out = tmp_path / "shapes"
+    shutil.copytree(trained, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(model, "update_model_folder", crash)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--output_dir", str(out), "--resume_from", str(out), "--decoder_steps", "1", "--unet_steps", "0",
+              "--batch_size", "2"])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    main(["--output_dir", str(out), "--resume_from", str(out), "--decoder_steps", "1", "--unet_steps", "0",
+          "--batch_size", "2"])
+    assert json.loads((out / "freeatm.json").read_text())["training"]["decoder_steps"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # nothing left beside it
