@@ -5,6 +5,8 @@
 import torch
 from tqdm.auto import tqdm
 
+from ..files import write_text_atomic
+
 
 @torch.no_grad()
 def retrieval_scores(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None,
@@ -145,4 +147,4 @@ def _carry_card_facts(model_dir, output_dir, dataset: str, split: str, steps: in
     facts = json.loads(source.read_text()) if source.is_file() else {"data": None, "training": None}
     facts["training"] = {**(facts.get("training") or {}), "retrieval_finetune":
                          f"{public_dataset_name(dataset)} [{split}], {steps} steps at lr {learning_rate}"}
-    (Path(output_dir) / CARD_INFO_FILE).write_text(json.dumps(facts, indent=2, default=str))
+    write_text_atomic(Path(output_dir) / CARD_INFO_FILE, json.dumps(facts, indent=2, default=str))

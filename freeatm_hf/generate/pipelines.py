@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 # Next to model_index.json: {"capture": CaptureConfig.to_dict(), "threshold": ..., "prompt_mode": ..., ...}, what
@@ -160,7 +162,7 @@ def pipeline_recommendation(source, revision: str | None = None) -> dict | None:
 
 def save_recommendation(folder, capture, threshold=None, **facts) -> Path:
     path = Path(folder) / RECOMMENDATION_FILE
-    path.write_text(json.dumps({"capture": capture.to_dict(), "threshold": threshold, **facts}, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"capture": capture.to_dict(), "threshold": threshold, **facts}, indent=2) + "\n")
     return path
 
 

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_text_atomic
+
 STATE_DIR = ".freeatm"
 SETTINGS_FILE = "settings.json"
 # Settings that do not change the rows: speed-only ones that older versions recorded, and advice to readers.
@@ -155,9 +157,7 @@ class DatasetWriter:
     def _write_settings(self, path: Path, is_main_process: bool):
         if is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_text(json.dumps(self.settings, indent=2, sort_keys=True))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(self.settings, indent=2, sort_keys=True))
 
     def clean_tmp(self):
         """Remove partial shards left by a crash (call on the main process before starting)."""

@@ -230,23 +230,24 @@ def add_stock_exports(folder: str | Path) -> list[str]:
     """Write the method's stock exports into the checkpoint folder itself (`torchvision/<arch>.pth`, `vit/`,
     `blip-retrieval/`, `blip-captioning/`), so that a pushed repo serves them to users without freeatm_hf:
     `ViTModel.from_pretrained(repo, subfolder="vit")`. Returns the paths written, relative to the folder."""
-    folder = Path(folder)
-    model = load_checkpoint(folder)
-    written = []
-    for kind in STOCK_EXPORTS[model.config.model_type.removeprefix("freeatm_")]:
-        rel = f"torchvision/{model.config.backbone}.pth" if kind == "torchvision" else kind
-        if kind == "torchvision" and not has_torchvision_twin(model.config.backbone):
-            continue  # no torchvision counterpart; timm serves it
-        export_checkpoint(folder, folder / rel, kind, model=model)
-        written.append(rel)
-    # Which weights they were made from: a push leaves out an export of earlier weights (`stale_exports`).
+    from ..files import write_text_atomic
     from .model_card import weights_fingerprint
 
+    folder = Path(folder)
+    model = load_checkpoint(folder)
+    kinds = [k for k in STOCK_EXPORTS[model.config.model_type.removeprefix("freeatm_")]
+             if k != "torchvision" or has_torchvision_twin(model.config.backbone)]  # else timm serves it
+    paths = [f"torchvision/{model.config.backbone}.pth" if k == "torchvision" else k for k in kinds]
+    # Which weights each export was made from: a push leaves out an export of other weights (`stale_exports`).
+    # The ones about to be rewritten leave the record first, so one half-written by a crash counts as stale.
     record = folder / EXPORTS_RECORD
     record.parent.mkdir(exist_ok=True)
-    record.write_text(json.dumps({**exports_made(folder), **dict.fromkeys(written, weights_fingerprint(folder))},
-                                 indent=2))
-    return written
+    made = {k: v for k, v in exports_made(folder).items() if k not in paths}
+    write_text_atomic(record, json.dumps(made, indent=2))
+    for kind, rel in zip(kinds, paths, strict=True):
+        export_checkpoint(folder, folder / rel, kind, model=model)
+    write_text_atomic(record, json.dumps({**made, **dict.fromkeys(paths, weights_fingerprint(folder))}, indent=2))
+    return paths
 
 
 EXPORTS_RECORD = ".freeatm/exports.json"  # beside the checkpoint (never pushed): the weights each export is of

@@ -6,6 +6,8 @@ import logging
 import re
 from pathlib import Path
 
+from ..files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.json"
@@ -119,7 +121,7 @@ def add_results(folder: str | Path, new: list[dict]) -> list[dict]:
     merged.update({key(r): r for r in ({**r, "dataset": recorded_source(r["dataset"]), "weights": weights}
                                        for r in new)})
     out = sorted(merged.values(), key=key)
-    (Path(folder) / RESULTS_FILE).write_text(json.dumps(out, indent=2))
+    write_text_atomic(Path(folder) / RESULTS_FILE, json.dumps(out, indent=2))
     return out
 
 
@@ -150,7 +152,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
         saved = json.loads(info_path.read_text())
         data, training = saved.get("data"), saved.get("training")
     else:
-        info_path.write_text(json.dumps({"data": data, "training": training}, indent=2, default=str))
+        write_text_atomic(info_path, json.dumps({"data": data, "training": training}, indent=2, default=str))
     method = config.model_type.removeprefix("freeatm_")
     title, description = DESCRIPTIONS[method]
     data = data or {}

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from ..files import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 # Resume state and temporary files never go to the Hub.
@@ -199,7 +201,7 @@ def _record_push(folder: Path, repo_id: str, repo_type: str, revision: str | Non
     path = Path(folder) / PUSHED_FILE
     try:
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"repo_id": repo_id, "repo_type": repo_type, "revision": revision}))
+        write_text_atomic(path, json.dumps({"repo_id": repo_id, "repo_type": repo_type, "revision": revision}))
     except OSError as e:  # a read-only folder pushes all the same; only the note is lost
         logger.warning("could not note the push in %s: %s", path, e)
 

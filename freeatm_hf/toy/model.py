@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_text_atomic
+
 TOKENIZER_DIR = Path(__file__).parent / "assets" / "tokenizer"
 MODEL_DIR = Path(__file__).parent / "assets" / "shapes-t2i"  # the trained pipeline, once it exists
 MAX_TOKENS = 32  # the longest caption of 4 objects is 26 tokens with start and end
@@ -105,7 +107,7 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
         info["min_attention_peak"] = (mask_eval.get("drawn_filter") or {}).get("min_attention_peak")
         info["mask_eval"] = {k: mask_eval[k] for k in ("config", "segmenter_ceiling_miou", "autoencoder_ceiling", "guidance_scale", "test", "test_unrefined",
                                                        "drawn_filter", "validation", "validation_guidance") if k in mask_eval}
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(info, indent=2) + "\n")
     write_model_card(folder, info)
     return info
 

@@ -2,6 +2,8 @@
 
 import torch
 
+from ..files import write_text_atomic
+
 
 def summarize(name: str, runs: list[dict], keys) -> dict:
     """A table row: mean and (over several seeds) sample standard deviation of each score in `keys`."""
@@ -70,7 +72,7 @@ def keep_recipe(record, recipe: dict) -> None:
     from pathlib import Path
 
     Path(record).parent.mkdir(parents=True, exist_ok=True)
-    Path(record).write_text(json.dumps(recipe, indent=2, sort_keys=True))
+    write_text_atomic(record, json.dumps(recipe, indent=2, sort_keys=True))
 
 
 def pretraining_recipe(flags: list[str], scenes) -> dict:

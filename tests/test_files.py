@@ -1,0 +1,60 @@
+"""Records a later command reads back are written whole or not at all (a crash or a full disk mid-write)."""
+
+from pathlib import Path
+
+import pytest
+
+
+def half_then_fail(monkeypatch):
+    """Every text write stops halfway with a full disk."""
+    real = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    from freeatm_hf.files import write_text_atomic
+
+    path = write_text_atomic(tmp_path / "r.json", '{"a": 1}')
+    assert path.read_text() == '{"a": 1}'
+    half_then_fail(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomic(path, '{"a": 1, "b": 2}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"a": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_checkpoints_results_survive_an_evaluation_that_fails_writing_them(tmp_path, monkeypatch):
+    import json
+
+    from freeatm_hf.hub.model_card import RESULTS_FILE, add_results
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    result = {"task": "image-classification", "dataset": "me/shapes", "split": "test", "metric": "top1"}
+    add_results(tmp_path, [{**result, "value": 0.5}])
+    half_then_fail(monkeypatch)
+    with pytest.raises(OSError):
+        add_results(tmp_path, [{**result, "metric": "top5", "value": 0.9}])
+    monkeypatch.undo()
+    assert [r["metric"] for r in json.loads((tmp_path / RESULTS_FILE).read_text())] == ["top1"]
+
+
+def test_an_export_a_crash_cut_short_counts_as_stale(tmp_path, monkeypatch):
+    from freeatm_hf.hub import export
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=8, proj_dim=4)).save_pretrained(tmp_path)
+    assert export.add_stock_exports(tmp_path) == ["torchvision/resnet18.pth"] and export.stale_exports(tmp_path) == []
+
+    def cut_short(folder, out, to, model=None):  # rewriting the export, killed halfway through the file
+        Path(out).write_bytes(Path(out).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_checkpoint", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        export.add_stock_exports(tmp_path)
+    assert export.stale_exports(tmp_path) == ["torchvision/resnet18.pth"]  # a push leaves it out
