@@ -25,10 +25,14 @@ COMMANDS = {
 
 def setup_logging():
     """INFO from freeatm and the libraries it drives, one line each, but not a line per HTTP request: httpx logs
-    every request at INFO (a push's every Hub call, an LLM augmenter's every prompt)."""
+    every request at INFO (a push's every Hub call, an LLM augmenter's every prompt). Under a launcher (RANK set)
+    the other processes say only warnings: the same lines eight times over said nothing more."""
     import logging
+    import os
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):  # httpx2: huggingface_hub 2.x's client
         logging.getLogger(name).setLevel(logging.WARNING)
 

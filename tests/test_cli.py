@@ -36,3 +36,12 @@ def test_help_shows_every_options_default_also_without_a_help_text():
     assert text.endswith("--revision REVISION ")  # no "(default: None)"
     res = freeatm("eval", "knn", "--help")
     assert res.returncode == 0 and "--test_split TEST_SPLIT (default: test)" in re.sub(r"\s+", " ", res.stdout)
+
+
+def test_under_a_launcher_only_the_main_process_logs_info():
+    code = ("import logging; from freeatm_hf.cli import setup_logging; setup_logging(); "
+            "log = logging.getLogger('freeatm_hf.x'); log.info('said once'); log.warning('said by all')")
+    out = {rank: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                env={**os.environ, "RANK": rank}).stderr for rank in ("0", "1")}
+    assert "said once" in out["0"] and "said by all" in out["0"]
+    assert "said once" not in out["1"] and "said by all" in out["1"]

@@ -91,11 +91,13 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
             check_private_possible(cfg.push_to_hub, "dataset", cfg.private)
     state.wait_for_everyone()
 
-    todo, num_pending = writer.pending(state.process_index, state.num_processes), len(writer.pending())
+    pending = writer.pending()
+    todo = pending[state.process_index::state.num_processes]  # dealt round-robin (`DatasetWriter.pending`)
     # Every rank deals the same list of pending shards: none may have written one before the others have read it.
     state.wait_for_everyone()
-    logger.info("rank %d/%d: %d shards to write (%d of %d in total done)", state.process_index, state.num_processes,
-                len(todo), writer.num_shards - num_pending, writer.num_shards)
+    dealt = ", ".join(f"rank {r}: {len(pending[r::state.num_processes])}" for r in range(state.num_processes))
+    logger.info("shards to write: %s (%d of %d in total done)", dealt if state.num_processes > 1 else len(todo),
+                writer.num_shards - len(pending), writer.num_shards)
     if todo:
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload, revision=cfg.revision)
         if cfg.compile:  # the denoiser: a UNet, or the MM-DiT transformer of SD3 / Flux
