@@ -55,6 +55,7 @@ def test_flags_the_run_would_not_read_are_refused_and_the_other_methods_are_not_
         (["moco", "--pooling", "image", "--mask_threshold", "0.6", "--min_visible", "0.3"],
          r"--mask_threshold \(--pooling image pools no masks \(the baseline\)\); --min_visible"),
         (["simclr", "--adam_beta1", "0.8"], r"--adam_beta1 \(AdamW's, and the optimizer is lars\)"),
+        (["mae", "--optim", "sgd", "--adam_beta2", "0.9"], r"--adam_beta2 \(Adam's, and --optim is sgd\)"),
         (["blip", "--prompts", "none", "--grid", "4"], r"--grid \(--prompts none writes no position prompts\)"),
         (["blip", "--prompts", "none", "--no_shuffle_prompts"], r"--shuffle_prompts \(--prompts none writes no"),
         (["mae", "--data_mode", "real", "--real_dataset", "r", "--mix_ratio", "0.3"],
