@@ -30,7 +30,9 @@ def setup_logging():
     import logging
     import os
 
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    # A launcher sets both; a RANK alone (a cluster's node rank, a stray variable) does not make this a replica.
+    rank, world = os.environ.get("RANK", "0").strip(), os.environ.get("WORLD_SIZE", "1").strip()
+    main_process = not (rank.isdigit() and int(rank) > 0 and world.isdigit() and int(world) > 1)
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):  # httpx2: huggingface_hub 2.x's client

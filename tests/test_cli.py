@@ -41,7 +41,12 @@ def test_help_shows_every_options_default_also_without_a_help_text():
 def test_under_a_launcher_only_the_main_process_logs_info():
     code = ("import logging; from freeatm_hf.cli import setup_logging; setup_logging(); "
             "log = logging.getLogger('freeatm_hf.x'); log.info('said once'); log.warning('said by all')")
-    out = {rank: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                env={**os.environ, "RANK": rank}).stderr for rank in ("0", "1")}
-    assert "said once" in out["0"] and "said by all" in out["0"]
-    assert "said once" not in out["1"] and "said by all" in out["1"]
+    def stderr(**env):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, **env}).stderr
+
+    main, replica = stderr(RANK="0", WORLD_SIZE="2"), stderr(RANK="1", WORLD_SIZE="2")
+    assert "said once" in main and "said by all" in main
+    assert "said once" not in replica and "said by all" in replica
+    # A RANK without a launcher's WORLD_SIZE (a cluster's node rank), or not a number, is a single process.
+    assert "said once" in stderr(RANK="1") and "said once" in stderr(RANK="", WORLD_SIZE="2")

@@ -6,14 +6,29 @@ import pytest
 
 
 def half_then_fail(monkeypatch):
-    """Every text write stops halfway with a full disk."""
-    real = Path.write_text
+    """Every text write stops halfway with a full disk (written through `Path.write_text` or an open file)."""
+    import builtins
+    import io
+
+    real_write_text, real_open = Path.write_text, builtins.open
 
     def write_text(self, text, *args, **kwargs):
-        real(self, text[: len(text) // 2], *args, **kwargs)
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
         raise OSError(28, "No space left on device")
 
+    class HalfFile(io.TextIOWrapper):
+        def write(self, text):
+            super().write(text[: len(text) // 2])
+            raise OSError(28, "No space left on device")
+
+    def open_(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and "b" not in mode:
+            return HalfFile(f.detach())
+        return f
+
     monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(builtins, "open", open_)
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
@@ -26,6 +41,11 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, mon
         write_text_atomic(path, '{"a": 1, "b": 2}')
     monkeypatch.undo()
     assert path.read_text() == '{"a": 1}' and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    # A record kept private stays so, and a symlinked one is rewritten at its target.
+    path.chmod(0o600)
+    (tmp_path / "link.json").symlink_to(path)
+    write_text_atomic(tmp_path / "link.json", "{}")
+    assert (tmp_path / "link.json").is_symlink() and path.read_text() == "{}" and path.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_checkpoints_results_survive_an_evaluation_that_fails_writing_them(tmp_path, monkeypatch):
@@ -49,6 +69,21 @@ def test_an_export_a_crash_cut_short_counts_as_stale(tmp_path, monkeypatch):
 
     SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=8, proj_dim=4)).save_pretrained(tmp_path)
     assert export.add_stock_exports(tmp_path) == ["torchvision/resnet18.pth"] and export.stale_exports(tmp_path) == []
+
+    # One export failing before it writes anything leaves the others current (a push keeps them).
+    real = export.export_checkpoint
+
+    def second_fails(folder, out, to, model=None):
+        if to == "vit":
+            raise KeyboardInterrupt
+        return real(folder, out, to, model=model)
+
+    with monkeypatch.context() as mp:
+        mp.setitem(export.STOCK_EXPORTS, "simclr", ("torchvision", "vit"))
+        mp.setattr(export, "export_checkpoint", second_fails)
+        with pytest.raises(KeyboardInterrupt):
+            export.add_stock_exports(tmp_path)
+    assert export.stale_exports(tmp_path) == []
 
     def cut_short(folder, out, to, model=None):  # rewriting the export, killed halfway through the file
         Path(out).write_bytes(Path(out).read_bytes()[:100])

@@ -238,7 +238,7 @@ def main_retrieval(args):
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under accelerate launch one process scores and writes the results
-        return []
+        return None
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
@@ -283,8 +283,7 @@ def main_knn(args):
                               image_size=args.image_size or checkpoint_image_size(args.model), k=args.k,
                               temperature=args.temperature,
                               batch_size=args.batch_size, linear=not args.no_linear_probe, device=args.device)
-    if results:  # the main process's; the others return []
-        print(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
     return results
 
 

@@ -239,14 +239,16 @@ def add_stock_exports(folder: str | Path) -> list[str]:
              if k != "torchvision" or has_torchvision_twin(model.config.backbone)]  # else timm serves it
     paths = [f"torchvision/{model.config.backbone}.pth" if k == "torchvision" else k for k in kinds]
     # Which weights each export was made from: a push leaves out an export of other weights (`stale_exports`).
-    # The ones about to be rewritten leave the record first, so one half-written by a crash counts as stale.
+    # Each one leaves the record while it is rewritten, so one cut short by a crash counts as stale, the others not.
     record = folder / EXPORTS_RECORD
     record.parent.mkdir(exist_ok=True)
-    made = {k: v for k, v in exports_made(folder).items() if k not in paths}
-    write_text_atomic(record, json.dumps(made, indent=2))
+    made, weights = exports_made(folder), weights_fingerprint(folder)
     for kind, rel in zip(kinds, paths, strict=True):
+        made.pop(rel, None)
+        write_text_atomic(record, json.dumps(made, indent=2))
         export_checkpoint(folder, folder / rel, kind, model=model)
-    write_text_atomic(record, json.dumps({**made, **dict.fromkeys(paths, weights_fingerprint(folder))}, indent=2))
+        made[rel] = weights
+        write_text_atomic(record, json.dumps(made, indent=2))
     return paths
 
 

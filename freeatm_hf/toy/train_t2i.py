@@ -16,6 +16,7 @@ import argparse
 import copy
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -66,6 +67,9 @@ def main(argv=None):
     from ..cli import setup_logging
 
     setup_logging()
+    out = Path(args.output_dir).resolve()  # a symlink's target, `.` by its name
+    recover_swap(out)
+    swap = can_swap(out)
     mp = args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
     acc = Accelerator(mixed_precision=mp)
     torch.manual_seed(args.seed + acc.process_index)
@@ -185,13 +189,13 @@ def main(argv=None):
                                     text_encoder=copy.deepcopy(acc.unwrap_model(text_encoder)), tokenizer=tokenizer,
                                     scheduler=scheduler))
         pipe.to("cpu", torch.float16)
-        out = Path(args.output_dir)
         # Written beside the folder, then swapped in: a run killed at its time limit mid-save (every few minutes)
         # leaves the last complete save, which `--resume_from` and `freeatm generate` read.
-        tmp = out.with_name(f".{out.name}.saving")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if out.is_dir():  # what the save does not write (say a mask evaluation's report) stays with it
-            shutil.copytree(out, tmp)
+        tmp = out.with_name(f".{out.name}.saving") if swap else out
+        if swap:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if out.is_dir():  # what the save does not write (say a mask evaluation's report) stays with it
+                shutil.copytree(out, tmp)
         pipe.save_pretrained(tmp, safe_serialization=True)
         _drop_local_paths(tmp)
         # Totals over every run that led to these weights; `runs` keeps each run's own facts.
@@ -202,7 +206,8 @@ def main(argv=None):
                    scene_end=counter[0] - acc.process_index * 10**9, resumed_from=args.resume_from,
                    world_seed=TRAIN_WORLD_OFFSET + args.seed)
         update_model_folder(tmp, training=accumulate_training(previous, run))
-        swap_in(tmp, out)
+        if swap:
+            swap_in(tmp, out)
         logger.info("saved %s after %d UNet steps (%.1f min)", out, step, (time.time() - start) / 60)
 
     unet_start = time.time()
@@ -257,6 +262,28 @@ def main(argv=None):
     acc.wait_for_everyone()
     save()
     return step
+
+
+def can_swap(folder: Path) -> bool:
+    """Whether saves can be swapped in by renaming (`swap_in`); else they go into the folder in place, as said
+    before training: a mount point cannot be renamed, nor a folder in a parent this user cannot write, and the
+    working directory (or one above it) must stay where it is."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    cwd = Path.cwd().resolve()
+    why = ("it is a mount point" if os.path.ismount(folder)
+           else "its parent is not writable" if not os.access(folder.parent, os.W_OK)
+           else "it holds the working directory" if cwd == folder or folder in cwd.parents else None)
+    if why:
+        logger.warning("%s: saved in place (%s), so a run killed mid-save can leave it half written", folder, why)
+    return why is None
+
+
+def recover_swap(folder: Path):
+    """A run killed between `swap_in`'s two renames left the previous save beside the folder: put it back."""
+    old = folder.with_name(f".{folder.name}.old")
+    if old.is_dir() and not folder.exists():
+        old.rename(folder)
+        logger.warning("%s: restored from %s (a save was interrupted)", folder, old.name)
 
 
 def swap_in(new: Path, folder: Path):

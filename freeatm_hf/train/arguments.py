@@ -96,9 +96,13 @@ def resume_point(training_args) -> str | None:
     last = get_last_checkpoint(out) if os.path.isdir(out) else None
     if str(asked).lower() in ("true", "latest"):
         asked = last_complete_checkpoint(out) if last else None
+        if asked is None and last:
+            raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: {out} holds no complete "
+                             "checkpoint to resume (none has its trainer_state.json: their saves did not finish); "
+                             f"delete its checkpoint-* folders to train afresh")
         if asked is None:
             raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: {out} holds no "
-                             f"{'complete ' if last else ''}checkpoint-* folder to resume")
+                             "checkpoint-* folder to resume")
     elif asked is None and last is not None:
         raise ValueError(f"{out} holds checkpoints of an earlier run ({os.path.basename(last)}): resume it with "
                          "--resume_from_checkpoint true, or train into another --output_dir")
@@ -108,8 +112,9 @@ def resume_point(training_args) -> str | None:
 
 
 def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest `checkpoint-N` that holds its trainer_state.json, which Trainer writes last: a crash while saving
-    (preemption, a full disk) leaves a newer folder without it, which Trainer would fail to resume from."""
+    """The newest `checkpoint-N` that holds its trainer_state.json, which Trainer's main process writes after its
+    own files: a crash while saving (preemption, a full disk) leaves a newer folder without it, which Trainer would
+    fail to resume from."""
     import re
 
     steps = sorted(((int(m.group(1)), name) for name in os.listdir(folder)

@@ -92,9 +92,9 @@ def check_applicable(method: str, args, training_args, given: set[str]):
         optimizer = args.optimizer or OPTIMIZER[method]
         if optimizer != "adamw":
             refuse(["adam_beta1", "adam_beta2", "adam_epsilon"], f"AdamW's, and the optimizer is {optimizer}")
-    else:  # Trainer's own optimizer: its Adam variants and Lion read the betas
+    else:  # Trainer's own optimizer: those without Adam's moments read no betas
         optim = str(getattr(training_args.optim, "value", training_args.optim))
-        if not any(name in optim for name in ("adam", "lion")):
+        if any(name in optim for name in ("sgd", "adagrad", "adafactor", "rmsprop", "lomo")):
             refuse(["adam_beta1", "adam_beta2", "adam_epsilon"], f"Adam's, and --optim is {optim}")
     if method == "blip":
         if args.init_from:

@@ -201,8 +201,8 @@ def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
         mp.setattr(PartialState, "is_main_process", property(lambda self: False))
         assert eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--device",
                           "cpu", "--finetune_split", "train", "--finetune_dir", str(tmp_path / "ft-rank1"),
-                          "--finetune_max_steps", "1", "--batch_size", "4"]) == []
-        assert eval_main(["retrieval", "--model", str(ft), "--dataset", str(tmp_path / "ret"), "--device", "cpu"]) == []
+                          "--finetune_max_steps", "1", "--batch_size", "4"]) is None
+        assert eval_main(["retrieval", "--model", str(ft), "--dataset", str(tmp_path / "ret"), "--device", "cpu"]) is None
     assert not (tmp_path / "ft-rank1" / "card_info.json").exists() and not (tmp_path / "ft-rank1" / "README.md").exists()
     assert (ft / "eval_results.json").read_text() == results
     with pytest.raises(ValueError, match="finetune_dir"):

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,29 @@ def test_a_save_that_fails_midway_leaves_the_last_complete_folder(trained, tmp_p
           "--batch_size", "2"])
     assert json.loads((out / "freeatm.json").read_text())["training"]["decoder_steps"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # nothing left beside it
+
+
+def test_saves_swap_into_the_folder_a_symlink_names_and_in_place_where_a_rename_cannot(tmp_path, monkeypatch, caplog):
+    import os
+
+    from freeatm_hf.toy.train_t2i import can_swap, recover_swap, swap_in
+
+    real = tmp_path / "real"
+    (real / "a").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    folder = (tmp_path / "link").resolve()
+    new = tmp_path / ".real.saving"
+    (new / "b").mkdir(parents=True)
+    assert can_swap(folder)
+    swap_in(new, folder)
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in (tmp_path / "link").iterdir()) == ["b"]
+    # Killed between the two renames: the previous save is put back at the next start.
+    (tmp_path / "real").rename(tmp_path / ".real.old")
+    recover_swap(folder)
+    assert (real / "b").is_dir() and not (tmp_path / ".real.old").exists()
+    # The working directory (`--output_dir .`) is saved into in place, said before training.
+    monkeypatch.chdir(real)
+    assert not can_swap(Path(".").resolve()) and "it holds the working directory" in caplog.text
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(real))
+    assert not can_swap(real) and "it is a mount point" in caplog.text

@@ -61,5 +61,5 @@ def test_a_checkpoint_whose_save_did_not_finish_is_passed_over_on_resume(tmp_pat
     # Nothing complete to resume: said so.
     other = tmp_path / "other"
     (other / "checkpoint-1").mkdir(parents=True)
-    with pytest.raises(ValueError, match="holds no complete checkpoint-\\* folder to resume"):
+    with pytest.raises(ValueError, match="holds no complete checkpoint to resume .* delete its checkpoint-\\* folders"):
         run(other, 2, data=shapes_data, resume_from_checkpoint="true")
