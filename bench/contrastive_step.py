@@ -87,7 +87,7 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
     from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
 
     side = max(args.image_size, 256) if args.image_size >= 224 else args.image_size
-    rows = random_freeatm_rows(args.batch_size * 4, side)
+    rows = random_freeatm_rows(args.batch_size * 4, side, objects=args.objects)  # the pre-made step's count
     with tempfile.TemporaryDirectory() as d:
         Dataset.from_list(rows, features=dataset_features()).to_parquet(f"{d}/train.parquet")
         ds = Dataset.from_parquet(f"{d}/train.parquet")

@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 import torch
-from _common import setup, throughput
+from _common import setup, smooth_image, throughput
 
 
 def main():
@@ -33,7 +33,6 @@ def main():
     import timm
     from datasets import Dataset
     from datasets import Image as ImageFeature
-    from PIL import Image
     from torchvision.transforms import v2
 
     from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -47,8 +46,7 @@ def main():
     rows = []
     for i in range(args.batch_size):
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (args.source_size, args.source_size, 3), dtype=np.uint8)).save(buf, "JPEG",
-                                                                                                              quality=90)
+        smooth_image(rng, args.source_size).save(buf, "JPEG", quality=90)  # a photo's size, not noise's
         rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "label": i % 10})
     ds = Dataset.from_list(rows).cast_column("image", ImageFeature())
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(int(args.image_size * 256 / 224), antialias=True),

@@ -2,6 +2,7 @@
 
     python bench/generate_overhead.py                         # H100: SD1.5-sized, 512 px, 25 steps, batch 16
     python bench/generate_overhead.py --compile               # + torch.compile of the UNet with capture inside
+    python bench/generate_overhead.py --compile_only          # the compiled figures alone (eager plain alongside)
     python bench/generate_overhead.py --preset tiny --device cpu --batch_size 4 --steps 10   # smoke run on CPU
 
 The SD1.5-sized pipeline has random weights (the compute is that of the trained model). Plain and
@@ -47,6 +48,8 @@ def main():
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3, help="timed batches per variant")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(unet) with capture inside")
+    p.add_argument("--compile_only", action="store_true",
+                   help="only the compiled figures (eager plain timed in the same rounds, as their reference)")
     args = p.parse_args()
 
     from freeatm_hf.generate import FreeATMGenerator
@@ -91,11 +94,21 @@ def main():
         out = fn()
         return torch.cuda.max_memory_allocated() / 2**20, out
 
+    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {dev}; preset {args.preset}, {dtype}, batch {args.batch_size}, {args.steps} steps, "
+          f"CFG {args.guidance}, repeats {args.repeats}", flush=True)
+    if not args.compile_only:
+        eager_figures(args, plain, captured, refined, timed, peak, cuda)
+    if args.compile or args.compile_only:
+        compiled_figures(args, pipe, plain, captured, timed)
+
+
+def eager_figures(args, plain, captured, refined, timed, peak, cuda):
     # Warm-up, memory and identity checks. Peak memory of the whole call (the VAE decode of the batch may set
     # it) and of the denoising alone (latents out), where the capture's own allocations live.
     mem_plain, img_plain = peak(plain)
     mem_capture, img_capture = peak(captured)
-    identical = np.array_equal(np.asarray(img_plain), np.asarray(img_capture))
+    identical = np.array_equal(np.asarray(img_plain), np.asarray(img_capture), equal_nan=True)
     lat_plain, _ = peak(lambda: plain(output_type="latent"))
     lat_capture, _ = peak(lambda: captured(output_type="latent"))
     refined()  # warm-up
@@ -107,9 +120,6 @@ def main():
     ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
     rounds = [p / c for p, c in zip(times["plain"], times["capture"])]  # capture/plain speed, round by round
 
-    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {dev}; preset {args.preset}, {dtype}, batch {args.batch_size}, {args.steps} steps, "
-          f"CFG {args.guidance}, repeats {args.repeats}")
     print(f"plain diffusers      : {ips['plain']:.3f} img/s, peak {mem_plain:.0f} MiB")
     print(f"with capture         : {ips['capture']:.3f} img/s, peak {mem_capture:.0f} MiB")
     print(f"ratio capture/plain  : {ips['capture'] / ips['plain']:.4f}x (rounds {min(rounds):.4f}-{max(rounds):.4f})   "
@@ -121,20 +131,44 @@ def main():
               f"whole call; {lat_capture - lat_plain:+.0f} MiB ({(lat_capture / lat_plain - 1) * 100:+.2f} %) of "
               f"{lat_plain:.0f} MiB denoising alone (latents out)")
 
-    if args.compile:
-        pipe.unet = torch.compile(pipe.unet)
-        t = time.perf_counter()
-        captured()
-        plain()
-        print(f"compile warm-up      : {time.perf_counter() - t:.0f} s")
-        ct = {"plain": [], "capture": []}
-        for _ in range(args.repeats):
-            ct["plain"].append(timed(plain)[0])
-            ct["capture"].append(timed(captured)[0])
-        cips = {k: args.batch_size / statistics.median(v) for k, v in ct.items()}
-        print(f"compiled plain       : {cips['plain']:.3f} img/s ({cips['plain'] / ips['plain']:.3f}x eager plain)")
-        print(f"compiled + capture   : {cips['capture']:.3f} img/s ({cips['capture'] / ips['plain']:.3f}x eager plain, "
-              f"{cips['capture'] / cips['plain']:.4f}x compiled plain)")
+
+def compiled_figures(args, pipe, plain, captured, timed):
+    """Compiled plain and compiled capture against eager plain, all three in the same rounds (the same clocks and
+    temperature), after two warm-up calls of each compiled variant; the graph count before and after the timed
+    rounds shows that no recompile was timed."""
+    from torch._dynamo.utils import counters
+
+    eager_unet = pipe.unet
+    compiled_unet = torch.compile(eager_unet)
+
+    def on(unet, fn):
+        def call():
+            pipe.unet = unet
+            return fn()
+        return call
+
+    variants = {"eager plain": on(eager_unet, plain), "compiled plain": on(compiled_unet, plain),
+                "compiled capture": on(compiled_unet, captured)}
+    t = time.perf_counter()
+    for _ in range(2):
+        for name in ("compiled capture", "compiled plain"):
+            variants[name]()
+    variants["eager plain"]()
+    graphs = counters["stats"]["unique_graphs"]
+    print(f"compile warm-up      : {time.perf_counter() - t:.0f} s, {graphs} graphs", flush=True)
+    times = {k: [] for k in variants}
+    for r in range(args.repeats):  # the figures so far after every round: a cut-off run still reports
+        for name, fn in variants.items():
+            times[name].append(timed(fn)[0])
+        ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
+        print(f"after round {r + 1}: compiled plain {ips['compiled plain']:.3f} img/s "
+              f"({ips['compiled plain'] / ips['eager plain']:.3f}x eager plain), compiled + capture "
+              f"{ips['compiled capture']:.3f} img/s ({ips['compiled capture'] / ips['eager plain']:.3f}x eager plain, "
+              f"{ips['compiled capture'] / ips['compiled plain']:.4f}x compiled plain); eager plain "
+              f"{ips['eager plain']:.3f} img/s", flush=True)
+    recompiled = counters["stats"]["unique_graphs"] - graphs
+    print(f"graphs compiled during the timed rounds: {recompiled}" + (" (the figures include compiling)"
+                                                                     if recompiled else ""), flush=True)
 
 
 if __name__ == "__main__":
