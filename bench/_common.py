@@ -17,12 +17,14 @@ def setup(device_name: str):
 
 def throughput(variants: dict, items_per_call: int, calls: int, sync, rounds: int = 3, warmup: int = 1) -> dict:
     """Items/s of each variant (a no-argument callable), timed in alternating rounds so that drift hits all
-    variants alike; the median round counts."""
+    variants alike; the median round counts. The figures so far are printed after every round, so that a bench
+    cut off by its time cap still reports."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in variants}
-    for _ in range(rounds):
+    first = next(iter(variants))
+    for r in range(rounds):
         for k, fn in variants.items():
             sync()
             t = time.perf_counter()
@@ -30,7 +32,10 @@ def throughput(variants: dict, items_per_call: int, calls: int, sync, rounds: in
                 fn()
             sync()
             times[k].append((time.perf_counter() - t) / calls)
-    return {k: items_per_call / statistics.median(v) for k, v in times.items()}
+        ips = {k: items_per_call / statistics.median(v) for k, v in times.items()}
+        print(f"after round {r + 1}: " + ", ".join(f"{k} {v:.1f}/s ({v / ips[first]:.3f}x {first})"
+                                                   for k, v in ips.items()), flush=True)
+    return ips
 
 
 def default_workers(requested: int | None) -> int:
