@@ -85,6 +85,12 @@ def seed_per_process(trainer):
     trainer.add_callback(PerProcessSeedCallback())
 
 
+def settle_resume(training_args):
+    """Settle the checkpoint to resume from (`resume_point`) before any data is read or model built, so that a
+    refused resume is said at once; `fit_and_save` then finds the path."""
+    training_args.resume_from_checkpoint = resume_point(training_args)
+
+
 def resume_point(training_args) -> str | None:
     """The checkpoint to resume from: `--resume_from_checkpoint` a folder, or true/latest for the output folder's
     last complete one. An output folder that already holds checkpoints is not trained into afresh: Trainer's

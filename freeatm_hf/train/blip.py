@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer
 
-from .arguments import DataArguments, fit_and_save
+from .arguments import DataArguments, fit_and_save, settle_resume
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ def train(args: BlipArguments, training_args):
 
     if args.prompts not in ("position", "none"):
         raise ValueError(f"prompts must be 'position' or 'none', got {args.prompts!r}")
+    settle_resume(training_args)
     ds = args.load(seed=training_args.seed, require_text=True)
     set_seed(training_args.seed)
     model, tok = build_blip(args)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .arguments import DataArguments, fit_and_save
+from .arguments import DataArguments, fit_and_save, settle_resume
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
     from .trainer import ContrastiveTrainer
 
     check_optim_unset(training_args)
+    settle_resume(training_args)
     check_milestones(args, training_args)
     from transformers import set_seed
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .arguments import DataArguments, fit_and_save
+from .arguments import DataArguments, fit_and_save, settle_resume
 
 
 @dataclass
@@ -109,6 +109,7 @@ def train(args: MAEArguments, training_args):
 
     if args.streaming:
         raise ValueError("MAE training reads map-style datasets; drop --streaming")
+    settle_resume(training_args)
     ds = args.load(seed=training_args.seed)
     set_seed(training_args.seed)
     model = build_model(args)

@@ -36,6 +36,9 @@ def test_a_resume_with_other_optimisation_settings_is_refused_by_name(tmp_path, 
     with pytest.raises(ValueError, match=r"checkpoint-2 was trained with other settings \(--learning_rate 0.001 → "
                                          r"0.003; --per_device_train_batch_size 4 → 2\)"):
         run(out, 4, data=shapes_data, learning_rate=3e-3, per_device_train_batch_size=2, resume_from_checkpoint="true")
+    # Said before any data is read or model built (here the data would not even load).
+    with pytest.raises(ValueError, match=r"other settings \(--learning_rate 0.001 → 0.003\)"):
+        run(out, 4, data="no-such-folder", learning_rate=3e-3, resume_from_checkpoint="true")
     # Another process count: the global batch and the rows skipped as seen would change (Trainer keeps one RNG
     # state per process when there are several).
     last = out / "checkpoint-2"
