@@ -67,11 +67,13 @@ def main(argv=None):
     from ..cli import setup_logging
 
     setup_logging()
-    out = Path(args.output_dir).resolve()  # a symlink's target, `.` by its name
-    recover_swap(out)
-    swap = can_swap(out)
     mp = args.mixed_precision or ("bf16" if torch.cuda.is_available() else "no")
     acc = Accelerator(mixed_precision=mp)
+    out = Path(args.output_dir).resolve()  # a symlink's target, `.` by its name
+    if acc.is_main_process:  # the one process that saves
+        recover_swap(out)
+    acc.wait_for_everyone()  # before any process reads --resume_from
+    swap = can_swap(out) if acc.is_main_process else False
     torch.manual_seed(args.seed + acc.process_index)
     start = time.time()
     deadline = start + 60 * args.max_minutes
