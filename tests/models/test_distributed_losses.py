@@ -1,7 +1,6 @@
 """The contrastive losses on several processes (gloo, CPU): the batch is the global one."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -9,6 +8,8 @@ import torch.multiprocessing as mp
 
 from freeatm_hf.models.losses import gather_with_grad, instance_nt_xent, moco_info_nce
 from freeatm_hf.models.momentum import enqueue_
+
+from ..distributed import free_port
 
 SIZES = (3, 5)  # instances per process: uneven on purpose
 T = 0.2
@@ -43,12 +44,6 @@ def worker(rank, port, out_dir):
                 "gathered": gathered, "offset": offset, "queue": (feats, ids, ptr)},
                os.path.join(out_dir, f"{rank}.pt"))
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(180)

@@ -2,21 +2,16 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ..distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 8  # the example dataset's: 2 steps × 2 rows × 2 processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(method: str, out: Path) -> list[dict]:
