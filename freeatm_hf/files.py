@@ -26,4 +26,4 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return Path(path)
+    return path

@@ -127,15 +127,13 @@ def make_parser():
                    help="first fine-tune for retrieval (ITC + ITM, BLIP's protocol) on this split")
     r.add_argument("--finetune_dataset", default=None, help="dataset for fine-tuning (default: --dataset)")
     r.add_argument("--finetune_dir", default=None, help="where the fine-tuned model goes (with --finetune_split)")
-    # Unset (None) rather than defaulted, so that one given without --finetune_split is found and refused.
-    r.add_argument("--finetune_epochs", type=float, default=None, help=f"default: {FINETUNE['epochs']:g}")
+    # Unset (None) rather than defaulted, so that one given without --finetune_split is found and refused; unset,
+    # `finetune_retrieval`'s own defaults apply (BLIP's retrieval fine-tuning).
+    r.add_argument("--finetune_epochs", type=float, default=None, help="default: 6")
     r.add_argument("--finetune_max_steps", type=int, default=None,
                    help="stop after this many steps (overrides --finetune_epochs)")
-    r.add_argument("--finetune_lr", type=float, default=None, help=f"default: {FINETUNE['lr']:g}")
+    r.add_argument("--finetune_lr", type=float, default=None, help="default: 1e-05")
     return p
-
-
-FINETUNE = {"epochs": 6, "lr": 1e-5}  # BLIP's retrieval fine-tuning: 6 epochs at 1e-5
 
 
 def trainer_use_cpu(args, command: str) -> bool | None:
@@ -230,9 +228,8 @@ def main_retrieval(args):
             args.model, args.finetune_dataset or args.dataset, args.finetune_dir, split=args.finetune_split,
             image_column=args.image_column,
             caption_column=args.caption_column, image_size=args.image_size, max_length=args.max_length,
-            epochs=FINETUNE["epochs"] if args.finetune_epochs is None else args.finetune_epochs,
-            max_steps=-1 if args.finetune_max_steps is None else args.finetune_max_steps,
-            learning_rate=FINETUNE["lr"] if args.finetune_lr is None else args.finetune_lr,
+            **{k: v for k, v in (("epochs", args.finetune_epochs), ("max_steps", args.finetune_max_steps),
+                                 ("learning_rate", args.finetune_lr)) if v is not None},
             batch_size=args.batch_size, use_cpu=trainer_use_cpu(args, "eval retrieval --finetune_split"),
             revision=None if args.finetune_dataset else args.revision)  # the evaluated dataset's pinned revision
     from accelerate import PartialState

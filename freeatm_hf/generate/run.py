@@ -20,7 +20,7 @@ from .config import GenerateConfig
 from .generator import FreeATMGenerator
 from .pipelines import load_pipeline, local_fingerprint, pipeline_source, resolved_commit
 from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
-from .writer import DatasetWriter, SettingsMismatchError
+from .writer import DatasetWriter, SettingsMismatchError, deal
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,10 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     state.wait_for_everyone()
 
     pending = writer.pending()
-    todo = pending[state.process_index::state.num_processes]  # dealt round-robin (`DatasetWriter.pending`)
+    todo = deal(pending, state.process_index, state.num_processes)
     # Every rank deals the same list of pending shards: none may have written one before the others have read it.
     state.wait_for_everyone()
-    dealt = ", ".join(f"rank {r}: {len(pending[r::state.num_processes])}" for r in range(state.num_processes))
+    dealt = ", ".join(f"rank {r}: {len(deal(pending, r, state.num_processes))}" for r in range(state.num_processes))
     logger.info("shards to write: %s (%d of %d in total done)", dealt if state.num_processes > 1 else len(todo),
                 writer.num_shards - len(pending), writer.num_shards)
     if todo:

@@ -46,6 +46,12 @@ class Shard:
     stop: int
 
 
+def deal(pending: list, rank: int, world_size: int) -> list:
+    """`rank`'s share of the pending shards: dealt round-robin, so ranks finish together also when a crash left
+    one rank's share done and another's not."""
+    return pending[rank::world_size]
+
+
 class DatasetWriter:
     def __init__(self, out_dir: str | os.PathLike, features, settings: dict, num_rows: int, rows_per_shard: int,
                  split: str = "train", is_main_process: bool = True):
@@ -71,10 +77,8 @@ class DatasetWriter:
         return [Shard(i, i * s, min((i + 1) * s, self.num_rows)) for i in range(self.num_shards)]
 
     def pending(self, rank: int = 0, world_size: int = 1) -> list[Shard]:
-        """Shards not yet written that belong to `rank`: the pending ones dealt round-robin, so ranks finish
-        together also when a crash left one rank's share done and another's not."""
-        todo = [sh for sh in self.shards if not self.shard_path(sh.index).exists()]
-        return todo[rank::world_size]
+        """Shards not yet written that belong to `rank` (`deal`)."""
+        return deal([sh for sh in self.shards if not self.shard_path(sh.index).exists()], rank, world_size)
 
     def is_complete(self) -> bool:
         return all(self.shard_path(i).exists() for i in range(self.num_shards))

@@ -85,12 +85,6 @@ def seed_per_process(trainer):
     trainer.add_callback(PerProcessSeedCallback())
 
 
-def settle_resume(training_args):
-    """Settle the checkpoint to resume from (`resume_point`) before any data is read or model built, so that a
-    refused resume is said at once; `fit_and_save` then finds the path."""
-    training_args.resume_from_checkpoint = resume_point(training_args)
-
-
 def resume_point(training_args) -> str | None:
     """The checkpoint to resume from: `--resume_from_checkpoint` a folder, or true/latest for the output folder's
     last complete one. An output folder that already holds checkpoints is not trained into afresh: Trainer's
@@ -171,10 +165,10 @@ def check_resumed_settings(checkpoint: str, training_args):
                          "train afresh into another --output_dir")
 
 
-def fit_and_save(trainer, args: DataArguments, ds, training_args, card: bool = True):
-    """Train (resuming if asked: see `resume_point`), save the model, write its card (main process; every
-    checkpoint gets one too), log and save the metrics."""
-    resume = resume_point(training_args)
+def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | None, card: bool = True):
+    """Train (from `resume`, the checkpoint `resume_point` settled before any data was read or model built, so
+    that a refused resume is said at once), save the model, write its card (main process; every checkpoint gets
+    one too), log and save the metrics."""
     data, training = (args.data_info(ds), training_info(training_args)) if card else (None, None)
     if card:
         from .callbacks import ModelCardCallback

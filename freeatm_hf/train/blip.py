@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer
 
-from .arguments import DataArguments, fit_and_save, settle_resume
+from .arguments import DataArguments, fit_and_save, resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def train(args: BlipArguments, training_args):
 
     if args.prompts not in ("position", "none"):
         raise ValueError(f"prompts must be 'position' or 'none', got {args.prompts!r}")
-    settle_resume(training_args)
+    resume = resume_point(training_args)  # a refused resume is said before any data is read
     ds = args.load(seed=training_args.seed, require_text=True)
     set_seed(training_args.seed)
     model, tok = build_blip(args)
@@ -204,4 +204,4 @@ def train(args: BlipArguments, training_args):
     # the tokenizer would turn every pixel into a Python list and back (~50× slower collation).
     trainer = BlipTrainer(model=model, args=training_args, train_dataset=ds, callbacks=callbacks,
                           processing_class=tok, data_collator=default_data_collator)
-    return fit_and_save(trainer, args, ds, training_args)
+    return fit_and_save(trainer, args, ds, training_args, resume)

@@ -76,11 +76,13 @@ def check_applicable(method: str, args, training_args, given: set[str]):
     (mae_atm.yaml's `beta_max` under `--guided false`, the documented baseline) are not refused."""
     from .contrastive import OPTIMIZER
 
-    unread = {f"--{k}": why for k, why in OTHER_METHODS_FLAGS.get(method, {}).items() if k in given}
+    unread = {}
 
     def refuse(flags, why):
         unread.update({f"--{k}": why for k in flags if k in given})
 
+    for flag, why in OTHER_METHODS_FLAGS.get(method, {}).items():
+        refuse([flag], why)
     if args.data_mode == "real":
         refuse(["min_attention_peak"], "--data_mode real reads no masks")
     if args.data_mode != "mix":
@@ -162,7 +164,6 @@ def method_defaults(method: str, args, training_args, given: set[str]) -> dict:
 
 
 def main(argv=None):
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .arguments import DataArguments, fit_and_save, settle_resume
+from .arguments import DataArguments, fit_and_save, resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
     from .trainer import ContrastiveTrainer
 
     check_optim_unset(training_args)
-    settle_resume(training_args)
+    resume = resume_point(training_args)  # a refused resume is said before any data is read
     check_milestones(args, training_args)
     from transformers import set_seed
 
@@ -194,5 +194,5 @@ def train(method: str, args: ContrastiveArguments, training_args):
                                    optimizers=(optimizer, None), callbacks=callbacks,
                                    gpu_photometric=args.gpu_photometric, image_size=args.image_size,
                                    color_strength=args.color_strength)
-    return fit_and_save(trainer, args, ds, training_args)
+    return fit_and_save(trainer, args, ds, training_args, resume)
 

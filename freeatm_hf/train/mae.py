@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .arguments import DataArguments, fit_and_save, settle_resume
+from .arguments import DataArguments, fit_and_save, resume_point
 
 
 @dataclass
@@ -109,7 +109,7 @@ def train(args: MAEArguments, training_args):
 
     if args.streaming:
         raise ValueError("MAE training reads map-style datasets; drop --streaming")
-    settle_resume(training_args)
+    resume = resume_point(training_args)  # a refused resume is said before any data is read
     ds = args.load(seed=training_args.seed)
     set_seed(training_args.seed)
     model = build_model(args)
@@ -118,4 +118,4 @@ def train(args: MAEArguments, training_args):
     callbacks = [BetaScheduleCallback(args.beta_max if args.guided else 0.0)]
     trainer = MAETrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate,
                          callbacks=callbacks)
-    return fit_and_save(trainer, args, ds, training_args)
+    return fit_and_save(trainer, args, ds, training_args, resume)
