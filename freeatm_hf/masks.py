@@ -45,6 +45,8 @@ def otsu_threshold(values, bins: int = 256) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
     between[~np.isfinite(between)] = -1
+    if between.max() <= 0:  # one value throughout (a flat map): no cut splits it, nothing is foreground
+        return 1.0
     # Every cut inside an empty gap between the modes scores the same; take the middle of that plateau
     # rather than its first bin, which would hug the lower mode.
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
@@ -69,7 +71,8 @@ def check_threshold(threshold, name: str = "threshold") -> float | str:
 def binarize(normalized, threshold: float | str = DEFAULT_THRESHOLD) -> np.ndarray:
     """`normalized > threshold`; `threshold="otsu"` picks it per map."""
     m = _np(normalized)
-    return m > check_threshold(otsu_threshold(m) if threshold == "otsu" else threshold)
+    t = check_threshold(threshold)
+    return m > (otsu_threshold(m) if t == "otsu" else t)
 
 
 def connected_components(mask) -> tuple[np.ndarray, int]:

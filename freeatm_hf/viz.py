@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .data.rows import rgb
 from .masks import DEFAULT_THRESHOLD, full_resolution_mask
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -20,7 +21,7 @@ def overlay(image: Image.Image, objects: list[dict], threshold: float | str = DE
     `objects` are rows of a freeatm dataset's `objects` column (dicts with `name` and `attention`), so
     masks are re-binarized here at `threshold`. `scale` enlarges small images first (nearest).
     """
-    base = image.convert("RGB")
+    base = rgb(image)
     # Masks and boxes at the image's size (those a dataset stores and a user gets), enlarged with the image.
     results = [full_resolution_mask(np.asarray(o["attention"]), (base.height, base.width), threshold)
                for o in objects]
@@ -59,5 +60,5 @@ def grid(images: list[Image.Image], columns: int, pad: int = 2, background=(255,
     rows = -(-len(images) // columns)
     canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad) + pad), background)
     for k, im in enumerate(images):
-        canvas.paste(im.convert("RGB"), (pad + (k % columns) * (w + pad), pad + (k // columns) * (h + pad)))
+        canvas.paste(rgb(im), (pad + (k % columns) * (w + pad), pad + (k // columns) * (h + pad)))
     return canvas

@@ -69,6 +69,13 @@ def test_otsu_splits_a_bimodal_map_between_the_modes():
     assert m.sum() == 300
 
 
+def test_otsu_on_a_flat_map_marks_nothing():
+    for value in (0.0, 0.5, 1.0):
+        flat = np.full((8, 8), value)
+        assert otsu_threshold(flat) == 1.0
+        assert not binarize(flat, "otsu").any()
+
+
 def test_components_and_largest_component():
     m = np.zeros((6, 6))
     m[0:2, 0:2] = 1.0

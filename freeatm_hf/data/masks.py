@@ -24,6 +24,30 @@ def drawn_objects(objects, min_attention_peak: float | None = None) -> list[dict
     return [o for o in (objects or []) if likely_drawn(o.get("attention_peak"), min_attention_peak)]
 
 
+def attention_map(value) -> np.ndarray:
+    """A stored attention map as float32 in [0, 1]: an 8-bit map divided by 255, as the dataset card states
+    (`masks.full_resolution_mask` reads it so); a binary one (PIL mode "1") as 0 and 1; any other depth min-max
+    scaled, a flat one to zeros. Dividing a 1-bit or 16-bit map by 255 would drop or swell every mask."""
+    a = np.asarray(value)
+    if a.ndim != 2:
+        raise ValueError(f"an attention map must be single-channel (height, width), got shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError("an attention map holds NaN or infinite values")
+    lo, hi = (a.min(), a.max()) if a.size else (0.0, 0.0)
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def maps_at(objects, size: tuple[int, int]) -> torch.Tensor:
+    """`(K, H, W)` the objects' attention maps resized to `size`, each on its own (they need not share a size)."""
+    if not objects:
+        return torch.zeros(0, *size)
+    return torch.cat([F.interpolate(torch.from_numpy(attention_map(o["attention"]))[None, None], size=size,
+                                    mode="bilinear", align_corners=False)[0] for o in objects])
+
+
 def row_masks(row: dict, size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD, mode: str = "binary") -> torch.Tensor:
     """`(K, H, W)` float masks at image `size=(height, width)` for the row's objects.
 
@@ -34,9 +58,9 @@ def row_masks(row: dict, size: tuple[int, int], threshold: float | str = DEFAULT
     """
     if mode not in ("binary", "soft"):
         raise ValueError(f"mode must be 'binary' or 'soft', got {mode!r}")
-    maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in (row.get("objects") or [])]
-    if maps:
-        t = F.interpolate(torch.from_numpy(np.stack(maps))[None], size=size, mode="bilinear", align_corners=False)[0]
+    objects = row.get("objects") or []
+    if objects:
+        t = maps_at(objects, size)
         if threshold == "otsu":  # per map, on the resized map as the dataset's boxes were
             from ..masks import otsu_threshold
 

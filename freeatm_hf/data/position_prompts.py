@@ -13,6 +13,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from .rows import rgb
+
 TEMPLATE = "The {name} is in block {block}."
 
 
@@ -82,7 +84,7 @@ class PositionPromptTransform:
 
     def __call__(self, image, caption: str, names: list[str], boxes: list, seed: int | None = None):
         if not isinstance(image, torch.Tensor):
-            image = v2.functional.pil_to_tensor(image.convert("RGB"))
+            image = v2.functional.pil_to_tensor(rgb(image))
         h, w = image.shape[-2:]
         have = [i for i, b in enumerate(boxes) if b is not None]
         bb = tv_tensors.BoundingBoxes(torch.tensor([boxes[i] for i in have], dtype=torch.float32).view(-1, 4),

@@ -39,6 +39,21 @@ def load(source: str, split: str = "train", streaming: bool = False, **kwargs):
                                 "network (HF_HUB_OFFLINE)") from e
 
 
+def as_images(ds, column: str, where: str = "the dataset"):
+    """`ds` with `column` read as images: a column of file paths (what a CSV or JSON Lines dataset holds), or of
+    `{bytes, path}` written without the `datasets` schema, is cast to `datasets.Image`, which decodes each when
+    read; a column of anything else is refused here, before a run that would crash on its first row. A column of unknown type (a stream that states no features) is left."""
+    from datasets import Image, Value
+
+    feature = (ds.features or {}).get(column)
+    if feature is None or isinstance(feature, Image):
+        return ds
+    paths = isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+    if paths or (isinstance(feature, dict) and set(feature) == {"bytes", "path"}):  # the latter: Arrow's own writers
+        return ds.cast_column(column, Image())
+    raise ValueError(f"column {column!r} of {where} holds {feature}, not images (nor paths to image files)")
+
+
 def _load(source: str, split: str, streaming: bool):
     return load(source, split=split, streaming=streaming)
 
@@ -68,6 +83,7 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
     cols = _columns(ds)
     if image_column not in cols:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {cols})")
+    ds = as_images(ds, image_column)
     if image_column != "image":
         ds = ds.rename_column(image_column, "image")
     if text_column in cols and text_column != "prompt":

@@ -13,6 +13,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from .rows import rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -72,7 +74,7 @@ class TwoViewTransform:
 
     def __call__(self, image, masks: torch.Tensor) -> dict:
         if not isinstance(image, torch.Tensor):
-            image = F.pil_to_tensor(image.convert("RGB"))
+            image = F.pil_to_tensor(rgb(image))
         if masks.shape[-2:] != image.shape[-2:]:
             raise ValueError(f"masks {tuple(masks.shape[-2:])} and image {tuple(image.shape[-2:])} differ in size")
         v1, m1, s1 = self.view(image, masks)

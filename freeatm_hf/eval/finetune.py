@@ -8,6 +8,8 @@ import tempfile
 import torch
 from torch import nn
 
+from ..data.rows import rgb
+
 
 class CNNClassifier(nn.Module):
     """timm CNN backbone + global average pool + linear head; returns `{"loss", "logits"}` for Trainer."""
@@ -70,7 +72,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     test_tf = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True), *norm])
 
     def with_tf(tf):
-        return lambda b: {"pixel_values": [tf(im.convert("RGB")) for im in b[image_column]], "labels": b[label_column]}
+        return lambda b: {"pixel_values": [tf(rgb(im)) for im in b[image_column]], "labels": b[label_column]}
 
     train_ds, test_ds = train_ds.with_transform(with_tf(train_tf)), test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)

@@ -157,6 +157,7 @@ def make_transform(args: BlipArguments, tokenizer):
 
     from ..data.masks import drawn_objects
     from ..data.position_prompts import PositionPromptTransform
+    from ..data.rows import one_caption
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     max_length = args.max_length or MAX_LENGTH
@@ -171,7 +172,7 @@ def make_transform(args: BlipArguments, tokenizer):
             objects = drawn_objects(objects, min_peak)
             names = [o["name"] for o in objects] if args.prompts == "position" else []
             boxes = [o["bbox"] for o in objects] if args.prompts == "position" else []
-            img, text = geo(image, prompt, names, boxes)
+            img, text = geo(image, one_caption(prompt), names, boxes)
             pixels.append(finish(img))
             texts.append(text)
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")

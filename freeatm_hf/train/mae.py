@@ -6,10 +6,10 @@
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..data.rows import rgb
 from .arguments import DataArguments, fit_and_save, resume_point
 
 
@@ -56,7 +56,7 @@ def make_transform(args: MAEArguments, config):
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    from ..data.masks import drawn_objects
+    from ..data.masks import drawn_objects, maps_at
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..models.mae import patch_scores
 
@@ -70,11 +70,8 @@ def make_transform(args: MAEArguments, config):
     def transform(batch):
         pixels, scores = [], []
         for image, objects in zip(batch["image"], batch["objects"]):
-            image = v2.functional.pil_to_tensor(image.convert("RGB"))
-            maps = [np.asarray(o["attention"], dtype=np.float32) / 255.0 for o in drawn_objects(objects, min_peak)]
-            h, w = image.shape[-2:]
-            m = (torch.nn.functional.interpolate(torch.from_numpy(np.stack(maps))[None], size=(h, w), mode="bilinear",
-                                                 align_corners=False)[0] if maps else torch.zeros(0, h, w))
+            image = v2.functional.pil_to_tensor(rgb(image))
+            m = maps_at(drawn_objects(objects, min_peak), tuple(image.shape[-2:]))
             img, m = geometry(tv_tensors.Image(image), tv_tensors.Mask(m))
             pixels.append(finish(img).as_subclass(torch.Tensor))
             s = patch_scores(m.as_subclass(torch.Tensor), config.patch_size)

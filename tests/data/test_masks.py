@@ -77,3 +77,58 @@ def test_training_takes_the_cut_the_dataset_card_recommends_unless_given(tmp_pat
 
     row = load_dataset(str(out), split="train")[0]
     assert [o["name"] for o in row["objects"]] and all(o["attention_peak"] > 0 for o in row["objects"])
+
+
+def _map_image(mode: str, size: int = 32):
+    """A square object in the middle of a `size`² map, stored in PIL `mode`."""
+    a = np.zeros((size, size), np.uint8)
+    a[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    image = Image.fromarray(a)
+    if mode == "I;16":
+        return Image.fromarray(a.astype(np.uint16) * 257)
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["1", "I;16", "F"])
+def test_maps_of_any_depth_give_the_masks_an_8_bit_map_gives(mode):
+    """A binary map divided by 255 was below every threshold (each object dropped, a whole-image mask instead)."""
+    from freeatm_hf.data.masks import row_masks
+
+    reference = row_masks({"objects": [{"attention": _map_image("L")}]}, (64, 64), 0.4)
+    masks = row_masks({"objects": [{"attention": _map_image(mode)}]}, (64, 64), 0.4)
+    assert reference.shape == (1, 64, 64) and reference.mean() == 0.25
+    assert torch.equal(masks, reference)
+
+
+def test_a_colour_map_is_refused_and_maps_of_different_sizes_are_each_resized():
+    from freeatm_hf.data.masks import row_masks
+
+    with pytest.raises(ValueError, match="single-channel"):
+        row_masks({"objects": [{"attention": _map_image("RGB")}]}, (64, 64))
+    small, large = _map_image("L", 16), _map_image("L", 32)
+    both = row_masks({"objects": [{"attention": small}, {"attention": large}]}, (64, 64), 0.4)
+    assert torch.equal(both[0], row_masks({"objects": [{"attention": small}]}, (64, 64), 0.4)[0])
+    assert torch.equal(both[1], row_masks({"objects": [{"attention": large}]}, (64, 64), 0.4)[0])
+
+
+def test_a_flat_map_under_otsu_is_an_empty_mask_not_a_crash():
+    """The generator stores an all-zero map for an object whose attention was flat."""
+    from freeatm_hf.data.masks import row_masks
+
+    flat = {"attention": Image.fromarray(np.zeros((16, 16), np.uint8))}
+    drawn = {"attention": _map_image("L", 16)}
+    masks = row_masks({"objects": [flat, drawn]}, (32, 32), "otsu")
+    assert masks.shape == (1, 32, 32) and masks.mean() == 0.25  # the flat one is left out
+    assert torch.equal(row_masks({"objects": [flat]}, (32, 32), "otsu"), torch.ones(1, 32, 32))
+
+
+def test_mae_scores_a_row_whose_maps_differ_in_size():
+    from freeatm_hf.train.mae import MAEArguments, build_model, make_transform
+
+    row = _row()
+    left = row["objects"][0][0]
+    left["attention"] = left["attention"].resize((8, 8), Image.NEAREST)  # the other stays 16×16
+    args = MAEArguments(model_size="tiny", image_size=32, patch_size=8, crop_scale_min=1.0, min_attention_peak=0.0)
+    torch.manual_seed(0)
+    scores = make_transform(args, build_model(args).config)(row)["patch_scores"][0]
+    assert scores.shape == (16,) and (scores > 0).all()  # each half covered by one of the two maps

@@ -174,3 +174,25 @@ def test_a_mistyped_folder_is_named_as_missing_not_a_hub_connection_traceback(tm
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"'scenes-typo' is no folder here, and the Hub could not be asked"):
         load("scenes-typo")
+
+
+def test_a_real_image_column_of_file_paths_is_read_as_images_and_any_other_type_is_refused(tmp_path):
+    """A CSV or JSON Lines dataset names its images by path: the rows crashed at the first `.convert`."""
+    import json
+
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+
+    real = tmp_path / "photos"
+    real.mkdir()
+    with open(real / "train.jsonl", "w") as f:
+        for i in range(3):
+            PILImage.new("RGB", (24, 16), (80 * i, 10, 10)).save(real / f"{i}.png")
+            f.write(json.dumps({"image": str(real / f"{i}.png"), "caption": f"photo {i}", "n": i}) + "\n")
+    ds = pretraining_dataset(real=str(real), mode="real")
+    rows = list(ds)
+    assert [r["image"].size for r in rows] == [(24, 16)] * 3
+    assert [r["image"].getpixel((0, 0)) for r in rows] == [(0, 10, 10), (80, 10, 10), (160, 10, 10)]
+    with pytest.raises(ValueError, match="column 'n' of the dataset holds Value"):
+        pretraining_dataset(real=str(real), mode="real", real_image_column="n")

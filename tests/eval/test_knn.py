@@ -134,3 +134,9 @@ def test_decoding_on_the_device_gives_the_pil_paths_features_in_order():
     assert (F.cosine_similarity(pil[:, None], tv[None], dim=-1).argmax(1) == torch.arange(9)).all()
     with pytest.raises(ValueError, match="decode must be"):
         extract_features(net, ds, tf, device="cpu", decode="nvjpeg")
+
+
+def test_linear_probe_refuses_a_single_training_row():
+    """Its spread is NaN: every standardized feature became NaN and L-BFGS crashed with an overflow message."""
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        linear_probe(torch.ones(1, 4), torch.tensor([0]), torch.ones(2, 4), num_classes=2)

@@ -68,3 +68,22 @@ def test_momentum_distillation_trains_through_the_trainer(tmp_path):
     online, mom = model.text_proj.weight, model.text_proj_m.weight
     assert not torch.equal(mom, start) and not torch.equal(online, mom)
     assert (mom - online).abs().max() < (start - online).abs().max()
+
+
+def test_a_real_row_with_several_captions_trains_on_one_of_them():
+    """COCO-style rows hold a list of captions: `caption.rstrip()` crashed on the first one."""
+    import pytest
+    from datasets import load_dataset
+
+    row = load_dataset(str(space_dir() / "example_dataset"), split="train")[:1]
+    args = BlipArguments(prompts="none", model_size="tiny", image_size=32, max_length=72, crop_scale_min=1.0)
+    _, tok = build_blip(args)
+    transform = make_transform(args, tok)
+    caps = ["a red square", "a blue circle"]
+    seen = set()
+    for _ in range(12):
+        out = transform({"image": row["image"], "prompt": [caps], "objects": [[]]})
+        seen.add(tok.decode(out["input_ids"][0], skip_special_tokens=True).strip(" ."))
+    assert seen == set(caps)
+    with pytest.raises(ValueError, match="needs a caption"):
+        transform({"image": row["image"], "prompt": [None], "objects": [[]]})
