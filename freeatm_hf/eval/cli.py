@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.rows import rgb
+
 EVALUATIONS = ("masks", "knn", "finetune", "segment", "detect", "retrieval")
 
 
@@ -201,11 +203,10 @@ def main_finetune(args):
 def main_retrieval(args):
     import torch
     from torchvision.transforms import v2
-    from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.reading import load
+    from ..data.reading import as_images, load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import record_results
     from .retrieval import recall_at_k, retrieval_scores
@@ -241,24 +242,31 @@ def main_retrieval(args):
     size = args.image_size or model.config.vision_config.image_size
     model.set_image_size(size)  # positions interpolated to another size, not cut off
     ds = load(args.dataset, split=args.split, revision=args.revision)
+    for col in (args.image_column, args.caption_column):
+        if col not in ds.column_names:
+            raise ValueError(f"{args.dataset} [{args.split}] has no column {col!r} (columns: {ds.column_names})")
+    ds = as_images(ds, args.image_column, f"{args.dataset} [{args.split}]")
     tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    pixels, texts, text_to_image = [], [], []
-    for i, row in enumerate(tqdm(ds, desc="images")):
-        pixels.append(tf(row[args.image_column].convert("RGB")))
-        caps = row[args.caption_column]
-        if not isinstance(caps, str) and len(caps) == 0:  # found now, not after the whole ITM re-ranking
+    texts, text_to_image = [], []
+    # Captions first, from their column alone: a row without one is named before any image is decoded.
+    for i, caps in enumerate(ds.with_format("arrow")[args.caption_column].to_pylist()):
+        if not isinstance(caps, str) and not caps:  # found now, not after the whole ITM re-ranking
             raise ValueError(f"image {i} of {args.dataset} [{args.split}] has no caption: text retrieval needs at "
                              "least one per image; leave such images out of the test set")
         for c in [caps] if isinstance(caps, str) else caps:
             texts.append(c)
             text_to_image.append(i)
+    # Images in batches, decoded by the loader: only their embeddings are kept (a test set of float pixels at
+    # 384² is gigabytes).
+    images = torch.utils.data.DataLoader(
+        ds.select_columns([args.image_column]), batch_size=args.batch_size,
+        collate_fn=lambda rows: torch.stack([tf(rgb(r[args.image_column])) for r in rows]))
     enc = tok(texts, padding="max_length", truncation=True, max_length=args.max_length, return_tensors="pt")
-    i2t, t2i = retrieval_scores(model, torch.stack(pixels), enc.input_ids, enc.attention_mask, args.k_test,
-                                args.batch_size)
+    i2t, t2i = retrieval_scores(model, images, enc.input_ids, enc.attention_mask, args.k_test, args.batch_size)
     recall = recall_at_k(i2t, t2i, text_to_image)
     result = {"dataset": args.dataset, "split": args.split, "revision": args.revision,
-              "finetuned_on": args.finetune_split, "images": len(pixels), "texts": len(texts), "k_test": args.k_test,
+              "finetuned_on": args.finetune_split, "images": len(ds), "texts": len(texts), "k_test": args.k_test,
               **recall}
     if args.output:  # first: a card that cannot be written loses nothing
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def labelled_splits(dataset: str, train_split: str, test_split: str, revision, i
     import pyarrow.compute as pc
     from datasets import ClassLabel, Value
 
-    from ..data.reading import load
+    from ..data.reading import as_images, load
 
     distinct_splits(train_split, test_split, "the classifier was fitted on")
     splits = {s: load(dataset, split=s, revision=revision) for s in (train_split, test_split)}
@@ -70,6 +70,7 @@ def labelled_splits(dataset: str, train_split: str, test_split: str, revision, i
             if col not in d.column_names:
                 raise ValueError(f"{dataset} [{s}] has no column {col!r} (columns: {d.column_names}); name it "
                                  f"with --{'image' if col == image_column else 'label'}_column")
+        splits[s] = d = as_images(d, image_column, f"{dataset} [{s}]")
         feature = d.features[label_column]
         if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and "int" in feature.dtype)):
             raise ValueError(f"{dataset} [{s}] column {label_column!r} is {feature}, not a class index (int or "
@@ -102,6 +103,10 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
              for s, d in splits.items()}
     (xtr, ytr), (xte, yte) = feats[train_split], feats[test_split]
     num_classes = int(max(ytr.max(), yte.max())) + 1
+    # The vote and the probe where the features were made: on ImageNet, kNN compares 50k × 1.28M features and
+    # L-BFGS fits 1.28M × 2048 rows a hundred times, seconds on a GPU and hours on a CPU.
+    on = next(backbone.parameters()).device
+    xtr, ytr, xte = xtr.to(on), ytr.to(on), xte.to(on)
     scores = knn_classify(xtr, ytr, xte, k=k, temperature=temperature, num_classes=num_classes)
     base = {"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision}
     results = [{**base, "metric": f"knn{k}_top1", "value": accuracy(scores, yte)}]

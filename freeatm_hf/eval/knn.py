@@ -6,13 +6,17 @@
 import torch
 import torch.nn.functional as F
 
+from ..data.rows import rgb
+
 
 def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
-                 temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+                 temperature: float = 0.07, num_classes: int | None = None, chunk: int | None = None) -> torch.Tensor:
     """Class scores `(N_test, C)`: each of the k nearest training features (cosine) votes for its class with
-    weight exp(similarity / temperature) (Wu et al., 2018, as used by DINO and solo-learn)."""
+    weight exp(similarity / temperature) (Wu et al., 2018, as used by DINO and solo-learn). Test rows go in
+    chunks whose similarities to the training set take at most 1 GiB (`chunk` rows if given)."""
     c = num_classes or int(train_labels.max()) + 1
     train = F.normalize(train_feats.float(), dim=1)
+    chunk = chunk or max(1, min(1024, (1 << 28) // max(1, len(train))))
     scores = []
     for start in range(0, len(test_feats), chunk):
         test = F.normalize(test_feats[start : start + chunk].float(), dim=1)
@@ -39,6 +43,8 @@ def _fit_linear(train_feats, targets, test_feats, out_dim: int, loss_fn, epochs:
     A feature constant on the training set (a dead channel, common after ReLU) is left out, in train and test
     alike: its weight can learn nothing, and dividing by its ~0 spread would turn any test value into a huge
     one that the untrained random weight then adds to every score."""
+    if len(train_feats) < 2:  # a spread of one row is NaN: every feature would be NaN, and L-BFGS would crash
+        raise ValueError(f"a linear probe needs at least 2 training rows, got {len(train_feats)}")
     torch.manual_seed(seed)
     mean, std = train_feats.float().mean(0), train_feats.float().std(0)
     dead = std <= 1e-6
@@ -118,7 +124,7 @@ def extract_features(backbone, dataset, transform, batch_size: int = 256, device
             return [_encoded(r[image_column]) for r in rows], torch.tensor([r[label_column] for r in rows])
     else:
         def collate(rows):
-            return (torch.stack([transform(r[image_column].convert("RGB")) for r in rows]),
+            return (torch.stack([transform(rgb(r[image_column])) for r in rows]),
                     torch.tensor([r[label_column] for r in rows]))
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
@@ -186,4 +192,4 @@ def _pil_decode(data: torch.Tensor) -> torch.Tensor:
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     with Image.open(io.BytesIO(data.numpy().tobytes())) as im:
-        return pil_to_tensor(ImageOps.exif_transpose(im).convert("RGB"))
+        return pil_to_tensor(rgb(ImageOps.exif_transpose(im)))

@@ -5,22 +5,27 @@
 import torch
 from tqdm.auto import tqdm
 
+from ..data.rows import one_caption, rgb
 from ..files import write_text_atomic
 
 
 @torch.no_grad()
-def retrieval_scores(model, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask=None,
+def retrieval_scores(model, pixel_values, input_ids: torch.Tensor, attention_mask=None,
                      k_test: int = 128, batch_size: int = 64) -> torch.Tensor:
     """Image × text score matrix. A row's (or column's) ITC top `k_test` are re-ranked by ITM logit + ITC
     similarity, as in BLIP; the other pairs keep their ITC order below all of them (BLIP gives them all −100,
-    which leaves recall@k for k > k_test to the order of the ids)."""
+    which leaves recall@k for k > k_test to the order of the ids).
+
+    `pixel_values`: one tensor of every image, or batches of them in order (a DataLoader), so that only the
+    image embeddings the re-ranking needs are kept, not a test set of pixels."""
     if k_test < 1:
         raise ValueError(f"k_test is how many pairs per image and per text ITM re-ranks: at least 1, got {k_test}")
     device = next(model.parameters()).device
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     embeds, img_feats = [], []
-    for s in range(0, len(pixel_values), batch_size):
-        e = model.image_embeds(pixel_values[s : s + batch_size].to(device))
+    batches = pixel_values.split(batch_size) if isinstance(pixel_values, torch.Tensor) else pixel_values
+    for batch in tqdm(batches, desc="image embeddings"):
+        e = model.image_embeds(batch.to(device, non_blocking=True))
         embeds.append(e)
         img_feats.append(torch.nn.functional.normalize(model.vision_proj(e[:, 0]), dim=-1))
     embeds, img_feats = torch.cat(embeds), torch.cat(img_feats)
@@ -54,15 +59,35 @@ def _reranked(sim: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> tor
     return row
 
 
-def recall_at_k(i2t: torch.Tensor, t2i: torch.Tensor, text_to_image: list[int]) -> dict:
-    """TR@k from the image→text matrix, IR@k from the text→image matrix (BLIP computes them separately)."""
+def recall_at_k(i2t: torch.Tensor, t2i: torch.Tensor, text_to_image: list[int], ks=(1, 5, 10)) -> dict:
+    """TR@k from the image→text matrix, IR@k from the text→image matrix (BLIP computes them separately), by the
+    package's `retrieval_recall` evaluate module on each query's top max(ks) ids (ranked here, where the
+    matrices are)."""
+    from collections import defaultdict
+
     from .metrics import load_metric
 
+    num_images, num_texts = len(i2t), len(text_to_image)
+    if tuple(i2t.shape) != (num_images, num_texts) or tuple(t2i.shape) != (num_texts, num_images):
+        raise ValueError(f"score matrices {tuple(i2t.shape)} and {tuple(t2i.shape)} do not match {num_images} "
+                         f"images × {num_texts} texts")
+    texts_of = defaultdict(list)
+    for j, image in enumerate(text_to_image):
+        texts_of[image].append(j)
+    captionless = [i for i in range(num_images) if not texts_of[i]]
+    if captionless:
+        # Text retrieval has nothing to find for such an image; counting it a miss would understate TR@k.
+        raise ValueError(f"{len(captionless)} image(s) have no caption (first: image {captionless[0]}): text "
+                         "retrieval needs at least one per image; leave them out of the test set")
     metric = load_metric("retrieval_recall")
-    refs = [[j for j, im in enumerate(text_to_image) if im == i] for i in range(i2t.shape[0])]
-    tr = metric.compute(predictions=i2t.tolist(), references=refs, text_to_image=text_to_image)
-    ir = metric.compute(predictions=t2i.T.tolist(), references=refs, text_to_image=text_to_image)
-    return {**{k: v for k, v in tr.items() if k.startswith("tr")}, **{k: v for k, v in ir.items() if k.startswith("ir")}}
+    top_texts = i2t.topk(min(max(ks), num_texts), dim=1).indices.tolist()
+    top_images = t2i.topk(min(max(ks), num_images), dim=1).indices.tolist()
+    tr = metric.compute(predictions=top_texts, references=[texts_of[i] for i in range(num_images)], ks=ks)
+    ir = metric.compute(predictions=top_images, references=[[i] for i in text_to_image], ks=ks)
+    out = {**{f"tr@{k}": tr[f"r@{k}"] for k in ks}, **{f"ir@{k}": ir[f"r@{k}"] for k in ks}}
+    out["tr_mean"] = sum(out[f"tr@{k}"] for k in ks) / len(ks)
+    out["ir_mean"] = sum(out[f"ir@{k}"] for k in ks) / len(ks)
+    return out
 
 
 ROW_COLUMN = "__freeatm_row"
@@ -84,7 +109,7 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     from transformers import AutoModel, AutoTokenizer, default_data_collator
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.reading import load
+    from ..data.reading import as_images, load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..train.blip import BlipTrainer
     from .finetune import finetune_training_args
@@ -98,15 +123,16 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     for col in (image_column, caption_column):
         if col not in ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {ds.column_names})")
+    ds = as_images(ds, image_column, dataset)
     tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     rng = random.Random(seed)
     ds = ds.add_column(ROW_COLUMN, list(range(len(ds))))
 
     def transform(batch):
-        caps = [c if isinstance(c, str) else rng.choice(c) for c in batch[caption_column]]
+        caps = [one_caption(c, rng) for c in batch[caption_column]]
         enc = tok(caps, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-        return {"pixel_values": [tf(im.convert("RGB")) for im in batch[image_column]],
+        return {"pixel_values": [tf(rgb(im)) for im in batch[image_column]],
                 "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask),
                 "image_ids": batch[ROW_COLUMN]}
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.rows import rgb
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
@@ -69,12 +71,12 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
         return lab
 
     def train_tf(image, annotation):
-        img = tv_tensors.Image(v2.functional.pil_to_tensor(image.convert("RGB")))
+        img = tv_tensors.Image(v2.functional.pil_to_tensor(rgb(image)))
         img, mask = train_geo(img, tv_tensors.Mask(labels_of(annotation)))
         return norm(img), mask.as_subclass(torch.Tensor)
 
     def test_tf(image, annotation):
-        img = v2.functional.pil_to_tensor(image.convert("RGB"))
+        img = v2.functional.pil_to_tensor(rgb(image))
         img = v2.functional.resize(img, [image_size, image_size], antialias=True)
         return norm(img), labels_of(annotation)
 
@@ -99,23 +101,36 @@ def count_labels(annotations, reduce_labels: bool = False) -> int:
     return num_labels
 
 
+def confusion_matrix(prediction, reference, num_labels: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`(num_labels, num_labels)` pixel counts, row: reference class, column: predicted class; pixels whose
+    reference is `ignore_index` are skipped. Label maps: arrays or tensors of one shape."""
+    p, r = torch.as_tensor(prediction).long(), torch.as_tensor(reference).long()
+    if p.shape != r.shape:
+        raise ValueError(f"prediction {tuple(p.shape)} and reference {tuple(r.shape)} differ in shape")
+    keep = r != ignore_index
+    p, r = p[keep], r[keep]
+    if ((r < 0) | (r >= num_labels)).any() or ((p < 0) | (p >= num_labels)).any():
+        raise ValueError(f"labels must lie in [0, {num_labels}) (or be ignore_index={ignore_index})")
+    return torch.bincount(r * num_labels + p, minlength=num_labels * num_labels).view(num_labels, num_labels)
+
+
 @torch.no_grad()
-def predict_label_maps(model, dataset, batch_size: int = 16, device=None):
-    """Arg-max label maps at each reference's resolution: `(predictions, references)` lists."""
+def predict_confusion(model, dataset, num_labels: int, batch_size: int = 16, device=None) -> torch.Tensor:
+    """The test set's confusion matrix of arg-max label maps at each reference's resolution, counted on the
+    device image by image (the maps themselves are not kept: a test set of them is gigabytes)."""
     from tqdm.auto import tqdm
 
     device = device or next(model.parameters()).device
     model.eval()
-    preds, refs = [], []
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.long, device=device)
     for start in tqdm(range(0, len(dataset), batch_size), desc="segment", leave=False):
         rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         logits = model(pixel_values=torch.stack([r["pixel_values"] for r in rows]).to(device)).logits
         for lg, r in zip(logits, rows, strict=True):
             up = nn.functional.interpolate(lg[None].float(), size=r["labels"].shape, mode="bilinear",
                                            align_corners=False)
-            preds.append(up[0].argmax(0).cpu().numpy())
-            refs.append(r["labels"].numpy())
-    return preds, refs
+            confusion += confusion_matrix(up[0].argmax(0), r["labels"].to(device), num_labels)
+    return confusion.cpu()
 
 
 def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_split="train", test_split="test",
@@ -128,7 +143,7 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     from transformers import AutoModel, Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.reading import load
+    from ..data.reading import as_images, load
     from ..hub.model_card import record_results
     from .finetune import finetune_training_args
     from .frozen import distinct_splits
@@ -140,6 +155,8 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     for col in (image_column, label_column):
         if col not in train_ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
+    train_ds, test_ds = (as_images(d, image_column, f"{dataset} [{s}]") for d, s in ((train_ds, train_split),
+                                                                                     (test_ds, test_split)))
     if num_labels is None:
         # Every map: a class first seen late in the split would crash training when its image comes up.
         num_labels = count_labels(train_ds[label_column], reduce_labels)  # a lazy column: decoded one by one
@@ -163,9 +180,8 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     trainer.save_model(output_dir)
     if not trainer.is_world_process_zero():  # one process scores the test split and writes the card
         return []
-    preds, refs = predict_label_maps(trainer.model, test_ds, batch_size=batch_size)
-    scores = load_metric("semantic_miou").compute(predictions=preds, references=refs, num_labels=num_labels,
-                                                  ignore_index=IGNORE_INDEX)
+    confusion = predict_confusion(trainer.model, test_ds, num_labels, batch_size=batch_size)
+    scores = load_metric("semantic_miou").compute(predictions=confusion.tolist(), references=list(range(num_labels)))
     logger.info("segmentation: mIoU %.4f, pixel accuracy %.4f", scores["mean_iou"], scores["overall_accuracy"])
     base = {"task": "image-segmentation", "dataset": dataset, "split": test_split, "revision": revision}
     results = [{**base, "metric": "segmentation_miou", "value": scores["mean_iou"]},

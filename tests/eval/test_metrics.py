@@ -25,12 +25,20 @@ def test_unknown_metric_lists_the_available_ones():
 
 
 def test_semantic_miou_sums_over_images_per_class_and_skips_ignored_pixels():
+    from freeatm_hf.eval.segmentation import confusion_matrix
+
     m = load_metric("semantic_miou")
     r1 = np.array([[0, 0, 1], [0, 1, 1], [2, 2, 255]])
     p1 = np.array([[0, 1, 1], [0, 1, 1], [2, 0, 0]])  # the 255 pixel's prediction must not count
     r2 = np.array([[1, 1], [1, 1]])
     p2 = np.array([[1, 1], [1, 0]])
-    res = m.compute(predictions=[p1, p2], references=[r1, r2], num_labels=4)
+    counts = confusion_matrix(p1, r1, 4) + confusion_matrix(p2, r2, 4)
+    assert counts.sum() == 8 + 4 and counts[0].tolist() == [2, 1, 0, 0] and counts[2].tolist() == [1, 0, 1, 0]
+    res = m.compute(predictions=counts.tolist(), references=[0, 1, 2, 3])
+    # Rows of one class add up: each image's matrix passed on its own scores the same.
+    split = m.compute(predictions=confusion_matrix(p1, r1, 4).tolist() + confusion_matrix(p2, r2, 4).tolist(),
+                      references=[0, 1, 2, 3] * 2)
+    assert split == res
     # class 0: ref {(0,0),(0,1),(1,0)}, pred {(0,0),(1,0),(2,1)} → 2 / 4; image 2 adds pred (1,1) → 2 / 5
     # class 1: ref 3 + 4 = 7, pred 4 + 3 = 7, inter 3 + 3 = 6 → 6 / 8; class 2: ref 2, pred 1, inter 1 → 1 / 2
     # class 3 occurs nowhere: None, and left out of the mean
@@ -38,7 +46,11 @@ def test_semantic_miou_sums_over_images_per_class_and_skips_ignored_pixels():
     assert res["mean_iou"] == pytest.approx((2 / 5 + 6 / 8 + 1 / 2) / 3)
     assert res["overall_accuracy"] == pytest.approx((6 + 3) / (8 + 4))
     with pytest.raises(ValueError, match="labels must lie"):
-        m.compute(predictions=[p1], references=[r1], num_labels=2)
+        confusion_matrix(p1, r1, 2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix(p1, r2, 4)
+    with pytest.raises(ValueError, match="reference classes must lie"):
+        m.compute(predictions=[[1, 0], [0, 1]], references=[0, 2])
 
 
 def test_topk_accuracy_against_hand_counts_and_refuses_short_rankings():

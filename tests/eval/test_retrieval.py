@@ -7,21 +7,37 @@ from freeatm_hf.eval.metrics import load_metric
 
 
 def test_recall_at_k_against_a_hand_computed_matrix():
+    from freeatm_hf.eval.retrieval import recall_at_k
+
     # 3 images, 4 texts: texts 0, 1 → image 0; text 2 → image 1; text 3 → image 2.
-    sim = [[0.9, 0.1, 0.5, 0.0],   # image 0: best text 0 (a hit at rank 1)
-           [0.8, 0.2, 0.3, 0.1],   # image 1: its text 2 ranks 2nd → miss at 1, hit at 5
-           [0.1, 0.2, 0.3, 0.4]]   # image 2: its text 3 ranks 1st
-    r = load_metric("retrieval_recall").compute(predictions=sim, references=[[0, 1], [2], [3]],
-                                                text_to_image=[0, 0, 1, 2], ks=(1, 2))
+    sim = torch.tensor([[0.9, 0.1, 0.5, 0.0],   # image 0: best text 0 (a hit at rank 1)
+                        [0.8, 0.2, 0.3, 0.1],   # image 1: its text 2 ranks 2nd → miss at 1, hit at 2
+                        [0.1, 0.2, 0.3, 0.4]])  # image 2: its text 3 ranks 1st
+    r = recall_at_k(sim, sim.T, text_to_image=[0, 0, 1, 2], ks=(1, 2))
     assert r["tr@1"] == pytest.approx(200 / 3) and r["tr@2"] == 100.0
-    # Texts → images (columns): text 0 → image 0 first ✓; text 1 → image 0 has its lowest score ✗;
-    # text 2 → image 0 scores 0.5 above image 1's 0.3 ✗; text 3 → image 2 first ✓.
-    assert r["ir@1"] == 50.0
+    # Texts → images (columns): text 0 → image 0 first ✓; text 1 → image 0 has its lowest score ✗ (3rd of 3);
+    # text 2 → image 0 scores 0.5 above image 1's 0.3 ✗ (2nd); text 3 → image 2 first ✓.
+    assert r["ir@1"] == 50.0 and r["ir@2"] == 75.0
+    assert r["tr_mean"] == pytest.approx((200 / 3 + 100) / 2) and r["ir_mean"] == 62.5
+
+
+def test_the_recall_module_scores_ranked_ids_against_brute_force_ranks():
+    """The module sees each query's top ids; a full ranking of random scores is the reference."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 30, generator=g)
+    relevant = [torch.randperm(30, generator=g)[: 1 + q % 3].tolist() for q in range(50)]
+    rank = [min(scores[q].argsort(descending=True).tolist().index(i) for i in relevant[q]) for q in range(50)]
+    r = load_metric("retrieval_recall").compute(predictions=scores.topk(10, dim=1).indices.tolist(),
+                                                references=relevant, ks=(1, 5, 10))
+    assert r == {f"r@{k}": pytest.approx(100 * sum(x < k for x in rank) / 50) for k in (1, 5, 10)}
+    assert 0 < r["r@1"] < r["r@5"] < r["r@10"] < 100
 
 
 def test_shape_mismatch_is_named():
-    with pytest.raises(ValueError, match="does not match"):
-        load_metric("retrieval_recall").compute(predictions=[[0.1, 0.2]], references=[[0]], text_to_image=[0])
+    from freeatm_hf.eval.retrieval import recall_at_k
+
+    with pytest.raises(ValueError, match="do not match"):
+        recall_at_k(torch.zeros(1, 2), torch.zeros(2, 1), text_to_image=[0])
 
 
 def test_blip_protocol_runs_and_reranks_only_the_top_k():
@@ -97,9 +113,12 @@ def test_pairs_past_k_test_keep_their_itc_order_below_the_reranked_ones():
 
 
 def test_an_image_without_captions_is_named():
+    from freeatm_hf.eval.retrieval import recall_at_k
+
     with pytest.raises(ValueError, match="have no caption .first: image 1"):
-        load_metric("retrieval_recall").compute(predictions=[[0.9, 0.1], [0.2, 0.3]], references=[[0, 1], []],
-                                                text_to_image=[0, 0])
+        recall_at_k(torch.tensor([[0.9, 0.1], [0.2, 0.3]]), torch.zeros(2, 2), text_to_image=[0, 0])
+    with pytest.raises(ValueError, match="no relevant id .first: query 1"):
+        load_metric("retrieval_recall").compute(predictions=[[0, 1], [1, 0]], references=[[0, 1], []])
 
 
 def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
