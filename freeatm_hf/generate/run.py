@@ -19,7 +19,7 @@ from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmente
 from .config import GenerateConfig
 from .generator import FreeATMGenerator
 from .pipelines import load_pipeline, local_fingerprint, pipeline_source, resolved_commit
-from .schema import OBJECTS, TRUNCATED, dataset_features, output_to_rows
+from .schema import OBJECTS, TRUNCATED, dataset_features, encode_images, output_to_rows
 from .writer import DatasetWriter, SettingsMismatchError, deal
 
 logger = logging.getLogger(__name__)
@@ -118,22 +118,24 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
                    disable=not state.is_local_main_process and state.num_processes > 1)
-        # PNG encoding and Parquet writing of shard k overlap the generation of shard k+1 (one shard in
-        # flight at most, so memory stays bounded); the rename into data/ still happens only when complete.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # Each batch is PNG-encoded by a pool of threads while the next is generated (zlib lets go of the GIL;
+        # one thread encodes 2-7 images/s, slower than a GPU makes them), so a shard in the making holds
+        # compressed bytes; its Parquet writing overlaps the generation of the next shard (one shard in flight
+        # at most, so memory stays bounded); the rename into data/ still happens only when complete.
+        with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(encode_threads()) as encoders:
             pending = None
             for shard in todo:
-                rows = []
+                batches = []
                 for start in range(shard.start, shard.stop, cfg.batch_size):
                     ids = range(start, min(start + cfg.batch_size, shard.stop))
                     out = gen([source[i] for i in ids], seeds=[cfg.seed + i for i in ids],
                               num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                               height=cfg.height, width=cfg.width)
-                    rows += output_to_rows(out)
+                    batches.append(encoders.submit(encode_images, output_to_rows(out)))
                     bar.update(len(ids))
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(writer.write, shard, rows)
+                pending = pool.submit(_write_shard, writer, shard, batches)
             if pending is not None:
                 pending.result()
         bar.close()
@@ -147,6 +149,18 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
 
             push_folder(cfg.output_dir, cfg.push_to_hub, repo_type="dataset", private=cfg.private or None)
     return Path(cfg.output_dir)
+
+
+def encode_threads() -> int:
+    """PNG encoders per process: the CPUs this process may use, shared among the node's processes (up to 8)."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))))
+
+
+def _write_shard(writer: DatasetWriter, shard, batches):
+    writer.write(shard, [row for batch in batches for row in batch.result()])
 
 
 def _generator_file(writer: DatasetWriter) -> Path:

@@ -45,3 +45,15 @@ def output_to_rows(out) -> list[dict]:
             SEED: seed,
         })
     return rows
+
+
+def encode_images(rows: list[dict]) -> list[dict]:
+    """The rows with their image and maps encoded as `datasets.Image` stores them (`{"bytes", "path"}`, by its
+    own encoder: the bytes a shard of PIL rows would hold), in place. A shard in the making then holds
+    compressed bytes, not pixels, and the encoding runs beside generation instead of in the one writer."""
+    encode = Image().encode_example
+    for row in rows:
+        row[IMAGE] = encode(row[IMAGE])
+        for o in row[OBJECTS]:
+            o["attention"] = encode(o["attention"])
+    return rows

@@ -110,3 +110,36 @@ def test_advice_to_readers_does_not_block_a_resume(tmp_path):
     w.write(w.shards[0], rows(2))
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none", "min_attention_peak": 0.05}, num_rows=4,
                   rows_per_shard=2)
+
+
+def test_rows_encoded_beside_generation_write_the_shard_pil_rows_would(tmp_path):
+    """The generation job encodes each batch as it comes (`encode_images`): the shard must hold the same bytes,
+    and read back the same pixels, as one written from the PIL rows."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+    from PIL import Image
+
+    from freeatm_hf.generate.schema import encode_images
+
+    def scene():
+        rng = np.random.default_rng(0)
+        out = rows(3)
+        for r in out:
+            r["image"] = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+            r["objects"] = [{"name": "cat", "token_indices": [2], "bbox": [1.0, 2.0, 9.0, 12.0], "area": 0.1,
+                             "attention_peak": 0.2,
+                             "attention": Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L")}]
+        return out
+
+    tables = {}
+    for name, batch in (("pil", scene()), ("encoded", encode_images(scene()))):
+        w = DatasetWriter(tmp_path / name, dataset_features(), {"a": 1}, num_rows=3, rows_per_shard=3)
+        w.write(w.shards[0], batch)
+        tables[name] = pq.read_table(w.shard_path(0))
+    assert isinstance(encode_images(scene())[0]["image"]["bytes"], bytes)
+    assert tables["encoded"].equals(tables["pil"])
+    back = load_dataset(str(tmp_path / "encoded"), split="train")
+    original = scene()
+    assert np.array_equal(np.asarray(back[1]["image"]), np.asarray(original[1]["image"]))
+    assert np.array_equal(np.asarray(back[2]["objects"][0]["attention"]), np.asarray(original[2]["objects"][0]["attention"]))
