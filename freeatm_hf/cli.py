@@ -44,6 +44,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     nothing the help text does not (it names what an unset option falls back to)."""
 
     def _get_help_string(self, action):
+        if getattr(action, "shown_default", None) is not None:  # a default set after parsing (train's per method)
+            return f"{action.help} (default: {action.shown_default})"
         if action.default is None:
             return action.help
         return super()._get_help_string(action)

@@ -176,6 +176,8 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     )
     skip = {"architectures", "transformers_version", "dtype", "torch_dtype", "use_cache", "model_type"}
     hyper = {k: v for k, v in config.to_diff_dict().items() if not k.startswith("_") and k not in skip}
+    if "label_smoothing" in (hyper.get("text_config") or {}):  # BLIP's caption loss reads its text config's only
+        hyper.pop("label_smoothing", None)
     hyper.update({k: getattr(v, "value", v) for k, v in (training or {}).items() if v is not None})
     card = ModelCard.from_template(
         card_data, template_path=str(template_path("model_card.md")), model_name=name, method_title=title,

@@ -67,11 +67,16 @@ class DataArguments:
                                    real_text_column=self.real_text_column, require_text=require_text)
 
 
-def training_info(training_args) -> dict:
-    """The TrainingArguments worth putting in a model card."""
-    keys = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_steps",
-            "lr_scheduler_type", "seed", "bf16")
-    return {**{k: getattr(training_args, k) for k in keys}, "world_size": training_args.world_size}
+def training_info(training_args, optimizer: str | None = None) -> dict:
+    """The TrainingArguments worth putting in a model card, and the optimizer: `optimizer` when the method builds
+    its own (SimCLR's LARS, MoCo's SGD), else Trainer's `--optim`; Adam's betas when it has them."""
+    keys = ("learning_rate", "weight_decay", "warmup_steps", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "num_train_epochs", "max_steps", "lr_scheduler_type", "seed", "bf16")
+    info = {k: getattr(training_args, k) for k in keys}
+    info["optimizer"] = optimizer or str(getattr(training_args.optim, "value", training_args.optim))
+    if "adam" in info["optimizer"]:
+        info.update(adam_beta1=training_args.adam_beta1, adam_beta2=training_args.adam_beta2)
+    return {**info, "world_size": training_args.world_size}
 
 
 def seed_per_process(trainer):
@@ -165,11 +170,12 @@ def check_resumed_settings(checkpoint: str, training_args):
                          "train afresh into another --output_dir")
 
 
-def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | None, card: bool = True):
+def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | None, card: bool = True,
+                 optimizer: str | None = None):
     """Train (from `resume`, the checkpoint `resume_point` settled before any data was read or model built, so
     that a refused resume is said at once), save the model, write its card (main process; every checkpoint gets
-    one too), log and save the metrics."""
-    data, training = (args.data_info(ds), training_info(training_args)) if card else (None, None)
+    one too), log and save the metrics. `optimizer`: the one the method built, when not Trainer's."""
+    data, training = (args.data_info(ds), training_info(training_args, optimizer)) if card else (None, None)
     if card:
         from .callbacks import ModelCardCallback
 

@@ -60,10 +60,43 @@ def parse(method: str, argv: list[str]):
         description=f"{method}'s own arguments first, then transformers' TrainingArguments. Recipes: recipes/*.yaml.")
     import argparse
 
-    for action in parser._actions:  # SimCLR and MoCo share one dataclass: keep the other method's out of the help
-        if action.dest in OTHER_METHODS_FLAGS.get(method, {}):
+    hidden = set(OTHER_METHODS_FLAGS.get(method, {})) | set(REFUSED_TRAINER_FLAGS.get(method, ()))
+    shown = method_help_defaults(method)
+    for action in parser._actions:
+        # SimCLR and MoCo share one dataclass: the other method's flags, and Trainer's that are refused, stay out
+        # of the help; Trainer's defaults that the method replaces are shown as the method's.
+        if action.dest in hidden:
             action.help = argparse.SUPPRESS
+        elif action.dest in TRAINER_HELP:
+            action.help = TRAINER_HELP[action.dest]
+        if action.dest in shown:
+            action.shown_default = shown[action.dest]
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+# Trainer's flags whose own help says what freeatm does not do.
+TRAINER_HELP = {
+    "push_to_hub": "Upload the finished output folder (weights, card, exports) to the Hub once, at the end.",
+    "resume_from_checkpoint": "Continue from this checkpoint folder, or `true` for the output directory's last "
+                              "complete one (the settings must be the checkpoint's).",
+}
+REFUSED_TRAINER_FLAGS = {  # refused by check_applicable or the method: not offered in its help
+    "simclr": ("optim", "hub_strategy", "hub_always_push"), "moco": ("optim", "hub_strategy", "hub_always_push"),
+    "mae": ("hub_strategy", "hub_always_push"), "blip": ("hub_strategy", "hub_always_push"),
+}
+
+
+def method_help_defaults(method: str) -> dict[str, str]:
+    """What `--help` shows as the default of the Trainer settings `method_defaults` replaces."""
+    from .contrastive import OPTIMIZER
+
+    shown = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in METHOD_SETTINGS[method].items()}
+    if method == "blip":
+        shown["learning_rate"] = f"{BLIP_LR['scratch']:g}, {BLIP_LR['init_from']:g} with --init_from"
+    else:
+        shown["learning_rate"] = f"{BASE_LR[method]:g} × global batch / 256" + (
+            f" with {OPTIMIZER[method]}; give one for another --optimizer" if method in OPTIMIZER else "")
+    return shown
 
 
 # Flags of the shared dataclass that the method does not read, and why.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.rows import rgb
 from .arguments import DataArguments, fit_and_save, resume_point
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def make_transform(args: ContrastiveArguments):
     def transform(batch: dict) -> dict:
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
         for image, objects in zip(batch["image"], batch["objects"]):
-            image = image.convert("RGB")
+            image = rgb(image)
             masks = row_masks({"objects": drawn_objects(objects, min_peak)}, (image.height, image.width), args.mask_threshold, args.mask_mode)
             views = two(image, masks)
             for k in out:
@@ -194,5 +195,5 @@ def train(method: str, args: ContrastiveArguments, training_args):
                                    optimizers=(optimizer, None), callbacks=callbacks,
                                    gpu_photometric=args.gpu_photometric, image_size=args.image_size,
                                    color_strength=args.color_strength)
-    return fit_and_save(trainer, args, ds, training_args, resume)
+    return fit_and_save(trainer, args, ds, training_args, resume, optimizer=opt_name)
 

@@ -196,3 +196,12 @@ def test_the_card_says_what_the_model_was_trained_on_and_with(tmp_path, method, 
 def test_the_card_says_the_colour_jitter_strength_the_views_were_made_with(tmp_path, strength, says):
     write_model_card(tmp_path, SimCLRConfig(), data={"data_mode": "real", "color_strength": strength}, training={})
     assert f"Colour jitter at {says}." in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+
+
+def test_a_blip_card_states_the_caption_loss_label_smoothing_it_trains_with(tmp_path):
+    """BlipConfig's own `label_smoothing` (0.0, read by nothing) sat beside the text config's 0.1 the loss reads."""
+    from freeatm_hf.models import BlipATMConfig
+
+    write_model_card(tmp_path, BlipATMConfig(), data={"data_mode": "synthetic", "prompts": "position"}, training={})
+    text = (tmp_path / "README.md").read_text()
+    assert "'label_smoothing': 0.1" in text and "| label_smoothing |" not in text

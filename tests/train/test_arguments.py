@@ -66,3 +66,18 @@ def test_a_checkpoint_whose_save_did_not_finish_is_passed_over_on_resume(tmp_pat
     (other / "checkpoint-1").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds no complete checkpoint to resume .* delete its checkpoint-\\* folders"):
         run(other, 2, data=shapes_data, resume_from_checkpoint="true")
+
+
+def test_the_card_records_the_optimizer_warm_up_betas_and_accumulation():
+    """The card named the learning rate and schedule, not the optimizer (a recipe's AdamW read as SimCLR's LARS),
+    nor MAE's warm-up and β2."""
+    from freeatm_hf.train.arguments import training_info
+
+    args = TrainingArguments(output_dir="unused", warmup_steps=0.025, adam_beta2=0.95, gradient_accumulation_steps=4,
+                             use_cpu=True, report_to="none")
+    info = training_info(args)
+    assert info["optimizer"] == "adamw_torch_fused" or info["optimizer"].startswith("adamw")
+    assert (info["warmup_steps"], info["adam_beta2"], info["gradient_accumulation_steps"]) == (0.025, 0.95, 4)
+    lars = training_info(args, optimizer="lars")
+    assert lars["optimizer"] == "lars" and "adam_beta2" not in lars
+    assert training_info(args, optimizer="adamw")["adam_beta1"] == 0.9

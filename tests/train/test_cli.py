@@ -101,3 +101,31 @@ def test_a_recipe_key_made_moot_by_a_typed_flag_is_not_refused(tmp_path):
         main([str(recipe), "--guided", "false"])
     with pytest.raises(ValueError, match="would not read --beta_max"):
         main([str(recipe), "--guided", "false", "--beta_max", "0.5"])
+
+
+@pytest.mark.parametrize("method, shown", [
+    ("simclr", {"learning_rate": "0.3 × global batch / 256 with lars", "weight_decay": "1e-06",
+                "warmup_steps": "0.05", "lr_scheduler_type": "cosine"}),
+    ("mae", {"learning_rate": "0.00015 × global batch / 256", "weight_decay": "0.05", "adam_beta2": "0.95",
+             "warmup_steps": "0.025"}),
+    ("blip", {"learning_rate": "0.0003, 2e-05 with --init_from", "weight_decay": "0.05"}),
+])
+def test_help_shows_the_methods_own_defaults_not_trainers(method, shown, capsys):
+    """`--help` said 5e-05, linear, no decay, no warm-up: Trainer's defaults, which the method replaces."""
+    import re
+
+    from freeatm_hf.train.cli import parse
+
+    with pytest.raises(SystemExit):
+        parse(method, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    def entry(flag):
+        dashed = flag.replace("_", "-")
+        return re.search(rf"--{flag} \S+, --{dashed} \S+ (.*?)(?= --\w+ [A-Z[{{])", text).group(1)
+
+    for flag, value in shown.items():
+        assert f"(default: {value}" in entry(flag), (flag, entry(flag))
+    assert "(default: 5e-05)" not in text
+    assert entry("push_to_hub").startswith("Upload the finished output folder") and "once" in entry("push_to_hub")
+    assert "`true` for the output directory's last complete one" in entry("resume_from_checkpoint")
+    assert ("--hub_strategy" in text) is False and ("--optim {" in text) is (method in ("mae", "blip"))
