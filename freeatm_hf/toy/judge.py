@@ -9,7 +9,8 @@
 - `judge_scene`: for each named object, was it drawn (its colour covers enough pixels), with the right
   shape, and which unrequested colours appear (extra objects).
 
-    python -m freeatm_hf.toy.judge       # retrain the shape classifier and report its accuracy
+    python -m freeatm_hf.toy.judge --output outputs/shape_classifier.safetensors   # retrain, report accuracy
+    python -m freeatm_hf.toy.judge --replace_shipped   # the same, into the package (every mask figure's judge)
 """
 
 import math
@@ -244,11 +245,28 @@ def judge_scene(image, objects: list[tuple[str, str]], classifier: ShapeClassifi
     return judgements, extra
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    import argparse
+
     from safetensors.torch import save_file
 
+    from ..cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.judge", formatter_class=HelpFormatter,
+                                     description="Retrain the shape classifier and report its held-out accuracy.")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", help="Where to save the weights (a .safetensors file).")
+    where.add_argument("--replace_shipped", action="store_true",
+                       help=f"Overwrite the package's own {CLASSIFIER_FILE.name}, the judge behind every shipped "
+                            "mask-quality figure.")
+    args = parser.parse_args(argv)
+    out = CLASSIFIER_FILE if args.replace_shipped else Path(args.output)
     model, acc = train_classifier()
-    ASSETS.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(CLASSIFIER_FILE))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
     print(f"shape classifier on held-out objects (>= 70 % visible): {acc['rendered'] * 100:.2f} % sharp (exact masks), "
-          f"{acc['softened'] * 100:.2f} % softened (segmenter masks); saved {CLASSIFIER_FILE}")
+          f"{acc['softened'] * 100:.2f} % softened (segmenter masks); saved {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -119,6 +119,29 @@ def scenes_unique(training: dict) -> bool:
     return sum("scene_start" not in r for r in runs) <= 1
 
 
+def lr_history(training: dict) -> str:
+    """The runs' learning rates and schedules in order, consecutive runs that agree said once:
+    "0.0005 (runs 1–2), then 0.0005 with a cosine decay (run 3), then 0.0003 with a cosine decay (runs 4–7)".
+    A run that recorded no schedule ran before there was one: constant."""
+    runs = training.get("runs") or ([training] if training else [])
+    groups = []  # [(lr, schedule), first run, last run]
+    for i, run in enumerate(runs, 1):
+        key = (run.get("lr"), run.get("lr_schedule") or "constant")
+        if groups and groups[-1][0] == key:
+            groups[-1][2] = i
+        else:
+            groups.append([key, i, i])
+
+    def say(lr, schedule):
+        return (f"{lr:g}" if isinstance(lr, (int, float)) else "unrecorded") + (
+            " with a cosine decay" if schedule == "cosine" else "")
+
+    if len(groups) <= 1:
+        return say(*groups[0][0]) if groups else "unrecorded"
+    return ", then ".join(f"{say(*key)} (run {a})" if a == b else f"{say(*key)} (runs {a}–{b})"
+                          for key, a, b in groups)
+
+
 def write_model_card(folder: Path, info: dict):
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -129,6 +152,7 @@ def write_model_card(folder: Path, info: dict):
     size_mb = round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 1e6, 2)
     card = ModelCard.from_template(data, template_path=str(template_path("shapes_t2i_card.md")), size_mb=size_mb,
                                    training=info.get("training") or {}, capture=info["capture"],
+                                   lr_text=lr_history(info.get("training") or {}),
                                    threshold=info["threshold"], refine=info.get("refine", "none"),
                                    mask_eval=info.get("mask_eval"),
                                    guidance_scale=info.get("guidance_scale", GUIDANCE_SCALE),

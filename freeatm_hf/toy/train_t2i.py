@@ -1,6 +1,6 @@
 """Train the shapes text-to-image model on scenes rendered on the fly (on the GPU when there is one).
 
-    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir outputs/shapes-t2i --max_minutes 9
+    accelerate launch -m freeatm_hf.toy.train_t2i --output_dir outputs/shapes-t2i --max_minutes 7 --lr_schedule cosine
     python -m freeatm_hf.toy.train_t2i --output_dir /tmp/smoke --vae_steps 3 --unet_steps 3 --batch_size 4  # CPU
 
 Stage 1 fits the small VAE (reconstruction + a tiny KL), stage 2 trains UNet and text encoder jointly with

@@ -106,3 +106,19 @@ def test_blended_edge_pixels_are_no_object():
         for img, spec in zip(batch, specs):
             judgements, extra = judge_scene(img.numpy(), [(o.color, o.shape) for o in spec.objects])
             assert extra == [] and all(j.drawn for j in judgements)
+
+
+def test_retraining_the_judge_asks_where_and_help_trains_nothing(monkeypatch, capsys):
+    """`python -m freeatm_hf.toy.judge` overwrote the shipped classifier (every mask figure's judge) unasked,
+    and `--help` started a retraining."""
+    import pytest
+
+    from freeatm_hf.toy import judge
+
+    monkeypatch.setattr(judge, "train_classifier", lambda: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as done:
+        judge.main(["--help"])
+    assert done.value.code == 0 and "--replace_shipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        judge.main([])
+    assert done.value.code == 2 and "one of the arguments --output --replace_shipped is required" in capsys.readouterr().err

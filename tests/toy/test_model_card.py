@@ -79,3 +79,14 @@ def test_the_card_says_scenes_repeat_when_several_runs_began_at_scene_zero(runs,
     assert ("no scene seen twice" in text) is unique
     assert ("each began at scene 0, so their scenes repeat" in text) is not unique
     assert info["training"]["runs"] == runs
+
+
+def test_the_card_states_each_runs_learning_rate_and_schedule():
+    """It said one rate (the last run's) for seven runs, three of which trained at another, two without decay."""
+    from freeatm_hf.toy.model import lr_history
+
+    runs = [{"lr": 5e-4}, {"lr": 5e-4, "lr_schedule": "constant"}, {"lr": 5e-4, "lr_schedule": "cosine"},
+            {"lr": 3e-4, "lr_schedule": "cosine"}, {"lr": 3e-4, "lr_schedule": "cosine"}]
+    assert lr_history({"runs": runs}) == ("0.0005 (runs 1–2), then 0.0005 with a cosine decay (run 3), then 0.0003 "
+                                          "with a cosine decay (runs 4–5)")
+    assert lr_history({"lr": 3e-4, "lr_schedule": "cosine"}) == "0.0003 with a cosine decay"
