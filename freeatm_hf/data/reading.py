@@ -154,6 +154,15 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         return parts[0]
     # Align what still differs (say a caption column of another type); `cast` of the whole table would copy
     # every real image into a new cache file.
+    from datasets import LargeList, Sequence
+
+    lists = (List, LargeList, Sequence)
+    real_caption = parts[1].features["prompt"]
+    if isinstance(real_caption, lists) and not isinstance(parts[0].features["prompt"], lists):
+        # A list column cannot be cast to one string per row; mapping either side would rewrite all its images.
+        raise ValueError(f"the captions of {real!r} ({real_text_column!r}) are lists, several per image, and the "
+                         "generated rows have one prompt each: mixing needs one caption per row (--data_mode real "
+                         "draws one of a list per epoch; or keep one caption per image in the real dataset)")
     for name, feature in parts[0].features.items():
         if parts[1].features[name] != feature:
             parts[1] = parts[1].cast_column(name, feature)

@@ -12,13 +12,16 @@ def rgb(image):
 
     Pillow's `convert("RGB")` clips a 16-bit image at 255 instead of scaling it (a 16-bit PNG of mid-grey turns
     white), so one is scaled from its 16-bit range first, as torchvision's decoder does. A 32-bit image ("I") is
-    read in that range too (Pillow opens some 16-bit files so); values outside it, or a floating-point image
+    ambiguous: Pillow opens some 16-bit files so, and `datasets` stores an integer array of 8-bit values so; one
+    whose values pass 255 is read as 16-bit, else as 8-bit. Values outside 0..65535, or a floating-point image
     ("F"), have no known range and are refused."""
     if image.mode in SIXTEEN_BIT_MODES:
         a = np.asarray(image)
         if image.mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
             raise ValueError(f"a 32-bit integer image (mode I) with values {a.min()}..{a.max()}, outside the 16-bit "
                              "range: convert the dataset's images to 8 or 16 bits")
+        if image.mode == "I" and (not a.size or a.max() <= 255):
+            return image.convert("RGB")  # 8-bit values: Pillow clips nothing
         from PIL import Image
 
         return Image.fromarray(np.round(a.astype(np.float32) / 257.0).astype(np.uint8), "L").convert("RGB")

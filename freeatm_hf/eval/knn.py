@@ -51,7 +51,7 @@ def _fit_linear(train_feats, targets, test_feats, out_dim: int, loss_fn, epochs:
     std = torch.where(dead, torch.ones_like(std), std)
     x, xt = (train_feats.float() - mean) / std, (test_feats.float() - mean) / std
     x[:, dead], xt[:, dead] = 0.0, 0.0
-    head = torch.nn.Linear(x.shape[1], out_dim)
+    head = torch.nn.Linear(x.shape[1], out_dim, device=x.device)  # where the features are (`evaluate_frozen`: the GPU)
     opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=epochs, line_search_fn="strong_wolfe")
 
     def closure():

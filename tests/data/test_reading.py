@@ -196,3 +196,23 @@ def test_a_real_image_column_of_file_paths_is_read_as_images_and_any_other_type_
     assert [r["image"].getpixel((0, 0)) for r in rows] == [(0, 10, 10), (80, 10, 10), (160, 10, 10)]
     with pytest.raises(ValueError, match="column 'n' of the dataset holds Value"):
         pretraining_dataset(real=str(real), mode="real", real_image_column="n")
+
+
+def test_mixing_generated_rows_with_caption_lists_is_refused_by_name(tmp_path):
+    """A list column cannot be cast to the generated rows' one prompt: it failed inside Arrow's cast."""
+    import json
+
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+    from freeatm_hf.spaces import space_dir
+
+    real = tmp_path / "coco"
+    real.mkdir()
+    with open(real / "train.jsonl", "w") as f:
+        for i in range(3):
+            PILImage.new("RGB", (16, 16)).save(real / f"{i}.png")
+            f.write(json.dumps({"image": str(real / f"{i}.png"), "caption": ["a photo", "a picture"]}) + "\n")
+    with pytest.raises(ValueError, match="are lists, several per image"):
+        pretraining_dataset(str(space_dir() / "example_dataset"), str(real), mode="mix", require_text=True)
+    assert len(pretraining_dataset(real=str(real), mode="real", require_text=True)) == 3

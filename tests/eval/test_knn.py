@@ -140,3 +140,24 @@ def test_linear_probe_refuses_a_single_training_row():
     """Its spread is NaN: every standardized feature became NaN and L-BFGS crashed with an overflow message."""
     with pytest.raises(ValueError, match="at least 2 training rows"):
         linear_probe(torch.ones(1, 4), torch.tensor([0]), torch.ones(2, 4), num_classes=2)
+
+
+def test_linear_probe_fits_its_head_where_the_features_are(monkeypatch):
+    """`freeatm eval knn` keeps the features on the GPU: a head left on the CPU crashed there after extraction
+    (shown on the meta device, with one closure call standing in for L-BFGS, which reads values)."""
+    devices = []
+
+    class OneCall:
+        def __init__(self, params, **kwargs):
+            devices.extend(p.device.type for p in params)
+
+        def zero_grad(self):
+            pass
+
+        def step(self, closure):
+            closure()
+
+    monkeypatch.setattr(torch.optim, "LBFGS", OneCall)
+    x, y = torch.randn(10, 4, device="meta"), torch.zeros(10, dtype=torch.long, device="meta")
+    assert linear_probe(x, y, x, num_classes=2).device.type == "meta"
+    assert devices == ["meta", "meta"]
