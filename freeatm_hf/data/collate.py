@@ -8,7 +8,8 @@ def collate_two_views(samples: list[dict]) -> dict:
     k = max(1, max(len(s["masks_1"]) for s in samples))
     size = samples[0]["masks_1"].shape[-2:] if len(samples[0]["masks_1"]) else samples[0]["pixel_values_1"].shape[-2:]
     b = len(samples)
-    m1, m2 = torch.zeros(b, k, *size), torch.zeros(b, k, *size)
+    dtype = samples[0]["masks_1"].dtype  # bool from a compact transform: kept so through the loader
+    m1, m2 = torch.zeros(b, k, *size, dtype=dtype), torch.zeros(b, k, *size, dtype=dtype)
     valid = torch.zeros(b, k, dtype=torch.bool)
     for i, s in enumerate(samples):
         n = len(s["masks_1"])

@@ -139,12 +139,20 @@ def blur_kernel_for(size: int) -> int:
 
 
 def augment_views(inputs: dict, augment: "BatchPhotometric | None", mean, std) -> dict:
-    """Photometric augmentation (if given) and normalization of both views of a batch, on its device."""
+    """Photometric augmentation (if given) and normalization of both views of a batch, on its device; uint8
+    views are scaled to [0, 1] and bool masks made float first (what `TwoViewTransform(uint8_views=True,
+    bool_masks=True)` sends through the loader)."""
+    from torchvision.transforms.v2.functional import to_dtype
+
     device = inputs["pixel_values_1"].device
     mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = dict(inputs)
     for k in ("pixel_values_1", "pixel_values_2"):
-        x = augment(out[k]) if augment is not None else out[k]
+        x = to_dtype(out[k], torch.float32, scale=True) if out[k].dtype == torch.uint8 else out[k]  # as the CPU's
+        x = augment(x) if augment is not None else x
         out[k] = (x - mean) / std
+    for k in ("masks_1", "masks_2"):
+        if k in out and out[k].dtype == torch.bool:
+            out[k] = out[k].float()
     return out

@@ -43,6 +43,11 @@ class TwoViewTransform:
         photometric (`bool`, defaults to `True`): colour jitter, grayscale, blur here on the CPU; set `False`
             to run them batched on the accelerator instead.
         color_strength (`float`, defaults to 1.0): colour jitter strength s (SimCLR 1, MoCo-v2 0.5).
+        uint8_views (`bool`, defaults to `False`): leave the views uint8, for the device to scale
+            (`gpu_augment.augment_views`): a quarter of the bytes through the loader's queues and the copy to the
+            device. Needs `normalize=False`.
+        bool_masks (`bool`, defaults to `False`): the masks as bool, for binary masks (resized by nearest
+            neighbour, they stay 0 and 1), an eighth of the bytes of float32; the device makes them float again.
     """
 
     size: int = 224
@@ -51,15 +56,19 @@ class TwoViewTransform:
     photometric: bool = True
     normalize: bool = True
     color_strength: float = 1.0
+    uint8_views: bool = False
+    bool_masks: bool = False
 
     def __post_init__(self):
+        if self.uint8_views and self.normalize:
+            raise ValueError("uint8_views leaves the views for the device to scale and normalize: set normalize=False")
         self.crop = v2.RandomResizedCrop(self.size, scale=self.scale, antialias=True)
         self.colour = simclr_photometric(self.color_strength, size=self.size) if self.photometric else None
         self.to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True)] + (
             [v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)] if self.normalize else []))
 
     def view(self, image: torch.Tensor, masks: torch.Tensor):
-        """One view: `(image float (3, S, S), masks (K, S, S), share of each mask's mass inside the crop)`."""
+        """One view: `(image (3, S, S), masks (K, S, S), share of each mask's mass inside the crop)`."""
         p = self.crop.make_params([image])
         box = (p["top"], p["left"], p["height"], p["width"])
         img = F.resized_crop(tv_tensors.Image(image), *box, [self.size, self.size], antialias=True)
@@ -70,7 +79,8 @@ class TwoViewTransform:
         share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
         if self.colour is not None:
             img = self.colour(img)
-        return self.to_float(img).as_subclass(torch.Tensor), m.as_subclass(torch.Tensor), share
+        img = img.as_subclass(torch.Tensor) if self.uint8_views else self.to_float(img).as_subclass(torch.Tensor)
+        return img, (m.bool() if self.bool_masks else m).as_subclass(torch.Tensor), share
 
     def __call__(self, image, masks: torch.Tensor) -> dict:
         if not isinstance(image, torch.Tensor):

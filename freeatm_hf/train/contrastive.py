@@ -109,7 +109,8 @@ def make_transform(args: ContrastiveArguments):
         logger.info("mask threshold %s (from %s's card)", args.mask_threshold, args.dataset)
     min_peak = args.resolve_min_attention_peak()
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
-                           photometric=not on_device, normalize=not on_device, color_strength=args.color_strength)
+                           photometric=not on_device, normalize=not on_device, color_strength=args.color_strength,
+                           uint8_views=on_device, bool_masks=on_device and args.mask_mode == "binary")
 
     def transform(batch: dict) -> dict:
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}

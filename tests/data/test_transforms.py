@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -66,3 +67,31 @@ def test_collate_pads_instances_and_marks_them():
     assert batch["masks_1"].shape == (2, 2, 8, 8)
     assert batch["instance_valid"].tolist() == [[True, True], [True, False]]
     assert batch["masks_1"][1, 1].sum() == 0
+
+
+def test_compact_views_reach_the_model_as_the_float_ones_do():
+    """With photometrics on the device the loader sends uint8 views and bool masks (a quarter and an eighth of
+    the bytes); on the device they must become exactly the float views and masks the loader used to send."""
+    from freeatm_hf.data.gpu_augment import augment_views
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(3, 48, 64)
+    masks[0, :30, :40], masks[1, 20:, 30:], masks[2, 5:25, 10:60] = 1, 1, 1
+    batches = {}
+    for compact in (False, True):
+        two = TwoViewTransform(size=32, scale=(0.3, 1.0), min_visible=0.0, photometric=False, normalize=False,
+                               uint8_views=compact, bool_masks=compact)
+        torch.manual_seed(1)  # the same crops and flips
+        samples = [two(image, masks) for _ in range(3)]
+        batch = collate_two_views(samples)
+        batches[compact] = augment_views(batch, None, IMAGENET_MEAN, IMAGENET_STD)
+        if compact:
+            assert batch["pixel_values_1"].dtype == torch.uint8 and batch["masks_1"].dtype == torch.bool
+    for key in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2", "instance_valid"):
+        assert batches[True][key].dtype == batches[False][key].dtype
+        assert torch.equal(batches[True][key], batches[False][key]), key
+    assert batches[True]["masks_1"].sum() > 0
+    with pytest.raises(ValueError, match="normalize=False"):
+        TwoViewTransform(uint8_views=True)
