@@ -40,7 +40,8 @@ class ContrastiveArguments(DataArguments):
                 "Trainer's --optim does not apply."})
     gpu_photometric: bool = field(default=True, metadata={
         "help": "Colour jitter / grayscale / blur batched on the training device (per-sample parameters) instead of "
-                "per image in the data workers; geometry stays in the workers, applied to image and masks alike."})
+                "per image in the data workers; geometry stays in the workers, applied to image and masks alike, "
+                "whose views then travel as uint8 (binary masks as bool), a quarter of the bytes."})
     lr_milestones: list[int] = field(default_factory=list, metadata={
         "help": "Epochs at which the LR is multiplied by 0.1, with --lr_scheduler_type constant (MoCo-v1's step "
                 "schedule: 120 160 of 200; MoCo-v2 uses cosine)."})
