@@ -27,35 +27,35 @@ def process_counts(n: int, device=None) -> list[int]:
         return [n]
     counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(distributed_world())]
     torch.distributed.all_gather(counts, torch.tensor([n], device=device))
-    return [int(c.item()) for c in counts]
+    return torch.cat(counts).tolist()  # one wait for the device, not one per process
 
 
-def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> tuple[torch.Tensor, int]:
     """All processes' `x` (first dimensions may differ) concatenated in rank order, differentiable (the
-    backward sums every process's gradient into the local piece), and where the local piece starts."""
+    backward sums every process's gradient into the local piece), and where the local piece starts. `sizes`:
+    every process's first dimension when already known (`process_counts`), saving a collective."""
     import torch.distributed as dist
     import torch.distributed.nn.functional as dist_fn
 
-    n = torch.tensor([len(x)], device=x.device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
+    sizes = process_counts(len(x), x.device) if sizes is None else sizes
     padded = F.pad(x, (0, 0, 0, max(sizes) - len(x)))
     pieces = dist_fn.all_gather(padded)
     offset = sum(sizes[: dist.get_rank()])
     return torch.cat([p[:s] for p, s in zip(pieces, sizes, strict=True)]), offset
 
 
-def instance_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
+def instance_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool = True,
+                     counts: list[int] | None = None) -> torch.Tensor:
     """NT-Xent over N instance pairs: 2N anchors, each with one positive and 2N−2 negatives.
 
     With one whole-image instance per image this is exactly SimCLR's loss. With `gather` on several
-    processes, N counts the instances of all processes (see the module docstring).
+    processes, N counts the instances of all processes (see the module docstring); `counts`, every process's
+    pairs when already known, saves a collective.
     """
     n, world = z1.shape[0], distributed_world()
-    if gather and world > 1:
-        g1, offset = gather_with_grad(z1)
-        g2, _ = gather_with_grad(z2)
+    if gather and world > 1:  # both views in one collective
+        g, offset = gather_with_grad(torch.cat([z1, z2], dim=1), counts)
+        g1, g2 = g.split(z1.shape[1], dim=1)
     else:
         g1, g2, offset, world = z1, z2, 0, 1
     total = len(g1)

@@ -9,22 +9,30 @@ from .losses import distributed_world, gather_with_grad
 def ema_update_(pairs, m: float):
     """For each (online, momentum) module pair: momentum ← m·momentum + (1−m)·online, parameters and floating
     buffers (BN statistics) alike; other buffers (indices) are copied."""
+    online_t, mom_t = [], []
     for online, mom in pairs:
-        for po, pm in zip(online.parameters(), mom.parameters()):
-            pm.mul_(m).add_(po.detach(), alpha=1 - m)
-        for bo, bm in zip(online.buffers(), mom.buffers()):
-            if bm.dtype.is_floating_point:
-                bm.mul_(m).add_(bo, alpha=1 - m)
+        for o, t in [*zip(online.parameters(), mom.parameters()), *zip(online.buffers(), mom.buffers())]:
+            if t.dtype.is_floating_point:
+                online_t.append(o.detach())
+                mom_t.append(t)
             else:
-                bm.copy_(bo)
+                t.copy_(o)
+    if mom_t:  # on a GPU a few fused launches instead of two per tensor (ResNet-50: ~320, every step); the same
+        # arithmetic, so the same values
+        torch._foreach_mul_(mom_t, m)
+        torch._foreach_add_(mom_t, online_t, alpha=1 - m)
 
 
 @torch.no_grad()
 def enqueue_(queues: list[torch.Tensor], ptr: torch.Tensor, rows: list[torch.Tensor]):
     """Write `rows[i]` (gathered from every process) into the ring buffer `queues[i]` at `ptr`, wrapping around;
     the queues share one pointer, which moves on by the number of rows written."""
-    if distributed_world() > 1:  # 1-D rows (ids) gathered as one column
-        rows = [gather_with_grad(r[:, None])[0][:, 0] if r.dim() == 1 else gather_with_grad(r)[0] for r in rows]
+    if distributed_world() > 1:  # 1-D rows (ids) gathered as one column; all rows share one count
+        from .losses import process_counts
+
+        sizes = process_counts(len(rows[0]), rows[0].device)
+        rows = [gather_with_grad(r[:, None], sizes)[0][:, 0] if r.dim() == 1 else gather_with_grad(r, sizes)[0]
+                for r in rows]
     size = len(queues[0])
     rows = [r[-size:] for r in rows]
     idx = (ptr + torch.arange(len(rows[0]), device=rows[0].device)) % size

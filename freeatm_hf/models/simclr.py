@@ -71,13 +71,15 @@ class SimCLRModel(PreTrainedModel):
         # Decided on every process's count, so that all take the same path through the collectives. The head's
         # batch norm normalises over the global batch when synchronised (on GPUs), else over the local one, which
         # needs two instances in every process.
+        counts = None
         if self.training:
             counts = process_counts(len(f1), f1.device)
             local_bn = len(counts) > 1 and not any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.head.modules())
             if sum(counts) < 2 or (local_bn and min(counts) < 2):
                 return skipped_step(f1, f2, modules=[self.head])
         z1, z2 = self.head(f1), self.head(f2)
-        loss = instance_nt_xent(z1, z2, self.config.nce_temperature, gather=self.training) if return_loss else None
+        loss = (instance_nt_xent(z1, z2, self.config.nce_temperature, gather=self.training, counts=counts)
+                if return_loss else None)
         return ContrastiveOutput(loss=loss, embeddings_1=z1, embeddings_2=z2, num_instances=len(z1))
 
 

@@ -98,12 +98,20 @@ def test_key_encoder_is_the_ema_of_the_query_encoder():
     for p in model.key_backbone.parameters():
         assert not p.requires_grad
     key_before = {n: p.clone() for n, p in model.key_backbone.named_parameters()}
+    buffers_before = {n: b.clone() for n, b in model.key_backbone.named_buffers()}
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(1.0)
+        for b in model.backbone.buffers():
+            b.add_(3)  # BN statistics move as an EMA; the step counter is copied
     model.momentum_update()
     for n, p in model.backbone.named_parameters():
         torch.testing.assert_close(dict(model.key_backbone.named_parameters())[n], 0.9 * key_before[n] + 0.1 * p)
+    key_buffers = dict(model.key_backbone.named_buffers())
+    assert any(not b.dtype.is_floating_point for b in key_buffers.values())
+    for n, b in model.backbone.named_buffers():
+        expect = 0.9 * buffers_before[n] + 0.1 * b if b.dtype.is_floating_point else b
+        torch.testing.assert_close(key_buffers[n], expect)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
