@@ -58,7 +58,7 @@ def shard_write_overhead(args) -> tuple[float, float]:
     t = time.perf_counter()
     for i in range(0, args.num_images, args.batch_size):
         ids = range(i, min(i + args.batch_size, args.num_images))
-        output_to_rows(gen([source[j] for j in ids], list(ids), num_inference_steps=args.steps))
+        output_to_rows(gen(source.batch(ids), list(ids), num_inference_steps=args.steps))
     t_gen = time.perf_counter() - t
     return t_gen, t_job
 

@@ -46,9 +46,13 @@ class PromptSource:
             self.label_names = space.names
 
     def __getitem__(self, i: int) -> Prompt:
+        return self.batch([i])[0]
+
+    def batch(self, ids) -> list[Prompt]:
+        """Prompts `ids`, an augmenter's rewrites asked for together (a server answers them concurrently)."""
         # A prompts file is cycled; the generated modes draw a fresh prompt for every index.
-        p = self.items[i % len(self.items)] if isinstance(self.items, list) else self.items[i]
-        return self.augmenter(p) if self.augmenter else p
+        prompts = [self.items[i % len(self.items)] if isinstance(self.items, list) else self.items[i] for i in ids]
+        return self.augmenter.many(prompts) if self.augmenter else prompts
 
 
 def _read_prompts_file(path: str) -> list[Prompt]:
@@ -122,13 +126,20 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         # one thread encodes 2-7 images/s, slower than a GPU makes them), so a shard in the making holds
         # compressed bytes; its Parquet writing overlaps the generation of the next shard (one shard in flight
         # at most, so memory stays bounded); the rename into data/ still happens only when complete.
-        with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(encode_threads()) as encoders:
+        # The next batch's prompts are made (an augmenter's rewrites asked for) while this one generates.
+        with (ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(encode_threads()) as encoders,
+              ThreadPoolExecutor(max_workers=1) as prompter):
             pending = None
             for shard in todo:
                 batches = []
-                for start in range(shard.start, shard.stop, cfg.batch_size):
-                    ids = range(start, min(start + cfg.batch_size, shard.stop))
-                    out = gen([source[i] for i in ids], seeds=[cfg.seed + i for i in ids],
+                id_batches = [range(start, min(start + cfg.batch_size, shard.stop))
+                              for start in range(shard.start, shard.stop, cfg.batch_size)]
+                next_prompts = prompter.submit(source.batch, id_batches[0])
+                for k, ids in enumerate(id_batches):
+                    prompts = next_prompts.result()
+                    if k + 1 < len(id_batches):
+                        next_prompts = prompter.submit(source.batch, id_batches[k + 1])
+                    out = gen(prompts, seeds=[cfg.seed + i for i in ids],
                               num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                               height=cfg.height, width=cfg.width)
                     batches.append(encoders.submit(encode_images, output_to_rows(out)))

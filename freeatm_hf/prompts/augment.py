@@ -23,16 +23,27 @@ INSTRUCTION = (
 
 
 class PromptAugmenter:
-    """Base class: subclasses implement `complete(instruction) -> str`."""
+    """Base class: subclasses implement `complete(instruction) -> str`, and may answer many instructions at
+    once (`complete_many`; a server's, concurrently)."""
 
     def complete(self, instruction: str) -> str:
         raise NotImplementedError
 
+    def complete_many(self, instructions: list[str]) -> list[str]:
+        return [self.complete(i) for i in instructions]
+
     def __call__(self, prompt: Prompt) -> Prompt:
-        if not prompt.objects:
-            return prompt
+        return self.many([prompt])[0]
+
+    def many(self, prompts: list[Prompt]) -> list[Prompt]:
+        """Each prompt rewritten (or kept, see `accept`), in order; their instructions go out together."""
+        asked = [p for p in prompts if p.objects]
+        answers = iter(self.complete_many([instruction(p) for p in asked]))
+        return [self.accept(p, next(answers)) if p.objects else p for p in prompts]
+
+    def accept(self, prompt: Prompt, answer) -> Prompt:
+        """The rewrite the answer gives, or the template prompt when it does not keep the objects."""
         nouns = prompt.nouns
-        answer = self.complete(INSTRUCTION.format(nouns=", ".join(f'"{n}"' for n in nouns), text=prompt.text))
         # A server may answer null content (a reasoning model out of tokens): refused like an empty answer.
         answer = answer if isinstance(answer, str) else ""
         text = answer.strip().splitlines()[0].strip().strip('"') if answer.strip() else ""
@@ -51,6 +62,10 @@ class PromptAugmenter:
             logger.warning("augmenter answer refused (%s); keeping the template prompt %r", problem, prompt.text)
             return prompt
         return rewritten
+
+
+def instruction(prompt: Prompt) -> str:
+    return INSTRUCTION.format(nouns=", ".join(f'"{n}"' for n in prompt.nouns), text=prompt.text)
 
 
 # What an answer that is not a plain rewrite gives away: the instruction echoed, a preamble ("Sure! Here is the
@@ -124,8 +139,11 @@ class OpenAIAugmenter(PromptAugmenter):
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_tokens: int | None = 60):
+                 max_tokens: int | None = 60, concurrency: int = 16):
         self.url = base_url.rstrip("/") + "/chat/completions"
+        # Requests in flight at once: a serving engine (vLLM, TGI) batches them; one at a time, each waits a
+        # whole generation for the one before.
+        self.concurrency = concurrency
         self.model = model
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self.timeout = timeout
@@ -143,6 +161,14 @@ class OpenAIAugmenter(PromptAugmenter):
         r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"]
+
+    def complete_many(self, instructions: list[str]) -> list[str]:
+        if len(instructions) <= 1 or self.concurrency <= 1:
+            return super().complete_many(instructions)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(self.concurrency, len(instructions))) as pool:
+            return list(pool.map(self.complete, instructions))  # in order, whichever answers first
 
 
 def load_augmenter(spec: str | None) -> PromptAugmenter | None:

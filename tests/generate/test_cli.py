@@ -474,3 +474,32 @@ def test_a_pipeline_that_cannot_be_loaded_offline_says_what_works_offline(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"could not load the pipeline 'me/not-cached' .*offline, "
                                                 r"`--pipeline shapes` is the model shipped"):
         load_pipeline("me/not-cached", torch.device("cpu"))
+
+
+def test_generation_asks_the_augmenter_for_a_batchs_prompts_together(tmp_path, monkeypatch):
+    """The rows carry the rewrites, in order, and each batch's prompts went to the augmenter in one call."""
+    from datasets import load_dataset
+
+    from freeatm_hf.generate import run
+    from freeatm_hf.prompts import PromptAugmenter
+
+    calls = []
+
+    class Tagging(PromptAugmenter):
+        def complete_many(self, instructions):
+            calls.append(len(instructions))
+            return [None] * len(instructions)  # refused: the template prompt is kept...
+
+        def many(self, prompts):
+            kept = super().many(prompts)
+            return [p.__class__.from_nouns(p.text + " today", p.nouns) for p in kept]  # ...and marked
+
+    monkeypatch.setattr(run, "load_augmenter", lambda spec: Tagging())
+    cfg = parse(["--output_dir", str(tmp_path / "out"), "--pipeline", "tiny", "--num_images", "5", "--batch_size",
+                 "2", "--rows_per_shard", "4", "--num_inference_steps", "1", "--device", "cpu"])
+    run.generate_dataset(cfg)
+    rows = load_dataset(str(tmp_path / "out"), split="train")
+    assert calls == [2, 2, 1]  # shard 0: rows 0-1, 2-3; shard 1: row 4
+    expect = [run.PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny"])).items[i].text + " today"
+              for i in range(5)]
+    assert rows["prompt"] == expect

@@ -118,3 +118,45 @@ def test_a_null_or_overlong_answer_keeps_the_template(caplog):
     assert "52 words, more than the 40 allowed" in caplog.text
     fits = "On a bright summer afternoon in a quiet park full of old trees a dog with a ball is playing."
     assert Fixed(fits)(p).text == fits
+
+
+def test_a_servers_rewrites_are_asked_for_together_and_come_back_in_order():
+    """One request at a time, every prompt waited a whole generation for the one before it."""
+    import re
+    import time
+    from http.server import ThreadingHTTPServer
+
+    state = {"in_flight": 0, "most": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with lock:
+                state["in_flight"] += 1
+                state["most"] = max(state["most"], state["in_flight"])
+            noun = re.search(r'exactly as written: "([^"]+)"', body["messages"][0]["content"]).group(1)
+            time.sleep(0.2 if noun == "cat" else 0.05)  # the first asked answers last
+            with lock:
+                state["in_flight"] -= 1
+            data = json.dumps({"choices": [{"message": {"content": f"A {noun} rests on a table."}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        aug = load_augmenter(f"http://127.0.0.1:{server.server_port}/v1#tiny-llm")
+        nouns = ["cat", "dog", "sofa", "lamp", "kite"]
+        prompts = [Prompt.from_nouns(f"a {n}", [n]) for n in nouns] + [Prompt.from_nouns("a quiet room", [])]
+        out = aug.many(prompts)
+    finally:
+        server.shutdown()
+    assert [p.text for p in out] == [f"A {n} rests on a table." for n in nouns] + ["a quiet room"]
+    assert [p.nouns for p in out[:5]] == [[n] for n in nouns]
+    assert state["most"] == 5  # all at once; the object-free prompt asked nothing
