@@ -50,15 +50,16 @@ def test_a_noun_that_became_part_of_another_class_name_keeps_the_template(caplog
     assert Fixed("A lion with a mask naps in a sunny field.")(p).text == "A lion with a mask naps in a sunny field."
 
 
-@pytest.fixture
-def chat_server():
+def serve_chat(answer, server_class=HTTPServer):
+    """A loopback `/chat/completions` server answering `answer(request body) -> content`; returns the server
+    (serving in a thread) and the list of `(path, headers, body)` it received."""
     requests = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append((self.path, dict(self.headers), body))
-            reply = {"choices": [{"message": {"role": "assistant", "content": "A tabby cat naps on a sofa."}}]}
+            reply = {"choices": [{"message": {"role": "assistant", "content": answer(body)}}]}
             data = json.dumps(reply).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -69,9 +70,14 @@ def chat_server():
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = server_class(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, requests
+
+
+@pytest.fixture
+def chat_server():
+    server, requests = serve_chat(lambda body: "A tabby cat naps on a sofa.")
     yield f"http://127.0.0.1:{server.server_port}/v1", requests
     server.shutdown()
 
@@ -129,27 +135,17 @@ def test_a_servers_rewrites_are_asked_for_together_and_come_back_in_order():
     state = {"in_flight": 0, "most": 0}
     lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                state["in_flight"] += 1
-                state["most"] = max(state["most"], state["in_flight"])
-            noun = re.search(r'exactly as written: "([^"]+)"', body["messages"][0]["content"]).group(1)
-            time.sleep(0.2 if noun == "cat" else 0.05)  # the first asked answers last
-            with lock:
-                state["in_flight"] -= 1
-            data = json.dumps({"choices": [{"message": {"content": f"A {noun} rests on a table."}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(body):
+        with lock:
+            state["in_flight"] += 1
+            state["most"] = max(state["most"], state["in_flight"])
+        noun = re.search(r'exactly as written: "([^"]+)"', body["messages"][0]["content"]).group(1)
+        time.sleep(0.2 if noun == "cat" else 0.05)  # the first asked answers last
+        with lock:
+            state["in_flight"] -= 1
+        return f"A {noun} rests on a table."
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, _ = serve_chat(answer, ThreadingHTTPServer)
     try:
         aug = load_augmenter(f"http://127.0.0.1:{server.server_port}/v1#tiny-llm")
         nouns = ["cat", "dog", "sofa", "lamp", "kite"]
