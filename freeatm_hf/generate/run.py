@@ -233,16 +233,24 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
 
     if not writer.is_complete():
         raise RuntimeError(f"{writer.root} is missing shards; re-run the same command to finish it")
+    import pyarrow.compute as pc
+
     num_objects = num_empty = num_truncated = 0
     first_map = None  # the stored map of the first object of any row: its size is the card's map size
     for i in range(writer.num_shards):
-        table = pq.read_table(writer.shard_path(i), columns=[OBJECTS, TRUNCATED])
-        for objs, cut in zip(table.column(OBJECTS).to_pylist(), table.column(TRUNCATED).to_pylist()):
-            num_objects += len(objs)
-            num_empty += sum(o["bbox"] is None for o in objs)
-            num_truncated += len(cut)
-            if first_map is None and objs:
+        # The boxes alone, counted in Arrow: the objects whole would decode every map's bytes into Python.
+        shard = pq.ParquetFile(writer.shard_path(i))
+        table = shard.read(columns=[f"{OBJECTS}.list.element.bbox", TRUNCATED])
+        boxes = pc.struct_field(pc.list_flatten(table.column(OBJECTS)), "bbox")
+        num_objects += len(boxes)
+        num_empty += boxes.null_count
+        num_truncated += pc.sum(pc.list_value_length(table.column(TRUNCATED))).as_py() or 0
+        for group in range(shard.num_row_groups if first_map is None and len(boxes) else 0):
+            maps = shard.read_row_group(group, columns=[f"{OBJECTS}.list.element.attention"]).column(OBJECTS)
+            objs = next((o for o in maps.to_pylist() if o), None)
+            if objs:
                 first_map = objs[0]["attention"]
+                break
     (height, width), map_hw = _sizes(writer.shard_path(0), first_map)
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     # The fingerprint of a local folder is resume state, as its path is: nothing a reader of the card can check.

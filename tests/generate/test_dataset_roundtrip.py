@@ -115,3 +115,33 @@ def test_a_refined_generation_stores_image_resolution_maps_and_says_so(tmp_path)
     assert "refine: guided" in card and "guided filter on the generated image" in card
     with pytest.raises(ValueError, match="refine must be none or guided"):
         GenerateConfig(output_dir=str(out), pipeline="tiny", refine="crf")
+
+
+def test_the_cards_object_counts_are_the_shards(tmp_path):
+    """Counted from the boxes alone (in Arrow), across shards and row groups: objects, empty masks, truncated nouns."""
+    from PIL import Image
+
+    from freeatm_hf.generate import DatasetWriter
+    from freeatm_hf.generate.run import write_card
+    from freeatm_hf.generate.schema import dataset_features
+
+    cfg = GenerateConfig(output_dir=str(tmp_path), pipeline="tiny", num_images=5, rows_per_shard=3)
+    features = dataset_features()
+    writer = DatasetWriter(tmp_path, features, cfg.settings(), cfg.num_images, cfg.rows_per_shard)
+    square = np.zeros((4, 4), np.uint8)
+    square[1:3, 1:3] = 255
+
+    def obj(box):
+        return {"name": "cat", "token_indices": [1], "attention": Image.fromarray(square), "bbox": box, "area": 0.25,
+                "attention_peak": 0.2}
+
+    objects = [[], [obj([2.0, 2.0, 6.0, 6.0]), obj(None)], [obj(None)], [obj([0.0, 0.0, 8.0, 8.0])] * 3, []]
+    cut = [["dog"], [], ["dog", "ball"], [], ["kite"]]
+    rows = [{"image": Image.new("RGB", (8, 8)), "prompt": "p", "label": -1, "seed": i, "truncated_objects": cut[i],
+             "objects": objects[i]} for i in range(5)]
+    for shard in writer.shards:
+        writer.write(shard, rows[shard.start : shard.stop])
+    write_card(writer, cfg, features)
+    card = " ".join((tmp_path / "README.md").read_text().split())
+    assert "objects: 6 (2 with an empty mask, 4 truncated)" in card
+    assert "soft map (8-bit, min-max normalized) at 4×4" in card  # the first object's map, in shard 0
