@@ -132,17 +132,14 @@ def test_a_servers_rewrites_are_asked_for_together_and_come_back_in_order():
     import time
     from http.server import ThreadingHTTPServer
 
-    state = {"in_flight": 0, "most": 0}
-    lock = threading.Lock()
+    # Answered only once all five are in flight at once: asked one at a time, the first would wait out the
+    # barrier's timeout and the server would drop it.
+    together = threading.Barrier(5, timeout=10)
 
     def answer(body):
-        with lock:
-            state["in_flight"] += 1
-            state["most"] = max(state["most"], state["in_flight"])
         noun = re.search(r'exactly as written: "([^"]+)"', body["messages"][0]["content"]).group(1)
-        time.sleep(0.2 if noun == "cat" else 0.05)  # the first asked answers last
-        with lock:
-            state["in_flight"] -= 1
+        together.wait()
+        time.sleep(0.2 if noun == "cat" else 0.0)  # the first asked answers last
         return f"A {noun} rests on a table."
 
     server, _ = serve_chat(answer, ThreadingHTTPServer)
@@ -155,4 +152,4 @@ def test_a_servers_rewrites_are_asked_for_together_and_come_back_in_order():
         server.shutdown()
     assert [p.text for p in out] == [f"A {n} rests on a table." for n in nouns] + ["a quiet room"]
     assert [p.nouns for p in out[:5]] == [[n] for n in nouns]
-    assert state["most"] == 5  # all at once; the object-free prompt asked nothing
+    assert not together.broken and together.n_waiting == 0  # all five met; the object-free prompt asked nothing
