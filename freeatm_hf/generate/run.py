@@ -103,6 +103,9 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     logger.info("shards to write: %s (%d of %d in total done)", dealt if state.num_processes > 1 else len(todo),
                 writer.num_shards - len(pending), writer.num_shards)
     if todo:
+        # A retrained local folder is refused before minutes of loading it; a Hub id's commit is known once loaded.
+        fingerprint = local_fingerprint(cfg.pipeline)
+        _check_same_generator(made_by, None, None, fingerprint)
         pipe = load_pipeline(cfg.pipeline, device, cfg.torch_dtype, cfg.cpu_offload, revision=cfg.revision)
         if cfg.compile:  # the denoiser: a UNet, or the MM-DiT transformer of SD3 / Flux
             # One graph per token width (multiples of 8), batch size (a last, smaller batch), CFG on or off and
@@ -116,8 +119,7 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
         gen = FreeATMGenerator(pipe, cfg.capture_config(), threshold=cfg.threshold_value, refine=cfg.refine,
                                guidance_scale=cfg.guidance_scale)
         commit = resolved_commit(cfg.pipeline, cfg.revision)
-        fingerprint = local_fingerprint(cfg.pipeline)
-        _check_same_generator(made_by, pipe, commit, fingerprint)
+        _check_same_generator(made_by, pipe, commit)
         _record_generator(writer, pipe, gen, state.process_index, commit=commit, fingerprint=fingerprint)
         rows_todo = sum(s.stop - s.start for s in todo)
         bar = tqdm(total=rows_todo, desc=f"generate [rank {state.process_index}]", unit="img",
@@ -203,7 +205,7 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str |
 def _check_same_generator(made_by: dict, pipe, commit: str | None, fingerprint: str | None = None):
     """A resumed run must use the weights that made the rows so far: a Hub id without --revision resolves to
     whatever its branch holds now, a local folder may have been retrained (or the package upgraded with a new
-    shapes model) in between."""
+    shapes model) in between. What is not known yet (the pipeline before loading, its commit) is None."""
     old_commit, old_class = made_by.get("pipeline_commit"), made_by.get("pipeline_class")
     if old_commit and commit and old_commit != commit:
         raise SettingsMismatchError(f"the rows so far were made by pipeline commit {old_commit}; it now resolves to "
@@ -213,7 +215,7 @@ def _check_same_generator(made_by: dict, pipe, commit: str | None, fingerprint: 
         raise SettingsMismatchError("the rows so far were made by other weights or component settings of this "
                                     f"pipeline folder (fingerprint {old_fingerprint}, now {fingerprint}); restore "
                                     "them, or use another output directory.")
-    if old_class and old_class != type(pipe).__name__:
+    if pipe is not None and old_class and old_class != type(pipe).__name__:
         raise SettingsMismatchError(f"the rows so far were made by a {old_class}, this run loaded a "
                                     f"{type(pipe).__name__}; use another output directory.")
 

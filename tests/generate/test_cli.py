@@ -91,6 +91,7 @@ def test_a_resume_must_use_the_pipeline_commit_that_made_the_rows(tmp_path, monk
 
 
 def test_a_resume_must_use_the_local_folder_weights_that_made_the_rows(tmp_path, monkeypatch):
+    from freeatm_hf.generate import run
     from freeatm_hf.generate.tiny import tiny_pipeline
 
     folder = tmp_path / "model"
@@ -104,8 +105,12 @@ def test_a_resume_must_use_the_local_folder_weights_that_made_the_rows(tmp_path,
     unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
     kept = unet.read_bytes()
     tiny_pipeline(seed=1).unet.save_pretrained(folder / "unet")  # retrained in between
+    loads = []
+    load = run.load_pipeline
+    monkeypatch.setattr(run, "load_pipeline", lambda *a, **k: loads.append(a) or load(*a, **k))
     with pytest.raises(SettingsMismatchError, match="other weights or component settings of this pipeline folder"):
         cli.main(args)
+    assert loads == []  # refused before the weights are loaded (minutes for a large model)
     unet.write_bytes(kept)
     cli.main(args)  # the same weights finish the folder
     assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
