@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..masks import DEFAULT_THRESHOLD
+from ..masks import DEFAULT_THRESHOLD, normalize
 
 
 def likely_drawn(peak: float | None, min_attention_peak: float | None) -> bool:
@@ -33,11 +33,8 @@ def attention_map(value) -> np.ndarray:
         raise ValueError(f"an attention map must be single-channel (height, width), got shape {a.shape}")
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
-    a = a.astype(np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError("an attention map holds NaN or infinite values")
-    lo, hi = (a.min(), a.max()) if a.size else (0.0, 0.0)
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    scaled = normalize(a) if a.size else None  # the generator's own min-max (NaN refused, flat → None)
+    return np.zeros(a.shape, np.float32) if scaled is None else scaled.astype(np.float32)
 
 
 def maps_at(objects, size: tuple[int, int]) -> torch.Tensor:

@@ -42,7 +42,8 @@ def load(source: str, split: str = "train", streaming: bool = False, **kwargs):
 def as_images(ds, column: str, where: str = "the dataset"):
     """`ds` with `column` read as images: a column of file paths (what a CSV or JSON Lines dataset holds), or of
     `{bytes, path}` written without the `datasets` schema, is cast to `datasets.Image`, which decodes each when
-    read; a column of anything else is refused here, before a run that would crash on its first row. A column of unknown type (a stream that states no features) is left."""
+    read; a column of anything else is refused here, before a run that would crash on its first row. A column of
+    unknown type (a stream that states no features) is left."""
     from datasets import Image, Value
 
     feature = (ds.features or {}).get(column)

@@ -2,7 +2,7 @@
 
 import torch
 
-from .losses import distributed_world, gather_with_grad
+from .losses import distributed_world, gather_with_grad, process_counts
 
 
 @torch.no_grad()
@@ -28,8 +28,6 @@ def enqueue_(queues: list[torch.Tensor], ptr: torch.Tensor, rows: list[torch.Ten
     """Write `rows[i]` (gathered from every process) into the ring buffer `queues[i]` at `ptr`, wrapping around;
     the queues share one pointer, which moves on by the number of rows written."""
     if distributed_world() > 1:  # 1-D rows (ids) gathered as one column; all rows share one count
-        from .losses import process_counts
-
         sizes = process_counts(len(rows[0]), rows[0].device)
         rows = [gather_with_grad(r[:, None], sizes)[0][:, 0] if r.dim() == 1 else gather_with_grad(r, sizes)[0]
                 for r in rows]

@@ -115,17 +115,20 @@ def update_model_folder(folder, training: dict | None = None, mask_eval: dict | 
 def scenes_unique(training: dict) -> bool:
     """Whether no training scene was drawn twice: runs that recorded no scene range each began at scene 0
     (see `train_t2i.next_scene`), so with more than one of them scenes repeat."""
-    runs = training.get("runs") or ([training] if training else [])
-    return sum("scene_start" not in r for r in runs) <= 1
+    return sum("scene_start" not in r for r in _runs(training)) <= 1
+
+
+def _runs(training: dict) -> list[dict]:
+    """Each run's own facts: `runs`, or the one run a folder trained before runs were recorded."""
+    return training.get("runs") or ([training] if training else [])
 
 
 def lr_history(training: dict) -> str:
     """The runs' learning rates and schedules in order, consecutive runs that agree said once:
     "0.0005 (runs 1–2), then 0.0005 with a cosine decay (run 3), then 0.0003 with a cosine decay (runs 4–7)".
     A run that recorded no schedule ran before there was one: constant."""
-    runs = training.get("runs") or ([training] if training else [])
     groups = []  # [(lr, schedule), first run, last run]
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(_runs(training), 1):
         key = (run.get("lr"), run.get("lr_schedule") or "constant")
         if groups and groups[-1][0] == key:
             groups[-1][2] = i

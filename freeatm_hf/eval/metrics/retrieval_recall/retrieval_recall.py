@@ -8,8 +8,8 @@
 
 `predictions[q]` are the ids query q retrieved, best first (the largest k of them, or all there are);
 `references[q]` the ids that belong to it (an image's captions, a caption's image). A query is a hit at k when
-any of its ids is among its first k. Returns `r@k` in percent, as BLIP reports TR@k (images as queries) and IR@k (texts).
-Ranked ids rather than score rows keep what travels through Arrow small: COCO's 5,000 × 25,000 scores would be
+any of its ids is among its first k. Returns `r@k` in percent, as BLIP reports TR@k (images as queries) and IR@k
+(texts). Ranked ids rather than score rows keep what travels through Arrow small: COCO's 5,000 × 25,000 scores would be
 gigabytes as Python floats, its 30,000 × 10 ranked ids are not (`freeatm_hf.eval.retrieval.recall_at_k` ranks
 the score matrices on the device).
 """
