@@ -49,6 +49,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--workers", type=int, default=None, help="data workers for the end-to-end run (default: cores)")
+    p.add_argument("--side", type=int, default=None,
+                   help="side of the dataset's pictures (default: the view side, at least 256; SD 1.5 makes 512)")
     args = p.parse_args()
 
     from freeatm_hf.models import SimCLRConfig, SimCLRModel
@@ -86,7 +88,7 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
     from freeatm_hf.generate.schema import dataset_features
     from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
 
-    side = max(args.image_size, 256) if args.image_size >= 224 else args.image_size
+    side = args.side or (max(args.image_size, 256) if args.image_size >= 224 else args.image_size)
     rows = random_freeatm_rows(args.batch_size * 4, side, objects=args.objects)  # the pre-made step's count
     with tempfile.TemporaryDirectory() as d:
         Dataset.from_list(rows, features=dataset_features()).to_parquet(f"{d}/train.parquet")
@@ -100,7 +102,11 @@ def end_to_end(args, model, device, dtype, sync, premade_ips):
         run = step_fn(model, opt, dtype, device)
         ips = loader_throughput(loader, lambda b: run(augment_views(b, aug, IMAGENET_MEAN, IMAGENET_STD)),
                                 args.batch_size, device, sync)
+        # What one worker makes alone, on a short epoch of small batches: how many workers a step needs.
+        one = loader_throughput(timing_loader(ds, 32, 1, collate_two_views, device), lambda b: None, 32, device, sync)
     print(f"end to end ({workers} workers): {ips:.1f} img/s = {ips / premade_ips:.3f}x the step on pre-made tensors")
+    print(f"one data worker alone ({side}px pictures): {one:.1f} img/s; the step on pre-made tensors needs "
+          f"{premade_ips / one:.1f} workers")
 
 
 if __name__ == "__main__":

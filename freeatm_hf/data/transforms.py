@@ -13,6 +13,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from .masks import MapMasks
 from .rows import rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,14 +33,16 @@ def simclr_photometric(strength: float = 1.0, blur: bool = True, size: int = 224
 
 @dataclass
 class TwoViewTransform:
-    """Callable `(image uint8 (3, H, W) | PIL, masks (K, H, W)) → dict` of two views and kept masks.
+    """Callable `(image uint8 (3, H, W) | PIL, masks) → dict` of two views and kept masks; `masks` is a
+    `(K, H, W)` tensor or a `data.masks.MapMasks`, read only where the views fall.
 
     Args:
         size (`int`, defaults to 224): output side.
         scale (`tuple`, defaults to `(0.2, 1.0)`): random resized crop scale (MoCo-v2 / SimCLR use 0.08–1 on
             ImageNet; multi-object scenes lose whole objects at small scales).
         min_visible (`float`, defaults to 0.1): an instance is kept when at least this share of its mask mass
-            is inside *both* crops (measured on the original masks within the crop box).
+            is inside *both* crops (measured on the uncropped masks within the crop box; `MapMasks` measure it
+            on their grid).
         photometric (`bool`, defaults to `True`): colour jitter, grayscale, blur here on the CPU; set `False`
             to run them batched on the accelerator instead.
         color_strength (`float`, defaults to 1.0): colour jitter strength s (SimCLR 1, MoCo-v2 0.5).
@@ -72,21 +75,25 @@ class TwoViewTransform:
         p = self.crop.make_params([image])
         box = (p["top"], p["left"], p["height"], p["width"])
         img = F.resized_crop(tv_tensors.Image(image), *box, [self.size, self.size], antialias=True)
-        m = F.resized_crop(tv_tensors.Mask(masks), *box, [self.size, self.size], antialias=True)
+        if isinstance(masks, MapMasks):
+            m, share = tv_tensors.Mask(masks.crop(*box, self.size)), masks.share(*box)
+        else:
+            m = F.resized_crop(tv_tensors.Mask(masks), *box, [self.size, self.size], antialias=True)
+            inside = masks[:, p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]].flatten(1).sum(1)
+            share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
         if torch.rand(()) < 0.5:
             img, m = F.horizontal_flip(img), F.horizontal_flip(m)
-        inside = masks[:, p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]].flatten(1).sum(1)
-        share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
         if self.colour is not None:
             img = self.colour(img)
         img = img.as_subclass(torch.Tensor) if self.uint8_views else self.to_float(img).as_subclass(torch.Tensor)
         return img, (m.bool() if self.bool_masks else m).as_subclass(torch.Tensor), share
 
-    def __call__(self, image, masks: torch.Tensor) -> dict:
+    def __call__(self, image, masks: torch.Tensor | MapMasks) -> dict:
         if not isinstance(image, torch.Tensor):
             image = F.pil_to_tensor(rgb(image))
-        if masks.shape[-2:] != image.shape[-2:]:
-            raise ValueError(f"masks {tuple(masks.shape[-2:])} and image {tuple(image.shape[-2:])} differ in size")
+        mask_size = tuple(masks.size if isinstance(masks, MapMasks) else masks.shape[-2:])
+        if mask_size != tuple(image.shape[-2:]):
+            raise ValueError(f"masks {mask_size} and image {tuple(image.shape[-2:])} differ in size")
         v1, m1, s1 = self.view(image, masks)
         v2_, m2, s2 = self.view(image, masks)
         keep = (s1 >= self.min_visible) & (s2 >= self.min_visible)

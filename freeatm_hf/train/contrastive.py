@@ -99,7 +99,7 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, betas=(0.9
 
 
 def make_transform(args: ContrastiveArguments):
-    from ..data.masks import drawn_objects, row_masks
+    from ..data.masks import MapMasks, drawn_objects
     from ..data.transforms import TwoViewTransform
 
     on_device = args.gpu_photometric
@@ -117,7 +117,8 @@ def make_transform(args: ContrastiveArguments):
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
         for image, objects in zip(batch["image"], batch["objects"]):
             image = rgb(image)
-            masks = row_masks({"objects": drawn_objects(objects, min_peak)}, (image.height, image.width), args.mask_threshold, args.mask_mode)
+            masks = MapMasks(drawn_objects(objects, min_peak), (image.height, image.width), args.mask_threshold,
+                             args.mask_mode)
             views = two(image, masks)
             for k in out:
                 out[k].append(views[k])

@@ -132,3 +132,96 @@ def test_mae_scores_a_row_whose_maps_differ_in_size():
     torch.manual_seed(0)
     scores = make_transform(args, build_model(args).config)(row)["patch_scores"][0]
     assert scores.shape == (16,) and (scores > 0).all()  # each half covered by one of the two maps
+
+
+def _smooth_maps(rng, count, sizes):
+    from scipy.ndimage import gaussian_filter
+
+    maps = []
+    for i in range(count):
+        h, w = sizes[i % len(sizes)]
+        a = gaussian_filter(rng.random((h, w)), 2)
+        maps.append({"attention": Image.fromarray(((a - a.min()) / (a.max() - a.min()) * 255).astype(np.uint8))})
+    return maps
+
+
+@pytest.mark.parametrize("threshold,mode", [(0.4, "binary"), (0.6, "soft"), ("otsu", "binary")])
+def test_map_masks_read_a_view_as_torchvision_crops_the_full_resolution_masks(threshold, mode):
+    """The contrastive loader samples the stored maps only where a view falls; it must give the masks that
+    resizing every map to the image (`row_masks`) and cropping it with torchvision give. Noise maps of odd
+    sizes, boxes and output sides; images larger and smaller than the maps."""
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as F
+
+    from freeatm_hf.data.masks import MapMasks, row_masks
+
+    rng = np.random.default_rng(0)
+    differ = total = 0
+    for _ in range(12):
+        size = (int(rng.integers(20, 200)), int(rng.integers(20, 200)))
+        objects = [{"attention": Image.fromarray(rng.integers(0, 256, (int(rng.integers(3, 40)),
+                                                                        int(rng.integers(3, 40)))).astype(np.uint8))}
+                   for _ in range(int(rng.integers(1, 4)))]
+        full, lazy = row_masks({"objects": objects}, size, threshold, mode), MapMasks(objects, size, threshold, mode)
+        assert len(lazy) == len(full)
+        for _ in range(4):
+            h, w = int(rng.integers(1, size[0] + 1)), int(rng.integers(1, size[1] + 1))
+            box = (int(rng.integers(0, size[0] - h + 1)), int(rng.integers(0, size[1] - w + 1)), h, w)
+            out = int(rng.integers(4, 80))
+            expected = F.resized_crop(tv_tensors.Mask(full), *box, [out, out])
+            got = lazy.crop(*box, out)
+            assert got.shape == expected.shape
+            # Only a pixel landing exactly on the threshold may differ (the sums run in another order).
+            differ += int(((got - expected).abs() > 1e-5).sum())
+            total += got.numel()
+    assert total > 50_000 and differ <= total * 1e-4
+
+
+def test_map_masks_measure_each_mask_inside_a_box_on_a_grid():
+    from freeatm_hf.data.masks import MapMasks, row_masks
+
+    rng = np.random.default_rng(1)
+    objects = _smooth_maps(rng, 3, [(32, 32), (16, 24)])
+    size = (256, 200)
+    full = row_masks({"objects": objects}, size, 0.4)
+    gridded, exact = MapMasks(objects, size, 0.4), MapMasks(objects, size, 0.4, grid=None)
+    assert len(gridded.grid_rows) == 64 and len(exact.grid_rows) == 256  # two samples per cell of the 32 map
+    for _ in range(20):
+        h, w = int(rng.integers(30, 257)), int(rng.integers(30, 201))
+        top, left = int(rng.integers(0, 257 - h)), int(rng.integers(0, 201 - w))
+        truth = full[:, top : top + h, left : left + w].flatten(1).sum(1) / full.flatten(1).sum(1)
+        # Every pixel counted: off only by a pixel on the threshold, whose sum ran in another order.
+        torch.testing.assert_close(exact.share(top, left, h, w), truth, atol=1e-4, rtol=0)
+        assert (gridded.share(top, left, h, w) - truth).abs().max() < 0.03
+
+
+def test_map_masks_leave_empty_maps_out_and_read_a_row_without_masks_as_the_whole_image():
+    from freeatm_hf.data.masks import MapMasks
+
+    blob = np.zeros((8, 8), np.uint8)
+    blob[2:5, 2:5] = 255
+    masks = MapMasks([{"attention": Image.fromarray(blob)}, {"attention": Image.fromarray(blob * 0)}], (32, 32))
+    assert len(masks) == 1 and masks.crop(0, 0, 32, 32, 32)[0, 12, 12] == 1
+    for objects in ([], [{"attention": Image.fromarray(blob * 0)}]):
+        whole = MapMasks(objects, (32, 48))
+        assert len(whole) == 1 and torch.equal(whole.crop(4, 4, 16, 16, 8), torch.ones(1, 8, 8))
+        torch.testing.assert_close(whole.share(0, 0, 16, 24), torch.tensor([0.25]))
+
+
+def test_two_views_from_map_masks_equal_those_from_full_resolution_masks():
+    """Same seed, same views: `TwoViewTransform` draws its crops and flips alike whichever form the masks take."""
+    from freeatm_hf.data.masks import MapMasks, row_masks
+    from freeatm_hf.data.transforms import TwoViewTransform
+
+    rng = np.random.default_rng(2)
+    objects = _smooth_maps(rng, 3, [(16, 16)])
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8)
+    two = TwoViewTransform(size=48, photometric=False, normalize=False, min_visible=0.0)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = two(image, row_masks({"objects": objects}, (96, 128), 0.4))
+        torch.manual_seed(seed)
+        got = two(image, MapMasks(objects, (96, 128), 0.4))
+        assert expected.keys() == got.keys()
+        for k in expected:
+            assert torch.equal(got[k], expected[k]), k
