@@ -8,14 +8,14 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer
 
 from .arguments import DataArguments, fit_and_save, resume_point
+from .trainer import FreeatmTrainer
 
 logger = logging.getLogger(__name__)
 
 
-class BlipTrainer(Trainer):
+class BlipTrainer(FreeatmTrainer):
     """Logs the three BLIP losses (averaged over the training steps since the last log, and over processes, as
     Trainer's `loss` is) next to their weighted sum."""
 

@@ -7,10 +7,11 @@
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from ..data.rows import rgb
 from .arguments import DataArguments, fit_and_save, resume_point
+from .trainer import FreeatmTrainer
 
 
 @dataclass
@@ -93,7 +94,7 @@ def build_model(args: MAEArguments):
                               beta_max=args.beta_max if args.guided else 0.0, **SIZES[args.model_size]))
 
 
-class MAETrainer(Trainer):
+class MAETrainer(FreeatmTrainer):
     """Trainer that logs the current β next to the loss."""
 
     def log(self, logs, *args, **kwargs):
