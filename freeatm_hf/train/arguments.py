@@ -141,6 +141,19 @@ RESUMED_SETTINGS = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2",
                     "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
 
 
+def _training_args_classes() -> list:
+    """What a pickled `TrainingArguments` is made of, the only classes its unpickling may build."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+    from transformers import TrainingArguments
+    from transformers.trainer_pt_utils import AcceleratorConfig
+    from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    return [TrainingArguments, PartialState, DistributedType, AcceleratorConfig, HubStrategy, IntervalStrategy,
+            SaveStrategy, SchedulerType, OptimizerNames]
+
+
 def check_resumed_settings(checkpoint: str, training_args):
     """Refuse a resume whose settings differ from the checkpoint's (`RESUMED_SETTINGS`, and the process count): the
     run would not train as stated, and its card would state the new values all the same."""
@@ -152,7 +165,8 @@ def check_resumed_settings(checkpoint: str, training_args):
     if not os.path.isfile(path):
         return
     try:  # the run's own pickled TrainingArguments (Trainer writes them into each checkpoint)
-        saved = torch.load(path, weights_only=False)
+        with torch.serialization.safe_globals(_training_args_classes()):
+            saved = torch.load(path, weights_only=True)  # a checkpoint from elsewhere must not run its own code
     except Exception as e:  # say, written by a transformers whose classes this one lacks
         logger.warning("%s: not compared with the checkpoint's settings (%s: %s)", checkpoint, type(e).__name__, e)
         return

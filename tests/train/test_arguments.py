@@ -81,3 +81,29 @@ def test_the_card_records_the_optimizer_warm_up_betas_and_accumulation():
     lars = training_info(args, optimizer="lars")
     assert lars["optimizer"] == "lars" and "adam_beta2" not in lars
     assert training_info(args, optimizer="adamw")["adam_beta1"] == 0.9
+
+
+class _Payload:
+    """Unpickled, it writes a file: what a hostile training_args.bin could do instead."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoints_pickled_settings_cannot_run_code(tmp_path, shapes_data, caplog):
+    """(A real one still loads: the refusals above read it.)"""
+    import torch
+
+    from freeatm_hf.train.arguments import check_resumed_settings
+
+    out = tmp_path / "run"
+    run(out, 1, data=shapes_data, learning_rate=1e-3)
+    checkpoint = out / "checkpoint-1"
+    ran = tmp_path / "ran"
+    torch.save(_Payload(str(ran)), checkpoint / "training_args.bin")
+    check_resumed_settings(str(checkpoint), TrainingArguments(output_dir=str(out), report_to="none", use_cpu=True))
+    assert not ran.exists()
+    assert "not compared with the checkpoint's settings" in caplog.text
