@@ -24,10 +24,22 @@ from freeatm_hf.viz import color, heatmap, overlay
 HERE = Path(__file__).resolve().parent
 EXAMPLE_DATASET = HERE / "example_dataset"
 VIEW_SIDE = 384  # small generated images are enlarged (nearest) to at least this side for display
+MAX_VIEW_SIDE = 2048
+# What a visitor may ask the live generator to track: past the text encoder's window nothing is tracked anyway,
+# and matching nouns to the prompt grows fast with their number.
+MAX_PROMPT_CHARS = 2000
+MAX_NOUNS = 32
 
 
 class RowCache:
-    """Rows of a (possibly huge, possibly remote) dataset, streamed in order and kept once read."""
+    """Rows of a (possibly huge, possibly remote) dataset, streamed in order and kept once read.
+
+    A public Space takes row numbers from anyone: rows are kept as their encoded files (a tenth of a decoded 512²
+    row with its maps) and decoded when shown, a request reads at most `READ_AHEAD` rows past those already read,
+    and no more than `MAX_ROWS` are kept."""
+
+    READ_AHEAD = 1000
+    MAX_ROWS = 10_000
 
     def __init__(self, source: str):
         from datasets import load_dataset
@@ -36,16 +48,25 @@ class RowCache:
 
         self.source = source
         ds = load_dataset(source, split="train", streaming=True)
+        self.features = ds.features
         if ds.features is not None:  # a stream that states its features (Parquet does) is checked now, not per click
             cols = list(ds.features)
             if not {"image", "prompt", "objects"} <= set(cols) or not holds_attention_maps(ds.features["objects"]):
                 raise ValueError(f"{source} is not a freeatm dataset (columns {cols}): the viewer shows images with "
                                  "their objects' attention maps, written by `freeatm generate`")
+            ds = ds.decode(False)
         self._iter = iter(ds)
         self.rows: list[dict] = []
         self.exhausted = False
 
-    def get(self, index: int) -> dict:
+    def get(self, index: int | None) -> dict:
+        if index is None:
+            raise gr.Error("type a row number")
+        if not self.exhausted and index >= len(self.rows) + self.READ_AHEAD:
+            raise gr.Error(f"row {index} is more than {self.READ_AHEAD} rows past the {len(self.rows)} read so far: "
+                           f"go there in steps of fewer than {self.READ_AHEAD}")
+        if not self.exhausted and index >= self.MAX_ROWS:
+            raise gr.Error(f"the viewer keeps the first {self.MAX_ROWS} rows of {self.source}: pick one of those")
         while len(self.rows) <= index and not self.exhausted:
             try:
                 self.rows.append(next(self._iter))
@@ -53,7 +74,8 @@ class RowCache:
                 self.exhausted = True
         if not self.rows:
             raise gr.Error(f"dataset {self.source} has no rows")
-        return self.rows[min(index, len(self.rows) - 1)]
+        row = self.rows[min(index, len(self.rows) - 1)]
+        return row if self.features is None else self.features.decode_example(row)
 
     def clamp(self, index: int) -> int:
         """`index` within the rows, as far as they are known: the last one once the stream has ended."""
@@ -61,7 +83,9 @@ class RowCache:
 
 
 def _scale(image: Image.Image) -> int:
-    return max(1, -(-VIEW_SIDE // min(image.size)))
+    """Enlarged until the short side is `VIEW_SIDE`, the long one kept under `MAX_VIEW_SIDE` (a 3000×1 image
+    would otherwise be drawn 1,152,000 pixels long, with every map and mask)."""
+    return max(1, min(-(-VIEW_SIDE // min(image.size)), MAX_VIEW_SIDE // max(image.size)))
 
 
 def _caption(o: dict, min_peak: float | None) -> str:
@@ -186,7 +210,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         return state["gen"], vocabulary
 
     def browse(index: float, threshold: float, otsu: bool = browse_otsu0):
-        row = cache.get(int(index))
+        row = cache.get(None if index is None else int(index))
         objects = [{"name": o["name"], "attention": o["attention"], "attention_peak": o.get("attention_peak")}
                    for o in row["objects"]]
         view, text, soft, masks, summary = render(row["image"], row["prompt"], objects,
@@ -199,8 +223,15 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float, otsu: bool = gen_otsu0):
         if not prompt.strip():
             raise gr.Error("type a prompt")
+        if len(prompt) > MAX_PROMPT_CHARS or len(nouns) > MAX_PROMPT_CHARS:
+            raise gr.Error(f"the prompt and the nouns are {MAX_PROMPT_CHARS} characters at most")
+        if seed is None:
+            raise gr.Error("type a seed")
+        names = [n.strip() for n in nouns.split(",") if n.strip()]
+        if len(names) > MAX_NOUNS:
+            raise gr.Error(f"track {MAX_NOUNS} nouns at most, not {len(names)}")
         gen, vocab = generator()
-        names = [n.strip() for n in nouns.split(",") if n.strip()] or detect_nouns(prompt, vocab)
+        names = names or detect_nouns(prompt, vocab)
         if not names:
             raise gr.Error("no known object noun found in the prompt: list the nouns to track")
         try:
@@ -249,16 +280,18 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             index.change(browse, inputs, outputs, api_name="browse")
             b_threshold.change(browse, inputs, outputs, api_name=False)
             b_otsu.change(browse, inputs, outputs, api_name=False)
-            prev_btn.click(lambda i: max(0, cache.clamp(int(i)) - 1), index, index, api_name=False)
-            next_btn.click(lambda i: cache.clamp(int(i) + 1), index, index, api_name=False)
+            prev_btn.click(lambda i: max(0, cache.clamp(int(i or 0)) - 1), index, index, api_name=False)
+            next_btn.click(lambda i: cache.clamp(int(i or 0) + 1), index, index, api_name=False)
             demo.load(browse, inputs, outputs, api_name=False)
         with gr.Tab("Generate", id="generate"):
             gr.Markdown(f"Pipeline: `{pipeline}`")
             with gr.Row():
-                prompt = gr.Textbox(label="prompt", value=example_prompt, elem_id="gen-prompt", scale=3)
-                nouns = gr.Textbox(label="nouns to track (comma-separated; empty = detect)", elem_id="gen-nouns")
+                prompt = gr.Textbox(label="prompt", value=example_prompt, elem_id="gen-prompt", scale=3,
+                                    max_length=MAX_PROMPT_CHARS)
+                nouns = gr.Textbox(label="nouns to track (comma-separated; empty = detect)", elem_id="gen-nouns",
+                                   max_length=MAX_PROMPT_CHARS)
             with gr.Row():
-                seed = gr.Number(value=0, precision=0, label="seed")
+                seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**63 - 1, label="seed")
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
                 g_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
                                         elem_id="gen-threshold")

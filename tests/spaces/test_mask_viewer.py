@@ -339,3 +339,50 @@ def test_browsing_past_the_last_row_says_so_and_a_pipeline_that_fails_to_load_is
             client.predict("a red circle", "red circle", 0, 2, 0.4, False, api_name="/generate")
     finally:
         demo.close()
+
+
+def test_a_visitors_row_number_cannot_make_the_space_hold_a_whole_stream(monkeypatch):
+    """Rows are kept as their encoded files and decoded when shown; a request reads a bounded number of rows
+    past those read, and the cache holds a bounded number."""
+    import gradio as gr
+
+    module = load_app()
+    cache = module.RowCache(str(space_dir() / "example_dataset"))
+    monkeypatch.setattr(cache, "READ_AHEAD", 2)
+    monkeypatch.setattr(cache, "MAX_ROWS", 3)
+    with pytest.raises(gr.Error, match="more than 2 rows past the 0 read so far"):
+        cache.get(2)
+    row = cache.get(1)
+    assert isinstance(row["image"], Image.Image) and isinstance(row["objects"][0]["attention"], Image.Image)
+    assert isinstance(cache.rows[1]["image"]["bytes"], bytes) and len(cache.rows) == 2  # kept encoded
+    assert cache.get(2)["prompt"] and len(cache.rows) == 3
+    with pytest.raises(gr.Error, match="keeps the first 3 rows"):
+        cache.get(3)
+    with pytest.raises(gr.Error, match="type a row number"):
+        cache.get(None)
+
+
+def test_a_thin_image_is_not_enlarged_past_the_longest_view_side():
+    module = load_app()
+    att = Image.fromarray(np.full((1, 4), 255, np.uint8))
+    for size in ((3000, 1), (1, 2500), (8, 8)):
+        view = module.render(Image.new("RGB", size), "an x", [{"name": "x", "attention": att}], 0.4)[0]
+        assert max(view.size) <= max(module.MAX_VIEW_SIDE, *size)
+        assert min(view.size) >= min(module.VIEW_SIDE, min(size) * (module.MAX_VIEW_SIDE // max(size)))
+
+
+def test_live_generation_refuses_long_input_before_any_work(monkeypatch):
+    """A prompt of thousands of nouns took minutes to match (and held up every other visitor's request)."""
+    import gradio as gr
+
+    module = load_app()
+    demo = module.build_demo(pipeline="no-such-pipeline")  # never loaded: each refusal comes first
+    generate = next(d for d in demo.fns.values() if d.name == "generate").fn
+    with pytest.raises(gr.Error, match="2000 characters at most"):
+        generate("a cat " * 400, "", 0, 2, 0.4, False)
+    with pytest.raises(gr.Error, match="track 32 nouns at most, not 40"):
+        generate("a cat", ",".join(["cat"] * 40), 0, 2, 0.4, False)
+    with pytest.raises(gr.Error, match="type a seed"):
+        generate("a cat", "cat", None, 2, 0.4, False)
+    with pytest.raises(gr.Error, match="could not load the pipeline"):  # what an acceptable request meets next
+        generate("a cat", "cat", 0, 2, 0.4, False)
