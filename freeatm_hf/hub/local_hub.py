@@ -18,8 +18,11 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 USER = "me"  # the one user of a loopback Hub
 
@@ -55,6 +58,12 @@ class LocalHub:
                 hub.auth_headers.append(self.headers.get("Authorization"))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.split("?")[0]
+                try:
+                    return self._post(path, body)
+                except ValueError as e:  # a name or path the Hub refuses too
+                    return self._json(400, {"error": str(e)})
+
+            def _post(self, path: str, body: bytes):
                 if path == "/api/repos/create":
                     return self._json(200, hub._create(json.loads(body)))
                 if path == "/api/validate-yaml":
@@ -137,6 +146,10 @@ class LocalHub:
         repo_type = req.get("type") or "model"
         # As on the Hub, a name without a namespace goes under the token's user (here always USER).
         repo_id = f"{req.get('organization') or USER}/{req['name']}"
+        try:  # the Hub's own rule for names; it also keeps every repo folder inside the root
+            validate_repo_id(repo_id)
+        except HFValidationError as e:
+            raise ValueError(f"invalid repo id {repo_id!r}: {e}") from None
         private = req.get("visibility") == "private" or bool(req.get("private"))
         self.repos.setdefault((repo_type, repo_id), {"private": private, "files": {}, "request": req,
                                                      "branches": {"main"}})
@@ -162,6 +175,8 @@ class LocalHub:
         files = self.repos[(repo_type, repo_id)]["files"]
         added, deleted = {}, []
         for x in lines:
+            if x["key"] != "header":
+                _check_repo_path(x["value"]["path"])
             if x["key"] == "file":
                 added[x["value"]["path"]] = base64.b64decode(x["value"]["content"])
             elif x["key"] == "deletedFile":
@@ -193,6 +208,13 @@ class LocalHub:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def _check_repo_path(path: str):
+    """A file's path in a repo, as the Hub accepts it: relative, in forward slashes, never climbing out."""
+    parts = PurePosixPath(path).parts
+    if not path or "\\" in path or PurePosixPath(path).is_absolute() or ".." in parts:
+        raise ValueError(f"invalid path in repo: {path!r}")
 
 
 def tree(files: dict[str, bytes], under: str, recursive: bool) -> list[dict]:
