@@ -5,7 +5,13 @@
 # Usage: bash recipes/shapes_end_to_end.sh [OUT_DIR]      (OUT_DIR defaults to outputs/e2e)
 set -euo pipefail
 OUT=${1:-outputs/e2e}
-rm -rf "$OUT" && mkdir -p "$OUT"
+# A rerun starts afresh, but only over a folder an earlier walkthrough made: a wrong argument (a parent folder,
+# a trained model's) must not be wiped.
+if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT" 2>/dev/null || echo file)" ] && [ ! -e "$OUT/.freeatm-walkthrough" ]; then
+    echo "$OUT is not empty and no walkthrough made it: give a new or empty folder" >&2
+    exit 2
+fi
+rm -rf "$OUT" && mkdir -p "$OUT" && touch "$OUT/.freeatm-walkthrough"
 export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
 echo "== 1. generate 32 scenes with free attention masks"

@@ -35,3 +35,17 @@ def test_walkthrough_script(tmp_path):
         assert str(out) not in (hub / "models" / "me" / name / "eval_results.json").read_text()
         assert (hub / "models" / "me" / name / "model.safetensors").is_file()
     assert "hf_local_walkthrough" not in res.stdout + res.stderr
+    assert (out / ".freeatm-walkthrough").is_file()  # what lets a rerun start afresh over it
+
+
+def test_the_walkthrough_refuses_a_folder_it_did_not_make(tmp_path):
+    """`rm -rf` of a wrong argument (a parent folder, a trained model's) would wipe a user's work."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "a_file").write_text("notes")
+    for target in (tmp_path / "mine", tmp_path / "a_file"):
+        res = subprocess.run(["bash", str(ROOT / "recipes" / "shapes_end_to_end.sh"), str(target)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and "no walkthrough made it" in res.stderr
+    assert (tmp_path / "mine" / "model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "a_file").read_text() == "notes"
