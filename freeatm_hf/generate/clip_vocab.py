@@ -1,10 +1,14 @@
 """A small CLIP-style BPE vocabulary made offline, so tiny pipelines need no download.
 
-    python -m freeatm_hf.generate.clip_vocab   # rebuilds assets/clip_tokenizer/{vocab.json,merges.txt}
+    python -m freeatm_hf.generate.clip_vocab --output my_tokenizer   # a new vocab.json + merges.txt
 
 It is trained with `tokenizers` on text from the label space and the scene templates, using the same
 normalizer and pre-tokenizer as `transformers.CLIPTokenizer`, so it exercises real sub-word splits
 ("golden retriever" → several tokens) while staying a few thousand entries.
+
+The shipped `assets/clip_tokenizer` is an earlier build with the ten digits appended (ids 4096–4105), kept as it
+is: the embedded shapes model, the tests' tiny pipelines and every BLIP trained from scratch read its ids, and a
+new build numbers every token anew.
 """
 
 import json
@@ -59,10 +63,21 @@ def save_vocab(vocab: dict[str, int], merges: list[str], asset_dir: Path):
     (asset_dir / "merges.txt").write_text("\n".join(merges) + "\n")
 
 
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.generate.clip_vocab", description=__doc__.splitlines()[0])
+    p.add_argument("--output", required=True, type=Path,
+                   help="folder for vocab.json and merges.txt (not the package's own: see the module docstring)")
+    p.add_argument("--vocab_size", type=int, default=4096)
+    args = p.parse_args(argv)
+    vocab, merges = build(args.vocab_size)
+    save_vocab(vocab, merges, args.output)
+    print(f"wrote {len(vocab)} tokens, {len(merges)} merges to {args.output}")
+
+
 if __name__ == "__main__":
-    vocab, merges = build()
-    save_vocab(vocab, merges, ASSET_DIR)
-    print(f"wrote {len(vocab)} tokens, {len(merges)} merges to {ASSET_DIR}")
+    main()
 
 
 def load_t5_tokenizer(model_max_length: int = 256):

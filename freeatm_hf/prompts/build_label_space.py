@@ -1,6 +1,6 @@
 """Rebuild `imagenet_label_space.json` from the ImageNet-1k synset files that timm ships.
 
-    python -m freeatm_hf.prompts.build_label_space
+    python -m freeatm_hf.prompts.build_label_space [--output FILE]
 
 The coarse hierarchy follows the WordNet order of the 1k classes (contiguous index ranges for the
 animal families, food, geological formations, people, plants); vehicles are scattered among the artifacts,
@@ -78,6 +78,16 @@ def build() -> list[dict]:
     return classes
 
 
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.prompts.build_label_space",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--output", type=Path, default=OUT, help="default: the package's own file (in a checkout)")
+    args = p.parse_args(argv)
+    args.output.write_text("[\n" + ",\n".join(json.dumps(c, ensure_ascii=False) for c in build()) + "\n]\n")
+    print(f"wrote {args.output}")
+
+
 if __name__ == "__main__":
-    OUT.write_text("[\n" + ",\n".join(json.dumps(c, ensure_ascii=False) for c in build()) + "\n]\n")
-    print(f"wrote {OUT}")
+    main()
