@@ -76,18 +76,20 @@ def main(argv: list[str] | None = None):
     getattr(importlib.import_module(module_name), func or "main")(argv[1:])  # the console script's exit code is 0 unless this raises
 
 
-def run():
-    """The console script. A mistake in the command (the code raises ValueError or FileNotFoundError naming it:
-    a resume with other settings, a folder that is not a checkpoint, a missing flag) prints that message and
-    exits 2, as argparse does; FREEATM_TRACEBACK=1 shows the traceback too."""
+def run(argv: list[str] | None = None):
+    """The console script (and `python -m freeatm_hf[.generate|.train]`, `argv` then naming the command). A mistake
+    in the command (the code raises ValueError or FileNotFoundError naming it: a resume with other settings, a
+    folder that is not a checkpoint, a missing flag) prints that message and exits 2, as argparse does;
+    FREEATM_TRACEBACK=1 shows the traceback too."""
     import os
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        main()
+        main(argv)
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("FREEATM_TRACEBACK"):
             raise
-        command = " ".join(sys.argv[1:3] if sys.argv[1:2] in (["train"], ["eval"]) else sys.argv[1:2])
+        command = " ".join(argv[0:2] if argv[0:1] in (["train"], ["eval"]) else argv[0:1])
         print(f"freeatm {command}: error: {e}\n(FREEATM_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         sys.exit(2)
 

@@ -50,3 +50,16 @@ def test_under_a_launcher_only_the_main_process_logs_info():
     assert "said once" not in replica and "said by all" in replica
     # A RANK without a launcher's WORLD_SIZE (a cluster's node rank), or not a number, is a single process.
     assert "said once" in stderr(RANK="1") and "said once" in stderr(RANK="", WORLD_SIZE="2")
+
+
+def test_the_module_entry_points_answer_as_the_console_script(tmp_path):
+    """`accelerate launch -m freeatm_hf.train|generate` (the README's multi-GPU route) and `python -m freeatm_hf`
+    name a mistake as `freeatm` does."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True)  # noqa: E731
+    res = run("freeatm_hf.train", "simclr", "--dataset", "d", "--output_dir", str(tmp_path / "o"), "--queue_size", "5")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "freeatm train simclr: error: freeatm train simclr would not read --queue_size" in res.stderr
+    res = run("freeatm_hf.generate", "--output_dir", str(tmp_path), "--num_images", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "freeatm generate: error:" in res.stderr
+    res = run("freeatm_hf", "export", str(tmp_path), str(tmp_path / "out"), "--to", "timm")
+    assert res.returncode == 2 and f"freeatm export: error: {tmp_path} is not a checkpoint folder" in res.stderr

@@ -1,3 +1,5 @@
-from .cli import main
+import sys
 
-main()
+from ..cli import run
+
+run(["generate", *sys.argv[1:]])  # as `freeatm generate`, under `accelerate launch -m freeatm_hf.generate` too

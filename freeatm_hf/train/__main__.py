@@ -1,3 +1,5 @@
-from .cli import main
+import sys
 
-main()
+from ..cli import run
+
+run(["train", *sys.argv[1:]])  # as `freeatm train`, under `accelerate launch -m freeatm_hf.train` too
