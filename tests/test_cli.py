@@ -63,3 +63,11 @@ def test_the_module_entry_points_answer_as_the_console_script(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr and "freeatm generate: error:" in res.stderr
     res = run("freeatm_hf", "export", str(tmp_path), str(tmp_path / "out"), "--to", "timm")
     assert res.returncode == 2 and f"freeatm export: error: {tmp_path} is not a checkpoint folder" in res.stderr
+
+
+def test_a_missing_recipe_is_named_with_where_the_recipes_are(tmp_path):
+    for command in (["generate"], ["train", "simclr"]):
+        res = subprocess.run([sys.executable, "-m", "freeatm_hf.cli", *command, "recipes/simclr_atm.yaml"],
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert "recipe recipes/simclr_atm.yaml not found (the project's recipes/ folder comes with its repository" in res.stderr

@@ -27,13 +27,23 @@ def parse(argv: list[str]):
     parser = make_parser()
     if argv and argv[0].endswith((".yaml", ".yml")):
         # A recipe, optionally followed by overrides: `freeatm generate recipe.yaml --num_images 8`.
-        import yaml
-
-        with open(argv[0]) as f:
-            recipe = yaml.safe_load(f) or {}
-        argv = recipe_flags(recipe) + argv[1:]
+        argv = recipe_flags(read_recipe(argv[0])) + argv[1:]
     (cfg,) = parser.parse_args_into_dataclasses(args=argv)
     return cfg
+
+
+def read_recipe(path: str) -> dict:
+    """A YAML recipe's keys; a missing one named, with where the project's own recipes are."""
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        where = (" (the project's recipes/ folder comes with its repository, not with the installed package: run "
+                 "from a checkout's root)" if path.replace("\\", "/").startswith("recipes/") else "")
+        raise FileNotFoundError(f"recipe {path} not found{where}")
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
 
 
 def recipe_flags(recipe: dict) -> list[str]:

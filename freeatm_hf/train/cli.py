@@ -20,16 +20,13 @@ def resolve_method(argv: list[str]) -> tuple[str, list[str]]:
     """The method, and the arguments with the recipe's keys spelled out as flags before the command line's own
     (so that flags after a recipe override it). The method is named first, or by the recipe's `method:` key;
     both must agree."""
-    from ..generate.cli import recipe_flags
+    from ..generate.cli import read_recipe, recipe_flags
 
     named = None if _is_recipe(argv[0]) else argv.pop(0)
     recipe = {}
     if argv and _is_recipe(argv[0]):
-        import yaml
-
         path = argv.pop(0)
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
+        recipe = read_recipe(path)
         recipe_method = recipe.pop("method", None)
         if named and recipe_method and named != recipe_method:
             raise SystemExit(f"{path} is a {recipe_method!r} recipe, but {named!r} was asked for")
