@@ -158,9 +158,13 @@ class OpenAIAugmenter(PromptAugmenter):
         body = {"model": self.model, "messages": [{"role": "user", "content": instruction}], "temperature": 0}
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
-        r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
-        r.raise_for_status()
-        return r.json()["choices"][0]["message"]["content"]
+        try:
+            r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
+            r.raise_for_status()
+            return r.json()["choices"][0]["message"]["content"]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:  # unreachable, refused, not the API
+            raise ValueError(f"the prompt augmenter at {self.url} (--augmenter) did not answer as an OpenAI-compatible "
+                             f"server does: {type(e).__name__}: {e}") from e
 
     def complete_many(self, instructions: list[str]) -> list[str]:
         if len(instructions) <= 1 or self.concurrency <= 1:
@@ -180,4 +184,8 @@ def load_augmenter(spec: str | None) -> PromptAugmenter | None:
         if not model:
             raise ValueError("an OpenAI-compatible augmenter is given as URL#MODEL, e.g. http://localhost:8000/v1#qwen")
         return OpenAIAugmenter(url, model)
-    return TransformersAugmenter(spec)
+    try:
+        return TransformersAugmenter(spec)
+    except (OSError, ValueError) as e:  # not a folder, not reachable offline, not a text-generation model
+        raise ValueError(f"--augmenter {spec!r}: no text-generation model could be loaded from it ({type(e).__name__}: "
+                         f"{e}); give a local model folder, a Hub id this machine can reach, or URL#MODEL") from e

@@ -102,6 +102,21 @@ def test_augmenter_spec_errors():
         load_augmenter("http://localhost:8000/v1")
 
 
+def test_an_augmenter_that_cannot_be_reached_or_loaded_is_named(tmp_path):
+    """A raw ConnectError or transformers' "couldn't connect to huggingface.co" did not say which flag was wrong."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    aug = load_augmenter(f"http://127.0.0.1:{port}/v1#m")
+    with pytest.raises(ValueError, match=rf"augmenter at http://127.0.0.1:{port}/v1/chat/completions \(--augmenter\) "
+                                         "did not answer.*ConnectError"):
+        aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+    with pytest.raises(ValueError, match="--augmenter '.*no-model': no text-generation model could be loaded"):
+        load_augmenter(str(tmp_path / "no-model"))
+
+
 
 @pytest.mark.parametrize("answer, compound", [
     ("A sea-lion wearing a mask rests in a grassy field.", "sea-lion"),
