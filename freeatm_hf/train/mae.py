@@ -56,27 +56,37 @@ class BetaScheduleCallback(TrainerCallback):
 def make_transform(args: MAEArguments, config):
     from torchvision import tv_tensors
     from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
 
-    from ..data.masks import drawn_objects, maps_at
+    from ..data.masks import MapMasks, drawn_objects
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..models.mae import patch_scores
 
     min_peak = args.resolve_min_attention_peak()
-
-    geometry = v2.Compose([v2.RandomResizedCrop(args.image_size, scale=(args.crop_scale_min, 1.0),
-                                                interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                           v2.RandomHorizontalFlip()])
+    side = args.image_size
+    crop = v2.RandomResizedCrop(side, scale=(args.crop_scale_min, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
+                                antialias=True)
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    no_scores = torch.full(((side // config.patch_size) ** 2,), float("nan"))  # random masking
 
     def transform(batch):
         pixels, scores = [], []
         for image, objects in zip(batch["image"], batch["objects"]):
-            image = v2.functional.pil_to_tensor(rgb(image))
-            m = maps_at(drawn_objects(objects, min_peak), tuple(image.shape[-2:]))
-            img, m = geometry(tv_tensors.Image(image), tv_tensors.Mask(m))
-            pixels.append(finish(img).as_subclass(torch.Tensor))
-            s = patch_scores(m.as_subclass(torch.Tensor), config.patch_size)
-            scores.append(s if args.guided else torch.full_like(s, float("nan")))
+            image = F.pil_to_tensor(rgb(image))
+            p = crop.make_params([image])
+            box = (p["top"], p["left"], p["height"], p["width"])
+            img = F.resized_crop(tv_tensors.Image(image), *box, [side, side],
+                                 interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+            flip = bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip's own draw, after the crop's
+            pixels.append(finish(F.horizontal_flip(img) if flip else img).as_subclass(torch.Tensor))
+            s = no_scores
+            if args.guided:
+                # The raw maps (no threshold), read only at the pixels of the crop: never built at image size.
+                maps = MapMasks(drawn_objects(objects, min_peak), tuple(image.shape[-2:]), float("-inf"), "soft")
+                if not maps.whole:
+                    m = maps.crop(*box, side)
+                    s = patch_scores(m.flip(-1) if flip else m, config.patch_size)
+            scores.append(s)
         return {"pixel_values": pixels, "patch_scores": scores}
 
     return transform

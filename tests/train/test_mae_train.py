@@ -33,3 +33,45 @@ def test_the_mask_free_baseline_is_recorded_as_unguided(shapes_data):
     assert guided.config.beta_max == 0.8 and _guided(guided.config)
     # A baseline checkpoint must not claim attention-guided masking in its config, tags or card.
     assert baseline.config.beta_max == 0.0 and not _guided(baseline.config)
+
+
+def test_the_mae_transform_gives_what_torchvision_gives_on_maps_at_image_size():
+    """The maps are read only at the crop's pixels; the views and scores must be those of cropping image and
+    full-size maps together with torchvision (same draws), the way the transform once made them."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from freeatm_hf.data.masks import maps_at
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from freeatm_hf.models.mae import patch_scores
+    from freeatm_hf.train.mae import MAEArguments, make_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (72, 96, 3), dtype=np.uint8))
+    objects = []
+    for size in ((12, 16), (12, 16), (9, 9)):
+        a = gaussian_filter(rng.random(size), 1.5)
+        objects.append({"attention": Image.fromarray(((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)),
+                        "attention_peak": 1.0})
+    args = MAEArguments(image_size=32, patch_size=8, crop_scale_min=0.3)
+    config = type("Config", (), {"patch_size": 8})
+    transform = make_transform(args, config)
+    geometry = v2.Compose([v2.RandomResizedCrop(32, scale=(0.3, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
+                                                antialias=True), v2.RandomHorizontalFlip()])
+    finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    for seed in range(8):
+        torch.manual_seed(seed)
+        got = transform({"image": [image], "objects": [objects]})
+        torch.manual_seed(seed)
+        img, m = geometry(tv_tensors.Image(v2.functional.pil_to_tensor(image)),
+                          tv_tensors.Mask(maps_at(objects, (72, 96))))
+        assert torch.equal(got["pixel_values"][0], finish(img).as_subclass(torch.Tensor))
+        torch.testing.assert_close(got["patch_scores"][0], patch_scores(m.as_subclass(torch.Tensor), 8),
+                                   atol=1e-5, rtol=0)
+    # Maps with nothing in them leave the image to random masking, as real data.
+    flat = [{"attention": Image.new("L", (8, 8)), "attention_peak": 1.0}]
+    assert torch.isnan(transform({"image": [image], "objects": [flat]})["patch_scores"][0]).all()
