@@ -45,6 +45,14 @@ def size_category(num_rows: int) -> str:
     return next(s for limit, s in SIZE_CATEGORIES if num_rows < limit)
 
 
+def markdown_text(text: str) -> str:
+    """`text` as plain words in Markdown: one line, its markup characters escaped (a prompt from a user's file or
+    an LLM could otherwise close an image's alt text and add a link or image of its own to a public card)."""
+    import re
+
+    return re.sub(r"([\\`*_\[\]()<>!|~])", r"\\\1", " ".join(str(text).split()))
+
+
 def render_dataset_card(features, generation: dict, counts: dict, repo_id: str = "<user>/<dataset>",
                         pretty_name: str = "freeatm generated dataset", examples: list[dict] | None = None,
                         extra_tags: list[str] | None = None, **template_vars):
@@ -67,5 +75,6 @@ def render_dataset_card(features, generation: dict, counts: dict, repo_id: str =
     DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)
     return DatasetCard.from_template(
         data, template_path=str(template_path("dataset_card.md")), pretty_name=pretty_name, repo_id=repo_id,
-        generation=generation, examples=examples or [], **counts, **template_vars,
+        generation=generation, examples=[{**ex, "prompt": markdown_text(ex["prompt"])} for ex in examples or []],
+        **counts, **template_vars,
     )

@@ -70,3 +70,25 @@ def test_an_augmenter_is_named_by_its_model_alone():
     assert public_generation({"augmenter": "Qwen/Qwen2.5-0.5B-Instruct"})["augmenter"] == "Qwen/Qwen2.5-0.5B-Instruct"
     hub = {"pipeline": "stable-diffusion-v1-5/stable-diffusion-v1-5", "pipeline_source": "hub"}
     assert public_generation(hub) == hub
+
+
+def test_an_example_prompt_cannot_add_links_or_markup_to_the_card():
+    """Prompts come from a user's file or an LLM; on a public card one could close the example's alt text and
+    add a link or image of its own."""
+    import re
+
+    from datasets import Features, Value
+
+    from freeatm_hf.hub.cards import render_dataset_card
+
+    evil = "a cat](http://evil.example/x.png) ![x](http://evil.example/y) *loud*\nsecond line"
+    card = render_dataset_card(Features({"prompt": Value("string")}), {"license": "other"}, {"num_rows": 1},
+                               examples=[{"path": "examples/0.png", "prompt": evil}])
+    examples = card.text[card.text.index("## Examples"):]
+    targets = re.findall(r"(?<!\\)\]\(([^)]*)\)", examples)  # where an unescaped `](` links to
+    assert targets == ["examples/0.png"]
+    assert "second line" in card.text and "\nsecond line" not in card.text
+    assert not re.search(r"(?<!\\)\*loud", card.text)
+    plain = render_dataset_card(Features({"prompt": Value("string")}), {"license": "other"}, {"num_rows": 1},
+                                examples=[{"path": "examples/0.png", "prompt": "a golden retriever in a t-shirt"}])
+    assert "![a golden retriever in a t-shirt](examples/0.png)" in plain.text
