@@ -45,7 +45,12 @@ def _fit_linear(train_feats, targets, test_feats, out_dim: int, loss_fn, epochs:
     one that the untrained random weight then adds to every score."""
     if len(train_feats) < 2:  # a spread of one row is NaN: every feature would be NaN, and L-BFGS would crash
         raise ValueError(f"a linear probe needs at least 2 training rows, got {len(train_feats)}")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[train_feats.device] if train_feats.is_cuda else []):  # the caller's draws stay
+        torch.manual_seed(seed)
+        return _fit_seeded(train_feats, targets, test_feats, out_dim, loss_fn, epochs, lr, weight_decay)
+
+
+def _fit_seeded(train_feats, targets, test_feats, out_dim, loss_fn, epochs, lr, weight_decay):
     mean, std = train_feats.float().mean(0), train_feats.float().std(0)
     dead = std <= 1e-6
     std = torch.where(dead, torch.ones_like(std), std)

@@ -161,3 +161,15 @@ def test_linear_probe_fits_its_head_where_the_features_are(monkeypatch):
     x, y = torch.randn(10, 4, device="meta"), torch.zeros(10, dtype=torch.long, device="meta")
     assert linear_probe(x, y, x, num_classes=2).device.type == "meta"
     assert devices == ["meta", "meta"]
+
+
+def test_a_linear_probe_is_seeded_without_touching_the_callers_random_state():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = linear_probe(x, y, x[:5], epochs=5)
+    assert torch.equal(torch.rand(3), expected_next)  # the probe's own seed did not reset the caller's stream
+    torch.manual_seed(7)
+    assert torch.equal(linear_probe(x, y, x[:5], epochs=5), first)  # and its result does not depend on it
