@@ -87,13 +87,41 @@ def bilinear_taps(pixels: torch.Tensor, n_image: int, n_map: int):
     return lower, (lower + 1).clamp_max(n_map - 1), src - lower
 
 
-def _grid(pixels: int, cells: int, per_cell: int | None) -> torch.Tensor:
-    """The pixels a share is measured on: `per_cell` per map cell, evenly spread; every pixel when that is as
-    many or `per_cell` is None."""
-    if per_cell is None or per_cell * cells >= pixels:
-        return torch.arange(pixels)
-    n = per_cell * cells
-    return ((torch.arange(n) + 0.5) * (pixels / n)).long()
+def _grid(pixels: int, cells: int, per_cell: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(pixels, edges)`: the pixels a share is measured at, `per_cell` per map cell at the middle of equal
+    blocks of the image (every pixel when that is as many, or `per_cell` is None), and the blocks' edges."""
+    n = pixels if per_cell is None else min(pixels, per_cell * cells)
+    edges = torch.arange(n + 1, dtype=torch.float64) * (pixels / n)
+    return ((edges[:-1] + edges[1:]) / 2).long(), edges
+
+
+EXACT_BELOW = 256  # grid samples under which a mask's share is measured at every pixel
+
+
+def _span(seen: torch.Tensor, edges: torch.Tensor) -> tuple[int, int]:
+    """The pixels `[first, last)` of the blocks where a mask was seen, widened by a block each side: a mask's
+    pixels lie within a block of a sample that saw it."""
+    at = seen.nonzero().flatten()
+    first, last = max(int(at[0]) - 1, 0), min(int(at[-1]) + 2, len(edges) - 1)
+    return int(edges[first]), int(math.ceil(edges[last]))
+
+
+def _coverage(edges: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """The share of each block that lies inside `[start, start + length)`."""
+    lo, hi = edges[:-1], edges[1:]
+    return ((hi.clamp(max=start + length) - lo.clamp(min=start)).clamp(min=0) / (hi - lo)).float()
+
+
+def _sample(maps: torch.Tensor, thresholds: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+            size: tuple[int, int], mode: str) -> torch.Tensor:
+    """`(K, len(rows), len(cols))`: maps `(K, h, w)` of one size, resized to image `size`, at those pixels."""
+    c0, c1, cw = bilinear_taps(cols, size[1], maps.shape[2])
+    r0, r1, rw = bilinear_taps(rows, size[0], maps.shape[1])
+    # Along each row first, then between rows.
+    across = maps.index_select(2, c0) * (1 - cw) + maps.index_select(2, c1) * cw
+    v = across.index_select(1, r0) * (1 - rw)[:, None] + across.index_select(1, r1) * rw[:, None]
+    above = v > thresholds.view(-1, 1, 1)
+    return above.float() if mode == "binary" else v * above
 
 
 class MapMasks:
@@ -102,8 +130,13 @@ class MapMasks:
 
     A 224² view of a 512² image reads a fifth of the image's pixels, and the stored maps are a few thousand
     cells: sampling them at just those pixels skips the full-resolution masks, the larger part of a training
-    sample's CPU time. Values agree with `row_masks` (the same weights, summed in the same order). The share of each mask inside a crop, and whether a mask is
-    empty, are measured on a grid of `grid` samples per map cell (every pixel with `grid=None`).
+    sample's CPU time (with `threshold="otsu"` the maps are resized once, for their thresholds). Values agree
+    with `row_masks` to float rounding (the same weights; a pixel exactly on the threshold may fall either way).
+
+    The share of each mask inside a crop, and whether a mask is empty, are measured on a grid of `grid` samples
+    per map cell, each counted by the part of its block inside the crop (every pixel with `grid=None`); a mask
+    seen at fewer than `EXACT_BELOW` samples is measured at every pixel of its box, where a block is a large part
+    of it.
 
     A row without objects, or whose masks are all empty, reads as one whole-image mask (as in `row_masks`).
     """
@@ -121,16 +154,25 @@ class MapMasks:
         else:
             thresholds = [float(threshold)] * len(maps)
         cells = [max((m.shape[i] for m in maps), default=1) for i in (0, 1)]
-        self.grid_rows, self.grid_cols = (_grid(n, c, grid) for n, c in zip(size, cells))
+        (self.grid_rows, self.row_edges), (self.grid_cols, self.col_edges) = (_grid(n, c, grid)
+                                                                              for n, c in zip(size, cells))
         self._group(maps, thresholds)
         on_grid = self.sample(self.grid_rows, self.grid_cols) if maps else torch.zeros(0, 1, 1)
         keep = on_grid.flatten(1).any(1)
         self._group([m for m, k in zip(maps, keep) if k], [t for t, k in zip(thresholds, keep) if k])
         self.grid_mass = on_grid[keep]
+        # A mask seen at few samples is measured at every pixel of its box: there a block's worth of error is a
+        # large share of the mask.
+        self.exact = {}
+        for k in (self.grid_mass.flatten(1) > 0).sum(1).lt(EXACT_BELOW).nonzero().flatten().tolist():
+            (r0, r1), (c0, c1) = (_span(self.grid_mass[k].any(axis), edges)
+                                  for axis, edges in ((1, self.row_edges), (0, self.col_edges)))
+            one = self.maps[k][None], torch.tensor([self.thresholds[k]])
+            self.exact[k] = (r0, c0, _sample(*one, torch.arange(r0, r1), torch.arange(c0, c1), size, mode)[0])
 
     def _group(self, maps, thresholds):
         """Maps of one size are sampled together, a stack at a time (a row's maps usually share one)."""
-        self.count = len(maps)
+        self.maps, self.thresholds, self.count = maps, thresholds, len(maps)
         shapes = dict.fromkeys(m.shape for m in maps)
         self.groups = [(torch.tensor(i), torch.stack([maps[j] for j in i]), torch.tensor([thresholds[j] for j in i]))
                        for i in ([j for j, m in enumerate(maps) if m.shape == s] for s in shapes)]
@@ -146,16 +188,9 @@ class MapMasks:
         """`(K, len(rows), len(cols))` float masks at the given image rows and columns."""
         if self.whole:
             return torch.ones(1, len(rows), len(cols))
-        h, w = self.size
         out = torch.empty(self.count, len(rows), len(cols))
         for index, maps, thresholds in self.groups:
-            # Along each row first, then between rows.
-            c0, c1, cw = bilinear_taps(cols, w, maps.shape[2])
-            r0, r1, rw = bilinear_taps(rows, h, maps.shape[1])
-            across = maps.index_select(2, c0) * (1 - cw) + maps.index_select(2, c1) * cw
-            v = across.index_select(1, r0) * (1 - rw)[:, None] + across.index_select(1, r1) * rw[:, None]
-            above = v > thresholds.view(-1, 1, 1)
-            out[index] = above.float() if self.mode == "binary" else v * above
+            out[index] = _sample(maps, thresholds, rows, cols, self.size, self.mode)
         return out
 
     def crop(self, top: int, left: int, height: int, width: int, out: int) -> torch.Tensor:
@@ -167,7 +202,11 @@ class MapMasks:
         """`(K,)` each mask's share of its mass inside the box, on the grid."""
         if self.whole:
             return torch.tensor([height * width / (self.size[0] * self.size[1])])
-        r = (self.grid_rows >= top) & (self.grid_rows < top + height)
-        c = (self.grid_cols >= left) & (self.grid_cols < left + width)
-        inside = self.grid_mass[:, r][:, :, c].flatten(1).sum(1)
-        return inside / self.grid_mass.flatten(1).sum(1)
+        # Each sample stands for its block, counted by the share of the block inside the box: a box edge
+        # through a block counts it in part, not all or nothing by where its middle falls.
+        r, c = _coverage(self.row_edges, top, height), _coverage(self.col_edges, left, width)
+        shares = torch.einsum("kij,i,j->k", self.grid_mass, r, c) / self.grid_mass.flatten(1).sum(1)
+        for k, (r0, c0, mass) in self.exact.items():
+            inside = mass[max(top - r0, 0) : max(top + height - r0, 0), max(left - c0, 0) : max(left + width - c0, 0)]
+            shares[k] = inside.sum() / mass.sum()
+        return shares
