@@ -146,12 +146,13 @@ def _training_args_classes() -> list:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
     from transformers import TrainingArguments
+    from transformers.debug_utils import DebugOption
     from transformers.trainer_pt_utils import AcceleratorConfig
     from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy, SchedulerType
     from transformers.training_args import OptimizerNames
 
     return [TrainingArguments, PartialState, DistributedType, AcceleratorConfig, HubStrategy, IntervalStrategy,
-            SaveStrategy, SchedulerType, OptimizerNames]
+            SaveStrategy, SchedulerType, OptimizerNames, DebugOption]
 
 
 def check_resumed_settings(checkpoint: str, training_args):

@@ -56,8 +56,8 @@ class PerProcessSeedCallback(TrainerCallback):
     seed per rank. Trainer seeds all processes alike, so each would otherwise draw the same MAE masks, the same
     on-device colour jitter and (data loaded in the main process) the same crops. The model is built before
     this, from the shared seed, and starts identical everywhere; the sampler's shuffle has its own seed
-    (`fit_and_save` pins it) and stays one for all processes. A resumed run draws its first batches from this
-    seed too: Trainer restores each process's saved random state only after the resumed epoch's first batches
+    (`fit_and_save` pins it) and stays one for all processes. A run resumed mid-epoch draws its first batches from
+    this seed too: Trainer restores each process's saved random state only after that epoch's first batches
     are fetched (and data workers are seeded when their loader starts), so a resume's augmentations are not
     those of an uninterrupted run."""
 

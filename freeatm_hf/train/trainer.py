@@ -18,12 +18,15 @@ class FreeatmTrainer(Trainer):
     optimizer's moments and schedule restored. `from_pretrained` renames keys and ties shared weights."""
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if (self.is_fsdp_enabled or self.is_deepspeed_enabled or not hasattr(target, "config")
+        target = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
+        if (self.is_fsdp_enabled or self.is_deepspeed_enabled or not hasattr(target, "from_pretrained")
                 or not os.path.isfile(os.path.join(resume_from_checkpoint, "config.json"))):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        loaded, info = type(target).from_pretrained(resume_from_checkpoint, config=target.config,
-                                                    output_loading_info=True)
+        try:
+            loaded, info = type(target).from_pretrained(resume_from_checkpoint, config=target.config,
+                                                        output_loading_info=True)
+        except OSError as e:  # no weights file (a save cut short): Trainer said so as a ValueError too
+            raise ValueError(f"can't resume from {resume_from_checkpoint}: {e}") from e
         wrong = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
         if wrong:
             raise ValueError(f"{resume_from_checkpoint} does not hold this model's weights ("

@@ -107,3 +107,9 @@ def test_a_checkpoints_pickled_settings_cannot_run_code(tmp_path, shapes_data, c
     check_resumed_settings(str(checkpoint), TrainingArguments(output_dir=str(out), report_to="none", use_cpu=True))
     assert not ran.exists()
     assert "not compared with the checkpoint's settings" in caplog.text
+    # Real settings load whatever options they hold (here a debug option, an enum of its own) and are compared.
+    torch.save(TrainingArguments(output_dir=str(out), debug="underflow_overflow", learning_rate=1e-3, seed=0,
+                                 per_device_train_batch_size=4, report_to="none"), checkpoint / "training_args.bin")
+    with pytest.raises(ValueError, match="--learning_rate 0.001 → 0.002"):
+        check_resumed_settings(str(checkpoint), TrainingArguments(output_dir=str(out), learning_rate=2e-3, seed=0,
+                                                                  per_device_train_batch_size=4, report_to="none"))

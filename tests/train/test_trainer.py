@@ -56,3 +56,15 @@ def test_a_checkpoint_of_another_model_is_refused_not_half_loaded(tmp_path, shap
                                                                  use_cpu=True))
     with pytest.raises(ValueError, match="does not hold this model's weights.*missing keys"):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    # A model compiled before it reaches the trainer is loaded through its original module.
+    import torch
+
+    simclr = AutoModel.from_pretrained(tmp_path / "checkpoint-1")
+    compiled = torch.compile(type(simclr)(simclr.config))
+    FreeatmTrainer(model=compiled, args=TrainingArguments(output_dir=str(tmp_path / "c"), report_to="none",
+                                                           use_cpu=True))._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert all(torch.equal(v, simclr.state_dict()[k]) for k, v in compiled._orig_mod.state_dict().items())
+    # A checkpoint whose weights were never written (a save cut short) is named, as Trainer named it.
+    (tmp_path / "checkpoint-1" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="can't resume from .*checkpoint-1"):
+        trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
