@@ -18,7 +18,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import unquote
 
 from huggingface_hub.errors import HFValidationError
@@ -213,7 +213,7 @@ class LocalHub:
 def _check_repo_path(path: str):
     """A file's path in a repo, as the Hub accepts it: relative, in forward slashes, never climbing out."""
     parts = PurePosixPath(path).parts
-    if not path or "\\" in path or PurePosixPath(path).is_absolute() or ".." in parts:
+    if not path or "\\" in path or PurePosixPath(path).is_absolute() or ".." in parts or PureWindowsPath(path).drive:
         raise ValueError(f"invalid path in repo: {path!r}")
 
 

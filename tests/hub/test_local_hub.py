@@ -22,7 +22,8 @@ def commit(*ops) -> bytes:
     return "\n".join(json.dumps(x) for x in [{"key": "header", "value": {"summary": "s"}}, *ops]).encode()
 
 
-@pytest.mark.parametrize("path", ["../../../escaped.txt", "/tmp/escaped.txt", "a/../../escaped.txt", "a\\..\\x"])
+@pytest.mark.parametrize("path", ["../../../escaped.txt", "/tmp/escaped.txt", "a/../../escaped.txt", "a\\..\\x",
+                                  "C:/escaped.txt"])
 def test_a_commit_path_that_climbs_out_of_the_repo_is_refused_and_nothing_written(tmp_path, path):
     root = tmp_path / "hub" / "root"
     victim = tmp_path / "hub" / "victim.txt"
