@@ -196,12 +196,35 @@ def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | 
 
         trainer.add_callback(ModelCardCallback(data, training))
     seed_per_process(trainer)
-    result = trainer.train(resume_from_checkpoint=resume)
+    done = resume and steps_done(resume) >= training_args.max_steps > 0
+    if done:
+        # Trainer would run one more step past --max_steps (at the schedule's last learning rate) on resuming a
+        # checkpoint that holds them all, as a rerun of a finished command does: its weights are the result.
+        from transformers import TrainerState
+
+        logger.info("%s holds all %d steps: nothing left to train, its model is saved", resume, training_args.max_steps)
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+    else:
+        result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     if card and trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card
 
         write_model_card(training_args.output_dir, trainer.model.config, data=data, training=training)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
+    if not done:  # the run that trained them wrote its metrics
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
     return trainer
+
+
+def steps_done(checkpoint: str) -> int:
+    """The optimizer steps a checkpoint holds (its trainer_state.json's global_step; 0 without one, which Trainer
+    refuses to resume anyway)."""
+    import json
+
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("global_step") or 0)

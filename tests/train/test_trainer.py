@@ -68,3 +68,19 @@ def test_a_checkpoint_of_another_model_is_refused_not_half_loaded(tmp_path, shap
     (tmp_path / "checkpoint-1" / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="can't resume from .*checkpoint-1"):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+
+
+def test_rerunning_a_finished_run_trains_no_step_past_max_steps(tmp_path, shapes_data):
+    """Trainer resumed from a checkpoint holding all --max_steps runs one step more (MoCo's key encoder and queue
+    move even at a zero learning rate); the rerun of a finished command saves the checkpoint's model instead."""
+    import json
+
+    first = run_method("moco", shapes_data, tmp_path, 2)
+    metrics = (tmp_path / "train_results.json").read_text()
+    again = run_method("moco", shapes_data, tmp_path, 2, resume_from_checkpoint="true")
+    assert again.state.global_step == 2 == first.state.global_step
+    checkpoint = AutoModel.from_pretrained(tmp_path / "checkpoint-2").state_dict()
+    saved = AutoModel.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(checkpoint[k], saved[k]) for k in checkpoint)
+    assert (tmp_path / "train_results.json").read_text() == metrics  # the training run's, kept
+    assert json.loads((tmp_path / "card_info.json").read_text())  # the card is written as after any run
