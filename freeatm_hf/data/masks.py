@@ -88,7 +88,7 @@ def bilinear_taps(pixels: torch.Tensor, n_image: int, n_map: int):
 
 
 def _grid(pixels: int, cells: int, per_cell: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(pixels, edges)`: the pixels a share is measured at, `per_cell` per map cell at the middle of equal
+    """`(samples, edges)`: the pixels a share is measured at, `per_cell` per map cell at the middle of equal
     blocks of the image (every pixel when that is as many, or `per_cell` is None), and the blocks' edges."""
     n = pixels if per_cell is None else min(pixels, per_cell * cells)
     edges = torch.arange(n + 1, dtype=torch.float64) * (pixels / n)
@@ -161,6 +161,7 @@ class MapMasks:
         keep = on_grid.flatten(1).any(1)
         self._group([m for m, k in zip(maps, keep) if k], [t for t, k in zip(thresholds, keep) if k])
         self.grid_mass = on_grid[keep]
+        self.grid_total = self.grid_mass.flatten(1).sum(1)
         # A mask seen at few samples is measured at every pixel of its box: there a block's worth of error is a
         # large share of the mask.
         self.exact = {}
@@ -168,7 +169,8 @@ class MapMasks:
             (r0, r1), (c0, c1) = (_span(self.grid_mass[k].any(axis), edges)
                                   for axis, edges in ((1, self.row_edges), (0, self.col_edges)))
             one = self.maps[k][None], torch.tensor([self.thresholds[k]])
-            self.exact[k] = (r0, c0, _sample(*one, torch.arange(r0, r1), torch.arange(c0, c1), size, mode)[0])
+            mass = _sample(*one, torch.arange(r0, r1), torch.arange(c0, c1), size, mode)[0]
+            self.exact[k] = (r0, c0, mass, mass.sum())
 
     def _group(self, maps, thresholds):
         """Maps of one size are sampled together, a stack at a time (a row's maps usually share one)."""
@@ -199,14 +201,14 @@ class MapMasks:
         return self.sample(top + nearest_index(height, out), left + nearest_index(width, out))
 
     def share(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
-        """`(K,)` each mask's share of its mass inside the box, on the grid."""
+        """`(K,)` each mask's share of its mass inside the box (on the grid, or exactly: see the class)."""
         if self.whole:
             return torch.tensor([height * width / (self.size[0] * self.size[1])])
         # Each sample stands for its block, counted by the share of the block inside the box: a box edge
         # through a block counts it in part, not all or nothing by where its middle falls.
         r, c = _coverage(self.row_edges, top, height), _coverage(self.col_edges, left, width)
-        shares = torch.einsum("kij,i,j->k", self.grid_mass, r, c) / self.grid_mass.flatten(1).sum(1)
-        for k, (r0, c0, mass) in self.exact.items():
+        shares = torch.einsum("kij,i,j->k", self.grid_mass, r, c) / self.grid_total
+        for k, (r0, c0, mass, total) in self.exact.items():
             inside = mass[max(top - r0, 0) : max(top + height - r0, 0), max(left - c0, 0) : max(left + width - c0, 0)]
-            shares[k] = inside.sum() / mass.sum()
+            shares[k] = inside.sum() / total
         return shares
