@@ -9,6 +9,7 @@ Environment variables FREEATM_DATASET and FREEATM_PIPELINE set the same as the f
 
 import argparse
 import os
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -58,6 +59,9 @@ class RowCache:
         self._iter = iter(ds)
         self.rows: list[dict] = []
         self.exhausted = False
+        # Gradio runs events of several visitors at once (and the row box's, slider's and buttons' of one): the
+        # stream is one iterator, read by one of them at a time.
+        self._lock = threading.Lock()
 
     def get(self, index: int | None) -> dict:
         if index is None:
@@ -67,11 +71,12 @@ class RowCache:
                            f"go there in steps of fewer than {self.READ_AHEAD}")
         if not self.exhausted and index >= self.MAX_ROWS:
             raise gr.Error(f"the viewer keeps the first {self.MAX_ROWS} rows of {self.source}: pick one of those")
-        while len(self.rows) <= index and not self.exhausted:
-            try:
-                self.rows.append(next(self._iter))
-            except StopIteration:
-                self.exhausted = True
+        with self._lock:
+            while len(self.rows) <= index and not self.exhausted:
+                try:
+                    self.rows.append(next(self._iter))
+                except StopIteration:
+                    self.exhausted = True
         if not self.rows:
             raise gr.Error(f"dataset {self.source} has no rows")
         row = self.rows[min(index, len(self.rows) - 1)]
@@ -221,6 +226,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         return view, text, soft, masks, summary, info
 
     def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float, otsu: bool = gen_otsu0):
+        prompt, nouns = prompt or "", nouns or ""  # the API may send null for an empty box
         if not prompt.strip():
             raise gr.Error("type a prompt")
         if len(prompt) > MAX_PROMPT_CHARS or len(nouns) > MAX_PROMPT_CHARS:

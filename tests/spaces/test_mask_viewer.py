@@ -386,3 +386,46 @@ def test_live_generation_refuses_long_input_before_any_work(monkeypatch):
         generate("a cat", "cat", None, 2, 0.4, False)
     with pytest.raises(gr.Error, match="could not load the pipeline"):  # what an acceptable request meets next
         generate("a cat", "cat", 0, 2, 0.4, False)
+
+
+def test_visitors_browsing_at_once_read_the_stream_one_at_a_time():
+    """Two events reading the one stream at once made its generator raise "already executing"."""
+    import threading
+    import time
+
+    module = load_app()
+    cache = module.RowCache(str(space_dir() / "example_dataset"))
+    rows = cache._iter
+
+    def slow():
+        for row in rows:
+            time.sleep(0.05)  # a remote shard's latency
+            yield row
+
+    cache._iter = slow()
+    errors, barrier = [], threading.Barrier(4)
+
+    def browse(i):
+        barrier.wait()
+        try:
+            assert cache.get(i)["prompt"]
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=browse, args=(i,)) for i in (3, 5, 4, 6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(cache.rows) == 7
+
+
+def test_live_generation_names_a_null_prompt_or_nouns():
+    import gradio as gr
+
+    demo = load_app().build_demo(pipeline="no-such-pipeline")
+    generate = next(d for d in demo.fns.values() if d.name == "generate").fn
+    with pytest.raises(gr.Error, match="type a prompt"):
+        generate(None, None, 0, 2, 0.4, False)
+    with pytest.raises(gr.Error, match="could not load the pipeline"):  # null nouns: detected from the prompt
+        generate("a cat", None, 0, 2, 0.4, False)
