@@ -371,7 +371,7 @@ def test_a_thin_image_is_not_enlarged_past_the_longest_view_side():
         assert min(view.size) >= min(module.VIEW_SIDE, min(size) * (module.MAX_VIEW_SIDE // max(size)))
 
 
-def test_live_generation_refuses_long_input_before_any_work(monkeypatch):
+def test_live_generation_refuses_long_input_before_any_work():
     """A prompt of thousands of nouns took minutes to match (and held up every other visitor's request)."""
     import gradio as gr
 
