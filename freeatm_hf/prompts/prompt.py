@@ -15,6 +15,27 @@ def free_spans(word: str, text: str, taken) -> list[tuple[int, int]]:
     return [(s, e) for s, e in word_spans(word, text) if not any(s < te and ts < e for ts, te in taken)]
 
 
+class _Taken:
+    """Disjoint (start, end) spans, kept sorted: whether a span overlaps one in O(log n)."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def overlaps(self, start: int, end: int) -> bool:
+        import bisect
+
+        i = bisect.bisect_left(self.starts, end)  # the spans starting before `end`; the last of them ends latest
+        return i > 0 and self.ends[i - 1] > start
+
+    def add(self, start: int, end: int):
+        import bisect
+
+        i = bisect.bisect_left(self.starts, start)
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
+
+
 @dataclass(frozen=True)
 class PromptObject:
     """One tracked noun: `text[start:end] == name` (case-insensitive)."""
@@ -48,18 +69,29 @@ class Prompt:
         """
         if any(not n.strip() for n in nouns):
             raise ValueError(f"empty noun in {nouns!r}: every tracked noun needs at least one character")
-        taken: list[tuple[int, int]] = []
+        taken = _Taken()
         spans: dict[int, tuple[int, int]] = {}
+        # Each noun's occurrences, found once, and how far along them its repeats have got: an occurrence passed
+        # over was taken or lay inside a taken span, and stays so (spans are only ever added).
+        occurrences: dict[str, list[tuple[int, int]]] = {}
+        at: dict[str, int] = {}
         for j in sorted(range(len(nouns)), key=lambda j: -len(nouns[j])):  # stable: repeats keep their order
             noun = nouns[j]
-            free = free_spans(noun, text, taken)
-            if not free:
-                k = sum(n.lower() == noun.lower() for n in nouns[:j])
+            key = noun.lower()
+            if key not in occurrences:
+                occurrences[key] = word_spans(noun, text)
+            found = occurrences[key]
+            i = at.get(key, 0)
+            while i < len(found) and taken.overlaps(*found[i]):
+                i += 1
+            if i == len(found):
+                k = sum(n.lower() == key for n in nouns[:j])
                 # More occurrences than its own repeats took: the rest lie inside other nouns.
-                where = " outside the other nouns" if len(word_spans(noun, text)) > k else ""
+                where = " outside the other nouns" if len(found) > k else ""
                 raise ValueError(f"noun {noun!r} (occurrence {k + 1}) not found in prompt {text!r}{where}")
-            spans[j] = free[0]
-            taken.append(free[0])
+            spans[j] = found[i]
+            taken.add(*found[i])
+            at[key] = i + 1
         objects = tuple(PromptObject(noun, *spans[j], label=labels[j] if labels else -1) for j, noun in enumerate(nouns))
         return cls(text, objects, label)
 
