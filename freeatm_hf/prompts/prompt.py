@@ -1,5 +1,6 @@
 """A prompt is its text plus the character spans of the object nouns whose masks we want."""
 
+import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -23,14 +24,10 @@ class _Taken:
         self.ends: list[int] = []
 
     def overlaps(self, start: int, end: int) -> bool:
-        import bisect
-
         i = bisect.bisect_left(self.starts, end)  # the spans starting before `end`; the last of them ends latest
         return i > 0 and self.ends[i - 1] > start
 
     def add(self, start: int, end: int):
-        import bisect
-
         i = bisect.bisect_left(self.starts, start)
         self.starts.insert(i, start)
         self.ends.insert(i, end)
