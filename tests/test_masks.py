@@ -32,6 +32,8 @@ def test_normalize_is_min_max_and_flat_maps_have_no_mask():
     noise = np.float32(2e-3) + np.random.default_rng(0).integers(0, 2, (8, 8)).astype(np.float32) * np.float32(2e-10)
     assert noise.max() > noise.min() and normalize(noise) is None
     assert normalize(np.array([[1e-3, 1.01e-3]], np.float32)) is not None  # a 1 % contrast is a map
+    # and so is one of 1e-5, some 80 float32 steps: far above rounding (1e-7), well below any real map's contrast
+    assert normalize(np.array([[1e-3, 1e-3 * (1 + 1e-5)]], np.float32)) is not None
     with pytest.raises(ValueError, match="NaN"):
         normalize(np.array([[0.0, np.nan]]))
     with pytest.raises(ValueError, match="2-D"):
@@ -199,3 +201,70 @@ def test_refine_rejects_bad_input():
     with pytest.raises(ValueError, match=r"\(H, W, C\) image"):
         refine_maps(np.zeros((8, 8), np.uint8), [np.zeros((4, 4))])
     assert refine_maps(np.zeros((8, 8, 3), np.uint8), []) == []
+    with pytest.raises(ValueError, match=r"\(H, W, C\) image"):  # channels first: not a 3-row image
+        refine_maps(np.zeros((3, 8, 8), np.float32), [np.zeros((4, 4))])
+
+
+def brute_force_otsu_mask(values):
+    """Otsu by hand: try every cut between two consecutive distinct values, keep the one with the largest
+    between-class variance (the lowest such cut on a tie), mark the values above it."""
+    v = np.sort(np.unique(values))
+    best, best_cut = -1.0, None
+    for lo in v[:-1]:
+        fg = values > lo
+        w1, w0 = fg.mean(), 1 - fg.mean()
+        between = w0 * w1 * (values[fg].mean() - values[~fg].mean()) ** 2
+        if between > best * (1 + 1e-9):
+            best, best_cut = between, lo
+    return values > best_cut
+
+
+def test_otsu_mask_equals_the_brute_force_cut():
+    """On values at the centres of the 256 histogram bins the histogram loses nothing, so Otsu's mask is exactly
+    the best cut between distinct values: each value of the bin at the cut on the background side."""
+    rng = np.random.default_rng(3)
+    centres = (np.arange(256) + 0.5) / 256
+    for _ in range(20):
+        low, high = rng.uniform(40, 110), rng.uniform(140, 220)
+        levels = np.concatenate([rng.normal(low, 25, 300), rng.normal(high, 25, 200)])
+        values = centres[levels.round().clip(0, 255).astype(int)].reshape(20, 25)
+        np.testing.assert_array_equal(binarize(values, "otsu"), brute_force_otsu_mask(values))
+    # A histogram symmetric about its middle: the cuts below and above the middle pair of levels score alike
+    # (two separate plateaus of cuts); the lower one is taken.
+    values = centres[np.repeat([0, 126, 128, 254], [12, 6, 6, 12])].reshape(6, 6)
+    np.testing.assert_array_equal(binarize(values, "otsu"), brute_force_otsu_mask(values))
+    assert binarize(values, "otsu").sum() == 24
+
+
+def test_thresholds_outside_0_to_1_are_refused():
+    for bad in (1.0, -0.1, "half", None):
+        with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\) or 'otsu'"):
+            binarize(np.zeros((2, 2)), bad)
+    assert binarize(np.ones((2, 2)), 0.0).all()  # 0 is allowed
+
+
+def test_bbox_scales_rows_by_height_and_columns_by_width():
+    """The box of a mask equals the pixel extent of the mask upsampled to the image (each cell a block of pixels),
+    for an image whose two sides scale the grid differently."""
+    m = np.zeros((4, 8), bool)
+    m[1:3, 2:7] = True
+    up = np.kron(m, np.ones((5, 10), bool))  # image (20, 80): a cell is 5 rows × 10 columns
+    ys, xs = np.nonzero(up)
+    assert bbox(m, image_size=(20, 80)) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (20, 5, 70, 15)
+
+
+def test_refined_maps_are_the_guided_filter_of_the_bilinear_map_over_two_map_cells():
+    """`refine_maps` on a non-square image with non-square map cells: the map resized bilinearly (as `resize_map`),
+    then filtered with the image as guide over a window of `REFINE_CELLS` cells of the longer cell side."""
+    from freeatm_hf.masks import REFINE_CELLS, REFINE_EPS
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (32, 64, 3)).astype(np.uint8)
+    soft = rng.random((8, 4))  # cells of 4 rows × 16 columns
+    guide = torch.as_tensor(image / 255.0, dtype=torch.float32).permute(2, 0, 1)
+    up = torch.as_tensor(resize_map(soft, (32, 64)))[None]
+    expected = guided_filter(guide, up, radius=REFINE_CELLS * 16, eps=REFINE_EPS)[0].numpy()
+    (got,) = refine_maps(image, [soft])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # A float image in [0, 1] is the same guide as its 8-bit form.
+    np.testing.assert_allclose(refine_maps(image / 255.0, [soft])[0], got, atol=1e-5)

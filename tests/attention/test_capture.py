@@ -391,3 +391,194 @@ def test_factor_weights_that_cannot_make_a_mean_are_refused_at_once():
         with pytest.raises(ValueError, match="factor_weights must be finite and >= 0 with a positive sum"):
             CaptureConfig(down_factors=(2, 4), factor_weights=bad)
     assert CaptureConfig(down_factors=(2, 4), factor_weights={2: 0.0, 4: 1.0}).weight(4) == 1.0
+
+
+def test_grid_size_is_that_of_stride_2_convolutions_with_padding_1():
+    """Odd feature maps round up at each down-sampling, as the UNet's own stride-2, padding-1 convolutions do."""
+    from freeatm_hf.attention.store import grid_size
+
+    for hw in ((34, 33), (25, 17), (7, 64), (1, 2)):
+        x = torch.zeros(1, 1, *hw)
+        for factor in (1, 2, 4, 8):
+            assert grid_size(hw, factor) == tuple(x.shape[-2:]), (hw, factor)
+            x = torch.nn.functional.conv2d(x, torch.zeros(1, 1, 3, 3), stride=2, padding=1)
+
+
+def test_the_step_window_is_half_open():
+    """A denoiser call i of n is inside the window [start, end) when start <= i / n < end."""
+    store = AttentionStore(CaptureConfig(down_factors=(1,), step_window=(0.25, 0.75)))
+    store.begin(torch.zeros(1, 8, dtype=torch.long), (4, 4), 8)
+    active = []
+    for _ in range(8):
+        store.next_step()
+        active.append(store.active)
+    assert active == [0.25 <= i / 8 < 0.75 for i in range(8)] == [False, False, True, True, True, True, False, False]
+    store.begin(torch.zeros(1, 8, dtype=torch.long), (4, 4), 0)  # no count of calls: no window to apply
+    store.next_step()
+    assert store.active
+
+
+def test_an_attention_mask_is_read_from_the_conditional_half():
+    """Under CFG the batch is [unconditional, conditional]: the conditional rows' own key mask enters the softmax
+    (added to the logits, as diffusers' masks are), not the unconditional rows'."""
+    import types
+
+    g = torch.Generator().manual_seed(0)
+    b, n, length, heads, d = 2, 16, 12, 2, 8
+    store = AttentionStore(CaptureConfig(down_factors=(1,)))
+    store.begin(torch.tensor([[1, 2, 3, 7], [0, 4, 5, 9]]), (4, 4), 0)
+    store.next_step()
+    q, k = torch.randn(2 * b, n, heads * d, generator=g), torch.randn(2 * b, length, heads * d, generator=g)
+    mask = torch.zeros(2 * b, 1, length)
+    mask[:b, :, 6:] = -10000.0  # the unconditional rows see only the first 6 keys
+    mask[b:, :, :3] = -10000.0  # the conditional rows all but the first 3
+    attn = types.SimpleNamespace(heads=heads, scale=d ** -0.5)
+    store.add(1, attn, q, k, attention_mask=mask)
+    qq, kk = (t[b:].double().view(b, -1, heads, d).transpose(1, 2) for t in (q, k))
+    probs = (qq @ kk.transpose(-1, -2) * attn.scale + mask[b:, None].double()).softmax(-1).mean(1)  # (b, N, L)
+    expected = torch.stack([probs[i][:, store.token_index[i]] for i in range(b)]).transpose(1, 2)
+    torch.testing.assert_close(store.token_maps()[1].flatten(2).double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_object_maps_are_weighted_means_of_bilinearly_resized_resolutions_over_each_objects_tokens():
+    """`aggregate`: each factor's mean map resized (bilinear, half-pixel centres) to `map_size`, then averaged with
+    the factor weights; `object_maps`: per object, the mean of its tokens' aggregated maps. Non-square, with
+    maps that differ per token, factor and sample, and two layer calls at one factor."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    config = CaptureConfig(down_factors=(2, 4), factor_weights={2: 3.0, 4: 0.5}, map_size=(12, 20))
+    store = AttentionStore(config)
+    store.begin(torch.tensor([[1, 2, 5], [3, 4, 6]]), (8, 12), 0)  # factor 2: 4×6, factor 4: 2×3
+    store.next_step()
+    maps = {2: [torch.rand(2, 3, 4, 6, generator=g) for _ in range(2)], 4: [torch.rand(2, 3, 2, 3, generator=g)]}
+    for f, calls in maps.items():
+        for m in calls:
+            store.add_selected(f, m.flatten(2).transpose(1, 2))  # (batch, N, tokens), as the layers report
+    means = {f: torch.stack(calls).mean(0) for f, calls in maps.items()}
+    resized = {f: F.interpolate(m, size=(12, 20), mode="bilinear", align_corners=False) for f, m in means.items()}
+    expected = (3.0 * resized[2] + 0.5 * resized[4]) / 3.5
+    torch.testing.assert_close(store.aggregate(), expected)
+    groups = [[[0, 1], [2]], [[2], [0, 1, 2]]]
+    got = store.object_maps(groups)
+    for b, objs in enumerate(groups):
+        for cols, m in zip(objs, got[b]):
+            torch.testing.assert_close(m, expected[b, cols].mean(0))
+    # Without a map size (nor factor weights) the maps come at the latent size, the factors weighted alike.
+    store.config = CaptureConfig(down_factors=(2, 4))
+    at_latent = [F.interpolate(means[f], size=(8, 12), mode="bilinear", align_corners=False) for f in (2, 4)]
+    torch.testing.assert_close(store.aggregate(), (at_latent[0] + at_latent[1]) / 2)
+
+
+def _explicit_maps(q, k, heads, scale, token_index):
+    """Head-mean softmax(q kᵀ·scale) of the conditional (last) rows at the given columns, `(b, tokens, N)`."""
+    b = token_index.shape[0]
+    qq, kk = (t[-b:].double().view(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+    probs = (qq @ kk.transpose(-1, -2) * scale).softmax(-1).mean(1)
+    return torch.stack([probs[i][:, token_index[i]] for i in range(b)]).transpose(1, 2)
+
+
+def test_a_store_reused_for_a_batch_of_the_same_shape_starts_afresh():
+    """`begin` keeps same-shaped buffers (a compiled denoiser sees the same tensors) but nothing of the last batch:
+    the next batch's maps are those of its own layer calls and token columns."""
+    import types
+
+    g = torch.Generator().manual_seed(0)
+    attn = types.SimpleNamespace(heads=2, scale=0.25)
+    store = AttentionStore(CaptureConfig(down_factors=(1,)))
+    maps = []
+    for token_index in (torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[7, 0, 2], [3, 3, 9]])):
+        store.begin(token_index, (4, 4), 0)
+        store.next_step()
+        q, k = torch.randn(4, 16, 16, generator=g), torch.randn(4, 10, 16, generator=g)
+        store.add(1, attn, q, k)
+        maps.append(store.buffers[1])
+        expected = _explicit_maps(q, k, 2, 0.25, token_index)
+        torch.testing.assert_close(store.token_maps()[1].flatten(2).double(), expected)
+        assert store.weights_added() == {1: 1.0}
+    assert maps[0] is maps[1]  # the same buffer, zeroed in place
+    # An attention batch that is neither the images nor [unconditional, conditional] is refused.
+    with pytest.raises(RuntimeError, match="attention batch 6 is neither the image batch 2 nor twice it"):
+        store.add(1, attn, torch.randn(6, 16, 16), torch.randn(6, 10, 16))
+
+
+def test_a_resolution_that_received_no_map_is_an_error_not_nan():
+    store = AttentionStore(CaptureConfig(down_factors=(1, 2)))
+    store.begin(torch.zeros(1, 8, dtype=torch.long), (4, 4), 0)
+    store.next_step()
+    store.add_selected(1, torch.rand(1, 16, 8))
+    with pytest.raises(RuntimeError, match="no attention was captured at factor 2"):
+        store.token_maps()
+    with pytest.raises(RuntimeError, match=r"selected maps \(1, 16, 8\) do not fit the store \(1, 4, 8\) at factor 2"):
+        store.add_selected(2, torch.rand(1, 16, 8))
+
+
+def test_each_layers_factor_is_its_measured_down_sampling(tiny_pipe):
+    """`cross_attention_factors` against the query count each cross-attention layer sees in a forward pass."""
+    unet = tiny_pipe.unet
+    queries, handles = {}, []
+    for name, m in unet.named_modules():
+        if name.endswith("attn2"):
+            def hook(module, args, kwargs, name=name):
+                queries[name] = kwargs.get("hidden_states", args[0] if args else None).shape[1]
+
+            handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            unet(torch.zeros(1, unet.config.in_channels, 32, 24), 1,
+                 encoder_hidden_states=torch.zeros(1, 77, unet.config.cross_attention_dim))
+    finally:
+        for h in handles:
+            h.remove()
+    factors = cross_attention_factors(unet)
+    assert set(factors) == set(queries) and len(factors) > 3
+    assert {name: (32 // f) * (24 // f) for name, f in factors.items()} == queries
+
+
+def test_an_encoder_attention_mask_enters_the_captured_probabilities(tiny_pipe):
+    """Keys masked out by `encoder_attention_mask` are as if absent: the maps equal those of the text cut to the
+    kept keys (and so does the UNet's own output)."""
+    unet, keep = tiny_pipe.unet, 7
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, unet.config.in_channels, 16, 16, generator=g)  # [unconditional, conditional]
+    text = torch.randn(2, 12, unet.config.cross_attention_dim, generator=g)
+    mask = torch.ones(2, 12)
+    mask[:, keep:] = 0
+
+    def run(text, mask):
+        store = AttentionStore(CaptureConfig())
+        store.begin(torch.tensor([[1, 2, 5, 6]]), (16, 16), 1)
+        with capture_unet(unet, store), torch.no_grad():
+            out = unet(latents, 10, encoder_hidden_states=text, encoder_attention_mask=mask).sample
+        return out, store.token_maps()
+
+    (out_masked, masked), (out_cut, cut) = run(text, mask), run(text[:, :keep], None)
+    torch.testing.assert_close(out_masked, out_cut, rtol=1e-4, atol=1e-5)
+    assert set(masked) == set(cut) == {2, 4}
+    for f in cut:
+        torch.testing.assert_close(masked[f], cut[f], rtol=1e-4, atol=1e-6)
+
+
+def test_capture_wrappers_kept_between_batches_follow_a_new_processor_and_a_new_store():
+    """The generator keeps its wrappers between batches; a layer given a new processor since must have it wrapped
+    (the image is the new processor's), and a new store must receive the maps."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    class Triple(AttnProcessor2_0):
+        def __call__(self, *args, **kwargs):
+            return 3 * super().__call__(*args, **kwargs)
+
+    pipe = tiny_pipeline()
+    gen = FreeATMGenerator(pipe)
+    kw = dict(seeds=[0], num_inference_steps=1, output_type="np")
+    gen(PROMPTS[:1], **kw)
+    pipe.unet.set_attn_processor(Triple())
+    out = gen(PROMPTS[:1], **kw)
+    plain = pipe([PROMPTS[0].text], generator=[torch.Generator().manual_seed(0)], num_inference_steps=1,
+                 guidance_scale=7.5, output_type="np").images
+    assert np.array_equal(np.stack(out.images), plain)
+    old, gen.store = gen.store, AttentionStore(gen.store.config)
+    gen(PROMPTS[:1], **kw)
+    assert gen.store.weights_added() == old.weights_added() and all(w > 0 for w in old.weights_added().values())

@@ -392,3 +392,112 @@ def test_a_compiled_sd3_transformer_is_one_graph_with_capture_inside():
     for a, b in zip(compiled.objects[0], eager.objects[0]):
         np.testing.assert_allclose(a.soft_map, b.soft_map, rtol=1e-4, atol=1e-8)
     assert len(again.objects[0]) == 2
+
+
+class _Recorder:
+    """Stands for the capturing layer: notes what the patched SDPA reports."""
+
+    def __init__(self):
+        self.calls = []
+
+    def record(self, q, k, lse, scale):
+        self.calls.append((lse, scale))
+
+
+@pytest.mark.parametrize("v_dim", [8, 6])  # 8: the fused CPU kernel serves it; 6 (≠ the query's 8): the math path
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_inside_a_layer_sdpa_gives_the_stock_output_and_each_rows_log_sum_exp(v_dim, scale):
+    """Within capture, a joint layer's SDPA call returns what the stock function returns and reports
+    logsumexp(q kᵀ·scale) over all keys, with the call's own scale (d^-½ when none is given); a call with a mask
+    is passed through unrecorded."""
+    from freeatm_hf.attention import CaptureConfig, joint
+
+    stock = F.scaled_dot_product_attention
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 2, 10, 8, generator=g), torch.randn(2, 2, 10, 8, generator=g)
+    v = torch.randn(2, 2, 10, v_dim, generator=g)
+    mask = torch.zeros(10, 10).masked_fill(torch.rand(10, 10, generator=g) < 0.3, float("-inf")).fill_diagonal_(0)
+    store = AttentionStore(CaptureConfig(down_factors=(2,)))
+    recorder = _Recorder()
+    with joint.capture_joint(tiny_sd3_pipeline().transformer, store, text_first=True):
+        joint._CURRENT.layer = recorder
+        try:
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+            masked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        finally:
+            joint._CURRENT.layer = None
+    torch.testing.assert_close(out, stock(q, k, v, scale=scale))
+    torch.testing.assert_close(masked, stock(q, k, v, attn_mask=mask, scale=scale))
+    (lse, used), = recorder.calls  # the masked call is not recorded
+    expected_scale = 8 ** -0.5 if scale is None else scale
+    assert used == pytest.approx(expected_scale)
+    expected = (q.double() @ k.double().transpose(-1, -2) * expected_scale).logsumexp(-1)
+    torch.testing.assert_close(lse.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_capture_inside_capture_still_serves_the_stock_sdpa_and_puts_it_back():
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.attention.joint import capture_joint
+
+    stock = F.scaled_dot_product_attention
+    transformer = tiny_sd3_pipeline().transformer
+    q = torch.randn(1, 2, 4, 8)
+    with capture_joint(transformer, AttentionStore(CaptureConfig(down_factors=(2,))), text_first=True):
+        with capture_joint(transformer, AttentionStore(CaptureConfig(down_factors=(2,))), text_first=True):
+            torch.testing.assert_close(F.scaled_dot_product_attention(q, q, q), stock(q, q, q))
+    assert F.scaled_dot_product_attention is stock
+
+
+def test_joint_capture_refuses_down_factors_other_than_the_patch_grid():
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.attention.joint import capture_joint
+
+    with pytest.raises(ValueError, match=r"use down_factors=\(2,\)"):
+        with capture_joint(tiny_sd3_pipeline().transformer, AttentionStore(CaptureConfig(down_factors=(2, 4))), True):
+            pass
+
+
+def test_only_calls_inside_the_step_window_are_recorded():
+    """SD3 with 4 steps and the window [0.5, 1): the last two transformer calls, each through every joint block."""
+    from freeatm_hf.attention import CaptureConfig
+    from freeatm_hf.attention.joint import joint_attention_modules
+
+    pipe = tiny_sd3_pipeline()
+    gen = FreeATMGenerator(pipe, CaptureConfig(down_factors=(2,), step_window=(0.5, 1.0)))
+    gen(PROMPTS[:1], seeds=[0], output_type="np", **{**KW, "num_inference_steps": 4})
+    blocks = len(joint_attention_modules(pipe.transformer))
+    assert blocks > 0 and gen.store.weights_added() == {2: 2.0 * blocks}
+
+
+def test_the_single_stream_text_length_is_read_from_a_positional_argument_too():
+    from freeatm_hf.attention.joint import JointCaptureProcessor, _text_len_hook
+
+    proc = JointCaptureProcessor(None, None, text_first=True, single=True)
+    hook = _text_len_hook(proc)
+    hidden, text = torch.zeros(1, 20, 4), torch.zeros(1, 7, 4)
+    hook(None, (hidden, text), {})
+    assert proc.text_len == 7
+    hook(None, (hidden,), {"encoder_hidden_states": torch.zeros(1, 5, 4)})
+    assert proc.text_len == 5
+    hook(None, (hidden,), {})
+    assert proc.text_len is None
+
+
+def test_a_processor_set_between_batches_is_the_one_that_runs():
+    """The generator keeps its capture wrappers between batches; one whose layer got a new processor since must
+    wrap the new one, or the image would come from the old."""
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    class Triple(FluxAttnProcessor):
+        def __call__(self, *args, **kwargs):
+            out = super().__call__(*args, **kwargs)
+            return tuple(3 * o for o in out) if isinstance(out, tuple) else 3 * out
+
+    pipe = tiny_flux_pipeline()
+    gen = FreeATMGenerator(pipe)
+    gen(PROMPTS[:1], seeds=[0], output_type="np", **KW)
+    pipe.transformer.set_attn_processor(Triple())
+    out = gen(PROMPTS[:1], seeds=[0], output_type="np", **KW)
+    plain = pipe([PROMPTS[0].text], generator=[torch.Generator().manual_seed(0)], guidance_scale=7.5,
+                 output_type="np", **KW).images
+    assert np.array_equal(np.stack(out.images), plain)

@@ -69,3 +69,47 @@ def test_an_unknown_token_inside_a_noun_is_one_of_its_columns():
     pieces = tokens_of(t5, text, obj.token_indices)
     assert t5.unk_token in pieces and pieces[-1] == "▁hound"
     assert obj.token_indices == tuple(range(1, 9))
+
+
+def test_punctuation_touching_a_noun_is_not_its_token(tokenizer):
+    """Tokens that end where the noun starts, or start where it ends, lie outside it: '(' and ')' / ',' here
+    (some of them unknown to the vocabulary, and so unknown tokens, which may be a noun's own)."""
+    from freeatm_hf.generate.clip_vocab import load_t5_tokenizer
+
+    text = "a red (dog), on grass"
+    for tok in (tokenizer, load_t5_tokenizer()):
+        (dog,) = object_token_indices(tok, Prompt.from_nouns(text, ["dog"]))
+        enc = tok(text, return_offsets_mapping=True)
+        assert [enc.offset_mapping[i] for i in dog.token_indices][0][0] == text.index("dog")
+        assert "".join(tokens_of(tok, text, dog.token_indices)).replace("</w>", "").replace("▁", "") == "dog"
+
+
+def test_a_noun_with_one_token_past_the_limit_is_truncated(tokenizer):
+    """'golden' in the last content slot (75), 'retriever' in the end token's: any token cut is a truncated noun."""
+    text = "a " + " ".join(["red"] * 73) + " golden retriever"
+    (obj,) = object_token_indices(tokenizer, Prompt.from_nouns(text, ["golden retriever"]))
+    assert obj.token_indices == (75, 76) and obj.truncated
+
+
+def test_without_an_end_token_the_last_slot_holds_content():
+    """A tokenizer that appends no end token keeps `max_length` content tokens when it truncates."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "red": 2, "cat": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", model_max_length=8)
+    for n_red, cut in [(6, False), (7, True)]:
+        text = "a " + " ".join(["red"] * n_red) + " cat"
+        (cat,) = object_token_indices(tok, Prompt.from_nouns(text, ["cat"]))
+        assert cat.token_indices == (n_red + 1,) and cat.truncated is cut
+        kept = tok(text, truncation=True, max_length=8).input_ids
+        assert (len(kept) > n_red + 1 and kept[n_red + 1] == 3) is not cut
+
+
+def test_a_span_without_any_token_is_refused_by_name(tokenizer):
+    from freeatm_hf.prompts.prompt import PromptObject
+
+    gap = Prompt("a dog  on grass", (PromptObject("  ", 5, 7),))  # two spaces: no token covers them
+    with pytest.raises(ValueError, match="maps to no token"):
+        object_token_indices(tokenizer, gap)

@@ -246,3 +246,31 @@ def test_two_views_from_map_masks_equal_those_from_full_resolution_masks():
         assert expected.keys() == got.keys()
         for k in expected:
             assert torch.equal(got[k], expected[k]), k
+
+
+def test_an_8_bit_map_reads_as_its_value_over_255():
+    """The dataset card's formula: an 8-bit map is value / 255, so 255 is 1 and a threshold of 0.4 cuts between
+    the stored values 102 and 103."""
+    from freeatm_hf.data.masks import attention_map, row_masks
+
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(attention_map(values), values.astype(np.float32) / np.float32(255))
+    top = row_masks({"objects": [{"attention": Image.fromarray(np.full((4, 4), 255, np.uint8))}]}, (4, 4), 0.999)
+    assert top.shape == (1, 4, 4) and bool(top.all())  # 255 / 255 = 1 clears any threshold below 1
+
+
+def test_map_masks_grid_samples_the_middle_of_each_block():
+    """A mask symmetric about the image's middle has exactly half its mass in the left half; the grid's samples
+    at the middle of equal blocks are symmetric too, so the gridded share is exact there (samples at the blocks'
+    first pixels would be shifted half a block)."""
+    from freeatm_hf.data.masks import MapMasks, row_masks
+
+    a = np.zeros((16, 16), np.uint8)
+    a[2:14, 2:14] = 255  # large: seen at far more grid samples than EXACT_BELOW, so the grid alone measures it
+    objects = [{"attention": Image.fromarray(a)}]
+    full = row_masks({"objects": objects}, (128, 128), 0.4)
+    assert torch.equal(full, full.flip(-1)) and torch.equal(full, full.flip(-2))
+    masks = MapMasks(objects, (128, 128), 0.4)
+    assert not masks.exact  # the grid measures this mask
+    for box in ((0, 0, 128, 64), (0, 64, 128, 64), (0, 0, 64, 128), (64, 0, 64, 128)):
+        torch.testing.assert_close(masks.share(*box), torch.tensor([0.5]), atol=1e-6, rtol=0)

@@ -96,3 +96,53 @@ def test_a_tokenizer_without_digits_is_refused(tokenizer):
     no_digits = CLIPTokenizer(vocab=vocab, merges=merges)  # the vocabulary this project shipped before
     with pytest.raises(ValueError, match="block 2 and block 1 alike"):
         PositionPromptTransform(size=32, tokenizer=no_digits)
+
+
+def test_a_centre_on_the_right_or_bottom_edge_is_in_the_last_block():
+    assert block_index((80, 0, 100, 10), (90, 90)) == 3  # centre x = 90, the right edge
+    assert block_index((0, 80, 10, 100), (90, 90)) == 7  # centre y = 90, the bottom edge
+    assert block_index((90, 90, 90, 90), (90, 90)) == 9
+
+
+def test_blocks_are_of_the_output_view_not_the_source_image():
+    """The crop is resized to `size`: the boxes are then in the view's pixels, and so is the grid."""
+    img = torch.zeros(3, 100, 100, dtype=torch.uint8)
+    t = PositionPromptTransform(size=50, shuffle=False, flip=False)
+    t.geometry.transforms[0].make_params = lambda flat: dict(top=0, left=0, height=100, width=100)
+    _, text = t(img, "a scene", ["dog", "cat"], [(5, 5, 20, 20), (70, 70, 90, 90)])
+    assert text == "a scene. The dog is in block 1. The cat is in block 9."
+
+
+def test_without_flip_the_view_is_never_mirrored():
+    img = torch.zeros(3, 90, 90, dtype=torch.uint8)
+    t = PositionPromptTransform(size=90, scale=(1.0, 1.0), shuffle=False, flip=False)
+    torch.manual_seed(0)
+    assert {t(img, "a scene", ["dog"], [(0, 0, 10, 10)])[1] for _ in range(20)} == {"a scene. The dog is in block 1."}
+
+
+def test_caption_endings_and_whitespace():
+    prompts = ["The dog is in block 1."]
+    for caption in ("what a dog!", "a dog?", "a dog."):
+        assert caption_with_positions(caption, prompts, shuffle=False) == f"{caption} The dog is in block 1."
+    assert caption_with_positions("a dog \n", prompts, shuffle=False) == "a dog. The dog is in block 1."
+
+
+def test_a_prompt_that_fits_the_limit_exactly_is_kept_and_max_length_overrides_the_tokenizers(tokenizer):
+    prompts = [f"The dog number {i} is in block {i}." for i in range(1, 10)]
+    first = f"a park. {prompts[0]}"
+    exact = len(tokenizer(first).input_ids)
+    assert caption_with_positions("a park", prompts, tokenizer, max_length=exact, shuffle=False) == first
+    assert caption_with_positions("a park", prompts, tokenizer, max_length=exact - 1, shuffle=False) == "a park."
+    assert exact < tokenizer.model_max_length  # the default limit would have let more in
+
+
+def test_a_tokenizer_missing_only_the_last_blocks_digit_is_refused(tokenizer):
+    from transformers import CLIPTokenizer
+
+    from freeatm_hf.generate.clip_vocab import ASSET_DIR
+
+    vocab = {t: i for t, i in tokenizer.get_vocab().items() if t not in ("8</w>", "9</w>")}
+    merges = [tuple(m.split(" ")) for m in (ASSET_DIR / "merges.txt").read_text().splitlines() if m]
+    no_89 = CLIPTokenizer(vocab=vocab, merges=merges)
+    with pytest.raises(ValueError, match="block 9 and block 8 alike"):
+        PositionPromptTransform(size=32, tokenizer=no_89)

@@ -95,3 +95,74 @@ def test_compact_views_reach_the_model_as_the_float_ones_do():
     assert batches[True]["masks_1"].sum() > 0
     with pytest.raises(ValueError, match="normalize=False"):
         TwoViewTransform(uint8_views=True)
+
+
+def test_the_two_views_are_drawn_independently():
+    """Each view has its own crop and flip: two identical views would teach nothing."""
+    torch.manual_seed(0)
+    t = TwoViewTransform(size=32, photometric=False, normalize=False, min_visible=0.0)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    masks = torch.ones(1, 64, 64)
+    outs = [t(image, masks) for _ in range(4)]
+    assert all(not torch.equal(o["pixel_values_1"], o["pixel_values_2"]) for o in outs)
+
+
+def test_crop_scale_and_imagenet_normalization_are_the_configured_ones():
+    """With scale (1, 1) a square image is cropped whole: each view is the image or its mirror, normalized by the
+    ImageNet mean and std as (x / 255 - mean) / std; a flip comes about half the time."""
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(1, 48, 48)
+    masks[0, :, :12] = 1.0  # the left quarter
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    plain = (image.float() / 255 - mean) / std
+    t = TwoViewTransform(size=48, scale=(1.0, 1.0), photometric=False, min_visible=0.0)
+    flips = 0
+    for _ in range(20):
+        out = t(image, masks)
+        for v, m in ((out["pixel_values_1"], out["masks_1"]), (out["pixel_values_2"], out["masks_2"])):
+            flipped = torch.allclose(v, plain.flip(-1), atol=1e-5)
+            assert flipped or torch.allclose(v, plain, atol=1e-5)
+            assert torch.equal(m, masks.flip(-1) if flipped else masks)  # the mask follows its image
+            flips += flipped
+    assert 10 <= flips <= 30  # of 40 views
+
+
+def test_each_masks_share_inside_a_non_square_crop_and_the_min_visible_cut():
+    """The share is the mask's mass inside the crop box (rows top..top+height, columns left..left+width) over its
+    total; an instance is kept at a share of exactly min_visible ("at least this share")."""
+    img, _ = scene()
+    masks = torch.zeros(2, 96, 128)
+    masks[0, :80, :40] = 1.0  # tall: half of it lies in the wide box below
+    masks[1, :40, :80] = 1.0  # wide: all of it inside
+    box = dict(top=0, left=0, height=40, width=80)
+    t = TwoViewTransform(size=32, photometric=False, normalize=False, min_visible=0.5)
+    t.crop.make_params = lambda flat: box
+    _, _, share = t.view(img, masks)
+    expected = masks[:, :40, :80].flatten(1).sum(1) / masks.flatten(1).sum(1)
+    assert expected.tolist() == [0.5, 1.0]
+    torch.testing.assert_close(share, expected)
+    assert t(img, masks)["kept"].tolist() == [True, True]
+
+
+def test_masks_of_another_size_than_the_image_are_refused():
+    img, masks = scene()
+    with pytest.raises(ValueError, match="differ in size"):
+        TwoViewTransform(size=32, photometric=False)(img, masks[:, :, :100])
+
+
+def test_photometric_augmentations_have_simclrs_probabilities():
+    """SimCLR (Chen et al. 2020, appendix A): colour jitter at p 0.8, grayscale at p 0.2, Gaussian blur with sigma in
+    [0.1, 2] at p 0.5 (left out with blur=False)."""
+    from torchvision.transforms import v2
+
+    from freeatm_hf.data.transforms import simclr_photometric
+
+    jitter, gray, blur = simclr_photometric(1.0, size=64).transforms
+    assert isinstance(jitter.transforms[0], v2.ColorJitter) and jitter.p == 0.8
+    assert isinstance(gray, v2.RandomGrayscale) and gray.p == 0.2
+    (gauss,) = blur.transforms
+    assert isinstance(gauss, v2.GaussianBlur) and blur.p == 0.5 and list(gauss.sigma) == [0.1, 2.0]
+    assert len(simclr_photometric(1.0, blur=False).transforms) == 2
