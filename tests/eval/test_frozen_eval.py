@@ -141,3 +141,61 @@ def test_a_blip_checkpoint_is_refused_with_the_way_to_probe_its_vision_tower():
     model, _ = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32))
     with pytest.raises(ValueError, match=r"not BlipATMModel: export its vision tower \(`freeatm export DIR OUT --to timm`"):
         feature_backbone(model)
+
+
+def test_knn_and_probe_run_on_the_test_splits_features_with_the_given_k_and_temperature(labelled_shapes, tmp_path,
+                                                                                          monkeypatch):
+    """The vote and the probe get the train split's features as their memory and the test split's as queries,
+    with --k and --temperature as given; each result is the top-1 accuracy of those scores on the test labels."""
+    import torch
+
+    import freeatm_hf.eval.frozen as frozen
+    from freeatm_hf.eval.knn import accuracy
+
+    calls = {"features": [], "knn": [], "probe": []}
+
+    def record(name, fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls[name].append((args, kwargs, out))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(frozen, "extract_features", record("features", frozen.extract_features))
+    monkeypatch.setattr(frozen, "knn_classify", record("knn", frozen.knn_classify))
+    monkeypatch.setattr(frozen, "linear_probe", record("probe", frozen.linear_probe))
+    tiny_checkpoint("simclr").save_pretrained(tmp_path)
+    results = frozen.evaluate_frozen(str(tmp_path), labelled_shapes, image_size=32, k=3, temperature=0.5,
+                                     batch_size=32, device="cpu", update_card=False)
+    (_, _, (xtr, ytr)), (_, _, (xte, yte)) = calls["features"]
+    assert (len(xtr), len(xte)) == (60, 30)
+    (args, kwargs, knn_scores), = calls["knn"]
+    assert all(torch.equal(a, b) for a, b in zip(args[:3], (xtr, ytr, xte), strict=True))
+    assert kwargs["k"] == 3 and kwargs["temperature"] == 0.5
+    (args, _, probe_scores), = calls["probe"]
+    assert all(torch.equal(a, b) for a, b in zip(args[:3], (xtr, ytr, xte), strict=True))
+    assert [(r["metric"], r["value"]) for r in results] == [("knn3_top1", accuracy(knn_scores, yte)),
+                                                            ("linear_probe_top1", accuracy(probe_scores, yte))]
+
+
+def test_mae_features_for_probes_are_the_unmasked_encoders_in_patch_order(tmp_path):
+    """A ViTMAE encoder probed with its mask ratio set to 0 and every patch in its order: the plain ViT's output
+    (the encoder exported as a stock ViTModel), the model's own mask ratio left as it was."""
+    import torch
+    from transformers import ViTModel
+
+    from freeatm_hf.eval.frozen import feature_backbone
+    from freeatm_hf.models.mae import export_vit
+
+    torch.manual_seed(0)
+    model = tiny_checkpoint("mae").eval()
+    assert model.config.mask_ratio == 0.75
+    export_vit(model, tmp_path)
+    vit = ViTModel.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = feature_backbone(model).forward_features(x)
+        want = vit(x).last_hidden_state
+    assert got.shape == want.shape == (2, 17, model.config.hidden_size)
+    assert (got - want).abs().max().item() < 1e-5
+    assert model.vit.config.mask_ratio == 0.75

@@ -173,3 +173,54 @@ def test_a_linear_probe_is_seeded_without_touching_the_callers_random_state():
     assert torch.equal(torch.rand(3), expected_next)  # the probe's own seed did not reset the caller's stream
     torch.manual_seed(7)
     assert torch.equal(linear_probe(x, y, x[:5], epochs=5), first)  # and its result does not depend on it
+
+
+def test_each_test_row_is_scored_on_its_own_with_the_training_sets_statistics():
+    """Standardization uses the training set's mean and spread only: a test row's scores do not depend on which
+    other test rows are scored along with it."""
+    torch.manual_seed(0)
+    centers = 4 * F.normalize(torch.randn(3, 8), dim=1)
+    y = torch.randint(0, 3, (120,))
+    x = centers[y] + 0.3 * torch.randn(120, 8)
+    test = x[80:] + 2.0  # a shifted test set: its own mean is far from the training mean
+    together = linear_probe(x[:80], y[:80], test, num_classes=3, epochs=20)
+    alone = linear_probe(x[:80], y[:80], test[:3], num_classes=3, epochs=20)
+    torch.testing.assert_close(alone, together[:3])
+
+
+def test_the_probes_weight_decay_shrinks_the_weights_toward_the_bias_alone():
+    """weight_decay penalises the squared weights (not the bias): heavily decayed, every test row gets nearly the
+    same scores (the class prior), while a lightly decayed head separates them."""
+    torch.manual_seed(0)
+    centers = 4 * F.normalize(torch.randn(3, 8), dim=1)
+    y = torch.randint(0, 3, (150,))
+    x = centers[y] + 0.3 * torch.randn(150, 8)
+    light = linear_probe(x[:100], y[:100], x[100:], num_classes=3, weight_decay=1e-4)
+    heavy = linear_probe(x[:100], y[:100], x[100:], num_classes=3, weight_decay=100.0)
+    assert light.std(0).min() > 1.0
+    assert heavy.std(0).max() < 0.05
+    prior = torch.bincount(y[:100], minlength=3).float() / 100
+    torch.testing.assert_close(heavy.softmax(1).mean(0), prior, atol=0.02, rtol=0)
+
+
+def test_extracted_features_are_the_global_average_pool_of_the_feature_map():
+    import numpy as np
+    import timm
+    from datasets import Dataset
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from freeatm_hf.eval.knn import extract_features
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(5)]
+    ds = Dataset.from_list([{"image": im, "label": i % 2} for i, im in enumerate(images)])
+    tf = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    feats, labels = extract_features(net, ds, tf, batch_size=2, device="cpu", decode="pil")
+    with torch.no_grad():
+        fmap = net.forward_features(torch.stack([tf(im) for im in images]))
+    assert fmap.shape[-2:] == (2, 2)  # a map to pool, not a single cell
+    torch.testing.assert_close(feats, fmap.mean((2, 3)), atol=1e-5, rtol=1e-4)
+    assert labels.tolist() == [0, 1, 0, 1, 0]

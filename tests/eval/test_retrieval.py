@@ -260,3 +260,31 @@ def test_retrieval_finetuning_moves_the_momentum_encoders_it_distills_from(tmp_p
     assert not torch.equal(before.text_proj.weight, after.text_proj.weight)
     assert not torch.equal(before.text_proj_m.weight, after.text_proj_m.weight)
     assert not torch.equal(before.vision_proj_m.weight, after.vision_proj_m.weight)
+
+
+class PairITM(GivenFeatures):
+    """GivenFeatures with an ITM head that scores each pair on its own: match logit (column 1) = 3·⟨image, text⟩ +
+    0.1·text id, no-match logit (column 0) something else entirely."""
+
+    def itm_logits(self, embeds, input_ids, attention_mask):
+        match = 3 * (embeds[:, 0] * self.texts[input_ids[:, 0]]).sum(-1) + 0.1 * input_ids[:, 0]
+        return torch.stack([-5 * match + 1.0, match], 1)
+
+
+def test_reranked_pairs_score_their_itm_match_logit_plus_their_itc_similarity():
+    """BLIP's score of a re-ranked pair: ITM match logit + ITC similarity, for both directions, written out."""
+    from freeatm_hf.eval.retrieval import retrieval_scores
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(5, 4, generator=g), dim=-1)
+    model = PairITM(images, texts, itm_logit=0.0)
+    i2t, t2i = retrieval_scores(model, torch.arange(3), torch.arange(5)[:, None], k_test=2)
+    sim = images @ texts.T
+    match = 3 * sim + 0.1 * torch.arange(5.0)
+    for i in range(3):
+        for j in sim[i].topk(2).indices.tolist():
+            assert i2t[i, j].item() == pytest.approx((match[i, j] + sim[i, j]).item(), abs=1e-5)
+    for j in range(5):
+        for i in sim[:, j].topk(2).indices.tolist():
+            assert t2i[j, i].item() == pytest.approx((match[i, j] + sim[i, j]).item(), abs=1e-5)

@@ -59,15 +59,20 @@ def test_label_map_follows_the_image_through_crop_and_flip():
     assert seen >= 6
 
 
-def test_two_step_finetune_gives_finite_miou_and_a_stock_upernet(shapes_seg, tmp_path):
+def test_two_step_finetune_gives_finite_miou_and_a_stock_upernet(shapes_seg, tmp_path, monkeypatch):
     import json
 
     from huggingface_hub import ModelCard
     from transformers import UperNetForSemanticSegmentation
 
+    import freeatm_hf.eval.segmentation as segmentation
     from freeatm_hf.eval.cli import main
     from freeatm_hf.hub.model_card import write_model_card
 
+    confusions = []
+    predict = segmentation.predict_confusion
+    monkeypatch.setattr(segmentation, "predict_confusion", lambda *a, **k: confusions.append(predict(*a, **k))
+                        or confusions[-1])
     ckpt = tmp_path / "ckpt"
     model = checkpoint()
     model.save_pretrained(ckpt)
@@ -78,6 +83,11 @@ def test_two_step_finetune_gives_finite_miou_and_a_stock_upernet(shapes_seg, tmp
     values = {r["metric"]: r["value"] for r in results}
     assert set(values) == {"segmentation_miou", "segmentation_pixel_accuracy"}
     assert all(np.isfinite(v) and 0 <= v <= 1 for v in values.values())
+    # The numbers are the test confusion's: mean IoU over the classes present, and pixel accuracy.
+    (c,) = [x.double() for x in confusions]
+    inter, union = c.diag(), c.sum(0) + c.sum(1) - c.diag()
+    assert values["segmentation_miou"] == pytest.approx(float((inter / union)[union > 0].mean()))
+    assert values["segmentation_pixel_accuracy"] == pytest.approx(float(inter.sum() / c.sum()))
     seg = UperNetForSemanticSegmentation.from_pretrained(out)
     assert seg.config.num_labels == 7  # background + six shapes, read off the label maps
     stored = json.loads((ckpt / "eval_results.json").read_text())
@@ -160,3 +170,49 @@ def test_num_labels_counts_every_label_map_and_splits_must_differ(tmp_path, monk
     assert num_labels_built(folder, monkeypatch) == 8
     with pytest.raises(ValueError, match="train_split and test_split are both 'train'"):
         num_labels_built(folder, monkeypatch, test_split="train")
+
+
+def test_test_confusion_sums_every_images_upsampled_arg_max_against_its_labels():
+    """`predict_confusion`: logits bilinearly upsampled to each label map's own size, arg-max per pixel, counted
+    against the reference (void pixels skipped) and summed over all images, batch by batch."""
+    from types import SimpleNamespace
+
+    from freeatm_hf.eval.segmentation import IGNORE_INDEX, predict_confusion
+
+    class GivenLogits(torch.nn.Module):  # the pixel values are the logits
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(logits=pixel_values)
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(3):
+        labels = torch.randint(0, 3, (8, 8), generator=g)
+        labels[0, :3] = IGNORE_INDEX
+        rows.append({"pixel_values": torch.randn(3, 4, 4, generator=g), "labels": labels})
+    got = predict_confusion(GivenLogits(), rows, num_labels=3, batch_size=2)
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for r in rows:
+        up = torch.nn.functional.interpolate(r["pixel_values"][None], size=(8, 8), mode="bilinear", align_corners=False)
+        pred = up[0].argmax(0)
+        for y in range(8):
+            for x in range(8):
+                if r["labels"][y, x] != IGNORE_INDEX:
+                    expected[r["labels"][y, x], pred[y, x]] += 1
+    assert expected.sum() == 3 * (64 - 3)
+    assert torch.equal(got, expected)
+    nearest = torch.nn.functional.interpolate(rows[0]["pixel_values"][None], size=(8, 8), mode="nearest")[0].argmax(0)
+    assert not torch.equal(nearest, torch.nn.functional.interpolate(rows[0]["pixel_values"][None], size=(8, 8),
+                                                                    mode="bilinear")[0].argmax(0))
+
+
+def test_a_prediction_outside_the_classes_is_refused_even_where_the_reference_is_valid():
+    """Only the reference's void pixels are skipped; a predicted label no class has is an error, not a pixel
+    dropped from the counts."""
+    from freeatm_hf.eval.segmentation import IGNORE_INDEX, confusion_matrix
+
+    with pytest.raises(ValueError, match="labels must lie"):
+        confusion_matrix(np.array([[IGNORE_INDEX, 0]]), np.array([[1, 0]]), 3)

@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -6,8 +7,10 @@ from transformers import TrainingArguments
 
 from freeatm_hf.models.blip import BlipATMConfig, BlipATMModel, export_stock, itc_loss, sample_hard_negatives
 
+# initializer_range as build_blip starts from scratch: BlipVisionConfig's default (1e-10, meant for loading weights)
+# gives every image nearly the same embeddings, which no ITM or ITC check could tell apart.
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-              patch_size=8)
+              patch_size=8, initializer_range=0.02)
 TEXT = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             encoder_hidden_size=32, max_position_embeddings=40, bos_token_id=1, pad_token_id=0, sep_token_id=2)
 
@@ -335,24 +338,25 @@ def test_a_checkpoint_started_at_another_size_gets_interpolated_positions(tmp_pa
         build_blip(BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"), max_length=72))
 
 
+class DistillToy(torch.nn.Module):
+    """The least a model needs for DistillAlphaCallback: a BLIP-like config and a loss."""
+
+    config = SimpleNamespace(momentum_distill=True, distill_alpha=0.4)
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return {"loss": (self.w * x).sum()}
+
+
 def test_distillation_weight_ramps_over_blips_epochs_of_the_trainers_loader(tmp_path):
     """Two epochs when pretraining, one when fine-tuning, counted in optimizer steps of the real loader (not
     from max_steps, which --max_steps or a fractional epoch count cut short); a stream has no epoch."""
-    from types import SimpleNamespace
-
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from freeatm_hf.train.callbacks import DistillAlphaCallback
-
-    class Toy(torch.nn.Module):
-        config = SimpleNamespace(momentum_distill=True, distill_alpha=0.4)
-
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def forward(self, x):
-            return {"loss": (self.w * x).sum()}
 
     class Record(TrainerCallback):
         def on_step_begin(self, args, state, control, model=None, **kwargs):
@@ -363,7 +367,7 @@ def test_distillation_weight_ramps_over_blips_epochs_of_the_trainers_loader(tmp_
         seen = []
         args = TrainingArguments(tmp_path / str(ramp_epochs), per_device_train_batch_size=2, max_steps=max_steps,
                                  gradient_accumulation_steps=2, report_to=[], use_cpu=True, save_strategy="no")
-        Trainer(Toy(), args, train_dataset=rows, callbacks=[DistillAlphaCallback(ramp_epochs), Record()]).train()
+        Trainer(DistillToy(), args, train_dataset=rows, callbacks=[DistillAlphaCallback(ramp_epochs), Record()]).train()
         ramp = 5 * ramp_epochs
         assert seen == pytest.approx([0.4 * min(1, k / ramp) for k in range(max_steps)])
     stream = DistillAlphaCallback()
@@ -404,3 +408,129 @@ def test_a_checkpoint_without_a_caption_decoder_starts_it_from_the_text_encoder(
     px, ids = torch.randn(2, 3, 32, 32), torch.randint(4, 120, (2, 9))
     with torch.no_grad():
         assert model(px, ids).loss_lm < 2 * math.log(model.config.text_config.vocab_size)
+
+
+def test_distillation_ramp_counts_an_epochs_last_partial_accumulation_as_a_step(tmp_path):
+    """11 batches at accumulation 2: Trainer takes 6 optimizer steps an epoch (the last on one batch), and the
+    ramp of one epoch is those 6 steps, as Trainer counted them."""
+    from transformers import Trainer, TrainingArguments
+
+    from freeatm_hf.train.callbacks import DistillAlphaCallback
+
+    rows = [{"x": torch.ones(1)} for _ in range(22)]  # 11 batches of 2
+    cb = DistillAlphaCallback(ramp_epochs=1)
+    args = TrainingArguments(tmp_path, per_device_train_batch_size=2, num_train_epochs=1, gradient_accumulation_steps=2,
+                             report_to=[], use_cpu=True, save_strategy="no")
+    trainer = Trainer(DistillToy(), args, train_dataset=rows, callbacks=[cb])
+    trainer.train()
+    assert cb.ramp_steps == trainer.state.global_step == 6
+
+
+def test_hard_negatives_draw_a_texts_image_from_its_column_and_an_images_text_from_its_row():
+    """sim_i2t[i, j] scores image i with text j: text j's negative image is drawn by column j, image i's negative
+    text by row i. Image 2 resembles text 0, but image 0 resembles no other text."""
+    sim = 20 * torch.eye(4)
+    sim[2, 0] = 15.0
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_hard_negatives(sim, generator=g) for _ in range(300)]
+    neg_img = torch.stack([d[0] for d in draws])
+    neg_txt = torch.stack([d[1] for d in draws])
+    assert (neg_img[:, 0] == 2).float().mean() > 0.95  # text 0's hard negative: image 2
+    assert (neg_txt[:, 2] == 0).float().mean() > 0.95  # image 2's hard negative: text 0
+    assert 0.2 < (neg_txt[:, 0] == 2).float().mean() < 0.5  # image 0: its row is flat, any other text
+
+
+def test_itm_loss_against_its_definition_with_the_drawn_hard_negatives():
+    """ITM: cross-entropy of the match head over [positive pairs → 1; (negative image, text) → 0; (image, negative
+    text) → 0], the texts read with [ENC] as their first token and their own attention masks."""
+    import torch.nn.functional as F
+
+    model = tiny().eval()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    ids[:, 0] = 1
+    att = torch.ones_like(ids)
+    att[1, 6:], att[2, 4:] = 0, 0
+    torch.manual_seed(7)
+    with torch.no_grad():
+        out = model(x, ids, att)
+        emb = model.image_embeds(x)
+        assert (emb[0] - emb[1]).abs().max() > 0.1  # images the match head can tell apart
+        i, t = model.itc_features(emb, ids, att)
+        torch.manual_seed(7)  # the same draws as the forward made
+        neg_img, neg_txt = sample_hard_negatives(i @ t.T / model.temp)
+        enc = ids.clone()
+        enc[:, 0] = 3  # enc_token_id
+        logits = torch.cat([model.itm_logits(emb, enc, att), model.itm_logits(emb[neg_img], enc, att),
+                            model.itm_logits(emb, enc[neg_txt], att[neg_txt])])
+    ref = F.cross_entropy(logits, torch.tensor([1] * 3 + [0] * 6))
+    torch.testing.assert_close(out.loss_itm, ref)
+
+
+def test_lm_loss_feeds_the_decoder_its_bos_token_first_and_the_loss_weights_apply():
+    import torch.nn.functional as F
+
+    model = tiny(itc_weight=2.0, itm_weight=0.5, lm_weight=3.0).eval()
+    ids = torch.randint(4, 120, (2, 7))
+    ids[:, 0] = 3  # a tokenizer's first token ([CLS] / [ENC]): the decoder reads [DEC] = bos (1) instead
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(px, ids)
+        dec = ids.clone()
+        dec[:, 0] = 1
+        logits = model.text_decoder(input_ids=dec, encoder_hidden_states=model.image_embeds(px)).logits
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), dec[:, 1:].reshape(-1), label_smoothing=0.1)
+    torch.testing.assert_close(out.loss_lm, ref)
+    torch.testing.assert_close(out.loss, 2.0 * out.loss_itc + 0.5 * out.loss_itm + 3.0 * out.loss_lm)
+
+
+def test_the_learned_temperature_is_clamped_to_blips_range_before_use():
+    model = tiny().eval()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    with torch.no_grad():
+        model.temp.fill_(2.0)
+        out = model(x, ids)
+        i, t = model.itc_features(model.image_embeds(x), ids, torch.ones_like(ids))
+    assert model.temp.item() == pytest.approx(0.5)
+    torch.testing.assert_close(out.loss_itc, itc_loss(i, t, 0.5)[0])
+
+
+def test_momentum_itc_targets_and_queues_come_from_the_momentum_encoders():
+    """Once the momentum encoders differ from the online ones (after EMA steps): the online features are scored
+    against the momentum features and the queues, the targets are the momentum model's, and the queues take
+    the momentum features (BLIP's formula, each piece computed apart from the model)."""
+    import torch.nn.functional as F
+
+    alpha = 0.4
+    model = tiny(momentum_distill=True, queue_size=5, distill_alpha=alpha).train()
+    with torch.no_grad():
+        for _, mom in model.momentum_pairs():
+            for p in mom.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    ones = torch.ones_like(ids)
+    img_q, txt_q = model.image_queue.clone(), model.text_queue.clone()
+    with torch.no_grad():
+        i, t = model.itc_features(model.image_embeds(x), ids, ones)
+        i_m = F.normalize(model.vision_proj_m(model.vision_model_m(pixel_values=x).last_hidden_state[:, 0]), dim=-1)
+        text_m = model.text_encoder_m(input_ids=ids, attention_mask=ones).last_hidden_state
+        t_m = F.normalize(model.text_proj_m(text_m[:, 0]), dim=-1)
+        temp = model.temp.clamp(0.001, 0.5)
+        eye = torch.eye(3, 8)
+
+        def side(online, momentum, keys):
+            target = alpha * (momentum @ keys.T / temp).softmax(1) + (1 - alpha) * eye
+            return -((online @ keys.T / temp).log_softmax(1) * target).sum(1).mean()
+
+        expected = (side(i, i_m, torch.cat([t_m, txt_q])) + side(t, t_m, torch.cat([i_m, img_q]))) / 2
+        out = model(x, ids, ones)
+    assert not torch.allclose(i_m, i, atol=1e-3) and not torch.allclose(t_m, t, atol=1e-3)
+    torch.testing.assert_close(out.loss_itc, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.sim_i2t, i @ t_m.T / temp, rtol=1e-5, atol=1e-6)  # what hard negatives see
+    torch.testing.assert_close(model.image_queue[:3], i_m, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.text_queue[:3], t_m, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_momentum_settings_are_refused():
+    for bad in ({"momentum": 1.0}, {"momentum": -0.1}, {"distill_alpha": 1.5}, {"queue_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BlipATMConfig(**bad)

@@ -134,6 +134,8 @@ def test_bad_config_is_refused():
         SimCLRConfig(pooling="max")
     with pytest.raises(ValueError, match="momentum"):
         MoCoConfig(momentum=1.5)
+    with pytest.raises(ValueError, match="momentum"):  # [0, 1): at 1 the key encoder would never move
+        MoCoConfig(momentum=1.0)
 
 
 def test_a_simclr_batch_with_one_instance_steps_on_with_zero_loss():
@@ -142,6 +144,8 @@ def test_a_simclr_batch_with_one_instance_steps_on_with_zero_loss():
     out = model(x, x.clone())  # image pooling: one image, one instance, no negative
     assert out.loss.item() == 0.0 and out.num_instances == 1
     out.loss.backward()  # the graph is intact: Trainer can step
+    # The skipped head still gets a (zero) gradient: DDP waits for one from every parameter.
+    assert all(p.grad is not None and not p.grad.any() for p in model.head.parameters())
 
 
 def test_a_moco_batch_with_one_instance_still_learns_against_the_queue():
@@ -208,3 +212,80 @@ def test_an_evaluation_batch_without_instances_scores_zero_not_an_error(method):
     with torch.no_grad():
         out = model(x1, x2, masks, masks.clone(), instance_valid=torch.zeros(2, 3, dtype=torch.bool))
     assert out.num_instances == 0 and out.loss.item() == 0.0
+
+
+def test_masks_are_resized_by_the_share_of_each_cell_they_cover():
+    """Eq. 2 on a coarser feature grid: each cell weighs by the share of it the mask covers (not whether it
+    touches the mask at all, nor the value at one sampled pixel)."""
+    torch.manual_seed(0)
+    feats = torch.randn(1, 4, 2, 2)
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, :4, :4] = 1.0  # cell (0, 0): all 16 pixels
+    masks[0, 0, :2, 4:6] = 1.0  # cell (0, 1): 4 of 16, including its top-left pixel
+    masks[0, 0, 6:8, :4] = 1.0  # cell (1, 0): 8 of 16, not its top-left pixel
+    share = torch.tensor([[masks[0, 0, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].mean() for j in range(2)]
+                          for i in range(2)])
+    assert share.tolist() == [[1.0, 0.25], [0.5, 0.0]]
+    ref = (share * feats[0]).sum((1, 2)) / share.sum()
+    torch.testing.assert_close(attention_pool(feats, masks)[0, 0], ref)
+
+
+def two_view_batch():
+    """Two views whose images and masks differ (the second view's masks are mirrored), as after augmentation."""
+    x1, x2, masks = masked_batch()
+    return x1, x2, masks, masks.flip(-1)
+
+
+def pooled_by_hand(backbone, x, masks):
+    """Eq. 2 from the feature map, every slot an instance, written out apart from `instance_features`."""
+    fmap = backbone.forward_features(x)
+    a = F.adaptive_avg_pool2d(masks.flatten(0, 1)[:, None], fmap.shape[-2:]).view(*masks.shape[:2], *fmap.shape[-2:])
+    return (torch.einsum("bkhw,bchw->bkc", a, fmap) / a.sum((2, 3))[..., None]).flatten(0, 1)
+
+
+def test_simclr_embeds_each_view_with_its_own_masks_and_scores_at_its_own_temperature():
+    torch.manual_seed(0)
+    model = SimCLRModel(SimCLRConfig(**SMALL, nce_temperature=0.5)).eval()
+    x1, x2, m1, m2 = two_view_batch()
+    with torch.no_grad():
+        out = model(x1, x2, m1, m2)
+        z1 = model.head(pooled_by_hand(model.backbone, x1, m1))
+        z2 = model.head(pooled_by_hand(model.backbone, x2, m2))
+    torch.testing.assert_close(out.embeddings_1, z1, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.embeddings_2, z2, atol=1e-5, rtol=1e-4)
+    assert out.loss.item() == pytest.approx(instance_nt_xent(z1, z2, 0.5).item(), rel=1e-4)
+    assert out.loss.item() != pytest.approx(instance_nt_xent(z1, z2, 0.1).item(), rel=1e-2)
+
+
+def test_moco_keys_come_from_the_key_encoder_on_the_second_view_and_its_own_masks():
+    torch.manual_seed(0)
+    model = MoCoModel(MoCoConfig(**SMALL, queue_size=16, nce_temperature=0.5)).train()
+    with torch.no_grad():  # a key encoder of its own, backbone and head (as after EMA steps)
+        for p in [*model.key_backbone.parameters(), *model.key_head.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))
+    model.key_backbone.eval()  # its BN statistics fixed, so that the reference sees the same key encoder
+    model.backbone.eval()
+    x1, x2, m1, m2 = two_view_batch()
+    queue = model.queue.clone()
+    with torch.no_grad():
+        q = model.head(pooled_by_hand(model.backbone, x1, m1))
+        k = model.key_head(pooled_by_hand(model.key_backbone, x2, m2))
+    out = model(x1, x2, m1, m2)
+    torch.testing.assert_close(out.embeddings_1.detach(), q, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.embeddings_2, k, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.queue[:6], F.normalize(k, dim=-1), atol=1e-5, rtol=1e-4)
+    assert out.loss.item() == pytest.approx(moco_info_nce(q, k, queue, 0.5).item(), rel=1e-4)
+
+
+def test_a_queue_given_more_rows_than_it_holds_keeps_the_newest():
+    from freeatm_hf.models.momentum import enqueue_
+
+    feats, ids, ptr = torch.zeros(5, 2), torch.full((5,), -1), torch.tensor(3)
+    rows = torch.arange(14.0).view(7, 2)
+    enqueue_([feats, ids], ptr, [rows, torch.arange(7)])
+    # A ring written row by row from slot 3 ends with the last five rows (2..6), each written once.
+    assert sorted(ids.tolist()) == [2, 3, 4, 5, 6]
+    torch.testing.assert_close(feats, rows[ids])
+    # The oldest of them is overwritten first.
+    enqueue_([feats, ids], ptr, [torch.full((1, 2), -7.0), torch.tensor([70])])
+    assert sorted(ids.tolist()) == [3, 4, 5, 6, 70]

@@ -89,6 +89,11 @@ def test_beta_schedule_callback_sets_beta_per_step():
     assert model.beta == pytest.approx(0.6)
     cb.on_step_begin(None, SimpleNamespace(global_step=0, max_steps=1), None, model=model)
     assert model.beta == 0.0
+    # The cap is the callback's own beta_max.
+    half = BetaScheduleCallback(0.5)
+    for step in range(5):
+        half.on_step_begin(None, SimpleNamespace(global_step=step, max_steps=5), None, model=model)
+        assert model.beta == pytest.approx(0.5 * step / 4)
 
 
 def test_model_uses_the_guided_noise_and_loads_into_stock_vitmae(tmp_path):
@@ -182,3 +187,49 @@ def test_the_decoder_predicts_a_different_patch_at_each_masked_position(tmp_path
     loaded = MAEModel.from_pretrained(tmp_path)  # the checkpoint's tokens, not a fresh draw
     torch.testing.assert_close(loaded.vit.embeddings.cls_token, model.vit.embeddings.cls_token)
     torch.testing.assert_close(loaded.decoder.mask_token, model.decoder.mask_token)
+
+
+def test_equal_scores_give_random_masking_not_a_fixed_set_of_patches():
+    """An image whose maps are all zero (its objects cropped away) has one score everywhere: the "top" share must
+    then be drawn at random, not the same patches in every image."""
+    torch.manual_seed(0)
+    m = masked(guided_noise(torch.zeros(2000, N), 0.8, RATIO, 2000, N))
+    assert (m.sum(1) == N - KEEP).all()
+    rate = m.float().mean(0)  # per patch, over images
+    assert (rate - RATIO).abs().max().item() < 0.06
+
+
+def test_a_share_that_rounds_to_no_patch_is_plain_random_masking():
+    # round(0.002 · 0.75 · 196) = 0: no patch is chosen by score, so the noise is the generator's own draw.
+    scores = torch.rand(4, N)
+    got = guided_noise(scores, 0.002, RATIO, 4, N, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, torch.rand(4, N, generator=torch.Generator().manual_seed(5)))
+
+
+def test_the_masked_share_and_its_guided_part_follow_the_configs_mask_ratio():
+    torch.manual_seed(0)
+    model = MAEModel(MAEConfig(**{**TINY, "mask_ratio": 0.5})).eval()
+    model.beta = 0.8
+    scores = torch.rand(8, 16)
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(8, 3, 32, 32), patch_scores=scores)
+    assert (out.mask.sum(1) == 8).all()  # half of the 16 patches
+    hard = round(0.8 * 0.5 * 16)  # 6 of the 8 masked patches by score, 2 at random
+    assert out.mask.gather(1, scores.topk(hard, 1).indices).all()
+
+
+def test_the_loss_is_maes_normalized_pixel_loss_on_the_masked_patches():
+    """MAE's default target: each patch's pixels normalized by their own mean and variance; the loss is the mean
+    squared error over the masked patches only (written out from MAE's definition)."""
+    assert MAEConfig().norm_pix_loss
+    torch.manual_seed(0)
+    model = MAEModel(MAEConfig(**TINY)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(pixel_values=x)
+    p = 8  # patches in row-major order, each flattened (row, column, channel)
+    patches = x.view(2, 3, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * 3)
+    target = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6) ** 0.5
+    per_patch = ((out.logits - target) ** 2).mean(-1)
+    ref = (per_patch * out.mask).sum() / out.mask.sum()
+    torch.testing.assert_close(out.loss, ref)

@@ -125,6 +125,20 @@ def test_lr_milestones_callback_scales_the_learning_rate_at_its_epochs():
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.003)
 
 
+def test_lr_milestones_go_by_the_epoch_under_way_on_a_fractional_epoch():
+    """A run resumed mid-epoch reports a fractional epoch: 3.6 is still epoch 3 (one milestone passed, not two),
+    and a float sum just short of an epoch's start (1.9999999) is that epoch."""
+    from types import SimpleNamespace
+
+    for epoch, factor in ((3.6, 0.1), (1.9999999, 0.1), (1.5, 1.0), (4.0, 0.01)):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.03)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        LRMilestonesCallback([2, 4]).on_epoch_begin(None, SimpleNamespace(epoch=epoch), None, lr_scheduler=sched,
+                                                    optimizer=opt)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.03 * factor), epoch
+
+
 def test_train_help(capsys):
     from freeatm_hf import cli
 
