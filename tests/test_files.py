@@ -93,3 +93,38 @@ def test_an_export_a_crash_cut_short_counts_as_stale(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export.add_stock_exports(tmp_path)
     assert export.stale_exports(tmp_path) == ["torchvision/resnet18.pth"]  # a push leaves it out
+
+
+def test_a_reader_of_the_old_file_sees_it_whole_while_it_is_replaced(tmp_path):
+    """The new text goes to another file renamed over the record: a reader that opened the old one (another
+    command reading it back) reads the old text whole, never a truncated or mixed file; and the text is kept
+    exactly, whitespace and all."""
+    from freeatm_hf.files import write_text_atomic
+
+    path = write_text_atomic(tmp_path / "r.json", '{"a": 1}\n')
+    with open(path) as reader:
+        write_text_atomic(path, '  {"a": 2, "b": [1, 2]}\n\n')
+        assert reader.read() == '{"a": 1}\n'
+    assert path.read_text() == '  {"a": 2, "b": [1, 2]}\n\n'
+
+
+def test_two_writers_of_one_record_at_once_each_write_it_whole(tmp_path, monkeypatch):
+    """Two commands rewriting the same record at the same moment (another writer's rename lands between this
+    one's write and rename): neither fails, and the record is one of the two texts whole."""
+    import os
+
+    from freeatm_hf import files
+
+    path = files.write_text_atomic(tmp_path / "r.json", "old")
+    real_replace, interrupted = os.replace, []
+
+    def replace(src, dst):
+        if not interrupted:
+            interrupted.append(src)
+            files.write_text_atomic(path, "other writer")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.write_text_atomic(path, "this writer")
+    monkeypatch.undo()
+    assert path.read_text() == "this writer" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

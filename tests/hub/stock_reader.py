@@ -45,6 +45,7 @@ from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProc
 m = BlipForImageTextRetrieval.from_pretrained(path, subfolder=sub).eval()
 proc = BlipImageProcessor.from_pretrained(path, subfolder=sub)
 assert proc.size == {"height": 32, "width": 32} and [round(v, 3) for v in proc.image_mean] == [0.485, 0.456, 0.406]
+assert [round(v, 3) for v in proc.image_std] == [0.229, 0.224, 0.225]  # ImageNet's, as training normalized
 AutoTokenizer.from_pretrained(path, subfolder=sub)
 y = m.vision_model(pixel_values=x).last_hidden_state
 """,

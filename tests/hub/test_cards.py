@@ -92,3 +92,29 @@ def test_an_example_prompt_cannot_add_links_or_markup_to_the_card():
     plain = render_dataset_card(Features({"prompt": Value("string")}), {"license": "other"}, {"num_rows": 1},
                                 examples=[{"path": "examples/0.png", "prompt": "a golden retriever in a t-shirt"}])
     assert "![a golden retriever in a t-shirt](examples/0.png)" in plain.text
+
+
+def test_a_dataset_cards_license_and_tags_are_the_ones_asked_for():
+    """The Hub reads the license and tags from the card's YAML: the generation's license (a model's terms may
+    bind its outputs), and a caller's extra tags, as huggingface_hub parses them back."""
+    from datasets import Features, Value
+    from huggingface_hub import DatasetCard
+
+    from freeatm_hf.hub.cards import render_dataset_card
+
+    card = render_dataset_card(Features({"prompt": Value("string")}), {"license": "creativeml-openrail-m"},
+                               {"num_rows": 1}, extra_tags=["flux"])
+    data = DatasetCard(str(card)).data
+    assert data.license == "creativeml-openrail-m"
+    assert {"freeatm", "synthetic", "attention-masks", "flux"} <= set(data.tags)
+
+
+def test_a_private_server_or_folder_behind_the_augmenter_stays_off_the_card(tmp_path, monkeypatch):
+    from freeatm_hf.hub.cards import public_generation
+
+    assert public_generation({"augmenter": "https://llm.corp.internal:8443/v1#qwen2.5"})["augmenter"] == (
+        "OpenAI-compatible server#qwen2.5")
+    # A local model folder given relative to where the command ran (it looks like a Hub id): by its name.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llms" / "qwen").mkdir(parents=True)
+    assert public_generation({"augmenter": "llms/qwen"})["augmenter"] == "qwen"

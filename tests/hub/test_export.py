@@ -56,14 +56,20 @@ def test_mae_encoder_exports_to_a_timm_vit_with_the_same_features(tmp_path):
     old = MAEModel(MAEConfig(**{**model.config.to_dict(), "layer_norm_eps": 1e-12}))
     with pytest.raises(ValueError, match="LayerNorm eps is 1e-12"):
         export_timm(old, tmp_path / "old")
+    # Nor can one with another GELU than timm's exact one (its features would drift): refused, by name.
+    tanh = MAEModel(MAEConfig(**{**model.config.to_dict(), "hidden_act": "gelu_new"}))
+    with pytest.raises(ValueError, match="exact GELU; this encoder uses 'gelu_new'"):
+        export_timm(tanh, tmp_path / "tanh")
 
 
 def test_blip_vision_tower_exports_to_a_timm_vit_with_the_same_features(tmp_path):
     from freeatm_hf.models.blip import BlipATMConfig, BlipATMModel
 
     torch.manual_seed(0)
+    # BlipVisionConfig's default initializer_range (1e-10) leaves every block near zero, so that only the stem
+    # and the final norm would be compared: trained-scale weights, as build_blip starts from.
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8)
+                  patch_size=8, initializer_range=0.02)
     text = dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                 encoder_hidden_size=32, max_position_embeddings=40)
     model = BlipATMModel(BlipATMConfig(vision_config=vision, text_config=text, image_text_hidden_size=16)).eval()
@@ -71,6 +77,8 @@ def test_blip_vision_tower_exports_to_a_timm_vit_with_the_same_features(tmp_path
         for n, p in model.vision_model.named_parameters():
             if "norm" in n:
                 p.normal_(1.0 if n.endswith("weight") else 0.0, 0.3)
+            elif "mlp" in n:  # activations where exact and tanh-approximated GELU part
+                p.normal_(0.0, 0.3)
     x = torch.randn(2, 3, 32, 32)
     got, _ = read_stock("timm", export_timm(model, tmp_path / "timm"), x, tmp_path)
     with torch.no_grad():

@@ -205,3 +205,24 @@ def test_a_blip_card_states_the_caption_loss_label_smoothing_it_trains_with(tmp_
     write_model_card(tmp_path, BlipATMConfig(), data={"data_mode": "synthetic", "prompts": "position"}, training={})
     text = (tmp_path / "README.md").read_text()
     assert "'label_smoothing': 0.1" in text and "| label_smoothing |" not in text
+
+
+def test_a_mixed_runs_card_states_its_share_of_real_rows(tmp_path):
+    write_model_card(tmp_path, SimCLRConfig(), data={"dataset": "me/scenes", "real_dataset": "me/photos",
+                                                     "data_mode": "mix", "mix_ratio": 0.3}, training={})
+    assert "Share of real rows: 0.3." in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+
+
+def test_results_measured_before_fingerprints_were_recorded_stay_on_the_card(tmp_path):
+    """Only a result recorded with other weights' fingerprint is stale; one with none predates the records."""
+    import json
+
+    from freeatm_hf.hub.model_card import RESULTS_FILE, add_results, read_results
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    old = {"task": "image-classification", "dataset": "me/shapes", "split": "test", "metric": "top5", "value": 0.8}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps([old]))
+    add_results(tmp_path, [{**old, "metric": "top1", "value": 0.5}])
+    assert sorted(r["metric"] for r in read_results(tmp_path, current=True)) == ["top1", "top5"]
+    (tmp_path / "model.safetensors").write_bytes(b"retrained")
+    assert [r["metric"] for r in read_results(tmp_path, current=True)] == ["top5"]

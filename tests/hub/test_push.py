@@ -110,13 +110,14 @@ def test_generate_with_push_to_hub_pushes_the_finished_folder(tmp_path):
 
 
 def test_a_regenerated_folder_pushed_again_replaces_the_repos_shards(tmp_path):
-    """3 rows in 2 shards, then 2 rows in 1: the repo must not keep the old shards next to the new one (the card's
-    `data/train-*` would read 5 rows), while a file added on the Hub outside the data stays."""
+    """3 rows in 2 shards, then 1 row in 1: the repo must not keep the old shards next to the new one (the card's
+    `data/train-*` would read 4 rows), nor the old example overlays, while a file added on the Hub outside the
+    data stays."""
     import shutil
 
     out = tmp_path / "ds"
     with FakeHub() as hub:
-        for n in (3, 2):
+        for n in (3, 1):
             generate_dataset(GenerateConfig(output_dir=str(out), num_images=n, batch_size=n, rows_per_shard=2,
                                             num_inference_steps=2, device="cpu"))
             assert run_cli(["push", str(out), "me/scenes"], hub.url, tmp_path).returncode == 0
@@ -127,6 +128,9 @@ def test_a_regenerated_folder_pushed_again_replaces_the_repos_shards(tmp_path):
         assert sorted(f for f in files if f.startswith("data/")) == ["data/train-00000-of-00001.parquet"]
         assert files["data/train-00000-of-00001.parquet"] == (out / "data" / "train-00000-of-00001.parquet").read_bytes()
         assert files["NOTES.md"] == b"by hand"
+        # The card's example overlays are the new rows' alone (the first shard's 2 rows made 2, then 1).
+        assert sorted(f for f in files if f.startswith("examples/")) == sorted(
+            p.relative_to(out).as_posix() for p in (out / "examples").rglob("*") if p.is_file())
         assert not hub.unknown
 
 
@@ -280,3 +284,29 @@ def test_train_refuses_a_private_push_to_a_public_repo_before_training(tmp_path)
         assert res.returncode == 2 and "me/simclr-atm exists and is public" in res.stderr
         assert "push without --hub_private_repo true" in res.stderr
         assert not out.exists() and not hub.commits  # nothing trained, nothing uploaded
+
+
+def test_a_stock_export_folder_of_earlier_weights_leaves_the_repo_whole(tmp_path, in_process_hub):
+    """A retrained folder whose `vit/` export was made from its earlier weights: the push removes every file of
+    that export from the repo and uploads none of them (the repo would serve another model's encoder)."""
+    from huggingface_hub import HfApi
+
+    from freeatm_hf.hub.export import EXPORTS_RECORD
+    from freeatm_hf.hub.model_card import weights_fingerprint
+    from freeatm_hf.hub.push import push_folder
+
+    folder = tmp_path / "mae"
+    (folder / "vit").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights of the first run")
+    (folder / "config.json").write_text("{}")
+    (folder / "README.md").write_text("# a model\n")
+    (folder / "vit" / "config.json").write_text("{}")
+    (folder / "vit" / "model.safetensors").write_bytes(b"its encoder")
+    (folder / ".freeatm").mkdir()
+    (folder / EXPORTS_RECORD).write_text(json.dumps({"vit": weights_fingerprint(folder)}))
+    push_folder(folder, "me/mae", repo_type="model")
+    assert {"vit/config.json", "vit/model.safetensors"} <= set(HfApi().list_repo_files("me/mae"))
+    (folder / "model.safetensors").write_bytes(b"weights of the second run")
+    push_folder(folder, "me/mae", repo_type="model")
+    files = set(HfApi().list_repo_files("me/mae"))
+    assert "model.safetensors" in files and not {f for f in files if f.startswith("vit")}

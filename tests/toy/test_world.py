@@ -110,3 +110,67 @@ def test_rendered_dataset_round_trips_through_parquet(tmp_path):
         assert row["caption"] == spec.caption and [o["name"] for o in row["objects"]] == [o.name for o in spec.objects]
         for o, mk in zip(row["objects"], m):
             assert np.array_equal(np.asarray(o["mask"]) > 0, mk.numpy())
+
+
+def test_a_lone_circle_renders_as_its_supersampled_disc():
+    """The documented rendering, computed here with numpy: each pixel's four sub-samples at the centres of a 2×
+    grid, the image their average (rounded), the mask where at least two of the four fall in the disc."""
+    from freeatm_hf.toy.world import ObjectSpec, SceneSpec
+
+    size, tone, red = 32, np.array([200, 200, 200]), np.array(COLORS["red"])
+    circle = ObjectSpec("circle", "red", "medium", 0.43, 0.57, 0.19, 1.0)
+    img, (m,) = render([SceneSpec((circle,), "plain", ((200, 200, 200), (120, 120, 120)), 0.0)], size=size)
+    sub = (np.arange(2 * size) + 0.5) / (2 * size)
+    inside = ((sub[None, :] - 0.43) ** 2 + (sub[:, None] - 0.57) ** 2 <= 0.19**2)
+    count = inside.reshape(size, 2, size, 2).sum((1, 3))
+    np.testing.assert_array_equal(m[0].numpy(), count >= 2)
+    colour = tone + (red - tone) * count[..., None] / 4
+    np.testing.assert_array_equal(img[0].numpy(), np.round(colour).astype(np.uint8))
+
+
+def test_objects_lie_inside_the_image_and_their_boxes_bound_their_masks(rendered):
+    from freeatm_hf.toy.world import boxes
+
+    specs, _, masks = rendered
+    for s, m in zip(specs, masks):
+        for o, mk in zip(s.objects, m):
+            assert o.radius <= o.cx <= 1 - o.radius and o.radius <= o.cy <= 1 - o.radius
+            if mk.any():
+                ys, xs = np.nonzero(mk.numpy())
+                assert boxes(mk) == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert boxes(torch.zeros(4, 4, dtype=torch.bool)) is None
+
+
+def test_a_pixel_split_evenly_between_two_objects_is_the_front_ones():
+    """Two squares meeting in the middle of pixel column 16 (sub-samples 32 | 33 of 64): two of its four
+    sub-samples each, a tie, which the front (later) object wins."""
+    from freeatm_hf.toy.world import ObjectSpec, SceneSpec
+
+    edge, half = 33 / 64, 0.7 * 0.2  # a square's half side is 0.7 of its radius
+    back = ObjectSpec("square", "red", "medium", edge - half, 0.5, 0.2, 0.0)
+    front = ObjectSpec("square", "blue", "medium", edge + half, 0.5, 0.2, 0.0)
+    img, (m,) = render([SceneSpec((back, front), "plain", ((200, 200, 200), (120, 120, 120)), 0.0)], size=32)
+    rows = slice(12, 20)
+    assert m[1, rows, 16].all() and not m[0, rows, 16].any()
+    assert m[0, rows, 15].all() and m[1, rows, 17].all()
+    mixed = (np.array(COLORS["red"]) + np.array(COLORS["blue"])) / 2
+    assert (img[0, rows, 16].numpy() == np.round(mixed)).all()
+
+
+def test_a_square_has_its_corners_on_the_circumcircle_and_captions_take_an_before_vowels():
+    """A square of radius r has its corners at 0.99·r: side 2·0.99·r/√2. And "an orange circle", "a large ..."."""
+    from freeatm_hf.toy.world import ObjectSpec, SceneSpec
+
+    square = ObjectSpec("square", "orange", "medium", 0.5, 0.5, 0.25, 0.0)
+    spec = SceneSpec((square,), "plain", ((200, 200, 200), (120, 120, 120)), 0.0)
+    _, (m,) = render([spec], size=64)
+    side = 2 * 0.99 / np.sqrt(2) * 0.25 * 64
+    assert abs(int(m[0].sum()) - side**2) < 0.05 * side**2
+    # An equilateral triangle of circumradius r: area 3·√3/4·r².
+    triangle = SceneSpec((ObjectSpec("triangle", "red", "medium", 0.5, 0.5, 0.25, 0.0),), "plain", spec.bg_colors, 0.0)
+    _, (m,) = render([triangle], size=64)
+    area = 3 * np.sqrt(3) / 4 * (0.25 * 64) ** 2
+    assert abs(int(m[0].sum()) - area) < 0.05 * area
+    assert spec.caption == "an orange square on a plain background"
+    small = SceneSpec((ObjectSpec("circle", "orange", "small", 0.5, 0.5, 0.1, 0.0),), "plain", spec.bg_colors, 0.0)
+    assert small.caption == "a small orange circle on a plain background"

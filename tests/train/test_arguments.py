@@ -113,3 +113,63 @@ def test_a_checkpoints_pickled_settings_cannot_run_code(tmp_path, shapes_data, c
     with pytest.raises(ValueError, match="--learning_rate 0.001 → 0.002"):
         check_resumed_settings(str(checkpoint), TrainingArguments(output_dir=str(out), learning_rate=2e-3, seed=0,
                                                                   per_device_train_batch_size=4, report_to="none"))
+
+
+@pytest.mark.parametrize("key, value", [("learning_rate", 2e-3), ("weight_decay", 0.1), ("adam_beta1", 0.8),
+                                        ("adam_beta2", 0.95), ("adam_epsilon", 1e-6), ("lr_scheduler_type", "cosine"),
+                                        ("warmup_steps", 5), ("per_device_train_batch_size", 4),
+                                        ("gradient_accumulation_steps", 2), ("seed", 0)])
+def test_every_setting_a_resume_takes_from_its_checkpoint_is_compared(tmp_path, key, value):
+    """The optimizer state restores the rate, decay, betas and epsilon; the schedule and warm-up would jump; the
+    batch, accumulation and seed decide which rows a resume skips as seen: each one changed is refused by name."""
+    import torch
+
+    from freeatm_hf.train.arguments import check_resumed_settings
+
+    common = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, learning_rate=1e-3, seed=42,
+                  per_device_train_batch_size=8)
+    torch.save(TrainingArguments(**common), tmp_path / "training_args.bin")
+    check_resumed_settings(str(tmp_path), TrainingArguments(**common, max_steps=10))  # more steps: fine
+    with pytest.raises(ValueError, match=f"other settings \\(--{key} "):
+        check_resumed_settings(str(tmp_path), TrainingArguments(**{**common, key: value}))
+
+
+def test_the_newest_complete_checkpoint_is_the_highest_step_not_the_last_name(tmp_path):
+    from freeatm_hf.train.arguments import last_complete_checkpoint
+
+    for step in (2, 9, 10, 11):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if step != 11:  # its save did not finish
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+
+
+def test_shares_and_cuts_at_the_ends_of_their_ranges():
+    """A mix of real rows only or none is a mix all the same; an attention-peak cut of 1 would leave out every
+    object (a peak is a probability), one of 0 keeps them all."""
+    from freeatm_hf.train.arguments import DataArguments
+
+    for ratio in (0.0, 1.0):
+        assert DataArguments(dataset="d", real_dataset="r", data_mode="mix", mix_ratio=ratio).mix_ratio == ratio
+    for ratio in (-0.01, 1.01):
+        with pytest.raises(ValueError, match="--mix_ratio is the share of real rows"):
+            DataArguments(dataset="d", real_dataset="r", data_mode="mix", mix_ratio=ratio)
+    assert DataArguments(dataset="d", min_attention_peak=0.0).min_attention_peak == 0.0
+    for cut in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--min_attention_peak must be in"):
+            DataArguments(dataset="d", min_attention_peak=cut)
+
+
+def test_a_one_process_checkpoint_resumed_on_more_processes_is_refused(tmp_path):
+    import torch
+
+    from freeatm_hf.train.arguments import check_resumed_settings
+
+    class TwoProcesses(TrainingArguments):
+        world_size = 2  # what `torchrun --nproc_per_node 2` gives
+
+    common = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    torch.save(TrainingArguments(**common), tmp_path / "training_args.bin")
+    (tmp_path / "rng_state.pth").write_bytes(b"")  # one process: one RNG state
+    with pytest.raises(ValueError, match=r"other settings \(processes 1 → 2\)"):
+        check_resumed_settings(str(tmp_path), TwoProcesses(**common))
