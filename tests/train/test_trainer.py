@@ -79,3 +79,35 @@ def test_rerunning_a_finished_run_trains_no_step_past_max_steps(tmp_path, shapes
     saved = AutoModel.from_pretrained(tmp_path).state_dict()
     assert all(torch.equal(checkpoint[k], saved[k]) for k in checkpoint)
     assert (tmp_path / "train_results.json").read_text() == metrics  # the training run's, kept
+
+
+def test_device_photometrics_apply_to_training_batches_and_evaluation_only_normalizes(tmp_path):
+    """With gpu_photometric, the workers send uint8 views: a training step jitters them on the device, while an
+    evaluation loss is taken on the views as they are, normalized (as the workers' evaluation transform does)."""
+    from torchvision.transforms.v2 import Normalize
+
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from freeatm_hf.train.trainer import ContrastiveTrainer
+
+    class Seen(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.inputs = torch.nn.Parameter(torch.zeros(())), []
+
+        def forward(self, **inputs):
+            self.inputs.append(inputs)
+            return {"loss": self.w * 0}
+
+    model = Seen()
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = ContrastiveTrainer(model=model, args=args, gpu_photometric=True, image_size=16)
+    torch.manual_seed(0)
+    views = {k: torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8) for k in ("pixel_values_1", "pixel_values_2")}
+    expected = {k: Normalize(IMAGENET_MEAN, IMAGENET_STD)(v.float() / 255) for k, v in views.items()}
+    model.eval()
+    trainer.compute_loss(model, dict(views))
+    for k in views:
+        torch.testing.assert_close(model.inputs[-1][k], expected[k])
+    model.train()  # 8 views, jittered with probability 0.8 each: some differ
+    trainer.compute_loss(model, dict(views))
+    assert any(not torch.allclose(model.inputs[-1][k], expected[k]) for k in views)
