@@ -501,3 +501,19 @@ def test_a_processor_set_between_batches_is_the_one_that_runs():
     plain = pipe([PROMPTS[0].text], generator=[torch.Generator().manual_seed(0)], guidance_scale=7.5,
                  output_type="np", **KW).images
     assert np.array_equal(np.stack(out.images), plain)
+
+
+
+def test_a_noun_is_found_within_the_t5_length_the_pipeline_encodes_by_default(pipe):
+    """Without max_sequence_length a pipeline encodes its own default number of T5 tokens (Flux 512, SD3 256): a
+    noun within them (past 256 for Flux) has a map and is not reported cut."""
+    import inspect
+
+    default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+    long = Prompt.from_nouns("a " + " ".join(["red"] * (default - 60)) + " cat", ["cat"])
+    gen = FreeATMGenerator(pipe)
+    (cat,) = gen.object_tokens(long, default)
+    assert not cat.truncated
+    kw = {k: v for k, v in KW.items() if k != "max_sequence_length"}  # the pipeline's default
+    out = gen([long], seeds=[0], output_type="np", **{**kw, "num_inference_steps": 1})
+    assert out.truncated == [[]] and [o.token_indices for o in out.objects[0]] == [cat.token_indices]

@@ -58,6 +58,7 @@ def test_otsu_row_masks_cut_each_map_between_its_modes():
 def test_two_local_folders_with_the_same_name_are_not_served_from_one_cache(tmp_path):
     """`datasets` keys the Arrow cache of a folder whose card lists `configs` by the folder's name, blind to the
     files: a second `scenes` folder (another run, or the same one regenerated) came back with the first's rows."""
+    import os
     import shutil
 
     from datasets import Dataset
@@ -79,6 +80,14 @@ def test_two_local_folders_with_the_same_name_are_not_served_from_one_cache(tmp_
     shutil.rmtree(tmp_path / "a" / "scenes")
     write(tmp_path / "a" / "scenes", ["regenerated"])
     assert load(str(tmp_path / "a" / "scenes"))["prompt"] == ["regenerated"]
+    # Regenerated again into files of the very same sizes (one letter changed): the modification time tells.
+    shard = tmp_path / "a" / "scenes" / "data" / "train-00000-of-00001.parquet"
+    size, mtime = shard.stat().st_size, shard.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "a" / "scenes")
+    write(tmp_path / "a" / "scenes", ["regeneratee"])
+    assert shard.stat().st_size == size
+    os.utime(shard, ns=(mtime + 10**9, mtime + 10**9))  # a later write, whatever the file system's clock resolution
+    assert load(str(tmp_path / "a" / "scenes"))["prompt"] == ["regeneratee"]
 
 
 def test_the_cards_advice_for_a_folder_regenerated_in_place_reads_the_new_rows(tmp_path):
@@ -216,3 +225,78 @@ def test_mixing_generated_rows_with_caption_lists_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="are lists, several per image"):
         pretraining_dataset(str(space_dir() / "example_dataset"), str(real), mode="mix", require_text=True)
     assert len(pretraining_dataset(real=str(real), mode="real", require_text=True)) == 3
+
+
+def test_the_dataset_threshold_is_the_one_its_card_states(tmp_path):
+    from freeatm_hf.data.reading import dataset_threshold
+
+    for stated, expected in (("otsu", "otsu"), ("0.3", 0.3), (0.55, 0.55)):
+        folder = tmp_path / str(stated)
+        folder.mkdir()
+        (folder / "README.md").write_text(f"---\nfreeatm:\n  generation:\n    threshold: '{stated}'\n---\n")
+        assert dataset_threshold(str(folder)) == expected
+    (tmp_path / "bare").mkdir()
+    assert dataset_threshold(str(tmp_path / "bare"), default=0.45) == 0.45  # no card: the default
+
+
+def test_mix_ratio_is_the_share_of_real_rows(tmp_path):
+    from datasets import Dataset
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+    from freeatm_hf.generate.schema import dataset_features
+
+    image = PILImage.new("RGB", (2, 2))
+    for name, rows, features in (
+            ("synthetic", [{"image": image, "prompt": "synthetic", "label": -1, "objects": [], "truncated_objects": [],
+                            "seed": i} for i in range(300)], dataset_features()),
+            ("real", [{"image": image, "caption": "real"} for _ in range(300)], None)):
+        (tmp_path / name / "data").mkdir(parents=True)
+        Dataset.from_list(rows, features=features).to_parquet(str(tmp_path / name / "data" / "train.parquet"))
+    mixed = pretraining_dataset(str(tmp_path / "synthetic"), str(tmp_path / "real"), mode="mix", mix_ratio=0.2)
+    prompts = mixed["prompt"]
+    assert prompts.count("synthetic") >= 299  # the synthetic rows run out first
+    assert prompts.count("real") / len(prompts) == pytest.approx(0.2, abs=0.05)
+
+
+def test_only_a_list_of_objects_with_attention_maps_is_taken_for_freeatms():
+    from datasets import Image, LargeList, List, Value
+
+    from freeatm_hf.data.reading import holds_attention_maps
+    from freeatm_hf.generate.schema import dataset_features
+
+    objects = dataset_features()["objects"]
+    assert holds_attention_maps(objects) and holds_attention_maps(LargeList(objects.feature))
+    # A list of boxes per object, but no maps (a detection layout written as a list of structs): not freeatm's.
+    assert not holds_attention_maps(List({"bbox": List(Value("float32")), "category": Value("int64")}))
+    assert not holds_attention_maps({"bbox": List(List(Value("float32"))), "attention": List(Image())})
+
+
+def test_a_synthetic_dataset_without_prompts_is_refused(tmp_path):
+    """Masks but no prompt column: BLIP would silently learn from empty captions."""
+    from datasets import Dataset, Features
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+    from freeatm_hf.generate.schema import dataset_features
+
+    features = Features({k: v for k, v in dataset_features().items() if k in ("image", "objects")})
+    (tmp_path / "noprompt" / "data").mkdir(parents=True)
+    Dataset.from_list([{"image": PILImage.new("RGB", (2, 2)), "objects": []}], features=features).to_parquet(
+        str(tmp_path / "noprompt" / "data" / "train.parquet"))
+    with pytest.raises(ValueError, match=r"not a freeatm dataset \(no 'objects' and 'prompt' columns"):
+        pretraining_dataset(str(tmp_path / "noprompt"))
+
+
+def test_a_dataset_is_named_in_a_card_by_hub_id_never_by_a_place_on_some_machine(tmp_path, monkeypatch):
+    from freeatm_hf.data.reading import hub_dataset_id, looks_like_a_path, recorded_source
+
+    monkeypatch.chdir(tmp_path)  # none of the names below is a folder here
+    for path in ("/data/scenes", "./scenes", "../scenes", ".", "~/scenes", "C:\\data", "C:/data", "data\\scenes"):
+        assert looks_like_a_path(path) and hub_dataset_id(path) is None, path
+    for repo in ("user/scenes", "scenes"):
+        assert not looks_like_a_path(repo) and hub_dataset_id(repo) == repo
+    # A local folder is recorded by its absolute path, from wherever it was named; a Hub id as it is.
+    (tmp_path / "scenes").mkdir()
+    assert recorded_source("scenes") == str((tmp_path / "scenes").resolve())
+    assert recorded_source("user/other") == "user/other" and recorded_source(None) is None

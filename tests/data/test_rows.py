@@ -17,6 +17,8 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped_white(mode):
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     expect = np.round(values / 257.0)  # torchvision's 16-bit decoding, divided by 65535, times 255
     assert np.abs(out[..., 0].astype(float) - expect).max() <= 1
+    # Of the stored 16-bit values, exactly the nearest 8-bit level (v / 257 is never halfway: 257 is odd).
+    assert np.array_equal(out[..., 0], np.round(values.astype(np.uint16) / 257.0))
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
     assert abs(out.mean() / 255 - 0.5) < 0.01  # convert("RGB") made it 0.998
 
@@ -48,7 +50,7 @@ def test_a_32_bit_image_of_8_bit_values_stays_as_it_is():
     from datasets import Dataset, Features
     from datasets import Image as ImageFeature
 
-    values = (np.arange(64).reshape(8, 8) * 4).astype(np.int64)
+    values = np.round(np.linspace(0, 255, 64)).reshape(8, 8).astype(np.int64)  # 255 included: still 8-bit
     image = Dataset.from_dict({"image": [values]}, features=Features({"image": ImageFeature()}))[0]["image"]
     assert image.mode == "I"
     assert np.array_equal(np.asarray(rgb(image))[..., 0], values)

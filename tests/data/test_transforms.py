@@ -166,3 +166,26 @@ def test_photometric_augmentations_have_simclrs_probabilities():
     (gauss,) = blur.transforms
     assert isinstance(gauss, v2.GaussianBlur) and blur.p == 0.5 and list(gauss.sigma) == [0.1, 2.0]
     assert len(simclr_photometric(1.0, blur=False).transforms) == 2
+
+
+def test_collate_keeps_each_views_images_and_masks_and_pads_a_sample_without_instances():
+    """Each sample's view-1 and view-2 tensors land at its index, real instances first, zeros after; a sample with
+    no instance (real data) has no valid slot, and a batch of such samples still has one (padding) slot."""
+    g = torch.Generator().manual_seed(0)
+
+    def sample(n):
+        return {"pixel_values_1": torch.rand(3, 8, 8, generator=g), "pixel_values_2": torch.rand(3, 8, 8, generator=g),
+                "masks_1": torch.rand(n, 8, 8, generator=g) > 0.5, "masks_2": torch.rand(n, 8, 8, generator=g) > 0.5}
+
+    samples = [sample(2), sample(0), sample(3)]
+    batch = collate_two_views(samples)
+    assert batch["masks_1"].shape == batch["masks_2"].shape == (3, 3, 8, 8) and batch["masks_1"].dtype == torch.bool
+    assert batch["instance_valid"].tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    for i, s in enumerate(samples):
+        n = len(s["masks_1"])
+        for view in ("1", "2"):
+            assert torch.equal(batch[f"pixel_values_{view}"][i], s[f"pixel_values_{view}"])
+            assert torch.equal(batch[f"masks_{view}"][i, :n], s[f"masks_{view}"])
+            assert not batch[f"masks_{view}"][i, n:].any()
+    empty = collate_two_views([sample(0), sample(0)])
+    assert empty["masks_1"].shape == (2, 1, 8, 8) and not empty["instance_valid"].any() and not empty["masks_1"].any()

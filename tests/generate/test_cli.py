@@ -508,3 +508,13 @@ def test_generation_asks_the_augmenter_for_a_batchs_prompts_together(tmp_path, m
     expect = [run.PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny"])).items[i].text + " today"
               for i in range(5)]
     assert rows["prompt"] == expect
+
+
+def test_a_json_prompts_file_is_read_as_one_object_per_line_and_a_txt_as_plain_prompts(tmp_path):
+    from freeatm_hf.generate.run import PromptSource
+
+    line = '{"text": "a dog with a ball", "nouns": ["dog", "ball"]}\n'
+    for name, text, nouns in (("p.json", "a dog with a ball", ["dog", "ball"]), ("p.txt", line.strip(), [])):
+        (tmp_path / name).write_text(line)
+        prompt = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(tmp_path / name)]))[0]
+        assert (prompt.text, prompt.nouns) == (text, nouns)

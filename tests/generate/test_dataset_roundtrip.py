@@ -34,8 +34,9 @@ print(json.dumps({"features": sorted(ds.features), "label_names": ds.features["l
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "scenes"
     # The random tiny SD with ImageNet scene prompts (the shapes model's own round trip: tests/toy/test_train_t2i.py).
+    # A seed other than 0: image i is made with seed + i.
     cfg = GenerateConfig(output_dir=str(out), pipeline="tiny", num_images=5, batch_size=2, rows_per_shard=2,
-                         num_inference_steps=3, device="cpu")
+                         num_inference_steps=3, device="cpu", seed=3)
     generate_dataset(cfg)
     return cfg, out
 
@@ -70,7 +71,8 @@ def test_plain_load_dataset_returns_what_the_generator_made(generated):
     source = PromptSource(cfg)
     gen = FreeATMGenerator(pipe)
     # Same batches as the run (batch 2 inside shards of 2): batch composition changes the last bits on CPU.
-    batches = [gen([source[i] for i in ids], seeds=list(ids), num_inference_steps=3) for ids in ([0, 1], [2, 3], [4])]
+    batches = [gen([source[i] for i in ids], seeds=[cfg.seed + i for i in ids], num_inference_steps=3)
+               for ids in ([0, 1], [2, 3], [4])]
     expected = [(img, p, objs) for out in batches for img, p, objs in zip(out.images, out.prompts, out.objects)]
     for row, (img, prompt, objs) in zip(rows, expected):
         assert row["prompt"] == prompt.text and row["label"] == prompt.label
@@ -85,7 +87,7 @@ def test_plain_load_dataset_returns_what_the_generator_made(generated):
             # The raw map's peak, which min-max normalization of `attention` loses.
             assert got["attention_peak"] == pytest.approx(float(exp.soft_map.max()), rel=1e-6)
             assert 0 < got["attention_peak"] < 1
-    assert rows[0]["seed"] == 0 and rows[4]["seed"] == 4
+    assert [r["seed"] for r in rows] == [3, 4, 5, 6, 7]
 
 
 def test_empty_masks_and_truncated_nouns_round_trip_as_null_and_names(tmp_path):
@@ -145,3 +147,70 @@ def test_the_cards_object_counts_are_the_shards(tmp_path):
     card = " ".join((tmp_path / "README.md").read_text().split())
     assert "objects: 6 (2 with an empty mask, 4 truncated)" in card
     assert "soft map (8-bit, min-max normalized) at 4×4" in card  # the first object's map, in shard 0
+
+
+def test_every_field_of_a_generation_output_reads_back_with_plain_load_dataset(tmp_path):
+    """`output_to_rows` → shard → stock `load_dataset`: each row holds its own image, prompt, class, seed, cut nouns
+    and per object name, tokens, map (rows = height), box, area and peak; an empty mask's box is null."""
+    from datasets import load_dataset
+    from PIL import Image
+
+    from freeatm_hf.generate import DatasetWriter
+    from freeatm_hf.generate.generator import GeneratedObject, GenerationOutput
+    from freeatm_hf.generate.schema import dataset_features, encode_images, output_to_rows
+    from freeatm_hf.masks import mask_from_map
+    from freeatm_hf.prompts import Prompt
+
+    rng = np.random.default_rng(0)
+    prompts = [Prompt.from_nouns("a dog with a ball", ["dog", "ball"], label=1),
+               Prompt.from_nouns("a cat on a mat", ["cat"], label=2)]
+    maps = [rng.random((5, 3)).astype(np.float32) for _ in range(2)] + [np.full((5, 3), 0.1, np.float32)]
+    maps[0] *= 0.2
+    maps[0][1:3, 1] += 0.8  # a blob off the edges: a box that does not span the image
+    objects = [[GeneratedObject("dog", -1, (2,), maps[0], mask_from_map(maps[0], 0.5, (12, 8)), float(maps[0].max())),
+                GeneratedObject("ball", -1, (5, 6), maps[1], mask_from_map(maps[1], 0.5, (12, 8)), float(maps[1].max()))],
+               [GeneratedObject("cat", -1, (2,), maps[2], mask_from_map(maps[2], 0.5, (12, 8)), None)]]
+    images = [Image.fromarray(rng.integers(0, 256, (12, 8, 3), dtype=np.uint8)) for _ in range(2)]
+    out = GenerationOutput(images, prompts, [2**40 + 11, 12], objects, [[], ["mat"]])  # seeds are 64-bit
+    writer = DatasetWriter(tmp_path, dataset_features(["a", "b", "c"]), {}, num_rows=2, rows_per_shard=2)
+    writer.write(writer.shards[0], encode_images(output_to_rows(out)))
+    back = load_dataset(str(tmp_path), split="train")
+    assert back.features["label"].names == ["a", "b", "c"]
+    for row, image, prompt, seed, objs, cut in zip(back, images, prompts, out.seeds, objects, out.truncated):
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(image))
+        assert (row["prompt"], row["label"], row["seed"], row["truncated_objects"]) == (prompt.text, prompt.label, seed, cut)
+        assert [o["name"] for o in row["objects"]] == [o.name for o in objs]
+        for got, o in zip(row["objects"], objs):
+            assert tuple(got["token_indices"]) == o.token_indices
+            attention = np.asarray(got["attention"])
+            assert got["attention"].mode == "L" and attention.shape == o.soft_map.shape
+            assert np.array_equal(attention, o.attention_uint8)
+            m = o.soft_map.astype(np.float64)
+            above = (m - m.min()) / (m.max() - m.min()) > 0.5 if m.max() > m.min() else np.zeros(m.shape, bool)
+            assert got["area"] == pytest.approx(float(above.mean()), abs=1e-6)
+            assert got["attention_peak"] == (None if o.attention_peak is None else pytest.approx(o.attention_peak))
+            if not above.any():
+                assert got["bbox"] is None
+            else:
+                ys, xs = np.nonzero(above)  # a map cell spans 8/3 image columns and 12/5 rows
+                sx, sy = 8 / 3, 12 / 5
+                assert got["bbox"] == pytest.approx([xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy])
+
+
+def test_the_card_states_a_non_square_map_as_height_by_width(tmp_path):
+    from PIL import Image
+
+    from freeatm_hf.generate import DatasetWriter
+    from freeatm_hf.generate.run import write_card
+    from freeatm_hf.generate.schema import dataset_features
+
+    cfg = GenerateConfig(output_dir=str(tmp_path), pipeline="tiny", num_images=1, rows_per_shard=1)
+    writer = DatasetWriter(tmp_path, dataset_features(), cfg.settings(), 1, 1)
+    attention = Image.fromarray(np.zeros((4, 2), np.uint8))  # 4 rows, 2 columns
+    writer.write(writer.shards[0], [{"image": Image.new("RGB", (6, 12)), "prompt": "p", "label": -1, "seed": 0,
+                                     "truncated_objects": [], "objects": [{"name": "cat", "token_indices": [1],
+                                     "attention": attention, "bbox": None, "area": 0.0, "attention_peak": 0.1}]}])
+    write_card(writer, cfg, dataset_features())
+    card = " ".join((tmp_path / "README.md").read_text().split())
+    assert "the generated RGB image (12×6)" in card and "| height | `12` | | width | `6` |" in card  # 12 rows
+    assert "at 4×2" in card and "at 2×4" not in card

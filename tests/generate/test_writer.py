@@ -59,7 +59,8 @@ def test_a_folder_with_the_users_own_files_is_refused_and_left_as_it_was(tmp_pat
 def test_foreign_parquet_folder_is_refused(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train-0.parquet").write_bytes(b"x")
-    with pytest.raises(SettingsMismatchError, match="not a freeatm generation"):
+    with pytest.raises(SettingsMismatchError, match=r"data has Parquet files but no \.freeatm/settings\.json: not a "
+                                                    "freeatm generation"):
         DatasetWriter(tmp_path, dataset_features(), {}, num_rows=1, rows_per_shard=1)
 
 
@@ -143,3 +144,28 @@ def test_rows_encoded_beside_generation_write_the_shard_pil_rows_would(tmp_path)
     original = scene()
     assert np.array_equal(np.asarray(back[1]["image"]), np.asarray(original[1]["image"]))
     assert np.array_equal(np.asarray(back[2]["objects"][0]["attention"]), np.asarray(original[2]["objects"][0]["attention"]))
+
+
+def test_settings_older_versions_recorded_but_no_longer_record_do_not_block_a_resume(tmp_path):
+    """Batch size and compilation only change speed (an out-of-memory run resumes with a smaller batch); older
+    versions recorded them, this one does not: such a folder resumes, whatever value it recorded."""
+    import json
+
+    w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    settings = tmp_path / ".freeatm" / "settings.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "batch_size": 16, "compile": True}))
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none"}, num_rows=4, rows_per_shard=2)
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "refine": "none", "batch_size": 4}, num_rows=4,
+                  rows_per_shard=2)
+
+
+
+def test_settings_given_as_tuples_resume_as_the_lists_json_records(tmp_path):
+    import json
+
+    settings = {"steps": 25, "step_window": (0.0, 1.0), "capture": {"down_factors": (2, 4)}}
+    w = DatasetWriter(tmp_path, dataset_features(), settings, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    assert json.loads((tmp_path / ".freeatm" / "settings.json").read_text())["step_window"] == [0.0, 1.0]
+    DatasetWriter(tmp_path, dataset_features(), settings, num_rows=4, rows_per_shard=2)  # the same run resumes

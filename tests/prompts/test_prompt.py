@@ -65,3 +65,40 @@ def test_from_nouns_places_nouns_as_the_plain_rule_does():
                 Prompt.from_nouns(text, nouns)
         else:
             assert [(o.start, o.end) for o in Prompt.from_nouns(text, nouns).objects] == expected, (text, nouns)
+
+
+def test_nouns_side_by_side_do_not_overlap():
+    """Spans are half-open: a noun that ends in a non-word character can touch the next one ("y+" and "+x" in
+    "y++x"), and neither takes the other's place, in whichever order they are placed."""
+    from freeatm_hf.prompts import Prompt, free_spans
+
+    text = "y++x"
+    left, right = (text.find("y+"), text.find("y+") + 2), (text.rfind("+x"), text.rfind("+x") + 2)
+    assert left[1] == right[0]  # they touch
+    assert free_spans("+x", text, [left]) == [right]
+    assert free_spans("y+", text, [right]) == [left]
+    for nouns in (["y+", "+x"], ["+x", "y+"]):
+        spans = {o.name: (o.start, o.end) for o in Prompt.from_nouns(text, nouns).objects}
+        assert spans == {"y+": left, "+x": right}
+
+
+def test_a_prompt_dicts_label_is_the_rows_label():
+    """A prompts file line's "label" is the row's class (the dataset's `label` column), as an int."""
+    from freeatm_hf.prompts import as_prompt
+
+    assert as_prompt({"text": "a dog with a ball", "nouns": ["dog"], "label": 3}).label == 3
+    assert as_prompt({"text": "a dog with a ball", "nouns": ["dog"], "label": "7"}).label == 7
+    assert as_prompt({"text": "a dog with a ball", "nouns": ["dog"]}).label == -1
+
+
+def test_an_object_whose_span_is_not_its_name_is_refused():
+    """`text[start:end]` must be the object's name (case aside): a span off by one would mask the wrong tokens."""
+    from freeatm_hf.prompts import Prompt
+    from freeatm_hf.prompts.prompt import PromptObject
+
+    text = "A Dog with a ball"
+    start = text.lower().index("dog")
+    assert Prompt(text, (PromptObject("dog", start, start + 3),)).objects[0].start == start
+    for s, e in ((start + 1, start + 4), (start - 1, start + 2), (start, start + 4)):
+        with pytest.raises(ValueError, match="does not match"):
+            Prompt(text, (PromptObject("dog", s, e),))

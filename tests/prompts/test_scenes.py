@@ -52,7 +52,8 @@ def test_photo_mode_is_the_papers_base_prompt():
 def test_from_nouns_handles_repeats_multiword_and_case():
     p = Prompt.from_nouns("A Golden Retriever chasing a dog and another dog", ["golden retriever", "dog", "dog"])
     assert [(o.start, o.end) for o in p.objects] == [(2, 18), (29, 32), (45, 48)]
-    with pytest.raises(ValueError, match="occurrence 2"):
+    # Its one occurrence went to the first "cat": none lies inside another noun, so the message says no more.
+    with pytest.raises(ValueError, match=r"occurrence 2\) not found in prompt 'a cat'$"):
         Prompt.from_nouns("a cat", ["cat", "cat"])
     with pytest.raises(ValueError, match="not found"):
         Prompt.from_nouns("a category", ["cat"])  # whole words only
@@ -111,3 +112,65 @@ def test_a_subgroup_the_templates_do_not_know_is_refused_up_front():
     with pytest.raises(ValueError, match=r"no subgroup \['cat'\]"):
         ScenePrompts(space)
     assert ScenePrompts(space, mode="photo")[0].text == "a photo of a tabby cat"
+
+
+@pytest.mark.parametrize("names, group", [(None, None), (["man", "woman", "child"], "person")])
+def test_the_main_class_is_tracked_once_and_never_its_own_companion(names, group):
+    """The prompt's class is one of its objects (the scene classes' setting included), and each companion is
+    another class, also where no group the templates pair with it exists (a space of people alone)."""
+    space = LabelSpace.imagenet() if names is None else LabelSpace.from_names(names, group=group)
+    for p in ScenePrompts(space, num_objects=3, seed=0).take(300):
+        labels = [o.label for o in p.objects]
+        assert labels.count(p.label) == 1, p.text
+        assert len(labels) == 3
+
+
+def test_companions_are_drawn_by_the_group_weights():
+    """A companion's group is drawn with the weights of `COMPANIONS` (realistic co-occurrence), not uniformly."""
+    from collections import Counter
+
+    from freeatm_hf.prompts.scenes import COMPANIONS
+
+    space = LabelSpace.imagenet()
+    drawn = {"animal": Counter(), "object": Counter()}
+    for p in ScenePrompts(space, num_objects=2, seed=0).take(2000):
+        main = space[p.label].group
+        if main in drawn:
+            drawn[main].update(space[o.label].group for o in p.objects[1:])
+    for main, counts in drawn.items():
+        total, weights = sum(counts.values()), COMPANIONS[main]
+        assert total > 500 and set(counts) == set(weights)
+        for group, w in weights.items():
+            assert counts[group] / total == pytest.approx(w / sum(weights.values()), abs=0.05), (main, group)
+
+
+def test_a_name_shared_by_classes_is_told_apart_by_synset_else_by_id_and_the_vocabulary_has_every_synonym():
+    import json
+
+    from freeatm_hf.prompts.label_space import LABEL_SPACE_FILE
+
+    rows = json.loads(LABEL_SPACE_FILE.read_text())
+    names = LabelSpace.imagenet().names
+    shared = [r for r in rows if sum(o["name"] == r["name"] for o in rows) > 1]
+    assert shared  # ImageNet's two cranes (bird, machine) and two maillots
+    for r in rows:
+        assert names[r["id"]] == (f"{r['name']} ({r['synset']})" if r in shared else r["name"])
+    # A custom list has no synsets: the class id tells its repeats apart.
+    assert LabelSpace.from_names(["dog", "ball", "dog"]).names == ["dog (0)", "ball", "dog (2)"]
+    # Every name of a class, then its synonyms, in class order (what augmentation checks rewrites against).
+    assert LabelSpace.imagenet().vocabulary == [n for r in rows for n in [r["name"], *r["synonyms"]]]
+    assert "pirate" in LabelSpace.imagenet().vocabulary
+
+
+def test_a_label_space_is_validated_and_split_by_group():
+    from freeatm_hf.prompts.label_space import LabelClass
+
+    # Ids are the dataset's label column: they must be the classes' positions, 0..N-1.
+    with pytest.raises(ValueError, match="ids must be 0..N-1"):
+        LabelSpace([LabelClass(1, "dog", "animal", "dog"), LabelClass(0, "ball", "object", "object")])
+    with pytest.raises(ValueError, match=r"unknown groups \['toy'\]"):
+        LabelSpace([LabelClass(0, "ball", "toy", "object")])
+    space = LabelSpace.imagenet()
+    for group in ("animal", "food", "scene"):
+        assert space.in_group(group) == [c for c in space.classes if c.group == group]
+        assert space.in_group(group)
