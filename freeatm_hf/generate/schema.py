@@ -30,7 +30,7 @@ def output_to_rows(out) -> list[dict]:
     rows = []
     for image, prompt, seed, objects, cut in zip(out.images, out.prompts, out.seeds, out.objects, out.truncated):
         rows.append({
-            IMAGE: image if isinstance(image, PILImage.Image) else PILImage.fromarray(image),
+            IMAGE: as_pil(image),
             PROMPT: prompt.text,
             LABEL: prompt.label,
             OBJECTS: [{
@@ -45,6 +45,32 @@ def output_to_rows(out) -> list[dict]:
             SEED: seed,
         })
     return rows
+
+
+def as_pil(image):
+    """An image of a pipeline's output as PIL: `output_type` "pil", "np" (float HWC in [0, 1]) or "pt" (float CHW),
+    made 8-bit as diffusers' own `numpy_to_pil` does; latents are refused (a dataset stores pictures)."""
+    import numpy as np
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+    from PIL import Image as PILImage
+
+    if isinstance(image, PILImage.Image):
+        return image
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"an image tensor of shape {tuple(image.shape)} is no picture (channels first, 1 or 3 "
+                             "channels): latents can't be stored, generate with output_type 'pil', 'np' or 'pt'")
+        image = VaeImageProcessor.pt_to_numpy(image[None].float().cpu())[0]
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"an image array of shape {image.shape} is no picture (height, width, 1 or 3 channels)")
+    if image.dtype == np.uint8:
+        return PILImage.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    if not np.issubdtype(image.dtype, np.floating) or image.min() < 0 or image.max() > 1:
+        raise ValueError(f"an image array of {image.dtype} in [{image.min()}, {image.max()}] is neither 8-bit nor "
+                         "float in [0, 1]")
+    return VaeImageProcessor.numpy_to_pil(image[None])[0]
 
 
 def encode_images(rows: list[dict]) -> list[dict]:

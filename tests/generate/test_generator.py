@@ -129,3 +129,83 @@ def test_the_other_denoiser_familys_capture_settings_are_refused(tiny_pipe):
     assert FreeATMGenerator(sd3, CaptureConfig(), threshold=0.4, refine="none", guidance_scale=1.0).capture.down_factors == (2,)
     FreeATMGenerator(sd3, CaptureConfig(down_factors=(2,), mmdit_blocks="all"), threshold=0.4, refine="none",
                      guidance_scale=1.0)
+
+
+def test_boxes_of_a_non_square_image_are_in_its_pixels(tiny_pipe):
+    """A mask cell (r, c) of an h×w map covers rows [r·H/h, (r+1)·H/h) and columns [c·W/w, (c+1)·W/w) of the H×W
+    image: the height scales the rows and the width the columns."""
+    height, width = 64, 32
+    out = FreeATMGenerator(tiny_pipe, threshold=0.4)(PROMPTS[:1], seeds=[3], num_inference_steps=2, height=height,
+                                                     width=width)
+    assert np.asarray(out.images[0]).shape[:2] == (height, width)
+    boxed = [o for o in out.objects[0] if not o.mask.empty]
+    assert boxed
+    for o in boxed:
+        h, w = o.mask.mask.shape
+        assert h != w  # the map keeps the image's aspect
+        ys, xs = np.nonzero(o.mask.mask)
+        sy, sx = height / h, width / w
+        assert o.mask.bbox == pytest.approx((xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy))
+
+
+def test_sdxls_denoising_end_keeps_a_timestep_on_the_cut(tiny_pipe):
+    """SDXL's base model denoises the timesteps `t >= round(T - denoising_end·T)` (diffusers'
+    `discrete_timestep_cutoff`): a timestep on the cut is one of the calls the step window divides."""
+    gen = FreeATMGenerator(tiny_pipe)
+    tiny_pipe.scheduler.set_timesteps(5)
+    timesteps = tiny_pipe.scheduler.timesteps.tolist()
+    n = tiny_pipe.scheduler.config.num_train_timesteps
+    cuts = [t for t in timesteps if 0 < n - t < n]
+    assert cuts
+    for t in cuts:
+        end = (n - t) / n  # the cut falls on t
+        assert int(round(n - end * n)) == t
+        assert gen._denoiser_calls(end) == sum(s >= t for s in timesteps)
+    assert gen._denoiser_calls(None) == gen._denoiser_calls(1.0) == len(timesteps)
+
+
+def test_the_stored_8_bit_map_is_the_normalized_map_rounded():
+    """Each stored value is the nearest 8-bit level of the min-max normalized map (within half a level), the
+    ends at 0 and 255; a flat map stores zeros."""
+    from freeatm_hf.generate.generator import GeneratedObject
+
+    rng = np.random.default_rng(0)
+    soft = rng.random((16, 12)).astype(np.float32) * 0.3 + 0.01
+    o = GeneratedObject("dog", -1, (2,), soft, mask_from_map(soft, 0.4), float(soft.max()))
+    stored = o.attention_uint8
+    assert stored.dtype == np.uint8 and stored.shape == soft.shape
+    normalized = (soft.astype(np.float64) - soft.min()) / (soft.max() - soft.min())
+    assert np.abs(stored / 255.0 - normalized).max() <= 0.5 / 255 + 1e-6
+    assert stored.min() == 0 and stored.max() == 255
+    flat = np.full((4, 4), 0.2, np.float32)
+    assert not GeneratedObject("dog", -1, (2,), flat, mask_from_map(flat, 0.4)).attention_uint8.any()
+
+
+def test_one_seed_per_image_is_checked_before_generating(tiny_pipe):
+    calls = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for seeds in ([0], [0, 1, 2]):
+            with pytest.raises(ValueError, match=f"2 prompts but {len(seeds)} seeds: one seed per image"):
+                FreeATMGenerator(tiny_pipe)(PROMPTS, seeds=seeds, num_inference_steps=1)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_rows_of_np_and_pt_outputs_hold_the_images_a_pil_output_holds(tiny_pipe):
+    """`output_to_rows` takes what the library API returns for every picture output type (diffusers' float arrays
+    and tensors in [0, 1] made 8-bit as its own PIL output is); latents are refused by name."""
+    from freeatm_hf.generate.schema import IMAGE, as_pil, output_to_rows
+
+    gen = FreeATMGenerator(tiny_pipe)
+    rows = {t: output_to_rows(gen(PROMPTS, seeds=[0, 1], num_inference_steps=2, output_type=t))
+            for t in ("pil", "np", "pt")}
+    for t in ("np", "pt"):
+        for got, want in zip(rows[t], rows["pil"]):
+            assert got[IMAGE].mode == "RGB" and np.array_equal(np.asarray(got[IMAGE]), np.asarray(want[IMAGE]))
+    with pytest.raises(ValueError, match="latents can't be stored"):
+        as_pil(torch.zeros(4, 8, 8))
+    with pytest.raises(ValueError, match=r"neither 8-bit nor float in \[0, 1\]"):
+        as_pil(np.full((8, 8, 3), 2.0, np.float32))
+    assert np.array_equal(np.asarray(as_pil(np.full((2, 2, 1), 0.5, np.float32))), np.full((2, 2), 128))
