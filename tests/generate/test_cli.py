@@ -36,8 +36,11 @@ def test_generate_then_resume_then_refuse_other_settings(tmp_path, capsys):
             "--num_inference_steps", "2", "--device", "cpu"]
     cli.main(args)
     first = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
-    cli.main(args)  # everything done: nothing is regenerated
+    partial = out / ".freeatm" / "tmp" / "00001-crashed.parquet"  # a shard a crash left half written
+    partial.write_bytes(b"partial")
+    cli.main(args)  # everything done: nothing is regenerated, and the crash's leftover is cleared
     assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == first
+    assert not partial.exists()
     with pytest.raises(SettingsMismatchError, match="num_inference_steps: 2 → 3"):
         cli.main(args[:-4] + ["--num_inference_steps", "3", "--device", "cpu"])
 
