@@ -41,7 +41,7 @@ class GeneratedObject:
 
 @dataclass
 class GenerationOutput:
-    images: list  # PIL images
+    images: list  # PIL images, or as output_type asks: "np" (H, W, C) arrays, "pt" (C, H, W) tensors
     prompts: list[Prompt]
     seeds: list[int]
     objects: list[list[GeneratedObject]]

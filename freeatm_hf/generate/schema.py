@@ -67,9 +67,12 @@ def as_pil(image):
         raise ValueError(f"an image array of shape {image.shape} is no picture (height, width, 1 or 3 channels)")
     if image.dtype == np.uint8:
         return PILImage.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    if not np.issubdtype(image.dtype, np.floating) or image.min() < 0 or image.max() > 1:
-        raise ValueError(f"an image array of {image.dtype} in [{image.min()}, {image.max()}] is neither 8-bit nor "
-                         "float in [0, 1]")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"an image array of {image.dtype} is neither 8-bit nor float in [0, 1]")
+    if not np.isfinite(image).all():  # diffusers' own PIL output turns these black, unnoticed
+        raise ValueError("an image holds NaN or infinite values (a VAE that overflowed in float16?)")
+    if image.min() < 0 or image.max() > 1:
+        raise ValueError(f"an image array in [{image.min()}, {image.max()}] is neither 8-bit nor float in [0, 1]")
     return VaeImageProcessor.numpy_to_pil(image[None])[0]
 
 

@@ -148,19 +148,26 @@ def test_boxes_of_a_non_square_image_are_in_its_pixels(tiny_pipe):
         assert o.mask.bbox == pytest.approx((xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy))
 
 
-def test_sdxls_denoising_end_keeps_a_timestep_on_the_cut(tiny_pipe):
-    """SDXL's base model denoises the timesteps `t >= round(T - denoising_end·T)` (diffusers'
-    `discrete_timestep_cutoff`): a timestep on the cut is one of the calls the step window divides."""
-    gen = FreeATMGenerator(tiny_pipe)
-    tiny_pipe.scheduler.set_timesteps(5)
-    timesteps = tiny_pipe.scheduler.timesteps.tolist()
-    n = tiny_pipe.scheduler.config.num_train_timesteps
-    cuts = [t for t in timesteps if 0 < n - t < n]
-    assert cuts
-    for t in cuts:
-        end = (n - t) / n  # the cut falls on t
-        assert int(round(n - end * n)) == t
-        assert gen._denoiser_calls(end) == sum(s >= t for s in timesteps)
+def test_sdxls_denoising_end_keeps_a_timestep_on_the_cut():
+    """With `denoising_end` cutting exactly on a timestep, the number of denoiser calls the step window divides is
+    the number SDXL's base pipeline makes (counted on its UNet), the timestep on the cut included."""
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(sdxl=True)
+    gen = FreeATMGenerator(pipe)
+    pipe.scheduler.set_timesteps(5)
+    timesteps = pipe.scheduler.timesteps.tolist()
+    n = pipe.scheduler.config.num_train_timesteps
+    end = (n - timesteps[2]) / n  # the cut falls on the third timestep
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            pipe("a dog", num_inference_steps=5, denoising_end=end, guidance_scale=1.0, output_type="latent")
+    finally:
+        hook.remove()
+    assert len(calls) == 3
+    assert gen._denoiser_calls(end) == len(calls)
     assert gen._denoiser_calls(None) == gen._denoiser_calls(1.0) == len(timesteps)
 
 
@@ -208,4 +215,6 @@ def test_rows_of_np_and_pt_outputs_hold_the_images_a_pil_output_holds(tiny_pipe)
         as_pil(torch.zeros(4, 8, 8))
     with pytest.raises(ValueError, match=r"neither 8-bit nor float in \[0, 1\]"):
         as_pil(np.full((8, 8, 3), 2.0, np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        as_pil(np.full((8, 8, 3), np.nan, np.float32))
     assert np.array_equal(np.asarray(as_pil(np.full((2, 2, 1), 0.5, np.float32))), np.full((2, 2), 128))
