@@ -503,7 +503,6 @@ def test_a_processor_set_between_batches_is_the_one_that_runs():
     assert np.array_equal(np.stack(out.images), plain)
 
 
-
 def test_a_noun_is_found_within_the_t5_length_the_pipeline_encodes_by_default(pipe):
     """Without max_sequence_length a pipeline encodes its own default number of T5 tokens (Flux 512, SD3 256): a
     noun within them (past 256 for Flux) has a map and is not reported cut."""

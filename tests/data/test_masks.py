@@ -257,6 +257,8 @@ def test_an_8_bit_map_reads_as_its_value_over_255():
     np.testing.assert_array_equal(attention_map(values), values.astype(np.float32) / np.float32(255))
     top = row_masks({"objects": [{"attention": Image.fromarray(np.full((4, 4), 255, np.uint8))}]}, (4, 4), 0.999)
     assert top.shape == (1, 4, 4) and bool(top.all())  # 255 / 255 = 1 clears any threshold below 1
+    cut = row_masks({"objects": [{"attention": Image.fromarray(np.array([[102, 103]], np.uint8))}]}, (1, 2), 0.4)
+    assert cut[0].tolist() == [[False, True]]
 
 
 def test_map_masks_grid_samples_the_middle_of_each_block():

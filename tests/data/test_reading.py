@@ -233,7 +233,8 @@ def test_the_dataset_threshold_is_the_one_its_card_states(tmp_path):
     for stated, expected in (("otsu", "otsu"), ("0.3", 0.3), (0.55, 0.55)):
         folder = tmp_path / str(stated)
         folder.mkdir()
-        (folder / "README.md").write_text(f"---\nfreeatm:\n  generation:\n    threshold: '{stated}'\n---\n")
+        value = f"'{stated}'" if isinstance(stated, str) else stated  # a YAML string, or a YAML number
+        (folder / "README.md").write_text(f"---\nfreeatm:\n  generation:\n    threshold: {value}\n---\n")
         assert dataset_threshold(str(folder)) == expected
     (tmp_path / "bare").mkdir()
     assert dataset_threshold(str(tmp_path / "bare"), default=0.45) == 0.45  # no card: the default

@@ -37,6 +37,7 @@ def test_generate_then_resume_then_refuse_other_settings(tmp_path, capsys):
     cli.main(args)
     first = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
     partial = out / ".freeatm" / "tmp" / "00001-crashed.parquet"  # a shard a crash left half written
+    partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"partial")
     cli.main(args)  # everything done: nothing is regenerated, and the crash's leftover is cleared
     assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == first

@@ -160,7 +160,6 @@ def test_settings_older_versions_recorded_but_no_longer_record_do_not_block_a_re
                   rows_per_shard=2)
 
 
-
 def test_settings_given_as_tuples_resume_as_the_lists_json_records(tmp_path):
     import json
 

@@ -158,7 +158,8 @@ def test_a_pixel_split_evenly_between_two_objects_is_the_front_ones():
 
 
 def test_a_square_has_its_corners_on_the_circumcircle_and_captions_take_an_before_vowels():
-    """A square of radius r has its corners at 0.99·r: side 2·0.99·r/√2. And "an orange circle", "a large ..."."""
+    """A square of radius r has its corners at about 0.99·r: side about 2·0.99·r/√2. And "an orange square", "a small
+    orange circle"."""
     from freeatm_hf.toy.world import ObjectSpec, SceneSpec
 
     square = ObjectSpec("square", "orange", "medium", 0.5, 0.5, 0.25, 0.0)
