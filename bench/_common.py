@@ -65,7 +65,7 @@ def random_freeatm_rows(n: int, side: int, seed: int = 0, objects: int = 2) -> l
     rows = []
     for i in range(n):
         img = smooth_image(rng, side)
-        att = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L")
+        att = Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8))
         rows.append({"image": img, "prompt": "", "label": -1, "seed": i, "truncated_objects": [],
                      "objects": [{"name": "x", "token_indices": [1], "attention": att, "bbox": None, "area": 0.0,
                                   "attention_peak": 0.5}] * objects})

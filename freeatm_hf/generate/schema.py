@@ -36,7 +36,7 @@ def output_to_rows(out) -> list[dict]:
             OBJECTS: [{
                 "name": o.name,
                 "token_indices": list(o.token_indices),
-                "attention": PILImage.fromarray(o.attention_uint8, mode="L"),
+                "attention": PILImage.fromarray(o.attention_uint8),
                 "bbox": list(o.mask.bbox) if o.mask.bbox is not None else None,
                 "area": o.mask.area,
                 "attention_peak": o.attention_peak,

@@ -33,7 +33,7 @@ def rendered_rows(world: ShapesWorld, n: int, start: int = 0, batch: int = 64):
                 "image": PILImage.fromarray(img.numpy()),
                 "caption": spec.caption,
                 "objects": [{"name": o.name, "shape": o.shape, "color": o.color, "size": o.size,
-                             "mask": PILImage.fromarray(m[k].numpy().astype("uint8") * 255, mode="L"),
+                             "mask": PILImage.fromarray(m[k].numpy().astype("uint8") * 255),
                              "bbox": boxes(m[k])} for k, o in enumerate(spec.objects)],
                 "seed": b + j,
             }
@@ -132,7 +132,7 @@ def write_shapes_segmentation(folder, num_train: int = 200, num_test: int = 100,
         world = ShapesWorld(size=size, seed=s)
         specs = world.scenes(n)
         images, masks = world.render(specs)
-        rows = [{"image": PILImage.fromarray(img.numpy()), "annotation": PILImage.fromarray(lab, mode="L")}
+        rows = [{"image": PILImage.fromarray(img.numpy()), "annotation": PILImage.fromarray(lab)}
                 for img, lab in zip(images, _label_maps(masks, specs), strict=True)]
         Dataset.from_list(rows, features=features).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     (folder / "id2label.json").write_text(json.dumps({0: "background", **{i + 1: n for i, n in enumerate(SHAPES)}}))

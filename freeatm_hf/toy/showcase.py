@@ -39,7 +39,7 @@ def showcase(pipe, num_scenes: int = 6, seed: int = 777, num_inference_steps: in
         draw.text((4, y + 2), spec.caption, fill=(0, 0, 0))
         y += TEXT_H
         scale = max(1, CELL // image.width)
-        rows = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L")} for o in objs]
+        rows = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8)} for o in objs]
         canvas.paste(image.resize((CELL, CELL), Image.NEAREST), (0, y))
         canvas.paste(overlay(image, rows, threshold=gen.threshold, scale=scale, labels=False).resize((CELL, CELL)),
                      (CELL, y))

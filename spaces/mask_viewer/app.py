@@ -110,7 +110,7 @@ def render(image: Image.Image, prompt: str, objects: list[dict], threshold: floa
     masks, summary = [], []
     for o, c in zip(objects, captions):
         r = full_resolution_mask(np.asarray(o["attention"]), size, threshold)
-        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8), mode="L"), c))
+        masks.append((Image.fromarray((r.mask * 255).astype(np.uint8)), c))
         entry = {"name": o["name"], "bbox": [round(v, 1) for v in r.bbox] if r.bbox else None,
                  "area": round(r.area, 4), "empty": r.empty}
         if o.get("attention_peak") is not None:
@@ -245,7 +245,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         except ValueError as e:
             raise gr.Error(str(e)) from None
         out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps))  # the model's recommended guidance
-        objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8, mode="L"),
+        objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8),
                     "attention_peak": o.attention_peak} for o in out.objects[0]]
         view, text, soft, masks, summary = render(out.images[0], prompt, objects, "otsu" if otsu else threshold,
                                                   gen_min_peak)

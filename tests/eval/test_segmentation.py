@@ -47,7 +47,7 @@ def test_label_map_follows_the_image_through_crop_and_flip():
     seen = 0
     for seed in range(12):
         torch.manual_seed(seed)
-        x, y = train_tf(Image.fromarray(img), Image.fromarray(lab, mode="L"))
+        x, y = train_tf(Image.fromarray(img), Image.fromarray(lab))
         assert x.shape == (3, 48, 48) and y.shape == (48, 48) and y.dtype == torch.int64
         assert set(y.unique().tolist()) <= {0, 3}
         red = (x * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None])[0] > 0.7
@@ -103,13 +103,13 @@ def test_reduce_labels_ignores_background_and_keeps_void_pixels_void():
 
     lab = np.array([[0, 1, 255], [3, 255, 0]], np.uint8)
     _, eval_tf = _transforms(2, reduce_labels=True, num_labels=3)
-    _, y = eval_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab, mode="L"))
+    _, y = eval_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab))
     # ADE-style: 0 → ignored, k → k − 1, and 255 (void) stays 255 rather than becoming class 254.
     assert y.tolist() == [[255, 0, 255], [2, 255, 255]]
     # A class the head has no output for is named, not left to a device-side assert in the loss.
     _, small_tf = _transforms(2, reduce_labels=True, num_labels=2)
     with pytest.raises(ValueError, match="holds class 2, but the head has num_labels=2"):
-        small_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab, mode="L"))
+        small_tf(Image.new("RGB", (3, 2)), Image.fromarray(lab))
 
 
 def num_labels_built(folder, monkeypatch, **kwargs) -> int:
