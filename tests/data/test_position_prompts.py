@@ -67,12 +67,17 @@ def test_horizontal_flip_names_the_mirrored_block():
     assert text == "a scene. The dog is in block 1. The cat is in block 8."
 
 
-def test_a_box_cropped_away_loses_its_prompt():
+def text_after_crop(side: int) -> str:
+    """The caption of a dog at (5, 5, 20, 20) and a cat at (70, 70, 90, 90) in a 100² image, after the top-left
+    `side`² crop resized to 50² (no flip, no shuffle)."""
     img = torch.zeros(3, 100, 100, dtype=torch.uint8)
     t = PositionPromptTransform(size=50, shuffle=False, flip=False)
-    t.geometry.transforms[0].make_params = lambda flat: dict(top=0, left=0, height=50, width=50)
-    _, text = t(img, "a scene", ["dog", "cat"], [(5, 5, 20, 20), (70, 70, 90, 90)])
-    assert text == "a scene. The dog is in block 1."
+    t.geometry.transforms[0].make_params = lambda flat: dict(top=0, left=0, height=side, width=side)
+    return t(img, "a scene", ["dog", "cat"], [(5, 5, 20, 20), (70, 70, 90, 90)])[1]
+
+
+def test_a_box_cropped_away_loses_its_prompt():
+    assert text_after_crop(50) == "a scene. The dog is in block 1."
 
 
 def test_the_offline_tokenizer_writes_every_block_number(tokenizer):
@@ -106,11 +111,7 @@ def test_a_centre_on_the_right_or_bottom_edge_is_in_the_last_block():
 
 def test_blocks_are_of_the_output_view_not_the_source_image():
     """The crop is resized to `size`: the boxes are then in the view's pixels, and so is the grid."""
-    img = torch.zeros(3, 100, 100, dtype=torch.uint8)
-    t = PositionPromptTransform(size=50, shuffle=False, flip=False)
-    t.geometry.transforms[0].make_params = lambda flat: dict(top=0, left=0, height=100, width=100)
-    _, text = t(img, "a scene", ["dog", "cat"], [(5, 5, 20, 20), (70, 70, 90, 90)])
-    assert text == "a scene. The dog is in block 1. The cat is in block 9."
+    assert text_after_crop(100) == "a scene. The dog is in block 1. The cat is in block 9."
 
 
 def test_without_flip_the_view_is_never_mirrored():
