@@ -20,6 +20,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def training_interpolation(model_type: str) -> str:
+    """The resize a method's training crops use, which its evaluations and exports state too: bicubic for MAE (the
+    MAE recipe's), torchvision's bilinear default for the others."""
+    return "bicubic" if model_type.removeprefix("freeatm_") == "mae" else "bilinear"
+
+
 def simclr_photometric(strength: float = 1.0, blur: bool = True, size: int = 224) -> v2.Compose:
     """SimCLR's colour augmentations: colour jitter of strength s at p 0.8 (see `color_jitter`; SimCLR s = 1,
     MoCo-v2 s = 0.5), grayscale at p 0.2, blur at p 0.5."""

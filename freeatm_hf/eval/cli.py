@@ -202,14 +202,12 @@ def main_finetune(args):
 
 def main_retrieval(args):
     import torch
-    from torchvision.transforms import v2
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import as_images, load
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import record_results
-    from .retrieval import recall_at_k, retrieval_scores
+    from .retrieval import recall_at_k, retrieval_scores, retrieval_transform
 
     finetune_flags = [f"--{k}" for k in ("finetune_dataset", "finetune_dir", "finetune_epochs", "finetune_max_steps",
                                          "finetune_lr") if getattr(args, k) is not None]
@@ -246,8 +244,7 @@ def main_retrieval(args):
         if col not in ds.column_names:
             raise ValueError(f"{args.dataset} [{args.split}] has no column {col!r} (columns: {ds.column_names})")
     ds = as_images(ds, args.image_column, f"{args.dataset} [{args.split}]")
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = retrieval_transform(size)
     texts, text_to_image = [], []
     # Captions first, from their column alone: a row without one is named before any image is decoded.
     for i, caps in enumerate(ds.with_format("arrow")[args.caption_column].to_pylist()):

@@ -5,6 +5,24 @@ import torch
 
 from .knn import accuracy, extract_features, knn_classify, linear_probe
 
+# The standard ImageNet evaluation crop: resize the short side to size / 0.875, centre-crop size. A timm export
+# records this crop, and the checkpoint's interpolation, in its pretrained_cfg: timm's own eval transform of the
+# exported backbone then sees what these evaluations saw.
+EVAL_CROP_PCT = 0.875
+
+
+def eval_transform(image_size: int, interpolation: str = "bilinear"):
+    """PIL image → normalised float tensor, as timm's `create_transform` makes it from an export's data config."""
+    from torchvision.transforms import v2
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return v2.Compose([v2.PILToTensor(),
+                       v2.Resize(int(image_size / EVAL_CROP_PCT), interpolation=v2.InterpolationMode(interpolation),
+                                 antialias=True),
+                       v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
 
 class _ViTFeatures(torch.nn.Module):
     """`forward_features` for a ViTMAE encoder: every patch kept in order, the CLS token's output."""
@@ -86,18 +104,15 @@ def labelled_splits(dataset: str, train_split: str, test_split: str, revision, i
 def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,
                     image_column="image", label_column="label", image_size=224, k=20, temperature=0.07,
                     batch_size=256, linear=True, device=None, update_card=True) -> list[dict]:
-    from torchvision.transforms import v2
     from transformers import AutoModel
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.transforms import training_interpolation
     from ..hub.model_card import record_results
 
     splits = labelled_splits(dataset, train_split, test_split, revision, image_column, label_column)
     model = AutoModel.from_pretrained(model_dir)
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize(int(image_size * 256 / 224), antialias=True),
-                            v2.CenterCrop(image_size), v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = eval_transform(image_size, training_interpolation(model.config.model_type))
     backbone = feature_backbone(model)
     feats = {s: extract_features(backbone, d, transform, batch_size, device, image_column, label_column)
              for s, d in splits.items()}

@@ -10,6 +10,17 @@ from ..files import write_text_atomic
 
 
 @torch.no_grad()
+def retrieval_transform(size: int):
+    """The whole image stretched to size × size, as the BLIP export's `BlipImageProcessor` does (its resample is
+    written to match)."""
+    from torchvision.transforms import v2
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return v2.Compose([v2.PILToTensor(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def retrieval_scores(model, pixel_values, input_ids: torch.Tensor, attention_mask=None,
                      k_test: int = 128, batch_size: int = 64) -> torch.Tensor:
     """Image × text score matrix. A row's (or column's) ITC top `k_test` are re-ranked by ITM logit + ITC

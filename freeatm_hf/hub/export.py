@@ -12,7 +12,8 @@
 import json
 from pathlib import Path
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, training_interpolation
+from ..eval.frozen import EVAL_CROP_PCT
 
 INHERITED_CFG_KEYS = ("test_input_size", "test_crop_pct", "test_crop_mode", "license", "origin_url", "paper_ids",
                       "paper_name", "hf_hub_id", "hf_hub_filename", "url", "notes", "description")
@@ -51,7 +52,7 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         cnn = {"architecture": model.config.backbone, "num_features": backbone.num_features, "global_pool": "avg"}
     cfg = {"num_classes": 0, **cnn,
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
-                              "std": list(IMAGENET_STD), "interpolation": "bicubic", "crop_pct": 0.875,
+                              "std": list(IMAGENET_STD), "interpolation": training_interpolation(kind), "crop_pct": EVAL_CROP_PCT,
                               "num_classes": 0, "tag": f"freeatm_{kind}"}}
     save_for_hf(backbone, str(folder), model_config=cfg, safe_serialization=True)
     # transformers' TimmWrapperModel (AutoModel) passes num_classes itself and fails on a second one in
@@ -208,6 +209,7 @@ def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) 
         from ..models.mae import export_vit
 
         return Path(export_vit(model, out))
+    import PIL.Image
     from transformers import AutoTokenizer, BlipImageProcessor
 
     from ..models.blip import export_stock
@@ -221,8 +223,9 @@ def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) 
     tokenizer.save_pretrained(out)
     # The input pipeline the weights were trained with (freeatm's BLIP normalizes with ImageNet statistics).
     side = model.config.vision_config.image_size
+    # Bilinear, as `freeatm eval retrieval` resizes (BlipImageProcessor's own default is bicubic).
     BlipImageProcessor(size={"height": side, "width": side}, image_mean=list(IMAGENET_MEAN),
-                       image_std=list(IMAGENET_STD)).save_pretrained(out)
+                       image_std=list(IMAGENET_STD), resample=PIL.Image.BILINEAR).save_pretrained(out)
     return Path(out)
 
 

@@ -59,12 +59,13 @@ def make_transform(args: MAEArguments, config):
     from torchvision.transforms.v2 import functional as F
 
     from ..data.masks import MapMasks, drawn_objects
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, training_interpolation
     from ..models.mae import patch_scores
 
     min_peak = args.resolve_min_attention_peak()
     side = args.image_size
-    crop = v2.RandomResizedCrop(side, scale=(args.crop_scale_min, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
+    resize = v2.InterpolationMode(training_interpolation("mae"))
+    crop = v2.RandomResizedCrop(side, scale=(args.crop_scale_min, 1.0), interpolation=resize,
                                 antialias=True)
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     no_scores = torch.full(((side // config.patch_size) ** 2,), float("nan"))  # random masking
@@ -76,7 +77,7 @@ def make_transform(args: MAEArguments, config):
             p = crop.make_params([image])
             box = (p["top"], p["left"], p["height"], p["width"])
             img = F.resized_crop(tv_tensors.Image(image), *box, [side, side],
-                                 interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+                                 interpolation=resize, antialias=True)
             flip = bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip's own draw, after the crop's
             pixels.append(finish(F.horizontal_flip(img) if flip else img).as_subclass(torch.Tensor))
             s = no_scores

@@ -199,3 +199,38 @@ def test_mae_features_for_probes_are_the_unmasked_encoders_in_patch_order(tmp_pa
     assert got.shape == want.shape == (2, 17, model.config.hidden_size)
     assert (got - want).abs().max().item() < 1e-5
     assert model.vit.config.mask_ratio == 0.75
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_frozen_eval_preprocesses_as_timm_does_for_the_checkpoints_export(method, labelled_shapes, tmp_path,
+                                                                          monkeypatch):
+    """What `freeatm eval knn` feeds the backbone is what timm's eval transform makes from the checkpoint's timm
+    export (crop, filter: MAE's bicubic, bilinear for the CNNs; statistics), so a user's timm evaluation of the
+    published backbone repeats the card's; up to one 8-bit level of PIL against torchvision rounding."""
+    import numpy as np
+    import timm
+    from PIL import Image
+
+    import freeatm_hf.eval.frozen as frozen
+    from freeatm_hf.hub.export import export_timm
+
+    class Seen(Exception):
+        pass
+
+    def capture(backbone, dataset, transform, *args, **kwargs):
+        seen.append(transform)
+        raise Seen
+
+    seen = []
+    monkeypatch.setattr(frozen, "extract_features", capture)
+    model = tiny_checkpoint(method)
+    model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(Seen):
+        frozen.evaluate_frozen(str(tmp_path / "ckpt"), labelled_shapes, image_size=32, device="cpu", update_card=False)
+    export_timm(model, tmp_path / "timm", image_size=32)  # the size a card of a 32-px run states
+    encoder = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True)
+    stock = timm.data.create_transform(**timm.data.resolve_data_config({}, model=encoder))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8))
+    got, want = seen[0](image), stock(image)
+    assert got.shape == want.shape == (3, 32, 32)
+    assert (got - want).abs().max().item() < 1.01 / 255 / 0.224

@@ -135,3 +135,37 @@ def test_a_retrained_folder_pushes_neither_the_exports_nor_the_results_of_its_ea
                           "metric": "knn20_top1", "value": 0.7}])
     write_model_card(folder, model.config)
     assert [r.metric_value for r in ModelCard.load(folder / "README.md").data.eval_results] == [0.7]
+
+
+@pytest.mark.parametrize("method, kind", [("simclr", "timm"), ("mae", "timm"), ("blip", "blip-retrieval")])
+def test_an_exports_own_preprocessing_is_what_freeatm_evaluates_with(method, kind, tmp_path):
+    """A user preprocessing with the export's stock config (timm's eval transform from its pretrained_cfg, BLIP's
+    image processor) feeds the backbone what `freeatm eval knn` / `eval retrieval` fed it: the same crop, the same
+    resize filter (bicubic where MAE trained, bilinear elsewhere; a filter off by one kind moves pixels by ~0.5
+    here), the same statistics. Up to one 8-bit level, PIL and torchvision rounding apart."""
+    import numpy as np
+    from PIL import Image
+
+    from freeatm_hf.data.transforms import training_interpolation
+    from freeatm_hf.eval.frozen import eval_transform
+    from freeatm_hf.eval.retrieval import retrieval_transform
+
+    model = checkpoint(method, tmp_path / "ckpt")
+    export_main([str(tmp_path / "ckpt"), str(tmp_path / kind), "--to", kind])
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    if kind == "timm":
+        import timm
+
+        encoder = timm.create_model(f"local-dir:{tmp_path / kind}", pretrained=True)
+        config = timm.data.resolve_data_config({}, model=encoder)
+        got = timm.data.create_transform(**config)(image)
+        side = config["input_size"][-1]
+        expected = eval_transform(side, training_interpolation(model.config.model_type))(image)
+    else:
+        from transformers import AutoImageProcessor
+
+        got = AutoImageProcessor.from_pretrained(tmp_path / kind)(images=image, return_tensors="pt")["pixel_values"][0]
+        side = model.config.vision_config.image_size
+        expected = retrieval_transform(side)(image)
+    assert got.shape == expected.shape == (3, side, side)
+    assert (got - expected).abs().max().item() < 1.01 / 255 / 0.224
