@@ -310,3 +310,33 @@ def test_a_stock_export_folder_of_earlier_weights_leaves_the_repo_whole(tmp_path
     push_folder(folder, "me/mae", repo_type="model")
     files = set(HfApi().list_repo_files("me/mae"))
     assert "model.safetensors" in files and not {f for f in files if f.startswith("vit")}
+
+
+def test_a_checkpoint_resaved_sharded_or_whole_replaces_the_repos_weights(tmp_path, in_process_hub):
+    """Weights saved in shards (`model-*-of-*.safetensors` + their index), then whole, then in shards again: each
+    push leaves the repo with this folder's weight files alone (no index or shard of the run before, which would
+    name files of other weights), and `from_pretrained(repo_id)` loads this run's weights."""
+    import torch
+    from huggingface_hub import HfApi
+    from transformers import AutoModel
+
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.hub.push import push_folder
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    folder = tmp_path / "ckpt"
+    model = SimCLRModel(SimCLRConfig(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
+    for run, shard in enumerate(["10MB", "1GB", "10MB"]):
+        with torch.no_grad():  # retrained
+            model.backbone.conv1.weight.fill_(run)
+        for old in [*folder.glob("*.safetensors"), *folder.glob("*.safetensors.index.json")]:
+            old.unlink()  # what a retraining into a fresh output_dir leaves
+        model.save_pretrained(folder, max_shard_size=shard)
+        write_model_card(folder, model.config, data={"dataset": "me/scenes"}, training={})
+        push_folder(folder, "me/simclr", repo_type="model")
+        here = sorted(p.name for p in folder.iterdir() if "safetensors" in p.name)
+        assert (len(here) > 2) == (shard == "10MB")  # really sharded, or really whole
+        repo = sorted(f for f in HfApi().list_repo_files("me/simclr", repo_type="model") if "safetensors" in f)
+        assert repo == here
+        loaded = AutoModel.from_pretrained("me/simclr")
+        assert torch.equal(loaded.backbone.conv1.weight, torch.full_like(loaded.backbone.conv1.weight, run))
