@@ -111,3 +111,26 @@ def test_device_photometrics_apply_to_training_batches_and_evaluation_only_norma
     model.train()  # 8 views, jittered with probability 0.8 each: some differ
     trainer.compute_loss(model, dict(views))
     assert any(not torch.allclose(model.inputs[-1][k], expected[k]) for k in views)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "mae", "blip"])
+def test_every_method_trains_under_bf16_autocast(method, tmp_path, shapes_data):
+    """`--bf16`, as every GPU recipe sets it: Trainer runs the forward under bf16 autocast (here the CPU's). Each
+    method's masks, pooling, queue, patch scores and losses must take bf16 activations: finite losses, and the
+    weights and buffers (MoCo's queue, BN statistics) still fp32, where a bf16 write would lose precision for good."""
+    seen = set()
+
+    def record(module, args, out):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and torch.is_tensor(out):
+            seen.add(out.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        trainer = run_method(method, shapes_data, tmp_path, 2, bf16=True)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in seen  # autocast was on
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(logged)))
+    floats = [t for t in [*trainer.model.parameters(), *trainer.model.buffers()] if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float32 for t in floats)
