@@ -71,3 +71,33 @@ def test_a_missing_recipe_is_named_with_where_the_recipes_are(tmp_path):
                              capture_output=True, text=True, cwd=tmp_path)
         assert res.returncode == 2 and "Traceback" not in res.stderr
         assert "recipe recipes/simclr_atm.yaml not found (the project's recipes/ folder comes with its repository" in res.stderr
+
+
+def test_http_requests_are_not_logged_one_line_each_but_their_warnings_are():
+    code = ("import logging; from freeatm_hf.cli import setup_logging; setup_logging(); "
+            "[logging.getLogger(n).info('GET https://hub/x %s', n) for n in ('httpx', 'httpcore')]; "
+            "logging.getLogger('httpx').warning('retrying'); logging.getLogger('freeatm_hf.x').info('said')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stderr
+    assert "GET https://hub/x" not in err and "retrying" in err and "said" in err
+
+
+def test_a_bare_freeatm_lists_the_commands(capsys):
+    import pytest
+
+    from freeatm_hf.cli import COMMANDS, main
+
+    with pytest.raises(SystemExit) as e:
+        main([])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(name in out for name in COMMANDS)
+
+
+def test_an_option_whose_unset_value_the_help_explains_shows_no_default_none():
+    import re
+
+    from freeatm_hf.generate.cli import make_parser
+
+    text = re.sub(r"\s+", " ", make_parser().format_help())
+    assert "(default: None)" not in text
+    assert "--revision REVISION Branch, tag or commit of a Hub pipeline (the commit it resolved to goes into the card). --num" in text
+    assert "Number of images (rows) to generate. (default: 64)" in text

@@ -582,3 +582,55 @@ def test_capture_wrappers_kept_between_batches_follow_a_new_processor_and_a_new_
     old, gen.store = gen.store, AttentionStore(gen.store.config)
     gen(PROMPTS[:1], **kw)
     assert gen.store.weights_added() == old.weights_added() and all(w > 0 for w in old.weights_added().values())
+
+
+def test_a_capture_config_refuses_an_empty_window_or_factor_or_a_missing_weight_and_round_trips_through_json():
+    """What a settings file records (to_dict through JSON) is what a resume compares against to_dict()."""
+    import json
+
+    for window in ((0.5, 0.5), (-0.1, 0.5), (0.5, 1.1)):
+        with pytest.raises(ValueError, match="step_window must satisfy 0 <= start < end <= 1"):
+            CaptureConfig(step_window=window)
+    for factors in ((0,), (2, 3), ()):
+        with pytest.raises(ValueError, match="down_factors must be powers of two"):
+            CaptureConfig(down_factors=factors)
+    with pytest.raises(ValueError, match=r"factor_weights has no weight for factors \[4\]"):
+        CaptureConfig(down_factors=(2, 4), factor_weights={2: 1.0})
+    config = CaptureConfig(down_factors=(1, 4), include_mid=True, step_window=(0.2, 0.9), factor_weights={1: 0.25, 4: 0.75},
+                           map_size=(8, 16), mmdit_blocks="all", layer_weights={"up_blocks": 2.0})
+    recorded = json.loads(json.dumps(config.to_dict()))
+    assert recorded == config.to_dict() and CaptureConfig.from_dict(recorded) == config
+    assert (config.weight(1), config.weight(4), CaptureConfig().weight(2)) == (0.25, 0.75, 1.0)
+
+
+def test_a_layer_weight_key_matches_whole_parts_of_module_names_and_the_longest_wins():
+    config = CaptureConfig(layer_weights={"transformer_blocks.1": 3.0, "transformer_blocks": 0.5,
+                                          "transformer_blocks.1.attn": 2.0})
+    assert config.layer_weight("transformer_blocks.1.attn") == 2.0
+    assert config.layer_weight("transformer_blocks.1.norm") == 3.0 and config.layer_weight("transformer_blocks.1") == 3.0
+    assert config.layer_weight("transformer_blocks.12.attn") == 0.5  # block 12 is not block 1
+    assert config.layer_weight("single_transformer_blocks.1.attn") == 1.0
+    config.check_layer_weights(["transformer_blocks.1.attn"])
+    with pytest.raises(ValueError, match=r"layer_weights keys \['transformer_blocks.1'\] match none"):
+        CaptureConfig(layer_weights={"transformer_blocks.1": 2.0}).check_layer_weights(["transformer_blocks.12.attn"])
+
+
+def test_wrappers_of_one_processor_class_share_one_class_that_shows_the_processors_signature():
+    """One wrapper class per processor class: a compiled denoiser sees the same type when a new store (or a new
+    processor of the same class) needs new wrappers."""
+    import inspect
+
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from freeatm_hf.attention.signature import wrap_processor
+
+    class Wrapper:
+        def __init__(self, original, tag):
+            self.original, self.tag = original, tag
+
+        def __call__(self, *args, **kwargs):
+            return self.original(*args, **kwargs)
+
+    a, b = wrap_processor(Wrapper, AttnProcessor2_0(), 1), wrap_processor(Wrapper, AttnProcessor2_0(), 2)
+    assert type(a) is type(b) and isinstance(a, Wrapper) and (a.tag, b.tag) == (1, 2)
+    assert inspect.signature(a.__call__) == inspect.signature(AttnProcessor2_0().__call__)

@@ -522,3 +522,94 @@ def test_a_json_prompts_file_is_read_as_one_object_per_line_and_a_txt_as_plain_p
         (tmp_path / name).write_text(line)
         prompt = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(tmp_path / name)]))[0]
         assert (prompt.text, prompt.nouns) == (text, nouns)
+
+
+def test_a_pipeline_without_a_recommendation_gets_the_documented_defaults_and_out_of_range_values_are_refused():
+    """No freeatm.json (the tiny pipeline): the capture is CaptureConfig's own default, masks are cut at 0.4 on maps
+    at attention resolution, guidance is 7.5 and scenes name 2 objects, as the help texts say."""
+    from freeatm_hf.attention import CaptureConfig
+
+    cfg = parse(["--output_dir", "x", "--pipeline", "tiny"])
+    assert cfg.capture_config() == CaptureConfig()
+    assert (cfg.refine, cfg.threshold_value, cfg.guidance_scale, cfg.num_objects) == ("none", 0.4, 7.5, 2)
+    assert parse(["--output_dir", "x", "--pipeline", "tiny", "--threshold", "otsu"]).threshold_value == "otsu"
+    with pytest.raises(ValueError, match="refine must be none or guided, got 'sharp'"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--refine", "sharp"])
+    with pytest.raises(ValueError, match="--num_objects must be 1, 2 or 3, got 4"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "4"])
+
+
+def test_every_spelling_of_a_dtype_is_recorded_as_the_dtype_it_loads_in():
+    import torch
+
+    from freeatm_hf.generate.config import canonical_setting
+    from freeatm_hf.generate.pipelines import resolve_dtype
+
+    cpu = torch.device("cpu")
+    for spellings, dtype in ((("fp16", "float16"), torch.float16), (("bf16", "bfloat16"), torch.bfloat16),
+                             (("fp32", "float32"), torch.float32)):
+        for name in spellings:
+            assert resolve_dtype(name, cpu) is dtype
+            assert getattr(torch, canonical_setting("torch_dtype", name)) is dtype
+    assert resolve_dtype("auto", cpu) is torch.float32 and resolve_dtype("auto", torch.device("cuda")) is torch.float16
+    with pytest.raises(ValueError, match="unknown torch_dtype 'half'"):
+        resolve_dtype("half", cpu)
+
+
+def test_zero_sizes_and_counts_are_refused_before_loading():
+    base = ["--output_dir", "x", "--pipeline", "tiny"]
+    for bad, why in [(["--map_size", "8", "0"], r"map_size must be a height and a width, got \[8, 0\]"),
+                     (["--width", "0"], "height and width must be positive"),
+                     (["--height", "0"], "height and width must be positive"),
+                     (["--num_images", "0"], "num_images and batch_size must be positive"),
+                     (["--batch_size", "0"], "num_images and batch_size must be positive")]:
+        with pytest.raises(ValueError, match=why):
+            parse(base + bad)
+
+
+def test_a_recommendation_without_resolutions_holds_for_the_default_ones_only(tmp_path):
+    """A freeatm.json whose capture names no down_factors was measured at the default 2,4: its mid block and layer
+    weights do not carry over to other resolutions given on the command line."""
+    (tmp_path / "freeatm.json").write_text('{"capture": {"include_mid": true, "layer_weights": {"up_blocks": 2.0}}}')
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "4"]).capture_config()
+    assert (c.down_factors, c.include_mid, c.layer_weights) == ((4,), False, None)
+    c = parse(["--output_dir", "x", "--pipeline", str(tmp_path), "--down_factors", "2", "4"]).capture_config()
+    assert (c.down_factors, c.include_mid, c.layer_weights) == ((2, 4), True, {"up_blocks": 2.0})
+
+
+def test_layer_weights_that_are_json_but_no_object_are_named():
+    for bad in ("[1, 2]", "2", '"up_blocks"'):
+        with pytest.raises(ValueError, match="layer_weights must be a JSON object of prefix: weight"):
+            parse(["--output_dir", "x", "--pipeline", "tiny", "--layer_weights", bad])
+
+
+def test_speed_memory_and_publishing_options_are_not_settings_of_the_rows_but_the_seed_is(tmp_path):
+    """A run that ran out of memory resumes with a smaller batch (or offloaded, compiled, on another device, with
+    another card licence or push target); another seed makes other rows."""
+    base = ["--output_dir", str(tmp_path / "a"), "--pipeline", "tiny", "--torch_dtype", "float32"]
+    ref = parse(base).settings()
+    for other in (["--batch_size", "1"], ["--cpu_offload", "true"], ["--compile", "true"], ["--device", "cpu"],
+                  ["--license", "cc-by-4.0"], ["--push_to_hub", "me/x", "--private", "true"]):
+        assert parse(base + other).settings() == ref, other
+    assert parse(["--output_dir", str(tmp_path / "b"), *base[2:]]).settings() == ref
+    for other in (["--seed", "1"], ["--num_images", "3"], ["--guidance_scale", "2"]):
+        assert parse(base + other).settings() != ref, other
+
+
+def test_a_yml_recipe_an_empty_one_and_null_or_empty_list_keys(tmp_path):
+    import dataclasses
+
+    from freeatm_hf.generate.config import GenerateConfig
+
+    recipe = tmp_path / "r.yml"  # the other YAML extension
+    recipe.write_text("output_dir: out\npipeline: tiny\nnum_images: 5\nmap_size: null\nlayer_weights: {up_blocks: 2}\n")
+    cfg = parse([str(recipe)])
+    assert (cfg.output_dir, cfg.num_images, cfg.map_size, cfg.layer_weight_map()) == ("out", 5, None, {"up_blocks": 2})
+    empty = tmp_path / "empty.yaml"  # no keys: every argument from the command line or its default
+    empty.write_text("# nothing yet\n")
+    default = {f.name: f.default for f in dataclasses.fields(GenerateConfig)}["num_images"]
+    assert parse([str(empty), "--output_dir", "o", "--pipeline", "tiny"]).num_images == default
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("output_dir: out\npipeline: tiny\ndown_factors: []\n")
+    with pytest.raises(ValueError, match="recipe key 'down_factors' is an empty list"):
+        parse([str(bad)])

@@ -148,6 +148,8 @@ def test_private_asked_of_an_existing_public_repo_is_refused_before_any_upload(d
         assert run_cli(["push-space", "me/viewer"], hub.url, tmp_path).returncode == 0
         res = run_cli(["push-space", "me/viewer", "--private"], hub.url, tmp_path)
         assert res.returncode == 2 and "me/viewer exists and is public" in res.stderr
+        assert run_cli(["push-space", "me/fresh-viewer"], hub.url, tmp_path).returncode == 0
+        assert not {"visibility", "private"} & set(hub.repos[("space", "me/fresh-viewer")]["request"])
         # Without --private a new repo takes the namespace's default: the request does not say public.
         assert run_cli(["push", str(dataset_dir), "me/fresh"], hub.url, tmp_path).returncode == 0
         assert "visibility" not in hub.repos[("dataset", "me/fresh")]["request"]  # huggingface_hub 2.x's field

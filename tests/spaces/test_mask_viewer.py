@@ -145,6 +145,11 @@ def test_the_server_address_is_left_to_gradio_unless_given(monkeypatch):
     assert seen["server_name"] is None and seen["server_port"] is None
     load_app().main(["--host", "0.0.0.0", "--port", "8080"])
     assert seen["server_name"] == "0.0.0.0" and seen["server_port"] == 8080
+    # `freeatm space` hands its arguments to the viewer.
+    from freeatm_hf.cli import main as freeatm
+
+    freeatm(["space", "--port", "8081"])
+    assert seen["server_name"] is None and seen["server_port"] == 8081
 
 
 def test_threshold_changes_the_masks(client):
