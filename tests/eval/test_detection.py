@@ -157,5 +157,108 @@ def test_two_step_finetune_gives_finite_ap_in_the_card(shapes_coco, tmp_path):
     assert all(np.isfinite(v) and -1 <= v <= 1 for v in values.values())  # -1: torchmetrics' "no detections"
     assert (out / "maskrcnn.pth").is_file()
     assert json.loads((out / "coco_ap.json").read_text()) == values
+    from freeatm_hf.toy.world import SHAPES
+
+    # The detector's label k (1..K) is the k-th category, 0 being the background.
+    assert json.loads((out / "categories.json").read_text()) == {
+        str(k + 1): {"category_id": k + 1, "name": name} for k, name in enumerate(SHAPES)}
     card = ModelCard.load(ckpt / "README.md")
     assert {e.metric_type for e in card.data.eval_results} >= set(values)
+
+
+def test_maskrcnn_counts_the_background_class_takes_the_sizes_and_refuses_weights_that_do_not_fit():
+    from freeatm_hf.eval.detection import maskrcnn_from_backbone
+
+    det = maskrcnn_from_backbone(checkpoint(), num_classes=6, min_size=64, max_size=96)
+    assert det.roi_heads.box_predictor.cls_score.out_features == 7  # 6 classes + background
+    assert det.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 7
+    assert (det.transform.min_size, det.transform.max_size) == ((64,), 96)
+    for change in (lambda b: setattr(b, "layer4", torch.nn.Identity()),  # weights missing
+                   lambda b: b.add_module("extra", torch.nn.Linear(2, 2))):  # weights it has no place for
+        model = checkpoint()
+        change(model.backbone)
+        with pytest.raises(ValueError, match="backbone weights do not fit torchvision's resnet18"):
+            maskrcnn_from_backbone(model, num_classes=6)
+
+
+def test_the_training_loss_is_the_sum_of_the_detectors_losses():
+    from freeatm_hf.eval.detection import DetectionLoss
+
+    class Fake(torch.nn.Module):
+        def forward(self, images, targets):
+            return {"loss_classifier": torch.tensor(1.0), "loss_box_reg": torch.tensor(2.0),
+                    "loss_mask": torch.tensor(0.5), "loss_objectness": torch.tensor(0.25)}
+
+    assert DetectionLoss(Fake())([], [])["loss"].item() == pytest.approx(3.75)
+
+
+def test_category_ids_are_sorted_and_unknown_or_missing_categories_are_refused():
+    from types import SimpleNamespace
+
+    from freeatm_hf.eval.detection import category_ids, collate
+
+    ds = SimpleNamespace(coco=SimpleNamespace(dataset={"categories": [{"id": 7}, {"id": 2}, {"id": 5}]}))
+    assert category_ids(ds) == [2, 5, 7]
+    with pytest.raises(ValueError, match="list no categories"):
+        category_ids(SimpleNamespace(coco=SimpleNamespace(dataset={"categories": []})))
+    row = (torch.zeros(3, 8, 8), {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5]]), "labels": torch.tensor([7, 3]),
+                                  "masks": torch.zeros(2, 8, 8, dtype=torch.uint8), "iscrowd": [0, 0]})
+    with pytest.raises(ValueError, match=r"category ids \[3\] that the categories list lacks"):
+        collate([row], [2, 5, 7])
+
+
+def test_coco_ap_is_torchmetrics_on_the_thresholded_masks_and_a_detection_on_a_crowd_is_no_false_positive(
+        shapes_coco, renumbered_with_a_crowd):
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from freeatm_hf.eval.detection import category_ids, coco_ap, coco_split, collate
+
+    test = coco_split(shapes_coco, "test", train=False)
+    categories = category_ids(test)
+    targets = collate([test[i] for i in range(len(test))], categories, drop_crowd=False)["targets"]
+    # Boxes shifted by 3 px (AP50 ≠ AP75), soft masks: 0.6 inside the object, 0.4 in a ring a pixel wide.
+    outputs, preds = [], []
+    for t in targets:
+        n = len(t["labels"])
+        grown = torch.nn.functional.max_pool2d(t["masks"][:, None].float(), 3, 1, 1)[:, 0] > 0
+        soft = torch.where(t["masks"].bool(), 0.6, torch.where(grown, 0.4, 0.0))
+        boxes = t["boxes"] + torch.tensor([3.0, 0, 3, 0])
+        scores = torch.linspace(1.0, 0.5, n)
+        outputs.append({"boxes": boxes, "labels": t["labels"], "scores": scores, "masks": soft[:, None]})
+        preds.append({"boxes": boxes, "labels": t["labels"], "scores": scores, "masks": soft > 0.5})
+    ap = coco_ap(_Oracle(outputs), test, batch_size=2, categories=categories)
+    ref = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools")
+    ref.update(preds, [{k: t[k] for k in ("boxes", "labels", "iscrowd")} | {"masks": t["masks"].bool()}
+                       for t in targets])
+    r = ref.compute()
+    assert ap == {f"{kind}_{name}": pytest.approx(float(r[f"{prefix}_{name}"]))
+                  for kind, prefix in (("box", "bbox"), ("mask", "segm")) for name in ("map", "map_50", "map_75")}
+    assert ap["box_map_50"] != ap["box_map_75"] and ap["box_map"] != ap["mask_map"]
+    # Every object found, and the crowd region detected first too: COCOeval ignores a detection matched to a crowd.
+    crowd_test = coco_split(renumbered_with_a_crowd, "test", train=False)
+    categories = category_ids(crowd_test)
+    targets = collate([crowd_test[i] for i in range(len(crowd_test))], categories, drop_crowd=False)["targets"]
+    outputs = [{"boxes": t["boxes"], "labels": t["labels"], "scores": 0.5 + 0.5 * t["iscrowd"].float(),
+                "masks": t["masks"][:, None].float()} for t in targets]
+    ap = coco_ap(_Oracle(outputs), crowd_test, batch_size=2, categories=categories)
+    assert ap["box_map"] == pytest.approx(1.0) and ap["mask_map"] == pytest.approx(1.0)
+
+
+def test_detection_finetuning_refuses_mismatched_splits_before_training(shapes_coco, tmp_path):
+    import shutil
+
+    from freeatm_hf.eval.detection import coco_split, finetune_detection
+
+    with pytest.raises(ValueError, match="train_split and test_split are both 'train'"):
+        finetune_detection("unused", str(shapes_coco), str(tmp_path / "o"), test_split="train")
+    folder = tmp_path / "other"
+    shutil.copytree(shapes_coco, folder)
+    path = folder / "annotations" / "test.json"
+    coco = json.loads(path.read_text())
+    coco["categories"] = coco["categories"][:-1]
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match="train and test list different categories"):
+        finetune_detection("unused", str(folder), str(tmp_path / "o"))
+    shutil.rmtree(folder / "images" / "test")
+    with pytest.raises(FileNotFoundError, match="a COCO-style folder needs"):
+        coco_split(folder, "test", train=False)

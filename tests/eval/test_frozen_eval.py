@@ -234,3 +234,56 @@ def test_frozen_eval_preprocesses_as_timm_does_for_the_checkpoints_export(method
     got, want = seen[0](image), stock(image)
     assert got.shape == want.shape == (3, 32, 32)
     assert (got - want).abs().max().item() < 1.01 / 255 / 0.224
+
+
+def test_finetuned_cnn_top1_is_its_accuracy_on_the_resized_test_images(labelled_shapes, tmp_path):
+    """The reported top-1 is recomputed from the saved classifier (backbone + linear head on the average-pooled
+    feature map) on the test split, resized as the protocol says; the head was trained, not left at its start."""
+    import torch
+    from datasets import load_dataset
+    from safetensors.torch import load_file
+    from torchvision.transforms import v2
+
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from freeatm_hf.eval.finetune import finetune_classification
+
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("simclr").save_pretrained(ckpt)
+    (r,) = finetune_classification(str(ckpt), labelled_shapes, str(tmp_path / "ft"), image_size=32, max_steps=3,
+                                   batch_size=16, learning_rate=0.05, update_card=False, use_cpu=True)
+    assert (r["metric"], r["split"], r["task"]) == ("finetune_top1", "test", "image-classification")
+    state = load_file(tmp_path / "ft" / "model.safetensors")
+    backbone = tiny_checkpoint("simclr").backbone
+    backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    backbone.eval()
+    weight, bias = state["head.weight"], state["head.bias"]
+    assert weight.shape[0] == 6  # the six shapes
+    test = load_dataset(labelled_shapes, split="test")
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    with torch.no_grad():
+        x = torch.stack([tf(im.convert("RGB")) for im in test["image"]])
+        logits = backbone.forward_features(x).mean((2, 3)) @ weight.T + bias
+    assert r["value"] == pytest.approx((logits.argmax(1) == torch.tensor(test["label"])).float().mean().item())
+    torch.manual_seed(0)  # the head's start: finetune_classification seeds it with its seed (0)
+    start = torch.nn.Linear(backbone.num_features, 6)
+    assert not torch.equal(start.weight, weight)
+
+
+def test_the_cnn_classifier_is_a_linear_head_on_the_average_pooled_feature_map():
+    import torch
+
+    from freeatm_hf.eval.finetune import CNNClassifier, classification_model
+
+    torch.manual_seed(0)
+    clf = classification_model(tiny_checkpoint("simclr").eval(), num_labels=4)
+    assert isinstance(clf, CNNClassifier)
+    x, labels = torch.randn(3, 3, 96, 96), torch.tensor([0, 3, 1])  # a 3 × 3 feature map
+    out = clf(x, labels)
+    with torch.no_grad():
+        feats = clf.backbone.forward_features(x).mean((2, 3))
+    torch.testing.assert_close(out["logits"], feats @ clf.head.weight.T + clf.head.bias)
+    torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(out["logits"], labels))
+    assert clf(x)["loss"] is None
+    with pytest.raises(TypeError, match="no classification fine-tuning for"):
+        classification_model(torch.nn.Linear(2, 2), 4)

@@ -64,3 +64,52 @@ def test_topk_accuracy_against_hand_counts_and_refuses_short_rankings():
         m.compute(predictions=[[1], [0]], references=[1, 0], k=5)
     with pytest.raises(ValueError, match="k must be at least 1"):
         m.compute(predictions=ranked, references=labels, k=0)  # "top0" would read as a score of 0
+
+
+def test_mask_miou_divides_by_the_union_and_refuses_mismatched_inputs():
+    m = load_metric("mask_miou")
+    rng = np.random.default_rng(0)
+    preds = [rng.integers(0, 2, (5, 6), dtype=np.uint8) for _ in range(3)]
+    refs = [rng.integers(0, 2, (5, 6), dtype=np.uint8) for _ in range(3)]
+    preds[0][:] = 1  # a prediction larger than its reference: IoU = |R| / |P|
+    expected = [(p & r).sum() / (p | r).sum() for p, r in zip(preds, refs)]
+    r = m.compute(predictions=preds, references=refs)
+    assert r["per_object_iou"] == pytest.approx(expected) and r["mean_iou"] == pytest.approx(np.mean(expected))
+    assert np.isnan(m.compute(predictions=[], references=[])["mean_iou"])  # no objects: no score, not 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        m.compute(predictions=[np.zeros((2, 3))], references=[np.zeros((3, 2))])
+    with pytest.raises(ValueError, match="2 groups for 3 objects"):
+        m.compute(predictions=preds, references=refs, groups=["a", "b"])
+
+
+def test_semantic_miou_counts_a_wrongly_predicted_class_as_zero_and_refuses_bad_counts():
+    m = load_metric("semantic_miou")
+    # class 2 is predicted (for class-0 pixels) but never right: IoU 0, in the mean; class 1 is nowhere: None.
+    res = m.compute(predictions=[[3, 0, 1], [0, 0, 0], [0, 0, 0]], references=[0, 1, 2])
+    assert res["per_category_iou"] == [pytest.approx(3 / 4), None, 0.0]
+    assert res["mean_iou"] == pytest.approx(3 / 8)
+    empty = m.compute(predictions=[[0, 0], [0, 0]], references=[0, 1])
+    assert np.isnan(empty["mean_iou"]) and np.isnan(empty["overall_accuracy"])
+    with pytest.raises(ValueError, match="cannot be negative"):
+        m.compute(predictions=[[2, -1], [0, 1]], references=[0, 1])
+    with pytest.raises(ValueError, match="every row needs a count per class"):
+        m.compute(predictions=[[1, 0], [0, 1, 0]], references=[0, 1])
+    with pytest.raises(ValueError, match="every row needs a count per class"):
+        m.compute(predictions=[], references=[])
+
+
+def test_topk_accuracy_reads_the_shortest_ranking_and_refuses_a_k_past_it():
+    m = load_metric("topk_accuracy")
+    # Rankings of different lengths are read to the shortest one's length.
+    assert m.compute(predictions=[[1, 2, 0], [0]], references=[2, 0], k=1) == {"top1": 0.5}
+    with pytest.raises(ValueError, match="top-2 accuracy needs at least 2 ranked labels per example, got 1"):
+        m.compute(predictions=[[1, 2, 0], [0]], references=[2, 0], k=2)
+
+
+def test_retrieval_recall_takes_a_single_k_and_refuses_k_zero_or_no_queries():
+    m = load_metric("retrieval_recall")
+    assert m.compute(predictions=[[4, 0, 2], [1, 3, 0]], references=[[0, 1], [2]], ks=2) == {"r@2": 50.0}
+    with pytest.raises(ValueError, match="ks must be at least 1"):
+        m.compute(predictions=[[0, 1]], references=[[0]], ks=(0, 1))
+    with pytest.raises(ValueError, match="no queries to score"):
+        m.compute(predictions=[], references=[])

@@ -289,3 +289,48 @@ def test_a_queue_given_more_rows_than_it_holds_keeps_the_newest():
     # The oldest of them is overwritten first.
     enqueue_([feats, ids], ptr, [torch.full((1, 2), -7.0), torch.tensor([70])])
     assert sorted(ids.tolist()) == [3, 4, 5, 6, 70]
+
+
+def test_projection_head_is_linear_bn_relu_linear():
+    """SimCLR / MoCo-v2's MLP, written out: Linear (no bias) → batch norm (batch statistics) → ReLU → Linear."""
+    from freeatm_hf.models.encoder import projection_head
+
+    torch.manual_seed(0)
+    head = projection_head(8, 16, 4).train()
+    first, last = [m for m in head if isinstance(m, torch.nn.Linear)]
+    assert first.bias is None
+    x = torch.randn(10, 8)
+    h = x @ first.weight.T
+    h = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(head(x), h.clamp(min=0) @ last.weight.T + last.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_a_faint_soft_mask_still_counts_as_present():
+    from freeatm_hf.models.encoder import paired_instances
+
+    m1 = torch.zeros(1, 3, 4, 4)
+    m2 = torch.zeros(1, 3, 4, 4)
+    m1[0, :, 1, 1] = 0.2  # soft masks: a faint share of every instance in the first view
+    m2[0, 0, 2, 2], m2[0, 1, 0, 0] = 0.3, 1.0  # the third instance is gone from the second view
+    assert paired_instances(m1, m2, None).tolist() == [[True, True, False]]
+    valid = torch.tensor([[1, 0, 1]])
+    assert paired_instances(m1, m2, valid).tolist() == [[True, False, False]]
+    assert paired_instances(None, m2, valid) is valid
+
+
+def test_instance_features_are_row_major_over_images_then_instances():
+    from freeatm_hf.models.encoder import instance_features
+
+    class Grid(torch.nn.Module):  # a "backbone" whose feature map is its input
+        def forward_features(self, x):
+            return x
+
+    torch.manual_seed(0)
+    fmap, masks = torch.randn(2, 5, 4, 4), torch.rand(2, 3, 4, 4)
+    pooled = attention_pool(fmap, masks)
+    got = instance_features(Grid(), fmap, masks, None, "attention")
+    torch.testing.assert_close(got, torch.stack([pooled[b, k] for b in range(2) for k in range(3)]))
+    valid = torch.tensor([[True, False, True], [False, True, False]])
+    torch.testing.assert_close(instance_features(Grid(), fmap, masks, valid, "attention"),
+                               torch.stack([pooled[0, 0], pooled[0, 2], pooled[1, 1]]))
+    torch.testing.assert_close(instance_features(Grid(), fmap, masks, valid, "image"), fmap.mean((2, 3)))

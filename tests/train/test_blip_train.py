@@ -89,3 +89,38 @@ def test_a_real_row_with_several_captions_trains_on_one_of_them():
     assert seen == set(caps)
     with pytest.raises(ValueError, match="needs a caption"):
         transform({"image": row["image"], "prompt": [None], "objects": [[]]})
+
+
+def test_the_training_transform_takes_the_grid_order_crop_and_length_given():
+    """`make_transform` is the position-prompt transform with the arguments given (grid, prompt order, crop
+    scale, text length), computed here by `PositionPromptTransform` itself under the same draws."""
+    from datasets import load_dataset
+    from torchvision.transforms import v2
+
+    from freeatm_hf.data.masks import drawn_objects
+    from freeatm_hf.data.position_prompts import PositionPromptTransform
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    rows = load_dataset(str(space_dir() / "example_dataset"), split="train")[:3]
+    args = BlipArguments(model_size="tiny", image_size=32, max_length=60, grid=2, shuffle_prompts=False,
+                         crop_scale_min=0.8, min_attention_peak=0.0)
+    model, tok = build_blip(args)
+    assert model.config.text_config.max_position_embeddings == 60  # the text table holds --max_length tokens
+    assert model.config.text_config.sep_token_id == tok.eos_token_id
+    transform = make_transform(args, tok)
+    peer = PositionPromptTransform(size=32, scale=(0.8, 1.0), grid=2, tokenizer=tok, max_length=60, shuffle=False)
+    finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    for seed in range(3):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        out = transform(dict(rows))
+        torch.manual_seed(seed)
+        random.seed(seed)
+        for i in range(3):
+            objects = drawn_objects(rows["objects"][i], 0.0)
+            img, text = peer(rows["image"][i], rows["prompt"][i], [o["name"] for o in objects],
+                             [o["bbox"] for o in objects])
+            assert torch.equal(out["pixel_values"][i], finish(img))
+            ids = tok(text, padding="max_length", truncation=True, max_length=60, return_tensors="pt").input_ids[0]
+            assert torch.equal(out["input_ids"][i], ids) and len(ids) == 60
+            assert not re.search(r"block [5-9]", text)  # a 2 × 2 grid: blocks 1..4

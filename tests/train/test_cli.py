@@ -129,3 +129,82 @@ def test_help_shows_the_methods_own_defaults_not_trainers(method, shown, capsys)
     assert entry("push_to_hub").startswith("Upload the finished output folder") and "once" in entry("push_to_hub")
     assert "`true` for the output directory's last complete one" in entry("resume_from_checkpoint")
     assert ("--hub_strategy" in text) is False and ("--optim {" in text) is (method in ("mae", "blip"))
+
+
+def test_a_yml_recipe_is_read_and_flags_after_a_recipe_override_it(tmp_path):
+    recipe = tmp_path / "r.yml"
+    recipe.write_text("method: mae\ndataset: d\noutput_dir: o\nweight_decay: 0.1\nuse_cpu: true\n")
+    assert settings([str(recipe)]).weight_decay == 0.1  # `.yml` is a recipe too, and names its method
+    assert settings([str(recipe), "--weight_decay", "0.2"]).weight_decay == 0.2
+    assert settings(["mae", str(recipe), "--weight_decay", "0.2"]).weight_decay == 0.2
+
+
+def test_an_unknown_method_is_named_with_the_known_ones():
+    from freeatm_hf.train.cli import parse
+
+    with pytest.raises(SystemExit, match="unknown method 'byol'; choose one of simclr, moco, mae, blip"):
+        parse("byol", ["--dataset", "d", "--output_dir", "o"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["simclr", "--data_mode", "real", "--real_dataset", "r", "--min_attention_peak", "0.3"],
+     r"--min_attention_peak \(--data_mode real reads no masks\)"),
+    (["moco", "--mix_ratio", "0.3"], r"--mix_ratio \(read with --data_mode mix only\)"),  # synthetic, the default
+    (["moco", "--optimizer", "sgd", "--adam_epsilon", "1e-6"], r"--adam_epsilon \(AdamW's, and the optimizer is sgd\)"),
+    (["simclr", "--optimizer", "lars", "--adam_beta2", "0.9"], r"--adam_beta2 \(AdamW's, and the optimizer is lars\)"),
+    (["simclr", "--pooling", "image", "--mask_mode", "soft"], r"--mask_mode \(--pooling image pools no masks"),
+    (["blip", "--distill_alpha", "0.2"], r"--distill_alpha \(read with --momentum_distill true only\)"),
+    (["blip", "--prompts", "none", "--min_attention_peak", "0.3"], r"--min_attention_peak \(--prompts none writes"),
+    (["mae", "--guided", "false", "--min_attention_peak", "0.3"], r"--min_attention_peak \(--guided false masks"),
+    (["blip", "--optim", "sgd", "--adam_beta1", "0.8"], r"--adam_beta1 \(Adam's, and --optim is sgd\)"),
+    (["mae", "--push_to_hub", "true", "--hub_always_push", "true"], r"--hub_always_push \(freeatm pushes the finished"),
+])
+def test_each_flag_the_run_would_not_read_is_refused(argv, match):
+    from freeatm_hf.train.cli import main
+
+    with pytest.raises(ValueError, match=f"freeatm train {argv[0]} would not read {match}"):
+        main(argv + ["--dataset", "d", "--output_dir", "o", "--use_cpu", "true"])
+
+
+def test_the_methods_own_schedule_warm_up_and_rate_for_a_given_batch_and_checkpoint():
+    base = ["--dataset", "d", "--output_dir", "o", "--use_cpu", "true"]
+    moco = settings(["moco", *base])
+    assert moco.lr_scheduler_type.value == "cosine" and moco.warmup_steps == 0
+    assert settings(["simclr", *base]).warmup_steps == 0.05
+    mae = settings(["mae", *base, "--per_device_train_batch_size", "32", "--gradient_accumulation_steps", "2"])
+    assert mae.warmup_steps == 0.025 and mae.learning_rate == pytest.approx(1.5e-4 * 64 / 256)
+    # --no_x negates a field that defaults to true: the flag `x` counts as given.
+    from freeatm_hf.train.cli import given_flags
+
+    assert given_flags(["--no_shuffle_prompts", "--learning-rate=0.1", "--weight_decay", "0"]) >= {
+        "shuffle_prompts", "learning_rate", "weight_decay"}
+    given = settings(["blip", *base, "--init_from", "x", "--learning_rate", "1e-4", "--weight-decay", "0.01"])
+    assert (given.learning_rate, given.weight_decay) == (1e-4, 0.01)
+
+
+def test_the_rate_scales_with_the_global_batch_over_processes_and_accumulation():
+    from types import SimpleNamespace
+
+    from freeatm_hf.train.cli import method_defaults, parse
+
+    args, _ = parse("moco", ["--dataset", "d", "--output_dir", "o"])
+    targs = SimpleNamespace(per_device_train_batch_size=32, world_size=4, gradient_accumulation_steps=2)
+    applied = method_defaults("moco", args, targs, set())
+    assert applied["learning_rate"] == pytest.approx(0.03 * 32 * 4 * 2 / 256) == targs.learning_rate
+
+
+def test_main_hands_the_run_the_recipes_settings_without_the_token(tmp_path, monkeypatch):
+    """What `freeatm train` passes on to the method's training: a recipe's keys are given settings (not replaced
+    by the method's), no memory pinning on the CPU, and no Hub token to be pickled into checkpoints."""
+    from freeatm_hf.train import cli, contrastive
+
+    handed = {}
+    monkeypatch.setattr(contrastive, "train", lambda method, args, targs: handed.update(method=method, targs=targs))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: simclr\ndataset: d\noutput_dir: o\nweight_decay: 0.1\nwarmup_steps: 0.2\n")
+    cli.main([str(recipe), "--hub_token", "hf_secret"])
+    targs = handed["targs"]
+    assert handed["method"] == "simclr" and (targs.weight_decay, targs.warmup_steps) == (0.1, 0.2)
+    assert targs.learning_rate == pytest.approx(0.3 * 8 / 256)  # the method's own where none is given
+    assert targs.dataloader_pin_memory is (targs.device.type != "cpu")  # nothing to pin memory for on the CPU
+    assert targs.hub_token is None and targs.push_to_hub is False

@@ -225,3 +225,107 @@ def test_streaming_refuses_batches_dispatched_from_the_main_process(tmp_path):
     with pytest.raises(ValueError, match="--streaming cannot dispatch batches"):
         train("simclr", small_args(streaming=True),
               training_args(tmp_path, steps=1, accelerator_config={"dispatch_batches": True}))
+
+
+def test_each_methods_own_temperature_queue_and_momentum_reach_its_model():
+    simclr, moco = build_model("simclr", small_args()), build_model("moco", small_args(queue_size=16, momentum=0.9))
+    assert simclr.config.nce_temperature == 0.1 and moco.config.nce_temperature == 0.2  # SimCLR's, MoCo-v2's
+    assert moco.queue.shape == (16, 32)  # the given queue length, of projections
+    assert (moco.config.queue_size, moco.config.momentum) == (16, 0.9)
+    assert build_model("simclr", small_args(nce_temperature=0.5)).config.nce_temperature == 0.5
+    with pytest.raises(ValueError, match="unknown method 'byol'"):
+        build_model("byol", small_args())
+
+
+def test_lars_and_sgd_carry_momentum_0_9_as_a_peer_sgd_does():
+    """Two steps: the second one carries the first one's momentum (SimCLR's and MoCo's 0.9)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(8, 6)
+    ours, peer = copy.deepcopy(net), copy.deepcopy(net)
+    opt = build_optimizer(ours, "sgd", 0.1, 1e-2)
+    ref = torch.optim.SGD(peer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    for _ in range(2):
+        for model, o in ((ours, opt), (peer, ref)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b in zip(ours.parameters(), peer.parameters()):
+        torch.testing.assert_close(a, b)
+    assert all(g["momentum"] == 0.9 for g in build_optimizer(net, "lars", 0.1, 1e-2).param_groups)
+
+
+def test_colour_strength_and_mask_threshold_bounds():
+    assert small_args(color_strength=1.25).color_strength == 1.25 and small_args(mask_threshold=0.0)
+    with pytest.raises(ValueError, match="--color_strength must be in"):
+        small_args(color_strength=1.3)
+    with pytest.raises(ValueError, match="--mask_threshold applies to maps normalized"):
+        small_args(mask_threshold=1.0)
+
+
+def test_milestones_refuse_any_schedule_but_constant(tmp_path):
+    with pytest.raises(ValueError, match="--lr_milestones .* constant, not linear"):
+        train("moco", small_args(lr_milestones=[2]), training_args(tmp_path, steps=1))  # Trainer's default
+
+
+def test_a_given_colour_strength_optimizer_and_betas_are_the_ones_trained_and_carded(tmp_path):
+    import json
+
+    trainer = train("moco", small_args(color_strength=0.3), training_args(tmp_path, steps=1, adam_beta1=0.8,
+                                                                          adam_beta2=0.95))
+    aug = trainer.gpu_augment
+    assert (aug.brightness, aug.hue) == pytest.approx((0.8 * 0.3, 0.2 * 0.3))
+    # The blur kernel follows the view side (SimCLR's 10 %), not the paper's 224.
+    assert aug.kernel_size == 5
+    opt = trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+    assert type(opt) is torch.optim.AdamW and all(g["betas"] == (0.8, 0.95) for g in opt.param_groups)
+    info = json.loads((tmp_path / "card_info.json").read_text())
+    assert info["data"]["color_strength"] == 0.3 and info["data"]["image_size"] == 48
+    assert info["training"]["optimizer"] == "adamw"
+
+
+@pytest.mark.parametrize("gpu_photometric, mask_mode", [(True, "binary"), (True, "soft"), (False, "soft")])
+def test_the_training_transform_is_the_two_view_transform_with_the_arguments_given(gpu_photometric, mask_mode):
+    """`make_transform` crops, keeps instances and thresholds masks as given, computed here by `TwoViewTransform`
+    and `MapMasks` themselves under the same draws; on the device path the views travel unnormalized as uint8."""
+    from datasets import load_dataset
+
+    from freeatm_hf.data.masks import MapMasks, drawn_objects
+    from freeatm_hf.data.rows import rgb
+    from freeatm_hf.data.transforms import TwoViewTransform
+    from freeatm_hf.train.contrastive import make_transform
+
+    rows = load_dataset(DATA, split="train")[:3]
+    args = small_args(image_size=40, crop_scale_min=0.3, min_visible=0.9, mask_threshold=0.25, mask_mode=mask_mode,
+                      gpu_photometric=gpu_photometric, color_strength=0.5, min_attention_peak=0.0)
+    peer = TwoViewTransform(size=40, scale=(0.3, 1.0), min_visible=0.9, photometric=not gpu_photometric,
+                            normalize=not gpu_photometric, color_strength=0.5, uint8_views=gpu_photometric,
+                            bool_masks=gpu_photometric and mask_mode == "binary")
+    transform = make_transform(args)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        out = transform(dict(rows))
+        torch.manual_seed(seed)
+        for i in range(3):
+            image = rgb(rows["image"][i])
+            views = peer(image, MapMasks(drawn_objects(rows["objects"][i], 0.0), (image.height, image.width), 0.25,
+                                         mask_mode))
+            for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2"):
+                assert torch.equal(out[k][i], views[k]), k
+    assert out["pixel_values_1"][0].dtype == (torch.uint8 if gpu_photometric else torch.float32)
+
+
+def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(tmp_path):
+    """The same --seed gives the same run whatever the process's random state before it; --lr_milestones lower
+    the constant rate (8 rows, batches of 8: an epoch is a step)."""
+    runs = []
+    for k in range(2):
+        torch.manual_seed(100 + k)  # some earlier draws of the process's own
+        targs = training_args(tmp_path / str(k), steps=-1, num_train_epochs=3, lr_scheduler_type="constant")
+        trainer = train("moco", small_args(lr_milestones=[1, 2]), targs)
+        runs.append(trainer)
+    lrs = [h["learning_rate"] for h in runs[0].state.log_history if "loss" in h]
+    assert len(lrs) == 3 and lrs[0] == pytest.approx(1e-3) and lrs[-1] < lrs[0]  # constant, but for the milestones
+    a, b = (dict(t.model.named_parameters()) for t in runs)
+    for n in a:
+        assert torch.equal(a[n], b[n]), n

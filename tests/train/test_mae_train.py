@@ -75,3 +75,28 @@ def test_the_mae_transform_gives_what_torchvision_gives_on_maps_at_image_size():
     # Maps with nothing in them leave the image to random masking, as real data.
     flat = [{"attention": Image.new("L", (8, 8)), "attention_peak": 1.0}]
     assert torch.isnan(transform({"image": [image], "objects": [flat]})["patch_scores"][0]).all()
+
+
+def test_the_models_shape_and_masking_are_the_arguments_and_base_is_vit_b():
+    from transformers import ViTMAEConfig
+
+    model = build_model(MAEArguments(model_size="tiny", image_size=48, patch_size=8, mask_ratio=0.5))
+    assert (model.config.image_size, model.config.patch_size, model.config.mask_ratio) == (48, 8, 0.5)
+    stock = ViTMAEConfig()  # transformers' default: MAE's ViT-B/16
+    from freeatm_hf.train.mae import SIZES
+
+    base = SIZES["base"]
+    assert {k: getattr(stock, k) for k in base} == base
+
+
+def test_beta_reaches_a_wrapped_model_and_stays_at_its_maximum_past_the_last_step():
+    from types import SimpleNamespace
+
+    from freeatm_hf.train.mae import BetaScheduleCallback
+
+    inner = SimpleNamespace(beta=None)
+    callback = BetaScheduleCallback(0.6)
+    callback.on_step_begin(None, SimpleNamespace(max_steps=11, global_step=5), None, model=SimpleNamespace(module=inner))
+    assert inner.beta == pytest.approx(0.3)  # DDP's wrapper: the model inside it gets β
+    assert callback.value(SimpleNamespace(max_steps=11, global_step=14)) == pytest.approx(0.6)
+    assert callback.value(SimpleNamespace(max_steps=1, global_step=0)) == 0.0
