@@ -12,6 +12,12 @@ def test_retrieval_refuses_fine_tuning_settings_without_a_split_to_fine_tune_on(
         main(["retrieval", "--model", "missing-model", "--dataset", "missing-data", *flags])
 
 
+def test_retrieval_refuses_to_score_on_the_split_it_fine_tunes_on():
+    with pytest.raises(ValueError, match="--finetune_split and --split are both 'train' of d: the recall"):
+        main(["retrieval", "--model", "m", "--dataset", "d", "--split", "train", "--finetune_split", "train",
+              "--finetune_dir", "o"])
+
+
 @pytest.mark.parametrize("what", ["finetune", "segment", "detect"])
 def test_trainer_evaluations_refuse_a_device_index_they_cannot_honour(what):
     # Trainer puts the model on every visible GPU: cuda:1 would be dropped (DataParallel over all of them).
@@ -20,3 +26,71 @@ def test_trainer_evaluations_refuse_a_device_index_they_cannot_honour(what):
     with pytest.raises(ValueError, match=r"--device cuda:1: eval retrieval --finetune_split trains with Trainer"):
         main(["retrieval", "--model", "m", "--dataset", "d", "--finetune_split", "train", "--finetune_dir", "o",
               "--device", "cuda:1"])
+
+
+def _record(monkeypatch, module: str, name: str, result):
+    """Replace `module.name` by a recorder that returns `result`; its calls, as {parameter: value} of the real
+    function's signature (so positional and keyword passing read alike)."""
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(module)
+    signature, calls = inspect.signature(getattr(mod, name)), []
+
+    def fake(*args, **kwargs):
+        calls.append(dict(signature.bind(*args, **kwargs).arguments))
+        return result
+
+    monkeypatch.setattr(mod, name, fake)
+    return calls
+
+
+def test_each_evaluation_gets_every_flag_it_was_given(monkeypatch, tmp_path):
+    """What the command line says reaches the evaluation: a flag dropped, swapped or defaulted on the way would
+    run another evaluation than the one asked for (and the card would record it as this one)."""
+    base = ["--model", "M", "--dataset", "D", "--train_split", "tr", "--test_split", "te"]
+    common = {"model_dir": "M", "dataset": "D", "train_split": "tr", "test_split": "te"}
+    seg = _record(monkeypatch, "freeatm_hf.eval.segmentation", "finetune_segmentation", [{"metric": "miou"}])
+    assert main(["segment", *base, "--output_dir", "O", "--image_column", "img", "--label_column", "lab",
+                 "--num_labels", "5", "--reduce_labels", "--image_size", "96", "--epochs", "2.5", "--max_steps", "7",
+                 "--learning_rate", "0.5", "--batch_size", "3", "--revision", "r1", "--device", "cpu"]) == [
+        {"metric": "miou"}]
+    assert seg == [{**common, "output_dir": "O", "image_column": "img", "label_column": "lab", "num_labels": 5,
+                    "reduce_labels": True, "image_size": 96, "epochs": 2.5, "max_steps": 7, "learning_rate": 0.5,
+                    "batch_size": 3, "revision": "r1", "use_cpu": True}]
+    det = _record(monkeypatch, "freeatm_hf.eval.detection", "finetune_detection", [])
+    main(["detect", *base, "--output_dir", "O", "--epochs", "1.5", "--max_steps", "4", "--learning_rate", "0.25",
+          "--batch_size", "2", "--min_size", "64", "--max_size", "96", "--trainable_layers", "5", "--device", "cuda"])
+    assert det == [{**common, "output_dir": "O", "epochs": 1.5, "max_steps": 4, "learning_rate": 0.25,
+                    "batch_size": 2, "min_size": 64, "max_size": 96, "trainable_layers": 5, "use_cpu": None}]
+    ft = _record(monkeypatch, "freeatm_hf.eval.finetune", "finetune_classification", [])
+    main(["finetune", *base, "--output_dir", "O", "--image_column", "img", "--label_column", "lab", "--image_size",
+          "48", "--epochs", "3", "--learning_rate", "0.125", "--batch_size", "6", "--max_steps", "9", "--revision",
+          "r2"])
+    assert ft == [{**common, "output_dir": "O", "image_column": "img", "label_column": "lab", "image_size": 48,
+                   "epochs": 3.0, "learning_rate": 0.125, "batch_size": 6, "max_steps": 9, "revision": "r2",
+                   "use_cpu": None}]
+    knn = _record(monkeypatch, "freeatm_hf.eval.frozen", "evaluate_frozen", [])
+    main(["knn", *base, "--image_column", "img", "--label_column", "lab", "--image_size", "40", "--k", "7",
+          "--temperature", "0.5", "--batch_size", "8", "--no_linear_probe", "--revision", "r3", "--device", "cpu"])
+    assert knn == [{**common, "image_column": "img", "label_column": "lab", "image_size": 40, "k": 7,
+                    "temperature": 0.5, "batch_size": 8, "linear": False, "revision": "r3", "device": "cpu"}]
+
+
+def test_eval_masks_runs_the_configuration_given_and_writes_its_output(monkeypatch, tmp_path):
+    import json
+
+    pipes = _record(monkeypatch, "freeatm_hf.generate.pipelines", "load_pipeline", "the pipeline")
+    result = {"capture": {"threshold": 0.4}, "test": {"miou": 0.5, "per_shape": {}}, "drawn_filter": None}
+    runs = _record(monkeypatch, "freeatm_hf.toy.mask_eval", "evaluate_masks", result)
+    out = tmp_path / "sub" / "masks.json"
+    main(["masks", "--pipeline", "tiny", "--num_scenes", "3", "--num_val", "2", "--num_inference_steps", "4",
+          "--guidance_scale", "2.5", "--guidance_sweep", "1", "3", "--batch_size", "5", "--seed", "11", "--sweep",
+          "--device", "cpu", "--output", str(out)])
+    assert [(p["spec"], str(p["device"])) for p in pipes] == [("tiny", "cpu")]
+    (run,) = runs
+    assert run["pipe"] == "the pipeline" and run["sweep"] is True
+    cfg = run["cfg"]
+    assert (cfg.num_scenes, cfg.num_val, cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size, cfg.seed,
+            tuple(cfg.guidance_sweep)) == (3, 2, 4, 2.5, 5, 11, (1.0, 3.0))
+    assert json.loads(out.read_text()) == {"pipeline": "tiny", **result}

@@ -15,5 +15,6 @@ def in_process_hub(tmp_path, monkeypatch):
         # Download URLs are built from a template fixed at import, not from ENDPOINT.
         monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)  # contents inline, as the loopback Hub takes them
         monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
         yield hub

@@ -144,7 +144,9 @@ def test_the_server_address_is_left_to_gradio_unless_given(monkeypatch):
     load_app().main([])
     assert seen["server_name"] is None and seen["server_port"] is None
     load_app().main(["--host", "0.0.0.0", "--port", "8080"])
-    assert seen["server_name"] == "0.0.0.0" and seen["server_port"] == 8080
+    assert seen["server_name"] == "0.0.0.0" and seen["server_port"] == 8080 and seen["share"] is False
+    load_app().main(["--share"])
+    assert seen["share"] is True
     # `freeatm space` hands its arguments to the viewer.
     from freeatm_hf.cli import main as freeatm
 
@@ -434,3 +436,159 @@ def test_live_generation_names_a_null_prompt_or_nouns():
         generate(None, None, 0, 2, 0.4, False)
     with pytest.raises(gr.Error, match="could not load the pipeline"):  # null nouns: detected from the prompt
         generate("a cat", None, 0, 2, 0.4, False)
+
+
+def test_nouns_are_found_and_highlighted_where_the_generator_tracks_them():
+    module = load_app()
+    # Longer names first, then in prompt order: "cat" is not the one inside "tabby cat".
+    assert module.detect_nouns("a cat near a tabby cat", ["cat", "tabby cat"]) == ["cat", "tabby cat"]
+    assert module.detect_nouns("a tabby cat", ["cat", "tabby cat", "dog"]) == ["tabby cat"]
+    assert module.highlight("ball on a lawn", ["ball"]) == [("ball", "ball"), (" on a lawn", None)]
+    # A noun the text does not hold (a hand-made row): the others at their first free match.
+    assert module.highlight("a cat and a cat", ["dog", "cat"]) == [("a ", None), ("cat", "cat"),
+                                                                   (" and a cat", None)]
+
+
+def test_a_rendered_row_keeps_the_image_shape_and_says_which_masks_are_empty():
+    module = load_app()
+    image = Image.new("RGB", (100, 70))  # wide, and not a divisor of the view side
+    objects = [{"name": "x", "attention": ATT_DIAG}, {"name": "none", "attention": np.zeros((4, 4), np.uint8)}]
+    view, _, soft, masks, summary = module.render(image, "an x and none", objects, 0.4)
+    assert min(view.size) >= module.VIEW_SIDE and view.size[0] * 70 == view.size[1] * 100
+    assert [s.size for s, _ in soft] == [view.size] * 2 and [m.size for m, _ in masks] == [image.size] * 2
+    expected = full_resolution_mask_of(objects[0], image)
+    assert summary[0]["empty"] is False and summary[0]["bbox"] == [round(v, 1) for v in expected.bbox]
+    assert summary[1]["empty"] is True and summary[1]["bbox"] is None and summary[1]["area"] == 0
+
+
+ATT_DIAG = np.eye(4, dtype=np.uint8) * 255
+
+
+def full_resolution_mask_of(o, image):
+    from freeatm_hf.masks import full_resolution_mask
+
+    return full_resolution_mask(np.asarray(o["attention"]), (image.height, image.width), 0.4)
+
+
+def test_the_viewer_starts_from_the_environments_dataset_and_pipeline(tmp_path, monkeypatch):
+    """A Hub Space sets FREEATM_DATASET / FREEATM_PIPELINE rather than flags."""
+    import json
+
+    from datasets import Dataset
+
+    from freeatm_hf.toy.model import MODEL_DIR
+
+    (tmp_path / "plain" / "data").mkdir(parents=True)
+    Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "label": [3]}).to_parquet(
+        str(tmp_path / "plain" / "data" / "train.parquet"))
+    monkeypatch.setenv("FREEATM_DATASET", str(tmp_path / "plain"))
+    with pytest.raises(ValueError, match="is not a freeatm dataset"):
+        load_app().build_demo()
+    monkeypatch.delenv("FREEATM_DATASET")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "freeatm.json").write_text(json.dumps({**json.loads((MODEL_DIR / "freeatm.json").read_text()),
+                                                                 "threshold": "otsu"}))
+    monkeypatch.setenv("FREEATM_PIPELINE", str(tmp_path / "model"))
+    demo = load_app().build_demo()
+    assert next(c for c in demo.blocks.values() if getattr(c, "elem_id", None) == "gen-otsu").value is True
+
+
+def test_browsing_uses_the_otsu_box_the_datasets_peak_cut_and_the_row_buttons():
+    from freeatm_hf.data.masks import likely_drawn
+    from freeatm_hf.data.reading import generation_settings
+    from freeatm_hf.masks import full_resolution_mask
+
+    module = load_app()
+    demo = module.build_demo()
+    fns = {d.name: d for d in demo.fns.values()}
+    row = module.RowCache(str(space_dir() / "example_dataset")).get(1)
+    _, _, _, masks, summary, _ = fns["browse"].fn(1, 0.9, True)
+    for (mask, _), o in zip(masks, row["objects"]):
+        otsu = full_resolution_mask(np.asarray(o["attention"]), mask.size[::-1], "otsu").mask
+        assert np.array_equal(np.asarray(mask) > 0, otsu)
+    cut = generation_settings(str(space_dir() / "example_dataset"))["min_attention_peak"]
+    assert [s["likely_drawn"] for s in summary] == [likely_drawn(o["attention_peak"], cut) for o in row["objects"]]
+    # ◀ / ▶: a row back (never below 0) and a row on (up to the last, once the stream's end is known).
+    by_elem = {getattr(c, "elem_id", None): c._id for c in demo.blocks.values()}
+    button = {elem: next(d.fn for d in demo.fns.values() if any(t[0] == by_elem[elem] for t in d.targets))
+              for elem in ("prev", "next")}
+    assert [button["prev"](i) for i in (0, 1, 5)] == [0, 0, 4] and button["next"](0) == 1
+    info = fns["browse"].fn(999, 0.4, False)[-1]  # past the end: the stream is read to its end
+    last = int(info.split()[1])
+    assert info.startswith(f"row {last} (the last) ")
+    assert button["next"](last) == last and button["next"](last + 7) == last and button["prev"](last + 7) == last - 1
+    # Back to a row already read: that row again, from the cache.
+    *_, again, _, info = fns["browse"].fn(1, 0.9, True)
+    assert [np.asarray(m).tolist() for m, _ in again] == [np.asarray(m).tolist() for m, _ in masks]
+    assert info.startswith("row 1 · ")  # not "(the last)"
+
+
+def test_live_generation_takes_the_limits_inclusively_and_gets_the_seed_and_steps(monkeypatch):
+    import gradio as gr
+
+    from freeatm_hf.data.masks import likely_drawn
+    from freeatm_hf.generate import FreeATMGenerator
+    from freeatm_hf.generate.pipelines import default_pipeline, pipeline_recommendation
+
+    module = load_app()
+    generate = next(d for d in module.build_demo(pipeline="no-such-pipeline").fns.values()
+                    if d.name == "generate").fn
+    for prompt, nouns in (("a cat " * 333 + "ab", "cat"), ("a cat", ",".join(["cat"] * 32))):  # at the limits
+        with pytest.raises(gr.Error, match="could not load the pipeline"):
+            generate(prompt, nouns, 0, 2, 0.4, False)
+    with pytest.raises(gr.Error, match="2000 characters at most"):
+        generate("a cat", "cat," * 667, 0, 2, 0.4, False)
+    calls = []
+    call = FreeATMGenerator.__call__
+    monkeypatch.setattr(FreeATMGenerator, "__call__", lambda self, *a, **k: calls.append(k) or call(self, *a, **k))
+    generate = next(d for d in module.build_demo().fns.values() if d.name == "generate").fn
+    example, _ = module.prompt_language("default")
+    output = generate(example, "", 5, 2, 0.4, False)
+    assert [(c["seeds"], c["num_inference_steps"]) for c in calls] == [([5], 2)]
+    cut = pipeline_recommendation(default_pipeline())["min_attention_peak"]
+    summary, objects = output[4], output[-1][2]
+    assert [s["attention_peak"] for s in summary] == [round(float(o["attention_peak"]), 4) for o in objects]
+    assert [s["likely_drawn"] for s in summary] == [likely_drawn(o["attention_peak"], cut) for o in objects]
+
+
+def test_stage_space_lays_out_the_space_with_the_package_and_its_requirements(tmp_path, monkeypatch):
+    from importlib.metadata import requires
+
+    import freeatm_hf
+    from freeatm_hf import spaces
+
+    staged = spaces.stage_space(tmp_path / "space")
+    files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert "app.py" in files and "freeatm_hf/viz.py" in files and "example_dataset/README.md" in files
+    assert not [f for f in files if "screenshots" in f or "__pycache__" in f or ".freeatm" in f.split("/")
+                or f.startswith("freeatm_hf/_spaces")]
+    assert (staged / "requirements.txt").read_text() == spaces.space_requirements()
+    # Without the checkout's pyproject.toml: the installed metadata's requirements, without extras or gradio.
+    monkeypatch.setattr(freeatm_hf, "__file__", str(tmp_path / "site-packages" / "freeatm_hf" / "__init__.py"))
+    reqs = spaces.space_requirements().splitlines()[1:]
+    assert reqs == [r for r in requires("freeatm_hf") if "extra ==" not in r and not r.startswith("gradio")]
+
+
+def test_push_space_creates_the_space_with_the_visibility_and_token_given(tmp_path, monkeypatch):
+    from freeatm_hf import __version__, spaces
+    from tests.hub.fake_hub import FakeHub
+
+    monkeypatch.setattr(spaces, "stage_space", lambda dest, name="mask_viewer": _small_space(dest))
+    with FakeHub() as hub:
+        import huggingface_hub.constants as c
+
+        monkeypatch.setenv("HF_TOKEN", "hf_env")
+        monkeypatch.setattr(c, "ENDPOINT", hub.url)
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        url = spaces.push_space("me/viewer", private=True, token="hf_given")
+        repo = hub.repos[("space", "me/viewer")]
+    assert repo["private"] is True and repo["files"] == {"app.py": b"print('hi')\n"}
+    assert hub.auth_headers and set(hub.auth_headers) == {"Bearer hf_given"}
+    assert hub.commits[-1]["message"] == f"Update Space with freeatm_hf {__version__}"
+    assert url == f"{hub.url}/me/viewer/commit/{len(hub.commits):040d}"
+
+
+def _small_space(dest):
+    dest.mkdir(parents=True)
+    (dest / "app.py").write_text("print('hi')\n")
+    return dest

@@ -1,0 +1,46 @@
+"""`freeatm push` / `push-model`: every flag reaches the Hub (the in-process loopback Hub)."""
+
+import pytest
+
+from freeatm_hf.hub.cli import main, push_model_main
+
+
+def test_push_sends_the_folder_to_a_dataset_repo_with_the_flags_given(tmp_path, in_process_hub):
+    from datasets import Dataset
+
+    folder = tmp_path / "scenes"
+    (folder / "data").mkdir(parents=True)
+    Dataset.from_dict({"x": [1, 2]}).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# scenes\n")
+    main([str(folder), "scenes", "--private", "--revision", "v2", "--commit_message", "my scenes"])
+    repo = in_process_hub.repos[("dataset", "me/scenes")]  # a dataset repo by default, under the token's user
+    assert repo["private"] is True and repo["branches"] == {"main", "v2"}
+    assert repo["files"]["data/train-00000-of-00001.parquet"] == (
+        folder / "data" / "train-00000-of-00001.parquet").read_bytes()
+    assert in_process_hub.commits[0]["message"] == "my scenes"
+    # Without --private the repo takes the namespace's default: the request does not ask for public.
+    main([str(folder), "me/open"])
+    assert "visibility" not in in_process_hub.repos[("dataset", "me/open")]["request"]
+
+
+def test_push_model_refuses_another_repo_type_and_pushes_both_repos_with_the_flags_given(tmp_path, in_process_hub):
+    from freeatm_hf.hub.model_card import write_model_card
+
+    from .test_stock_exports import checkpoint
+
+    with pytest.raises(SystemExit, match="push-model always pushes a model repo"):
+        push_model_main(["folder", "me/x", "--repo_type", "dataset"])
+    folder = tmp_path / "ckpt"
+    model = checkpoint("mae", folder)  # a tiny ViT: small uploads
+    write_model_card(folder, model.config, data={"dataset": "me/scenes"}, training={})
+    pushed = push_model_main([str(folder), "enc", "--timm", "--private", "--revision", "v2",
+                              "--commit_message", "my model"])
+    assert pushed.repo_id == "me/enc"
+    repos = in_process_hub.repos
+    assert set(repos) == {("model", "me/enc"), ("model", "me/enc-timm")}  # named with the namespace the Hub gave
+    assert all(r["private"] is True and r["branches"] == {"main", "v2"} for r in repos.values())
+    assert {"model.safetensors", "README.md"} <= set(repos[("model", "me/enc")]["files"])
+    assert in_process_hub.commits[0] == {**in_process_hub.commits[0], "repo": ("model", "me/enc"),
+                                         "message": "my model"}
+    timm_card = repos[("model", "me/enc-timm")]["files"]["README.md"].decode()
+    assert "[me/enc](https://huggingface.co/me/enc)" in timm_card and "hf-hub:me/enc-timm@v2" in timm_card
