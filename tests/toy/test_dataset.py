@@ -45,3 +45,79 @@ def test_perfect_scenes_are_the_generator_schema_with_exact_masks(tmp_path):
     del settings["rows_per_shard"]
     (tmp_path / ".freeatm" / "settings.json").write_text(json.dumps(settings))
     write_perfect_scenes(tmp_path, 7, seed=4, rows_per_shard=3)
+
+
+def test_labelled_shapes_are_single_object_renders_labelled_by_shape(tmp_path):
+    from datasets import load_dataset
+
+    from freeatm_hf.toy.dataset import write_labelled_shapes
+    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+
+    write_labelled_shapes(tmp_path, num_train=5, num_test=3, size=32, seed=7)
+    ds = load_dataset(str(tmp_path))
+    assert ds["train"].features["label"].names == list(SHAPES)
+    for split, n, seed in (("train", 5, 7), ("test", 3, 8)):  # the test split is another world
+        world = ShapesWorld(size=32, seed=seed, min_objects=1, max_objects=1)
+        specs = world.scenes(n)
+        images, _ = world.render(specs)
+        assert ds[split]["label"] == [SHAPES.index(s.objects[0].shape) for s in specs]
+        for row, img in zip(ds[split], images, strict=True):
+            assert np.array_equal(np.asarray(row["image"]), img.numpy())
+
+
+def test_segmentation_label_maps_are_the_visible_masks_labelled_by_shape(tmp_path):
+    from datasets import load_dataset
+
+    from freeatm_hf.toy.dataset import write_shapes_segmentation
+    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+
+    write_shapes_segmentation(tmp_path, num_train=3, num_test=2, seed=4)
+    ds = load_dataset(str(tmp_path))
+    assert json.loads((tmp_path / "id2label.json").read_text()) == {"0": "background",
+                                                                     **{str(i + 1): s for i, s in enumerate(SHAPES)}}
+    for split, n, seed in (("train", 3, 4), ("test", 2, 5)):
+        world = ShapesWorld(seed=seed)
+        specs = world.scenes(n)
+        images, masks = world.render(specs)
+        for row, img, m, spec in zip(ds[split], images, masks, specs, strict=True):
+            lab = np.asarray(row["annotation"])
+            assert np.array_equal(np.asarray(row["image"]), img.numpy())
+            assert np.array_equal(lab == 0, ~m.any(0).numpy())
+            for k, o in enumerate(spec.objects):
+                assert (lab[m[k].numpy()] == 1 + SHAPES.index(o.shape)).all()
+
+
+def test_coco_boxes_and_areas_describe_their_masks(tmp_path):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    from freeatm_hf.toy.dataset import write_shapes_coco
+    from freeatm_hf.toy.world import SHAPES, ShapesWorld
+
+    write_shapes_coco(tmp_path, num_train=4, num_test=2, seed=2)
+    for split, n, seed in (("train", 4, 2), ("test", 2, 3)):
+        coco = COCO(str(tmp_path / "annotations" / f"{split}.json"))
+        assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(SHAPES)
+        world = ShapesWorld(seed=seed)
+        specs = world.scenes(n)
+        _, masks = world.render(specs)
+        assert sorted(coco.getImgIds()) == list(range(n))
+        for i in range(n):
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[i]))
+            visible = [k for k in range(len(specs[i].objects)) if masks[i][k].any()]
+            assert [a["category_id"] for a in anns] == [1 + SHAPES.index(specs[i].objects[k].shape) for k in visible]
+            for a, k in zip(anns, visible, strict=True):
+                exact = masks[i][k].numpy()
+                assert np.array_equal(coco.annToMask(a).astype(bool), exact)
+                ys, xs = np.nonzero(exact)
+                assert a["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+                assert a["area"] == exact.sum() == mask_utils.area(coco.annToRLE(a))
+        assert len({a["id"] for a in coco.dataset["annotations"]}) == len(coco.dataset["annotations"])
+
+
+def test_shapes_dataset_renders_at_the_size_asked(tmp_path):
+    from freeatm_hf.toy.dataset import shapes_dataset
+
+    ds = shapes_dataset(2, seed=3, size=32)
+    assert [np.asarray(r["image"]).shape for r in ds] == [(32, 32, 3)] * 2
+    assert all(np.asarray(o["mask"]).shape == (32, 32) for r in ds for o in r["objects"])

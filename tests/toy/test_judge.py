@@ -122,3 +122,85 @@ def test_retraining_the_judge_asks_where_and_help_trains_nothing(monkeypatch, ca
     with pytest.raises(SystemExit) as done:
         judge.main([])
     assert done.value.code == 2 and "one of the arguments --output --replace_shipped is required" in capsys.readouterr().err
+
+
+def test_colour_segmenter_drops_only_components_smaller_than_min_component():
+    from freeatm_hf.toy.world import COLORS
+
+    img = np.full((16, 16, 3), 128, np.uint8)  # grey: no chroma, no colour
+    img[1:3, 1:3] = COLORS["red"]  # 4 px: kept at min_component=4
+    img[10, 10:13] = COLORS["blue"]  # 3 px: dropped
+    found = colour_masks(img, min_component=4)
+    expected_red = np.zeros((16, 16), bool)
+    expected_red[1:3, 1:3] = True
+    assert np.array_equal(found["red"], expected_red) and not found["blue"].any()
+    assert found["blue"].shape == (16, 16) and colour_masks(img, min_component=3)["blue"].sum() == 3
+
+
+def test_largest_component_keeps_the_biggest_blob():
+    from freeatm_hf.toy.judge import largest_component
+
+    m = np.zeros((12, 12), bool)
+    m[0:2, 0:2] = True  # 4 px, labelled first
+    m[5:10, 5:10] = True  # 25 px
+    m[0, 10] = True  # 1 px
+    big = np.zeros_like(m)
+    big[5:10, 5:10] = True
+    assert np.array_equal(largest_component(m), big)
+
+
+def test_judge_scene_applies_its_area_and_core_cuts():
+    world = ShapesWorld(seed=9)
+    spec = world.scenes(1)[0]
+    img = world.render([spec])[0][0].numpy()
+    objects = [(o.color, o.shape) for o in spec.objects]
+    masks = colour_masks(img)
+    drawn = [j.drawn for j in judge_scene(img, objects)[0]]
+    assert any(drawn)
+    # A cut above every object's area (or core) calls every object undrawn; one at zero keeps every colour seen.
+    top_area = max(masks[c].mean() for c, _ in objects)
+    assert not any(j.drawn for j in judge_scene(img, objects, min_area=top_area + 1e-6)[0])
+    assert not any(j.drawn for j in judge_scene(img, objects, min_core=top_area + 1e-6)[0])
+    assert [j.drawn for j in judge_scene(img, objects, min_area=0.0, min_core=0.0)[0]] == [
+        bool(masks[c].any()) for c, _ in objects]
+
+
+def test_retraining_the_judge_into_a_file_leaves_the_shipped_one(monkeypatch, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from freeatm_hf.toy import judge
+
+    shipped = judge.CLASSIFIER_FILE.read_bytes()
+    torch.manual_seed(0)
+    model = ShapeClassifier().eval()
+    monkeypatch.setattr(judge, "train_classifier", lambda: (model, {"rendered": 0.5, "softened": 0.25}))
+    out = tmp_path / "sub" / "clf.safetensors"
+    judge.main(["--output", str(out)])
+    assert judge.CLASSIFIER_FILE.read_bytes() == shipped
+    saved = load_file(str(out))
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert "50.00 % sharp" in capsys.readouterr().out
+
+
+def test_only_saturated_pixels_are_taken_for_a_palette_colour():
+    """Object colours are saturated (chroma >= 70, backgrounds <= 30); a greyed version of one, however close in
+    RGB, is not it."""
+    from freeatm_hf.toy.world import COLORS
+
+    for name in ("green", "purple"):
+        c = np.array(COLORS[name], float)
+
+        def with_chroma(chroma, c=c):  # the colour pulled toward its grey until max − min = chroma
+            return np.tile(np.round(c.mean() + (c - c.mean()) * chroma / (c.max() - c.min())).astype(np.uint8), (4, 4, 1))
+
+        assert colour_masks(with_chroma(80))[name].all()
+        assert not any(m.any() for m in colour_masks(with_chroma(50)).values())
+
+
+def test_soften_adds_noise_without_shifting_the_brightness():
+    images, _ = ShapesWorld(seed=3).render(ShapesWorld(seed=3).scenes(8))
+    for seed in range(3):
+        noisy = soften(images, seed=seed, max_sigma=0)
+        assert not torch.equal(noisy, images)
+        assert abs(noisy.float().mean() - images.float().mean()) < 0.1  # rounded, not truncated, to uint8

@@ -22,8 +22,8 @@ from freeatm_hf.toy.world import ShapesWorld
 class Oracle:
     """Draws the scene exactly; its 'attention' is each object's true mask, blurred (or all objects' union)."""
 
-    def __init__(self, world, foreground_only=False):
-        self.world, self.foreground_only = world, foreground_only
+    def __init__(self, world, foreground_only=False, scale=1.0):
+        self.world, self.foreground_only, self.scale = world, foreground_only, scale
         self.specs = {}
 
     def __call__(self, prompts, seeds, **kw):
@@ -34,7 +34,7 @@ class Oracle:
             maps = m.float()
             if self.foreground_only:
                 maps = maps.amax(0, keepdim=True).expand_as(maps)
-            blurred = torch.nn.functional.avg_pool2d(maps[:, None], 5, 1, 2)[:, 0]
+            blurred = torch.nn.functional.avg_pool2d(maps[:, None], 5, 1, 2)[:, 0] * self.scale
             objects.append([GeneratedObject(o.name, -1, (1,), b.numpy(), mask_from_map(b))
                             for o, b in zip(spec.objects, blurred)])
         return GenerationOutput([i.numpy() for i in images], prompts, list(seeds), objects, [[]] * len(specs))
@@ -70,6 +70,13 @@ def test_guided_refinement_moves_blurred_masks_back_to_the_object_edges(classifi
     assert guided["miou_drawn"] > raw["miou_drawn"] + 0.01
     # Judging the picture does not depend on the maps.
     assert guided["drawn_share"] == raw["drawn_share"]
+
+
+def test_maps_are_scored_whatever_their_scale(classifier):
+    # Attention probabilities are small (a peak of a few hundredths): each map is scaled to [0, 1] before the
+    # thresholds apply, so the same maps at a hundredth of the strength score the same.
+    r, faint = run({}, classifier, n=12), run({"scale": 0.01}, classifier, n=12)
+    assert faint["miou_drawn"] == pytest.approx(r["miou_drawn"], abs=1e-3) and r["miou_drawn"] > 0.8
 
 
 def test_foreground_detector_maps_are_exposed_by_the_swap_baseline(classifier):
@@ -135,6 +142,12 @@ def test_end_to_end_with_a_real_pipeline_gives_finite_scores(tiny_pipe):
     best = max(res["validation"], key=lambda v: v["val_miou"])
     assert res["capture"] == {k: best[k] for k in ("down_factors", "step_window", "threshold", "refine")}
     assert res["test"]["refine"] == best["refine"] and res["test_unrefined"]["refine"] == "none"
+    # The test scenes are cut where validation said: the chosen row's threshold, and for the unrefined maps the
+    # threshold of the same capture's unrefined row.
+    raw = next(v for v in res["validation"] if v["refine"] == "none" and v["down_factors"] == best["down_factors"]
+               and v["step_window"] == best["step_window"])
+    assert res["test"]["threshold"] == best["threshold"] and res["test_unrefined"]["threshold"] == raw["threshold"]
+    assert res["config"]["guidance_scale"] == res["guidance_scale"] == 4.0  # no model folder: the default
     assert res["test_unrefined"]["drawn_share"] == r["drawn_share"]
     f = res["drawn_filter"]
     assert set(f) == {"auc", "drawn_share_of_all", "min_attention_peak", "target_drawn_kept", "drawn_kept",
@@ -162,7 +175,7 @@ def test_test_or_validation_scenes_from_the_training_world_are_refused(monkeypat
         evaluate_masks(pipe, MaskEvalConfig(seed=10_000))
 
 
-def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_zero(tiny_pipe):
+def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_zero(tiny_pipe, monkeypatch):
     from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
     from freeatm_hf.toy.model import shapes_pipeline
 
@@ -174,9 +187,14 @@ def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_z
         assert r["val_miou_undrawn_as_zero"] == pytest.approx(r["val_miou"] * r["val_drawn_share"], abs=1e-4)
     best = max(rows, key=lambda r: r["val_miou_undrawn_as_zero"])
     assert res["guidance_scale"] == best["guidance_scale"] and res["capture"]["threshold"] == best["threshold"]
-    # Without a sweep: the guidance the model folder recommends, else 4.0 (this pipeline has no folder).
+    assert res["test"]["threshold"] == best["threshold"]
+    assert res["test_unrefined"]["threshold"] == best["threshold_unrefined"]
+    # Without a sweep: the guidance the model folder recommends (else 4.0, see the end-to-end test).
+    from freeatm_hf.generate import pipelines
+
+    monkeypatch.setattr(pipelines, "pipeline_recommendation", lambda p, revision=None: {"guidance_scale": 2.5})
     plain = evaluate_masks(shapes_pipeline(), MaskEvalConfig(num_scenes=1, num_val=1, num_inference_steps=2))
-    assert plain["guidance_scale"] == plain["config"]["guidance_scale"] == 4.0
+    assert plain["guidance_scale"] == plain["config"]["guidance_scale"] == 2.5
     assert plain["validation_guidance"] == []
 
 
@@ -246,9 +264,12 @@ def test_autoencoder_ceiling_is_the_judge_on_round_tripped_renders(classifier):
     n = sum(len(j) for j, _ in verdicts)
     assert exact["right_colour_and_shape_share"] == round(sum(o.drawn and o.shape_ok for j, _ in verdicts for o in j) / n, 4)
     assert exact["scenes_with_extra_object_share"] == round(sum(bool(e) for _, e in verdicts) / 30, 4)
+    assert exact["drawn_share"] == round(sum(o.drawn for j, _ in verdicts for o in j) / n, 4)
     assert exact["right_colour_and_shape_share"] > 0.9
     blocky = autoencoder_ceiling(PoolingAutoencoder(8), num_scenes=30, seed=8)
     assert blocky["right_colour_and_shape_share"] < exact["right_colour_and_shape_share"] - 0.2
+    # Blocks keep an object's colour (drawn) while losing its shape: the two shares are counted apart.
+    assert blocky["drawn_share"] > blocky["right_colour_and_shape_share"] + 0.5
 
 
 def test_eval_masks_saves_its_recommendation_into_a_copy_and_never_into_the_shipped_model(tmp_path, tiny_pipe):
@@ -270,3 +291,83 @@ def test_eval_masks_saves_its_recommendation_into_a_copy_and_never_into_the_ship
     # The record names the folder, not where it sat on the machine that evaluated it.
     assert json.loads((folder / "mask_eval.json").read_text())["pipeline"] == "my-shapes"
     assert "mIoU" in (folder / "README.md").read_text()
+
+
+def _box(r0, r1, c0, c1, size=8, value=1.0):
+    m = np.zeros((size, size), np.float32)
+    m[r0:r1, c0:c1] = value
+    return m
+
+
+def _hand_iou(p, r):
+    union = np.logical_or(p, r).sum()
+    return 1.0 if union == 0 else np.logical_and(p, r).sum() / union
+
+
+def test_score_against_hand_counts():
+    """Every figure of `score` recomputed by hand from known maps: per object, shape, colour, swaps, shares."""
+    rec = SplitRecords([
+        # scene 0: exact map; a map covering half its object (and a bit of the first); an undrawn object
+        ObjectRecord(0, "red circle", "circle", "red", True, True, _box(0, 8, 0, 4), None, _box(0, 8, 0, 4) > 0),
+        ObjectRecord(0, "blue square", "square", "blue", True, False, _box(0, 4, 3, 8), None, _box(0, 8, 4, 8) > 0),
+        ObjectRecord(0, "green star", "star", "green", False, False, None, None, np.zeros((8, 8), bool)),
+        # scene 1: a drawn object without a map (nothing predicted), and one whose map is exact
+        ObjectRecord(1, "blue circle", "circle", "blue", True, True, None, None, _box(0, 2, 0, 8) > 0),
+        ObjectRecord(1, "red square", "square", "red", True, True, _box(1, 5, 0, 8), None, _box(1, 5, 0, 8) > 0),
+    ], extra_scenes=1, scenes=2)
+    r = score(rec, 0.5)
+    drawn = [o for o in rec.objects if o.drawn]
+    pred = {id(o): (o.norm_map > 0.5 if o.norm_map is not None else np.zeros((8, 8), bool)) for o in drawn}
+    iou = {id(o): _hand_iou(pred[id(o)], o.gt) for o in drawn}
+    miou = np.mean(list(iou.values()))
+    assert r["objects"] == 5 and r["scenes"] == 2 and r["threshold"] == 0.5 and r["refine"] == "none"
+    assert r["miou_drawn"] == pytest.approx(miou, abs=1e-4)
+    assert r["drawn_share"] == pytest.approx(4 / 5) and r["miou_undrawn_as_zero"] == pytest.approx(miou * 4 / 5, abs=1e-4)
+    assert r["right_colour_and_shape_share"] == pytest.approx(3 / 5)  # drawn and the right shape
+    assert r["scenes_with_extra_object_share"] == pytest.approx(1 / 2)  # per scene, not per object
+    for key, attr in (("per_shape_miou", "shape"), ("per_colour_miou", "color")):
+        groups = {getattr(o, attr) for o in drawn}
+        assert r[key] == pytest.approx({g: np.mean([iou[id(o)] for o in drawn if getattr(o, attr) == g])
+                                        for g in groups}, abs=1e-4), key
+    swaps = [_hand_iou(pred[id(a)], b.gt) for a in drawn for b in drawn if a is not b and a.scene == b.scene]
+    assert r["swap_baseline_miou"] == pytest.approx(np.mean(swaps), abs=1e-4) and np.mean(swaps) > 0
+
+
+def test_threshold_is_chosen_on_drawn_objects_only():
+    """An undrawn object (its colour absent, so its ground truth empty) has no mask to match: it must not vote."""
+    gt = _box(2, 6, 2, 6) > 0
+    drawn_map = np.where(gt, 0.52, 0.33).astype(np.float32)  # right at thresholds 0.35 … 0.5
+    rec = SplitRecords([ObjectRecord(0, "red circle", "circle", "red", True, True, drawn_map, None, gt),
+                        ObjectRecord(0, "blue star", "star", "blue", False, False, np.full((8, 8), 0.97, np.float32),
+                                     None, np.zeros((8, 8), bool))], 0, 1)
+    best, scores = choose_threshold(rec)
+    for t, s in scores.items():
+        if t != "otsu":
+            assert s == pytest.approx(_hand_iou(drawn_map > float(t), gt), abs=1e-4), t
+    assert 0.35 <= best <= 0.5
+
+
+def test_min_peak_keeping_every_drawn_object():
+    # keep=1.0: every drawn object must stay above the cut; 0.35 does (and is the highest that does).
+    assert choose_min_peak(records([0.5, 0.6, 0.7], [0.1, 0.2]), keep=1.0) == pytest.approx(0.35)
+
+
+def test_drawn_filter_keeps_a_peak_at_the_cut_as_the_generator_does():
+    from freeatm_hf.data.masks import likely_drawn
+
+    drawn, undrawn, cut = [0.3, 0.6], [0.1, 0.4], 0.4
+    r = score_drawn_filter(records(drawn, undrawn), cut)
+    assert r["drawn_kept"] == pytest.approx(np.mean([likely_drawn(p, cut) for p in drawn]))
+    assert r["undrawn_dropped"] == pytest.approx(np.mean([not likely_drawn(p, cut) for p in undrawn]))
+
+
+def test_segmenter_ceiling_is_the_mean_iou_of_the_colour_masks_over_visible_objects():
+    from freeatm_hf.toy.judge import colour_masks
+    from freeatm_hf.toy.mask_eval import segmenter_ceiling
+
+    world = ShapesWorld(seed=12)
+    specs = world.scenes(10)
+    images, masks = world.render(specs)
+    ious = [_hand_iou(colour_masks(img.numpy())[o.color], m[k].numpy())
+            for img, spec, m in zip(images, specs, masks) for k, o in enumerate(spec.objects) if m[k].any()]
+    assert segmenter_ceiling(num_scenes=10, seed=12) == pytest.approx(np.mean(ious))

@@ -90,3 +90,17 @@ def test_the_card_states_each_runs_learning_rate_and_schedule():
     assert lr_history({"runs": runs}) == ("0.0005 (runs 1–2), then 0.0005 with a cosine decay (run 3), then 0.0003 "
                                           "with a cosine decay (runs 4–5)")
     assert lr_history({"lr": 3e-4, "lr_schedule": "cosine"}) == "0.0003 with a cosine decay"
+
+
+def test_a_mask_evaluation_sets_what_the_generator_uses(tmp_path):
+    """The capture, threshold, refinement and guidance chosen by the evaluation are what the folder recommends."""
+    from freeatm_hf.attention import CaptureConfig
+
+    ev = {**evaluation(FULL), "guidance_scale": 2.5}
+    ev["config"] = {**ev["config"], "guidance_scale": 4.0}  # the sweep's pick, not the configured start
+    info = update_model_folder(tmp_path, mask_eval=ev)
+    assert json.loads((tmp_path / "freeatm.json").read_text()) == info
+    capture = CaptureConfig.from_dict(info["capture"])
+    assert list(capture.down_factors) == [1] and list(capture.step_window) == [0.5, 1.0]
+    assert (info["threshold"], info["refine"], info["guidance_scale"]) == (0.7, "guided", 2.5)
+    assert info["mask_eval"]["test"] == ev["test"] and info["mask_eval"]["guidance_scale"] == 2.5

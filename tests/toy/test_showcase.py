@@ -45,3 +45,28 @@ def test_drawing_the_grid_into_a_model_folder_puts_it_in_the_card(tmp_path):
     main(["--pipeline", str(folder), "--output", str(folder / "grid.png"), "--num_scenes", "1",
           "--num_inference_steps", "2"])
     assert "](grid.png)" in (folder / "README.md").read_text()
+
+
+def test_each_row_is_the_generators_picture_of_a_held_out_scene_under_its_caption(monkeypatch):
+    from PIL import Image, ImageDraw
+
+    import freeatm_hf.generate.generator as generator
+    import freeatm_hf.generate.pipelines as pipelines
+    from freeatm_hf.generate import FreeATMGenerator
+    from freeatm_hf.toy import showcase as sc
+    from freeatm_hf.toy.model import shapes_pipeline
+    from freeatm_hf.toy.world import ShapesWorld
+
+    for module in (pipelines, generator):  # a folder recommending its capture, and guidance 4.0 (overridden here)
+        monkeypatch.setattr(module, "pipeline_recommendation",
+                            lambda p, revision=None: {"guidance_scale": 4.0, "capture": {"down_factors": [1]}})
+    torch.manual_seed(0)
+    pipe = shapes_pipeline()
+    grid = np.asarray(sc.showcase(pipe, num_scenes=1, seed=5, num_inference_steps=2, guidance_scale=1.5))
+    spec = ShapesWorld(seed=5).scenes(1)[0]
+    caption = Image.new("RGB", (grid.shape[1], sc.TEXT_H), "white")
+    ImageDraw.Draw(caption).text((4, 2), spec.caption, fill=(0, 0, 0))
+    assert np.array_equal(grid[: sc.TEXT_H], np.asarray(caption))
+    image = FreeATMGenerator(pipe, guidance_scale=1.5)([spec.prompt()], seeds=[0], num_inference_steps=2).images[0]
+    panel = np.asarray(image.resize((sc.CELL, sc.CELL), Image.NEAREST))
+    assert np.array_equal(grid[sc.TEXT_H : sc.TEXT_H + sc.CELL, : sc.CELL], panel)

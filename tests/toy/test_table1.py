@@ -80,3 +80,27 @@ def test_table1_pretrains_on_perfect_scenes_without_a_generator(tmp_path):
         main([*args[:6], "2", *args[7:]])
     with pytest.raises(ValueError, match="--pipeline: for generated scenes"):
         main(args + ["--pipeline", "tiny"])
+
+
+def test_rendered_features_are_the_backbone_on_normalized_resized_renders():
+    from torchvision.transforms.v2 import functional as TF
+
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from freeatm_hf.toy.table1 import rendered_features
+    from freeatm_hf.toy.world import ShapesWorld
+
+    class Identity(torch.nn.Module):  # its feature map is its input: features = per-channel image means
+        seen = []
+
+        def forward_features(self, x):
+            self.seen.append(tuple(x.shape))
+            return x
+
+    world = ShapesWorld(seed=3)
+    specs = world.scenes(5)
+    feats = rendered_features(Identity(), specs, world, image_size=32, batch_size=3)
+    assert Identity.seen == [(3, 3, 32, 32), (2, 3, 32, 32)]
+    images, _ = world.render(specs)
+    x = TF.resize(images.permute(0, 3, 1, 2).float() / 255, [32, 32], antialias=True)
+    want = TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD)).mean((2, 3))
+    assert feats.shape == (5, 3) and torch.allclose(feats, want, atol=1e-3)

@@ -86,3 +86,39 @@ def test_table2_takes_perfect_scenes_as_its_pretraining_data(tmp_path):
     # The card names the pretraining data by its folder's name, never the path on this machine.
     card = (tmp_path / "out" / "blip-position" / "README.md").read_text()
     assert "a local folder (`perfect`, not on the Hub)" in card and str(scenes) not in card
+
+
+def test_where_takes_the_far_edge_as_the_last_third():
+    from freeatm_hf.toy.table2 import where
+
+    assert where(1.0, 1.0) == "at the bottom right" and where(0.0, 1.0) == "at the bottom left"
+
+
+def test_retrieval_set_without_mirrors_is_one_row_per_scene(tmp_path):
+    from datasets import load_dataset
+
+    from freeatm_hf.toy.table2 import rendered_retrieval_set, spatial_caption
+    from freeatm_hf.toy.world import ShapesWorld
+
+    rendered_retrieval_set(tmp_path, "train", seed=5, n=6, mirrors=False)
+    ds = load_dataset(str(tmp_path), split="train")
+    assert ds["caption"] == [spatial_caption(s) for s in ShapesWorld(seed=5).scenes(6)]
+
+
+def test_table2_refuses_to_ablate_a_cut_of_zero(tmp_path):
+    from freeatm_hf.toy.dataset import write_perfect_scenes
+    from freeatm_hf.toy.table2 import main
+
+    scenes = write_perfect_scenes(tmp_path / "perfect", 2)
+    with pytest.raises(ValueError, match="--min_attention_peak 0: there is no filter to ablate"):
+        main(["--output_dir", str(tmp_path / "out"), "--scenes", str(scenes), "--num_finetune", "2", "--num_test", "2",
+              "--min_attention_peak", "0", "--ablate_drawn_filter", "--device", "cpu"])
+
+
+def test_a_mirrored_caption_swaps_left_and_right_only():
+    from freeatm_hf.toy.table2 import spatial_caption
+    from freeatm_hf.toy.world import ShapesWorld
+
+    for spec in ShapesWorld(seed=5).scenes(20):
+        swapped = spatial_caption(spec).replace("left", "#").replace("right", "left").replace("#", "right")
+        assert spatial_caption(spec, mirror=True) == swapped

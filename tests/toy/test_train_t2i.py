@@ -138,9 +138,11 @@ def test_a_save_that_fails_midway_leaves_the_last_complete_folder(trained, tmp_p
               "--batch_size", "2"])
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     monkeypatch.undo()
+    (out / "notes.txt").write_text("mine")  # what the save does not write stays in the folder
     main(["--output_dir", str(out), "--resume_from", str(out), "--decoder_steps", "1", "--unet_steps", "0",
           "--batch_size", "2"])
     assert json.loads((out / "freeatm.json").read_text())["training"]["decoder_steps"] == 1
+    assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # nothing left beside it
 
 
@@ -168,3 +170,86 @@ def test_saves_swap_into_the_folder_a_symlink_names_and_in_place_where_a_rename_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(real))
     assert not can_swap(real) and "it is a mount point" in caplog.text
+
+
+def test_training_facts_add_up_over_runs():
+    from freeatm_hf.toy.train_t2i import accumulate_training
+
+    first = {"unet_steps": 5, "vae_steps": 3, "decoder_steps": 0, "minutes": 1.25, "lr": 5e-4}
+    one = accumulate_training(None, first)
+    assert one == {**first, "runs": [first]}
+    second = {"unet_steps": 2, "vae_steps": 0, "decoder_steps": 4, "minutes": 2.5, "lr": 3e-4}
+    two = accumulate_training(one, second)
+    assert (two["unet_steps"], two["vae_steps"], two["decoder_steps"], two["minutes"]) == (7, 3, 4, 3.8)
+    assert two["lr"] == 3e-4 and two["runs"] == [first, second]  # the last run's settings, each run's own facts
+    # A folder trained before runs were recorded: its totals are its one earlier run.
+    legacy = accumulate_training({k: v for k, v in first.items()}, second)
+    assert legacy["runs"] == [first, second] and legacy["minutes"] == 3.8
+
+
+def test_no_swap_for_a_folder_above_the_working_directory_and_no_recovery_over_a_save(tmp_path, monkeypatch):
+    from freeatm_hf.toy.train_t2i import can_swap, recover_swap
+
+    folder = tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    monkeypatch.chdir(folder / "sub")
+    assert not can_swap(folder)  # renaming it would move the working directory
+    # A leftover previous save beside a folder that exists (the swap finished its first rename only after a new
+    # folder was made) is not put over it.
+    (tmp_path / ".out.old").mkdir()
+    (tmp_path / ".out.old" / "old.txt").write_text("old")
+    recover_swap(folder)
+    assert (folder / "sub").is_dir() and not (folder / "old.txt").exists()
+
+
+def test_saved_configs_drop_the_training_machines_paths_and_load_the_text_encoder_in_float32(tmp_path):
+    from freeatm_hf.toy.train_t2i import _drop_local_paths
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_name_or_path": "/home/me/run", "x": 1}))
+    (tmp_path / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "clip_text_model",
+                                                                       "dtype": "float16"}))
+    _drop_local_paths(tmp_path)
+    assert json.loads((tmp_path / "unet" / "config.json").read_text()) == {"x": 1}
+    assert json.loads((tmp_path / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_the_scheduler_reads_the_unet_as_the_velocity_training_teaches():
+    """train_t2i teaches v = sqrt(a)·noise − sqrt(1 − a)·x0; the shapes scheduler, given that v, recovers x0."""
+    from freeatm_hf.toy.model import shapes_components
+
+    sched = shapes_components()["scheduler"]
+    sched.set_timesteps(25)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    for t in sched.timesteps[[3, 12, 20]]:
+        a = sched.alphas_cumprod[t]
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        assert torch.allclose(sched.step(v, t, noisy).pred_original_sample, x0, atol=1e-4)
+
+
+def test_evaluation_refuses_the_scenes_the_model_was_trained_on(trained):
+    from freeatm_hf.generate.pipelines import load_pipeline
+    from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
+    from freeatm_hf.toy.train_t2i import TRAIN_WORLD_OFFSET
+
+    pipe = load_pipeline(str(trained), torch.device("cpu"))
+    # `--seed 0` trained on ShapesWorld(seed=TRAIN_WORLD_OFFSET): its test or validation scenes are refused.
+    for seed in (TRAIN_WORLD_OFFSET, TRAIN_WORLD_OFFSET - 1):
+        with pytest.raises(ValueError, match=f"world seed {TRAIN_WORLD_OFFSET}"):
+            evaluate_masks(pipe, MaskEvalConfig(seed=seed))
+
+
+def test_the_saved_unet_is_the_ema_of_the_trained_one(tmp_path):
+    """With --ema_decay 0 the average is the trained weights themselves; with the default it lags behind them."""
+    from safetensors.torch import load_file
+
+    from freeatm_hf.toy.train_t2i import main
+
+    common = ["--vae_steps", "1", "--unet_steps", "3", "--batch_size", "2"]
+    main(["--output_dir", str(tmp_path / "raw"), "--ema_decay", "0", *common])
+    main(["--output_dir", str(tmp_path / "ema"), *common])
+    raw, ema = (load_file(str(tmp_path / run / "unet" / "diffusion_pytorch_model.safetensors")) for run in ("raw", "ema"))
+    assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in raw)
