@@ -262,3 +262,74 @@ def test_detection_finetuning_refuses_mismatched_splits_before_training(shapes_c
     shutil.rmtree(folder / "images" / "test")
     with pytest.raises(FileNotFoundError, match="a COCO-style folder needs"):
         coco_split(folder, "test", train=False)
+
+
+def test_training_views_flip_image_boxes_and_masks_together_and_the_trainable_stages_are_the_argument(shapes_coco):
+    from freeatm_hf.eval.detection import coco_split, maskrcnn_from_backbone
+
+    plain, flipping = coco_split(shapes_coco, "train", train=False), coco_split(shapes_coco, "train", train=True)
+    image, target = plain[0]
+    w, boxes = image.shape[-1], target["boxes"].as_subclass(torch.Tensor)  # XYXY
+    mirrored = boxes[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([w, 0.0, w, 0])
+    seen = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        got, t = flipping[0]
+        flipped = not torch.equal(got, image)
+        seen.add(flipped)
+        assert torch.equal(got, image.flip(-1) if flipped else image)
+        torch.testing.assert_close(t["boxes"].as_subclass(torch.Tensor), mirrored if flipped else boxes)
+        assert torch.equal(t["masks"], target["masks"].flip(-1) if flipped else target["masks"])
+        assert t["labels"].tolist() == target["labels"].tolist()
+    assert seen == {False, True}
+    # torchvision's trainable_layers: the last k of conv1, layer1..layer4 train, the rest stay frozen.
+    for k, stages in ((1, {"layer4"}), (5, {"conv1", "layer1", "layer2", "layer3", "layer4"})):
+        body = maskrcnn_from_backbone(checkpoint(), num_classes=6, trainable_layers=k).backbone.body
+        assert {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad} == stages
+
+
+def test_a_backbone_with_a_classifier_head_gives_its_resnet_and_drops_the_head():
+    """timm and torchvision ResNets carry an `fc` classifier that the FPN body has no place for: left out."""
+    from freeatm_hf.eval.detection import maskrcnn_from_backbone
+
+    model = checkpoint()
+    model.backbone.fc = torch.nn.Linear(model.backbone.num_features, 10)
+    body = maskrcnn_from_backbone(model, num_classes=6).backbone.body
+    assert not any(k.startswith("fc.") for k in body.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(body.eval()(x)["3"], model.backbone.forward_features(x), atol=1e-4, rtol=1e-4)
+
+
+def test_an_image_without_annotations_gives_empty_targets_that_mask_rcnn_trains_on():
+    from freeatm_hf.eval.detection import collate, maskrcnn_from_backbone
+
+    image = torch.rand(3, 64, 48)
+    target = collate([(image, {"image_id": 3})], [1, 2])["targets"][0]  # what the v2 wrapper gives: no boxes
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,) and target["masks"].shape == (0, 64, 48)
+    torch.manual_seed(0)
+    det = maskrcnn_from_backbone(checkpoint(), num_classes=2, min_size=64, max_size=64).train()
+    losses = det([image], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.slow
+def test_a_finetune_is_its_seed_and_trains_only_the_stages_asked(shapes_coco, tmp_path):
+    """The new heads are drawn after seeding (the same seed: the same detector, whatever was drawn before), and
+    `trainable_layers` reaches the detector: with 1 only layer4 of the checkpoint's ResNet moves."""
+    from freeatm_hf.eval.detection import finetune_detection
+
+    ckpt = tmp_path / "ckpt"
+    model = checkpoint()
+    model.save_pretrained(ckpt)
+    states = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        out = tmp_path / f"det{before}"
+        finetune_detection(str(ckpt), str(shapes_coco), str(out), max_steps=2, batch_size=2, min_size=64, max_size=64,
+                           trainable_layers=1, use_cpu=True, update_card=False, learning_rate=0.1)
+        states.append(torch.load(out / "maskrcnn.pth"))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    body = {k[len("backbone.body."):]: v for k, v in states[0].items() if k.startswith("backbone.body.")}
+    pretrained = model.backbone.state_dict()
+    moved = {k.split(".")[0] for k, v in body.items() if k in pretrained and not torch.equal(v, pretrained[k])}
+    assert moved == {"layer4"}

@@ -100,3 +100,32 @@ def test_beta_reaches_a_wrapped_model_and_stays_at_its_maximum_past_the_last_ste
     assert inner.beta == pytest.approx(0.3)  # DDP's wrapper: the model inside it gets β
     assert callback.value(SimpleNamespace(max_steps=11, global_step=14)) == pytest.approx(0.6)
     assert callback.value(SimpleNamespace(max_steps=1, global_step=0)) == 0.0
+
+
+def test_the_baseline_masks_at_random_logs_beta_zero_and_a_run_is_its_seed(tmp_path, shapes_data):
+    """--guided false: no patch scores even where the rows have maps, β 0 at every step; the model is built after
+    seeding, so the same seed gives the same run whatever was drawn before; a streamed dataset is refused."""
+    import random
+
+    import torch
+
+    from freeatm_hf.train.mae import make_transform
+
+    guided = MAEArguments(dataset=shapes_data, model_size="tiny", image_size=32, patch_size=8)
+    baseline = MAEArguments(dataset=shapes_data, model_size="tiny", image_size=32, patch_size=8, guided=False)
+    rows = guided.load(seed=0)[:4]
+    config = build_model(guided).config
+    assert not torch.isnan(torch.stack(make_transform(guided, config)(rows)["patch_scores"])).all()
+    assert torch.isnan(torch.stack(make_transform(baseline, config)(rows)["patch_scores"])).all()
+    weights = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        random.seed(before)
+        targs = TrainingArguments(output_dir=str(tmp_path / str(before)), per_device_train_batch_size=8, max_steps=2,
+                                  logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=5)
+        trainer = train(baseline, targs)
+        assert [h["beta"] for h in trainer.state.log_history if "loss" in h] == [0.0, 0.0]
+        weights.append(trainer.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(ValueError, match="MAE training reads map-style datasets; drop --streaming"):
+        train(MAEArguments(dataset=shapes_data, streaming=True, model_size="tiny", image_size=32, patch_size=8), targs)
