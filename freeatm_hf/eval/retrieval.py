@@ -9,7 +9,6 @@ from ..data.rows import one_caption, rgb
 from ..files import write_text_atomic
 
 
-@torch.no_grad()
 def retrieval_transform(size: int):
     """The whole image stretched to size × size, as the BLIP export's `BlipImageProcessor` does (its resample is
     written to match)."""
@@ -21,6 +20,7 @@ def retrieval_transform(size: int):
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+@torch.no_grad()
 def retrieval_scores(model, pixel_values, input_ids: torch.Tensor, attention_mask=None,
                      k_test: int = 128, batch_size: int = 64) -> torch.Tensor:
     """Image × text score matrix. A row's (or column's) ITC top `k_test` are re-ranked by ITM logit + ITC

@@ -52,6 +52,8 @@ def test_blip_protocol_runs_and_reranks_only_the_top_k():
     i2t, t2i = retrieval_scores(model, x, ids, k_test=2)
     del model.itm_logits
     assert i2t.shape == (4, 6) and t2i.shape == (6, 4)
+    # Scored without autograd: a graph over a whole test set's embeddings and re-rankings would hold them all.
+    assert not i2t.requires_grad and not t2i.requires_grad
     assert sizes == [2] * (4 + 6)  # two pairs re-ranked per image and per text
     r = recall_at_k(i2t, t2i, text_to_image=[0, 0, 1, 2, 3, 3])
     assert set(r) >= {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}
