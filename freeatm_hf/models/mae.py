@@ -132,13 +132,15 @@ def export_vit(model: MAEModel, folder, add_pooling_layer: bool = False):
     if missing or unexpected:
         raise RuntimeError(f"encoder weights do not map onto ViTModel: missing {missing}, unexpected {unexpected}")
     vit.save_pretrained(folder)
-    # The input pipeline the weights were trained with (ImageNet statistics, bicubic), not ViTImageProcessor's
-    # defaults (0.5 mean and std, bilinear), so that AutoImageProcessor feeds what the encoder expects.
+    # The input pipeline the weights were trained with (ImageNet statistics, MAE's bicubic crops), not
+    # ViTImageProcessor's defaults (0.5 mean and std, bilinear), so that AutoImageProcessor feeds what the encoder
+    # expects.
     from transformers import ViTImageProcessor
     from transformers.image_utils import PILImageResampling
 
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, training_interpolation
 
+    resample = PILImageResampling[training_interpolation("mae").upper()]
     ViTImageProcessor(size={"height": c.image_size, "width": c.image_size}, image_mean=list(IMAGENET_MEAN),
-                      image_std=list(IMAGENET_STD), resample=PILImageResampling.BICUBIC).save_pretrained(folder)
+                      image_std=list(IMAGENET_STD), resample=resample).save_pretrained(folder)
     return folder
