@@ -73,6 +73,8 @@ def training_info(training_args, optimizer: str | None = None) -> dict:
     keys = ("learning_rate", "weight_decay", "warmup_steps", "per_device_train_batch_size",
             "gradient_accumulation_steps", "num_train_epochs", "max_steps", "lr_scheduler_type", "seed", "bf16")
     info = {k: getattr(training_args, k) for k in keys}
+    # --max_steps overrides the epochs (Trainer then reads no num_train_epochs); the card states what bounded the run.
+    info.pop("num_train_epochs" if training_args.max_steps > 0 else "max_steps")
     info["optimizer"] = optimizer or str(getattr(training_args.optim, "value", training_args.optim))
     if "adam" in info["optimizer"]:
         info.update(adam_beta1=training_args.adam_beta1, adam_beta2=training_args.adam_beta2)
@@ -207,6 +209,11 @@ def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | 
         trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
     else:
         result = trainer.train(resume_from_checkpoint=resume)
+        # A run by epochs resumed from its last checkpoint trains no step: its metrics would be a zero-step run's.
+        done = resume and trainer.state.global_step <= steps_done(resume)
+        if done:
+            logger.info("%s holds all %d steps: nothing left to train, its model is saved", resume,
+                        trainer.state.global_step)
     trainer.save_model()
     if card and trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card

@@ -81,6 +81,10 @@ def test_the_card_records_the_optimizer_warm_up_betas_and_accumulation():
     lars = training_info(args, optimizer="lars")
     assert lars["optimizer"] == "lars" and "adam_beta2" not in lars
     assert training_info(args, optimizer="adamw")["adam_beta1"] == 0.9
+    # What bounded the run: the epochs, or --max_steps (which overrides them), not both.
+    assert info["num_train_epochs"] == 3 and "max_steps" not in info
+    steps = training_info(TrainingArguments(output_dir="unused", max_steps=10, use_cpu=True, report_to="none"))
+    assert steps["max_steps"] == 10 and "num_train_epochs" not in steps
 
 
 class _Payload:

@@ -6,8 +6,9 @@ from transformers import AutoModel, TrainerCallback, TrainingArguments
 
 
 def run_method(method, data, out, steps, **kw):
-    targs = TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, logging_steps=1,
-                              save_strategy="steps", save_steps=1, report_to="none", use_cpu=True, seed=0, **kw)
+    kw = {"per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 1, **kw}
+    targs = TrainingArguments(output_dir=str(out), max_steps=steps, logging_steps=1, report_to="none", use_cpu=True,
+                              seed=0, **kw)
     if method == "mae":
         from freeatm_hf.train.mae import MAEArguments, train
 
@@ -79,6 +80,20 @@ def test_rerunning_a_finished_run_trains_no_step_past_max_steps(tmp_path, shapes
     saved = AutoModel.from_pretrained(tmp_path).state_dict()
     assert all(torch.equal(checkpoint[k], saved[k]) for k in checkpoint)
     assert (tmp_path / "train_results.json").read_text() == metrics  # the training run's, kept
+
+
+def test_rerunning_a_finished_epoch_run_keeps_its_metrics(tmp_path, shapes_data):
+    """A run by epochs (no --max_steps) rerun with --resume_from_checkpoint true trains nothing: its model stays the
+    last checkpoint's and the metrics of the run that trained it are not replaced by a zero-step run's."""
+    kw = {"num_train_epochs": 1, "per_device_train_batch_size": 32, "save_strategy": "epoch"}
+    first = run_method("simclr", shapes_data, tmp_path, -1, **kw)
+    metrics = (tmp_path / "train_results.json").read_text()
+    again = run_method("simclr", shapes_data, tmp_path, -1, resume_from_checkpoint="true", **kw)
+    assert again.state.global_step == 2 == first.state.global_step  # 64 rows, 32 a batch
+    checkpoint = AutoModel.from_pretrained(tmp_path / "checkpoint-2").state_dict()
+    saved = AutoModel.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(checkpoint[k], saved[k]) for k in checkpoint)
+    assert (tmp_path / "train_results.json").read_text() == metrics
 
 
 def test_device_photometrics_apply_to_training_batches_and_evaluation_only_normalizes(tmp_path):
