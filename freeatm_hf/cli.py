@@ -39,6 +39,28 @@ def setup_logging():
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def parse_dataclasses(parser, argv: list[str]) -> tuple:
+    """`HfArgumentParser.parse_args_into_dataclasses`, with a mistyped flag named along with the flags it may have
+    meant (HfArgumentParser says only that some arguments were not used)."""
+    import difflib
+
+    known = {o for action in parser._actions for o in action.option_strings}
+    typed = [a.split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2]
+    unknown = [a for a in typed if a not in known]
+    if unknown:
+        # Suggested as the help lists them: underscored (not the dashed aliases), hidden flags left out.
+        offered = sorted({o for action in parser._actions if action.help != argparse.SUPPRESS
+                          for o in action.option_strings if o.startswith("--") and "-" not in o[2:]})
+
+        def hint(flag):
+            close = difflib.get_close_matches("--" + flag[2:].replace("-", "_"), offered, n=3, cutoff=0.75)
+            return f"{flag} (did you mean {' or '.join(close)}?)" if close else flag
+
+        raise ValueError(f"unknown flag{'s' if len(unknown) > 1 else ''}: {', '.join(map(hint, unknown))}; "
+                         f"{parser.prog} --help lists them")
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Examples in a description keep their lines; defaults are shown, but not "(default: None)", which says
     nothing the help text does not (it names what an unset option falls back to)."""
@@ -79,19 +101,21 @@ def main(argv: list[str] | None = None):
 def run(argv: list[str] | None = None):
     """The console script (and `python -m freeatm_hf[.generate|.train]`, `argv` then naming the command). A mistake
     in the command (the code raises ValueError or FileNotFoundError naming it: a resume with other settings, a
-    folder that is not a checkpoint, a missing flag) prints that message and exits 2, as argparse does;
-    FREEATM_TRACEBACK=1 shows the traceback too."""
+    folder that is not a checkpoint, a missing flag) prints that message and exits 2, as argparse does; a push that
+    cannot reach the Hub (`HubUnreachable`) says so and exits 1. FREEATM_TRACEBACK=1 shows the traceback too."""
     import os
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         main(argv)
-    except (ValueError, FileNotFoundError) as e:
-        if os.environ.get("FREEATM_TRACEBACK"):
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        from .hub.push import HubUnreachable  # imported here: huggingface_hub is not loaded for every command
+
+        if os.environ.get("FREEATM_TRACEBACK") or (isinstance(e, ConnectionError) and not isinstance(e, HubUnreachable)):
             raise
         command = " ".join(argv[0:2] if argv[0:1] in (["train"], ["eval"]) else argv[0:1])
         print(f"freeatm {command}: error: {e}\n(FREEATM_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1 if isinstance(e, HubUnreachable) else 2)  # the network's failure, not the command's
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ def make_parser():
 
 
 def parse(argv: list[str]):
+    from ..cli import parse_dataclasses
+
     parser = make_parser()
     if argv and argv[0].endswith((".yaml", ".yml")):
         # A recipe, optionally followed by overrides: `freeatm generate recipe.yaml --num_images 8`.
         argv = recipe_flags(read_recipe(argv[0])) + argv[1:]
-    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    (cfg,) = parse_dataclasses(parser, argv)
     return cfg
 
 

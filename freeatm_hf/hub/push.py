@@ -8,6 +8,7 @@ The token comes from the usual places (`HF_TOKEN`, `hf auth login`) and is never
 """
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,12 @@ class Pushed:
 
 def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", private: bool | None = None,
                 token: str | None = None, commit_message: str | None = None, revision: str | None = None,
-                private_flag: str = "--private") -> Pushed:
+                private_flag: str = "--private", retry: str | None = None) -> Pushed:
     """Create the repo (and the `revision` branch) if needed and upload `folder`, then in a second commit the
     files whose public copy differs (`public_files`); returns the repo id and the commit URL. A name without a
     namespace goes where the Hub puts it (the token's user), and the card and the note name that full id. The
-    local folder is left as it is, but for a note of where it went (`PUSHED_FILE`)."""
+    local folder is left as it is, but for a note of where it went (`PUSHED_FILE`). A Hub that cannot be reached
+    raises `HubUnreachable` saying how to push again (`retry`: the command, default `freeatm push …`)."""
     from .. import __version__
 
     folder = Path(folder)
@@ -81,27 +83,50 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
             logger.warning("%s: %s made from earlier weights, left out (and removed from the repo): push with "
                            "--exports to write them anew", folder, ", ".join(stale))
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
-    repo_id = create_repo(api, repo_id, repo_type, private, flag=private_flag)
-    if revision:  # the Hub takes commits only to a branch that exists
-        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
-    message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
-    public = public_files(folder, repo_id, repo_type)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
-                               commit_message=message, ignore_patterns=IGNORE + list(public)
-                               + (MODEL_IGNORE if repo_type == "model" else [])
-                               + [p for rel in stale for p in (rel, f"{rel}/**")],
-                               delete_patterns=synced(repo_type))
-    if public:
-        from huggingface_hub import CommitOperationAdd
+    with unreachable_said(folder, repo_id, repo_type, retry):
+        repo_id = create_repo(api, repo_id, repo_type, private, flag=private_flag)
+        if revision:  # the Hub takes commits only to a branch that exists
+            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+        message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
+        public = public_files(folder, repo_id, repo_type)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
+                                   commit_message=message, ignore_patterns=IGNORE + list(public)
+                                   + (MODEL_IGNORE if repo_type == "model" else [])
+                                   + [p for rel in stale for p in (rel, f"{rel}/**")],
+                                   delete_patterns=synced(repo_type))
+        if public:
+            from huggingface_hub import CommitOperationAdd
 
-        commit = api.create_commit(repo_id=repo_id, repo_type=repo_type, revision=revision,
-                                   operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
-                                               for path, data in public.items()],
-                                   commit_message=f"{message}: card")
-    _record_push(folder, repo_id, repo_type, revision)
-    url = getattr(commit, "commit_url", str(commit))
-    logger.info("pushed %s to %s (%s)", folder, repo_id, url)
-    return Pushed(repo_id, url)
+            commit = api.create_commit(repo_id=repo_id, repo_type=repo_type, revision=revision,
+                                       operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)
+                                                   for path, data in public.items()],
+                                       commit_message=f"{message}: card")
+        _record_push(folder, repo_id, repo_type, revision)
+        url = getattr(commit, "commit_url", str(commit))
+        logger.info("pushed %s to %s (%s)", folder, repo_id, url)
+        return Pushed(repo_id, url)
+
+
+class HubUnreachable(ConnectionError):
+    """The Hub could not be reached (no network, a wrong HF_ENDPOINT, offline mode): the folder is kept as it is."""
+
+
+@contextmanager
+def unreachable_said(folder: Path, repo_id: str, repo_type: str, retry: str | None = None):
+    """A push that cannot reach the Hub fails with one sentence naming the endpoint, the cause and the command
+    that pushes again (a rerun uploads only what the repo lacks), not a transport traceback from deep in httpx."""
+    import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors are what an unreachable Hub raises
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        yield
+    except (httpx2.TransportError, OfflineModeIsEnabled) as e:
+        if retry is None:
+            kind = "" if repo_type == "dataset" else f" --repo_type {repo_type}"
+            retry = f"freeatm push {folder} {repo_id}{kind}"
+        raise HubUnreachable(f"could not reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e}); nothing "
+                             f"here is lost: push again with `{retry}` when the Hub can be reached") from e
 
 
 def create_repo(api, repo_id: str, repo_type: str, private: bool | None, flag: str = "--private", **kwargs) -> str:
@@ -252,5 +277,7 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
                  f"cfg = timm.data.resolve_data_config({{}}, model=model)  # the input size, mean and std it "
                  f"was trained with\n```\n")
         card.save(str(Path(tmp) / "README.md"))
+        # The export lives in a temporary folder: pushing again starts from the checkpoint.
+        retry = f"freeatm push-model {folder} {source_repo} --timm" if source_repo else None
         return push_folder(tmp, repo_id, repo_type="model", private=private, token=token, revision=revision,
-                           commit_message="Upload the timm export of a freeatm_hf checkpoint")
+                           commit_message="Upload the timm export of a freeatm_hf checkpoint", retry=retry)

@@ -40,7 +40,7 @@ def parse(method: str, argv: list[str]):
     """TrainingArguments and the method's own arguments from flags (a recipe already spelled out by resolve_method)."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    from ..cli import HelpFormatter
+    from ..cli import HelpFormatter, parse_dataclasses
 
     if method not in METHODS:
         raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -68,7 +68,7 @@ def parse(method: str, argv: list[str]):
             action.help = TRAINER_HELP[action.dest]
         if action.dest in shown:
             action.shown_default = shown[action.dest]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_dataclasses(parser, argv)
 
 
 # Trainer's flags whose own help says what freeatm does not do.
@@ -97,7 +97,9 @@ def method_help_defaults(method: str) -> dict[str, str]:
 
 
 # Flags of the shared dataclass that the method does not read, and why.
-OTHER_METHODS_FLAGS = {"simclr": {"queue_size": "MoCo's queue", "momentum": "MoCo's key-encoder EMA"}}
+_CAPTIONS = {"real_text_column": "captions are BLIP's to learn from; this method reads the images"}
+OTHER_METHODS_FLAGS = {"simclr": {"queue_size": "MoCo's queue", "momentum": "MoCo's key-encoder EMA", **_CAPTIONS},
+                       "moco": _CAPTIONS, "mae": _CAPTIONS}
 
 
 def check_applicable(method: str, args, training_args, given: set[str]):
@@ -117,6 +119,8 @@ def check_applicable(method: str, args, training_args, given: set[str]):
         refuse(["min_attention_peak"], "--data_mode real reads no masks")
     if args.data_mode != "mix":
         refuse(["mix_ratio"], "read with --data_mode mix only")
+    if args.data_mode == "synthetic":
+        refuse(["real_image_column", "real_text_column"], "read with --data_mode real or mix only")
     if method in OPTIMIZER:
         if args.pooling == "image":
             refuse(["mask_mode", "mask_threshold", "min_visible", "min_attention_peak"],

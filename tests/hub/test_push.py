@@ -342,3 +342,41 @@ def test_a_checkpoint_resaved_sharded_or_whole_replaces_the_repos_weights(tmp_pa
         assert repo == here
         loaded = AutoModel.from_pretrained("me/simclr")
         assert torch.equal(loaded.backbone.conv1.weight, torch.full_like(loaded.backbone.conv1.weight, run))
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free once the socket closes: nothing listens there
+
+
+def test_a_push_that_cannot_reach_the_hub_says_so_in_one_line_with_the_command_to_push_again(dataset_dir, tmp_path):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    note = dataset_dir / ".freeatm" / "pushed.json"  # an earlier test's push may have left one
+    before = note.read_text() if note.exists() else None
+    res = run_cli(["push", str(dataset_dir), "unreached/scenes"], endpoint, tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"could not reach the Hub at {endpoint} (ConnectError" in res.stderr
+    assert f"push again with `freeatm push {dataset_dir} unreached/scenes` when" in res.stderr
+    assert (note.read_text() if note.exists() else None) == before  # no push noted
+
+
+def test_an_unreachable_timm_push_names_the_command_that_pushes_it_again(tmp_path, monkeypatch):
+    """The timm export is pushed from a temporary folder: pushing again starts from the checkpoint."""
+    import huggingface_hub.constants as c
+
+    from freeatm_hf.hub.push import HubUnreachable, push_folder, push_timm_export
+
+    from .test_stock_exports import checkpoint
+
+    checkpoint("mae", tmp_path / "ckpt")
+    monkeypatch.setattr(c, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    with pytest.raises(HubUnreachable, match=f"`freeatm push-model {tmp_path / 'ckpt'} me/enc --timm`"):
+        push_timm_export(tmp_path / "ckpt", "me/enc-timm", token="hf_test", source_repo="me/enc")
+    (tmp_path / "ckpt" / "README.md").write_text("# enc\n")
+    with pytest.raises(HubUnreachable, match=f"`freeatm push {tmp_path / 'ckpt'} me/enc --repo_type model`"):
+        push_folder(tmp_path / "ckpt", "me/enc", repo_type="model", token="hf_test")

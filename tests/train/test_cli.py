@@ -75,12 +75,21 @@ def test_flags_the_run_would_not_read_are_refused_and_the_other_methods_are_not_
                  ["mae", "--beta_max", "0.5", "--adam_beta1", "0.8"],
                  ["simclr", "--optimizer", "adamw", "--adam_beta1", "0.8", "--mask_threshold", "0.6"],
                  ["simclr", "--push_to_hub", "true", "--hub_revision", "exp1"],
-                 ["blip", "--data_mode", "mix", "--real_dataset", "r", "--mix_ratio", "0.3", "--grid", "4"]):
+                 ["blip", "--data_mode", "mix", "--real_dataset", "r", "--mix_ratio", "0.3", "--grid", "4",
+                  "--real_text_column", "text", "--real_image_column", "img"],
+                 ["moco", "--data_mode", "real", "--real_dataset", "r", "--real_image_column", "img"]):
         args, targs = parse(argv[0], argv[1:] + base)
         check_applicable(argv[0], args, targs, given_flags(argv[1:]))
     # An abbreviated flag would not be seen as given, and the method's own value would replace it.
-    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--learning_r', '0.1'\]"):
+    with pytest.raises(ValueError, match=r"unknown flag: --learning_r \(did you mean --learning_rate\?\); freeatm"):
         parse("simclr", ["--learning_r", "0.1"] + base)
+    # Named as the help lists them: underscored, and never a flag the method's help hides (MoCo's, for SimCLR).
+    with pytest.raises(ValueError, match=r"unknown flags: --backbon \(did you mean --backbone\?\), --queue_siz;"):
+        parse("simclr", ["--backbon=resnet18", "--queue_siz", "3"] + base)
+    with pytest.raises(ValueError, match=r"unknown flag: --num-image \(did you mean --num_images\?\)"):
+        from freeatm_hf.generate.cli import parse as parse_generate
+
+        parse_generate(["--output_dir", "o", "--num-image", "3"])
     with pytest.raises(SystemExit):
         parse("simclr", ["--help"])
     simclr_help = capsys.readouterr().out
@@ -89,6 +98,7 @@ def test_flags_the_run_would_not_read_are_refused_and_the_other_methods_are_not_
     moco_help = capsys.readouterr().out
     assert "--queue_size" in moco_help and "--momentum" in moco_help and "--pooling" in simclr_help
     assert "--queue_size" not in simclr_help and "--momentum " not in simclr_help
+    assert "--real_text_column" not in simclr_help + moco_help and "--real_image_column" in moco_help
 
 
 def test_a_recipe_key_made_moot_by_a_typed_flag_is_not_refused(tmp_path):
@@ -150,6 +160,9 @@ def test_an_unknown_method_is_named_with_the_known_ones():
     (["simclr", "--data_mode", "real", "--real_dataset", "r", "--min_attention_peak", "0.3"],
      r"--min_attention_peak \(--data_mode real reads no masks\)"),
     (["moco", "--mix_ratio", "0.3"], r"--mix_ratio \(read with --data_mode mix only\)"),  # synthetic, the default
+    (["blip", "--real_text_column", "text"], r"--real_text_column \(read with --data_mode real or mix only\)"),
+    (["simclr", "--data_mode", "mix", "--real_dataset", "r", "--real_text_column", "text"],
+     r"--real_text_column \(captions are BLIP's to learn from"),
     (["moco", "--optimizer", "sgd", "--adam_epsilon", "1e-6"], r"--adam_epsilon \(AdamW's, and the optimizer is sgd\)"),
     (["simclr", "--optimizer", "lars", "--adam_beta2", "0.9"], r"--adam_beta2 \(AdamW's, and the optimizer is lars\)"),
     (["simclr", "--pooling", "image", "--mask_mode", "soft"], r"--mask_mode \(--pooling image pools no masks"),
