@@ -55,7 +55,8 @@ def make_parser():
     k.add_argument("--image_column", default="image")
     k.add_argument("--label_column", default="label")
     k.add_argument("--image_size", type=int, default=None,
-                   help="default: a ViT checkpoint's own size (position embeddings are fixed), else 224")
+                   help="default: a ViT checkpoint's own size (position embeddings are fixed), else the size the "
+                        "checkpoint was trained at (its card facts), else 224")
     k.add_argument("--k", type=int, default=20, help="neighbours that vote")
     k.add_argument("--temperature", type=float, default=0.07, help="votes are weighted by exp(similarity / T)")
     k.add_argument("--batch_size", type=int, default=256)
@@ -72,7 +73,8 @@ def make_parser():
     f.add_argument("--image_column", default="image")
     f.add_argument("--label_column", default="label")
     f.add_argument("--image_size", type=int, default=None,
-                   help="default: a ViT checkpoint's own size (position embeddings are fixed), else 224")
+                   help="default: a ViT checkpoint's own size (position embeddings are fixed), else the size the "
+                        "checkpoint was trained at (its card facts), else 224")
     f.add_argument("--epochs", type=float, default=10)
     f.add_argument("--learning_rate", type=float, default=1e-3)
     f.add_argument("--batch_size", type=int, default=64)

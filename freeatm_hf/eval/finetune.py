@@ -1,8 +1,10 @@
 """End-to-end fine-tuning for image classification through transformers' Trainer, from a pretrained
-checkpoint: the ViT of an MAE checkpoint becomes a stock `ViTForImageClassification`; a CNN backbone gets a
-linear head. Top-1 on the test split goes into the checkpoint's results and card; the fine-tuned classifier is
-saved to `output_dir`."""
+checkpoint: the ViT of an MAE checkpoint becomes a stock `ViTForImageClassification`; a CNN backbone becomes a
+timm classifier of its architecture. Top-1 on the test split goes into the checkpoint's results and card; the
+fine-tuned classifier is saved to `output_dir` in its library's own layout, label names included, so it loads
+without freeatm_hf."""
 
+import copy
 import tempfile
 
 import torch
@@ -12,16 +14,36 @@ from ..data.rows import rgb
 
 
 class CNNClassifier(nn.Module):
-    """timm CNN backbone + global average pool + linear head; returns `{"loss", "logits"}` for Trainer."""
+    """The timm CNN with timm's own classifier head for `num_labels` (ResNet: global average pool + linear);
+    returns `{"loss", "logits"}` for Trainer. `model` is a plain timm model: `save_timm_classifier` writes it."""
 
     def __init__(self, backbone: nn.Module, num_labels: int):
         super().__init__()
-        self.backbone, self.head = backbone, nn.Linear(backbone.num_features, num_labels)
+        # A copy: the pretraining backbone (no pool, no classifier) stays as it was.
+        self.model = copy.deepcopy(backbone)
+        self.model.reset_classifier(num_labels, global_pool="avg")
 
     def forward(self, pixel_values, labels=None):
-        logits = self.head(self.backbone.forward_features(pixel_values).mean((2, 3)))
+        logits = self.model(pixel_values)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return {"loss": loss, "logits": logits}
+
+
+def save_timm_classifier(clf: CNNClassifier, folder, architecture: str, label_names: list[str], image_size: int):
+    """The fine-tuned CNN as a timm model folder (timm's `save_for_hf`): `timm.create_model("local-dir:folder",
+    pretrained=True)` is the classifier, its config naming the labels, and timm's data config states the
+    evaluation's preprocessing (a bilinear resize of the whole image to the side, ImageNet statistics)."""
+    from timm.models import save_for_hf
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    n = len(label_names)
+    cfg = {"architecture": architecture, "num_classes": n, "num_features": clf.model.num_features,
+           "global_pool": "avg", "label_names": list(label_names),
+           "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
+                              "std": list(IMAGENET_STD), "interpolation": "bilinear", "crop_pct": 1.0,
+                              "crop_mode": "squash", "num_classes": n, "tag": "freeatm_finetuned"}}
+    save_for_hf(clf.model, str(folder), model_config=cfg, safe_serialization=True)
 
 
 def finetune_training_args(output_dir: str, epochs: float, learning_rate: float, batch_size: int, seed: int = 0,
@@ -36,7 +58,7 @@ def finetune_training_args(output_dir: str, epochs: float, learning_rate: float,
                              logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}), **extra)
 
 
-def classification_model(model, num_labels: int):
+def classification_model(model, num_labels: int, label_names: list[str] | None = None):
     if hasattr(model, "backbone"):
         return CNNClassifier(model.backbone, num_labels)
     if hasattr(model, "vit"):
@@ -44,9 +66,12 @@ def classification_model(model, num_labels: int):
 
         from ..models.mae import export_vit
 
+        names = label_names or [f"LABEL_{i}" for i in range(num_labels)]
         with tempfile.TemporaryDirectory(prefix="freeatm-vit-") as folder:  # the weights are read into memory
             export_vit(model, folder)
-            return ViTForImageClassification.from_pretrained(folder, num_labels=num_labels)
+            return ViTForImageClassification.from_pretrained(
+                folder, num_labels=num_labels, id2label=dict(enumerate(names)),
+                label2id={name: i for i, name in enumerate(names)})
     raise TypeError(f"no classification fine-tuning for {type(model).__name__}")
 
 
@@ -65,7 +90,10 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
 
     train_ds, test_ds = labelled_splits(dataset, train_split, test_split, revision, image_column,
                                         label_column).values()
-    num_labels = int(max(max(train_ds[label_column]), max(test_ds[label_column]))) + 1
+    # A ClassLabel's classes, every one a logit (one absent from both splits too); plain ids up to the largest.
+    label_names = list(getattr(train_ds.features[label_column], "names", None) or [])
+    num_labels = len(label_names) or int(max(max(train_ds[label_column]), max(test_ds[label_column]))) + 1
+    label_names = label_names or [str(i) for i in range(num_labels)]
     norm = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
                            v2.RandomHorizontalFlip(), *norm])
@@ -77,7 +105,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     train_ds, test_ds = train_ds.with_transform(with_tf(train_tf)), test_ds.with_transform(with_tf(test_tf))
     pretrained = AutoModel.from_pretrained(model_dir)
     set_seed(seed)  # the new head's weights: Trainer seeds only after they exist
-    clf = classification_model(pretrained, num_labels)
+    clf = classification_model(pretrained, num_labels, label_names)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps=max_steps,
                                   use_cpu=use_cpu, per_device_eval_batch_size=batch_size)
     metric = load_metric("topk_accuracy")
@@ -89,9 +117,13 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     trainer = Trainer(model=clf, args=args, train_dataset=train_ds, eval_dataset=test_ds, compute_metrics=accuracy)
     trainer.train()
     top1 = trainer.evaluate()["eval_top1"]  # gathered over processes
-    # The fine-tuned classifier (MAE: a stock ViTForImageClassification folder; a CNN: the backbone and head's
-    # state dict in model.safetensors), as `eval segment` and `eval detect` keep theirs.
-    trainer.save_model(output_dir)
+    # The fine-tuned classifier, as `eval segment` and `eval detect` keep theirs: MAE's a stock
+    # ViTForImageClassification folder, a CNN's a timm model folder.
+    if isinstance(clf, CNNClassifier):
+        if trainer.is_world_process_zero():
+            save_timm_classifier(clf, output_dir, pretrained.config.backbone, label_names, image_size)
+    else:
+        trainer.save_model(output_dir)
     if not trainer.is_world_process_zero():
         return []
     results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,
@@ -99,3 +131,4 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     if update_card:
         record_results(model_dir, results, pretrained.config)
     return results
+

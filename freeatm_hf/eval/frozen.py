@@ -55,13 +55,16 @@ def feature_backbone(model):
 
 
 def checkpoint_image_size(model_dir: str, default: int = 224) -> int:
-    """The input side a checkpoint needs: a ViT's (MAE) own `image_size`, its position embeddings being fixed;
-    `default` for a CNN, which takes any size."""
+    """The input side a checkpoint is evaluated at: a ViT's (MAE) own `image_size`, its position embeddings being
+    fixed; for a CNN, which takes any size, the size it was trained at (its card facts, as its timm export states),
+    else `default`."""
     from transformers import AutoConfig
 
     from .. import models  # noqa: F401  (registers the freeatm configs)
+    from ..hub.export import trained_image_size
 
-    return int(getattr(AutoConfig.from_pretrained(model_dir), "image_size", None) or default)
+    size = getattr(AutoConfig.from_pretrained(model_dir), "image_size", None) or trained_image_size(model_dir)
+    return int(size or default)
 
 
 def distinct_splits(train_split: str, test_split: str, what: str = "the model was fine-tuned on"):

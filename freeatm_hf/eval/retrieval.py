@@ -171,17 +171,10 @@ def _carry_card_facts(model_dir, output_dir, dataset: str, split: str, steps: in
     import json
     from pathlib import Path
 
-    from ..hub.model_card import CARD_INFO_FILE, public_dataset_name
+    from ..hub.model_card import CARD_INFO_FILE, card_facts, public_dataset_name
 
-    source = Path(model_dir) / CARD_INFO_FILE
-    if not source.is_file() and not Path(model_dir).exists():  # a Hub model: its pushed facts
-        from huggingface_hub import hf_hub_download
-
-        try:
-            source = Path(hf_hub_download(model_dir, CARD_INFO_FILE))
-        except Exception:  # not a freeatm checkpoint, or out of reach: the card says less, nothing wrong
-            pass
-    facts = json.loads(source.read_text()) if source.is_file() else {"data": None, "training": None}
+    # A checkpoint that is not freeatm's, or out of reach: its card says less, nothing wrong.
+    facts = card_facts(model_dir) or {"data": None, "training": None}
     facts["training"] = {**(facts.get("training") or {}), "retrieval_finetune":
                          f"{public_dataset_name(dataset)} [{split}], {steps} steps at lr {learning_rate}"}
     write_text_atomic(Path(output_dir) / CARD_INFO_FILE, json.dumps(facts, indent=2, default=str))

@@ -19,12 +19,11 @@ INHERITED_CFG_KEYS = ("test_input_size", "test_crop_pct", "test_crop_mode", "lic
                       "paper_name", "hf_hub_id", "hf_hub_filename", "url", "notes", "description")
 
 
-def trained_image_size(folder: str | Path) -> int | None:
-    """The input side a checkpoint was trained at, from its card facts (`card_info.json`), when they say."""
-    from .model_card import CARD_INFO_FILE
+def trained_image_size(model: str | Path) -> int | None:
+    """The input side a checkpoint (folder or Hub id) was trained at, from its card facts, when they say."""
+    from .model_card import card_facts
 
-    path = Path(folder) / CARD_INFO_FILE
-    size = (json.loads(path.read_text()).get("data") or {}).get("image_size") if path.is_file() else None
+    size = ((card_facts(model) or {}).get("data") or {}).get("image_size")
     return int(size) if size else None
 
 

@@ -50,7 +50,7 @@ from transformers import ViTMAEForPreTraining            # the checkpoint loads 
 model = ViTMAEForPreTraining.from_pretrained("{repo}")
 # The encoder as a plain ViT (`freeatm push-model DIR {repo} --exports` puts it in the repo as vit/):
 from transformers import ViTForImageClassification, ViTModel
-encoder = ViTModel.from_pretrained("{repo}", subfolder="vit")
+encoder = ViTModel.from_pretrained("{repo}", subfolder="vit", add_pooling_layer=False)  # MAE has no pooler
 clf = ViTForImageClassification.from_pretrained("{repo}", subfolder="vit", num_labels=1000)  # to fine-tune
 # Stock timm (`freeatm push-model DIR {repo} --timm` publishes the encoder as {repo}-timm):
 import timm
@@ -135,7 +135,24 @@ def record_results(folder: str | Path, results: list[dict], config) -> bool:
         return False
     add_results(folder, results)
     write_model_card(folder, config)
+    logger.info("%s: %s recorded in %s and the card (README.md)", folder, ", ".join(r["metric"] for r in results),
+                RESULTS_FILE)
     return True
+
+
+def card_facts(model: str | Path) -> dict | None:
+    """A checkpoint's card facts (`CARD_INFO_FILE`: its data and training), from its folder or, for a Hub id, as
+    pushed; None when it has none (not a freeatm checkpoint) or the Hub cannot be reached."""
+    path = Path(model) / CARD_INFO_FILE
+    if not path.is_file() and not Path(model).exists():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(str(model), CARD_INFO_FILE))
+        except Exception as e:  # the facts only refine defaults and cards; their absence is said, not fatal
+            logger.info("%s: no card facts (%s)", model, e)
+            return None
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_model_card(folder: str | Path, config, data: dict | None = None, training: dict | None = None,

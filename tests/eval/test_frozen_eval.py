@@ -74,13 +74,18 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
     assert r["metric"] == "finetune_top1" and 0.0 <= r["value"] <= 1.0
     card = ModelCard.load(ckpt / "README.md")
     assert [e.metric_type for e in card.data.eval_results] == ["finetune_top1"]
-    # The fine-tuned classifier is kept; MAE's as a stock ViT classifier.
-    assert (tmp_path / "ft" / "model.safetensors").is_file()
+    # The fine-tuned classifier is kept, named labels and all: MAE's as a stock ViT classifier, a CNN's for timm.
+    names = ["circle", "square", "triangle", "star", "hexagon", "cross"]
     if method == "mae":
         from transformers import ViTForImageClassification
 
         clf = ViTForImageClassification.from_pretrained(tmp_path / "ft")
-        assert clf.config.num_labels >= 2
+        assert clf.config.id2label == dict(enumerate(names)) and clf.config.label2id["star"] == 3
+    else:
+        import timm
+
+        clf = timm.create_model(f"local-dir:{tmp_path / 'ft'}", pretrained=True)
+        assert clf.num_classes == 6 and clf.pretrained_cfg["label_names"] == names
 
 
 def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shapes, tmp_path):
@@ -91,6 +96,14 @@ def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shape
     tiny_checkpoint("mae").save_pretrained(mae)
     tiny_checkpoint("simclr").save_pretrained(cnn)
     assert checkpoint_image_size(str(mae)) == 32 and checkpoint_image_size(str(cnn)) == 224
+    # A CNN trained at 48 px (its card facts say so) is evaluated at 48, the size its timm export states.
+    from freeatm_hf.hub.export import export_checkpoint
+    from freeatm_hf.hub.model_card import write_model_card
+
+    write_model_card(cnn, tiny_checkpoint("simclr").config, data={"dataset": "me/scenes", "image_size": 48})
+    export_checkpoint(str(cnn), str(tmp_path / "timm"), "timm")
+    stated = json.loads((tmp_path / "timm" / "config.json").read_text())["pretrained_cfg"]["input_size"]
+    assert checkpoint_image_size(str(cnn)) == 48 == stated[-1]
     # No --image_size: a 32-px MAE would fail at 224 (fixed position embeddings).
     results = main(["knn", "--model", str(mae), "--dataset", labelled_shapes, "--k", "5", "--batch_size", "16",
                     "--device", "cpu", "--no_linear_probe"])
@@ -237,14 +250,13 @@ def test_frozen_eval_preprocesses_as_timm_does_for_the_checkpoints_export(method
 
 
 def test_finetuned_cnn_top1_is_its_accuracy_on_the_resized_test_images(labelled_shapes, tmp_path):
-    """The reported top-1 is recomputed from the saved classifier (backbone + linear head on the average-pooled
-    feature map) on the test split, resized as the protocol says; the head was trained, not left at its start."""
+    """The fine-tuned CNN is a timm model folder: timm alone loads the classifier with its label names, and its own
+    data config's transform of the test split gives back the reported top-1; the head was trained, not left at
+    its start."""
+    import timm
     import torch
     from datasets import load_dataset
-    from safetensors.torch import load_file
-    from torchvision.transforms import v2
 
-    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from freeatm_hf.eval.finetune import finetune_classification
 
     ckpt = tmp_path / "ckpt"
@@ -252,22 +264,18 @@ def test_finetuned_cnn_top1_is_its_accuracy_on_the_resized_test_images(labelled_
     (r,) = finetune_classification(str(ckpt), labelled_shapes, str(tmp_path / "ft"), image_size=32, max_steps=3,
                                    batch_size=16, learning_rate=0.05, update_card=False, use_cpu=True)
     assert (r["metric"], r["split"], r["task"]) == ("finetune_top1", "test", "image-classification")
-    state = load_file(tmp_path / "ft" / "model.safetensors")
-    backbone = tiny_checkpoint("simclr").backbone
-    backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
-    backbone.eval()
-    weight, bias = state["head.weight"], state["head.bias"]
-    assert weight.shape[0] == 6  # the six shapes
     test = load_dataset(labelled_shapes, split="test")
-    tf = v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    clf = timm.create_model(f"local-dir:{tmp_path / 'ft'}", pretrained=True).eval()
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["label_names"] == test.features["label"].names and clf.num_classes == 6  # the six shapes
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=clf))
     with torch.no_grad():
-        x = torch.stack([tf(im.convert("RGB")) for im in test["image"]])
-        logits = backbone.forward_features(x).mean((2, 3)) @ weight.T + bias
-    assert r["value"] == pytest.approx((logits.argmax(1) == torch.tensor(test["label"])).float().mean().item())
+        logits = clf(torch.stack([tf(im.convert("RGB")) for im in test["image"]]))
+    assert r["value"] == pytest.approx((logits.argmax(1) == torch.tensor(test["label"])).float().mean().item(),
+                                       abs=1.01 / len(test))  # PIL's resize against torchvision's: one image at most
     torch.manual_seed(0)  # the head's start: finetune_classification seeds it with its seed (0)
-    start = torch.nn.Linear(backbone.num_features, 6)
-    assert not torch.equal(start.weight, weight)
+    start = torch.nn.Linear(clf.num_features, 6)
+    assert not torch.equal(start.weight, clf.get_classifier().weight)
 
 
 def test_the_cnn_classifier_is_a_linear_head_on_the_average_pooled_feature_map():
@@ -276,13 +284,20 @@ def test_the_cnn_classifier_is_a_linear_head_on_the_average_pooled_feature_map()
     from freeatm_hf.eval.finetune import CNNClassifier, classification_model
 
     torch.manual_seed(0)
-    clf = classification_model(tiny_checkpoint("simclr").eval(), num_labels=4)
+    pretrained = tiny_checkpoint("simclr").eval()
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    clf = classification_model(pretrained, num_labels=4)
     assert isinstance(clf, CNNClassifier)
     x, labels = torch.randn(3, 3, 96, 96), torch.tensor([0, 3, 1])  # a 3 × 3 feature map
     out = clf(x, labels)
     with torch.no_grad():
-        feats = clf.backbone.forward_features(x).mean((2, 3))
-    torch.testing.assert_close(out["logits"], feats @ clf.head.weight.T + clf.head.bias)
+        feats = pretrained.backbone.forward_features(x).mean((2, 3))
+    head = clf.model.get_classifier()
+    torch.testing.assert_close(out["logits"], feats @ head.weight.T + head.bias)
+    with torch.no_grad():  # fine-tuning trains a copy: the pretrained model is left as it was
+        head.weight.add_(1.0)
+        next(clf.model.parameters()).add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in pretrained.state_dict().items())
     torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(out["logits"], labels))
     assert clf(x)["loss"] is None
     with pytest.raises(TypeError, match="no classification fine-tuning for"):

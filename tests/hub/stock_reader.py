@@ -38,7 +38,9 @@ from transformers import AutoImageProcessor, ViTModel
 proc = AutoImageProcessor.from_pretrained(path, subfolder=sub)  # the training input pipeline, not the defaults
 assert [round(v, 3) for v in proc.image_mean] == [0.485, 0.456, 0.406] and proc.resample == 3  # bicubic
 assert proc.size == {"height": 32, "width": 32}
-y = ViTModel.from_pretrained(path, subfolder=sub).eval()(pixel_values=x).last_hidden_state
+m, info = ViTModel.from_pretrained(path, subfolder=sub, add_pooling_layer=False, output_loading_info=True)
+assert not info["missing_keys"] and not info["unexpected_keys"], info  # as the card loads it: every weight is MAE's
+y = m.eval()(pixel_values=x).last_hidden_state
 """,
     "blip-retrieval": """
 from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor

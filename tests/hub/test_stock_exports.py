@@ -91,7 +91,7 @@ def test_push_model_exports_serves_the_vit_from_the_repo(tmp_path):
         files = hub.repos[("model", "me/mae-atm")]["files"]
     assert {"vit/config.json", "vit/model.safetensors", "model.safetensors", "README.md"} <= set(files)
     card = ModelCard(files["README.md"].decode())
-    assert 'ViTModel.from_pretrained("me/mae-atm", subfolder="vit")' in card.text
+    assert 'ViTModel.from_pretrained("me/mae-atm", subfolder="vit", add_pooling_layer=False)' in card.text
     repo = tmp_path / "repo"  # the repo as a user's snapshot_download would lay it out
     for rel, data in files.items():
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
