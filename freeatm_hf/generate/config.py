@@ -155,8 +155,8 @@ class GenerateConfig:
             self.prompt_mode = "file" if self.prompts_file else rec.get("prompt_mode", "scene")
         elif rec.get("prompt_mode") not in (None, self.prompt_mode) and self.prompt_mode != "file":
             # A model trained on its own captions (the shapes model) draws nothing sensible for ImageNet scenes.
-            logger.warning("%s was trained for %s prompts (its freeatm.json); %s prompts may name words it has "
-                           "never seen", self.pipeline, rec["prompt_mode"], self.prompt_mode)
+            logger.warning("pipeline %r was trained for %s prompts (its freeatm.json); %s prompts may name words it "
+                           "has never seen", self.pipeline, rec["prompt_mode"], self.prompt_mode)
         if self.prompts_file and self.prompt_mode != "file":
             raise ValueError(f"--prompts_file is read with --prompt_mode file (or auto), not {self.prompt_mode!r}")
         if self.prompt_mode not in ("scene", "photo", "shapes", "file"):

@@ -33,6 +33,8 @@ class PromptSource:
         if cfg.prompt_mode == "file":
             self.items = _read_prompts_file(cfg.prompts_file)
             self.label_names = None
+            if cfg._recommendation.get("prompt_mode") == "shapes":
+                _warn_unknown_shapes(self.items, cfg)
         elif cfg.prompt_mode == "shapes":
             from ..toy.world import ShapesPrompts, ShapesWorld
 
@@ -53,6 +55,18 @@ class PromptSource:
         # A prompts file is cycled; the generated modes draw a fresh prompt for every index.
         prompts = [self.items[i % len(self.items)] if isinstance(self.items, list) else self.items[i] for i in ids]
         return self.augmenter.many(prompts) if self.augmenter else prompts
+
+
+def _warn_unknown_shapes(prompts: list[Prompt], cfg: GenerateConfig):
+    """A model trained on shapes captions has never seen other words: their maps look like masks all the same."""
+    from ..toy.world import OBJECT_NAMES
+
+    unknown = sorted({o.name for p in prompts for o in p.objects} - set(OBJECT_NAMES))
+    if unknown:
+        logger.warning("pipeline %r was trained on shapes captions, whose objects are a colour and a shape (\"red circle\"); "
+                       "%s names %d it has never seen (%s): their maps will not find them",
+                       cfg.pipeline, cfg.prompts_file, len(unknown), ", ".join(map(repr, unknown[:8]))
+                       + (", ..." if len(unknown) > 8 else ""))
 
 
 def _read_prompts_file(path: str) -> list[Prompt]:

@@ -174,10 +174,9 @@ def prompt_language(pipeline: str) -> tuple[str, list[str]]:
     """(example prompt, known object names) for the prompts this pipeline understands: shapes-world captions
     for a model whose freeatm.json says so (the embedded shapes model), ImageNet scenes otherwise."""
     if _recommendation(pipeline).get("prompt_mode") == "shapes":
-        from freeatm_hf.toy.world import COLORS, SHAPES
+        from freeatm_hf.toy.world import OBJECT_NAMES
 
-        return ("a red circle and a small blue star on a striped background",
-                [f"{c} {s}" for c in COLORS for s in SHAPES])
+        return "a red circle and a small blue star on a striped background", list(OBJECT_NAMES)
     return ("a golden retriever with a tennis ball is playing in a park",
             LabelSpace.imagenet().vocabulary)
 
@@ -187,17 +186,20 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     pipeline = pipeline or os.environ.get("FREEATM_PIPELINE") or "default"
     cache = RowCache(dataset)
     example_prompt, vocabulary = prompt_language(pipeline)
+    rec = _recommendation(pipeline)
+    # The shapes model knows its object names only; a real model's vocabulary is open (ImageNet names are examples).
+    closed = rec.get("prompt_mode") == "shapes"
     # Where each tab's threshold starts: the one the pipeline's mask evaluation chose for live generation, and
     # the one the dataset's card states (its boxes') for browsing, else the same. "otsu" (a threshold per map)
     # is a box to tick next to the slider.
-    gen_choice = _recommendation(pipeline).get("threshold") or DEFAULT_THRESHOLD
+    gen_choice = rec.get("threshold") or DEFAULT_THRESHOLD
     browse_choice = dataset_threshold(dataset, default=gen_choice)
     threshold0, gen_otsu0 = (DEFAULT_THRESHOLD, True) if gen_choice == "otsu" else (float(gen_choice), False)
     browse_threshold0, browse_otsu0 = ((threshold0, True) if browse_choice == "otsu"
                                        else (float(browse_choice), False))
     # The attention peak below which an object was likely not drawn, as the dataset's card / the model recommends.
     browse_min_peak = generation_settings(dataset).get("min_attention_peak")
-    gen_min_peak = _recommendation(pipeline).get("min_attention_peak")
+    gen_min_peak = rec.get("min_attention_peak")
     state: dict = {}  # the pipeline, loaded once and shared; each session's last generation is in a gr.State
 
     def generator():
@@ -240,6 +242,10 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         names = names or detect_nouns(prompt, vocab)
         if not names:
             raise gr.Error("no known object noun found in the prompt: list the nouns to track")
+        unknown = [n for n in names if closed and n not in vocab]
+        if unknown:  # drawn all the same: the maps are shown, with the reason not to trust them
+            gr.Warning(f"the shapes model knows a colour and a shape (\"{vocab[0]}\"), not "
+                       f"{', '.join(map(repr, unknown))}: its maps for them will not find them")
         try:
             p = Prompt.from_nouns(prompt, names)
         except ValueError as e:
@@ -322,13 +328,16 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="freeatm space", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default=None, help="dataset folder or Hub id (default: the bundled example)")
-    p.add_argument("--pipeline", default=None, help="diffusers pipeline id or folder for live generation")
+    p.add_argument("--dataset", default=None,
+                   help="dataset folder or Hub id (default: $FREEATM_DATASET, else the bundled example)")
+    p.add_argument("--pipeline", default=None,
+                   help="diffusers pipeline id or folder for live generation (default: $FREEATM_PIPELINE, else the "
+                        "shipped shapes model)")
     # Unset, Gradio's own defaults apply: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Hub Space sets 0.0.0.0), else
     # 127.0.0.1:7860.
     p.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME, else 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
-    p.add_argument("--share", action="store_true")
+    p.add_argument("--share", action="store_true", help="also serve it at a temporary public gradio.live link")
     args = p.parse_args(argv)
     build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share)
 

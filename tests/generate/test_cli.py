@@ -221,6 +221,21 @@ def test_a_prompts_file_is_used_when_given_and_its_mistakes_are_named_by_line(tm
             PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(bad)]))
 
 
+def test_a_prompts_file_naming_objects_the_shapes_model_never_learned_is_warned_about(tmp_path, caplog):
+    from freeatm_hf.generate.run import PromptSource
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"text": "a dog on a lawn", "nouns": ["dog", "lawn"]}\n'
+                       '{"text": "a red circle on a plain background", "nouns": ["red circle"]}\n')
+    PromptSource(parse(["--output_dir", "x", "--prompts_file", str(prompts)]))  # the shapes model by default
+    assert "names 2 it has never seen ('dog', 'lawn')" in caplog.text
+    caplog.clear()
+    PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(prompts)]))  # open vocabulary
+    prompts.write_text('{"text": "a red circle and a small blue star", "nouns": ["red circle", "blue star"]}\n')
+    PromptSource(parse(["--output_dir", "x", "--prompts_file", str(prompts)]))
+    assert "never seen" not in caplog.text
+
+
 def test_num_objects_is_a_setting_of_scene_prompts_only(caplog):
     assert parse(["--output_dir", "x", "--pipeline", "tiny"]).settings()["num_objects"] == 2
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--num_objects", "3"]).num_objects == 3

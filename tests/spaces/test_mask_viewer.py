@@ -3,6 +3,7 @@
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -549,6 +550,14 @@ def test_live_generation_takes_the_limits_inclusively_and_gets_the_seed_and_step
     summary, objects = output[4], output[-1][2]
     assert [s["attention_peak"] for s in summary] == [round(float(o["attention_peak"]), 4) for o in objects]
     assert [s["likely_drawn"] for s in summary] == [likely_drawn(o["attention_peak"], cut) for o in objects]
+    # Listed nouns the shapes model never learned are drawn all the same, with a warning (a toast in the app);
+    # its own object names, listed, are not warned about.
+    with pytest.warns(UserWarning, match="not 'dog', 'lawn': its maps for them"):
+        generate("a dog on a lawn", "dog, lawn", 0, 2, 0.4, False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        generate(example, "red circle, blue star", 0, 2, 0.4, False)
+    assert not [w for w in seen if "shapes model knows" in str(w.message)]
 
 
 def test_stage_space_lays_out_the_space_with_the_package_and_its_requirements(tmp_path, monkeypatch):
