@@ -181,10 +181,13 @@ def write_shapes_coco(folder, num_train: int = 200, num_test: int = 100, size: i
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(description="Write the labelled shapes classification set (train/test).")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--num_train", type=int, default=300)
-    p.add_argument("--num_test", type=int, default=150)
-    p.add_argument("--size", type=int, default=64)
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.dataset",
+                                description="Write the labelled shapes classification set (train/test splits of "
+                                            "single-object scenes labelled by shape, six classes): an offline "
+                                            "dataset for `freeatm eval knn` and `eval finetune`.")
+    p.add_argument("--output_dir", required=True, help="the dataset folder to write")
+    p.add_argument("--num_train", type=int, default=300, help="training rows (default: 300)")
+    p.add_argument("--num_test", type=int, default=150, help="test rows (default: 150)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
     a = p.parse_args()
     print(write_labelled_shapes(a.output_dir, a.num_train, a.num_test, a.size))

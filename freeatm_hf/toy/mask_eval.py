@@ -47,12 +47,13 @@ class SplitRecords:
     scenes: int = 0
 
 
-def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier, **gen_kwargs) -> SplitRecords:
-    """Generate each scene's caption and judge the picture and its maps."""
+def collect(generate, specs, seeds, batch_size: int, classifier: ShapeClassifier, desc: str = "scenes",
+            **gen_kwargs) -> SplitRecords:
+    """Generate each scene's caption and judge the picture and its maps (`desc`: what the progress bar says)."""
     from tqdm.auto import tqdm
 
     rec = SplitRecords()
-    bar = tqdm(total=len(specs), desc="scenes", unit="scene")
+    bar = tqdm(total=len(specs), desc=desc, unit="scene")
     for start in range(0, len(specs), batch_size):
         chunk = specs[start : start + batch_size]
         out = generate([s.prompt() for s in chunk], seeds=seeds[start : start + batch_size], **gen_kwargs)
@@ -289,7 +290,7 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
         # Raw maps from the generator; the guided refinement is applied to the same maps offline, so both are
         # judged on identical pictures.
         val = collect(FreeATMGenerator(pipe, c, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,
-                      **kw)
+                      desc=f"validation, capture {list(c.down_factors)} {list(c.step_window)}", **kw)
         val_by_capture.append(val)
         for refine in REFINE_MODES:
             threshold, val_scores = choose_threshold(val, refine)
@@ -309,7 +310,7 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     guidance, val_by_guidance = [], {}
     for g in cfg.guidance_sweep:
         val = collect(FreeATMGenerator(pipe, chosen, refine="none"), val_specs, val_seeds, cfg.batch_size, classifier,
-                      **{**kw, "guidance_scale": g})
+                      desc=f"validation, guidance {g}", **{**kw, "guidance_scale": g})
         val_by_guidance[g] = val
         threshold, val_scores = choose_threshold(val, best["refine"])
         raw_threshold, _ = choose_threshold(val, "none")
@@ -328,7 +329,7 @@ def evaluate_masks(pipe, cfg: MaskEvalConfig, sweep: bool = False, capture=None)
     # The peak that flags undrawn objects, chosen on the validation scenes of the capture and guidance used.
     min_peak = choose_min_peak(chosen_val)
     test = collect(FreeATMGenerator(pipe, chosen, refine="none"), test_specs, list(range(len(test_specs))),
-                   cfg.batch_size, classifier, **kw)
+                   cfg.batch_size, classifier, desc="test", **kw)
     return {"config": asdict(cfg), "segmenter_ceiling_miou": round(segmenter_ceiling(), 4),
             "autoencoder_ceiling": autoencoder_ceiling(pipe.vae),
             "capture": {"down_factors": best["down_factors"], "step_window": best["step_window"],

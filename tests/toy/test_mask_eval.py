@@ -79,6 +79,42 @@ def test_maps_are_scored_whatever_their_scale(classifier):
     assert faint["miou_drawn"] == pytest.approx(r["miou_drawn"], abs=1e-3) and r["miou_drawn"] > 0.8
 
 
+def test_refined_maps_are_scored_whatever_their_scale(classifier):
+    # The guided filter is linear in the map, so its output keeps the map's scale: it too is scaled to [0, 1]
+    # before the thresholds apply.
+    r, faint = run({}, classifier, n=12, refine="guided"), run({"scale": 0.01}, classifier, n=12, refine="guided")
+    # Per-map Otsu cuts can hide a scale that leaked through: the same maps must be cut at the same threshold.
+    assert faint["threshold"] == r["threshold"]
+    assert faint["miou_drawn"] == pytest.approx(r["miou_drawn"], abs=1e-3) and r["miou_drawn"] > 0.8
+
+
+def test_collect_gives_each_batch_its_own_seeds_and_counts_scenes_with_extra_objects(classifier):
+    from dataclasses import replace
+
+    from freeatm_hf.toy.judge import judge_scene
+
+    world = ShapesWorld(seed=55)
+    # Captions naming only the first object of scenes drawn with three or more: two or more unrequested colours.
+    full = [s for s in world.scenes(40) if len(s.objects) >= 3][:5]
+    named = [replace(s, objects=s.objects[:1]) for s in full]
+    oracle = Oracle(world)
+    oracle.specs = {n.caption: f for n, f in zip(named, full)}
+    seen = []
+
+    def generate(prompts, seeds, **kw):
+        seen.append(list(seeds))
+        return oracle(prompts, seeds, **kw)
+
+    rec = collect(generate, named, [100 + i for i in range(5)], 2, classifier)
+    assert seen == [[100, 101], [102, 103], [104]]
+    images, _ = world.render(full)
+    extras = [judge_scene(img.numpy(), [(o.color, o.shape) for o in n.objects], classifier)[1]
+              for img, n in zip(images, named)]
+    assert max(len(e) for e in extras) >= 2  # else scenes and colours would count alike
+    assert rec.scenes == 5 and rec.extra_scenes == sum(bool(e) for e in extras)
+    assert [o.scene for o in rec.objects] == list(range(5))
+
+
 def test_foreground_detector_maps_are_exposed_by_the_swap_baseline(classifier):
     r = run({"foreground_only": True}, classifier)
     assert r["swap_baseline_miou"] > 0.2
@@ -163,16 +199,18 @@ def test_test_or_validation_scenes_from_the_training_world_are_refused(monkeypat
     from freeatm_hf.toy.model import shapes_pipeline
 
     pipe = shapes_pipeline()
+    # Small runs: were a refusal lost, the evaluation would run (and fail the test) in seconds, not minutes.
+    small = {"num_scenes": 2, "num_val": 2, "num_inference_steps": 1, "guidance_sweep": ()}
     for seed in (10_000, 9_999):  # no training facts: the default run's world, 10,000
         with pytest.raises(ValueError, match="would be the model's training scenes"):
-            evaluate_masks(pipe, MaskEvalConfig(seed=seed))
+            evaluate_masks(pipe, MaskEvalConfig(seed=seed, **small))
     # A model resumed with another seed: its first run (recorded before the seed was) trained on 10,000.
     facts = {"training": {"world_seed": 10_003, "runs": [{}, {"world_seed": 10_003}]}}
     monkeypatch.setattr(pipelines, "pipeline_recommendation", lambda p, revision=None: facts)
     with pytest.raises(ValueError, match="world seed 10003"):
-        evaluate_masks(pipe, MaskEvalConfig(seed=10_002))
+        evaluate_masks(pipe, MaskEvalConfig(seed=10_002, **small))
     with pytest.raises(ValueError, match=r"world seed 10000\); pick a seed away from \[10000, 10003\]"):
-        evaluate_masks(pipe, MaskEvalConfig(seed=10_000))
+        evaluate_masks(pipe, MaskEvalConfig(seed=10_000, **small))
 
 
 def test_guidance_sweep_picks_the_scale_with_the_best_miou_counting_undrawn_as_zero(tiny_pipe, monkeypatch):
@@ -371,3 +409,141 @@ def test_segmenter_ceiling_is_the_mean_iou_of_the_colour_masks_over_visible_obje
     ious = [_hand_iou(colour_masks(img.numpy())[o.color], m[k].numpy())
             for img, spec, m in zip(images, specs, masks) for k, o in enumerate(spec.objects) if m[k].any()]
     assert segmenter_ceiling(num_scenes=10, seed=12) == pytest.approx(np.mean(ious))
+
+
+# `evaluate_masks`' choices wired up with stand-in generations whose validation figures are known by construction:
+# each object's maps have exactly one threshold on the grid at which they match their object best.
+VAL_SEEDS_START = 10**6
+
+
+def _known_object(t_none, t_guided, drawn=True, mapped=True, shape_ok=True, peak=0.5):
+    """A drawn object whose unrefined map fits best (IoU 0.5: it covers the box's top half) only at `t_none`, and
+    whose refined map fits exactly only at `t_guided`: inside at t + 0.02, a ring around it at t - 0.02."""
+    gt = _box(2, 6, 2, 6) > 0
+    ring = (_box(1, 7, 1, 7) > 0) & ~gt
+    unrefined = np.where(_box(2, 4, 2, 6) > 0, t_none + 0.02, np.where(ring, t_none - 0.02, 0)).astype(np.float32)
+    refined = np.where(gt, t_guided + 0.02, np.where(ring, t_guided - 0.02, 0)).astype(np.float32)
+    if not drawn:
+        return ObjectRecord(0, "o", "circle", "red", False, False, None, None, np.zeros((8, 8), bool), peak)
+    return ObjectRecord(0, "o", "circle", "red", True, shape_ok, unrefined if mapped else None,
+                        refined if mapped else None, gt, peak)
+
+
+def _split(t_none, t_guided, good, missing=0, undrawn=0, wrong_shape=0, undrawn_peak=0.1):
+    """`good` objects matched only at the given thresholds (guided IoU 1, unrefined 0.5), `missing` drawn objects
+    without a map (IoU 0), `undrawn` ones; `wrong_shape` of the good ones drawn in the wrong shape. Drawn peaks
+    0.5, 0.6, …; undrawn ones at `undrawn_peak`."""
+    objs = [_known_object(t_none, t_guided, shape_ok=k >= wrong_shape, peak=0.5 + 0.1 * k) for k in range(good)]
+    objs += [_known_object(t_none, t_guided, mapped=False, peak=0.5) for _ in range(missing)]
+    objs += [_known_object(t_none, t_guided, drawn=False, peak=undrawn_peak) for _ in range(undrawn)]
+    for i, o in enumerate(objs):
+        o.scene = i
+    return SplitRecords(objs, 0, len(objs))
+
+
+@pytest.fixture
+def stand_in_evaluation(monkeypatch):
+    """`evaluate_masks` over two capture settings, (1, 2) and (1,), with `collect` answering from `splits`
+    ((down_factors, guidance scale, "val" | "test") → SplitRecords) and recording each call."""
+    import freeatm_hf.generate as generate
+    from freeatm_hf.generate import pipelines
+    from freeatm_hf.toy import mask_eval
+
+    calls, splits = [], {}
+
+    class StandInGenerator:
+        def __init__(self, pipe, capture=None, refine="none"):
+            self.capture = capture
+
+    def stand_in_collect(gen, specs, seeds, batch_size, classifier, **kw):
+        split = "val" if seeds[0] >= VAL_SEEDS_START else "test"
+        calls.append({"down_factors": tuple(gen.capture.down_factors), "guidance_scale": kw["guidance_scale"],
+                      "split": split, "captions": [s.caption for s in specs], "seeds": list(seeds)})
+        return splits[tuple(gen.capture.down_factors), kw["guidance_scale"], split]
+
+    monkeypatch.setattr(generate, "FreeATMGenerator", StandInGenerator)
+    monkeypatch.setattr(pipelines, "pipeline_recommendation", lambda p, revision=None: {})
+    monkeypatch.setattr(mask_eval, "collect", stand_in_collect)
+    monkeypatch.setattr(mask_eval, "sweep_settings", lambda pipe: [((1, 2), (0.0, 1.0)), ((1,), (0.0, 1.0))])
+    monkeypatch.setattr(mask_eval, "segmenter_ceiling", lambda: 1.0)
+    monkeypatch.setattr(mask_eval, "autoencoder_ceiling", lambda vae: {})
+
+    def evaluate(**cfg):
+        from types import SimpleNamespace
+
+        res = mask_eval.evaluate_masks(SimpleNamespace(vae=None), mask_eval.MaskEvalConfig(**cfg), sweep=True)
+        return res, calls
+
+    return evaluate, splits
+
+
+def _capture_sweep_splits(splits, guidance):
+    # Capture (1,) validates better (3 of 4 drawn objects matched, against 1 of 2), refined better than unrefined.
+    splits[(1, 2), guidance, "val"] = _split(0.3, 0.4, good=1, missing=1)
+    splits[(1,), guidance, "val"] = _split(0.35, 0.5, good=3, missing=1, undrawn=1, undrawn_peak=0.45)
+
+
+def test_the_chosen_capture_generates_the_test_scenes_and_sets_the_drawn_cut(stand_in_evaluation):
+    evaluate, splits = stand_in_evaluation
+    _capture_sweep_splits(splits, 4.0)
+    splits[(1,), 4.0, "test"] = _split(0.35, 0.5, good=2, undrawn=1)
+    res, calls = evaluate(num_scenes=3, num_val=2, guidance_scale=4.0)
+    assert res["capture"] == {"down_factors": [1], "step_window": [0.0, 1.0], "threshold": 0.5, "refine": "guided"}
+    assert [(c["down_factors"], c["split"]) for c in calls] == [((1, 2), "val"), ((1,), "val"), ((1,), "test")]
+    # Cut at the validated thresholds, the test maps match exactly (refined) and by half (unrefined).
+    assert res["test"]["miou_drawn"] == 1.0 and res["test_unrefined"]["miou_drawn"] == 0.5
+    # The drawn filter's cut comes from the chosen capture's validation scenes: midway between undrawn 0.45 and
+    # the lowest drawn peak, 0.5.
+    assert res["drawn_filter"]["min_attention_peak"] == pytest.approx(0.475)
+
+
+def test_guidance_sweep_generates_validation_scenes_at_each_scale_with_the_chosen_capture(stand_in_evaluation):
+    from freeatm_hf.toy.world import ShapesWorld
+
+    evaluate, splits = stand_in_evaluation
+    _capture_sweep_splits(splits, 4.0)
+    # Guidance 1.0 matches every drawn object but draws half of them; 6.0 matches 3 of 4 but draws 4 of 5. Counting
+    # undrawn objects as 0, 6.0 wins (0.6 against 0.5) though its mIoU over drawn objects is lower.
+    splits[(1,), 1.0, "val"] = _split(0.7, 0.75, good=4, undrawn=4)
+    splits[(1,), 6.0, "val"] = _split(0.6, 0.65, good=3, missing=1, undrawn=1, wrong_shape=2)
+    # Capture (1, 2) at the swept scales: what a sweep run with the wrong capture would see.
+    splits[(1, 2), 1.0, "val"] = splits[(1, 2), 6.0, "val"] = _split(0.2, 0.25, good=1, undrawn=3)
+    splits[(1,), 6.0, "test"] = _split(0.6, 0.65, good=2, undrawn=1)
+    res, calls = evaluate(num_scenes=3, num_val=2, guidance_scale=4.0, guidance_sweep=(1.0, 6.0), seed=40)
+
+    assert [(c["down_factors"], c["guidance_scale"], c["split"]) for c in calls] == [
+        ((1, 2), 4.0, "val"), ((1,), 4.0, "val"), ((1,), 1.0, "val"), ((1,), 6.0, "val"), ((1,), 6.0, "test")]
+    # Every scale is judged on the validation scenes (world seed + 1, seeds from 10⁶), the test on its own.
+    val_captions = [s.caption for s in ShapesWorld(seed=41).scenes(2)]
+    for c in calls[:-1]:
+        assert c["captions"] == val_captions and c["seeds"] == [VAL_SEEDS_START, VAL_SEEDS_START + 1]
+    assert calls[-1]["captions"] == [s.caption for s in ShapesWorld(seed=40).scenes(3)] and calls[-1]["seeds"] == [0, 1, 2]
+
+    rows = {r["guidance_scale"]: r for r in res["validation_guidance"]}
+    assert rows[1.0] == {"guidance_scale": 1.0, "threshold": 0.75, "threshold_unrefined": 0.7, "val_miou": 1.0,
+                         "val_drawn_share": 0.5, "val_miou_undrawn_as_zero": 0.5}
+    assert rows[6.0] == {"guidance_scale": 6.0, "threshold": 0.65, "threshold_unrefined": 0.6, "val_miou": 0.75,
+                         "val_drawn_share": 0.8, "val_miou_undrawn_as_zero": 0.6}
+    assert res["guidance_scale"] == 6.0
+    # The test scenes are cut where the winning scale's validation said, refined and unrefined alike.
+    assert res["capture"]["threshold"] == res["test"]["threshold"] == 0.65 and res["capture"]["refine"] == "guided"
+    assert res["test_unrefined"]["threshold"] == 0.6
+    assert res["test"]["miou_drawn"] == 1.0 and res["test_unrefined"]["miou_drawn"] == 0.5
+    # The drawn cut is learnt at the winning scale (undrawn peak 0.1, drawn from 0.5), not at the default one.
+    assert res["drawn_filter"]["min_attention_peak"] == pytest.approx(0.3)
+
+
+def test_sweep_settings_are_the_two_finest_resolutions_together_and_alone(monkeypatch):
+    from types import SimpleNamespace
+
+    from freeatm_hf.attention import unet
+    from freeatm_hf.toy.mask_eval import sweep_settings
+
+    windows = [(0.0, 1.0), (0.5, 1.0)]
+    # A mid block is not captured by default (`include_mid`), so its resolution is no candidate even when finest.
+    layers = {"down_blocks.1.attn2": 4, "up_blocks.0.attn2": 8, "up_blocks.2.attn2": 2, "mid_block.attn2": 1}
+    monkeypatch.setattr(unet, "cross_attention_factors", lambda m: layers)
+    assert sweep_settings(SimpleNamespace(unet=None)) == [(fs, w) for fs in ((2, 4), (2,), (4,)) for w in windows]
+    # One resolution: it alone, not listed twice.
+    monkeypatch.setattr(unet, "cross_attention_factors", lambda m: {"up_blocks.0.attn2": 2})
+    assert sweep_settings(SimpleNamespace(unet=None)) == [((2,), w) for w in windows]

@@ -57,9 +57,9 @@ def test_each_row_is_the_generators_picture_of_a_held_out_scene_under_its_captio
     from freeatm_hf.toy.model import shapes_pipeline
     from freeatm_hf.toy.world import ShapesWorld
 
-    for module in (pipelines, generator):  # a folder recommending its capture, and guidance 4.0 (overridden here)
-        monkeypatch.setattr(module, "pipeline_recommendation",
-                            lambda p, revision=None: {"guidance_scale": 4.0, "capture": {"down_factors": [1]}})
+    rec = {"guidance_scale": 4.0, "capture": {"down_factors": [1]}, "threshold": 0.3}
+    for module in (pipelines, generator):  # a folder recommending its capture, threshold, and guidance 4.0 (overridden here)
+        monkeypatch.setattr(module, "pipeline_recommendation", lambda p, revision=None: rec)
     torch.manual_seed(0)
     pipe = shapes_pipeline()
     grid = np.asarray(sc.showcase(pipe, num_scenes=1, seed=5, num_inference_steps=2, guidance_scale=1.5))
@@ -67,6 +67,21 @@ def test_each_row_is_the_generators_picture_of_a_held_out_scene_under_its_captio
     caption = Image.new("RGB", (grid.shape[1], sc.TEXT_H), "white")
     ImageDraw.Draw(caption).text((4, 2), spec.caption, fill=(0, 0, 0))
     assert np.array_equal(grid[: sc.TEXT_H], np.asarray(caption))
-    image = FreeATMGenerator(pipe, guidance_scale=1.5)([spec.prompt()], seeds=[0], num_inference_steps=2).images[0]
+    gen = FreeATMGenerator(pipe, guidance_scale=1.5)
+    out = gen([spec.prompt()], seeds=[0], num_inference_steps=2)
+    image, objs = out.images[0], out.objects[0]
     panel = np.asarray(image.resize((sc.CELL, sc.CELL), Image.NEAREST))
-    assert np.array_equal(grid[sc.TEXT_H : sc.TEXT_H + sc.CELL, : sc.CELL], panel)
+    row = grid[sc.TEXT_H : sc.TEXT_H + sc.CELL]
+    assert np.array_equal(row[:, : sc.CELL], panel)
+    # Then the masks at the folder's threshold, drawn on the enlarged picture; then each object's own heat map
+    # (below its label bar).
+    from freeatm_hf.viz import heatmap, overlay
+
+    assert gen.threshold == 0.3 and len(objs) >= 2
+    rows = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8)} for o in objs]
+    masks = overlay(image, rows, threshold=0.3, scale=sc.CELL // image.width, labels=False).resize((sc.CELL, sc.CELL))
+    assert np.array_equal(row[:, sc.CELL : 2 * sc.CELL], np.asarray(masks))
+    for k, o in enumerate(objs[: sc.MAX_OBJECTS]):
+        x = sc.CELL * (2 + k)
+        heat = np.asarray(heatmap(o.attention_uint8, (sc.CELL, sc.CELL)))
+        assert np.array_equal(row[12:, x : x + sc.CELL], heat[12:]), o.name

@@ -34,6 +34,9 @@ def test_table1_runs_end_to_end_and_writes_its_table(tmp_path):
     assert (tmp_path / "simclr-attention").is_dir() and (tmp_path / "simclr-attention-seed1").is_dir()
     assert json.loads((tmp_path / "table1.json").read_text()) == res
     assert (tmp_path / "table1.md").read_text().count("\n") == 5
+    # The README table shows the JSON's fractions as percentages, mean ± std over the seeds.
+    for r in res["rows"]:
+        assert f"| {r['pretraining']} | {100 * r['map']:.1f} ± {100 * r['map_std']:.1f} | " in (tmp_path / "table1.md").read_text()
 
 
 def test_table1_ablates_the_drawn_filter_with_a_row_trained_on_every_object(tmp_path):
@@ -104,3 +107,24 @@ def test_rendered_features_are_the_backbone_on_normalized_resized_renders():
     x = TF.resize(images.permute(0, 3, 1, 2).float() / 255, [32, 32], antialias=True)
     want = TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD)).mean((2, 3))
     assert feats.shape == (5, 3) and torch.allclose(feats, want, atol=1e-3)
+
+
+def test_probe_scores_each_presence_task_against_its_own_targets_on_held_out_scenes(monkeypatch):
+    from types import SimpleNamespace
+
+    from freeatm_hf.toy import table1
+
+    seen = []
+
+    def oracle_features(backbone, specs, world, image_size, device="cpu"):
+        # A backbone that sees exactly which shapes a scene holds, but only three of the six colours.
+        seen.append(specs)
+        return torch.cat([table1.presence_targets(specs), table1.presence_targets(specs, "color")[:, :3]], 1).float()
+
+    monkeypatch.setattr(table1, "rendered_features", oracle_features)
+    r = table1.probe(None, SimpleNamespace(num_probe_train=200, num_probe_test=100, image_size=32), "cpu")
+    train, test = seen
+    assert (len(train), len(test)) == (200, 100) and not set(train) & set(test)  # scored on scenes it never fit
+    assert r["map"] == pytest.approx(1.0) and r["exact_set_accuracy"] == pytest.approx(1.0)
+    # Three colours told apart (AP 1), three guessed (AP near their prevalence).
+    assert 0.55 < r["colour_map"] < 0.9

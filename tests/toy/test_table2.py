@@ -44,6 +44,15 @@ def test_table2_runs_end_to_end(tmp_path):
     assert all(0 <= r[k] <= 100 for r in res["rows"] for k in ("tr@1", "ir@1", "tr@5", "ir@5"))
     assert (tmp_path / "table2.md").is_file() and (tmp_path / "blip-position-retrieval" / "config.json").is_file()
     assert all(r["seeds"] == 1 and r["tr@1_std"] is None for r in res["rows"])
+    from datasets import load_dataset
+
+    test = load_dataset(str(tmp_path / "test_set"), split="test")
+    tuned = load_dataset(str(tmp_path / "finetune_set"), split="train")
+    # Tested on scenes the fine-tuning never saw, each followed by its mirror where the caption tells them apart.
+    seen = {np.asarray(i).tobytes() for i in tuned["image"]}
+    assert not any(np.asarray(i).tobytes() in seen for i in test["image"])
+    captions = test["caption"]
+    assert len(captions) > 4 and any(_mirrored(a) == b for a, b in zip(captions, captions[1:]))
 
 
 def test_table2_ablates_the_drawn_filter_with_prompts_for_every_object(tmp_path):
@@ -122,3 +131,7 @@ def test_a_mirrored_caption_swaps_left_and_right_only():
     for spec in ShapesWorld(seed=5).scenes(20):
         swapped = spatial_caption(spec).replace("left", "#").replace("right", "left").replace("#", "right")
         assert spatial_caption(spec, mirror=True) == swapped
+
+
+def _mirrored(caption):
+    return caption.replace("left", "#").replace("right", "left").replace("#", "right")

@@ -253,3 +253,33 @@ def test_the_saved_unet_is_the_ema_of_the_trained_one(tmp_path):
     main(["--output_dir", str(tmp_path / "ema"), *common])
     raw, ema = (load_file(str(tmp_path / run / "unet" / "diffusion_pytorch_model.safetensors")) for run in ("raw", "ema"))
     assert raw.keys() == ema.keys() and any(not torch.equal(raw[k], ema[k]) for k in raw)
+
+
+def test_training_draws_fresh_scenes_of_the_world_it_records_and_scales_latents_to_unit_variance(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from freeatm_hf.toy import world
+    from freeatm_hf.toy.train_t2i import main
+
+    drawn, World = [], world.ShapesWorld
+
+    class RecordingWorld(World):
+        def scenes(self, n, start=0):
+            drawn.append((self.seed, start, n))
+            return super().scenes(n, start)
+
+    monkeypatch.setattr(world, "ShapesWorld", RecordingWorld)
+    main(["--output_dir", str(tmp_path / "t2i"), "--vae_steps", "1", "--unet_steps", "1", "--batch_size", "2",
+          "--seed", "3"])
+    training = json.loads((tmp_path / "t2i" / "freeatm.json").read_text())["training"]
+    # Evaluation refuses the recorded world's scenes: it must be the one training drew from, batch after batch.
+    assert {seed for seed, _, _ in drawn} == {training["world_seed"]}
+    assert [(start, n) for _, start, n in drawn] == [(k, 2) for k in range(training["scene_start"],
+                                                                         training["scene_end"], 2)]
+    # Like SD's, the saved scaling factor makes the UNet's latents unit-variance (on scenes it never saw).
+    vae = AutoencoderKL.from_pretrained(tmp_path / "t2i" / "vae", torch_dtype=torch.float32)
+    images, _ = World(seed=training["world_seed"]).render(World(seed=training["world_seed"]).scenes(8, start=100))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        z = vae.encode(images.permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.sample()
+    assert (z * vae.config.scaling_factor).std().item() == pytest.approx(1.0, abs=0.05)
