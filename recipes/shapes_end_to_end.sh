@@ -25,8 +25,9 @@ freeatm train mae recipes/mae_cpu_smoke.yaml --dataset "$OUT/scenes" --output_di
 
 echo "== 3. kNN and linear probe on rendered shapes (6 classes, chance 16.7 %)"
 python -m freeatm_hf.toy.dataset --output_dir "$OUT/shapes_labelled" --num_train 120 --num_test 60
-freeatm eval knn --model "$OUT/simclr-atm" --dataset "$OUT/shapes_labelled" --image_size 64 --batch_size 32 --device cpu
-freeatm eval knn --model "$OUT/mae-atm" --dataset "$OUT/shapes_labelled" --image_size 32 --batch_size 32 --device cpu
+# Each at the size it was trained at (64 px, from the card facts; MAE its ViT's 32): no --image_size needed.
+freeatm eval knn --model "$OUT/simclr-atm" --dataset "$OUT/shapes_labelled" --batch_size 32 --device cpu
+freeatm eval knn --model "$OUT/mae-atm" --dataset "$OUT/shapes_labelled" --batch_size 32 --device cpu
 
 echo "== 4. push to a loopback Hub"
 PORT=$(python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
