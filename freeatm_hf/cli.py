@@ -111,7 +111,8 @@ def run(argv: list[str] | None = None):
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         from .hub.push import HubUnreachable  # imported here: huggingface_hub is not loaded for every command
 
-        if os.environ.get("FREEATM_TRACEBACK") or (isinstance(e, ConnectionError) and not isinstance(e, HubUnreachable)):
+        other_connection_error = isinstance(e, ConnectionError) and not isinstance(e, HubUnreachable)
+        if os.environ.get("FREEATM_TRACEBACK") or other_connection_error:
             raise
         command = " ".join(argv[0:2] if argv[0:1] in (["train"], ["eval"]) else argv[0:1])
         print(f"freeatm {command}: error: {e}\n(FREEATM_TRACEBACK=1 shows where it was raised)", file=sys.stderr)

@@ -131,4 +131,3 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     if update_card:
         record_results(model_dir, results, pretrained.config)
     return results
-

@@ -63,8 +63,8 @@ def _warn_unknown_shapes(prompts: list[Prompt], cfg: GenerateConfig):
 
     unknown = sorted({o.name for p in prompts for o in p.objects} - set(OBJECT_NAMES))
     if unknown:
-        logger.warning("pipeline %r was trained on shapes captions, whose objects are a colour and a shape (\"red circle\"); "
-                       "%s names %d it has never seen (%s): their maps will not find them",
+        logger.warning("pipeline %r was trained on shapes captions, whose objects are a colour and a shape "
+                       "(\"red circle\"); %s names %d it has never seen (%s): their maps will not find them",
                        cfg.pipeline, cfg.prompts_file, len(unknown), ", ".join(map(repr, unknown[:8]))
                        + (", ..." if len(unknown) > 8 else ""))
 
