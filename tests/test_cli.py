@@ -101,3 +101,18 @@ def test_an_option_whose_unset_value_the_help_explains_shows_no_default_none():
     assert "(default: None)" not in text
     assert "--revision REVISION Branch, tag or commit of a Hub pipeline (the commit it resolved to goes into the card). --num" in text
     assert "Number of images (rows) to generate. (default: 64)" in text
+
+
+def test_a_connection_error_other_than_the_hubs_keeps_its_traceback(monkeypatch):
+    """Only a push that cannot reach the Hub is the network's one-line failure; another lost connection (a
+    dataset server, a rendezvous) is a failure to debug, not a mistake in the command."""
+    import pytest
+
+    import freeatm_hf.cli as cli
+
+    def lost(argv):
+        raise ConnectionError("the dataset server closed the connection")
+
+    monkeypatch.setattr(cli, "main", lost)
+    with pytest.raises(ConnectionError, match="the dataset server closed"):
+        cli.run(["eval", "knn"])

@@ -94,3 +94,76 @@ def test_eval_masks_runs_the_configuration_given_and_writes_its_output(monkeypat
     assert (cfg.num_scenes, cfg.num_val, cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size, cfg.seed,
             tuple(cfg.guidance_sweep)) == (3, 2, 4, 2.5, 5, 11, (1.0, 3.0))
     assert json.loads(out.read_text()) == {"pipeline": "tiny", **result}
+
+
+def test_finetune_without_a_size_runs_at_the_checkpoints_own(monkeypatch, tmp_path):
+    """A 32-px MAE fine-tuned at eval's 224 would fail at its first batch (fixed position embeddings)."""
+    from tests.eval.test_frozen_eval import tiny_checkpoint
+
+    tiny_checkpoint("mae").save_pretrained(tmp_path)
+    ft = _record(monkeypatch, "freeatm_hf.eval.finetune", "finetune_classification", [])
+    main(["finetune", "--model", str(tmp_path), "--dataset", "D", "--output_dir", "O"])
+    assert [c["image_size"] for c in ft] == [32]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_retrieval_fine_tunes_with_the_flags_given_and_on_another_datasets_split_of_the_scored_name(monkeypatch):
+    """Another dataset's `test` split is not the scored one; its revision is not the scored dataset's either.
+    Fine-tuning settings left unset keep `finetune_retrieval`'s own defaults (BLIP's)."""
+    import inspect
+
+    import freeatm_hf.eval.retrieval as retrieval
+
+    signature, calls = inspect.signature(retrieval.finetune_retrieval), []
+
+    def fake(*args, **kwargs):
+        calls.append(dict(signature.bind(*args, **kwargs).arguments))
+        raise _Stop  # what follows loads the fine-tuned model
+
+    monkeypatch.setattr(retrieval, "finetune_retrieval", fake)
+    base = ["retrieval", "--model", "M", "--dataset", "D", "--revision", "r1", "--finetune_dir", "O",
+            "--image_size", "48", "--max_length", "20", "--batch_size", "2", "--device", "cpu",
+            "--image_column", "img", "--caption_column", "cap"]
+    with pytest.raises(_Stop):
+        main([*base, "--finetune_split", "test", "--finetune_dataset", "F", "--finetune_max_steps", "3"])
+    with pytest.raises(_Stop):
+        main([*base, "--finetune_split", "train", "--finetune_epochs", "2", "--finetune_lr", "0.5"])
+    same = {"model_dir": "M", "output_dir": "O", "image_column": "img", "caption_column": "cap", "image_size": 48,
+            "max_length": 20, "batch_size": 2, "use_cpu": True}
+    assert calls == [{**same, "dataset": "F", "split": "test", "max_steps": 3, "revision": None},
+                     {**same, "dataset": "D", "split": "train", "epochs": 2.0, "learning_rate": 0.5, "revision": "r1"}]
+
+
+def test_retrieval_scores_at_the_size_and_with_the_re_ranking_depth_given(monkeypatch, tmp_path):
+    import torch
+    from datasets import Dataset
+    from PIL import Image
+
+    import freeatm_hf.eval.retrieval as retrieval
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    model, tok = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32))
+    model.save_pretrained(tmp_path / "blip")
+    tok.save_pretrained(tmp_path / "blip")
+    rows = [{"image": Image.new("RGB", (40, 30), (60 * i, 0, 0)), "caption": f"square {i}"} for i in range(3)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "test-00000-of-00001.parquet"))
+    seen, scores = [], retrieval.retrieval_scores
+
+    def scored(model, pixel_values, *args, **kwargs):
+        batches = list(pixel_values)
+        seen.append(([tuple(b.shape) for b in batches], args, kwargs))
+        return scores(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "retrieval_scores", scored)
+    r = main(["retrieval", "--model", str(tmp_path / "blip"), "--dataset", str(tmp_path / "ret"), "--k_test", "2",
+              "--image_size", "48", "--batch_size", "2", "--device", "cpu"])
+    ((shapes, args, kwargs),) = seen
+    assert shapes == [(2, 3, 48, 48), (1, 3, 48, 48)]
+    assert args[2:] == (2, 2) and not kwargs  # k_test, batch_size
+    assert r["k_test"] == 2 and r["images"] == 3
+    assert torch.equal(args[0], tok([f"square {i}" for i in range(3)], padding="max_length", truncation=True,
+                                    max_length=35, return_tensors="pt").input_ids)

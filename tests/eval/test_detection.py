@@ -333,3 +333,72 @@ def test_a_finetune_is_its_seed_and_trains_only_the_stages_asked(shapes_coco, tm
     pretrained = model.backbone.state_dict()
     moved = {k.split(".")[0] for k, v in body.items() if k in pretrained and not torch.equal(v, pretrained[k])}
     assert moved == {"layer4"}
+
+
+def untrained_detection(model_dir, dataset, output_dir, **kwargs):
+    """`finetune_detection` with Trainer's training stubbed out and the AP left to a recorder (seconds, not
+    minutes): what was built, trained with and scored comes back."""
+    import transformers
+
+    import freeatm_hf.eval.detection as detection
+
+    seen = {}
+
+    def ap(detector, dataset, **kw):
+        seen["scored"] = (detector, dataset)
+        return {f"{kind}_{n}": 0.25 for kind in ("box", "mask") for n in ("map", "map_50", "map_75")}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.Trainer, "train", lambda self, *a, **k: seen.setdefault("trainer", self))
+        mp.setattr(detection, "coco_ap", ap)
+        results = detection.finetune_detection(str(model_dir), str(dataset), str(output_dir), use_cpu=True, **kwargs)
+    return results, seen
+
+
+def test_the_detector_takes_the_sizes_given_trains_by_sgd_with_momentum_and_is_scored_on_the_test_split(
+        shapes_coco, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    checkpoint().save_pretrained(ckpt)
+    results, seen = untrained_detection(ckpt, shapes_coco, tmp_path / "det", min_size=64, max_size=96,
+                                        learning_rate=0.01, update_card=False)
+    detector, scored = seen["scored"]
+    assert len(scored) == 3  # the test split's images, not the 6 it trained on
+    assert {r["split"] for r in results} == {"test"}
+    assert not (ckpt / "eval_results.json").exists()  # update_card=False
+    # Mask R-CNN's resize: the short side to min_size, unless the long side would pass max_size.
+    batch, _ = detector.eval().transform([torch.rand(3, 32, 32), torch.rand(3, 20, 80)])
+    assert batch.image_sizes == [(64, 64), (24, 96)]
+    # detectron's optimiser: SGD, momentum 0.9, weight decay 1e-4 on the weights (not on biases or norms).
+    optimizer = seen["trainer"].create_optimizer()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert {(g["lr"], g["momentum"]) for g in optimizer.param_groups} == {(0.01, 0.9)}
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 1e-4]
+
+
+def test_only_the_main_process_saves_scores_and_writes_the_card(shapes_coco, tmp_path, monkeypatch):
+    """Under `accelerate launch` every process trains; the others writing the weights or the card at the same time
+    would race the main one, and scoring the test split again on each would only waste their time."""
+    import transformers
+
+    monkeypatch.setattr(transformers.TrainingArguments, "process_index", property(lambda self: 1))  # rank 1 of 2
+    ckpt = tmp_path / "ckpt"
+    checkpoint().save_pretrained(ckpt)
+    results, seen = untrained_detection(ckpt, shapes_coco, tmp_path / "det", min_size=64, max_size=64)
+    assert results == [] and "scored" not in seen
+    assert not (tmp_path / "det" / "maskrcnn.pth").exists() and not (ckpt / "eval_results.json").exists()
+
+
+def test_coco_images_are_the_files_pixels_scaled_to_unit_range(shapes_coco):
+    """torchvision's detectors normalise with ImageNet statistics themselves: they take images in [0, 1]."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from freeatm_hf.eval.detection import coco_split
+
+    ds = coco_split(shapes_coco, "test", train=False)
+    for i in range(len(ds)):
+        image, _ = ds[i]
+        info = ds.coco.loadImgs(ds.ids[i])[0]
+        pixels = np.array(Image.open(Path(shapes_coco) / "images" / "test" / info["file_name"]).convert("RGB"))
+        torch.testing.assert_close(image.as_subclass(torch.Tensor), torch.from_numpy(pixels).permute(2, 0, 1) / 255)

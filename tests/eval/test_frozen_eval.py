@@ -302,3 +302,196 @@ def test_the_cnn_classifier_is_a_linear_head_on_the_average_pooled_feature_map()
     assert clf(x)["loss"] is None
     with pytest.raises(TypeError, match="no classification fine-tuning for"):
         classification_model(torch.nn.Linear(2, 2), 4)
+
+
+@pytest.fixture(scope="module")
+def oblong_digits(tmp_path_factory):
+    """Noise images wider than tall with plain int labels (no ClassLabel names); class 2 is in the test split only."""
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("oblong") / "digits"
+    (folder / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, labels in (("train", [0, 1, 0, 1]), ("test", [0, 2, 1])):
+        rows = [{"image": Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)), "label": y}
+                for y in labels]
+        Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return str(folder)
+
+
+def untrained_finetune(model_dir, dataset, output_dir, evaluate=False, **kwargs):
+    """`finetune_classification` with Trainer's training (and unless `evaluate`, its evaluation) stubbed out
+    (seconds, not minutes): the classifier is saved with its head as drawn; the Trainer comes back for inspection."""
+    import transformers
+
+    from freeatm_hf.eval.finetune import finetune_classification
+
+    trainers = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.Trainer, "train", lambda self, *a, **k: trainers.append(self))
+        if not evaluate:
+            mp.setattr(transformers.Trainer, "evaluate", lambda self, *a, **k: {"eval_top1": 0.5})
+        results = finetune_classification(str(model_dir), dataset, str(output_dir), image_size=32, use_cpu=True,
+                                          **kwargs)
+    return results, trainers[0]
+
+
+def test_a_finetune_on_int_labels_saves_a_timm_classifier_whose_config_preprocesses_as_the_test_split_was(
+        oblong_digits, tmp_path):
+    """Plain int labels: a logit for every class up to the largest of either split, named by its id. timm's own
+    eval transform, from the saved folder's data config, makes of each (non-square) test image the tensor that was
+    scored: the whole image squashed to the side, bilinear, ImageNet statistics."""
+    import timm
+    import torch
+    from datasets import load_dataset
+
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("simclr").save_pretrained(ckpt)
+    (r,), trainer = untrained_finetune(ckpt, oblong_digits, tmp_path / "ft", seed=5, update_card=False)
+    assert (r["split"], r["value"]) == ("test", 0.5)
+    assert trainer.args.seed == 5  # Trainer's own draws (data order, augmentation) follow the seed given
+    assert not (ckpt / "eval_results.json").exists()  # update_card=False
+    clf = timm.create_model(f"local-dir:{tmp_path / 'ft'}", pretrained=True).eval()
+    assert clf.num_classes == 3 and clf.pretrained_cfg["label_names"] == ["0", "1", "2"]
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=clf))
+    test = load_dataset(oblong_digits, split="test")
+    for i, image in enumerate(test["image"]):
+        scored, stock = trainer.eval_dataset[i]["pixel_values"], tf(image.convert("RGB"))
+        assert scored.shape == stock.shape == (3, 32, 32)
+        assert (scored - stock).abs().max().item() < 1.01 / 255 / 0.224  # PIL's rounding against torchvision's
+    x = torch.stack([trainer.eval_dataset[i]["pixel_values"] for i in range(len(test))])
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), trainer.model(x)["logits"])
+
+
+def test_the_finetuned_heads_start_is_its_seeds_whatever_was_drawn_before(oblong_digits, tmp_path):
+    """Trainer seeds only once the model exists: the head must be drawn after `finetune_classification` seeds."""
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("simclr").save_pretrained(ckpt)
+    heads = []
+    for before, seed in ((1, 0), (2, 0), (1, 3)):
+        torch.manual_seed(before)
+        untrained_finetune(ckpt, oblong_digits, tmp_path / f"ft{before}-{seed}", seed=seed, update_card=False)
+        heads.append(load_file(tmp_path / f"ft{before}-{seed}" / "model.safetensors")["fc.weight"])
+    assert heads[0].equal(heads[1]) and not heads[0].equal(heads[2])
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_only_the_main_process_saves_the_classifier_and_writes_the_card(method, oblong_digits, tmp_path,
+                                                                        monkeypatch):
+    """Under `accelerate launch` every process fine-tunes; the others writing the folder or the card at the same
+    time would race the main one."""
+    import transformers
+
+    monkeypatch.setattr(transformers.TrainingArguments, "process_index", property(lambda self: 1))  # rank 1 of 2
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint(method).save_pretrained(ckpt)
+    results, _ = untrained_finetune(ckpt, oblong_digits, tmp_path / "ft")
+    assert results == []
+    assert not any((tmp_path / "ft").glob("*.safetensors")) and not (tmp_path / "ft" / "config.json").exists()
+    assert not (ckpt / "eval_results.json").exists() and not (ckpt / "README.md").exists()
+
+
+def test_the_reported_top1_counts_the_classifiers_arg_max_on_the_scored_test_images(labelled_shapes, tmp_path):
+    """The test split relabelled with the (seeded, untrained) classifier's own arg-max: its top-1 is exactly 1,
+    whatever chance level the random head is at."""
+    import shutil
+
+    import timm
+    import torch
+    from datasets import load_dataset
+
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("simclr").save_pretrained(ckpt)
+    _, trainer = untrained_finetune(ckpt, labelled_shapes, tmp_path / "ft", update_card=False)
+    clf = timm.create_model(f"local-dir:{tmp_path / 'ft'}", pretrained=True).eval()
+    test = trainer.eval_dataset
+    with torch.no_grad():
+        predicted = clf(torch.stack([test[i]["pixel_values"] for i in range(len(test))])).argmax(1)
+    assert len(set(predicted.tolist())) > 1  # not one class for all: an arg-min would miss some
+    folder = tmp_path / "relabelled"
+    shutil.copytree(labelled_shapes, folder)
+    load_dataset(labelled_shapes, split="test").map(lambda r, i: {"label": int(predicted[i])}, with_indices=True
+                                                    ).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
+    (r,), _ = untrained_finetune(ckpt, str(folder), tmp_path / "ft2", evaluate=True, batch_size=8,
+                                 update_card=False)
+    assert r["value"] == 1.0
+
+
+def test_the_eval_transform_is_the_standard_imagenet_crop_of_torchvisions_own_weights():
+    """At 224 px the probes see what torchvision's ImageNet weights are evaluated on: the short side resized to
+    256 (224 / 0.875), the centre 224 × 224 crop, ImageNet statistics."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.models import ResNet50_Weights
+
+    from freeatm_hf.eval.frozen import eval_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    got, want = eval_transform(224)(image), ResNet50_Weights.IMAGENET1K_V1.transforms()(image)
+    assert got.shape == want.shape == (3, 224, 224)
+    assert (got - want).abs().max().item() < 1.01 / 255 / 0.224  # one 8-bit level: PIL's rounding against torch's
+
+
+def test_knn_alone_scores_the_test_split_and_leaves_the_card_alone_when_asked(labelled_shapes, tmp_path):
+    from freeatm_hf.eval.frozen import evaluate_frozen
+
+    tiny_checkpoint("simclr").save_pretrained(tmp_path)
+    results = evaluate_frozen(str(tmp_path), labelled_shapes, image_size=32, k=5, batch_size=32, linear=False,
+                              device="cpu", update_card=False)
+    assert [(r["metric"], r["split"], r["dataset"]) for r in results] == [("knn5_top1", "test", labelled_shapes)]
+    assert not (tmp_path / "eval_results.json").exists() and not (tmp_path / "README.md").exists()
+
+
+def test_a_label_column_of_floats_is_refused_as_no_class_index(oblong_digits, tmp_path):
+    """A regression target (or a score) in the label column would be cast to classes, 0.7 becoming class 0."""
+    from datasets import load_dataset
+
+    from freeatm_hf.eval.cli import main
+
+    (tmp_path / "data").mkdir()
+    for split in ("train", "test"):
+        ds = load_dataset(oblong_digits, split=split)
+        ds.map(lambda r: {"label": r["label"] + 0.5}).to_parquet(str(tmp_path / "data" / f"{split}-0.parquet"))
+    with pytest.raises(ValueError, match=r"column 'label' is Value\('float.*not a class index"):
+        main(["knn", "--model", str(tmp_path / "no-checkpoint-here"), "--dataset", str(tmp_path), "--image_size", "32"])
+
+
+def test_a_vits_own_size_wins_over_a_size_its_card_states(tmp_path):
+    """Its position embeddings are fixed: a card saying otherwise (a dataset's size, say) cannot change the input."""
+    from freeatm_hf.eval.frozen import checkpoint_image_size
+    from freeatm_hf.hub.model_card import write_model_card
+
+    model = tiny_checkpoint("mae")
+    model.save_pretrained(tmp_path)
+    write_model_card(tmp_path, model.config, data={"dataset": "me/scenes", "image_size": 48})
+    assert checkpoint_image_size(str(tmp_path)) == model.config.image_size == 32
+
+
+def test_an_image_column_of_file_paths_is_read_as_images(oblong_digits, tmp_path):
+    """A JSON Lines (or CSV) dataset names its images by path: the splits come back decoding them."""
+    import json
+
+    import numpy as np
+    from datasets import load_dataset
+
+    from freeatm_hf.eval.frozen import labelled_splits
+
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    (tmp_path / "files").mkdir()
+    for split in ("train", "test"):
+        lines = []
+        for i, row in enumerate(load_dataset(oblong_digits, split=split)):
+            path = tmp_path / "files" / f"{split}-{i}.png"
+            row["image"].save(path)
+            lines.append(json.dumps({"image": str(path), "label": row["label"]}))
+        (tmp_path / "ds" / "data" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    splits = labelled_splits(str(tmp_path / "ds"), "train", "test", None, "image", "label")
+    original = load_dataset(oblong_digits, split="test")
+    assert [np.asarray(r["image"]).tolist() for r in splits["test"]] == [np.asarray(im).tolist()
+                                                                         for im in original["image"]]

@@ -224,3 +224,67 @@ def test_extracted_features_are_the_global_average_pool_of_the_feature_map():
     assert fmap.shape[-2:] == (2, 2)  # a map to pool, not a single cell
     torch.testing.assert_close(feats, fmap.mean((2, 3)), atol=1e-5, rtol=1e-4)
     assert labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_top_k_accuracy_is_the_share_of_rows_whose_label_is_among_their_k_best_scores():
+    g = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(200, 10, generator=g), torch.randint(0, 10, (200,), generator=g)
+    ranks = (scores > scores.gather(1, labels[:, None])).sum(1)  # how many classes score above the label's
+    for k in (1, 5):
+        assert accuracy(scores, labels, topk=k) == pytest.approx((ranks < k).float().mean().item())
+    assert 0 < accuracy(scores, labels) < accuracy(scores, labels, topk=5) < 1
+
+
+def test_a_linear_probe_fits_on_two_training_rows():
+    """Two rows have a spread: the smallest training set a probe can standardize, and it separates them."""
+    x, y = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 2.0]]), torch.tensor([0, 1])
+    scores = linear_probe(x, y, x, num_classes=2, epochs=20)
+    assert torch.isfinite(scores).all() and scores.argmax(1).tolist() == [0, 1]
+
+
+def test_a_vits_feature_is_its_class_token_as_timm_pools_it():
+    """A token sequence (a ViT's `forward_features`) gives the class token's output: timm's own "token" pooling,
+    what its feature-only ViT returns."""
+    import numpy as np
+    import timm
+    from datasets import Dataset
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from freeatm_hf.eval.knn import extract_features
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    ds = Dataset.from_list([{"image": im, "label": i} for i, im in enumerate(images)])
+    tf = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                            num_classes=0, global_pool="token").eval()
+    feats, _ = extract_features(vit, ds, tf, batch_size=2, device="cpu", decode="pil")
+    with torch.no_grad():
+        torch.testing.assert_close(feats, vit(torch.stack([tf(im) for im in images])), atol=1e-5, rtol=1e-4)
+
+
+def test_images_stored_by_path_decode_on_the_device_as_on_the_pil_path(tmp_path):
+    """An image column of files (`datasets` keeps the path, no bytes) is read from disk for the device decoder."""
+    import numpy as np
+    import timm
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from freeatm_hf.eval.knn import extract_features
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, fmt in enumerate(("png", "jpg")):
+        paths.append(str(tmp_path / f"{i}.{fmt}"))
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[-1], quality=95)
+    ds = Dataset.from_dict({"image": paths, "label": [0, 1]}).cast_column("image", ImageFeature())
+    tf = v2.Compose([v2.PILToTensor(), v2.Resize(32, antialias=True), v2.ToDtype(torch.float32, scale=True)])
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    pil, _ = extract_features(net, ds, tf, batch_size=2, device="cpu", decode="pil")
+    tv, _ = extract_features(net, ds, tf, batch_size=2, device="cpu", decode="torchvision")
+    assert F.cosine_similarity(pil, tv).min() > 0.995  # PIL and torch resample a grey level apart

@@ -290,3 +290,34 @@ def test_reranked_pairs_score_their_itm_match_logit_plus_their_itc_similarity():
     for j in range(5):
         for i in sim[:, j].topk(2).indices.tolist():
             assert t2i[j, i].item() == pytest.approx((match[i, j] + sim[i, j]).item(), abs=1e-5)
+
+
+def test_retrieval_finetuning_at_another_size_trains_and_saves_the_model_at_that_size(tmp_path, monkeypatch):
+    """BLIP fine-tunes at 384 from its 224-px pretraining: the images are cropped to the size asked, and the saved
+    model takes that size (its position table interpolated to the new grid). Each row is its own image id, however
+    the rows are batched."""
+    import transformers
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import AutoModel
+
+    from freeatm_hf.eval.retrieval import finetune_retrieval
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    model, tok = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32, max_length=35))
+    model.save_pretrained(tmp_path / "blip")
+    tok.save_pretrained(tmp_path / "blip")
+    rows = [{"image": Image.new("RGB", (40, 40), (60 * i, 0, 0)), "caption": f"square {i}"} for i in range(2)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "train-00000-of-00001.parquet"))
+    seen = []
+    monkeypatch.setattr(transformers.Trainer, "train", lambda self, *a, **k: seen.append(self.train_dataset))
+    finetune_retrieval(str(tmp_path / "blip"), str(tmp_path / "ret"), str(tmp_path / "ft"), image_size=48,
+                       max_steps=1, batch_size=2, use_cpu=True)
+    assert seen[0][0]["pixel_values"].shape == (3, 48, 48)
+    # Its own row index, not its place in the (shuffled) batch it was fetched in.
+    assert [seen[0][i]["image_ids"] for i in range(len(rows))] == [0, 1]
+    after = AutoModel.from_pretrained(tmp_path / "ft")
+    patch = after.config.vision_config.patch_size
+    assert after.config.vision_config.image_size == 48
+    assert after.vision_model.embeddings.position_embedding.shape[1] == (48 // patch) ** 2 + 1

@@ -216,3 +216,78 @@ def test_a_prediction_outside_the_classes_is_refused_even_where_the_reference_is
 
     with pytest.raises(ValueError, match="labels must lie"):
         confusion_matrix(np.array([[IGNORE_INDEX, 0]]), np.array([[1, 0]]), 3)
+
+
+def untrained_segmentation(model_dir, dataset, output_dir, save=True, **kwargs):
+    """`finetune_segmentation` with Trainer's training (and unless `save`, its saving) stubbed out and the test
+    confusion left to a recorder (seconds, not minutes): the UperNet as built and what was scored come back."""
+    import transformers
+
+    import freeatm_hf.eval.segmentation as segmentation
+
+    seen = {}
+
+    def confusion(model, dataset, num_labels, **kwargs):
+        seen["scored"] = dataset
+        return torch.eye(num_labels, dtype=torch.long)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(transformers.Trainer, "train", lambda self, *a, **k: seen.setdefault("model", self.model))
+        if not save:
+            mp.setattr(transformers.Trainer, "save_model", lambda self, *a, **k: None)
+        mp.setattr(segmentation, "predict_confusion", confusion)
+        results = segmentation.finetune_segmentation(str(model_dir), str(dataset), str(output_dir), use_cpu=True,
+                                                     image_size=32, **kwargs)
+    return results, seen
+
+
+def test_the_new_heads_start_is_the_seeds_whatever_was_drawn_before(shapes_seg, tmp_path):
+    """Trainer seeds only once the model exists: UperNet's heads must be drawn after `finetune_segmentation`
+    seeds. Scored on the test split, the card left alone when asked."""
+    ckpt = tmp_path / "ckpt"
+    checkpoint().save_pretrained(ckpt)
+    heads = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        results, seen = untrained_segmentation(ckpt, shapes_seg, tmp_path / "seg", save=False, update_card=False)
+        heads.append({k: v for k, v in seen["model"].state_dict().items() if k.startswith("decode_head.")})
+    assert heads[0] and all(torch.equal(v, heads[1][k]) for k, v in heads[0].items())
+    assert len(seen["scored"]) == 4 and {r["split"] for r in results} == {"test"}
+    assert not (ckpt / "eval_results.json").exists()
+
+
+def test_only_the_main_process_scores_and_writes_the_card(shapes_seg, tmp_path, monkeypatch):
+    """Under `accelerate launch` every process trains; the others writing the card at the same time would race
+    the main one, and scoring the test split again on each would only waste their time."""
+    import transformers
+
+    monkeypatch.setattr(transformers.TrainingArguments, "process_index", property(lambda self: 1))  # rank 1 of 2
+    ckpt = tmp_path / "ckpt"
+    checkpoint().save_pretrained(ckpt)
+    results, seen = untrained_segmentation(ckpt, shapes_seg, tmp_path / "seg")
+    assert results == [] and "scored" not in seen
+    assert not (tmp_path / "seg" / "model.safetensors").exists() and not (ckpt / "eval_results.json").exists()
+
+
+def test_a_backbone_with_a_classifier_head_gives_its_feature_maps_and_drops_the_head():
+    """A timm CNN may carry an `fc` classifier the feature extractor has no place for: left out."""
+    from freeatm_hf.eval.segmentation import upernet_from_backbone
+
+    model = checkpoint()
+    model.backbone.fc = torch.nn.Linear(model.backbone.num_features, 10)
+    seg = upernet_from_backbone(model, num_labels=3, hidden_size=32).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(seg.backbone(x).feature_maps[-1], model.backbone.forward_features(x))
+
+
+def test_test_images_are_squashed_to_the_side_and_their_label_maps_kept_at_full_size():
+    """The model sees image_size × image_size (what batching needs, whatever the aspect ratio); the mIoU is
+    counted at each label map's own resolution."""
+    from PIL import Image
+
+    from freeatm_hf.eval.segmentation import _transforms
+
+    _, test_tf = _transforms(32, reduce_labels=False, num_labels=3)
+    x, y = test_tf(Image.new("RGB", (60, 40)), Image.fromarray(np.ones((40, 60), np.uint8)))
+    assert x.shape == (3, 32, 32) and y.shape == (40, 60)

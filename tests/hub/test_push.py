@@ -380,3 +380,24 @@ def test_an_unreachable_timm_push_names_the_command_that_pushes_it_again(tmp_pat
     (tmp_path / "ckpt" / "README.md").write_text("# enc\n")
     with pytest.raises(HubUnreachable, match=f"`freeatm push {tmp_path / 'ckpt'} me/enc --repo_type model`"):
         push_folder(tmp_path / "ckpt", "me/enc", repo_type="model", token="hf_test")
+
+
+def test_a_push_in_offline_mode_says_so_with_the_command_to_push_again(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 (left set from an offline run) stops huggingface_hub before any request: as unreachable a
+    Hub as a dead network, said the same way, with the cause kept for a traceback."""
+    import huggingface_hub.constants as c
+    import torch
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    from safetensors.torch import save_file
+
+    from freeatm_hf.hub.push import HubUnreachable, push_folder
+
+    (tmp_path / "ckpt").mkdir()  # what a push checks for: a card, a config, weights
+    for name, text in (("README.md", "# enc\n"), ("config.json", "{}")):
+        (tmp_path / "ckpt" / name).write_text(text)
+    save_file({"w": torch.zeros(1)}, tmp_path / "ckpt" / "model.safetensors")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubUnreachable, match=f"push again with `freeatm push {tmp_path / 'ckpt'} me/enc --repo_type "
+                                             "model` when") as raised:
+        push_folder(tmp_path / "ckpt", "me/enc", repo_type="model", token="hf_test")
+    assert isinstance(raised.value.__cause__, OfflineModeIsEnabled)

@@ -221,3 +221,20 @@ def test_main_hands_the_run_the_recipes_settings_without_the_token(tmp_path, mon
     assert targs.learning_rate == pytest.approx(0.3 * 8 / 256)  # the method's own where none is given
     assert targs.dataloader_pin_memory is (targs.device.type != "cpu")  # nothing to pin memory for on the CPU
     assert targs.hub_token is None and targs.push_to_hub is False
+
+
+def test_a_flags_dashed_spelling_is_no_unknown_flag():
+    """HfArgumentParser takes `--num-images` for `--num_images` (only the help leaves that spelling out)."""
+    from freeatm_hf.generate.cli import parse as parse_generate
+    from freeatm_hf.train.cli import parse
+
+    assert parse_generate(["--output-dir", "o", "--num-images", "3"]).num_images == 3
+    base = ["--dataset", "d", "--output-dir", "o", "--use_cpu", "true"]
+    _, targs = parse("simclr", ["--learning-rate", "0.5", *base])
+    assert (targs.learning_rate, targs.output_dir) == (0.5, "o")
+    # A dashed typo is matched as its underscored spelling: the same flags are offered for both.
+    with pytest.raises(ValueError, match="did you mean --data_mode") as dashed:
+        parse("simclr", ["--data-mod", "real", *base])
+    with pytest.raises(ValueError) as underscored:
+        parse("simclr", ["--data_mod", "real", *base])
+    assert str(dashed.value).replace("--data-mod", "--data_mod") == str(underscored.value)
