@@ -4,7 +4,8 @@
     python -m freeatm_hf.toy.train_t2i --output_dir /tmp/smoke --vae_steps 3 --unet_steps 3 --batch_size 4  # CPU
 
 Stage 1 fits the small VAE (reconstruction + a tiny KL), stage 2 trains UNet and text encoder jointly with
-v-prediction and 10 % caption dropout (for classifier-free guidance); an EMA of the UNet is what gets saved.
+v-prediction (the scheduler's prediction type) and 10 % caption dropout (for classifier-free guidance); an EMA of
+the UNet is what gets saved.
 `--decoder_steps` fine-tunes the VAE decoder alone (as SD's ft-MSE decoders were made): the encoder, and so the
 latent space the UNet has learned, stays fixed, so this also improves an already trained model's pictures.
 Every scene is new (no epochs, no overfitting). The run stops at `--max_minutes` and always writes a
@@ -54,6 +55,40 @@ def make_parser():
     return p
 
 
+WARMUP_STEPS = 200  # of the UNet stage's learning rate
+
+
+def unet_lr_factor(step: int, share: float, schedule: str, warmup: int = WARMUP_STEPS) -> float:
+    """The UNet stage's learning rate over its peak: a linear warm-up over the first `warmup` steps, then constant
+    or a cosine decay to 0 by `share`, the part of the stage done (by steps or by the clock)."""
+    decay = 0.5 * (1 + math.cos(math.pi * min(share, 1.0))) if schedule == "cosine" else 1.0
+    return min(1.0, (step + 1) / warmup) * decay
+
+
+def drop_captions(ids: torch.Tensor, empty: torch.Tensor, p: float) -> torch.Tensor:
+    """Each row of token ids replaced by the empty caption's with probability `p`: the unconditional prediction
+    that classifier-free guidance subtracts is learned on those."""
+    drop = torch.rand(len(ids), device=ids.device) < p
+    return torch.where(drop[:, None], empty.to(ids.device), ids)
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict from `scheduler.add_noise(latents, noise, t)`: what the scheduler reads its
+    output as when sampling (its `prediction_type`)."""
+    check_prediction_type(scheduler)
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    return noise if kind == "epsilon" else latents
+
+
+def check_prediction_type(scheduler):
+    kind = scheduler.config.prediction_type
+    if kind not in ("v_prediction", "epsilon", "sample"):
+        raise ValueError(f"the scheduler's prediction_type {kind!r} is not one this script trains "
+                         "(v_prediction, epsilon or sample)")
+
+
 def main(argv=None):
     from accelerate import Accelerator
     from diffusers import DiffusionPipeline
@@ -63,7 +98,10 @@ def main(argv=None):
     from .model import shapes_components, shapes_pipeline, update_model_folder
     from .world import ShapesWorld
 
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.caption_dropout <= 1:
+        parser.error(f"--caption_dropout {args.caption_dropout}: a share, between 0 and 1")
     from ..cli import setup_logging
 
     setup_logging()
@@ -87,6 +125,7 @@ def main(argv=None):
         comps = shapes_components(seed=args.seed)
     vae, unet, text_encoder, tokenizer, scheduler = (comps[k] for k in ("vae", "unet", "text_encoder", "tokenizer",
                                                                          "scheduler"))
+    check_prediction_type(scheduler)  # before any stage trains (a resumed folder's scheduler may be another's)
     world = ShapesWorld(seed=TRAIN_WORLD_OFFSET + args.seed)  # training scenes; evaluation refuses this seed
     # Each process draws its own range of scene indices; a resumed run starts past every scene drawn before.
     first_scene = next_scene(previous)
@@ -163,21 +202,15 @@ def main(argv=None):
     # Stage 2: UNet + text encoder.
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
-    warmup = 200
     done = [0.0]  # share of the UNet stage done, updated every step
-
-    def lr_factor(s):
-        decay = 0.5 * (1 + math.cos(math.pi * min(done[0], 1.0))) if args.lr_schedule == "cosine" else 1.0
-        return min(1.0, (s + 1) / warmup) * decay
 
     # Not prepared: accelerate would step a prepared scheduler once per process at every optimizer step, and the
     # warm-up would end num_processes times too early.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: unet_lr_factor(s, done[0], args.lr_schedule))
     unet, text_encoder, opt = acc.prepare(unet, text_encoder, opt)
     # Warm-up keeps the random initial weights from lingering in the EMA of a short (CPU) run.
     ema = EMAModel(acc.unwrap_model(unet).parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     ema.to(acc.device)
-    alphas = scheduler.alphas_cumprod.to(acc.device)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     step = 0
 
@@ -233,16 +266,13 @@ def main(argv=None):
         x, captions = batch()
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(acc.device)
-        drop = torch.rand(len(ids), device=acc.device) < args.caption_dropout
-        ids = torch.where(drop[:, None], empty.to(acc.device), ids)
+        ids = drop_captions(ids, empty, args.caption_dropout)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
         noise = torch.randn_like(latents)
-        t = torch.randint(0, len(alphas), (len(latents),), device=acc.device)
-        a = alphas[t].sqrt().view(-1, 1, 1, 1)
-        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-        noisy = a * latents + s * noise
-        target = a * noise - s * latents  # v-prediction
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), device=acc.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        target = training_target(scheduler, latents, noise, t)
         with acc.autocast():
             cond = text_encoder(ids)[0]
             pred = unet(noisy, t, encoder_hidden_states=cond).sample

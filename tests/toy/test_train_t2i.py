@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -216,18 +217,96 @@ def test_saved_configs_drop_the_training_machines_paths_and_load_the_text_encode
 
 
 def test_the_scheduler_reads_the_unet_as_the_velocity_training_teaches():
-    """train_t2i teaches v = sqrt(a)·noise − sqrt(1 − a)·x0; the shapes scheduler, given that v, recovers x0."""
+    """What the UNet is taught, from the noisy latents it is shown, is what the shapes scheduler reads its output as:
+    given that target, a sampling step recovers the clean latents exactly (v = sqrt(a)·noise − sqrt(1 − a)·x0)."""
     from freeatm_hf.toy.model import shapes_components
+    from freeatm_hf.toy.train_t2i import training_target
 
     sched = shapes_components()["scheduler"]
     sched.set_timesteps(25)
     g = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
-    for t in sched.timesteps[[3, 12, 20]]:
-        a = sched.alphas_cumprod[t]
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v = a.sqrt() * noise - (1 - a).sqrt() * x0
-        assert torch.allclose(sched.step(v, t, noisy).pred_original_sample, x0, atol=1e-4)
+    x0, noise = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    t = sched.timesteps[[3, 12, 20]]
+    noisy, target = sched.add_noise(x0, noise, t), training_target(sched, x0, noise, t)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(target, a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-6)
+    for i, ti in enumerate(t):
+        assert torch.allclose(sched.step(target[i:i + 1], ti, noisy[i:i + 1]).pred_original_sample, x0[i:i + 1],
+                              atol=1e-4)
+
+
+def test_the_training_target_follows_the_schedulers_prediction_type():
+    from diffusers import DDIMScheduler
+
+    from freeatm_hf.toy.train_t2i import training_target
+
+    x0, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    for kind, want in (("epsilon", noise), ("sample", x0)):
+        sched = DDIMScheduler(prediction_type=kind, clip_sample=False)
+        sched.set_timesteps(10)
+        assert torch.equal(training_target(sched, x0, noise, t), want)
+        noisy = sched.add_noise(x0, noise, t)
+        assert torch.allclose(sched.step(want[:1], t[0], noisy[:1]).pred_original_sample, x0[:1], atol=1e-3)
+    sched.register_to_config(prediction_type="flow")
+    with pytest.raises(ValueError, match="prediction_type 'flow'"):
+        training_target(sched, x0, noise, t)
+
+
+def test_a_resumed_folder_whose_scheduler_this_script_cannot_train_is_refused_before_training(trained, tmp_path,
+                                                                                              caplog):
+    import logging
+    import shutil
+
+    from freeatm_hf.toy.train_t2i import main
+
+    folder = tmp_path / "other"
+    shutil.copytree(trained, folder)
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "flow"}))
+    caplog.set_level(logging.INFO, "freeatm_hf.toy.train_t2i")
+    with pytest.raises(ValueError, match="prediction_type 'flow'"):
+        main(["--output_dir", str(tmp_path / "out"), "--resume_from", str(folder), "--decoder_steps", "1",
+              "--unet_steps", "1", "--batch_size", "2"])
+    assert "decoder step" not in caplog.text  # not after a stage's training
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_unet_learning_rate_warms_up_linearly_then_holds_or_decays_by_the_share_done():
+    from freeatm_hf.toy.train_t2i import WARMUP_STEPS, unet_lr_factor
+
+    assert WARMUP_STEPS == 200
+    for s in (0, 49, 198):
+        assert unet_lr_factor(s, 0.0, "constant") == pytest.approx((s + 1) / 200)
+        assert unet_lr_factor(s, 0.0, "cosine") == pytest.approx((s + 1) / 200)
+    for share in (0.0, 0.25, 0.5, 0.9):
+        assert unet_lr_factor(5000, share, "constant") == 1.0
+        assert unet_lr_factor(5000, share, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * share)))
+    assert unet_lr_factor(99, 0.5, "cosine", warmup=100) == pytest.approx(0.5)
+    # A stage past its clock decays to 0, not back up the cosine.
+    assert unet_lr_factor(10**6, 1.7, "cosine") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_captions_are_dropped_to_the_empty_one_at_the_given_rate():
+    from freeatm_hf.toy.train_t2i import drop_captions
+
+    ids, empty = torch.arange(1, 4001).view(1000, 4), torch.tensor([[7, 0, 0, 0]])
+    assert torch.equal(drop_captions(ids, empty, 0.0), ids)
+    assert torch.equal(drop_captions(ids, empty, 1.0), empty.expand(1000, 4))
+    torch.manual_seed(0)
+    out = drop_captions(ids, empty, 0.1)
+    dropped = (out == empty).all(1)
+    assert torch.equal(out[~dropped], ids[~dropped])
+    assert 60 < dropped.sum() < 140
+
+
+def test_a_caption_dropout_outside_0_to_1_is_refused(tmp_path, capsys):
+    from freeatm_hf.toy.train_t2i import main
+
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(SystemExit) as e:
+            main(["--output_dir", str(tmp_path / "out"), "--caption_dropout", bad, "--vae_steps", "0",
+                  "--unet_steps", "0", "--batch_size", "2"])
+        assert e.value.code == 2 and f"--caption_dropout {float(bad)}" in capsys.readouterr().err
 
 
 def test_evaluation_refuses_the_scenes_the_model_was_trained_on(trained):
