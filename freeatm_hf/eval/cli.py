@@ -114,7 +114,7 @@ def make_parser():
     d.add_argument("--trainable_layers", type=int, default=3)
     d.add_argument("--device", default=None, help="'cpu' forces the CPU; default: the GPU when there is one")
 
-    r = add("retrieval", help="image-text retrieval TR/IR@1/5/10 (BLIP protocol: ITC rank, ITM re-rank)")
+    r = add("retrieval", help="image-text retrieval TR/IR@1/5/10 in percent (BLIP protocol: ITC rank, ITM re-rank)")
     r.add_argument("--model", required=True, help="a freeatm BLIP checkpoint folder (with its tokenizer)")
     r.add_argument("--dataset", required=True, help="load_dataset id or folder with an image and a caption column")
     r.add_argument("--split", default="test")

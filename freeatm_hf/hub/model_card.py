@@ -81,6 +81,16 @@ EVAL_COMMANDS = {"blip": "freeatm eval retrieval --model <this folder> --dataset
 
 
 LOCAL_TYPE = "local"  # an evaluation dataset's `dataset_type` when it is a local folder, not a Hub id
+# Retrieval recalls are percentages, as BLIP and COCO report them; every other metric is a fraction in [0, 1].
+PERCENT_TASKS = {"image-text-retrieval"}
+
+
+def shown_value(result: dict) -> str:
+    """A result's value as the card's table writes it: a percentage marked as one, so that it is not read against
+    the fractions beside it (a recall of 62.5 % beside an accuracy of 0.25)."""
+    if result["task"] in PERCENT_TASKS:
+        return f"{result['value']:.2f} %"
+    return f"{result['value']:.4f}"
 
 
 def read_results(folder: str | Path, current: bool = False) -> list[dict]:
@@ -179,8 +189,8 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     # Evaluation datasets too are named by Hub id, or a local folder by its name alone.
     # `dataset_type` is a Hub dataset id, which the Hub links to: a local folder's name there could link an
     # unrelated public dataset (a folder named cifar10), so a local folder's type says it is one.
-    results = [{**r, "dataset": public_dataset_name(r["dataset"]), "type": hub_dataset_id(r["dataset"]) or LOCAL_TYPE}
-               for r in read_results(folder, current=True)]
+    results = [{**r, "dataset": public_dataset_name(r["dataset"]), "type": hub_dataset_id(r["dataset"]) or LOCAL_TYPE,
+                "shown": shown_value(r)} for r in read_results(folder, current=True)]
     name = repo_id or folder.name
     eval_results = [EvalResult(task_type=r["task"], dataset_type=r["type"], dataset_name=r["dataset"],
                                dataset_split=r["split"], dataset_revision=r.get("revision"),

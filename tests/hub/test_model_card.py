@@ -226,3 +226,23 @@ def test_results_measured_before_fingerprints_were_recorded_stay_on_the_card(tmp
     assert sorted(r["metric"] for r in read_results(tmp_path, current=True)) == ["top1", "top5"]
     (tmp_path / "model.safetensors").write_bytes(b"retrained")
     assert [r["metric"] for r in read_results(tmp_path, current=True)] == ["top5"]
+
+
+def test_the_results_table_marks_retrieval_recalls_as_percentages_beside_fractions(tmp_path):
+    """Retrieval's recalls are percentages (BLIP's and COCO's convention), the other metrics fractions: the table
+    says which, while the model index keeps the values as measured."""
+    from freeatm_hf.hub.model_card import add_results
+    from freeatm_hf.models.blip import BlipATMConfig
+
+    out = tmp_path / "model"
+    out.mkdir()
+    base = {"dataset": "me/coco", "split": "test"}
+    add_results(out, [{**base, "task": "image-text-retrieval", "metric": "tr@1", "value": 62.5},
+                      {**base, "task": "image-classification", "metric": "knn20_top1", "value": 0.25},
+                      {**base, "task": "image-segmentation", "metric": "segmentation_miou", "value": 0.123456}])
+    write_model_card(out, BlipATMConfig(), data={"dataset": "me/scenes"}, training={})
+    card = ModelCard.load(out / "README.md")
+    assert "| image-text-retrieval | me/coco | test | tr@1 | 62.50 % |" in card.text
+    assert "| image-classification | me/coco | test | knn20_top1 | 0.2500 |" in card.text
+    assert "| image-segmentation | me/coco | test | segmentation_miou | 0.1235 |" in card.text
+    assert sorted(e.metric_value for e in card.data.eval_results) == [0.123456, 0.25, 62.5]
