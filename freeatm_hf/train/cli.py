@@ -200,9 +200,13 @@ def method_defaults(method: str, args, training_args, given: set[str]) -> dict:
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print(f"methods: {', '.join(METHODS)}; `freeatm train METHOD --help` lists the arguments")
-        return None
+        usage = f"{__doc__}\nmethods: {', '.join(METHODS)}; `freeatm train METHOD --help` lists the arguments"
+        if argv:
+            print(usage)
+            return None
+        # As `freeatm eval` without an evaluation: the usage, and the exit status of a command missing an argument.
+        print(f"{usage}\nfreeatm train: error: name a method ({', '.join(METHODS)}) or a recipe", file=sys.stderr)
+        raise SystemExit(2)
     from ..cli import setup_logging
 
     setup_logging()

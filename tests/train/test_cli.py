@@ -238,3 +238,21 @@ def test_a_flags_dashed_spelling_is_no_unknown_flag():
     with pytest.raises(ValueError) as underscored:
         parse("simclr", ["--data_mod", "real", *base])
     assert str(dashed.value).replace("--data-mod", "--data_mod") == str(underscored.value)
+
+
+def test_a_bare_train_says_what_is_missing_and_exits_as_eval_does_while_help_exits_0(capsys):
+    from freeatm_hf.eval.cli import main as eval_main
+    from freeatm_hf.train.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([])
+    captured = capsys.readouterr()
+    assert e.value.code == 2 and not captured.out
+    assert "freeatm train: error: name a method (simclr, moco, mae, blip) or a recipe" in captured.err
+    with pytest.raises(SystemExit) as bare_eval:
+        eval_main([])
+    assert bare_eval.value.code == e.value.code
+    capsys.readouterr()
+    for flag in ("-h", "--help"):
+        assert main([flag]) is None
+        assert "freeatm train simclr --dataset" in capsys.readouterr().out
