@@ -145,6 +145,23 @@ def lr_history(training: dict) -> str:
                           for key, a, b in groups)
 
 
+CAPTION_DROPOUT = 0.1  # train_t2i's default, with which every run before the facts recorded it trained
+PREDICTION_NAMES = {"v_prediction": "v-prediction", "epsilon": "ε-prediction", "sample": "x₀-prediction"}
+
+
+def objective_text(folder: Path) -> str:
+    """What the UNet was taught to predict, as the folder's scheduler reads it (train_t2i teaches what it reads)."""
+    import json
+
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    # A folder without one (its card written before its weights) will get shapes_components' scheduler.
+    config = json.loads(path.read_text()) if path.is_file() else {"prediction_type": "v_prediction",
+                                                                    "rescale_betas_zero_snr": True}
+    kind = config.get("prediction_type", "epsilon")  # diffusers' default
+    text = PREDICTION_NAMES.get(kind, kind)
+    return text + (" with zero terminal SNR" if config.get("rescale_betas_zero_snr") else "")
+
+
 def write_model_card(folder: Path, info: dict):
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -160,5 +177,8 @@ def write_model_card(folder: Path, info: dict):
                                    mask_eval=info.get("mask_eval"),
                                    guidance_scale=info.get("guidance_scale", GUIDANCE_SCALE),
                                    grid=(folder / "grid.png").is_file(),
-                                   scenes_unique=scenes_unique(info.get("training") or {}))
+                                   scenes_unique=scenes_unique(info.get("training") or {}),
+                                   objective=objective_text(folder),
+                                   caption_dropout=(info.get("training") or {}).get("caption_dropout",
+                                                                                    CAPTION_DROPOUT))
     card.save(str(folder / "README.md"))

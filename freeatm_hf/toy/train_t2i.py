@@ -237,6 +237,7 @@ def main(argv=None):
         run = dict(unet_steps=step, vae_steps=vae_steps_done, decoder_steps=decoder_steps_done,
                    minutes=round((time.time() - start) / 60, 1), batch_size=args.batch_size,
                    processes=acc.num_processes, lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay,
+                   caption_dropout=args.caption_dropout,
                    device=str(acc.device), scene_start=first_scene,
                    scene_end=counter[0] - acc.process_index * 10**9, resumed_from=args.resume_from,
                    world_seed=TRAIN_WORLD_OFFSET + args.seed)

@@ -104,3 +104,20 @@ def test_a_mask_evaluation_sets_what_the_generator_uses(tmp_path):
     assert list(capture.down_factors) == [1] and list(capture.step_window) == [0.5, 1.0]
     assert (info["threshold"], info["refine"], info["guidance_scale"]) == (0.7, "guided", 2.5)
     assert info["mask_eval"]["test"] == ev["test"] and info["mask_eval"]["guidance_scale"] == 2.5
+
+
+@pytest.mark.parametrize("facts, scheduler, says", [
+    # Facts from before the dropout was recorded: train_t2i's default then; no scheduler yet: shapes_components'.
+    ({}, None, "v-prediction with zero terminal SNR, 10 % caption dropout"),
+    ({"caption_dropout": 0.25}, {"prediction_type": "epsilon"}, "ε-prediction, 25 % caption dropout"),
+    ({"caption_dropout": 0.0}, {"prediction_type": "v_prediction", "rescale_betas_zero_snr": False},
+     "v-prediction, 0 % caption dropout"),
+])
+def test_the_card_states_the_objective_and_caption_dropout_trained_with(facts, scheduler, says, tmp_path):
+    from huggingface_hub import ModelCard
+
+    if scheduler is not None:
+        (tmp_path / "scheduler").mkdir()
+        (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    update_model_folder(tmp_path, training={"unet_steps": 3, **facts})
+    assert says in " ".join(ModelCard.load(tmp_path / "README.md").text.split())

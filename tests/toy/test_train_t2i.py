@@ -45,6 +45,7 @@ def test_smoke_training_writes_a_loadable_pipeline_under_20_mb(trained):
     assert "shapes-t2i" in card and "UNet steps: 2" in card
     info = json.loads((trained / "freeatm.json").read_text())
     assert info["prompt_mode"] == "shapes" and info["training"]["unet_steps"] == 2
+    assert info["training"]["caption_dropout"] == 0.1 and "v-prediction with zero terminal SNR, 10 %" in card
 
 
 def test_the_shipped_model_runs_as_its_card_shows():
