@@ -67,12 +67,12 @@ DESCRIPTIONS = {
                      "and captioning (LM); with position prompts, each object with a box adds \"The [O] is in block "
                      "[P].\" to the caption (the image cut into a grid of blocks numbered row-major, see Data), computed after "
                      "augmentation."),
-    "mae": ("MAE", "Masked autoencoding (ViT, 75 % masking, norm-pix loss); a share β of the masked patches, growing "
-                   "linearly to β_max, is chosen by the highest attention score, the rest at random."),
+    "mae": ("MAE", "Masked autoencoding (ViT, {masked} % masking, {loss}); a share β of the masked patches, growing "
+                   "linearly to β_max = {beta_max:g}, is chosen by the highest attention score, the rest at random."),
 }
 # What the baselines do instead (the same model trained without the masks).
 BASELINE_DESCRIPTIONS = {
-    "mae": "Masked autoencoding (ViT, 75 % masking, norm-pix loss); the masked patches are chosen at random, no "
+    "mae": "Masked autoencoding (ViT, {masked} % masking, {loss}); the masked patches are chosen at random, no "
            "attention maps used (the MAE baseline).",
     "blip": "Vision-language pretraining with image-text contrast (ITC), matching on hard negatives (ITM) and "
             "captioning (LM) on the captions alone (no position prompts: the baseline).",
@@ -186,6 +186,9 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     guided = _guided(config, data)
     if not guided:
         description = BASELINE_DESCRIPTIONS.get(method, description)
+    if method == "mae":  # the settings trained with, not MAE's defaults
+        description = description.format(masked=f"{100 * config.mask_ratio:g}", beta_max=config.beta_max,
+                                         loss="norm-pix loss" if config.norm_pix_loss else "pixel loss")
     # Evaluation datasets too are named by Hub id, or a local folder by its name alone.
     # `dataset_type` is a Hub dataset id, which the Hub links to: a local folder's name there could link an
     # unrelated public dataset (a folder named cifar10), so a local folder's type says it is one.

@@ -246,3 +246,18 @@ def test_the_results_table_marks_retrieval_recalls_as_percentages_beside_fractio
     assert "| image-classification | me/coco | test | knn20_top1 | 0.2500 |" in card.text
     assert "| image-segmentation | me/coco | test | segmentation_miou | 0.1235 |" in card.text
     assert sorted(e.metric_value for e in card.data.eval_results) == [0.123456, 0.25, 62.5]
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({}, "Masked autoencoding (ViT, 75 % masking, norm-pix loss); a share β of the masked patches, growing linearly "
+         "to β_max = 0.8,"),
+    ({"mask_ratio": 0.6, "beta_max": 0.5}, "(ViT, 60 % masking, norm-pix loss); a share β of the masked patches, "
+                                           "growing linearly to β_max = 0.5,"),
+    ({"beta_max": 0.0, "norm_pix_loss": False}, "(ViT, 75 % masking, pixel loss); the masked patches are chosen at "
+                                                "random"),
+])
+def test_an_mae_card_states_the_masking_it_trained_with(settings, says, tmp_path):
+    from freeatm_hf.models.mae import MAEConfig
+
+    write_model_card(tmp_path, MAEConfig(**settings), data={"dataset": "me/scenes"}, training={})
+    assert says in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
