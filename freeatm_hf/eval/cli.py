@@ -123,7 +123,8 @@ def make_parser():
     r.add_argument("--caption_column", default="caption", help="a string, or a list of strings per image")
     r.add_argument("--k_test", type=int, default=128, help="ITC top-k re-ranked by ITM (BLIP: 256 COCO, 128 Flickr)")
     r.add_argument("--image_size", type=int, default=None, help="default: the model's")
-    r.add_argument("--max_length", type=int, default=35)
+    r.add_argument("--max_length", type=int, default=None,
+                   help="text tokens (default: 35, as BLIP, or the model's shorter text position table)")
     r.add_argument("--batch_size", type=int, default=64)
     r.add_argument("--device", default=None)
     r.add_argument("--output", default=None, help="write the results JSON here")
@@ -202,6 +203,26 @@ def main_finetune(args):
     return results
 
 
+def blip_text_length(model: str, max_length: int | None) -> int:
+    """The caption length for a BLIP checkpoint: `max_length`, or BLIP's 35 cut to the model's text position table;
+    one longer than the table is refused here rather than failing as a shape error in the text embeddings."""
+    from transformers import AutoConfig
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+
+    config = AutoConfig.from_pretrained(model)
+    if getattr(config, "model_type", None) != "freeatm_blip":
+        raise ValueError(f"{model} is a {config.model_type} checkpoint; retrieval takes a freeatm BLIP checkpoint "
+                         "(`freeatm train blip`)")
+    limit = config.text_config.max_position_embeddings
+    if max_length is None:
+        return min(35, limit)
+    if max_length > limit:
+        raise ValueError(f"--max_length {max_length} is longer than {model}'s text position table ({limit} tokens): "
+                         f"give --max_length {limit} or less")
+    return max_length
+
+
 def main_retrieval(args):
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -225,18 +246,21 @@ def main_retrieval(args):
         if args.finetune_split == args.split and (args.finetune_dataset or args.dataset) == args.dataset:
             raise ValueError(f"--finetune_split and --split are both {args.split!r} of {args.dataset}: the recall would "
                              "be measured on the pairs the model was fine-tuned on")
+        use_cpu = trainer_use_cpu(args, "eval retrieval --finetune_split")
+        args.max_length = blip_text_length(args.model, args.max_length)
         args.model = finetune_retrieval(
             args.model, args.finetune_dataset or args.dataset, args.finetune_dir, split=args.finetune_split,
             image_column=args.image_column,
             caption_column=args.caption_column, image_size=args.image_size, max_length=args.max_length,
             **{k: v for k, v in (("epochs", args.finetune_epochs), ("max_steps", args.finetune_max_steps),
                                  ("learning_rate", args.finetune_lr)) if v is not None},
-            batch_size=args.batch_size, use_cpu=trainer_use_cpu(args, "eval retrieval --finetune_split"),
+            batch_size=args.batch_size, use_cpu=use_cpu,
             revision=None if args.finetune_dataset else args.revision)  # the evaluated dataset's pinned revision
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under accelerate launch one process scores and writes the results
         return None
+    args.max_length = blip_text_length(args.model, args.max_length)  # the fine-tuned model's, when fine-tuned
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size

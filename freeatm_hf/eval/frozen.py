@@ -113,6 +113,8 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
     from ..data.transforms import training_interpolation
     from ..hub.model_card import record_results
 
+    if k < 1 or not temperature > 0:  # said before any feature is extracted
+        raise ValueError(f"kNN needs k >= 1 and a positive temperature, got k={k}, temperature={temperature}")
     splits = labelled_splits(dataset, train_split, test_split, revision, image_column, label_column)
     model = AutoModel.from_pretrained(model_dir)
     transform = eval_transform(image_size, training_interpolation(model.config.model_type))

@@ -71,6 +71,15 @@ class BlipArguments(DataArguments):
     queue_size: int = field(default=57600, metadata={"help": "Feature queue length (with --momentum_distill)."})
     distill_alpha: float = field(default=0.4, metadata={"help": "Weight of the momentum model's soft targets."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.grid < 1:  # else every prompt would say "block 0" while the card states a 3×3 grid
+            raise ValueError(f"--grid is the number of blocks per side, at least 1; got {self.grid}")
+        if self.model_size not in BLIP_SIZES:
+            raise ValueError(f"--model_size must be one of {', '.join(BLIP_SIZES)}, got {self.model_size!r}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"--crop_scale_min is a share of the image, in (0, 1]; got {self.crop_scale_min}")
+
     def momentum_config(self) -> dict:
         return {"momentum_distill": self.momentum_distill, "momentum": self.momentum, "queue_size": self.queue_size,
                 "distill_alpha": self.distill_alpha}

@@ -24,6 +24,16 @@ class MAEArguments(DataArguments):
     guided: bool = field(default=True, metadata={"help": "Attention-guided masking (False: the MAE baseline)."})
     crop_scale_min: float = field(default=0.2, metadata={"help": "RandomResizedCrop scale lower bound."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 < self.mask_ratio < 1.0:
+            # 0 masks nothing (a loss of 0, nothing learnt); 1 leaves the encoder no patch to see.
+            raise ValueError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.model_size not in SIZES:
+            raise ValueError(f"--model_size must be one of {', '.join(SIZES)}, got {self.model_size!r}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"--crop_scale_min is a share of the image, in (0, 1]; got {self.crop_scale_min}")
+
 
 SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -147,3 +147,18 @@ def test_a_tokenizer_missing_only_the_last_blocks_digit_is_refused(tokenizer):
     no_89 = CLIPTokenizer(vocab=vocab, merges=merges)
     with pytest.raises(ValueError, match="block 9 and block 8 alike"):
         PositionPromptTransform(size=32, tokenizer=no_89)
+
+
+@pytest.mark.parametrize("grid", [0, -2])
+def test_a_grid_without_blocks_is_refused(grid):
+    """Else every prompt says "block 0" (or a negative grid's number) and the card states another grid."""
+    from freeatm_hf.data.position_prompts import PositionPromptTransform, block_index
+
+    with pytest.raises(ValueError, match="at least one block"):
+        block_index((0, 0, 10, 10), (100, 100), grid)
+    with pytest.raises(ValueError, match="at least one block"):
+        PositionPromptTransform(size=32, grid=grid)
+    from freeatm_hf.train.blip import BlipArguments
+
+    with pytest.raises(ValueError, match="--grid is the number of blocks per side"):
+        BlipArguments(dataset="unused", grid=grid)

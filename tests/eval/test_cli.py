@@ -124,6 +124,9 @@ def test_retrieval_fine_tunes_with_the_flags_given_and_on_another_datasets_split
         raise _Stop  # what follows loads the fine-tuned model
 
     monkeypatch.setattr(retrieval, "finetune_retrieval", fake)
+    import freeatm_hf.eval.cli as eval_cli
+
+    monkeypatch.setattr(eval_cli, "blip_text_length", lambda model, n: n)  # "M" is no folder to read a config from
     base = ["retrieval", "--model", "M", "--dataset", "D", "--revision", "r1", "--finetune_dir", "O",
             "--image_size", "48", "--max_length", "20", "--batch_size", "2", "--device", "cpu",
             "--image_column", "img", "--caption_column", "cap"]

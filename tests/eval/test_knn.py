@@ -288,3 +288,14 @@ def test_images_stored_by_path_decode_on_the_device_as_on_the_pil_path(tmp_path)
     pil, _ = extract_features(net, ds, tf, batch_size=2, device="cpu", decode="pil")
     tv, _ = extract_features(net, ds, tf, batch_size=2, device="cpu", decode="torchvision")
     assert F.cosine_similarity(pil, tv).min() > 0.995  # PIL and torch resample a grey level apart
+
+
+@pytest.mark.parametrize("k, temperature", [(0, 0.07), (20, 0.0), (20, -1.0)])
+def test_a_vote_without_neighbours_or_with_a_non_positive_temperature_is_refused(k, temperature):
+    """k = 0 votes for nobody (every test row goes to class 0), temperature 0 makes every weight inf and a negative
+    one favours the farthest neighbours: each would be recorded in the card as a kNN accuracy."""
+    from freeatm_hf.eval.knn import knn_classify
+
+    feats, labels = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    with pytest.raises(ValueError, match="neighbour|temperature"):
+        knn_classify(feats, labels, feats, k=k, temperature=temperature)

@@ -321,3 +321,28 @@ def test_retrieval_finetuning_at_another_size_trains_and_saves_the_model_at_that
     patch = after.config.vision_config.patch_size
     assert after.config.vision_config.image_size == 48
     assert after.vision_model.embeddings.position_embedding.shape[1] == (48 // patch) ** 2 + 1
+
+
+def test_the_caption_length_defaults_to_the_models_shorter_text_table_and_a_longer_one_is_refused(tmp_path):
+    """A BLIP trained with --max_length under BLIP's 35 has a shorter text position table: evaluating it with the
+    default length must fit it, not fail with a shape error in the text embeddings."""
+    from datasets import Dataset
+    from PIL import Image
+
+    from freeatm_hf.eval.cli import main as eval_main
+    from freeatm_hf.spaces import space_dir
+    from freeatm_hf.train.cli import main as train_main
+
+    model_dir = tmp_path / "blip"
+    train_main(["blip", str(space_dir().parents[1] / "recipes" / "blip_cpu_smoke.yaml"), "--output_dir", str(model_dir),
+                "--dataset", str(space_dir() / "example_dataset"), "--max_steps", "1", "--max_length", "24"])
+    rows = [{"image": Image.new("RGB", (40, 40), (60 * i, 0, 0)), "caption": f"a red square number {i}"}
+            for i in range(3)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "test-00000-of-00001.parquet"))
+    r = eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--k_test", "2",
+                   "--device", "cpu"])
+    assert r["images"] == 3
+    with pytest.raises(ValueError, match=r"--max_length 30 is longer than .* \(24 tokens\)"):
+        eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--max_length", "30",
+                   "--device", "cpu"])
