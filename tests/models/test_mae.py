@@ -235,7 +235,6 @@ def test_the_loss_is_maes_normalized_pixel_loss_on_the_masked_patches():
     torch.testing.assert_close(out.loss, ref)
 
 
-
 @pytest.mark.parametrize("change", [{"mask_ratio": 0.0}, {"mask_ratio": 1.0}, {"model_size": "huge"},
                                     {"crop_scale_min": 1.5}, {"crop_scale_min": 0.0}])
 def test_training_arguments_that_would_train_nothing_or_fail_later_are_refused(change):
