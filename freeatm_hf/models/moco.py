@@ -35,6 +35,10 @@ class MoCoConfig(PretrainedConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not nce_temperature > 0:
+            raise ValueError(f"nce_temperature must be > 0, got {nce_temperature}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self.backbone, self.pooling = backbone, pooling
         self.proj_hidden_dim, self.proj_dim = proj_hidden_dim, proj_dim
         self.queue_size, self.momentum, self.nce_temperature = queue_size, momentum, nce_temperature

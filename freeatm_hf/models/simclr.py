@@ -29,6 +29,8 @@ class SimCLRConfig(PretrainedConfig):
                  proj_dim: int = 128, proj_layers: int = 2, nce_temperature: float = 0.1, **kwargs):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not nce_temperature > 0:
+            raise ValueError(f"nce_temperature must be > 0, got {nce_temperature}")
         self.backbone, self.pooling = backbone, pooling
         self.proj_hidden_dim, self.proj_dim, self.proj_layers = proj_hidden_dim, proj_dim, proj_layers
         self.nce_temperature = nce_temperature

@@ -59,6 +59,26 @@ class ContrastiveArguments(DataArguments):
         if self.mask_threshold is not None and not 0.0 <= self.mask_threshold < 1.0:
             raise ValueError(f"--mask_threshold applies to maps normalized to [0, 1]: it must be in [0, 1), got "
                              f"{self.mask_threshold}")
+        if self.nce_temperature is not None and not self.nce_temperature > 0:
+            # 0 would divide by zero (and was silently replaced by the default); below 0 the loss pushes
+            # positives apart.
+            raise ValueError(f"--nce_temperature must be > 0, got {self.nce_temperature}")
+        if self.queue_size < 1:
+            raise ValueError(f"--queue_size must be at least 1, got {self.queue_size}")
+        if self.image_size < 1:
+            raise ValueError(f"--image_size must be positive, got {self.image_size}")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ValueError(f"--crop_scale_min is RandomResizedCrop's lower scale, in (0, 1]; got "
+                             f"{self.crop_scale_min}")
+        if not 0.0 <= self.min_visible <= 1.0:
+            # Above 1 no instance is ever kept in both crops: every step would contribute no loss.
+            raise ValueError(f"--min_visible is a share of each mask, in [0, 1]; got {self.min_visible}")
+        import timm
+
+        if not timm.is_model(self.backbone):
+            close = timm.list_models(f"*{self.backbone.split('.')[0][:8]}*")[:5]
+            raise ValueError(f"--backbone {self.backbone!r} is not a timm model"
+                             + (f"; e.g. {close}" if close else ""))
 
 
 # Colour jitter strength s of each method's paper (SimCLR's s; MoCo-v2's jitter is SimCLR's at s = 0.5).
@@ -71,11 +91,13 @@ def build_model(method: str, args: ContrastiveArguments):
 
     common = dict(backbone=args.backbone, pooling=args.pooling, proj_hidden_dim=args.proj_hidden_dim,
                   proj_dim=args.proj_dim)
+    # `is None`, not `or`: a temperature of 0 is refused by the arguments, not replaced by the default.
+    temperature = args.nce_temperature
     if method == "simclr":
-        return SimCLRModel(SimCLRConfig(**common, nce_temperature=args.nce_temperature or 0.1))
+        return SimCLRModel(SimCLRConfig(**common, nce_temperature=0.1 if temperature is None else temperature))
     if method == "moco":
         return MoCoModel(MoCoConfig(**common, queue_size=args.queue_size, momentum=args.momentum,
-                                    nce_temperature=args.nce_temperature or 0.2))
+                                    nce_temperature=0.2 if temperature is None else temperature))
     raise ValueError(f"unknown method {method!r}")
 
 

@@ -329,3 +329,24 @@ def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(
     a, b = (dict(t.model.named_parameters()) for t in runs)
     for n in a:
         assert torch.equal(a[n], b[n]), n
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("nce_temperature", 0.0, "--nce_temperature must be > 0"),
+    ("nce_temperature", -0.1, "--nce_temperature must be > 0"),
+    ("queue_size", 0, "--queue_size must be at least 1"), ("image_size", 0, "--image_size must be positive"),
+    ("crop_scale_min", 1.5, "--crop_scale_min"), ("min_visible", 2.0, "--min_visible"),
+    ("backbone", "notamodel", "--backbone 'notamodel' is not a timm model")])
+def test_contrastive_flags_out_of_range_are_refused_by_name(flag, value, match):
+    with pytest.raises(ValueError, match=match):
+        small_args(**{flag: value})
+
+
+def test_a_given_temperature_is_never_replaced_by_the_default():
+    from freeatm_hf.models import MoCoConfig, SimCLRConfig
+
+    assert build_model("simclr", small_args(nce_temperature=0.05)).config.nce_temperature == 0.05
+    with pytest.raises(ValueError, match="nce_temperature must be > 0"):
+        SimCLRConfig(nce_temperature=0.0)
+    with pytest.raises(ValueError, match="queue_size must be at least 1"):
+        MoCoConfig(queue_size=0)
