@@ -1,5 +1,7 @@
 """The pieces SimCLR and MoCo share: a timm CNN backbone, projection head, and instance features."""
 
+import functools
+
 import torch
 from torch import nn
 
@@ -12,7 +14,30 @@ def create_backbone(name: str, pretrained: bool = False) -> nn.Module:
     """A timm CNN returning its pre-pool feature map (`forward_features`)."""
     import timm
 
+    check_cnn_backbone(name)
     return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+
+
+@functools.cache
+def check_cnn_backbone(name: str):
+    """Refuse, by name, what is not a timm CNN: an unknown model, or one whose `forward_features` is not a
+    `(B, C, H, W)` map (a ViT's or Mixer's token sequence, a Swin's channels-last map), which the per-object
+    pooling would misread or fail on at the first batch. Probed on the meta device: no weights, no compute."""
+    import timm
+
+    if ":" in name:  # an hf-hub: or local-dir: model is built from its config file, which only timm reads
+        return
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]
+        raise ValueError(f"--backbone {name!r} is not a timm model" + (f"; e.g. {close}" if close else ""))
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=0, global_pool="")
+        size = model.pretrained_cfg.get("input_size", (3, 224, 224))
+        shape = tuple(model.forward_features(torch.empty(1, *size)).shape)
+    if len(shape) != 4 or shape[1] != model.num_features:
+        raise ValueError(f"--backbone {name!r} is not a CNN: its features come as {shape}, not a (B, C, H, W) map "
+                         "that SimCLR and MoCo pool per object; give a timm CNN (resnet50, convnext_tiny, "
+                         "efficientnet_b0…), or pretrain a ViT with `freeatm train mae`")
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> nn.Sequential:

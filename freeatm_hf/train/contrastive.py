@@ -73,12 +73,9 @@ class ContrastiveArguments(DataArguments):
         if not 0.0 <= self.min_visible <= 1.0:
             # Above 1 no instance is ever kept in both crops: every step would contribute no loss.
             raise ValueError(f"--min_visible is a share of each mask, in [0, 1]; got {self.min_visible}")
-        import timm
+        from ..models.encoder import check_cnn_backbone
 
-        if not timm.is_model(self.backbone):
-            close = timm.list_models(f"*{self.backbone.split('.')[0][:8]}*")[:5]
-            raise ValueError(f"--backbone {self.backbone!r} is not a timm model"
-                             + (f"; e.g. {close}" if close else ""))
+        check_cnn_backbone(self.backbone)  # before the data is read, not at the first batch
 
 
 # Colour jitter strength s of each method's paper (SimCLR's s; MoCo-v2's jitter is SimCLR's at s = 0.5).

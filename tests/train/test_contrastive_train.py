@@ -350,3 +350,19 @@ def test_a_given_temperature_is_never_replaced_by_the_default():
         SimCLRConfig(nce_temperature=0.0)
     with pytest.raises(ValueError, match="queue_size must be at least 1"):
         MoCoConfig(queue_size=0)
+
+
+@pytest.mark.parametrize("name, says", [("vit_tiny_patch16_224", r"\(1, 197, 192\)"),
+                                        ("swin_tiny_patch4_window7_224", r"\(1, 7, 7, 768\)"),
+                                        ("mixer_s16_224", r"\(1, 196, 512\)")])
+def test_a_backbone_without_a_cnn_feature_map_is_refused_before_training(name, says):
+    """A ViT's tokens failed at the first batch (an input size assertion) and a Swin's channels-last map would be
+    pooled over the wrong axis: both are refused by name, while CNNs of other families pass."""
+    from freeatm_hf.models.encoder import create_backbone
+
+    with pytest.raises(ValueError, match=rf"--backbone '{name}' is not a CNN: its features come as {says}"):
+        small_args(backbone=name)
+    with pytest.raises(ValueError, match="is not a CNN"):
+        create_backbone(name)
+    for cnn in ("convnext_atto", "efficientnet_b0", "resnet18.a1_in1k"):
+        assert small_args(backbone=cnn).backbone == cnn
