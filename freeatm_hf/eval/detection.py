@@ -32,7 +32,8 @@ def maskrcnn_from_backbone(model, num_classes: int, trainable_layers: int = 3, m
 
     arch = getattr(getattr(model, "config", None), "backbone", None)
     if not isinstance(arch, str) or not arch.startswith(("resnet", "wide_resnet", "resnext")):
-        raise TypeError(f"Mask R-CNN fine-tuning needs a ResNet-family CNN checkpoint, got backbone {arch!r}")
+        what = f"backbone {arch!r}" if isinstance(arch, str) else f"a {type(model).__name__} (no CNN backbone)"
+        raise ValueError(f"Mask R-CNN fine-tuning (eval detect) needs a ResNet-family CNN checkpoint, got {what}")
     fpn = resnet_fpn_backbone(backbone_name=arch, weights=None, norm_layer=FrozenBatchNorm2d,
                               trainable_layers=trainable_layers)
     state = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("fc.")}

@@ -72,7 +72,8 @@ def classification_model(model, num_labels: int, label_names: list[str] | None =
             return ViTForImageClassification.from_pretrained(
                 folder, num_labels=num_labels, id2label=dict(enumerate(names)),
                 label2id={name: i for i, name in enumerate(names)})
-    raise TypeError(f"no classification fine-tuning for {type(model).__name__}")
+    raise ValueError(f"no classification fine-tuning for {type(model).__name__}: eval finetune takes a SimCLR, MoCo "
+                     "or MAE checkpoint")
 
 
 def finetune_classification(model_dir: str, dataset: str, output_dir: str, train_split="train", test_split="test",

@@ -30,7 +30,8 @@ def upernet_from_backbone(model, num_labels: int, id2label: dict | None = None, 
     from transformers import TimmBackboneConfig, UperNetConfig, UperNetForSemanticSegmentation
 
     if not hasattr(model, "backbone") or not hasattr(model.config, "backbone"):
-        raise TypeError(f"UperNet fine-tuning needs a CNN checkpoint (SimCLR/MoCo), not {type(model).__name__}")
+        raise ValueError(f"UperNet fine-tuning (eval segment) needs a CNN checkpoint (SimCLR/MoCo), not a "
+                         f"{type(model).__name__}; evaluate it with eval knn or eval finetune")
     backbone_config = TimmBackboneConfig(backbone=model.config.backbone, out_indices=(1, 2, 3, 4))
     id2label = id2label or {i: str(i) for i in range(num_labels)}
     config = UperNetConfig(backbone_config=backbone_config, num_labels=num_labels, hidden_size=hidden_size,

@@ -75,14 +75,16 @@ class FreeATMGenerator:
 
     def __init__(self, pipe, capture: CaptureConfig | None = None, threshold: float | str | None = None,
                  refine: str | None = None, guidance_scale: float | None = None, revision: str | None = None):
-        if getattr(pipe, "unet", None) is not None:
+        if getattr(pipe, "unet", None) is not None and getattr(pipe, "tokenizer", None) is not None:
             self.kind = "unet"
         elif getattr(pipe, "transformer", None) is not None and hasattr(pipe, "tokenizer_2"):
             # MM-DiT: Flux orders the joint sequence [text, image], SD3 [image, text].
             self.kind = "flux" if type(pipe).__name__.startswith("Flux") else "sd3"
         else:
-            raise TypeError(f"{type(pipe).__name__}: supported are UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT "
-                            "pipelines (SD3, Flux)")
+            # A ValueError: the pipeline is a user's model id or folder (an unconditional DDPM has a UNet and no
+            # text to attend to).
+            raise ValueError(f"{type(pipe).__name__}: not a text-to-image pipeline freeatm can capture; supported are "
+                             "UNet pipelines (SD 1.x/2.x, SDXL) and MM-DiT pipelines (SD3, Flux)")
         self.pipe = pipe
         # A pipeline does not remember the revision it was loaded at: without it, the recommendation read is main's.
         recommended = (pipeline_recommendation(pipe, revision) if None in (capture, threshold, refine, guidance_scale)

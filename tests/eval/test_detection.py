@@ -49,7 +49,7 @@ def test_maskrcnn_body_carries_the_checkpoint_weights():
     torch.testing.assert_close(body(x)["3"], model.backbone.forward_features(x), atol=1e-4, rtol=1e-4)
     trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
     assert trainable == {"layer2", "layer3", "layer4"}
-    with pytest.raises(TypeError, match="ResNet"):
+    with pytest.raises(ValueError, match=r"ResNet-family CNN checkpoint, got a MAEModel \(no CNN backbone\)"):
         from freeatm_hf.models import MAEConfig, MAEModel
         from freeatm_hf.train.mae import SIZES
 

@@ -300,7 +300,7 @@ def test_the_cnn_classifier_is_a_linear_head_on_the_average_pooled_feature_map()
     assert all(torch.equal(v, before[k]) for k, v in pretrained.state_dict().items())
     torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(out["logits"], labels))
     assert clf(x)["loss"] is None
-    with pytest.raises(TypeError, match="no classification fine-tuning for"):
+    with pytest.raises(ValueError, match="no classification fine-tuning for"):
         classification_model(torch.nn.Linear(2, 2), 4)
 
 

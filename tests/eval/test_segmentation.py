@@ -30,6 +30,11 @@ def test_upernet_backbone_carries_the_checkpoint_weights():
     torch.testing.assert_close(feats[-1], model.backbone.forward_features(x), atol=1e-5, rtol=1e-5)
     assert [f.shape[1] for f in feats] == [64, 128, 256, 512]
     assert seg(pixel_values=x).logits.shape == (1, 7, 64, 64)
+    from freeatm_hf.models import MAEConfig, MAEModel
+    from freeatm_hf.train.mae import SIZES
+
+    with pytest.raises(ValueError, match=r"\(eval segment\) needs a CNN checkpoint \(SimCLR/MoCo\), not a MAEModel"):
+        upernet_from_backbone(MAEModel(MAEConfig(image_size=32, patch_size=8, **SIZES["tiny"])), num_labels=7)
 
 
 def test_label_map_follows_the_image_through_crop_and_flip():

@@ -218,3 +218,13 @@ def test_rows_of_np_and_pt_outputs_hold_the_images_a_pil_output_holds(tiny_pipe)
     with pytest.raises(ValueError, match="NaN or infinite"):
         as_pil(np.full((8, 8, 3), np.nan, np.float32))
     assert np.array_equal(np.asarray(as_pil(np.full((2, 2, 1), 0.5, np.float32))), np.full((2, 2), 128))
+
+
+def test_a_pipeline_without_text_to_attend_to_is_refused_by_name():
+    """An unconditional DDPM has a UNet (the old check passed it) and failed at the first call on a missing attribute."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), down_block_types=("DownBlock2D",) * 2,
+                       up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
+    with pytest.raises(ValueError, match="DDPMPipeline: not a text-to-image pipeline freeatm can capture"):
+        FreeATMGenerator(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
