@@ -46,6 +46,19 @@ def save_timm_classifier(clf: CNNClassifier, folder, architecture: str, label_na
     save_for_hf(clf.model, str(folder), model_config=cfg, safe_serialization=True)
 
 
+def save_vit_processor(folder, image_size: int):
+    """The fine-tuned ViT classifier's image processor: the evaluation's preprocessing (a bilinear resize of the
+    whole image to the side, ImageNet statistics), so that `pipeline("image-classification", model=folder)` feeds
+    the classifier what it was fine-tuned and scored on."""
+    from transformers import ViTImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    ViTImageProcessor(size={"height": image_size, "width": image_size}, resample=PILImageResampling.BILINEAR,
+                      image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(folder)
+
+
 def finetune_training_args(output_dir: str, epochs: float, learning_rate: float, batch_size: int, seed: int = 0,
                            max_steps: int = -1, use_cpu=None, **extra):
     """The `TrainingArguments` every downstream fine-tune shares (no checkpoints, no trackers, the caller's
@@ -125,6 +138,8 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
             save_timm_classifier(clf, output_dir, pretrained.config.backbone, label_names, image_size)
     else:
         trainer.save_model(output_dir)
+        if trainer.is_world_process_zero():
+            save_vit_processor(output_dir, image_size)
     if not trainer.is_world_process_zero():
         return []
     results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,

@@ -81,6 +81,24 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
 
         clf = ViTForImageClassification.from_pretrained(tmp_path / "ft")
         assert clf.config.id2label == dict(enumerate(names)) and clf.config.label2id["star"] == 3
+        # Served by the stock pipeline, its processor feeding what the evaluation scored: the whole image resized
+        # (bilinear) to the fine-tuned side, ImageNet statistics.
+        import torch
+        from datasets import load_dataset
+        from torchvision.transforms import v2
+        from transformers import AutoImageProcessor, pipeline
+
+        from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        image = load_dataset(labelled_shapes, split="test")[0]["image"].convert("RGB").resize((50, 40))
+        ours = v2.Compose([v2.PILToTensor(), v2.Resize((32, 32), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(image)
+        theirs = AutoImageProcessor.from_pretrained(tmp_path / "ft")(image, return_tensors="pt").pixel_values[0]
+        assert (theirs - ours).abs().mean() < 0.02 and (theirs - ours).abs().max() < 0.2
+        clf.eval()
+        with torch.no_grad():
+            best = names[int(clf(pixel_values=theirs[None]).logits.argmax())]
+        assert pipeline("image-classification", model=str(tmp_path / "ft"))(image, top_k=1)[0]["label"] == best
     else:
         import timm
 
