@@ -143,6 +143,9 @@ class GenerateConfig:
         if self.guidance_scale is None:
             g = rec.get("guidance_scale")
             self.guidance_scale = float(g if g is not None else DEFAULT_GUIDANCE)
+        from .generator import check_guidance
+
+        check_guidance(self.guidance_scale, "--guidance_scale")
         if self.refine is None:
             self.refine = rec.get("refine") or "none"
         self.torch_dtype = canonical_setting("torch_dtype", self.torch_dtype)

@@ -1,6 +1,7 @@
 """`FreeATMGenerator`: a diffusers text-to-image pipeline that also returns one mask per object noun."""
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -46,6 +47,15 @@ class GenerationOutput:
     seeds: list[int]
     objects: list[list[GeneratedObject]]
     truncated: list[list[str]] = field(default_factory=list)  # nouns cut off by the text encoder's limit
+
+
+def check_guidance(scale, name: str = "guidance_scale") -> float:
+    """A finite, non-negative guidance scale: NaN compares false with everything, so the pipelines would quietly skip
+    classifier-free guidance (their `guidance_scale > 1` test) and the card would record `nan`."""
+    value = float(scale)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {scale}")
+    return value
 
 
 class FreeATMGenerator:
@@ -101,7 +111,7 @@ class FreeATMGenerator:
         if guidance_scale is None:
             g = recommended.get("guidance_scale")
             guidance_scale = DEFAULT_GUIDANCE if g is None else g
-        self.guidance_scale = float(guidance_scale)
+        self.guidance_scale = check_guidance(guidance_scale)
         if self.kind != "unet" and capture.down_factors == CaptureConfig().down_factors:
             # Every MM-DiT block works on the patch grid (latent / 2): the UNet default does not apply.
             capture = replace(capture, down_factors=(2,))
@@ -158,7 +168,7 @@ class FreeATMGenerator:
     def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float | None = None,
                  height: int | None = None, width: int | None = None, **pipe_kwargs) -> GenerationOutput:
         prompts = [as_prompt(p) for p in prompts]
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_scale = self.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds: one seed per image")
         other_text = [k for k in ("prompt_2", "prompt_3") if pipe_kwargs.get(k) is not None]

@@ -198,6 +198,11 @@ def test_bad_arguments_are_named():
         parse(["--output_dir", "x", "--pipeline", "tiny", "--license", "my licence"])
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--license", "creativeml-openrail-m"]).license == \
         "creativeml-openrail-m"
+    # NaN passes every pipeline's `guidance_scale > 1` test as false: guidance silently off, `nan` in the card.
+    for bad in ("nan", "inf", "-1"):
+        with pytest.raises(ValueError, match=rf"--guidance_scale must be a finite number >= 0, got {float(bad)}"):
+            parse(["--output_dir", "x", "--pipeline", "tiny", "--guidance_scale", bad])
+    assert parse(["--output_dir", "x", "--pipeline", "tiny", "--guidance_scale", "0"]).guidance_scale == 0.0
 
 
 def test_a_prompts_file_is_used_when_given_and_its_mistakes_are_named_by_line(tmp_path):

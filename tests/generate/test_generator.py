@@ -228,3 +228,11 @@ def test_a_pipeline_without_text_to_attend_to_is_refused_by_name():
                        up_block_types=("UpBlock2D",) * 2, norm_num_groups=4, layers_per_block=1)
     with pytest.raises(ValueError, match="DDPMPipeline: not a text-to-image pipeline freeatm can capture"):
         FreeATMGenerator(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
+
+
+def test_a_guidance_scale_that_is_not_a_finite_non_negative_number_is_refused(tiny_pipe):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0, got nan"):
+        FreeATMGenerator(tiny_pipe, guidance_scale=float("nan"))
+    gen = FreeATMGenerator(tiny_pipe, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0, got -2"):
+        gen([Prompt.from_nouns("a cat", ["cat"])], seeds=[0], num_inference_steps=1, guidance_scale=-2)
