@@ -120,8 +120,12 @@ def eager_figures(args, plain, captured, refined, timed, peak, cuda):
     ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
     rounds = [p / c for p, c in zip(times["plain"], times["capture"])]  # capture/plain speed, round by round
 
-    print(f"plain diffusers      : {ips['plain']:.3f} img/s, peak {mem_plain:.0f} MiB")
-    print(f"with capture         : {ips['capture']:.3f} img/s, peak {mem_capture:.0f} MiB")
+    # Peaks are the CUDA allocator's: a CPU run has none to report (the process's RSS high-water mark cannot be reset
+    # between the calls).
+    peak_text = {k: f"peak {m:.0f} MiB" if cuda else "peak n/a on CPU" for k, m in (("plain", mem_plain),
+                                                                                  ("capture", mem_capture))}
+    print(f"plain diffusers      : {ips['plain']:.3f} img/s, {peak_text['plain']}")
+    print(f"with capture         : {ips['capture']:.3f} img/s, {peak_text['capture']}")
     print(f"ratio capture/plain  : {ips['capture'] / ips['plain']:.4f}x (rounds {min(rounds):.4f}-{max(rounds):.4f})   "
           f"images bit-identical: {identical}")
     print(f"capture + refine     : {ips['refined']:.3f} img/s, ratio {ips['refined'] / ips['plain']:.4f}x plain "

@@ -162,7 +162,8 @@ def main():
         mem[mode] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         results[mode] = []
         captured = "" if mode == "plain" else f", {sum(store.weights_added().values()):g} block-steps captured"
-        print(f"{mode:8s}: peak {mem[mode]:.2f} GiB ({mem[mode] - mem['plain']:+.2f} vs plain){captured}", flush=True)
+        peak = f"peak {mem[mode]:.2f} GiB ({mem[mode] - mem['plain']:+.2f} vs plain)" if cuda else "peak n/a on CPU"
+        print(f"{mode:8s}: {peak}{captured}", flush=True)
         if mode == "capture" and not sum(store.weights_added().values()):
             # A capture that ran nowhere (an attention backend past F.scaled_dot_product_attention) would time as
             # free and leave the images identical: no figure rather than a wrong one.
