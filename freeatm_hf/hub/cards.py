@@ -29,6 +29,8 @@ def public_generation(generation: dict) -> dict:
     from ..data.reading import looks_like_a_path
 
     out = dict(generation)
+    if out.get("threshold") not in (None, "otsu"):  # a number to a YAML reader, not the string it is kept as
+        out["threshold"] = float(out["threshold"])
     if out.get("pipeline_source") == "local" and out.get("pipeline"):
         out["pipeline"] = Path(str(out["pipeline"])).name
     if out.get("prompts_file"):

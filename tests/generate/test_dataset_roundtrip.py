@@ -50,6 +50,11 @@ def test_layout_is_the_hub_repo_layout(generated):
     assert "| num_inference_steps | `3` |" in card and "- images: 5" in card
     assert "| pipeline_class | `StableDiffusionPipeline` |" in card and "the cross-attention probabilities" in card
     assert "| down_factors | `[2, 4]` |" in card and "the prompt as CLIP tokenizes it (0 = start token)" in card
+    # The settings block of the YAML header: numbers to any YAML reader (the threshold was the string '0.4').
+    import yaml
+
+    generation = yaml.safe_load(card.split("---")[1])["freeatm"]["generation"]
+    assert generation["threshold"] == 0.4 and generation["num_inference_steps"] == 3
 
 
 def test_plain_load_dataset_returns_what_the_generator_made(generated):
