@@ -111,6 +111,28 @@ def start_decoder_from_encoder(model, missing_keys) -> list[str]:
     return copied
 
 
+@torch.no_grad()
+def start_encoder_from_decoder(model, missing_keys) -> list[str]:
+    """The mirror of `start_decoder_from_encoder`: a checkpoint without a text encoder (the captioning layout,
+    `BlipForConditionalGeneration`: Salesforce's blip-image-captioning-*) starts the encoder from its caption
+    decoder's BERT, what BLIP shares between the two. The ITC projections and the ITM head have no counterpart
+    there: they start fresh, and the log says so. Returns the encoder keys copied."""
+    state = model.state_dict()
+    copied = []
+    for key in missing_keys:
+        if key.startswith("text_encoder."):
+            source = "text_decoder.bert." + key[len("text_encoder."):]
+            if source in state and state[source].shape == state[key].shape:
+                state[key].copy_(state[source])
+                copied.append(key)
+    if copied:
+        heads = ("text_proj.", "vision_proj.", "itm_head.")
+        fresh = sorted({k.split(".")[0] for k in missing_keys if k.startswith(heads)})
+        logger.info("%d text encoder tensors started from the caption decoder (the checkpoint has no text encoder)%s",
+                    len(copied), f"; {', '.join(fresh)} start fresh" if fresh else "")
+    return copied
+
+
 def build_blip(args: BlipArguments):
     """(model, tokenizer): from a BLIP checkpoint folder, or from scratch with the offline CLIP BPE tokenizer."""
     from ..models.blip import BLIP_LABEL_SMOOTHING, BlipATMConfig, BlipATMModel
@@ -133,6 +155,7 @@ def build_blip(args: BlipArguments):
                             enc_token_id=getattr(tok, "enc_token_id", None), **args.momentum_config())
         model, info = BlipATMModel.from_pretrained(args.init_from, config=cfg, output_loading_info=True)
         start_decoder_from_encoder(model, info["missing_keys"])
+        start_encoder_from_decoder(model, info["missing_keys"])
         model.set_image_size(args.image_size)
         if cfg.momentum_distill:
             # A stock BLIP checkpoint has no momentum encoders or queues: start them as BLIP does.

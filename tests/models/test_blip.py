@@ -410,6 +410,31 @@ def test_a_checkpoint_without_a_caption_decoder_starts_it_from_the_text_encoder(
         assert model(px, ids).loss_lm < 2 * math.log(model.config.text_config.vocab_size)
 
 
+def test_a_captioning_checkpoint_starts_its_text_encoder_from_the_caption_decoder(tmp_path, caplog):
+    """The captioning layout (Salesforce's blip-image-captioning-*, `export --to blip-captioning`) has a decoder and no
+    text encoder: the encoder starts from the decoder's BERT (it was left random), the decoder and image tower are
+    the checkpoint's, and the log names the parts that start fresh."""
+    import logging
+
+    from freeatm_hf.generate.clip_vocab import load_tokenizer
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    torch.manual_seed(0)
+    source = tiny()
+    export_stock(source, tmp_path / "stock", kind="captioning")
+    load_tokenizer(model_max_length=40).save_pretrained(tmp_path / "stock")
+    caplog.set_level(logging.INFO, "freeatm_hf.train.blip")
+    torch.manual_seed(1)
+    model, _ = build_blip(BlipArguments(dataset="unused", init_from=str(tmp_path / "stock"), image_size=32))
+    enc, dec = model.text_encoder.state_dict(), model.text_decoder.bert.state_dict()
+    assert set(enc) == set(dec) and all(torch.equal(enc[k], dec[k]) for k in enc)
+    src = source.state_dict()
+    assert all(torch.equal(v, src[f"text_decoder.{k}"]) for k, v in model.text_decoder.state_dict().items())
+    assert all(torch.equal(v, src[f"vision_model.{k}"]) for k, v in model.vision_model.state_dict().items())
+    assert f"{len(enc)} text encoder tensors started from the caption decoder" in caplog.text
+    assert "itm_head, text_proj, vision_proj start fresh" in caplog.text
+
+
 def test_distillation_ramp_counts_an_epochs_last_partial_accumulation_as_a_step(tmp_path):
     """11 batches at accumulation 2: Trainer takes 6 optimizer steps an epoch (the last on one batch), and the
     ramp of one epoch is those 6 steps, as Trainer counted them."""
