@@ -89,42 +89,41 @@ class BlipArguments(DataArguments):
 
 
 @torch.no_grad()
+def _copy_missing(model, missing_keys, target: str, source: str) -> list[str]:
+    """Fill the checkpoint's missing `target…` tensors from the loaded `source…` ones of the same shape."""
+    state = model.state_dict()
+    copied = []
+    for key in missing_keys:
+        if key.startswith(target):
+            origin = source + key[len(target):]
+            if origin in state and state[origin].shape == state[key].shape:
+                state[key].copy_(state[origin])
+                copied.append(key)
+    return copied
+
+
+@torch.no_grad()
 def start_decoder_from_encoder(model, missing_keys) -> list[str]:
     """A checkpoint without a caption decoder (the retrieval layout, `BlipForImageTextRetrieval`: Salesforce's
     blip-itm-*) starts the decoder from its text encoder, as BLIP's pretraining shares all but the decoder's
     causal self-attention between the two (its self-attention has the same shapes and starts as the encoder's
     too); the LM head's transform starts fresh and its bias at zero (no init of transformers' covers that bias:
     it was left as uninitialised memory, an LM loss of 1e23). Returns the decoder keys copied."""
-    state = model.state_dict()
     if "text_decoder.cls.predictions.bias" in missing_keys:
         model.text_decoder.cls.predictions.bias.zero_()
-    copied = []
-    for key in missing_keys:
-        if key.startswith("text_decoder.bert."):
-            source = "text_encoder." + key[len("text_decoder.bert."):]
-            if source in state and state[source].shape == state[key].shape:
-                state[key].copy_(state[source])
-                copied.append(key)
+    copied = _copy_missing(model, missing_keys, "text_decoder.bert.", "text_encoder.")
     if copied:
         logger.info("%d caption decoder tensors started from the text encoder (the checkpoint has no decoder)",
                     len(copied))
     return copied
 
 
-@torch.no_grad()
 def start_encoder_from_decoder(model, missing_keys) -> list[str]:
     """The mirror of `start_decoder_from_encoder`: a checkpoint without a text encoder (the captioning layout,
     `BlipForConditionalGeneration`: Salesforce's blip-image-captioning-*) starts the encoder from its caption
     decoder's BERT, what BLIP shares between the two. The ITC projections and the ITM head have no counterpart
     there: they start fresh, and the log says so. Returns the encoder keys copied."""
-    state = model.state_dict()
-    copied = []
-    for key in missing_keys:
-        if key.startswith("text_encoder."):
-            source = "text_decoder.bert." + key[len("text_encoder."):]
-            if source in state and state[source].shape == state[key].shape:
-                state[key].copy_(state[source])
-                copied.append(key)
+    copied = _copy_missing(model, missing_keys, "text_encoder.", "text_decoder.bert.")
     if copied:
         heads = ("text_proj.", "vision_proj.", "itm_head.")
         fresh = sorted({k.split(".")[0] for k in missing_keys if k.startswith(heads)})
