@@ -221,6 +221,25 @@ def recorded_source(source: str | None) -> str | None:
     return str(Path(source).resolve()) if source and Path(source).exists() else source
 
 
+def pinned_revision(source: str, revision: str | None = None) -> str | None:
+    """The commit a Hub dataset id resolves to at `revision` (a branch or tag; None: the default branch), asked of
+    the Hub once before loading, so that the rows evaluated and the revision recorded with their results are one
+    commit (`"revision": null` named no data at all). `revision` as given for a local folder, or when the Hub
+    cannot be asked (offline, the cache answers for the revision given)."""
+    from pathlib import Path
+
+    if Path(source).exists() or not hub_dataset_id(source):
+        return revision
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(source, revision=revision).sha or revision
+    except Exception as e:  # the load that follows says what is wrong with the id, in its own words
+        logger.info("%s: the commit of revision %s is not known (%s); recorded as given", source, revision or "main",
+                    e)
+        return revision
+
+
 def hub_dataset_id(source: str | None) -> str | None:
     """The Hub id to name a dataset by in a public card: the id as given, or the repo a local folder was pushed
     to (`freeatm push` notes it in the folder); None for a local folder never pushed, or a path to a folder

@@ -157,6 +157,11 @@ def main(argv=None):
 
     setup_logging()
     args = make_parser().parse_args(argv)
+    if getattr(args, "dataset", None) and hasattr(args, "revision"):
+        from ..data.reading import pinned_revision
+
+        # Read and recorded at one commit: a Hub dataset's branch may move while the evaluation runs.
+        args.revision = pinned_revision(args.dataset, args.revision)
     return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval, "finetune": main_finetune,
             "segment": main_segment, "detect": main_detect}[args.what](args)
 

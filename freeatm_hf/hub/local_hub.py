@@ -46,11 +46,13 @@ class LocalHub:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _json(self, code, obj):
+            def _json(self, code, obj, headers: dict | None = None):
                 data = json.dumps(obj).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -127,9 +129,14 @@ class LocalHub:
                         self.wfile.write(data)
                     return None
                 hub.unknown.append(f"{self.command} {self.path}")
+                # As the Hub answers: a missing file of a repo that exists is an EntryNotFound (what a client
+                # treats as "no such file", e.g. `datasets` for a repo without a README), anything else a
+                # RepoNotFound.
+                code = "EntryNotFound" if key in hub.repos else "RepoNotFound"
                 if send_body:
-                    return self._json(404, {"error": "not found"})
+                    return self._json(404, {"error": "not found"}, headers={"X-Error-Code": code})
                 self.send_response(404)
+                self.send_header("X-Error-Code", code)
                 self.end_headers()
 
             def log_message(self, *args):

@@ -103,6 +103,13 @@ def test_what_the_stock_client_pushes_comes_back_as_pushed(in_process_hub, tmp_p
     api.create_repo("me/m")
     api.upload_file(path_or_fileobj=b"weights", path_in_repo="model.bin", repo_id="me/m")
     assert Path(hf_hub_download("me/m", "model.bin")).read_bytes() == b"weights"
+    # A missing file of a repo, and a repo that does not exist, fail as the Hub's answers make them fail.
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download("me/m", "missing.bin")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("me/none", "model.bin")
 
 
 def test_a_commit_that_replaces_a_folder_keeps_the_new_files_also_on_disk(tmp_path, monkeypatch):

@@ -401,3 +401,37 @@ def test_a_push_in_offline_mode_says_so_with_the_command_to_push_again(tmp_path,
                                              "model` when") as raised:
         push_folder(tmp_path / "ckpt", "me/enc", repo_type="model", token="hf_test")
     assert isinstance(raised.value.__cause__, OfflineModeIsEnabled)
+
+
+def test_an_evaluation_of_a_hub_dataset_records_the_commit_it_read(tmp_path, monkeypatch):
+    """Evaluated without --revision, the results said `"revision": null`, which names no data: they name the commit
+    the rows were read at, asked of the Hub before loading (and the rows loaded at that commit)."""
+    from datasets import Dataset
+    from huggingface_hub import HfApi
+    from PIL import Image
+
+    from freeatm_hf.hub.model_card import RESULTS_FILE
+    from tests.eval.test_frozen_eval import tiny_checkpoint
+
+    folder = tmp_path / "labels"
+    (folder / "data").mkdir(parents=True)
+    for split, n in (("train", 6), ("test", 4)):
+        Dataset.from_dict({"image": [Image.new("RGB", (32, 32), (40 * i, 90, 0)) for i in range(n)],
+                           "label": [i % 2 for i in range(n)]}).to_parquet(
+            str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("simclr").save_pretrained(ckpt)
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)  # this process uploads; the evaluation runs in its own
+    monkeypatch.setattr(c, "HF_HUB_DISABLE_XET", True)
+    with FakeHub() as hub:
+        api = HfApi(endpoint=hub.url, token=TOKEN)
+        api.create_repo("me/labels", repo_type="dataset")
+        api.upload_folder(repo_id="me/labels", repo_type="dataset", folder_path=str(folder))
+        commit = hub.head("dataset", "me/labels")
+        res = run_cli(["eval", "knn", "--model", str(ckpt), "--dataset", "me/labels", "--image_size", "32", "--k", "3",
+                       "--batch_size", "4", "--no_linear_probe", "--device", "cpu"], hub.url, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (result,) = json.loads((ckpt / RESULTS_FILE).read_text())
+    assert result["dataset"] == "me/labels" and result["revision"] == commit and commit != "0" * 40
