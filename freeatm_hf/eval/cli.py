@@ -157,6 +157,7 @@ def main(argv=None):
 
     setup_logging()
     args = make_parser().parse_args(argv)
+    check_numbers(args)  # before any model, pipeline or data is loaded
     if getattr(args, "dataset", None) and hasattr(args, "revision"):
         from ..data.reading import pinned_revision
 
@@ -164,6 +165,35 @@ def main(argv=None):
         args.revision = pinned_revision(args.dataset, args.revision)
     return {"masks": main_masks, "knn": main_knn, "retrieval": main_retrieval, "finetune": main_finetune,
             "segment": main_segment, "detect": main_detect}[args.what](args)
+
+
+# Flags that count something (scenes, steps, pixels, rows, tokens): at least 1 when given. A 0 image size was
+# replaced by the checkpoint's own (`or`), a 0 batch evaluated no scene at all (and --save_recommendation then
+# wrote a threshold chosen on nothing into the model folder).
+POSITIVE_INTS = ("num_scenes", "num_val", "num_inference_steps", "batch_size", "image_size", "k_test", "max_length",
+                 "num_labels", "min_size", "max_size", "finetune_max_steps")
+# Flags that set how long and how fast a fine-tune trains: 0 trained no step (or at a rate of 0), and the result
+# still went into the card as the fine-tuned model's.
+POSITIVE_FLOATS = ("epochs", "learning_rate", "finetune_epochs", "finetune_lr")
+
+
+def check_numbers(args):
+    """Refuse a count, length, rate or size that cannot mean what it says, naming the flag (not as a traceback or a
+    silent default once the model is loaded)."""
+    import math
+
+    for name in POSITIVE_INTS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}")
+    for name in POSITIVE_FLOATS:
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be a finite number > 0, got {value}")
+    if getattr(args, "max_steps", -1) not in (-1,) and args.max_steps < 1:  # -1: unset, --epochs bounds the run
+        raise ValueError(f"--max_steps must be at least 1 (or -1 for --epochs), got {args.max_steps}")
+    if getattr(args, "seed", 0) < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
 
 
 def main_segment(args):

@@ -170,3 +170,29 @@ def test_retrieval_scores_at_the_size_and_with_the_re_ranking_depth_given(monkey
     assert r["k_test"] == 2 and r["images"] == 3
     assert torch.equal(args[0], tok([f"square {i}" for i in range(3)], padding="max_length", truncation=True,
                                     max_length=35, return_tensors="pt").input_ids)
+
+
+@pytest.mark.parametrize("what, flags, named", [
+    ("masks", ["--batch_size", "-1"], "--batch_size must be at least 1"),  # evaluated no scene, wrote a recommendation
+    ("masks", ["--num_scenes", "0"], "--num_scenes must be at least 1"),
+    ("masks", ["--num_val", "0"], "--num_val must be at least 1"),
+    ("masks", ["--num_inference_steps", "0"], "--num_inference_steps must be at least 1"),
+    ("masks", ["--seed", "-1"], "--seed must be >= 0"),
+    ("knn", ["--image_size", "0"], "--image_size must be at least 1"),  # was replaced by the checkpoint's size
+    ("finetune", ["--output_dir", "o", "--epochs", "0"], "--epochs must be a finite number > 0"),
+    ("finetune", ["--output_dir", "o", "--learning_rate", "inf"], "--learning_rate must be a finite number > 0"),
+    ("finetune", ["--output_dir", "o", "--max_steps", "0"], "--max_steps must be at least 1"),
+    ("segment", ["--output_dir", "o", "--learning_rate", "0"], "--learning_rate must be a finite number > 0"),
+    ("segment", ["--output_dir", "o", "--num_labels", "0"], "--num_labels must be at least 1"),
+    ("detect", ["--output_dir", "o", "--min_size", "0"], "--min_size must be at least 1"),
+    ("retrieval", ["--max_length", "0"], "--max_length must be at least 1"),
+    ("retrieval", ["--finetune_split", "train", "--finetune_dir", "o", "--finetune_epochs", "0"],
+     "--finetune_epochs must be a finite number > 0"),
+    ("retrieval", ["--finetune_split", "train", "--finetune_dir", "o", "--finetune_max_steps", "-3"],
+     "--finetune_max_steps must be at least 1"),
+])
+def test_counts_rates_and_sizes_that_mean_nothing_are_refused_before_anything_loads(what, flags, named):
+    """A 0 or negative count, a rate of 0 or inf ran (or evaluated nothing) and recorded its result as the model's."""
+    needs = [] if what == "masks" else ["--model", "missing-model", "--dataset", "missing-data"]
+    with pytest.raises(ValueError, match=named):
+        main([what, *needs, *flags])
