@@ -186,6 +186,13 @@ class GenerateConfig:
             hint = f" (did you mean {self.license.lower()!r}?)" if re.fullmatch(r"[A-Za-z0-9][\w.+-]*", self.license) else ""
             raise ValueError("--license must be a Hub licence id such as cc-by-4.0, apache-2.0, openrail or other; "
                              f"got {self.license!r}{hint}")
+        if self.min_attention_peak is not None and not 0.0 <= self.min_attention_peak < 1.0:
+            # The card states it and training applies it: nan kept every object, inf or 2 left every one out.
+            raise ValueError(f"--min_attention_peak must be in [0, 1) (attention_peak is a probability), got "
+                             f"{self.min_attention_peak}")
+        if self.seed < 0 or self.seed + max(self.num_images, 1) - 1 > 2**63 - 1:
+            # Image i's seed (seed + i) seeds a torch generator and is stored as int64.
+            raise ValueError(f"--seed must be in [0, 2**63 - num_images], got {self.seed}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
         if self.num_inference_steps < 1:  # found now, not after the pipeline has loaded

@@ -65,6 +65,10 @@ class ContrastiveArguments(DataArguments):
             raise ValueError(f"--nce_temperature must be > 0, got {self.nce_temperature}")
         if self.queue_size < 1:
             raise ValueError(f"--queue_size must be at least 1, got {self.queue_size}")
+        if self.proj_dim < 1 or self.proj_hidden_dim < 1:
+            # A 0-wide projection trained nothing (zero gradients) and still saved a model and its card.
+            raise ValueError(f"--proj_dim and --proj_hidden_dim must be at least 1, got {self.proj_dim} and "
+                             f"{self.proj_hidden_dim}")
         if self.image_size < 1:
             raise ValueError(f"--image_size must be positive, got {self.image_size}")
         if not 0.0 < self.crop_scale_min <= 1.0:

@@ -627,3 +627,17 @@ def test_a_yml_recipe_an_empty_one_and_null_or_empty_list_keys(tmp_path):
     bad.write_text("output_dir: out\npipeline: tiny\ndown_factors: []\n")
     with pytest.raises(ValueError, match="recipe key 'down_factors' is an empty list"):
         parse([str(bad)])
+
+
+@pytest.mark.parametrize("peak", ["nan", "inf", "-1", "1"])
+def test_a_min_attention_peak_that_is_no_probability_is_refused(peak, tmp_path):
+    # It was written into the card as given (.nan, .inf), and training then kept or dropped every object.
+    with pytest.raises(ValueError, match="--min_attention_peak must be in \\[0, 1\\)"):
+        parse(["--output_dir", str(tmp_path / "o"), "--pipeline", "tiny", "--min_attention_peak", peak])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63 - 1)])
+def test_a_seed_outside_what_image_seeds_can_hold_is_refused(seed, tmp_path):
+    # -1 failed after the pipeline loaded; 2**63 - 1 generated, then tracebacked writing seed + 1 into int64.
+    with pytest.raises(ValueError, match="--seed must be in"):
+        parse(["--output_dir", str(tmp_path / "o"), "--pipeline", "tiny", "--num_images", "2", "--seed", seed])

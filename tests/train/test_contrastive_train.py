@@ -366,3 +366,10 @@ def test_a_backbone_without_a_cnn_feature_map_is_refused_before_training(name, s
         create_backbone(name)
     for cnn in ("convnext_atto", "efficientnet_b0", "resnet18.a1_in1k"):
         assert small_args(backbone=cnn).backbone == cnn
+
+
+@pytest.mark.parametrize("dims", [dict(proj_dim=0), dict(proj_dim=-1), dict(proj_hidden_dim=0)])
+def test_a_projection_without_width_is_refused(dims):
+    # proj_dim 0 trained with zero gradients and saved the model and its card; -1 and a 0 hidden width were tracebacks.
+    with pytest.raises(ValueError, match="--proj_dim and --proj_hidden_dim must be at least 1"):
+        small_args(**dims)
