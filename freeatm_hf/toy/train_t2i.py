@@ -47,7 +47,8 @@ def make_parser():
                    help="share of empty captions (what classifier-free guidance needs)")
     p.add_argument("--ema_decay", type=float, default=0.999, help="of the UNet weights that are saved")
     p.add_argument("--max_minutes", type=float, default=9.0, help="wall-clock budget for both stages")
-    p.add_argument("--mixed_precision", default=None, help="bf16 / fp16 / no (default: bf16 on CUDA)")
+    p.add_argument("--mixed_precision", default=None, choices=("bf16", "fp16", "no"),
+                   help="default: bf16 on CUDA, else no")
     p.add_argument("--save_every_minutes", type=float, default=15.0,
                    help="also write the pipeline folder this often, so a killed run loses little")
     p.add_argument("--seed", type=int, default=0, help="of the weights and the training scenes")
@@ -89,6 +90,29 @@ def check_prediction_type(scheduler):
                          "(v_prediction, epsilon or sample)")
 
 
+def check_arguments(parser, args):
+    """Settings that would train nothing, train NaNs (a learning rate of inf saved an all-NaN UNet) or crash later
+    are refused by name, as argparse refuses a mistyped one (exit 2)."""
+    if not 0 <= args.caption_dropout <= 1:
+        parser.error(f"--caption_dropout {args.caption_dropout}: a share, between 0 and 1")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr {args.lr}: a finite learning rate > 0")
+    if not 0 <= args.ema_decay < 1:  # nan fails this too
+        parser.error(f"--ema_decay {args.ema_decay}: in [0, 1)")
+    for name in ("max_minutes", "save_every_minutes"):
+        value = getattr(args, name)
+        if not value > 0:
+            parser.error(f"--{name} {value}: a time > 0")
+    for name in ("vae_steps", "decoder_steps", "unet_steps"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} {getattr(args, name)}: a number of steps, 0 or more")
+    for name in ("batch_size", "log_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: at least 1")
+    if args.resume_from and not Path(args.resume_from).is_dir():
+        parser.error(f"--resume_from {args.resume_from}: no such folder (a pipeline folder this script wrote)")
+
+
 def main(argv=None):
     from accelerate import Accelerator
     from diffusers import DiffusionPipeline
@@ -100,8 +124,7 @@ def main(argv=None):
 
     parser = make_parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.caption_dropout <= 1:
-        parser.error(f"--caption_dropout {args.caption_dropout}: a share, between 0 and 1")
+    check_arguments(parser, args)
     from ..cli import setup_logging
 
     setup_logging()

@@ -300,14 +300,23 @@ def test_captions_are_dropped_to_the_empty_one_at_the_given_rate():
     assert 60 < dropped.sum() < 140
 
 
-def test_a_caption_dropout_outside_0_to_1_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("flag, bad", [
+    ("--caption_dropout", "1.5"), ("--caption_dropout", "-0.1"),
+    ("--lr", "inf"), ("--lr", "nan"), ("--lr", "0"),  # inf saved an all-NaN UNet, exit 0
+    ("--ema_decay", "nan"), ("--ema_decay", "1"), ("--ema_decay", "-1"),
+    ("--max_minutes", "0"), ("--save_every_minutes", "-1"),  # 0 minutes wrote an untrained pipeline
+    ("--unet_steps", "-1"), ("--vae_steps", "-2"), ("--decoder_steps", "-1"),  # -1 UNet steps ran one
+    ("--batch_size", "0"), ("--log_every", "0"), ("--mixed_precision", "foo"), ("--resume_from", "/nonexistent"),
+])
+def test_settings_that_would_train_nothing_or_nans_are_refused_by_name(flag, bad, tmp_path, capsys):
     from freeatm_hf.toy.train_t2i import main
 
-    for bad in ("1.5", "-0.1"):
-        with pytest.raises(SystemExit) as e:
-            main(["--output_dir", str(tmp_path / "out"), "--caption_dropout", bad, "--vae_steps", "0",
-                  "--unet_steps", "0", "--batch_size", "2"])
-        assert e.value.code == 2 and f"--caption_dropout {float(bad)}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        # A mutant that let the value through trains nothing long: the bad value comes last, and wins.
+        main(["--output_dir", str(tmp_path / "out"), "--vae_steps", "0", "--unet_steps", "0", "--batch_size", "2",
+              flag, bad])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluation_refuses_the_scenes_the_model_was_trained_on(trained):
