@@ -48,6 +48,8 @@ BLIP_SIZES = {
 
 
 MAX_LENGTH = 72  # text tokens: a caption and a few position prompts
+MIN_LENGTH = 3  # a start token, one word, an end token
+MAX_GRID = 32  # blocks per side: finer than a 16-px patch of a 512-px image names nothing the model can see
 
 
 @dataclass
@@ -73,8 +75,15 @@ class BlipArguments(DataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.grid < 1:  # else every prompt would say "block 0" while the card states a 3×3 grid
-            raise ValueError(f"--grid is the number of blocks per side, at least 1; got {self.grid}")
+        if not 1 <= self.grid <= MAX_GRID:
+            # Below 1 every prompt said "block 0" while the card stated a 3×3 grid; a huge grid hung in the check
+            # that the tokenizer tells every block number apart.
+            raise ValueError(f"--grid is the number of blocks per side, 1 to {MAX_GRID}; got {self.grid}")
+        if self.image_size < 1:
+            raise ValueError(f"--image_size must be at least 1, got {self.image_size}")
+        if self.max_length is not None and self.max_length < MIN_LENGTH:
+            # Below it a caption keeps no word between its start and end tokens: the LM and ITC train on nothing.
+            raise ValueError(f"--max_length must be at least {MIN_LENGTH} tokens, got {self.max_length}")
         if self.model_size not in BLIP_SIZES:
             raise ValueError(f"--model_size must be one of {', '.join(BLIP_SIZES)}, got {self.model_size!r}")
         if not 0.0 < self.crop_scale_min <= 1.0:

@@ -236,11 +236,12 @@ def test_the_loss_is_maes_normalized_pixel_loss_on_the_masked_patches():
 
 
 @pytest.mark.parametrize("change", [{"mask_ratio": 0.0}, {"mask_ratio": 1.0}, {"model_size": "huge"},
-                                    {"crop_scale_min": 1.5}, {"crop_scale_min": 0.0}])
+                                    {"crop_scale_min": 1.5}, {"crop_scale_min": 0.0}, {"patch_size": 0},
+                                    {"image_size": 8, "patch_size": 16}])
 def test_training_arguments_that_would_train_nothing_or_fail_later_are_refused(change):
     """mask_ratio 0 masks nothing (loss 0), 1 leaves the encoder no patch; an unknown size was a KeyError and a crop
     scale above 1 a traceback from the first batch."""
     from freeatm_hf.train.mae import MAEArguments
 
-    with pytest.raises(ValueError, match="mask_ratio|model_size|crop_scale_min"):
+    with pytest.raises(ValueError, match="mask_ratio|model_size|crop_scale_min|patch_size"):
         MAEArguments(dataset="unused", **change)

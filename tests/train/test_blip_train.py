@@ -232,3 +232,14 @@ def test_a_checkpoint_start_takes_blips_label_smoothing_the_enc_token_and_up_to_
     assert model.config.enc_token_id == tok.convert_tokens_to_ids("[ENC]") != tok.unk_token_id
     with pytest.raises(ValueError, match=r"--max_length 41 is longer"):
         build_blip(BlipArguments(dataset="unused", init_from=str(stock_blip), max_length=41))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"grid": 100_000}, "--grid is the number of blocks per side, 1 to 32"),  # hung in the tokenizer's block check
+    ({"max_length": 2}, "--max_length must be at least 3 tokens"),  # trained with no word of any caption
+    ({"image_size": 0}, "--image_size must be at least 1"),
+])
+def test_blip_settings_that_would_hang_or_train_on_nothing_are_refused(change, named):
+    with pytest.raises(ValueError, match=named):
+        BlipArguments(dataset="unused", **change)
+    assert BlipArguments(dataset="unused", grid=32, max_length=3).grid == 32
