@@ -43,6 +43,8 @@ class CaptureConfig:
             raise ValueError(f"mmdit_blocks must be double, single or all, got {self.mmdit_blocks!r}")
         self.down_factors = tuple(int(f) for f in self.down_factors)
         self.step_window = tuple(float(s) for s in self.step_window)
+        if len(self.step_window) != 2:
+            raise ValueError(f"step_window is two fractions, start and end, got {self.step_window}")
         start, end = self.step_window
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"step_window must satisfy 0 <= start < end <= 1, got {self.step_window}")

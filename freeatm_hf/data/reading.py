@@ -228,7 +228,12 @@ def pinned_revision(source: str, revision: str | None = None) -> str | None:
     cannot be asked (offline, the cache answers for the revision given)."""
     from pathlib import Path
 
-    if Path(source).exists() or not hub_dataset_id(source):
+    if Path(source).exists():
+        if revision is not None:  # `datasets` reads a local folder as it is: the results would name a revision
+            raise ValueError(f"--revision {revision}: {source} is a local folder, which has no revisions (a Hub "
+                             "dataset id has)")
+        return None
+    if not hub_dataset_id(source):
         return revision
     from huggingface_hub import HfApi
 

@@ -83,6 +83,8 @@ def export_main(argv=None):
     p.add_argument("out", help="the export's folder (timm, vit, blip-*) or file (torchvision)")
     p.add_argument("--to", required=True, choices=kinds, help="the library to load it with")
     args = p.parse_args(argv)
+    if not args.out.strip():  # an empty path wrote the export's files into the working directory
+        p.error("out: give the export's folder or file")
     out = export_checkpoint(args.folder, args.out, args.to)
     print(out)
     return out

@@ -65,6 +65,8 @@ class ContrastiveArguments(DataArguments):
             raise ValueError(f"--nce_temperature must be > 0, got {self.nce_temperature}")
         if self.queue_size < 1:
             raise ValueError(f"--queue_size must be at least 1, got {self.queue_size}")
+        if any(m < 1 for m in self.lr_milestones):  # epoch 0 cut the rate tenfold for the whole run
+            raise ValueError(f"--lr_milestones are epochs, at least 1, got {self.lr_milestones}")
         if self.proj_dim < 1 or self.proj_hidden_dim < 1:
             # A 0-wide projection trained nothing (zero gradients) and still saved a model and its card.
             raise ValueError(f"--proj_dim and --proj_hidden_dim must be at least 1, got {self.proj_dim} and "

@@ -301,3 +301,14 @@ def test_a_dataset_is_named_in_a_card_by_hub_id_never_by_a_place_on_some_machine
     (tmp_path / "scenes").mkdir()
     assert recorded_source("scenes") == str((tmp_path / "scenes").resolve())
     assert recorded_source("user/other") == "user/other" and recorded_source(None) is None
+
+
+def test_a_revision_of_a_local_folder_is_refused_and_none_is_none(tmp_path):
+    """`datasets` reads a local folder as it is: a --revision given with one was recorded with the results as if
+    the rows were read at it."""
+    from freeatm_hf.data.reading import pinned_revision
+
+    with pytest.raises(ValueError, match=r"--revision v2: .* is a local folder, which has no revisions"):
+        pinned_revision(str(tmp_path), "v2")
+    assert pinned_revision(str(tmp_path)) is None
+    assert pinned_revision("me/not-here", "v3") == "v3"  # offline (the tests' HF_HUB_OFFLINE): kept as given

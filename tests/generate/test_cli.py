@@ -335,6 +335,7 @@ def test_one_spelling_of_threshold_and_dtype_and_bad_capture_refused_before_load
     assert parse(base + ["--threshold", ".4"]).settings() == parse(base + ["--threshold", "0.40"]).settings()
     assert parse(base + ["--torch_dtype", "fp16"]).settings() == parse(base + ["--torch_dtype", "float16"]).settings()
     for bad, why in [(["--step_window", "0.8", "0.2"], "step_window must satisfy"),
+                     (["--step_window", "0"], r"step_window is two fractions, start and end, got \(0.0,\)"),
                      (["--down_factors", "3"], "down_factors must be powers of two"),
                      (["--mmdit_blocks", "dual"], "mmdit_blocks must be double, single or all"),
                      (["--height", "-64"], "height and width must be positive"),

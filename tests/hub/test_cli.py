@@ -44,3 +44,14 @@ def test_push_model_refuses_another_repo_type_and_pushes_both_repos_with_the_fla
                                          "message": "my model"}
     timm_card = repos[("model", "me/enc-timm")]["files"]["README.md"].decode()
     assert "[me/enc](https://huggingface.co/me/enc)" in timm_card and "hf-hub:me/enc-timm@v2" in timm_card
+
+
+def test_an_export_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypatch, capsys):
+    """`freeatm export CKPT ""` wrote the export's files into the working directory."""
+    from freeatm_hf.hub.cli import export_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tmp_path / "ckpt"), " ", "--to", "timm"])
+    assert e.value.code == 2 and "out: give the export's folder or file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

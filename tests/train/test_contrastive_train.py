@@ -336,7 +336,8 @@ def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(
     ("nce_temperature", -0.1, "--nce_temperature must be > 0"),
     ("queue_size", 0, "--queue_size must be at least 1"), ("image_size", 0, "--image_size must be positive"),
     ("crop_scale_min", 1.5, "--crop_scale_min"), ("min_visible", 2.0, "--min_visible"),
-    ("backbone", "notamodel", "--backbone 'notamodel' is not a timm model")])
+    ("backbone", "notamodel", "--backbone 'notamodel' is not a timm model"),
+    ("lr_milestones", [0, 160], r"--lr_milestones are epochs, at least 1, got \[0, 160\]")])
 def test_contrastive_flags_out_of_range_are_refused_by_name(flag, value, match):
     with pytest.raises(ValueError, match=match):
         small_args(**{flag: value})
