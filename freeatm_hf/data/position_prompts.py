@@ -18,11 +18,16 @@ from .rows import rgb
 TEMPLATE = "The {name} is in block {block}."
 
 
+def check_grid(grid: int):
+    """Else every prompt would say "block 0" (or a negative grid's number), without a word."""
+    if grid < 1:
+        raise ValueError(f"the position grid has at least one block per side, got grid={grid}")
+
+
 def block_index(box, image_size: tuple[int, int], grid: int = 3) -> int:
     """Block (1..grid²) of the centre of `box=(x0, y0, x1, y1)` in an image of `image_size=(height, width)`.
     A centre exactly on an inner border belongs to the block to its right / below."""
-    if grid < 1:
-        raise ValueError(f"the position grid has at least one block per side, got grid={grid}")
+    check_grid(grid)
     h, w = image_size
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     col = min(max(int(cx / w * grid), 0), grid - 1)
@@ -78,8 +83,7 @@ class PositionPromptTransform:
 
     def __init__(self, size: int = 224, scale=(0.5, 1.0), grid: int = 3, tokenizer=None, max_length=None,
                  shuffle: bool = True, flip: bool = True):
-        if grid < 1:  # else every prompt would say "block 0" (or a negative grid's number), without a word
-            raise ValueError(f"the position grid has at least one block per side, got grid={grid}")
+        check_grid(grid)  # at construction, not at the first object with a box
         ops = [v2.RandomResizedCrop(size, scale=scale, antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
         self.geometry = v2.Compose(ops + [v2.ClampBoundingBoxes()])
         self.size, self.grid, self.tokenizer, self.max_length, self.shuffle = size, grid, tokenizer, max_length, shuffle

@@ -224,8 +224,8 @@ def recorded_source(source: str | None) -> str | None:
 def pinned_revision(source: str, revision: str | None = None) -> str | None:
     """The commit a Hub dataset id resolves to at `revision` (a branch or tag; None: the default branch), asked of
     the Hub once before loading, so that the rows evaluated and the revision recorded with their results are one
-    commit (`"revision": null` named no data at all). `revision` as given for a local folder, or when the Hub
-    cannot be asked (offline, the cache answers for the revision given)."""
+    commit (`"revision": null` named no data at all). None for a local folder, which has no revisions (one given
+    with it is refused); `revision` as given when the Hub cannot be asked (offline, the cache answers for it)."""
     from pathlib import Path
 
     if Path(source).exists():

@@ -190,7 +190,7 @@ def check_numbers(args):
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"--{name} must be a finite number > 0, got {value}")
-    if getattr(args, "max_steps", -1) not in (-1,) and args.max_steps < 1:  # -1: unset, --epochs bounds the run
+    if getattr(args, "max_steps", -1) != -1 and args.max_steps < 1:  # -1: unset, --epochs bounds the run
         raise ValueError(f"--max_steps must be at least 1 (or -1 for --epochs), got {args.max_steps}")
     if getattr(args, "seed", 0) < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")

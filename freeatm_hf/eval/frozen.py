@@ -3,7 +3,7 @@ checkpoint's `eval_results.json` and its model card's `model-index`."""
 
 import torch
 
-from .knn import accuracy, extract_features, knn_classify, linear_probe
+from .knn import accuracy, check_vote, extract_features, knn_classify, linear_probe
 
 # The standard ImageNet evaluation crop: resize the short side to size / 0.875, centre-crop size. A timm export
 # records this crop, and the checkpoint's interpolation, in its pretrained_cfg: timm's own eval transform of the
@@ -113,8 +113,7 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
     from ..data.transforms import training_interpolation
     from ..hub.model_card import record_results
 
-    if k < 1 or not temperature > 0:  # said before any feature is extracted
-        raise ValueError(f"kNN needs k >= 1 and a positive temperature, got k={k}, temperature={temperature}")
+    check_vote(k, temperature)  # said before any feature is extracted
     splits = labelled_splits(dataset, train_split, test_split, revision, image_column, label_column)
     model = AutoModel.from_pretrained(model_dir)
     transform = eval_transform(image_size, training_interpolation(model.config.model_type))

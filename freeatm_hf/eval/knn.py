@@ -9,16 +9,20 @@ import torch.nn.functional as F
 from ..data.rows import rgb
 
 
-def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
-                 temperature: float = 0.07, num_classes: int | None = None, chunk: int | None = None) -> torch.Tensor:
-    """Class scores `(N_test, C)`: each of the k nearest training features (cosine) votes for its class with
-    weight exp(similarity / temperature) (Wu et al., 2018, as used by DINO and solo-learn). Test rows go in
-    chunks whose similarities to the training set take at most 1 GiB (`chunk` rows if given)."""
+def check_vote(k: int, temperature: float):
     if k < 1:
         raise ValueError(f"kNN needs at least one neighbour, got k={k}")
     if not temperature > 0:
         # 0 makes every weight inf (the vote is then the first class), a negative one favours the farthest neighbours.
         raise ValueError(f"the vote temperature must be positive, got {temperature}")
+
+
+def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int = 20,
+                 temperature: float = 0.07, num_classes: int | None = None, chunk: int | None = None) -> torch.Tensor:
+    """Class scores `(N_test, C)`: each of the k nearest training features (cosine) votes for its class with
+    weight exp(similarity / temperature) (Wu et al., 2018, as used by DINO and solo-learn). Test rows go in
+    chunks whose similarities to the training set take at most 1 GiB (`chunk` rows if given)."""
+    check_vote(k, temperature)
     c = num_classes or int(train_labels.max()) + 1
     train = F.normalize(train_feats.float(), dim=1)
     chunk = chunk or max(1, min(1024, (1 << 28) // max(1, len(train))))

@@ -67,6 +67,16 @@ class DataArguments:
                                    real_text_column=self.real_text_column, require_text=require_text)
 
 
+def check_views(image_size: int, crop_scale_min: float):
+    """The view settings every method's arguments have: a side of at least one pixel, and RandomResizedCrop's lower
+    scale a share of the image (above 1 the first batch died in torch's sampler)."""
+    if image_size < 1:
+        raise ValueError(f"--image_size must be at least 1, got {image_size}")
+    if not 0.0 < crop_scale_min <= 1.0:
+        raise ValueError(f"--crop_scale_min is RandomResizedCrop's lower scale, a share of the image in (0, 1]; got "
+                         f"{crop_scale_min}")
+
+
 def training_info(training_args, optimizer: str | None = None) -> dict:
     """The TrainingArguments worth putting in a model card, and the optimizer: `optimizer` when the method builds
     its own (SimCLR's LARS, MoCo's SGD), else Trainer's `--optim`; Adam's betas when it has them."""

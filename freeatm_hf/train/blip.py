@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .arguments import DataArguments, fit_and_save, resume_point
+from .arguments import DataArguments, check_views, fit_and_save, resume_point
 from .trainer import FreeatmTrainer
 
 logger = logging.getLogger(__name__)
@@ -79,15 +79,12 @@ class BlipArguments(DataArguments):
             # Below 1 every prompt said "block 0" while the card stated a 3×3 grid; a huge grid hung in the check
             # that the tokenizer tells every block number apart.
             raise ValueError(f"--grid is the number of blocks per side, 1 to {MAX_GRID}; got {self.grid}")
-        if self.image_size < 1:
-            raise ValueError(f"--image_size must be at least 1, got {self.image_size}")
         if self.max_length is not None and self.max_length < MIN_LENGTH:
             # Below it a caption keeps no word between its start and end tokens: the LM and ITC train on nothing.
             raise ValueError(f"--max_length must be at least {MIN_LENGTH} tokens, got {self.max_length}")
         if self.model_size not in BLIP_SIZES:
             raise ValueError(f"--model_size must be one of {', '.join(BLIP_SIZES)}, got {self.model_size!r}")
-        if not 0.0 < self.crop_scale_min <= 1.0:
-            raise ValueError(f"--crop_scale_min is a share of the image, in (0, 1]; got {self.crop_scale_min}")
+        check_views(self.image_size, self.crop_scale_min)
 
     def momentum_config(self) -> dict:
         return {"momentum_distill": self.momentum_distill, "momentum": self.momentum, "queue_size": self.queue_size,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.rows import rgb
-from .arguments import DataArguments, fit_and_save, resume_point
+from .arguments import DataArguments, check_views, fit_and_save, resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ class ContrastiveArguments(DataArguments):
             # A 0-wide projection trained nothing (zero gradients) and still saved a model and its card.
             raise ValueError(f"--proj_dim and --proj_hidden_dim must be at least 1, got {self.proj_dim} and "
                              f"{self.proj_hidden_dim}")
-        if self.image_size < 1:
-            raise ValueError(f"--image_size must be positive, got {self.image_size}")
-        if not 0.0 < self.crop_scale_min <= 1.0:
-            raise ValueError(f"--crop_scale_min is RandomResizedCrop's lower scale, in (0, 1]; got "
-                             f"{self.crop_scale_min}")
+        check_views(self.image_size, self.crop_scale_min)
         if not 0.0 <= self.min_visible <= 1.0:
             # Above 1 no instance is ever kept in both crops: every step would contribute no loss.
             raise ValueError(f"--min_visible is a share of each mask, in [0, 1]; got {self.min_visible}")

@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..data.rows import rgb
-from .arguments import DataArguments, fit_and_save, resume_point
+from .arguments import DataArguments, check_views, fit_and_save, resume_point
 from .trainer import FreeatmTrainer
 
 
@@ -31,8 +31,7 @@ class MAEArguments(DataArguments):
             raise ValueError(f"--mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.model_size not in SIZES:
             raise ValueError(f"--model_size must be one of {', '.join(SIZES)}, got {self.model_size!r}")
-        if not 0.0 < self.crop_scale_min <= 1.0:
-            raise ValueError(f"--crop_scale_min is a share of the image, in (0, 1]; got {self.crop_scale_min}")
+        check_views(self.image_size, self.crop_scale_min)
         if self.patch_size < 1 or self.image_size < self.patch_size:  # 0 was a ZeroDivisionError traceback
             raise ValueError(f"--patch_size must be at least 1 and at most --image_size, got {self.patch_size} "
                              f"(image size {self.image_size})")

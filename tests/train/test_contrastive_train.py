@@ -334,7 +334,7 @@ def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(
 @pytest.mark.parametrize("flag,value,match", [
     ("nce_temperature", 0.0, "--nce_temperature must be > 0"),
     ("nce_temperature", -0.1, "--nce_temperature must be > 0"),
-    ("queue_size", 0, "--queue_size must be at least 1"), ("image_size", 0, "--image_size must be positive"),
+    ("queue_size", 0, "--queue_size must be at least 1"), ("image_size", 0, "--image_size must be at least 1"),
     ("crop_scale_min", 1.5, "--crop_scale_min"), ("min_visible", 2.0, "--min_visible"),
     ("backbone", "notamodel", "--backbone 'notamodel' is not a timm model"),
     ("lr_milestones", [0, 160], r"--lr_milestones are epochs, at least 1, got \[0, 160\]")])
