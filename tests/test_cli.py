@@ -14,7 +14,9 @@ def test_a_mistake_in_the_command_is_named_without_a_traceback(tmp_path):
     res = freeatm("export", str(tmp_path), str(tmp_path / "out"), "--to", "timm")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"freeatm export: error: {tmp_path} is not a checkpoint folder" in res.stderr
-    res = freeatm("eval", "retrieval", "--model", "m", "--dataset", "d", "--finetune_split", "train")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    res = freeatm("eval", "retrieval", "--model", str(tmp_path / "ckpt"), "--dataset", "d", "--finetune_split", "train")
     assert res.returncode == 2 and "freeatm eval retrieval: error: --finetune_split needs --finetune_dir" in res.stderr
     # The traceback on request, for a bug report.
     res = freeatm("export", str(tmp_path), str(tmp_path / "out"), "--to", "timm", FREEATM_TRACEBACK="1")

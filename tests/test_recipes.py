@@ -43,9 +43,9 @@ def test_training_recipes_parse(path):
 def test_a_recipe_that_names_another_method_or_none_is_refused():
     from freeatm_hf.train.cli import resolve_method
 
-    with pytest.raises(SystemExit, match="is a 'mae' recipe, but 'simclr' was asked for"):
+    with pytest.raises(ValueError, match="is a 'mae' recipe, but 'simclr' was asked for"):
         resolve_method(["simclr", str(RECIPES / "mae_atm.yaml")])
-    with pytest.raises(SystemExit, match="has no `method:` key"):
+    with pytest.raises(ValueError, match="has no `method:` key"):
         resolve_method([str(RECIPES / "contrastive_cpu_smoke.yaml")])
 
 

@@ -158,6 +158,14 @@ def main(argv=None):
     setup_logging()
     args = make_parser().parse_args(argv)
     check_numbers(args)  # before any model, pipeline or data is loaded
+    if getattr(args, "model", None):  # a mistyped checkpoint is named now, not after the data has loaded
+        from ..hub.sources import check_model_source
+
+        check_model_source(args.model)
+    if args.device is not None:  # a device this machine lacks is named now, not after the model has loaded
+        from ..devices import resolve_device
+
+        resolve_device(args.device)
     if getattr(args, "dataset", None) and hasattr(args, "revision"):
         from ..data.reading import pinned_revision
 
@@ -264,6 +272,7 @@ def main_retrieval(args):
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import as_images, load
+    from ..devices import resolve_device
     from ..hub.model_card import record_results
     from .retrieval import recall_at_k, retrieval_scores, retrieval_transform
 
@@ -272,7 +281,7 @@ def main_retrieval(args):
     if finetune_flags and not args.finetune_split:  # else the model would be scored as it is, without a word
         raise ValueError(f"{', '.join(finetune_flags)} set how to fine-tune, which only --finetune_split asks for: "
                          "give the split to fine-tune on, or leave them out to score the model as it is")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if args.finetune_split:
         from .retrieval import finetune_retrieval
 
@@ -351,8 +360,7 @@ def main_knn(args):
 
 
 def main_masks(args):
-    import torch
-
+    from ..devices import resolve_device
     from ..generate.pipelines import load_pipeline
     from ..toy.mask_eval import MaskEvalConfig, evaluate_masks, to_json
     from ..toy.model import MODEL_DIR, update_model_folder
@@ -368,7 +376,7 @@ def main_masks(args):
                              "`freeatm generate` uses): copy its folder and pass the copy as --pipeline")
         if not (folder / "model_index.json").is_file():
             raise ValueError(f"--save_recommendation needs a local pipeline folder, got {args.pipeline!r}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     pipe = load_pipeline(args.pipeline, device)
     cfg = MaskEvalConfig(args.num_scenes, args.num_val, args.num_inference_steps, args.guidance_scale,
                          args.batch_size, args.seed, tuple(args.guidance_sweep))

@@ -123,7 +123,9 @@ def extract_features(backbone, dataset, transform, batch_size: int = 256, device
     the dataset is a `datasets` one with an image column, else pil."""
     from tqdm.auto import tqdm
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..devices import resolve_device
+
+    device = resolve_device(device)
     backbone = backbone.to(device).eval()
     if decode == "auto":
         decode = "torchvision" if device.type == "cuda" and hasattr(dataset, "cast_column") else "pil"

@@ -195,6 +195,10 @@ class GenerateConfig:
             raise ValueError(f"--seed must be in [0, 2**63 - num_images], got {self.seed}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
+        if self.device is not None:  # a mistyped device is found now, not after the pipeline has loaded
+            from ..devices import resolve_device
+
+            resolve_device(self.device)
         if self.num_inference_steps < 1:  # found now, not after the pipeline has loaded
             raise ValueError(f"num_inference_steps must be at least 1, got {self.num_inference_steps}")
         if any(v is not None and v < 1 for v in (self.height, self.width)):

@@ -35,6 +35,11 @@ UNUSED_WHEN_UNSET = frozenset({"num_objects"})
 COMPARED_WHEN_RECORDED = frozenset({"prompts_sha256", "resolved_dtype", "capture", "rows_per_shard"})
 
 
+# Shard names are numbered in five digits, as `datasets` names them: past 99999 the names grow a digit, and the
+# files (read in name order) would no longer be in row order.
+MAX_SHARDS = 99999
+
+
 class SettingsMismatchError(ValueError):
     pass
 
@@ -63,6 +68,10 @@ class DatasetWriter:
         self.num_rows = num_rows
         self.rows_per_shard = rows_per_shard
         self.num_shards = math.ceil(num_rows / rows_per_shard)
+        if self.num_shards > MAX_SHARDS:
+            raise ValueError(f"{num_rows} rows in shards of {rows_per_shard} make {self.num_shards} shards, more than "
+                             f"the {MAX_SHARDS} that shard names number in order: give --rows_per_shard "
+                             f"{math.ceil(num_rows / MAX_SHARDS)} or more")
         self.settings = json.loads(json.dumps(settings))  # normalized: tuples → lists
         self._check_settings(is_main_process)
         self._check_features()

@@ -224,6 +224,10 @@ def train(args: BlipArguments, training_args):
     if args.prompts not in ("position", "none"):
         raise ValueError(f"prompts must be 'position' or 'none', got {args.prompts!r}")
     resume = resume_point(training_args)  # a refused resume is said before any data is read
+    if args.init_from:  # as is a checkpoint that is not there
+        from ..hub.sources import check_model_source
+
+        check_model_source(args.init_from, "--init_from")
     ds = args.load(seed=training_args.seed, require_text=True)
     set_seed(training_args.seed)
     model, tok = build_blip(args)

@@ -29,9 +29,9 @@ def resolve_method(argv: list[str]) -> tuple[str, list[str]]:
         recipe = read_recipe(path)
         recipe_method = recipe.pop("method", None)
         if named and recipe_method and named != recipe_method:
-            raise SystemExit(f"{path} is a {recipe_method!r} recipe, but {named!r} was asked for")
+            raise ValueError(f"{path} is a {recipe_method!r} recipe, but {named!r} was asked for")
         if not (named or recipe_method):
-            raise SystemExit(f"{path} has no `method:` key: name the method first, e.g. freeatm train simclr {path}")
+            raise ValueError(f"{path} has no `method:` key: name the method first, e.g. freeatm train simclr {path}")
         named = named or recipe_method
     return named, recipe_flags(recipe) + argv
 
@@ -43,7 +43,7 @@ def parse(method: str, argv: list[str]):
     from ..cli import HelpFormatter, parse_dataclasses
 
     if method not in METHODS:
-        raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "mae":
         from .mae import MAEArguments as Arguments
     elif method == "blip":

@@ -5,26 +5,37 @@ import pytest
 from freeatm_hf.eval.cli import main
 
 
+@pytest.fixture
+def ckpt(tmp_path):
+    """A folder that passes for a checkpoint until something reads it: these tests stop before any load."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    return str(tmp_path / "ckpt")
+
+
 @pytest.mark.parametrize("flags", [["--finetune_lr", "1e-4"], ["--finetune_dir", "out", "--finetune_epochs", "2"]])
-def test_retrieval_refuses_fine_tuning_settings_without_a_split_to_fine_tune_on(flags):
+def test_retrieval_refuses_fine_tuning_settings_without_a_split_to_fine_tune_on(flags, ckpt):
     # Without --finetune_split the model is scored as it is: the settings would be dropped without a word.
     with pytest.raises(ValueError, match=r"--finetune_.* set how to fine-tune, which only --finetune_split asks for"):
-        main(["retrieval", "--model", "missing-model", "--dataset", "missing-data", *flags])
+        main(["retrieval", "--model", ckpt, "--dataset", "missing-data", *flags])
 
 
-def test_retrieval_refuses_to_score_on_the_split_it_fine_tunes_on():
+def test_retrieval_refuses_to_score_on_the_split_it_fine_tunes_on(ckpt):
     with pytest.raises(ValueError, match="--finetune_split and --split are both 'train' of d: the recall"):
-        main(["retrieval", "--model", "m", "--dataset", "d", "--split", "train", "--finetune_split", "train",
+        main(["retrieval", "--model", ckpt, "--dataset", "d", "--split", "train", "--finetune_split", "train",
               "--finetune_dir", "o"])
 
 
 @pytest.mark.parametrize("what", ["finetune", "segment", "detect"])
-def test_trainer_evaluations_refuse_a_device_index_they_cannot_honour(what):
+def test_trainer_evaluations_refuse_a_device_index_they_cannot_honour(what, ckpt, monkeypatch):
     # Trainer puts the model on every visible GPU: cuda:1 would be dropped (DataParallel over all of them).
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a machine where cuda:1 exists
     with pytest.raises(ValueError, match=rf"--device cuda:1: eval {what} trains with Trainer.*CUDA_VISIBLE_DEVICES"):
-        main([what, "--model", "missing-model", "--dataset", "missing-data", "--output_dir", "o", "--device", "cuda:1"])
+        main([what, "--model", ckpt, "--dataset", "missing-data", "--output_dir", "o", "--device", "cuda:1"])
     with pytest.raises(ValueError, match=r"--device cuda:1: eval retrieval --finetune_split trains with Trainer"):
-        main(["retrieval", "--model", "m", "--dataset", "d", "--finetune_split", "train", "--finetune_dir", "o",
+        main(["retrieval", "--model", ckpt, "--dataset", "d", "--finetune_split", "train", "--finetune_dir", "o",
               "--device", "cuda:1"])
 
 
@@ -45,11 +56,11 @@ def _record(monkeypatch, module: str, name: str, result):
     return calls
 
 
-def test_each_evaluation_gets_every_flag_it_was_given(monkeypatch, tmp_path):
+def test_each_evaluation_gets_every_flag_it_was_given(monkeypatch, tmp_path, ckpt):
     """What the command line says reaches the evaluation: a flag dropped, swapped or defaulted on the way would
     run another evaluation than the one asked for (and the card would record it as this one)."""
-    base = ["--model", "M", "--dataset", "D", "--train_split", "tr", "--test_split", "te"]
-    common = {"model_dir": "M", "dataset": "D", "train_split": "tr", "test_split": "te"}
+    base = ["--model", ckpt, "--dataset", "D", "--train_split", "tr", "--test_split", "te"]
+    common = {"model_dir": ckpt, "dataset": "D", "train_split": "tr", "test_split": "te"}
     seg = _record(monkeypatch, "freeatm_hf.eval.segmentation", "finetune_segmentation", [{"metric": "miou"}])
     assert main(["segment", *base, "--output_dir", "O", "--image_column", "img", "--label_column", "lab",
                  "--num_labels", "5", "--reduce_labels", "--image_size", "96", "--epochs", "2.5", "--max_steps", "7",
@@ -59,6 +70,9 @@ def test_each_evaluation_gets_every_flag_it_was_given(monkeypatch, tmp_path):
                     "reduce_labels": True, "image_size": 96, "epochs": 2.5, "max_steps": 7, "learning_rate": 0.5,
                     "batch_size": 3, "revision": "r1", "use_cpu": True}]
     det = _record(monkeypatch, "freeatm_hf.eval.detection", "finetune_detection", [])
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # --device cuda, as on a machine with a GPU
     main(["detect", *base, "--output_dir", "O", "--epochs", "1.5", "--max_steps", "4", "--learning_rate", "0.25",
           "--batch_size", "2", "--min_size", "64", "--max_size", "96", "--trainable_layers", "5", "--device", "cuda"])
     assert det == [{**common, "output_dir": "O", "epochs": 1.5, "max_steps": 4, "learning_rate": 0.25,
@@ -110,7 +124,7 @@ class _Stop(Exception):
     pass
 
 
-def test_retrieval_fine_tunes_with_the_flags_given_and_on_another_datasets_split_of_the_scored_name(monkeypatch):
+def test_retrieval_fine_tunes_with_the_flags_given_and_on_another_datasets_split_of_the_scored_name(monkeypatch, ckpt):
     """Another dataset's `test` split is not the scored one; its revision is not the scored dataset's either.
     Fine-tuning settings left unset keep `finetune_retrieval`'s own defaults (BLIP's)."""
     import inspect
@@ -126,15 +140,15 @@ def test_retrieval_fine_tunes_with_the_flags_given_and_on_another_datasets_split
     monkeypatch.setattr(retrieval, "finetune_retrieval", fake)
     import freeatm_hf.eval.cli as eval_cli
 
-    monkeypatch.setattr(eval_cli, "blip_text_length", lambda model, n: n)  # "M" is no folder to read a config from
-    base = ["retrieval", "--model", "M", "--dataset", "D", "--revision", "r1", "--finetune_dir", "O",
+    monkeypatch.setattr(eval_cli, "blip_text_length", lambda model, n: n)  # its config.json is empty
+    base = ["retrieval", "--model", ckpt, "--dataset", "D", "--revision", "r1", "--finetune_dir", "O",
             "--image_size", "48", "--max_length", "20", "--batch_size", "2", "--device", "cpu",
             "--image_column", "img", "--caption_column", "cap"]
     with pytest.raises(_Stop):
         main([*base, "--finetune_split", "test", "--finetune_dataset", "F", "--finetune_max_steps", "3"])
     with pytest.raises(_Stop):
         main([*base, "--finetune_split", "train", "--finetune_epochs", "2", "--finetune_lr", "0.5"])
-    same = {"model_dir": "M", "output_dir": "O", "image_column": "img", "caption_column": "cap", "image_size": 48,
+    same = {"model_dir": ckpt, "output_dir": "O", "image_column": "img", "caption_column": "cap", "image_size": 48,
             "max_length": 20, "batch_size": 2, "use_cpu": True}
     assert calls == [{**same, "dataset": "F", "split": "test", "max_steps": 3, "revision": None},
                      {**same, "dataset": "D", "split": "train", "epochs": 2.0, "learning_rate": 0.5, "revision": "r1"}]
@@ -191,8 +205,15 @@ def test_retrieval_scores_at_the_size_and_with_the_re_ranking_depth_given(monkey
     ("retrieval", ["--finetune_split", "train", "--finetune_dir", "o", "--finetune_max_steps", "-3"],
      "--finetune_max_steps must be at least 1"),
 ])
-def test_counts_rates_and_sizes_that_mean_nothing_are_refused_before_anything_loads(what, flags, named):
+def test_counts_rates_and_sizes_that_mean_nothing_are_refused_before_anything_loads(what, flags, named, ckpt):
     """A 0 or negative count, a rate of 0 or inf ran (or evaluated nothing) and recorded its result as the model's."""
-    needs = [] if what == "masks" else ["--model", "missing-model", "--dataset", "missing-data"]
+    needs = [] if what == "masks" else ["--model", ckpt, "--dataset", "missing-data"]
     with pytest.raises(ValueError, match=named):
         main([what, *needs, *flags])
+
+
+@pytest.mark.parametrize("what", ["knn", "retrieval"])
+def test_a_checkpoint_that_is_not_there_is_named_before_the_data_loads(what, tmp_path):
+    # transformers' word for it was that the repo id has bad characters, after the dataset had loaded.
+    with pytest.raises(FileNotFoundError, match=r"^--model /no/such/ckpt: no such folder$"):
+        main([what, "--model", "/no/such/ckpt", "--dataset", str(tmp_path / "no-data")])

@@ -157,9 +157,12 @@ def test_the_cards_map_size_comes_from_a_row_that_has_maps(tmp_path):
     assert "at 8×8" in (out / "README.md").read_text()
 
 
-def test_auto_dtype_is_compared_as_what_it_resolved_to_and_zero_steps_are_refused(tmp_path):
+def test_auto_dtype_is_compared_as_what_it_resolved_to_and_zero_steps_are_refused(tmp_path, monkeypatch):
+    import torch
+
     from freeatm_hf.generate.config import GenerateConfig
 
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # --device cuda is refused on a machine without one
     cpu, gpu = (GenerateConfig(output_dir=str(tmp_path), pipeline="tiny", device=d).settings() for d in ("cpu", "cuda"))
     assert cpu["resolved_dtype"] == "float32" and gpu["resolved_dtype"] == "float16" and cpu != gpu
     with pytest.raises(ValueError, match="num_inference_steps must be at least 1"):
@@ -642,3 +645,15 @@ def test_a_seed_outside_what_image_seeds_can_hold_is_refused(seed, tmp_path):
     # -1 failed after the pipeline loaded; 2**63 - 1 generated, then tracebacked writing seed + 1 into int64.
     with pytest.raises(ValueError, match="--seed must be in"):
         parse(["--output_dir", str(tmp_path / "o"), "--pipeline", "tiny", "--num_images", "2", "--seed", seed])
+
+
+@pytest.mark.parametrize("device, named", [("foo", "--device 'foo' is not a device"), ("cuda:7", "--device cuda:7: ")])
+def test_a_device_the_machine_lacks_is_refused_before_the_pipeline_loads(device, named, tmp_path, monkeypatch):
+    import torch
+
+    import freeatm_hf.generate.pipelines as pipelines
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("the pipeline was loaded"))
+    with pytest.raises(ValueError, match=named):
+        parse(["--output_dir", str(tmp_path / "o"), "--pipeline", "tiny", "--device", device])

@@ -17,6 +17,15 @@ def test_shards_cover_every_row_once_and_split_round_robin(tmp_path):
     assert [[s.index for s in p] for p in ranks] == [[0, 3], [1], [2]]
 
 
+def test_more_shards_than_five_digit_names_keep_in_row_order_are_refused_naming_a_shard_size_that_fits(tmp_path):
+    # Shard 100000's name sorts before shard 10001's; 10**10 rows listed ten million shards for minutes first.
+    fits = DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=99999 * 4, rows_per_shard=4)
+    assert fits.num_shards == 99999
+    with pytest.raises(ValueError, match=r"399997 rows in shards of 4 make 100000 shards, more than the 99999 that "
+                                         r"shard names number in order: give --rows_per_shard 5 or more"):
+        DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=99999 * 4 + 1, rows_per_shard=4)
+
+
 def test_a_resume_deals_the_pending_shards_evenly(tmp_path):
     """Rank 0 of 2 finished its share before the crash: the four shards left go two and two, not all to rank 1."""
     w = DatasetWriter(tmp_path, dataset_features(), {"a": 1}, num_rows=8, rows_per_shard=1)

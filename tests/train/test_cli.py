@@ -152,7 +152,7 @@ def test_a_yml_recipe_is_read_and_flags_after_a_recipe_override_it(tmp_path):
 def test_an_unknown_method_is_named_with_the_known_ones():
     from freeatm_hf.train.cli import parse
 
-    with pytest.raises(SystemExit, match="unknown method 'byol'; choose one of simclr, moco, mae, blip"):
+    with pytest.raises(ValueError, match="unknown method 'byol'; choose one of simclr, moco, mae, blip"):
         parse("byol", ["--dataset", "d", "--output_dir", "o"])
 
 
@@ -256,3 +256,12 @@ def test_a_bare_train_says_what_is_missing_and_exits_as_eval_does_while_help_exi
     for flag in ("-h", "--help"):
         assert main([flag]) is None
         assert "freeatm train simclr --dataset" in capsys.readouterr().out
+
+
+def test_a_blip_start_that_is_not_there_is_named_before_the_data_loads(tmp_path):
+    from freeatm_hf.train.cli import main
+
+    # The dataset is missing too: named first, the checkpoint would be found missing only after it had loaded.
+    with pytest.raises(FileNotFoundError, match=r"^--init_from /no/such/blip: no such folder$"):
+        main(["blip", "--dataset", str(tmp_path / "no-data"), "--output_dir", str(tmp_path / "o"),
+              "--init_from", "/no/such/blip", "--use_cpu", "true"])
