@@ -196,6 +196,8 @@ def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) 
         raise ValueError(f"the export would overwrite the checkpoint in {folder}: give another output path")
     if to == "torchvision" and Path(out).is_dir():
         raise ValueError(f"{out} is a folder; a torchvision export is one state-dict file (e.g. {Path(out) / 'resnet50.pth'})")
+    if to != "torchvision" and Path(out).is_file():
+        raise ValueError(f"{out} is a file; a {to} export is a folder: give a folder's path")
     model = model if model is not None else load_checkpoint(folder)
     method = model.config.model_type.removeprefix("freeatm_")
     if to != "timm" and to not in STOCK_EXPORTS[method]:

@@ -65,6 +65,9 @@ class ContrastiveArguments(DataArguments):
             raise ValueError(f"--nce_temperature must be > 0, got {self.nce_temperature}")
         if self.queue_size < 1:
             raise ValueError(f"--queue_size must be at least 1, got {self.queue_size}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            # An empty name fell back to the method's own without a word; another failed after the data loaded.
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if any(m < 1 for m in self.lr_milestones):  # epoch 0 cut the rate tenfold for the whole run
             raise ValueError(f"--lr_milestones are epochs, at least 1, got {self.lr_milestones}")
         if self.proj_dim < 1 or self.proj_hidden_dim < 1:
@@ -82,6 +85,7 @@ class ContrastiveArguments(DataArguments):
 
 # Colour jitter strength s of each method's paper (SimCLR's s; MoCo-v2's jitter is SimCLR's at s = 0.5).
 COLOR_STRENGTH = {"simclr": 1.0, "moco": 0.5}
+OPTIMIZERS = ("lars", "sgd", "adamw")  # what build_optimizer builds
 OPTIMIZER = {"simclr": "lars", "moco": "sgd"}  # each method's own, when --optimizer is not given
 
 

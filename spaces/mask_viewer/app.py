@@ -326,6 +326,12 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
     return demo
 
 
+def port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="freeatm space", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default=None,
@@ -336,9 +342,14 @@ def main(argv=None):
     # Unset, Gradio's own defaults apply: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Hub Space sets 0.0.0.0), else
     # 127.0.0.1:7860.
     p.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME, else 127.0.0.1")
-    p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
+    p.add_argument("--port", type=port, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
     p.add_argument("--share", action="store_true", help="also serve it at a temporary public gradio.live link")
     args = p.parse_args(argv)
+    from freeatm_hf.hub.sources import is_path
+
+    # Loaded at the first Generate: a folder that is not there is said now, not to the first user.
+    if args.pipeline and is_path(args.pipeline) and not Path(args.pipeline).exists():
+        p.error(f"--pipeline {args.pipeline}: no such folder")
     build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

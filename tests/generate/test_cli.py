@@ -512,6 +512,9 @@ def test_a_pipeline_that_cannot_be_loaded_offline_says_what_works_offline(tmp_pa
     with pytest.raises(FileNotFoundError, match=r"could not load the pipeline 'me/not-cached' .*offline, "
                                                 r"`--pipeline shapes` is the model shipped"):
         load_pipeline("me/not-cached", torch.device("cpu"))
+    # A path is no Hub id: it was called a malformed one, with advice on the Hub cache.
+    with pytest.raises(FileNotFoundError, match=r"^--pipeline /no/such/model: no such folder$"):
+        load_pipeline("/no/such/model", torch.device("cpu"))
 
 
 def test_generation_asks_the_augmenter_for_a_batchs_prompts_together(tmp_path, monkeypatch):

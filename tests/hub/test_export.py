@@ -157,4 +157,7 @@ def test_a_timm_exports_data_config_is_the_checkpoints_own(tmp_path):
     (tmp_path / "tv").mkdir()
     with pytest.raises(ValueError, match="is a folder; a torchvision export is one state-dict file"):
         export_main([str(ckpt), str(tmp_path / "tv"), "--to", "torchvision"])
+    (tmp_path / "taken.pth").write_bytes(b"")  # mkdir on it was a FileExistsError traceback
+    with pytest.raises(ValueError, match="taken.pth is a file; a timm export is a folder"):
+        export_main([str(ckpt), str(tmp_path / "taken.pth"), "--to", "timm"])
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "freeatm_simclr"

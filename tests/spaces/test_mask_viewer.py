@@ -155,6 +155,19 @@ def test_the_server_address_is_left_to_gradio_unless_given(monkeypatch):
     assert seen["server_name"] is None and seen["server_port"] == 8081
 
 
+@pytest.mark.parametrize("argv, says", [(["--port", "-1"], "a TCP port is 1 to 65535, got '-1'"),
+                                        (["--port", "65536"], "a TCP port is 1 to 65535, got '65536'"),
+                                        (["--pipeline", "/no/such/model"], "--pipeline /no/such/model: no such folder")])
+def test_a_port_or_pipeline_folder_that_cannot_be_is_refused_before_the_viewer_starts(monkeypatch, capsys, argv, says):
+    # A port out of range was a traceback from the socket; a missing pipeline folder was found by the first visitor.
+    import gradio as gr
+
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("the viewer started"))
+    with pytest.raises(SystemExit) as exited:
+        load_app().main(argv)
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_threshold_changes_the_masks(client):
     low = client.predict(0, 0.1, False, api_name="/browse")[3]
     high = client.predict(0, 0.9, False, api_name="/browse")[3]

@@ -337,7 +337,9 @@ def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(
     ("queue_size", 0, "--queue_size must be at least 1"), ("image_size", 0, "--image_size must be at least 1"),
     ("crop_scale_min", 1.5, "--crop_scale_min"), ("min_visible", 2.0, "--min_visible"),
     ("backbone", "notamodel", "--backbone 'notamodel' is not a timm model"),
-    ("lr_milestones", [0, 160], r"--lr_milestones are epochs, at least 1, got \[0, 160\]")])
+    ("lr_milestones", [0, 160], r"--lr_milestones are epochs, at least 1, got \[0, 160\]"),
+    ("optimizer", "", r"--optimizer must be one of lars, sgd, adamw, got ''"),  # was the method's own, unsaid
+    ("optimizer", "adagrad", r"--optimizer must be one of lars, sgd, adamw, got 'adagrad'")])
 def test_contrastive_flags_out_of_range_are_refused_by_name(flag, value, match):
     with pytest.raises(ValueError, match=match):
         small_args(**{flag: value})
