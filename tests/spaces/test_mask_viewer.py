@@ -155,9 +155,10 @@ def test_the_server_address_is_left_to_gradio_unless_given(monkeypatch):
     assert seen["server_name"] is None and seen["server_port"] == 8081
 
 
-@pytest.mark.parametrize("argv, says", [(["--port", "-1"], "a TCP port is 1 to 65535, got '-1'"),
-                                        (["--port", "65536"], "a TCP port is 1 to 65535, got '65536'"),
-                                        (["--pipeline", "/no/such/model"], "--pipeline /no/such/model: no such folder")])
+@pytest.mark.parametrize("argv, says", [
+    (["--port", "-1"], "a TCP port is 1 to 65535, got '-1'"),
+    (["--port", "65536"], "a TCP port is 1 to 65535, got '65536'"),
+    (["--pipeline", "/no/such/model"], "--pipeline /no/such/model: no such folder")])
 def test_a_port_or_pipeline_folder_that_cannot_be_is_refused_before_the_viewer_starts(monkeypatch, capsys, argv, says):
     # A port out of range was a traceback from the socket; a missing pipeline folder was found by the first visitor.
     import gradio as gr
