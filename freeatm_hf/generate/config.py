@@ -280,6 +280,10 @@ class GenerateConfig:
             out["prompts_sha256"] = hashlib.sha256(Path(self.prompts_file).read_bytes()).hexdigest()
         # The capture resolved with the model folder's recommendation (its map size and weights are no field).
         out["capture"] = self.capture_config().to_dict()
+        if self.prompt_mode == "scene":  # prompt i is (seed, i) through these templates: a new version, new prompts
+            from ..prompts.scenes import TEMPLATES_VERSION
+
+            out["scene_templates"] = TEMPLATES_VERSION
         if self.torch_dtype == "auto":  # fp16 on a GPU, fp32 on the CPU: a run moved between them changes its rows
             import torch
 

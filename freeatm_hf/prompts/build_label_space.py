@@ -46,6 +46,33 @@ VEHICLES = {
 # Boats and ships move on water; templates use this to pick plausible verbs and places.
 WATERCRAFT = {403, 472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914}
 AIRCRAFT = {404, 405, 812, 895}
+# The 461 other artifacts, by where they are found and what they are found with (the scene templates draw places
+# and companions by subgroup); the rest stay "object". Buildings and fixed structures are settings, as the
+# geological scenes are: "a dog is running in front of a castle", never "a dog with a castle".
+OBJECT_SUBGROUPS = {
+    "structure": {406, 410, 415, 424, 425, 437, 442, 449, 454, 460, 467, 476, 483, 497, 498, 500, 509, 525, 536, 538,
+                  540, 562, 580, 582, 624, 634, 646, 649, 660, 663, 668, 682, 698, 706, 718, 727, 743, 755, 762, 788,
+                  819, 821, 832, 839, 853, 858, 860, 863, 865, 873, 884, 888, 900, 913, 915},
+    "street": {480, 489, 557, 571, 637, 640, 645, 703, 704, 707, 716, 781, 825, 877, 886, 912, 919, 920},
+    "clothing": {399, 400, 411, 433, 439, 443, 445, 451, 452, 457, 459, 461, 465, 474, 490, 501, 502, 514, 515, 518,
+                 524, 529, 552, 560, 568, 578, 584, 601, 608, 610, 614, 615, 617, 630, 638, 639, 643, 652, 655, 658,
+                 667, 679, 689, 697, 715, 735, 770, 774, 775, 793, 796, 806, 808, 824, 834, 837, 841, 842, 869, 887,
+                 903, 906},
+    "kitchen": {440, 441, 463, 469, 473, 499, 503, 504, 505, 512, 521, 533, 534, 544, 550, 567, 572, 618, 647, 651,
+                653, 659, 666, 700, 725, 729, 737, 760, 766, 773, 809, 813, 827, 828, 849, 859, 868, 891, 898, 899,
+                901, 907, 909, 910, 923},
+    "furniture": {409, 421, 423, 431, 434, 435, 453, 470, 492, 493, 495, 516, 520, 526, 530, 532, 539, 545, 548, 553,
+                  556, 559, 564, 588, 619, 648, 669, 721, 741, 750, 765, 786, 789, 794, 799, 804, 811, 831, 846,
+                  857, 861, 876, 882, 883, 892, 894, 896, 897, 904, 905, 999},
+    "instrument": {401, 402, 420, 432, 486, 494, 513, 541, 542, 546, 558, 566, 577, 579, 593, 594, 641, 642, 683, 684,
+                   687, 699, 714, 776, 822, 875, 881, 889},
+    "electronics": {481, 482, 485, 487, 508, 527, 528, 531, 589, 590, 592, 598, 605, 613, 620, 632, 650, 662, 664, 673,
+                    681, 688, 713, 732, 742, 745, 754, 759, 761, 782, 810, 844, 848, 851, 878},
+    "tool": {462, 464, 477, 488, 491, 506, 507, 587, 596, 600, 616, 621, 677, 695, 696, 726, 730, 731, 739, 740, 769,
+             772, 783, 784, 792, 816, 840, 855, 856, 872},
+    "sports": {416, 417, 422, 429, 430, 522, 543, 574, 602, 611, 672, 693, 701, 702, 719, 722, 723, 736, 746, 747, 752,
+               758, 768, 795, 797, 801, 805, 843, 850, 852, 890},
+}
 # The first WordNet lemma names something else in a prompt ("a pirate is sailing" draws a person, and the mask
 # follows the person): the name a caption would use instead; the lemmas stay as synonyms.
 NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirate ship", 751: "race car",
@@ -71,6 +98,8 @@ def build() -> list[dict]:
             g, s = group, sub
             if i in VEHICLES:
                 g, s = "vehicle", "watercraft" if i in WATERCRAFT else "aircraft" if i in AIRCRAFT else "land"
+            elif g == "object":
+                s = next((k for k, ids in OBJECT_SUBGROUPS.items() if i in ids), "object")
             name = NAMES.get(i, names[0])
             classes.append({"id": i, "synset": synsets[i], "name": name, "synonyms": [n for n in names if n != name],
                             "group": g, "subgroup": s})

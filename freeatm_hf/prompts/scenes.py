@@ -11,8 +11,13 @@ from .label_space import LabelClass, LabelSpace
 from .prompt import Prompt, PromptObject
 
 MODES = ("scene", "photo")
+# The scene templates' version, recorded in a generated dataset's settings: a folder written with other templates
+# is not resumed with these (its later rows would read otherwise than its first).
+TEMPLATES_VERSION = 2
+# Subgroups whose class is where the scene happens, not a thing in it: another class leads the sentence.
+SETTINGS = ("scene", "structure")
 
-# What a thing of each subgroup plausibly does, and where. Verbs read after "is".
+# What a thing of each subgroup plausibly does, and where. Verbs read after "is" (and "are").
 ACTIVITIES = {
     "dog": ["running", "sitting", "playing", "sleeping", "jumping", "lying"],
     "mammal": ["standing", "walking", "resting", "eating", "sitting"],
@@ -26,9 +31,18 @@ ACTIVITIES = {
     "watercraft": ["sailing", "floating", "anchored"],
     "aircraft": ["flying"],
     "object": ["lying", "placed", "standing"],
+    "street": ["standing"],
+    "clothing": ["hanging", "lying", "displayed", "folded"],
+    "kitchen": ["placed", "standing", "sitting"],
+    "furniture": ["standing", "placed"],
+    "instrument": ["placed", "standing", "lying"],
+    "electronics": ["placed", "lying", "sitting"],
+    "tool": ["lying", "placed"],
+    "sports": ["lying", "placed"],
     "food": ["served", "placed"],
     "plant": ["growing"],
     "scene": ["seen"],
+    "structure": ["seen"],
 }
 PLACES = {
     "dog": ["in a park", "on a beach", "in a living room", "on a lawn", "in the snow", "on a sidewalk"],
@@ -43,20 +57,52 @@ PLACES = {
     "watercraft": ["on a lake", "in a harbor", "on the open sea", "near the shore"],
     "aircraft": ["in the sky", "above the clouds", "over the mountains", "over the sea"],
     "object": ["on a wooden table", "on the floor", "on a shelf", "in a kitchen", "in an office"],
+    "street": ["on a city street", "by a country road", "in a town square", "next to a sidewalk"],
+    "clothing": ["in a closet", "on a bed", "in a shop window", "on a chair"],
+    "kitchen": ["on a kitchen counter", "on a wooden table", "in a kitchen", "on a dining table"],
+    "furniture": ["in a living room", "in a bright room", "in a furniture store", "in an old house"],
+    "instrument": ["on a stage", "in a music studio", "in a concert hall", "in a music shop"],
+    "electronics": ["on a desk", "in an office", "on a shelf", "in an electronics store"],
+    "tool": ["in a workshop", "on a workbench", "in a garage", "in a garden shed"],
+    "sports": ["on a playing field", "in a gym", "on a lawn", "in a sports store"],
     "food": ["on a wooden table", "in a restaurant", "in a kitchen", "on a picnic blanket"],
     "plant": ["in a garden", "in a meadow", "in a forest", "in a field"],
     "scene": ["on a sunny day", "at sunset", "in the morning fog", "under a cloudy sky"],
+    "structure": ["on a sunny day", "at dusk", "under a cloudy sky", "in the evening light"],
 }
-# Which groups a class of each group is paired with (weights), for realistic co-occurrence.
+# Which subgroups a class of each subgroup is seen with (weights), for realistic co-occurrence: things found in
+# the same place, so that the main class's place suits its companions too. A setting's companions are who is
+# seen there; settings are never companions.
 COMPANIONS = {
-    "animal": {"object": 3, "person": 2, "animal": 2, "food": 1, "plant": 1},
-    "person": {"object": 3, "vehicle": 2, "animal": 2, "food": 1},
-    "vehicle": {"person": 2, "animal": 1, "object": 2, "vehicle": 1},
-    "object": {"object": 3, "food": 1, "animal": 2, "person": 1},
-    "food": {"object": 2, "food": 2},
-    "plant": {"animal": 2, "object": 1, "plant": 1},
-    "scene": {"animal": 2, "vehicle": 1, "person": 1, "object": 1},
+    "dog": {"sports": 3, "dog": 2, "person": 1},
+    "mammal": {"mammal": 3, "bird": 1, "plant": 1},
+    "bird": {"bird": 2, "plant": 1, "mammal": 1},
+    "fish": {"fish": 2, "sea creature": 2},
+    "sea creature": {"sea creature": 2, "fish": 2},
+    "reptile": {"reptile": 1, "insect": 1, "plant": 1},
+    "insect": {"plant": 2, "insect": 1},
+    "person": {"sports": 2, "instrument": 2, "clothing": 1, "dog": 1, "electronics": 1},
+    "land": {"person": 2, "land": 2, "street": 2, "dog": 1},
+    "watercraft": {"watercraft": 2, "person": 1, "bird": 1},
+    "aircraft": {"aircraft": 2, "bird": 1},
+    "object": {"object": 2, "electronics": 1, "furniture": 1, "kitchen": 1, "tool": 1},
+    "street": {"street": 2, "land": 2, "person": 1},
+    "clothing": {"clothing": 3, "furniture": 1},
+    "kitchen": {"kitchen": 3, "food": 3},
+    "furniture": {"furniture": 3, "electronics": 1, "dog": 1},
+    "instrument": {"instrument": 3, "person": 1, "furniture": 1},
+    "electronics": {"electronics": 3, "furniture": 1, "object": 1},
+    "tool": {"tool": 3, "object": 1},
+    "sports": {"sports": 3, "person": 1, "dog": 1},
+    "food": {"food": 2, "kitchen": 2},
+    "plant": {"insect": 2, "bird": 1, "plant": 1},
+    "scene": {"mammal": 2, "bird": 1, "person": 1, "land": 1, "watercraft": 1},
+    "structure": {"person": 2, "dog": 2, "bird": 1, "land": 1},
 }
+# How a thing and its companions are put together (the first, the paper's, twice as often as each other; "and" only
+# among things of one subgroup, which do alike), and where companions stand in a setting.
+PATTERNS = ("with", "with", "and", "next to")
+NEAR = ("in front of", "near", "next to")
 
 
 def article(noun: str) -> str:
@@ -100,9 +146,9 @@ class ScenePrompts:
         # One pass over the classes per len(label_space) prompts, in a seeded order: equal images per class.
         self._order = list(range(len(self.label_space)))
         random.Random(self.seed).shuffle(self._order)
-        self._by_group = {}
+        self._by_subgroup = {}
         for c in self.label_space.classes:
-            self._by_group.setdefault(c.group, []).append(c)
+            self._by_subgroup.setdefault(c.subgroup, []).append(c)
 
     def __getitem__(self, i: int) -> Prompt:
         rng = random.Random(f"{self.seed}:{i}")
@@ -111,16 +157,28 @@ class ScenePrompts:
             return _compose([f"a photo of {article(main.name)} ", main], main.id)
         others = [self._companion(main, rng) for _ in range(self.num_objects - 1)]
         others = [o for o in others if o is not None]
-        if main.group == "scene":
-            # The scene class is the setting; the companions carry the action.
-            lead = others[0] if others else main
-            parts = [article(lead.name) + " ", lead]
-            parts += _with_list(others[1:])
-            parts += [f" is {rng.choice(ACTIVITIES[lead.subgroup])} "]
-            parts += ([f"in front of {article(main.name)} ", main] if others else [rng.choice(PLACES["scene"])])
+        if main.subgroup in SETTINGS:
+            if not others:  # the setting alone: "a volcano is seen at sunset"
+                return _compose([article(main.name) + " ", main,
+                                 f" is seen {rng.choice(PLACES[main.subgroup])}"], main.id)
+            # The setting is where the companions are: "a dog is running in front of a castle".
+            lead = others[0]
+            parts = [article(lead.name) + " ", lead] + _listed(others[1:], " with ")
+            parts += [f" is {rng.choice(ACTIVITIES[lead.subgroup])} {rng.choice(NEAR)} {article(main.name)} ", main]
             return _compose(parts, main.id)
-        parts = [article(main.name) + " ", main] + _with_list(others)
-        parts += [f" is {rng.choice(ACTIVITIES[main.subgroup])} {rng.choice(PLACES[main.subgroup])}"]
+        doing, where = rng.choice(ACTIVITIES[main.subgroup]), rng.choice(PLACES[main.subgroup])
+        pattern = rng.choice(PATTERNS) if others else "alone"
+        if pattern == "and" and any(o.subgroup != main.subgroup for o in others):
+            pattern = "with"  # "are flying" said of a bird and a mushroom alike
+        parts = [article(main.name) + " ", main]
+        if pattern == "and":  # "a teapot and a coffee mug are placed ...", "a teapot, a mug and a ladle are ..."
+            for j, o in enumerate(others):
+                parts += [" and " if j == len(others) - 1 else ", ", article(o.name) + " ", o]
+            parts += [f" are {doing} {where}"]
+        elif pattern == "next to":  # "a beagle is sitting next to a tennis ball in a park"
+            parts += [f" is {doing}"] + _listed(others, " next to ") + [f" {where}"]
+        else:  # "a beagle with a tennis ball is sitting in a park"
+            parts += _listed(others, " with ") + [f" is {doing} {where}"]
         return _compose(parts, main.id)
 
     def __len__(self) -> int:
@@ -130,23 +188,20 @@ class ScenePrompts:
         return [self[i] for i in range(start, start + n)]
 
     def _companion(self, main: LabelClass, rng: random.Random) -> LabelClass | None:
-        weights = {g: w for g, w in COMPANIONS[main.group].items() if self._by_group.get(g)}
-        if not weights:
+        weights = {g: w for g, w in COMPANIONS[main.subgroup].items() if self._by_subgroup.get(g)}
+        if not weights:  # a label space without the subgroups this one is seen with (a custom list)
             pool = [c for c in self.label_space.classes if c.id != main.id]
             return rng.choice(pool) if pool else None
-        group = rng.choices(list(weights), weights=list(weights.values()))[0]
-        pool = [c for c in self._by_group[group] if c.id != main.id] or self._by_group[group]
+        subgroup = rng.choices(list(weights), weights=list(weights.values()))[0]
+        pool = [c for c in self._by_subgroup[subgroup] if c.id != main.id] or self._by_subgroup[subgroup]
         return rng.choice(pool)
 
 
-def _with_list(others: list[LabelClass]) -> list:
-    if not others:
-        return []
-    parts: list = [" with "]
+def _listed(others: list[LabelClass], lead: str) -> list:
+    """`lead` and the companions with their articles, joined by "and": " with a ball and a bone"."""
+    parts: list = []
     for j, o in enumerate(others):
-        if j:
-            parts.append(" and ")
-        parts += [article(o.name) + " ", o]
+        parts += [lead if j == 0 else " and ", article(o.name) + " ", o]
     return parts
 
 

@@ -87,6 +87,23 @@ def test_a_folder_from_before_a_setting_existed_resumes_with_its_old_value(tmp_p
     DatasetWriter(tmp_path, dataset_features(), {"steps": 25}, num_rows=4, rows_per_shard=2)
 
 
+def test_scene_prompts_of_other_templates_are_not_resumed_into_one_folder(tmp_path):
+    """Prompt i is (seed, i) through the scene templates: a folder begun with the first templates, resumed with the
+    second, would hold rows that read otherwise than the first ones, under one set of stated settings."""
+    from freeatm_hf.generate.config import GenerateConfig
+    from freeatm_hf.prompts.scenes import TEMPLATES_VERSION
+
+    scene = GenerateConfig(output_dir=str(tmp_path / "s"), pipeline="tiny", prompt_mode="scene").settings()
+    photo = GenerateConfig(output_dir=str(tmp_path / "p"), pipeline="tiny", prompt_mode="photo").settings()
+    assert scene["scene_templates"] == TEMPLATES_VERSION == 2 and "scene_templates" not in photo
+    w = DatasetWriter(tmp_path / "old", dataset_features(), {"prompt_mode": "scene"}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))  # written before the version was recorded: the first templates
+    with pytest.raises(SettingsMismatchError, match=r"scene_templates: 1 → 2; scene_templates: the version of the "
+                                                    r"scene prompts, another freeatm_hf's"):
+        DatasetWriter(tmp_path / "old", dataset_features(), {"prompt_mode": "scene", "scene_templates": 2},
+                      num_rows=4, rows_per_shard=2)
+
+
 def test_a_setting_older_versions_recorded_in_every_prompt_mode_is_compared_only_where_it_is_used(tmp_path):
     w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "num_objects": 2}, num_rows=4, rows_per_shard=2)
     w.write(w.shards[0], rows(2))

@@ -1,6 +1,7 @@
 import pytest
 
 from freeatm_hf.prompts import LabelSpace, Prompt, ScenePrompts
+from freeatm_hf.prompts.scenes import ACTIVITIES, COMPANIONS, PLACES, SETTINGS
 
 
 def test_imagenet_label_space_has_1000_classes_with_unique_names_and_all_groups():
@@ -28,7 +29,9 @@ def test_one_pass_covers_every_class_once():
 def test_scene_prompts_track_every_class_noun_at_its_span(num_objects):
     for p in ScenePrompts(seed=1, num_objects=num_objects).take(200):
         assert 1 <= len(p.objects) <= num_objects
-        assert p.objects[0].label == p.label or LabelSpace.imagenet()[p.label].group == "scene"
+        # A setting (a volcano, a castle) is where its companions are: they lead the sentence.
+        assert (p.objects[0].label == p.label) != (LabelSpace.imagenet()[p.label].subgroup in SETTINGS
+                                                   and len(p.objects) > 1)
         for o in p.objects:
             assert p.text[o.start : o.end] == o.name
             assert LabelSpace.imagenet()[o.label].name == o.name
@@ -36,10 +39,58 @@ def test_scene_prompts_track_every_class_noun_at_its_span(num_objects):
 
 def test_templates_depend_on_the_hierarchy():
     space = LabelSpace.imagenet()
-    texts = {space[p.label].subgroup: p.text for p in ScenePrompts(seed=0).take(1000)}
-    assert any(w in texts["fish"] for w in ("swimming",))
-    assert any(w in texts["aircraft"] for w in ("flying",))
-    assert " with " in texts["dog"] and " is " in texts["dog"]
+    prompts = ScenePrompts(seed=0).take(3000)
+    texts = {}
+    for p in prompts:
+        texts.setdefault(space[p.label].subgroup, []).append(p.text)
+    assert all(" swimming " in t for t in texts["fish"]) and all(" flying " in t for t in texts["aircraft"])
+    for subgroup, said in texts.items():  # each says what its main class does and where, as its subgroup does
+        main = [p for p in prompts if space[p.label].subgroup == subgroup]
+        for p, t in zip(main, said):
+            lead = space[p.objects[0].label].subgroup  # a setting's first companion
+            assert any(f" {verb} " in t for verb in ACTIVITIES[lead]), t
+            if subgroup not in SETTINGS:
+                assert t.endswith(tuple(PLACES[subgroup])), t
+    # The paper's pattern and its variants: "[class] with [other] is ...", "... and ... are ...", "... next to ...".
+    dogs = " ".join(texts["dog"])
+    assert " with " in dogs and " is " in dogs and " next to " in dogs
+    assert any(" and " in t and " are " in t for t in texts["kitchen"] + texts["dog"])
+
+
+def test_a_setting_is_where_its_companions_are_and_no_companion_is_a_setting():
+    space = LabelSpace.imagenet()
+    assert (space[483].name, space[483].subgroup) == ("castle", "structure")
+    assert (space[980].name, space[980].subgroup) == ("volcano", "scene")
+    for p in ScenePrompts(seed=2, num_objects=2).take(3000):
+        main = space[p.label]
+        assert all(space[o.label].subgroup not in SETTINGS for o in p.objects if o.label != p.label), p.text
+        if main.subgroup in SETTINGS:  # "a dog is running in front of a castle"
+            lead = p.objects[0]
+            assert p.text.endswith(main.name) and any(f" {near} " in p.text for near in ("in front of", "near",
+                                                                                          "next to")), p.text
+            assert p.text.startswith(("a ", "an ")) and space[lead.label].subgroup in COMPANIONS[main.subgroup]
+
+
+def test_things_are_said_to_do_alike_only_when_they_are_of_one_subgroup():
+    # "an oystercatcher and a coral fungus are flying": the verb of the main class said of a mushroom.
+    space = LabelSpace.imagenet()
+    plural = [p for p in ScenePrompts(seed=5, num_objects=3).take(3000) if " are " in p.text]
+    assert len(plural) > 100
+    for p in plural:
+        assert len({space[o.label].subgroup for o in p.objects}) == 1, p.text
+        assert p.text.count(", ") == 1 and p.text.count(" and ") == 1  # "a, b and c are ..."
+
+
+def test_artifacts_are_told_apart_by_where_they_are_found():
+    space = LabelSpace.imagenet()
+    expect = {"teapot": "kitchen", "violin": "instrument", "laptop": "electronics", "cardigan": "clothing",
+              "hammer": "tool", "soccer ball": "sports", "bookcase": "furniture", "traffic light": "street",
+              "library": "structure", "abacus": "object"}
+    assert {c.name: c.subgroup for c in space.classes if c.name in expect} == expect
+    # Every subgroup the label space has is one the templates know, with companions that exist.
+    subgroups = {c.subgroup for c in space.classes}
+    assert subgroups == set(ACTIVITIES) == set(PLACES) == set(COMPANIONS)
+    assert all(set(weights) <= subgroups - set(SETTINGS) for weights in COMPANIONS.values())
 
 
 def test_photo_mode_is_the_papers_base_prompt():
@@ -125,23 +176,23 @@ def test_the_main_class_is_tracked_once_and_never_its_own_companion(names, group
         assert len(labels) == 3
 
 
-def test_companions_are_drawn_by_the_group_weights():
-    """A companion's group is drawn with the weights of `COMPANIONS` (realistic co-occurrence), not uniformly."""
+def test_companions_are_drawn_by_the_subgroup_weights():
+    """A companion's subgroup is drawn with the weights of `COMPANIONS` (realistic co-occurrence), not uniformly."""
     from collections import Counter
 
-    from freeatm_hf.prompts.scenes import COMPANIONS
-
     space = LabelSpace.imagenet()
-    drawn = {"animal": Counter(), "object": Counter()}
+    drawn = {"dog": Counter(), "kitchen": Counter(), "mammal": Counter()}
     for p in ScenePrompts(space, num_objects=2, seed=0).take(20000):
-        main = space[p.label].group
+        main = space[p.label].subgroup
         if main in drawn:
-            drawn[main].update(space[o.label].group for o in p.objects[1:])
+            drawn[main].update(space[o.label].subgroup for o in p.objects if o.label != p.label)
     for main, counts in drawn.items():
         total, weights = sum(counts.values()), COMPANIONS[main]
         assert total > 500 and set(counts) == set(weights)
-        for group, w in weights.items():
-            assert counts[group] / total == pytest.approx(w / sum(weights.values()), abs=0.02), (main, group)
+        for subgroup, w in weights.items():
+            share = w / sum(weights.values())  # within 4 binomial standard deviations (draws are independent)
+            spread = 4 * (share * (1 - share) / total) ** 0.5
+            assert counts[subgroup] / total == pytest.approx(share, abs=spread), (main, subgroup)
 
 
 def test_a_name_shared_by_classes_is_told_apart_by_synset_else_by_id_and_the_vocabulary_has_every_synonym():
