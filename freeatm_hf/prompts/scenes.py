@@ -115,6 +115,20 @@ def article(noun: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+# Names of stuff rather than things, said without an article in a scene ("guacamole with a pretzel", not "a
+# guacamole"); the photo prompts keep the paper's "a photo of a [class]".
+MASS_NOUNS = frozenset({
+    "guacamole", "consomme", "ice cream", "mashed potato", "broccoli", "cauliflower", "hay", "carbonara",
+    "chocolate sauce", "dough", "red wine", "espresso", "eggnog", "rapeseed", "corn", "velvet", "wool",
+    "face powder", "hair spray", "lotion", "sunscreen", "perfume", "toilet tissue", "chain mail", "thatch",
+    "coral fungus", "hen-of-the-woods"})
+
+
+def determiner(noun: str) -> str:
+    """What goes before a name in a scene: "a ", "an ", or nothing for stuff (`MASS_NOUNS`)."""
+    return "" if noun in MASS_NOUNS else article(noun) + " "
+
+
 @dataclass
 class ScenePrompts:
     """Deterministic prompt source over a label space.
@@ -155,25 +169,29 @@ class ScenePrompts:
         main = self.label_space[self._order[i % len(self._order)]]
         if self.mode == "photo":
             return _compose([f"a photo of {article(main.name)} ", main], main.id)
-        others = [self._companion(main, rng) for _ in range(self.num_objects - 1)]
-        others = [o for o in others if o is not None]
+        others = []
+        for _ in range(self.num_objects - 1):  # each another class: "a scuba diver with a scuba diver" said nothing
+            other = self._companion(main, rng, {main.id, *(o.id for o in others)})
+            if other is not None:
+                others.append(other)
         if main.subgroup in SETTINGS:
             if not others:  # the setting alone: "a volcano is seen at sunset"
-                return _compose([article(main.name) + " ", main,
+                return _compose([determiner(main.name), main,
                                  f" is seen {rng.choice(PLACES[main.subgroup])}"], main.id)
             # The setting is where the companions are: "a dog is running in front of a castle".
             lead = others[0]
-            parts = [article(lead.name) + " ", lead] + _listed(others[1:], " with ")
-            parts += [f" is {rng.choice(ACTIVITIES[lead.subgroup])} {rng.choice(NEAR)} {article(main.name)} ", main]
+            parts = [determiner(lead.name), lead] + _listed(others[1:], " with ")
+            doing, near = rng.choice(ACTIVITIES[lead.subgroup]), rng.choice(NEAR)
+            parts += [f" is {doing} {near} {determiner(main.name)}", main]
             return _compose(parts, main.id)
         doing, where = rng.choice(ACTIVITIES[main.subgroup]), rng.choice(PLACES[main.subgroup])
         pattern = rng.choice(PATTERNS) if others else "alone"
         if pattern == "and" and any(o.subgroup != main.subgroup for o in others):
             pattern = "with"  # "are flying" said of a bird and a mushroom alike
-        parts = [article(main.name) + " ", main]
+        parts = [determiner(main.name), main]
         if pattern == "and":  # "a teapot and a coffee mug are placed ...", "a teapot, a mug and a ladle are ..."
             for j, o in enumerate(others):
-                parts += [" and " if j == len(others) - 1 else ", ", article(o.name) + " ", o]
+                parts += [" and " if j == len(others) - 1 else ", ", determiner(o.name), o]
             parts += [f" are {doing} {where}"]
         elif pattern == "next to":  # "a beagle is sitting next to a tennis ball in a park"
             parts += [f" is {doing}"] + _listed(others, " next to ") + [f" {where}"]
@@ -187,21 +205,23 @@ class ScenePrompts:
     def take(self, n: int, start: int = 0) -> list[Prompt]:
         return [self[i] for i in range(start, start + n)]
 
-    def _companion(self, main: LabelClass, rng: random.Random) -> LabelClass | None:
-        weights = {g: w for g, w in COMPANIONS[main.subgroup].items() if self._by_subgroup.get(g)}
+    def _companion(self, main: LabelClass, rng: random.Random, taken: set[int]) -> LabelClass | None:
+        """A class of a subgroup `main`'s is seen with, drawn by `COMPANIONS`' weights, none of `taken` (the
+        prompt's classes so far) while the subgroup has others."""
+        weights = {g: w for g, w in COMPANIONS[main.subgroup].items()
+                   if any(c.id not in taken for c in self._by_subgroup.get(g, ()))}
         if not weights:  # a label space without the subgroups this one is seen with (a custom list)
-            pool = [c for c in self.label_space.classes if c.id != main.id]
+            pool = [c for c in self.label_space.classes if c.id not in taken]
             return rng.choice(pool) if pool else None
         subgroup = rng.choices(list(weights), weights=list(weights.values()))[0]
-        pool = [c for c in self._by_subgroup[subgroup] if c.id != main.id] or self._by_subgroup[subgroup]
-        return rng.choice(pool)
+        return rng.choice([c for c in self._by_subgroup[subgroup] if c.id not in taken])
 
 
 def _listed(others: list[LabelClass], lead: str) -> list:
     """`lead` and the companions with their articles, joined by "and": " with a ball and a bone"."""
     parts: list = []
     for j, o in enumerate(others):
-        parts += [lead if j == 0 else " and ", article(o.name) + " ", o]
+        parts += [lead if j == 0 else " and ", determiner(o.name), o]
     return parts
 
 

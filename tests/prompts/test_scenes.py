@@ -136,6 +136,18 @@ def test_articles_go_by_sound_and_scene_prompts_have_single_spaces():
     texts = [prompts[i].text for i in range(2000)]
     assert not [t for t in texts if "  " in t]
     assert any(" is seen " in t for t in texts)  # scene classes alone: "a lakeside is seen at sunset"
+    # Stuff goes without an article in a scene ("a guacamole" reads wrong); the paper's photo prompt keeps its "a".
+    from freeatm_hf.prompts.scenes import MASS_NOUNS, determiner
+
+    assert (determiner("guacamole"), determiner("hourglass"), determiner("teapot")) == ("", "an ", "a ")
+    space = LabelSpace.imagenet()
+    assert MASS_NOUNS <= {c.name for c in space.classes}  # each a class name as the label space spells it
+    said = [p for p in ScenePrompts(num_objects=3, seed=0).take(3000)]
+    for p in said:
+        for o in p.objects:
+            before = p.text[:o.start]
+            assert before.endswith(("a ", "an ")) != (o.name in MASS_NOUNS), p.text
+    assert any(o.name in MASS_NOUNS for p in said for o in p.objects)
 
 
 @pytest.mark.parametrize("group", ["animal", "vehicle", "object", "person", "food", "plant", "scene"])
@@ -173,7 +185,7 @@ def test_the_main_class_is_tracked_once_and_never_its_own_companion(names, group
     for p in ScenePrompts(space, num_objects=3, seed=0).take(300):
         labels = [o.label for o in p.objects]
         assert labels.count(p.label) == 1, p.text
-        assert len(labels) == 3
+        assert len(set(labels)) == len(labels) == 3, p.text  # "a scuba diver with a scuba diver" said nothing
 
 
 def test_companions_are_drawn_by_the_subgroup_weights():
