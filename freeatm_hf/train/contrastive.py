@@ -104,6 +104,33 @@ def build_model(method: str, args: ContrastiveArguments):
     raise ValueError(f"unknown method {method!r}")
 
 
+def epoch_keys(ds, pooling: str) -> int | None:
+    """At most how many instance keys an epoch of `ds` makes: one per row pooled whole, else one per object (a row
+    without an objects column, a real image, is one). None for a stream. Read from the list offsets alone."""
+    from datasets import IterableDataset
+
+    if isinstance(ds, IterableDataset):
+        return None
+    if pooling == "image" or "objects" not in ds.column_names:
+        return len(ds)
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(ds.data.column("objects")).fill_null(0)
+    if ds._indices is not None:  # a selection or shuffle of the table's rows (the mix)
+        lengths = lengths.take(ds._indices.column(0))
+    return int(pc.sum(pc.max_element_wise(lengths, 1)).as_py() or 0)
+
+
+def check_queue_size(queue_size: int, ds, pooling: str):
+    """Warn when MoCo's queue is longer than an epoch's keys: it then always holds an earlier key of the very
+    instance a query is of, as a negative (MoCo's 65536 keys are 5 % of ImageNet's 1.28M)."""
+    keys = epoch_keys(ds, pooling)
+    if keys is not None and queue_size > keys:
+        logger.warning("--queue_size %d is more than the %d instance keys an epoch of this dataset makes at most: the "
+                       "queue will hold earlier keys of each query's own instance as negatives; give --queue_size "
+                       "%d or less (MoCo's 65536 are 5 %% of ImageNet's keys)", queue_size, keys, max(1, keys // 10))
+
+
 def build_optimizer(model, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
     """LARS/SGD/AdamW. With LARS and AdamW batch-norm parameters and biases get no weight decay (and no LARS
     adaptation), as SimCLR does; SGD decays every parameter, as MoCo's code does."""
@@ -200,6 +227,8 @@ def train(method: str, args: ContrastiveArguments, training_args):
     if args.color_strength is None:
         args.color_strength = COLOR_STRENGTH[method]
     ds = args.load(seed=training_args.seed)
+    if method == "moco":
+        check_queue_size(args.queue_size, ds, args.pooling)
     transform = make_transform(args)
     if args.streaming:
         read_stream_per_process(training_args)

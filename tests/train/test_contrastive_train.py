@@ -376,3 +376,28 @@ def test_a_projection_without_width_is_refused(dims):
     # proj_dim 0 trained with zero gradients and saved the model and its card; -1 and a 0 hidden width were tracebacks.
     with pytest.raises(ValueError, match="--proj_dim and --proj_hidden_dim must be at least 1"):
         small_args(**dims)
+
+
+def test_an_epochs_keys_are_counted_per_object_and_a_longer_moco_queue_is_warned_of(caplog):
+    """A queue longer than an epoch's keys always holds an earlier key of each query's own instance, as a negative."""
+    import logging
+
+    from datasets import Dataset
+
+    from freeatm_hf.train.contrastive import check_queue_size, epoch_keys
+
+    objects = [[{"name": "a"}, {"name": "b"}], [{"name": "c"}], [], [{"name": "d"}] * 3]
+    ds = Dataset.from_dict({"objects": objects, "row": [0, 1, 2, 3]})
+    assert epoch_keys(ds, "instance") == 2 + 1 + 1 + 3  # a row without objects still makes its image's key
+    assert epoch_keys(ds, "image") == 4
+    assert epoch_keys(ds.select([3, 3, 0]), "instance") == 3 + 3 + 2  # the rows an epoch reads, repeats included
+    assert epoch_keys(ds.shuffle(seed=0), "instance") == 7
+    assert epoch_keys(Dataset.from_dict({"image": [0, 1, 2]}), "instance") == 3  # real images: one key each
+    assert epoch_keys(ds.to_iterable_dataset(), "instance") is None  # a stream's length is unknown
+    with caplog.at_level(logging.WARNING, logger="freeatm_hf.train.contrastive"):
+        check_queue_size(7, ds, "instance")
+        assert not caplog.records
+        check_queue_size(65536, ds, "instance")
+    (record,) = caplog.records
+    assert "--queue_size 65536 is more than the 7 instance keys an epoch" in record.getMessage()
+    assert "give --queue_size 1 or less" in record.getMessage()
