@@ -115,6 +115,9 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
 
     check_vote(k, temperature)  # said before any feature is extracted
     splits = labelled_splits(dataset, train_split, test_split, revision, image_column, label_column)
+    if k > len(splits[train_split]):  # fewer would vote, and the card would say knn{k} all the same
+        raise ValueError(f"--k {k} is more neighbours than the {len(splits[train_split])} images of {dataset} "
+                         f"[{train_split}]: give --k {len(splits[train_split])} or less")
     model = AutoModel.from_pretrained(model_dir)
     transform = eval_transform(image_size, training_interpolation(model.config.model_type))
     backbone = feature_backbone(model)

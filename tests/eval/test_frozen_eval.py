@@ -513,3 +513,15 @@ def test_an_image_column_of_file_paths_is_read_as_images(oblong_digits, tmp_path
     original = load_dataset(oblong_digits, split="test")
     assert [np.asarray(r["image"]).tolist() for r in splits["test"]] == [np.asarray(im).tolist()
                                                                          for im in original["image"]]
+
+
+def test_more_neighbours_than_training_images_are_refused_before_any_feature_is_made(labelled_shapes, tmp_path,
+                                                                                       monkeypatch):
+    # 61 of 60 voted as 60, and the card said knn61 all the same.
+    import freeatm_hf.eval.frozen as frozen
+
+    monkeypatch.setattr(frozen, "extract_features", lambda *a, **k: pytest.fail("features were extracted"))
+    tiny_checkpoint("simclr").save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"--k 61 is more neighbours than the 60 images of .* \[train\]: give --k 60 "
+                                         r"or less"):
+        frozen.evaluate_frozen(str(tmp_path / "ckpt"), labelled_shapes, image_size=32, k=61, device="cpu")
