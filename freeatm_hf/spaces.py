@@ -1,19 +1,17 @@
 """Finding, launching and publishing the bundled Space (`spaces/mask_viewer`)."""
 
 import importlib.util
-from importlib import resources
 from pathlib import Path
 
 
 def space_dir(name: str = "mask_viewer") -> Path:
     """The Space folder, from the installed package (`_spaces`) or, in a source checkout, the repo root."""
-    packaged = resources.files("freeatm_hf") / "_spaces" / name
-    if (packaged / "app.py").is_file():
-        return Path(str(packaged))
-    source = Path(__file__).resolve().parents[1] / "spaces" / name
-    if (source / "app.py").is_file():
-        return source
-    raise FileNotFoundError(f"Space {name!r} is neither in the package nor in {source.parent}")
+    from .shipped import shipped_path
+
+    app = shipped_path("spaces", f"{name}/app.py")
+    if app is None:
+        raise FileNotFoundError(f"Space {name!r} is neither in the package nor in the repository's spaces/")
+    return app.parent
 
 
 def load_app(name: str = "mask_viewer"):
@@ -57,7 +55,7 @@ def stage_space(dest: Path, name: str = "mask_viewer") -> Path:
     dest = Path(dest)
     shutil.copytree(space_dir(name), dest, ignore=shutil.ignore_patterns("__pycache__", "screenshots", ".freeatm"))
     shutil.copytree(Path(freeatm_hf.__file__).parent, dest / "freeatm_hf",
-                    ignore=shutil.ignore_patterns("__pycache__", "_spaces", "*.pyc"))
+                    ignore=shutil.ignore_patterns("__pycache__", "_spaces", "_recipes", "*.pyc"))
     (dest / "requirements.txt").write_text(space_requirements())
     return dest
 

@@ -3,6 +3,9 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def freeatm(*args, **env):
@@ -67,12 +70,26 @@ def test_the_module_entry_points_answer_as_the_console_script(tmp_path):
     assert res.returncode == 2 and f"freeatm export: error: {tmp_path} is not a checkpoint folder" in res.stderr
 
 
-def test_a_missing_recipe_is_named_with_where_the_recipes_are(tmp_path):
+def test_the_projects_recipes_are_read_from_any_directory_and_a_missing_one_is_named_with_them(tmp_path,
+                                                                                                  monkeypatch):
+    import yaml
+
+    from freeatm_hf.generate.cli import read_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    own = yaml.safe_load((root / "recipes" / "simclr_atm.yaml").read_text())
+    monkeypatch.chdir(tmp_path)  # not the checkout: an installed package carries its recipes
+    assert read_recipe("recipes/simclr_atm.yaml") == read_recipe("simclr_atm.yaml") == own
+    (tmp_path / "simclr_atm.yaml").write_text("dataset: mine\n")  # a file of the user's is theirs
+    assert read_recipe("simclr_atm.yaml") == {"dataset": "mine"}
+    for missing in ("recipes/simclr_atm.yml", "configs/simclr_atm.yaml"):  # another folder is no recipe of ours
+        with pytest.raises(FileNotFoundError, match=rf"recipe {missing} not found \(the project's own: .*mae_atm.yaml"):
+            read_recipe(missing)
     for command in (["generate"], ["train", "simclr"]):
-        res = subprocess.run([sys.executable, "-m", "freeatm_hf.cli", *command, "recipes/simclr_atm.yaml"],
+        res = subprocess.run([sys.executable, "-m", "freeatm_hf.cli", *command, "recipes/no_such.yaml"],
                              capture_output=True, text=True, cwd=tmp_path)
         assert res.returncode == 2 and "Traceback" not in res.stderr
-        assert "recipe recipes/simclr_atm.yaml not found (the project's recipes/ folder comes with its repository" in res.stderr
+        assert "recipe recipes/no_such.yaml not found (the project's own: blip_atm.yaml" in res.stderr
 
 
 def test_http_requests_are_not_logged_one_line_each_but_their_warnings_are():

@@ -5,6 +5,9 @@
     accelerate launch -m freeatm_hf.generate recipes/generate_sd15.yaml
 """
 
+import logging
+
+logger = logging.getLogger(__name__)
 
 
 def make_parser():
@@ -35,17 +38,31 @@ def parse(argv: list[str]):
 
 
 def read_recipe(path: str) -> dict:
-    """A YAML recipe's keys; a missing one named, with where the project's own recipes are."""
+    """A YAML recipe's keys. A file that is not here, named `recipes/NAME.yaml` or `NAME.yaml`, is the project's
+    own recipe of that name (the wheel carries them): `freeatm train simclr_atm.yaml` runs from any directory."""
     import os
 
     import yaml
 
     if not os.path.isfile(path):
-        where = (" (the project's recipes/ folder comes with its repository, not with the installed package: run "
-                 "from a checkout's root)" if path.replace("\\", "/").startswith("recipes/") else "")
-        raise FileNotFoundError(f"recipe {path} not found{where}")
+        from ..shipped import shipped_path
+
+        name = path.replace("\\", "/").removeprefix("recipes/")
+        shipped = shipped_path("recipes", name) if "/" not in name else None
+        if shipped is None:
+            raise FileNotFoundError(f"recipe {path} not found (the project's own: {', '.join(shipped_recipes())})")
+        logger.info("recipe %s: the project's own, %s", path, shipped)
+        path = str(shipped)
     with open(path) as f:
         return yaml.safe_load(f) or {}
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the project's YAML recipes, from the package or the checkout."""
+    from ..shipped import shipped_dir
+
+    root = shipped_dir("recipes")
+    return sorted(p.name for p in root.glob("*.yaml")) if root is not None else []
 
 
 def recipe_flags(recipe: dict) -> list[str]:

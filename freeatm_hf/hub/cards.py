@@ -1,18 +1,17 @@
 """Cards rendered from the Jinja templates in `model_cards/` (shipped in the wheel as `_model_cards`)."""
 
-from importlib import resources
 from pathlib import Path
 
 
 def template_path(name: str) -> Path:
     """Path of `model_cards/<name>`, from the installed package or, in a source checkout, the repo root."""
-    packaged = resources.files("freeatm_hf") / "_model_cards" / name
-    if packaged.is_file():
-        return Path(str(packaged))
-    source = Path(__file__).resolve().parents[2] / "model_cards" / name
-    if source.is_file():
-        return source
-    raise FileNotFoundError(f"card template {name!r} not found in the package or in {source.parent}")
+    from ..shipped import shipped_path
+
+    path = shipped_path("model_cards", name)
+    if path is None:
+        raise FileNotFoundError(f"card template {name!r} is neither in the package nor in the repository's "
+                                "model_cards/")
+    return path
 
 
 # The Hub's size categories (datasets' utils/resources/size_categories.json), by upper row limit.
