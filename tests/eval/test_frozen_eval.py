@@ -128,10 +128,17 @@ def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shape
     assert results[0]["metric"] == "knn5_top1" and 0.0 <= results[0]["value"] <= 1.0
 
 
+def unread_checkpoint(tmp_path) -> str:
+    """A folder that passes for a checkpoint until its config is read: the data is checked before any model loads."""
+    (tmp_path / "never-loaded").mkdir()
+    (tmp_path / "never-loaded" / "config.json").write_text("{}")
+    return str(tmp_path / "never-loaded")
+
+
 def test_splits_and_columns_are_checked_before_any_model_loads(labelled_shapes, tmp_path):
     from freeatm_hf.eval.cli import main
 
-    missing = str(tmp_path / "no-checkpoint-here")  # never reached: the data is checked first
+    missing = unread_checkpoint(tmp_path)
     base = ["knn", "--model", missing, "--dataset", labelled_shapes, "--image_size", "32"]
     with pytest.raises(ValueError, match="train_split and test_split are both 'train'"):
         main(base + ["--test_split", "train"])
@@ -158,7 +165,7 @@ def test_unlabelled_rows_are_refused_not_counted_as_misses(labelled_shapes, tmp_
     test = load_dataset(labelled_shapes, split="test")
     test.map(lambda r, i: {"label": -1 if i % 3 == 0 else r["label"]}, with_indices=True).to_parquet(
         str(folder / "data" / "test-00000-of-00001.parquet"))
-    base = ["--model", str(tmp_path / "no-checkpoint-here"), "--dataset", str(folder), "--image_size", "32"]
+    base = ["--model", unread_checkpoint(tmp_path), "--dataset", str(folder), "--image_size", "32"]
     with pytest.raises(ValueError, match=r"\[test\] has 10 of 30 rows without a class"):
         main(["knn", *base])
     with pytest.raises(ValueError, match=r"\[test\] has 10 of 30 rows without a class"):
@@ -472,12 +479,12 @@ def test_a_label_column_of_floats_is_refused_as_no_class_index(oblong_digits, tm
 
     from freeatm_hf.eval.cli import main
 
-    (tmp_path / "data").mkdir()
+    (tmp_path / "ds" / "data").mkdir(parents=True)
     for split in ("train", "test"):
         ds = load_dataset(oblong_digits, split=split)
-        ds.map(lambda r: {"label": r["label"] + 0.5}).to_parquet(str(tmp_path / "data" / f"{split}-0.parquet"))
+        ds.map(lambda r: {"label": r["label"] + 0.5}).to_parquet(str(tmp_path / "ds" / "data" / f"{split}-0.parquet"))
     with pytest.raises(ValueError, match=r"column 'label' is Value\('float.*not a class index"):
-        main(["knn", "--model", str(tmp_path / "no-checkpoint-here"), "--dataset", str(tmp_path), "--image_size", "32"])
+        main(["knn", "--model", unread_checkpoint(tmp_path), "--dataset", str(tmp_path / "ds"), "--image_size", "32"])
 
 
 def test_a_vits_own_size_wins_over_a_size_its_card_states(tmp_path):
