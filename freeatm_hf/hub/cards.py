@@ -25,9 +25,13 @@ def public_generation(generation: dict) -> dict:
     by its name, an augmenter server by its model alone. Where they lay on the generating machine tells a reader
     nothing and may tell too much (a home directory, a private host); the prompts file's hash is kept, and the
     full paths stay in the folder's resume state (`.freeatm/settings.json`, never pushed)."""
+    import json
+
     from ..data.reading import looks_like_a_path
 
-    out = dict(generation)
+    # A copy that shares no list: YAML writes a list met twice (the capture's down factors are the run's) as an
+    # anchor and an alias (`&id001`, `*id001`), which a card's reader has to resolve by hand.
+    out = json.loads(json.dumps(generation))
     if out.get("threshold") not in (None, "otsu"):  # a number to a YAML reader, not the string it is kept as
         out["threshold"] = float(out["threshold"])
     if out.get("pipeline_source") == "local" and out.get("pipeline"):

@@ -219,3 +219,39 @@ def test_the_card_states_a_non_square_map_as_height_by_width(tmp_path):
     card = " ".join((tmp_path / "README.md").read_text().split())
     assert "the generated RGB image (12×6)" in card and "| height | `12` | | width | `6` |" in card  # 12 rows
     assert "at 4×2" in card and "at 2×4" not in card
+
+
+@pytest.mark.parametrize("mode, says", [
+    ("scene", "ImageNet-1k classes in scene prompts of up to 2 objects, one pass over the classes per 1000 images "
+              "(seed 3): each class with classes of the subgroups it is found with"),
+    ("photo", '"a photo of a [class]" over the ImageNet-1k classes (the paper\'s base prompt), one pass over the '
+              "classes per 1000 images (seed 3)."),
+    ("file", "The lines of the prompts file `prompts.txt` (its SHA-256 under Generation), in order.")])
+def test_the_card_says_how_the_prompts_were_made(mode, says, tmp_path):
+    from PIL import Image
+
+    from freeatm_hf.generate import DatasetWriter
+    from freeatm_hf.generate.run import write_card
+    from freeatm_hf.generate.schema import dataset_features
+    from freeatm_hf.prompts.scenes import TEMPLATES_VERSION
+
+    (tmp_path / "prompts.txt").write_text("a cat on a mat\n")
+    files = {"prompts_file": str(tmp_path / "prompts.txt")} if mode == "file" else {}
+    out = tmp_path / "out"
+    cfg = GenerateConfig(output_dir=str(out), pipeline="tiny", num_images=1, rows_per_shard=1, prompt_mode=mode,
+                         seed=3, **files)
+    writer = DatasetWriter(out, dataset_features(), cfg.settings(), 1, 1)
+    writer.write(writer.shards[0], [{"image": Image.new("RGB", (8, 8)), "prompt": "p", "label": -1, "seed": 3,
+                                     "truncated_objects": [], "objects": []}])
+    write_card(writer, cfg, dataset_features())
+    card = " ".join((out / "README.md").read_text().split())
+    prompts = card.split("## Prompts", 1)[1].split("## Columns", 1)[0]
+    assert says in prompts and "rewritten by" not in prompts
+    assert (f"scene templates version {TEMPLATES_VERSION}." in prompts) is (mode == "scene")
+    if mode == "scene":  # rewritten by an LLM: said, by the model's name (never the server's address)
+        cfg = GenerateConfig(output_dir=str(out), pipeline="tiny", num_images=1, rows_per_shard=1, seed=3,
+                             augmenter="http://10.0.0.7:8000/v1#llama-3-8b")
+        write_card(writer, cfg, dataset_features())
+        card = " ".join((out / "README.md").read_text().split())
+        assert "Each prompt was then rewritten by `OpenAI-compatible server#llama-3-8b`, keeping every object" in card
+        assert "10.0.0.7" not in card

@@ -72,6 +72,19 @@ def test_an_augmenter_is_named_by_its_model_alone():
     assert public_generation(hub) == hub
 
 
+def test_a_list_the_settings_hold_twice_is_written_out_twice_not_as_a_yaml_alias():
+    # The capture's down factors are the run's: the card's YAML said `down_factors: &id001` and `*id001`.
+    import yaml
+
+    from freeatm_hf.hub.cards import public_generation
+
+    factors = [1, 2]
+    out = public_generation({"down_factors": factors, "capture": {"down_factors": factors, "include_mid": False}})
+    assert out == {"down_factors": [1, 2], "capture": {"down_factors": [1, 2], "include_mid": False}}
+    text = yaml.dump(out)
+    assert "&id" not in text and "*id" not in text and yaml.safe_load(text) == out
+
+
 def test_an_example_prompt_cannot_add_links_or_markup_to_the_card():
     """Prompts come from a user's file or an LLM; on a public card one could close the example's alt text and
     add a link or image of its own."""
