@@ -226,7 +226,8 @@ def test_the_card_states_a_non_square_map_as_height_by_width(tmp_path):
               "(seed 3): each class with classes of the subgroups it is found with"),
     ("photo", '"a photo of a [class]" over the ImageNet-1k classes (the paper\'s base prompt), one pass over the '
               "classes per 1000 images (seed 3)."),
-    ("file", "The lines of the prompts file `prompts.txt` (its SHA-256 under Generation), in order.")])
+    ("file", "The lines of the prompts file `prompts.txt` (its SHA-256 under Generation), in order, from the first "
+             "again when the file runs out.")])
 def test_the_card_says_how_the_prompts_were_made(mode, says, tmp_path):
     from PIL import Image
 
