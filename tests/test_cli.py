@@ -78,10 +78,19 @@ def test_the_projects_recipes_are_read_from_any_directory_and_a_missing_one_is_n
 
     root = Path(__file__).resolve().parents[1]
     own = yaml.safe_load((root / "recipes" / "simclr_atm.yaml").read_text())
+    raw_smoke = yaml.safe_load((root / "recipes" / "contrastive_cpu_smoke.yaml").read_text())
     monkeypatch.chdir(tmp_path)  # not the checkout: an installed package carries its recipes
     assert read_recipe("recipes/simclr_atm.yaml") == read_recipe("simclr_atm.yaml") == own
-    (tmp_path / "simclr_atm.yaml").write_text("dataset: mine\n")  # a file of the user's is theirs
-    assert read_recipe("simclr_atm.yaml") == {"dataset": "mine"}
+    # Its paths into the project's folders are the shipped ones where the working directory has none; the
+    # run's output stays where it runs.
+    from freeatm_hf.spaces import space_dir
+
+    smoke = read_recipe("contrastive_cpu_smoke.yaml")
+    assert smoke["dataset"] == str(space_dir() / "example_dataset") and smoke["output_dir"] == raw_smoke["output_dir"]
+    (tmp_path / "spaces" / "mask_viewer" / "example_dataset").mkdir(parents=True)  # the user's own, here
+    assert read_recipe("contrastive_cpu_smoke.yaml")["dataset"] == "spaces/mask_viewer/example_dataset"
+    (tmp_path / "simclr_atm.yaml").write_text("dataset: spaces/none\n")  # a file of the user's is theirs, as written
+    assert read_recipe("simclr_atm.yaml") == {"dataset": "spaces/none"}
     for missing in ("recipes/simclr_atm.yml", "configs/simclr_atm.yaml"):  # another folder is no recipe of ours
         with pytest.raises(FileNotFoundError, match=rf"recipe {missing} not found \(the project's own: .*mae_atm.yaml"):
             read_recipe(missing)

@@ -39,22 +39,34 @@ def parse(argv: list[str]):
 
 def read_recipe(path: str) -> dict:
     """A YAML recipe's keys. A file that is not here, named `recipes/NAME.yaml` or `NAME.yaml`, is the project's
-    own recipe of that name (the wheel carries them): `freeatm train simclr_atm.yaml` runs from any directory."""
+    own recipe of that name (the wheel carries them): `freeatm train simclr_atm.yaml` runs from any directory, and
+    the paths it names into the project's own folders (the CPU smoke recipes' `spaces/mask_viewer/example_dataset`)
+    are the shipped ones where the working directory has no such path. Its output_dir stays where it is run."""
     import os
 
     import yaml
 
-    if not os.path.isfile(path):
-        from ..shipped import shipped_path
+    if os.path.isfile(path):
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    from ..shipped import shipped_dir, shipped_path
 
-        name = path.replace("\\", "/").removeprefix("recipes/")
-        shipped = shipped_path("recipes", name) if "/" not in name else None
-        if shipped is None:
-            raise FileNotFoundError(f"recipe {path} not found (the project's own: {', '.join(shipped_recipes())})")
-        logger.info("recipe %s: the project's own, %s", path, shipped)
-        path = str(shipped)
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    name = path.replace("\\", "/").removeprefix("recipes/")
+    shipped = shipped_path("recipes", name) if "/" not in name else None
+    if shipped is None:
+        raise FileNotFoundError(f"recipe {path} not found (the project's own: {', '.join(shipped_recipes())})")
+    logger.info("recipe %s: the project's own, %s", path, shipped)
+    recipe = yaml.safe_load(shipped.read_text()) or {}
+    for key, value in recipe.items():
+        folder, _, rest = str(value).partition("/")
+        if isinstance(value, str) and folder in SHIPPED_FOLDERS and rest and not os.path.exists(value):
+            root = shipped_dir(folder)
+            if root is not None and (root / rest).exists():
+                recipe[key] = str(root / rest)
+    return recipe
+
+
+SHIPPED_FOLDERS = ("spaces", "model_cards", "recipes")  # what pyproject's force-include puts in the wheel
 
 
 def shipped_recipes() -> list[str]:
