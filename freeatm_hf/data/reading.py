@@ -118,10 +118,11 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
 def pretraining_dataset(synthetic: str | None = None, real: str | None = None, mode: str = "synthetic",
                         mix_ratio: float = 0.5, split: str = "train", streaming: bool = False, seed: int = 0,
                         real_image_column: str = "image", real_text_column: str = "caption",
-                        require_text: bool = False) -> Dataset | IterableDataset:
+                        require_text: bool = False, source_rows: dict | None = None) -> Dataset | IterableDataset:
     """`mode="mix"` interleaves the two with `mix_ratio` the share of real rows (until the smaller ends).
     `require_text`: the real dataset must have `real_text_column` (BLIP learns from captions; the other methods
-    do not read them)."""
+    do not read them). `source_rows`, when given, gets how many rows of the mix are generated and how many real
+    (what a model card states; a stream's are unknown until read)."""
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, got {mode!r}")
     parts = []
@@ -168,8 +169,25 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         if parts[1].features[name] != feature:
             parts[1] = parts[1].cast_column(name, feature)
     parts[1] = parts[1].select_columns(list(parts[0].features))
-    return interleave_datasets(parts, probabilities=[1 - mix_ratio, mix_ratio], seed=seed,
-                               stopping_strategy="first_exhausted")
+    mix = dict(probabilities=[1 - mix_ratio, mix_ratio], seed=seed, stopping_strategy="first_exhausted")
+    mixed = interleave_datasets(parts, **mix)
+    if isinstance(mixed, Dataset):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        # The same draw over two columns of flags the size of the two datasets: which rows are real (the mix
+        # stops where the smaller runs out, so the share alone does not say how many of each it holds). Read off
+        # the row indices the draw selected (real ones past the generated), or the one slice it kept.
+        flags = interleave_datasets([Dataset(pa.table({"real": pa.repeat(pa.scalar(False), len(parts[0]))})),
+                                     Dataset(pa.table({"real": pa.repeat(pa.scalar(True), len(parts[1]))}))], **mix)
+        real_rows = (pc.sum(flags.data.column("real")) if flags._indices is None else
+                     pc.sum(pc.greater_equal(flags._indices.column(0), len(parts[0])))).as_py() or 0
+        counts = {"synthetic_rows": len(mixed) - real_rows, "real_rows": real_rows}
+        logger.info("mix: %d generated and %d real rows (--mix_ratio %s, until the smaller ran out)",
+                    counts["synthetic_rows"], real_rows, mix_ratio)
+        if source_rows is not None:
+            source_rows.update(counts)
+    return mixed
 
 
 def freeatm_card_block(source: str | None) -> dict:

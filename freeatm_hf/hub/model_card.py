@@ -366,7 +366,9 @@ def _data_text(data: dict) -> str:
     if data.get("real_dataset"):
         parts.append(f"Real dataset: {_public_name(data['real_dataset'])} (one whole-image mask per image).")
     if mode == "mix":
-        parts.append(f"Share of real rows: {data.get('mix_ratio')}.")
+        rows = (f" ({data['synthetic_rows']} generated and {data['real_rows']} real rows)"
+                if data.get("real_rows") is not None else "")
+        parts.append(f"Share of real rows: {data.get('mix_ratio')}{rows}.")
     if data.get("prompts") == "position":
         g = int(data.get("grid") or 3)
         parts.append(f"Position prompts on a {g}×{g} grid (blocks 1–{g * g}, row-major).")

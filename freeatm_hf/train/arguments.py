@@ -19,6 +19,8 @@ class DataArguments:
     min_attention_peak: float | None = field(default=None, metadata={
         "help": "Objects whose attention_peak is below this count as not drawn: no mask, no position prompt "
                 "(default: the value the dataset's card recommends, if any; 0 keeps every object)."})
+    # Not a flag: the mix's generated and real rows, counted by `load` for the card.
+    _source_rows: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         from ..data.reading import DATA_MODES
@@ -57,14 +59,16 @@ class DataArguments:
         return {"dataset": recorded_source(synthetic), "real_dataset": recorded_source(self.real_dataset),
                 "data_mode": self.data_mode,
                 "mix_ratio": self.mix_ratio, "min_attention_peak": self.min_attention_peak,
-                "num_rows": None if self.streaming else len(ds)}
+                "num_rows": None if self.streaming else len(ds), **self._source_rows}
 
     def load(self, seed: int = 0, require_text: bool = False):
         from ..data.reading import pretraining_dataset
 
+        self._source_rows = {}
         return pretraining_dataset(self.dataset, self.real_dataset, self.data_mode, self.mix_ratio,
                                    streaming=self.streaming, seed=seed, real_image_column=self.real_image_column,
-                                   real_text_column=self.real_text_column, require_text=require_text)
+                                   real_text_column=self.real_text_column, require_text=require_text,
+                                   source_rows=self._source_rows)
 
 
 def check_views(image_size: int, crop_scale_min: float):

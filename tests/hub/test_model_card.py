@@ -211,6 +211,12 @@ def test_a_mixed_runs_card_states_its_share_of_real_rows(tmp_path):
     write_model_card(tmp_path, SimCLRConfig(), data={"dataset": "me/scenes", "real_dataset": "me/photos",
                                                      "data_mode": "mix", "mix_ratio": 0.3}, training={})
     assert "Share of real rows: 0.3." in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+    # With the rows the mix drew from each (it stops where the smaller runs out: the share alone does not say).
+    write_model_card(tmp_path, SimCLRConfig(), data={"dataset": "me/scenes", "real_dataset": "me/photos",
+                                                     "data_mode": "mix", "mix_ratio": 0.3, "synthetic_rows": 70,
+                                                     "real_rows": 30}, training={})
+    text = " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+    assert "Share of real rows: 0.3 (70 generated and 30 real rows)." in text
 
 
 def test_results_measured_before_fingerprints_were_recorded_stay_on_the_card(tmp_path):

@@ -76,9 +76,12 @@ def test_mix_of_synthetic_and_real_data(tmp_path):
     (real / "data").mkdir(parents=True)
     rows = [{"img": Image.new("RGB", (40, 40), (i * 30, 0, 0)), "label": i} for i in range(6)]
     Dataset.from_list(rows).cast_column("img", ImageFeature()).to_parquet(str(real / "data" / "train.parquet"))
-    ds = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=0.5, real_image_column="img")
+    counts = {}
+    ds = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=0.5, real_image_column="img", source_rows=counts)
     kinds = [len(r["objects"]) > 0 for r in ds]
     assert any(kinds) and not all(kinds)  # both kinds present
+    real_rows = sum(r["prompt"] == "" for r in ds)  # the real images have no caption; every generated row has one
+    assert counts == {"synthetic_rows": len(ds) - real_rows, "real_rows": real_rows} and 0 < real_rows < len(ds)
     only_real = pretraining_dataset(real=str(real), mode="real", real_image_column="img")
     assert len(only_real) == 6 and all(r["objects"] == [] and r["prompt"] == "" for r in only_real)
     assert [r["image"].getpixel((0, 0)) for r in only_real] == [(i * 30, 0, 0) for i in range(6)]
@@ -86,7 +89,10 @@ def test_mix_of_synthetic_and_real_data(tmp_path):
     from freeatm_hf.data.reading import load
 
     assert only_real.cache_files == load(str(real)).cache_files
-    mixed_real = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=1.0, real_image_column="img")
+    counts = {}
+    mixed_real = pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=1.0, real_image_column="img",
+                                     source_rows=counts)
+    assert counts == {"synthetic_rows": 0, "real_rows": 6} == {"synthetic_rows": 0, "real_rows": len(mixed_real)}
     assert {f["filename"] for f in mixed_real.cache_files} <= {f["filename"] for f in
                                                               load(str(real)).cache_files + load(DATA).cache_files}
     # Streaming mixes the same rows, typed alike, as it reads them.
