@@ -17,7 +17,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:  # as huggingface_hub writes cards
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -128,3 +128,44 @@ def test_two_writers_of_one_record_at_once_each_write_it_whole(tmp_path, monkeyp
     files.write_text_atomic(path, "this writer")
     monkeypatch.undo()
     assert path.read_text() == "this writer" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_finished_generations_card_survives_a_rewrite_cut_short(tmp_path, monkeypatch):
+    """Re-running a finished generation rewrites its card: one cut short reads as a card without the `freeatm`
+    block, and training would silently take the default mask threshold."""
+    import numpy as np
+    from PIL import Image
+
+    from freeatm_hf.data.reading import generation_settings
+    from freeatm_hf.generate import DatasetWriter
+    from freeatm_hf.generate.config import GenerateConfig
+    from freeatm_hf.generate.run import write_card
+    from freeatm_hf.generate.schema import dataset_features
+
+    cfg = GenerateConfig(output_dir=str(tmp_path), pipeline="tiny", num_images=1, rows_per_shard=1, threshold=0.7)
+    writer = DatasetWriter(tmp_path, dataset_features(), cfg.settings(), 1, 1)
+    attention = Image.fromarray(np.zeros((4, 4), np.uint8))
+    writer.write(writer.shards[0], [{"image": Image.new("RGB", (8, 8)), "prompt": "p", "label": -1, "seed": 0,
+                                     "truncated_objects": [], "objects": [{"name": "cat", "token_indices": [1],
+                                     "attention": attention, "bbox": None, "area": 0.0, "attention_peak": 0.1}]}])
+    write_card(writer, cfg, dataset_features())
+    card = (tmp_path / "README.md").read_text()
+    half_then_fail(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write_card(writer, cfg, dataset_features())
+    monkeypatch.undo()
+    assert (tmp_path / "README.md").read_text() == card and generation_settings(str(tmp_path))["threshold"] == 0.7
+
+
+def test_a_checkpoints_card_survives_an_evaluation_cut_short_writing_it(tmp_path, monkeypatch):
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.models import SimCLRConfig
+
+    config = SimCLRConfig(backbone="resnet18", proj_hidden_dim=8, proj_dim=4)
+    write_model_card(tmp_path, config, data={"dataset": "me/scenes"}, training={})
+    card = (tmp_path / "README.md").read_text()
+    half_then_fail(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write_model_card(tmp_path, config)  # as `freeatm eval knn` refreshes it
+    monkeypatch.undo()
+    assert (tmp_path / "README.md").read_text() == card

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..files import write_text_atomic
 from ..prompts import LabelSpace, Prompt, ScenePrompts, as_prompt, load_augmenter
 from .config import GenerateConfig
 from .generator import FreeATMGenerator
@@ -288,7 +289,9 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
         examples=examples,
         mmdit=generator.get("denoiser") == "mmdit",
     )
-    card.save(str(Path(writer.root) / "README.md"))
+    # Whole or not at all: re-running a finished folder rewrites its card, and a card cut short by a crash reads as
+    # one without the `freeatm` block (training would silently take the default threshold and no peak cut).
+    write_text_atomic(Path(writer.root) / "README.md", str(card))
 
 
 def write_examples(shard: Path, folder: Path, n: int = 4, threshold=0.4, min_side: int = 256) -> list[dict]:

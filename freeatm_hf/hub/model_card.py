@@ -217,7 +217,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
         data_description=_data_text(data), results=results,
         usage=_usage(method, repo_id or "<user>/<repo>", getattr(config, "backbone", "resnet50")),
     )
-    card.save(str(folder / "README.md"))
+    write_text_atomic(folder / "README.md", str(card))  # rewritten by every evaluation: never left cut short
     return card
 
 

@@ -181,4 +181,4 @@ def write_model_card(folder: Path, info: dict):
                                    objective=objective_text(folder),
                                    caption_dropout=(info.get("training") or {}).get("caption_dropout",
                                                                                     CAPTION_DROPOUT))
-    card.save(str(folder / "README.md"))
+    write_text_atomic(folder / "README.md", str(card))
