@@ -211,6 +211,12 @@ def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | 
         from .callbacks import ModelCardCallback
 
         trainer.add_callback(ModelCardCallback(data, training))
+        if resume and trainer.is_world_process_zero() and not os.path.isfile(os.path.join(resume, "card_info.json")):
+            # Killed after Trainer saved it but before the card callback ran: complete to Trainer, yet without the
+            # facts (trained size, data) that an evaluation of it reads. The resume holds the same settings.
+            from ..hub.model_card import write_model_card
+
+            write_model_card(resume, trainer.model.config, data=data, training=training)
     seed_per_process(trainer)
     done = resume and steps_done(resume) >= training_args.max_steps > 0
     if done:

@@ -58,9 +58,22 @@ def test_a_checkpoint_whose_save_did_not_finish_is_passed_over_on_resume(tmp_pat
     # A crash while saving step 3: the weights half written, no trainer_state.json (Trainer writes it last).
     (out / "checkpoint-3").mkdir()
     (out / "checkpoint-3" / "model.safetensors").write_bytes(b"\0" * 10)
+    # And killed between Trainer's save of step 2 and the card callback: checkpoint-2 has no card to evaluate by.
+    (out / "checkpoint-2" / "card_info.json").unlink()
+    (out / "checkpoint-2" / "README.md").unlink()
     resumed = run(out, 4, data=shapes_data, resume_from_checkpoint="true")
     assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
     assert "resuming from checkpoint-2; checkpoint-3 left off" in caplog.text
+    import json
+
+    facts = json.loads((out / "checkpoint-2" / "card_info.json").read_text())  # written on resume, as the others'
+    first = json.loads((out / "checkpoint-1" / "card_info.json").read_text())
+    assert facts["data"] == first["data"] and facts["data"]["dataset"]
+    # The resumed run's training facts: the first run's, but for the longer run it now is.
+    assert {k: v for k, v in facts["training"].items() if k != "max_steps"} == {
+        k: v for k, v in first["training"].items() if k != "max_steps"}
+    assert (first["training"]["max_steps"], facts["training"]["max_steps"]) == (2, 4)
+    assert (out / "checkpoint-2" / "README.md").is_file()
     # Nothing complete to resume: said so.
     other = tmp_path / "other"
     (other / "checkpoint-1").mkdir(parents=True)
