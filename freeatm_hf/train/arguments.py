@@ -125,6 +125,10 @@ def resume_point(training_args) -> str | None:
             raise ValueError(f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: {out} holds no "
                              "checkpoint-* folder to resume")
     elif asked is None and last is not None:
+        if last_complete_checkpoint(out) is None:  # a resume would be refused too: say what works
+            raise ValueError(f"{out} holds checkpoint folders of an earlier run whose saves did not finish "
+                             f"({os.path.basename(last)}, no trainer_state.json): delete them to train afresh there, "
+                             "or train into another --output_dir")
         raise ValueError(f"{out} holds checkpoints of an earlier run ({os.path.basename(last)}): resume it with "
                          "--resume_from_checkpoint true, or train into another --output_dir")
     if asked is not None:

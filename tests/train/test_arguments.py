@@ -79,6 +79,10 @@ def test_a_checkpoint_whose_save_did_not_finish_is_passed_over_on_resume(tmp_pat
     (other / "checkpoint-1").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds no complete checkpoint to resume .* delete its checkpoint-\\* folders"):
         run(other, 2, data=shapes_data, resume_from_checkpoint="true")
+    # Afresh into it: not told to resume (refused, as above), but what works.
+    with pytest.raises(ValueError, match=r"whose saves did not finish \(checkpoint-1, no trainer_state.json\): "
+                                         r"delete them to train afresh there, or train into another --output_dir"):
+        run(other, 2, data=shapes_data)
 
 
 def test_the_card_records_the_optimizer_warm_up_betas_and_accumulation():
