@@ -226,9 +226,11 @@ def generation_settings(source: str | None) -> dict:
 
 
 def looks_like_a_path(source: str) -> bool:
-    """A name that can only be a place on some machine (absolute, relative with ./ or ../, home, Windows), never a
-    Hub id: a card written elsewhere must not take it for one."""
-    return source.startswith(("/", ".", "~", "\\")) or "\\" in source or (len(source) > 1 and source[1] == ":")
+    """A name that can only be a place on some machine (absolute, relative with ./ or ../, home, Windows, or of
+    more than two parts), never a Hub id (`name` or `owner/name`): a card written elsewhere must not take it for
+    one, and a missing one is "no such folder", not a malformed repo id."""
+    return (source.startswith(("/", ".", "~", "\\")) or "\\" in source or (len(source) > 1 and source[1] == ":")
+            or source.count("/") > 1)
 
 
 def recorded_source(source: str | None) -> str | None:

@@ -3,12 +3,6 @@
 from pathlib import Path
 
 
-def is_path(spec: str) -> bool:
-    """Whether `spec` can only be a local path: absolute, led by `.` or `~`, or of more than two parts (a Hub id is
-    `name` or `owner/name`)."""
-    return Path(spec).is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1
-
-
 def check_model_source(spec: str, flag: str = "--model") -> None:
     """Refuse, naming `flag`, a checkpoint that `from_pretrained` could not read: a folder without config.json, a
     file, or a name that is no folder here and no Hub model in reach (or in the cache, offline). transformers says
@@ -20,7 +14,9 @@ def check_model_source(spec: str, flag: str = "--model") -> None:
             raise ValueError(f"{flag} {spec} is {what}, not a checkpoint folder (what `freeatm train` writes into "
                              "its output_dir)")
         return
-    if is_path(spec):
+    from ..data.reading import looks_like_a_path
+
+    if looks_like_a_path(spec):
         raise FileNotFoundError(f"{flag} {spec}: no such folder")
     from transformers.utils import cached_file
 

@@ -345,10 +345,10 @@ def main(argv=None):
     p.add_argument("--port", type=port, default=None, help="default: $GRADIO_SERVER_PORT, else 7860")
     p.add_argument("--share", action="store_true", help="also serve it at a temporary public gradio.live link")
     args = p.parse_args(argv)
-    from freeatm_hf.hub.sources import is_path
+    from freeatm_hf.data.reading import looks_like_a_path
 
     # Loaded at the first Generate: a folder that is not there is said now, not to the first user.
-    if args.pipeline and is_path(args.pipeline) and not Path(args.pipeline).exists():
+    if args.pipeline and looks_like_a_path(args.pipeline) and not Path(args.pipeline).exists():
         p.error(f"--pipeline {args.pipeline}: no such folder")
     build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share)
 

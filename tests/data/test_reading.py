@@ -293,7 +293,8 @@ def test_a_dataset_is_named_in_a_card_by_hub_id_never_by_a_place_on_some_machine
     from freeatm_hf.data.reading import hub_dataset_id, looks_like_a_path, recorded_source
 
     monkeypatch.chdir(tmp_path)  # none of the names below is a folder here
-    for path in ("/data/scenes", "./scenes", "../scenes", ".", "~/scenes", "C:\\data", "C:/data", "data\\scenes"):
+    for path in ("/data/scenes", "./scenes", "../scenes", ".", "~/scenes", "C:\\data", "C:/data", "data\\scenes",
+                 "runs/simclr/final"):
         assert looks_like_a_path(path) and hub_dataset_id(path) is None, path
     for repo in ("user/scenes", "scenes"):
         assert not looks_like_a_path(repo) and hub_dataset_id(repo) == repo

@@ -23,14 +23,6 @@ def test_a_path_that_is_not_there_is_no_such_folder_not_a_malformed_repo_id(spec
         check_model_source(spec)
 
 
-@pytest.mark.parametrize("spec, path", [("/abs", True), ("./rel", True), ("~/home", True), ("a/b/c", True),
-                                        ("name", False), ("owner/name", False)])
-def test_a_path_is_told_from_a_hub_id_by_its_form(spec, path):
-    from freeatm_hf.hub.sources import is_path
-
-    assert is_path(spec) is path
-
-
 def test_a_hub_id_is_read_from_the_hub_and_one_that_is_not_there_is_named(in_process_hub):
     from huggingface_hub import HfApi
 
