@@ -77,7 +77,7 @@ def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cp
 
         from ..data.reading import looks_like_a_path
 
-        if looks_like_a_path(spec) and not Path(spec).exists():  # else said to be a malformed Hub id, with offline advice
+        if looks_like_a_path(spec) and not Path(spec).exists():  # else called a malformed Hub id, with offline advice
             raise FileNotFoundError(f"--pipeline {spec}: no such folder")
         try:
             pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype, **({"revision": revision} if revision else {}))
