@@ -53,20 +53,28 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
                               "std": list(IMAGENET_STD), "interpolation": training_interpolation(kind), "crop_pct": EVAL_CROP_PCT,
                               "num_classes": 0, "tag": f"freeatm_{kind}"}}
-    save_for_hf(backbone, str(folder), model_config=cfg, safe_serialization=True)
-    # transformers' TimmWrapperModel (AutoModel) passes num_classes itself and fails on a second one in
-    # model_args; timm takes it from pretrained_cfg (0) all the same.
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
-    config.get("model_args", {}).pop("num_classes", None)
-    # save_for_hf starts from the architecture's own default config: its test-time size and crop (timm's
-    # validate.py evaluates at those), and the licence, paper and origin of timm's ImageNet weights, none of
-    # which describe these weights.
-    for key in INHERITED_CFG_KEYS:
-        config.get("pretrained_cfg", {}).pop(key, None)
-    config_path.write_text(json.dumps(config, indent=2))
-    if notes:
-        (folder / "NOTES.md").write_text(notes)
+    import os
+    import tempfile
+
+    # Written beside the folder and moved in, config.json last: a crash leaves no config (or the earlier
+    # export's), never timm's unedited one, which loads as another model (the inherited test size and licence).
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp") as tmp:
+        save_for_hf(backbone, tmp, model_config=cfg, safe_serialization=True)
+        # transformers' TimmWrapperModel (AutoModel) passes num_classes itself and fails on a second one in
+        # model_args; timm takes it from pretrained_cfg (0) all the same.
+        config_path = Path(tmp) / "config.json"
+        config = json.loads(config_path.read_text())
+        config.get("model_args", {}).pop("num_classes", None)
+        # save_for_hf starts from the architecture's own default config: its test-time size and crop (timm's
+        # validate.py evaluates at those), and the licence, paper and origin of timm's ImageNet weights, none of
+        # which describe these weights.
+        for key in INHERITED_CFG_KEYS:
+            config.get("pretrained_cfg", {}).pop(key, None)
+        config_path.write_text(json.dumps(config, indent=2))
+        if notes:
+            (Path(tmp) / "NOTES.md").write_text(notes)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
+            os.replace(Path(tmp) / name, folder / name)
     return folder
 
 

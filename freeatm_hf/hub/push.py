@@ -19,7 +19,8 @@ from ..files import write_text_atomic
 logger = logging.getLogger(__name__)
 
 # Resume state and temporary files never go to the Hub.
-IGNORE = [".freeatm/**", "**/.freeatm/**", "**/__pycache__/**", "*.tmp", ".git/**"]
+# `*.tmp/**`: what a crash left of a folder being written beside its place (an export).
+IGNORE = [".freeatm/**", "**/.freeatm/**", "**/__pycache__/**", "*.tmp", "*.tmp/**", ".git/**"]
 # A model repo gets the finished model, not Trainer's intermediate checkpoints (optimizer states, RNG), as
 # Trainer's own push does.
 MODEL_IGNORE = ["checkpoint-*", "checkpoint-*/**"]

@@ -161,3 +161,37 @@ def test_a_timm_exports_data_config_is_the_checkpoints_own(tmp_path):
     with pytest.raises(ValueError, match="taken.pth is a file; a timm export is a folder"):
         export_main([str(ckpt), str(tmp_path / "taken.pth"), "--to", "timm"])
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "freeatm_simclr"
+
+
+def test_a_timm_export_cut_short_leaves_no_unedited_timm_config_and_nothing_a_push_would_send(tmp_path, monkeypatch):
+    """timm writes its config first and freeatm edits it after: a crash in between left timm's own config (its
+    inherited test size and licence, `num_classes` twice) beside the weights, loading as another model."""
+    import json
+    import os
+
+    from freeatm_hf.hub.export import INHERITED_CFG_KEYS
+    from freeatm_hf.hub.push import IGNORE
+
+    config_cls, model_cls = METHODS["simclr"]
+    model = model_cls(config_cls(backbone="resnet18", proj_hidden_dim=16, proj_dim=8)).eval()
+    real_replace = os.replace
+
+    def crash_at_the_config(src, dst):
+        if str(dst).endswith("config.json"):
+            raise KeyboardInterrupt  # killed here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_at_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        export_timm(model, tmp_path / "ckpt" / "timm")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "timm").iterdir()) == ["model.safetensors"]  # loads as none
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["timm"]  # the temporary folder went with the crash
+    export_timm(model, tmp_path / "ckpt" / "timm")  # run again: whole
+    config = json.loads((tmp_path / "ckpt" / "timm" / "config.json").read_text())
+    assert "num_classes" not in config["model_args"] and not set(INHERITED_CFG_KEYS) & set(config["pretrained_cfg"])
+    # What a harder kill (no cleanup) leaves beside it is not pushed.
+    from huggingface_hub.utils import filter_repo_objects
+
+    left = ["timm/config.json", "timm/.timm.x1y2.tmp/config.json", ".timm.x1y2.tmp/model.safetensors"]
+    assert list(filter_repo_objects(left, ignore_patterns=IGNORE)) == ["timm/config.json"]
