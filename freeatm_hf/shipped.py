@@ -4,6 +4,8 @@ templates, the Space and the recipes."""
 from importlib import resources
 from pathlib import Path
 
+SHIPPED_FOLDERS = ("model_cards", "spaces", "recipes")  # pyproject's force-include
+
 
 def shipped_dir(folder: str) -> Path | None:
     """The repository's `folder`, from the installed package or, in a source checkout, the repository root; None

@@ -49,7 +49,7 @@ def read_recipe(path: str) -> dict:
     if os.path.isfile(path):
         with open(path) as f:
             return yaml.safe_load(f) or {}
-    from ..shipped import shipped_dir, shipped_path
+    from ..shipped import SHIPPED_FOLDERS, shipped_dir, shipped_path
 
     name = path.replace("\\", "/").removeprefix("recipes/")
     shipped = shipped_path("recipes", name) if "/" not in name else None
@@ -58,15 +58,12 @@ def read_recipe(path: str) -> dict:
     logger.info("recipe %s: the project's own, %s", path, shipped)
     recipe = yaml.safe_load(shipped.read_text()) or {}
     for key, value in recipe.items():
-        folder, _, rest = str(value).partition("/")
-        if isinstance(value, str) and folder in SHIPPED_FOLDERS and rest and not os.path.exists(value):
+        folder, _, rest = value.partition("/") if isinstance(value, str) else ("", "", "")
+        if folder in SHIPPED_FOLDERS and rest and not os.path.exists(value):
             root = shipped_dir(folder)
             if root is not None and (root / rest).exists():
                 recipe[key] = str(root / rest)
     return recipe
-
-
-SHIPPED_FOLDERS = ("spaces", "model_cards", "recipes")  # what pyproject's force-include puts in the wheel
 
 
 def shipped_recipes() -> list[str]:
