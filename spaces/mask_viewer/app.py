@@ -26,6 +26,10 @@ HERE = Path(__file__).resolve().parent
 EXAMPLE_DATASET = HERE / "example_dataset"
 VIEW_SIDE = 384  # small generated images are enlarged (nearest) to at least this side for display
 MAX_VIEW_SIDE = 2048
+# Per-object maps and masks, four to a row (two objects do not fill it with page-wide maps), each named by its
+# caption. A fixed gallery height clipped the square thumbnails of a wide page, and with them the captions: a
+# visitor saw four unnamed maps.
+GALLERY = dict(columns=4, fit_columns=False, height="auto", format="png", object_fit="contain")
 # What a visitor may ask the live generator to track: past the text encoder's window nothing is tracked anyway,
 # and matching nouns to the prompt grows fast with their number.
 MAX_PROMPT_CHARS = 2000
@@ -283,10 +287,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                     b_info = gr.Markdown(elem_id="browse-info")
                     b_text = gr.HighlightedText(label="prompt", elem_id="browse-prompt")
                     b_summary = gr.JSON(label="objects")
-            b_soft = gr.Gallery(label="soft maps", columns=4, height=220, elem_id="browse-soft", format="png",
-                                object_fit="contain")
-            b_masks = gr.Gallery(label="masks", columns=4, height=220, elem_id="browse-masks", format="png",
-                                 object_fit="contain")
+            b_soft = gr.Gallery(label="soft maps", elem_id="browse-soft", **GALLERY)
+            b_masks = gr.Gallery(label="masks", elem_id="browse-masks", **GALLERY)
             outputs = [b_view, b_text, b_soft, b_masks, b_summary, b_info]
             inputs = [index, b_threshold, b_otsu]
             index.change(browse, inputs, outputs, api_name="browse")
@@ -315,9 +317,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 with gr.Column():
                     g_text = gr.HighlightedText(label="prompt", elem_id="gen-prompt-highlight")
                     g_summary = gr.JSON(label="objects")
-            g_soft = gr.Gallery(label="soft maps", columns=4, height=220, format="png", object_fit="contain")
-            g_masks = gr.Gallery(label="masks", columns=4, height=220, elem_id="gen-masks", format="png",
-                                 object_fit="contain")
+            g_soft = gr.Gallery(label="soft maps", elem_id="gen-soft", **GALLERY)
+            g_masks = gr.Gallery(label="masks", elem_id="gen-masks", **GALLERY)
             g_outputs = [g_view, g_text, g_soft, g_masks, g_summary]
             go.click(generate, [prompt, nouns, seed, steps, g_threshold, g_otsu], [*g_outputs, last],
                      api_name="generate")

@@ -251,6 +251,16 @@ def test_in_a_real_browser(app, tmp_path):
         src = page.locator(f"{selector} img").first.get_attribute("src")
         return page.request.get(src).body()
 
+    def assert_maps_named(page, gallery, names):
+        """Each map's caption is its object's, and lies inside the gallery's box: a fixed gallery height clipped
+        square thumbnails, captions and all, so a visitor saw unnamed maps (the captions were still in the page)."""
+        box = page.locator(gallery).bounding_box()
+        captions = page.locator(f"{gallery} .caption-label")
+        assert [c.split(" (")[0] for c in captions.all_inner_texts()] == names
+        for i in range(captions.count()):
+            c = captions.nth(i).bounding_box()
+            assert box["y"] <= c["y"] and c["y"] + c["height"] <= box["y"] + box["height"], (gallery, i, c, box)
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM,
                                      args=["--no-sandbox", "--disable-background-networking", "--disable-gpu"])
@@ -262,6 +272,8 @@ def test_in_a_real_browser(app, tmp_path):
         first = load_dataset(str(space_dir() / "example_dataset"), split="train")[0]
         assert first["objects"][0]["name"] in page.locator("#browse-prompt").inner_text()
         before = img_bytes(page, "#browse-overlay")
+        for gallery in ("#browse-soft", "#browse-masks"):
+            assert_maps_named(page, gallery, [o["name"] for o in first["objects"]])
         page.screenshot(path=str(shots / "browse.png"), full_page=True)
 
         number = page.locator("#browse-threshold input[type=number]")
@@ -304,6 +316,8 @@ def test_in_a_real_browser(app, tmp_path):
         page.locator("#gen-masks img").first.wait_for(timeout=60_000)
         assert page.locator("#gen-masks img").count() >= 2
         assert nouns[0] in page.locator("#gen-prompt-highlight").inner_text()
+        for gallery in ("#gen-soft", "#gen-masks"):
+            assert_maps_named(page, gallery, nouns)
         page.screenshot(path=str(shots / "generate.png"), full_page=True)
         browser.close()
 
