@@ -1,7 +1,7 @@
 """Mask overlays for people to look at: the dataset card's examples and the Space use the same drawing."""
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .data.rows import rgb
 from .masks import DEFAULT_THRESHOLD, full_resolution_mask
@@ -34,15 +34,47 @@ def overlay(image: Image.Image, objects: list[dict], threshold: float | str = DE
             out[m] = (1 - alpha) * out[m] + alpha * np.array(color(i), dtype=np.float32)
     img = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for i, (o, r) in enumerate(zip(objects, results)):
-        if r.bbox is None:
-            continue
-        x0, y0, x1, y1 = (v * scale for v in r.bbox)
-        if boxes:
+    for i, r in enumerate(results):
+        if boxes and r.bbox is not None:
+            x0, y0, x1, y1 = (v * scale for v in r.bbox)
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color(i), width=max(1, scale // 2))
-        if labels:
-            draw.text((x0 + 2, y0 + 1), o["name"], fill=color(i))
+    if labels:  # after every box, so that no box is drawn over a name
+        _draw_labels(draw, img.size, [(o["name"], tuple(v * scale for v in r.bbox), color(i))
+                                      for i, (o, r) in enumerate(zip(objects, results)) if r.bbox is not None])
     return img
+
+
+def _draw_labels(draw: ImageDraw.ImageDraw, size: tuple[int, int], labels: list):
+    """Each name on a tag in its object's colour at its box's corner. Plain text in the colour vanished on a
+    background of that colour, and names of boxes with the same corner (an undrawn object's map often lands on
+    another object) were written over each other."""
+    font = ImageFont.load_default(size=max(10, round(min(size) / 24)))
+    texts = [draw.textbbox((0, 0), name, font=font) for name, _, _ in labels]
+    sizes = [(right - left + 4, bottom - top + 4) for left, top, right, bottom in texts]
+    corners = label_positions([(s, box) for s, (_, box, _) in zip(sizes, labels)], size)
+    for (name, _, fill), (left, top, _, _), (w, h), (x, y) in zip(labels, texts, sizes, corners):
+        draw.rectangle([x, y, x + w - 1, y + h - 1], fill=fill)
+        ink = (0, 0, 0) if 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 150 else (255, 255, 255)
+        draw.text((x + 2 - left, y + 2 - top), name, fill=ink, font=font)
+
+
+def label_positions(tags: list, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left corners for tags `((width, height), box)` in an image of `size=(width, height)`: above the box's
+    top-left corner (inside it when there is no room above), within the image, and moved down past any tag already
+    placed that it would cover."""
+    placed: list[tuple[int, int, int, int]] = []
+    for (w, h), (x0, y0, _, _) in tags:
+        x = int(max(0, min(x0, size[0] - w)))
+        y = int(y0 - h if y0 - h >= 0 else y0)
+        moved = True
+        while moved:
+            moved = False
+            for px, py, pw, ph in placed:
+                if x < px + pw and px < x + w and y < py + ph and py < y + h:
+                    y, moved = py + ph, True
+        y = min(y, max(0, size[1] - h))
+        placed.append((x, y, w, h))
+    return [(x, y) for x, y, _, _ in placed]
 
 
 def heatmap(attention, size: tuple[int, int] | None = None) -> Image.Image:

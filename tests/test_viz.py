@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from freeatm_hf.masks import full_resolution_mask
-from freeatm_hf.viz import PALETTE, color, grid, heatmap, overlay
+from freeatm_hf.viz import PALETTE, color, grid, heatmap, label_positions, overlay
 
 ATT = Image.fromarray(np.array([[0, 40, 90, 0], [30, 255, 200, 10], [0, 120, 160, 0], [0, 0, 20, 0]], np.uint8))
 
@@ -30,6 +30,40 @@ def test_the_overlay_blends_each_mask_in_its_colour_at_alpha_with_its_box_inside
     assert not outline[y1:].any() and not outline[:, x1:].any() and not outline[:y0].any()
     assert outline[y0 + 2, x0 + 3:x1 - 3].all() and not outline[y0 + 3, x0 + 3:x1 - 3].any()
     assert (boxed[outline] == color(0)).all()
+
+
+def test_labels_sit_above_their_box_inside_the_image_and_never_on_one_another():
+    size = (100, 80)
+    tags = [((30, 10), (20, 40, 60, 70)),   # room above: the tag ends where the box begins
+            ((30, 10), (20, 40, 50, 60)),   # the same corner: moved down past the first
+            ((30, 10), (25, 3, 90, 50)),    # no room above: inside the box's top
+            ((40, 10), (90, 30, 100, 40))]  # at the right edge: shifted left into the image
+    corners = label_positions(tags, size)
+    assert corners == [(20, 30), (20, 40), (25, 3), (60, 20)]
+    rects = [(x, y, x + w, y + h) for (x, y), ((w, h), _) in zip(corners, tags)]
+    for i, (a0, b0, a1, b1) in enumerate(rects):
+        assert 0 <= a0 and a1 <= size[0] and 0 <= b0 and b1 <= size[1]
+        for c0, d0, c1, d1 in rects[:i]:
+            assert a1 <= c0 or c1 <= a0 or b1 <= d0 or d1 <= b0, (i, rects)
+    # Moved down to the bottom, a tag stops there (covering another rather than leaving the picture).
+    assert label_positions([((30, 10), (0, 75, 10, 80))] * 3, size) == [(0, 65), (0, 70), (0, 70)]
+
+
+def test_two_objects_with_one_box_get_two_readable_name_tags_in_their_colours():
+    image = Image.new("RGB", (8, 8), (128, 128, 128))
+    objects = [{"name": "x", "attention": ATT}, {"name": "y", "attention": ATT}]
+    plain = np.asarray(overlay(image, objects, 0.4, labels=False, scale=32))
+    named = np.asarray(overlay(image, objects, 0.4, scale=32))
+    changed = (named != plain).any(-1)
+    rows = np.flatnonzero(changed.any(1))
+    # Two tags, one under the other: the rows each colour fills do not meet.
+    filled = [np.flatnonzero((named == color(i)).all(-1).any(1) & changed.any(1)) for i in range(2)]
+    assert len(filled[0]) and len(filled[1]) and filled[0].max() < filled[1].min()
+    assert rows.min() == filled[0].min() and rows.max() == filled[1].max()
+    # Each tag holds its name in an ink that is neither the tag's colour nor the picture's.
+    for i in range(2):
+        tag = named[filled[i].min():filled[i].max() + 1][changed[filled[i].min():filled[i].max() + 1]]
+        assert ((tag != color(i)).any(-1) & (tag != 128).any(-1)).sum() > 5
 
 
 def test_a_heatmap_reads_uint8_maps_as_probabilities_and_rescales_float_ones():
