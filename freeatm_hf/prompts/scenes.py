@@ -13,7 +13,7 @@ from .prompt import Prompt, PromptObject
 MODES = ("scene", "photo")
 # The scene templates' version, recorded in a generated dataset's settings: a folder written with other templates
 # is not resumed with these (its later rows would read otherwise than its first).
-TEMPLATES_VERSION = 2
+TEMPLATES_VERSION = 3
 # Subgroups whose class is where the scene happens, not a thing in it: another class leads the sentence.
 SETTINGS = ("scene", "structure")
 
@@ -39,6 +39,11 @@ ACTIVITIES = {
     "electronics": ["placed", "lying", "sitting"],
     "tool": ["lying", "placed"],
     "sports": ["lying", "placed"],
+    "office": ["lying", "placed"],
+    "bathroom": ["standing", "placed"],
+    "medical": ["lying", "placed", "standing"],
+    "weapon": ["displayed", "lying", "placed"],
+    "garden": ["standing", "placed"],
     "food": ["served", "placed"],
     "plant": ["growing"],
     "scene": ["seen"],
@@ -65,6 +70,11 @@ PLACES = {
     "electronics": ["on a desk", "in an office", "on a shelf", "in an electronics store"],
     "tool": ["in a workshop", "on a workbench", "in a garage", "in a garden shed"],
     "sports": ["on a playing field", "in a gym", "on a lawn", "in a sports store"],
+    "office": ["on a desk", "in an office", "on a bookshelf", "in a classroom"],
+    "bathroom": ["on a bathroom shelf", "on a dressing table", "in a bathroom", "next to a sink"],
+    "medical": ["in a hospital room", "in a laboratory", "in a doctor's office", "on a medical cart"],
+    "weapon": ["in a museum", "in an armory", "on a display stand", "on a wooden table"],
+    "garden": ["in a garden", "in a backyard", "on a porch", "next to a fence"],
     "food": ["on a wooden table", "in a restaurant", "in a kitchen", "on a picnic blanket"],
     "plant": ["in a garden", "in a meadow", "in a forest", "in a field"],
     "scene": ["on a sunny day", "at sunset", "in the morning fog", "under a cloudy sky"],
@@ -86,12 +96,17 @@ COMPANIONS = {
     "watercraft": {"watercraft": 2, "person": 1, "bird": 1},
     "aircraft": {"aircraft": 2, "bird": 1},
     "object": {"object": 2, "electronics": 1, "furniture": 1, "kitchen": 1, "tool": 1},
+    "office": {"office": 3, "electronics": 1},
+    "bathroom": {"bathroom": 1},
+    "medical": {"medical": 1},
+    "weapon": {"weapon": 1},
+    "garden": {"garden": 2, "plant": 2, "bird": 1, "insect": 1},
     "street": {"street": 2, "land": 2, "person": 1},
     "clothing": {"clothing": 3, "furniture": 1},
     "kitchen": {"kitchen": 3, "food": 3},
     "furniture": {"furniture": 3, "electronics": 1, "dog": 1},
     "instrument": {"instrument": 3, "person": 1, "furniture": 1},
-    "electronics": {"electronics": 3, "furniture": 1, "object": 1},
+    "electronics": {"electronics": 3, "furniture": 1, "office": 1},
     "tool": {"tool": 3, "object": 1},
     "sports": {"sports": 3, "person": 1, "dog": 1},
     "food": {"food": 2, "kitchen": 2},

@@ -85,7 +85,8 @@ def test_artifacts_are_told_apart_by_where_they_are_found():
     space = LabelSpace.imagenet()
     expect = {"teapot": "kitchen", "violin": "instrument", "laptop": "electronics", "cardigan": "clothing",
               "hammer": "tool", "soccer ball": "sports", "bookcase": "furniture", "traffic light": "street",
-              "library": "structure", "abacus": "object"}
+              "library": "structure", "abacus": "office", "lipstick": "bathroom", "syringe": "medical",
+              "revolver": "weapon", "birdhouse": "garden", "car wheel": "tool", "lighter": "object"}
     assert {c.name: c.subgroup for c in space.classes if c.name in expect} == expect
     # Every subgroup the label space has is one the templates know, with companions that exist.
     subgroups = {c.subgroup for c in space.classes}
