@@ -139,8 +139,15 @@ MASS_NOUNS = frozenset({
     "coral fungus", "hen-of-the-woods"})
 
 
+# Names of one thing in the plural form: "a pair of binoculars ... is", never "a binoculars".
+PAIRS = frozenset({"binoculars", "parallel bars", "sunglasses", "swimming trunks"})
+
+
 def determiner(noun: str) -> str:
-    """What goes before a name in a scene: "a ", "an ", or nothing for stuff (`MASS_NOUNS`)."""
+    """What goes before a name in a scene: "a ", "an ", "a pair of " (`PAIRS`), or nothing for stuff
+    (`MASS_NOUNS`)."""
+    if noun in PAIRS:
+        return "a pair of "
     return "" if noun in MASS_NOUNS else article(noun) + " "
 
 

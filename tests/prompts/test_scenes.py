@@ -138,17 +138,22 @@ def test_articles_go_by_sound_and_scene_prompts_have_single_spaces():
     assert not [t for t in texts if "  " in t]
     assert any(" is seen " in t for t in texts)  # scene classes alone: "a lakeside is seen at sunset"
     # Stuff goes without an article in a scene ("a guacamole" reads wrong); the paper's photo prompt keeps its "a".
-    from freeatm_hf.prompts.scenes import MASS_NOUNS, determiner
+    # A thing named in the plural is a pair of it ("a binoculars" reads wrong too).
+    from freeatm_hf.prompts.scenes import MASS_NOUNS, PAIRS, determiner
 
-    assert (determiner("guacamole"), determiner("hourglass"), determiner("teapot")) == ("", "an ", "a ")
+    assert ([determiner(n) for n in ("guacamole", "hourglass", "teapot", "binoculars")]
+            == ["", "an ", "a ", "a pair of "])
     space = LabelSpace.imagenet()
-    assert MASS_NOUNS <= {c.name for c in space.classes}  # each a class name as the label space spells it
+    # Each a class name as the label space spells it.
+    assert MASS_NOUNS | PAIRS <= {c.name for c in space.classes} and not MASS_NOUNS & PAIRS
     said = [p for p in ScenePrompts(num_objects=3, seed=0).take(3000)]
     for p in said:
         for o in p.objects:
             before = p.text[:o.start]
-            assert before.endswith(("a ", "an ")) != (o.name in MASS_NOUNS), p.text
-    assert any(o.name in MASS_NOUNS for p in said for o in p.objects)
+            assert before.endswith(("a ", "an ", "a pair of ")) != (o.name in MASS_NOUNS), p.text
+            assert before.endswith("a pair of ") == (o.name in PAIRS), p.text
+    for kind in (MASS_NOUNS, PAIRS):
+        assert any(o.name in kind for p in said for o in p.objects)
 
 
 @pytest.mark.parametrize("group", ["animal", "vehicle", "object", "person", "food", "plant", "scene"])
