@@ -165,8 +165,24 @@ class FreeATMGenerator:
             return int((timesteps >= int(round(n - denoising_end * n))).sum())
         return len(timesteps)
 
-    def __call__(self, prompts, seeds: list[int], num_inference_steps: int = 25, guidance_scale: float | None = None,
-                 height: int | None = None, width: int | None = None, **pipe_kwargs) -> GenerationOutput:
+    def __call__(self, prompts, seeds: list[int] | int, num_inference_steps: int = 25,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 **pipe_kwargs) -> GenerationOutput:
+        """Generate one image per prompt, with a mask per tracked noun.
+
+        Args:
+            prompts (`list` of `Prompt`, `str` or `dict`): one batch. A `Prompt` (or `{"text", "nouns"}`) names the
+                nouns to track; a plain string tracks none (no masks). A single prompt is a batch of one.
+            seeds (`list[int]` or `int`): one per prompt; image `i` is drawn from `torch.Generator().manual_seed(
+                seeds[i])`.
+            num_inference_steps, guidance_scale, height, width: as the pipeline's; `guidance_scale` defaults to
+                the generator's. Other keyword arguments go to the pipeline (`output_type`, `negative_prompt`...).
+        """
+        if isinstance(prompts, (str, dict, Prompt)):
+            # A bare string would otherwise be iterated: one prompt per character.
+            prompts = [prompts]
+        if isinstance(seeds, int):
+            seeds = [seeds]
         prompts = [as_prompt(p) for p in prompts]
         guidance_scale = self.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
         if len(seeds) != len(prompts):

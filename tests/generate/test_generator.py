@@ -236,3 +236,17 @@ def test_a_guidance_scale_that_is_not_a_finite_non_negative_number_is_refused(ti
     gen = FreeATMGenerator(tiny_pipe, guidance_scale=3.0)
     with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0, got -2"):
         gen([Prompt.from_nouns("a cat", ["cat"])], seeds=[0], num_inference_steps=1, guidance_scale=-2)
+
+
+def test_a_single_prompt_is_a_batch_of_one_not_a_batch_of_its_characters(tiny_pipe):
+    """`gen("ab", seeds=[0, 1])` generated the prompts "a" and "b"; `gen("a dog", seeds=[0])` failed with "5 prompts
+    but 1 seeds"."""
+    gen = FreeATMGenerator(tiny_pipe)
+    out = gen("a dog", seeds=0, num_inference_steps=1)
+    assert [p.text for p in out.prompts] == ["a dog"] and out.seeds == [0] and len(out.images) == 1
+    one = gen(PROMPTS[1], seeds=[3], num_inference_steps=1)
+    listed = gen([PROMPTS[1]], seeds=[3], num_inference_steps=1)
+    assert one.prompts == [PROMPTS[1]] and [o.name for o in one.objects[0]] == ["dog", "ball"]
+    assert np.array_equal(one.objects[0][0].soft_map, listed.objects[0][0].soft_map)
+    with pytest.raises(ValueError, match="1 prompts but 2 seeds"):
+        gen("ab", seeds=[0, 1], num_inference_steps=1)
