@@ -10,7 +10,7 @@ import torch
 from ..attention import AttentionStore, CaptureConfig, capture_unet, object_token_indices
 from ..attention.joint import capture_joint
 from ..attention.tokens import ObjectTokens
-from ..masks import DEFAULT_THRESHOLD, REFINE_MODES, MaskResult, mask_from_map, normalize, refine_maps
+from ..masks import DEFAULT_THRESHOLD, REFINE_MODES, MaskResult, check_threshold, mask_from_map, normalize, refine_maps
 from ..prompts import Prompt, as_prompt
 from .config import DEFAULT_GUIDANCE
 from .pipelines import pipeline_recommendation
@@ -117,7 +117,8 @@ class FreeATMGenerator:
             capture = replace(capture, down_factors=(2,))
         _check_capture_fits(self.kind, capture)
         self.capture = capture
-        self.threshold = threshold
+        # Checked here: the first mask is made after a whole denoising run, and only for a prompt with nouns.
+        self.threshold = check_threshold(threshold)
         self.store = AttentionStore(self.capture)
         self._processors: dict = {}  # reused across calls (see capture_unet)
 

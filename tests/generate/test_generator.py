@@ -250,3 +250,19 @@ def test_a_single_prompt_is_a_batch_of_one_not_a_batch_of_its_characters(tiny_pi
     assert np.array_equal(one.objects[0][0].soft_map, listed.objects[0][0].soft_map)
     with pytest.raises(ValueError, match="1 prompts but 2 seeds"):
         gen("ab", seeds=[0, 1], num_inference_steps=1)
+
+
+def test_a_threshold_out_of_range_is_refused_when_the_generator_is_built(tiny_pipe):
+    """It was refused only at the first mask, after the whole denoising run of a batch with nouns (and never for a
+    batch of plain strings)."""
+    calls = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for bad in (40, -0.1, "Otsu"):
+            with pytest.raises(ValueError, match="threshold must be a number in"):
+                FreeATMGenerator(tiny_pipe, threshold=bad)
+    finally:
+        hook.remove()
+    assert calls == []
+    assert FreeATMGenerator(tiny_pipe, threshold="otsu").threshold == "otsu"
+    assert FreeATMGenerator(tiny_pipe, threshold=0).threshold == 0.0
