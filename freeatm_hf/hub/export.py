@@ -27,12 +27,20 @@ def trained_image_size(model: str | Path) -> int | None:
     return int(size) if size else None
 
 
+def _loaded_image_size(model) -> int | None:
+    """The training size of the checkpoint folder `model` was loaded from (`from_pretrained` records the folder as
+    `name_or_path`); None for a model built in code or loaded from the Hub (no download for a default)."""
+    source = getattr(model, "name_or_path", None)
+    return trained_image_size(source) if source and Path(source).is_dir() else None
+
+
 def export_timm(model, folder: str | Path, image_size: int | None = None, notes: str | None = None) -> Path:
     """Write a model's image encoder as a timm model folder with timm's own `save_for_hf` (config.json with
     `architecture`, `model_args` and `pretrained_cfg`, model.safetensors), no classifier (`num_classes=0`):
     the ResNet (or other timm CNN) of SimCLR/MoCo, MAE's ViT encoder, or BLIP's vision tower (both as a timm
-    `VisionTransformer` with a class token). `image_size` (the size timm's data config states) defaults to 224
-    for CNNs and to the ViT's own size."""
+    `VisionTransformer` with a class token). `image_size` (the size timm's data config states) defaults to the ViT's
+    own size; for a CNN, to the size it was trained at when it was loaded from a checkpoint folder whose card facts
+    say (as `freeatm export` reads them), else 224."""
     from timm.models import save_for_hf
 
     kind = model.config.model_type.removeprefix("freeatm_")
@@ -46,7 +54,7 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
 
         # Pooled features from `model(x)`, as a timm model with num_classes=0 gives (training reads the maps
         # before pooling, so the training backbone has no pool).
-        backbone, image_size = copy.deepcopy(model.backbone), image_size or 224
+        backbone, image_size = copy.deepcopy(model.backbone), image_size or _loaded_image_size(model) or 224
         backbone.reset_classifier(0, global_pool="avg")
         cnn = {"architecture": model.config.backbone, "num_features": backbone.num_features, "global_pool": "avg"}
     cfg = {"num_classes": 0, **cnn,

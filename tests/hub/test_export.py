@@ -195,3 +195,25 @@ def test_a_timm_export_cut_short_leaves_no_unedited_timm_config_and_nothing_a_pu
 
     left = ["timm/config.json", "timm/.timm.x1y2.tmp/config.json", ".timm.x1y2.tmp/model.safetensors"]
     assert list(filter_repo_objects(left, ignore_patterns=IGNORE)) == ["timm/config.json"]
+
+
+def test_a_timm_export_of_a_model_loaded_from_its_folder_states_the_size_it_was_trained_at(tmp_path):
+    """`export_timm(SimCLRModel.from_pretrained(folder), out)`, the module's own example, stated 224 for a model
+    trained at 64 px (only `freeatm export` read the card facts): timm's eval transform then fed it 224-px crops."""
+    import json
+
+    from freeatm_hf.hub.model_card import write_model_card
+
+    config_cls, model_cls = METHODS["simclr"]
+    ckpt = tmp_path / "ckpt"
+    model_cls(config_cls(backbone="resnet18", proj_hidden_dim=16, proj_dim=8)).save_pretrained(ckpt)
+    write_model_card(ckpt, config_cls.from_pretrained(ckpt), data={"dataset": None, "image_size": 64}, training={})
+    loaded = model_cls.from_pretrained(ckpt)
+
+    def input_size(folder):
+        return json.loads((folder / "config.json").read_text())["pretrained_cfg"]["input_size"]
+
+    assert input_size(export_timm(loaded, tmp_path / "timm")) == [3, 64, 64]
+    assert input_size(export_timm(loaded, tmp_path / "timm-96", image_size=96)) == [3, 96, 96]
+    fresh = model_cls(config_cls(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
+    assert input_size(export_timm(fresh, tmp_path / "timm-fresh")) == [3, 224, 224]
