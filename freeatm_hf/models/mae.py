@@ -6,8 +6,12 @@ The model *is* transformers' `ViTMAEForPreTraining` (a subclass that only adds t
 weights load into stock ViTMAE classes unchanged, and `export_vit` writes a plain `ViTModel` folder.
 """
 
+import logging
+
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+logger = logging.getLogger(__name__)
 
 
 class MAEConfig(ViTMAEConfig):
@@ -81,6 +85,10 @@ def sincos_position_embedding(num_patches: int, dim: int) -> torch.Tensor:
 
 
 class MAEModel(ViTMAEForPreTraining):
+    """`ViTMAEForPreTraining` whose masking follows `patch_scores` by the current β (`beta`), which
+    `freeatm_hf.train.mae.BetaScheduleCallback(config.beta_max)` ramps per optimizer step: with a plain `Trainer`,
+    add that callback (`freeatm train mae` does), or β stays 0 and the masking random."""
+
     config_class = MAEConfig
 
     def __init__(self, config: MAEConfig):
@@ -88,7 +96,15 @@ class MAEModel(ViTMAEForPreTraining):
         self._init_fixed_embeddings()
         # The current β, set by `BetaScheduleCallback`: a Python float (not a weight, not saved), so reading it
         # never syncs with the device.
-        self.beta = 0.0
+        self._beta, self._beta_set, self._warned_unset = 0.0, False, False
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float):
+        self._beta, self._beta_set = float(value), True
 
     @torch.no_grad()
     def _init_fixed_embeddings(self):
@@ -108,6 +124,13 @@ class MAEModel(ViTMAEForPreTraining):
 
     def forward(self, pixel_values=None, patch_scores=None, noise=None, **kwargs):
         if noise is None and pixel_values is not None:
+            if (self.training and patch_scores is not None and self.config.beta_max > 0 and not self._beta_set
+                    and not self._warned_unset):
+                # Trained without the schedule, the config's beta_max would be stated and the baseline trained.
+                self._warned_unset = True
+                logger.warning("MAEModel.beta was never set, so masking stays random (the MAE baseline) although "
+                               "beta_max is %s: add freeatm_hf.train.mae.BetaScheduleCallback(%s) to the Trainer's "
+                               "callbacks, or set model.beta", self.config.beta_max, self.config.beta_max)
             b = pixel_values.shape[0]
             noise = guided_noise(patch_scores, self.beta, self.config.mask_ratio, b,
                                  num_patches(self.config), device=pixel_values.device)

@@ -245,3 +245,24 @@ def test_training_arguments_that_would_train_nothing_or_fail_later_are_refused(c
 
     with pytest.raises(ValueError, match="mask_ratio|model_size|crop_scale_min|patch_size"):
         MAEArguments(dataset="unused", **change)
+
+
+def test_training_without_the_beta_schedule_is_warned_about(caplog):
+    """A plain `Trainer` without `BetaScheduleCallback` left β at 0: random masking (the baseline) under a config
+    stating beta_max 0.8, without a word."""
+    batch = dict(pixel_values=torch.randn(2, 3, 32, 32), patch_scores=torch.rand(2, 16))
+    message = "MAEModel.beta was never set"
+    model = MAEModel(MAEConfig(**TINY)).train()
+    with caplog.at_level("WARNING", logger="freeatm_hf.models.mae"):
+        model(**batch)
+        model(**batch)
+    assert caplog.text.count(message) == 1 and "BetaScheduleCallback(0.8)" in caplog.text
+    caplog.clear()
+    scheduled = MAEModel(MAEConfig(**TINY)).train()
+    BetaScheduleCallback(0.8).on_step_begin(None, SimpleNamespace(global_step=0, max_steps=5), None, model=scheduled)
+    with caplog.at_level("WARNING", logger="freeatm_hf.models.mae"):
+        scheduled(**batch)  # β = 0 at the first step, set by the schedule
+        MAEModel(MAEConfig(beta_max=0.0, **TINY)).train()(**batch)  # the baseline asks for no schedule
+        MAEModel(MAEConfig(**TINY)).eval()(**batch)
+        MAEModel(MAEConfig(**TINY)).train()(pixel_values=batch["pixel_values"])  # no scores: nothing to guide
+    assert message not in caplog.text
