@@ -62,10 +62,12 @@ class Prompt:
         nouns ["dog", "dog"] tracks both dogs separately. Longer nouns are placed first and a noun never takes
         an occurrence inside another's span: in "a tennis ball and a ball" with ["tennis ball", "ball"], "ball"
         is the second ball, not the end of the first. A noun that is not in the text (or only inside another
-        noun's span) is an error.
+        noun's span) is an error. `labels`, when given, are the nouns' classes, one per noun; `label` is the prompt's.
         """
         if any(not n.strip() for n in nouns):
             raise ValueError(f"empty noun in {nouns!r}: every tracked noun needs at least one character")
+        if labels is not None and len(labels) != len(nouns):  # else an IndexError, or the extra labels dropped
+            raise ValueError(f"{len(labels)} labels for {len(nouns)} nouns {nouns!r}: one label per noun")
         taken = _Taken()
         spans: dict[int, tuple[int, int]] = {}
         # Each noun's occurrences, found once, and how far along them its repeats have got: an occurrence passed

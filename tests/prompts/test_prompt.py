@@ -102,3 +102,14 @@ def test_an_object_whose_span_is_not_its_name_is_refused():
     for s, e in ((start + 1, start + 4), (start - 1, start + 2), (start, start + 4)):
         with pytest.raises(ValueError, match="does not match"):
             Prompt(text, (PromptObject("dog", s, e),))
+
+
+def test_one_label_per_noun_or_a_clear_error():
+    """Too few labels were an IndexError; too many were dropped without a word."""
+    from freeatm_hf.prompts import Prompt
+
+    p = Prompt.from_nouns("a dog and a cat", ["dog", "cat"], label=7, labels=[1, 2])
+    assert [o.label for o in p.objects] == [1, 2] and p.label == 7
+    for labels in ([1], [1, 2, 3]):
+        with pytest.raises(ValueError, match=f"{len(labels)} labels for 2 nouns"):
+            Prompt.from_nouns("a dog and a cat", ["dog", "cat"], labels=labels)
