@@ -194,6 +194,12 @@ class FreeATMGenerator:
             # tokens at the same (or offset) positions, which hold other words when those encoders read other text.
             raise ValueError(f"{', '.join(other_text)} is not supported with capture: every text encoder must read "
                              "the prompt whose nouns are tracked")
+        for key, only in (("num_images_per_prompt", 1), ("return_dict", True)):
+            # One image per prompt and seed, read from the pipeline's output object: else diffusers' "generators
+            # of length 1" error, or a tuple without `.images`.
+            if pipe_kwargs.get(key, only) != only:
+                raise ValueError(f"{key}={pipe_kwargs[key]!r} is not supported with capture (only {only!r}): "
+                                 "for several images of a prompt, repeat it with other seeds")
         if self.refine == "guided" and pipe_kwargs.get("output_type") == "latent":
             raise ValueError("refine='guided' filters the maps with the decoded image: not with output_type='latent'")
         if pipe_kwargs.get("pag_scale") or "PAG" in type(self.pipe).__name__:

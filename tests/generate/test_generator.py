@@ -266,3 +266,21 @@ def test_a_threshold_out_of_range_is_refused_when_the_generator_is_built(tiny_pi
     assert calls == []
     assert FreeATMGenerator(tiny_pipe, threshold="otsu").threshold == "otsu"
     assert FreeATMGenerator(tiny_pipe, threshold=0).threshold == 0.0
+
+
+@pytest.mark.parametrize("kwargs, says", [(dict(num_images_per_prompt=2), "num_images_per_prompt=2"),
+                                          (dict(return_dict=False), "return_dict=False")])
+def test_pipeline_options_that_break_one_image_per_seed_are_refused_before_generating(tiny_pipe, kwargs, says):
+    """diffusers said "generators of length 1" (several images of a prompt) or the tuple it returned had no
+    `.images`; the stock values pass."""
+    gen = FreeATMGenerator(tiny_pipe)
+    calls = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=f"{says} is not supported with capture"):
+            gen(PROMPTS[1], seeds=[0], num_inference_steps=1, **kwargs)
+    finally:
+        hook.remove()
+    assert calls == []
+    out = gen(PROMPTS[1], seeds=[0], num_inference_steps=1, num_images_per_prompt=1, return_dict=True)
+    assert len(out.images) == 1
