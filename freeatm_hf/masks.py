@@ -138,7 +138,8 @@ def resize_map(soft_map, size: tuple[int, int]) -> np.ndarray:
 
 
 def full_resolution_mask(attention, image_size: tuple[int, int], threshold: float | str = DEFAULT_THRESHOLD):
-    """Mask at image resolution from a stored attention map (8-bit image, array or tensor): an 8-bit map is
+    """Mask at image resolution, `image_size=(height, width)` (not PIL's `.size`), from a stored attention map
+    (8-bit image, array or tensor): an 8-bit map is
     `resize(attention) / 255 > threshold`, as the dataset card states and training reads it
     (`data.masks.row_masks`); scaling it again after the resize would lower the threshold where bilinear
     resizing flattened a peak. Any other map is min-max scaled first."""

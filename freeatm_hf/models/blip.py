@@ -107,6 +107,10 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | No
 
 
 class BlipATMModel(BlipPreTrainedModel):
+    """BLIP pretraining (ITC + ITM + LM). With `momentum_distill`, the momentum encoders move only through
+    `momentum_update()`: with a plain `Trainer`, add `freeatm_hf.train.callbacks.MomentumUpdateCallback()` and
+    `DistillAlphaCallback()` (`freeatm train blip` does)."""
+
     config_class = BlipATMConfig
     main_input_name = "pixel_values"
     # With momentum distillation: each online module's momentum copy, and the state the queues keep.

@@ -46,6 +46,10 @@ class MoCoConfig(PretrainedConfig):
 
 
 class MoCoModel(PreTrainedModel):
+    """MoCo-v2 on object instances. The key encoder moves only through `momentum_update()`, after each optimizer
+    step: with a plain `Trainer`, add `freeatm_hf.train.callbacks.MomentumUpdateCallback()` (`freeatm train moco`
+    does), or the keys come from the starting weights all run."""
+
     config_class = MoCoConfig
     base_model_prefix = "backbone"
     main_input_name = "pixel_values_1"

@@ -61,6 +61,8 @@ class SimCLRModel(PreTrainedModel):
         pass  # timm and torch initialize their own modules; keep them
 
     def embed(self, pixel_values, masks=None, instance_valid=None):
+        """Projected features: one per image (mask-free pooling or no `masks`), else one per instance of `masks`
+        `(B, K, H, W)` that `instance_valid` `(B, K)` keeps; without it every slot, a batch's all-zero padding too."""
         return self.head(instance_features(self.backbone, pixel_values, masks, instance_valid, self.config.pooling))
 
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
