@@ -22,7 +22,7 @@ from transformers.models.blip.modeling_blip import BlipVisionEmbeddings, BlipVis
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 from transformers.utils import ModelOutput
 
-from .momentum import ema_update_, enqueue_
+from .momentum import MomentumWatch, ema_update_, enqueue_
 
 BLIP_LABEL_SMOOTHING = 0.1  # BLIP's BertLMHeadModel: CrossEntropyLoss(label_smoothing=0.1)
 
@@ -106,10 +106,10 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | No
     return neg_image_for_text, neg_text_for_image
 
 
-class BlipATMModel(BlipPreTrainedModel):
+class BlipATMModel(MomentumWatch, BlipPreTrainedModel):
     """BLIP pretraining (ITC + ITM + LM). With `momentum_distill`, the momentum encoders move only through
     `momentum_update()`: with a plain `Trainer`, add `freeatm_hf.train.callbacks.MomentumUpdateCallback()` and
-    `DistillAlphaCallback()` (`freeatm train blip` does)."""
+    `DistillAlphaCallback()` (`freeatm train blip` does; a warning says so after a few steps without)."""
 
     config_class = BlipATMConfig
     main_input_name = "pixel_values"
@@ -195,6 +195,7 @@ class BlipATMModel(BlipPreTrainedModel):
     def momentum_update(self, momentum: float | None = None):
         """momentum ← m·momentum + (1−m)·online, after each optimizer step (`MomentumUpdateCallback`)."""
         if self.config.momentum_distill:
+            self._note_moved()
             ema_update_(self.momentum_pairs(), self.config.momentum if momentum is None else momentum)
 
     def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, image_ids: torch.Tensor | None = None):
@@ -247,6 +248,8 @@ class BlipATMModel(BlipPreTrainedModel):
                 return_loss: bool = True, **kwargs) -> BlipATMOutput:
         """`image_ids` (optional, one integer per pair) says which pairs show the same image: those are not each
         other's negatives in ITC (nor in the momentum queue) or in ITM's hard-negative draw."""
+        if self.config.momentum_distill:
+            self._note_training_forward("MomentumUpdateCallback() and DistillAlphaCallback()")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         with torch.no_grad():

@@ -16,7 +16,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .encoder import POOLINGS, create_backbone, instance_features, paired_instances
 from .losses import global_count, moco_info_nce
-from .momentum import ema_update_, enqueue_
+from .momentum import MomentumWatch, ema_update_, enqueue_
 from .simclr import ContrastiveOutput, skipped_step
 
 
@@ -45,10 +45,10 @@ class MoCoConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class MoCoModel(PreTrainedModel):
+class MoCoModel(MomentumWatch, PreTrainedModel):
     """MoCo-v2 on object instances. The key encoder moves only through `momentum_update()`, after each optimizer
     step: with a plain `Trainer`, add `freeatm_hf.train.callbacks.MomentumUpdateCallback()` (`freeatm train moco`
-    does), or the keys come from the starting weights all run."""
+    does), or the keys come from the starting weights all run (a warning says so after a few steps)."""
 
     config_class = MoCoConfig
     base_model_prefix = "backbone"
@@ -78,6 +78,7 @@ class MoCoModel(PreTrainedModel):
 
     def momentum_update(self, momentum: float | None = None):
         """key ← m·key + (1−m)·query, parameters and buffers (BN statistics) alike."""
+        self._note_moved()
         ema_update_(zip(self.query_modules(), self.key_modules()),
                     self.config.momentum if momentum is None else momentum)
 
@@ -87,6 +88,7 @@ class MoCoModel(PreTrainedModel):
 
     def forward(self, pixel_values_1, pixel_values_2, masks_1=None, masks_2=None, instance_valid=None,
                 return_loss: bool = True, **kwargs) -> ContrastiveOutput:
+        self._note_training_forward("MomentumUpdateCallback()")
         pooling = self.config.pooling
         if pooling == "attention":
             instance_valid = paired_instances(masks_1, masks_2, instance_valid)

@@ -1,8 +1,36 @@
 """Momentum (EMA) encoders and ring-buffer feature queues, shared by MoCo-v2 and BLIP."""
 
+import logging
+
 import torch
 
 from .losses import distributed_world, gather_with_grad, process_counts
+
+logger = logging.getLogger(__name__)
+# Training forwards with no momentum update at all after which a model says its callback is missing: far more than
+# any gradient accumulation, and early in any real run.
+UNMOVED_AFTER = 50
+
+
+class MomentumWatch:
+    """For a model whose momentum encoders move only through `momentum_update()`, called by a Trainer callback after
+    each optimizer step: one warning when it has trained `UNMOVED_AFTER` forwards and they never moved (a plain
+    `Trainer` without the callback trains against the starting weights, without a word)."""
+
+    _moved, _unmoved_forwards = False, 0
+
+    def _note_moved(self):
+        self._moved = True
+
+    def _note_training_forward(self, callbacks: str):
+        # Not counted in a compiled forward: a changing count would be a guard, and every step a recompilation.
+        if self._moved or not self.training or torch.compiler.is_compiling():
+            return
+        self._unmoved_forwards += 1
+        if self._unmoved_forwards == UNMOVED_AFTER:
+            logger.warning("%s has trained %d forwards and its momentum encoders never moved: add %s to the "
+                           "Trainer's callbacks (from freeatm_hf.train.callbacks), or call momentum_update() after "
+                           "each optimizer step", type(self).__name__, UNMOVED_AFTER, callbacks)
 
 
 @torch.no_grad()
