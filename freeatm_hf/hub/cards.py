@@ -46,6 +46,37 @@ def public_generation(generation: dict) -> dict:
     return out
 
 
+def setting_text(value) -> str | None:
+    """A setting as a card's table shows it to a reader: plain words rather than Python's repr (`None`, `False`, a
+    dict in single quotes); a list or mapping as JSON. None for an unset one, which a table leaves out."""
+    import json
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def generation_rows(generation: dict) -> list[tuple[str, str]]:
+    """The dataset card's Generation table: each setting once, at the value the run used. The capture (the settings
+    as resolved with the model folder's recommendation, and the resolutions an MM-DiT actually captured) takes the
+    place of the same-named settings asked for, rather than following them as one more row; unset settings, and
+    the MM-DiT block choice of a UNet run, are left out (the YAML `freeatm.generation` keeps every one)."""
+    capture = generation.get("capture") or {}
+    unet = generation.get("denoiser") == "unet"
+    rows = []
+    for key, value in [*generation.items(), *((k, v) for k, v in capture.items() if k not in generation)]:
+        if key == "capture" or (unet and key == "mmdit_blocks"):
+            continue
+        text = setting_text(capture.get(key, value))
+        if text is not None:  # a `|` would end the table's cell, even inside the code span
+            rows.append((key, text.replace("|", "\\|")))
+    return rows
+
+
 def size_category(num_rows: int) -> str:
     return next(s for limit, s in SIZE_CATEGORIES if num_rows < limit)
 
@@ -80,6 +111,7 @@ def render_dataset_card(features, generation: dict, counts: dict, repo_id: str =
     DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)
     return DatasetCard.from_template(
         data, template_path=str(template_path("dataset_card.md")), pretty_name=pretty_name, repo_id=repo_id,
-        generation=generation, examples=[{**ex, "prompt": markdown_text(ex["prompt"])} for ex in examples or []],
+        generation=generation, generation_rows=generation_rows(generation),
+        examples=[{**ex, "prompt": markdown_text(ex["prompt"])} for ex in examples or []],
         **counts, **template_vars,
     )

@@ -131,3 +131,28 @@ def test_a_private_server_or_folder_behind_the_augmenter_stays_off_the_card(tmp_
     monkeypatch.chdir(tmp_path)
     (tmp_path / "llms" / "qwen").mkdir(parents=True)
     assert public_generation({"augmenter": "llms/qwen"})["augmenter"] == "qwen"
+
+
+def test_the_generation_table_shows_each_setting_once_as_a_plain_value():
+    """The table is for people: the capture the run resolved (here the model folder's factor weights, which the
+    settings asked for leave unset) once, not again as a Python dict; no `None` or `False` in a Markdown card. The
+    YAML keeps every setting as it was."""
+    from datasets import Features, Value
+    from huggingface_hub import DatasetCard
+
+    from freeatm_hf.hub.cards import render_dataset_card
+
+    capture = {"down_factors": [1, 2], "include_mid": False, "step_window": [0.5, 1.0],
+               "factor_weights": {"1": 0.25, "2": 0.75}, "map_size": None, "mmdit_blocks": "double",
+               "layer_weights": None}
+    generation = {"pipeline": "shapes", "revision": None, "down_factors": [1, 2], "include_mid": False,
+                  "factor_weights": None, "map_size": None, "layer_weights": None, "mmdit_blocks": "double",
+                  "step_window": [0.5, 1.0], "capture": capture, "denoiser": "unet", "license": "other"}
+    card = render_dataset_card(Features({"prompt": Value("string")}), generation, {"num_rows": 1})
+    table = card.text[card.text.index("## Generation"):card.text.index("## Counts")]
+    rows = dict(line.strip("| ").split(" | ") for line in table.splitlines()[4:] if line.startswith("| "))
+    assert rows == {"pipeline": "`shapes`", "down_factors": "`[1, 2]`", "include_mid": "`no`",
+                    "factor_weights": '`{"1": 0.25, "2": 0.75}`', "step_window": "`[0.5, 1.0]`",
+                    "denoiser": "`unet`", "license": "`other`"}
+    assert not any(s in table for s in ("None", "False", "{'"))
+    assert DatasetCard(str(card)).data.to_dict()["freeatm"]["generation"] == generation
