@@ -209,6 +209,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     if "label_smoothing" in (hyper.get("text_config") or {}):  # BLIP's caption loss reads its text config's only
         hyper.pop("label_smoothing", None)
     hyper.update({k: getattr(v, "value", v) for k, v in (training or {}).items() if v is not None})
+    hyper = _hyperparameter_rows(hyper, skip)
     card = ModelCard.from_template(
         card_data, template_path=str(template_path("model_card.md")), model_name=name, method_title=title,
         method_description=description, guided=guided,
@@ -219,6 +220,22 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     )
     write_text_atomic(folder / "README.md", str(card))  # rewritten by every evaluation: never left cut short
     return card
+
+
+def _hyperparameter_rows(hyper: dict, skip: set[str], prefix: str = "") -> dict[str, str]:
+    """The hyper-parameter table's rows as a reader wants them: a sub-model's settings (BLIP's text and vision
+    configs) one per row as `text_config.hidden_size`, not a Python dict in one cell; plain values (`yes`, not
+    Python's `True`); unset ones left out."""
+    from .cards import setting_text
+
+    rows = {}
+    for key, value in hyper.items():
+        if isinstance(value, dict):
+            inner = {k: v for k, v in value.items() if k not in skip and not k.startswith("_")}
+            rows.update(_hyperparameter_rows(inner, skip, f"{prefix}{key}."))
+        elif (text := setting_text(value)) is not None:
+            rows[prefix + key] = text
+    return rows
 
 
 def _usage(method: str, repo: str, arch: str) -> str:

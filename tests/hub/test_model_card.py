@@ -204,7 +204,23 @@ def test_a_blip_card_states_the_caption_loss_label_smoothing_it_trains_with(tmp_
 
     write_model_card(tmp_path, BlipATMConfig(), data={"data_mode": "synthetic", "prompts": "position"}, training={})
     text = (tmp_path / "README.md").read_text()
-    assert "'label_smoothing': 0.1" in text and "| label_smoothing |" not in text
+    assert "| text_config.label_smoothing | `0.1` |" in text and "| label_smoothing |" not in text
+
+
+def test_the_hyperparameter_table_shows_plain_values_not_python_reprs(tmp_path):
+    """A sub-model's config one setting per row, not a dict repr in one cell; no `None`/`True`/`False`."""
+    import re
+
+    from freeatm_hf.models import BlipATMConfig
+
+    write_model_card(tmp_path, BlipATMConfig(), data={"data_mode": "synthetic", "prompts": "position"},
+                     training={"bf16": False, "learning_rate": 3e-4})
+    text = ModelCard.load(tmp_path / "README.md").text
+    table = text[text.index("| hyper-parameter |"):text.index("## Data")]
+    assert not re.search(r"`(None|True|False)`|\{'", table)
+    assert "| text_config.hidden_size |" in table and "| vision_config.image_size |" in table
+    assert "| bf16 | `no` |" in table and "| learning_rate | `0.0003` |" in table
+    assert "model_type" not in table
 
 
 def test_a_mixed_runs_card_states_its_share_of_real_rows(tmp_path):
