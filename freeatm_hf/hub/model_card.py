@@ -215,7 +215,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
         method_description=description, guided=guided,
         eval_command=EVAL_COMMANDS.get(method, "freeatm eval knn --model <this folder> --dataset <id>"),
         hyperparameters=hyper, data_mode=data.get("data_mode", "synthetic"),
-        data_description=_data_text(data), results=results,
+        data_description=_data_text(data, guided), results=results,
         usage=_usage(method, repo_id or "<user>/<repo>", getattr(config, "backbone", "resnet50")),
     )
     write_text_atomic(folder / "README.md", str(card))  # rewritten by every evaluation: never left cut short
@@ -369,7 +369,8 @@ def with_pushed_datasets(text: str, folder: str | Path) -> str:
     return str(card) if changed else text
 
 
-def _data_text(data: dict) -> str:
+def _data_text(data: dict, guided: bool = True) -> str:
+    """The card's Data section; `guided`: whether the masks were used (`_guided`)."""
     from ..data.reading import generation_settings
 
     mode = data.get("data_mode", "synthetic")
@@ -391,7 +392,8 @@ def _data_text(data: dict) -> str:
         parts.append(f"Position prompts on a {g}×{g} grid (blocks 1–{g * g}, row-major).")
     elif data.get("prompts"):
         parts.append("Captions alone (no position prompts: the baseline).")
-    if data.get("min_attention_peak") and data.get("dataset") and mode != "real":
+    # A baseline reads no masks (`freeatm train` refuses the cut there): the cut recorded in its facts filtered nothing.
+    if data.get("min_attention_peak") and data.get("dataset") and mode != "real" and guided:
         parts.append(f"Objects with attention_peak below {data['min_attention_peak']} were taken as not drawn and "
                      "left out.")
     if data.get("color_strength") is not None:
