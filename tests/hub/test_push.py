@@ -435,3 +435,25 @@ def test_an_evaluation_of_a_hub_dataset_records_the_commit_it_read(tmp_path, mon
     assert res.returncode == 0, res.stderr[-2000:]
     (result,) = json.loads((ckpt / RESULTS_FILE).read_text())
     assert result["dataset"] == "me/labels" and result["revision"] == commit and commit != "0" * 40
+
+
+def test_a_timm_exports_card_names_the_data_and_kind_of_run_the_checkpoints_card_does(tmp_path, in_process_hub):
+    """The timm repo holds the checkpoint's weights: its card carried no `datasets` and no attention-masks/baseline
+    tag, and named the method by its id ("simclr"), beside a checkpoint card that has all three."""
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.hub.push import push_timm_export
+
+    from .test_stock_exports import checkpoint
+
+    folder = tmp_path / "ckpt"
+    model = checkpoint("mae", folder)  # guided: beta_max > 0
+    write_model_card(folder, model.config, data={"dataset": "me/scenes", "data_mode": "synthetic"}, training={})
+    push_timm_export(folder, "me/enc-timm", source_repo="me/enc")
+    timm_card = ModelCard(in_process_hub.repos[("model", "me/enc-timm")]["files"]["README.md"].decode())
+    card = ModelCard.load(folder / "README.md")
+    assert timm_card.data.datasets == card.data.datasets == ["me/scenes"]
+    kind = {"attention-masks", "baseline"}
+    assert kind & set(timm_card.data.tags) == kind & set(card.data.tags) == {"attention-masks"}
+    assert "the image encoder of MAE (freeatm_hf)" in timm_card.text
