@@ -402,6 +402,9 @@ def _data_text(data: dict, guided: bool = True) -> str:
         j = color_jitter(data["color_strength"])
         parts.append(f"Colour jitter at strength {data['color_strength']:g} (brightness, contrast, saturation "
                      f"{j['brightness']:.2g}, hue {j['hue']:.2g}).")
+    if data.get("image_size"):  # a CNN's config has no input size (a ViT's states it among the hyper-parameters)
+        side = int(data["image_size"])
+        parts.append(f"Views of {side}×{side} pixels: the input size the backbone was trained at.")
     if data.get("num_rows"):
         parts.append(f"Rows: {data['num_rows']}.")
     return " ".join(parts)

@@ -201,6 +201,13 @@ def test_the_card_says_the_colour_jitter_strength_the_views_were_made_with(tmp_p
     assert f"Colour jitter at {says}." in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
 
 
+def test_a_cnn_card_states_the_input_size_it_was_trained_at(tmp_path):
+    """A SimCLR/MoCo config holds no input size; the card's reader needs it to feed the backbone what it learned on."""
+    write_model_card(tmp_path, SimCLRConfig(), data={"data_mode": "synthetic", "image_size": 64}, training={})
+    text = " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+    assert "Views of 64×64 pixels: the input size the backbone was trained at." in text
+
+
 def test_a_blip_card_states_the_caption_loss_label_smoothing_it_trains_with(tmp_path):
     """BlipConfig's own `label_smoothing` (0.0, read by nothing) sat beside the text config's 0.1 the loss reads."""
     from freeatm_hf.models import BlipATMConfig
