@@ -193,7 +193,7 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     # `dataset_type` is a Hub dataset id, which the Hub links to: a local folder's name there could link an
     # unrelated public dataset (a folder named cifar10), so a local folder's type says it is one.
     results = [{**r, "dataset": public_dataset_name(r["dataset"]), "type": hub_dataset_id(r["dataset"]) or LOCAL_TYPE,
-                "shown": shown_value(r)} for r in read_results(folder, current=True)]
+                "shown": shown_value(r)} for r in sorted(read_results(folder, current=True), key=_reading_order)]
     name = repo_id or folder.name
     eval_results = [EvalResult(task_type=r["task"], dataset_type=r["type"], dataset_name=r["dataset"],
                                dataset_split=r["split"], dataset_revision=r.get("revision"),
@@ -220,6 +220,13 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
     )
     write_text_atomic(folder / "README.md", str(card))  # rewritten by every evaluation: never left cut short
     return card
+
+
+def _reading_order(result: dict) -> tuple:
+    """Results in the order a reader expects: a metric's numbers compared as numbers (tr@1, tr@5, tr@10; the
+    results file sorts them as text, tr@10 before tr@5)."""
+    metric = [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", result["metric"])]
+    return result["task"], result["dataset"], result["split"], metric
 
 
 def _hyperparameter_rows(hyper: dict, skip: set[str], prefix: str = "") -> dict[str, str]:

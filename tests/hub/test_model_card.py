@@ -293,3 +293,16 @@ def test_an_mae_card_states_the_masking_it_trained_with(settings, says, tmp_path
 
     write_model_card(tmp_path, MAEConfig(**settings), data={"dataset": "me/scenes"}, training={})
     assert says in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+
+
+def test_recalls_at_k_are_listed_by_k_not_as_text(tmp_path):
+    """The results file sorts metrics as text (tr@1, tr@10, tr@5); the card lists them by k."""
+    from freeatm_hf.hub.model_card import add_results
+
+    add_results(tmp_path, [{"task": "image-text-retrieval", "dataset": "me/pairs", "split": "test", "metric": m,
+                            "value": 50.0} for m in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10")])
+    write_model_card(tmp_path, SimCLRConfig(), data={"data_mode": "real"}, training={})
+    card = ModelCard.load(tmp_path / "README.md")
+    shown = [line.split(" | ")[3] for line in card.text.splitlines() if line.startswith("| image-text-retrieval")]
+    assert shown == ["ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10"]
+    assert [r.metric_type for r in card.data.eval_results] == shown
