@@ -156,3 +156,22 @@ def test_the_generation_table_shows_each_setting_once_as_a_plain_value():
                     "denoiser": "`unet`", "license": "`other`"}
     assert not any(s in table for s in ("None", "False", "{'"))
     assert DatasetCard(str(card)).data.to_dict()["freeatm"]["generation"] == generation
+
+
+@pytest.mark.parametrize("generation, says", [
+    ({"pipeline": "shapes", "pipeline_source": "built-in"},
+     "here freeatm_hf's built-in `shapes` pipeline, which comes with freeatm_hf under its licence (Apache-2.0)."),
+    ({"pipeline": "stable-diffusion-v1-5/stable-diffusion-v1-5", "pipeline_source": "hub"},
+     "their licence is the generator's (see its model card)."),
+])
+def test_the_card_says_where_the_generators_licence_is_found(generation, says):
+    """A built-in pipeline (the shipped shapes model, the random tiny ones) has no model card a reader could see:
+    its terms are freeatm_hf's."""
+    from datasets import Features, Value
+
+    from freeatm_hf.hub.cards import render_dataset_card
+
+    card = render_dataset_card(Features({"prompt": Value("string")}), {**generation, "license": "other"},
+                               {"num_rows": 1})
+    text = " ".join(card.text.split())
+    assert says in text and ("see its model card" in text) == (generation["pipeline_source"] != "built-in")
