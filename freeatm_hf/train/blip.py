@@ -201,14 +201,15 @@ def make_transform(args: BlipArguments, tokenizer):
     geo = PositionPromptTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), grid=args.grid,
                                   tokenizer=tokenizer, max_length=max_length, shuffle=args.shuffle_prompts)
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    min_peak = args.resolve_min_attention_peak()
+    positions = args.prompts == "position"
+    min_peak = args.resolve_min_attention_peak() if positions else None  # the baseline reads no objects
 
     def transform(batch):
         pixels, texts = [], []
         for image, prompt, objects in zip(batch["image"], batch["prompt"], batch["objects"]):
-            objects = drawn_objects(objects, min_peak)
-            names = [o["name"] for o in objects] if args.prompts == "position" else []
-            boxes = [o["bbox"] for o in objects] if args.prompts == "position" else []
+            objects = drawn_objects(objects, min_peak) if positions else []
+            names = [o["name"] for o in objects]
+            boxes = [o["bbox"] for o in objects]
             img, text = geo(image, one_caption(prompt), names, boxes)
             pixels.append(finish(img))
             texts.append(text)

@@ -153,14 +153,19 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, betas=(0.9
 def make_transform(args: ContrastiveArguments):
     from ..data.masks import MapMasks, drawn_objects
     from ..data.transforms import TwoViewTransform
+    from ..masks import DEFAULT_THRESHOLD
 
     on_device = args.gpu_photometric
-    if args.mask_threshold is None:
+    # The baseline pools no masks: its views carry one whole-image mask each, not every object's map cropped twice
+    # (work its data workers did for nothing), and it reads no threshold or peak cut it would then not apply.
+    masked = args.pooling == "attention"
+    if masked and args.mask_threshold is None:
         from ..data.reading import dataset_threshold
 
         args.mask_threshold = dataset_threshold(args.dataset)
         logger.info("mask threshold %s (from %s's card)", args.mask_threshold, args.dataset)
-    min_peak = args.resolve_min_attention_peak()
+    min_peak = args.resolve_min_attention_peak() if masked else None
+    threshold = args.mask_threshold if masked else DEFAULT_THRESHOLD  # (read by no map)
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
                            photometric=not on_device, normalize=not on_device, color_strength=args.color_strength,
                            uint8_views=on_device, bool_masks=on_device and args.mask_mode == "binary")
@@ -169,8 +174,8 @@ def make_transform(args: ContrastiveArguments):
         out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
         for image, objects in zip(batch["image"], batch["objects"]):
             image = rgb(image)
-            masks = MapMasks(drawn_objects(objects, min_peak), (image.height, image.width), args.mask_threshold,
-                             args.mask_mode)
+            masks = MapMasks(drawn_objects(objects, min_peak) if masked else [], (image.height, image.width),
+                             threshold, args.mask_mode)
             views = two(image, masks)
             for k in out:
                 out[k].append(views[k])

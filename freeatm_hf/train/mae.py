@@ -74,7 +74,7 @@ def make_transform(args: MAEArguments, config):
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, training_interpolation
     from ..models.mae import patch_scores
 
-    min_peak = args.resolve_min_attention_peak()
+    min_peak = args.resolve_min_attention_peak() if args.guided else None  # the baseline reads no maps
     side = args.image_size
     resize = v2.InterpolationMode(training_interpolation("mae"))
     crop = v2.RandomResizedCrop(side, scale=(args.crop_scale_min, 1.0), interpolation=resize,

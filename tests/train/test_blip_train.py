@@ -108,6 +108,15 @@ def test_a_run_is_its_seed_and_unknown_prompts_are_refused(tmp_path):
         train(BlipArguments(dataset="no-such-folder", prompts="positions"), targs)
 
 
+def test_captions_alone_read_no_objects_and_take_no_attention_peak_cut():
+    """The baseline (`--prompts none`) writes no position prompt: the dataset's cut is not taken into its facts."""
+    dataset = str(space_dir() / "example_dataset")
+    for prompts in ("position", "none"):
+        args = BlipArguments(dataset=dataset, prompts=prompts, model_size="tiny", image_size=32, max_length=72)
+        make_transform(args, build_blip(args)[1])
+        assert (args.min_attention_peak is not None) is (prompts == "position")
+
+
 def test_a_real_row_with_several_captions_trains_on_one_of_them():
     """COCO-style rows hold a list of captions: `caption.rstrip()` crashed on the first one."""
     import pytest

@@ -321,6 +321,36 @@ def test_the_training_transform_is_the_two_view_transform_with_the_arguments_giv
     assert out["pixel_values_1"][0].dtype == (torch.uint8 if gpu_photometric else torch.float32)
 
 
+def test_the_baseline_transform_crops_no_object_masks_and_reads_no_cut(caplog):
+    """`--pooling image` pools no masks: its views carry one whole-image mask (cropped, all ones), with the same
+    views as before, and no threshold or attention_peak cut is taken from the card (the log said objects were left
+    out, the facts held a cut that filtered nothing, and every object's map was cropped twice for nothing)."""
+    import logging
+
+    from datasets import load_dataset
+
+    from freeatm_hf.train.contrastive import make_transform
+
+    rows = load_dataset(DATA, split="train")[:2]
+    assert all(len(objects) > 1 for objects in rows["objects"])
+    masked, baseline = small_args(image_size=40), small_args(image_size=40, pooling="image")
+    with caplog.at_level(logging.INFO, logger="freeatm_hf"):
+        transform = make_transform(baseline)
+    torch.manual_seed(0)
+    out = transform(dict(rows))
+    torch.manual_seed(0)
+    views = make_transform(masked)(dict(rows))
+    for i in range(2):
+        for k in ("masks_1", "masks_2"):
+            assert out[k][i].shape == (1, 40, 40) and bool((out[k][i] == 1).all())
+        for k in ("pixel_values_1", "pixel_values_2"):
+            assert torch.equal(out[k][i], views[k][i])  # the same draws: only the masks differ
+        assert len(views["masks_1"][i]) > 1
+    assert baseline.min_attention_peak is None and baseline.mask_threshold is None
+    assert masked.min_attention_peak is not None and masked.mask_threshold is not None
+    assert not [r for r in caplog.records if "attention_peak" in r.getMessage() or "threshold" in r.getMessage()]
+
+
 def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(tmp_path):
     """The same --seed gives the same run whatever the process's random state before it; --lr_milestones lower
     the constant rate (8 rows, batches of 8: an epoch is a step)."""

@@ -33,6 +33,15 @@ def test_the_mask_free_baseline_is_recorded_as_unguided(shapes_data):
     assert guided.config.beta_max == 0.8 and _guided(guided.config)
     # A baseline checkpoint must not claim attention-guided masking in its config, tags or card.
     assert baseline.config.beta_max == 0.0 and not _guided(baseline.config)
+    # Nor take the dataset's attention_peak cut into its facts (and log) when it reads no map.
+    from freeatm_hf.spaces import space_dir
+    from freeatm_hf.train.mae import make_transform
+
+    for guided_run, model in ((True, guided), (False, baseline)):  # a dataset whose card records a cut
+        args = MAEArguments(dataset=str(space_dir() / "example_dataset"), model_size="tiny", image_size=32,
+                            patch_size=8, guided=guided_run)
+        make_transform(args, model.config)
+        assert (args.min_attention_peak is not None) is guided_run
 
 
 def test_the_mae_transform_gives_what_torchvision_gives_on_maps_at_image_size():
