@@ -90,20 +90,25 @@ def classification_model(model, num_labels: int, label_names: list[str] | None =
 
 
 def finetune_classification(model_dir: str, dataset: str, output_dir: str, train_split="train", test_split="test",
-                            image_column="image", label_column="label", image_size=224, epochs: float = 10,
-                            learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None, update_card=True,
-                            revision: str | None = None, max_steps: int = -1) -> list[dict]:
+                            image_column="image", label_column="label", image_size: int | None = None,
+                            epochs: float = 10, learning_rate=1e-3, batch_size=64, seed=0, use_cpu=None,
+                            update_card=True, revision: str | None = None, max_steps: int = -1) -> list[dict]:
+    """Fine-tune the checkpoint end to end on `train_split`, report top-1 on `test_split`, save the classifier to
+    `output_dir` and, with `update_card`, add `finetune_top1` to the checkpoint's results and card. `image_size`
+    defaults to the checkpoint's own (`checkpoint_image_size`), as `freeatm eval finetune` does."""
     from torchvision.transforms import v2
     from transformers import AutoModel, Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import record_results
-    from .frozen import labelled_splits
+    from .frozen import checkpoint_image_size, labelled_splits
     from .metrics import load_metric
 
     train_ds, test_ds = labelled_splits(dataset, train_split, test_split, revision, image_column,
                                         label_column).values()
+    if image_size is None:  # not 224 for all: a 32-px ViT would fail there, a CNN trained at 64 train otherwise
+        image_size = checkpoint_image_size(model_dir)
     # A ClassLabel's classes, every one a logit (one absent from both splits too); plain ids up to the largest.
     label_names = list(getattr(train_ds.features[label_column], "names", None) or [])
     num_labels = len(label_names) or int(max(max(train_ds[label_column]), max(test_ds[label_column]))) + 1

@@ -105,8 +105,11 @@ def labelled_splits(dataset: str, train_split: str, test_split: str, revision, i
 
 
 def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,
-                    image_column="image", label_column="label", image_size=224, k=20, temperature=0.07,
+                    image_column="image", label_column="label", image_size: int | None = None, k=20, temperature=0.07,
                     batch_size=256, linear=True, device=None, update_card=True) -> list[dict]:
+    """kNN top-1 (and with `linear`, the linear probe's) of the checkpoint's frozen features on `test_split`, the
+    training features from `train_split`; with `update_card`, recorded in the checkpoint's results and card.
+    `image_size` defaults to the checkpoint's own (`checkpoint_image_size`), as `freeatm eval knn` does."""
     from transformers import AutoModel
 
     from .. import models  # noqa: F401  (registers the Auto classes)
@@ -118,6 +121,8 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
     if k > len(splits[train_split]):  # fewer would vote, and the card would say knn{k} all the same
         raise ValueError(f"--k {k} is more neighbours than the {len(splits[train_split])} images of {dataset} "
                          f"[{train_split}]: give --k {len(splits[train_split])} or less")
+    if image_size is None:  # not 224 for all: a 32-px ViT would fail there, a CNN trained at 64 score otherwise
+        image_size = checkpoint_image_size(model_dir)
     model = AutoModel.from_pretrained(model_dir)
     transform = eval_transform(image_size, training_interpolation(model.config.model_type))
     backbone = feature_backbone(model)

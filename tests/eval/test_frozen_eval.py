@@ -128,6 +128,33 @@ def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shape
     assert results[0]["metric"] == "knn5_top1" and 0.0 <= results[0]["value"] <= 1.0
 
 
+def test_the_python_api_evaluates_and_fine_tunes_at_the_checkpoints_own_size_by_default(labelled_shapes, tmp_path,
+                                                                                        monkeypatch):
+    """As `freeatm eval knn` and `eval finetune` do: at a fixed 224 a 32-px MAE fails (its position embeddings are
+    fixed), and a CNN trained at 48 px would be scored at a size it never saw, the card saying nothing of it."""
+    from freeatm_hf.eval import frozen
+    from freeatm_hf.eval.finetune import finetune_classification
+    from freeatm_hf.hub.model_card import write_model_card
+
+    mae, cnn = tmp_path / "mae", tmp_path / "cnn"
+    tiny_checkpoint("mae").save_pretrained(mae)
+    model = tiny_checkpoint("simclr")
+    model.save_pretrained(cnn)
+    write_model_card(cnn, model.config, data={"dataset": "me/scenes", "image_size": 48})
+    sizes, transform = [], frozen.eval_transform
+    monkeypatch.setattr(frozen, "eval_transform", lambda size, *a: sizes.append(size) or transform(size, *a))
+    for folder in (mae, cnn):
+        (r,) = frozen.evaluate_frozen(str(folder), labelled_shapes, k=5, batch_size=32, linear=False, device="cpu",
+                                      update_card=False)
+        assert r["metric"] == "knn5_top1" and 0 <= r["value"] <= 1
+    assert sizes == [32, 48]
+    (r,) = finetune_classification(str(mae), labelled_shapes, str(tmp_path / "ft"), max_steps=1, batch_size=16,
+                                   use_cpu=True, update_card=False)
+    assert r["metric"] == "finetune_top1" and 0 <= r["value"] <= 1
+    processor = json.loads((tmp_path / "ft" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 32, "width": 32}
+
+
 def unread_checkpoint(tmp_path) -> str:
     """A folder that passes for a checkpoint until its config is read: the data is checked before any model loads."""
     (tmp_path / "never-loaded").mkdir()
