@@ -22,8 +22,9 @@ def retrieval_transform(size: int):
 
 @torch.no_grad()
 def retrieval_scores(model, pixel_values, input_ids: torch.Tensor, attention_mask=None,
-                     k_test: int = 128, batch_size: int = 64) -> torch.Tensor:
-    """Image × text score matrix. A row's (or column's) ITC top `k_test` are re-ranked by ITM logit + ITC
+                     k_test: int = 128, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(i2t, t2i)`: the image → text `(I, T)` and text → image `(T, I)` score matrices, on the CPU (`recall_at_k`
+    takes them as they are). An image's (a text's) ITC top `k_test` are re-ranked by ITM logit + ITC
     similarity, as in BLIP; the other pairs keep their ITC order below all of them (BLIP gives them all −100,
     which leaves recall@k for k > k_test to the order of the ids).
 
