@@ -346,3 +346,45 @@ def test_the_caption_length_defaults_to_the_models_shorter_text_table_and_a_long
     with pytest.raises(ValueError, match=r"--max_length 30 is longer than .* \(24 tokens\)"):
         eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--max_length", "30",
                    "--device", "cpu"])
+
+
+def test_reranked_scores_are_stock_blip_retrievals_itm_logit_plus_itc_cosine_of_the_export(tmp_path):
+    """An independent reference: the `blip-retrieval` export in stock transformers scores every pair (ITM match
+    logit with `use_itm_head=True`, ITC cosine without), and with every pair re-ranked the protocol's matrices are
+    those sums; the recalls are a brute-force ranking of them."""
+    from transformers import BlipForImageTextRetrieval
+
+    from freeatm_hf.eval.retrieval import recall_at_k, retrieval_scores
+    from freeatm_hf.hub.export import export_checkpoint
+    from tests.hub.test_stock_exports import checkpoint
+
+    model = checkpoint("blip", tmp_path / "ckpt")
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "stock", "blip-retrieval", model=model)
+    stock = BlipForImageTextRetrieval.from_pretrained(tmp_path / "stock").eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    ids = torch.randint(5, 100, (5, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    i2t, t2i = retrieval_scores(model, x, ids, mask, k_test=5)
+    itm_ids = ids.clone()
+    if model.config.enc_token_id is not None:  # the protocol's ITM reads [ENC] first, as training does
+        itm_ids[:, 0] = model.config.enc_token_id
+    ref = torch.zeros(3, 5)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(5):
+                itc = stock(input_ids=ids[j : j + 1], attention_mask=mask[j : j + 1], pixel_values=x[i : i + 1],
+                            use_itm_head=False).itm_score
+                itm = stock(input_ids=itm_ids[j : j + 1], attention_mask=mask[j : j + 1], pixel_values=x[i : i + 1],
+                            use_itm_head=True).itm_score
+                ref[i, j] = itc.flatten()[0] + itm[0, 1]
+    torch.testing.assert_close(i2t, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(t2i, ref.T, atol=1e-5, rtol=0)
+    text_to_image = [0, 0, 1, 2, 2]
+    r = recall_at_k(i2t, t2i, text_to_image, ks=(1, 2))
+    for k in (1, 2):
+        tr = [any(j in ref[i].argsort(descending=True)[:k].tolist() for j, im in enumerate(text_to_image) if im == i)
+              for i in range(3)]
+        ir = [text_to_image[j] in ref[:, j].argsort(descending=True)[:k].tolist() for j in range(5)]
+        assert r[f"tr@{k}"] == pytest.approx(100 * sum(tr) / 3) and r[f"ir@{k}"] == pytest.approx(100 * sum(ir) / 5)
