@@ -155,7 +155,8 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
     assert {m.metric_type for m in card.data.eval_results} >= {"tr@1", "ir@1"}
     assert all(m.dataset_split == "test" for m in card.data.eval_results)
     # Evaluated at another size, the card still gives the size the checkpoint was trained at (its config.json's).
-    config_line = next(line for line in card.text.splitlines() if "'image_size': 32" in line)
+    config_line = next(line for line in card.text.splitlines() if line.startswith("| vision_config.image_size |"))
+    assert config_line.split("|")[2].strip().strip("`") == "32"
     eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "ret"), "--k_test", "3",
                "--device", "cpu", "--image_size", "48"])
     assert config_line in ModelCard.load(model_dir / "README.md").text
