@@ -108,10 +108,16 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
     if not missing:
         return ds
     # Typed up front: a streaming `map` without features leaves them unknown, and mixing would then have to
-    # guess the type of every column from decoded rows (images included), which it cannot.
+    # guess the type of every column from decoded rows (images included), which it cannot; nor could a trainer's
+    # own `map` of the rows name the columns to drop (BLIP's kept the images, and the collator failed on them).
+    # Without `features` to match (real data alone), the columns get a generated dataset's types.
     typed = None
-    if features is not None and ds.features is not None:
-        typed = Features({**ds.features, **{name: features[name] for name in missing if name in features}})
+    if ds.features is not None:
+        from ..generate.schema import OBJECTS, PROMPT, dataset_features
+
+        own = dataset_features()
+        like = {name: (features or {}).get(name, own[{"objects": OBJECTS, "prompt": PROMPT}[name]]) for name in missing}
+        typed = Features({**ds.features, **like})
     return ds.map(lambda row: missing, features=typed)
 
 

@@ -207,6 +207,28 @@ def test_a_real_image_column_of_file_paths_is_read_as_images_and_any_other_type_
         pretraining_dataset(real=str(real), mode="real", real_image_column="n")
 
 
+def test_a_streamed_real_dataset_states_its_columns(tmp_path):
+    """Real data alone, streamed: the added `objects` column left the stream without features, so BLIP's `map` of
+    its rows could not name the columns to drop and kept the images (the collator then failed on the first batch)."""
+    import json
+
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import pretraining_dataset
+
+    real = tmp_path / "photos"
+    (real / "train").mkdir(parents=True)
+    with open(real / "train" / "metadata.jsonl", "w") as f:
+        for i in range(3):
+            PILImage.new("RGB", (16, 16), (80 * i, 0, 0)).save(real / "train" / f"{i}.jpg")
+            f.write(json.dumps({"file_name": f"{i}.jpg", "text": f"photo {i}"}) + "\n")
+    ds = pretraining_dataset(real=str(real), mode="real", streaming=True, real_text_column="text", require_text=True)
+    assert ds.features is not None and set(ds.features) == {"image", "objects", "prompt"}
+    assert [(r["prompt"], r["objects"]) for r in ds] == [(f"photo {i}", []) for i in range(3)]
+    mapped = ds.map(lambda b: {"n": [len(p) for p in b["prompt"]]}, batched=True, remove_columns=list(ds.features))
+    assert list(mapped) == [{"n": 7}] * 3
+
+
 def test_mixing_generated_rows_with_caption_lists_is_refused_by_name(tmp_path):
     """A list column cannot be cast to the generated rows' one prompt: it failed inside Arrow's cast."""
     import json

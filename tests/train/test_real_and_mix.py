@@ -47,6 +47,17 @@ def test_training_on_real_and_mixed_data(method, mode, real_data, shapes_data, t
     assert ("Synthetic (generated) dataset" in card.text) is (mode == "mix")
 
 
+def test_blip_streams_real_data(real_data, tmp_path):
+    """`--streaming` with real data alone: the collator was handed the undropped PIL images (a traceback)."""
+    from freeatm_hf.train.blip import BlipArguments, train
+
+    args = BlipArguments(real_dataset=real_data, data_mode="real", real_image_column="img", streaming=True,
+                         model_size="tiny", image_size=32, max_length=48)
+    targs = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, logging_steps=1,
+                              save_strategy="no", report_to="none", use_cpu=True)
+    assert train(args, targs).state.global_step == 1
+
+
 def test_data_that_would_silently_train_something_else_is_refused(real_data, shapes_data, tmp_path):
     from freeatm_hf.train.blip import BlipArguments
     from freeatm_hf.train.blip import train as train_blip
