@@ -71,15 +71,27 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
                              "--num_labels")
         return lab
 
+    def paired(image, annotation) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image as uint8 CHW and its label map, which must cover the same pixels: a map of another size was
+        cropped unlike its image in training, and stretched onto the prediction in testing, without a word."""
+        img, lab = v2.functional.pil_to_tensor(rgb(image)), labels_of(annotation)
+        if tuple(img.shape[-2:]) != tuple(lab.shape):
+            (h, w), (lh, lw) = img.shape[-2:], lab.shape
+            turned = " (turned by 90°: a JPEG with an EXIF rotation is read upright, as viewers show it, so its " \
+                     "label map must be drawn on the upright image)" if (h, w) == (lw, lh) else ""
+            raise ValueError(f"an image is {w}x{h} but its label map is {lw}x{lh}{turned}: each label map must "
+                             "have its image's size")
+        return img, lab
+
     def train_tf(image, annotation):
-        img = tv_tensors.Image(v2.functional.pil_to_tensor(rgb(image)))
-        img, mask = train_geo(img, tv_tensors.Mask(labels_of(annotation)))
+        img, lab = paired(image, annotation)
+        img, mask = train_geo(tv_tensors.Image(img), tv_tensors.Mask(lab))
         return norm(img), mask.as_subclass(torch.Tensor)
 
     def test_tf(image, annotation):
-        img = v2.functional.pil_to_tensor(rgb(image))
+        img, lab = paired(image, annotation)
         img = v2.functional.resize(img, [image_size, image_size], antialias=True)
-        return norm(img), labels_of(annotation)
+        return norm(img), lab
 
     return train_tf, test_tf
 

@@ -296,3 +296,31 @@ def test_test_images_are_squashed_to_the_side_and_their_label_maps_kept_at_full_
     _, test_tf = _transforms(32, reduce_labels=False, num_labels=3)
     x, y = test_tf(Image.new("RGB", (60, 40)), Image.fromarray(np.ones((40, 60), np.uint8)))
     assert x.shape == (3, 32, 32) and y.shape == (40, 60)
+
+
+def test_a_label_map_of_another_size_than_its_image_is_named():
+    """Test maps were counted at their own size against a prediction stretched onto them (a silently wrong mIoU);
+    training said only torchvision's "Found multiple HxW dimensions". An EXIF-rotated photo, which `datasets`
+    reads upright, with a map drawn on the stored pixels is the usual cause, and is named as such."""
+    import io
+
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    from freeatm_hf.eval.segmentation import _transforms
+
+    train_tf, test_tf = _transforms(16, reduce_labels=False, num_labels=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    raw = io.BytesIO()
+    Image.new("RGB", (60, 40)).save(raw, "JPEG", exif=exif)
+    photo = ImageFeature().decode_example({"bytes": raw.getvalue(), "path": None})
+    assert photo.size == (40, 60)  # upright, as datasets reads it
+    stored = Image.fromarray(np.ones((40, 60), np.uint8))  # drawn on the stored 60x40 pixels
+    for tf in (train_tf, test_tf):
+        with pytest.raises(ValueError, match=r"image is 40x60 but its label map is 60x40 \(turned by 90°: a JPEG"):
+            tf(photo, stored)
+    with pytest.raises(ValueError, match=r"an image is 60x40 but its label map is 30x20: each label map must"):
+        test_tf(Image.new("RGB", (60, 40)), Image.fromarray(np.ones((20, 30), np.uint8)))
+    x, y = test_tf(photo, Image.fromarray(np.ones((60, 40), np.uint8)))
+    assert x.shape == (3, 16, 16) and y.shape == (60, 40)
