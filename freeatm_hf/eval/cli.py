@@ -10,9 +10,12 @@
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from ..data.rows import rgb
+
+logger = logging.getLogger(__name__)
 
 EVALUATIONS = ("masks", "knn", "finetune", "segment", "detect", "retrieval")
 
@@ -274,7 +277,7 @@ def main_retrieval(args):
     from ..data.reading import as_images, load
     from ..devices import resolve_device
     from ..hub.model_card import record_results
-    from .retrieval import recall_at_k, retrieval_scores, retrieval_transform
+    from .retrieval import distinct_images, recall_at_k, retrieval_scores, retrieval_transform
 
     finetune_flags = [f"--{k}" for k in ("finetune_dataset", "finetune_dir", "finetune_epochs", "finetune_max_steps",
                                          "finetune_lr") if getattr(args, k) is not None]
@@ -316,6 +319,14 @@ def main_retrieval(args):
     ds = as_images(ds, args.image_column, f"{args.dataset} [{args.split}]")
     tf = retrieval_transform(size)
     texts, text_to_image = [], []
+    # One image per distinct picture, every caption of it its texts (rows that repeat an image, one per caption, are
+    # grouped), as in BLIP's protocol.
+    first = distinct_images(ds, args.image_column)
+    image_rows = sorted(set(first))
+    index = {row: k for k, row in enumerate(image_rows)}
+    if len(image_rows) < len(ds):
+        logger.info("%d rows hold %d distinct images: each image is scored once, with the captions of all its rows",
+                    len(ds), len(image_rows))
     # Captions first, from their column alone: a row without one is named before any image is decoded.
     for i, caps in enumerate(ds.with_format("arrow")[args.caption_column].to_pylist()):
         if not isinstance(caps, str) and not caps:  # found now, not after the whole ITM re-ranking
@@ -323,7 +334,8 @@ def main_retrieval(args):
                              "least one per image; leave such images out of the test set")
         for c in [caps] if isinstance(caps, str) else caps:
             texts.append(c)
-            text_to_image.append(i)
+            text_to_image.append(index[first[i]])
+    ds = ds.select(image_rows) if len(image_rows) < len(ds) else ds
     # Images in batches, decoded by the loader: only their embeddings are kept (a test set of float pixels at
     # 384² is gigabytes).
     images = torch.utils.data.DataLoader(

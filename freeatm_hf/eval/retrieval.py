@@ -71,6 +71,26 @@ def _reranked(sim: torch.Tensor, top: torch.Tensor, scores: torch.Tensor) -> tor
     return row
 
 
+def distinct_images(ds, column: str) -> list[int]:
+    """For each row, the first row holding the same image: the same encoded bytes, or the same file when a row
+    names its image by path. A captions dataset laid out one row per caption (COCO's five rows per image) holds
+    each image several times; scored as distinct images, a caption's own image ties with its copies and the
+    other captions of the image count as misses."""
+    import hashlib
+
+    from datasets import Image
+
+    first: dict[bytes | str, int] = {}
+    out = []
+    encoded = ds.select_columns([column]).cast_column(column, Image(decode=False)).with_format("arrow")
+    for batch in encoded.iter(batch_size=256):
+        for value in batch.column(column).to_pylist():
+            data, path = value["bytes"], value["path"]
+            key = hashlib.sha1(data).digest() if data is not None else path
+            out.append(first.setdefault(key, len(out)))
+    return out
+
+
 def recall_at_k(i2t: torch.Tensor, t2i: torch.Tensor, text_to_image: list[int], ks=(1, 5, 10)) -> dict:
     """TR@k from the image→text matrix, IR@k from the text→image matrix (BLIP computes them separately), by the
     package's `retrieval_recall` evaluate module on each query's top max(ks) ids (ranked here, where the

@@ -172,6 +172,32 @@ def test_freeatm_eval_retrieval_on_a_trained_tiny_blip(tmp_path):
         eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "bare"), "--device", "cpu"])
 
 
+def test_rows_that_repeat_an_image_one_per_caption_are_scored_as_one_image(tmp_path):
+    """COCO-style captions laid out one row per caption: each image was scored as several distinct ones (a caption's
+    own row tied with its copies, the image's other captions counted as misses): silently lower recalls."""
+    from datasets import Dataset
+    from PIL import Image
+
+    from freeatm_hf.eval.cli import main as eval_main
+    from freeatm_hf.spaces import space_dir
+    from freeatm_hf.train.cli import main as train_main
+
+    pictures = [Image.new("RGB", (40, 40), (60 * i, 20, 0)) for i in range(3)]
+    rows = [{"image": pictures[i], "caption": f"caption {j} of {i}"} for i in range(3) for j in range(2)]
+    (tmp_path / "flat" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "flat" / "data" / "test-00000-of-00001.parquet"))
+    model_dir = tmp_path / "blip"
+    train_main(["blip", str(space_dir().parents[1] / "recipes" / "blip_cpu_smoke.yaml"), "--output_dir", str(model_dir),
+                "--dataset", str(space_dir() / "example_dataset"), "--max_steps", "1"])
+    r = eval_main(["retrieval", "--model", str(model_dir), "--dataset", str(tmp_path / "flat"), "--k_test", "2",
+                   "--device", "cpu"])
+    assert r["images"] == 3 and r["texts"] == 6
+    assert r["ir@5"] == 100.0  # three images: every caption finds its own within five
+    from freeatm_hf.eval.retrieval import distinct_images
+
+    assert distinct_images(Dataset.from_list(rows), "image") == [0, 0, 2, 2, 4, 4]
+
+
 def test_retrieval_finetuning_trains_itc_and_itm_only(tmp_path):
     from datasets import Dataset
     from huggingface_hub import ModelCard
