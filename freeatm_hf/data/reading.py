@@ -113,11 +113,10 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
     # Without `features` to match (real data alone), the columns get a generated dataset's types.
     typed = None
     if ds.features is not None:
-        from ..generate.schema import OBJECTS, PROMPT, dataset_features
+        from ..generate.schema import dataset_features
 
-        own = dataset_features()
-        like = {name: (features or {}).get(name, own[{"objects": OBJECTS, "prompt": PROMPT}[name]]) for name in missing}
-        typed = Features({**ds.features, **like})
+        like = {**dataset_features(), **(features or {})}
+        typed = Features({**ds.features, **{name: like[name] for name in missing}})
     return ds.map(lambda row: missing, features=typed)
 
 
