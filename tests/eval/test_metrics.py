@@ -60,6 +60,9 @@ def test_topk_accuracy_against_hand_counts_and_refuses_short_rankings():
     # top-1 hits: example 1 only; top-2: examples 0 and 1; top-5: all four.
     assert m.compute(predictions=ranked, references=labels) == {"top1": 0.25, "top5": 1.0}
     assert m.compute(predictions=ranked, references=labels, k=[2, 3]) == {"top2": 0.5, "top3": 0.75}
+    # numpy's integers are counts too (a k from an array or a config read with numpy).
+    assert m.compute(predictions=ranked, references=labels, k=np.int64(2)) == {"top2": 0.5}
+    assert m.compute(predictions=ranked, references=labels, k=np.array([2, 3])) == {"top2": 0.5, "top3": 0.75}
     with pytest.raises(ValueError, match="top-5 accuracy needs at least 5 ranked labels"):
         m.compute(predictions=[[1], [0]], references=[1, 0], k=5)
     with pytest.raises(ValueError, match="k must be at least 1"):
@@ -109,6 +112,7 @@ def test_topk_accuracy_reads_the_shortest_ranking_and_refuses_a_k_past_it():
 def test_retrieval_recall_takes_a_single_k_and_refuses_k_zero_or_no_queries():
     m = load_metric("retrieval_recall")
     assert m.compute(predictions=[[4, 0, 2], [1, 3, 0]], references=[[0, 1], [2]], ks=2) == {"r@2": 50.0}
+    assert m.compute(predictions=[[4, 0, 2], [1, 3, 0]], references=[[0, 1], [2]], ks=np.int64(2)) == {"r@2": 50.0}
     with pytest.raises(ValueError, match="ks must be at least 1"):
         m.compute(predictions=[[0, 1]], references=[[0]], ks=(0, 1))
     with pytest.raises(ValueError, match="no queries to score"):

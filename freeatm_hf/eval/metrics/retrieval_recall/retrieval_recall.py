@@ -14,6 +14,8 @@ gigabytes as Python floats, its 30,000 × 10 ranked ids are not (`freeatm_hf.eva
 the score matrices on the device).
 """
 
+import numbers
+
 import datasets
 import evaluate
 import numpy as np
@@ -31,7 +33,7 @@ class RetrievalRecall(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, ks=(1, 5, 10)):
-        ks = [ks] if isinstance(ks, int) else list(ks)
+        ks = [int(ks)] if isinstance(ks, numbers.Integral) else [int(k) for k in ks]
         if not ks or min(ks) < 1:
             raise ValueError(f"ks must be at least 1, got {ks!r}")
         if not predictions:

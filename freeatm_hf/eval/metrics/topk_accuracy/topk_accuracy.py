@@ -11,6 +11,8 @@ are long enough, 5): the share of examples whose label is among their first k pr
 rather than score rows keep what travels through Arrow small (ImageNet: 50,000 × 5 labels, not × 1,000 scores).
 """
 
+import numbers
+
 import datasets
 import evaluate
 import numpy as np
@@ -29,7 +31,9 @@ class TopkAccuracy(evaluate.Metric):
 
     def _compute(self, predictions, references, k=None):
         width = min(len(p) for p in predictions) if predictions else 0
-        ks = [k] if isinstance(k, int) else list(k or ([1, 5] if width >= 5 else [1]))
+        if k is None:
+            k = [1, 5] if width >= 5 else [1]
+        ks = [int(k)] if isinstance(k, numbers.Integral) else [int(v) for v in k]
         if not ks or min(ks) < 1:
             raise ValueError(f"k must be at least 1, got {k!r}")
         if not predictions or max(ks) > width:
