@@ -48,11 +48,12 @@ def default_pipeline() -> str:
     return "shapes" if trained_pipeline_available() else "tiny"
 
 
-def load_pipeline(spec: str, device: torch.device, torch_dtype: str = "auto", cpu_offload: bool = False,
+def load_pipeline(spec: str, device: torch.device | str, torch_dtype: str = "auto", cpu_offload: bool = False,
                   revision: str | None = None):
     """'default' → `default_pipeline()`; 'tiny' (or 'tiny-sdxl', 'tiny-sd3', 'tiny-flux') → a random tiny
     pipeline of that family built in code; 'shapes' → the trained
     shapes-world model shipped in the package; anything else → `DiffusionPipeline.from_pretrained`."""
+    device = torch.device(device)  # "cpu" as well as torch.device("cpu")
     dtype = resolve_dtype(torch_dtype, device)
     if spec == "default":
         spec = default_pipeline()

@@ -70,6 +70,8 @@ def test_built_in_names_load_the_pipeline_they_name_in_the_dtype_asked(monkeypat
     assert type(load_pipeline("tiny-sdxl", cpu)) is StableDiffusionXLPipeline
     half = load_pipeline("tiny", cpu, torch_dtype="bf16")
     assert {p.dtype for c in (half.unet, half.vae, half.text_encoder) for p in c.parameters()} == {torch.bfloat16}
+    named = load_pipeline("tiny", "cpu")  # a device by name, as torch takes one
+    assert named.device == cpu and named.unet.dtype == torch.float32
 
 
 def test_a_pipeline_spec_is_said_to_be_built_in_local_or_from_the_hub(tmp_path):
