@@ -168,7 +168,7 @@ def has_torchvision_twin(arch: str) -> bool:
 def export_torchvision(model, path: str | Path) -> Path:
     """Save the backbone as a torchvision ResNet state dict (`torchvision.models.resnet50().load_state_dict`),
     the form detection code (Mask R-CNN, Detectron-style converters) expects. timm's ResNet names its layers
-    like torchvision's; the classifier (`fc`) is absent, so load with `strict=False` or drop `fc` first."""
+    like torchvision's; the classifier (`fc`) is absent: set `model.fc = torch.nn.Identity()` and load strictly."""
     import torch
 
     arch = model.config.backbone

@@ -43,7 +43,8 @@ processor = AutoImageProcessor.from_pretrained("{repo}-timm")  # the training st
 import torch, torchvision
 from huggingface_hub import hf_hub_download
 resnet = torchvision.models.{arch}()
-resnet.load_state_dict(torch.load(hf_hub_download("{repo}", "torchvision/{arch}.pth")), strict=False)  # no fc
+resnet.fc = torch.nn.Identity()  # no classifier was trained: resnet(x) gives the pooled features
+resnet.load_state_dict(torch.load(hf_hub_download("{repo}", "torchvision/{arch}.pth")))
 ```""",
     "vit": """```python
 from transformers import ViTMAEForPreTraining            # the checkpoint loads in stock transformers

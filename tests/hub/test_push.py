@@ -239,6 +239,16 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         res_timm = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=str(tmp_path),
                                   env=env)
         assert res_timm.returncode == 0, res_timm.stderr[-2000:]
+        # --exports: the card's torchvision snippet, verbatim, gives the pooled features (not a random fc's logits).
+        res = run_cli(["push-model", str(out), "me/tv", "--exports"], hub.url, tmp_path)
+        assert res.returncode == 0, res.stderr
+        card_text = hub.repos[("model", "me/tv")]["files"]["README.md"].decode()
+        snippet = card_text[card_text.index("# Stock torchvision"):].split("```")[0]
+        check = snippet + "\nprint(tuple(resnet.eval()(torch.zeros(1, 3, 64, 64)).shape))"
+        res_tv = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=str(tmp_path),
+                                env=env)
+        assert res_tv.returncode == 0, res_tv.stderr[-2000:]
+        assert res_tv.stdout.split()[-2:] == ["(1,", "512)"]  # resnet18's features, strictly loaded
         # A branch push sends the timm export to the same branch (it went to main) and says how timm reads it.
         res = run_cli(["push-model", str(out), "again", "--timm", "--revision", "v2"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
