@@ -95,9 +95,9 @@ def multilabel_linear_probe(train_feats, train_targets, test_feats, epochs: int 
 
 
 def multilabel_scores(logits: torch.Tensor, targets: torch.Tensor) -> dict:
-    """Macro mean average precision (torchmetrics) over the labels present in `targets` (a label with no
-    positive has no precision to average, as in scikit-learn; torchmetrics would count it as 0), and exact-set
-    accuracy at probability 0.5."""
+    """Macro mean average precision (torchmetrics) over the labels present in `targets`, and exact-set accuracy at
+    probability 0.5. A label with no positive has no precision to average: scikit-learn (checked with 1.9) and
+    torchmetrics count it as 0, which would lower the mean by the share of labels the test set happens to lack."""
     from torchmetrics.functional.classification import multilabel_average_precision
 
     targets = targets.long()
