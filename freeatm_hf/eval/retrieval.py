@@ -131,9 +131,10 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
                        seed: int = 0, use_cpu=None, revision: str | None = None) -> str | None:
     """Fine-tune a BLIP checkpoint for retrieval with ITC + ITM (the LM loss is off, as in BLIP's retrieval
     fine-tuning) on `split`; images get a random resized crop (no flip: captions may say left and right), and
-    an image with several captions contributes a random one per epoch. Each row is one image: its index is the
-    image id that keeps the image's features from an earlier epoch, still in the momentum queue
-    (`momentum_distill`), from being its own negative. Saves model and tokenizer to `output_dir` and returns it
+    an image with several captions contributes a random one per epoch. An image's id is the first row holding it
+    (`distinct_images`: rows that repeat an image, one per caption, share it, as COCO's captions share BLIP's
+    img_id): it keeps the image's features from an earlier epoch or another of its rows, in the batch or still in
+    the momentum queue (`momentum_distill`), from being its own negative. Saves model and tokenizer to `output_dir` and returns it
     (None on the other processes of a distributed run, which leave the card and scoring to the main one)."""
     import random
 
@@ -159,7 +160,7 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     rng = random.Random(seed)
-    ds = ds.add_column(ROW_COLUMN, list(range(len(ds))))
+    ds = ds.add_column(ROW_COLUMN, distinct_images(ds, image_column))
 
     def transform(batch):
         caps = [one_caption(c, rng) for c in batch[caption_column]]

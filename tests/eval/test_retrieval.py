@@ -350,6 +350,30 @@ def test_retrieval_finetuning_at_another_size_trains_and_saves_the_model_at_that
     assert after.vision_model.embeddings.position_embedding.shape[1] == (48 // patch) ** 2 + 1
 
 
+def test_retrieval_finetuning_gives_rows_that_repeat_an_image_one_image_id(tmp_path, monkeypatch):
+    """Captions laid out one row per caption (COCO-style, as `eval retrieval` scores them): the rows of one picture
+    share its image id, as BLIP's img_id, so neither the batch nor the momentum queue holds it as its own negative."""
+    import transformers
+    from datasets import Dataset
+    from PIL import Image
+
+    from freeatm_hf.eval.retrieval import finetune_retrieval
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    model, tok = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32, max_length=35))
+    model.save_pretrained(tmp_path / "blip")
+    tok.save_pretrained(tmp_path / "blip")
+    pictures = [Image.new("RGB", (40, 40), (60 * i, 0, 0)) for i in range(2)]
+    rows = [{"image": pictures[i], "caption": f"caption {j} of {i}"} for i in (0, 1, 0) for j in range(2)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "train-00000-of-00001.parquet"))
+    seen = []
+    monkeypatch.setattr(transformers.Trainer, "train", lambda self, *a, **k: seen.append(self.train_dataset))
+    finetune_retrieval(str(tmp_path / "blip"), str(tmp_path / "ret"), str(tmp_path / "ft"), max_steps=1,
+                       batch_size=2, use_cpu=True)
+    assert [seen[0][i]["image_ids"] for i in range(len(rows))] == [0, 0, 2, 2, 0, 0]
+
+
 def test_the_caption_length_defaults_to_the_models_shorter_text_table_and_a_longer_one_is_refused(tmp_path):
     """A BLIP trained with --max_length under BLIP's 35 has a shorter text position table: evaluating it with the
     default length must fit it, not fail with a shape error in the text embeddings."""
