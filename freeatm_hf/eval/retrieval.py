@@ -134,8 +134,9 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     an image with several captions contributes a random one per epoch. An image's id is the first row holding it
     (`distinct_images`: rows that repeat an image, one per caption, share it, as COCO's captions share BLIP's
     img_id): it keeps the image's features from an earlier epoch or another of its rows, in the batch or still in
-    the momentum queue (`momentum_distill`), from being its own negative. Saves model and tokenizer to `output_dir` and returns it
-    (None on the other processes of a distributed run, which leave the card and scoring to the main one)."""
+    the momentum queue (`momentum_distill`), from being its own negative. Saves model and tokenizer to
+    `output_dir` and returns it (None on the other processes of a distributed run, which leave the card and
+    scoring to the main one)."""
     import random
 
     from torchvision.transforms import v2
