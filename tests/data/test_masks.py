@@ -276,3 +276,40 @@ def test_map_masks_grid_samples_the_middle_of_each_block():
     assert not masks.exact  # the grid measures this mask
     for box in ((0, 0, 128, 64), (0, 64, 128, 64), (0, 0, 64, 128), (64, 0, 64, 128)):
         torch.testing.assert_close(masks.share(*box), torch.tensor([0.5]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["binary", "soft"])
+def test_map_masks_sample_the_plain_formula_bit_for_bit(mode):
+    """`_sample` gathers, blends and cuts in the passes fastest on a CPU; the products and sums are the plain
+    formula's below (along each row, then between rows, then the cut), so every bit is the same: for any sizes,
+    thresholds (-inf, the float64 ones Otsu gives), and through `MapMasks` with maps of one size or of two."""
+    from freeatm_hf.data.masks import MapMasks, _sample, bilinear_taps
+
+    def plain(maps, thresholds, rows, cols, size):
+        c0, c1, cw = bilinear_taps(cols, size[1], maps.shape[2])
+        r0, r1, rw = bilinear_taps(rows, size[0], maps.shape[1])
+        across = maps.index_select(2, c0) * (1 - cw) + maps.index_select(2, c1) * cw
+        v = across.index_select(1, r0) * (1 - rw)[:, None] + across.index_select(1, r1) * rw[:, None]
+        above = v > thresholds.view(-1, 1, 1)
+        return above.float() if mode == "binary" else v * above
+
+    def same(got, expected):
+        return got.dtype == expected.dtype and torch.equal(got.view(torch.int32), expected.view(torch.int32))
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        k, h, w = (int(n) for n in rng.integers(1, 40, 3))
+        size = (int(rng.integers(1, 300)), int(rng.integers(1, 300)))
+        maps = torch.from_numpy(rng.integers(0, 256, (k, h, w)).astype(np.float32) / 255)
+        thresholds = torch.tensor(rng.choice([0.0, 0.4, 0.5, -np.inf], k), dtype=rng.choice([torch.float32,
+                                                                                             torch.float64]))
+        rows, cols = (torch.from_numpy(np.sort(rng.integers(0, n, int(rng.integers(0, 240))))) for n in size)
+        assert same(_sample(maps, thresholds, rows, cols, size, mode), plain(maps, thresholds, rows, cols, size))
+    objects = _smooth_maps(rng, 4, [(16, 16), (12, 20)])
+    for objs, threshold in ((objects[::2], 0.4), (objects, 0.4), (objects, "otsu"), (objects, float("-inf"))):
+        masks = MapMasks(objs, (100, 90), threshold, mode)
+        assert len(masks.groups) == (1 if objs is not objects else 2)
+        rows, cols = 7 + torch.arange(60), torch.arange(3, 90, 2)
+        expected = torch.cat([plain(m[None], torch.tensor([t]), rows, cols, (100, 90))
+                              for m, t in zip(masks.maps, masks.thresholds)])
+        assert same(masks.sample(rows, cols), expected)
