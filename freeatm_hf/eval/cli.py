@@ -236,12 +236,11 @@ def main_detect(args):
 
 def main_finetune(args):
     from .finetune import finetune_classification
-    from .frozen import checkpoint_image_size
 
     use_cpu = trainer_use_cpu(args, "eval finetune")
-    size = args.image_size or checkpoint_image_size(args.model)
+    # Without --image_size, the checkpoint's own (resolved there, once the data has passed its checks).
     results = finetune_classification(args.model, args.dataset, args.output_dir, args.train_split, args.test_split,
-                                      args.image_column, args.label_column, size, args.epochs,
+                                      args.image_column, args.label_column, args.image_size, args.epochs,
                                       args.learning_rate, args.batch_size, revision=args.revision,
                                       max_steps=args.max_steps, use_cpu=use_cpu)
     if results:  # the main process's; the others return []
@@ -360,11 +359,11 @@ def main_retrieval(args):
 
 
 def main_knn(args):
-    from .frozen import checkpoint_image_size, evaluate_frozen
+    from .frozen import evaluate_frozen
 
     results = evaluate_frozen(args.model, args.dataset, train_split=args.train_split, test_split=args.test_split,
                               revision=args.revision, image_column=args.image_column, label_column=args.label_column,
-                              image_size=args.image_size or checkpoint_image_size(args.model), k=args.k,
+                              image_size=args.image_size, k=args.k,  # None: the checkpoint's own
                               temperature=args.temperature,
                               batch_size=args.batch_size, linear=not args.no_linear_probe, device=args.device)
     print(json.dumps(results, indent=1))

@@ -110,14 +110,17 @@ def test_eval_masks_runs_the_configuration_given_and_writes_its_output(monkeypat
     assert json.loads(out.read_text()) == {"pipeline": "tiny", **result}
 
 
-def test_finetune_without_a_size_runs_at_the_checkpoints_own(monkeypatch, tmp_path):
-    """A 32-px MAE fine-tuned at eval's 224 would fail at its first batch (fixed position embeddings)."""
+def test_finetune_leaves_an_unset_size_to_the_checkpoints_own(monkeypatch, tmp_path):
+    """A 32-px MAE fine-tuned at eval's 224 would fail at its first batch (fixed position embeddings): without
+    --image_size the CLI passes none, and `finetune_classification` takes the checkpoint's own (tested in
+    test_frozen_eval), once the data has passed its checks."""
     from tests.eval.test_frozen_eval import tiny_checkpoint
 
     tiny_checkpoint("mae").save_pretrained(tmp_path)
     ft = _record(monkeypatch, "freeatm_hf.eval.finetune", "finetune_classification", [])
     main(["finetune", "--model", str(tmp_path), "--dataset", "D", "--output_dir", "O"])
-    assert [c["image_size"] for c in ft] == [32]
+    main(["finetune", "--model", str(tmp_path), "--dataset", "D", "--output_dir", "O", "--image_size", "48"])
+    assert [c["image_size"] for c in ft] == [None, 48]
 
 
 class _Stop(Exception):
