@@ -52,3 +52,15 @@ def test_the_shapes_model_and_dataset_snippets_run_verbatim(tmp_path, monkeypatc
     exec(compile(block("load_dataset("), "README.md", "exec"), scope)
     row = scope["row"]
     assert row["objects"][0]["name"] in row["prompt"] and row["image"].size == row["objects"][0]["attention"].size
+
+
+def test_the_python_training_snippet_runs_as_written(tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from freeatm_hf.models import SimCLRModel
+
+    monkeypatch.chdir(tmp_path)  # the shipped recipe and its example dataset, found from any directory
+    scope = {}
+    exec(compile(block("freeatm_train("), "README.md", "exec"), scope)
+    assert isinstance(scope["model"], SimCLRModel) and scope["trainer"].state.global_step == 2
+    assert ModelCard.load(tmp_path / "outputs" / "simclr-py" / "README.md").data.library_name == "freeatm_hf"
