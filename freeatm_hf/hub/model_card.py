@@ -166,6 +166,16 @@ def card_facts(model: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def training_metadata(config, data: dict) -> dict:
+    """The card metadata that says how weights were trained, shared by a checkpoint's card and its timm export's:
+    the method and whether the masks were used (tags), and the training datasets that are on the Hub."""
+    from ..data.reading import hub_dataset_id
+
+    method = config.model_type.removeprefix("freeatm_")
+    return {"tags": ["freeatm", method, "self-supervised", "attention-masks" if _guided(config, data) else "baseline"],
+            "datasets": [d for d in map(hub_dataset_id, (data.get("dataset"), data.get("real_dataset"))) if d] or None}
+
+
 def write_model_card(folder: str | Path, config, data: dict | None = None, training: dict | None = None,
                      repo_id: str | None = None):
     """README.md for a checkpoint folder from `model_cards/model_card.md`."""
@@ -201,9 +211,8 @@ def write_model_card(folder: str | Path, config, data: dict | None = None, train
                                metric_type=r["metric"], metric_value=r["value"]) for r in results]
     card_data = ModelCardData(
         library_name="freeatm_hf", license="apache-2.0", pipeline_tag="image-feature-extraction",
-        tags=["freeatm", method, "self-supervised", "attention-masks" if guided else "baseline"],
-        datasets=[d for d in map(hub_dataset_id, (data.get("dataset"), data.get("real_dataset"))) if d] or None,
-        model_name=name if eval_results else None, eval_results=eval_results or None,
+        **training_metadata(config, data), model_name=name if eval_results else None,
+        eval_results=eval_results or None,
     )
     skip = {"architectures", "transformers_version", "dtype", "torch_dtype", "use_cache", "model_type"}
     hyper = {k: v for k, v in config.to_diff_dict().items() if not k.startswith("_") and k not in skip}

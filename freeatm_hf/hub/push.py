@@ -260,24 +260,20 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
     from transformers import AutoModel
 
     from .. import models  # noqa: F401  (registers the Auto classes)
-    from ..data.reading import hub_dataset_id
     from .export import export_timm, trained_image_size
-    from .model_card import DESCRIPTIONS, _guided, card_facts
+    from .model_card import DESCRIPTIONS, card_facts, training_metadata
 
     model = AutoModel.from_pretrained(str(folder))
     hub_id = f"{repo_id}@{revision}" if revision else repo_id  # timm reads a branch as "hf-hub:<repo>@<branch>"
     method = model.config.model_type.removeprefix("freeatm_")
     # The same weights as the checkpoint's card describes: its training datasets and whether the masks were used.
-    data = (card_facts(folder) or {}).get("data") or {}
-    datasets = [d for d in map(hub_dataset_id, (data.get("dataset"), data.get("real_dataset"))) if d] or None
+    trained = training_metadata(model.config, (card_facts(folder) or {}).get("data") or {})
     with tempfile.TemporaryDirectory() as tmp:
         export_timm(model, tmp, image_size=trained_image_size(folder))
         source = f"[{source_repo}](https://huggingface.co/{source_repo})" if source_repo else "a freeatm_hf checkpoint"
         card = ModelCard.from_template(
             ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",
-                          tags=["freeatm", method, "self-supervised",
-                                "attention-masks" if _guided(model.config, data) else "baseline",
-                                "image-feature-extraction"], datasets=datasets),
+                          tags=[*trained["tags"], "image-feature-extraction"], datasets=trained["datasets"]),
             template_str="---\n{{ card_data }}\n---\n\n# {{ title }}\n\n{{ body }}\n",
             title=f"{repo_id.split('/')[-1]}: the image encoder of {DESCRIPTIONS[method][0]} (freeatm_hf) for timm",
             body=f"The image encoder of {source}, exported with `freeatm_hf.hub.export.export_timm`; no classifier.\n\n"
