@@ -29,7 +29,14 @@ MAX_VIEW_SIDE = 2048
 # Per-object maps and masks, four to a row (two objects do not fill it with page-wide maps), each named by its
 # caption. A fixed gallery height clipped the square thumbnails of a wide page, and with them the captions: a
 # visitor saw four unnamed maps.
-GALLERY = dict(columns=4, fit_columns=False, height="auto", format="png", object_fit="contain")
+GALLERY = dict(columns=4, fit_columns=False, height="auto", format="png", object_fit="contain", elem_classes=["maps"])
+# On a phone's width: Gradio's gallery gives a column at least 100 px, so four overflowed (the fourth map cut off),
+# and the Otsu box, given no width of its own beside a slider, wrapped its label into a 55-px column cut off at the
+# right: maps two to a row there, and the box 160 px of its own. Passed to launch(), where Gradio 6 takes CSS.
+CSS = """@media (max-width: 640px) {
+  .maps .grid-container { --grid-cols: 2 !important; }
+  .otsu { min-width: 160px !important; }
+}"""
 # What a visitor may ask the live generator to track: past the text encoder's window nothing is tracked anyway,
 # and matching nouns to the prompt grows fast with their number.
 MAX_PROMPT_CHARS = 2000
@@ -280,7 +287,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             with gr.Row():
                 b_threshold = gr.Slider(0.0, 0.95, value=browse_threshold0, step=0.05, label="threshold",
                                         elem_id="browse-threshold", scale=4)
-                b_otsu = gr.Checkbox(value=browse_otsu0, label="Otsu (a threshold per map)", elem_id="browse-otsu")
+                b_otsu = gr.Checkbox(value=browse_otsu0, label="Otsu (a threshold per map)", elem_id="browse-otsu",
+                                     elem_classes=["otsu"])
             with gr.Row():
                 b_view = gr.Image(label="masks", type="pil", elem_id="browse-overlay", format="png")
                 with gr.Column():
@@ -309,7 +317,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
                 g_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
                                         elem_id="gen-threshold")
-                g_otsu = gr.Checkbox(value=gen_otsu0, label="Otsu (a threshold per map)", elem_id="gen-otsu")
+                g_otsu = gr.Checkbox(value=gen_otsu0, label="Otsu (a threshold per map)", elem_id="gen-otsu",
+                                    elem_classes=["otsu"])
             last = gr.State(None)
             go = gr.Button("Generate", variant="primary", elem_id="gen-button")
             with gr.Row():
@@ -351,7 +360,8 @@ def main(argv=None):
     # Loaded at the first Generate: a folder that is not there is said now, not to the first user.
     if args.pipeline and looks_like_a_path(args.pipeline) and not Path(args.pipeline).exists():
         p.error(f"--pipeline {args.pipeline}: no such folder")
-    build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share)
+    build_demo(args.dataset, args.pipeline).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                                  css=CSS)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def app():
-    demo = load_app().build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    module = load_app()
+    demo = module.build_demo()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, css=module.CSS)
     yield demo
     demo.close()
 
@@ -319,6 +320,21 @@ def test_in_a_real_browser(app, tmp_path):
         for gallery in ("#gen-soft", "#gen-masks"):
             assert_maps_named(page, gallery, nouns)
         page.screenshot(path=str(shots / "generate.png"), full_page=True)
+
+        # On a phone: no map cut off at the gallery's right edge, no Otsu label cut off at its row's.
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(app.local_url)
+        phone.locator("#browse-masks img").first.wait_for(timeout=60_000)
+        for gallery in ("#browse-soft", "#browse-masks"):
+            wrap = phone.locator(f"{gallery} .grid-wrap")
+            assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), gallery
+            assert_maps_named(phone, gallery, [o["name"] for o in first["objects"]])
+        text_right = phone.locator("#browse-otsu label span").last.evaluate(
+            "e => { const r = document.createRange(); r.selectNodeContents(e); "
+            "return r.getBoundingClientRect().right }")
+        row = phone.locator("#browse-otsu").locator("xpath=..").bounding_box()
+        assert text_right <= row["x"] + row["width"], (text_right, row)
+        phone.screenshot(path=str(shots / "browse_phone.png"), full_page=True)
         browser.close()
 
 
