@@ -61,6 +61,6 @@ def test_the_python_training_snippet_runs_as_written(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # the shipped recipe and its example dataset, found from any directory
     scope = {}
-    exec(compile(block("freeatm_train("), "README.md", "exec"), scope)
+    exec(compile(block("pretrain("), "README.md", "exec"), scope)
     assert isinstance(scope["model"], SimCLRModel) and scope["trainer"].state.global_step == 2
     assert ModelCard.load(tmp_path / "outputs" / "simclr-py" / "README.md").data.library_name == "freeatm_hf"

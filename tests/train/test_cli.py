@@ -265,3 +265,28 @@ def test_a_blip_start_that_is_not_there_is_named_before_the_data_loads(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"^--init_from /no/such/blip: no such folder$"):
         main(["blip", "--dataset", str(tmp_path / "no-data"), "--output_dir", str(tmp_path / "o"),
               "--init_from", "/no/such/blip", "--use_cpu", "true"])
+
+
+def test_pretrain_from_python_is_the_command_with_keywords_for_flags(tmp_path, monkeypatch):
+    """`pretrain(method, recipe, key=value)` trains as `freeatm train method recipe --key value` does: keywords
+    override the recipe and are given settings (the method's own rate does not replace them), lists are several
+    values, False a false flag, None the default; an unknown keyword is refused by name."""
+    from freeatm_hf.train import cli, contrastive, pretrain
+
+    handed = []
+    monkeypatch.setattr(contrastive, "train", lambda method, args, targs: handed.append((method, args, targs)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: d\noutput_dir: o\nweight_decay: 0.1\nuse_cpu: true\n")
+    pretrain("moco", recipe, weight_decay=0.2, learning_rate=0.5, lr_milestones=[3, 7], gpu_photometric=False,
+             lr_scheduler_kwargs={"num_cycles": 2}, queue_size=None)
+    cli.main(["moco", str(recipe), "--weight_decay", "0.2", "--learning_rate", "0.5", "--lr_milestones", "3", "7",
+              "--gpu_photometric", "false", "--lr_scheduler_kwargs", '{"num_cycles": 2}'])
+    (method, args, targs), (_, cli_args, cli_targs) = handed
+    assert method == "moco" and (targs.weight_decay, targs.learning_rate) == (0.2, 0.5)
+    assert args.lr_milestones == [3, 7] and args.gpu_photometric is False and args.queue_size == 65536
+    assert targs.lr_scheduler_kwargs == {"num_cycles": 2}
+    assert args == cli_args and targs.to_dict() == cli_targs.to_dict()
+    with pytest.raises(ValueError, match="unknown flag: --queue_sise"):
+        pretrain("moco", recipe, queue_sise=8)
+    with pytest.raises(ValueError, match="name a method"):
+        pretrain()
