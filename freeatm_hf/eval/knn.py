@@ -98,15 +98,21 @@ def multilabel_scores(logits: torch.Tensor, targets: torch.Tensor) -> dict:
     """Macro mean average precision (torchmetrics) over the labels present in `targets`, and exact-set accuracy at
     probability 0.5. A label with no positive has no precision to average: scikit-learn (checked with 1.9) and
     torchmetrics count it as 0, which would lower the mean by the share of labels the test set happens to lack."""
-    from torchmetrics.functional.classification import multilabel_average_precision
+    from torchmetrics.functional.classification import binary_average_precision
 
     targets = targets.long()
     present = targets.any(0)
     if not present.any():
         raise ValueError("no label has a positive example: average precision is undefined")
-    per_label = multilabel_average_precision(logits[:, present].sigmoid(), targets[:, present],
-                                             num_labels=int(present.sum()), average=None)
-    return {"map": float(per_label.mean()),
+    # AP reads only the order of the scores, so each label's logits go in as their ranks scaled into [0, 1]: a
+    # float32 sigmoid rounds every logit above ~17 to 1.0, tying a confident negative with the positives below
+    # it (and torchmetrics applies one itself to scores outside [0, 1]). One label at a time: its multilabel AP
+    # refuses a single label.
+    per_label = []
+    for j in present.nonzero().flatten().tolist():
+        ranks = torch.unique(logits[:, j].float(), return_inverse=True)[1].float()
+        per_label.append(float(binary_average_precision(ranks / ranks.max().clamp(min=1), targets[:, j])))
+    return {"map": sum(per_label) / len(per_label),
             "exact_set_accuracy": float(((logits > 0).long() == targets).all(1).float().mean())}
 
 

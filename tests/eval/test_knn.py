@@ -86,6 +86,30 @@ def test_multilabel_scores_against_hand_cases():
         multilabel_scores(perfect, torch.zeros_like(targets))
 
 
+def test_multilabel_average_precision_ranks_by_the_logits_even_where_the_sigmoid_rounds_them_to_one():
+    from freeatm_hf.eval.knn import multilabel_scores
+
+    # Label 0: a confident negative (logit 30) above two positives (25, 20): AP = (1/2 + 2/3) / 2. In float32 the
+    # three sigmoids are all 1.0, a tie that would score 2/3. Label 1 is ranked perfectly.
+    targets = torch.tensor([[0, 1], [1, 0], [1, 0], [0, 1]])
+    logits = torch.tensor([[30.0, 5.0], [25.0, -5.0], [20.0, -5.0], [-3.0, 5.0]])
+    assert multilabel_scores(logits, targets)["map"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1) / 2)
+    # Real ties stay ties: both positives level with the negative give one threshold, precision 2/3.
+    tied = torch.tensor([[4.0, 5.0], [4.0, -5.0], [4.0, -5.0], [-3.0, 5.0]])
+    assert multilabel_scores(tied, targets)["map"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_multilabel_scores_with_a_single_label_present():
+    from freeatm_hf.eval.knn import multilabel_scores
+
+    # One label with positives among several (or a one-label task) is scored, not refused by torchmetrics'
+    # multilabel AP, which wants at least two labels.
+    targets = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
+    logits = torch.tensor([[2.0, -1.0], [3.0, -1.0], [1.0, -1.0], [-1.0, -1.0]])
+    assert multilabel_scores(logits, targets)["map"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert multilabel_scores(logits[:, :1], targets[:, :1])["map"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
 def _rotated_exif():
     from PIL import Image
 
