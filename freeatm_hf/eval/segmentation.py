@@ -96,9 +96,9 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
     return train_tf, test_tf
 
 
-def count_labels(annotations, reduce_labels: bool = False) -> int:
-    """Classes in these label maps: the largest label + 1, the ignore index (void) left out; with
-    `reduce_labels` 0 is ignored too and the rest shift down by one."""
+def largest_label(annotations, reduce_labels: bool = False) -> int:
+    """The largest class in these label maps (-1: none), the ignore index (void) left out; with `reduce_labels`
+    0 is ignored too and the rest shift down by one."""
     from tqdm.auto import tqdm
 
     top = -1
@@ -107,7 +107,13 @@ def count_labels(annotations, reduce_labels: bool = False) -> int:
         labels = labels[labels != IGNORE_INDEX]
         if labels.size:
             top = max(top, int(labels.max()))
-    num_labels = top if reduce_labels else top + 1
+    return top - 1 if reduce_labels else top
+
+
+def count_labels(annotations, reduce_labels: bool = False) -> int:
+    """Classes in these label maps: the largest label + 1, the ignore index (void) left out; with
+    `reduce_labels` 0 is ignored too and the rest shift down by one."""
+    num_labels = largest_label(annotations, reduce_labels) + 1
     if num_labels < 1:
         raise ValueError(f"the label maps hold no class (every pixel is {IGNORE_INDEX}, the ignore index"
                          + (", or 0, ignored with --reduce_labels" if reduce_labels else "") + "): pass --num_labels")
@@ -170,10 +176,21 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
     train_ds, test_ds = (as_images(d, image_column, f"{dataset} [{s}]") for d, s in ((train_ds, train_split),
                                                                                      (test_ds, test_split)))
+    # The test maps too, now: a class past the head's would otherwise be found only when scoring, after training.
+    test_top = largest_label(test_ds[label_column], reduce_labels)  # a lazy column: decoded one by one
     if num_labels is None:
         # Every map: a class first seen late in the split would crash training when its image comes up.
-        num_labels = count_labels(train_ds[label_column], reduce_labels)  # a lazy column: decoded one by one
-        logger.info("num_labels = %d (from the train split's label maps; pass num_labels to override)", num_labels)
+        num_labels = count_labels(train_ds[label_column], reduce_labels)
+        if test_top >= num_labels:
+            # An output it never learns: the class scores IoU 0 in the mean, as the test split holds it.
+            logger.warning("the %s split holds class %d, which no %s label map has: the head gets %d classes",
+                           test_split, test_top, train_split, test_top + 1)
+            num_labels = test_top + 1
+        logger.info("num_labels = %d (from the label maps; pass num_labels to override)", num_labels)
+    elif test_top >= num_labels:
+        raise ValueError(f"a {test_split} label map holds class {test_top}, but the head has num_labels={num_labels} "
+                         f"(classes 0..{num_labels - 1}{', after --reduce_labels' if reduce_labels else ''}): pass a "
+                         "larger --num_labels")
     train_tf, test_tf = _transforms(image_size, reduce_labels, num_labels)
 
     def with_tf(tf):

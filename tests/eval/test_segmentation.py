@@ -177,6 +177,21 @@ def test_num_labels_counts_every_label_map_and_splits_must_differ(tmp_path, monk
         num_labels_built(folder, monkeypatch, test_split="train")
 
 
+def test_a_test_class_the_training_maps_lack_is_found_before_training(tmp_path, monkeypatch):
+    """Found only when scoring, it crashed the run after all its training."""
+    from PIL import Image
+
+    rows = [{"image": Image.new("RGB", (4, 4)), "annotation": Image.fromarray(np.full((4, 4), i % 3, np.uint8))}
+            for i in range(3)]
+    test = [{"image": Image.new("RGB", (4, 4)), "annotation": Image.fromarray(np.full((4, 4), 5, np.uint8))}]
+    folder = write_splits(tmp_path / "seg", rows, test)
+    # Read off the maps: an output for it too (never trained, it scores IoU 0, as the test split holds it).
+    assert num_labels_built(folder, monkeypatch) == 6
+    with pytest.raises(ValueError, match=r"a test label map holds class 5, but the head has num_labels=3"):
+        num_labels_built(folder, monkeypatch, num_labels=3)
+    assert num_labels_built(folder, monkeypatch, num_labels=6) == 6
+
+
 def test_test_confusion_sums_every_images_upsampled_arg_max_against_its_labels():
     """`predict_confusion`: logits bilinearly upsampled to each label map's own size, arg-max per pixel, counted
     against the reference (void pixels skipped) and summed over all images, batch by batch."""
