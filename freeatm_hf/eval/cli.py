@@ -93,7 +93,8 @@ def make_parser():
     s.add_argument("--revision", default=None)
     s.add_argument("--image_column", default="image")
     s.add_argument("--label_column", default="annotation")
-    s.add_argument("--num_labels", type=int, default=None, help="default: read off the train label maps")
+    s.add_argument("--num_labels", type=int, default=None,
+                   help="default: read off the label maps (the train split's, and a test class past them)")
     s.add_argument("--reduce_labels", action="store_true", help="0 = 'other' → ignored, rest shifted (ADE20K)")
     s.add_argument("--image_size", type=int, default=512)
     s.add_argument("--epochs", type=float, default=10)
