@@ -9,6 +9,9 @@ from datasets import Dataset, Features, IterableDataset, List, interleave_datase
 logger = logging.getLogger(__name__)
 
 DATA_MODES = ("synthetic", "real", "mix")
+# A map-style row's index in the dataset it came from, and that dataset's place in `sources_read`: what an error
+# about the row names (the mix's own index would point at no file).
+ROW, SOURCE = "__row__", "__source__"
 
 
 def load(source: str, split: str = "train", streaming: bool = False, **kwargs):
@@ -74,10 +77,11 @@ def holds_attention_maps(feature) -> bool:
     return isinstance(inner, dict) and "attention" in inner
 
 
-def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt", features=None):
+def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt", features=None,
+                     encoded: bool = False):
     """Keep `image`, `objects` and `prompt` (the caption); a dataset without freeatm `objects` (real data, a
     detection dataset's own `objects` included) gets an empty list per row, one without text an empty caption
-    (typed as in `features`, when given, to mix with them)."""
+    (typed as in `features`, when given, to mix with them). `encoded`: a stream's images are left encoded."""
     if ds.column_names is None and ds.features is None:
         raise ValueError("the streamed dataset does not state its columns or features; load it without --streaming, "
                          "or from Parquet, whose schema states them")
@@ -85,6 +89,8 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
     if image_column not in cols:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {cols})")
     ds = as_images(ds, image_column)
+    if encoded and isinstance(ds, IterableDataset):
+        ds = ds.decode(False)  # before the `map` below, which would decode every image on its way
     if image_column != "image":
         ds = ds.rename_column(image_column, "image")
     if text_column in cols and text_column != "prompt":
@@ -123,11 +129,14 @@ def as_image_objects(ds, image_column: str = "image", text_column: str = "prompt
 def pretraining_dataset(synthetic: str | None = None, real: str | None = None, mode: str = "synthetic",
                         mix_ratio: float = 0.5, split: str = "train", streaming: bool = False, seed: int = 0,
                         real_image_column: str = "image", real_text_column: str = "caption",
-                        require_text: bool = False, source_rows: dict | None = None) -> Dataset | IterableDataset:
+                        require_text: bool = False, source_rows: dict | None = None,
+                        for_read_through: bool = False) -> Dataset | IterableDataset:
     """`mode="mix"` interleaves the two with `mix_ratio` the share of real rows (until the smaller ends).
     `require_text`: the real dataset must have `real_text_column` (BLIP learns from captions; the other methods
     do not read them). `source_rows`, when given, gets how many rows of the mix are generated and how many real
-    (what a model card states; a stream's are unknown until read)."""
+    (what a model card states; a stream's are unknown until read). `for_read_through`: rows as `read_through`
+    reads them: a map-style dataset's numbered (`ROW`, `SOURCE`), to name a row it cannot read; a stream's images
+    left encoded, for it to decode."""
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, got {mode!r}")
     parts = []
@@ -146,7 +155,8 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
             raise ValueError(f"the 'objects' column of {synthetic!r} is not freeatm's (a list of objects, each with "
                              f"'attention'; got {ds.features['objects']}): write it with freeatm_hf.generate.schema's "
                              "dataset_features, or pass it as --real_dataset with --data_mode real or mix")
-        parts.append(as_image_objects(ds))
+        ds = as_image_objects(ds, encoded=for_read_through)
+        parts.append(_numbered(ds, len(parts)) if for_read_through else ds)
     if mode in ("real", "mix"):
         if not real:
             raise ValueError(f"data mode {mode!r} needs a real dataset")
@@ -155,8 +165,9 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         if require_text and cols and real_text_column not in cols:
             raise ValueError(f"no caption column {real_text_column!r} in {real!r} (columns: {cols}): BLIP learns from "
                              "captions; name it with --real_text_column")
-        parts.append(as_image_objects(ds, real_image_column, real_text_column,
-                                      features=parts[0].features if parts else None))
+        ds = as_image_objects(ds, real_image_column, real_text_column, features=parts[0].features if parts else None,
+                              encoded=for_read_through)
+        parts.append(_numbered(ds, len(parts)) if for_read_through else ds)
     if len(parts) == 1:
         return parts[0]
     # Align what still differs (say a caption column of another type); `cast` of the whole table would copy
@@ -193,6 +204,106 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
         if source_rows is not None:
             source_rows.update(counts)
     return mixed
+
+
+def sources_read(synthetic: str | None, real: str | None, mode: str) -> list[str]:
+    """The datasets `pretraining_dataset` reads in `mode`, in the order of its `SOURCE` numbers."""
+    return [s for s, read in ((synthetic, mode != "real"), (real, mode != "synthetic")) if read]
+
+
+def _numbered(ds, source: int):
+    """`ds` with each row's index in it (`ROW`) and `source` (`SOURCE`); a stream is left as it is (its index as
+    read would be one worker's count, not the row's place in the dataset)."""
+    import numpy as np
+    from datasets import Value
+
+    if not isinstance(ds, Dataset):
+        return ds
+    ds = ds.add_column(ROW, np.arange(len(ds), dtype=np.int64), feature=Value("int64"))
+    return ds.add_column(SOURCE, np.full(len(ds), source, np.int8), feature=Value("int8"))
+
+
+def _decoding(feature, decode: bool):
+    """`feature` with every `datasets.Image` in it, nested ones included, set to `decode` or not."""
+    from datasets import Image, LargeList
+
+    if isinstance(feature, Image):
+        return Image(mode=feature.mode, decode=decode)
+    if isinstance(feature, dict):
+        return {k: _decoding(v, decode) for k, v in feature.items()}
+    if isinstance(feature, List):
+        return List(_decoding(feature.feature, decode), length=feature.length)
+    if isinstance(feature, LargeList):
+        return LargeList(_decoding(feature.feature, decode))
+    return feature
+
+
+def read_through(ds, transform, sources: list[str]):
+    """`ds` read through `transform` (a batch of decoded rows → a batch of model inputs), lazily: on access (a
+    map-style dataset), or as a stream is read.
+
+    The rows' images (and attention maps) are decoded here, row by row, before `transform`: decoded by `datasets`
+    itself, a corrupt or truncated file failed deep in PIL, inside a DataLoader worker, naming neither the row nor
+    its dataset. A row that cannot be decoded, or that `transform` refuses, is named in a ValueError (its dataset
+    of `sources`, its index there for a map-style dataset `pretraining_dataset(for_read_through=True)` numbered, the
+    image's file when it has one), the original error chained. A stream read so should come from
+    `pretraining_dataset(for_read_through=True)` too: one whose own `map` decoded its images fails there, unnamed."""
+    import copy
+
+    features = ds.features
+    if features is None:  # a stream that states no features: `datasets` decodes what it finds, unnamed
+        return ds.map(_naming(transform, sources, None), batched=True, remove_columns=["image", "objects", "prompt"])
+    plain = Features({k: _decoding(v, False) for k, v in features.items()})
+    if isinstance(ds, IterableDataset):
+        read = ds.decode(False)
+    else:
+        # Only the decode flags differ, not the Arrow types: the table is kept as it is (`cast` would write every
+        # image into a new cache file), as `cast_column` keeps it for a top-level image.
+        read = copy.copy(ds)
+        read._info = copy.deepcopy(ds.info)
+        read._info.features = plain
+    decoding = Features({k: _decoding(v, True) for k, v in features.items()})  # a stream's may come encoded
+    decode = functools.partial(decoding.decode_example, token_per_repo_id=getattr(ds, "_token_per_repo_id", None))
+    naming = _naming(transform, sources, decode)
+    if isinstance(ds, IterableDataset):
+        return read.map(naming, batched=True, remove_columns=list(features))
+    return read.with_transform(naming)
+
+
+def _naming(transform, sources: list[str], decode):
+    def where(batch: dict, i: int) -> str:
+        image = batch.get("image", [None] * (i + 1))[i]
+        path = image.get("path") if isinstance(image, dict) else None
+        if ROW in batch:
+            said = f"row {batch[ROW][i]} of {sources[batch[SOURCE][i]]!r}"
+        else:
+            said = "a row of " + " or ".join(map(repr, sources))
+        return said + (f" (image {path})" if path else "")
+
+    def read(batch: dict) -> dict:
+        names = {k: batch.pop(k) for k in (ROW, SOURCE) if k in batch}
+        n = len(next(iter(batch.values()), []))
+        if decode is not None:
+            rows = []
+            for i in range(n):
+                try:
+                    rows.append(decode({k: v[i] for k, v in batch.items()}))
+                except Exception as e:
+                    raise ValueError(f"{where({**batch, **names}, i)} cannot be decoded ({type(e).__name__}: {e}): "
+                                     "replace or leave out its file") from e
+            batch = {k: [r[k] for r in rows] for k in batch}
+        try:
+            return transform(batch)
+        except Exception:
+            # Which row: each alone, only once the batch has failed.
+            for i in range(n):
+                try:
+                    transform({k: v[i : i + 1] for k, v in batch.items()})
+                except Exception as e:
+                    raise ValueError(f"{where({**batch, **names}, i)}: {type(e).__name__}: {e}") from e
+            raise
+
+    return read
 
 
 def freeatm_card_block(source: str | None) -> dict:

@@ -68,7 +68,14 @@ class DataArguments:
         return pretraining_dataset(self.dataset, self.real_dataset, self.data_mode, self.mix_ratio,
                                    streaming=self.streaming, seed=seed, real_image_column=self.real_image_column,
                                    real_text_column=self.real_text_column, require_text=require_text,
-                                   source_rows=self._source_rows)
+                                   source_rows=self._source_rows, for_read_through=True)
+
+    def read_through(self, ds, transform):
+        """`ds` (what `load` returned) read through a method's `transform`, a row it cannot read named by its
+        dataset and index there (see `data.reading.read_through`)."""
+        from ..data.reading import read_through, sources_read
+
+        return read_through(ds, transform, sources_read(self.dataset, self.real_dataset, self.data_mode))
 
 
 def check_views(image_size: int, crop_scale_min: float):

@@ -232,10 +232,7 @@ def train(args: BlipArguments, training_args):
     ds = args.load(seed=training_args.seed, require_text=True)
     set_seed(training_args.seed)
     model, tok = build_blip(args)
-    if args.streaming:  # an IterableDataset has no on-access transform; map it lazily instead
-        ds = ds.map(make_transform(args, tok), batched=True, remove_columns=list(ds.features or []) or None)
-    else:
-        ds = ds.with_transform(make_transform(args, tok))
+    ds = args.read_through(ds, make_transform(args, tok))
     training_args.remove_unused_columns = False
     callbacks = []
     if model.config.momentum_distill:

@@ -237,9 +237,7 @@ def train(method: str, args: ContrastiveArguments, training_args):
     transform = make_transform(args)
     if args.streaming:
         read_stream_per_process(training_args)
-        ds = ds.map(transform, batched=True, remove_columns=list(ds.features or ["image", "objects", "prompt"]))
-    else:
-        ds = ds.with_transform(transform)
+    ds = args.read_through(ds, transform)
     if training_args.world_size > 1 and training_args.device.type == "cuda":
         # Global batch norm (SimCLR's, and MoCo's answer to BN leakage); it also normalises a process whose
         # batch holds a single instance. torch's SyncBatchNorm runs on GPUs only.

@@ -134,7 +134,7 @@ def train(args: MAEArguments, training_args):
     ds = args.load(seed=training_args.seed)
     set_seed(training_args.seed)
     model = build_model(args)
-    ds = ds.with_transform(make_transform(args, model.config))
+    ds = args.read_through(ds, make_transform(args, model.config))
     training_args.remove_unused_columns = False
     callbacks = [BetaScheduleCallback(args.beta_max if args.guided else 0.0)]
     trainer = MAETrainer(model=model, args=training_args, train_dataset=ds, data_collator=collate,

@@ -335,3 +335,81 @@ def test_a_revision_of_a_local_folder_is_refused_and_none_is_none(tmp_path):
         pinned_revision(str(tmp_path), "v2")
     assert pinned_revision(str(tmp_path)) is None
     assert pinned_revision("me/not-here", "v3") == "v3"  # offline (the tests' HF_HUB_OFFLINE): kept as given
+
+
+def _png(array) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+
+    out = io.BytesIO()
+    PILImage.fromarray(array).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_undecodable_image_or_map_is_named_by_its_row_and_dataset(tmp_path, streaming):
+    """`datasets` decoded a corrupt or truncated file deep in PIL, inside a DataLoader worker: the error named
+    neither the row nor the dataset. Each is named now, the original error chained."""
+    from datasets import Dataset, Features, Image, Value
+    from PIL import UnidentifiedImageError
+
+    from freeatm_hf.data.reading import pretraining_dataset, read_through, sources_read
+    from freeatm_hf.generate.schema import dataset_features
+
+    good, mask = _png(np.full((16, 16, 3), 90, np.uint8)), _png(np.full((8, 8), 255, np.uint8))
+    synthetic, real = tmp_path / "synthetic", tmp_path / "real"
+    rows = [{"image": {"bytes": good, "path": None}, "prompt": "a dog", "label": -1, "truncated_objects": [],
+             "seed": i, "objects": [{"name": "dog", "token_indices": [1], "bbox": [0, 0, 8, 8], "area": 0.25,
+                                     "attention_peak": 0.5,
+                                     "attention": {"bytes": mask[: len(mask) // 2] if i == 2 else mask, "path": None}}]}
+            for i in range(4)]
+    (synthetic / "data").mkdir(parents=True)
+    Dataset.from_list(rows, features=dataset_features()).to_parquet(str(synthetic / "data" / "train.parquet"))
+    (real / "data").mkdir(parents=True)
+    photos = [{"img": {"bytes": b"no image" if i == 1 else good, "path": None}, "caption": "a cat"} for i in range(4)]
+    Dataset.from_list(photos, features=Features({"img": Image(), "caption": Value("string")})).to_parquet(
+        str(real / "data" / "train.parquet"))
+
+    def sizes(batch):
+        return {"size": [im.size for im in batch["image"]], "maps": [len(o) for o in batch["objects"]]}
+
+    def read_all(mode, **kw):
+        ds = pretraining_dataset(str(synthetic), str(real), mode=mode, real_image_column="img", streaming=streaming,
+                                 for_read_through=True, **kw)
+        ds = read_through(ds, sizes, sources_read(str(synthetic), str(real), mode))
+        return list(ds) if streaming else [ds[i] for i in range(len(ds))]
+
+    row = "a row" if streaming else "row 1"
+    with pytest.raises(ValueError, match=rf"{row} of '{real}' cannot be decoded \(UnidentifiedImageError") as e:
+        read_all("real")
+    assert isinstance(e.value.__cause__, UnidentifiedImageError)
+    row = "a row" if streaming else "row 2"
+    with pytest.raises(ValueError, match=rf"{row} of '{synthetic}' cannot be decoded \(") as e:  # its map
+        read_all("synthetic")
+    assert isinstance(e.value.__cause__, OSError)
+    # In a mix the row is named by its place in its own dataset, not in the mix.
+    with pytest.raises(ValueError, match=rf"row 1 of '{real}'" if not streaming else "a row of .* cannot be decoded"):
+        read_all("mix", mix_ratio=0.9)
+    # The rows that decode are read as before: each image, with its maps, decoded.
+    (real / "data" / "train.parquet").unlink()
+    Dataset.from_list([{"img": {"bytes": good, "path": None}, "caption": "a cat"}] * 2).cast_column(
+        "img", Image()).to_parquet(str(real / "data" / "train.parquet"))
+    assert read_all("real") == [{"size": (16, 16), "maps": 0}] * 2
+
+
+def test_a_row_a_transform_refuses_is_named_by_its_row_and_dataset(shapes_data):
+    from freeatm_hf.data.reading import pretraining_dataset, read_through
+
+    prompts = pretraining_dataset(shapes_data)["prompt"]
+    refused = prompts[1]
+
+    def picky(batch):
+        if refused in batch["prompt"]:
+            raise KeyError("no")
+        return {"n": [len(p) for p in batch["prompt"]]}
+
+    ds = read_through(pretraining_dataset(shapes_data, for_read_through=True), picky, [shapes_data])
+    with pytest.raises(ValueError, match=rf"row {prompts.index(refused)} of '{shapes_data}': KeyError") as e:
+        ds[[0, 1, 2]]
+    assert isinstance(e.value.__cause__, KeyError)

@@ -99,3 +99,26 @@ def test_mae_refuses_an_image_size_that_is_not_whole_patches():
     with pytest.raises(ValueError, match="image_size 40 is not a multiple of patch_size 16"):
         MAEConfig(image_size=40, patch_size=16)
     assert MAEConfig(image_size=48, patch_size=16).image_size == 48
+
+
+def test_a_corrupt_real_image_is_named_through_a_data_loader_worker(real_data, shapes_data, tmp_path):
+    """A truncated image failed deep in PIL, in the worker, naming neither the row nor the dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "photos"
+    (folder / "data").mkdir(parents=True)
+    table = pq.read_table(f"{real_data}/data/train.parquet")
+    images = table.column("img").to_pylist()
+    images[5] = {"bytes": images[5]["bytes"][:100], "path": None}
+    column = pa.array(images, table.schema.field("img").type)
+    table = table.set_column(table.schema.get_field_index("img"), "img", column)
+    pq.write_table(table, str(folder / "data" / "train.parquet"))
+    from freeatm_hf.train.mae import MAEArguments, train
+
+    args = MAEArguments(dataset=shapes_data, real_dataset=str(folder), data_mode="mix", mix_ratio=0.9,
+                        real_image_column="img", model_size="tiny", image_size=32, patch_size=8)
+    targs = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=4,
+                              save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=1)
+    with pytest.raises(ValueError, match=rf"row 5 of '{folder}' cannot be decoded \(OSError"):
+        train(args, targs)
