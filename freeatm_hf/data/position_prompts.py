@@ -7,6 +7,7 @@ Prompts must describe the *augmented* image, so boxes go through the same crop/f
 loader computed them before augmentation, which teaches wrong positions.
 """
 
+import math
 import random
 
 import torch
@@ -74,6 +75,16 @@ def check_tokenizer_writes_blocks(tokenizer, grid: int):
         seen[ids] = block
 
 
+def check_box(name: str, box):
+    """Refuse a box that is not `(x0, y0, x1, y1)`: stacked four to a row, two 2-number boxes became one box of
+    the first object; an inverted one (say `(x, y, width, height)`) was clamped to nothing, its prompt lost."""
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise ValueError(f"the box of {name!r}, {list(box)}, is not 4 finite numbers (x0, y0, x1, y1 in image pixels)")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"the box of {name!r}, {list(box)}, does not have x0 ≤ x1 and y0 ≤ y1: a box is (x0, y0, x1, "
+                         "y1) in image pixels, not (x, y, width, height)")
+
+
 class PositionPromptTransform:
     """`(image, caption, names, boxes) → (image tensor (3, S, S) uint8, caption with position prompts)`.
 
@@ -95,6 +106,8 @@ class PositionPromptTransform:
             image = v2.functional.pil_to_tensor(rgb(image))
         h, w = image.shape[-2:]
         have = [i for i, b in enumerate(boxes) if b is not None]
+        for i in have:
+            check_box(names[i], boxes[i])
         bb = tv_tensors.BoundingBoxes(torch.tensor([boxes[i] for i in have], dtype=torch.float32).view(-1, 4),
                                       format="XYXY", canvas_size=(h, w))
         img, bb = self.geometry(tv_tensors.Image(image), bb)

@@ -162,3 +162,19 @@ def test_a_grid_without_blocks_is_refused(grid):
 
     with pytest.raises(ValueError, match="--grid is the number of blocks per side"):
         BlipArguments(dataset="unused", grid=grid)
+
+
+@pytest.mark.parametrize("boxes, says", [
+    ([[0, 0], [60, 60]], r"box of 'cat', \[0, 0\], is not 4 finite numbers"),  # two halves were one box, the cat's
+    ([[10, 0, 50, 40], []], r"box of 'dog', \[\], is not 4 finite numbers"),
+    ([[40, 10, 20, 30], None], r"box of 'cat', \[40, 10, 20, 30\], does not have x0 ≤ x1 and y0 ≤ y1"),  # x, y, w, h
+    ([[float("nan"), 0, 10, 10], None], r"box of 'cat', \[nan, 0, 10, 10\], is not 4 finite"),
+])
+def test_a_box_that_is_not_x0_y0_x1_y1_is_refused_by_object(boxes, says):
+    """Boxes were stacked and reshaped to rows of 4: two 2-number boxes became one box of the first object, and an
+    inverted one was clamped to nothing and lost its prompt, both without a word."""
+    from PIL import Image
+
+    t = PositionPromptTransform(size=32, shuffle=False)
+    with pytest.raises(ValueError, match=says):
+        t(Image.new("RGB", (64, 64)), "a cat", ["cat", "dog"], boxes)
