@@ -125,11 +125,12 @@ class FreeATMGenerator:
     @property
     def default_size(self) -> tuple[int, int]:
         if self.kind == "unet":
-            cfg = self.pipe.unet.config
-            size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+            # As the SD pipeline reads it: an int, or (height, width) for a UNet trained on non-square latents.
+            size = self.pipe.unet.config.sample_size
+            h, w = (size, size) if isinstance(size, int) else size[:2]
         else:
-            size = self.pipe.default_sample_size
-        return size * self.pipe.vae_scale_factor, size * self.pipe.vae_scale_factor
+            h = w = self.pipe.default_sample_size
+        return h * self.pipe.vae_scale_factor, w * self.pipe.vae_scale_factor
 
     def object_tokens(self, prompt: Prompt, max_sequence_length: int) -> list[ObjectTokens]:
         """Token columns of each object in the text sequence the denoiser attends to.

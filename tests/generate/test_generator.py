@@ -284,3 +284,20 @@ def test_pipeline_options_that_break_one_image_per_seed_are_refused_before_gener
     assert calls == []
     out = gen(PROMPTS[1], seeds=[0], num_inference_steps=1, num_images_per_prompt=1, return_dict=True)
     assert len(out.images) == 1
+
+
+def test_without_a_size_the_image_is_the_pipelines_default_also_for_a_non_square_unet():
+    """A UNet whose config gives `sample_size` as (height, width): the pipeline's own default is that size, not a
+    square of its height."""
+    from diffusers import StableDiffusionPipeline
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    parts = tiny_pipeline().components
+    parts["unet"].register_to_config(sample_size=[32, 16])
+    pipe = StableDiffusionPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(PROMPTS[0].text, num_inference_steps=1, output_type="np").images[0]
+    out = FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], num_inference_steps=1, output_type="np")
+    assert plain.shape == out.images[0].shape == (64, 32, 3)
+    assert out.objects[0][0].soft_map.shape == (32, 16)
