@@ -139,6 +139,8 @@ class FreeATMGenerator:
         CLIP to its tokenizer's length, 77, and appends T5) — the object's map averages both; an object cut from
         one encoder keeps the other. Flux: T5 positions only (CLIP is pooled).
         """
+        names = {"unet": ("tokenizer", "tokenizer_2"), "flux": ("tokenizer_2",), "sd3": ("tokenizer", "tokenizer_3")}
+        self._check_prompt_encoded_as_written(prompt.text, [getattr(self.pipe, n, None) for n in names[self.kind]])
         if self.kind == "unet":
             return object_token_indices(self.pipe.tokenizer, prompt)
         if self.kind == "flux":
@@ -153,6 +155,18 @@ class FreeATMGenerator:
             idx = (() if c.truncated else c.token_indices) + (() if t.truncated else tuple(offset + i for i in t.token_indices))
             merged.append(ObjectTokens(c.name, idx, truncated=not idx))
         return merged
+
+    def _check_prompt_encoded_as_written(self, text: str, tokenizers):
+        """The token columns are found in `text`; a pipeline with textual inversion encodes it after expanding each
+        multi-vector token ("<toy>" → "<toy> <toy>_1 <toy>_2"), which moves every later word to another column."""
+        convert = getattr(self.pipe, "maybe_convert_prompt", None)
+        if convert is None:
+            return
+        for tokenizer in tokenizers:
+            if tokenizer is not None and convert(text, tokenizer) != text:
+                raise ValueError(f"{text!r} holds a multi-vector textual inversion token, which the pipeline expands "
+                                 "before encoding: the nouns' token columns would be other tokens'. This is not "
+                                 "supported with capture (single-vector tokens are)")
 
     def _denoiser_calls(self, denoising_end) -> int:
         """The denoiser calls the step window divides, known once the pipeline has set the scheduler's timesteps.

@@ -301,3 +301,28 @@ def test_without_a_size_the_image_is_the_pipelines_default_also_for_a_non_square
     out = FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], num_inference_steps=1, output_type="np")
     assert plain.shape == out.images[0].shape == (64, 32, 3)
     assert out.objects[0][0].soft_map.shape == (32, 16)
+
+
+def test_a_prompt_that_a_multi_vector_textual_inversion_rewrites_is_refused_not_mapped_to_shifted_columns():
+    """The pipeline expands a multi-vector textual-inversion token ("<toy>" → "<toy> <toy>_1 <toy>_2") before
+    encoding: every noun after it sits further along than in the prompt as written, so its columns would be
+    another token's."""
+    from freeatm_hf.attention import object_token_indices
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.tokenizer.add_tokens(["<toy>", "<toy>_1", "<toy>_2"])
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    prompt = Prompt.from_nouns("a <toy> next to a dog", ["dog"])
+    seen = pipe.tokenizer.convert_ids_to_tokens(
+        pipe.tokenizer(pipe.maybe_convert_prompt(prompt.text, pipe.tokenizer)).input_ids)
+    (dog,) = object_token_indices(pipe.tokenizer, prompt)
+    assert seen.index("dog</w>") == dog.token_indices[0] + 2  # further along than in the prompt as written
+    gen = FreeATMGenerator(pipe)
+    with pytest.raises(ValueError, match="multi-vector textual inversion"):
+        gen([prompt], seeds=[0], num_inference_steps=1)
+    # A single-vector token is left as written: its prompt is captured as usual.
+    pipe.tokenizer.add_tokens(["<cat>"])
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    out = gen([Prompt.from_nouns("a <cat> next to a dog", ["dog"])], seeds=[0], num_inference_steps=1)
+    assert [o.name for o in out.objects[0]] == ["dog"]
