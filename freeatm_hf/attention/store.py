@@ -90,6 +90,12 @@ class AttentionStore:
         if self.num_steps <= 0:
             self.active = True
             return
+        if self.step >= self.num_steps:
+            # An extra pass per step (self-attention guidance, a custom loop): its batch can pass for the conditional
+            # half, and the window's fractions no longer match the run.
+            raise RuntimeError(f"the pipeline called the denoiser more often than the scheduler has timesteps "
+                               f"({self.num_steps}): its extra passes would be recorded as the prompt's attention; "
+                               "pipelines that run the denoiser more than once per timestep are not supported")
         start, end = self.config.step_window
         self.active = start <= self.step / self.num_steps < end
 

@@ -634,3 +634,24 @@ def test_wrappers_of_one_processor_class_share_one_class_that_shows_the_processo
     a, b = wrap_processor(Wrapper, AttnProcessor2_0(), 1), wrap_processor(Wrapper, AttnProcessor2_0(), 2)
     assert type(a) is type(b) and isinstance(a, Wrapper) and (a.tag, b.tag) == (1, 2)
     assert inspect.signature(a.__call__) == inspect.signature(AttnProcessor2_0().__call__)
+
+
+def test_a_pipeline_that_calls_the_unet_more_often_than_it_has_timesteps_is_stopped_not_recorded():
+    """Self-attention guidance runs the UNet a second time per step on the unconditional prompt alone: a batch the
+    size of the images, which would pass for the conditional half, and a step count run past the window's end."""
+    from diffusers import StableDiffusionSAGPipeline
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = StableDiffusionSAGPipeline(**tiny_pipeline().components)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        pipe(PROMPTS[0].text, num_inference_steps=2, output_type="np")
+        assert calls == [2, 1, 2, 1]  # [unconditional, conditional], then the unconditional prompt alone
+        with pytest.raises(RuntimeError, match="called the denoiser more often than the scheduler has timesteps"):
+            FreeATMGenerator(pipe)(PROMPTS[:1], seeds=[0], num_inference_steps=2)
+    finally:
+        handle.remove()
+    assert not pipe.unet._forward_pre_hooks  # the capture's step hook is gone after the error too
