@@ -34,9 +34,21 @@ def normalize(soft_map) -> np.ndarray | None:
     return (m - lo) / (hi - lo)
 
 
+def _histogram01(values: np.ndarray, bins: int) -> np.ndarray:
+    """`np.histogram(values, bins, range=(0, 1))`'s counts. For values in [0, 1] and a power-of-two `bins`,
+    floor(v·bins) is exact in floating point and is the bin np.histogram assigns (1.0 in the last), at a third of its
+    cost: a training row's Otsu thresholds histogram a megapixel of resized maps."""
+    if bins & (bins - 1) or not values.size or not (values.min() >= 0 and values.max() <= 1):  # NaN: np's way
+        return np.histogram(values, bins=bins, range=(0.0, 1.0))[0]
+    return np.bincount(np.minimum((values * bins).astype(np.intp), bins - 1), minlength=bins)
+
+
 def otsu_threshold(values, bins: int = 256) -> float:
     """Otsu's threshold of values in [0, 1]: maximizes the between-class variance of the histogram."""
-    hist, edges = np.histogram(_np(values).ravel(), bins=bins, range=(0.0, 1.0))
+    # float32 as it comes (float64 would copy it): its bins are those of the same values in float64.
+    v = values if isinstance(values, np.ndarray) and values.dtype in (np.float32, np.float64) else _np(values)
+    hist = _histogram01(v.ravel(), bins)
+    edges = np.linspace(0.0, 1.0, bins + 1)
     p = hist / max(hist.sum(), 1)
     centers = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(p)

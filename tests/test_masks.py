@@ -236,6 +236,23 @@ def test_otsu_mask_equals_the_brute_force_cut():
     assert binarize(values, "otsu").sum() == 24
 
 
+def test_otsus_histogram_bins_each_value_as_numpy_does():
+    """The histogram behind Otsu's cut (counted as floor(v·bins), not by np.histogram's edge search) puts every
+    value where np.histogram puts it: on a bin edge, just below one, at 1.0, in float32 and float64; values off
+    [0, 1], NaN, or a bin count that is no power of two take np.histogram itself."""
+    from freeatm_hf.masks import _histogram01
+
+    rng = np.random.default_rng(0)
+    edges = np.arange(257) / 256
+    cases = [edges, np.nextafter(edges, -1).clip(0), np.nextafter(edges.astype(np.float32), np.float32(2)).clip(0, 1),
+             rng.random(20_000), rng.random(20_000).astype(np.float32), (rng.integers(0, 256, 999) / 255),
+             np.array([1.0, 1.0, 0.0]), np.array([-0.5, 0.2, 1.5]), np.array([0.2, np.nan])]
+    for values in cases:
+        for bins in (256, 64, 100):
+            expected = np.histogram(values, bins=bins, range=(0.0, 1.0))[0]
+            np.testing.assert_array_equal(_histogram01(values, bins), expected, err_msg=f"{bins} bins, {values[:3]}")
+
+
 def test_thresholds_outside_0_to_1_are_refused():
     for bad in (1.0, -0.1, "half", None):
         with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\) or 'otsu'"):
