@@ -40,7 +40,7 @@ def num_patches(config) -> int:
 
 def guided_noise(scores: torch.Tensor | None, beta: float, mask_ratio: float, batch: int, n: int,
                  generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """ViTMAE's `noise` (small = kept, large = masked) so that exactly `round(β·mask_ratio·n)` masked patches
+    """ViTMAE's `noise` (small = kept, large = masked) so that exactly `round(β·m)` of the `m` masked patches
     are the highest-scoring ones and the other masked patches are uniformly random among the rest.
 
     `scores` is `(batch, n)`; a row of NaN (an image without masks) gets plain random masking.
@@ -49,7 +49,9 @@ def guided_noise(scores: torch.Tensor | None, beta: float, mask_ratio: float, ba
     noise = torch.rand(batch, n, generator=generator, device=device)
     if scores is None or beta <= 0:
         return noise
-    hard = round(beta * mask_ratio * n)
+    # The count ViTMAE masks, n − int(n·(1 − ratio)), not ratio·n: they differ where ratio·n is no whole number,
+    # and β = 1 must then still choose every masked patch.
+    hard = round(beta * (n - int(n * (1 - mask_ratio))))
     if hard == 0:
         return noise
     has = ~torch.isnan(scores).any(1)

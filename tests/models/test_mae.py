@@ -218,6 +218,27 @@ def test_the_masked_share_and_its_guided_part_follow_the_configs_mask_ratio():
     assert out.mask.gather(1, scores.topk(hard, 1).indices).all()
 
 
+@pytest.mark.parametrize("n, ratio, beta", [(49, 0.5, 1.0), (49, 0.75, 0.8), (196, 0.9, 0.8), (64, 0.8, 1.0)])
+def test_the_guided_share_is_beta_of_the_patches_vitmae_actually_masks(n, ratio, beta):
+    """ViTMAE masks n − int(n·(1 − ratio)) patches, not ratio·n, when ratio·n is no whole number (25 of 49 at 0.5):
+    β of *that* set is chosen by score, so β = 1 leaves no masked patch to chance."""
+    from transformers import ViTMAEConfig
+    from transformers.models.vit_mae.modeling_vit_mae import ViTMAEEmbeddings
+
+    side = int(math.isqrt(n))
+    emb = ViTMAEEmbeddings(ViTMAEConfig(hidden_size=8, image_size=side, patch_size=1, mask_ratio=ratio))
+    torch.manual_seed(0)
+    b, scores = 64, torch.rand(64, n)
+    m = emb.random_masking(torch.zeros(b, n, 1), noise=guided_noise(scores, beta, ratio, b, n))[1].bool()
+    masked_count = n - int(n * (1 - ratio))
+    assert (m.sum(1) == masked_count).all()
+    hard = round(beta * masked_count)
+    assert m.gather(1, scores.topk(hard, dim=1).indices).all()  # the top β share of the masked set, every one
+    # and no more by score: the patch ranked next is masked only at the random rate of the rest
+    rest_rate = (masked_count - hard) / (n - hard)
+    assert m.gather(1, scores.topk(hard + 1, dim=1).indices[:, -1:]).float().mean().item() <= max(rest_rate + 0.2, 0.25)
+
+
 def test_the_loss_is_maes_normalized_pixel_loss_on_the_masked_patches():
     """MAE's default target: each patch's pixels normalized by their own mean and variance; the loss is the mean
     squared error over the masked patches only (written out from MAE's definition)."""
