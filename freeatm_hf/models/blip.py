@@ -113,6 +113,7 @@ class BlipATMModel(MomentumWatch, BlipPreTrainedModel):
 
     config_class = BlipATMConfig
     main_input_name = "pixel_values"
+    accepts_loss_kwargs = False  # a mean already (see SimCLRModel)
     # With momentum distillation: each online module's momentum copy, and the state the queues keep.
     MOMENTUM_MODULES = {"vision_model": "vision_model_m", "vision_proj": "vision_proj_m",
                         "text_encoder": "text_encoder_m", "text_proj": "text_proj_m"}

@@ -92,6 +92,7 @@ class MAEModel(ViTMAEForPreTraining):
     add that callback (`freeatm train mae` does), or β stays 0 and the masking random."""
 
     config_class = MAEConfig
+    accepts_loss_kwargs = False  # a mean already (see SimCLRModel)
 
     def __init__(self, config: MAEConfig):
         super().__init__(config)

@@ -53,6 +53,7 @@ class MoCoModel(MomentumWatch, PreTrainedModel):
     config_class = MoCoConfig
     base_model_prefix = "backbone"
     main_input_name = "pixel_values_1"
+    accepts_loss_kwargs = False  # a mean already (see SimCLRModel)
 
     def __init__(self, config: MoCoConfig):
         super().__init__(config)

@@ -49,6 +49,10 @@ class SimCLRModel(PreTrainedModel):
     config_class = SimCLRConfig
     base_model_prefix = "backbone"
     main_input_name = "pixel_values_1"
+    # The loss is a mean already. Taking `**kwargs`, the model would pass for one that takes Trainer's
+    # `num_items_in_batch`: a batch with `labels` (what `default_data_collator` makes of a dataset's `label`)
+    # would have Trainer leave the loss undivided by the gradient accumulation steps.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: SimCLRConfig):
         super().__init__(config)

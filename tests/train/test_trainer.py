@@ -149,3 +149,25 @@ def test_every_method_trains_under_bf16_autocast(method, tmp_path, shapes_data):
     assert len(logged) == 2 and all(torch.isfinite(torch.tensor(logged)))
     floats = [t for t in [*trainer.model.parameters(), *trainer.model.buffers()] if t.is_floating_point()]
     assert floats and all(t.dtype == torch.float32 for t in floats)
+
+
+def test_a_plain_trainer_divides_the_models_averaged_loss_over_accumulation_even_with_labels_in_the_batch(tmp_path):
+    """The models' losses are means already. A `labels` key in a batch (what `default_data_collator` makes of a
+    freeatm dataset's `label` column) has Trainer count items and, for a model that takes loss kwargs (these
+    forwards take `**kwargs`), leave the loss undivided by the accumulation steps: gradients 4× too large."""
+    from transformers import Trainer
+
+    from freeatm_hf.models import METHODS, SimCLRConfig, SimCLRModel
+
+    model = SimCLRModel(SimCLRConfig(backbone="resnet18", pooling="image", proj_hidden_dim=16, proj_dim=8))
+    args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=4, report_to="none", use_cpu=True)
+    trainer = Trainer(model=model, args=args)
+    trainer.current_gradient_accumulation_steps = 4  # what its training loop sets
+    torch.manual_seed(0)
+    batch = {"pixel_values_1": torch.randn(4, 3, 32, 32), "pixel_values_2": torch.randn(4, 3, 32, 32),
+             "labels": torch.tensor([0, 1, 2, 3])}
+    model.train()
+    expected = model(**batch).loss.detach() / 4
+    got = trainer.training_step(model, batch, num_items_in_batch=torch.tensor(4))
+    assert torch.allclose(got, expected)
+    assert [cls.accepts_loss_kwargs for _, cls in METHODS.values()] == [False] * 4  # Trainer reads it first
