@@ -75,6 +75,7 @@ class DatasetWriter:
         self.settings = json.loads(json.dumps(settings))  # normalized: tuples → lists
         self._check_settings(is_main_process)
         self._check_features()
+        self._check_layout()
 
     # -- layout ---------------------------------------------------------------------------------------------
     def shard_path(self, index: int) -> Path:
@@ -164,6 +165,27 @@ class DatasetWriter:
             raise SettingsMismatchError(
                 f"{shard} has another schema than this version of freeatm writes ({detail or 'types differ'}): "
                 "generate into a new directory (the finished shards stay readable as they are).")
+
+    def _check_layout(self):
+        """The shards in data/ must be the ones this writer would write. A folder from before its shard size was
+        recorded (the perfect scenes'), resumed with another, has shards of other names, which new ones would
+        join (`load_dataset` reads every `data/train-*`: rows twice), or of the same names and other ranges,
+        which would be skipped (rows lost). A shard's row count is in its footer: the first and last written are
+        read, as another shard size changes the count of every shard but the last."""
+        import pyarrow.parquet as pq
+
+        ours = {self.shard_path(i).name: sh for i, sh in enumerate(self.shards)}
+        found = sorted(p.name for p in (self.root / "data").glob("*.parquet"))
+        stray = [name for name in found if name not in ours]
+        if not stray:
+            ends = {name: ours[name] for name in found[:1] + found[-1:]}
+            stray = [name for name, sh in ends.items()
+                     if pq.ParquetFile(self.shard_path(sh.index)).metadata.num_rows != sh.stop - sh.start]
+        if stray:
+            raise SettingsMismatchError(
+                f"{self.root}/data/{stray[0]} is no shard of this layout ({self.num_rows} rows in shards of "
+                f"{self.rows_per_shard}): resume with the num_images and rows_per_shard that wrote it, or use "
+                "another output directory.")
 
     def has_shards(self) -> bool:
         """Whether any shard is written (by this run or one before it)."""

@@ -194,3 +194,21 @@ def test_settings_given_as_tuples_resume_as_the_lists_json_records(tmp_path):
     w.write(w.shards[0], rows(2))
     assert json.loads((tmp_path / ".freeatm" / "settings.json").read_text())["step_window"] == [0.0, 1.0]
     DatasetWriter(tmp_path, dataset_features(), settings, num_rows=4, rows_per_shard=2)  # the same run resumes
+
+
+def test_shards_of_another_shard_layout_are_refused_not_written_beside(tmp_path):
+    """A folder from before its shard size was recorded (the perfect scenes') resumed with another one: shards of
+    other names were all pending and joined the old in data/ (rows read twice); shards of the same names but other
+    ranges were skipped (rows lost)."""
+    import json
+
+    settings = tmp_path / ".freeatm" / "settings.json"
+    w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "rows_per_shard": 2}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))
+    settings.write_text(json.dumps({"steps": 25}))  # as recorded before rows_per_shard was
+    for size in (1, 3):  # four shards of other names; two of the same names, rows 0-2 and 3
+        with pytest.raises(SettingsMismatchError, match=rf"train-00000-of-00002\.parquet is no shard of this layout "
+                                                        rf"\(4 rows in shards of {size}\)"):
+            DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "rows_per_shard": size}, num_rows=4,
+                          rows_per_shard=size)
+    DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "rows_per_shard": 2}, num_rows=4, rows_per_shard=2)
