@@ -98,10 +98,14 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     device = torch.device(cfg.device) if cfg.device else state.device
     source = PromptSource(cfg)
     features = dataset_features(source.label_names)
-    writer = DatasetWriter(cfg.output_dir, features, cfg.settings(), cfg.num_images, cfg.rows_per_shard,
-                           is_main_process=state.is_main_process)
     # What made the rows so far, read before any process records this run's pipeline (after the barrier).
-    made_by = _read_generator(writer) if writer.has_shards() else {}
+    made_by = _read_generator(Path(cfg.output_dir))
+    # Rows made from a branch that has moved on since resume with `--revision <their commit>`, as the refusal in
+    # `_check_same_generator` advises: that revision is the one recorded, pinned.
+    pinned = cfg.revision is not None and cfg.revision == made_by.get("pipeline_commit")
+    writer = DatasetWriter(cfg.output_dir, features, cfg.settings(), cfg.num_images, cfg.rows_per_shard,
+                           is_main_process=state.is_main_process, not_compared={"revision"} if pinned else ())
+    made_by = made_by if writer.has_shards() else {}
     if state.is_main_process:
         writer.clean_tmp()
         if cfg.push_to_hub:  # before the generation the push follows
@@ -191,10 +195,10 @@ def _write_shard(writer: DatasetWriter, shard, batches):
     writer.write(shard, [row for batch in batches for row in batch.result()])
 
 
-def _generator_file(writer: DatasetWriter) -> Path:
+def _generator_file(writer: "DatasetWriter | Path") -> Path:
     from .writer import STATE_DIR
 
-    return Path(writer.root) / STATE_DIR / "generator.json"
+    return Path(writer.root if isinstance(writer, DatasetWriter) else writer) / STATE_DIR / "generator.json"
 
 
 def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str | None = None,
@@ -235,7 +239,7 @@ def _check_same_generator(made_by: dict, pipe, commit: str | None, fingerprint: 
                                     f"{type(pipe).__name__}; use another output directory.")
 
 
-def _read_generator(writer: DatasetWriter) -> dict:
+def _read_generator(writer: "DatasetWriter | Path") -> dict:
     import json
 
     path = _generator_file(writer)

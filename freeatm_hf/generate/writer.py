@@ -59,7 +59,7 @@ def deal(pending: list, rank: int, world_size: int) -> list:
 
 class DatasetWriter:
     def __init__(self, out_dir: str | os.PathLike, features, settings: dict, num_rows: int, rows_per_shard: int,
-                 split: str = "train", is_main_process: bool = True):
+                 split: str = "train", is_main_process: bool = True, not_compared=()):
         if num_rows <= 0 or rows_per_shard <= 0:
             raise ValueError(f"num_rows and rows_per_shard must be positive, got {num_rows}, {rows_per_shard}")
         self.root = Path(out_dir)
@@ -73,6 +73,7 @@ class DatasetWriter:
                              f"the {MAX_SHARDS} that shard names number in order: give --rows_per_shard "
                              f"{math.ceil(num_rows / MAX_SHARDS)} or more")
         self.settings = json.loads(json.dumps(settings))  # normalized: tuples → lists
+        self.not_compared = NOT_COMPARED | set(not_compared)  # also those the caller checks otherwise
         self._check_settings(is_main_process)
         self._check_features()
         self._check_layout()
@@ -122,7 +123,7 @@ class DatasetWriter:
             old = {k: canonical_setting(k, v) for k, v in {**added, **json.loads(path.read_text())}.items()}
             unused = {k for k in UNUSED_WHEN_UNSET if k in self.settings and self.settings[k] is None}
             unknown = {k for k in COMPARED_WHEN_RECORDED if k not in old}
-            keys = (set(old) | set(self.settings)) - NOT_COMPARED - unused - unknown
+            keys = (set(old) | set(self.settings)) - self.not_compared - unused - unknown
             diff = sorted(k for k in keys if old.get(k) != self.settings.get(k))
             if diff and not self.has_shards():
                 # Nothing written yet (e.g. the first attempt ran out of memory while loading): nothing to keep

@@ -94,6 +94,32 @@ def test_a_resume_must_use_the_pipeline_commit_that_made_the_rows(tmp_path, monk
     assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
 
 
+def test_the_advised_revision_resumes_a_folder_whose_branch_moved_on(tmp_path, monkeypatch):
+    """The refusal advises `--revision <the commit that made the rows>`: the revision recorded (none: the branch)
+    was compared as written, and refused the advice as another setting."""
+    from freeatm_hf.generate import run
+
+    args = ["generate", "--output_dir", str(tmp_path / "ds"), *BASE]
+    load = run.load_pipeline
+    monkeypatch.setattr(run, "load_pipeline", lambda *a, revision=None, **k: load(*a, **k))  # a built-in has none
+    monkeypatch.setattr(run, "resolved_commit", lambda spec, revision=None: revision or "aaaa1111")
+    restore = _crash_on_second_shard(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli.main(args)
+    restore()
+    monkeypatch.setattr(run, "resolved_commit", lambda spec, revision=None: revision or "bbbb2222")  # moved on
+    with pytest.raises(SettingsMismatchError, match="--revision aaaa1111"):
+        cli.main(args)
+    with pytest.raises(SettingsMismatchError, match="revision: None → 'cccc3333'"):
+        cli.main(args + ["--revision", "cccc3333"])  # any other revision is still another setting
+    cli.main(args + ["--revision", "aaaa1111"])
+    assert len(list((tmp_path / "ds" / "data").iterdir())) == 2
+    from huggingface_hub import DatasetCard
+
+    generation = DatasetCard.load(tmp_path / "ds" / "README.md").data.freeatm["generation"]
+    assert generation["revision"] == generation["pipeline_commit"] == "aaaa1111"
+
+
 def test_a_resume_must_use_the_local_folder_weights_that_made_the_rows(tmp_path, monkeypatch):
     from freeatm_hf.generate import run
     from freeatm_hf.generate.tiny import tiny_pipeline
