@@ -71,7 +71,10 @@ def _warn_unknown_shapes(prompts: list[Prompt], cfg: GenerateConfig):
 
 
 def _read_prompts_file(path: str) -> list[Prompt]:
-    lines = [(n, line) for n, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    # UTF-8 whatever the locale, a BOM (Notepad's) dropped; lines end at a newline only (read_text turns \r\n and \r
+    # into one): `splitlines` also cuts at U+2028 and U+0085, which JSON strings may hold raw.
+    text = Path(path).read_text(encoding="utf-8-sig")
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if not lines:
         raise ValueError(f"{path} holds no prompts")
     if not path.lower().endswith((".jsonl", ".json")):

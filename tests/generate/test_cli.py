@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -580,6 +581,23 @@ def test_a_json_prompts_file_is_read_as_one_object_per_line_and_a_txt_as_plain_p
         (tmp_path / name).write_text(line)
         prompt = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(tmp_path / name)]))[0]
         assert (prompt.text, prompt.nouns) == (text, nouns)
+
+
+def test_a_prompts_file_is_utf_8_with_or_without_a_bom_and_its_lines_end_only_at_line_ends(tmp_path):
+    """A file saved by Windows Notepad (a BOM, CRLF) and a caption holding U+2028 or U+0085 (which `json.dumps`
+    leaves raw): the BOM failed line 1 of a JSONL file and began a .txt file's first prompt; `str.splitlines` cut
+    a line at either character, in the middle of its JSON string."""
+    from freeatm_hf.generate.run import PromptSource
+
+    records = [{"text": "a café with a crêpe", "nouns": ["café", "crêpe"]},
+               {"text": "a dog\u2028with a ball\x85in a park", "nouns": ["dog", "ball"]}]
+    jsonl, txt = tmp_path / "p.jsonl", tmp_path / "p.txt"
+    jsonl.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode("utf-8-sig"))
+    txt.write_bytes("a café with a crêpe\r\n\r\na dog\u2028with a ball\r\n".encode("utf-8-sig"))
+    source = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(jsonl)]))
+    assert [(p.text, p.nouns) for p in source.items] == [(r["text"], r["nouns"]) for r in records]
+    source = PromptSource(parse(["--output_dir", "x", "--pipeline", "tiny", "--prompts_file", str(txt)]))
+    assert [p.text for p in source.items] == ["a café with a crêpe", "a dog\u2028with a ball"]
 
 
 def test_a_pipeline_without_a_recommendation_gets_the_documented_defaults_and_out_of_range_values_are_refused():
