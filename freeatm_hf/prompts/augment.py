@@ -116,6 +116,10 @@ def rewrite_problem(template: Prompt, rewritten: Prompt) -> str | None:
     return None
 
 
+class NoChatTemplateError(ValueError):
+    pass
+
+
 class TransformersAugmenter(PromptAugmenter):
     """A local `transformers` text-generation pipeline (model id or folder), greedy decoding."""
 
@@ -123,6 +127,11 @@ class TransformersAugmenter(PromptAugmenter):
         from transformers import pipeline
 
         self.pipe = pipeline("text-generation", model=model, **pipeline_kwargs)
+        if getattr(self.pipe.tokenizer, "chat_template", None) is None:
+            # The instruction goes as a chat message: refused here, not at the first batch once the diffusion
+            # pipeline has loaded, with transformers' error naming no flag.
+            raise NoChatTemplateError(f"--augmenter {model!r}: its tokenizer has no chat template to put the "
+                                      "instruction in; give an instruction-tuned (chat) model")
         self.max_new_tokens = max_new_tokens
 
     def complete(self, instruction: str) -> str:
@@ -186,6 +195,8 @@ def load_augmenter(spec: str | None) -> PromptAugmenter | None:
         return OpenAIAugmenter(url, model)
     try:
         return TransformersAugmenter(spec)
+    except NoChatTemplateError:
+        raise
     except (OSError, ValueError) as e:  # not a folder, not reachable offline, not a text-generation model
         raise ValueError(f"--augmenter {spec!r}: no text-generation model could be loaded from it ({type(e).__name__}: "
                          f"{e}); give a local model folder, a Hub id this machine can reach, or URL#MODEL") from e

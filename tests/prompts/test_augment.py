@@ -118,6 +118,34 @@ def test_an_augmenter_that_cannot_be_reached_or_loaded_is_named(tmp_path):
 
 
 
+def _tiny_causal_lm(folder, chat_template=None):
+    """A random one-layer GPT-2 with a byte-level BPE learnt from a sentence: a local text-generation model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator(["a dog with a ball is playing in a park"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+    tokenizer.chat_template = chat_template
+    eos = tokenizer.eos_token_id
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=256,
+                               bos_token_id=eos, eos_token_id=eos)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_local_model_without_a_chat_template_is_refused_when_loaded_not_at_its_first_prompt(tmp_path):
+    """The instruction goes as a chat message: a base model's tokenizer has no template to render it, and
+    transformers' error came at the first batch, once the diffusion pipeline had loaded, naming no flag."""
+    with pytest.raises(ValueError, match=r"--augmenter '.*base': its tokenizer has no chat template"):
+        load_augmenter(_tiny_causal_lm(tmp_path / "base"))
+    chat = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    aug = load_augmenter(_tiny_causal_lm(tmp_path / "chat", chat_template=chat))
+    assert isinstance(aug.complete("Rewrite: a dog with a ball"), str)  # the answer alone, not the messages
+
+
 @pytest.mark.parametrize("answer, compound", [
     ("A sea-lion wearing a mask rests in a grassy field.", "sea-lion"),
     ("A lion wearing a mask-like hood rests in a field.", "mask-like"),
