@@ -253,7 +253,7 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
                      source_repo: str | None = None, revision: str | None = None) -> Pushed:
     """Export the checkpoint's image encoder to timm (`export_timm`) with a small card, and push it as its own
     model repo: what `timm.create_model("hf-hub:<repo_id>", pretrained=True)` reads (timm wants config.json
-    at a repo's root, so the export cannot share the freeatm repo)."""
+    at a repo's root, so the export cannot share the freeatm repo). `private` None: private when `source_repo` is."""
     import tempfile
 
     from huggingface_hub import ModelCard, ModelCardData
@@ -264,6 +264,20 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
     from .model_card import DESCRIPTIONS, card_facts, training_metadata
 
     model = AutoModel.from_pretrained(str(folder))
+    flag = "--private"
+    if private is None and source_repo:
+        # The export holds the checkpoint's weights: a new repo would take the namespace's default visibility,
+        # and a private checkpoint's weights would go public.
+        retry = f"freeatm push-model {folder} {source_repo} --timm"
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        with unreachable_said(Path(folder), repo_id, "model", retry):
+            try:
+                source_private = HfApi(token=token).repo_info(source_repo, repo_type="model").private
+            except RepositoryNotFoundError:  # only named, not pushed (yet)
+                source_private = False
+        if source_private:
+            private, flag = True, f"--timm ({source_repo} is private)"
     hub_id = f"{repo_id}@{revision}" if revision else repo_id  # timm reads a branch as "hf-hub:<repo>@<branch>"
     method = model.config.model_type.removeprefix("freeatm_")
     # The same weights as the checkpoint's card describes: its training datasets and whether the masks were used.
@@ -284,4 +298,5 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
         # The export lives in a temporary folder: pushing again starts from the checkpoint.
         retry = f"freeatm push-model {folder} {source_repo} --timm" if source_repo else None
         return push_folder(tmp, repo_id, repo_type="model", private=private, token=token, revision=revision,
-                           commit_message="Upload the timm export of a freeatm_hf checkpoint", retry=retry)
+                           commit_message="Upload the timm export of a freeatm_hf checkpoint", retry=retry,
+                           private_flag=flag)

@@ -55,3 +55,27 @@ def test_an_export_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypa
         export_main([str(tmp_path / "ckpt"), " ", "--to", "timm"])
     assert e.value.code == 2 and "out: give the export's folder or file" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_timm_export_of_a_private_checkpoint_is_not_pushed_to_a_public_repo(tmp_path, in_process_hub):
+    """`push-model DIR REPO --timm` without --private, to a repo made private earlier, created REPO-timm with the
+    namespace's default (public): the private checkpoint's weights, published."""
+    from freeatm_hf.hub.model_card import write_model_card
+
+    from .test_stock_exports import checkpoint
+
+    folder = tmp_path / "ckpt"
+    model = checkpoint("mae", folder)
+    write_model_card(folder, model.config, data={"dataset": "me/scenes"}, training={})
+    push_model_main([str(folder), "me/enc", "--private"])
+    push_model_main([str(folder), "me/enc", "--timm"])
+    assert in_process_hub.repos[("model", "me/enc-timm")]["private"] is True
+    # An export repo that exists and is public is refused, as --private refuses it.
+    push_model_main([str(folder), "me/enc2", "--private"])
+    in_process_hub._create({"type": "model", "organization": "me", "name": "enc2-timm"})
+    with pytest.raises(ValueError, match="me/enc2-timm exists and is public.*without --timm \\(me/enc2 is private"):
+        push_model_main([str(folder), "me/enc2", "--timm"])
+    assert not in_process_hub.repos[("model", "me/enc2-timm")]["files"]
+    # A public checkpoint's export takes the namespace's default, as the checkpoint's own repo did.
+    push_model_main([str(folder), "me/open", "--timm"])
+    assert "visibility" not in in_process_hub.repos[("model", "me/open-timm")]["request"]
