@@ -28,7 +28,7 @@ MODEL_IGNORE = ["checkpoint-*", "checkpoint-*/**"]
 # regenerated dataset with fewer shards does not keep the old ones (the card's `data/train-*` would read both),
 # and a retrained model keeps no weights or stock exports of its predecessor.
 DATASET_SYNCED = ["data/**", "examples/**"]
-MODEL_SYNCED = ["*.safetensors", "*.safetensors.index.json"]  # + each stock export's folder (`synced`)
+MODEL_SYNCED = ["*.safetensors", "*.safetensors.index.json"]  # at the root; + each stock export's folder (`synced`)
 
 
 PUSHED_FILE = ".freeatm/pushed.json"  # where a pushed folder remembers its repo (never uploaded: .freeatm/)
@@ -94,7 +94,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
                                    commit_message=message, ignore_patterns=IGNORE + list(public)
                                    + (MODEL_IGNORE if repo_type == "model" else [])
                                    + [p for rel in stale for p in (rel, f"{rel}/**")],
-                                   delete_patterns=synced(repo_type))
+                                   delete_patterns=synced(repo_type, api, repo_id, revision))
         if public:
             from huggingface_hub import CommitOperationAdd
 
@@ -170,13 +170,23 @@ def _public_repo(repo_id: str, repo_type: str, flag: str) -> str:
             f"repo_type={repo_type!r}, private=True)), or push without {flag}")
 
 
-def synced(repo_type: str) -> list[str] | None:
+def synced(repo_type: str, api=None, repo_id: str | None = None, revision: str | None = None) -> list[str] | None:
+    """The repo files a push of a folder of `repo_type` replaces, as `upload_folder`'s delete patterns; for a model,
+    the weights at the root of `repo_id` (listed, with `api`) and the stock exports' folders."""
     if repo_type == "dataset":
         return DATASET_SYNCED
     if repo_type == "model":
+        import fnmatch
+        import glob
+
         from .export import STOCK_EXPORTS
 
-        return MODEL_SYNCED + sorted({f"{kind}/**" for kinds in STOCK_EXPORTS.values() for kind in kinds})
+        # fnmatch's `*` crosses `/`: `*.safetensors` as a pattern would also delete weights someone added in a
+        # folder of their own (an EMA copy, a conversion). The checkpoint's own are the root's, named one by one.
+        root = [f for f in (api.list_repo_files(repo_id, repo_type="model", revision=revision) if api else [])
+                if "/" not in f and any(fnmatch.fnmatch(f, p) for p in MODEL_SYNCED)]
+        return [glob.escape(f) for f in root] + sorted({f"{kind}/**" for kinds in STOCK_EXPORTS.values()
+                                                         for kind in kinds})
     return None
 
 

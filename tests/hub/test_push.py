@@ -354,6 +354,33 @@ def test_a_checkpoint_resaved_sharded_or_whole_replaces_the_repos_weights(tmp_pa
         assert torch.equal(loaded.backbone.conv1.weight, torch.full_like(loaded.backbone.conv1.weight, run))
 
 
+def test_a_model_pushed_again_keeps_the_weights_others_added_in_folders_of_their_own(tmp_path, in_process_hub):
+    """The push replaces the checkpoint's weights, the files at the repo's root; `*.safetensors` (fnmatch's `*`
+    crosses `/`) also deleted weights added elsewhere in subfolders (an EMA copy, another framework's conversion)."""
+    from huggingface_hub import HfApi
+
+    from freeatm_hf.hub.push import push_folder
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "README.md").write_text("# a model\n")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"first run, shard 1")
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"first run, shard 2")
+    (folder / "model.safetensors.index.json").write_text("{}")
+    (folder / "model[ema].safetensors").write_bytes(b"first run, averaged")  # a name that is no pattern
+    push_folder(folder, "me/simclr", repo_type="model")
+    added = ["ema/model.safetensors", "ema/model.safetensors.index.json", "mlx/weights[1].safetensors"]
+    for rel in added:
+        HfApi().upload_file(path_or_fileobj=b"added on the Hub", path_in_repo=rel, repo_id="me/simclr")
+    for old in folder.glob("model*"):
+        old.unlink()  # retrained, saved whole
+    (folder / "model.safetensors").write_bytes(b"second run")
+    push_folder(folder, "me/simclr", repo_type="model")
+    files = set(HfApi().list_repo_files("me/simclr"))
+    assert {f for f in files if "safetensors" in f} == {"model.safetensors", *added}
+
+
 def closed_port() -> int:
     import socket
 
