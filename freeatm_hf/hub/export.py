@@ -45,6 +45,7 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
 
     kind = model.config.model_type.removeprefix("freeatm_")
     folder = Path(folder)
+    check_export_folder(folder, "timm")
     folder.mkdir(parents=True, exist_ok=True)
     if kind in ("mae", "blip"):  # timm records the ViT's architecture and arguments itself
         backbone = _vit_encoder_as_timm(model)
@@ -84,6 +85,44 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
             os.replace(Path(tmp) / name, folder / name)
     return folder
+
+
+def held_export(folder: str | Path) -> str | None:
+    """What the model folder `folder` holds by its config.json: an export's kind (`timm`, `vit`, `blip-retrieval`,
+    `blip-captioning`), or else a description of the model; None without a config.json."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "an unreadable config.json"
+    if not isinstance(config, dict):
+        return "a config.json that is no model's"
+    model_type = str(config.get("model_type") or "")
+    if model_type.startswith("freeatm_"):
+        return f"a freeatm {model_type.removeprefix('freeatm_')} checkpoint"
+    if not model_type and "architecture" in config and "pretrained_cfg" in config:
+        return "timm"
+    if model_type == "vit":
+        return "vit"
+    architectures = config.get("architectures") or []
+    if model_type == "blip" and "BlipForImageTextRetrieval" in architectures:
+        return "blip-retrieval"
+    if model_type == "blip" and "BlipForConditionalGeneration" in architectures:
+        return "blip-captioning"
+    return f"a {model_type or 'non-transformers'} model"
+
+
+def check_export_folder(folder: str | Path, to: str):
+    """Refuse an export into a folder that holds a model other than an earlier export of the same kind: its
+    config.json and weights would be overwritten (a checkpoint lost), or mixed with the export's files."""
+    held = held_export(folder)
+    if held is None or held == to:
+        return
+    what = f"a {held} export" if held in ("timm", "vit", "blip-retrieval", "blip-captioning") else held
+    raise ValueError(f"{folder} holds {what}, which a {to} export would overwrite: give a new folder (or one "
+                     f"holding an earlier {to} export)")
 
 
 def _vit_encoder_as_timm(model):
@@ -214,6 +253,8 @@ def export_checkpoint(folder: str | Path, out: str | Path, to: str, model=None) 
         raise ValueError(f"{out} is a folder; a torchvision export is one state-dict file (e.g. {Path(out) / 'resnet50.pth'})")
     if to != "torchvision" and Path(out).is_file():
         raise ValueError(f"{out} is a file; a {to} export is a folder: give a folder's path")
+    if to != "torchvision":
+        check_export_folder(out, to)
     model = model if model is not None else load_checkpoint(folder)
     method = model.config.model_type.removeprefix("freeatm_")
     if to != "timm" and to not in STOCK_EXPORTS[method]:

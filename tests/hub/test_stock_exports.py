@@ -169,3 +169,27 @@ def test_an_exports_own_preprocessing_is_what_freeatm_evaluates_with(method, kin
         expected = retrieval_transform(side)(image)
     assert got.shape == expected.shape == (3, side, side)
     assert (got - expected).abs().max().item() < 1.01 / 255 / 0.224
+
+
+def test_an_export_into_a_folder_holding_another_model_is_refused_and_the_folder_kept(tmp_path):
+    """`freeatm export ckpt OTHER_CKPT --to timm` replaced the other checkpoint's config.json and weights with the
+    export's: a training run lost. A folder holding an export of another kind would end up a mix of both."""
+    from freeatm_hf.hub.export import export_timm
+
+    mae = checkpoint("mae", tmp_path / "mae")
+    simclr = checkpoint("simclr", tmp_path / "simclr")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "mae").iterdir()}
+    with pytest.raises(ValueError, match="mae holds a freeatm mae checkpoint, which a timm export would overwrite"):
+        export_main([str(tmp_path / "simclr"), str(tmp_path / "mae"), "--to", "timm"])
+    with pytest.raises(ValueError, match="holds a freeatm mae checkpoint, which a timm export would overwrite"):
+        export_timm(simclr, tmp_path / "mae")  # the library call alike
+    with pytest.raises(ValueError, match="holds a freeatm simclr checkpoint, which a vit export would overwrite"):
+        export_main([str(tmp_path / "mae"), str(tmp_path / "simclr"), "--to", "vit"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "mae").iterdir()} == before
+    export_main([str(tmp_path / "mae"), str(tmp_path / "out"), "--to", "vit"])
+    with pytest.raises(ValueError, match="out holds a vit export, which a timm export would overwrite"):
+        export_main([str(tmp_path / "simclr"), str(tmp_path / "out"), "--to", "timm"])
+    # An earlier export of the same kind is replaced, as `push-model --exports` rewrites its own.
+    export_main([str(tmp_path / "mae"), str(tmp_path / "out"), "--to", "vit"])
+    export_timm(mae, tmp_path / "timm")
+    export_timm(mae, tmp_path / "timm")
