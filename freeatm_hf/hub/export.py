@@ -57,7 +57,10 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         # before pooling, so the training backbone has no pool).
         backbone, image_size = copy.deepcopy(model.backbone), image_size or _loaded_image_size(model) or 224
         backbone.reset_classifier(0, global_pool="avg")
-        cnn = {"architecture": model.config.backbone, "num_features": backbone.num_features, "global_pool": "avg"}
+        # timm's own name for the architecture: a backbone named `hf-hub:…` or `local-dir:…` is built from a config
+        # whose architecture this is, and timm cannot build an export that names the repo or folder instead.
+        arch = backbone.pretrained_cfg.get("architecture") or model.config.backbone
+        cnn = {"architecture": arch, "num_features": backbone.num_features, "global_pool": "avg"}
     cfg = {"num_classes": 0, **cnn,
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
                               "std": list(IMAGENET_STD), "interpolation": training_interpolation(kind), "crop_pct": EVAL_CROP_PCT,

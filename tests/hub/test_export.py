@@ -217,3 +217,25 @@ def test_a_timm_export_of_a_model_loaded_from_its_folder_states_the_size_it_was_
     assert input_size(export_timm(loaded, tmp_path / "timm-96", image_size=96)) == [3, 96, 96]
     fresh = model_cls(config_cls(backbone="resnet18", proj_hidden_dim=16, proj_dim=8))
     assert input_size(export_timm(fresh, tmp_path / "timm-fresh")) == [3, 224, 224]
+
+
+def test_a_backbone_built_from_a_timm_folder_or_repo_exports_as_its_architecture(tmp_path):
+    """A backbone given as `local-dir:…` (or `hf-hub:…`) was exported with that name as its architecture: timm
+    cannot build it ("Unknown model"), and the config named a folder on this machine."""
+    import json
+
+    import timm
+    from timm.models import save_for_hf
+
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    torch.manual_seed(0)
+    save_for_hf(timm.create_model("resnet18", num_classes=0), tmp_path / "bb", safe_serialization=True)
+    model = SimCLRModel(SimCLRConfig(backbone=f"local-dir:{tmp_path / 'bb'}", proj_hidden_dim=16, proj_dim=8)).eval()
+    folder = export_timm(model, tmp_path / "timm")
+    assert json.loads((folder / "config.json").read_text())["architecture"] == "resnet18"
+    assert str(tmp_path / "bb") not in (folder / "config.json").read_text()
+    x = torch.randn(2, 3, 64, 64)
+    got, _ = read_stock("timm", folder, x, tmp_path)
+    with torch.no_grad():
+        assert (got - model.backbone.forward_features(x)).abs().max().item() < 1e-5
