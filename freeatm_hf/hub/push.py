@@ -72,6 +72,8 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     if repo_type == "model" and not any(any(folder.glob(p)) for p in ("*.safetensors", "*.safetensors.index.json")):
         raise FileNotFoundError(f"{folder} holds no weights (*.safetensors): finish training before pushing, or the "
                                 "push would delete the repo's published weights")
+    if repo_type == "model":
+        _check_shards(folder)
     if repo_type == "dataset" and not any((folder / "data").glob("*.parquet")):
         raise FileNotFoundError(f"{folder}/data holds no Parquet shards: finish the run before pushing, or the push "
                                 "would delete the repo's published shards")
@@ -106,6 +108,23 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         url = getattr(commit, "commit_url", str(commit))
         logger.info("pushed %s to %s (%s)", folder, repo_id, url)
         return Pushed(repo_id, url)
+
+
+def _check_shards(folder: Path):
+    """Refuse sharded weights whose index names a shard the folder lacks (a save or copy cut short): the push would
+    replace the repo's weights with ones no `from_pretrained` can load."""
+    import json
+
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index} is no weight index ({type(e).__name__}: {e}): save the checkpoint again "
+                             "before pushing") from None
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}, which {index.name} names: the checkpoint "
+                                    "is incomplete; save it again (or finish training) before pushing")
 
 
 class HubUnreachable(ConnectionError):

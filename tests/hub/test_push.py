@@ -190,6 +190,15 @@ def test_push_refuses_a_folder_of_the_other_kind_or_without_weights_or_shards_be
     # A folder without what the push replaces (weights, shards) would delete the published ones.
     with pytest.raises(FileNotFoundError, match="holds no weights"):
         push_folder(model, "me/simclr", repo_type="model")
+    # Nor sharded weights whose index names a shard the folder lacks (a save or copy cut short).
+    (model / "model-00001-of-00002.safetensors").write_bytes(b"shard 1")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(FileNotFoundError, match="lacks model-00002-of-00002.safetensors, which model.safetensors"):
+        push_folder(model, "me/simclr", repo_type="model")
+    (model / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ValueError, match="is no weight index"):
+        push_folder(model, "me/simclr", repo_type="model")
     (data / "data" / "train-00000-of-00001.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="holds no Parquet shards"):
         push_folder(data, "me/scenes")
@@ -367,7 +376,8 @@ def test_a_model_pushed_again_keeps_the_weights_others_added_in_folders_of_their
     (folder / "README.md").write_text("# a model\n")
     (folder / "model-00001-of-00002.safetensors").write_bytes(b"first run, shard 1")
     (folder / "model-00002-of-00002.safetensors").write_bytes(b"first run, shard 2")
-    (folder / "model.safetensors.index.json").write_text("{}")
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
     (folder / "model[ema].safetensors").write_bytes(b"first run, averaged")  # a name that is no pattern
     push_folder(folder, "me/simclr", repo_type="model")
     added = ["ema/model.safetensors", "ema/model.safetensors.index.json", "mlx/weights[1].safetensors"]
