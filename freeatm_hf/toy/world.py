@@ -95,6 +95,12 @@ class ShapesWorld:
                  seed: int = 0):
         if not 1 <= min_objects <= max_objects <= len(COLORS):
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {len(COLORS)}")
+        # Checked here, by name: a size of 0 rendered empty images without a word, and a negative seed failed only
+        # at the first scene, inside numpy ("expected non-negative integer").
+        if size < 1:
+            raise ValueError(f"size {size}: an image side of at least 1 pixel")
+        if seed < 0:
+            raise ValueError(f"seed {seed}: a world seed is 0 or more")
         self.size, self.min_objects, self.max_objects = size, min_objects, max_objects
         self.max_overlap, self.seed = max_overlap, seed
 
@@ -176,6 +182,8 @@ def _inside(shape: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def render(specs: list[SceneSpec], size: int = 64, supersample: int = 2,
            device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Render a batch at once: every object of every scene is one slice of a `(B, K, S, S)` tensor."""
+    if not specs:  # the backgrounds' per-scene tensors cannot be built from no scene
+        return torch.zeros(0, size, size, 3, dtype=torch.uint8, device=device), []
     b, k_max, s = len(specs), max([len(sp.objects) for sp in specs] + [1]), size * supersample
     params = torch.zeros(b, k_max, 5)  # cx, cy, radius, angle, shape id
     colors = torch.zeros(b, k_max, 3)

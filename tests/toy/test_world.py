@@ -175,3 +175,14 @@ def test_a_square_has_its_corners_on_the_circumcircle_and_captions_take_an_befor
     assert spec.caption == "an orange square on a plain background"
     small = SceneSpec((ObjectSpec("circle", "orange", "small", 0.5, 0.5, 0.1, 0.0),), "plain", spec.bg_colors, 0.0)
     assert small.caption == "a small orange circle on a plain background"
+
+
+def test_an_empty_batch_renders_to_no_image():
+    images, masks = render([], size=16)
+    assert images.shape == (0, 16, 16, 3) and images.dtype == torch.uint8 and masks == []
+
+
+@pytest.mark.parametrize("kwargs, says", [({"size": 0}, "size 0"), ({"seed": -1}, "seed -1")])
+def test_a_world_that_cannot_render_is_refused_by_name(kwargs, says):
+    with pytest.raises(ValueError, match=says):
+        ShapesWorld(**kwargs)
