@@ -41,8 +41,13 @@ def rendered_rows(world: ShapesWorld, n: int, start: int = 0, batch: int = 64):
 
 def shapes_dataset(n: int, start: int = 0, seed: int = 0, size: int = 64, **world_kwargs) -> Dataset:
     """`n` rendered scenes (scene ids `start..start+n-1` of the world with `seed`) with exact visible masks."""
+    if n < 0:
+        raise ValueError(f"n {n}: a number of scenes, 0 or more")
     world = ShapesWorld(size=size, seed=seed, **world_kwargs)
-    return Dataset.from_list(list(rendered_rows(world, n, start)), features=FEATURES)
+    rows = list(rendered_rows(world, n, start))
+    # `from_list` infers its columns from the rows, and with none it has none to match FEATURES against.
+    return Dataset.from_list(rows, features=FEATURES) if rows else Dataset.from_dict({k: [] for k in FEATURES},
+                                                                                      features=FEATURES)
 
 
 PERFECT_SCENES = "none: rendered scenes with exact masks"
@@ -89,6 +94,7 @@ def write_labelled_shapes(folder, num_train: int = 300, num_test: int = 150, siz
 
     from .world import SHAPES
 
+    _check_splits(num_train=num_train, num_test=num_test)
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     for split, n, s in (("train", num_train, seed), ("test", num_test, seed + 1)):
@@ -115,6 +121,14 @@ def _label_maps(masks, specs) -> list:
     return maps
 
 
+def _check_splits(**sizes):
+    """A downstream task needs rows in both splits: an empty one failed deep in `datasets` or the renderer, with a
+    message that named neither split nor argument."""
+    for name, n in sizes.items():
+        if n < 1:
+            raise ValueError(f"{name} {n}: each split needs at least one scene")
+
+
 def write_shapes_segmentation(folder, num_train: int = 200, num_test: int = 100, size: int = 64, seed: int = 0):
     """Rendered scenes with semantic label maps (`annotation`: 0 background, 1–6 the shapes) as a Hub-layout
     folder with train and test splits, in the column layout of scene_parse_150 / ADE20K: the toy world's
@@ -125,6 +139,7 @@ def write_shapes_segmentation(folder, num_train: int = 200, num_test: int = 100,
 
     from .world import SHAPES
 
+    _check_splits(num_train=num_train, num_test=num_test)
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     features = Features({"image": Image(), "annotation": Image()})
@@ -151,6 +166,7 @@ def write_shapes_coco(folder, num_train: int = 200, num_test: int = 100, size: i
 
     from .world import SHAPES
 
+    _check_splits(num_train=num_train, num_test=num_test)
     folder = Path(folder)
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPES)]

@@ -121,3 +121,22 @@ def test_shapes_dataset_renders_at_the_size_asked(tmp_path):
     ds = shapes_dataset(2, seed=3, size=32)
     assert [np.asarray(r["image"]).shape for r in ds] == [(32, 32, 3)] * 2
     assert all(np.asarray(o["mask"]).shape == (32, 32) for r in ds for o in r["objects"])
+
+
+def test_no_scenes_is_an_empty_dataset_with_the_columns_of_a_full_one():
+    from freeatm_hf.toy.dataset import FEATURES, shapes_dataset
+
+    ds = shapes_dataset(0)
+    assert len(ds) == 0 and ds.features == FEATURES
+    with pytest.raises(ValueError, match="n -1"):
+        shapes_dataset(-1)
+
+
+@pytest.mark.parametrize("writer", ["write_labelled_shapes", "write_shapes_segmentation", "write_shapes_coco"])
+@pytest.mark.parametrize("empty", ["num_train", "num_test"])
+def test_a_downstream_split_without_scenes_is_refused_by_name(writer, empty, tmp_path):
+    from freeatm_hf.toy import dataset
+
+    with pytest.raises(ValueError, match=f"{empty} 0: each split"):
+        getattr(dataset, writer)(tmp_path / "out", **{"num_train": 2, "num_test": 2, empty: 0})
+    assert not (tmp_path / "out").exists()
