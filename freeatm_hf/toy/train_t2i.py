@@ -111,6 +111,14 @@ def check_arguments(parser, args):
             parser.error(f"--{name} {getattr(args, name)}: at least 1")
     if args.resume_from and not Path(args.resume_from).is_dir():
         parser.error(f"--resume_from {args.resume_from}: no such folder (a pipeline folder this script wrote)")
+    if args.resume_from:
+        from ..generate.pipelines import RECOMMENDATION_FILE
+
+        # Without it the earlier runs are unknown: training would start again at scene 0 and the card would count
+        # this run's steps and scenes as the model's only ones ("no scene seen twice").
+        if not (Path(args.resume_from) / RECOMMENDATION_FILE).is_file():
+            parser.error(f"--resume_from {args.resume_from}: no {RECOMMENDATION_FILE}, which every folder this script "
+                         "writes holds (the training facts a resumed run continues from)")
 
 
 def main(argv=None):

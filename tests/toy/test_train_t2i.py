@@ -319,6 +319,20 @@ def test_settings_that_would_train_nothing_or_nans_are_refused_by_name(flag, bad
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_without_its_training_facts_is_not_resumed(tmp_path, capsys):
+    """Its earlier runs unknown, training would begin again at scene 0 and the card claim no scene was seen twice."""
+    from freeatm_hf.toy.model import shapes_pipeline
+    from freeatm_hf.toy.train_t2i import main
+
+    folder = tmp_path / "plain"
+    shapes_pipeline().save_pretrained(folder)  # a pipeline folder, but not one this script wrote
+    with pytest.raises(SystemExit) as e:
+        main(["--output_dir", str(tmp_path / "out"), "--resume_from", str(folder), "--unet_steps", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--resume_from" in err and "no freeatm.json" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluation_refuses_the_scenes_the_model_was_trained_on(trained):
     from freeatm_hf.generate.pipelines import load_pipeline
     from freeatm_hf.toy.mask_eval import MaskEvalConfig, evaluate_masks
