@@ -137,6 +137,13 @@ def render(image: Image.Image, prompt: str, objects: list[dict], threshold: floa
     return view, text, soft, masks, summary
 
 
+def slider_max(start: float) -> float:
+    """The threshold slider's top: 0.95, or the starting threshold when a dataset's card or a model states a higher
+    one (any below 1 is valid). Gradio refuses a slider's value past its maximum, so the page's first browse failed
+    with "Value 0.97 is greater than maximum value 0.95" and no row was ever shown."""
+    return max(0.95, start)
+
+
 def object_labels(names: list[str]) -> list[str]:
     """One label per object, a repeated noun numbered ("dog #1", "dog #2"), so each keeps its own colour."""
     return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]
@@ -285,8 +292,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
                 prev_btn = gr.Button("◀ previous", elem_id="prev")
                 next_btn = gr.Button("next ▶", elem_id="next")
             with gr.Row():
-                b_threshold = gr.Slider(0.0, 0.95, value=browse_threshold0, step=0.05, label="threshold",
-                                        elem_id="browse-threshold", scale=4)
+                b_threshold = gr.Slider(0.0, slider_max(browse_threshold0), value=browse_threshold0, step=0.05,
+                                        label="threshold", elem_id="browse-threshold", scale=4)
                 b_otsu = gr.Checkbox(value=browse_otsu0, label="Otsu (a threshold per map)", elem_id="browse-otsu",
                                      elem_classes=["otsu"])
             with gr.Row():
@@ -315,7 +322,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**63 - 1, label="seed")
                 steps = gr.Slider(2, 50, value=20, step=1, label="steps")
-                g_threshold = gr.Slider(0.0, 0.95, value=threshold0, step=0.05, label="threshold",
+                g_threshold = gr.Slider(0.0, slider_max(threshold0), value=threshold0, step=0.05, label="threshold",
                                         elem_id="gen-threshold")
                 g_otsu = gr.Checkbox(value=gen_otsu0, label="Otsu (a threshold per map)", elem_id="gen-otsu",
                                     elem_classes=["otsu"])

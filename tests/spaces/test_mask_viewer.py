@@ -645,3 +645,24 @@ def _small_space(dest):
     dest.mkdir(parents=True)
     (dest / "app.py").write_text("print('hi')\n")
     return dest
+
+
+def test_a_dataset_threshold_above_the_sliders_usual_top_is_browsed_at(tmp_path):
+    """Any threshold below 1 is a dataset's valid choice; Gradio refuses a slider value past the slider's maximum,
+    which was 0.95 whatever the card said: the first browse of such a dataset failed."""
+    from freeatm_hf.masks import full_resolution_mask
+
+    folder = tmp_path / "scenes"
+    shutil.copytree(space_dir() / "example_dataset", folder)
+    card = folder / "README.md"
+    card.write_text(card.read_text().replace("    threshold: 0.7\n", "    threshold: 0.97\n", 1))
+    module = load_app()
+    demo = module.build_demo(str(folder))
+    slider = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "browse-threshold")
+    assert slider.value == 0.97 and slider.preprocess(slider.value) == 0.97
+    fns = {d.name: d for d in demo.fns.values()}
+    row = module.RowCache(str(folder)).get(0)
+    _, _, _, masks, _, _ = fns["browse"].fn(0, slider.preprocess(slider.value), False)
+    for (mask, _), o in zip(masks, row["objects"]):
+        expected = full_resolution_mask(np.asarray(o["attention"]), mask.size[::-1], 0.97).mask
+        assert np.array_equal(np.asarray(mask) > 0, expected)
