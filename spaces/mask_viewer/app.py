@@ -54,12 +54,12 @@ class RowCache:
     MAX_ROWS = 10_000
 
     def __init__(self, source: str):
-        from datasets import load_dataset
-
-        from freeatm_hf.data.reading import holds_attention_maps
+        from freeatm_hf.data.reading import holds_attention_maps, load
 
         self.source = source
-        ds = load_dataset(source, split="train", streaming=True)
+        # The project's loader: a Hub id that cannot be reached (offline, mistyped) is one sentence, not the
+        # traceback `datasets` raises for it.
+        ds = load(source, split="train", streaming=True)
         self.features = ds.features
         if ds.features is not None:  # a stream that states its features (Parquet does) is checked now, not per click
             cols = list(ds.features)

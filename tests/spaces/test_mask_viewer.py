@@ -666,3 +666,15 @@ def test_a_dataset_threshold_above_the_sliders_usual_top_is_browsed_at(tmp_path)
     for (mask, _), o in zip(masks, row["objects"]):
         expected = full_resolution_mask(np.asarray(o["attention"]), mask.size[::-1], 0.97).mask
         assert np.array_equal(np.asarray(mask) > 0, expected)
+
+
+def test_a_dataset_the_hub_cannot_be_asked_for_is_one_line_and_exit_2(capsys):
+    """Offline (as the tests run), a Hub id or a mistyped folder name cannot be looked up: `freeatm space` says so
+    as the other commands do, not with the traceback of `datasets`' ConnectionError."""
+    from freeatm_hf.cli import run
+
+    with pytest.raises(SystemExit) as e:
+        run(["space", "--dataset", "someone/no-such-scenes"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "freeatm space: error: 'someone/no-such-scenes' is no folder here, and the Hub could not be asked" in err
