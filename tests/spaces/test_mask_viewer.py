@@ -678,3 +678,19 @@ def test_a_dataset_the_hub_cannot_be_asked_for_is_one_line_and_exit_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "freeatm space: error: 'someone/no-such-scenes' is no folder here, and the Hub could not be asked" in err
+
+
+def test_push_space_to_a_hub_it_cannot_reach_is_one_line_and_exit_1(monkeypatch, capsys):
+    """As `freeatm push` says it: the endpoint, the cause and the command that pushes again, not httpx's traceback."""
+    import huggingface_hub.constants as c
+
+    from freeatm_hf.cli import run
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as e:
+        run(["push-space", "me/viewer", "--private"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "freeatm push-space: error: could not reach the Hub" in err
+    assert "push again with `freeatm push-space me/viewer --private` when" in err
