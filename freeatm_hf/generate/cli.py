@@ -44,11 +44,9 @@ def read_recipe(path: str) -> dict:
     are the shipped ones where the working directory has no such path. Its output_dir stays where it is run."""
     import os
 
-    import yaml
-
     if os.path.isfile(path):
         with open(path) as f:
-            return yaml.safe_load(f) or {}
+            return _recipe_keys(path, f.read())
     from ..shipped import SHIPPED_FOLDERS, shipped_dir, shipped_path
 
     name = path.replace("\\", "/").removeprefix("recipes/")
@@ -56,13 +54,32 @@ def read_recipe(path: str) -> dict:
     if shipped is None:
         raise FileNotFoundError(f"recipe {path} not found (the project's own: {', '.join(shipped_recipes())})")
     logger.info("recipe %s: the project's own, %s", path, shipped)
-    recipe = yaml.safe_load(shipped.read_text()) or {}
+    recipe = _recipe_keys(path, shipped.read_text())
     for key, value in recipe.items():
         folder, _, rest = value.partition("/") if isinstance(value, str) else ("", "", "")
         if folder in SHIPPED_FOLDERS and rest and not os.path.exists(value):
             root = shipped_dir(folder)
             if root is not None and (root / rest).exists():
                 recipe[key] = str(root / rest)
+    return recipe
+
+
+def _recipe_keys(path: str, text: str) -> dict:
+    """A recipe's mapping, or a ValueError naming the file: a YAML mistake or a list at the top was a traceback
+    from deep in the YAML parser or from the code reading the keys."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        what = ", ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None)))) or str(e)
+        raise ValueError(f"recipe {path} is not valid YAML: {where}{what}") from e
+    if recipe is None:  # empty, or only comments: every argument from the command line or its default
+        return {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path} holds a {type(recipe).__name__}, not `key: value` lines (one per argument)")
     return recipe
 
 

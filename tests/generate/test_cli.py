@@ -704,3 +704,17 @@ def test_a_device_the_machine_lacks_is_refused_before_the_pipeline_loads(device,
     monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: pytest.fail("the pipeline was loaded"))
     with pytest.raises(ValueError, match=named):
         parse(["--output_dir", str(tmp_path / "o"), "--pipeline", "tiny", "--device", device])
+
+
+@pytest.mark.parametrize("command", ["generate", "train"])
+@pytest.mark.parametrize("text, says", [
+    ("output_dir: [out\n", r"is not valid YAML: line 2: while parsing a flow sequence"),
+    ("- output_dir\n- out\n", r"holds a list, not `key: value` lines")])
+def test_a_recipe_that_is_no_yaml_mapping_is_named_in_one_line(command, text, says, tmp_path, capsys):
+    # Both were tracebacks: the YAML parser's, or an AttributeError from reading a list's `.items()`.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        cli.run([command, str(recipe)])
+    assert e.value.code == 2
+    assert f"error: recipe {recipe} {says}" in capsys.readouterr().err
