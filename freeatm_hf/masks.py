@@ -157,6 +157,12 @@ def full_resolution_mask(attention, image_size: tuple[int, int], threshold: floa
     resizing flattened a peak. Any other map is min-max scaled first."""
     stored = np.asarray(attention).dtype == np.uint8
     m = resize_map(np.asarray(attention, dtype=np.float64) / (255.0 if stored else 1.0), image_size)
+    if stored and threshold != "otsu":
+        # Compared in float32, as training compares them: 102/255 and 0.4 are one float32, but that float32 is
+        # above the float64 0.4, so a map's pixels stored at 0.4·255 were mask here and not in training's masks
+        # (at 0.2, 0.4, 0.6 and 0.8, every object of the example dataset differed).
+        t32 = float(np.float32(check_threshold(threshold)))
+        threshold = t32 if t32 < 1 else threshold
     return mask_from_map(m, threshold, image_size, normalized=stored)
 
 

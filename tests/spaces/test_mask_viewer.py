@@ -694,3 +694,22 @@ def test_push_space_to_a_hub_it_cannot_reach_is_one_line_and_exit_1(monkeypatch,
     err = capsys.readouterr().err
     assert "freeatm push-space: error: could not reach the Hub" in err
     assert "push again with `freeatm push-space me/viewer --private` when" in err
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.4, 0.6, 0.8, 0.7, "otsu"])
+def test_the_viewers_masks_are_the_masks_training_reads(threshold):
+    """At a threshold that is a whole 8-bit code (0.4 is 102/255), the pixels stored at that code are not above it
+    (the card's `resize(attention) / 255 > threshold`), as training's masks have it; the viewer and the card's
+    overlays showed them as mask."""
+    import torch
+
+    from freeatm_hf.data.masks import row_masks
+
+    module = load_app()
+    row = module.RowCache(str(space_dir() / "example_dataset")).get(2)
+    size = (row["image"].height, row["image"].width)
+    _, _, _, masks, _ = module.render(row["image"], row["prompt"], row["objects"], threshold)
+    for (mask, _), o in zip(masks, row["objects"]):
+        trained = row_masks({"objects": [o]}, size, threshold)
+        assert len(trained) == 1 and not torch.equal(trained[0], torch.ones(size))  # the object's own mask
+        assert np.array_equal(np.asarray(mask) > 0, trained[0].numpy() > 0)
