@@ -206,6 +206,13 @@ def check_numbers(args):
         raise ValueError(f"--max_steps must be at least 1 (or -1 for --epochs), got {args.max_steps}")
     if getattr(args, "seed", 0) < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    # The generator refused them too, but after the pipeline had loaded (and a sweep's value after the validation
+    # scenes of the ones before it), and named as its own argument, not the flag.
+    for name in ("guidance_scale", "guidance_sweep"):
+        value = getattr(args, name, None)
+        for v in [] if value is None else value if isinstance(value, (list, tuple)) else [value]:
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"--{name}: {v} is not a guidance scale (a finite number >= 0)")
 
 
 def main_segment(args):

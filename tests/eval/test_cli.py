@@ -189,12 +189,19 @@ def test_retrieval_scores_at_the_size_and_with_the_re_ranking_depth_given(monkey
                                     max_length=35, return_tensors="pt").input_ids)
 
 
+# Where a check comes too late, what `eval masks` then runs before failing: seconds, not minutes.
+FAST_MASKS = ["--num_scenes", "1", "--num_val", "1", "--num_inference_steps", "2"]
+
+
 @pytest.mark.parametrize("what, flags, named", [
     ("masks", ["--batch_size", "-1"], "--batch_size must be at least 1"),  # evaluated no scene, wrote a recommendation
     ("masks", ["--num_scenes", "0"], "--num_scenes must be at least 1"),
     ("masks", ["--num_val", "0"], "--num_val must be at least 1"),
     ("masks", ["--num_inference_steps", "0"], "--num_inference_steps must be at least 1"),
     ("masks", ["--seed", "-1"], "--seed must be >= 0"),
+    # Refused by the generator only once the pipeline had loaded, under its own argument's name.
+    ("masks", ["--guidance_scale", "nan", *FAST_MASKS], "--guidance_scale: nan is not a guidance scale"),
+    ("masks", ["--guidance_sweep", "4", "-1", *FAST_MASKS], "--guidance_sweep: -1.0 is not a guidance scale"),
     ("knn", ["--image_size", "0"], "--image_size must be at least 1"),  # was replaced by the checkpoint's size
     ("finetune", ["--output_dir", "o", "--epochs", "0"], "--epochs must be a finite number > 0"),
     ("finetune", ["--output_dir", "o", "--learning_rate", "inf"], "--learning_rate must be a finite number > 0"),
