@@ -43,9 +43,11 @@ def push_model_main(argv=None):
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--repo_type" in argv:
-        raise SystemExit("freeatm push-model always pushes a model repo; use `freeatm push` for other types")
     p = _push_parser("freeatm push-model", "Upload a checkpoint folder (with its card) as a model repo.")
+    # A wrong argument, said as argparse says one (exit 2), in either spelling: `--repo_type=dataset` passed the
+    # check, and a bare SystemExit message exited 1.
+    if any(a == "--repo_type" or a.startswith("--repo_type=") for a in argv):
+        p.error("--repo_type: push-model always pushes a model repo; use `freeatm push` for other types")
     p.add_argument("--timm", action="store_true",
                    help="also push the image encoder exported for timm as REPO_ID-timm (what the card's timm "
                         "snippet loads)")

@@ -23,13 +23,19 @@ def test_push_sends_the_folder_to_a_dataset_repo_with_the_flags_given(tmp_path, 
     assert "visibility" not in in_process_hub.repos[("dataset", "me/open")]["request"]
 
 
-def test_push_model_refuses_another_repo_type_and_pushes_both_repos_with_the_flags_given(tmp_path, in_process_hub):
+def test_push_model_refuses_another_repo_type_and_pushes_both_repos_with_the_flags_given(tmp_path, in_process_hub,
+                                                                                       capsys):
     from freeatm_hf.hub.model_card import write_model_card
 
     from .test_stock_exports import checkpoint
 
-    with pytest.raises(SystemExit, match="push-model always pushes a model repo"):
-        push_model_main(["folder", "me/x", "--repo_type", "dataset"])
+    # As argparse refuses a wrong argument: exit 2, the command named; `--repo_type=dataset` went past the check.
+    for flag in (["--repo_type", "dataset"], ["--repo_type=dataset"]):
+        with pytest.raises(SystemExit) as e:
+            push_model_main(["folder", "me/x", *flag])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "freeatm push-model: error: --repo_type: push-model always pushes a model repo" in err
     folder = tmp_path / "ckpt"
     model = checkpoint("mae", folder)  # a tiny ViT: small uploads
     write_model_card(folder, model.config, data={"dataset": "me/scenes"}, training={})
