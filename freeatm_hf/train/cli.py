@@ -116,7 +116,7 @@ def check_applicable(method: str, args, training_args, given: set[str]):
     for flag, why in OTHER_METHODS_FLAGS.get(method, {}).items():
         refuse([flag], why)
     if args.data_mode == "real":
-        refuse(["min_attention_peak"], "--data_mode real reads no masks")
+        refuse(["min_attention_peak", "mask_threshold"], "--data_mode real reads no masks")
     if args.data_mode != "mix":
         refuse(["mix_ratio"], "read with --data_mode mix only")
     if args.data_mode == "synthetic":

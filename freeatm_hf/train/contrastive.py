@@ -159,13 +159,15 @@ def make_transform(args: ContrastiveArguments):
     # The baseline pools no masks: its views carry one whole-image mask each, not every object's map cropped twice
     # (work its data workers did for nothing), and it reads no threshold or peak cut it would then not apply.
     masked = args.pooling == "attention"
-    if masked and args.mask_threshold is None:
+    # Real rows carry one whole-image mask and no maps: `dataset` (a recipe's, kept under --data_mode real) is not
+    # read, so its card is not either (a folder not generated yet was looked up on the Hub, with retries).
+    if masked and args.mask_threshold is None and args.data_mode != "real":
         from ..data.reading import dataset_threshold
 
         args.mask_threshold = dataset_threshold(args.dataset)
         logger.info("mask threshold %s (from %s's card)", args.mask_threshold, args.dataset)
     min_peak = args.resolve_min_attention_peak() if masked else None
-    threshold = args.mask_threshold if masked else DEFAULT_THRESHOLD  # (read by no map)
+    threshold = args.mask_threshold if masked and args.mask_threshold is not None else DEFAULT_THRESHOLD  # (no map)
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
                            photometric=not on_device, normalize=not on_device, color_strength=args.color_strength,
                            uint8_views=on_device, bool_masks=on_device and args.mask_mode == "binary")

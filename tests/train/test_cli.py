@@ -159,6 +159,8 @@ def test_an_unknown_method_is_named_with_the_known_ones():
 @pytest.mark.parametrize("argv, match", [
     (["simclr", "--data_mode", "real", "--real_dataset", "r", "--min_attention_peak", "0.3"],
      r"--min_attention_peak \(--data_mode real reads no masks\)"),
+    (["moco", "--data_mode", "real", "--real_dataset", "r", "--mask_threshold", "0.5"],
+     r"--mask_threshold \(--data_mode real reads no masks\)"),
     (["moco", "--mix_ratio", "0.3"], r"--mix_ratio \(read with --data_mode mix only\)"),  # synthetic, the default
     (["blip", "--real_text_column", "text"], r"--real_text_column \(read with --data_mode real or mix only\)"),
     (["simclr", "--data_mode", "mix", "--real_dataset", "r", "--real_text_column", "text"],

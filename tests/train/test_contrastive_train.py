@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+from PIL import Image
 from transformers import TrainingArguments
 
 from freeatm_hf.spaces import space_dir
@@ -349,6 +350,26 @@ def test_the_baseline_transform_crops_no_object_masks_and_reads_no_cut(caplog):
     assert baseline.min_attention_peak is None and baseline.mask_threshold is None
     assert masked.min_attention_peak is not None and masked.mask_threshold is not None
     assert not [r for r in caplog.records if "attention_peak" in r.getMessage() or "threshold" in r.getMessage()]
+
+
+def test_real_data_reads_no_threshold_from_the_synthetic_datasets_card(tmp_path, caplog, monkeypatch):
+    """Under `--data_mode real` a recipe's `dataset` is not read, nor its card: the log said "mask threshold 0.4
+    (from None's card)", and a recipe folder not generated yet was looked up on the Hub, with retries."""
+    import logging
+
+    import freeatm_hf.data.reading as reading
+    from freeatm_hf.train.contrastive import make_transform
+
+    def no_card(source):
+        raise AssertionError(f"read the card of {source}")
+
+    monkeypatch.setattr(reading, "generation_settings", no_card)
+    args = small_args(dataset=str(tmp_path / "not_generated_yet"), data_mode="real", real_dataset=DATA)
+    with caplog.at_level(logging.INFO, logger="freeatm_hf"):
+        transform = make_transform(args)
+    real_rows = {"image": [Image.new("RGB", (40, 40))], "objects": [[]]}  # as_image_objects gives real rows
+    assert transform(real_rows)["masks_1"][0].shape == (1, 48, 48)
+    assert not [r for r in caplog.records if "threshold" in r.getMessage()]
 
 
 def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(tmp_path):
