@@ -330,6 +330,23 @@ def test_finetuned_cnn_top1_is_its_accuracy_on_the_resized_test_images(labelled_
     assert not torch.equal(start.weight, clf.get_classifier().weight)
 
 
+def test_the_finetuned_cnn_states_no_test_size_or_licence_of_the_architectures_imagenet_weights(tmp_path):
+    """save_for_hf starts from the architecture's default config: a fine-tuned ResNet-18 stated timm's ImageNet
+    test size, 288 px, which timm's validate.py (use_test_size) evaluates at, and that weights' licence."""
+    import timm
+
+    from freeatm_hf.eval.finetune import CNNClassifier, save_timm_classifier
+    from freeatm_hf.hub.export import INHERITED_CFG_KEYS
+
+    backbone = timm.create_model("resnet18", pretrained=False, num_classes=0, global_pool="")
+    save_timm_classifier(CNNClassifier(backbone, 3), tmp_path, "resnet18", ["a", "b", "c"], image_size=32)
+    assert not set(INHERITED_CFG_KEYS) & set(json.loads((tmp_path / "config.json").read_text())["pretrained_cfg"])
+    clf = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    for use_test_size in (False, True):
+        cfg = timm.data.resolve_data_config({}, model=clf, use_test_size=use_test_size)
+        assert (cfg["input_size"], cfg["crop_pct"], cfg["crop_mode"]) == ((3, 32, 32), 1.0, "squash")
+
+
 def test_the_cnn_classifier_is_a_linear_head_on_the_average_pooled_feature_map():
     import torch
 
