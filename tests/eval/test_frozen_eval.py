@@ -435,6 +435,23 @@ def test_a_finetune_on_int_labels_saves_a_timm_classifier_whose_config_preproces
         torch.testing.assert_close(clf(x), trainer.model(x)["logits"])
 
 
+def test_a_finetune_on_the_cpu_pins_no_memory(oblong_digits, tmp_path):
+    """Every downstream fine-tune (classification, segmentation, detection, retrieval) shares these arguments: on a
+    machine without a GPU, no --device given (use_cpu=None, as the CLI passes), torch warned at every data loader
+    that pin_memory is set but no accelerator is found. (With a GPU the run is there and pins, as it should.)"""
+    import warnings
+
+    from freeatm_hf.eval.finetune import finetune_classification
+
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint("simclr").save_pretrained(ckpt)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune_classification(str(ckpt), oblong_digits, str(tmp_path / "ft"), image_size=32, max_steps=1,
+                                batch_size=2, update_card=False)
+    assert not [w for w in caught if "pin_memory" in str(w.message)]
+
+
 def test_the_finetuned_heads_start_is_its_seeds_whatever_was_drawn_before(oblong_digits, tmp_path):
     """Trainer seeds only once the model exists: the head must be drawn after `finetune_classification` seeds."""
     import torch
