@@ -183,7 +183,9 @@ def build_blip(args: BlipArguments):
         vision_config={**vision, "image_size": args.image_size, "initializer_range": 0.02},
         text_config={**text, "vocab_size": len(tok), "encoder_hidden_size": vision["hidden_size"],
                      "max_position_embeddings": args.max_length, "bos_token_id": tok.bos_token_id,
-                     "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id},
+                     "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id,
+                     # Trainer aligns (and warns of) a config eos other than the tokenizer's at every from-scratch run.
+                     "eos_token_id": tok.eos_token_id},
         image_text_hidden_size=256 if args.model_size == "base" else 16, **args.momentum_config(),
     )
     return BlipATMModel(cfg), tok

@@ -60,6 +60,22 @@ def test_a_from_scratch_image_tower_tells_images_apart():
     assert (emb[0, 0] - emb[1, 0]).abs().max() > 1e-2  # different images, different [CLS] embeddings
 
 
+def test_a_from_scratch_model_states_its_tokenizers_special_tokens(caplog):
+    """Trainer aligns a text config whose bos/eos/pad differ from the tokenizer's, and warned so at every
+    from-scratch run ("The tokenizer has new PAD/BOS/EOS tokens ... Updated tokens: {'eos_token_id': 1}")."""
+    import logging
+
+    from transformers.trainer_utils import align_special_tokens
+
+    model, tok = build_blip(BlipArguments(model_size="tiny", image_size=32))
+    text = model.config.text_config
+    assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (tok.bos_token_id, tok.eos_token_id,
+                                                                        tok.pad_token_id)
+    with caplog.at_level(logging.WARNING):
+        align_special_tokens(model, tok)
+    assert not [r for r in caplog.records if "PAD/BOS/EOS" in r.getMessage()]
+
+
 def test_momentum_distillation_trains_through_the_trainer(tmp_path):
     from transformers import TrainingArguments
 
