@@ -102,7 +102,7 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     source = PromptSource(cfg)
     features = dataset_features(source.label_names)
     # What made the rows so far, read before any process records this run's pipeline (after the barrier).
-    made_by = _read_generator(Path(cfg.output_dir))
+    made_by = _read_generator(cfg.output_dir)
     # Rows made from a branch that has moved on since resume with `--revision <their commit>`, as the refusal in
     # `_check_same_generator` advises: that revision is the one recorded, pinned.
     pinned = cfg.revision is not None and cfg.revision == made_by.get("pipeline_commit")
@@ -198,10 +198,10 @@ def _write_shard(writer: DatasetWriter, shard, batches):
     writer.write(shard, [row for batch in batches for row in batch.result()])
 
 
-def _generator_file(writer: "DatasetWriter | Path") -> Path:
+def _generator_file(root: str | Path) -> Path:
     from .writer import STATE_DIR
 
-    return Path(writer.root if isinstance(writer, DatasetWriter) else writer) / STATE_DIR / "generator.json"
+    return Path(root) / STATE_DIR / "generator.json"
 
 
 def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str | None = None,
@@ -217,7 +217,7 @@ def _record_generator(writer: DatasetWriter, pipe, gen, rank: int, commit: str |
             "scheduler_class": type(pipe.scheduler).__name__, "down_factors": list(gen.capture.down_factors),
             **({"pipeline_commit": commit} if commit else {}),
             **({"pipeline_fingerprint": fingerprint} if fingerprint else {})}
-    path = _generator_file(writer)
+    path = _generator_file(writer.root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{rank}.tmp")
     tmp.write_text(json.dumps(info))
@@ -242,10 +242,10 @@ def _check_same_generator(made_by: dict, pipe, commit: str | None, fingerprint: 
                                     f"{type(pipe).__name__}; use another output directory.")
 
 
-def _read_generator(writer: "DatasetWriter | Path") -> dict:
+def _read_generator(root: str | Path) -> dict:
     import json
 
-    path = _generator_file(writer)
+    path = _generator_file(root)
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -278,7 +278,7 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
     (height, width), map_hw = _sizes(writer.shard_path(0), first_map)
     examples = write_examples(writer.shard_path(0), Path(writer.root) / "examples", threshold=cfg.threshold_value)
     # The fingerprint of a local folder is resume state, as its path is: nothing a reader of the card can check.
-    generator = {k: v for k, v in _read_generator(writer).items() if k != "pipeline_fingerprint"}
+    generator = {k: v for k, v in _read_generator(writer.root).items() if k != "pipeline_fingerprint"}
     settings = cfg.settings()
     if "down_factors" in generator:  # what was captured (an MM-DiT's one patch grid), not what was asked for
         settings["capture"] = {**settings["capture"], "down_factors": generator["down_factors"]}

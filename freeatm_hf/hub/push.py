@@ -189,9 +189,9 @@ def _public_repo(repo_id: str, repo_type: str, flag: str) -> str:
             f"repo_type={repo_type!r}, private=True)), or push without {flag}")
 
 
-def synced(repo_type: str, api=None, repo_id: str | None = None, revision: str | None = None) -> list[str] | None:
+def synced(repo_type: str, api, repo_id: str, revision: str | None = None) -> list[str] | None:
     """The repo files a push of a folder of `repo_type` replaces, as `upload_folder`'s delete patterns; for a model,
-    the weights at the root of `repo_id` (listed, with `api`) and the stock exports' folders."""
+    the weights at the root of `repo_id` (listed) and the stock exports' folders."""
     if repo_type == "dataset":
         return DATASET_SYNCED
     if repo_type == "model":
@@ -202,7 +202,7 @@ def synced(repo_type: str, api=None, repo_id: str | None = None, revision: str |
 
         # fnmatch's `*` crosses `/`: `*.safetensors` as a pattern would also delete weights someone added in a
         # folder of their own (an EMA copy, a conversion). The checkpoint's own are the root's, named one by one.
-        root = [f for f in (api.list_repo_files(repo_id, repo_type="model", revision=revision) if api else [])
+        root = [f for f in api.list_repo_files(repo_id, repo_type="model", revision=revision)
                 if "/" not in f and any(fnmatch.fnmatch(f, p) for p in MODEL_SYNCED)]
         return [glob.escape(f) for f in root] + sorted({f"{kind}/**" for kinds in STOCK_EXPORTS.values()
                                                          for kind in kinds})
