@@ -77,8 +77,9 @@ def distinct_splits(train_split: str, test_split: str, what: str = "the model wa
 def labelled_splits(dataset: str, train_split: str, test_split: str, revision, image_column: str,
                     label_column: str) -> dict:
     """Both splits, checked before any model runs: distinct splits (a score on the training images would go
-    into the card), an image column, and an integer class column in each with a class for every row (the Hub
-    marks an unlabelled row -1, as ImageNet's test split: counted, it would be a miss the model never made)."""
+    into the card), an image column, and a class column in each (indices, or names: `_classes_by_name`) with a
+    class for every row (the Hub marks an unlabelled row -1, as ImageNet's test split: counted, it would be a miss
+    the model never made)."""
     import pyarrow.compute as pc
     from datasets import ClassLabel, Value
 
@@ -93,15 +94,48 @@ def labelled_splits(dataset: str, train_split: str, test_split: str, revision, i
                                  f"with --{'image' if col == image_column else 'label'}_column")
         splits[s] = d = as_images(d, image_column, f"{dataset} [{s}]")
         feature = d.features[label_column]
-        if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and "int" in feature.dtype)):
+        if not (isinstance(feature, ClassLabel) or (isinstance(feature, Value) and "int" in feature.dtype)
+                or _named_classes(feature)):
             raise ValueError(f"{dataset} [{s}] column {label_column!r} is {feature}, not a class index (int or "
-                             "ClassLabel)")
+                             "ClassLabel) or a class name (string)")
+    if any(_named_classes(d.features[label_column]) for d in splits.values()):
+        splits = _classes_by_name(splits, dataset, train_split, label_column)
+    for s, d in splits.items():
         labels = d.with_format("arrow")[label_column]
         unlabelled = len(labels) - (pc.sum(pc.greater_equal(labels, 0)).as_py() or 0)
         if unlabelled:
             raise ValueError(f"{dataset} [{s}] has {unlabelled} of {len(labels)} rows without a class ({label_column!r} "
                              "below 0, or null): evaluate on a labelled split")
     return splits
+
+
+def _named_classes(feature) -> bool:
+    from datasets import Value
+
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+
+def _classes_by_name(splits: dict, dataset: str, train_split: str, label_column: str) -> dict:
+    """Class names (a `metadata.csv`'s, say) as one ClassLabel for both splits: the train split's names in order,
+    then any only the test split has (each a class the model never saw, scored as such). `class_encode_column` on
+    each split would number each split's own names, and a class missing from one would shift the others."""
+    import numpy as np
+    from datasets import ClassLabel
+
+    kinds = {s: d.features[label_column] for s, d in splits.items()}
+    if not all(map(_named_classes, kinds.values())):
+        raise ValueError(f"{dataset}: one split's {label_column!r} names classes, the other's numbers them ("
+                         + ", ".join(f"[{s}] {f}" for s, f in kinds.items()) + "): give both the same kind")
+    values = {s: d.with_format("arrow")[label_column].to_pylist() for s, d in splits.items()}
+    seen = sorted({v for v in values[train_split] if v is not None})
+    names = seen + sorted({v for vs in values.values() for v in vs if v is not None} - set(seen))
+    index = {n: i for i, n in enumerate(names)}
+    # Only the label column is replaced (`cast` would rewrite every image); a row without a name is -1, refused
+    # below as unlabelled.
+    return {s: d.remove_columns(label_column).add_column(
+                label_column, np.array([index.get(v, -1) for v in values[s]], np.int64),
+                feature=ClassLabel(names=names))
+            for s, d in splits.items()}
 
 
 def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_split="test", revision=None,

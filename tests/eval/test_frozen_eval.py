@@ -593,3 +593,59 @@ def test_more_neighbours_than_training_images_are_refused_before_any_feature_is_
     with pytest.raises(ValueError, match=r"--k 61 is more neighbours than the 60 images of .* \[train\]: give --k 60 "
                                          r"or less"):
         frozen.evaluate_frozen(str(tmp_path / "ckpt"), labelled_shapes, image_size=32, k=61, device="cpu")
+
+
+def test_class_names_are_classes_numbered_alike_in_both_splits(labelled_shapes, tmp_path):
+    """A `metadata.csv`'s string labels: one numbering for both splits, the train split's names first (numbered per
+    split, a class missing from the test split would shift every later one), scored as the same classes as
+    indices; a test-only name is a class of its own, a row without a name unlabelled, mixed kinds refused."""
+    from datasets import ClassLabel, load_dataset
+
+    from freeatm_hf.eval.frozen import evaluate_frozen, labelled_splits
+    from freeatm_hf.toy.world import SHAPES
+
+    def write(name, edit):
+        (tmp_path / name / "data").mkdir(parents=True)
+        for split in ("train", "test"):
+            ds = edit(split, load_dataset(labelled_shapes, split=split))
+            ds.to_parquet(str(tmp_path / name / "data" / f"{split}-00000-of-00001.parquet"))
+        return str(tmp_path / name)
+
+    # The test split without the first shape present: its own numbering would differ from the train split's.
+    # The reference numbers the classes as names sort (the numbering the names get), so that scores may be equal.
+    train = load_dataset(labelled_shapes, split="train")
+    first, order = train[0]["label"], sorted({SHAPES[i] for i in train["label"]})
+    drop = {"test": lambda r: r["label"] != first, "train": lambda r: True}
+    indices = write("indices", lambda s, d: d.filter(drop[s]).map(lambda r: {"label": order.index(SHAPES[r["label"]])})
+                    .cast_column("label", ClassLabel(names=order)))
+    named = write("named", lambda s, d: d.filter(drop[s]).map(lambda r: {"name": SHAPES[r["label"]]})
+                  .remove_columns("label").rename_column("name", "label"))
+    splits = labelled_splits(named, "train", "test", None, "image", "label")
+    originals = {s: [order[i] for i in load_dataset(indices, split=s)["label"]] for s in splits}
+    for s, d in splits.items():
+        names = d.features["label"].names
+        assert [names[i] for i in d["label"]] == originals[s]
+    assert splits["train"].features == splits["test"].features
+    tiny_checkpoint("simclr").save_pretrained(tmp_path / "ckpt")
+    scores = [[r["value"] for r in evaluate_frozen(str(tmp_path / "ckpt"), folder, image_size=32, k=3, batch_size=32,
+                                                   device="cpu", update_card=False)] for folder in (indices, named)]
+    assert scores[0] == scores[1]
+
+    unseen = write("unseen", lambda s, d: d.map(lambda r: {"name": "blob" if s == "test" else SHAPES[r["label"]]})
+                   .remove_columns("label").rename_column("name", "label"))
+    splits = labelled_splits(unseen, "train", "test", None, "image", "label")
+    names = splits["test"].features["label"].names
+    assert names[-1] == "blob" and set(splits["test"]["label"]) == {len(names) - 1}
+    unnamed = write("unnamed", lambda s, d: d.map(lambda r, i: {"name": None if i % 3 == 0 else SHAPES[r["label"]]},
+                                                  with_indices=True)
+                    .remove_columns("label").rename_column("name", "label"))
+    with pytest.raises(ValueError, match=r"\[train\] has 20 of 60 rows without a class"):
+        labelled_splits(unnamed, "train", "test", None, "image", "label")
+    # (A Parquet folder's splits share the train split's features; splits from elsewhere need not.)
+    from datasets import Dataset
+
+    from freeatm_hf.eval.frozen import _classes_by_name
+
+    mixed = {"train": Dataset.from_dict({"label": [0, 1]}), "test": Dataset.from_dict({"label": ["star"]})}
+    with pytest.raises(ValueError, match=r"one split's 'label' names classes, the other's numbers them"):
+        _classes_by_name(mixed, "d", "train", "label")
