@@ -7,6 +7,8 @@ from freeatm_hf.hub.model_card import write_model_card
 from freeatm_hf.hub.push import named_card
 from freeatm_hf.models.simclr import SimCLRConfig
 
+from .weights import write_weights
+
 GENERATED = """---
 freeatm:
   generation:
@@ -148,7 +150,7 @@ def test_a_retrieval_fine_tune_of_a_hub_model_keeps_its_pretraining_facts(tmp_pa
     (model / "README.md").write_text("---\nlibrary_name: freeatm_hf\n---\n# blip\n")
     facts = {"data": {"dataset": "me/scenes", "prompts": "position", "grid": 3}, "training": {"learning_rate": 2e-5}}
     (model / "card_info.json").write_text(json.dumps(facts))
-    (model / "model.safetensors").write_bytes(b"weights")
+    write_weights(model / "model.safetensors", 1)
     push_folder(model, "me/blip-atm", repo_type="model")
     out = tmp_path / "ft"
     out.mkdir()
@@ -251,12 +253,12 @@ def test_results_measured_before_fingerprints_were_recorded_stay_on_the_card(tmp
 
     from freeatm_hf.hub.model_card import RESULTS_FILE, add_results, read_results
 
-    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    write_weights(tmp_path / "model.safetensors", 1)
     old = {"task": "image-classification", "dataset": "me/shapes", "split": "test", "metric": "top5", "value": 0.8}
     (tmp_path / RESULTS_FILE).write_text(json.dumps([old]))
     add_results(tmp_path, [{**old, "metric": "top1", "value": 0.5}])
     assert sorted(r["metric"] for r in read_results(tmp_path, current=True)) == ["top1", "top5"]
-    (tmp_path / "model.safetensors").write_bytes(b"retrained")
+    write_weights(tmp_path / "model.safetensors", 2)  # retrained
     assert [r["metric"] for r in read_results(tmp_path, current=True)] == ["top5"]
 
 

@@ -12,6 +12,7 @@ from freeatm_hf.generate import GenerateConfig
 from freeatm_hf.generate.run import generate_dataset
 
 from .fake_hub import FakeHub
+from .weights import write_weights
 
 TOKEN = "hf_SECRETtoken1234567890"
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +192,7 @@ def test_push_refuses_a_folder_of_the_other_kind_or_without_weights_or_shards_be
     with pytest.raises(FileNotFoundError, match="holds no weights"):
         push_folder(model, "me/simclr", repo_type="model")
     # Nor sharded weights whose index names a shard the folder lacks (a save or copy cut short).
-    (model / "model-00001-of-00002.safetensors").write_bytes(b"shard 1")
+    write_weights(model / "model-00001-of-00002.safetensors", 1)
     weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
     (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     with pytest.raises(FileNotFoundError, match="lacks model-00002-of-00002.safetensors, which model.safetensors"):
@@ -318,16 +319,16 @@ def test_a_stock_export_folder_of_earlier_weights_leaves_the_repo_whole(tmp_path
 
     folder = tmp_path / "mae"
     (folder / "vit").mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"weights of the first run")
+    write_weights(folder / "model.safetensors", 1)  # the first run
     (folder / "config.json").write_text("{}")
     (folder / "README.md").write_text("# a model\n")
     (folder / "vit" / "config.json").write_text("{}")
-    (folder / "vit" / "model.safetensors").write_bytes(b"its encoder")
+    write_weights(folder / "vit" / "model.safetensors", 2)  # its encoder
     (folder / ".freeatm").mkdir()
     (folder / EXPORTS_RECORD).write_text(json.dumps({"vit": weights_fingerprint(folder)}))
     push_folder(folder, "me/mae", repo_type="model")
     assert {"vit/config.json", "vit/model.safetensors"} <= set(HfApi().list_repo_files("me/mae"))
-    (folder / "model.safetensors").write_bytes(b"weights of the second run")
+    write_weights(folder / "model.safetensors", 3)  # the second run
     push_folder(folder, "me/mae", repo_type="model")
     files = set(HfApi().list_repo_files("me/mae"))
     assert "model.safetensors" in files and not {f for f in files if f.startswith("vit")}
@@ -374,18 +375,18 @@ def test_a_model_pushed_again_keeps_the_weights_others_added_in_folders_of_their
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "README.md").write_text("# a model\n")
-    (folder / "model-00001-of-00002.safetensors").write_bytes(b"first run, shard 1")
-    (folder / "model-00002-of-00002.safetensors").write_bytes(b"first run, shard 2")
+    write_weights(folder / "model-00001-of-00002.safetensors", 1)
+    write_weights(folder / "model-00002-of-00002.safetensors", 2)
     shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
-    (folder / "model[ema].safetensors").write_bytes(b"first run, averaged")  # a name that is no pattern
+    write_weights(folder / "model[ema].safetensors", 3)  # a name that is no pattern
     push_folder(folder, "me/simclr", repo_type="model")
     added = ["ema/model.safetensors", "ema/model.safetensors.index.json", "mlx/weights[1].safetensors"]
     for rel in added:
         HfApi().upload_file(path_or_fileobj=b"added on the Hub", path_in_repo=rel, repo_id="me/simclr")
     for old in folder.glob("model*"):
         old.unlink()  # retrained, saved whole
-    (folder / "model.safetensors").write_bytes(b"second run")
+    write_weights(folder / "model.safetensors", 4)  # the second run
     push_folder(folder, "me/simclr", repo_type="model")
     files = set(HfApi().list_repo_files("me/simclr"))
     assert {f for f in files if "safetensors" in f} == {"model.safetensors", *added}
