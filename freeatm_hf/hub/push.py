@@ -73,7 +73,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         raise FileNotFoundError(f"{folder} holds no weights (*.safetensors): finish training before pushing, or the "
                                 "push would delete the repo's published weights")
     if repo_type == "model":
-        _check_shards(folder)
+        _check_weights(folder)
     if repo_type == "dataset" and not any((folder / "data").glob("*.parquet")):
         raise FileNotFoundError(f"{folder}/data holds no Parquet shards: finish the run before pushing, or the push "
                                 "would delete the repo's published shards")
@@ -110,11 +110,13 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         return Pushed(repo_id, url)
 
 
-def _check_shards(folder: Path):
-    """Refuse sharded weights whose index names a shard the folder lacks (a save or copy cut short): the push would
-    replace the repo's weights with ones no `from_pretrained` can load."""
+def _check_weights(folder: Path):
+    """Refuse the weights the push would replace the repo's with when no loader could read them (a save or copy cut
+    short): sharded weights whose index names a shard the folder lacks, or a `*.safetensors` file at the root (or a
+    shard an index names) that is incomplete (`_check_safetensors`)."""
     import json
 
+    named = set()
     for index in sorted(folder.glob("*.safetensors.index.json")):
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
@@ -125,6 +127,45 @@ def _check_shards(folder: Path):
         if missing:
             raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}, which {index.name} names: the checkpoint "
                                     "is incomplete; save it again (or finish training) before pushing")
+        named |= {folder / s for s in shards}
+    for path in sorted({*folder.glob("*.safetensors"), *named}):
+        _check_safetensors(path)
+
+
+# What the safetensors library itself refuses: a length beyond it is no header but a damaged file.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _check_safetensors(path: Path):
+    """Refuse a file that is not a complete safetensors file: an 8-byte little-endian header length N, N bytes of
+    JSON (tensor entries with `data_offsets`, optional `__metadata__`), then exactly the tensors' bytes. Only the
+    header is read: weights can be many GB."""
+    import json
+
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than a header length")
+            n = int.from_bytes(head, "little")
+            if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+                raise ValueError(f"a header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("its header is no JSON object")
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        if not all(isinstance(end, int) for end in ends):
+            raise ValueError("a data offset is no integer")
+    except (ValueError, KeyError, IndexError, TypeError) as e:  # json's and unicode's errors are ValueErrors
+        raise ValueError(f"{path} is no complete safetensors file ({type(e).__name__}: {e}): save it again before "
+                         "pushing; the push would replace the repo's weights with a file no loader can read") from None
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        how = "cut short in a save or copy" if size < expected else "bytes after its tensors"
+        raise ValueError(f"{path} is no complete safetensors file ({size} bytes where its header says {expected}: "
+                         f"{how}): save it again before pushing; the push would replace the repo's weights with a "
+                         "file no loader can read")
 
 
 class HubUnreachable(ConnectionError):

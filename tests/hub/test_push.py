@@ -205,6 +205,43 @@ def test_push_refuses_a_folder_of_the_other_kind_or_without_weights_or_shards_be
         push_folder(data, "me/scenes")
 
 
+def test_push_refuses_weights_cut_short_or_not_safetensors_before_creating_any_repo(tmp_path, monkeypatch):
+    """A save or copy cut short leaves a `.safetensors` file no loader can read, which the push would publish in
+    place of the repo's weights: refused, whether the file is whole weights or a shard an index names."""
+    import huggingface_hub
+
+    from freeatm_hf.hub.push import push_folder
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda *a, **k: pytest.fail("reached the Hub"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "README.md").write_text("card")
+    weights = model / "model.safetensors"
+    write_weights(weights, 1, 2, 3)
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-4])  # the last float never written
+    with pytest.raises(ValueError, match=r"model\.safetensors is no complete safetensors file .*cut short.*save it "
+                                         "again"):
+        push_folder(model, "me/simclr", repo_type="model")
+    weights.write_bytes(whole[:8] + b"x" * (len(whole) - 8))  # a header's length, but no JSON there
+    with pytest.raises(ValueError, match=r"model\.safetensors is no complete safetensors file \(JSONDecodeError.*"
+                                         "save it again"):
+        push_folder(model, "me/simclr", repo_type="model")
+    weights.unlink()
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    for i, shard in enumerate(shards.values()):
+        write_weights(model / shard, i)
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+    last = model / "model-00002-of-00002.safetensors"
+    last.write_bytes(last.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"model-00002-of-00002\.safetensors is no complete safetensors file"):
+        push_folder(model, "me/simclr", repo_type="model")
+    write_weights(last, 1)  # saved again: whole weights go on to the Hub
+    with pytest.raises(pytest.fail.Exception, match="reached the Hub"):
+        push_folder(model, "me/simclr", repo_type="model")
+
+
 def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_model_too(tmp_path):
     from huggingface_hub import ModelCard
 
