@@ -46,15 +46,10 @@ def save_timm_classifier(clf: CNNClassifier, folder, architecture: str, label_na
                               "std": list(IMAGENET_STD), "interpolation": "bilinear", "crop_pct": 1.0,
                               "crop_mode": "squash", "num_classes": n, "tag": "freeatm_finetuned"}}
     save_for_hf(clf.model, str(folder), model_config=cfg, safe_serialization=True)
-    from ..hub.export import INHERITED_CFG_KEYS
+    from ..hub.export import drop_inherited_cfg
 
-    # save_for_hf starts from the architecture's default pretrained config: its test-time size (288 for a ResNet,
-    # which timm's validate.py evaluates at), crop and licence would describe timm's ImageNet weights, not these.
-    path = Path(folder) / "config.json"
-    config = json.loads(path.read_text())
-    for key in INHERITED_CFG_KEYS:
-        config.get("pretrained_cfg", {}).pop(key, None)
-    path.write_text(json.dumps(config, indent=2))
+    path = Path(folder) / "config.json"  # a ResNet's inherited test size, 288, is not the size this one was scored at
+    path.write_text(json.dumps(drop_inherited_cfg(json.loads(path.read_text())), indent=2))
 
 
 def save_vit_processor(folder, image_size: int):

@@ -19,6 +19,15 @@ INHERITED_CFG_KEYS = ("test_input_size", "test_crop_pct", "test_crop_mode", "lic
                       "paper_name", "hf_hub_id", "hf_hub_filename", "url", "notes", "description")
 
 
+def drop_inherited_cfg(config: dict) -> dict:
+    """A timm `save_for_hf` config.json without what it took from the architecture's default config: its test-time
+    size and crop (timm's validate.py evaluates at those), and the licence, paper and origin of timm's ImageNet
+    weights, none of which describe the weights saved."""
+    for key in INHERITED_CFG_KEYS:
+        config.get("pretrained_cfg", {}).pop(key, None)
+    return config
+
+
 def trained_image_size(model: str | Path) -> int | None:
     """The input side a checkpoint (folder or Hub id) was trained at, from its card facts, when they say."""
     from .model_card import card_facts
@@ -77,12 +86,7 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         config_path = Path(tmp) / "config.json"
         config = json.loads(config_path.read_text())
         config.get("model_args", {}).pop("num_classes", None)
-        # save_for_hf starts from the architecture's own default config: its test-time size and crop (timm's
-        # validate.py evaluates at those), and the licence, paper and origin of timm's ImageNet weights, none of
-        # which describe these weights.
-        for key in INHERITED_CFG_KEYS:
-            config.get("pretrained_cfg", {}).pop(key, None)
-        config_path.write_text(json.dumps(config, indent=2))
+        config_path.write_text(json.dumps(drop_inherited_cfg(config), indent=2))
         if notes:
             (Path(tmp) / "NOTES.md").write_text(notes)
         for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
