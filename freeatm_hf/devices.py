@@ -22,3 +22,11 @@ def resolve_device(name: str | torch.device | None, flag: str = "--device") -> t
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{flag} {name}: this machine has no MPS device; give cpu")
     return device
+
+
+def unpinned_on_cpu(training_args):
+    """`TrainingArguments` with pinned data-loader memory left off on the CPU: Trainer pins by default, and torch
+    warns at every loader that there is no accelerator to pin memory for."""
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+    return training_args

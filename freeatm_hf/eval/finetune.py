@@ -71,13 +71,12 @@ def finetune_training_args(output_dir: str, epochs: float, learning_rate: float,
     columns kept for its own transform); `extra` adds the task's optimiser and schedule settings."""
     from transformers import TrainingArguments
 
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps,
-                             learning_rate=learning_rate, per_device_train_batch_size=batch_size,
-                             remove_unused_columns=False, save_strategy="no", report_to="none", seed=seed,
-                             logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}), **extra)
-    if args.device.type == "cpu":  # nothing to pin memory for: torch warned so at every fine-tune on the CPU
-        args.dataloader_pin_memory = False
-    return args
+    from ..devices import unpinned_on_cpu
+
+    return unpinned_on_cpu(TrainingArguments(
+        output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+        per_device_train_batch_size=batch_size, remove_unused_columns=False, save_strategy="no", report_to="none",
+        seed=seed, logging_steps=10, **({"use_cpu": use_cpu} if use_cpu is not None else {}), **extra))
 
 
 def classification_model(model, num_labels: int, label_names: list[str] | None = None):

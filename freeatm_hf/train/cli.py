@@ -215,8 +215,9 @@ def main(argv=None):
     args, training_args = parse(method, argv)
     check_applicable(method, args, training_args, typed)
     method_defaults(method, args, training_args, given_flags(argv))
-    if training_args.device.type == "cpu":  # nothing to pin memory for (torch warns on every loader)
-        training_args.dataloader_pin_memory = False
+    from ..devices import unpinned_on_cpu
+
+    unpinned_on_cpu(training_args)
     # `--push_to_hub` is honoured by uploading the finished folder (weights, freeatm card, exports) once,
     # instead of Trainer's own pushes, which would replace the card with Trainer's.
     push = training_args.push_to_hub
