@@ -206,9 +206,10 @@ class MapMasks:
         return self.sample(top + nearest_index(height, out), left + nearest_index(width, out))
 
     def share(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
-        """`(K,)` each mask's share of its mass inside the box (on the grid, or exactly: see the class)."""
+        """`(K,)` each mask's share of its mass inside the box (on the grid, or exactly: see the class); 1 for the
+        whole-image mask, which stands for the image itself and so lies entire in any crop of it."""
         if self.whole:
-            return torch.tensor([height * width / (self.size[0] * self.size[1])])
+            return torch.ones(1)
         # Each sample stands for its block, counted by the share of the block inside the box: a box edge
         # through a block counts it in part, not all or nothing by where its middle falls.
         r, c = _coverage(self.row_edges, top, height), _coverage(self.col_edges, left, width)

@@ -48,7 +48,8 @@ class TwoViewTransform:
             ImageNet; multi-object scenes lose whole objects at small scales).
         min_visible (`float`, defaults to 0.1): an instance is kept when at least this share of its mask mass
             is inside *both* crops (measured on the uncropped masks within the crop box; `MapMasks` measure it
-            on their grid).
+            on their grid). A whole-image mask (real data; a row with no mask left) is the image, entire in any
+            crop: always kept, as the mask-free baseline keeps every view.
         photometric (`bool`, defaults to `True`): colour jitter, grayscale, blur here on the CPU; set `False`
             to run them batched on the accelerator instead.
         color_strength (`float`, defaults to 1.0): colour jitter strength s (SimCLR 1, MoCo-v2 0.5).
@@ -87,6 +88,7 @@ class TwoViewTransform:
             m = F.resized_crop(tv_tensors.Mask(masks), *box, [self.size, self.size], antialias=True)
             inside = masks[:, p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]].flatten(1).sum(1)
             share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
+            share[masks.flatten(1).amin(1) >= 1] = 1.0  # the whole image (as `MapMasks.share` has it)
         if torch.rand(()) < 0.5:
             img, m = F.horizontal_flip(img), F.horizontal_flip(m)
         if self.colour is not None:

@@ -226,7 +226,7 @@ def test_map_masks_leave_empty_maps_out_and_read_a_row_without_masks_as_the_whol
     for objects in ([], [{"attention": Image.fromarray(blob * 0)}]):
         whole = MapMasks(objects, (32, 48))
         assert len(whole) == 1 and torch.equal(whole.crop(4, 4, 16, 16, 8), torch.ones(1, 8, 8))
-        torch.testing.assert_close(whole.share(0, 0, 16, 24), torch.tensor([0.25]))
+        torch.testing.assert_close(whole.share(0, 0, 16, 24), torch.tensor([1.0]))  # the image: entire in any crop
 
 
 def test_two_views_from_map_masks_equal_those_from_full_resolution_masks():

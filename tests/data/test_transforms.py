@@ -189,3 +189,22 @@ def test_collate_keeps_each_views_images_and_masks_and_pads_a_sample_without_ins
             assert not batch[f"masks_{view}"][i, n:].any()
     empty = collate_two_views([sample(0), sample(0)])
     assert empty["masks_1"].shape == (2, 1, 8, 8) and not empty["instance_valid"].any() and not empty["masks_1"].any()
+
+
+def test_a_whole_image_mask_is_kept_in_a_crop_smaller_than_min_visible():
+    """Real data (and a row left with no mask) has one whole-image mask: the image itself, which every crop shows
+    entire. Measured as a share of its mass it was the crop's area, so a crop under `min_visible` of the image (SimCLR's
+    scale 0.08 against the default 0.1) dropped the pair's only instance, while the mask-free baseline kept it."""
+    from freeatm_hf.data.masks import MapMasks
+
+    img, _ = scene()
+    box = dict(top=0, left=0, height=18, width=53)  # 954 of 96·128 pixels: 7.8 % of the image
+    for masks in (MapMasks([], (96, 128)), row_masks({"objects": []}, (96, 128))):
+        t = TwoViewTransform(size=16, photometric=False, normalize=False, min_visible=0.1)
+        t.crop.make_params = lambda flat: box
+        out = t(img, masks)
+        assert out["kept"].tolist() == [True], type(masks)
+        assert torch.equal(out["masks_1"], torch.ones(1, 16, 16)) and torch.equal(out["masks_2"], torch.ones(1, 16, 16))
+    # An object's mask is still measured by its mass: neither of `scene`'s is in this crop.
+    t.crop.make_params = lambda flat: box
+    assert t(img, scene()[1])["kept"].tolist() == [False, False]
