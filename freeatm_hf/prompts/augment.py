@@ -46,7 +46,7 @@ class PromptAugmenter:
         nouns = prompt.nouns
         # A server may answer null content (a reasoning model out of tokens): refused like an empty answer.
         answer = answer if isinstance(answer, str) else ""
-        text = answer.strip().splitlines()[0].strip().strip('"') if answer.strip() else ""
+        text = unwrap(answer.strip().splitlines()[0]) if answer.strip() else ""
         words = len(re.findall(r"[\w'-]+", text))
         try:
             rewritten = Prompt.from_nouns(text, nouns, label=prompt.label, labels=[o.label for o in prompt.objects])
@@ -62,6 +62,35 @@ class PromptAugmenter:
             logger.warning("augmenter answer refused (%s); keeping the template prompt %r", problem, prompt.text)
             return prompt
         return rewritten
+
+
+# How a chat model dresses its one sentence: a list item's number or bullet, then quotes or markdown around it
+# (a period may follow the closing quote).
+_LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•>])\s+")
+_WRAPPERS = (('"', '"'), ("'", "'"), ("“", "”"), ("‘", "’"), ("«", "»"), ("**", "**"), ("*", "*"), ("_", "_"),
+             ("`", "`"))
+
+
+def unwrap(line: str) -> str:
+    """The sentence of an answer's line without its list marker and the quotes or emphasis around it all; a
+    quote inside ('a dog's "ball"') stays, so a quoted noun is still seen and refused."""
+    text = _LIST_MARKER.sub("", line).strip()
+    while (inner := _unwrapped_once(text)) is not None:
+        text = inner
+    return text
+
+
+def _unwrapped_once(text: str) -> str | None:
+    for first, last in _WRAPPERS:
+        for end in (last, last + "."):
+            inner = text[len(first) : -len(end)]
+            # A wrapper's mark inside the sentence, other than within a word (an apostrophe: "dog's"), means the
+            # marks at the ends are not a pair around the whole: '"ball" and "bat"' is no quoted sentence.
+            loose = rf"(?<!\w)(?:{re.escape(first)}|{re.escape(last)})|(?:{re.escape(first)}|{re.escape(last)})(?!\w)"
+            if (len(text) > len(first) + len(end) and text.startswith(first) and text.endswith(end)
+                    and not re.search(loose, inner)):
+                return inner.strip() + ("." if end != last and not inner.endswith(".") else "")
+    return None
 
 
 def instruction(prompt: Prompt) -> str:

@@ -196,3 +196,33 @@ def test_a_servers_rewrites_are_asked_for_together_and_come_back_in_order():
     assert [p.text for p in out] == [f"A {n} rests on a table." for n in nouns] + ["a quiet room"]
     assert [p.nouns for p in out[:5]] == [[n] for n in nouns]
     assert not together.broken and together.n_waiting == 0  # all five met; the object-free prompt asked nothing
+
+
+@pytest.mark.parametrize("answer", [
+    "1. A dog chases a ball in a sunny park.",
+    "1) A dog chases a ball in a sunny park.",
+    "- A dog chases a ball in a sunny park.",
+    "“A dog chases a ball in a sunny park.”",
+    "'A dog chases a ball in a sunny park.'",
+    '"A dog chases a ball in a sunny park".',
+    "**A dog chases a ball in a sunny park.**",
+    "`A dog chases a ball in a sunny park.`",
+    '1. "A dog chases a ball in a sunny park."',
+])
+def test_a_rewrite_numbered_quoted_or_emphasized_is_taken_without_the_wrapping(answer):
+    """A chat model's answer often comes as a list item, in curly quotes or in markdown: these went into the
+    row's prompt (and to the diffusion model) as written, "1. A dog ..." and "“A dog ...”"."""
+    p = Prompt.from_nouns("a dog with a ball is playing in a park", ["dog", "ball"], labels=[1, 2])
+    out = Fixed(answer)(p)
+    assert out.text == "A dog chases a ball in a sunny park."
+    assert [(out.text[o.start : o.end], o.label) for o in out.objects] == [("dog", 1), ("ball", 2)]
+
+
+def test_quotes_inside_a_rewrite_are_not_taken_for_its_wrapping(caplog):
+    p = Prompt.from_nouns("a dog with a ball is playing in a park", ["dog", "ball"])
+    inner = "A dog's red ball lies in the 'old' park."  # its own apostrophe and quotes stay
+    assert Fixed(inner)(p).text == inner
+    assert Fixed('A dog with a "ball"')(p) == p  # a quoted noun is refused, not half unquoted
+    assert "'ball' quoted" in caplog.text
+    wrapped = "'A dog's red ball lies in the park.'"  # the apostrophe within a word is no closing quote
+    assert Fixed(wrapped)(p).text == "A dog's red ball lies in the park."
