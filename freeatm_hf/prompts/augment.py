@@ -200,7 +200,15 @@ class OpenAIAugmenter(PromptAugmenter):
             r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
             r.raise_for_status()
             return r.json()["choices"][0]["message"]["content"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:  # unreachable, refused, not the API
+        except httpx.HTTPStatusError as e:
+            # The server says why in the body (vLLM and OpenAI: a model name it does not serve is a 404), which
+            # the status line alone hides: the URL then looks wrong.
+            raise ValueError(f"the prompt augmenter at {self.url} (--augmenter) answered HTTP "
+                             f"{e.response.status_code} for model {self.model!r}: {e.response.text[:500]}") from e
+        except httpx.TimeoutException as e:
+            raise ValueError(f"the prompt augmenter at {self.url} (--augmenter) gave no answer within {self.timeout} s "
+                             f"(model {self.model!r}): {type(e).__name__}: {e}") from e
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:  # unreachable, not the API
             raise ValueError(f"the prompt augmenter at {self.url} (--augmenter) did not answer as an OpenAI-compatible "
                              f"server does: {type(e).__name__}: {e}") from e
 

@@ -226,3 +226,47 @@ def test_quotes_inside_a_rewrite_are_not_taken_for_its_wrapping(caplog):
     assert "'ball' quoted" in caplog.text
     wrapped = "'A dog's red ball lies in the park.'"  # the apostrophe within a word is no closing quote
     assert Fixed(wrapped)(p).text == "A dog's red ball lies in the park."
+
+
+def test_a_servers_refusal_names_the_model_and_the_servers_reason():
+    """A wrong model name is a 404 from vLLM and OpenAI alike: the error named only the URL's status, so the URL
+    looked wrong; the server's own reason ("The model ... does not exist") and the model asked for were lost."""
+    import json as _json
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = _json.dumps({"error": {"message": "The model `qwen-typo` does not exist.", "code": 404}}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        aug = load_augmenter(f"http://127.0.0.1:{server.server_port}/v1#qwen-typo")
+        with pytest.raises(ValueError, match=r"HTTP 404 for model 'qwen-typo': .*The model `qwen-typo` does not exist"):
+            aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+    finally:
+        server.shutdown()
+
+
+def test_a_server_that_answers_too_slowly_is_named_with_the_timeout():
+    import time
+
+    def slow(body):
+        time.sleep(2)
+        return "A tabby cat naps on a sofa."
+
+    server, _ = serve_chat(slow)
+    try:
+        aug = OpenAIAugmenter(f"http://127.0.0.1:{server.server_port}/v1", "tiny-llm", timeout=0.5)
+        with pytest.raises(ValueError, match=r"no answer within 0.5 s.*ReadTimeout"):
+            aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+    finally:
+        server.shutdown()
