@@ -284,6 +284,10 @@ class GenerateConfig:
             from ..prompts.scenes import TEMPLATES_VERSION
 
             out["scene_templates"] = TEMPLATES_VERSION
+        if self.prompt_mode in ("scene", "photo"):  # and says its classes by the label space's names
+            from ..prompts.label_space import LABEL_SPACE_VERSION
+
+            out["label_space"] = LABEL_SPACE_VERSION
         if self.torch_dtype == "auto":  # fp16 on a GPU, fp32 on the CPU: a run moved between them changes its rows
             import torch
 

@@ -26,7 +26,7 @@ SETTINGS_FILE = "settings.json"
 # Settings that do not change the rows: speed-only ones that older versions recorded, and advice to readers.
 NOT_COMPARED = frozenset({"batch_size", "compile", "min_attention_peak"})
 # Settings added later, with the value that older folders (which did not record them) were written with.
-ADDED_SETTINGS = {"refine": "none", "revision": None, "scene_templates": 1}
+ADDED_SETTINGS = {"refine": "none", "revision": None, "scene_templates": 1, "label_space": 1}
 # Settings that only some prompt modes use, now left unset by the others; older folders recorded a value anyway.
 UNUSED_WHEN_UNSET = frozenset({"num_objects"})
 # Settings added later whose value in older folders is unknown (a prompts file's hash, the dtype "auto" resolved
@@ -134,6 +134,8 @@ class DatasetWriter:
                 detail = ", ".join(f"{k}: {old.get(k)!r} → {self.settings.get(k)!r}" for k in diff)
                 if "scene_templates" in diff:  # no flag brings the old templates back
                     detail += "; scene_templates: the version of the scene prompts, another freeatm_hf's"
+                if "label_space" in diff:  # nor the old class names
+                    detail += "; label_space: the version of the ImageNet class names, another freeatm_hf's"
                 raise SettingsMismatchError(
                     f"{self.root} holds a generation with other settings ({detail}). Use another output "
                     f"directory, or the original settings to resume it."

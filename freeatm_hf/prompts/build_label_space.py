@@ -80,9 +80,12 @@ OBJECT_SUBGROUPS = {
     "garden": {428, 448, 599, 607, 738, 756, 815, 835},
 }
 # The first WordNet lemma names something else in a prompt ("a pirate is sailing" draws a person, and the mask
-# follows the person): the name a caption would use instead; the lemmas stay as synonyms.
+# follows the person), or another class too (two "crane"s, two "maillot"s, the corgi "Cardigan" and the sweater
+# "cardigan", one text to a tokenizer that lowers case): the name a caption would use instead; the lemmas stay as
+# synonyms.
 NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirate ship", 751: "race car",
-         989: "rose hip", 998: "ear of corn"}
+         989: "rose hip", 998: "ear of corn",
+         264: "Cardigan Welsh corgi", 517: "construction crane", 638: "leotard", 639: "one-piece swimsuit"}
 
 
 def _read(info_dir: str, name: str) -> dict[str, str]:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 LABEL_SPACE_FILE = Path(__file__).with_name("imagenet_label_space.json")
 GROUPS = ("animal", "person", "vehicle", "object", "food", "plant", "scene")
+# The shipped names' version, recorded in a generated dataset's settings: scene and photo prompts say each class by
+# its name, so a folder begun with other names is not resumed with these. 2: no two classes named alike.
+LABEL_SPACE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,8 @@ class LabelSpace:
 
     @property
     def names(self) -> list[str]:
-        """Unique class names (what a `ClassLabel` needs): a name used twice gets its synset appended,
-        e.g. ImageNet's two "crane"s (bird, machine) become "crane (n02012849)" and "crane (n03126707)"."""
+        """Unique class names (what a `ClassLabel` needs): a name used twice gets its synset appended (else its
+        id), e.g. two "crane"s (bird, machine) would be "crane (n02012849)" and "crane (n03126707)"."""
         counts: dict[str, int] = {}
         for c in self.classes:
             counts[c.name] = counts.get(c.name, 0) + 1

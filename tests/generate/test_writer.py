@@ -104,6 +104,26 @@ def test_scene_prompts_of_other_templates_are_not_resumed_into_one_folder(tmp_pa
                       num_rows=4, rows_per_shard=2)
 
 
+def test_prompts_of_another_label_space_are_not_resumed_into_one_folder(tmp_path):
+    """Scene and photo prompts say each class by its label-space name (and the ClassLabel holds the names): a folder
+    begun with the first names (two classes called "crane"), resumed with the second, would hold one class under
+    two texts. Shapes captions and prompts files use no label space and record no version."""
+    from freeatm_hf.generate.config import GenerateConfig
+    from freeatm_hf.prompts.label_space import LABEL_SPACE_VERSION
+
+    def settings(mode):
+        return GenerateConfig(output_dir=str(tmp_path / mode), pipeline="tiny", prompt_mode=mode).settings()
+
+    assert settings("scene")["label_space"] == settings("photo")["label_space"] == LABEL_SPACE_VERSION == 2
+    assert "label_space" not in settings("shapes")
+    w = DatasetWriter(tmp_path / "old", dataset_features(), {"prompt_mode": "photo"}, num_rows=4, rows_per_shard=2)
+    w.write(w.shards[0], rows(2))  # written before the version was recorded: the first names
+    with pytest.raises(SettingsMismatchError, match=r"label_space: 1 → 2; label_space: the version of the ImageNet "
+                                                    r"class names, another freeatm_hf's"):
+        DatasetWriter(tmp_path / "old", dataset_features(), {"prompt_mode": "photo", "label_space": 2},
+                      num_rows=4, rows_per_shard=2)
+
+
 def test_a_setting_older_versions_recorded_in_every_prompt_mode_is_compared_only_where_it_is_used(tmp_path):
     w = DatasetWriter(tmp_path, dataset_features(), {"steps": 25, "num_objects": 2}, num_rows=4, rows_per_shard=2)
     w.write(w.shards[0], rows(2))

@@ -216,14 +216,19 @@ def test_companions_are_drawn_by_the_subgroup_weights():
 def test_a_name_shared_by_classes_is_told_apart_by_synset_else_by_id_and_the_vocabulary_has_every_synonym():
     import json
 
-    from freeatm_hf.prompts.label_space import LABEL_SPACE_FILE
+    from freeatm_hf.prompts.label_space import LABEL_SPACE_FILE, LabelClass
 
     rows = json.loads(LABEL_SPACE_FILE.read_text())
-    names = LabelSpace.imagenet().names
-    shared = [r for r in rows if sum(o["name"] == r["name"] for o in rows) > 1]
-    assert shared  # ImageNet's two cranes (bird, machine) and two maillots
-    for r in rows:
+    # The shipped classes have names of their own; a space built from its rows with one name repeated (as
+    # WordNet's first lemmas repeat "crane") tells the two apart by synset.
+    repeated = [{**r, "name": rows[134]["name"]} if r["id"] == 517 else r for r in rows]
+    names = LabelSpace([LabelClass(r["id"], r["name"], r["group"], r["subgroup"], r["synset"])
+                        for r in repeated]).names
+    shared = [r for r in repeated if sum(o["name"] == r["name"] for o in repeated) > 1]
+    assert [r["id"] for r in shared] == [134, 517]
+    for r in repeated:
         assert names[r["id"]] == (f"{r['name']} ({r['synset']})" if r in shared else r["name"])
+    assert LabelSpace.imagenet().names == [r["name"] for r in rows]
     # A custom list has no synsets: the class id tells its repeats apart.
     assert LabelSpace.from_names(["dog", "ball", "dog"]).names == ["dog (0)", "ball", "dog (2)"]
     # Every name of a class, then its synonyms, in class order (what augmentation checks rewrites against).
@@ -243,3 +248,21 @@ def test_a_label_space_is_validated_and_split_by_group():
     for group in ("animal", "food", "scene"):
         assert space.in_group(group) == [c for c in space.classes if c.group == group]
         assert space.in_group(group)
+
+
+def test_no_two_classes_are_named_alike_in_a_prompt():
+    """ImageNet's two cranes (bird 134, machine 517), two maillots (dancer's 638, swimsuit 639) and its Cardigan (the
+    corgi, 264) and cardigan (the sweater, 474) were one text in every prompt, CLIP's tokenizer lowering case: rows
+    of two classes generated from the same words. A class's name is its own, case aside."""
+    from collections import Counter
+
+    space = LabelSpace.imagenet()
+    said = Counter(c.name.lower() for c in space.classes)
+    assert [n for n, k in said.items() if k > 1] == []
+    assert [space[i].name for i in (134, 517, 638, 639, 264, 474)] == [
+        "crane", "construction crane", "leotard", "one-piece swimsuit", "Cardigan Welsh corgi", "cardigan"]
+    assert "maillot" in space[638].synonyms and "maillot" in space[639].synonyms and "Cardigan" in space[264].synonyms
+    # The scene prompts say them apart: a prompt of one class never names the other.
+    for p in ScenePrompts(num_objects=1, seed=0).take(1000):
+        if p.label in (517, 638, 639, 264):
+            assert p.objects[0].name == space[p.label].name and p.text.count(space[p.label].name) == 1, p.text
