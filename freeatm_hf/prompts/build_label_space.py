@@ -85,7 +85,16 @@ OBJECT_SUBGROUPS = {
 # synonyms.
 NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirate ship", 751: "race car",
          989: "rose hip", 998: "ear of corn",
-         264: "Cardigan Welsh corgi", 517: "construction crane", 638: "leotard", 639: "one-piece swimsuit"}
+         264: "Cardigan Welsh corgi", 517: "construction crane", 638: "leotard", 639: "one-piece swimsuit",
+         # an airplane, a paper notebook, a rodent, a king, a naval officer, a curl of hair, a cat, a pickaxe
+         726: "carpenter's plane", 681: "notebook computer", 673: "computer mouse", 323: "monarch butterfly",
+         321: "admiral butterfly", 322: "ringlet butterfly", 383: "ring-tailed lemur", 714: "guitar pick",
+         # a heap of stones, a bull, a fighter, a herb, a city, an island, a town, food, a pattern
+         192: "cairn terrier", 195: "Boston terrier", 242: "boxer dog", 339: "sorrel horse", 204: "Lhasa apso",
+         256: "Newfoundland dog", 263: "Pembroke Welsh corgi", 260: "chow chow", 281: "tabby cat",
+         # a document file, a regulation, an adjective, an opening, a name, a ring of metal
+         553: "filing cabinet", 769: "ruler", 881: "upright piano", 800: "slot machine", 850: "teddy bear",
+         897: "washing machine"}
 
 
 def _read(info_dir: str, name: str) -> dict[str, str]:
