@@ -94,7 +94,9 @@ NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirat
          256: "Newfoundland dog", 263: "Pembroke Welsh corgi", 260: "chow chow", 281: "tabby cat",
          # a document file, a regulation, an adjective, an opening, a name, a ring of metal
          553: "filing cabinet", 769: "ruler", 881: "upright piano", 800: "slot machine", 850: "teddy bear",
-         897: "washing machine"}
+         897: "washing machine",
+         # WordNet's singular of clothes said in the plural ("a jean" is no English; scenes say "a pair of jeans")
+         608: "jeans", 697: "pajamas"}
 
 
 def _read(info_dir: str, name: str) -> dict[str, str]:

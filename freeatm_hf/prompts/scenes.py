@@ -140,7 +140,7 @@ MASS_NOUNS = frozenset({
 
 
 # Names of one thing in the plural form: "a pair of binoculars ... is", never "a binoculars".
-PAIRS = frozenset({"binoculars", "parallel bars", "sunglasses", "swimming trunks"})
+PAIRS = frozenset({"binoculars", "parallel bars", "sunglasses", "swimming trunks", "jeans", "pajamas"})
 
 
 def determiner(noun: str) -> str:

@@ -288,3 +288,15 @@ def test_a_class_whose_first_lemma_draws_something_else_is_said_as_a_caption_wou
     assert all(lemma in space[i].synonyms for i, (lemma, _) in said.items())
     assert all(o.name != lemma for p in ScenePrompts(seed=0).take(1000) for o in p.objects
                for lemma, _ in said.values())
+
+
+def test_clothes_named_in_the_plural_are_a_pair_of_them():
+    """WordNet's singular "jean" and "pajama" made "a jean is hanging in a closet", which no caption says."""
+    from freeatm_hf.prompts.scenes import PAIRS, determiner
+
+    space = LabelSpace.imagenet()
+    assert (space[608].name, space[697].name) == ("jeans", "pajamas")
+    assert "jean" in space[608].synonyms and "pajama" in space[697].synonyms
+    assert {"jeans", "pajamas"} <= PAIRS and determiner("jeans") == "a pair of "
+    said = [p.text for p in ScenePrompts(num_objects=1, seed=0).take(1000) if p.label in (608, 697)]
+    assert len(said) == 2 and all(t.startswith(("a pair of jeans is ", "a pair of pajamas is ")) for t in said), said
