@@ -655,3 +655,65 @@ def test_a_pipeline_that_calls_the_unet_more_often_than_it_has_timesteps_is_stop
     finally:
         handle.remove()
     assert not pipe.unet._forward_pre_hooks  # the capture's step hook is gone after the error too
+
+
+def _tiny_pipe_with_ip_adapter():
+    """The tiny SD pipeline with an IP-Adapter as `load_ip_adapter` installs one: image-prompt projection and, on
+    every cross-attention layer, an `IPAdapterAttnProcessor2_0` (an nn.Module holding its to_k_ip/to_v_ip)."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+
+    from freeatm_hf.generate.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    unet = pipe.unet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        procs = {name: IPAdapterAttnProcessor2_0(unet.get_submodule(name[: -len(".processor")]).to_q.out_features,
+                                                 32, num_tokens=(4,), scale=1.0)
+                 if name.endswith("attn2.processor") else p for name, p in unet.attn_processors.items()}
+        unet.set_attn_processor(procs)
+        unet.encoder_hid_proj = MultiIPAdapterImageProjection([ImageProjection(16, 32, num_image_text_embeds=4)])
+    unet.config.encoder_hid_dim_type = "ip_image_proj"
+    return pipe
+
+
+def test_an_ip_adapters_module_processors_are_wrapped_and_the_maps_are_the_text_attention():
+    """IP-Adapter's processors are nn.Modules, registered children of their layers: the capture wrapper takes their
+    place (a plain object there was refused by torch) and keeps them in the module tree; images stay bit-identical
+    and the maps are the softmax over the text keys, computed here from to_q/to_k on the layers' inputs."""
+    pipe = _tiny_pipe_with_ip_adapter()
+    unet, factors = pipe.unet, cross_attention_factors(pipe.unet)
+    before = dict(unet.attn_processors)
+    kw = dict(num_inference_steps=2, guidance_scale=7.5, output_type="np",
+              ip_adapter_image_embeds=[torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(1))])
+    gen = FreeATMGenerator(pipe, CaptureConfig(down_factors=(2, 4), include_mid=True))
+    inside = []
+    probe = unet.register_forward_pre_hook(lambda m, a: inside.append(
+        {n for n, _ in unet.named_parameters() if "to_k_ip" in n}))
+    out = gen(PROMPTS, seeds=[0, 1], **kw)
+    probe.remove()
+    assert dict(unet.attn_processors) == before
+    ip_weights = {n for n, _ in unet.named_parameters() if "to_k_ip" in n}
+    wrapped = {n.replace(".processor.", ".processor.original.") for n in ip_weights}  # under capture: in the wrapper
+    assert len(ip_weights) == len(factors) and inside and all(s == wrapped for s in inside)
+
+    records, handles = [], []
+    for name, f in factors.items():
+        def hook(attn, args, kwargs, f=f):
+            q = attn.head_to_batch_dim(attn.to_q(args[0])).double()
+            k = attn.head_to_batch_dim(attn.to_k(kwargs["encoder_hidden_states"][0])).double()  # (text, [image])
+            p = (q @ k.transpose(1, 2) * attn.scale).softmax(-1).view(-1, attn.heads, q.shape[1], k.shape[1])
+            records.append((f, p[-len(PROMPTS):].mean(1)))
+        handles.append(unet.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    assert np.array_equal(np.stack(out.images), plain.images)
+    index = gen.store.token_index
+    for f, got in gen.store.token_maps().items():
+        probs = torch.stack([p for g, p in records if g == f]).mean(0)  # (b, N, 77)
+        expected = torch.stack([probs[b][:, index[b]].T for b in range(len(PROMPTS))])
+        torch.testing.assert_close(got.double().flatten(2), expected, rtol=1e-5, atol=1e-7)
