@@ -72,7 +72,10 @@ def _sdpa_with_lse(q, k, v, scale: float):
 
 def _capturing_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     layer = _CURRENT.layer
-    if layer is None or attn_mask is not None or dropout_p or is_causal or enable_gqa:
+    # Only the layer's attention over its whole joint sequence is the prompt's: a processor may attend once more
+    # inside the layer (IP-Adapter: image queries over its image-prompt tokens), with other keys at the text's place.
+    joint = layer is not None and query.shape[-2] == key.shape[-2] == layer.n_txt + layer.n_img
+    if not joint or attn_mask is not None or dropout_p or is_causal or enable_gqa:
         return _CURRENT.sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                              scale=scale, enable_gqa=enable_gqa)
     scale = query.shape[-1] ** -0.5 if scale is None else scale

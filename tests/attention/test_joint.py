@@ -1,6 +1,8 @@
 """MM-DiT capture (SD3, Flux) on tiny pipelines: bit-identical images, and maps equal to the probabilities of an
 explicit softmax over the full joint sequence, recorded in a separate run without capture."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -397,8 +399,8 @@ def test_a_compiled_sd3_transformer_is_one_graph_with_capture_inside():
 class _Recorder:
     """Stands for the capturing layer: notes what the patched SDPA reports."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, n_txt=4, n_img=6):  # the joint sequence the tests' q and k span
+        self.calls, self.n_txt, self.n_img = [], n_txt, n_img
 
     def record(self, q, k, lse, scale):
         self.calls.append((lse, scale))
@@ -516,3 +518,70 @@ def test_a_noun_is_found_within_the_t5_length_the_pipeline_encodes_by_default(pi
     kw = {k: v for k, v in KW.items() if k != "max_sequence_length"}  # the pipeline's default
     out = gen([long], seeds=[0], output_type="np", **{**kw, "num_inference_steps": 1})
     assert out.truncated == [[]] and [o.token_indices for o in out.objects[0]] == [cat.token_indices]
+
+
+def _projected_joint_probs(attn, kwargs, text_first: bool):
+    """softmax(q kᵀ/√d) over the joint sequence in float64, computed from the layer's own projections, q/k norms
+    and (Flux) rotary embedding on the block's inputs: image queries × text keys, `(n, heads, N_img, N_txt)`."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    attn = copy.deepcopy(attn).double()
+    hs, enc = kwargs["hidden_states"].double(), kwargs["encoder_hidden_states"].double()
+    d = attn.to_q.out_features // attn.heads
+
+    def heads(x, norm):  # (n, S, heads·d) → (n, S, heads, d), normed per head
+        x = x.unflatten(-1, (attn.heads, d))
+        return x if norm is None else norm(x.transpose(1, 2)).transpose(1, 2)
+
+    q, k = heads(attn.to_q(hs), attn.norm_q), heads(attn.to_k(hs), attn.norm_k)
+    eq, ek = heads(attn.add_q_proj(enc), attn.norm_added_q), heads(attn.add_k_proj(enc), attn.norm_added_k)
+    q, k = (torch.cat([eq, q], 1), torch.cat([ek, k], 1)) if text_first else (torch.cat([q, eq], 1), torch.cat([k, ek], 1))
+    if kwargs.get("image_rotary_emb") is not None:
+        rope = tuple(r.double() for r in kwargs["image_rotary_emb"])
+        q, k = apply_rotary_emb(q, rope, sequence_dim=1), apply_rotary_emb(k, rope, sequence_dim=1)
+    p = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2) * d ** -0.5).softmax(-1)
+    n_img, n_txt = hs.shape[1], enc.shape[1]
+    return p[:, :, n_txt:, :n_txt] if text_first else p[:, :, :n_img, n_img:]
+
+
+def test_an_ip_adapters_image_attention_in_a_joint_layer_is_not_recorded_as_its_text_attention(pipe):
+    """An IP-Adapter's processor runs a second attention inside the joint layer (image queries over its image-prompt
+    tokens). Only the joint attention is the prompt's: recorded too, the second call's keys were read as text
+    columns (Flux: an index past its few tokens; SD3: image keys taken for text). Reference: the joint softmax from
+    the layer's projections on its inputs."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
+
+    flux = type(pipe).__name__.startswith("Flux")
+    names = [n for n, _ in pipe.transformer.named_modules() if n.startswith("transformer_blocks.") and n.endswith(".attn")]
+    originals = {n: pipe.transformer.get_submodule(n).processor for n in names}
+    g = torch.Generator().manual_seed(0)
+    n = 2 if flux else 4  # SD3 runs [unconditional, conditional] in one batch, each with the image prompt
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name in names:
+            attn = pipe.transformer.get_submodule(name)
+            attn.set_processor(FluxIPAdapterAttnProcessor(attn.inner_dim, 8, num_tokens=(4,)) if flux else
+                               SD3IPAdapterJointAttnProcessor2_0(attn.inner_dim, 8, attn.inner_dim // attn.heads, 16))
+    extra = {"ip_hidden_states": [torch.randn(n, 4, 8, generator=g)]} if flux else {
+        "ip_hidden_states": torch.randn(n, 4, 8, generator=g), "temb": torch.randn(n, 16, generator=g)}
+    kw = {**KW, "output_type": "np", "guidance_scale": 7.5, "joint_attention_kwargs": extra}
+    try:
+        gen = FreeATMGenerator(pipe)
+        out = gen(PROMPTS, seeds=[0, 1], **{k: v for k, v in kw.items() if k != "guidance_scale"})
+        records = []
+        handles = [pipe.transformer.get_submodule(name).register_forward_pre_hook(
+            lambda m, a, k: records.append(_projected_joint_probs(m, k, flux)[-2:].mean(1)), with_kwargs=True)
+            for name in names]
+        plain = pipe([p.text for p in PROMPTS], generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw)
+        for h in handles:
+            h.remove()
+    finally:
+        for name, proc in originals.items():
+            pipe.transformer.get_submodule(name).set_processor(proc)
+    assert np.array_equal(np.stack(out.images), plain.images)
+    got, index = gen.store.token_maps()[2], gen.store.token_index
+    assert gen.store.weights_added() == {2: len(records)} == {2: len(names) * KW["num_inference_steps"]}
+    probs = torch.stack(records).mean(0)  # (b, N_img, N_txt)
+    expected = torch.stack([probs[b][:, index[b]].T for b in range(2)])
+    torch.testing.assert_close(got.double().flatten(2), expected, rtol=1e-5, atol=1e-7)
