@@ -110,12 +110,17 @@ def coco_ap(detector, dataset, batch_size: int = 8, mask_threshold: float = 0.5,
             categories: list[int] | None = None) -> dict:
     """Box and mask AP, AP50, AP75 (COCO protocol: crowd regions ignored) of `detector` on `dataset`, whose
     labels are `categories` mapped to 1..K (see `collate`)."""
+    from pycocotools.cocoeval import Params
     from torchmetrics.detection import MeanAveragePrecision
     from tqdm.auto import tqdm
 
     device = next(detector.parameters()).device
     detector.eval()
-    metric = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools")
+    # COCOeval's own IoU and recall grids: torchmetrics hands COCOeval float32 linspaces instead, whose points
+    # fall on the other side of a recall such as 7/10 or an IoU such as 0.6 (AP 71/101 where COCO says 70/101).
+    coco = Params(iouType="bbox")
+    metric = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools",
+                                  iou_thresholds=coco.iouThrs.tolist(), rec_thresholds=coco.recThrs.tolist())
     for start in tqdm(range(0, len(dataset), batch_size), desc="detect", leave=False):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], categories,
                         drop_crowd=False)

@@ -112,6 +112,26 @@ class _Oracle(torch.nn.Module):
         return [self.outputs.pop(0) for _ in images]
 
 
+def test_coco_ap_reads_recall_on_cocoevals_own_grid_where_seven_of_ten_objects_are_found():
+    from pycocotools.cocoeval import Params
+
+    from freeatm_hf.eval.detection import coco_ap
+
+    # Ten separate squares, seven found exactly: precision 1 up to recall 0.7. COCOeval's recall grid is float64
+    # linspace, whose 0.70 lies just above 7/10, so AP = 70 of its 101 points; torchmetrics' own float32 grid puts
+    # 0.70 just below 7/10 and counts a 71st point.
+    assert Params().recThrs[70] > 7 / 10 > float(np.float32(0.7))
+    boxes = torch.tensor([[10.0 * i, 0, 10 * i + 8, 8] for i in range(10)])
+    masks = torch.stack([box_mask(10 * i, 0, 10 * i + 8, 8, size=100)[:32] for i in range(10)]).to(torch.uint8)
+    row = (torch.zeros(3, 32, 100), {"boxes": boxes, "labels": torch.full((10,), 4), "masks": masks,
+                                     "iscrowd": [0] * 10})
+    found = {"boxes": boxes[:7], "labels": torch.ones(7, dtype=torch.int64),
+             "scores": torch.linspace(0.9, 0.3, 7), "masks": masks[:7, None].float()}
+    ap = coco_ap(_Oracle([found]), [row], categories=[4])
+    assert ap == {f"{kind}_{name}": pytest.approx(70 / 101) for kind in ("box", "mask")
+                  for name in ("map", "map_50", "map_75")}
+
+
 def test_category_zero_gets_its_own_label_and_crowds_are_ignored(shapes_coco, renumbered_with_a_crowd):
     from freeatm_hf.eval.detection import category_ids, coco_ap, coco_split, collate
 
@@ -209,6 +229,7 @@ def test_category_ids_are_sorted_and_unknown_or_missing_categories_are_refused()
 
 def test_coco_ap_is_torchmetrics_on_the_thresholded_masks_and_a_detection_on_a_crowd_is_no_false_positive(
         shapes_coco, renumbered_with_a_crowd):
+    from pycocotools.cocoeval import Params
     from torchmetrics.detection import MeanAveragePrecision
 
     from freeatm_hf.eval.detection import category_ids, coco_ap, coco_split, collate
@@ -227,7 +248,9 @@ def test_coco_ap_is_torchmetrics_on_the_thresholded_masks_and_a_detection_on_a_c
         outputs.append({"boxes": boxes, "labels": t["labels"], "scores": scores, "masks": soft[:, None]})
         preds.append({"boxes": boxes, "labels": t["labels"], "scores": scores, "masks": soft > 0.5})
     ap = coco_ap(_Oracle(outputs), test, batch_size=2, categories=categories)
-    ref = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools")
+    coco = Params()  # COCOeval's own grids (see the test above): shifted whole-pixel boxes meet IoUs such as 0.6
+    ref = MeanAveragePrecision(iou_type=("bbox", "segm"), backend="pycocotools", iou_thresholds=coco.iouThrs.tolist(),
+                               rec_thresholds=coco.recThrs.tolist())
     ref.update(preds, [{k: t[k] for k in ("boxes", "labels", "iscrowd")} | {"masks": t["masks"].bool()}
                        for t in targets])
     r = ref.compute()
