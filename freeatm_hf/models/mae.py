@@ -127,17 +127,22 @@ class MAEModel(ViTMAEForPreTraining):
 
     def forward(self, pixel_values=None, patch_scores=None, noise=None, **kwargs):
         if noise is None and pixel_values is not None:
-            if (self.training and patch_scores is not None and self.config.beta_max > 0 and not self._beta_set
-                    and not self._warned_unset):
-                # Trained without the schedule, the config's beta_max would be stated and the baseline trained.
-                self._warned_unset = True
-                logger.warning("MAEModel.beta was never set, so masking stays random (the MAE baseline) although "
-                               "beta_max is %s: add freeatm_hf.train.mae.BetaScheduleCallback(%s) to the Trainer's "
-                               "callbacks, or set model.beta", self.config.beta_max, self.config.beta_max)
-            b = pixel_values.shape[0]
-            noise = guided_noise(patch_scores, self.beta, self.config.mask_ratio, b,
-                                 num_patches(self.config), device=pixel_values.device)
+            noise = self._masking_noise(pixel_values, patch_scores)
         return super().forward(pixel_values=pixel_values, noise=noise, **kwargs)
+
+    # Outside any compiled graph (`--torch_compile`): β, read there, would be a guard that fails at every step as it
+    # ramps, recompiling the whole model each step until dynamo's recompile limit leaves it eager.
+    @torch.compiler.disable
+    def _masking_noise(self, pixel_values, patch_scores):
+        if (self.training and patch_scores is not None and self.config.beta_max > 0 and not self._beta_set
+                and not self._warned_unset):
+            # Trained without the schedule, the config's beta_max would be stated and the baseline trained.
+            self._warned_unset = True
+            logger.warning("MAEModel.beta was never set, so masking stays random (the MAE baseline) although "
+                           "beta_max is %s: add freeatm_hf.train.mae.BetaScheduleCallback(%s) to the Trainer's "
+                           "callbacks, or set model.beta", self.config.beta_max, self.config.beta_max)
+        return guided_noise(patch_scores, self.beta, self.config.mask_ratio, pixel_values.shape[0],
+                            num_patches(self.config), device=pixel_values.device)
 
 
 def export_vit(model: MAEModel, folder, add_pooling_layer: bool = False):

@@ -287,3 +287,26 @@ def test_training_without_the_beta_schedule_is_warned_about(caplog):
         MAEModel(MAEConfig(**TINY)).eval()(**batch)
         MAEModel(MAEConfig(**TINY)).train()(pixel_values=batch["pixel_values"])  # no scores: nothing to guide
     assert message not in caplog.text
+
+
+def test_a_compiled_model_is_not_recompiled_as_beta_ramps():
+    """`--torch_compile`: β changes at every optimizer step. Read inside the compiled forward, each new value was a
+    guard that failed, so every step recompiled the whole model, until dynamo's recompile limit left it eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    model = MAEModel(MAEConfig(**TINY)).train()
+    counter = CompileCounterWithBackend("aot_eager")  # specializes floats as inductor does
+    compiled = torch.compile(model, backend=counter)
+    batch = dict(pixel_values=torch.randn(2, 3, 32, 32), patch_scores=torch.rand(2, 16))
+    model.beta = 0.0
+    compiled(**batch)
+    first = counter.frame_count
+    for step in range(1, 5):
+        model.beta = 0.8 * step / 4
+        torch.manual_seed(step)
+        loss = compiled(**batch).loss
+        torch.manual_seed(step)
+        torch.testing.assert_close(loss, model(**batch).loss)  # the compiled forward masks by the current β
+    assert counter.frame_count == first
+    torch._dynamo.reset()
