@@ -89,7 +89,8 @@ class GenerateConfig:
         "help": "Recommended to readers, not applied: objects whose attention_peak is below this were likely not "
                 "drawn (the card states it; freeatm training leaves them out). Default: as the model folder "
                 "recommends (measured by `freeatm eval masks`), else none."})
-    torch_dtype: str = field(default="auto", metadata={"help": "float16, bfloat16, float32 or auto (fp16 on GPU)."})
+    torch_dtype: str = field(default="auto", metadata={
+        "help": "float16, bfloat16, float32 or auto (fp16 on a GPU, bf16 for Flux; fp32 on the CPU)."})
     device: str | None = field(default=None, metadata={"help": "Device (default: the accelerate process's)."})
     cpu_offload: bool = field(default=False, metadata={"help": "enable_model_cpu_offload() on the pipeline."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the denoiser (capture compiles with it)."})
@@ -288,11 +289,12 @@ class GenerateConfig:
             from ..prompts.label_space import LABEL_SPACE_VERSION
 
             out["label_space"] = LABEL_SPACE_VERSION
-        if self.torch_dtype == "auto":  # fp16 on a GPU, fp32 on the CPU: a run moved between them changes its rows
+        if self.torch_dtype == "auto":  # fp16 (bf16 for Flux) on a GPU, fp32 on the CPU: rows differ between them
             import torch
 
             from .pipelines import resolve_dtype
 
             device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            out["resolved_dtype"] = str(resolve_dtype("auto", device)).removeprefix("torch.")
+            dtype = resolve_dtype("auto", device, self.pipeline, self.revision)
+            out["resolved_dtype"] = str(dtype).removeprefix("torch.")
         return out

@@ -17,14 +17,38 @@ TINY_PIPELINES = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux")  # random tiny p
 BUILT_IN_PIPELINES = ("default", "shapes", *TINY_PIPELINES)  # names load_pipeline knows without the Hub
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, spec: str | None = None, revision: str | None = None) -> torch.dtype:
+    """`name` as a dtype; "auto" is fp32 on the CPU and, on a GPU, fp16, or bf16 for a Flux pipeline (`spec`):
+    Flux's activations overflow fp16 (its own model cards and diffusers' docs run it in bf16)."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if (pipeline_class_name(spec, revision) or "").startswith("Flux") else torch.float16
     try:
         return {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                 "float32": torch.float32, "fp32": torch.float32}[name]
     except KeyError:
         raise ValueError(f"unknown torch_dtype {name!r}") from None
+
+
+def pipeline_class_name(spec: str | None, revision: str | None = None) -> str | None:
+    """The pipeline class `spec` loads as, read from its `model_index.json` (a local folder, or a Hub id's from the
+    cache or the Hub) before any weights are: None where it cannot be read (the loader then says why)."""
+    if spec is None:
+        return None
+    if spec in BUILT_IN_PIPELINES:
+        return {"tiny-sdxl": "StableDiffusionXLPipeline", "tiny-sd3": "StableDiffusion3Pipeline",
+                "tiny-flux": "FluxPipeline"}.get(spec, "StableDiffusionPipeline")
+    try:
+        if is_hub_id(spec):
+            from huggingface_hub import hf_hub_download
+
+            index = hf_hub_download(spec, "model_index.json", revision=revision)
+        else:
+            index = Path(spec) / "model_index.json"
+        return json.loads(Path(index).read_text()).get("_class_name")
+    except Exception:  # no index to read here: the dtype falls back to fp16, and the load names what is missing
+        return None
 
 
 def is_hub_id(spec: str) -> bool:
@@ -54,9 +78,9 @@ def load_pipeline(spec: str, device: torch.device | str, torch_dtype: str = "aut
     pipeline of that family built in code; 'shapes' → the trained
     shapes-world model shipped in the package; anything else → `DiffusionPipeline.from_pretrained`."""
     device = torch.device(device)  # "cpu" as well as torch.device("cpu")
-    dtype = resolve_dtype(torch_dtype, device)
     if spec == "default":
         spec = default_pipeline()
+    dtype = resolve_dtype(torch_dtype, device, spec, revision)
     if revision and not is_hub_id(spec):
         raise ValueError(f"--revision {revision!r} is for a Hub pipeline id; {spec!r} is built in or a local folder")
     if spec == "shapes":

@@ -632,6 +632,33 @@ def test_every_spelling_of_a_dtype_is_recorded_as_the_dtype_it_loads_in():
         resolve_dtype("half", cpu)
 
 
+def test_auto_dtype_is_bf16_for_a_flux_pipeline_on_a_gpu_and_recorded_so(tmp_path, monkeypatch):
+    """Flux overflows fp16 (black or NaN pictures); "auto" reads the pipeline's class from its model_index.json
+    before loading, so a Flux folder, Hub id or the tiny Flux loads in bf16 on a GPU, anything else in fp16."""
+    import json
+
+    import torch
+
+    from freeatm_hf.generate.pipelines import resolve_dtype
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for cls, dtype in (("FluxPipeline", torch.bfloat16), ("StableDiffusion3Pipeline", torch.float16)):
+        folder = tmp_path / cls
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+        assert resolve_dtype("auto", cuda, str(folder)) is dtype
+        assert resolve_dtype("auto", cpu, str(folder)) is torch.float32
+        with monkeypatch.context() as m:  # the GPU machine the run would be on
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            settings = parse(["--output_dir", "x", "--pipeline", str(folder)]).settings()
+        assert settings["resolved_dtype"] == str(dtype).removeprefix("torch.")
+    assert resolve_dtype("auto", cuda, "tiny-flux") is torch.bfloat16
+    assert resolve_dtype("auto", cuda, "tiny-sdxl") is torch.float16
+    assert resolve_dtype("auto", cuda, "nobody/not-cached") is torch.float16  # unreadable offline: fp16 as before
+    assert resolve_dtype("bfloat16", cuda, str(tmp_path / "StableDiffusion3Pipeline")) is torch.bfloat16
+
+
 def test_a_recommendation_without_resolutions_holds_for_the_default_ones_only(tmp_path):
     """A freeatm.json whose capture names no down_factors was measured at the default 2,4: its mid block and layer
     weights do not carry over to other resolutions given on the command line."""
