@@ -86,6 +86,9 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
             logger.warning("%s: %s made from earlier weights, left out (and removed from the repo): push with "
                            "--exports to write them anew", folder, ", ".join(stale))
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
+    if retry is None:
+        kind = [] if repo_type == "dataset" else ["--repo_type", repo_type]
+        retry = push_command("push", folder, repo_id, *kind, private=private, revision=revision)
     with unreachable_said(folder, repo_id, repo_type, retry):
         repo_id = create_repo(api, repo_id, repo_type, private, flag=private_flag)
         if revision:  # the Hub takes commits only to a branch that exists
@@ -172,6 +175,16 @@ class HubUnreachable(ConnectionError):
     """The Hub could not be reached (no network, a wrong HF_ENDPOINT, offline mode): the folder is kept as it is."""
 
 
+def push_command(command: str, *words, private: bool | None = None, revision: str | None = None) -> str:
+    """The `freeatm` command that pushes again as asked: without --private a repo not created yet would take the
+    namespace's default visibility (public, for a user), and without --revision it would go to main. Quoted, so
+    that a folder with a space in its path is one argument."""
+    import shlex
+
+    flags = (["--private"] if private else []) + (["--revision", revision] if revision else [])
+    return shlex.join(["freeatm", command, *map(str, words), *flags])
+
+
 @contextmanager
 def unreachable_said(folder: Path, repo_id: str, repo_type: str, retry: str | None = None):
     """A push that cannot reach the Hub fails with one sentence naming the endpoint, the cause and the command
@@ -184,8 +197,8 @@ def unreachable_said(folder: Path, repo_id: str, repo_type: str, retry: str | No
         yield
     except (httpx2.TransportError, OfflineModeIsEnabled) as e:
         if retry is None:
-            kind = "" if repo_type == "dataset" else f" --repo_type {repo_type}"
-            retry = f"freeatm push {folder} {repo_id}{kind}"
+            kind = [] if repo_type == "dataset" else ["--repo_type", repo_type]
+            retry = push_command("push", folder, repo_id, *kind)
         raise HubUnreachable(f"could not reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e}); nothing "
                              f"here is lost: push again with `{retry}` when the Hub can be reached") from e
 
@@ -338,7 +351,7 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
     if private is None and source_repo:
         # The export holds the checkpoint's weights: a new repo would take the namespace's default visibility,
         # and a private checkpoint's weights would go public.
-        retry = f"freeatm push-model {folder} {source_repo} --timm"
+        retry = push_command("push-model", folder, source_repo, revision=revision) + " --timm"
         from huggingface_hub.errors import RepositoryNotFoundError
 
         with unreachable_said(Path(folder), repo_id, "model", retry):
@@ -366,7 +379,8 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
                  f"was trained with\n```\n")
         card.save(str(Path(tmp) / "README.md"))
         # The export lives in a temporary folder: pushing again starts from the checkpoint.
-        retry = f"freeatm push-model {folder} {source_repo} --timm" if source_repo else None
+        retry = (push_command("push-model", folder, source_repo, private=private, revision=revision) + " --timm"
+                 if source_repo else None)
         return push_folder(tmp, repo_id, repo_type="model", private=private, token=token, revision=revision,
                            commit_message="Upload the timm export of a freeatm_hf checkpoint", retry=retry,
                            private_flag=flag)

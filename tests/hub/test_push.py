@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -465,6 +466,28 @@ def test_an_unreachable_timm_push_names_the_command_that_pushes_it_again(tmp_pat
     (tmp_path / "ckpt" / "README.md").write_text("# enc\n")
     with pytest.raises(HubUnreachable, match=f"`freeatm push {tmp_path / 'ckpt'} me/enc --repo_type model`"):
         push_folder(tmp_path / "ckpt", "me/enc", repo_type="model", token="hf_test")
+
+
+def test_the_command_that_pushes_again_keeps_the_privacy_and_the_branch_asked_for(tmp_path, monkeypatch):
+    """A push with --private or --revision that could not reach the Hub named a command without them: run as said,
+    it would create the repo with the namespace's default visibility (public, for a user) and push to main."""
+    import huggingface_hub.constants as c
+
+    from freeatm_hf.hub.push import HubUnreachable, push_folder, push_timm_export
+
+    from .test_stock_exports import checkpoint
+
+    folder = tmp_path / "my ckpt"  # a space: the command must still be one the shell reads back as given
+    checkpoint("mae", folder)
+    (folder / "README.md").write_text("# enc\n")
+    monkeypatch.setattr(c, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    with pytest.raises(HubUnreachable, match=re.escape(f"`freeatm push '{folder}' me/enc --repo_type model --private "
+                                                       "--revision dev`")):
+        push_folder(folder, "me/enc", repo_type="model", private=True, revision="dev", token="hf_test")
+    with pytest.raises(HubUnreachable, match=re.escape(f"`freeatm push-model '{folder}' me/enc --private "
+                                                       "--revision dev --timm`")):
+        push_timm_export(folder, "me/enc-timm", private=True, token="hf_test", source_repo="me/enc", revision="dev")
 
 
 def test_a_push_in_offline_mode_says_so_with_the_command_to_push_again(tmp_path, monkeypatch):
