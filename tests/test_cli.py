@@ -144,3 +144,17 @@ def test_a_connection_error_other_than_the_hubs_keeps_its_traceback(monkeypatch)
     monkeypatch.setattr(cli, "main", lost)
     with pytest.raises(ConnectionError, match="the dataset server closed"):
         cli.run(["eval", "knn"])
+
+
+@pytest.mark.parametrize("module", ["freeatm_hf.toy.table1", "freeatm_hf.toy.table2", "freeatm_hf.toy.showcase",
+                                    "freeatm_hf.toy.train_t2i"])
+def test_a_module_entry_points_help_says_its_whole_first_sentence(module):
+    """The help's description was the docstring's first line, cut mid-sentence ("... contrastive learning on
+    generated"): it is the docstring's first paragraph."""
+    import importlib
+
+    res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    description = " ".join(res.stdout.split("\n\n")[1].split())
+    paragraph = " ".join(importlib.import_module(module).__doc__.split("\n\n")[0].split())
+    assert description == paragraph and description.endswith((".", "?", ")"))

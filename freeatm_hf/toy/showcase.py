@@ -58,7 +58,7 @@ def main(argv=None):
 
     from ..generate.pipelines import load_pipeline
 
-    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.showcase", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.showcase", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True)
     p.add_argument("--pipeline", default="shapes")
     p.add_argument("--num_scenes", type=int, default=6)

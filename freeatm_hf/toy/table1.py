@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_parser():
-    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.table1", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.table1", description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", required=True)
     p.add_argument("--pipeline", default=None, help="generator (default: the shapes model when shipped)")
     p.add_argument("--num_images", type=int, default=1024)

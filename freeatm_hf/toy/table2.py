@@ -76,7 +76,7 @@ def rendered_retrieval_set(folder: Path, split: str, seed: int, n: int, mirrors:
 
 
 def make_parser():
-    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.table2", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.table2", description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", required=True)
     p.add_argument("--scenes", default=None, help="a generated dataset to reuse (default: generate one)")
     p.add_argument("--pipeline", default=None, help="generator (default: the shapes model when shipped)")

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_parser():
-    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.train_t2i", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m freeatm_hf.toy.train_t2i", description=__doc__.split("\n\n")[0])
     p.add_argument("--output_dir", required=True, help="the pipeline folder to write (DiffusionPipeline layout)")
     p.add_argument("--resume_from", default=None, help="a pipeline folder written by this script")
     p.add_argument("--vae_steps", type=int, default=1500, help="autoencoder steps before the UNet's (skipped when resuming: the latent space stays)")
