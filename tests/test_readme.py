@@ -1,6 +1,7 @@
 """The README's Python snippets run as written: the shapes-model and dataset ones verbatim, the Stable Diffusion
 one on a tiny SD pipeline saved as a folder (its model id, fp16 and CUDA replaced, nothing else)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def test_the_shapes_model_and_dataset_snippets_run_verbatim(tmp_path, monkeypatc
     scope = {}
     exec(compile(imports + "\n" + block("toy.model import MODEL_DIR"), "README.md", "exec"), scope)
     assert [o.name for o in scope["out"].objects[0]] == ["red circle", "blue star"]
+    # "its card's capture, threshold and guidance": the model folder's recommendation, with nothing passed.
+    recommended, gen = json.loads((Path(scope["MODEL_DIR"]) / "freeatm.json").read_text()), scope["gen"]
+    assert (gen.threshold, gen.guidance_scale, gen.refine) == (recommended["threshold"],
+                                                              recommended["guidance_scale"], recommended["refine"])
+    assert [list(gen.capture.down_factors), list(gen.capture.step_window)] == [
+        recommended["capture"]["down_factors"], recommended["capture"]["step_window"]]
     # The dataset snippet reads what the README's set-up command writes (fewer, shorter images here).
     monkeypatch.chdir(tmp_path)
     cli.main(["generate", "--output_dir", "outputs/demo", "--num_images", "2", "--num_inference_steps", "2"])
