@@ -67,14 +67,13 @@ def push_space(repo_id: str, name: str = "mask_viewer", private: bool | None = N
     from huggingface_hub import HfApi
 
     from . import __version__
-    from .hub.push import create_repo, unreachable_said
+    from .hub.push import create_repo, push_command, unreachable_said
 
     api = HfApi(token=token, library_name="freeatm_hf", library_version=__version__)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / name
         # As `freeatm push` says it: a Hub that cannot be reached is one sentence with the command to run again.
-        retry = f"freeatm push-space {repo_id}" + (" --private" if private else "")
-        with unreachable_said(folder, repo_id, "space", retry):
+        with unreachable_said(push_command("push-space", repo_id, private=private)):
             create_repo(api, repo_id, "space", private, space_sdk="gradio")
             stage_space(folder, name)
             commit = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(folder),

@@ -89,7 +89,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
     if retry is None:
         kind = [] if repo_type == "dataset" else ["--repo_type", repo_type]
         retry = push_command("push", folder, repo_id, *kind, private=private, revision=revision)
-    with unreachable_said(folder, repo_id, repo_type, retry):
+    with unreachable_said(retry):
         repo_id = create_repo(api, repo_id, repo_type, private, flag=private_flag)
         if revision:  # the Hub takes commits only to a branch that exists
             api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
@@ -186,7 +186,7 @@ def push_command(command: str, *words, private: bool | None = None, revision: st
 
 
 @contextmanager
-def unreachable_said(folder: Path, repo_id: str, repo_type: str, retry: str | None = None):
+def unreachable_said(retry: str):
     """A push that cannot reach the Hub fails with one sentence naming the endpoint, the cause and the command
     that pushes again (a rerun uploads only what the repo lacks), not a transport traceback from deep in httpx."""
     import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors are what an unreachable Hub raises
@@ -196,9 +196,6 @@ def unreachable_said(folder: Path, repo_id: str, repo_type: str, retry: str | No
     try:
         yield
     except (httpx2.TransportError, OfflineModeIsEnabled) as e:
-        if retry is None:
-            kind = [] if repo_type == "dataset" else ["--repo_type", repo_type]
-            retry = push_command("push", folder, repo_id, *kind)
         raise HubUnreachable(f"could not reach the Hub at {constants.ENDPOINT} ({type(e).__name__}: {e}); nothing "
                              f"here is lost: push again with `{retry}` when the Hub can be reached") from e
 
@@ -354,7 +351,7 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
         retry = push_command("push-model", folder, source_repo, revision=revision) + " --timm"
         from huggingface_hub.errors import RepositoryNotFoundError
 
-        with unreachable_said(Path(folder), repo_id, "model", retry):
+        with unreachable_said(retry):
             try:
                 source_private = HfApi(token=token).repo_info(source_repo, repo_type="model").private
             except RepositoryNotFoundError:  # only named, not pushed (yet)
