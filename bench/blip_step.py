@@ -8,6 +8,7 @@ building, shuffling and truncating the prompts (tokenizer in the loop) per sampl
 """
 
 import argparse
+import dataclasses
 
 import torch
 from _common import setup, throughput
@@ -39,7 +40,8 @@ def main():
                          {"name": "tennis ball", "bbox": [150, 150, 180, 180]}]] * args.batch_size}
     variants = {}
     for prompts in ("none", "position"):
-        tf = make_transform(BlipArguments(**{**base.__dict__, "prompts": prompts}), tok)
+        # replace(), not the instance's __dict__: that holds the fields no flag sets (init=False) too
+        tf = make_transform(dataclasses.replace(base, prompts=prompts), tok)
 
         def step(tf=tf):
             b = tf(rows)
