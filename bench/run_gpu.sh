@@ -16,16 +16,22 @@ LOGS=/tmp/freeatm_bench_logs
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 LOG="$OUT/bench.txt"
 say() { echo "$*" | tee -a "$LOG"; }
+# Missing or broken wheels are said first and loudly, but end nothing: this call may be the only one, and the
+# benches that need neither diffusers nor datasets (the MM-DiT ones need no datasets, the contrastive step's first
+# figures neither) still measure; the others fail fast, each with its traceback's tail.
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { say "!! wheel install failed"; exit 1; }
+        2>&1 | tee -a "$LOG" || say "!! wheel install failed (see above)"
     export PYTHONPATH=/tmp/site
+else
+    say "!! no wheels in .whl/: run bash bench/gpu_wheels.sh here and carry \".whl\""
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd) PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 python3 -c "import diffusers, datasets, transformers, torch; print('diffusers', diffusers.__version__, 'datasets', \
 datasets.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)" > "$LOGS/versions.txt" 2>&1
 tee -a "$LOG" < "$LOGS/versions.txt"
-grep '^diffusers' "$LOGS/versions.txt" > /dev/null || { say "!! diffusers/datasets do not import: see above (bench/gpu_wheels.sh)"; exit 1; }
+grep '^diffusers' "$LOGS/versions.txt" > /dev/null \
+    || say "!! diffusers/datasets do not import: see above (bench/gpu_wheels.sh); the benches that need them will fail"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee -a "$LOG"
 DEADLINE=${DEADLINE:-510}
 shift || true

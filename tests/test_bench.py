@@ -1,6 +1,7 @@
 """The one GPU call (bench/run_gpu.sh) names scripts and flags that exist: a renamed flag fails here, not after
 a device has been booked."""
 
+import os
 import re
 import subprocess
 import sys
@@ -41,3 +42,26 @@ def test_blip_step_runs_and_its_ratio_is_of_its_own_figures():
     out = _bench("blip_step.py", "--size", "tiny", "--image_size", "32", "--batch_size", "4", "--steps", "1")
     none, position = _figure(out, "plain captions"), _figure(out, "position prompts")  # printed to 0.1
     assert (position - 0.05) / (none + 0.05) - 5e-4 <= _figure(out, "ratio") <= (position + 0.05) / (none - 0.05) + 5e-4
+
+
+def test_run_gpu_runs_the_benches_loudly_when_its_wheels_do_not_import(tmp_path):
+    """The one GPU call: wheels not carried (or datasets broken by the image's pyarrow) must not cost the figures of
+    the benches that can run without them; the log says so first."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "python3").write_text('#!/bin/sh\nif [ "$1" = -c ]; then echo "No module named datasets" >&2; exit 1; fi\n'
+                                   'if [ "$1" = -m ]; then exit 1; fi\necho "figure of $1"\n')
+    (stubs / "nvidia-smi").write_text("#!/bin/sh\necho H200\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "bench").symlink_to(ROOT / "bench")
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "bench/run_gpu.sh", str(tmp_path / "out"), "mmdit_sd3", "contrastive_step"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    log = (tmp_path / "out" / "bench.txt").read_text()
+    assert done.returncode == 0, log + done.stderr
+    assert "!! no wheels" in log and "!! diffusers/datasets do not import" in log
+    assert "figure of bench/mmdit_overhead.py" in log and "figure of bench/contrastive_step.py" in log
+    assert "figure of bench/generate_overhead.py" not in log  # only the benches named
