@@ -9,6 +9,7 @@ generation in a writer thread) with the same generation whose rows are thrown aw
 """
 
 import argparse
+import dataclasses
 import os
 import shutil
 import socket
@@ -49,7 +50,8 @@ def shard_write_overhead(args) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as d:
         cfg = GenerateConfig(output_dir=d + "/ds", num_images=args.num_images, batch_size=args.batch_size,
                              rows_per_shard=args.rows_per_shard, num_inference_steps=args.steps, device="cpu")
-        generate_dataset(GenerateConfig(**{**cfg.__dict__, "output_dir": d + "/warm", "num_images": 2}))
+        # replace(), not the instance's __dict__: that holds what __post_init__ resolved from the model folder too
+        generate_dataset(dataclasses.replace(cfg, output_dir=d + "/warm", num_images=2))
         t = time.perf_counter()
         generate_dataset(cfg)
         t_job = time.perf_counter() - t

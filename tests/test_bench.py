@@ -65,3 +65,15 @@ def test_run_gpu_runs_the_benches_loudly_when_its_wheels_do_not_import(tmp_path)
     assert "!! no wheels" in log and "!! diffusers/datasets do not import" in log
     assert "figure of bench/mmdit_overhead.py" in log and "figure of bench/contrastive_step.py" in log
     assert "figure of bench/generate_overhead.py" not in log  # only the benches named
+
+
+def test_generate_scaling_shard_write_overhead_times_both_runs(monkeypatch):
+    import argparse
+    import math
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import generate_scaling
+
+    args = argparse.Namespace(num_images=2, batch_size=2, rows_per_shard=2, steps=2)
+    t_gen, t_job = generate_scaling.shard_write_overhead(args)
+    assert all(math.isfinite(t) and t > 0 for t in (t_gen, t_job))
