@@ -67,13 +67,39 @@ def test_run_gpu_runs_the_benches_loudly_when_its_wheels_do_not_import(tmp_path)
     assert "figure of bench/generate_overhead.py" not in log  # only the benches named
 
 
-def test_generate_scaling_shard_write_overhead_times_both_runs(monkeypatch):
+def test_generate_scaling_compares_the_job_with_the_same_generation(monkeypatch):
+    """The shard-write overhead is the job ÷ the same generation with its rows thrown away: the same pipeline, loaded
+    inside both timed spans (a clock that only the loads move reads the same), and a generator set as the job's."""
     import argparse
-    import math
+    import types
+
+    import freeatm_hf.generate as generate
+    import freeatm_hf.generate.pipelines as pipelines
+    import freeatm_hf.generate.run as run
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import generate_scaling
 
-    args = argparse.Namespace(num_images=2, batch_size=2, rows_per_shard=2, steps=2)
-    t_gen, t_job = generate_scaling.shard_write_overhead(args)
-    assert all(math.isfinite(t) and t > 0 for t in (t_gen, t_job))
+    clock, loaded, made = [0.0], [], []
+    real_load, real_gen = pipelines.load_pipeline, generate.FreeATMGenerator
+
+    def load(spec, *args, **kwargs):
+        loaded.append(spec)
+        clock[0] += 100.0
+        return real_load(spec, *args, **kwargs)
+
+    class Recorded(real_gen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append((self.refine, self.guidance_scale, self.threshold, self.store.config))
+
+    for module in (pipelines, run):
+        monkeypatch.setattr(module, "load_pipeline", load)
+    for module in (generate, run):
+        monkeypatch.setattr(module, "FreeATMGenerator", Recorded)
+    monkeypatch.setattr(generate_scaling, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    t_gen, t_job = generate_scaling.shard_write_overhead(
+        argparse.Namespace(num_images=2, batch_size=2, rows_per_shard=2, steps=2))
+    assert loaded == ["tiny"] * 3  # the warm-up job, the timed job, the generation alone: the documented pipeline
+    assert made[1] == made[2]
+    assert t_gen == t_job == 100.0
