@@ -174,7 +174,9 @@ def main(argv=None):
         them: gradients are averaged over processes by hand."""
         module.requires_grad_(True).train()
         params = [q for q in module.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr)
+        # Prepared, though the module is not: under fp16 `acc.backward` scales the loss, and only the prepared
+        # optimizer unscales the gradients and skips a step that overflowed (a raw step wrote NaN weights).
+        opt = acc.prepare_optimizer(torch.optim.AdamW(params, lr=lr))
         done = 0
         for done in tqdm(range(1, steps + 1), desc=name, disable=not acc.is_local_main_process):
             x, _ = batch()

@@ -386,3 +386,28 @@ def test_training_draws_fresh_scenes_of_the_world_it_records_and_scales_latents_
     with torch.no_grad():
         z = vae.encode(images.permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.sample()
     assert (z * vae.config.scaling_factor).std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_autoencoder_stages_skip_the_steps_whose_fp16_gradients_overflow(tmp_path, monkeypatch):
+    """Under --mixed_precision fp16 (CUDA) accelerate scales the loss before backward; a step whose gradients
+    overflowed must be skipped (and the scale lowered), as the UNet stage's prepared optimizer does. Here every
+    step overflows (an infinite scale, installed on the CPU): the VAE and decoder stages must leave the weights as
+    they were, not write NaN into them."""
+    import accelerate
+    from safetensors.torch import load_file
+
+    from freeatm_hf.toy.model import shapes_components
+    from freeatm_hf.toy.train_t2i import main
+
+    class OverflowingAccelerator(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=float("inf"))
+
+    monkeypatch.setattr(accelerate, "Accelerator", OverflowingAccelerator)
+    main(["--output_dir", str(tmp_path / "t2i"), "--vae_steps", "2", "--decoder_steps", "2", "--unet_steps", "0",
+          "--batch_size", "2"])
+    saved = load_file(str(tmp_path / "t2i" / "vae" / "diffusion_pytorch_model.safetensors"))
+    init = shapes_components()["vae"].state_dict()
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert all(torch.equal(init[k].half(), v) for k, v in saved.items())
