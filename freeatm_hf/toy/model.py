@@ -146,6 +146,7 @@ def lr_history(training: dict) -> str:
 
 
 CAPTION_DROPOUT = 0.1  # train_t2i's default, with which every run before the facts recorded it trained
+EMA_DECAY = 0.999  # the same for the EMA decay; a recorded 0 (no averaging) is said as 0, not as this default
 PREDICTION_NAMES = {"v_prediction": "v-prediction", "epsilon": "ε-prediction", "sample": "x₀-prediction"}
 
 
@@ -180,5 +181,6 @@ def write_model_card(folder: Path, info: dict):
                                    scenes_unique=scenes_unique(info.get("training") or {}),
                                    objective=objective_text(folder),
                                    caption_dropout=(info.get("training") or {}).get("caption_dropout",
-                                                                                    CAPTION_DROPOUT))
+                                                                                    CAPTION_DROPOUT),
+                                   ema_decay=(info.get("training") or {}).get("ema_decay", EMA_DECAY))
     write_text_atomic(folder / "README.md", str(card))

@@ -121,3 +121,15 @@ def test_the_card_states_the_objective_and_caption_dropout_trained_with(facts, s
         (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     update_model_folder(tmp_path, training={"unet_steps": 3, **facts})
     assert says in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
+
+
+@pytest.mark.parametrize("facts, says", [
+    ({"ema_decay": 0.0}, "EMA 0.0 of the UNet weights"),  # --ema_decay 0: the raw weights were saved
+    ({"ema_decay": 0.99}, "EMA 0.99 of the UNet weights"),
+    ({}, "EMA 0.999 of the UNet weights"),  # facts from before the decay was recorded: the default then
+])
+def test_the_card_states_the_ema_decay_trained_with(facts, says, tmp_path):
+    from huggingface_hub import ModelCard
+
+    update_model_folder(tmp_path, training={"unet_steps": 3, **facts})
+    assert says in " ".join(ModelCard.load(tmp_path / "README.md").text.split())
