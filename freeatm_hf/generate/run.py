@@ -9,6 +9,7 @@ Each process takes every `world_size`-th shard; re-running the same command resu
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .config import GenerateConfig
 from .generator import FreeATMGenerator
 from .pipelines import load_pipeline, local_fingerprint, pipeline_source, resolved_commit
 from .schema import OBJECTS, TRUNCATED, dataset_features, encode_images, output_to_rows
-from .writer import DatasetWriter, SettingsMismatchError, deal
+from .writer import DatasetWriter, SettingsMismatchError, deal, exclusive_folder
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
     # The barrier after generation waits for the slowest rank's last shard (ranks with none left wait for whole
     # shards): far past the 10-minute NCCL default on a large model (the job would be killed, resumed, killed).
     state = PartialState(cpu=cfg.device == "cpu", timeout=BARRIER_TIMEOUT)
+    with exclusive_folder(cfg.output_dir) if state.is_main_process else nullcontext():
+        return _generate(cfg, state)
+
+
+def _generate(cfg: GenerateConfig, state) -> Path:
     device = torch.device(cfg.device) if cfg.device else state.device
     source = PromptSource(cfg)
     features = dataset_features(source.label_names)

@@ -5,6 +5,7 @@ Layout (exactly what the Hub repo holds):
     README.md                               dataset card (written last, by the main process)
     data/train-00000-of-00012.parquet       shard i holds rows [i·rows_per_shard, (i+1)·rows_per_shard)
     .freeatm/settings.json                  what the rows depend on; a different run is refused
+    .freeatm/lock                           held by the run writing the folder; a second one is refused
     .freeatm/tmp/                           shards being written (renamed into data/ when complete)
 
 A shard is written to a temporary file and renamed into place, so a shard file that exists is complete:
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from ..files import write_text_atomic
 
 STATE_DIR = ".freeatm"
 SETTINGS_FILE = "settings.json"
+LOCK_FILE = "lock"
 # Settings that do not change the rows: speed-only ones that older versions recorded, and advice to readers.
 NOT_COMPARED = frozenset({"batch_size", "compile", "min_attention_peak"})
 # Settings added later, with the value that older folders (which did not record them) were written with.
@@ -44,6 +47,10 @@ class SettingsMismatchError(ValueError):
     pass
 
 
+class FolderInUseError(ValueError):
+    pass
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int
@@ -55,6 +62,42 @@ def deal(pending: list, rank: int, world_size: int) -> list:
     """`rank`'s share of the pending shards: dealt round-robin, so ranks finish together also when a crash left
     one rank's share done and another's not."""
     return pending[rank::world_size]
+
+
+@contextmanager
+def exclusive_folder(root: str | os.PathLike):
+    """Held by a run's main process from before its settings are checked to its end. A second run started into the
+    folder by mistake would otherwise replace the first's settings while it had no shard yet, remove its shards in
+    the making as a crash's leftovers and write shards of the same names: a mix of both runs' rows, with both
+    exiting 0. An OS lock (`flock`): a killed run holds it no longer, so a resume is never refused for it. None is
+    held where there are no such locks (Windows; a network filesystem without them)."""
+    root = Path(root)
+    state = root / STATE_DIR
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or (not state.is_dir() and root.is_dir() and any(root.iterdir())):
+        yield  # (the latter: no generation, which the writer refuses; nothing is added to the user's folder)
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / LOCK_FILE, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "its process is not recorded yet"
+            raise FolderInUseError(f"{root} is being written by another freeatm generate ({holder}): wait for it "
+                                   "to end (re-run it to resume), or use another output directory") from None
+        except OSError:  # ENOLCK and the like: no locks here
+            pass
+        else:
+            import socket
+
+            f.truncate(0)
+            f.write(f"process {os.getpid()} on {socket.gethostname()}")
+            f.flush()
+        yield
 
 
 class DatasetWriter:

@@ -1,6 +1,7 @@
 """Generation across processes (torchrun, gloo on CPU) and resume after a real SIGKILL."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,35 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert [(r["seed"], r["prompt"], r["image"]["bytes"]) for r in resumed] == [
         (r["seed"], r["prompt"], r["image"]["bytes"]) for r in expected]
     assert not list((out / ".freeatm" / "tmp").glob("*"))
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused_and_the_first_one_is_unharmed(tmp_path):
+    """Two runs started into one folder by mistake: the second, with other settings, replaced the first's
+    settings.json (no shard was written yet) and both wrote shards of the same names: the folder ended up a mix of
+    both runs' rows (seeds repeated), its settings one run's, its card the other's, and both runs exited 0."""
+    from freeatm_hf.generate import GenerateConfig
+    from freeatm_hf.generate.run import generate_dataset
+
+    args = dict(num_images=6, rows_per_shard=2, steps=6, batch_size=2)
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "freeatm_hf.generate", *gen_args(reference, **args)], env=env(), cwd=ROOT,
+                   check=True, capture_output=True, timeout=600)
+    out = tmp_path / "ds"
+    first = subprocess.Popen([sys.executable, "-m", "freeatm_hf.generate", *gen_args(out, **args)], env=env(),
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / ".freeatm" / "settings.json").exists():
+        time.sleep(0.01)
+    settings = (out / ".freeatm" / "settings.json").read_text()
+    with pytest.raises(ValueError, match=re.escape(f"{out} is being written by another freeatm generate (process "
+                                                   f"{first.pid} on ")):
+        generate_dataset(GenerateConfig(output_dir=str(out), num_images=6, rows_per_shard=2, num_inference_steps=2,
+                                        seed=5, device="cpu"))
+    assert first.poll() is None, "the first run should still be running when the second is refused"
+    assert (out / ".freeatm" / "settings.json").read_text() == settings
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-3000:]
+    assert [(r["seed"], r["image"]["bytes"]) for r in read_rows(out)] == [
+        (r["seed"], r["image"]["bytes"]) for r in read_rows(reference)]
 
 
 @pytest.mark.parametrize("world_size", [1, 3])
