@@ -166,6 +166,8 @@ def _generate(cfg: GenerateConfig, state) -> Path:
                               for start in range(shard.start, shard.stop, cfg.batch_size)]
                 next_prompts = prompter.submit(source.batch, id_batches[0])
                 for k, ids in enumerate(id_batches):
+                    if pending is not None and pending.done():
+                        pending.result()  # a failed write (a full disk) ends the run now, not a shard later
                     prompts = next_prompts.result()
                     if k + 1 < len(id_batches):
                         next_prompts = prompter.submit(source.batch, id_batches[k + 1])

@@ -573,6 +573,36 @@ def test_generation_asks_the_augmenter_for_a_batchs_prompts_together(tmp_path, m
     assert rows["prompt"] == expect
 
 
+def test_a_shard_that_cannot_be_written_stops_the_run_before_another_shard_is_generated(tmp_path, monkeypatch):
+    """A shard is written beside the next one's generation; its failure (a full disk) was raised only once that
+    next shard was generated whole: on a GPU, up to an hour of images per process that could not be kept."""
+    import errno
+    import time
+
+    from freeatm_hf.generate import run
+
+    calls = []
+
+    class Counting(run.FreeATMGenerator):
+        def __call__(self, *args, **kwargs):
+            calls.append(kwargs["seeds"])
+            time.sleep(0.2)  # a real batch takes longer still: the failed write is long done
+            return super().__call__(*args, **kwargs)
+
+    def full_disk(self, shard, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run, "FreeATMGenerator", Counting)
+    monkeypatch.setattr(run.DatasetWriter, "write", full_disk)
+    out = tmp_path / "out"
+    cfg = parse(["--output_dir", str(out), "--pipeline", "tiny", "--num_images", "24", "--batch_size", "1",
+                 "--rows_per_shard", "8", "--num_inference_steps", "1", "--device", "cpu"])
+    with pytest.raises(OSError, match="No space left on device"):
+        run.generate_dataset(cfg)
+    assert len(calls) <= 8 + 2, f"{len(calls)} batches generated; shard 0's write failed after the 8th"
+    assert not (out / "data").exists() and not (out / "README.md").exists()
+
+
 def test_a_json_prompts_file_is_read_as_one_object_per_line_and_a_txt_as_plain_prompts(tmp_path):
     from freeatm_hf.generate.run import PromptSource
 
