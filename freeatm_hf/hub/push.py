@@ -94,7 +94,7 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str = "dataset", pr
         if revision:  # the Hub takes commits only to a branch that exists
             api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
         message = commit_message or f"Upload {repo_type} with freeatm_hf {__version__}"
-        public = public_files(folder, repo_id, repo_type)
+        public = public_files(folder, repo_id, repo_type, revision)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type, revision=revision,
                                    commit_message=message, ignore_patterns=IGNORE + list(public)
                                    + (MODEL_IGNORE if repo_type == "model" else [])
@@ -260,12 +260,12 @@ def synced(repo_type: str, api, repo_id: str, revision: str | None = None) -> li
     return None
 
 
-def public_files(folder: Path, repo_id: str, repo_type: str) -> dict[str, bytes]:
-    """The files whose pushed copy differs from the local one: the card named for the repo (`named_card`) and,
-    for a model, the facts behind its card with each dataset named as a public card names it, never by its
-    path on this machine (`public_facts`)."""
+def public_files(folder: Path, repo_id: str, repo_type: str, revision: str | None = None) -> dict[str, bytes]:
+    """The files whose pushed copy differs from the local one: the card named for the repo and branch
+    (`named_card`) and, for a model, the facts behind its card with each dataset named as a public card names it,
+    never by its path on this machine (`public_facts`)."""
     files = {}
-    card = named_card(folder, repo_id, repo_type)
+    card = named_card(folder, repo_id, repo_type, revision)
     if card:
         files["README.md"] = card.encode()
     if repo_type == "model":
@@ -278,16 +278,16 @@ def public_files(folder: Path, repo_id: str, repo_type: str) -> dict[str, bytes]
 PLACEHOLDERS = {"dataset": "<user>/<dataset>", "model": "<user>/<repo>", "space": "<user>/<space>"}
 
 
-def named_card(folder: Path, repo_id: str, repo_type: str) -> str | None:
+def named_card(folder: Path, repo_id: str, repo_type: str, revision: str | None = None) -> str | None:
     """The folder's card as the repo should hold it, or None when it needs no change. Cards are written before
     anyone knows where they will be pushed, so their load snippets say `<user>/<repo>`; the pushed copy names
-    the repo, a freeatm dataset card also records it (`freeatm.repo_id`), and a model card names the datasets
-    pushed since it was written by their ids (`with_pushed_datasets`). Only those change, so a card edited by
-    hand keeps its edits."""
+    the repo (and the `revision` branch it goes to, `named_repo`), a freeatm dataset card also records it
+    (`freeatm.repo_id`), and a model card names the datasets pushed since it was written by their ids
+    (`with_pushed_datasets`). Only those change, so a card edited by hand keeps its edits."""
     from huggingface_hub import RepoCard
 
     text = (Path(folder) / "README.md").read_text()
-    named = text.replace(PLACEHOLDERS.get(repo_type, "<user>/<repo>"), repo_id)
+    named = named_repo(text, PLACEHOLDERS.get(repo_type, "<user>/<repo>"), repo_id, revision)
     if repo_type == "model":
         from .model_card import with_pushed_datasets
 
@@ -299,6 +299,23 @@ def named_card(folder: Path, repo_id: str, repo_type: str) -> str | None:
             card.data.freeatm = {**block, "repo_id": repo_id}
             named = str(card)
     return None if named == text else named
+
+
+def named_repo(text: str, placeholder: str, repo_id: str, revision: str | None = None) -> str:
+    """`text` with `placeholder` (and `placeholder-timm`, the timm export's repo) naming `repo_id`. Pushed to a
+    branch, the card lives there, and so do the repo's files (and, by `push-model --timm --revision`, the timm
+    export's): each loading call in its snippets names the branch, else it would read the main branch (another
+    version, or nothing)."""
+    import re
+
+    if revision:
+        ph = re.escape(placeholder)
+        # timm reads a branch as part of the id; the others take `revision=`, after the call's other arguments
+        # (`hf_hub_download(repo, filename)` takes the file positionally).
+        text = re.sub(rf"hf-hub:{ph}([\w.-]*)", lambda m: f"hf-hub:{repo_id}{m[1]}@{revision}", text)
+        text = re.sub(rf'"{ph}([\w.-]*)"([^()\n]*)\)',
+                      lambda m: f'"{repo_id}{m[1]}"{m[2]}, revision="{revision}")', text)
+    return text.replace(placeholder, repo_id)
 
 
 def _record_push(folder: Path, repo_id: str, repo_type: str, revision: str | None = None):

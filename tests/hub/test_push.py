@@ -266,8 +266,12 @@ def test_train_push_to_hub_uploads_the_folder_with_the_freeatm_card_and_push_mod
         assert json.loads(files["card_info.json"])["data"]["dataset"] == "./example_dataset"
         assert json.loads((out / "card_info.json").read_text())["data"]["dataset"] == str(
             ROOT / "spaces" / "mask_viewer" / "example_dataset")
-        assert 'from_pretrained("me/simclr-atm")' in files["README.md"].decode()
-        assert files["README.md"] == (out / "README.md").read_bytes().replace(b"<user>/<repo>", b"me/simclr-atm")
+        # Pushed to --hub_revision's branch: the card's snippets load that branch.
+        assert 'from_pretrained("me/simclr-atm", revision="exp1")' in files["README.md"].decode()
+        from freeatm_hf.hub.push import named_repo
+
+        assert files["README.md"].decode() == named_repo((out / "README.md").read_text(), "<user>/<repo>",
+                                                         "me/simclr-atm", "exp1")
         # A name without a namespace lands under the token's user, and the card and the timm repo say so.
         res = run_cli(["push-model", str(out), "again", "--timm"], hub.url, tmp_path)
         assert res.returncode == 0, res.stderr
@@ -565,3 +569,48 @@ def test_a_timm_exports_card_names_the_data_and_kind_of_run_the_checkpoints_card
     kind = {"attention-masks", "baseline"}
     assert kind & set(timm_card.data.tags) == kind & set(card.data.tags) == {"attention-masks"}
     assert "the image encoder of MAE (freeatm_hf)" in timm_card.text
+
+
+def _hub_calls(card: str) -> list[tuple[str, list, dict]]:
+    """Every call in the card's Python snippets whose first argument is a string: (name, args, keywords)."""
+    import ast
+
+    calls = []
+    for block in card.split("```python")[1:]:
+        for node in ast.walk(ast.parse(block.split("```")[0])):
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                calls.append((name, [ast.literal_eval(a) for a in node.args if isinstance(a, ast.Constant)],
+                              {k.arg: ast.literal_eval(k.value) for k in node.keywords}))
+    return calls
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae", "blip"])
+def test_a_card_pushed_to_a_branch_loads_that_branch_in_each_snippet(method, dataset_dir, tmp_path, in_process_hub):
+    """Pushed with --revision v2, the card lives on v2 but its snippets loaded the main branch: another version's data or
+    weights, or nothing where the repo's main has none (`push-model --timm --revision` sends the timm export to v2)."""
+    import shutil
+
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.hub.push import push_folder
+
+    from .test_stock_exports import checkpoint
+
+    folder = tmp_path / "ckpt"
+    model = checkpoint(method, folder)
+    write_model_card(folder, model.config, data={"dataset": "me/scenes"}, training={})
+    scenes = shutil.copytree(dataset_dir, tmp_path / "scenes")
+    for path, repo_type, repo_id in ((folder, "model", "me/enc"), (scenes, "dataset", "me/scenes")):
+        push_folder(path, repo_id, repo_type=repo_type, revision="v2")
+        card = in_process_hub.repos[(repo_type, repo_id)]["files"]["README.md"].decode()
+        calls = [(name, args, kw) for name, args, kw in _hub_calls(card) if args[0].startswith(repo_id)]
+        loaders = {"model": {"from_pretrained", "hf_hub_download"}, "dataset": {"load_dataset"}}[repo_type]
+        assert calls and {name for name, _, _ in calls} <= loaders
+        assert all(kw.get("revision") == "v2" for _, _, kw in calls), calls
+        timm_ids = [a[0] for name, a, _ in _hub_calls(card) if name == "create_model"]
+        assert timm_ids == ([] if repo_type == "dataset" else ["hf-hub:me/enc-timm@v2"])
+    # Pushed to the main branch, the snippets stay as plain as before.
+    push_folder(folder, "me/plain", repo_type="model")
+    card = in_process_hub.repos[("model", "me/plain")]["files"]["README.md"].decode()
+    assert all("revision" not in kw for _, _, kw in _hub_calls(card)) and "hf-hub:me/plain-timm\"" in card
+
