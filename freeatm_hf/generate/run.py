@@ -267,11 +267,13 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
         raise RuntimeError(f"{writer.root} is missing shards; re-run the same command to finish it")
     import pyarrow.compute as pc
 
-    num_objects = num_empty = num_truncated = 0
+    num_objects = num_empty = num_truncated = num_bytes = download_size = 0
     first_map = None  # the stored map of the first object of any row: its size is the card's map size
     for i in range(writer.num_shards):
         # The boxes alone, counted in Arrow: the objects whole would decode every map's bytes into Python.
         shard = pq.ParquetFile(writer.shard_path(i))
+        num_bytes += sum(shard.metadata.row_group(g).total_byte_size for g in range(shard.metadata.num_row_groups))
+        download_size += writer.shard_path(i).stat().st_size
         table = shard.read(columns=[f"{OBJECTS}.list.element.bbox", TRUNCATED])
         boxes = pc.struct_field(pc.list_flatten(table.column(OBJECTS)), "bbox")
         num_objects += len(boxes)
@@ -297,6 +299,7 @@ def write_card(writer: DatasetWriter, cfg: GenerateConfig, features):
         features, generation,
         counts=dict(num_rows=writer.num_rows, num_objects=num_objects, num_empty=num_empty,
                     num_truncated=num_truncated, num_shards=writer.num_shards),
+        num_bytes=num_bytes, download_size=download_size,
         # Always the placeholder: push fills in the repo the folder goes to (`named_card`), which may be
         # another than --push_to_hub named (`freeatm push DIR other/repo`).
         repo_id="<user>/<dataset>",

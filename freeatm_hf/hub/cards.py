@@ -91,9 +91,15 @@ def markdown_text(text: str) -> str:
 
 def render_dataset_card(features, generation: dict, counts: dict, repo_id: str = "<user>/<dataset>",
                         pretty_name: str = "freeatm generated dataset", examples: list[dict] | None = None,
-                        extra_tags: list[str] | None = None, **template_vars):
-    """A `DatasetCard` with YAML `configs`, `dataset_info`, task categories, license and size category."""
-    from datasets import DatasetInfo
+                        extra_tags: list[str] | None = None, num_bytes: int | None = None,
+                        download_size: int | None = None, **template_vars):
+    """A `DatasetCard` with YAML `configs`, `dataset_info`, task categories, license and size category.
+    `num_bytes` (the rows' uncompressed size) and `download_size` (the data files'): with `counts["num_rows"]`,
+    the train split's size in `dataset_info`, as `push_to_hub` states it. `datasets` keys its cache of a local
+    folder by the folder's name and this metadata, not by the files: without the sizes, every folder of one name
+    whose rows have these features (another run's, or this one regenerated) shares a cache, and a plain
+    `load_dataset(folder)` returns the rows first read."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -108,7 +114,11 @@ def render_dataset_card(features, generation: dict, counts: dict, repo_id: str =
         # Machine-readable generation settings (training reads the mask threshold from here).
         freeatm={"generation": generation},
     )
-    DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)
+    sizes = {}
+    if num_bytes is not None:
+        splits = SplitDict({"train": SplitInfo("train", num_bytes=num_bytes, num_examples=counts.get("num_rows", 0))})
+        sizes = dict(splits=splits, dataset_size=num_bytes, download_size=download_size)
+    DatasetInfosDict({"default": DatasetInfo(features=features, **sizes)}).to_dataset_card_data(data)
     return DatasetCard.from_template(
         data, template_path=str(template_path("dataset_card.md")), pretty_name=pretty_name, repo_id=repo_id,
         generation=generation, generation_rows=generation_rows(generation),

@@ -175,3 +175,28 @@ def test_the_card_says_where_the_generators_licence_is_found(generation, says):
                                {"num_rows": 1})
     text = " ".join(card.text.split())
     assert says in text and ("see its model card" in text) == (generation["pipeline_source"] != "built-in")
+
+
+def test_two_generated_folders_of_one_name_load_their_own_rows_with_plain_datasets(tmp_path):
+    """`datasets` keys its cache of a local folder by the folder's name and the card's metadata, not its files:
+    a second folder called `scenes` (another run's, or this one regenerated) with a card stating the same
+    features gave the first one's rows. The card states the split's rows and bytes, as `push_to_hub` writes them,
+    so other data has another key; `datasets` checks the row count against the files."""
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    from freeatm_hf.generate import GenerateConfig
+    from freeatm_hf.generate.run import generate_dataset
+
+    cache = str(tmp_path / "cache")
+    for run, seed in (("a", 0), ("b", 7)):  # as many rows, other images
+        out = tmp_path / run / "scenes"
+        generate_dataset(GenerateConfig(output_dir=str(out), num_images=2, batch_size=2, num_inference_steps=2,
+                                        device="cpu", seed=seed))
+        shards = sorted((out / "data").glob("*.parquet"))
+        written = [r for s in shards for r in pq.read_table(s, columns=["seed"]).column("seed").to_pylist()]
+        assert load_dataset(str(out), split="train", cache_dir=cache)["seed"] == written == [seed, seed + 1]
+    info = DatasetCard.load(out / "README.md").data.dataset_info
+    assert [(s["name"], s["num_examples"]) for s in info["splits"]] == [("train", 2)]
+    assert info["download_size"] == sum(s.stat().st_size for s in shards)
