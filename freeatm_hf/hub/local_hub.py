@@ -23,6 +23,7 @@ from urllib.parse import unquote
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils.sha import git_hash
 
 USER = "me"  # the one user of a loopback Hub
 
@@ -90,7 +91,11 @@ class LocalHub:
                     return self._json(404, {"error": f"Invalid rev id: {unquote(revision)}"})
                 if action == "preupload":
                     files = json.loads(body)["files"]
-                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                    held = hub.repos[(repo_type, repo_id)]["files"]
+                    # As the Hub: a file the repo holds comes with its git oid, so that the client leaves an
+                    # unchanged one out of the commit (and makes no empty commit).
+                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                                                       **({"oid": git_hash(held[f["path"]])} if f["path"] in held else {})}
                                                       for f in files]})
                 return self._json(200, hub._commit(repo_type, repo_id, body))
 

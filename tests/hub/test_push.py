@@ -614,3 +614,22 @@ def test_a_card_pushed_to_a_branch_loads_that_branch_in_each_snippet(method, dat
     card = in_process_hub.repos[("model", "me/plain")]["files"]["README.md"].decode()
     assert all("revision" not in kw for _, _, kw in _hub_calls(card)) and "hf-hub:me/plain-timm\"" in card
 
+
+def test_pushing_an_unchanged_folder_again_makes_no_commit_and_a_changed_card_one(dataset_dir, tmp_path,
+                                                                                   in_process_hub):
+    """As on the Hub, whose preupload answer gives each file it holds by its oid: a re-push sends only what changed."""
+    import shutil
+
+    from freeatm_hf.hub.push import push_folder
+
+    folder = shutil.copytree(dataset_dir, tmp_path / "scenes")
+    first = push_folder(folder, "me/scenes")
+    pushed = dict(in_process_hub.repos[("dataset", "me/scenes")]["files"])
+    assert len(in_process_hub.commits) == 2  # the folder, then its card named for the repo
+    again = push_folder(folder, "me/scenes")
+    assert again.url.rsplit("/", 1)[1] == first.url.rsplit("/", 1)[1] and len(in_process_hub.commits) == 2
+    assert in_process_hub.repos[("dataset", "me/scenes")]["files"] == pushed
+    (folder / "README.md").write_text((folder / "README.md").read_text() + "\nA note by hand.\n")
+    push_folder(folder, "me/scenes")
+    assert [(c["message"], sorted(c["files"]), c["deleted"]) for c in in_process_hub.commits[2:]] == [
+        (f"{in_process_hub.commits[0]['message']}: card", ["README.md"], [])]
