@@ -271,39 +271,43 @@ def read_through(ds, transform, sources: list[str]):
 
 
 def _naming(transform, sources: list[str], decode):
-    def where(batch: dict, i: int) -> str:
-        image = batch.get("image", [None] * (i + 1))[i]
-        path = image.get("path") if isinstance(image, dict) else None
-        if ROW in batch:
-            said = f"row {batch[ROW][i]} of {sources[batch[SOURCE][i]]!r}"
-        else:
-            said = "a row of " + " or ".join(map(repr, sources))
-        return said + (f" (image {path})" if path else "")
+    # A partial of a module-level function, not a closure: data workers started by spawn or forkserver (macOS,
+    # Windows, Python 3.14 on Linux) get the dataset, this included, by pickling.
+    return functools.partial(_read_named, transform=transform, sources=sources, decode=decode)
 
-    def read(batch: dict) -> dict:
-        names = {k: batch.pop(k) for k in (ROW, SOURCE) if k in batch}
-        n = len(next(iter(batch.values()), []))
-        if decode is not None:
-            rows = []
-            for i in range(n):
-                try:
-                    rows.append(decode({k: v[i] for k, v in batch.items()}))
-                except Exception as e:
-                    raise ValueError(f"{where({**batch, **names}, i)} cannot be decoded ({type(e).__name__}: {e}): "
-                                     "replace or leave out its file") from e
-            batch = {k: [r[k] for r in rows] for k in batch}
-        try:
-            return transform(batch)
-        except Exception:
-            # Which row: each alone, only once the batch has failed.
-            for i in range(n):
-                try:
-                    transform({k: v[i : i + 1] for k, v in batch.items()})
-                except Exception as e:
-                    raise ValueError(f"{where({**batch, **names}, i)}: {type(e).__name__}: {e}") from e
-            raise
 
-    return read
+def _where(batch: dict, i: int, sources: list[str]) -> str:
+    image = batch.get("image", [None] * (i + 1))[i]
+    path = image.get("path") if isinstance(image, dict) else None
+    if ROW in batch:
+        said = f"row {batch[ROW][i]} of {sources[batch[SOURCE][i]]!r}"
+    else:
+        said = "a row of " + " or ".join(map(repr, sources))
+    return said + (f" (image {path})" if path else "")
+
+
+def _read_named(batch: dict, transform, sources: list[str], decode) -> dict:
+    names = {k: batch.pop(k) for k in (ROW, SOURCE) if k in batch}
+    n = len(next(iter(batch.values()), []))
+    if decode is not None:
+        rows = []
+        for i in range(n):
+            try:
+                rows.append(decode({k: v[i] for k, v in batch.items()}))
+            except Exception as e:
+                raise ValueError(f"{_where({**batch, **names}, i, sources)} cannot be decoded ({type(e).__name__}: "
+                                 f"{e}): replace or leave out its file") from e
+        batch = {k: [r[k] for r in rows] for k in batch}
+    try:
+        return transform(batch)
+    except Exception:
+        # Which row: each alone, only once the batch has failed.
+        for i in range(n):
+            try:
+                transform({k: v[i : i + 1] for k, v in batch.items()})
+            except Exception as e:
+                raise ValueError(f"{_where({**batch, **names}, i, sources)}: {type(e).__name__}: {e}") from e
+        raise
 
 
 def freeatm_card_block(source: str | None) -> dict:

@@ -4,6 +4,7 @@
     freeatm train blip recipes/blip_cpu_smoke.yaml                         # from scratch, tiny, CPU
 """
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -194,9 +195,7 @@ def build_blip(args: BlipArguments):
 def make_transform(args: BlipArguments, tokenizer):
     from torchvision.transforms import v2
 
-    from ..data.masks import drawn_objects
     from ..data.position_prompts import PositionPromptTransform
-    from ..data.rows import one_caption
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     max_length = args.max_length or MAX_LENGTH
@@ -205,20 +204,26 @@ def make_transform(args: BlipArguments, tokenizer):
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     positions = args.prompts == "position"
     min_peak = args.resolve_min_attention_peak() if positions else None  # the baseline reads no objects
+    # A partial of a module-level function, not a closure: data workers started by spawn or forkserver (macOS,
+    # Windows, Python 3.14 on Linux) get the dataset, transform included, by pickling.
+    return functools.partial(_prompted_pairs, geo=geo, finish=finish, tokenizer=tokenizer, max_length=max_length,
+                             positions=positions, min_peak=min_peak)
 
-    def transform(batch):
-        pixels, texts = [], []
-        for image, prompt, objects in zip(batch["image"], batch["prompt"], batch["objects"]):
-            objects = drawn_objects(objects, min_peak) if positions else []
-            names = [o["name"] for o in objects]
-            boxes = [o["bbox"] for o in objects]
-            img, text = geo(image, one_caption(prompt), names, boxes)
-            pixels.append(finish(img))
-            texts.append(text)
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-        return {"pixel_values": pixels, "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
 
-    return transform
+def _prompted_pairs(batch, geo, finish, tokenizer, max_length: int, positions: bool, min_peak: float | None):
+    from ..data.masks import drawn_objects
+    from ..data.rows import one_caption
+
+    pixels, texts = [], []
+    for image, prompt, objects in zip(batch["image"], batch["prompt"], batch["objects"]):
+        objects = drawn_objects(objects, min_peak) if positions else []
+        names = [o["name"] for o in objects]
+        boxes = [o["bbox"] for o in objects]
+        img, text = geo(image, one_caption(prompt), names, boxes)
+        pixels.append(finish(img))
+        texts.append(text)
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return {"pixel_values": pixels, "input_ids": list(enc.input_ids), "attention_mask": list(enc.attention_mask)}
 
 
 def train(args: BlipArguments, training_args):

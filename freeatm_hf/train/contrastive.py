@@ -5,6 +5,7 @@
     accelerate launch -m freeatm_hf.train moco recipes/moco_atm.yaml
 """
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -151,7 +152,6 @@ def build_optimizer(model, name: str, lr: float, weight_decay: float, betas=(0.9
 
 
 def make_transform(args: ContrastiveArguments):
-    from ..data.masks import MapMasks, drawn_objects
     from ..data.transforms import TwoViewTransform
     from ..masks import DEFAULT_THRESHOLD
 
@@ -171,19 +171,24 @@ def make_transform(args: ContrastiveArguments):
     two = TwoViewTransform(size=args.image_size, scale=(args.crop_scale_min, 1.0), min_visible=args.min_visible,
                            photometric=not on_device, normalize=not on_device, color_strength=args.color_strength,
                            uint8_views=on_device, bool_masks=on_device and args.mask_mode == "binary")
+    # A partial of a module-level function, not a closure: data workers started by spawn or forkserver (macOS,
+    # Windows, Python 3.14 on Linux) get the dataset, transform included, by pickling.
+    return functools.partial(_two_views, two=two, masked=masked, min_peak=min_peak, threshold=threshold,
+                             mask_mode=args.mask_mode)
 
-    def transform(batch: dict) -> dict:
-        out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
-        for image, objects in zip(batch["image"], batch["objects"]):
-            image = rgb(image)
-            masks = MapMasks(drawn_objects(objects, min_peak) if masked else [], (image.height, image.width),
-                             threshold, args.mask_mode)
-            views = two(image, masks)
-            for k in out:
-                out[k].append(views[k])
-        return out
 
-    return transform
+def _two_views(batch: dict, two, masked: bool, min_peak: float | None, threshold, mask_mode: str) -> dict:
+    from ..data.masks import MapMasks, drawn_objects
+
+    out = {k: [] for k in ("pixel_values_1", "pixel_values_2", "masks_1", "masks_2")}
+    for image, objects in zip(batch["image"], batch["objects"]):
+        image = rgb(image)
+        masks = MapMasks(drawn_objects(objects, min_peak) if masked else [], (image.height, image.width),
+                         threshold, mask_mode)
+        views = two(image, masks)
+        for k in out:
+            out[k].append(views[k])
+    return out
 
 
 def check_optim_unset(training_args):

@@ -4,6 +4,7 @@
     freeatm train mae recipes/mae_atm.yaml
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -66,13 +67,9 @@ class BetaScheduleCallback(TrainerCallback):
 
 
 def make_transform(args: MAEArguments, config):
-    from torchvision import tv_tensors
     from torchvision.transforms import v2
-    from torchvision.transforms.v2 import functional as F
 
-    from ..data.masks import MapMasks, drawn_objects
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, training_interpolation
-    from ..models.mae import patch_scores
 
     min_peak = args.resolve_min_attention_peak() if args.guided else None  # the baseline reads no maps
     side = args.image_size
@@ -80,29 +77,38 @@ def make_transform(args: MAEArguments, config):
     crop = v2.RandomResizedCrop(side, scale=(args.crop_scale_min, 1.0), interpolation=resize,
                                 antialias=True)
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    no_scores = torch.full(((side // config.patch_size) ** 2,), float("nan"))  # random masking
+    # A partial of a module-level function, not a closure: data workers started by spawn or forkserver (macOS,
+    # Windows, Python 3.14 on Linux) get the dataset, transform included, by pickling.
+    return functools.partial(_crop_and_scores, crop=crop, resize=resize, finish=finish, side=side,
+                             patch_size=config.patch_size, guided=args.guided, min_peak=min_peak)
 
-    def transform(batch):
-        pixels, scores = [], []
-        for image, objects in zip(batch["image"], batch["objects"]):
-            image = F.pil_to_tensor(rgb(image))
-            p = crop.make_params([image])
-            box = (p["top"], p["left"], p["height"], p["width"])
-            img = F.resized_crop(tv_tensors.Image(image), *box, [side, side],
-                                 interpolation=resize, antialias=True)
-            flip = bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip's own draw, after the crop's
-            pixels.append(finish(F.horizontal_flip(img) if flip else img).as_subclass(torch.Tensor))
-            s = no_scores
-            if args.guided:
-                # The raw maps (no threshold), read only at the pixels of the crop: never built at image size.
-                maps = MapMasks(drawn_objects(objects, min_peak), tuple(image.shape[-2:]), float("-inf"), "soft")
-                if not maps.whole:
-                    m = maps.crop(*box, side)
-                    s = patch_scores(m.flip(-1) if flip else m, config.patch_size)
-            scores.append(s)
-        return {"pixel_values": pixels, "patch_scores": scores}
 
-    return transform
+def _crop_and_scores(batch, crop, resize, finish, side: int, patch_size: int, guided: bool, min_peak: float | None):
+    from torchvision import tv_tensors
+    from torchvision.transforms.v2 import functional as F
+
+    from ..data.masks import MapMasks, drawn_objects
+    from ..models.mae import patch_scores
+
+    no_scores = torch.full(((side // patch_size) ** 2,), float("nan"))  # random masking
+    pixels, scores = [], []
+    for image, objects in zip(batch["image"], batch["objects"]):
+        image = F.pil_to_tensor(rgb(image))
+        p = crop.make_params([image])
+        box = (p["top"], p["left"], p["height"], p["width"])
+        img = F.resized_crop(tv_tensors.Image(image), *box, [side, side],
+                             interpolation=resize, antialias=True)
+        flip = bool(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip's own draw, after the crop's
+        pixels.append(finish(F.horizontal_flip(img) if flip else img).as_subclass(torch.Tensor))
+        s = no_scores
+        if guided:
+            # The raw maps (no threshold), read only at the pixels of the crop: never built at image size.
+            maps = MapMasks(drawn_objects(objects, min_peak), tuple(image.shape[-2:]), float("-inf"), "soft")
+            if not maps.whole:
+                m = maps.crop(*box, side)
+                s = patch_scores(m.flip(-1) if flip else m, patch_size)
+        scores.append(s)
+    return {"pixel_values": pixels, "patch_scores": scores}
 
 
 def collate(samples):

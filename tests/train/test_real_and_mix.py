@@ -1,6 +1,7 @@
 """MAE and BLIP on real data (no masks: random masking, no position prompts) and on a mix with generated data."""
 
 import pytest
+import torch
 from transformers import TrainingArguments
 
 
@@ -122,3 +123,45 @@ def test_a_corrupt_real_image_is_named_through_a_data_loader_worker(real_data, s
                               save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=1)
     with pytest.raises(ValueError, match=rf"row 5 of '{folder}' cannot be decoded \(OSError"):
         train(args, targs)
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae", "blip"])
+def test_each_methods_rows_reach_data_workers_started_by_pickling(method, real_data, shapes_data):
+    """Data workers started by spawn or forkserver (macOS, Windows, Python 3.14's default on Linux) receive the
+    dataset pickled, its transform included: the transforms were closures, which pickle refuses, so every recipe
+    with --dataloader_num_workers > 0 died before its first step there. A worker's copy gives the same rows."""
+    import pickle
+    import random
+
+    common = dict(dataset=shapes_data, real_dataset=real_data, data_mode="mix", real_image_column="img")
+    if method == "mae":
+        from freeatm_hf.train.mae import MAEArguments, build_model, make_transform
+
+        args = MAEArguments(**common, model_size="tiny", image_size=32, patch_size=8)
+        transform = make_transform(args, build_model(args).config)
+    elif method == "blip":
+        from freeatm_hf.train.blip import BlipArguments, build_blip, make_transform
+
+        args = BlipArguments(**common, model_size="tiny", image_size=32, max_length=48)
+        transform = make_transform(args, build_blip(args)[1])
+    else:
+        from freeatm_hf.train.contrastive import ContrastiveArguments, make_transform
+
+        args = ContrastiveArguments(**common, backbone="resnet18", image_size=32, color_strength=1.0)
+        transform = make_transform(args)
+    ds = args.read_through(args.load(), transform)
+    copy = pickle.loads(pickle.dumps(ds))
+    rows = list(range(min(len(ds), 12)))
+
+    def read(d):
+        torch.manual_seed(0)
+        random.seed(0)
+        return d[rows]
+
+    ours, theirs = read(ds), read(copy)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert len(ours[key]) == len(rows)
+        for a, b in zip(ours[key], theirs[key]):
+            torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0, equal_nan=True,
+                                       msg=key)
