@@ -186,6 +186,11 @@ def pretraining_dataset(synthetic: str | None = None, real: str | None = None, m
             parts[1] = parts[1].cast_column(name, feature)
     parts[1] = parts[1].select_columns(list(parts[0].features))
     mix = dict(probabilities=[1 - mix_ratio, mix_ratio], seed=seed, stopping_strategy="first_exhausted")
+    if isinstance(parts[0], Dataset):
+        # The mix ends where one source runs out and takes each source's rows in order: in the sources' own order
+        # the larger one gave its first rows only (a class-sorted image folder: its first classes). Shuffled (an
+        # index mapping in memory: no row is rewritten), its rows in the mix are a uniform draw of all of them.
+        parts = [p.shuffle(seed=seed + i, keep_in_memory=True) for i, p in enumerate(parts)]
     mixed = interleave_datasets(parts, **mix)
     if isinstance(mixed, Dataset):
         import pyarrow as pa

@@ -282,6 +282,36 @@ def test_mix_ratio_is_the_share_of_real_rows(tmp_path):
     assert prompts.count("real") / len(prompts) == pytest.approx(0.2, abs=0.05)
 
 
+def test_a_mix_draws_its_real_rows_from_the_whole_real_dataset_not_its_head(tmp_path):
+    """The mix stops where the smaller source runs out; interleaving in the sources' own order then took the first
+    rows of the larger one every time: mixed with 10k generated rows, an ImageNet folder (sorted by class) gave
+    its first ~10k images, a handful of classes, and none of the rest."""
+    from datasets import Dataset
+    from PIL import Image as PILImage
+
+    from freeatm_hf.data.reading import ROW, SOURCE, pretraining_dataset
+    from freeatm_hf.generate.schema import dataset_features
+
+    image = PILImage.new("RGB", (2, 2))
+    for name, rows, features in (
+            ("synthetic", [{"image": image, "prompt": f"synthetic {i}", "label": -1, "objects": [],
+                            "truncated_objects": [], "seed": i} for i in range(20)], dataset_features()),
+            ("real", [{"image": image, "caption": f"real {i}"} for i in range(400)], None)):
+        (tmp_path / name / "data").mkdir(parents=True)
+        Dataset.from_list(rows, features=features).to_parquet(str(tmp_path / name / "data" / "train.parquet"))
+    counts = {}
+    mixed = pretraining_dataset(str(tmp_path / "synthetic"), str(tmp_path / "real"), mode="mix", mix_ratio=0.5,
+                                source_rows=counts, for_read_through=True)
+    real = [int(p.split()[1]) for p in mixed["prompt"] if p.startswith("real")]
+    synthetic = [int(p.split()[1]) for p in mixed["prompt"] if p.startswith("synthetic")]
+    assert sorted(synthetic) == list(range(20)) and len(set(real)) == len(real) == counts["real_rows"] >= 10
+    # A uniform draw of ~20 of 400 rows: all of them among the first 100 has a chance of about 4^-20.
+    assert max(real) >= 100
+    # Each row still names its own place in its own dataset.
+    assert all(int(p.split()[1]) == row for p, row in zip(mixed["prompt"], mixed[ROW]))
+    assert [p.startswith("real") for p in mixed["prompt"]] == [s == 1 for s in mixed[SOURCE]]
+
+
 def test_only_a_list_of_objects_with_attention_maps_is_taken_for_freeatms():
     from datasets import Image, LargeList, List, Value
 

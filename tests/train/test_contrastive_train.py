@@ -96,11 +96,15 @@ def test_mix_of_synthetic_and_real_data(tmp_path):
     assert counts == {"synthetic_rows": 0, "real_rows": 6} == {"synthetic_rows": 0, "real_rows": len(mixed_real)}
     assert {f["filename"] for f in mixed_real.cache_files} <= {f["filename"] for f in
                                                               load(str(real)).cache_files + load(DATA).cache_files}
-    # Streaming mixes the same rows, typed alike, as it reads them.
+    # Streaming makes the same draw of sources, typed alike, as it reads them; a stream is read in its own order,
+    # so each source gives its first rows (the map-style mix draws them from the whole of each source).
     streamed = list(pretraining_dataset(DATA, str(real), mode="mix", mix_ratio=0.5, real_image_column="img",
                                         streaming=True))
-    assert [(len(r["objects"]), r["prompt"]) for r in streamed] == [(len(r["objects"]), r["prompt"]) for r in ds]
-    assert [r["image"].tobytes() for r in streamed] == [r["image"].tobytes() for r in ds]
+    assert [r["prompt"] == "" for r in streamed] == [r["prompt"] == "" for r in ds]
+    for part, name in ((pretraining_dataset(DATA), "synthetic"), (only_real, "real")):
+        rows = [r for r in streamed if (r["prompt"] == "") is (name == "real")]
+        assert [(len(r["objects"]), r["prompt"], r["image"].tobytes()) for r in rows] == [
+            (len(r["objects"]), r["prompt"], r["image"].tobytes()) for r in part.select(range(len(rows)))], name
     with pytest.raises(ValueError, match="needs a real dataset"):
         pretraining_dataset(DATA, mode="mix")
 
