@@ -94,9 +94,9 @@ class LocalHub:
                     held = hub.repos[(repo_type, repo_id)]["files"]
                     # As the Hub: a file the repo holds comes with its git oid, so that the client leaves an
                     # unchanged one out of the commit (and makes no empty commit).
-                    return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                                       **({"oid": git_hash(held[f["path"]])} if f["path"] in held else {})}
-                                                      for f in files]})
+                    said = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                             **({"oid": git_hash(held[f["path"]])} if f["path"] in held else {})} for f in files]
+                    return self._json(200, {"files": said})
                 return self._json(200, hub._commit(repo_type, repo_id, body))
 
             def do_GET(self):
