@@ -150,7 +150,8 @@ def test_the_cards_object_counts_are_the_shards(tmp_path):
         writer.write(shard, rows[shard.start : shard.stop])
     write_card(writer, cfg, features)
     card = " ".join((tmp_path / "README.md").read_text().split())
-    assert "objects: 6 (2 with an empty mask, 4 truncated)" in card
+    # The 4 cut-off nouns have no map and are not among the 6 objects: 10 nouns in all.
+    assert "objects: 6 (2 with an empty mask); 4 more nouns cut off by the text encoder's token limit (no map)" in card
     assert "soft map (8-bit, min-max normalized) at 4×4" in card  # the first object's map, in shard 0
 
 
