@@ -271,7 +271,11 @@ class FreeATMGenerator:
                     limit = f"{max_seq}-token T5"
                 else:
                     limit = f"{self.pipe.tokenizer_max_length}-token CLIP and {max_seq}-token T5"
-                logger.warning("prompt %d: %s cut off by the %s limit; no mask for them", b, cut, limit)
+                # The seed and the text, not the place in this batch: a generation calls batch by batch, and its
+                # row i has seed + i.
+                text = prompt.text if len(prompt.text) <= 60 else prompt.text[:57] + "..."
+                logger.warning("image of seed %d, prompt %r: %s cut off by the %s limit; no mask for them",
+                               seeds[b], text, cut, limit)
             truncated.append(cut)
             soft = [m.float().cpu().numpy() for m in maps[b]]
             peaks = [float(m.max()) if m.size and np.isfinite(m).all() else None for m in soft]

@@ -326,3 +326,16 @@ def test_a_prompt_that_a_multi_vector_textual_inversion_rewrites_is_refused_not_
     pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
     out = gen([Prompt.from_nouns("a <cat> next to a dog", ["dog"])], seeds=[0], num_inference_steps=1)
     assert [o.name for o in out.objects[0]] == ["dog"]
+
+
+def test_a_cut_off_noun_is_reported_with_its_images_seed_and_prompt_not_its_place_in_the_batch(tiny_pipe, caplog):
+    """`freeatm generate` calls the generator batch by batch: "prompt 1" named the second prompt of some batch, which
+    no row, log line or prompts-file line could be matched with. The seed (seed + row index) and the text can."""
+    long = Prompt.from_nouns("a dog " + "on a very green lawn " * 20 + "with a cat", ["dog", "cat"])
+    short = Prompt.from_nouns("a dog with a cat", ["dog", "cat"])
+    with caplog.at_level("WARNING"):
+        FreeATMGenerator(tiny_pipe)([short, long], seeds=[41, 42], num_inference_steps=1, output_type="np")
+    (record,) = [r for r in caplog.records if "cut off" in r.getMessage()]
+    message = record.getMessage()
+    assert "seed 42" in message and "'a dog on a very green lawn" in message and "prompt 1" not in message
+    assert "['cat'] cut off by the 77-token CLIP limit" in message
