@@ -101,6 +101,9 @@ class GenerateConfig:
     private: bool = field(default=False, metadata={"help": "Create the Hub repo as private."})
 
     def __post_init__(self):
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            # Else a NotADirectoryError traceback from the folder lock, after the prompts (an augmenter) are loaded.
+            raise ValueError(f"--output_dir {self.output_dir} is a file, not a folder: give a new or empty folder")
         if self.private and not self.push_to_hub:
             raise ValueError("--private is the visibility of --push_to_hub's repo: give --push_to_hub REPO_ID too, or "
                              "push later with `freeatm push FOLDER REPO_ID --private`")

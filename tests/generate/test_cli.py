@@ -775,3 +775,12 @@ def test_a_recipe_that_is_no_yaml_mapping_is_named_in_one_line(command, text, sa
         cli.run([command, str(recipe)])
     assert e.value.code == 2
     assert f"error: recipe {recipe} {says}" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_is_refused_by_name_before_anything_loads(tmp_path):
+    """It was a NotADirectoryError traceback from deep in the folder lock ('.../out.parquet/.freeatm')."""
+    taken = tmp_path / "out.parquet"
+    taken.write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match=rf"--output_dir {taken} is a file, not a folder"):
+        parse(["--output_dir", str(taken), "--pipeline", "tiny"])
+    assert taken.read_bytes() == b"PAR1"
