@@ -41,6 +41,28 @@ def test_space_folder_is_a_valid_gradio_space():
     assert (folder / "example_dataset" / "README.md").is_file()
 
 
+def test_the_space_runs_a_python_its_requirements_install_on():
+    """The Hub runs a Space on Python 3.10 unless its card says otherwise; freeatm_hf, diffusers 0.42 and
+    transformers 5 need 3.11, so the pushed Space's `pip install -r requirements.txt` found no diffusers."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from huggingface_hub import SpaceCard
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    from freeatm_hf.spaces import space_requirements
+
+    version = SpaceCard.load(space_dir() / "README.md").data.get("python_version")
+    assert isinstance(version, str), version  # unquoted, YAML reads 3.10 as the float 3.1
+    assert version in SpecifierSet(metadata("freeatm_hf")["Requires-Python"])
+    for line in space_requirements().splitlines()[1:]:
+        try:
+            needs = metadata(Requirement(line).name)["Requires-Python"]
+        except PackageNotFoundError:
+            continue
+        assert needs is None or version in SpecifierSet(needs), (line, needs)
+
+
 def test_browse_endpoint_returns_masks_of_the_image_size(client):
     from datasets import load_dataset
 
