@@ -74,7 +74,8 @@ def push_space(repo_id: str, name: str = "mask_viewer", private: bool | None = N
         folder = Path(tmp) / name
         # As `freeatm push` says it: a Hub that cannot be reached is one sentence with the command to run again.
         with unreachable_said(push_command("push-space", repo_id, private=private)):
-            create_repo(api, repo_id, "space", private, space_sdk="gradio")
+            # A bare name lands under the token's user: upload to the id the Hub gave, not to the name given.
+            repo_id = create_repo(api, repo_id, "space", private, space_sdk="gradio")
             stage_space(folder, name)
             commit = api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=str(folder),
                                        commit_message=f"Update Space with freeatm_hf {__version__}")

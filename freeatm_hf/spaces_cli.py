@@ -18,7 +18,7 @@ def push_main(argv=None):
     from .spaces import push_space
 
     p = argparse.ArgumentParser(prog="freeatm push-space", description="Create or update the mask viewer Space.")
-    p.add_argument("repo_id", help="the Space to create or update, user/name")
+    p.add_argument("repo_id", help="the Space to create or update, user/name (a bare name: under the token's user)")
     p.add_argument("--private", action="store_true", default=None,
                    help="create the Space as private (default: the namespace's default visibility)")
     args = p.parse_args(argv)

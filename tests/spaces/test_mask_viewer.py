@@ -663,6 +663,23 @@ def test_push_space_creates_the_space_with_the_visibility_and_token_given(tmp_pa
     assert url == f"{hub.url}/me/viewer/commit/{len(hub.commits):040d}"
 
 
+def test_push_space_with_a_bare_name_uploads_to_the_space_the_hub_created(monkeypatch):
+    """`freeatm push-space viewer` created me/viewer, then uploaded to `viewer`: a 404 after an empty Space."""
+    from freeatm_hf import spaces
+    from tests.hub.fake_hub import FakeHub
+
+    monkeypatch.setattr(spaces, "stage_space", lambda dest, name="mask_viewer": _small_space(dest))
+    with FakeHub() as hub:
+        import huggingface_hub.constants as c
+
+        monkeypatch.setenv("HF_TOKEN", "hf_env")
+        monkeypatch.setattr(c, "ENDPOINT", hub.url)
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        url = spaces.push_space("viewer")
+        repo = hub.repos[("space", "me/viewer")]
+    assert repo["files"] == {"app.py": b"print('hi')\n"} and "/me/viewer/commit/" in url
+
+
 def _small_space(dest):
     dest.mkdir(parents=True)
     (dest / "app.py").write_text("print('hi')\n")
