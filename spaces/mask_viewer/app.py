@@ -109,6 +109,13 @@ def _caption(o: dict, min_peak: float | None) -> str:
     return o["name"] if likely_drawn(o.get("attention_peak"), min_peak) else f"{o['name']} (likely not drawn)"
 
 
+def _cut_off(names: list[str]) -> str:
+    """What a visitor is told of nouns the text encoder never read (they lie past its token limit)."""
+    which = "it lies" if len(names) == 1 else "they lie"
+    return (f"no map for {', '.join(map(repr, names))}: {which} past the text encoder's token limit, where the prompt "
+            "is cut off (shorten the prompt)")
+
+
 def render(image: Image.Image, prompt: str, objects: list[dict], threshold: float, min_peak: float | None = None):
     """Overlay, highlighted prompt, per-object soft maps, per-object masks and a summary of boxes. With
     `min_peak` (the cut the dataset or model recommends), objects whose `attention_peak` is below it are flagged."""
@@ -243,6 +250,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         shown = min(int(index), len(cache.rows) - 1)
         last = " (the last)" if cache.exhausted and shown == len(cache.rows) - 1 else ""
         info = f"row {shown}{last} · seed {row.get('seed')} · {len(objects)} objects"
+        if row.get("truncated_objects"):
+            info += f" · {_cut_off(row['truncated_objects'])}"
         return view, text, soft, masks, summary, info
 
     def generate(prompt: str, nouns: str, seed: float, steps: float, threshold: float, otsu: bool = gen_otsu0):
@@ -269,6 +278,8 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         except ValueError as e:
             raise gr.Error(str(e)) from None
         out = gen([p], seeds=[int(seed)], num_inference_steps=int(steps))  # the model's recommended guidance
+        if out.truncated[0]:  # else a listed noun was simply missing from the maps, said only in the server's log
+            gr.Warning(_cut_off(out.truncated[0]))
         objects = [{"name": o.name, "attention": Image.fromarray(o.attention_uint8),
                     "attention_peak": o.attention_peak} for o in out.objects[0]]
         view, text, soft, masks, summary = render(out.images[0], prompt, objects, "otsu" if otsu else threshold,

@@ -626,6 +626,27 @@ def test_live_generation_takes_the_limits_inclusively_and_gets_the_seed_and_step
     assert not [w for w in seen if "shapes model knows" in str(w.message)]
 
 
+def test_nouns_past_the_text_encoders_limit_are_named_not_dropped_in_silence(tmp_path):
+    """The shapes model reads 32 tokens: a noun listed past them got no map, and the page just showed one fewer
+    (the generator said so only in the server's log). A dataset row's cut-off nouns are named too."""
+    from datasets import load_dataset
+
+    module = load_app()
+    generate = next(d for d in module.build_demo().fns.values() if d.name == "generate").fn
+    prompt = " ".join(["a red circle and a blue star"] * 6) + " and a green square"
+    with pytest.warns(UserWarning, match="no map for 'green square': it lies past the text encoder's token limit"):
+        summary = generate(prompt, "red circle, green square", 0, 2, 0.4, False)[4]
+    assert [s["name"] for s in summary] == ["red circle"]
+    folder = tmp_path / "scenes"
+    shutil.copytree(space_dir() / "example_dataset", folder, ignore=shutil.ignore_patterns("data"))
+    ds = load_dataset(str(space_dir() / "example_dataset"), split="train")
+    ds.map(lambda r: {"truncated_objects": ["green square"]}).to_parquet(
+        str(folder / "data" / "train-00000-of-00001.parquet"))
+    browse = next(d for d in module.build_demo(str(folder)).fns.values() if d.name == "browse").fn
+    assert browse(0, 0.4, False)[-1].endswith("· no map for 'green square': it lies past the text encoder's token "
+                                             "limit, where the prompt is cut off (shorten the prompt)")
+
+
 def test_stage_space_lays_out_the_space_with_the_package_and_its_requirements(tmp_path, monkeypatch):
     from importlib.metadata import requires
 
