@@ -61,9 +61,9 @@ class PromptSource:
 
 def _warn_unknown_shapes(prompts: list[Prompt], cfg: GenerateConfig):
     """A model trained on shapes captions has never seen other words: their maps look like masks all the same."""
-    from ..toy.world import OBJECT_NAMES
+    from ..toy.world import unknown_objects
 
-    unknown = sorted({o.name for p in prompts for o in p.objects} - set(OBJECT_NAMES))
+    unknown = sorted(set(unknown_objects(o.name for p in prompts for o in p.objects)))
     if unknown:
         logger.warning("pipeline %r was trained on shapes captions, whose objects are a colour and a shape "
                        "(\"red circle\"); %s names %d it has never seen (%s): their maps will not find them",

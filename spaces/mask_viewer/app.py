@@ -20,6 +20,7 @@ from freeatm_hf.data.masks import likely_drawn
 from freeatm_hf.data.reading import dataset_threshold, generation_settings
 from freeatm_hf.masks import DEFAULT_THRESHOLD, full_resolution_mask
 from freeatm_hf.prompts import LabelSpace, Prompt, free_spans
+from freeatm_hf.toy.world import unknown_objects
 from freeatm_hf.viz import color, heatmap, overlay
 
 HERE = Path(__file__).resolve().parent
@@ -269,7 +270,7 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         names = names or detect_nouns(prompt, vocab)
         if not names:
             raise gr.Error("no known object noun found in the prompt: list the nouns to track")
-        unknown = [n for n in names if closed and n not in vocab]
+        unknown = unknown_objects(names) if closed else []
         if unknown:  # drawn all the same: the maps are shown, with the reason not to trust them
             gr.Warning(f"the shapes model knows a colour and a shape (\"{vocab[0]}\"), not "
                        f"{', '.join(map(repr, unknown))}: its maps for them will not find them")

@@ -269,6 +269,10 @@ def test_a_prompts_file_naming_objects_the_shapes_model_never_learned_is_warned_
     prompts.write_text('{"text": "a red circle and a small blue star", "nouns": ["red circle", "blue star"]}\n')
     PromptSource(parse(["--output_dir", "x", "--prompts_file", str(prompts)]))
     assert "never seen" not in caplog.text
+    # Its tokenizer lowercases: a capitalised name is one it knows.
+    prompts.write_text('{"text": "A Red Circle and a small blue star", "nouns": ["Red Circle", "blue star"]}\n')
+    PromptSource(parse(["--output_dir", "x", "--prompts_file", str(prompts)]))
+    assert "never seen" not in caplog.text
 
 
 def test_num_objects_is_a_setting_of_scene_prompts_only(caplog):

@@ -647,6 +647,21 @@ def test_nouns_past_the_text_encoders_limit_are_named_not_dropped_in_silence(tmp
                                              "limit, where the prompt is cut off (shorten the prompt)")
 
 
+def test_a_capitalised_shapes_noun_is_not_warned_about():
+    """The shapes model's tokenizer lowercases, so "A Red Circle" draws the red circle's maps; the Space warned that
+    the model did not know 'Red Circle' and that its maps would not find it."""
+    module = load_app()
+    generate = next(d for d in module.build_demo().fns.values() if d.name == "generate").fn
+    for nouns in ("", "Red Circle, Blue Star"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            summary = generate("A Red Circle and a Blue Star", nouns, 0, 2, 0.4, False)[4]
+        assert [s["name"] for s in summary] == ["Red Circle", "Blue Star"]
+        assert not [w for w in seen if "shapes model knows" in str(w.message)]
+    with pytest.warns(UserWarning, match="not 'Dog': its maps"):
+        generate("A Dog and a red circle", "Dog, red circle", 0, 2, 0.4, False)
+
+
 def test_stage_space_lays_out_the_space_with_the_package_and_its_requirements(tmp_path, monkeypatch):
     from importlib.metadata import requires
 
