@@ -154,16 +154,23 @@ def full_resolution_mask(attention, image_size: tuple[int, int], threshold: floa
     (8-bit image, array or tensor): an 8-bit map is
     `resize(attention) / 255 > threshold`, as the dataset card states and training reads it
     (`data.masks.row_masks`); scaling it again after the resize would lower the threshold where bilinear
-    resizing flattened a peak. Any other map is min-max scaled first."""
+    resizing flattened a peak. Any other map is min-max scaled at its own size, then resized, as training reads it
+    (`data.masks.attention_map`): scaled after the resize, a 16-bit map's masks were larger than training's."""
     stored = np.asarray(attention).dtype == np.uint8
-    m = resize_map(np.asarray(attention, dtype=np.float64) / (255.0 if stored else 1.0), image_size)
-    if stored and threshold != "otsu":
+    if stored:
+        m = resize_map(np.asarray(attention, dtype=np.float64) / 255.0, image_size)
+    else:
+        scaled = normalize(attention)
+        if scaled is None:  # a flat map marks nothing, at any size
+            return mask_from_map(np.zeros(image_size), threshold, image_size)
+        m = resize_map(scaled, image_size)
+    if threshold != "otsu":
         # Compared in float32, as training compares them: 102/255 and 0.4 are one float32, but that float32 is
         # above the float64 0.4, so a map's pixels stored at 0.4·255 were mask here and not in training's masks
         # (at 0.2, 0.4, 0.6 and 0.8, every object of the example dataset differed).
         t32 = float(np.float32(check_threshold(threshold)))
         threshold = t32 if t32 < 1 else threshold
-    return mask_from_map(m, threshold, image_size, normalized=stored)
+    return mask_from_map(m, threshold, image_size, normalized=True)
 
 
 # Guided filter settings for images in [0, 1]: edges whose local colour spread exceeds sqrt(eps) ≈ 0.03 are
