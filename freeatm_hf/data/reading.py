@@ -24,6 +24,10 @@ def load(source: str, split: str = "train", streaming: bool = False, **kwargs):
     from pathlib import Path
 
     folder = Path(source)
+    if looks_like_a_path(source) and not folder.exists():
+        # Else `datasets` takes it for a Hub id: "Repo id must use alphanumeric chars" of `./scenes`, or the Hub
+        # could not be asked for it, offline.
+        raise FileNotFoundError(f"{source}: no such folder")
     if folder.is_dir() and not streaming and "cache_dir" not in kwargs:
         from datasets import config
 

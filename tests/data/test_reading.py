@@ -185,6 +185,17 @@ def test_a_mistyped_folder_is_named_as_missing_not_a_hub_connection_traceback(tm
         load("scenes-typo")
 
 
+@pytest.mark.parametrize("source", ["./scenes-typo", "outputs/run/scenes", "/no/such/scenes"])
+def test_a_path_that_is_not_there_is_no_such_folder_not_a_malformed_hub_id(tmp_path, monkeypatch, source):
+    """`./scenes` can only be a folder: `datasets` called it a repo id that "must use alphanumeric chars"."""
+    from freeatm_hf.data.reading import load
+
+    monkeypatch.chdir(tmp_path)
+    for streaming in (False, True):
+        with pytest.raises(FileNotFoundError, match=rf"^{source}: no such folder$"):
+            load(source, streaming=streaming)
+
+
 def test_a_real_image_column_of_file_paths_is_read_as_images_and_any_other_type_is_refused(tmp_path):
     """A CSV or JSON Lines dataset names its images by path: the rows crashed at the first `.convert`."""
     import json
