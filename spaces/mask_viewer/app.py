@@ -243,11 +243,19 @@ def build_demo(dataset: str | None = None, pipeline: str | None = None) -> gr.Bl
         return state["gen"], vocabulary
 
     def browse(index: float, threshold: float, otsu: bool = browse_otsu0):
-        row = cache.get(None if index is None else int(index))
-        objects = [{"name": o["name"], "attention": o["attention"], "attention_peak": o.get("attention_peak")}
-                   for o in row["objects"]]
-        view, text, soft, masks, summary = render(row["image"], row["prompt"], objects,
-                                                  "otsu" if otsu else threshold, browse_min_peak)
+        try:
+            row = cache.get(None if index is None else int(index))
+            objects = [{"name": o["name"], "attention": o["attention"], "attention_peak": o.get("attention_peak")}
+                       for o in row["objects"]]
+            view, text, soft, masks, summary = render(row["image"], row["prompt"], objects,
+                                                      "otsu" if otsu else threshold, browse_min_peak)
+        except gr.Error:  # the viewer's own message (a ValueError too), as it is
+            raise
+        except (OSError, ValueError) as e:
+            # A damaged row (an image file cut short, a map that is no map): Gradio shows any error but its own as a
+            # bare "Error", which told a visitor neither the row nor that the others can still be browsed.
+            raise gr.Error(f"row {cache.clamp(int(index))} cannot be shown ({type(e).__name__}: {e}); the other rows "
+                           "can") from e
         shown = min(int(index), len(cache.rows) - 1)
         last = " (the last)" if cache.exhausted and shown == len(cache.rows) - 1 else ""
         info = f"row {shown}{last} · seed {row.get('seed')} · {len(objects)} objects"

@@ -415,6 +415,30 @@ def test_browsing_past_the_last_row_says_so_and_a_pipeline_that_fails_to_load_is
         demo.close()
 
 
+def test_a_damaged_row_is_named_in_the_page_and_the_others_still_browse(tmp_path):
+    """A row whose image file is cut short, or is no image, was a bare "Error" (Gradio hides any error but its own)."""
+    import gradio as gr
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "scenes"
+    shutil.copytree(space_dir() / "example_dataset", folder)
+    shard = next((folder / "data").glob("*.parquet"))
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    rows[1]["image"]["bytes"] = rows[1]["image"]["bytes"][:200]
+    rows[2]["image"]["bytes"] = b"not an image"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    browse = next(d for d in load_app().build_demo(str(folder)).fns.values() if d.name == "browse").fn
+    for i in (1, 2):
+        with pytest.raises(gr.Error, match=rf"row {i} cannot be shown \((OSError|UnidentifiedImageError): .+\); the "
+                                           "other rows can"):
+            browse(i, 0.4, False)
+    assert browse(3, 0.4, False)[-1].startswith("row 3 · ")
+    with pytest.raises(gr.Error, match="^'type a row number'$"):  # the viewer's own messages are left as they are
+        browse(None, 0.4, False)
+
+
 def test_a_visitors_row_number_cannot_make_the_space_hold_a_whole_stream(monkeypatch):
     """Rows are kept as their encoded files and decoded when shown; a request reads a bounded number of rows
     past those read, and the cache holds a bounded number."""
