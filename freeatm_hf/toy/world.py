@@ -25,6 +25,8 @@ SIZES = {"small": (0.10, 0.14), "medium": (0.16, 0.20), "large": (0.23, 0.28)}  
 BACKGROUNDS = ("plain", "striped", "checkered", "gradient")
 # What a shapes caption tracks ("red circle"): the only object names the shapes model's text encoder was trained on.
 OBJECT_NAMES = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
+# Low-saturation background tones: far in hue/saturation from every object colour.
+BG_TONES = [(200, 200, 200), (120, 120, 120), (215, 205, 185), (170, 180, 190), (90, 95, 100), (235, 235, 230)]
 
 
 def unknown_objects(names) -> list[str]:
@@ -32,8 +34,6 @@ def unknown_objects(names) -> list[str]:
     so "Red Circle" is the "red circle" it knows."""
     known = set(OBJECT_NAMES)
     return [n for n in names if " ".join(n.lower().split()) not in known]
-# Low-saturation background tones: far in hue/saturation from every object colour.
-BG_TONES = [(200, 200, 200), (120, 120, 120), (215, 205, 185), (170, 180, 190), (90, 95, 100), (235, 235, 230)]
 
 
 @dataclass(frozen=True)
