@@ -141,8 +141,11 @@ class MAEModel(ViTMAEForPreTraining):
             logger.warning("MAEModel.beta was never set, so masking stays random (the MAE baseline) although "
                            "beta_max is %s: add freeatm_hf.train.mae.BetaScheduleCallback(%s) to the Trainer's "
                            "callbacks, or set model.beta", self.config.beta_max, self.config.beta_max)
-        return guided_noise(patch_scores, self.beta, self.config.mask_ratio, pixel_values.shape[0],
-                            num_patches(self.config), device=pixel_values.device)
+        # The input's own patch grid, not the config's: with `interpolate_pos_encoding` the image may be another size.
+        p = self.config.patch_size
+        n = (pixel_values.shape[-2] // p) * (pixel_values.shape[-1] // p)
+        return guided_noise(patch_scores, self.beta, self.config.mask_ratio, pixel_values.shape[0], n,
+                            device=pixel_values.device)
 
 
 def export_vit(model: MAEModel, folder, add_pooling_layer: bool = False):

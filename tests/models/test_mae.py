@@ -310,3 +310,12 @@ def test_a_compiled_model_is_not_recompiled_as_beta_ramps():
         torch.testing.assert_close(loss, model(**batch).loss)  # the compiled forward masks by the current β
     assert counter.frame_count == first
     torch._dynamo.reset()
+
+
+def test_an_input_of_another_size_is_masked_on_its_own_patch_grid():
+    """`interpolate_pos_encoding=True`, as stock ViTMAE takes it: the noise was drawn for the config's 16 patches and
+    the forward failed on a 64-patch image (size mismatch)."""
+    model = MAEModel(MAEConfig(**TINY)).eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(2, 3, 64, 64), interpolate_pos_encoding=True)
+    assert out.mask.shape == (2, 64) and (out.mask.sum(1) == 48).all()
