@@ -56,7 +56,10 @@ def paired_instances(masks_1: torch.Tensor | None, masks_2: torch.Tensor | None,
     the ones with some mask left in both views. An object can pass the visibility check on its full-resolution
     mask and still vanish when a thin mask is resized with the crop: pooled, it would be a zero vector, a
     constant pair (or, in MoCo, a constant key in the queue)."""
-    if masks_1 is None or masks_2 is None:
+    if (masks_1 is None) != (masks_2 is None):
+        # One view would be pooled per object, the other whole: object i contrasted with image i, without a word.
+        raise ValueError("attention pooling takes the masks of both views (masks_1 and masks_2), or neither")
+    if masks_1 is None:
         return valid
     present = (masks_1.flatten(2) > 0).any(-1) & (masks_2.flatten(2) > 0).any(-1)
     return present if valid is None else valid.bool() & present

@@ -315,7 +315,7 @@ def test_a_faint_soft_mask_still_counts_as_present():
     assert paired_instances(m1, m2, None).tolist() == [[True, True, False]]
     valid = torch.tensor([[1, 0, 1]])
     assert paired_instances(m1, m2, valid).tolist() == [[True, False, False]]
-    assert paired_instances(None, m2, valid) is valid
+    assert paired_instances(None, None, valid) is valid  # no masks: image pooling
 
 
 def test_instance_features_are_row_major_over_images_then_instances():
@@ -334,3 +334,13 @@ def test_instance_features_are_row_major_over_images_then_instances():
     torch.testing.assert_close(instance_features(Grid(), fmap, masks, valid, "attention"),
                                torch.stack([pooled[0, 0], pooled[0, 2], pooled[1, 1]]))
     torch.testing.assert_close(instance_features(Grid(), fmap, masks, valid, "image"), fmap.mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("given", ["masks_1", "masks_2"])
+def test_masks_of_one_view_only_are_refused(method, given):
+    """With one view's masks the other was pooled whole: object i of one view contrasted with image i of the other
+    (SimCLR 1.60, MoCo 0.17 on one instance per image), no error."""
+    x1, x2, masks = masked_batch(k=1)
+    with pytest.raises(ValueError, match="masks_1 and masks_2"):
+        eval_model(method)(x1, x2, **{given: masks})
