@@ -125,10 +125,12 @@ class MAEModel(ViTMAEForPreTraining):
         torch.nn.init.normal_(emb.cls_token, std=self.config.initializer_range)
         torch.nn.init.normal_(self.decoder.mask_token, std=self.config.initializer_range)
 
-    def forward(self, pixel_values=None, patch_scores=None, noise=None, **kwargs):
+    # Stock ViTMAE's positional order (`model(x, noise)`), the scores by keyword only: second, they took a caller's
+    # noise for scores and masked at random.
+    def forward(self, pixel_values=None, noise=None, *args, patch_scores=None, **kwargs):
         if noise is None and pixel_values is not None:
             noise = self._masking_noise(pixel_values, patch_scores)
-        return super().forward(pixel_values=pixel_values, noise=noise, **kwargs)
+        return super().forward(pixel_values, noise, *args, **kwargs)
 
     # Outside any compiled graph (`--torch_compile`): β, read there, would be a guard that fails at every step as it
     # ramps, recompiling the whole model each step until dynamo's recompile limit leaves it eager.

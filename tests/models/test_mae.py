@@ -319,3 +319,17 @@ def test_an_input_of_another_size_is_masked_on_its_own_patch_grid():
     with torch.no_grad():
         out = model(pixel_values=torch.randn(2, 3, 64, 64), interpolate_pos_encoding=True)
     assert out.mask.shape == (2, 64) and (out.mask.sum(1) == 48).all()
+
+
+def test_noise_given_by_position_masks_as_in_stock_vitmae():
+    """`model(x, noise)`, stock ViTMAE's order: the noise was taken for patch scores and the masking drawn at random."""
+    from transformers import ViTMAEForPreTraining
+
+    model = MAEModel(MAEConfig(**TINY)).eval()
+    stock = ViTMAEForPreTraining(model.config).eval()
+    stock.load_state_dict(model.state_dict())
+    x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    with torch.no_grad():
+        got, ref = model(x, noise), stock(x, noise)
+    assert torch.equal(got.mask, ref.mask)
+    torch.testing.assert_close(got.loss, ref.loss)
