@@ -150,6 +150,25 @@ def check_applicable(method: str, args, training_args, given: set[str]):
                                                                           unread.items()))
 
 
+# What torch's DataParallel (Trainer's way with several GPUs in one process) gets wrong per method: each GPU's
+# replica computes its loss on its share of the batch, and writes to a replica's buffers are dropped after the step.
+DATA_PARALLEL_LOSS = {"simclr": "each GPU's loss sees only its share of the batch as negatives",
+                      "moco": "the queue keeps only the first GPU's keys", "blip": "the momentum queues keep only the "
+                      "first GPU's features, and each GPU's ITC sees only its share of the batch"}
+
+
+def check_one_process_per_gpu(method: str, training_args):
+    """Refuse a run that Trainer would spread over several GPUs of one process with `nn.DataParallel` (started
+    with `python`/`freeatm train` on a machine with more than one visible GPU): it trains without a word, but not
+    the method the card states."""
+    n = training_args.n_gpu
+    if n > 1 and method in DATA_PARALLEL_LOSS:
+        raise ValueError(f"{n} GPUs are visible to this one process, which Trainer would drive with torch "
+                         f"DataParallel, where {DATA_PARALLEL_LOSS[method]}: start one process per GPU with "
+                         f"`accelerate launch --num_processes {n} -m freeatm_hf.train {method} ...`, or choose one "
+                         "GPU with CUDA_VISIBLE_DEVICES")
+
+
 # Each method's own optimisation settings where the command line and recipe give none (Trainer's defaults, AdamW at
 # 5e-5 without decay on a linear schedule, are a fine-tuning setting: SimCLR's LARS at 5e-5 barely moves). The
 # learning rate follows each paper's linear scaling rule on the global batch (BLIP's does not scale).
@@ -214,6 +233,7 @@ def main(argv=None):
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)
     check_applicable(method, args, training_args, typed)
+    check_one_process_per_gpu(method, training_args)
     method_defaults(method, args, training_args, given_flags(argv))
     from ..devices import unpinned_on_cpu
 

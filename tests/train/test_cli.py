@@ -292,3 +292,33 @@ def test_pretrain_from_python_is_the_command_with_keywords_for_flags(tmp_path, m
         pretrain("moco", recipe, queue_sise=8)
     with pytest.raises(ValueError, match="name a method"):
         pretrain()
+
+
+@pytest.mark.parametrize("method, refused", [("simclr", True), ("moco", True), ("blip", True), ("mae", False)])
+def test_several_gpus_in_one_process_are_refused_where_data_parallel_changes_the_method(method, refused,
+                                                                                        monkeypatch):
+    """Started without `accelerate launch` on a machine with several GPUs, Trainer wraps the model in
+    `nn.DataParallel`: MoCo's and BLIP's queues then keep one replica's writes and SimCLR's negatives shrink to each
+    GPU's share of the batch, all without a word. MAE's loss is per image, the same under DataParallel."""
+    from transformers import TrainingArguments
+
+    from freeatm_hf.train import cli
+
+    targs = TrainingArguments(output_dir="o", use_cpu=True)
+    assert targs.n_gpu == 0
+    cli.check_one_process_per_gpu(method, targs)  # one process, no GPU: nothing to refuse
+    monkeypatch.setattr(targs, "_n_gpu", 4)
+    if refused:
+        with pytest.raises(ValueError, match=rf"4 GPUs are visible to this one process.*accelerate launch "
+                                             rf"--num_processes 4 -m freeatm_hf.train {method} "):
+            cli.check_one_process_per_gpu(method, targs)
+    else:
+        cli.check_one_process_per_gpu(method, targs)
+
+    handed = {}
+    monkeypatch.setattr(cli, "check_one_process_per_gpu", lambda m, t: handed.update(method=m))
+    monkeypatch.setattr("freeatm_hf.train.contrastive.train", lambda *a: None)
+    monkeypatch.setattr("freeatm_hf.train.mae.train", lambda *a: None)
+    monkeypatch.setattr("freeatm_hf.train.blip.train", lambda *a: None)
+    cli.main([method, "--dataset", "d", "--output_dir", "o", "--use_cpu", "true"])
+    assert handed == {"method": method}  # what `freeatm train` runs asks it
