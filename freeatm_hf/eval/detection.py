@@ -82,7 +82,8 @@ def category_ids(dataset) -> list[int]:
 
 def collate(rows, categories: list[int] | None = None, drop_crowd: bool = True):
     """Images and Mask R-CNN targets; `categories` (from `category_ids`) maps COCO ids to labels 1..K. With
-    `drop_crowd` (training) crowd regions are left out; else they stay, flagged `iscrowd`, for the AP to ignore."""
+    `drop_crowd` (training) crowd regions and boxes of no area are left out; else they stay (crowds flagged
+    `iscrowd`, for the AP to ignore), as COCOeval reads the ground truth."""
     images, targets = [], []
     lookup = {c: k + 1 for k, c in enumerate(categories)} if categories is not None else None
     for image, t in rows:
@@ -98,7 +99,10 @@ def collate(rows, categories: list[int] | None = None, drop_crowd: bool = True):
                 raise ValueError(f"annotations use category ids {unknown} that the categories list lacks")
             target["labels"] = torch.tensor([lookup[int(c)] for c in target["labels"]], dtype=torch.int64)
         if drop_crowd:
-            keep = target.pop("iscrowd") == 0
+            # A box of no width or height is left out too, as torchvision's COCO reference does: Mask R-CNN refuses
+            # such a target, and COCO train2017 holds two (height 0), which ended a run when a batch drew them.
+            boxes = target["boxes"]
+            keep = (target.pop("iscrowd") == 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             target = {k: v[keep] for k, v in target.items()}
         targets.append(target)
         images.append(image.as_subclass(torch.Tensor))

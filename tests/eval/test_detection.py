@@ -425,3 +425,29 @@ def test_coco_images_are_the_files_pixels_scaled_to_unit_range(shapes_coco):
         info = ds.coco.loadImgs(ds.ids[i])[0]
         pixels = np.array(Image.open(Path(shapes_coco) / "images" / "test" / info["file_name"]).convert("RGB"))
         torch.testing.assert_close(image.as_subclass(torch.Tensor), torch.from_numpy(pixels).permute(2, 0, 1) / 255)
+
+
+def test_a_box_of_zero_height_is_left_out_of_training_as_torchvisions_coco_reference_does(tmp_path):
+    """COCO train2017 holds two annotations whose box has height 0; Mask R-CNN refuses such a target ("All
+    bounding boxes should have positive height and width"), which ended the run when a batch drew its image."""
+    from PIL import Image
+
+    from freeatm_hf.eval.detection import category_ids, coco_split, collate, maskrcnn_from_backbone
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    (tmp_path / "annotations").mkdir()
+    Image.new("RGB", (48, 64), (90, 20, 200)).save(tmp_path / "images" / "train" / "a.png")
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 30], "area": 600, "iscrowd": 0,
+             "segmentation": [[4, 4, 24, 4, 24, 34, 4, 34]]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [30, 40, 10, 0], "area": 0, "iscrowd": 0,
+             "segmentation": [[30, 40, 40, 40, 40, 40.5, 30, 40.5]]}]
+    (tmp_path / "annotations" / "train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 48, "height": 64}], "annotations": anns,
+        "categories": [{"id": 7, "name": "thing"}]}))
+    train = coco_split(tmp_path, "train", train=False)  # no flip: the box is known
+    target = collate([train[0]], category_ids(train))["targets"][0]
+    assert target["boxes"].tolist() == [[4.0, 4.0, 24.0, 34.0]]
+    assert target["labels"].tolist() == [1] and target["masks"].shape == (1, 64, 48)
+    torch.manual_seed(0)
+    det = maskrcnn_from_backbone(checkpoint(), num_classes=1, min_size=64, max_size=64).train()
+    assert all(torch.isfinite(v) for v in det([train[0][0].as_subclass(torch.Tensor)], [target]).values())
