@@ -96,6 +96,21 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
     return train_tf, test_tf
 
 
+def label_maps(ds, column: str, where: str):
+    """`ds` with a label-map column of file paths (a CSV's or JSON Lines', as its images) or of `{bytes, path}`
+    read as images, as `as_images` reads the image column; images and arrays (rows of labels) are left. Left as
+    strings, the paths reached the class count as text."""
+    from datasets import Value
+
+    from ..data.reading import as_images
+
+    feature = (ds.features or {}).get(column)
+    if (isinstance(feature, Value) and feature.dtype in ("string", "large_string")) or (
+            isinstance(feature, dict) and set(feature) == {"bytes", "path"}):
+        return as_images(ds, column, where)
+    return ds
+
+
 def largest_label(annotations, reduce_labels: bool = False) -> int:
     """The largest class in these label maps (-1: none), the ignore index (void) left out; with `reduce_labels`
     0 is ignored too and the rest shift down by one."""
@@ -174,8 +189,8 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
     for col in (image_column, label_column):
         if col not in train_ds.column_names:
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
-    train_ds, test_ds = (as_images(d, image_column, f"{dataset} [{s}]") for d, s in ((train_ds, train_split),
-                                                                                     (test_ds, test_split)))
+    train_ds, test_ds = (label_maps(as_images(d, image_column, f"{dataset} [{s}]"), label_column, f"{dataset} [{s}]")
+                         for d, s in ((train_ds, train_split), (test_ds, test_split)))
     # The test maps too, now: a class past the head's would otherwise be found only when scoring, after training.
     test_top = largest_label(test_ds[label_column], reduce_labels)  # a lazy column: decoded one by one
     if num_labels is None:

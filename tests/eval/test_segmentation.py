@@ -164,6 +164,28 @@ def test_num_labels_read_off_the_label_maps_leave_the_void_index_out(reduce_labe
         segmentation.count_labels([np.full((4, 4), 255, np.uint8)])
 
 
+def test_label_maps_named_by_path_are_read_as_images_as_the_images_are(tmp_path, monkeypatch):
+    """A JSON Lines (or CSV) dataset names its label maps by path, as its images: they were read as strings, and
+    counting their classes crashed in numpy ("ufunc 'maximum' did not contain a loop")."""
+    import json
+
+    from PIL import Image
+
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    (tmp_path / "files").mkdir()
+    for split in ("train", "test"):
+        lines = []
+        for i in range(3):
+            lab = np.zeros((8, 8), np.uint8)
+            lab[:4], lab[6:, :2] = 1, 2 if split == "train" else 1
+            paths = tmp_path / "files" / f"{split}-{i}.png", tmp_path / "files" / f"{split}-{i}-seg.png"
+            Image.new("RGB", (8, 8)).save(paths[0])
+            Image.fromarray(lab).save(paths[1])
+            lines.append(json.dumps({"image": str(paths[0]), "annotation": str(paths[1])}))
+        (tmp_path / "ds" / "data" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    assert num_labels_built(tmp_path / "ds", monkeypatch) == 3
+
+
 def test_num_labels_counts_every_label_map_and_splits_must_differ(tmp_path, monkeypatch):
     """A class first seen past the 200th map still gets an output; training on the test split is refused."""
     from PIL import Image
