@@ -160,6 +160,12 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     categories = category_ids(train_ds)
     if category_ids(test_ds) != categories:
         raise ValueError(f"{train_split} and {test_split} list different categories: labels would not correspond")
+    coco = test_ds.coco.dataset
+    if not any(not a.get("iscrowd", 0) for a in coco.get("annotations") or []):
+        # COCOeval's AP of a split with nothing to find is its -1 for "undefined", which would go into the card.
+        raise ValueError(f"the {test_split} split of {dataset} has no object to find ({len(coco.get('images') or [])} "
+                         f"images, 0 annotations that are not crowd regions): AP is undefined; evaluate on an "
+                         "annotated split (COCO's test-dev lists its images alone)")
     pretrained = AutoModel.from_pretrained(model_dir)
     set_seed(seed)  # the new heads' weights: Trainer seeds only after they exist
     detector = maskrcnn_from_backbone(pretrained, num_classes=len(categories), trainable_layers=trainable_layers,

@@ -287,6 +287,25 @@ def test_detection_finetuning_refuses_mismatched_splits_before_training(shapes_c
         coco_split(folder, "test", train=False)
 
 
+@pytest.mark.parametrize("kept", ["none", "crowds"])
+def test_a_test_split_without_an_object_to_find_is_refused_before_training(kept, shapes_coco, tmp_path):
+    """COCO's test-dev annotations list images alone: COCOeval scores such a split -1, which went into the card
+    as its AP after the whole fine-tune."""
+    import shutil
+
+    from freeatm_hf.eval.detection import finetune_detection
+
+    folder = tmp_path / "unannotated"
+    shutil.copytree(shapes_coco, folder)
+    path = folder / "annotations" / "test.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"] = [] if kept == "none" else [{**a, "iscrowd": 1} for a in coco["annotations"]]
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"the test split of .* has no object to find \(\d+ images, 0 annotations "
+                                         r"that are not crowd regions\): AP is undefined"):
+        finetune_detection("unused", str(folder), str(tmp_path / "o"))
+
+
 def test_training_views_flip_image_boxes_and_masks_together_and_the_trainable_stages_are_the_argument(shapes_coco):
     from freeatm_hf.eval.detection import coco_split, maskrcnn_from_backbone
 
