@@ -191,6 +191,12 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
             raise ValueError(f"{dataset} has no column {col!r} (columns: {train_ds.column_names})")
     train_ds, test_ds = (label_maps(as_images(d, image_column, f"{dataset} [{s}]"), label_column, f"{dataset} [{s}]")
                          for d, s in ((train_ds, train_split), (test_ds, test_split)))
+    for d, s in ((train_ds, train_split), (test_ds, test_split)):
+        # A row without a map (scene_parse_150's test split has none) has nothing to train on or score.
+        missing = d.with_format("arrow")[label_column].null_count
+        if missing:
+            raise ValueError(f"{dataset} [{s}] has {missing} of {len(d)} rows without a label map ({label_column!r} is "
+                             "null): evaluate on a labelled split (ADE20K's: --test_split validation)")
     # The test maps too, now: a class past the head's would otherwise be found only when scoring, after training.
     test_top = largest_label(test_ds[label_column], reduce_labels)  # a lazy column: decoded one by one
     if num_labels is None:

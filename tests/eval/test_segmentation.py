@@ -186,6 +186,26 @@ def test_label_maps_named_by_path_are_read_as_images_as_the_images_are(tmp_path,
     assert num_labels_built(tmp_path / "ds", monkeypatch) == 3
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_rows_without_a_label_map_are_refused_naming_the_split(split, tmp_path, monkeypatch):
+    """scene_parse_150's test split has no label maps (None), and `--test_split test` is the default: counting its
+    classes crashed in `int(None)`."""
+    from datasets import Dataset, Features, Image
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "seg"
+    (folder / "data").mkdir(parents=True)
+    features = Features({"image": Image(), "annotation": Image()})
+    labelled = {"image": PILImage.new("RGB", (4, 4)), "annotation": PILImage.fromarray(np.ones((4, 4), np.uint8))}
+    for s in ("train", "test"):
+        rows = [labelled, {**labelled, "annotation": None}, {**labelled, "annotation": None}] if s == split else [
+            labelled]
+        Dataset.from_list(rows, features=features).to_parquet(str(folder / "data" / f"{s}-00000-of-00001.parquet"))
+    with pytest.raises(ValueError, match=rf"\[{split}\] has 2 of \d rows without a label map \('annotation' is "
+                                         "null\): evaluate on a labelled split"):
+        num_labels_built(folder, monkeypatch)
+
+
 def test_num_labels_counts_every_label_map_and_splits_must_differ(tmp_path, monkeypatch):
     """A class first seen past the 200th map still gets an output; training on the test split is refused."""
     from PIL import Image
