@@ -160,6 +160,15 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     categories = category_ids(train_ds)
     if category_ids(test_ds) != categories:
         raise ValueError(f"{train_split} and {test_split} list different categories: labels would not correspond")
+    listed = set(categories)
+    for split, ds in ((train_split, train_ds), (test_split, test_ds)):
+        # Found by the collate, such an annotation ended the run when a batch drew it (in the test split: after
+        # the whole fine-tune, when scoring).
+        anns = ds.coco.dataset.get("annotations") or []
+        unknown = [a["category_id"] for a in anns if a["category_id"] not in listed]
+        if unknown:
+            raise ValueError(f"{dataset} [{split}]: {len(unknown)} annotation(s) use category ids "
+                             f"{sorted(set(unknown))} that the categories list lacks")
     coco = test_ds.coco.dataset
     if not any(not a.get("iscrowd", 0) for a in coco.get("annotations") or []):
         # COCOeval's AP of a split with nothing to find is its -1 for "undefined", which would go into the card.

@@ -287,6 +287,25 @@ def test_detection_finetuning_refuses_mismatched_splits_before_training(shapes_c
         coco_split(folder, "test", train=False)
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_annotation_of_an_unlisted_category_is_refused_before_training(split, shapes_coco, tmp_path):
+    """Found by the collate, it ended the run when a batch drew it, or, in the test split, after the whole
+    fine-tune, when scoring."""
+    import shutil
+
+    from freeatm_hf.eval.detection import finetune_detection
+
+    folder = tmp_path / "unlisted"
+    shutil.copytree(shapes_coco, folder)
+    path = folder / "annotations" / f"{split}.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"][-1]["category_id"] = 99
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=rf"\[{split}\]: 1 annotation\(s\) use category ids \[99\] that the "
+                                         "categories list lacks"):
+        finetune_detection("unused", str(folder), str(tmp_path / "o"))
+
+
 @pytest.mark.parametrize("kept", ["none", "crowds"])
 def test_a_test_split_without_an_object_to_find_is_refused_before_training(kept, shapes_coco, tmp_path):
     """COCO's test-dev annotations list images alone: COCOeval scores such a split -1, which went into the card
