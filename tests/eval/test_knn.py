@@ -16,9 +16,22 @@ def test_knn_weighted_vote_against_a_hand_computed_case():
     expected = torch.zeros(3)
     for s, i in zip(top.values, top.indices):
         expected[labels[i]] += torch.exp(s / 0.5)
-    torch.testing.assert_close(scores[0], expected)
+    # Up to the row's factor exp(-nearest / T), which keeps the weights finite at any temperature.
+    torch.testing.assert_close(scores[0], expected / torch.exp(top.values[0] / 0.5))
     assert scores.argmax(1).item() == 0
     assert accuracy(scores, torch.tensor([0])) == 1.0
+
+
+def test_a_low_temperature_still_weighs_three_close_neighbours_above_one_farther():
+    """At T = 0.01 exp(0.99 / T) and exp(0.95 / T) both overflow float32 to inf: the classes tied, and the vote went
+    to the lower class index whatever the neighbours were."""
+    train = F.normalize(torch.tensor([[1.0, 0.0], [0.99, (1 - 0.99**2) ** 0.5], [0.95, (1 - 0.95**2) ** 0.5]]), dim=1)
+    train = torch.cat([train[2:], train[1:2].repeat(3, 1)])  # class 0: one at 0.95; class 1: three at 0.99
+    labels = torch.tensor([0, 1, 1, 1])
+    scores = knn_classify(train, labels, torch.tensor([[1.0, 0.0]]), k=4, temperature=0.01, num_classes=2)
+    assert torch.isfinite(scores).all()
+    assert scores.argmax(1).item() == 1
+    torch.testing.assert_close(scores[0, 0] / scores[0, 1], torch.exp(torch.tensor(-4.0)) / 3, rtol=1e-3, atol=0)
 
 
 def test_knn_chunks_give_the_same_scores():
