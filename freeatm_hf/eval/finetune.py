@@ -143,8 +143,8 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
 
     trainer = Trainer(model=clf, args=args, train_dataset=train_ds, eval_dataset=test_ds, compute_metrics=accuracy)
     trainer.train()
-    top1 = trainer.evaluate()["eval_top1"]  # gathered over processes
-    # The fine-tuned classifier, as `eval segment` and `eval detect` keep theirs: MAE's a stock
+    # The fine-tuned classifier, as `eval segment` and `eval detect` keep theirs, and before the scoring, whose
+    # failure (a test image that does not decode) would otherwise lose the fine-tune: MAE's a stock
     # ViTForImageClassification folder, a CNN's a timm model folder.
     if isinstance(clf, CNNClassifier):
         if trainer.is_world_process_zero():
@@ -153,6 +153,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
         trainer.save_model(output_dir)
         if trainer.is_world_process_zero():
             save_vit_processor(output_dir, image_size)
+    top1 = trainer.evaluate()["eval_top1"]  # gathered over processes
     if not trainer.is_world_process_zero():
         return []
     results = [{"task": "image-classification", "dataset": dataset, "split": test_split, "revision": revision,

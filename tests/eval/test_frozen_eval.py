@@ -483,6 +483,24 @@ def test_only_the_main_process_saves_the_classifier_and_writes_the_card(method, 
     assert not (ckpt / "eval_results.json").exists() and not (ckpt / "README.md").exists()
 
 
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_the_finetuned_classifier_is_saved_before_the_test_split_is_scored(method, oblong_digits, tmp_path,
+                                                                           monkeypatch):
+    """A scoring that fails (a test image that does not decode, memory) lost the whole fine-tune: the classifier
+    was saved only once scored, as eval segment and eval detect save theirs first."""
+    import transformers
+
+    def unreadable(self, *args, **kwargs):
+        raise OSError("image file is truncated")
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", unreadable)
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint(method).save_pretrained(ckpt)
+    with pytest.raises(OSError, match="truncated"):
+        untrained_finetune(ckpt, oblong_digits, tmp_path / "ft", evaluate=True)
+    assert (tmp_path / "ft" / "model.safetensors").is_file() and (tmp_path / "ft" / "config.json").is_file()
+
+
 def test_the_reported_top1_counts_the_classifiers_arg_max_on_the_scored_test_images(labelled_shapes, tmp_path):
     """The test split relabelled with the (seeded, untrained) classifier's own arg-max: its top-1 is exactly 1,
     whatever chance level the random head is at."""
