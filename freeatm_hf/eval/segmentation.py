@@ -212,6 +212,11 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
         raise ValueError(f"a {test_split} label map holds class {test_top}, but the head has num_labels={num_labels} "
                          f"(classes 0..{num_labels - 1}{', after --reduce_labels' if reduce_labels else ''}): pass a "
                          "larger --num_labels")
+    if num_labels < 2:
+        # One class is predicted everywhere, and its IoU, the mean, is 1 for any model.
+        raise ValueError(f"the label maps hold a single class (0): there is nothing to segment; {IGNORE_INDEX} is the "
+                         "void index, ignored (a binary mask drawn 0/255 needs its objects as 1)"
+                         + (", and 0 is ignored with --reduce_labels" if reduce_labels else ""))
     train_tf, test_tf = _transforms(image_size, reduce_labels, num_labels)
 
     def with_tf(tf):

@@ -206,6 +206,27 @@ def test_rows_without_a_label_map_are_refused_naming_the_split(split, tmp_path, 
         num_labels_built(folder, monkeypatch)
 
 
+@pytest.mark.parametrize("reduce_labels", [False, True])
+def test_label_maps_of_a_single_class_are_refused_not_scored_miou_one(reduce_labels, tmp_path, monkeypatch):
+    """Binary masks drawn 0/255 (object pixels 255, the void index): every object pixel was ignored, the head got
+    one class, and the test mIoU, background alone, came out 1.0 for any model."""
+    from PIL import Image
+
+    rows = []
+    for i in range(3):
+        lab = np.zeros((8, 8), np.uint8)
+        lab[2:6, i:i + 4] = 255
+        if reduce_labels:  # ADE-style 0 ignored: one class left once shifted
+            lab[lab == 0] = 1
+        rows.append({"image": Image.new("RGB", (8, 8)), "annotation": Image.fromarray(lab)})
+    folder = write_splits(tmp_path / "seg", rows, rows[:2])
+    with pytest.raises(ValueError, match=r"the label maps hold a single class \(0\): there is nothing to segment; "
+                                         r"255 is the void index"):
+        num_labels_built(folder, monkeypatch, reduce_labels=reduce_labels)
+    with pytest.raises(ValueError, match="a single class"):
+        num_labels_built(folder, monkeypatch, reduce_labels=reduce_labels, num_labels=1)
+
+
 def test_num_labels_counts_every_label_map_and_splits_must_differ(tmp_path, monkeypatch):
     """A class first seen past the 200th map still gets an output; training on the test split is refused."""
     from PIL import Image
