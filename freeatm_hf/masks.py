@@ -125,8 +125,10 @@ def mask_from_map(soft_map, threshold: float | str = DEFAULT_THRESHOLD, image_si
                   largest_component: bool = False, normalized: bool = False) -> MaskResult:
     """The full chain for one object. `largest_component` keeps only the biggest blob (and its box).
     `normalized`: the map is already on the [0, 1] scale of the threshold (a stored map resized), not scaled again."""
-    norm = normalize(soft_map)
-    if normalized and norm is not None:
+    norm = normalize(soft_map)  # refuses a map that is not 2-D or not finite
+    if normalized:
+        # On the threshold's scale one value throughout is a mask wherever it is above the threshold, as training
+        # reads a stored map (an 8-bit map all 255 was an object filling the image there, no mask here).
         norm = _np(soft_map)
     shape = _np(soft_map).shape
     if norm is None:

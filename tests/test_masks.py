@@ -285,3 +285,17 @@ def test_refined_maps_are_the_guided_filter_of_the_bilinear_map_over_two_map_cel
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # A float image in [0, 1] is the same guide as its 8-bit form.
     np.testing.assert_allclose(refine_maps(image / 255.0, [soft])[0], got, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, 50, 200, 255])
+def test_a_stored_map_of_one_value_is_the_mask_training_reads(value):
+    """An 8-bit map is on the threshold's scale as stored: one value throughout is all mask above the threshold
+    (training's masks take it so), not a map with no contrast in it."""
+    from freeatm_hf.data.masks import maps_at
+
+    stored = np.full((8, 8), value, np.uint8)
+    r = full_resolution_mask(stored, image_size=(16, 16), threshold=0.4)
+    training = (maps_at([{"attention": stored}], (16, 16))[0] > 0.4).numpy()  # `row_masks` before its fallback
+    assert np.array_equal(r.mask, training) and training.all() == (value > 102)
+    assert r.empty == (value <= 102)
+    assert r.bbox == ((0.0, 0.0, 16.0, 16.0) if value > 102 else None)
