@@ -72,10 +72,12 @@ def row_masks(row: dict, size: tuple[int, int], threshold: float | str = DEFAULT
 
 
 def nearest_index(n_in: int, n_out: int) -> torch.Tensor:
-    """The source index of each of `n_out` samples when `n_in` values are resized nearest: torch's own rule
-    (read off `F.interpolate` of a ramp), the one torchvision's `resized_crop` applies to a `Mask`."""
+    """The source index of each of `n_out` samples when `n_in` values are resized nearest-exact: the source pixel
+    under each output pixel's centre, torch's own rule (read off `F.interpolate` of a ramp). Plain nearest, what
+    torchvision's `resized_crop` applies to a `Mask`, takes the one under its top-left corner: half an output pixel
+    off the image, which is resized by pixel centres."""
     ramp = torch.arange(n_in, dtype=torch.float32).view(1, 1, n_in)
-    return F.interpolate(ramp, size=n_out, mode="nearest").view(-1).long()
+    return F.interpolate(ramp, size=n_out, mode="nearest-exact").view(-1).long()
 
 
 def bilinear_taps(pixels: torch.Tensor, n_image: int, n_map: int):
@@ -201,8 +203,8 @@ class MapMasks:
         return out
 
     def crop(self, top: int, left: int, height: int, width: int, out: int) -> torch.Tensor:
-        """`(K, out, out)`: the masks of the box resized to `out²` by nearest neighbour, as torchvision's
-        `resized_crop` resizes a `tv_tensors.Mask`."""
+        """`(K, out, out)`: the masks of the box resized to `out²` by nearest neighbour (nearest-exact), as
+        `TwoViewTransform` resizes a `tv_tensors.Mask`."""
         return self.sample(top + nearest_index(height, out), left + nearest_index(width, out))
 
     def share(self, top: int, left: int, height: int, width: int) -> torch.Tensor:

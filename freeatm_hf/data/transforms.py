@@ -85,7 +85,10 @@ class TwoViewTransform:
         if isinstance(masks, MapMasks):
             m, share = tv_tensors.Mask(masks.crop(*box, self.size)), masks.share(*box)
         else:
-            m = F.resized_crop(tv_tensors.Mask(masks), *box, [self.size, self.size], antialias=True)
+            # Nearest-exact: torchvision resizes a Mask by plain nearest (source ⌊i·in/out⌋, ignoring any
+            # interpolation given to resized_crop), which lays it half an output pixel below and right of the image.
+            m = F.resize(F.crop(tv_tensors.Mask(masks), *box), [self.size, self.size],
+                         interpolation=v2.InterpolationMode.NEAREST_EXACT)
             inside = masks[:, p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]].flatten(1).sum(1)
             share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
             share[masks.flatten(1).amin(1) >= 1] = 1.0  # the whole image (as `MapMasks.share` has it)

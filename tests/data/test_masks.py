@@ -148,8 +148,8 @@ def _smooth_maps(rng, count, sizes):
 @pytest.mark.parametrize("threshold,mode", [(0.4, "binary"), (0.6, "soft"), ("otsu", "binary")])
 def test_map_masks_read_a_view_as_torchvision_crops_the_full_resolution_masks(threshold, mode):
     """The contrastive loader samples the stored maps only where a view falls; it must give the masks that
-    resizing every map to the image (`row_masks`) and cropping it with torchvision give. Noise maps of odd
-    sizes, boxes and output sides; images larger and smaller than the maps."""
+    resizing every map to the image (`row_masks`) and cropping it with torchvision (nearest-exact) give. Noise maps
+    of odd sizes, boxes and output sides; images larger and smaller than the maps."""
     from torchvision import tv_tensors
     from torchvision.transforms.v2 import functional as F
 
@@ -168,7 +168,8 @@ def test_map_masks_read_a_view_as_torchvision_crops_the_full_resolution_masks(th
             h, w = int(rng.integers(1, size[0] + 1)), int(rng.integers(1, size[1] + 1))
             box = (int(rng.integers(0, size[0] - h + 1)), int(rng.integers(0, size[1] - w + 1)), h, w)
             out = int(rng.integers(4, 80))
-            expected = F.resized_crop(tv_tensors.Mask(full), *box, [out, out])
+            expected = F.resize(F.crop(tv_tensors.Mask(full), *box), [out, out],
+                                interpolation=F.InterpolationMode.NEAREST_EXACT)
             got = lazy.crop(*box, out)
             assert got.shape == expected.shape
             # Only a pixel landing exactly on the threshold may differ (float rounding of the same weights).

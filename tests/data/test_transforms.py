@@ -208,3 +208,30 @@ def test_a_whole_image_mask_is_kept_in_a_crop_smaller_than_min_visible():
     # An object's mask is still measured by its mass: neither of `scene`'s is in this crop.
     t.crop.make_params = lambda flat: box
     assert t(img, scene()[1])["kept"].tolist() == [False, False]
+
+
+def test_a_views_masks_lie_on_its_pixels_not_half_a_pixel_down_and_right():
+    """A white box on black and its mask, through the same crops: the view's pixels past half white are its mask,
+    whichever form the masks take. Resized by plain nearest (torchvision's for a `Mask`, index ⌊i·in/out⌋), each
+    mask lay half an output pixel below and right of the box the view shows."""
+    from freeatm_hf.data.masks import MapMasks
+
+    img = torch.zeros(3, 96, 128, dtype=torch.uint8)
+    img[:, 21:50, 33:70] = 255
+    mask = (img[:1] > 0).float()
+    for masks in (mask, MapMasks([{"attention": (mask[0] * 255).byte().numpy()}], (96, 128))):
+        t = TwoViewTransform(size=40, scale=(0.3, 1.0), photometric=False, normalize=False, min_visible=0.0)
+        torch.manual_seed(0)
+        offsets, differ, seen = [], 0, 0
+        for _ in range(40):
+            out = t(img, masks)
+            v, m = out["pixel_values_1"][0], out["masks_1"][0] if len(out["masks_1"]) else None
+            if m is None or m.sum() < 4:
+                continue
+            rows = torch.arange(40.0)[:, None]
+            offsets.append(float((m * rows).sum() / m.sum() - (v * rows).sum() / v.sum()))  # down (a flip keeps it)
+            differ += int(((v > 0.5) != (m > 0.5)).sum())
+            seen += int(m.sum())
+        assert len(offsets) > 20, type(masks)
+        assert abs(sum(offsets) / len(offsets)) < 0.1, type(masks)
+        assert differ < 0.02 * seen, type(masks)

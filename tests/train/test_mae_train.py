@@ -72,14 +72,25 @@ def test_the_mae_transform_gives_what_torchvision_gives_on_maps_at_image_size():
     geometry = v2.Compose([v2.RandomResizedCrop(32, scale=(0.3, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
                                                 antialias=True), v2.RandomHorizontalFlip()])
     finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    F = v2.functional
+    source, maps = tv_tensors.Image(F.pil_to_tensor(image)), tv_tensors.Mask(maps_at(objects, (72, 96)))
     for seed in range(8):
         torch.manual_seed(seed)
         got = transform({"image": [image], "objects": [objects]})
         torch.manual_seed(seed)
-        img, m = geometry(tv_tensors.Image(v2.functional.pil_to_tensor(image)),
-                          tv_tensors.Mask(maps_at(objects, (72, 96))))
+        img, m = geometry(source, maps)
         assert torch.equal(got["pixel_values"][0], finish(img).as_subclass(torch.Tensor))
-        torch.testing.assert_close(got["patch_scores"][0], patch_scores(m.as_subclass(torch.Tensor), 8),
+        # The same draws again, to resize the maps nearest-exact (torchvision's Mask is plain nearest: half a
+        # pixel off the image); the plain-nearest masks are torchvision's, so these are its crop and flip.
+        torch.manual_seed(seed)
+        p = geometry.transforms[0].make_params([source])
+        box = (p["top"], p["left"], p["height"], p["width"])
+        flip = bool(torch.rand(1) < 0.5)
+        plain, exact = (F.resize(F.crop(maps, *box), [32, 32], interpolation=mode)
+                        for mode in (v2.InterpolationMode.NEAREST, v2.InterpolationMode.NEAREST_EXACT))
+        assert torch.equal(m, plain.flip(-1) if flip else plain)
+        exact = exact.flip(-1) if flip else exact
+        torch.testing.assert_close(got["patch_scores"][0], patch_scores(exact.as_subclass(torch.Tensor), 8),
                                    atol=1e-5, rtol=0)
     # Maps with nothing in them leave the image to random masking, as real data.
     flat = [{"attention": Image.new("L", (8, 8)), "attention_peak": 1.0}]
