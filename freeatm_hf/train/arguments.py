@@ -102,6 +102,14 @@ def training_info(training_args, optimizer: str | None = None) -> dict:
     return {**info, "world_size": training_args.world_size}
 
 
+def trained_batch(training: dict | None, state, training_args) -> dict | None:
+    """`training` (`training_info`) with the per-device batch the run trained at: `--auto_find_batch_size` halves
+    the one asked for after each out-of-memory error, and Trainer's state holds the one it settled on."""
+    if not training or not state.train_batch_size:
+        return training
+    return {**training, "per_device_train_batch_size": state.train_batch_size // max(1, training_args.n_gpu)}
+
+
 def seed_per_process(trainer):
     """Random draws of their own on every process (see `PerProcessSeedCallback`), the shuffle alike on all.
     Without a data seed accelerate seeds the sampler from torch's global seed when it builds the data loader,
@@ -249,7 +257,8 @@ def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | 
     if card and trainer.is_world_process_zero():
         from ..hub.model_card import write_model_card
 
-        write_model_card(training_args.output_dir, trainer.model.config, data=data, training=training)
+        write_model_card(training_args.output_dir, trainer.model.config, data=data,
+                         training=trained_batch(training, trainer.state, training_args))
     if not done:  # the run that trained them wrote its metrics
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

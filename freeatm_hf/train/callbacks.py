@@ -103,5 +103,7 @@ class ModelCardCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if state.is_world_process_zero and model is not None and folder.is_dir():
             from ..hub.model_card import write_model_card
+            from .arguments import trained_batch
 
-            write_model_card(folder, getattr(model, "module", model).config, data=self.data, training=self.training)
+            write_model_card(folder, getattr(model, "module", model).config, data=self.data,
+                             training=trained_batch(self.training, state, args))

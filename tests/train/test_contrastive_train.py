@@ -462,3 +462,28 @@ def test_an_epochs_keys_are_counted_per_object_and_a_longer_moco_queue_is_warned
     (record,) = caplog.records
     assert "--queue_size 65536 is more than the 7 instance keys an epoch" in record.getMessage()
     assert "give --queue_size 1 or less" in record.getMessage()
+
+
+def test_the_card_states_the_batch_auto_find_batch_size_trained_at(tmp_path, monkeypatch):
+    """`--auto_find_batch_size` halves the batch after an out-of-memory error: the run trained at 4, and its card
+    (and every checkpoint's) said 8, the batch asked for."""
+    import json
+
+    from freeatm_hf.models import SimCLRModel
+
+    forward = SimCLRModel.forward
+
+    def out_of_memory_past_4(self, pixel_values_1, *args, **kwargs):
+        if len(pixel_values_1) > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, pixel_values_1, *args, **kwargs)
+
+    monkeypatch.setattr(SimCLRModel, "forward", out_of_memory_past_4)
+    targs = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, save_steps=1,
+                              auto_find_batch_size=True, report_to="none", use_cpu=True, dataloader_num_workers=0)
+    trainer = train("simclr", small_args(), targs)
+    assert trainer.state.train_batch_size == 4
+    for folder in (tmp_path, tmp_path / "checkpoint-1"):
+        assert json.loads((folder / "card_info.json").read_text())["training"]["per_device_train_batch_size"] == 4
+        assert "| per_device_train_batch_size | `4` |" in (folder / "README.md").read_text()
+
