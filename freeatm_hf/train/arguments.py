@@ -88,12 +88,15 @@ def check_views(image_size: int, crop_scale_min: float):
                          f"{crop_scale_min}")
 
 
-def training_info(training_args, optimizer: str | None = None) -> dict:
+def training_info(training_args, optimizer: str | None = None, lr_milestones: list[int] | None = None) -> dict:
     """The TrainingArguments worth putting in a model card, and the optimizer: `optimizer` when the method builds
-    its own (SimCLR's LARS, MoCo's SGD), else Trainer's `--optim`; Adam's betas when it has them."""
+    its own (SimCLR's LARS, MoCo's SGD), else Trainer's `--optim`; Adam's betas when it has them. `lr_milestones`:
+    the epochs a constant schedule's rate is cut tenfold at (`LRMilestonesCallback`), else it reads as one rate."""
     keys = ("learning_rate", "weight_decay", "warmup_steps", "per_device_train_batch_size",
             "gradient_accumulation_steps", "num_train_epochs", "max_steps", "lr_scheduler_type", "seed", "bf16")
     info = {k: getattr(training_args, k) for k in keys}
+    if lr_milestones:
+        info["lr_milestones"] = sorted(lr_milestones)
     # --max_steps overrides the epochs (Trainer then reads no num_train_epochs); the card states what bounded the run.
     info.pop("num_train_epochs" if training_args.max_steps > 0 else "max_steps")
     info["optimizer"] = optimizer or str(getattr(training_args.optim, "value", training_args.optim))
@@ -221,11 +224,12 @@ def check_resumed_settings(checkpoint: str, training_args):
 
 
 def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | None, card: bool = True,
-                 optimizer: str | None = None):
+                 optimizer: str | None = None, lr_milestones: list[int] | None = None):
     """Train (from `resume`, the checkpoint `resume_point` settled before any data was read or model built, so
     that a refused resume is said at once), save the model, write its card (main process; every checkpoint gets
-    one too), log and save the metrics. `optimizer`: the one the method built, when not Trainer's."""
-    data, training = (args.data_info(ds), training_info(training_args, optimizer)) if card else (None, None)
+    one too), log and save the metrics. `optimizer`, `lr_milestones`: the method's own (`training_info`)."""
+    data, training = ((args.data_info(ds), training_info(training_args, optimizer, lr_milestones)) if card
+                      else (None, None))
     if card:
         from .callbacks import ModelCardCallback
 

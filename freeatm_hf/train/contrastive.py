@@ -262,5 +262,5 @@ def train(method: str, args: ContrastiveArguments, training_args):
                                    optimizers=(optimizer, None), callbacks=callbacks,
                                    gpu_photometric=args.gpu_photometric, image_size=args.image_size,
                                    color_strength=args.color_strength)
-    return fit_and_save(trainer, args, ds, training_args, resume, optimizer=opt_name)
+    return fit_and_save(trainer, args, ds, training_args, resume, optimizer=opt_name, lr_milestones=args.lr_milestones)
 

@@ -487,3 +487,12 @@ def test_the_card_states_the_batch_auto_find_batch_size_trained_at(tmp_path, mon
         assert json.loads((folder / "card_info.json").read_text())["training"]["per_device_train_batch_size"] == 4
         assert "| per_device_train_batch_size | `4` |" in (folder / "README.md").read_text()
 
+
+def test_the_card_states_the_lr_milestones(tmp_path):
+    """With --lr_milestones the card said `lr_scheduler_type constant` alone: a rate cut tenfold at each milestone
+    read as one rate for the whole run."""
+    import json
+
+    train("moco", small_args(lr_milestones=[1, 2]), training_args(tmp_path, steps=1, lr_scheduler_type="constant"))
+    assert json.loads((tmp_path / "card_info.json").read_text())["training"]["lr_milestones"] == [1, 2]
+    assert "| lr_milestones | `[1, 2]` |" in (tmp_path / "README.md").read_text()
