@@ -404,7 +404,8 @@ def _data_text(data: dict, guided: bool = True) -> str:
         rows = (f" ({data['synthetic_rows']} generated and {data['real_rows']} real rows)"
                 if data.get("real_rows") is not None else "")
         parts.append(f"Share of real rows: {data.get('mix_ratio')}{rows}.")
-    if data.get("prompts") == "position":
+    # Real rows carry no objects to place: on real data alone no caption got a position prompt.
+    if data.get("prompts") == "position" and mode != "real":
         g = int(data.get("grid") or 3)
         parts.append(f"Position prompts on a {g}×{g} grid (blocks 1–{g * g}, row-major).")
     elif data.get("prompts"):

@@ -171,6 +171,9 @@ def test_a_retrieval_fine_tune_of_a_hub_model_keeps_its_pretraining_facts(tmp_pa
     # Guided by default (beta_max 0.8), but real rows have no maps: random masking, and the card says so.
     ("mae", "real", True, "on real images (the real-data baseline", "real images; features reflect that"),
     ("blip", "synthetic", False, "without their attention masks (the mask-free baseline)", "generated images"),
+    ("blip", "synthetic", True, "on diffusion-generated images, using the cross-attention maps", "generated images"),
+    # Position prompts by default, but real rows have no objects to place: captions alone.
+    ("blip", "real", True, "on real images (the real-data baseline", "real images; features reflect that"),
 ])
 def test_the_card_says_what_the_model_was_trained_on_and_with(tmp_path, method, mode, guided, opening, limits):
     from freeatm_hf.models import BlipATMConfig, MAEConfig
@@ -194,6 +197,8 @@ def test_the_card_says_what_the_model_was_trained_on_and_with(tmp_path, method, 
         assert "chosen at random, no attention maps used" in text and "highest attention" not in text
     if method == "blip":
         assert "freeatm eval retrieval --model <this folder>" in text and "eval knn" not in text
+        assert ("Position prompts on a 3×3 grid" in text) == (guided and mode != "real")
+        assert ("Captions alone (no position prompts" in text) == (not guided or mode == "real")
 
 
 @pytest.mark.parametrize("strength, says", [(1.0, "strength 1 (brightness, contrast, saturation 0.8, hue 0.2)"),
