@@ -381,7 +381,10 @@ def push_timm_export(folder: str | Path, repo_id: str, private: bool | None = No
     trained = training_metadata(model.config, (card_facts(folder) or {}).get("data") or {})
     with tempfile.TemporaryDirectory() as tmp:
         export_timm(model, tmp, image_size=trained_image_size(folder))
-        source = f"[{source_repo}](https://huggingface.co/{source_repo})" if source_repo else "a freeatm_hf checkpoint"
+        # Pushed to a branch, so was the checkpoint: its repo page (main) may hold other weights, or none.
+        page = f"https://huggingface.co/{source_repo}" + (f"/tree/{revision}" if revision else "")
+        name = f"{source_repo} (branch `{revision}`)" if revision else source_repo
+        source = f"[{name}]({page})" if source_repo else "a freeatm_hf checkpoint"
         card = ModelCard.from_template(
             ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",
                           tags=[*trained["tags"], "image-feature-extraction"], datasets=trained["datasets"]),

@@ -49,7 +49,8 @@ def test_push_model_refuses_another_repo_type_and_pushes_both_repos_with_the_fla
     assert in_process_hub.commits[0] == {**in_process_hub.commits[0], "repo": ("model", "me/enc"),
                                          "message": "my model"}
     timm_card = repos[("model", "me/enc-timm")]["files"]["README.md"].decode()
-    assert "[me/enc](https://huggingface.co/me/enc)" in timm_card and "hf-hub:me/enc-timm@v2" in timm_card
+    assert "[me/enc (branch `v2`)](https://huggingface.co/me/enc/tree/v2)" in timm_card
+    assert "hf-hub:me/enc-timm@v2" in timm_card
 
 
 def test_an_export_to_an_empty_path_is_refused_before_writing(tmp_path, monkeypatch, capsys):

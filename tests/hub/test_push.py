@@ -633,3 +633,22 @@ def test_pushing_an_unchanged_folder_again_makes_no_commit_and_a_changed_card_on
     push_folder(folder, "me/scenes")
     assert [(c["message"], sorted(c["files"]), c["deleted"]) for c in in_process_hub.commits[2:]] == [
         (f"{in_process_hub.commits[0]['message']}: card", ["README.md"], [])]
+
+
+def test_a_timm_export_pushed_to_a_branch_links_its_checkpoint_on_that_branch(tmp_path, in_process_hub):
+    """`push-model --timm --revision v2`: the timm card linked the checkpoint's repo page, its main branch, whose card
+    may describe other weights (or none): the weights it was exported from are on v2."""
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.hub.push import push_folder, push_timm_export
+
+    from .test_stock_exports import checkpoint
+
+    folder = tmp_path / "ckpt"
+    write_model_card(folder, checkpoint("simclr", folder).config, data={"dataset": "me/scenes"}, training={})
+    push_folder(folder, "me/enc", repo_type="model", revision="v2")
+    push_timm_export(folder, "me/enc-timm", source_repo="me/enc", revision="v2")
+    card = in_process_hub.repos[("model", "me/enc-timm")]["files"]["README.md"].decode()
+    assert "[me/enc (branch `v2`)](https://huggingface.co/me/enc/tree/v2)" in card
+    push_timm_export(folder, "me/plain-timm", source_repo="me/plain")
+    card = in_process_hub.repos[("model", "me/plain-timm")]["files"]["README.md"].decode()
+    assert "[me/plain](https://huggingface.co/me/plain)," in card
