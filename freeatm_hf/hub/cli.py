@@ -63,9 +63,11 @@ def push_model_main(argv=None):
         print("exported:", ", ".join(add_stock_exports(args.folder)) or "nothing (timm only)")
 
     if args.timm:  # both repos checked before the first upload
+        from .export import check_timm_export
         from .push import check_private_possible
 
         check_private_possible(f"{args.repo_id}-timm", "model", args.private)
+        check_timm_export(args.folder)
     pushed = push_folder(args.folder, args.repo_id, repo_type="model", private=args.private,
                          revision=args.revision, commit_message=args.commit_message)
     print(pushed)

@@ -60,16 +60,9 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         backbone = _vit_encoder_as_timm(model)
         image_size, cnn = backbone.patch_embed.img_size[0], {}
     else:
-        import copy
-
-        # Pooled features from `model(x)`, as a timm model with num_classes=0 gives (training reads the maps
-        # before pooling, so the training backbone has no pool).
-        backbone, image_size = copy.deepcopy(model.backbone), image_size or _loaded_image_size(model) or 224
-        backbone.reset_classifier(0, global_pool="avg")
-        # timm's own name for the architecture: a backbone named `hf-hub:…` or `local-dir:…` is built from a config
-        # whose architecture this is, and timm cannot build an export that names the repo or folder instead.
-        arch = backbone.pretrained_cfg.get("architecture") or model.config.backbone
-        cnn = {"architecture": arch, "num_features": backbone.num_features, "global_pool": "avg"}
+        backbone, image_size = _pooled_cnn(model), image_size or _loaded_image_size(model) or 224
+        cnn = {"architecture": _cnn_architecture(model, backbone), "num_features": backbone.num_features,
+               "global_pool": "avg"}
     cfg = {"num_classes": 0, **cnn,
            "pretrained_cfg": {"input_size": [3, image_size, image_size], "mean": list(IMAGENET_MEAN),
                               "std": list(IMAGENET_STD), "interpolation": training_interpolation(kind), "crop_pct": EVAL_CROP_PCT,
@@ -92,6 +85,45 @@ def export_timm(model, folder: str | Path, image_size: int | None = None, notes:
         for name in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
             os.replace(Path(tmp) / name, folder / name)
     return folder
+
+
+def _cnn_architecture(model, backbone) -> str:
+    """timm's own name for the architecture: a backbone named `hf-hub:…` or `local-dir:…` is built from a config
+    whose architecture this is, and timm cannot build an export that names the repo or folder instead."""
+    return backbone.pretrained_cfg.get("architecture") or model.config.backbone
+
+
+def _pooled_cnn(model):
+    """A copy of a SimCLR/MoCo backbone whose `model(x)` gives the pooled features, as a timm model with
+    num_classes=0 does (training reads the maps before pooling, so the training backbone has no pool). Refused
+    where timm's head runs more than the pool (ConvNeXt's norm, MobileNetV3's 1×1 conv): layers that training,
+    pooling `forward_features`, never used, so `model(x)` would run them at their initial weights."""
+    import copy
+
+    import torch
+
+    backbone = copy.deepcopy(model.backbone)
+    backbone.reset_classifier(0, global_pool="avg")
+    param = next(backbone.parameters())
+    maps = torch.randn(2, backbone.num_features, 3, 3, generator=torch.Generator().manual_seed(0))
+    maps = maps.to(param.device, param.dtype)
+    with torch.no_grad():
+        head = backbone.eval().forward_head(maps)
+    pooled = maps.mean((2, 3))
+    if head.shape != pooled.shape or not torch.allclose(head.float(), pooled.float(), atol=1e-4):
+        arch = _cnn_architecture(model, backbone)
+        raise ValueError(f"timm's {arch} runs layers after its pool, which SimCLR and MoCo never train (they pool "
+                         "forward_features): its timm export's model(x) would not give the trained features. Pool "
+                         "`model.backbone.forward_features(x)` of the checkpoint (freeatm_hf) instead, or pretrain a "
+                         "backbone whose timm head is its pool alone (resnet, efficientnet, regnet…)")
+    return backbone
+
+
+def check_timm_export(folder: str | Path):
+    """Refuse, before anything is uploaded, a checkpoint whose timm export `export_timm` would refuse."""
+    model = load_checkpoint(folder)
+    if model.config.model_type not in ("freeatm_mae", "freeatm_blip"):
+        _pooled_cnn(model)
 
 
 def held_export(folder: str | Path) -> str | None:

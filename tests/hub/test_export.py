@@ -239,3 +239,24 @@ def test_a_backbone_built_from_a_timm_folder_or_repo_exports_as_its_architecture
     got, _ = read_stock("timm", folder, x, tmp_path)
     with torch.no_grad():
         assert (got - model.backbone.forward_features(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", "mobilenetv3_small_050"])
+def test_a_cnn_whose_timm_head_adds_layers_after_the_pool_is_not_exported_to_timm(arch, tmp_path, in_process_hub):
+    """timm's ConvNeXt normalizes after its pool, MobileNetV3 widens with a 1×1 conv and an activation: layers
+    SimCLR and MoCo, which pool `forward_features`, never train. Their export's model(x) ran them at their initial
+    weights (features off by 2.2 for convnext_atto, 1024 wide instead of 576 for mobilenetv3) under a card saying
+    `model(x): pooled features`; `push-model --timm` published that."""
+    from freeatm_hf.hub.cli import push_model_main
+    from freeatm_hf.hub.model_card import write_model_card
+    from freeatm_hf.models import SimCLRConfig, SimCLRModel
+
+    model = SimCLRModel(SimCLRConfig(backbone=arch, proj_hidden_dim=16, proj_dim=8)).eval()
+    with pytest.raises(ValueError, match=f"timm's {arch} runs layers after its pool"):
+        export_timm(model, tmp_path / "timm")
+    assert not (tmp_path / "timm" / "config.json").exists()
+    model.save_pretrained(tmp_path / "ckpt")
+    write_model_card(tmp_path / "ckpt", model.config, data={"dataset": "me/scenes"}, training={})
+    with pytest.raises(ValueError, match="runs layers after its pool"):  # before anything is uploaded
+        push_model_main([str(tmp_path / "ckpt"), "me/enc", "--timm"])
+    assert not in_process_hub.repos
