@@ -151,10 +151,12 @@ def check_applicable(method: str, args, training_args, given: set[str]):
 
 
 # What torch's DataParallel (Trainer's way with several GPUs in one process) gets wrong per method: each GPU's
-# replica computes its loss on its share of the batch, and writes to a replica's buffers are dropped after the step.
+# replica computes its loss on its share of the batch, writes to a replica's buffers are dropped after the step, and
+# the learning rate's batch scaling (`method_defaults`) and the card count processes, not GPUs.
 DATA_PARALLEL_LOSS = {"simclr": "each GPU's loss sees only its share of the batch as negatives",
                       "moco": "the queue keeps only the first GPU's keys", "blip": "the momentum queues keep only the "
-                      "first GPU's features, and each GPU's ITC sees only its share of the batch"}
+                      "first GPU's features, and each GPU's ITC sees only its share of the batch",
+                      "mae": "the learning rate, scaled by the global batch, and the card's batch count one GPU"}
 
 
 def check_one_process_per_gpu(method: str, training_args):
@@ -162,7 +164,7 @@ def check_one_process_per_gpu(method: str, training_args):
     with `python`/`freeatm train` on a machine with more than one visible GPU): it trains without a word, but not
     the method the card states."""
     n = training_args.n_gpu
-    if n > 1 and method in DATA_PARALLEL_LOSS:
+    if n > 1:
         raise ValueError(f"{n} GPUs are visible to this one process, which Trainer would drive with torch "
                          f"DataParallel, where {DATA_PARALLEL_LOSS[method]}: start one process per GPU with "
                          f"`accelerate launch --num_processes {n} -m freeatm_hf.train {method} ...`, or choose one "
