@@ -53,15 +53,22 @@ def test_a_noun_that_became_part_of_another_class_name_keeps_the_template(caplog
 def serve_chat(answer, server_class=HTTPServer):
     """A loopback `/chat/completions` server answering `answer(request body) -> content`; returns the server
     (serving in a thread) and the list of `(path, headers, body)` it received."""
+    return serve_json(lambda body: (200, {"choices": [{"message": {"role": "assistant", "content": answer(body)}}]}),
+                      server_class)
+
+
+def serve_json(reply, server_class=HTTPServer):
+    """A loopback server answering each POST with `reply(request body) -> (status, JSON object)`; returns the
+    server (serving in a thread) and the list of `(path, headers, body)` it received."""
     requests = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append((self.path, dict(self.headers), body))
-            reply = {"choices": [{"message": {"role": "assistant", "content": answer(body)}}]}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
+            status, answer = reply(body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -231,23 +238,8 @@ def test_quotes_inside_a_rewrite_are_not_taken_for_its_wrapping(caplog):
 def test_a_servers_refusal_names_the_model_and_the_servers_reason():
     """A wrong model name is a 404 from vLLM and OpenAI alike: the error named only the URL's status, so the URL
     looked wrong; the server's own reason ("The model ... does not exist") and the model asked for were lost."""
-    import json as _json
-
-    class Refusing(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            data = _json.dumps({"error": {"message": "The model `qwen-typo` does not exist.", "code": 404}}).encode()
-            self.send_response(404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, _ = serve_json(lambda body: (404, {"error": {"message": "The model `qwen-typo` does not exist.",
+                                                          "code": 404}}))
     try:
         aug = load_augmenter(f"http://127.0.0.1:{server.server_port}/v1#qwen-typo")
         with pytest.raises(ValueError, match=r"HTTP 404 for model 'qwen-typo': .*The model `qwen-typo` does not exist"):
