@@ -93,6 +93,15 @@ def _read_prompts_file(path: str) -> list[Prompt]:
 BARRIER_TIMEOUT = timedelta(hours=24)
 
 
+def run_device(requested: str | None, process_device: torch.device) -> torch.device:
+    """`--device cuda` means this process's GPU: each rank of `accelerate launch` has its own, and
+    `enable_model_cpu_offload` reads a bare "cuda" as GPU 0, which would put every rank's model there."""
+    if not requested:
+        return process_device
+    device = torch.device(requested)
+    return process_device if device.index is None and device.type == process_device.type else device
+
+
 def generate_dataset(cfg: GenerateConfig) -> Path:
     from accelerate import PartialState
 
@@ -104,7 +113,7 @@ def generate_dataset(cfg: GenerateConfig) -> Path:
 
 
 def _generate(cfg: GenerateConfig, state) -> Path:
-    device = torch.device(cfg.device) if cfg.device else state.device
+    device = run_device(cfg.device, state.device)
     source = PromptSource(cfg)
     features = dataset_features(source.label_names)
     # What made the rows so far, read before any process records this run's pipeline (after the barrier).
