@@ -88,21 +88,34 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temperature,
     return (F.cross_entropy(sim_i2t, target) + F.cross_entropy(sim_i2t.T, target)) / 2, sim_i2t
 
 
+def same_caption(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`(B, B)`: whether pairs i and j have the same caption (the same tokens where attended). Generated data
+    repeats captions ("a photo of a tench" for every tench, a one-shape scene of the shapes world): the text of
+    one such pair describes the other's image as well."""
+    ids = input_ids.masked_fill(attention_mask == 0, -1)
+    return (ids[:, None, :] == ids[None, :, :]).all(-1)
+
+
 def sample_hard_negatives(sim_i2t: torch.Tensor, generator: torch.Generator | None = None,
-                          image_ids: torch.Tensor | None = None):
+                          image_ids: torch.Tensor | None = None, same_text: torch.Tensor | None = None):
     """BLIP's hard negatives: for each text an image, for each image a text, drawn in proportion to
     softmax(similarity) with the positive pair's weight set to zero, so the positive is never drawn (with
-    `image_ids`, no pair of the same image is; without, each pair is its own image). The batch must show at
-    least two images."""
+    `image_ids`, no pair of the same image is; without, each pair is its own image; with `same_text` (see
+    `same_caption`), no pair whose caption is the same: that "negative" would be a match labelled a mismatch,
+    and the most similar one, the first drawn). A text or image left with no candidate gets -1."""
     with torch.no_grad():
         w_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-5
         w_t2i = F.softmax(sim_i2t.float().T, dim=1) + 1e-5
         ids = torch.arange(len(sim_i2t), device=sim_i2t.device) if image_ids is None else image_ids
         same = ids[:, None] == ids[None, :]
-        w_i2t.masked_fill_(same, 0)
-        w_t2i.masked_fill_(same, 0)
-        neg_image_for_text = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
-        neg_text_for_image = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
+        if same_text is not None:
+            same = same | same_text
+        none_left = same.all(1)
+        # multinomial refuses a row of zeros: such a row draws from a placeholder, and its draw is dropped.
+        w_i2t.masked_fill_(same & ~none_left[:, None], 0)
+        w_t2i.masked_fill_(same & ~none_left[:, None], 0)
+        neg_image_for_text = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1).masked_fill(none_left, -1)
+        neg_text_for_image = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1).masked_fill(none_left, -1)
     return neg_image_for_text, neg_text_for_image
 
 
@@ -268,15 +281,18 @@ class BlipATMModel(MomentumWatch, BlipPreTrainedModel):
             itm_ids[:, 0] = self.config.enc_token_id
         b = len(input_ids)
         pair_ids = torch.arange(b, device=input_ids.device) if image_ids is None else image_ids
-        if (pair_ids != pair_ids[0]).any():
-            neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=pair_ids)
-            images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds])
-            ids = torch.cat([itm_ids, itm_ids, itm_ids[neg_txt]])
-            masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_txt]])
+        neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=pair_ids,
+                                                 same_text=same_caption(input_ids, attention_mask))
+        has_img, has_txt = neg_img >= 0, neg_txt >= 0
+        if has_img.any():  # else one image, or one caption, all through: no negative pair to match against
+            neg_img, neg_txt = neg_img[has_img], neg_txt[has_txt]
+            images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds[has_txt]])
+            ids = torch.cat([itm_ids, itm_ids[has_img], itm_ids[neg_txt]])
+            masks = torch.cat([attention_mask, attention_mask[has_img], attention_mask[neg_txt]])
             logits = self.itm_logits(images, ids, masks)
-            labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+            labels = torch.cat([torch.ones(b), torch.zeros(len(logits) - b)]).long().to(logits.device)
             loss_itm = F.cross_entropy(logits, labels)
-        else:  # a batch of one image (e.g. a last batch of one) has no negative pair to match against
+        else:
             loss_itm = torch.zeros((), device=image_embeds.device)
 
         c = self.config

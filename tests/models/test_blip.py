@@ -5,7 +5,14 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from freeatm_hf.models.blip import BlipATMConfig, BlipATMModel, export_stock, itc_loss, sample_hard_negatives
+from freeatm_hf.models.blip import (
+    BlipATMConfig,
+    BlipATMModel,
+    export_stock,
+    itc_loss,
+    same_caption,
+    sample_hard_negatives,
+)
 
 # initializer_range as build_blip starts from scratch: BlipVisionConfig's default (1e-10, meant for loading weights)
 # gives every image nearly the same embeddings, which no ITM or ITC check could tell apart.
@@ -491,6 +498,52 @@ def test_itm_loss_against_its_definition_with_the_drawn_hard_negatives():
                             model.itm_logits(emb, enc[neg_txt], att[neg_txt])])
     ref = F.cross_entropy(logits, torch.tensor([1] * 3 + [0] * 6))
     torch.testing.assert_close(out.loss_itm, ref)
+
+
+def test_a_pair_with_the_same_caption_is_never_drawn_as_a_hard_negative():
+    """Pairs 0 and 1 share their caption (the padding past it aside) and are the most similar: each would be the
+    other's negative, a match labelled a mismatch. Pair 3's caption is pair 2's with one more token."""
+    ids = torch.tensor([[1, 5, 6, 2, 0], [1, 5, 6, 2, 9], [1, 7, 2, 0, 0], [1, 7, 2, 8, 0]])
+    att = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    same = same_caption(ids, att)
+    assert same.tolist() == [[True, True, False, False], [True, True, False, False],
+                             [False, False, True, False], [False, False, False, True]]
+    sim = torch.zeros(4, 4)
+    sim[0, 1] = sim[1, 0] = 30.0
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        ni, nt = sample_hard_negatives(sim, generator=g, same_text=same)
+        assert not same[torch.arange(4), ni].any() and not same[torch.arange(4), nt].any()
+    # One caption throughout: nothing left to draw, said by -1.
+    ni, nt = sample_hard_negatives(sim, generator=g, same_text=torch.ones(4, 4, dtype=torch.bool))
+    assert ni.tolist() == nt.tolist() == [-1] * 4
+
+
+def test_itm_leaves_out_the_pairs_of_a_repeated_caption():
+    """ITM against its definition where pairs 0 and 1 repeat a caption: their only negatives are pair 2's image and
+    text; pair 2 draws either. One caption for the whole batch leaves ITM nothing to learn from."""
+    import torch.nn.functional as F
+
+    model = tiny().eval()
+    x, ids = torch.randn(3, 3, 32, 32), torch.randint(4, 120, (3, 9))
+    ids[:, 0], ids[1] = 1, ids[0]
+    att = torch.ones_like(ids)
+    enc = ids.clone()
+    enc[:, 0] = 3  # enc_token_id
+    with torch.no_grad():
+        emb = model.image_embeds(x)
+        for seed in range(4):  # the old draw picked the repeated caption for about half of them
+            torch.manual_seed(seed)
+            out = model(x, ids, att)
+            torch.manual_seed(seed)  # the same draw for pair 2 as the forward made
+            i, t = model.itc_features(emb, ids, att)
+            neg_img, neg_txt = sample_hard_negatives(i @ t.T / model.temp, same_text=same_caption(ids, att))
+            assert neg_img[:2].tolist() == neg_txt[:2].tolist() == [2, 2]
+            logits = torch.cat([model.itm_logits(emb, enc, att), model.itm_logits(emb[neg_img], enc, att),
+                                model.itm_logits(emb, enc[neg_txt], att[neg_txt])])
+            torch.testing.assert_close(out.loss_itm, F.cross_entropy(logits, torch.tensor([1] * 3 + [0] * 6)))
+        one = model(x, ids[[0, 0, 0]], att)
+    assert one.loss_itm == 0 and torch.isfinite(one.loss)
 
 
 def test_lm_loss_feeds_the_decoder_its_bos_token_first_and_the_loss_weights_apply():
