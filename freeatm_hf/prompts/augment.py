@@ -8,6 +8,7 @@ template prompt is kept, with a warning, so a bad LLM answer can never corrupt t
 import logging
 import os
 import re
+import time
 from functools import cache
 
 from .prompt import Prompt, word_spans
@@ -173,11 +174,15 @@ class TransformersAugmenter(PromptAugmenter):
 class OpenAIAugmenter(PromptAugmenter):
     """Any OpenAI-compatible `/chat/completions` server (vLLM, TGI, llama.cpp, ...).
 
-    The API key is read from `api_key` or the `OPENAI_API_KEY` environment variable and is never logged.
+    The API key is read from `api_key` or the `OPENAI_API_KEY` environment variable and is never logged. A
+    request the server could answer later (rate limited, overloaded, unreachable for a moment, timed out) is sent
+    again up to `max_retries` times, after the server's Retry-After or a doubling wait from `retry_delay` seconds,
+    as the OpenAI client does: one busy moment of the server would otherwise stop a day-long generation.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_tokens: int | None = 60, concurrency: int = 16):
+                 max_tokens: int | None = 60, concurrency: int = 16, max_retries: int = 3, retry_delay: float = 1.0):
+        self.max_retries, self.retry_delay = max_retries, retry_delay
         self.url = base_url.rstrip("/") + "/chat/completions"
         # Requests in flight at once: a serving engine (vLLM, TGI) batches them; one at a time, each waits a
         # whole generation for the one before.
@@ -197,9 +202,18 @@ class OpenAIAugmenter(PromptAugmenter):
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         try:
-            r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
-            r.raise_for_status()
-            return r.json()["choices"][0]["message"]["content"]
+            for attempt in range(self.max_retries + 1):
+                try:
+                    r = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
+                    r.raise_for_status()
+                    return r.json()["choices"][0]["message"]["content"]
+                except (httpx.HTTPStatusError, httpx.TransportError) as e:
+                    wait = self._retry_wait(e, attempt)
+                    if wait is None:
+                        raise
+                    logger.warning("the prompt augmenter at %s: %s; asking again in %.1f s (retry %d of %d)",
+                                   self.url, _failure(e), wait, attempt + 1, self.max_retries)
+                    time.sleep(wait)
         except httpx.HTTPStatusError as e:
             # The server says why in the body (vLLM and OpenAI: a model name it does not serve is a 404), which
             # the status line alone hides: the URL then looks wrong.
@@ -212,6 +226,21 @@ class OpenAIAugmenter(PromptAugmenter):
             raise ValueError(f"the prompt augmenter at {self.url} (--augmenter) did not answer as an OpenAI-compatible "
                              f"server does: {type(e).__name__}: {e}") from e
 
+    def _retry_wait(self, error, attempt: int) -> float | None:
+        """Seconds to wait before asking again, or None: the last attempt, or an answer that will not change (a
+        wrong model name, a bad key)."""
+        import httpx
+
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(error, httpx.HTTPStatusError):
+            if error.response.status_code not in RETRIED_STATUS:
+                return None
+            after = error.response.headers.get("retry-after", "")
+            if after.replace(".", "", 1).isdigit():
+                return min(float(after), MAX_RETRY_WAIT)
+        return self.retry_delay * 2 ** attempt
+
     def complete_many(self, instructions: list[str]) -> list[str]:
         if len(instructions) <= 1 or self.concurrency <= 1:
             return super().complete_many(instructions)
@@ -219,6 +248,19 @@ class OpenAIAugmenter(PromptAugmenter):
 
         with ThreadPoolExecutor(min(self.concurrency, len(instructions))) as pool:
             return list(pool.map(self.complete, instructions))  # in order, whichever answers first
+
+
+# Answers a server may not give next time: timeout, conflict, rate limit, its own error or overload.
+RETRIED_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_WAIT = 60.0
+
+
+def _failure(error) -> str:
+    import httpx
+
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code}"
+    return type(error).__name__
 
 
 def load_augmenter(spec: str | None) -> PromptAugmenter | None:

@@ -58,17 +58,19 @@ def serve_chat(answer, server_class=HTTPServer):
 
 
 def serve_json(reply, server_class=HTTPServer):
-    """A loopback server answering each POST with `reply(request body) -> (status, JSON object)`; returns the
-    server (serving in a thread) and the list of `(path, headers, body)` it received."""
+    """A loopback server answering each POST with `reply(request body) -> (status, JSON object[, headers])`;
+    returns the server (serving in a thread) and the list of `(path, headers, body)` it received."""
     requests = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append((self.path, dict(self.headers), body))
-            status, answer = reply(body)
+            status, answer, *extra = reply(body)
             data = json.dumps(answer).encode()
             self.send_response(status)
+            for name, value in (extra[0] if extra else {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -117,6 +119,7 @@ def test_an_augmenter_that_cannot_be_reached_or_loaded_is_named(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     aug = load_augmenter(f"http://127.0.0.1:{port}/v1#m")
+    aug.retry_delay = 0.0  # asked again, as a moment's outage would be, but unreachable throughout
     with pytest.raises(ValueError, match=rf"augmenter at http://127.0.0.1:{port}/v1/chat/completions \(--augmenter\) "
                                          "did not answer.*ConnectError"):
         aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
@@ -238,12 +241,13 @@ def test_quotes_inside_a_rewrite_are_not_taken_for_its_wrapping(caplog):
 def test_a_servers_refusal_names_the_model_and_the_servers_reason():
     """A wrong model name is a 404 from vLLM and OpenAI alike: the error named only the URL's status, so the URL
     looked wrong; the server's own reason ("The model ... does not exist") and the model asked for were lost."""
-    server, _ = serve_json(lambda body: (404, {"error": {"message": "The model `qwen-typo` does not exist.",
-                                                          "code": 404}}))
+    server, requests = serve_json(lambda body: (404, {"error": {"message": "The model `qwen-typo` does not exist.",
+                                                                 "code": 404}}))
     try:
         aug = load_augmenter(f"http://127.0.0.1:{server.server_port}/v1#qwen-typo")
         with pytest.raises(ValueError, match=r"HTTP 404 for model 'qwen-typo': .*The model `qwen-typo` does not exist"):
             aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+        assert len(requests) == 1  # a wrong name stays wrong: not asked again
     finally:
         server.shutdown()
 
@@ -257,8 +261,31 @@ def test_a_server_that_answers_too_slowly_is_named_with_the_timeout():
 
     server, _ = serve_chat(slow)
     try:
-        aug = OpenAIAugmenter(f"http://127.0.0.1:{server.server_port}/v1", "tiny-llm", timeout=0.5)
+        aug = OpenAIAugmenter(f"http://127.0.0.1:{server.server_port}/v1", "tiny-llm", timeout=0.5, max_retries=0)
         with pytest.raises(ValueError, match=r"no answer within 0.5 s.*ReadTimeout"):
             aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+    finally:
+        server.shutdown()
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after_and_named_when_it_stays_busy(caplog):
+    """A rate limit or an overloaded server (429, 503) is a moment's state: one such answer among a day's
+    requests stopped the whole generation."""
+    answers = iter([(503, {"error": "overloaded"}), (429, {"error": "slow down"}, {"Retry-After": "0"}),
+                    (200, {"choices": [{"message": {"role": "assistant", "content": "A tabby cat naps on a sofa."}}]})])
+    server, requests = serve_json(lambda body: next(answers))
+    try:
+        aug = OpenAIAugmenter(f"http://127.0.0.1:{server.server_port}/v1", "tiny-llm", retry_delay=0.01)
+        with caplog.at_level("WARNING", logger="freeatm_hf.prompts.augment"):
+            out = aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+        assert out.text == "A tabby cat naps on a sofa." and len(requests) == 3
+        assert "HTTP 503; asking again in 0.0 s (retry 1 of 3)" in caplog.text
+        assert "HTTP 429; asking again in 0.0 s (retry 2 of 3)" in caplog.text
+        aug.max_retries, aug.retry_delay = 2, 0.0
+        requests.clear()
+        answers = iter([(503, {"error": "overloaded"})] * 3)
+        with pytest.raises(ValueError, match=r"answered HTTP 503 for model 'tiny-llm': .*overloaded"):
+            aug(Prompt.from_nouns("a tabby cat on a sofa", ["tabby cat", "sofa"]))
+        assert len(requests) == 3  # the first, then max_retries more
     finally:
         server.shutdown()
