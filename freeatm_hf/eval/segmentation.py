@@ -7,7 +7,7 @@ fine-tuned folder loads with `UperNetForSemanticSegmentation.from_pretrained` an
 Data: any `load_dataset` id or folder with an image column and a label-map column (the scene_parse_150 /
 ADE20K layout: `image`, `annotation`); `--reduce_labels` maps 0 ("other") to the ignore index and shifts the
 rest down, as ADE20K's protocol does. Image and label map get the same random resized crop and flip
-(torchvision v2 with `tv_tensors.Mask`, nearest for the labels). The test mIoU is computed at each label
+(torchvision v2 with `tv_tensors.Mask`, nearest-exact for the labels). The test mIoU is computed at each label
 map's own resolution (logits are upsampled to it), summed over the split per class.
 """
 
@@ -51,12 +51,12 @@ def upernet_from_backbone(model, num_labels: int, id2label: dict | None = None, 
 def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
     from torchvision import tv_tensors
     from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
 
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    train_geo = v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-                            v2.RandomHorizontalFlip()])
+    crop = v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True)
 
     def labels_of(annotation) -> torch.Tensor:
         lab = torch.as_tensor(np.array(annotation), dtype=torch.int64)
@@ -85,8 +85,16 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
 
     def train_tf(image, annotation):
         img, lab = paired(image, annotation)
-        img, mask = train_geo(tv_tensors.Image(img), tv_tensors.Mask(lab))
-        return norm(img), mask.as_subclass(torch.Tensor)
+        box = crop.make_params([img])
+        box = (box["top"], box["left"], box["height"], box["width"])
+        img = F.resized_crop(tv_tensors.Image(img), *box, [image_size, image_size], antialias=True)
+        # Nearest-exact, as the pretraining masks: torchvision resizes a Mask by plain nearest whatever
+        # interpolation it is given, which lays the labels half an output pixel below and right of the image.
+        lab = F.resize(F.crop(tv_tensors.Mask(lab), *box), [image_size, image_size],
+                       interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        if torch.rand(()) < 0.5:
+            img, lab = F.horizontal_flip(img), F.horizontal_flip(lab)
+        return norm(img), lab.as_subclass(torch.Tensor)
 
     def test_tf(image, annotation):
         img, lab = paired(image, annotation)

@@ -64,6 +64,25 @@ def test_label_map_follows_the_image_through_crop_and_flip():
     assert seen >= 6
 
 
+def test_a_training_crops_labels_lie_on_the_pixels_of_the_image_they_label():
+    """Each column labelled by its own index and drawn in a red of that index: after a crop and resize, a pixel's
+    label is the column under its centre, which the antialiased image there shows too. Plain nearest (torchvision's
+    for a Mask) took the column at its top-left corner: a whole column off at a 3:1 downscale."""
+    from PIL import Image
+
+    from freeatm_hf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from freeatm_hf.eval.segmentation import _transforms
+
+    columns = np.tile(np.arange(48, dtype=np.uint8), (48, 1))
+    img = np.stack([columns * 5, np.zeros_like(columns), np.zeros_like(columns)], -1)
+    train_tf, _ = _transforms(16, reduce_labels=False, num_labels=48)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        x, y = train_tf(Image.fromarray(img), Image.fromarray(columns))
+        red = (x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255 / 5  # the column the image shows
+        assert (y.float() - red).abs().max() < 0.75, seed
+
+
 def test_two_step_finetune_gives_finite_miou_and_a_stock_upernet(shapes_seg, tmp_path, monkeypatch):
     import json
 
