@@ -76,6 +76,9 @@ class ContrastiveArguments(DataArguments):
             raise ValueError(f"--proj_dim and --proj_hidden_dim must be at least 1, got {self.proj_dim} and "
                              f"{self.proj_hidden_dim}")
         check_views(self.image_size, self.crop_scale_min)
+        if self.mask_mode not in ("binary", "soft"):
+            # Else found by the data workers at the first batch, and said as a damaged row of the dataset.
+            raise ValueError(f"--mask_mode must be binary or soft, got {self.mask_mode!r}")
         if not 0.0 <= self.min_visible <= 1.0:
             # Above 1 no instance is ever kept in both crops: every step would contribute no loss.
             raise ValueError(f"--min_visible is a share of each mask, in [0, 1]; got {self.min_visible}")

@@ -397,6 +397,7 @@ def test_a_run_starts_from_its_seeds_weights_and_steps_its_lr_at_the_milestones(
     ("nce_temperature", -0.1, "--nce_temperature must be > 0"),
     ("queue_size", 0, "--queue_size must be at least 1"), ("image_size", 0, "--image_size must be at least 1"),
     ("crop_scale_min", 1.5, "--crop_scale_min"), ("min_visible", 2.0, "--min_visible"),
+    ("mask_mode", "Soft", "--mask_mode must be binary or soft, got 'Soft'"),  # was blamed on a row of the data
     ("backbone", "notamodel", "--backbone 'notamodel' is not a timm model"),
     ("lr_milestones", [0, 160], r"--lr_milestones are epochs, at least 1, got \[0, 160\]"),
     ("optimizer", "", r"--optimizer must be one of lars, sgd, adamw, got ''"),  # was the method's own, unsaid
