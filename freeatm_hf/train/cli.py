@@ -150,6 +150,22 @@ def check_applicable(method: str, args, training_args, given: set[str]):
                                                                           unread.items()))
 
 
+def check_training_numbers(training_args):
+    """Refuse Trainer settings that cannot train, naming the flag, before any data or model is loaded: Trainer takes
+    them as given, and they failed late (a batch of 0 in torch's DataLoader, an accumulation of 0 as a
+    ZeroDivisionError, a negative rate in the optimizer) or trained no step and saved the model with its card."""
+    import math
+
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(training_args, name)}")
+    epochs = training_args.num_train_epochs
+    if training_args.max_steps <= 0 and not (math.isfinite(epochs) and epochs > 0):  # max_steps > 0 overrides epochs
+        raise ValueError(f"--num_train_epochs must be a finite number > 0 (or give --max_steps), got {epochs}")
+    if not (math.isfinite(training_args.learning_rate) and training_args.learning_rate >= 0):
+        raise ValueError(f"--learning_rate must be a finite number >= 0, got {training_args.learning_rate}")
+
+
 # What torch's DataParallel (Trainer's way with several GPUs in one process) gets wrong per method: each GPU's
 # replica computes its loss on its share of the batch, writes to a replica's buffers are dropped after the step, and
 # the learning rate's batch scaling (`method_defaults`) and the card count processes, not GPUs.
@@ -234,6 +250,7 @@ def main(argv=None):
     typed = given_flags(argv)
     method, argv = resolve_method(argv)
     args, training_args = parse(method, argv)
+    check_training_numbers(training_args)
     check_applicable(method, args, training_args, typed)
     check_one_process_per_gpu(method, training_args)
     method_defaults(method, args, training_args, given_flags(argv))

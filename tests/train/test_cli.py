@@ -181,6 +181,29 @@ def test_each_flag_the_run_would_not_read_is_refused(argv, match):
         main(argv + ["--dataset", "d", "--output_dir", "o", "--use_cpu", "true"])
 
 
+@pytest.mark.parametrize("flags, match", [
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be at least 1, got 0"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),  # was 1/0
+    (["--num_train_epochs", "0"], r"--num_train_epochs must be a finite number > 0 \(or give --max_steps\), got 0"),
+    (["--num_train_epochs", "-1", "--max_steps", "0"], "--num_train_epochs must be"),  # 0 steps: by the epochs
+    (["--learning_rate", "-0.1"], "--learning_rate must be a finite number >= 0, got -0.1"),
+    (["--learning_rate", "inf"], "--learning_rate must be a finite number >= 0, got inf"),
+])
+def test_trainer_settings_that_cannot_train_are_refused_by_name_before_the_data_is_read(flags, match):
+    """A batch or accumulation of 0 and a negative rate failed after the data and model had loaded (in torch's
+    DataLoader, as a ZeroDivisionError, in the optimizer); 0 epochs trained no step and saved the model and card."""
+    from freeatm_hf.train.cli import main
+
+    for method in ("simclr", "mae"):
+        with pytest.raises(ValueError, match=match):
+            main([method, "--dataset", "missing-folder", "--output_dir", "o", "--use_cpu", "true", *flags])
+    # --max_steps bounds the run, whatever the epochs say: the run goes on to the data.
+    with pytest.raises(Exception, match="missing-folder") as e:
+        main(["simclr", "--dataset", "missing-folder", "--output_dir", "o", "--use_cpu", "true", "--num_train_epochs",
+              "0", "--max_steps", "5", "--learning_rate", "0"])
+    assert "must be" not in str(e.value)
+
+
 def test_the_methods_own_schedule_warm_up_and_rate_for_a_given_batch_and_checkpoint():
     base = ["--dataset", "d", "--output_dir", "o", "--use_cpu", "true"]
     moco = settings(["moco", *base])
