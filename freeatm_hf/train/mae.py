@@ -36,6 +36,12 @@ class MAEArguments(DataArguments):
         if self.patch_size < 1 or self.image_size < self.patch_size:  # 0 was a ZeroDivisionError traceback
             raise ValueError(f"--patch_size must be at least 1 and at most --image_size, got {self.patch_size} "
                              f"(image size {self.image_size})")
+        # Both refused by MAEConfig too, but only once the data had loaded, and not by their flags.
+        if self.image_size % self.patch_size:
+            raise ValueError(f"--image_size {self.image_size} must be a multiple of --patch_size {self.patch_size}: "
+                             "MAE masks whole patches")
+        if self.guided and not 0.0 <= self.beta_max <= 1.0:  # unguided, it is not read
+            raise ValueError(f"--beta_max is a share of the masked patches, in [0, 1]; got {self.beta_max}")
 
 
 SIZES = {

@@ -109,6 +109,19 @@ def test_the_models_shape_and_masking_are_the_arguments_and_base_is_vit_b():
     assert {k: getattr(stock, k) for k in base} == base
 
 
+@pytest.mark.parametrize("change, named", [
+    ({"image_size": 36, "patch_size": 8}, "--image_size 36 must be a multiple of --patch_size 8"),
+    ({"beta_max": 1.5}, r"--beta_max is a share of the masked patches, in \[0, 1\]; got 1.5"),
+    ({"beta_max": -0.1}, "--beta_max is a share"),
+])
+def test_mae_settings_the_model_refuses_are_refused_by_flag_before_the_data_loads(change, named):
+    """MAEConfig refused them, but after the dataset had been read, and not by their flags."""
+    with pytest.raises(ValueError, match=named):
+        MAEArguments(model_size="tiny", **{"image_size": 32, "patch_size": 8, **change})
+    # The baseline reads no beta_max: a recipe's stays allowed under --guided false.
+    assert MAEArguments(model_size="tiny", image_size=32, patch_size=8, beta_max=1.5, guided=False).beta_max == 1.5
+
+
 def test_beta_reaches_a_wrapped_model_and_stays_at_its_maximum_past_the_last_step():
     from types import SimpleNamespace
 
