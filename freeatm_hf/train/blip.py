@@ -86,6 +86,17 @@ class BlipArguments(DataArguments):
         if self.model_size not in BLIP_SIZES:
             raise ValueError(f"--model_size must be one of {', '.join(BLIP_SIZES)}, got {self.model_size!r}")
         check_views(self.image_size, self.crop_scale_min)
+        patch = BLIP_SIZES[self.model_size][0]["patch_size"]
+        if not self.init_from and self.image_size % patch:  # a checkpoint's positions are interpolated instead
+            raise ValueError(f"--image_size {self.image_size} is not a multiple of the {self.model_size} model's patch "
+                             f"size {patch}")
+        # The model's config refuses them too, but only once the data has loaded, and not by their flags.
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"--momentum is an EMA rate, in [0, 1); got {self.momentum}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError(f"--distill_alpha is a weight, in [0, 1]; got {self.distill_alpha}")
+        if self.queue_size < 1:
+            raise ValueError(f"--queue_size must be at least 1, got {self.queue_size}")
 
     def momentum_config(self) -> dict:
         return {"momentum_distill": self.momentum_distill, "momentum": self.momentum, "queue_size": self.queue_size,
@@ -175,9 +186,6 @@ def build_blip(args: BlipArguments):
     args.max_length = args.max_length or MAX_LENGTH
     tok = load_tokenizer(model_max_length=args.max_length)
     vision, text = BLIP_SIZES[args.model_size]
-    if args.image_size % vision["patch_size"]:
-        raise ValueError(f"image_size {args.image_size} is not a multiple of the {args.model_size} model's patch size "
-                         f"{vision['patch_size']}")
     cfg = BlipATMConfig(
         # BlipVisionConfig's default initializer_range is 1e-10 (meant for loading weights): from scratch every
         # image would embed alike and the image tower would barely learn. 0.02, as the text side and ViTs use.

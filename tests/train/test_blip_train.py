@@ -263,6 +263,11 @@ def test_a_checkpoint_start_takes_blips_label_smoothing_the_enc_token_and_up_to_
     ({"grid": 100_000}, "--grid is the number of blocks per side, 1 to 32"),  # hung in the tokenizer's block check
     ({"max_length": 2}, "--max_length must be at least 3 tokens"),  # trained with no word of any caption
     ({"image_size": 0}, "--image_size must be at least 1"),
+    # Refused by the model's config or build_blip before, but once the data had loaded and not by flag.
+    ({"momentum_distill": True, "momentum": 1.5}, r"--momentum is an EMA rate, in \[0, 1\); got 1.5"),
+    ({"momentum_distill": True, "distill_alpha": -1.0}, r"--distill_alpha is a weight, in \[0, 1\]; got -1.0"),
+    ({"momentum_distill": True, "queue_size": 0}, "--queue_size must be at least 1, got 0"),
+    ({"model_size": "tiny", "image_size": 36}, "--image_size 36 is not a multiple of the tiny model's patch size 8"),
 ])
 def test_blip_settings_that_would_hang_or_train_on_nothing_are_refused(change, named):
     with pytest.raises(ValueError, match=named):
