@@ -199,6 +199,9 @@ class GenerateConfig:
             raise ValueError(f"--seed must be in [0, 2**63 - num_images], got {self.seed}")
         if self.batch_size <= 0 or self.num_images <= 0:
             raise ValueError("num_images and batch_size must be positive")
+        from .writer import shard_count
+
+        shard_count(self.num_images, self.rows_per_shard)  # else refused once an augmenter has loaded
         if self.device is not None:  # a mistyped device is found now, not after the pipeline has loaded
             from ..devices import resolve_device
 

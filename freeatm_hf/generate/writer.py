@@ -100,21 +100,28 @@ def exclusive_folder(root: str | os.PathLike):
         yield
 
 
+def shard_count(num_rows: int, rows_per_shard: int) -> int:
+    """How many shards `num_rows` make, or a ValueError naming the flags when they cannot be written (`freeatm
+    generate` asks before its prompts and pipeline load)."""
+    if num_rows <= 0 or rows_per_shard <= 0:
+        raise ValueError(f"--num_images and --rows_per_shard must be positive, got {num_rows} and {rows_per_shard}")
+    count = math.ceil(num_rows / rows_per_shard)
+    if count > MAX_SHARDS:
+        raise ValueError(f"{num_rows} rows in shards of {rows_per_shard} make {count} shards, more than the "
+                         f"{MAX_SHARDS} that shard names number in order: give --rows_per_shard "
+                         f"{math.ceil(num_rows / MAX_SHARDS)} or more")
+    return count
+
+
 class DatasetWriter:
     def __init__(self, out_dir: str | os.PathLike, features, settings: dict, num_rows: int, rows_per_shard: int,
                  split: str = "train", is_main_process: bool = True, not_compared=()):
-        if num_rows <= 0 or rows_per_shard <= 0:
-            raise ValueError(f"num_rows and rows_per_shard must be positive, got {num_rows}, {rows_per_shard}")
         self.root = Path(out_dir)
         self.features = features
         self.split = split
         self.num_rows = num_rows
         self.rows_per_shard = rows_per_shard
-        self.num_shards = math.ceil(num_rows / rows_per_shard)
-        if self.num_shards > MAX_SHARDS:
-            raise ValueError(f"{num_rows} rows in shards of {rows_per_shard} make {self.num_shards} shards, more than "
-                             f"the {MAX_SHARDS} that shard names number in order: give --rows_per_shard "
-                             f"{math.ceil(num_rows / MAX_SHARDS)} or more")
+        self.num_shards = shard_count(num_rows, rows_per_shard)
         self.settings = json.loads(json.dumps(settings))  # normalized: tuples → lists
         self.not_compared = NOT_COMPARED | set(not_compared)  # also those the caller checks otherwise
         self._check_settings(is_main_process)

@@ -233,6 +233,12 @@ def test_bad_arguments_are_named():
         with pytest.raises(ValueError, match=rf"--guidance_scale must be a finite number >= 0, got {float(bad)}"):
             parse(["--output_dir", "x", "--pipeline", "tiny", "--guidance_scale", bad])
     assert parse(["--output_dir", "x", "--pipeline", "tiny", "--guidance_scale", "0"]).guidance_scale == 0.0
+    # Refused by the writer before, once an augmenter had loaded and the output folder was made.
+    for bad in ("0", "-4"):
+        with pytest.raises(ValueError, match=rf"--num_images and --rows_per_shard must be positive, got 64 and {bad}"):
+            parse(["--output_dir", "x", "--pipeline", "tiny", "--rows_per_shard", bad])
+    with pytest.raises(ValueError, match="make 100000 shards, more than the 99999"):
+        parse(["--output_dir", "x", "--pipeline", "tiny", "--num_images", "100000", "--rows_per_shard", "1"])
 
 
 def test_a_prompts_file_is_used_when_given_and_its_mistakes_are_named_by_line(tmp_path):
