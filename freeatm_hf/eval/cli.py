@@ -204,6 +204,9 @@ def check_numbers(args):
             raise ValueError(f"--{name} must be a finite number > 0, got {value}")
     if getattr(args, "max_steps", -1) != -1 and args.max_steps < 1:  # -1: unset, --epochs bounds the run
         raise ValueError(f"--max_steps must be at least 1 (or -1 for --epochs), got {args.max_steps}")
+    if not 0 <= getattr(args, "trainable_layers", 3) <= 5:  # torchvision's range, else refused after the data loaded
+        raise ValueError(f"--trainable_layers is how many of ResNet's 5 stages train, 0 to 5; got "
+                         f"{args.trainable_layers}")
     if getattr(args, "seed", 0) < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     # The generator refused them too, but after the pipeline had loaded (and a sweep's value after the validation

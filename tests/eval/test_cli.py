@@ -209,6 +209,9 @@ FAST_MASKS = ["--num_scenes", "1", "--num_val", "1", "--num_inference_steps", "2
     ("segment", ["--output_dir", "o", "--learning_rate", "0"], "--learning_rate must be a finite number > 0"),
     ("segment", ["--output_dir", "o", "--num_labels", "0"], "--num_labels must be at least 1"),
     ("detect", ["--output_dir", "o", "--min_size", "0"], "--min_size must be at least 1"),
+    # torchvision refused them once the annotations and the checkpoint had loaded, not by the flag.
+    ("detect", ["--output_dir", "o", "--trainable_layers", "6"], "--trainable_layers is how many .* 0 to 5; got 6"),
+    ("detect", ["--output_dir", "o", "--trainable_layers", "-1"], "--trainable_layers .* got -1"),
     ("retrieval", ["--max_length", "0"], "--max_length must be at least 1"),
     ("retrieval", ["--finetune_split", "train", "--finetune_dir", "o", "--finetune_epochs", "0"],
      "--finetune_epochs must be a finite number > 0"),
