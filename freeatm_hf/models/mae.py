@@ -55,9 +55,12 @@ def guided_noise(scores: torch.Tensor | None, beta: float, mask_ratio: float, ba
     if hard == 0:
         return noise
     has = ~torch.isnan(scores).any(1)
-    # Tiny random tie-break (from the same noise) so equal scores do not always pick the same patches.
-    s = torch.nan_to_num(scores.float(), nan=0.0) + 1e-6 * noise
-    top = s.topk(hard, dim=1).indices
+    # Equal scores are ordered by the same noise, so they do not always pick the same patches: patches in noise order,
+    # then stably by score. A tiny random addend (1e-6 · noise) left most ties to topk's own order: it spans ~8 float32
+    # steps at a score of 1 (a saturated 8-bit map, a binary mask), and patches of one step are ties again.
+    s = torch.nan_to_num(scores.float(), nan=0.0)
+    by_noise = noise.argsort(dim=1, descending=True)
+    top = by_noise.gather(1, s.gather(1, by_noise).argsort(dim=1, descending=True, stable=True)[:, :hard])
     boosted = noise.clone()
     boosted.scatter_(1, top, 2.0 + noise.gather(1, top))  # above every random value: masked first
     return torch.where(has[:, None], boosted, noise)

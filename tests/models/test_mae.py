@@ -199,6 +199,21 @@ def test_equal_scores_give_random_masking_not_a_fixed_set_of_patches():
     assert (rate - RATIO).abs().max().item() < 0.06
 
 
+def test_patches_tied_at_the_top_score_are_chosen_uniformly_by_the_noise():
+    """A saturated 8-bit map or a binary mask gives many patches the score 1.0, where a tie-break added to the score
+    (1e-6 · noise) spans ~8 float32 steps: the rest of each tie went by topk's order, choosing the patches at one
+    end of the object 13 % of the time and others 20 %, where 10 of 60 is 17 %."""
+    b = 20000
+    scores = torch.zeros(b, N)
+    scores[:, :60] = 1.0
+    hard = 10
+    noise = guided_noise(scores, hard / (N - KEEP), RATIO, b, N, generator=torch.Generator().manual_seed(0))
+    chosen = noise >= 2.0  # the guided share: boosted above every random value
+    assert (chosen.sum(1) == hard).all() and not chosen[:, 60:].any()
+    rate = chosen[:, :60].float().mean(0)
+    assert (rate - hard / 60).abs().max().item() < 0.015
+
+
 def test_a_share_that_rounds_to_no_patch_is_plain_random_masking():
     # round(0.002 · 0.75 · 196) = 0: no patch is chosen by score, so the noise is the generator's own draw.
     scores = torch.rand(4, N)
