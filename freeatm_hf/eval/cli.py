@@ -281,12 +281,13 @@ def blip_text_length(model: str, max_length: int | None) -> int:
 
 def main_retrieval(args):
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import as_images, load
     from ..devices import resolve_device
     from ..hub.model_card import record_results
+    from .frozen import load_model
     from .retrieval import distinct_images, recall_at_k, retrieval_scores, retrieval_transform
 
     finetune_flags = [f"--{k}" for k in ("finetune_dataset", "finetune_dir", "finetune_epochs", "finetune_max_steps",
@@ -318,7 +319,7 @@ def main_retrieval(args):
     if not PartialState().is_main_process:  # under accelerate launch one process scores and writes the results
         return None
     args.max_length = blip_text_length(args.model, args.max_length)  # the fine-tuned model's, when fine-tuned
-    model = AutoModel.from_pretrained(args.model).to(device).eval()
+    model = load_model(args.model).to(device).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     size = args.image_size or model.config.vision_config.image_size
     model.set_image_size(size)  # positions interpolated to another size, not cut off

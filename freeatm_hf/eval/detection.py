@@ -147,12 +147,12 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
     report box/mask AP on the test split, save the detector's state dict, and update the card."""
     import json
 
-    from transformers import AutoModel, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..hub.model_card import record_results
     from .finetune import finetune_training_args
-    from .frozen import distinct_splits
+    from .frozen import distinct_splits, load_model
 
     distinct_splits(train_split, test_split)
     train_ds = coco_split(dataset, train_split, train=True)
@@ -175,7 +175,7 @@ def finetune_detection(model_dir: str, dataset: str, output_dir: str, train_spli
         raise ValueError(f"the {test_split} split of {dataset} has no object to find ({len(coco.get('images') or [])} "
                          f"images, 0 annotations that are not crowd regions): AP is undefined; evaluate on an "
                          "annotated split (COCO's test-dev lists its images alone)")
-    pretrained = AutoModel.from_pretrained(model_dir)
+    pretrained = load_model(model_dir)
     set_seed(seed)  # the new heads' weights: Trainer seeds only after they exist
     detector = maskrcnn_from_backbone(pretrained, num_classes=len(categories), trainable_layers=trainable_layers,
                                       min_size=min_size, max_size=max_size)

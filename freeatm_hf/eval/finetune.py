@@ -105,12 +105,12 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
     `output_dir` and, with `update_card`, add `finetune_top1` to the checkpoint's results and card. `image_size`
     defaults to the checkpoint's own (`checkpoint_image_size`), as `freeatm eval finetune` does."""
     from torchvision.transforms import v2
-    from transformers import AutoModel, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..hub.model_card import record_results
-    from .frozen import checkpoint_image_size, labelled_splits
+    from .frozen import checkpoint_image_size, labelled_splits, load_model
     from .metrics import load_metric
 
     train_ds, test_ds = labelled_splits(dataset, train_split, test_split, revision, image_column,
@@ -130,7 +130,7 @@ def finetune_classification(model_dir: str, dataset: str, output_dir: str, train
         return lambda b: {"pixel_values": [tf(rgb(im)) for im in b[image_column]], "labels": b[label_column]}
 
     train_ds, test_ds = train_ds.with_transform(with_tf(train_tf)), test_ds.with_transform(with_tf(test_tf))
-    pretrained = AutoModel.from_pretrained(model_dir)
+    pretrained = load_model(model_dir)
     set_seed(seed)  # the new head's weights: Trainer seeds only after they exist
     clf = classification_model(pretrained, num_labels, label_names)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps=max_steps,

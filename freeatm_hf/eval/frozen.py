@@ -54,6 +54,18 @@ def feature_backbone(model):
     raise ValueError(f"kNN and linear probes take a SimCLR, MoCo or MAE checkpoint, not {type(model).__name__}{hint}")
 
 
+def load_model(model_dir: str):
+    """The checkpoint, in float32 whatever its weights were saved in. transformers 5 loads a bf16 or fp16 folder in
+    that dtype: a CNN's or ViT's first layer then met the evaluations' float32 pixels ("Input type (float) and bias
+    type (BFloat16) should be the same"), and BLIP, which casts the pixels to its weights', scored retrieval in
+    bf16. The evaluations set their own precision (kNN's features under bf16 autocast on a GPU)."""
+    from transformers import AutoModel
+
+    from .. import models  # noqa: F401  (registers the Auto classes)
+
+    return AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+
+
 def checkpoint_image_size(model_dir: str, default: int = 224) -> int:
     """The input side a checkpoint is evaluated at: a ViT's (MAE) own `image_size`, its position embeddings being
     fixed; for a CNN, which takes any size, the size it was trained at (its card facts, as its timm export states),
@@ -144,9 +156,6 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
     """kNN top-1 (and with `linear`, the linear probe's) of the checkpoint's frozen features on `test_split`, the
     training features from `train_split`; with `update_card`, recorded in the checkpoint's results and card.
     `image_size` defaults to the checkpoint's own (`checkpoint_image_size`), as `freeatm eval knn` does."""
-    from transformers import AutoModel
-
-    from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.transforms import training_interpolation
     from ..hub.model_card import record_results
 
@@ -157,7 +166,7 @@ def evaluate_frozen(model_dir: str, dataset: str, train_split="train", test_spli
                          f"[{train_split}]: give --k {len(splits[train_split])} or less")
     if image_size is None:  # not 224 for all: a 32-px ViT would fail there, a CNN trained at 64 score otherwise
         image_size = checkpoint_image_size(model_dir)
-    model = AutoModel.from_pretrained(model_dir)
+    model = load_model(model_dir)
     transform = eval_transform(image_size, training_interpolation(model.config.model_type))
     backbone = feature_backbone(model)
     feats = {s: extract_features(backbone, d, transform, batch_size, device, image_column, label_column)

@@ -140,15 +140,16 @@ def finetune_retrieval(model_dir: str, dataset: str, output_dir: str, split: str
     import random
 
     from torchvision.transforms import v2
-    from transformers import AutoModel, AutoTokenizer, default_data_collator
+    from transformers import AutoTokenizer, default_data_collator
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import as_images, load
     from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from ..train.blip import BlipTrainer
     from .finetune import finetune_training_args
+    from .frozen import load_model
 
-    model = AutoModel.from_pretrained(model_dir)
+    model = load_model(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model.config.lm_weight = 0.0
     size = image_size or model.config.vision_config.image_size

@@ -182,13 +182,13 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
                           revision: str | None = None, use_cpu=None, update_card: bool = True) -> list[dict]:
     """Fine-tune UperNet + the checkpoint's backbone on the train split, report test mIoU (and pixel accuracy),
     save the fine-tuned UperNet to `output_dir`, and add the numbers to the checkpoint's results and card."""
-    from transformers import AutoModel, Trainer, set_seed
+    from transformers import Trainer, set_seed
 
     from .. import models  # noqa: F401  (registers the Auto classes)
     from ..data.reading import as_images, load
     from ..hub.model_card import record_results
     from .finetune import finetune_training_args
-    from .frozen import distinct_splits
+    from .frozen import distinct_splits, load_model
     from .metrics import load_metric
 
     distinct_splits(train_split, test_split)
@@ -235,7 +235,7 @@ def finetune_segmentation(model_dir: str, dataset: str, output_dir: str, train_s
 
     train_ds = train_ds.with_transform(with_tf(train_tf))
     test_ds = test_ds.with_transform(with_tf(test_tf))
-    pretrained = AutoModel.from_pretrained(model_dir)
+    pretrained = load_model(model_dir)
     set_seed(seed)  # the new head's weights: Trainer seeds only after they exist
     seg = upernet_from_backbone(pretrained, num_labels)
     args = finetune_training_args(output_dir, epochs, learning_rate, batch_size, seed, max_steps, use_cpu)

@@ -106,6 +106,26 @@ def test_finetune_runs_through_trainer_and_reports_top1_to_the_card(method, labe
         assert clf.num_classes == 6 and clf.pretrained_cfg["label_names"] == names
 
 
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_a_bf16_checkpoint_is_evaluated_as_its_float32_copy(method, labelled_shapes, tmp_path):
+    """transformers 5 loads a checkpoint in the dtype it was saved in: a bf16 one met the float32 pixels in its
+    first layer ("Input type (float) and bias type (BFloat16)"), in kNN and fine-tuning alike. Evaluated in
+    float32, its scores are those of the same (bf16-rounded) weights saved in float32."""
+    import torch
+
+    from freeatm_hf.eval.cli import main
+
+    half = tiny_checkpoint(method).to(torch.bfloat16)
+    half.save_pretrained(tmp_path / "bf16")
+    half.float().save_pretrained(tmp_path / "fp32")
+    common = ["--dataset", labelled_shapes, "--image_size", "32", "--batch_size", "16", "--device", "cpu"]
+    knn = {d: main(["knn", "--model", str(tmp_path / d), "--k", "5", *common]) for d in ("bf16", "fp32")}
+    assert [r["value"] for r in knn["bf16"]] == [r["value"] for r in knn["fp32"]]
+    tuned = {d: main(["finetune", "--model", str(tmp_path / d), "--output_dir", str(tmp_path / f"ft-{d}"),
+                      "--epochs", "1", "--learning_rate", "3e-3", *common]) for d in ("bf16", "fp32")}
+    assert tuned["bf16"][0]["value"] == tuned["fp32"][0]["value"]
+
+
 def test_a_vit_checkpoint_is_evaluated_at_its_own_size_by_default(labelled_shapes, tmp_path):
     from freeatm_hf.eval.cli import main
     from freeatm_hf.eval.frozen import checkpoint_image_size

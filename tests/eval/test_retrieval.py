@@ -439,3 +439,29 @@ def test_reranked_scores_are_stock_blip_retrievals_itm_logit_plus_itc_cosine_of_
               for i in range(3)]
         ir = [text_to_image[j] in ref[:, j].argsort(descending=True)[:k].tolist() for j in range(5)]
         assert r[f"tr@{k}"] == pytest.approx(100 * sum(tr) / 3) and r[f"ir@{k}"] == pytest.approx(100 * sum(ir) / 5)
+
+
+def test_a_bf16_checkpoint_is_scored_as_its_float32_copy(tmp_path):
+    """transformers 5 loads a checkpoint in the dtype it was saved in, and BLIP casts the pixels to its weights':
+    a bf16 BLIP was scored in bf16, its ITC similarities rounded (here TR@1 50 where the same weights in float32
+    score 25)."""
+    from datasets import Dataset
+    from PIL import Image
+
+    from freeatm_hf.eval.cli import main as eval_main
+    from freeatm_hf.train.blip import BlipArguments, build_blip
+
+    torch.manual_seed(0)
+    model, tok = build_blip(BlipArguments(dataset="unused", model_size="tiny", image_size=32, max_length=20))
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    model.float().save_pretrained(tmp_path / "fp32")
+    for d in ("bf16", "fp32"):
+        tok.save_pretrained(tmp_path / d)
+    rows = [{"image": Image.new("RGB", (40, 40), (60 * i, 30, 0)), "caption": [f"a square number {i}"]}
+            for i in range(4)]
+    (tmp_path / "ret" / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "ret" / "data" / "test-00000-of-00001.parquet"))
+    got = {d: eval_main(["retrieval", "--model", str(tmp_path / d), "--dataset", str(tmp_path / "ret"), "--k_test", "2",
+                         "--device", "cpu"]) for d in ("bf16", "fp32")}
+    assert got["bf16"] == got["fp32"]
