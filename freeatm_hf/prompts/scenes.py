@@ -13,7 +13,7 @@ from .prompt import Prompt, PromptObject
 MODES = ("scene", "photo")
 # The scene templates' version, recorded in a generated dataset's settings: a folder written with other templates
 # is not resumed with these (its later rows would read otherwise than its first).
-TEMPLATES_VERSION = 3
+TEMPLATES_VERSION = 4
 # Subgroups whose class is where the scene happens, not a thing in it: another class leads the sentence.
 SETTINGS = ("scene", "structure")
 
@@ -80,6 +80,18 @@ PLACES = {
     "scene": ["on a sunny day", "at sunset", "in the morning fog", "under a cloudy sky"],
     "structure": ["on a sunny day", "at dusk", "under a cloudy sky", "in the evening light"],
 }
+# Places an activity cannot happen in, whichever subgroup does it (activities and places are drawn by subgroup): a
+# bird flies in the sky, not on a branch, and perches anywhere but in the sky; nothing floats on the sea floor.
+NOT_WHERE = {
+    "flying": {"on a branch", "on a fence"},
+    "perched": {"in the sky"}, "standing": {"in the sky"}, "resting": {"in the sky"},
+    "floating": {"on the sea floor"},
+}
+# Activities that carry their doer along (through the air, down a road), and the subgroups that can go along: said
+# only when every object of the prompt can, not of "a goldfinch with a hamster" or "a moving van with a pole".
+CARRIED = {"flying": {"bird", "aircraft"}, "driving": {"land", "person", "dog"}}
+
+
 # Which subgroups a class of each subgroup is seen with (weights), for realistic co-occurrence: things found in
 # the same place, so that the main class's place suits its companions too. A setting's companions are who is
 # seen there; settings are never companions.
@@ -203,10 +215,11 @@ class ScenePrompts:
             # The setting is where the companions are: "a dog is running in front of a castle".
             lead = others[0]
             parts = [determiner(lead.name), lead] + _listed(others[1:], " with ")
-            doing, near = rng.choice(ACTIVITIES[lead.subgroup]), rng.choice(NEAR)
+            doing, near = rng.choice(_activities(lead, others)), rng.choice(NEAR)
             parts += [f" is {doing} {near} {determiner(main.name)}", main]
             return _compose(parts, main.id)
-        doing, where = rng.choice(ACTIVITIES[main.subgroup]), rng.choice(PLACES[main.subgroup])
+        doing = rng.choice(_activities(main, others))
+        where = rng.choice([w for w in PLACES[main.subgroup] if w not in NOT_WHERE.get(doing, ())])
         pattern = rng.choice(PATTERNS) if others else "alone"
         if pattern == "and" and any(o.subgroup != main.subgroup for o in others):
             pattern = "with"  # "are flying" said of a bird and a mushroom alike
@@ -237,6 +250,13 @@ class ScenePrompts:
             return rng.choice(pool) if pool else None
         subgroup = rng.choices(list(weights), weights=list(weights.values()))[0]
         return rng.choice([c for c in self._by_subgroup[subgroup] if c.id not in taken])
+
+
+def _activities(doer: LabelClass, others: list[LabelClass]) -> list[str]:
+    """What `doer` can do with `others` along: its subgroup's activities but those (`CARRIED`) that some of them
+    cannot go along with; all of them where none is left (a custom label space's odd companions)."""
+    along = {o.subgroup for o in others}
+    return [a for a in ACTIVITIES[doer.subgroup] if along <= CARRIED.get(a, along)] or ACTIVITIES[doer.subgroup]
 
 
 def _listed(others: list[LabelClass], lead: str) -> list:

@@ -95,7 +95,7 @@ def test_scene_prompts_of_other_templates_are_not_resumed_into_one_folder(tmp_pa
 
     scene = GenerateConfig(output_dir=str(tmp_path / "s"), pipeline="tiny", prompt_mode="scene").settings()
     photo = GenerateConfig(output_dir=str(tmp_path / "p"), pipeline="tiny", prompt_mode="photo").settings()
-    assert scene["scene_templates"] == TEMPLATES_VERSION == 3 and "scene_templates" not in photo
+    assert scene["scene_templates"] == TEMPLATES_VERSION == 4 and "scene_templates" not in photo
     w = DatasetWriter(tmp_path / "old", dataset_features(), {"prompt_mode": "scene"}, num_rows=4, rows_per_shard=2)
     w.write(w.shards[0], rows(2))  # written before the version was recorded: the first templates
     with pytest.raises(SettingsMismatchError, match=r"scene_templates: 1 → 2; scene_templates: the version of the "

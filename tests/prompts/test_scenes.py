@@ -300,3 +300,30 @@ def test_clothes_named_in_the_plural_are_a_pair_of_them():
     assert {"jeans", "pajamas"} <= PAIRS and determiner("jeans") == "a pair of "
     said = [p.text for p in ScenePrompts(num_objects=1, seed=0).take(1000) if p.label in (608, 697)]
     assert len(said) == 2 and all(t.startswith(("a pair of jeans is ", "a pair of pajamas is ")) for t in said), said
+
+
+@pytest.mark.parametrize("num_objects", [1, 2, 3])
+def test_an_activity_is_said_only_where_and_of_what_it_can_be(num_objects):
+    """Activities and places were drawn apart, and the main class's activity said of all its companions: "a merganser
+    is flying on a branch", "a grouse is resting in the sky", "a sea urchin is floating on the sea floor", "a goldfinch
+    with a hamster is flying", "a bird is flying next to a daisy in the sky", "a moving van with a pole is driving"."""
+    import re
+
+    space = LabelSpace.imagenet()
+    said = [p for seed in (0, 1) for p in ScenePrompts(num_objects=num_objects, seed=seed).take(3000)]
+    for p in said:
+        t = p.text
+        assert not re.search(r" is flying .*\bon a (branch|fence)$", t), t
+        assert not re.search(r" (is|are) (perched|standing|resting|sitting|lying|placed) .*\bin the sky$", t), t
+        assert not re.search(r" (is|are) floating .*\bon the sea floor$", t), t
+        # What moves along (flies, drives) takes every object of the prompt with it; a setting is where it goes.
+        doers = {space[o.label].subgroup for o in p.objects} - set(SETTINGS)
+        if re.search(r" (is|are) flying\b", t):
+            assert doers <= {"bird", "aircraft"}, t
+        if re.search(r" (is|are) driving\b", t):
+            assert doers <= {"land", "person", "dog"}, t
+    birds = [p.text for p in said if space[p.label].subgroup == "bird"]
+    assert any(" flying " in t for t in birds) and any(" perched " in t for t in birds)
+    from freeatm_hf.prompts.scenes import NOT_WHERE
+
+    assert all(set(PLACES[g]) - NOT_WHERE.get(a, set()) for g, doing in ACTIVITIES.items() for a in doing)
