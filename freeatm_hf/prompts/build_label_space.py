@@ -96,7 +96,13 @@ NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirat
          553: "filing cabinet", 769: "ruler", 881: "upright piano", 800: "slot machine", 850: "teddy bear",
          897: "washing machine",
          # WordNet's singular of clothes said in the plural ("a jean" is no English; scenes say "a pair of jeans")
-         608: "jeans", 697: "pajamas"}
+         608: "jeans", 697: "pajamas",
+         # explicit content (the generator runs with no safety checker), a cotton swab, a brass instrument, a bird's
+         # wing, a cat or a goat, a shrike
+         7: "rooster", 680: "baby bottle", 840: "mop", 458: "plaque", 908: "airplane wing", 332: "Angora rabbit",
+         33: "loggerhead turtle",
+         # a trademark's capital, stuff where a setting is a thing ("in front of thatch")
+         630: "loafer", 853: "thatched roof"}
 
 
 def _read(info_dir: str, name: str) -> dict[str, str]:

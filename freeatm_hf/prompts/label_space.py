@@ -8,8 +8,9 @@ from pathlib import Path
 LABEL_SPACE_FILE = Path(__file__).with_name("imagenet_label_space.json")
 GROUPS = ("animal", "person", "vehicle", "object", "food", "plant", "scene")
 # The shipped names' version, recorded in a generated dataset's settings: scene and photo prompts say each class by
-# its name, so a folder begun with other names is not resumed with these. 2: no two classes named alike.
-LABEL_SPACE_VERSION = 2
+# its name, so a folder begun with other names is not resumed with these. 2: no two classes named alike. 3: no
+# name that draws explicit content or another thing (rooster, mop, plaque, airplane wing, ...).
+LABEL_SPACE_VERSION = 3
 
 
 @dataclass(frozen=True)

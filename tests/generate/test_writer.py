@@ -114,7 +114,7 @@ def test_prompts_of_another_label_space_are_not_resumed_into_one_folder(tmp_path
     def settings(mode):
         return GenerateConfig(output_dir=str(tmp_path / mode), pipeline="tiny", prompt_mode=mode).settings()
 
-    assert settings("scene")["label_space"] == settings("photo")["label_space"] == LABEL_SPACE_VERSION == 2
+    assert settings("scene")["label_space"] == settings("photo")["label_space"] == LABEL_SPACE_VERSION == 3
     assert "label_space" not in settings("shapes")
     w = DatasetWriter(tmp_path / "old", dataset_features(), {"prompt_mode": "photo"}, num_rows=4, rows_per_shard=2)
     w.write(w.shards[0], rows(2))  # written before the version was recorded: the first names

@@ -283,11 +283,31 @@ def test_a_class_whose_first_lemma_draws_something_else_is_said_as_a_caption_wou
             339: ("sorrel", "sorrel horse"), 204: ("Lhasa", "Lhasa apso"), 256: ("Newfoundland", "Newfoundland dog"),
             263: ("Pembroke", "Pembroke Welsh corgi"), 260: ("chow", "chow chow"), 281: ("tabby", "tabby cat"),
             553: ("file", "filing cabinet"), 769: ("rule", "ruler"), 881: ("upright", "upright piano"),
-            800: ("slot", "slot machine"), 850: ("teddy", "teddy bear"), 897: ("washer", "washing machine")}
+            800: ("slot", "slot machine"), 850: ("teddy", "teddy bear"), 897: ("washer", "washing machine"),
+            # Explicit content, which the generator (its safety checker off) would draw and publish under the label:
+            # the rooster and the baby bottle's nipple. A cotton swab for the mop, a brass instrument for the memorial
+            # plaque, a bird's wing for the airplane's, a cat or a goat for the Angora rabbit, a shrike for the
+            # loggerhead turtle.
+            7: ("cock", "rooster"), 680: ("nipple", "baby bottle"), 840: ("swab", "mop"), 458: ("brass", "plaque"),
+            908: ("wing", "airplane wing"), 332: ("Angora", "Angora rabbit"), 33: ("loggerhead", "loggerhead turtle"),
+            # A trademark's capital ("a Loafer is lying on a chair"), stuff for a roof ("in front of thatch").
+            630: ("Loafer", "loafer"), 853: ("thatch", "thatched roof")}
     assert {i: space[i].name for i in said} == {i: name for i, (_, name) in said.items()}
     assert all(lemma in space[i].synonyms for i, (lemma, _) in said.items())
     assert all(o.name != lemma for p in ScenePrompts(seed=0).take(1000) for o in p.objects
                for lemma, _ in said.values())
+
+
+def test_a_setting_is_a_thing_said_with_its_article():
+    """A setting is where its companions are: "a ballplayer is walking in front of thatch" reads as no place."""
+    from freeatm_hf.prompts.scenes import MASS_NOUNS, PAIRS
+
+    space = LabelSpace.imagenet()
+    settings = {c.name for c in space.classes if c.subgroup in SETTINGS}
+    assert not settings & (MASS_NOUNS | PAIRS)
+    for p in ScenePrompts(num_objects=2, seed=0).take(1000):
+        if space[p.label].subgroup in SETTINGS:
+            assert p.text.endswith((f" a {space[p.label].name}", f" an {space[p.label].name}")), p.text
 
 
 def test_clothes_named_in_the_plural_are_a_pair_of_them():
