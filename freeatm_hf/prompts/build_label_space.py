@@ -33,7 +33,8 @@ RANGES = [
     (398, 923, "object", "object"),
     (924, 969, "food", "food"),
     (970, 980, "scene", "scene"),
-    (981, 983, "person", "person"),
+    (981, 982, "person", "person"),
+    (983, 983, "person", "diver"),  # the scuba diver is found in the water, and with what lives there
     (984, 998, "plant", "plant"),
     (999, 999, "object", "object"),
 ]

@@ -347,3 +347,17 @@ def test_an_activity_is_said_only_where_and_of_what_it_can_be(num_objects):
     from freeatm_hf.prompts.scenes import NOT_WHERE
 
     assert all(set(PLACES[g]) - NOT_WHERE.get(a, set()) for g, doing in ACTIVITIES.items() for a in doing)
+
+
+def test_the_scuba_diver_is_in_the_water():
+    """A third of every drawn person was the scuba diver: "a silky terrier with a scuba diver is sitting on a
+    sidewalk", "a trombone with a groom and a scuba diver is placed in a music studio"."""
+    space = LabelSpace.imagenet()
+    diver = space[983]
+    assert (diver.name, diver.group) == ("scuba diver", "person")
+    water = ("in the ocean", "near a coral reef", "in an aquarium", "in a pond", "on the sea floor", "in a tide pool",
+             "under the sea", "in clear blue water")
+    said = [p.text for k in (1, 2, 3) for p in ScenePrompts(num_objects=k, seed=0).take(3000) if diver.name in p.text]
+    assert said and all(t.endswith(water) for t in said), [t for t in said if not t.endswith(water)][:5]
+    # The people drawn as companions are the other two.
+    assert any("ballplayer" in t for t in [p.text for p in ScenePrompts(num_objects=3, seed=0).take(300)])
