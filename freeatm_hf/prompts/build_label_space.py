@@ -47,6 +47,9 @@ VEHICLES = {
 # Boats and ships move on water; templates use this to pick plausible verbs and places.
 WATERCRAFT = {403, 472, 484, 510, 554, 576, 625, 628, 724, 780, 814, 833, 871, 914}
 AIRCRAFT = {404, 405, 812, 895}
+# Trains run on rails, not down roads into parking lots; bicycles are ridden, not driven.
+RAIL = {466, 547, 565, 705, 820}
+CYCLES = {444, 671, 870, 880}
 # The 461 other artifacts, by where they are found and what they are found with (the scene templates draw places
 # and companions by subgroup); the rest (a barrel, a lighter, a whistle: found anywhere) stay "object". Buildings
 # and fixed structures are settings, as the geological scenes are: "a dog is running in front of a castle", never
@@ -103,7 +106,9 @@ NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirat
          7: "rooster", 680: "baby bottle", 840: "mop", 458: "plaque", 908: "airplane wing", 332: "Angora rabbit",
          33: "loggerhead turtle",
          # a trademark's capital, stuff where a setting is a thing ("in front of thatch")
-         630: "loafer", 853: "thatched roof"}
+         630: "loafer", 853: "thatched roof",
+         # a car (American English's "passenger car"), for the railway coach
+         705: "railway carriage"}
 
 
 def _read(info_dir: str, name: str) -> dict[str, str]:
@@ -124,7 +129,8 @@ def build() -> list[dict]:
             names = [n.strip() for n in lemmas[synsets[i]].split(",") if n.strip()]
             g, s = group, sub
             if i in VEHICLES:
-                g, s = "vehicle", "watercraft" if i in WATERCRAFT else "aircraft" if i in AIRCRAFT else "land"
+                g, s = "vehicle", next((sub for sub, ids in (("watercraft", WATERCRAFT), ("aircraft", AIRCRAFT),
+                                                             ("rail", RAIL), ("cycle", CYCLES)) if i in ids), "land")
             elif g == "object":
                 s = next((k for k, ids in OBJECT_SUBGROUPS.items() if i in ids), "object")
             name = NAMES.get(i, names[0])

@@ -29,6 +29,8 @@ ACTIVITIES = {
     "person": ["standing", "smiling", "posing", "walking"],
     "diver": ["swimming", "diving"],
     "land": ["parked", "driving"],
+    "rail": ["standing", "moving"],
+    "cycle": ["parked", "standing"],
     "watercraft": ["sailing", "floating", "anchored"],
     "aircraft": ["flying"],
     "object": ["lying", "placed", "standing"],
@@ -61,6 +63,8 @@ PLACES = {
     "person": ["in a city street", "in a park", "in a stadium", "on a beach"],
     "diver": ["in the ocean", "near a coral reef", "in clear blue water", "under the sea"],
     "land": ["on a city street", "in a parking lot", "on a country road", "in front of a house"],
+    "rail": ["at a railway station", "on a railway track", "on a railway bridge", "in a rail yard"],
+    "cycle": ["on a city street", "in front of a house", "on a bike path", "in a park"],
     "watercraft": ["on a lake", "in a harbor", "on the open sea", "near the shore"],
     "aircraft": ["in the sky", "above the clouds", "over the mountains", "over the sea"],
     "object": ["on a wooden table", "on the floor", "on a shelf", "in a kitchen", "in an office"],
@@ -91,7 +95,7 @@ NOT_WHERE = {
 }
 # Activities that carry their doer along (through the air, down a road), and the subgroups that can go along: said
 # only when every object of the prompt can, not of "a goldfinch with a hamster" or "a moving van with a pole".
-CARRIED = {"flying": {"bird", "aircraft"}, "driving": {"land", "person", "dog"}}
+CARRIED = {"flying": {"bird", "aircraft"}, "driving": {"land", "person", "dog"}, "moving": {"rail", "person"}}
 
 
 # Which subgroups a class of each subgroup is seen with (weights), for realistic co-occurrence: things found in
@@ -108,6 +112,8 @@ COMPANIONS = {
     "person": {"sports": 2, "instrument": 2, "clothing": 1, "dog": 1, "electronics": 1},
     "diver": {"fish": 2, "sea creature": 2},
     "land": {"person": 2, "land": 2, "street": 2, "dog": 1},
+    "rail": {"rail": 2, "person": 1},
+    "cycle": {"person": 2, "cycle": 1, "dog": 1, "street": 1},
     "watercraft": {"watercraft": 2, "person": 1, "bird": 1},
     "aircraft": {"aircraft": 2, "bird": 1},
     "object": {"object": 2, "electronics": 1, "furniture": 1, "kitchen": 1, "tool": 1},

@@ -361,3 +361,23 @@ def test_the_scuba_diver_is_in_the_water():
     assert said and all(t.endswith(water) for t in said), [t for t in said if not t.endswith(water)][:5]
     # The people drawn as companions are the other two.
     assert any("ballplayer" in t for t in [p.text for p in ScenePrompts(num_objects=3, seed=0).take(300)])
+
+
+def test_trains_run_on_rails_and_bicycles_are_not_driven():
+    """Trains were land vehicles like cars ("a bullet train is parked in a parking lot", "a steam locomotive is
+    parked in front of a house"), and so were bicycles ("a unicycle is driving on a country road"); ImageNet's
+    railway coach, named "passenger car", said a car to a text-to-image model."""
+    space = LabelSpace.imagenet()
+    trains = {466: "bullet train", 547: "electric locomotive", 565: "freight car", 705: "railway carriage",
+              820: "steam locomotive"}
+    bicycles = {444: "bicycle-built-for-two", 671: "mountain bike", 870: "tricycle", 880: "unicycle"}
+    assert {i: space[i].name for i in trains} == trains and "passenger car" in space[705].synonyms
+    assert {i: space[i].name for i in bicycles} == bicycles
+    said = [p for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    on_rails = [p.text for p in said if any(o.label in trains for o in p.objects)]
+    pedalled = [p.text for p in said if any(o.label in bicycles for o in p.objects)]
+    assert len(on_rails) > 50 and len(pedalled) > 50
+    for t in on_rails:
+        assert not any(w in t for w in (" driving ", " parked ", "parking lot", " road", "city street",
+                                         " house")), t
+    assert not [t for t in pedalled if " driving " in t]
