@@ -38,6 +38,9 @@ RANGES = [
     (984, 998, "plant", "plant"),
     (999, 999, "object", "object"),
 ]
+# Animals found elsewhere than the rest of their range: fish of ponds and rivers, not of reefs; whales and their
+# kin in the open sea, not tide pools; the land snail and slug where insects crawl.
+ANIMAL_SUBGROUPS = {"river fish": {0, 1, 391, 394, 395}, "marine mammal": {147, 148, 149, 150}, "insect": {113, 114}}
 VEHICLES = {
     403, 404, 405, 407, 408, 436, 444, 450, 466, 468, 472, 484, 510, 511, 537, 547, 554, 555, 565, 569, 573, 575,
     576, 586, 595, 603, 609, 612, 625, 627, 628, 654, 656, 661, 665, 670, 671, 675, 690, 705, 717, 724, 734, 751,
@@ -133,6 +136,8 @@ def build() -> list[dict]:
                                                              ("rail", RAIL), ("cycle", CYCLES)) if i in ids), "land")
             elif g == "object":
                 s = next((k for k, ids in OBJECT_SUBGROUPS.items() if i in ids), "object")
+            elif g == "animal":
+                s = next((k for k, ids in ANIMAL_SUBGROUPS.items() if i in ids), s)
             name = NAMES.get(i, names[0])
             classes.append({"id": i, "synset": synsets[i], "name": name, "synonyms": [n for n in names if n != name],
                             "group": g, "subgroup": s})

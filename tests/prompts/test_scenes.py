@@ -381,3 +381,25 @@ def test_trains_run_on_rails_and_bicycles_are_not_driven():
         assert not any(w in t for w in (" driving ", " parked ", "parking lot", " road", "city street",
                                          " house")), t
     assert not [t for t in pedalled if " driving " in t]
+
+
+def test_water_animals_are_in_their_own_waters():
+    """Fish were one subgroup, sea creatures another: "a great white shark is swimming in a pond", "a tench is
+    swimming near a coral reef", "a grey whale is swimming next to a tench in a tide pool", and the land snail and
+    slug "swimming on the sea floor"."""
+    space = LabelSpace.imagenet()
+    fresh = {0: "tench", 1: "goldfish", 391: "coho", 394: "sturgeon", 395: "gar"}
+    whales = {147: "grey whale", 148: "killer whale", 149: "dugong", 150: "sea lion"}
+    sea = {i for i in range(1000) if space[i].subgroup in ("fish", "sea creature")} | set(whales)
+    snails = {113: "snail", 114: "slug"}
+    assert {i: space[i].name for i in {**fresh, **whales, **snails}} == {**fresh, **whales, **snails}
+    salt = ("in the ocean", "near a coral reef", "in a tide pool", "on the sea floor", "in the open sea",
+            "near the shore", "in a bay")
+    inland = ("in a pond", "in a river", "in a lake")
+    said = [p for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    labels = [({o.label for o in p.objects}, p.text) for p in said]
+    assert sum(bool(ids & fresh.keys()) for ids, _ in labels) > 20
+    assert not [t for ids, t in labels if ids & fresh.keys() and t.endswith(salt)]
+    assert not [t for ids, t in labels if ids & sea and t.endswith(inland)]
+    assert not [t for ids, t in labels if ids & whales.keys() and t.endswith(("in a tide pool", "on the sea floor"))]
+    assert not [t for ids, t in labels if ids & snails.keys() and (" swimming " in t or t.endswith(salt))]
