@@ -39,8 +39,12 @@ RANGES = [
     (999, 999, "object", "object"),
 ]
 # Animals found elsewhere than the rest of their range: fish of ponds and rivers, not of reefs; whales and their
-# kin in the open sea, not tide pools; the land snail and slug where insects crawl.
-ANIMAL_SUBGROUPS = {"river fish": {0, 1, 391, 394, 395}, "marine mammal": {147, 148, 149, 150}, "insect": {113, 114}}
+# kin in the open sea, not tide pools; the land snail and slug where insects crawl; ducks, swans, storks, herons,
+# waders and the penguin by the water, fowl, grouse, the peacock, the ostrich and the bustard on the ground, where
+# the other birds perch on branches and fly.
+ANIMAL_SUBGROUPS = {"river fish": {0, 1, 391, 394, 395}, "marine mammal": {147, 148, 149, 150}, "insect": {113, 114},
+                    "water bird": {97, 98, 99, 100} | set(range(127, 147)) - {138},
+                    "ground bird": {7, 8, 9, 80, 81, 82, 83, 84, 85, 86, 138}}
 VEHICLES = {
     403, 404, 405, 407, 408, 436, 444, 450, 466, 468, 472, 484, 510, 511, 537, 547, 554, 555, 565, 569, 573, 575,
     576, 586, 595, 603, 609, 612, 625, 627, 628, 654, 656, 661, 665, 670, 671, 675, 690, 705, 717, 724, 734, 751,

@@ -403,3 +403,17 @@ def test_water_animals_are_in_their_own_waters():
     assert not [t for ids, t in labels if ids & sea and t.endswith(inland)]
     assert not [t for ids, t in labels if ids & whales.keys() and t.endswith(("in a tide pool", "on the sea floor"))]
     assert not [t for ids, t in labels if ids & snails.keys() and (" swimming " in t or t.endswith(salt))]
+
+
+def test_water_and_ground_birds_do_not_perch_and_flightless_ones_do_not_fly():
+    """All birds perched on branches and fences and flew: "a black stork is perched on a branch", "a pelican is
+    resting on a fence", "a king penguin is flying in the sky", "an airliner with an ostrich is flying"."""
+    space = LabelSpace.imagenet()
+    water = {97, 98, 99, 100} | set(range(127, 147)) - {138}  # ducks, swans, storks, herons, waders, a penguin
+    ground = {7, 8, 9, 80, 81, 82, 83, 84, 85, 86, 138}  # fowl, grouse, quail, peacock, ostrich, bustard
+    assert space[145].name == "king penguin" and space[9].name == "ostrich" and space[130].name == "flamingo"
+    said = [p for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    theirs = [p.text for p in said if any(o.label in water | ground for o in p.objects)]
+    assert len(theirs) > 200
+    assert not [t for t in theirs if " perched " in t or t.endswith(("on a branch", "on a fence"))]
+    assert not [p.text for p in said if " flying " in p.text and {o.label for o in p.objects} & {9, 145}]
