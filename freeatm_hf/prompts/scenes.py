@@ -40,6 +40,7 @@ ACTIVITIES = {
     "object": ["lying", "placed", "standing"],
     "street": ["standing"],
     "clothing": ["hanging", "lying", "displayed", "folded"],
+    "accessory": ["lying", "displayed", "placed"],
     "kitchen": ["placed", "standing", "sitting"],
     "furniture": ["standing", "placed"],
     "instrument": ["placed", "standing", "lying"],
@@ -78,6 +79,7 @@ PLACES = {
     "object": ["on a wooden table", "on the floor", "on a shelf", "in a kitchen", "in an office"],
     "street": ["on a city street", "by a country road", "in a town square", "next to a sidewalk"],
     "clothing": ["in a closet", "on a bed", "in a shop window", "on a chair"],
+    "accessory": ["in a closet", "on a shelf", "in a shop window", "on a chair"],
     "kitchen": ["on a kitchen counter", "on a wooden table", "in a kitchen", "on a dining table"],
     "furniture": ["in a living room", "in a bright room", "in a furniture store", "in an old house"],
     "instrument": ["on a stage", "in a music studio", "in a concert hall", "in a music shop"],
@@ -100,10 +102,13 @@ NOT_WHERE = {
     "flying": {"on a branch", "on a fence"},
     "perched": {"in the sky"}, "standing": {"in the sky"}, "resting": {"in the sky"},
     "floating": {"on the sea floor"},
+    "hanging": {"on a bed"},
 }
-# Activities that carry their doer along (through the air, down a road), and the subgroups that can go along: said
-# only when every object of the prompt can, not of "a goldfinch with a hamster" or "a moving van with a pole".
-CARRIED = {"flying": {"bird", "aircraft"}, "driving": {"land", "person", "dog"}, "moving": {"rail", "person"}}
+# Activities that carry their doer along (through the air, down a road) or that the companions are seen doing too
+# (hung, folded), and the subgroups that can: said only when every object of the prompt can, not of "a goldfinch
+# with a hamster", "a moving van with a pole" or "a gown with a crash helmet is folded".
+CARRIED = {"flying": {"bird", "aircraft"}, "driving": {"land", "person", "dog"}, "moving": {"rail", "person"},
+           "hanging": {"clothing"}, "folded": {"clothing"}}
 
 
 # Which subgroups a class of each subgroup is seen with (weights), for realistic co-occurrence: things found in
@@ -135,7 +140,8 @@ COMPANIONS = {
     "weapon": {"weapon": 1},
     "garden": {"garden": 2, "plant": 2, "bird": 1, "insect": 1},
     "street": {"street": 2, "land": 2, "person": 1},
-    "clothing": {"clothing": 3, "furniture": 1},
+    "clothing": {"clothing": 3, "accessory": 2, "furniture": 1},
+    "accessory": {"accessory": 2, "clothing": 2, "furniture": 1},
     "kitchen": {"kitchen": 3, "food": 3},
     "furniture": {"furniture": 3, "electronics": 1, "dog": 1},
     "instrument": {"instrument": 3, "person": 1, "furniture": 1},

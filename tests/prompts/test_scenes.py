@@ -417,3 +417,18 @@ def test_water_and_ground_birds_do_not_perch_and_flightless_ones_do_not_fly():
     assert len(theirs) > 200
     assert not [t for t in theirs if " perched " in t or t.endswith(("on a branch", "on a fence"))]
     assert not [p.text for p in said if " flying " in p.text and {o.label for o in p.objects} & {9, 145}]
+
+
+def test_shoes_hats_bags_and_jewellery_are_not_folded_or_hung_and_nothing_hangs_on_a_bed():
+    """All clothing was hung and folded: "a cowboy boot is hanging on a bed", "a crash helmet is folded on a chair",
+    "a gown with a crash helmet is folded"."""
+    space = LabelSpace.imagenet()
+    worn = {414: "backpack", 502: "clog", 514: "cowboy boot", 515: "cowboy hat", 518: "crash helmet",
+            560: "football helmet", 630: "loafer", 679: "necklace", 748: "purse", 770: "running shoe", 774: "sandal",
+            837: "sunglasses", 879: "umbrella", 893: "wallet", 903: "wig"}
+    assert {i: space[i].name for i in worn} == worn
+    said = [p for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    theirs = [p.text for p in said if {o.label for o in p.objects} & worn.keys()]
+    assert len(theirs) > 50 and not [t for t in theirs if " folded " in t or " hanging " in t]
+    assert not [p.text for p in said if " hanging " in p.text and p.text.endswith(" on a bed")]
+    assert any(" folded " in p.text for p in said)  # a cardigan still is
