@@ -104,6 +104,13 @@ NOT_WHERE = {
     "floating": {"on the sea floor"},
     "hanging": {"on a bed"},
 }
+# Places on something a thing is put on, which furniture, a companion that stands where the main class is, does not
+# fit on: "a Polaroid camera with a four-poster is lying on a shelf".
+SURFACES = frozenset({
+    "on a wooden table", "on a shelf", "on a chair", "on a bed", "on a desk", "on a kitchen counter", "on a dining table",
+    "on a bookshelf", "on a workbench", "on a bathroom shelf", "on a dressing table", "on a medical cart",
+    "on a display stand", "on a picnic blanket"})
+BULKY = {"furniture"}
 # Activities that carry their doer along (through the air, down a road) or that the companions are seen doing too
 # (hung, folded), and the subgroups that can: said only when every object of the prompt can, not of "a goldfinch
 # with a hamster", "a moving van with a pole" or "a gown with a crash helmet is folded".
@@ -245,7 +252,9 @@ class ScenePrompts:
             parts += [f" is {doing} {near} {determiner(main.name)}", main]
             return _compose(parts, main.id)
         doing = rng.choice(_activities(main, others))
-        where = rng.choice([w for w in PLACES[main.subgroup] if w not in NOT_WHERE.get(doing, ())])
+        unfit = NOT_WHERE.get(doing, set()) | (SURFACES if any(o.subgroup in BULKY for o in others) else set())
+        where = rng.choice([w for w in PLACES[main.subgroup] if w not in unfit]
+                           or [w for w in PLACES[main.subgroup] if w not in NOT_WHERE.get(doing, ())])
         pattern = rng.choice(PATTERNS) if others else "alone"
         if pattern == "and" and any(o.subgroup != main.subgroup for o in others):
             pattern = "with"  # "are flying" said of a bird and a mushroom alike

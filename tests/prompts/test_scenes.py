@@ -432,3 +432,17 @@ def test_shoes_hats_bags_and_jewellery_are_not_folded_or_hung_and_nothing_hangs_
     assert len(theirs) > 50 and not [t for t in theirs if " folded " in t or " hanging " in t]
     assert not [p.text for p in said if " hanging " in p.text and p.text.endswith(" on a bed")]
     assert any(" folded " in p.text for p in said)  # a cardigan still is
+
+
+def test_furniture_is_not_put_on_a_table_a_shelf_or_a_chair():
+    """A companion stands where the main class is, and furniture was drawn with things found on tables and shelves:
+    "a Polaroid camera with a four-poster is lying on a shelf", "a crash helmet with a studio couch is displayed on a
+    chair"."""
+    from freeatm_hf.prompts.scenes import SURFACES
+
+    space = LabelSpace.imagenet()
+    assert {"on a shelf", "on a wooden table", "on a chair", "on a desk"} <= SURFACES
+    said = [p for k in (2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    with_furniture = [p.text for p in said if any(space[o.label].subgroup == "furniture" for o in p.objects)]
+    assert len(with_furniture) > 200 and not [t for t in with_furniture if t.endswith(tuple(SURFACES))]
+    assert any(p.text.endswith(" on a shelf") for p in said)
