@@ -238,7 +238,10 @@ class ScenePrompts:
             return _compose([f"a photo of {article(main.name)} ", main], main.id)
         others = []
         for _ in range(self.num_objects - 1):  # each another class: "a scuba diver with a scuba diver" said nothing
-            other = self._companion(main, rng, {main.id, *(o.id for o in others)})
+            # A setting's first companion leads the sentence; the rest are with it: "a dog with a tennis ball is
+            # running near a castle", not "a dog with a garbage truck".
+            by = others[0] if others and main.subgroup in SETTINGS else main
+            other = self._companion(by, rng, {main.id, *(o.id for o in others)})
             if other is not None:
                 others.append(other)
         if main.subgroup in SETTINGS:

@@ -446,3 +446,16 @@ def test_furniture_is_not_put_on_a_table_a_shelf_or_a_chair():
     with_furniture = [p.text for p in said if any(space[o.label].subgroup == "furniture" for o in p.objects)]
     assert len(with_furniture) > 200 and not [t for t in with_furniture if t.endswith(tuple(SURFACES))]
     assert any(p.text.endswith(" on a shelf") for p in said)
+
+
+def test_a_settings_further_companions_are_found_with_its_lead():
+    """The companions of a setting were each drawn as who is seen there, then said with the lead: "a keeshond with a
+    garbage truck is lying next to a stupa", "a ballplayer with a trolleybus is walking next to a lumbermill"."""
+    space = LabelSpace.imagenet()
+    settings = [p for seed in (0, 1) for p in ScenePrompts(num_objects=3, seed=seed).take(3000)
+                if space[p.label].subgroup in SETTINGS]
+    assert len(settings) > 200
+    for p in settings:
+        lead, *rest = [space[o.label] for o in p.objects if o.label != p.label]
+        assert lead.subgroup in COMPANIONS[space[p.label].subgroup], p.text
+        assert all(o.subgroup in COMPANIONS[lead.subgroup] for o in rest), p.text
