@@ -275,6 +275,11 @@ class ScenePrompts:
     def __len__(self) -> int:
         return len(self._order)
 
+    def __iter__(self):
+        """One pass: each class once. Indexing goes on past it (prompt `len(self)` is the first class again, in
+        another scene); iterating by index alone never ended, `__getitem__` raising no IndexError."""
+        return (self[i] for i in range(len(self)))
+
     def take(self, n: int, start: int = 0) -> list[Prompt]:
         return [self[i] for i in range(start, start + n)]
 

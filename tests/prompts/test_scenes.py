@@ -459,3 +459,16 @@ def test_a_settings_further_companions_are_found_with_its_lead():
         lead, *rest = [space[o.label] for o in p.objects if o.label != p.label]
         assert lead.subgroup in COMPANIONS[space[p.label].subgroup], p.text
         assert all(o.subgroup in COMPANIONS[lead.subgroup] for o in rest), p.text
+
+
+def test_iterating_gives_one_pass_and_indexing_goes_on_past_it():
+    """`for p in ScenePrompts()` never ended (the old sequence protocol, __getitem__ raising no IndexError), so
+    `list(...)` of one grew until memory ran out; an index past one pass is the next pass, as generation reads it."""
+    from itertools import islice
+
+    prompts = ScenePrompts(num_objects=2, seed=4)
+    one_pass = list(islice(prompts, len(prompts) + 1))
+    assert one_pass == prompts.take(len(prompts))
+    past = prompts.take(3, start=len(prompts) - 1)
+    assert [p.label for p in past] == [prompts[len(prompts) - 1].label, prompts[0].label, prompts[1].label]
+    assert past[1] != prompts[0]  # the same class, another scene
