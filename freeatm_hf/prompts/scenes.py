@@ -42,6 +42,7 @@ ACTIVITIES = {
     "clothing": ["hanging", "lying", "displayed", "folded"],
     "accessory": ["lying", "displayed", "placed"],
     "kitchen": ["placed", "standing", "sitting"],
+    "appliance": ["standing"],
     "furniture": ["standing", "placed"],
     "instrument": ["placed", "standing", "lying"],
     "electronics": ["placed", "lying", "sitting"],
@@ -81,6 +82,7 @@ PLACES = {
     "clothing": ["in a closet", "on a bed", "in a shop window", "on a chair"],
     "accessory": ["in a closet", "on a shelf", "in a shop window", "on a chair"],
     "kitchen": ["on a kitchen counter", "on a wooden table", "in a kitchen", "on a dining table"],
+    "appliance": ["in a kitchen", "in a bright room", "in an appliance store", "in an old house"],
     "furniture": ["in a living room", "in a bright room", "in a furniture store", "in an old house"],
     "instrument": ["on a stage", "in a music studio", "in a concert hall", "in a music shop"],
     "electronics": ["on a desk", "in an office", "on a shelf", "in an electronics store"],
@@ -104,13 +106,13 @@ NOT_WHERE = {
     "floating": {"on the sea floor"},
     "hanging": {"on a bed"},
 }
-# Places on something a thing is put on, which furniture, a companion that stands where the main class is, does not
-# fit on: "a Polaroid camera with a four-poster is lying on a shelf".
+# Places on something a thing is put on, which furniture and appliances, companions that stand where the main class
+# is, do not fit on: "a Polaroid camera with a four-poster is lying on a shelf".
 SURFACES = frozenset({
     "on a wooden table", "on a shelf", "on a chair", "on a bed", "on a desk", "on a kitchen counter", "on a dining table",
     "on a bookshelf", "on a workbench", "on a bathroom shelf", "on a dressing table", "on a medical cart",
     "on a display stand", "on a picnic blanket"})
-BULKY = {"furniture"}
+BULKY = {"furniture", "appliance"}
 # Activities that carry their doer along (through the air, down a road) or that the companions are seen doing too
 # (hung, folded), and the subgroups that can: said only when every object of the prompt can, not of "a goldfinch
 # with a hamster", "a moving van with a pole" or "a gown with a crash helmet is folded".
@@ -149,7 +151,8 @@ COMPANIONS = {
     "street": {"street": 2, "land": 2, "person": 1},
     "clothing": {"clothing": 3, "accessory": 2, "furniture": 1},
     "accessory": {"accessory": 2, "clothing": 2, "furniture": 1},
-    "kitchen": {"kitchen": 3, "food": 3},
+    "kitchen": {"kitchen": 3, "food": 3, "appliance": 1},
+    "appliance": {"appliance": 1, "kitchen": 2, "food": 1},
     "furniture": {"furniture": 3, "electronics": 1, "dog": 1},
     "instrument": {"instrument": 3, "person": 1, "furniture": 1},
     "electronics": {"electronics": 3, "furniture": 1, "office": 1},

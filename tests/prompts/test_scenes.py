@@ -472,3 +472,17 @@ def test_iterating_gives_one_pass_and_indexing_goes_on_past_it():
     past = prompts.take(3, start=len(prompts) - 1)
     assert [p.label for p in past] == [prompts[len(prompts) - 1].label, prompts[0].label, prompts[1].label]
     assert past[1] != prompts[0]  # the same class, another scene
+
+
+def test_kitchen_appliances_stand_in_the_kitchen_not_on_its_tables():
+    """The dishwasher, the refrigerator and the stove were kitchenware: "a refrigerator is standing on a dining
+    table", "a French loaf with a dishwasher is placed on a picnic blanket"."""
+    from freeatm_hf.prompts.scenes import SURFACES
+
+    space = LabelSpace.imagenet()
+    appliances = {534: "dishwasher", 760: "refrigerator", 827: "stove"}
+    assert {i: space[i].name for i in appliances} == appliances
+    said = [p for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    theirs = [p.text for p in said if {o.label for o in p.objects} & appliances.keys()]
+    assert len(theirs) > 20 and not [t for t in theirs if t.endswith(tuple(SURFACES))]
+    assert any(p.text.endswith(" on a kitchen counter") for p in said)
