@@ -258,12 +258,14 @@ class ScenePrompts:
             parts += [f" is {doing} {near} {determiner(main.name)}", main]
             return _compose(parts, main.id)
         doing = rng.choice(_activities(main, others))
-        unfit = NOT_WHERE.get(doing, set()) | (SURFACES if any(o.subgroup in BULKY for o in others) else set())
-        where = rng.choice([w for w in PLACES[main.subgroup] if w not in unfit]
-                           or [w for w in PLACES[main.subgroup] if w not in NOT_WHERE.get(doing, ())])
         pattern = rng.choice(PATTERNS) if others else "alone"
         if pattern == "and" and any(o.subgroup != main.subgroup for o in others):
             pattern = "with"  # "are flying" said of a bird and a mushroom alike
+        unfit = NOT_WHERE.get(doing, set()) | (SURFACES if any(o.subgroup in BULKY for o in others) else set())
+        if pattern == "next to":  # "a pole is standing next to a shopping cart next to a sidewalk"
+            unfit |= {w for w in PLACES[main.subgroup] if w.startswith("next to ")}
+        where = rng.choice([w for w in PLACES[main.subgroup] if w not in unfit]
+                           or [w for w in PLACES[main.subgroup] if w not in NOT_WHERE.get(doing, ())])
         parts = [determiner(main.name), main]
         if pattern == "and":  # "a teapot and a coffee mug are placed ...", "a teapot, a mug and a ladle are ..."
             for j, o in enumerate(others):

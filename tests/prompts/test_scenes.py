@@ -78,7 +78,9 @@ def test_things_are_said_to_do_alike_only_when_they_are_of_one_subgroup():
     assert len(plural) > 100
     for p in plural:
         assert len({space[o.label].subgroup for o in p.objects}) == 1, p.text
-        assert p.text.count(", ") == 1 and p.text.count(" and ") == 1  # "a, b and c are ..."
+        # "a, b and c are ...", names aside ("a black and gold garden spider")
+        said = "".join(p.text[o.end : n.start] for o, n in zip(p.objects, p.objects[1:]))
+        assert said.count(", ") == 1 and said.count(" and ") == 1, p.text
 
 
 def test_artifacts_are_told_apart_by_where_they_are_found():
@@ -486,3 +488,11 @@ def test_kitchen_appliances_stand_in_the_kitchen_not_on_its_tables():
     theirs = [p.text for p in said if {o.label for o in p.objects} & appliances.keys()]
     assert len(theirs) > 20 and not [t for t in theirs if t.endswith(tuple(SURFACES))]
     assert any(p.text.endswith(" on a kitchen counter") for p in said)
+
+
+def test_a_next_to_prompt_is_not_next_to_twice():
+    """The "next to" pattern drew its place among all its subgroup's: "a pole is standing next to a shopping cart
+    next to a sidewalk", "perfume is standing next to a soap dispenser next to a sink"."""
+    said = [p.text for k in (2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    assert not [t for t in said if max(t.count(w) for w in (" next to ", " in front of ", " near ")) > 1]
+    assert any(t.endswith(" next to a sidewalk") for t in said) and sum(" next to " in t for t in said) > 1000
