@@ -45,6 +45,8 @@ RANGES = [
 ANIMAL_SUBGROUPS = {"river fish": {0, 1, 391, 394, 395}, "marine mammal": {147, 148, 149, 150}, "insect": {113, 114},
                     "water bird": {97, 98, 99, 100} | set(range(127, 147)) - {138},
                     "ground bird": {7, 8, 9, 80, 81, 82, 83, 84, 85, 86, 138}}
+# In the food range, but fodder: found in a garden or a yard, not served.
+HAY = 958
 VEHICLES = {
     403, 404, 405, 407, 408, 436, 444, 450, 466, 468, 472, 484, 510, 511, 537, 547, 554, 555, 565, 569, 573, 575,
     576, 586, 595, 603, 609, 612, 625, 627, 628, 654, 656, 661, 665, 670, 671, 675, 690, 705, 717, 724, 734, 751,
@@ -119,7 +121,9 @@ NAMES = {408: "amphibious vehicle", 468: "taxi", 628: "ocean liner", 724: "pirat
          # a trademark's capital, stuff where a setting is a thing ("in front of thatch")
          630: "loafer", 853: "thatched roof",
          # a car (American English's "passenger car"), for the railway coach
-         705: "railway carriage"}
+         705: "railway carriage",
+         # stuff, where the class's images are of bales and stacks of it
+         958: "hay bale"}
 
 
 def _read(info_dir: str, name: str) -> dict[str, str]:
@@ -146,6 +150,8 @@ def build() -> list[dict]:
                 s = next((k for k, ids in OBJECT_SUBGROUPS.items() if i in ids), "object")
             elif g == "animal":
                 s = next((k for k, ids in ANIMAL_SUBGROUPS.items() if i in ids), s)
+            elif i == HAY:
+                s = "garden"
             name = NAMES.get(i, names[0])
             classes.append({"id": i, "synset": synsets[i], "name": name, "synonyms": [n for n in names if n != name],
                             "group": g, "subgroup": s})

@@ -182,7 +182,7 @@ def article(noun: str) -> str:
 # Names of stuff rather than things, said without an article in a scene ("guacamole with a pretzel", not "a
 # guacamole"); the photo prompts keep the paper's "a photo of a [class]".
 MASS_NOUNS = frozenset({
-    "guacamole", "consomme", "ice cream", "mashed potato", "broccoli", "cauliflower", "hay", "carbonara",
+    "guacamole", "consomme", "ice cream", "mashed potato", "broccoli", "cauliflower", "carbonara",
     "chocolate sauce", "dough", "red wine", "espresso", "eggnog", "rapeseed", "corn", "velvet", "wool",
     "face powder", "hair spray", "lotion", "sunscreen", "perfume", "toilet tissue", "chain mail", "coral fungus", "hen-of-the-woods"})
 

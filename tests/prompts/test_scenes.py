@@ -496,3 +496,13 @@ def test_a_next_to_prompt_is_not_next_to_twice():
     said = [p.text for k in (2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
     assert not [t for t in said if max(t.count(w) for w in (" next to ", " in front of ", " near ")) > 1]
     assert any(t.endswith(" next to a sidewalk") for t in said) and sum(" next to " in t for t in said) > 1000
+
+
+def test_hay_is_not_served():
+    """Hay sat in the food range, as stuff: "hay is served in a restaurant", "a pizza with hay is served on a wooden
+    table". It is a hay bale (the class's images are bales and stacks) by a fence, on a porch, in a yard."""
+    space = LabelSpace.imagenet()
+    assert space[958].name == "hay bale" and "hay" in space[958].synonyms
+    said = [p.text for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)
+            if 958 in {o.label for o in p.objects}]
+    assert said and not [t for t in said if " served " in t or t.endswith(("in a restaurant", "in a kitchen"))]
