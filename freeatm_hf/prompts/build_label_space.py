@@ -39,10 +39,12 @@ RANGES = [
     (999, 999, "object", "object"),
 ]
 # Animals found elsewhere than the rest of their range: fish of ponds and rivers, not of reefs; whales and their
-# kin in the open sea, not tide pools; the land snail and slug where insects crawl; ducks, swans, storks, herons,
-# waders and the penguin by the water, fowl, grouse, the peacock, the ostrich and the bustard on the ground, where
-# the other birds perch on branches and fly.
+# kin in the open sea, not tide pools; the land snail and slug where insects crawl; the jellyfish and the nautilus
+# swimming with the fish, where the other sea creatures crawl and rest; the anemone and the brain coral growing;
+# ducks, swans, storks, herons, waders and the penguin by the water, fowl, grouse, the peacock, the ostrich and the
+# bustard on the ground, where the other birds perch on branches and fly.
 ANIMAL_SUBGROUPS = {"river fish": {0, 1, 391, 394, 395}, "marine mammal": {147, 148, 149, 150}, "insect": {113, 114},
+                    "fish": {107, 117}, "coral": {108, 109},
                     "water bird": {97, 98, 99, 100} | set(range(127, 147)) - {138},
                     "ground bird": {7, 8, 9, 80, 81, 82, 83, 84, 85, 86, 138}}
 # In the food range, but fodder: found in a garden or a yard, not served.

@@ -506,3 +506,18 @@ def test_hay_is_not_served():
     said = [p.text for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)
             if 958 in {o.label for o in p.objects}]
     assert said and not [t for t in said if " served " in t or t.endswith(("in a restaurant", "in a kitchen"))]
+
+
+def test_corals_grow_bottom_dwellers_crawl_and_jellyfish_swim():
+    """All sea creatures swam, floated and rested alike: "a brain coral is floating in an aquarium", "a sea urchin
+    is swimming next to a puffer in a tide pool", "a chiton is swimming in a tide pool"."""
+    space = LabelSpace.imagenet()
+    still = {108: "sea anemone", 109: "brain coral", 112: "conch", 116: "chiton", 327: "starfish", 328: "sea urchin",
+             329: "sea cucumber", 118: "Dungeness crab", 122: "American lobster"}
+    swimmers = {107: "jellyfish", 117: "chambered nautilus"}
+    assert {i: space[i].name for i in {**still, **swimmers}} == {**still, **swimmers}
+    said = [p for k in (1, 2, 3) for seed in (0, 1) for p in ScenePrompts(num_objects=k, seed=seed).take(3000)]
+    theirs = [p.text for p in said if p.label in still]
+    assert len(theirs) > 50 and not [t for t in theirs if " swimming " in t or " floating " in t]
+    assert not [p.text for p in said if p.label in swimmers and " swimming " not in p.text]
+    assert any(" growing " in p.text for p in said if p.label in (108, 109))
