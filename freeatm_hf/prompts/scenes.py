@@ -187,7 +187,8 @@ def article(noun: str) -> str:
 MASS_NOUNS = frozenset({
     "guacamole", "consomme", "ice cream", "mashed potato", "broccoli", "cauliflower", "carbonara",
     "chocolate sauce", "dough", "red wine", "espresso", "eggnog", "rapeseed", "corn", "velvet", "wool",
-    "face powder", "hair spray", "lotion", "sunscreen", "perfume", "toilet tissue", "chain mail", "coral fungus", "hen-of-the-woods"})
+    "face powder", "hair spray", "lotion", "sunscreen", "perfume", "toilet tissue", "chain mail", "coral fungus",
+    "hen-of-the-woods"})
 
 
 # Names of one thing in the plural form: "a pair of binoculars ... is", never "a binoculars".
