@@ -5,22 +5,26 @@ import torch
 from transformers import AutoModel, TrainerCallback, TrainingArguments
 
 
-def run_method(method, data, out, steps, **kw):
+def run_method(method, data, out, steps, method_args=None, **kw):
+    """`method_args`: the method's own arguments, over the tiny ones below."""
     kw = {"per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 1, **kw}
+    own = method_args or {}
     targs = TrainingArguments(output_dir=str(out), max_steps=steps, logging_steps=1, report_to="none", use_cpu=True,
                               seed=0, **kw)
     if method == "mae":
         from freeatm_hf.train.mae import MAEArguments, train
 
-        return train(MAEArguments(dataset=data, model_size="tiny", image_size=32, patch_size=8), targs)
+        return train(MAEArguments(dataset=data, **{"model_size": "tiny", "image_size": 32, "patch_size": 8, **own}), targs)
     if method == "blip":
         from freeatm_hf.train.blip import BlipArguments, train
 
-        return train(BlipArguments(dataset=data, model_size="tiny", image_size=32, max_length=48), targs)
+        return train(BlipArguments(dataset=data, **{"model_size": "tiny", "image_size": 32, "max_length": 48, **own}),
+                     targs)
     from freeatm_hf.train.contrastive import ContrastiveArguments, train
 
-    return train(method, ContrastiveArguments(dataset=data, backbone="resnet18", image_size=32, proj_hidden_dim=16,
-                                              proj_dim=8, queue_size=16, optimizer="adamw"), targs)
+    tiny = {"backbone": "resnet18", "image_size": 32, "proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 16,
+            "optimizer": "adamw"}
+    return train(method, ContrastiveArguments(dataset=data, **{**tiny, **own}), targs)
 
 
 @pytest.mark.parametrize("method", ["mae", "moco", "blip"])
@@ -67,6 +71,20 @@ def test_a_checkpoint_is_loaded_whole_or_refused_by_name(tmp_path, shapes_data):
     (tmp_path / "checkpoint-1" / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="can't resume from .*checkpoint-1"):
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+
+
+@pytest.mark.parametrize("method, changed, said", [
+    ("moco", {"pooling": "image", "momentum": 0.5}, r"momentum 0.999 → 0.5; pooling attention → image"),
+    ("mae", {"guided": False}, r"beta_max 0.8 → 0.0"),
+])
+def test_a_resume_with_other_model_settings_is_refused_by_name(method, changed, said, tmp_path, shapes_data):
+    """The model's settings live in its config, not among Trainer's: a MoCo run resumed with `--pooling image` trained
+    the rest as the baseline (and at another momentum), an MAE one with `--guided false` at random, and the card and
+    config.json stated the new settings for the whole run, without a word."""
+    run_method(method, shapes_data, tmp_path, 1)
+    with pytest.raises(ValueError, match=rf"checkpoint-1 was trained with other model settings \({said}\)"):
+        run_method(method, shapes_data, tmp_path, 2, method_args=changed, resume_from_checkpoint="true")
+    assert run_method(method, shapes_data, tmp_path, 2, resume_from_checkpoint="true").state.global_step == 2
 
 
 def test_rerunning_a_finished_run_trains_no_step_past_max_steps(tmp_path, shapes_data):
