@@ -151,7 +151,33 @@ def resume_point(training_args) -> str | None:
                          "--resume_from_checkpoint true, or train into another --output_dir")
     if asked is not None:
         check_resumed_settings(asked, training_args)
+        check_not_past(asked, training_args)
     return asked
+
+
+def check_not_past(checkpoint: str, training_args):
+    """Refuse a checkpoint that holds more steps (or epochs) than the run asks for: it has nothing left to train,
+    and its model would be saved as the result under a card stating the shorter run."""
+    import json
+
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if not os.path.isfile(path):  # Trainer says so
+        return
+    with open(path) as f:
+        state = json.load(f)
+    steps, epochs = int(state.get("global_step") or 0), float(state.get("epoch") or 0)
+    if training_args.max_steps > 0:
+        held, asked, flag = steps, training_args.max_steps, "max_steps"
+    else:  # the slack absorbs float sums such as 2.0000001 epochs
+        held, asked, flag = epochs, training_args.num_train_epochs, "num_train_epochs"
+        if held <= asked + 1e-6:
+            return
+    if held > asked:
+        unit = "steps" if flag == "max_steps" else "epochs"
+        raise ValueError(f"{checkpoint} holds {held:g} {unit}, more than --{flag} {asked:g}: its model is past the "
+                         f"run asked for. Resume with --{flag} {held:g} or more, or take the model of an earlier "
+                         f"checkpoint (--resume_from_checkpoint {os.path.dirname(checkpoint) or '.'}/checkpoint-N), "
+                         "or train afresh into another --output_dir")
 
 
 def last_complete_checkpoint(folder: str) -> str | None:

@@ -85,6 +85,24 @@ def test_a_checkpoint_whose_save_did_not_finish_is_passed_over_on_resume(tmp_pat
         run(other, 2, data=shapes_data)
 
 
+def test_a_checkpoint_past_the_run_asked_for_is_refused(tmp_path, shapes_data):
+    """A rerun with fewer steps or epochs than its last checkpoint holds saved that checkpoint's model as the result,
+    under a card stating the shorter run (3 steps trained, `max_steps 2` carded)."""
+    out = tmp_path / "mae"
+    run(out, 3, data=shapes_data)
+    with pytest.raises(ValueError, match=r"checkpoint-3 holds 3 steps, more than --max_steps 2: .*--max_steps 3 or "):
+        run(out, 2, data=shapes_data, resume_from_checkpoint="true")
+    import json
+
+    assert json.loads((out / "card_info.json").read_text())["training"]["max_steps"] == 3  # the card of what is saved
+    assert run(out, 3, data=shapes_data, resume_from_checkpoint="true").state.global_step == 3  # all of it: fine
+    epochs = tmp_path / "epochs"  # 64 rows, 32 a batch: 2 steps an epoch
+    run(epochs, -1, data=shapes_data, num_train_epochs=2, per_device_train_batch_size=32)
+    with pytest.raises(ValueError, match=r"checkpoint-4 holds 2 epochs, more than --num_train_epochs 1: "):
+        run(epochs, -1, data=shapes_data, num_train_epochs=1, per_device_train_batch_size=32,
+            resume_from_checkpoint="true")
+
+
 def test_the_card_records_the_optimizer_warm_up_betas_and_accumulation():
     """The card named the learning rate and schedule, not the optimizer (a recipe's AdamW read as SimCLR's LARS),
     nor MAE's warm-up and β2."""
