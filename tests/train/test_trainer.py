@@ -50,6 +50,61 @@ def test_a_resumed_run_starts_from_every_weight_of_the_checkpoint(method, tmp_pa
     assert not differ, f"{len(differ)} of {len(checkpoint)} tensors are not the checkpoint's: {differ[:3]}"
 
 
+@pytest.mark.parametrize("method", ["moco", "mae", "blip"])
+def test_a_run_resumed_at_an_epochs_end_is_the_uninterrupted_run(method, tmp_path, shapes_data, monkeypatch):
+    """Killed after checkpoint-1 (an epoch: 64 rows, 64 a batch) and resumed, a run ends where the uninterrupted one
+    does, bit for bit: weights, MoCo's queue and key encoder, BLIP's queues, the optimizer's moments, the schedule,
+    MAE's β and BLIP's α by the step, the rows and the random draws. (Mid-epoch the draws differ: see
+    `PerProcessSeedCallback`.) On one thread: on two, two fresh BLIP runs already differ in a few attention biases
+    after a step (AdamW scales their near-zero gradients, rounding noise, up to whole steps of the rate)."""
+    import freeatm_hf.train.arguments as arguments
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _resume_at_an_epochs_end(method, tmp_path, shapes_data, monkeypatch, arguments)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resume_at_an_epochs_end(method, tmp_path, shapes_data, monkeypatch, arguments):
+
+    class Killed(Exception):
+        pass
+
+    class Kill(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                raise Killed
+
+    kw = {"per_device_train_batch_size": 64}
+    if method == "blip":
+        kw["method_args"] = {"momentum_distill": True, "queue_size": 8}
+    whole = run_method(method, shapes_data, tmp_path / "whole", 2, **kw)
+    seed = arguments.seed_per_process
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(arguments, "seed_per_process", lambda trainer: (trainer.add_callback(Kill()), seed(trainer)))
+        run_method(method, shapes_data, tmp_path / "cut", 2, **kw)
+    resumed = run_method(method, shapes_data, tmp_path / "cut", 2, resume_from_checkpoint="true", **kw)
+    logged = [[h for h in trainer.state.log_history if "loss" in h] for trainer in (whole, resumed)]
+    assert logged[0] == logged[1]  # losses, gradient norms, learning rates, β
+    checkpoints = [tmp_path / run / "checkpoint-2" for run in ("whole", "cut")]
+    states = [AutoModel.from_pretrained(c).state_dict() for c in checkpoints]
+    assert [k for k in states[0] if not torch.equal(states[0][k], states[1][k])] == []
+    for name in ("optimizer.pt", "scheduler.pt"):
+        assert _same(*(torch.load(c / name, weights_only=False) for c in checkpoints)), name
+
+
+def _same(a, b) -> bool:
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
 def test_a_checkpoint_is_loaded_whole_or_refused_by_name(tmp_path, shapes_data):
     from freeatm_hf.train.trainer import FreeatmTrainer
 
