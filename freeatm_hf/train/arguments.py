@@ -249,6 +249,28 @@ def check_resumed_settings(checkpoint: str, training_args):
                          "train afresh into another --output_dir")
 
 
+def check_carded_settings(checkpoint: str | None, **settings):
+    """Refuse a resume whose method-chosen training settings (SimCLR's and MoCo's `optimizer`, `lr_milestones`: not
+    Trainer's, so not in training_args.bin) differ from those the checkpoint's card records: another optimizer
+    cannot take the checkpoint's optimizer state, other milestones would be carded for the whole run. A checkpoint
+    without its card (killed before it was written) is not compared."""
+    import json
+
+    from ..hub.model_card import CARD_INFO_FILE
+
+    path = checkpoint and os.path.join(checkpoint, CARD_INFO_FILE)
+    if not path or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f).get("training") or {}
+    shown = lambda v: "none" if v is None else v  # noqa: E731
+    changed = [f"--{k} {shown(saved.get(k))} → {shown(v)}" for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise ValueError(f"{checkpoint} was trained with other settings ({'; '.join(changed)}): a resumed run continues "
+                         "the checkpoint's optimizer and schedule. Resume with its settings, or train afresh into "
+                         "another --output_dir")
+
+
 def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | None, card: bool = True,
                  optimizer: str | None = None, lr_milestones: list[int] | None = None):
     """Train (from `resume`, the checkpoint `resume_point` settled before any data was read or model built, so

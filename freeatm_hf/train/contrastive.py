@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.rows import rgb
-from .arguments import DataArguments, check_views, fit_and_save, resume_point
+from .arguments import DataArguments, check_carded_settings, check_views, fit_and_save, resume_point
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +234,9 @@ def train(method: str, args: ContrastiveArguments, training_args):
 
     check_optim_unset(training_args)
     resume = resume_point(training_args)  # a refused resume is said before any data is read
+    # As the card records them (`training_info`).
+    check_carded_settings(resume, optimizer=args.optimizer or OPTIMIZER[method],
+                          lr_milestones=sorted(args.lr_milestones) or None)
     check_milestones(args, training_args)
     from transformers import set_seed
 

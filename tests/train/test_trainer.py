@@ -142,6 +142,17 @@ def test_a_resume_with_other_model_settings_is_refused_by_name(method, changed, 
     assert run_method(method, shapes_data, tmp_path, 2, resume_from_checkpoint="true").state.global_step == 2
 
 
+def test_a_resume_with_another_optimizer_or_milestones_is_refused_by_name(tmp_path, shapes_data):
+    """SimCLR's and MoCo's `--optimizer` and `--lr_milestones` are theirs, not Trainer's: another optimizer failed
+    loading the checkpoint's state ("a parameter group that doesn't match", or KeyError 'momentum' at the first
+    step), and other milestones trained on under a card stating them for the whole run."""
+    run_method("moco", shapes_data, tmp_path, 1, lr_scheduler_type="constant")
+    with pytest.raises(ValueError, match=r"checkpoint-1 was trained with other settings \(--optimizer adamw → sgd; "
+                                         r"--lr_milestones none → \[1\]\)"):
+        run_method("moco", shapes_data, tmp_path, 2, method_args={"optimizer": "sgd", "lr_milestones": [1]},
+                   lr_scheduler_type="constant", resume_from_checkpoint="true")
+
+
 def test_rerunning_a_finished_run_trains_no_step_past_max_steps(tmp_path, shapes_data):
     """Trainer resumed from a checkpoint holding all --max_steps runs one step more (MoCo's key encoder and queue
     move even at a zero learning rate); the rerun of a finished command saves the checkpoint's model instead."""
