@@ -280,15 +280,15 @@ class BlipATMModel(MomentumWatch, BlipPreTrainedModel):
         if self.config.enc_token_id is not None:
             itm_ids[:, 0] = self.config.enc_token_id
         b = len(input_ids)
-        pair_ids = torch.arange(b, device=input_ids.device) if image_ids is None else image_ids
-        neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=pair_ids,
+        neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), image_ids=image_ids,
                                                  same_text=same_caption(input_ids, attention_mask))
-        has_img, has_txt = neg_img >= 0, neg_txt >= 0
-        if has_img.any():  # else one image, or one caption, all through: no negative pair to match against
-            neg_img, neg_txt = neg_img[has_img], neg_txt[has_txt]
-            images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds[has_txt]])
-            ids = torch.cat([itm_ids, itm_ids[has_img], itm_ids[neg_txt]])
-            masks = torch.cat([attention_mask, attention_mask[has_img], attention_mask[neg_txt]])
+        # The same pairs for both: whether any other pair is a candidate is symmetric (same image, same caption).
+        has = neg_img >= 0
+        if has.any():  # else one image, or one caption, all through: no negative pair to match against
+            neg_img, neg_txt = neg_img[has], neg_txt[has]
+            images = torch.cat([image_embeds, image_embeds[neg_img], image_embeds[has]])
+            ids = torch.cat([itm_ids, itm_ids[has], itm_ids[neg_txt]])
+            masks = torch.cat([attention_mask, attention_mask[has], attention_mask[neg_txt]])
             logits = self.itm_logits(images, ids, masks)
             labels = torch.cat([torch.ones(b), torch.zeros(len(logits) - b)]).long().to(logits.device)
             loss_itm = F.cross_entropy(logits, labels)
