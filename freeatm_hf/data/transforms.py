@@ -37,6 +37,14 @@ def simclr_photometric(strength: float = 1.0, blur: bool = True, size: int = 224
     return v2.Compose(ops)
 
 
+def resized_crop_mask(masks: torch.Tensor, box: tuple[int, int, int, int], size: int) -> tv_tensors.Mask:
+    """`masks` (`(..., H, W)`: masks or a label map) cropped to `box` (top, left, height, width) and resized to
+    `size`² nearest-exact: torchvision resizes a Mask by plain nearest (source ⌊i·in/out⌋, ignoring any
+    interpolation given to resized_crop), which lays it half an output pixel below and right of the image."""
+    return F.resize(F.crop(tv_tensors.Mask(masks), *box), [size, size],
+                    interpolation=v2.InterpolationMode.NEAREST_EXACT)
+
+
 @dataclass
 class TwoViewTransform:
     """Callable `(image uint8 (3, H, W) | PIL, masks) → dict` of two views and kept masks; `masks` is a
@@ -85,10 +93,7 @@ class TwoViewTransform:
         if isinstance(masks, MapMasks):
             m, share = tv_tensors.Mask(masks.crop(*box, self.size)), masks.share(*box)
         else:
-            # Nearest-exact: torchvision resizes a Mask by plain nearest (source ⌊i·in/out⌋, ignoring any
-            # interpolation given to resized_crop), which lays it half an output pixel below and right of the image.
-            m = F.resize(F.crop(tv_tensors.Mask(masks), *box), [self.size, self.size],
-                         interpolation=v2.InterpolationMode.NEAREST_EXACT)
+            m = resized_crop_mask(masks, box, self.size)
             inside = masks[:, p["top"] : p["top"] + p["height"], p["left"] : p["left"] + p["width"]].flatten(1).sum(1)
             share = inside / masks.flatten(1).sum(1).clamp_min(1e-6)
             share[masks.flatten(1).amin(1) >= 1] = 1.0  # the whole image (as `MapMasks.share` has it)

@@ -53,7 +53,7 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
     from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as F
 
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, resized_crop_mask
 
     norm = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     crop = v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True)
@@ -88,10 +88,7 @@ def _transforms(image_size: int, reduce_labels: bool, num_labels: int):
         box = crop.make_params([img])
         box = (box["top"], box["left"], box["height"], box["width"])
         img = F.resized_crop(tv_tensors.Image(img), *box, [image_size, image_size], antialias=True)
-        # Nearest-exact, as the pretraining masks: torchvision resizes a Mask by plain nearest whatever
-        # interpolation it is given, which lays the labels half an output pixel below and right of the image.
-        lab = F.resize(F.crop(tv_tensors.Mask(lab), *box), [image_size, image_size],
-                       interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        lab = resized_crop_mask(lab, box, image_size)  # nearest-exact, as the pretraining masks
         if torch.rand(()) < 0.5:
             img, lab = F.horizontal_flip(img), F.horizontal_flip(lab)
         return norm(img), lab.as_subclass(torch.Tensor)
