@@ -158,22 +158,14 @@ def resume_point(training_args) -> str | None:
 def check_not_past(checkpoint: str, training_args):
     """Refuse a checkpoint that holds more steps (or epochs) than the run asks for: it has nothing left to train,
     and its model would be saved as the result under a card stating the shorter run."""
-    import json
-
-    path = os.path.join(checkpoint, "trainer_state.json")
-    if not os.path.isfile(path):  # Trainer says so
+    state = trainer_state(checkpoint)
+    if not state:  # Trainer says so
         return
-    with open(path) as f:
-        state = json.load(f)
-    steps, epochs = int(state.get("global_step") or 0), float(state.get("epoch") or 0)
-    if training_args.max_steps > 0:
-        held, asked, flag = steps, training_args.max_steps, "max_steps"
-    else:  # the slack absorbs float sums such as 2.0000001 epochs
-        held, asked, flag = epochs, training_args.num_train_epochs, "num_train_epochs"
-        if held <= asked + 1e-6:
-            return
-    if held > asked:
-        unit = "steps" if flag == "max_steps" else "epochs"
+    by_steps = training_args.max_steps > 0
+    flag, unit = ("max_steps", "steps") if by_steps else ("num_train_epochs", "epochs")
+    held = int(state.get("global_step") or 0) if by_steps else float(state.get("epoch") or 0)
+    asked = getattr(training_args, flag)
+    if held > asked + 1e-6:  # the slack absorbs float sums of epochs such as 2.0000001 (steps are whole)
         raise ValueError(f"{checkpoint} holds {held:g} {unit}, more than --{flag} {asked:g}: its model is past the "
                          f"run asked for. Resume with --{flag} {held:g} or more, or take the model of an earlier "
                          f"checkpoint (--resume_from_checkpoint {os.path.dirname(checkpoint) or '.'}/checkpoint-N), "
@@ -254,15 +246,12 @@ def check_carded_settings(checkpoint: str | None, **settings):
     Trainer's, so not in training_args.bin) differ from those the checkpoint's card records: another optimizer
     cannot take the checkpoint's optimizer state, other milestones would be carded for the whole run. A checkpoint
     without its card (killed before it was written) is not compared."""
-    import json
+    from ..hub.model_card import card_facts
 
-    from ..hub.model_card import CARD_INFO_FILE
-
-    path = checkpoint and os.path.join(checkpoint, CARD_INFO_FILE)
-    if not path or not os.path.isfile(path):
+    facts = checkpoint and card_facts(checkpoint)
+    if not facts:
         return
-    with open(path) as f:
-        saved = json.load(f).get("training") or {}
+    saved = facts.get("training") or {}
     shown = lambda v: "none" if v is None else v  # noqa: E731
     changed = [f"--{k} {shown(saved.get(k))} → {shown(v)}" for k, v in settings.items() if saved.get(k) != v]
     if changed:
@@ -317,13 +306,17 @@ def fit_and_save(trainer, args: DataArguments, ds, training_args, resume: str | 
     return trainer
 
 
-def steps_done(checkpoint: str) -> int:
-    """The optimizer steps a checkpoint holds (its trainer_state.json's global_step; 0 without one, which Trainer
-    refuses to resume anyway)."""
+def trainer_state(checkpoint: str) -> dict:
+    """A checkpoint's trainer_state.json (empty without one, which Trainer refuses to resume anyway)."""
     import json
 
     path = os.path.join(checkpoint, "trainer_state.json")
     if not os.path.isfile(path):
-        return 0
+        return {}
     with open(path) as f:
-        return int(json.load(f).get("global_step") or 0)
+        return json.load(f)
+
+
+def steps_done(checkpoint: str) -> int:
+    """The optimizer steps a checkpoint holds (its trainer_state.json's global_step; 0 without one)."""
+    return int(trainer_state(checkpoint).get("global_step") or 0)
